@@ -1,0 +1,53 @@
+# TMR license server: developer and CI entry points.
+#   make test       everything CI runs: lint, types, unit, simulation, integration, molecule
+#   make test-fast  the tiers that need no containers (seconds to a few minutes)
+#   make lab        bring up the five-host podman lab and run the main playbooks
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+SIM_SEEDS ?= 500
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: help venv lint typecheck test-unit test-sim test-integration test-fast test-lab test \
+        lab lab-down bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
+
+$(STAMP): pyproject.toml
+	@echo "==> creating virtualenv $(VENV)"
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP) ## create the development virtualenv
+
+lint: venv ## ruff over the Python code
+	$(VENV)/bin/ruff check services tests bench
+	$(VENV)/bin/ruff format --check services tests bench
+
+typecheck: venv ## mypy --strict over the tmr package
+	$(VENV)/bin/mypy
+
+test-unit: venv ## fast unit tests
+	$(PY) -m pytest -q tests/unit
+
+test-sim: venv ## deterministic simulation of the replication protocol (SIM_SEEDS seeds)
+	TMR_SIM_SEEDS=$(SIM_SEEDS) $(PY) -m pytest -q tests/sim
+
+test-integration: venv ## real processes on loopback (local cluster)
+	$(PY) -m pytest -q tests/integration
+
+test-fast: lint typecheck ## everything that needs no containers
+	$(PY) -m pytest -q tests/unit tests/sim tests/integration
+
+test: test-fast ## everything, as CI runs it
+	@echo "==> all test tiers passed"
+
+clean: ## remove caches (keeps the virtualenv)
+	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis

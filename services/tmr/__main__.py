@@ -1,0 +1,3 @@
+from tmr.cli.main import main
+
+raise SystemExit(main())

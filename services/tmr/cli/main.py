@@ -1,0 +1,76 @@
+"""The `tmr` command: one console script, sub-commands per area.
+
+Each area contributes its sub-commands through a `register(subparsers, groups)` function.
+Handlers return an exit code; any `TmrError` becomes a one-line message on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from tmr import __version__
+from tmr.errors import TmrError
+
+# Modules that add sub-commands. Each defines
+#   register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction])
+# `groups` holds shared command groups (e.g. "backend": `tmr backend ...`) so that two areas
+# can add verbs under the same noun.
+COMMAND_MODULES: tuple[str, ...] = (
+    "tmr.cli.licensing_cmds",
+    "tmr.cli.service_cmds",
+    "tmr.cli.client_cmds",
+)
+
+Handler = Callable[[argparse.Namespace], int]
+
+SHARED_GROUPS = {
+    "backend": "backend node: run the service, print its fingerprint",
+    "license": "inspect and verify license copies",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tmr",
+        description=(
+            "TMR high-availability license server: 3 backends hold every license, "
+            "2 TMR servers present them as one virtual container behind a virtual IP."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"tmr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
+    for name, help_text in SHARED_GROUPS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        gs = p.add_subparsers(dest=f"{name}_command", metavar="ACTION")
+        gs.required = True
+        groups[name] = gs
+    for mod_name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == mod_name:
+                continue  # area not built yet
+            raise
+        mod.register(sub, groups)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(args)
+    except TmrError as exc:
+        print(f"tmr: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,66 @@
+"""tmr.client: the Python SDK of the TMR license service (see docs/client-guide.md).
+
+    from tmr.client import Client
+
+    with Client(["tcp://10.0.0.100:22350"], service_key) as client:
+        with client.checkout(6000123, 42) as handle:
+            ...
+
+Errors are the typed exceptions of `tmr.errors` (re-exported here): `NoLicenseAvailable`,
+`QuorumLost`, `UnknownLicense`, `UnknownHandle`, `NotActive`, `BadRequest`,
+`LicenseExpired`, `Unauthorized`, `Timeout`, all subclasses of `ApiError`.
+"""
+
+from tmr.client._channel import ClientClosedError
+from tmr.client.client import Client, Handle, LostCallback
+from tmr.client.keys import CurveKeyPair, NodeKeys, load_public_key
+from tmr.errors import (
+    ApiError,
+    BadRequest,
+    ErrorCode,
+    LicenseExpired,
+    NoLicenseAvailable,
+    NotActive,
+    QuorumLost,
+    Timeout,
+    TmrError,
+    Unauthorized,
+    UnknownHandle,
+    UnknownLicense,
+)
+from tmr.protocol.client_api import (
+    BackendStatus,
+    CheckoutResult,
+    CryptResult,
+    LicenseEntry,
+    ListResult,
+    StatusResult,
+)
+
+__all__ = [
+    "ApiError",
+    "BackendStatus",
+    "BadRequest",
+    "CheckoutResult",
+    "Client",
+    "ClientClosedError",
+    "CryptResult",
+    "CurveKeyPair",
+    "ErrorCode",
+    "Handle",
+    "LicenseEntry",
+    "LicenseExpired",
+    "ListResult",
+    "LostCallback",
+    "NoLicenseAvailable",
+    "NodeKeys",
+    "NotActive",
+    "QuorumLost",
+    "StatusResult",
+    "Timeout",
+    "TmrError",
+    "Unauthorized",
+    "UnknownHandle",
+    "UnknownLicense",
+    "load_public_key",
+]

@@ -1,0 +1,131 @@
+"""Loading a backend's license container: a directory of ``*.tmrlic`` copies."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tmr.errors import ConfigError
+from tmr.licensing.clock import ClockGuard
+from tmr.licensing.fileio import read_limited
+from tmr.licensing.keyring import VendorKeyring
+from tmr.licensing.model import MAX_COPY_BYTES, LicenseError, LicenseReason, parse_copy
+from tmr.licensing.sealing import open_product_key
+from tmr.licensing.verify import verify_copy
+
+COPY_SUFFIX = ".tmrlic"
+
+
+@dataclass(frozen=True)
+class InstalledLicense:
+    firm_code: int
+    product_code: int
+    tmr_id: int
+    quantity: int
+    expires: float | None
+    features: dict[str, str]
+    set_id: str
+    serial: str
+    product_key: bytes = field(repr=False)
+    path: Path
+
+
+@dataclass
+class ContainerLoad:
+    licenses: dict[tuple[int, int], InstalledLicense] = field(default_factory=dict)
+    rejected: list[tuple[Path, LicenseError]] = field(default_factory=list)
+
+
+def load_container(
+    license_dir: Path,
+    *,
+    keyring: VendorKeyring,
+    fingerprint: str,
+    node_secret: str,
+    clock: ClockGuard,
+    installed_tmr_ids: Mapping[tuple[int, int], int],
+) -> ContainerLoad:
+    """Verify every ``*.tmrlic`` in ``license_dir``; keep, per (firm, product), the valid copy
+    with the highest TMR ID. Every other file is listed in ``rejected`` with its reason: a
+    valid copy below the one kept is SUPERSEDED, one with the same TMR ID is a DUPLICATE (the
+    first path in name order is kept), and when even the best valid copy is below
+    ``installed_tmr_ids[(firm, product)]`` (the highest TMR ID the backend ever installed)
+    the product is not loaded and its copies are ROLLBACK. Hidden files are skipped
+    (installers' temporaries).
+    """
+    if not license_dir.is_dir():
+        raise ConfigError(f"license directory {license_dir} does not exist")
+    now = clock.now()
+    load = ContainerLoad()
+    valid: list[InstalledLicense] = []
+    for path in sorted(license_dir.glob(f"*{COPY_SUFFIX}")):
+        if path.name.startswith("."):
+            continue
+        try:
+            valid.append(
+                _load_one(
+                    path,
+                    keyring=keyring,
+                    fingerprint=fingerprint,
+                    node_secret=node_secret,
+                    now=now,
+                    clock_rolled_back=clock.rolled_back,
+                )
+            )
+        except LicenseError as exc:
+            load.rejected.append((path, exc))
+    valid.sort(key=lambda lic: (lic.firm_code, lic.product_code, -lic.tmr_id, str(lic.path)))
+    for lic in valid:
+        key = (lic.firm_code, lic.product_code)
+        kept = load.licenses.get(key)
+        floor = installed_tmr_ids.get(key)
+        if kept is None and floor is not None and lic.tmr_id < floor:
+            why = LicenseError(
+                LicenseReason.ROLLBACK,
+                f"TMR ID #{lic.tmr_id} is older than #{floor} already installed",
+            )
+        elif kept is None:
+            load.licenses[key] = lic
+            continue
+        elif kept.tmr_id == lic.tmr_id:
+            why = LicenseError(LicenseReason.DUPLICATE, f"same TMR ID as {kept.path.name}")
+        else:
+            why = LicenseError(LicenseReason.SUPERSEDED, f"#{kept.tmr_id} is in {kept.path.name}")
+        load.rejected.append((lic.path, why))
+    return load
+
+
+def _load_one(
+    path: Path,
+    *,
+    keyring: VendorKeyring,
+    fingerprint: str,
+    node_secret: str,
+    now: float,
+    clock_rolled_back: bool,
+) -> InstalledLicense:
+    try:
+        data = read_limited(path, MAX_COPY_BYTES)
+    except OSError as exc:
+        raise LicenseError(LicenseReason.UNREADABLE, f"cannot read: {exc.strerror}") from None
+    copy = parse_copy(data)
+    verify_copy(
+        copy,
+        keyring=keyring,
+        fingerprint=fingerprint,
+        now=now,
+        clock_rolled_back=clock_rolled_back,
+    )
+    return InstalledLicense(
+        firm_code=copy.firm_code,
+        product_code=copy.product_code,
+        tmr_id=copy.tmr_id,
+        quantity=copy.quantity,
+        expires=None if copy.expires is None else float(copy.expires),
+        features=dict(copy.features),
+        set_id=copy.set_id,
+        serial=copy.serial,
+        product_key=open_product_key(copy, node_secret),
+        path=path,
+    )

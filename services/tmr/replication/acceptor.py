@@ -1,0 +1,292 @@
+"""The backend's side of the replication protocol: a sans-I/O acceptor.
+
+`Acceptor.handle(request)` computes the reply and the durable write that must be committed
+before the reply may be sent; it never changes the acceptor. The service (or the simulation)
+commits the write to its store and only then calls `Acceptor.committed(step)`, which applies
+it in memory, and sends the reply. A failed commit means: no reply, no change.
+
+Rules (DESIGN.md section 5):
+- a request whose epoch is below the promise is rejected (`Rejected`), whatever it is;
+- PREPARE stores the new promise durably before answering PROMISE with the accepted state;
+- ACCEPT applies an entry only if it follows the product log in the same epoch, and only if
+  this backend holds a valid copy of the license and its own seat count stays within its LQ;
+- SNAPSHOT replaces a product log (same license checks; a snapshot may keep, never grow, a
+  count above LQ, which happens when an update lowered LQ below the seats in use);
+- a fresh backend (no state yet) is not `caught_up` until it receives a snapshot, and the
+  leader does not count its promise (I10).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from tmr.replication.messages import (
+    Accept,
+    Accepted,
+    Crypt,
+    CryptResult,
+    EntryResult,
+    EntryStatus,
+    PeerReply,
+    PeerRequest,
+    Prepare,
+    Probe,
+    Promise,
+    Rejected,
+    Snapshot,
+    Status,
+)
+from tmr.replication.types import (
+    Epoch,
+    Grant,
+    HandleRecord,
+    LicenseInfo,
+    Op,
+    ProductKey,
+    ProductLog,
+    Version,
+    apply_ops,
+    seats_of,
+)
+
+CryptFn = Callable[[ProductKey, str, bytes], bytes]
+
+
+@dataclass
+class AcceptorState:
+    """Everything an acceptor keeps durably."""
+
+    promised: Epoch
+    caught_up: bool
+    products: dict[ProductKey, ProductLog] = field(default_factory=dict)
+
+    def copy(self) -> AcceptorState:
+        return AcceptorState(
+            self.promised, self.caught_up, {k: v.copy() for k, v in self.products.items()}
+        )
+
+
+@dataclass(frozen=True)
+class ProductWrite:
+    key: ProductKey
+    version: Version
+    ops: tuple[Op, ...] = ()  # applied in order when `replace` is None
+    replace: tuple[HandleRecord, ...] | None = None  # full table (snapshot)
+
+
+@dataclass(frozen=True)
+class Write:
+    """One atomic, durable transaction on the acceptor's store."""
+
+    promised: Epoch | None = None
+    caught_up: bool | None = None
+    products: tuple[ProductWrite, ...] = ()
+
+    def empty(self) -> bool:
+        return self.promised is None and self.caught_up is None and not self.products
+
+
+@dataclass(frozen=True)
+class Step:
+    reply: PeerReply
+    write: Write | None = None
+
+
+def apply_write(state: AcceptorState, write: Write) -> None:
+    """Apply a committed write to a state in place (shared by the acceptor and stores)."""
+    if write.promised is not None:
+        state.promised = write.promised
+    if write.caught_up is not None:
+        state.caught_up = write.caught_up
+    for pw in write.products:
+        log = state.products.setdefault(pw.key, ProductLog())
+        if pw.replace is not None:
+            log.handles = {r.handle: r for r in pw.replace}
+        else:
+            apply_ops(log.handles, pw.ops)
+        log.version = pw.version
+
+
+class Acceptor:
+    def __init__(
+        self,
+        name: str,
+        state: AcceptorState,
+        licenses: Mapping[ProductKey, LicenseInfo] | None = None,
+        crypt: CryptFn | None = None,
+    ) -> None:
+        self.name = name
+        self.state = state
+        self.licenses: dict[ProductKey, LicenseInfo] = dict(licenses or {})
+        self._crypt = crypt
+
+    # ------------------------------------------------------------------ inputs
+
+    def set_licenses(self, licenses: Mapping[ProductKey, LicenseInfo]) -> None:
+        """The license container was (re)loaded and verified by the service."""
+        self.licenses = dict(licenses)
+
+    def handle(self, req: PeerRequest) -> Step:
+        if isinstance(req, Probe):
+            return Step(self._status(req.mid))
+        if req.epoch < self.state.promised:
+            return Step(Rejected(req.mid, self.state.promised))
+        if isinstance(req, Prepare):
+            return self._prepare(req)
+        if isinstance(req, Accept):
+            return self._accept(req)
+        if isinstance(req, Snapshot):
+            return self._snapshot(req)
+        return self._crypt_call(req)
+
+    def committed(self, step: Step) -> None:
+        """The step's write is durable: make it the acceptor's state."""
+        if step.write is not None:
+            apply_write(self.state, step.write)
+
+    # ------------------------------------------------------------------ handlers
+
+    def _status(self, mid: int) -> Status:
+        return Status(
+            mid=mid,
+            name=self.name,
+            promised=self.state.promised,
+            caught_up=self.state.caught_up,
+            versions={k: v.version for k, v in self.state.products.items()},
+            seats={k: v.seats() for k, v in self.state.products.items()},
+            licenses=dict(self.licenses),
+        )
+
+    def _promise_write(self, epoch: Epoch) -> Epoch | None:
+        return epoch if epoch > self.state.promised else None
+
+    def _prepare(self, req: Prepare) -> Step:
+        reply = Promise(
+            mid=req.mid,
+            name=self.name,
+            epoch=req.epoch,
+            caught_up=self.state.caught_up,
+            logs={
+                k: (v.version, tuple(v.handles.values())) for k, v in self.state.products.items()
+            },
+            licenses=dict(self.licenses),
+        )
+        promised = self._promise_write(req.epoch)
+        return Step(reply, Write(promised=promised) if promised else None)
+
+    def _license_refusal(self, key: ProductKey) -> str:
+        lic = self.licenses.get(key)
+        if lic is None:
+            return "no copy of this license on this backend"
+        if not lic.valid:
+            return f"license copy not valid here: {lic.reason or 'invalid'}"
+        return ""
+
+    def _accept(self, req: Accept) -> Step:
+        results: dict[ProductKey, EntryResult] = {}
+        writes: list[ProductWrite] = []
+        # Work on copies: entries for the same product may follow each other in one message.
+        work: dict[ProductKey, ProductLog] = {}
+        blocked: set[ProductKey] = set()
+        for entry in req.entries:
+            key = entry.key
+            if key in blocked:
+                continue
+            log = work.get(key)
+            if log is None:
+                log = self.state.products.get(key, ProductLog()).copy()
+            have = log.version
+            if have.epoch == req.epoch and entry.seq <= have.seq:
+                results[key] = EntryResult(EntryStatus.OK, have.seq)  # duplicate
+                work[key] = log
+                continue
+            if have.epoch != req.epoch or entry.seq != have.seq + 1:
+                results[key] = EntryResult(EntryStatus.NEED_SNAPSHOT, have.seq)
+                blocked.add(key)
+                continue
+            refusal = self._license_refusal(key) or self._check_ops(key, log, entry.ops)
+            if refusal:
+                results[key] = EntryResult(EntryStatus.REFUSED, have.seq, refusal)
+                blocked.add(key)
+                continue
+            apply_ops(log.handles, entry.ops)
+            log.version = Version(req.epoch, entry.seq)
+            work[key] = log
+            writes.append(ProductWrite(key, log.version, ops=entry.ops))
+            results[key] = EntryResult(EntryStatus.OK, entry.seq)
+        promised = self._promise_write(req.epoch)
+        write = Write(promised=promised, products=tuple(writes))
+        reply = Accepted(req.mid, req.epoch, results)
+        return Step(reply, None if write.empty() else write)
+
+    def _check_ops(self, key: ProductKey, log: ProductLog, ops: tuple[Op, ...]) -> str:
+        lic = self.licenses[key]
+        handles = dict(log.handles)
+        for op in ops:
+            if isinstance(op, Grant):
+                rec = op.record
+                if rec.key != key or rec.seats < 1:
+                    return f"malformed grant {rec.handle} for product {key}"
+                if rec.handle in handles:
+                    continue
+                handles[rec.handle] = rec
+                if seats_of(handles) > lic.quantity:
+                    return (
+                        f"grant {rec.handle} would take {seats_of(handles)} seats, "
+                        f"above this copy's LQ {lic.quantity}"
+                    )
+            else:
+                handles.pop(op.handle, None)
+        return ""
+
+    def _snapshot(self, req: Snapshot) -> Step:
+        results: dict[ProductKey, EntryResult] = {}
+        writes: list[ProductWrite] = []
+        for entry in req.entries:
+            key = entry.key
+            current = self.state.products.get(key, ProductLog())
+            have = current.version
+            if have.epoch == req.epoch and entry.seq <= have.seq:
+                results[key] = EntryResult(EntryStatus.OK, have.seq)  # stale or duplicate
+                continue
+            refusal = self._license_refusal(key)
+            if not refusal:
+                if any(r.key != key or r.seats < 1 for r in entry.handles):
+                    refusal = "malformed snapshot"
+                else:
+                    new = sum(r.seats for r in entry.handles)
+                    limit = max(self.licenses[key].quantity, current.seats())
+                    if new > limit:
+                        refusal = f"snapshot holds {new} seats, above this copy's LQ"
+            if refusal:
+                results[key] = EntryResult(EntryStatus.REFUSED, have.seq, refusal)
+                continue
+            version = Version(req.epoch, entry.seq)
+            writes.append(ProductWrite(key, version, replace=tuple(entry.handles)))
+            results[key] = EntryResult(EntryStatus.OK, entry.seq)
+        write = Write(
+            promised=self._promise_write(req.epoch),
+            caught_up=None if self.state.caught_up else True,
+            products=tuple(writes),
+        )
+        reply = Accepted(req.mid, req.epoch, results)
+        return Step(reply, None if write.empty() else write)
+
+    def _crypt_call(self, req: Crypt) -> Step:
+        log = self.state.products.get(req.key)
+        rec = log.handles.get(req.handle) if log else None
+        if rec is None or rec.client_id != req.client_id:
+            return Step(
+                CryptResult(req.mid, False, error="UNKNOWN_HANDLE", message="handle not held here")
+            )
+        refusal = self._license_refusal(req.key)
+        if refusal or self._crypt is None:
+            return Step(
+                CryptResult(req.mid, False, error="QUORUM_LOST", message=refusal or "no crypto")
+            )
+        try:
+            out = self._crypt(req.key, req.operation, req.data)
+        except (ValueError, KeyError) as exc:
+            return Step(CryptResult(req.mid, False, error="BAD_REQUEST", message=str(exc)))
+        return Step(CryptResult(req.mid, True, data=out))

@@ -1,0 +1,1057 @@
+"""The TMR server's side of the replication protocol: a sans-I/O leader.
+
+The leader is fed client requests, backend replies and timer ticks (monotonic `now`), and
+returns `Effects`: messages to send to backends, replies to clients, log events, and an epoch
+counter that must be persisted before anything is sent. It does no I/O of its own; the server
+service and the deterministic simulation drive the very same class.
+
+Roles: STANDBY (answers NOT_ACTIVE), TAKEOVER (probing and preparing after `promote`), ACTIVE
+(serving), FENCED (a backend has a higher promise: stop serving, never prepare again by itself;
+only `demote` then a new `promote` starts a new term).
+
+Replication (DESIGN.md section 5): every product (firm, product) has its own log of entries
+numbered 1, 2, ... in the leader's epoch, after a snapshot at seq 0 written at takeover. Ops
+collected while an entry is uncommitted go together into the next entry (group commit). Each
+backend has at most one ACCEPT or SNAPSHOT in flight, so a slow backend never slows the
+majority. An entry is committed once two backends acknowledged it durably; only then are the
+clients that wait on it answered.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tmr.errors import ErrorCode
+from tmr.licensing import Effective, Holding, effective_version
+from tmr.replication.messages import (
+    Accept,
+    Accepted,
+    AcceptEntry,
+    Crypt,
+    CryptResult,
+    EntryStatus,
+    PeerError,
+    PeerReply,
+    PeerRequest,
+    Prepare,
+    Probe,
+    Promise,
+    Rejected,
+    Snapshot,
+    SnapshotEntry,
+    Status,
+)
+from tmr.replication.types import (
+    ZERO_EPOCH,
+    Epoch,
+    Grant,
+    HandleRecord,
+    LicenseInfo,
+    Op,
+    ProductKey,
+    Release,
+    ReleaseReason,
+    Version,
+    key_str,
+)
+
+QUORUM = 2
+MAX_ENTRY_OPS = 4096  # cap of ops in one log entry (keeps messages well under frame limits)
+RECENT_RELEASED = 100_000  # (client id, request id) of released handles remembered per term
+
+
+class Role(enum.StrEnum):
+    STANDBY = "standby"
+    TAKEOVER = "takeover"
+    ACTIVE = "active"
+    FENCED = "fenced"
+
+
+@dataclass(frozen=True)
+class LeaderConfig:
+    server_id: str
+    backends: tuple[str, ...]
+    lease: float = 30.0
+    backend_timeout: float = 1.0
+    probe_interval: float = 0.25
+    refuse_retry: float = 1.0
+    crypt_timeout: float = 1.0
+    container_serial: str = "131-0000000"
+
+
+@dataclass(frozen=True)
+class ClientReply:
+    token: Any  # opaque routing information of the service
+    rid: str
+    result: dict[str, Any] | None = None
+    error: ErrorCode | None = None
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class Effects:
+    persist_counter: int | None = None  # write durably BEFORE sending anything
+    send: list[tuple[str, PeerRequest]] = field(default_factory=list)
+    replies: list[ClientReply] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def extend(self, other: Effects) -> None:
+        if other.persist_counter is not None:
+            self.persist_counter = other.persist_counter
+        self.send.extend(other.send)
+        self.replies.extend(other.replies)
+        self.events.extend(other.events)
+
+
+@dataclass
+class _Outstanding:
+    kind: str  # probe | prepare | repl | crypt
+    sent_at: float
+    crypt: _CryptJob | None = None
+    upto: dict[ProductKey, int] = field(default_factory=dict)
+
+
+@dataclass
+class _CryptJob:
+    token: Any
+    rid: str
+    key: ProductKey
+    handle: str
+    client_id: str
+    operation: str
+    data: bytes
+    min_seq: int
+    tried: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Backend:
+    name: str
+    index: int
+    up: bool = False
+    promised: Epoch = ZERO_EPOCH
+    caught_up: bool = False
+    licenses: dict[ProductKey, LicenseInfo] = field(default_factory=dict)
+    versions: dict[ProductKey, Version] = field(default_factory=dict)
+    outstanding: dict[int, _Outstanding] = field(default_factory=dict)
+    probe_mid: int | None = None
+    last_probe: float = float("-inf")
+    repl_mid: int | None = None
+    acked: dict[ProductKey, int] = field(default_factory=dict)
+    refused_until: dict[ProductKey, float] = field(default_factory=dict)
+    refusal: dict[ProductKey, str] = field(default_factory=dict)
+    promise: Promise | None = None
+    confirmed_at: float = float("-inf")  # send time of the latest request it answered in our epoch
+    fresh_since: float | None = None  # when we saw it report a wiped (not caught-up) store
+    prepare_sent: bool = False
+    snapshot_acked: bool = False
+
+    def holds(self, key: ProductKey) -> bool:
+        lic = self.licenses.get(key)
+        return lic is not None and lic.valid
+
+
+@dataclass
+class _Waiter:
+    seq: int
+    reply: ClientReply
+
+
+@dataclass
+class _Product:
+    key: ProductKey
+    seq: int = 0
+    committed: int = -1
+    handles: dict[str, HandleRecord] = field(default_factory=dict)
+    log: dict[int, tuple[Op, ...]] = field(default_factory=dict)
+    pending: list[Op] = field(default_factory=list)
+    waiters: list[_Waiter] = field(default_factory=list)
+    grant_seq: dict[str, int] = field(default_factory=dict)
+    releasing: dict[str, int] = field(default_factory=dict)  # handle -> seq of its release
+    pending_released: dict[str, HandleRecord] = field(default_factory=dict)
+
+    def seats(self) -> int:
+        return sum(r.seats for r in self.handles.values())
+
+    def handles_at_seq(self) -> list[HandleRecord]:
+        """The handle table as of entry `seq`, without the ops still pending."""
+        granted = {op.record.handle for op in self.pending if isinstance(op, Grant)}
+        table = {**self.handles, **self.pending_released}
+        return [r for h, r in table.items() if h not in granted]
+
+
+class Leader:
+    def __init__(
+        self,
+        config: LeaderConfig,
+        *,
+        last_counter: int = 0,
+        wall_clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.cfg = config
+        self.role = Role.STANDBY
+        self.epoch: Epoch | None = None
+        self.last_counter = last_counter
+        self._wall = wall_clock or (lambda: 0.0)
+        self._mids = itertools.count(1)
+        self._handle_ids = itertools.count(1)
+        self._rr = itertools.count()
+        self.backends = [_Backend(name, i) for i, name in enumerate(config.backends)]
+        self._by_name = {b.name: b for b in self.backends}
+        self._reset_term()
+        self.ops_committed = 0
+        self.fenced_by: Epoch | None = None
+
+    # ================================================================== public inputs
+
+    def promote(self, now: float) -> Effects:
+        fx = Effects()
+        if self.role in (Role.ACTIVE, Role.TAKEOVER):
+            return fx
+        self._reset_term()
+        self.role = Role.TAKEOVER
+        self.fenced_by = None
+        self._takeover_started = now
+        self._phase = "probe"
+        fx.events.append({"event": "promote", "server": self.cfg.server_id})
+        for b in self.backends:
+            b.probe_mid = None  # forget probes of the old term: probe everyone now
+            self._probe(b, now, fx)
+        return fx
+
+    def demote(self, now: float, reason: str = "demote") -> Effects:
+        fx = Effects()
+        if self.role == Role.STANDBY:
+            return fx
+        self._fail_all_waiters(fx, ErrorCode.NOT_ACTIVE, "server demoted")
+        self.role = Role.STANDBY
+        self.epoch = None
+        self._reset_term()
+        fx.events.append({"event": "demote", "server": self.cfg.server_id, "reason": reason})
+        return fx
+
+    def tick(self, now: float) -> Effects:
+        fx = Effects()
+        for b in self.backends:
+            for mid, out in list(b.outstanding.items()):
+                limit = self.cfg.crypt_timeout if out.kind == "crypt" else self.cfg.backend_timeout
+                if now - out.sent_at >= limit:
+                    self._timeout(b, mid, out, now, fx)
+            if now - b.last_probe >= self.cfg.probe_interval and b.probe_mid is None:
+                self._probe(b, now, fx)
+        if self.role == Role.TAKEOVER and self._phase == "probe":
+            self._maybe_prepare(now, fx)
+        if self.role == Role.ACTIVE:
+            self._expire(now, fx)
+        self._pump(now, fx)
+        return fx
+
+    def on_reply(self, backend: str, msg: PeerReply, now: float) -> Effects:
+        fx = Effects()
+        b = self._by_name.get(backend)
+        if b is None:
+            return fx
+        out = b.outstanding.pop(msg.mid, None)
+        if out is None:
+            return fx  # late or duplicate reply: its request was given up already
+        self._mark_up(b, fx)
+        if isinstance(msg, Rejected):
+            if out.kind == "crypt" and out.crypt is not None:
+                self._crypt_failed(out.crypt, ErrorCode.NOT_ACTIVE, "fenced", fx)
+            self._fence(msg.promised, b, fx)
+        elif isinstance(msg, Status):
+            if self.epoch is not None and msg.promised <= self.epoch and msg.caught_up:
+                b.confirmed_at = max(b.confirmed_at, out.sent_at)
+            self._on_status(b, msg, now, fx)
+        elif isinstance(msg, Promise):
+            self._on_promise(b, msg, now, fx)
+        elif isinstance(msg, Accepted):
+            self._on_accepted(b, msg, out, now, fx)
+        elif isinstance(msg, CryptResult):
+            self._on_crypt_result(b, msg, out, now, fx)
+        elif isinstance(msg, PeerError):
+            fx.events.append(
+                {"event": "backend_error", "backend": b.name, "message": msg.message}
+            )
+            if out.kind == "repl":
+                b.repl_mid = None
+                b.acked.clear()
+        self._pump(now, fx)
+        return fx
+
+    # ---------------------------------------------------------------- client requests
+
+    def checkout(
+        self,
+        token: Any,
+        rid: str,
+        client_id: str,
+        firm: int,
+        product: int,
+        seats: int,
+        now: float,
+    ) -> Effects:
+        fx = Effects()
+        if self.role != Role.ACTIVE or self.epoch is None:
+            return self._not_active(fx, token, rid)
+        key = (firm, product)
+        existing = self._by_request.get((client_id, rid))
+        if existing is not None:
+            p = self._products[self._handle_key[existing]]
+            rec = p.handles[existing]
+            reply = ClientReply(token, rid, self._grant_result(rec, now))
+            self._reply_when(p, p.grant_seq.get(existing, 0), reply, fx)
+            self._pump(now, fx)
+            return fx
+        if (client_id, rid) in self._recent_released:
+            fx.replies.append(
+                ClientReply(
+                    token,
+                    rid,
+                    error=ErrorCode.UNKNOWN_HANDLE,
+                    message="this request id was already used for a handle since released",
+                )
+            )
+            return fx
+        code, message, eff = self._admission(key, seats)
+        if code is not None:
+            self.denials[key] = self.denials.get(key, 0) + (
+                code == ErrorCode.NO_LICENSE_AVAILABLE
+            )
+            fx.replies.append(ClientReply(token, rid, error=code, message=message))
+            return fx
+        assert eff is not None
+        p = self._product(key)
+        handle = f"h{self.epoch.counter}-{self.cfg.server_id}-{next(self._handle_ids)}"
+        rec = HandleRecord(handle, firm, product, seats, client_id, rid, self._wall())
+        seq = self._propose(p, Grant(rec))
+        p.handles[handle] = rec
+        p.grant_seq[handle] = seq
+        self._handle_key[handle] = key
+        self._by_request[(client_id, rid)] = handle
+        self._leases[handle] = now + self.cfg.lease
+        self._reply_when(p, seq, ClientReply(token, rid, self._grant_result(rec, now)), fx)
+        fx.events.append(
+            {
+                "event": "handle_granted",
+                "handle": handle,
+                "license": key_str(key),
+                "seats": seats,
+                "client_id": client_id,
+            }
+        )
+        self._pump(now, fx)
+        return fx
+
+    def heartbeat(self, token: Any, rid: str, client_id: str, handle: str, now: float) -> Effects:
+        fx = Effects()
+        if self.role != Role.ACTIVE:
+            return self._not_active(fx, token, rid)
+        rec = self._find(handle, client_id)
+        if rec is None or handle in self._products[rec.key].releasing:
+            fx.replies.append(
+                ClientReply(token, rid, error=ErrorCode.UNKNOWN_HANDLE, message="no such handle")
+            )
+            return fx
+        if not self._leadership_confirmed(now):
+            # Heartbeats are not replicated: only extend a lease while a majority of backends
+            # has answered in our epoch recently, so a deposed leader cannot extend leases
+            # the new leader does not know of (new leaders add the same margin on takeover).
+            fx.replies.append(
+                ClientReply(
+                    token,
+                    rid,
+                    error=ErrorCode.NOT_ACTIVE,
+                    message="leadership not confirmed by a majority of backends; retry",
+                )
+            )
+            return fx
+        self._leases[handle] = now + self.cfg.lease
+        fx.replies.append(ClientReply(token, rid, {"lease": self.cfg.lease}))
+        return fx
+
+    def release(self, token: Any, rid: str, client_id: str, handle: str, now: float) -> Effects:
+        fx = Effects()
+        if self.role != Role.ACTIVE:
+            return self._not_active(fx, token, rid)
+        key = self._handle_key.get(handle)
+        if key is None:
+            # Unknown or already released: release is idempotent.
+            fx.replies.append(ClientReply(token, rid, {"released": False}))
+            return fx
+        p = self._products[key]
+        rec = p.handles.get(handle)
+        if rec is None:
+            seq = p.releasing.get(handle)
+            if seq is None:
+                fx.replies.append(ClientReply(token, rid, {"released": False}))
+            else:
+                self._reply_when(p, seq, ClientReply(token, rid, {"released": True}), fx)
+            return fx
+        if rec.client_id != client_id:
+            fx.replies.append(
+                ClientReply(token, rid, error=ErrorCode.UNKNOWN_HANDLE, message="no such handle")
+            )
+            return fx
+        seq = self._remove_handle(p, handle, ReleaseReason.RELEASE, fx)
+        self._reply_when(p, seq, ClientReply(token, rid, {"released": True}), fx)
+        self._pump(now, fx)
+        return fx
+
+    def crypt(
+        self,
+        token: Any,
+        rid: str,
+        client_id: str,
+        handle: str,
+        operation: str,
+        data: bytes,
+        now: float,
+    ) -> Effects:
+        fx = Effects()
+        if self.role != Role.ACTIVE:
+            return self._not_active(fx, token, rid)
+        rec = self._find(handle, client_id)
+        if rec is None:
+            fx.replies.append(
+                ClientReply(token, rid, error=ErrorCode.UNKNOWN_HANDLE, message="no such handle")
+            )
+            return fx
+        p = self._products[rec.key]
+        job = _CryptJob(
+            token, rid, rec.key, handle, client_id, operation, data, p.grant_seq.get(handle, 0)
+        )
+        self._crypt_dispatch(job, now, fx)
+        return fx
+
+    def _leadership_confirmed(self, now: float) -> bool:
+        times = sorted((b.confirmed_at for b in self.backends), reverse=True)
+        return len(times) >= QUORUM and times[QUORUM - 1] >= now - self.cfg.backend_timeout
+
+    # ---------------------------------------------------------------- read-only views
+
+    def healthy(self) -> bool:
+        return self.role != Role.FENCED
+
+    def licenses_view(self) -> list[dict[str, Any]]:
+        keys: set[ProductKey] = set()
+        for b in self.backends:
+            keys.update(b.licenses)
+        out = []
+        for key in sorted(keys):
+            eff = self._effective(key)
+            p = self._products.get(key)
+            lic = self._best_license(key, eff)
+            out.append(
+                {
+                    "firm": key[0],
+                    "product": key[1],
+                    "tmr_id": eff.tmr_id,
+                    "quantity": eff.quantity,
+                    "in_use": p.seats() if p and self.role == Role.ACTIVE else 0,
+                    "available": eff.available,
+                    "status": eff.status,
+                    "expires": lic.expires if lic else None,
+                    "features": dict(lic.features) if lic else {},
+                }
+            )
+        return out
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "server": self.cfg.server_id,
+            "role": self.role.value,
+            "epoch": [self.epoch.counter, self.epoch.server] if self.epoch else None,
+            "fenced_by": str(self.fenced_by) if self.fenced_by else None,
+            "serial": self.cfg.container_serial,
+            "backends": [
+                {
+                    "name": b.name,
+                    "up": b.up,
+                    "promised": str(b.promised),
+                    "caught_up": b.caught_up,
+                    "licenses": {
+                        key_str(k): {
+                            "tmr_id": v.tmr_id,
+                            "quantity": v.quantity,
+                            "valid": v.valid,
+                            "reason": v.reason,
+                        }
+                        for k, v in sorted(b.licenses.items())
+                    },
+                    "synced": {key_str(k): s for k, s in sorted(b.acked.items())},
+                    "refused": {key_str(k): r for k, r in sorted(b.refusal.items())},
+                }
+                for b in self.backends
+            ],
+            "handles": sum(len(p.handles) for p in self._products.values()),
+            "ops_committed": self.ops_committed,
+            "licenses": self.licenses_view(),
+        }
+
+    def handles_view(self, now: float) -> list[dict[str, Any]]:
+        out = []
+        for p in self._products.values():
+            for rec in p.handles.values():
+                out.append(
+                    {
+                        "handle": rec.handle,
+                        "firm": rec.firm,
+                        "product": rec.product,
+                        "seats": rec.seats,
+                        "client_id": rec.client_id,
+                        "granted_at": rec.granted_at,
+                        "lease_left": max(0.0, self._leases.get(rec.handle, now) - now),
+                        "committed": p.grant_seq.get(rec.handle, 0) <= p.committed,
+                    }
+                )
+        return out
+
+    # ================================================================== internals
+
+    def _reset_term(self) -> None:
+        self._products: dict[ProductKey, _Product] = {}
+        self._handle_key: dict[str, ProductKey] = {}
+        self._by_request: dict[tuple[str, str], str] = {}
+        self._recent_released: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._leases: dict[str, float] = {}
+        self._crypt_jobs: dict[int, _CryptJob] = {}
+        self._phase = ""
+        self._bootstrap = False
+        self._takeover_started = 0.0
+        self.denials: dict[ProductKey, int] = {}
+        for b in getattr(self, "backends", []):
+            b.acked.clear()
+            b.confirmed_at = float("-inf")
+            b.refused_until.clear()
+            b.refusal.clear()
+            b.promise = None
+            b.prepare_sent = False
+            b.snapshot_acked = False
+            b.repl_mid = None
+            for mid, out in list(b.outstanding.items()):
+                if out.kind != "probe":
+                    del b.outstanding[mid]
+
+    def _send(self, b: _Backend, msg: PeerRequest, out: _Outstanding, fx: Effects) -> None:
+        b.outstanding[msg.mid] = out
+        fx.send.append((b.name, msg))
+
+    def _probe(self, b: _Backend, now: float, fx: Effects) -> None:
+        mid = next(self._mids)
+        b.probe_mid = mid
+        b.last_probe = now
+        self._send(b, Probe(mid), _Outstanding("probe", now), fx)
+
+    def _mark_up(self, b: _Backend, fx: Effects) -> None:
+        if not b.up:
+            b.up = True
+            fx.events.append({"event": "backend_up", "backend": b.name})
+
+    def _mark_down(self, b: _Backend, fx: Effects, why: str) -> None:
+        # Its acks stay durable facts, but it no longer counts for commits or log trimming
+        # until it answers again; then it resumes from its log or gets a snapshot.
+        b.acked.clear()
+        b.confirmed_at = float("-inf")
+        if b.up:
+            b.up = False
+            fx.events.append({"event": "backend_down", "backend": b.name, "reason": why})
+
+    def _timeout(self, b: _Backend, mid: int, out: _Outstanding, now: float, fx: Effects) -> None:
+        del b.outstanding[mid]
+        if out.kind == "probe":
+            b.probe_mid = None
+        if out.kind == "repl":
+            b.repl_mid = None
+        if out.kind == "prepare":
+            b.prepare_sent = False
+        if out.kind == "crypt" and out.crypt is not None:
+            self._crypt_dispatch(out.crypt, now, fx)
+            return  # a slow crypt call alone does not make a backend down
+        self._mark_down(b, fx, f"no answer to {out.kind} within {self.cfg.backend_timeout}s")
+
+    def _fence(self, promised: Epoch, b: _Backend, fx: Effects) -> None:
+        if self.role not in (Role.ACTIVE, Role.TAKEOVER):
+            return
+        if self.epoch is not None and promised <= self.epoch:
+            return
+        self._fail_all_waiters(fx, ErrorCode.NOT_ACTIVE, "server fenced by a newer epoch")
+        fx.events.append(
+            {
+                "event": "fenced",
+                "server": self.cfg.server_id,
+                "epoch": str(self.epoch) if self.epoch else None,
+                "by": str(promised),
+                "backend": b.name,
+            }
+        )
+        self.role = Role.FENCED
+        self.fenced_by = promised
+        self.epoch = None
+        self._reset_term()
+
+    def _not_active(self, fx: Effects, token: Any, rid: str) -> Effects:
+        msg = {
+            Role.STANDBY: "this TMR server is the standby",
+            Role.TAKEOVER: "this TMR server is taking over; retry",
+            Role.FENCED: "this TMR server was fenced by a newer leader",
+            Role.ACTIVE: "",
+        }[self.role]
+        fx.replies.append(ClientReply(token, rid, error=ErrorCode.NOT_ACTIVE, message=msg))
+        return fx
+
+    def _fail_all_waiters(self, fx: Effects, code: ErrorCode, message: str) -> None:
+        for p in self._products.values():
+            for w in p.waiters:
+                fx.replies.append(
+                    ClientReply(w.reply.token, w.reply.rid, error=code, message=message)
+                )
+            p.waiters.clear()
+        for job in self._crypt_jobs.values():
+            fx.replies.append(ClientReply(job.token, job.rid, error=code, message=message))
+        self._crypt_jobs.clear()
+
+    # ---------------------------------------------------------------- licenses
+
+    def _effective(self, key: ProductKey) -> Effective:
+        holdings: list[Holding | None] = []
+        for b in self.backends:
+            lic = b.licenses.get(key)
+            ok = b.up and lic is not None and lic.valid
+            holdings.append(Holding(lic.tmr_id, lic.quantity) if ok and lic else None)
+        return effective_version(holdings)
+
+    def _best_license(self, key: ProductKey, eff: Effective) -> LicenseInfo | None:
+        best = None
+        for b in self.backends:
+            lic = b.licenses.get(key)
+            if lic is None:
+                continue
+            if eff.tmr_id is not None and lic.tmr_id == eff.tmr_id:
+                return lic
+            if best is None or lic.tmr_id > best.tmr_id:
+                best = lic
+        return best
+
+    def _admission(
+        self, key: ProductKey, seats: int
+    ) -> tuple[ErrorCode | None, str, Effective | None]:
+        known = [b for b in self.backends if key in b.licenses]
+        if not known:
+            return ErrorCode.UNKNOWN_LICENSE, f"no license {key_str(key)} in this container", None
+        eff = self._effective(key)
+        if not eff.available:
+            up_copies = [b.licenses[key] for b in known if b.up]
+            valid = sum(1 for lic in up_copies if lic.valid)
+            expired = sum(1 for lic in up_copies if lic.reason == "expired")
+            if expired and valid + expired >= QUORUM:
+                return ErrorCode.LICENSE_EXPIRED, f"license {key_str(key)} has expired", eff
+            return (
+                ErrorCode.QUORUM_LOST,
+                f"license {key_str(key)} is held by fewer than 2 reachable backends "
+                f"({eff.status})",
+                eff,
+            )
+        p = self._products.get(key)
+        used = p.seats() if p else 0
+        if used + seats > eff.quantity:
+            return (
+                ErrorCode.NO_LICENSE_AVAILABLE,
+                f"{used} of {eff.quantity} seats of {key_str(key)} in use, {seats} requested",
+                eff,
+            )
+        return None, "", eff
+
+    def _grant_result(self, rec: HandleRecord, now: float) -> dict[str, Any]:
+        eff = self._effective(rec.key)
+        return {
+            "handle": rec.handle,
+            "firm": rec.firm,
+            "product": rec.product,
+            "seats": rec.seats,
+            "lease": self.cfg.lease,
+            "tmr_id": eff.tmr_id if eff.tmr_id is not None else 0,
+        }
+
+    # ---------------------------------------------------------------- log and commit
+
+    def _product(self, key: ProductKey) -> _Product:
+        p = self._products.get(key)
+        if p is None:
+            p = _Product(key)
+            self._products[key] = p
+        return p
+
+    def _propose(self, p: _Product, op: Op) -> int:
+        """Queue an op; return the seq of the entry it will be committed in."""
+        p.pending.append(op)
+        return p.seq + 1
+
+    def _remove_handle(
+        self, p: _Product, handle: str, reason: ReleaseReason, fx: Effects
+    ) -> int:
+        rec = p.handles.pop(handle)
+        p.pending_released[handle] = rec
+        seq = self._propose(p, Release(handle, reason, self._wall()))
+        p.releasing[handle] = seq
+        self._leases.pop(handle, None)
+        self._by_request.pop((rec.client_id, rec.request_id), None)
+        self._recent_released[(rec.client_id, rec.request_id)] = None
+        if len(self._recent_released) > RECENT_RELEASED:
+            self._recent_released.popitem(last=False)
+        fx.events.append(
+            {
+                "event": "handle_expired" if reason == ReleaseReason.EXPIRE else "handle_released",
+                "handle": handle,
+                "license": key_str(p.key),
+                "seats": rec.seats,
+                "client_id": rec.client_id,
+            }
+        )
+        return seq
+
+    def _reply_when(self, p: _Product, seq: int, reply: ClientReply, fx: Effects) -> None:
+        if seq <= p.committed:
+            fx.replies.append(reply)
+        else:
+            p.waiters.append(_Waiter(seq, reply))
+
+    def _flush(self, p: _Product) -> None:
+        """Turn pending ops into the next log entry once the previous one is committed."""
+        if not p.pending or p.committed < p.seq:
+            return
+        ops, p.pending = tuple(p.pending[:MAX_ENTRY_OPS]), p.pending[MAX_ENTRY_OPS:]
+        for op in ops:
+            if isinstance(op, Release):
+                p.pending_released.pop(op.handle, None)
+        p.seq += 1
+        p.log[p.seq] = ops
+
+    def _recommit(self, p: _Product, fx: Effects) -> None:
+        acks = sorted((b.acked[p.key] for b in self.backends if p.key in b.acked), reverse=True)
+        if len(acks) < QUORUM or acks[QUORUM - 1] <= p.committed:
+            return
+        new = acks[QUORUM - 1]
+        for s in range(max(p.committed + 1, 1), new + 1):
+            self.ops_committed += len(p.log.get(s, ()))
+        p.committed = new
+        ready = [w for w in p.waiters if w.seq <= new]
+        if ready:
+            p.waiters = [w for w in p.waiters if w.seq > new]
+            fx.replies.extend(w.reply for w in ready)
+        for h, s in list(p.releasing.items()):
+            if s <= new:
+                del p.releasing[h]
+                del self._handle_key[h]
+                p.grant_seq.pop(h, None)
+        # Trim the log: entries every synced backend has are no longer needed for resends.
+        floor = min(acks)
+        for s in [s for s in p.log if s <= floor]:
+            del p.log[s]
+
+    def _pump(self, now: float, fx: Effects) -> None:
+        if self.role not in (Role.ACTIVE, Role.TAKEOVER) or self.epoch is None:
+            return
+        if self.role == Role.TAKEOVER and self._phase != "sync":
+            return
+        for p in self._products.values():
+            self._flush(p)
+        for b in self.backends:
+            if not b.up or b.repl_mid is not None:
+                continue
+            if self.role == Role.TAKEOVER and b.promise is None:
+                continue
+            if not self._may_seed(b):
+                continue
+            snap: list[SnapshotEntry] = []
+            entries: list[AcceptEntry] = []
+            upto: dict[ProductKey, int] = {}
+            for p in self._products.values():
+                if not b.holds(p.key):
+                    continue
+                if now < b.refused_until.get(p.key, float("-inf")):
+                    continue
+                acked = b.acked.get(p.key)
+                if acked is None or (acked < p.seq and (acked + 1) not in p.log):
+                    snap.append(SnapshotEntry(p.key, p.seq, tuple(p.handles_at_seq())))
+                    upto[p.key] = p.seq
+                elif acked < p.seq:
+                    for s in range(acked + 1, p.seq + 1):
+                        entries.append(AcceptEntry(p.key, s, p.log[s]))
+                    upto[p.key] = p.seq
+            first_snapshot = self.role == Role.TAKEOVER and not b.snapshot_acked
+            if snap or first_snapshot:
+                mid = next(self._mids)
+                b.repl_mid = mid
+                self._send(
+                    b,
+                    Snapshot(mid, self.epoch, tuple(snap)),
+                    _Outstanding("repl", now, upto=upto),
+                    fx,
+                )
+            elif entries:
+                mid = next(self._mids)
+                b.repl_mid = mid
+                self._send(
+                    b, Accept(mid, self.epoch, tuple(entries)), _Outstanding("repl", now, upto=upto), fx
+                )
+
+    # ---------------------------------------------------------------- replies
+
+    def _on_status(self, b: _Backend, msg: Status, now: float, fx: Effects) -> None:
+        if b.probe_mid == msg.mid:
+            b.probe_mid = None
+        self._update_licenses(b, msg.licenses, fx)
+        b.promised = msg.promised
+        self._set_caught_up(b, msg.caught_up, now)
+        b.versions = dict(msg.versions)
+        if self.epoch is not None and msg.promised > self.epoch:
+            self._fence(msg.promised, b, fx)
+            return
+        if self.role == Role.TAKEOVER:
+            if self._phase == "probe":
+                self._maybe_prepare(now, fx)
+            elif not b.prepare_sent and self.epoch is not None:
+                self._send_prepare(b, now, fx)
+            return
+        if self.role == Role.ACTIVE and b.repl_mid is None and self.epoch is not None:
+            # Reconcile a backend that was away: resume where its durable log is, or snapshot.
+            for key, p in self._products.items():
+                v = msg.versions.get(key)
+                if v is not None and v.epoch == self.epoch and v.seq <= p.seq and (
+                    v.seq == p.seq or (v.seq + 1) in p.log
+                ):
+                    b.acked[key] = max(b.acked.get(key, -1), v.seq)
+                else:
+                    b.acked.pop(key, None)
+            if not b.prepare_sent:
+                b.prepare_sent = True  # it joins through snapshots, which raise its promise
+            for p in self._products.values():
+                self._recommit(p, fx)
+            for key in msg.licenses:
+                self._product(key)
+
+    def _update_licenses(
+        self, b: _Backend, licenses: dict[ProductKey, LicenseInfo], fx: Effects
+    ) -> None:
+        if licenses == b.licenses:
+            return
+        for key in set(licenses) | set(b.licenses):
+            old, new = b.licenses.get(key), licenses.get(key)
+            if old != new:
+                fx.events.append(
+                    {
+                        "event": "license_changed",
+                        "backend": b.name,
+                        "license": key_str(key),
+                        "tmr_id": new.tmr_id if new else None,
+                        "quantity": new.quantity if new else None,
+                        "valid": new.valid if new else False,
+                        "reason": new.reason if new else "removed",
+                    }
+                )
+                b.refused_until.pop(key, None)
+        b.licenses = dict(licenses)
+
+    def _set_caught_up(self, b: _Backend, caught_up: bool, now: float) -> None:
+        b.caught_up = caught_up
+        if caught_up:
+            b.fresh_since = None
+        elif b.fresh_since is None:
+            b.fresh_since = now
+
+    def _may_seed(self, b: _Backend) -> bool:
+        """May this leader write a snapshot to a backend whose store was wiped?
+
+        A wiped backend forgot its promise, so by itself it would accept a deposed leader.
+        Seed it only when two other backends confirmed this epoch after it was seen wiped
+        (or, at takeover, promised it), which rules out any newer epoch with a majority."""
+        if b.caught_up or self._bootstrap:
+            return True
+        if self.role == Role.TAKEOVER:
+            counted = [x for x in self.backends if x is not b and x.promise and x.promise.caught_up]
+            return len(counted) >= QUORUM
+        since = b.fresh_since if b.fresh_since is not None else float("inf")
+        confirmed = [x for x in self.backends if x is not b and x.confirmed_at >= since]
+        return len(confirmed) >= QUORUM
+
+    def _maybe_prepare(self, now: float, fx: Effects) -> None:
+        replied = [b for b in self.backends if b.up and b.probe_mid is None]
+        waited = now - self._takeover_started >= self.cfg.backend_timeout
+        if len(replied) == len(self.backends) or (len(replied) >= QUORUM and waited):
+            top = max([self.last_counter] + [b.promised.counter for b in self.backends])
+            self.last_counter = top + 1
+            self.epoch = Epoch(self.last_counter, self.cfg.server_id)
+            fx.persist_counter = self.last_counter
+            self._phase = "prepare"
+            fx.events.append(
+                {"event": "prepare", "server": self.cfg.server_id, "epoch": str(self.epoch)}
+            )
+            for b in replied:
+                self._send_prepare(b, now, fx)
+
+    def _send_prepare(self, b: _Backend, now: float, fx: Effects) -> None:
+        assert self.epoch is not None
+        b.prepare_sent = True
+        self._send(b, Prepare(next(self._mids), self.epoch), _Outstanding("prepare", now), fx)
+
+    def _on_promise(self, b: _Backend, msg: Promise, now: float, fx: Effects) -> None:
+        if self.role != Role.TAKEOVER or msg.epoch != self.epoch:
+            return
+        self._update_licenses(b, msg.licenses, fx)
+        b.promise = msg
+        self._set_caught_up(b, msg.caught_up, now)
+        if self._phase != "prepare":
+            return  # adopted already; this late backend joins through a snapshot
+        promises = [x.promise for x in self.backends if x.promise is not None]
+        counted = [p for p in promises if p.caught_up]
+        # Bootstrap: every backend promised and at most one was ever seeded. Nothing can have
+        # been committed without two seeded backends, so the seeded one (if any) has it all.
+        bootstrap = len(promises) == len(self.backends) and len(counted) < QUORUM
+        if len(counted) < QUORUM and not bootstrap:
+            return
+        self._bootstrap = bootstrap
+        self._adopt(counted, now, fx)
+
+    def _adopt(self, promises: list[Promise], now: float, fx: Effects) -> None:
+        best: dict[ProductKey, tuple[Version, tuple[HandleRecord, ...]]] = {}
+        for pr in promises:
+            for key, (version, handles) in pr.logs.items():
+                if key not in best or version > best[key][0]:
+                    best[key] = (version, handles)
+        keys = set(best)
+        for b in self.backends:
+            keys.update(b.licenses)
+        for key in keys:
+            p = self._product(key)
+            for rec in best.get(key, (None, ()))[1]:
+                p.handles[rec.handle] = rec
+                p.grant_seq[rec.handle] = 0
+                self._handle_key[rec.handle] = key
+                self._by_request[(rec.client_id, rec.request_id)] = rec.handle
+                # Leases restart at takeover, plus the margin a deposed leader may have used
+                # to confirm a heartbeat (see `heartbeat`).
+                self._leases[rec.handle] = now + self.cfg.lease + self.cfg.backend_timeout
+        self._phase = "sync"
+        fx.events.append(
+            {
+                "event": "adopted",
+                "server": self.cfg.server_id,
+                "epoch": str(self.epoch),
+                "from": [pr.name for pr in promises],
+                "handles": len(self._handle_key),
+            }
+        )
+
+    def _on_accepted(
+        self, b: _Backend, msg: Accepted, out: _Outstanding, now: float, fx: Effects
+    ) -> None:
+        if out.kind != "repl" or msg.epoch != self.epoch:
+            return
+        b.repl_mid = None
+        b.confirmed_at = max(b.confirmed_at, out.sent_at)
+        self._set_caught_up(b, True, now)
+        for key, res in msg.results.items():
+            if res.status == EntryStatus.OK:
+                b.acked[key] = max(b.acked.get(key, -1), res.seq)
+                b.refusal.pop(key, None)
+            else:
+                b.acked.pop(key, None)
+                if res.status == EntryStatus.REFUSED:
+                    b.refused_until[key] = now + self.cfg.refuse_retry
+                    if b.refusal.get(key) != res.reason:
+                        fx.events.append(
+                            {
+                                "event": "backend_refused",
+                                "backend": b.name,
+                                "license": key_str(key),
+                                "reason": res.reason,
+                            }
+                        )
+                    b.refusal[key] = res.reason
+        if self.role == Role.TAKEOVER and not b.snapshot_acked:
+            b.snapshot_acked = True
+            if sum(1 for x in self.backends if x.snapshot_acked) >= QUORUM:
+                self.role = Role.ACTIVE
+                fx.events.append(
+                    {"event": "active", "server": self.cfg.server_id, "epoch": str(self.epoch)}
+                )
+        for key in msg.results:
+            p = self._products.get(key)
+            if p is not None:
+                self._recommit(p, fx)
+
+    # ---------------------------------------------------------------- expiry
+
+    def _expire(self, now: float, fx: Effects) -> None:
+        for p in self._products.values():
+            # A grant still waiting for its commit is not expired under its waiting client.
+            expired = [
+                h
+                for h in p.handles
+                if self._leases.get(h, now) < now and p.grant_seq.get(h, 0) <= p.committed
+            ]
+            for h in expired:
+                self._remove_handle(p, h, ReleaseReason.EXPIRE, fx)
+
+    # ---------------------------------------------------------------- crypt
+
+    def _crypt_dispatch(self, job: _CryptJob, now: float, fx: Effects) -> None:
+        if self.role != Role.ACTIVE or self.epoch is None:
+            fx.replies.append(ClientReply(job.token, job.rid, error=ErrorCode.NOT_ACTIVE))
+            return
+        candidates = [
+            b
+            for b in self.backends
+            if b.up
+            and b.holds(job.key)
+            and b.acked.get(job.key, -1) >= job.min_seq
+            and b.name not in job.tried
+        ]
+        if not candidates:
+            self._crypt_failed(job, ErrorCode.QUORUM_LOST, "no backend can serve this call", fx)
+            return
+        b = candidates[next(self._rr) % len(candidates)]
+        job.tried.add(b.name)
+        mid = next(self._mids)
+        msg = Crypt(mid, self.epoch, job.key, job.handle, job.client_id, job.operation, job.data)
+        self._crypt_jobs[mid] = job
+        self._send(b, msg, _Outstanding("crypt", now, crypt=job), fx)
+
+    def _crypt_failed(self, job: _CryptJob, code: ErrorCode, message: str, fx: Effects) -> None:
+        fx.replies.append(ClientReply(job.token, job.rid, error=code, message=message))
+
+    def _on_crypt_result(
+        self, b: _Backend, msg: CryptResult, out: _Outstanding, now: float, fx: Effects
+    ) -> None:
+        job = self._crypt_jobs.pop(msg.mid, None)
+        if job is None:
+            return
+        if msg.ok:
+            fx.replies.append(ClientReply(job.token, job.rid, {"data": msg.data, "backend": b.name}))
+        elif msg.error == ErrorCode.BAD_REQUEST.value:
+            fx.replies.append(
+                ClientReply(job.token, job.rid, error=ErrorCode.BAD_REQUEST, message=msg.message)
+            )
+        else:
+            self._crypt_dispatch(job, now, fx)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _find(self, handle: str, client_id: str) -> HandleRecord | None:
+        key = self._handle_key.get(handle)
+        if key is None:
+            return None
+        rec = self._products[key].handles.get(handle)
+        if rec is None or rec.client_id != client_id:
+            return None
+        return rec

@@ -1,0 +1,142 @@
+"""Messages between a TMR server (leader) and the backends (acceptors).
+
+Plain values; `tmr.protocol.peer_api` turns them into bytes and back. Every request carries a
+message id `mid` chosen by the leader; the reply echoes it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from tmr.replication.types import Epoch, HandleRecord, LicenseInfo, Op, ProductKey, Version
+
+# ---------------------------------------------------------------- leader -> backend
+
+
+@dataclass(frozen=True)
+class Probe:
+    mid: int
+
+
+@dataclass(frozen=True)
+class Prepare:
+    mid: int
+    epoch: Epoch
+
+
+@dataclass(frozen=True)
+class AcceptEntry:
+    key: ProductKey
+    seq: int
+    ops: tuple[Op, ...]
+
+
+@dataclass(frozen=True)
+class Accept:
+    mid: int
+    epoch: Epoch
+    entries: tuple[AcceptEntry, ...]
+
+
+@dataclass(frozen=True)
+class SnapshotEntry:
+    key: ProductKey
+    seq: int
+    handles: tuple[HandleRecord, ...]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    mid: int
+    epoch: Epoch
+    entries: tuple[SnapshotEntry, ...]
+
+
+@dataclass(frozen=True)
+class Crypt:
+    mid: int
+    epoch: Epoch
+    key: ProductKey
+    handle: str
+    client_id: str
+    operation: str
+    data: bytes
+
+
+PeerRequest = Probe | Prepare | Accept | Snapshot | Crypt
+
+# ---------------------------------------------------------------- backend -> leader
+
+
+@dataclass(frozen=True)
+class Status:
+    mid: int
+    name: str
+    promised: Epoch
+    caught_up: bool
+    versions: dict[ProductKey, Version]
+    seats: dict[ProductKey, int]
+    licenses: dict[ProductKey, LicenseInfo]
+
+
+@dataclass(frozen=True)
+class Promise:
+    mid: int
+    name: str
+    epoch: Epoch
+    caught_up: bool
+    logs: dict[ProductKey, tuple[Version, tuple[HandleRecord, ...]]]
+    licenses: dict[ProductKey, LicenseInfo]
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The request's epoch is below this backend's promise: the sender is fenced."""
+
+    mid: int
+    promised: Epoch
+
+
+class EntryStatus(enum.StrEnum):
+    OK = "ok"  # durable up to `seq`
+    NEED_SNAPSHOT = "need_snapshot"  # the entry does not follow this backend's log
+    REFUSED = "refused"  # the backend's own license check failed (reason says why)
+
+
+@dataclass(frozen=True)
+class EntryResult:
+    status: EntryStatus
+    seq: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """Answer to Accept and Snapshot: per product, what is now durable."""
+
+    mid: int
+    epoch: Epoch
+    results: dict[ProductKey, EntryResult]
+    licenses: dict[ProductKey, LicenseInfo] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CryptResult:
+    mid: int
+    ok: bool
+    data: bytes = b""
+    error: str = ""  # an ErrorCode value when not ok
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class PeerError:
+    """A request the backend could not parse or does not serve (mid 0 if unreadable)."""
+
+    mid: int
+    message: str
+
+
+PeerReply = Status | Promise | Rejected | Accepted | CryptResult | PeerError
+

@@ -1,0 +1,639 @@
+"""Deterministic, seeded simulation of the replication protocol.
+
+The real `Leader` and `Acceptor` classes run over a simulated network that loses, reorders
+and duplicates messages and cuts links; backends crash (losing nothing committed), restart,
+and are sometimes wiped; TMR servers crash, restart, and are promoted and demoted at random,
+both at once too. Simulated clients check out, heartbeat and release with the SDK's retry
+rules (same request id on every retry). After every step the invariants of DESIGN.md
+section 5 are checked; a violation raises `InvariantViolation` naming the seed and step.
+
+Run one seed by hand:  python -m tests.sim.simulation --seed 17 --steps 4000 -v
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import random
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from tmr.errors import ErrorCode
+from tmr.replication.acceptor import Acceptor, AcceptorState, Step, Write, apply_write
+from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig, Role
+from tmr.replication.messages import (
+    Accept,
+    Crypt,
+    PeerReply,
+    PeerRequest,
+    Prepare,
+    Snapshot,
+)
+from tmr.replication.types import (
+    ZERO_EPOCH,
+    Epoch,
+    Grant,
+    LicenseInfo,
+    Op,
+    Release,
+    ReleaseReason,
+    ProductKey,
+    ProductLog,
+    Version,
+)
+
+FIRM = 6000123
+PRODUCT = 42
+KEY: ProductKey = (FIRM, PRODUCT)
+BACKENDS = ("b1", "b2", "b3")
+SERVERS = ("sa", "sb")
+LEASE = 5.0
+BACKEND_TIMEOUT = 0.5
+CLIENT_TIMEOUT = 0.6
+
+
+class InvariantViolation(AssertionError):
+    pass
+
+
+# ------------------------------------------------------------------ durable stores
+
+
+class MemoryStore:
+    """An acceptor's disk: holds only committed writes, so a crash loses nothing else.
+
+    It also checks the acceptor-side invariants on every commit (I2, I3, I4)."""
+
+    def __init__(self, sim: Simulation, name: str) -> None:
+        self.sim = sim
+        self.name = name
+        self.state = AcceptorState(ZERO_EPOCH, False)
+        self.licenses: dict[ProductKey, LicenseInfo] = {}
+
+    def load(self) -> AcceptorState:
+        return self.state.copy()
+
+    def commit(self, write: Write) -> None:
+        before = self.state.copy()
+        if write.promised is not None and write.promised < before.promised:
+            self.sim.fail(
+                f"I3: {self.name} promise would go back {before.promised} -> {write.promised}"
+            )
+        for pw in write.products:
+            if pw.version.epoch < before.promised and (
+                write.promised is None or pw.version.epoch < write.promised
+            ):
+                self.sim.fail(
+                    f"I4: {self.name} writes {pw.version} below promise {before.promised}"
+                )
+        apply_write(self.state, write)
+        for pw in write.products:
+            log = self.state.products[pw.key]
+            for h in log.handles:
+                self.sim.stored_by.setdefault(h, set()).add(self.name)
+            lic = self.licenses.get(pw.key)
+            old = before.products.get(pw.key, ProductLog()).seats()
+            if lic is None or not lic.valid:
+                self.sim.fail(f"I2: {self.name} committed {pw.key} without a valid copy")
+            elif log.seats() > lic.quantity and log.seats() > old:
+                self.sim.fail(
+                    f"I2: {self.name} grew {pw.key} to {log.seats()} seats, LQ {lic.quantity}"
+                )
+            if pw.replace is None and pw.ops:
+                self.sim.record_slot(pw.key, pw.version, pw.ops, self.name)
+
+
+# ------------------------------------------------------------------ nodes
+
+
+@dataclass
+class BackendNode:
+    name: str
+    store: MemoryStore
+    acceptor: Acceptor | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.acceptor is not None
+
+
+@dataclass
+class ServerNode:
+    name: str
+    counter: int = 0  # the durably persisted epoch counter
+    leader: Leader | None = None
+    terms: list[Epoch] = field(default_factory=list)
+
+
+@dataclass
+class Msg:
+    src: str
+    dst: str
+    payload: Any
+    kind: str  # peer_req | peer_rep | client_req | client_rep
+    incarnation: int = 0  # a message to a node that restarted since it was sent is lost
+
+
+@dataclass
+class HeldSeat:
+    handle: str
+    seats: int
+    since: float
+    lease_ref: float  # send time of the latest acknowledged checkout/heartbeat
+
+
+@dataclass
+class SimClient:
+    cid: str
+    seats: int
+    state: str = "idle"  # idle | checkout | holding | release
+    rid: str = ""
+    rid_n: int = 0
+    target: int = 0
+    sent_at: float = 0.0
+    first_sent: float = 0.0
+    next_action: float = 0.0
+    held: HeldSeat | None = None
+    hb_rid: str = ""
+    hb_sent: float = 0.0
+    hb_target: int = 0
+    release_handle: str = ""
+
+
+# ------------------------------------------------------------------ the simulation
+
+
+class Simulation:
+    def __init__(
+        self,
+        seed: int,
+        *,
+        duration: float = 30.0,
+        fault_interval: float = 0.7,
+        lq: int = 4,
+        clients: int = 6,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.duration = duration
+        self.fault_interval = fault_interval
+        self.step_no = 0
+        self.now = 0.0
+        self.lq = lq
+        self.queue: list[tuple[float, int, str, Any]] = []
+        self._qn = 0
+        self.incarnation: dict[str, int] = {}
+        self.faults_on = True
+        self.cut: set[frozenset[str]] = set()
+        self.log: list[str] = []
+        self.slots: dict[tuple[ProductKey, Version], tuple[Op, ...]] = {}
+        self.slot_holders: dict[tuple[ProductKey, Version], set[str]] = {}
+        self.stored_by: dict[str, set[str]] = {}  # handle -> backends that stored it durably
+        self.backends = {n: BackendNode(n, MemoryStore(self, n)) for n in BACKENDS}
+        lic = LicenseInfo(tmr_id=7, quantity=lq, valid=True)
+        for b in self.backends.values():
+            b.store.licenses = {KEY: lic}
+            self._start_backend(b)
+        self.servers = {n: ServerNode(n) for n in SERVERS}
+        for s in self.servers.values():
+            self._start_server(s)
+        self.clients = [SimClient(f"c{i}", seats=1 + (i % 2), target=i % 2) for i in range(clients)]
+        # Ground truth for the checks.
+        self.acked_grants: dict[str, tuple[str, str, int]] = {}  # handle -> (cid, rid, seats)
+        self.gone: set[str] = set()  # handles released (acked) or expired by a leader
+        self.rid_handles: dict[tuple[str, str], str] = {}
+        self.last_hb: dict[str, float] = {}  # handle -> time a leader last extended it
+        self.stats = {"checkouts": 0, "releases": 0, "denied": 0, "failovers": 0, "crashes": 0}
+
+    # -------------------------------------------------------------- helpers
+
+    def fail(self, what: str) -> None:
+        tail = "\n".join(self.log[-40:])
+        raise InvariantViolation(
+            f"seed {self.seed} step {self.step_no} t={self.now:.2f}: {what}\n--- last events:\n{tail}"
+        )
+
+    def note(self, text: str) -> None:
+        self.log.append(f"[{self.step_no} t={self.now:.2f}] {text}")
+
+    def record_slot(self, key: ProductKey, version: Version, ops: tuple[Op, ...], who: str) -> None:
+        slot = (key, version)
+        have = self.slots.get(slot)
+        if have is None:
+            self.slots[slot] = ops
+        elif have != ops:
+            self.fail(f"I2: slot {slot} holds two different ops ({who})")
+        holders = self.slot_holders.setdefault(slot, set())
+        holders.add(who)
+        if len(holders) == 2:  # committed by a majority: now it really happened
+            for op in ops:
+                if isinstance(op, Release) and op.reason == ReleaseReason.EXPIRE:
+                    self.check_expiry(op.handle)
+
+    def _start_backend(self, b: BackendNode) -> None:
+        b.acceptor = Acceptor(b.name, b.store.load(), b.store.licenses)
+
+    def _start_server(self, s: ServerNode) -> None:
+        cfg = LeaderConfig(
+            server_id=s.name,
+            backends=BACKENDS,
+            lease=LEASE,
+            backend_timeout=BACKEND_TIMEOUT,
+            probe_interval=0.1,
+            refuse_retry=0.5,
+        )
+        s.leader = Leader(cfg, last_counter=s.counter, wall_clock=lambda: self.now)
+
+    def schedule(self, at: float, kind: str, payload: Any = None) -> None:
+        self._qn += 1
+        heapq.heappush(self.queue, (at, self._qn, kind, payload))
+
+    def latency(self) -> float:
+        r = self.rng.random()
+        if r < 0.9:
+            return self.rng.uniform(0.0005, 0.005)
+        if r < 0.99:
+            return self.rng.uniform(0.005, 0.05)
+        return self.rng.uniform(0.05, 0.8)  # a slow path: reorders and times out
+
+    def send(self, src: str, dst: str, payload: Any, kind: str) -> None:
+        if frozenset((src, dst)) in self.cut:
+            return
+        r = self.rng.random()
+        if r < 0.02:
+            return  # lost
+        msg = Msg(src, dst, payload, kind, self.incarnation.get(dst, 0))
+        self.schedule(self.now + self.latency(), "msg", msg)
+        if r > 0.985 and kind.startswith("peer"):
+            self.schedule(self.now + self.latency(), "msg", msg)  # duplicated
+
+    # -------------------------------------------------------------- effects of a leader
+
+    def apply_effects(self, s: ServerNode, fx: Effects) -> None:
+        assert s.leader is not None
+        if fx.persist_counter is not None:
+            if fx.persist_counter <= s.counter:
+                self.fail(f"I6: {s.name} reuses epoch counter {fx.persist_counter}")
+            s.counter = fx.persist_counter
+            epoch = Epoch(fx.persist_counter, s.name)
+            for other in self.servers.values():
+                if epoch in other.terms:
+                    self.fail(f"I6: epoch {epoch} used twice")
+            s.terms.append(epoch)
+        for ev in fx.events:
+            self.note(f"{s.name}: {ev}")
+            if ev["event"] == "adopted":
+                self.check_adoption(s)
+            if ev["event"] in ("handle_expired", "handle_released"):
+                self.gone.add(ev["handle"])  # its client asked; the release may commit
+        for dst, msg in fx.send:
+            self.send(s.name, dst, msg, "peer_req")
+        for reply in fx.replies:
+            self.check_client_reply(s, reply)
+            self.send(s.name, reply.token, reply, "client_rep")
+
+    # -------------------------------------------------------------- invariant checks
+
+    def durable_holders(self, handle: str) -> int:
+        return len(self.stored_by.get(handle, ()))
+
+    def check_client_reply(self, s: ServerNode, reply: ClientReply) -> None:
+        # I5: a grant is acknowledged only once two backends hold it durably.
+        if reply.ok and reply.result and "handle" in reply.result and "seats" in reply.result:
+            h = reply.result["handle"]
+            if self.durable_holders(h) < 2:
+                self.fail(f"I5: {s.name} acknowledged {h} with fewer than 2 durable copies")
+
+    def check_adoption(self, s: ServerNode) -> None:
+        # I7: every acknowledged, not released/expired grant is in the new leader's table.
+        assert s.leader is not None
+        p = s.leader._products.get(KEY)
+        table = p.handles if p else {}
+        for h in self.acked_grants:
+            if h not in self.gone and h not in table:
+                self.fail(f"I7: {s.name} adopted a table without acknowledged handle {h}")
+        # I10: only caught-up promises were counted (bootstrap: all fresh).
+        promises = [b.promise for b in s.leader.backends if b.promise is not None]
+        counted = [p for p in promises if p.caught_up]
+        if len(counted) < 2 and len(promises) < 3:
+            self.fail("I10: adopted without two caught-up promises")
+
+    def check_expiry(self, handle: str) -> None:
+        # I9: no handle expires before its lease from its last heartbeat (or takeover).
+        hb = self.last_hb.get(handle)
+        if hb is not None and self.now < hb + LEASE - 1e-9:
+            self.fail(f"I9: {handle} expired at {self.now:.2f}, heartbeat at {hb:.2f}")
+        self.gone.add(handle)
+
+    def check_seats(self) -> None:
+        # I1: the seats clients certainly hold never exceed LQ.
+        held = 0
+        for c in self.clients:
+            if c.held and self.now < c.held.lease_ref + LEASE:
+                held += c.held.seats
+        if held > self.lq:
+            desc = [
+                (c.cid, c.held.handle, c.held.seats, round(c.held.lease_ref, 2))
+                for c in self.clients
+                if c.held
+            ]
+            self.fail(f"I1: clients certainly hold {held} seats > LQ {self.lq}: {desc}")
+
+    # -------------------------------------------------------------- delivery
+
+    def deliver(self, m: Msg) -> None:
+        if frozenset((m.src, m.dst)) in self.cut:
+            return
+        if m.incarnation != self.incarnation.get(m.dst, 0):
+            return
+        if m.kind == "peer_req":
+            b = self.backends[m.dst]
+            if b.acceptor is None:
+                return
+            step: Step = b.acceptor.handle(m.payload)
+            if step.write is not None:
+                if self.faults_on and self.rng.random() < 0.01:
+                    self.crash_backend(b, "crash during fsync")
+                    return
+                b.store.commit(step.write)
+                b.acceptor.committed(step)
+            self.send(m.dst, m.src, step.reply, "peer_rep")
+        elif m.kind == "peer_rep":
+            s = self.servers[m.dst]
+            if s.leader is None:
+                return
+            self.apply_effects(s, s.leader.on_reply(m.src, m.payload, self.now))
+        elif m.kind == "client_req":
+            s = self.servers[m.dst]
+            if s.leader is None:
+                return
+            self.apply_effects(s, self.serve(s.leader, m.src, m.payload))
+        else:
+            self.client_reply(m.dst, m.src, m.payload)
+
+    def serve(self, leader: Leader, cid: str, req: dict[str, Any]) -> Effects:
+        op = req["op"]
+        if op == "checkout":
+            return leader.checkout(cid, req["rid"], cid, FIRM, PRODUCT, req["seats"], self.now)
+        if op == "heartbeat":
+            fx = leader.heartbeat(cid, req["rid"], cid, req["handle"], self.now)
+            if fx.replies and fx.replies[0].ok:
+                self.last_hb[req["handle"]] = self.now
+            return fx
+        return leader.release(cid, req["rid"], cid, req["handle"], self.now)
+
+    # -------------------------------------------------------------- clients
+
+    def client_by_id(self, cid: str) -> SimClient:
+        return self.clients[int(cid[1:])]
+
+    def client_send(self, c: SimClient, op: str, **kw: Any) -> None:
+        target = SERVERS[c.target]
+        self.send(
+            c.cid,
+            target,
+            {"op": op, "rid": c.rid if op != "heartbeat" else c.hb_rid, **kw},
+            "client_req",
+        )
+
+    def new_rid(self, c: SimClient) -> str:
+        c.rid_n += 1
+        return f"{c.cid}-r{c.rid_n}"
+
+    def client_act(self, c: SimClient) -> None:
+        now = self.now
+        if c.held and now >= c.held.lease_ref + LEASE:
+            self.note(f"{c.cid}: lease of {c.held.handle} ran out client-side")
+            c.held = None
+            if c.state == "holding":
+                c.state = "idle"
+        if c.state == "idle" and now >= c.next_action:
+            c.state = "checkout"
+            c.rid = self.new_rid(c)
+            c.first_sent = c.sent_at = now
+            self.client_send(c, "checkout", seats=c.seats)
+        elif c.state in ("checkout", "release") and now - c.sent_at > CLIENT_TIMEOUT:
+            c.target ^= 1  # Lazy Pirate: same request id, other endpoint
+            c.sent_at = now
+            if c.state == "checkout":
+                self.client_send(c, "checkout", seats=c.seats)
+            else:
+                self.client_send(c, "release", handle=c.release_handle)
+        elif c.state == "holding" and c.held:
+            if now >= c.next_action:
+                c.state = "release"
+                c.release_handle = c.held.handle
+                c.held = None  # not certainly held from the release call on
+                c.rid = self.new_rid(c)
+                c.sent_at = now
+                self.client_send(c, "release", handle=c.release_handle)
+            elif not c.hb_rid and now - c.held.lease_ref > LEASE / 3:
+                c.hb_rid = self.new_rid(c)
+                c.hb_sent = now
+                c.hb_target = c.target
+                self.client_send(c, "heartbeat", handle=c.held.handle)
+            elif c.hb_rid and now - c.hb_sent > CLIENT_TIMEOUT:
+                c.hb_rid = ""  # give up this heartbeat; a new one follows
+                c.target ^= 1
+
+    def client_reply(self, cid: str, server: str, reply: ClientReply) -> None:
+        c = self.client_by_id(cid)
+        now = self.now
+        if c.hb_rid and reply.rid == c.hb_rid:
+            c.hb_rid = ""
+            if reply.ok and c.held:
+                c.held.lease_ref = c.hb_sent
+            elif reply.error == ErrorCode.UNKNOWN_HANDLE and c.held:
+                self.note(f"{c.cid}: lost {c.held.handle}")
+                c.held = None
+                c.state = "idle"
+            elif reply.error == ErrorCode.NOT_ACTIVE:
+                c.target ^= 1
+            return
+        if reply.rid != c.rid:
+            return  # a late answer to an earlier attempt
+        if c.state == "checkout":
+            if reply.ok:
+                assert reply.result is not None
+                h = reply.result["handle"]
+                prev = self.rid_handles.setdefault((c.cid, c.rid), h)
+                if prev != h:
+                    self.fail(f"I8: request {c.rid} got two handles {prev} and {h}")
+                self.acked_grants[h] = (c.cid, c.rid, c.seats)
+                self.stats["checkouts"] += 1
+                c.held = HeldSeat(h, c.seats, now, c.first_sent)
+                c.state = "holding"
+                c.next_action = now + self.rng.uniform(0.1, 1.5 * LEASE) * self.rng.random()
+            elif reply.error == ErrorCode.NOT_ACTIVE:
+                c.target ^= 1
+            else:
+                self.stats["denied"] += 1
+                key = f"err_{reply.error}"
+                self.stats[key] = self.stats.get(key, 0) + 1
+                c.state = "idle"
+                c.next_action = now + self.rng.uniform(0.1, 1.0)
+        elif c.state == "release":
+            if reply.ok:
+                self.gone.add(c.release_handle)
+                self.stats["releases"] += 1
+                c.state = "idle"
+                c.next_action = now + self.rng.uniform(0.0, 1.0)
+            elif reply.error == ErrorCode.NOT_ACTIVE:
+                c.target ^= 1
+            else:
+                c.state = "idle"
+
+    # -------------------------------------------------------------- faults
+
+    def crash_backend(self, b: BackendNode, why: str = "crash") -> None:
+        self.note(f"{b.name}: {why}")
+        b.acceptor = None
+        self.incarnation[b.name] = self.incarnation.get(b.name, 0) + 1
+        self.stats["crashes"] += 1
+
+    def wipe_backend(self, b: BackendNode) -> None:
+        others = [o for o in self.backends.values() if o is not b]
+        if not all(o.store.state.caught_up for o in others):
+            return
+        self.crash_backend(b, "wiped")
+        b.store.state = AcceptorState(ZERO_EPOCH, False)
+
+    def crash_server(self, s: ServerNode) -> None:
+        self.note(f"{s.name}: crash")
+        s.leader = None
+        self.incarnation[s.name] = self.incarnation.get(s.name, 0) + 1
+        self.stats["crashes"] += 1
+
+    def fault(self) -> None:
+        rng = self.rng
+        r = rng.random()
+        if r < 0.25:
+            b = rng.choice(list(self.backends.values()))
+            if b.up:
+                self.crash_backend(b)
+            else:
+                self.note(f"{b.name}: restart")
+                self._start_backend(b)
+        elif r < 0.30:
+            b = rng.choice(list(self.backends.values()))
+            if b.up:
+                self.wipe_backend(b)
+        elif r < 0.45:
+            s = rng.choice(list(self.servers.values()))
+            if s.leader is not None:
+                self.crash_server(s)
+            else:
+                self.note(f"{s.name}: restart")
+                self._start_server(s)
+        elif r < 0.65:
+            # keepalived: promote one, sometimes both (split brain), sometimes demote.
+            choice = rng.random()
+            targets = list(self.servers.values())
+            picked = targets if choice < 0.25 else [rng.choice(targets)]
+            for s in picked:
+                if s.leader is None:
+                    continue
+                if choice > 0.85:
+                    self.note(f"{s.name}: keepalived demotes")
+                    self.apply_effects(s, s.leader.demote(self.now))
+                else:
+                    self.note(f"{s.name}: keepalived promotes")
+                    self.stats["failovers"] += 1
+                    self.apply_effects(s, s.leader.promote(self.now))
+        elif r < 0.85:
+            link = frozenset((rng.choice(SERVERS), rng.choice(BACKENDS)))
+            self.cut.add(link)
+            self.note(f"cut {sorted(link)}")
+        elif self.cut:
+            link = rng.choice(sorted(self.cut, key=sorted))
+            self.cut.discard(link)
+            self.note(f"heal {sorted(link)}")
+
+    def tick(self) -> None:
+        for s in self.servers.values():
+            if s.leader is not None:
+                self.apply_effects(s, s.leader.tick(self.now))
+        for c in self.clients:
+            self.client_act(c)
+
+    def ensure_some_leader(self) -> None:
+        """keepalived's job: if nobody is active or taking over, promote a live server."""
+        live = [s for s in self.servers.values() if s.leader is not None]
+        if any(s.leader and s.leader.role in (Role.ACTIVE, Role.TAKEOVER) for s in live):
+            return
+        if live:
+            s = self.rng.choice(live)
+            assert s.leader is not None
+            if s.leader.role == Role.FENCED:
+                self.apply_effects(s, s.leader.demote(self.now))
+            self.stats["failovers"] += 1
+            self.apply_effects(s, s.leader.promote(self.now))
+
+    # -------------------------------------------------------------- run
+
+    def run(self, *, faults: bool = True) -> dict[str, int]:
+        self.faults_on = faults
+        self.schedule(0.0, "tick")
+        self.schedule(0.0, "keepalived")
+        if faults:
+            self.schedule(self.rng.expovariate(1 / self.fault_interval), "fault")
+        end = self.now + self.duration
+        while self.queue and self.queue[0][0] <= end:
+            at, _, kind, payload = heapq.heappop(self.queue)
+            self.now = max(self.now, at)
+            self.step_no += 1
+            if kind == "msg":
+                self.deliver(payload)
+            elif kind == "tick":
+                self.tick()
+                self.schedule(self.now + 0.02, "tick")
+            elif kind == "keepalived":
+                self.ensure_some_leader()
+                self.schedule(self.now + self.rng.uniform(0.2, 1.0), "keepalived")
+            elif kind == "fault" and faults:
+                self.fault()
+                self.schedule(self.now + self.rng.expovariate(1 / self.fault_interval), "fault")
+            self.check_seats()
+        self.now = end
+        return self.stats
+
+    def heal_and_settle(self, seconds: float = 15.0) -> None:
+        """Heal every fault and let the system converge (the liveness half of the check)."""
+        self.note("heal everything")
+        self.cut.clear()
+        for b in self.backends.values():
+            if not b.up:
+                self._start_backend(b)
+        for s in self.servers.values():
+            if s.leader is None:
+                self._start_server(s)
+        self.queue = [q for q in self.queue if q[2] == "msg"]
+        heapq.heapify(self.queue)
+        self.duration = seconds
+        before = self.stats["checkouts"]
+        self.run(faults=False)
+        if self.stats["checkouts"] == before:
+            self.fail("liveness: no checkout succeeded after every fault was healed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--duration", type=float, default=30.0, help="simulated seconds")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print the event log")
+    args = ap.parse_args(argv)
+    sim = Simulation(args.seed, duration=args.duration)
+    try:
+        stats = sim.run()
+    finally:
+        if args.verbose:
+            print("\n".join(sim.log))
+    print(f"seed {args.seed}: {stats}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
