@@ -22,24 +22,15 @@ from typing import Any
 from tmr.errors import ErrorCode
 from tmr.replication.acceptor import Acceptor, AcceptorState, Step, Write, apply_write
 from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig, Role
-from tmr.replication.messages import (
-    Accept,
-    Crypt,
-    PeerReply,
-    PeerRequest,
-    Prepare,
-    Snapshot,
-)
 from tmr.replication.types import (
     ZERO_EPOCH,
     Epoch,
-    Grant,
     LicenseInfo,
     Op,
-    Release,
-    ReleaseReason,
     ProductKey,
     ProductLog,
+    Release,
+    ReleaseReason,
     Version,
 )
 
@@ -211,7 +202,8 @@ class Simulation:
     def fail(self, what: str) -> None:
         tail = "\n".join(self.log[-40:])
         raise InvariantViolation(
-            f"seed {self.seed} step {self.step_no} t={self.now:.2f}: {what}\n--- last events:\n{tail}"
+            f"seed {self.seed} step {self.step_no} t={self.now:.2f}: {what}\n"
+            f"--- last events:\n{tail}"
         )
 
     def note(self, text: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+
 from tmr.errors import ConfigError
 from tmr.keys import (
     CurveKeyError,

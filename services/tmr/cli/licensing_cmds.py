@@ -16,15 +16,12 @@ from typing import Any, TypeAlias
 from tmr.errors import TmrError, UsageError
 from tmr.keys import generate_keypair, load_keypair, load_public_key, public_key_path, write_keypair
 from tmr.licensing import (
-    MAX_COPY_BYTES,
     FingerprintDoc,
-    LicenseCopy,
     LicenseError,
-    LicenseReason,
     VendorKeyring,
     make_fingerprint_doc,
     open_product_key,
-    parse_copy,
+    read_copy,
     read_machine_id,
     verify_copy,
 )
@@ -163,15 +160,6 @@ def cmd_backend_fingerprint(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_copy(path: Path) -> LicenseCopy:
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_COPY_BYTES + 1)
-    except OSError as exc:
-        raise LicenseError(LicenseReason.UNREADABLE, f"cannot read: {exc.strerror}") from None
-    return parse_copy(data)
-
-
 def _when(unix: int | None) -> str:
     if unix is None:
         return "never"
@@ -189,7 +177,7 @@ def cmd_license_verify(args: argparse.Namespace) -> int:
     failures = 0
     for path in args.files:
         try:
-            copy = _read_copy(path)
+            copy = read_copy(path)
             verify_copy(
                 copy,
                 keyring=keyring,
@@ -214,7 +202,7 @@ def cmd_license_verify(args: argparse.Namespace) -> int:
 @_os_errors_as_usage
 def cmd_license_inspect(args: argparse.Namespace) -> int:
     try:
-        copy = _read_copy(args.file)
+        copy = read_copy(args.file)
     except LicenseError as exc:
         raise UsageError(f"{args.file}: {exc}") from None
     doc = copy.fields()

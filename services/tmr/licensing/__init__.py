@@ -8,7 +8,7 @@ effective-version rule), ``crypt`` (crypto calls with a product key).
 """
 
 from tmr.licensing.clock import ClockGuard
-from tmr.licensing.container import ContainerLoad, InstalledLicense, load_container
+from tmr.licensing.container import ContainerLoad, InstalledLicense, load_container, read_copy
 from tmr.licensing.crypt import crypt
 from tmr.licensing.effective import Effective, Holding, effective_version
 from tmr.licensing.fingerprint import (
@@ -49,6 +49,7 @@ __all__ = [
     "make_fingerprint_doc",
     "open_product_key",
     "parse_copy",
+    "read_copy",
     "read_machine_id",
     "serial_from_fingerprint",
     "verify_copy",

@@ -10,7 +10,13 @@ from tmr.errors import ConfigError
 from tmr.licensing.clock import ClockGuard
 from tmr.licensing.fileio import read_limited
 from tmr.licensing.keyring import VendorKeyring
-from tmr.licensing.model import MAX_COPY_BYTES, LicenseError, LicenseReason, parse_copy
+from tmr.licensing.model import (
+    MAX_COPY_BYTES,
+    LicenseCopy,
+    LicenseError,
+    LicenseReason,
+    parse_copy,
+)
 from tmr.licensing.sealing import open_product_key
 from tmr.licensing.verify import verify_copy
 
@@ -96,6 +102,15 @@ def load_container(
     return load
 
 
+def read_copy(path: Path) -> LicenseCopy:
+    """Read and strictly parse one copy file (LicenseError UNREADABLE / MALFORMED / ...)."""
+    try:
+        data = read_limited(path, MAX_COPY_BYTES)
+    except OSError as exc:
+        raise LicenseError(LicenseReason.UNREADABLE, f"cannot read: {exc.strerror}") from None
+    return parse_copy(data)
+
+
 def _load_one(
     path: Path,
     *,
@@ -105,11 +120,7 @@ def _load_one(
     now: float,
     clock_rolled_back: bool,
 ) -> InstalledLicense:
-    try:
-        data = read_limited(path, MAX_COPY_BYTES)
-    except OSError as exc:
-        raise LicenseError(LicenseReason.UNREADABLE, f"cannot read: {exc.strerror}") from None
-    copy = parse_copy(data)
+    copy = read_copy(path)
     verify_copy(
         copy,
         keyring=keyring,

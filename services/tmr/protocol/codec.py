@@ -69,7 +69,7 @@ def pack(obj: Any) -> bytes:
     return data
 
 
-def unpack(frame: bytes, *, max_size: int) -> dict[str, Any]:
+def unpack(frame: bytes | bytearray | memoryview, *, max_size: int) -> dict[str, Any]:
     """Decode one frame holding exactly one msgpack map with string keys.
 
     Raises `ProtocolError` for anything else (see the module docstring).

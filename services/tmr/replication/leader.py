@@ -279,9 +279,7 @@ class Leader:
         elif isinstance(msg, CryptResult):
             self._on_crypt_result(b, msg, out, now, fx)
         elif isinstance(msg, PeerError):
-            fx.events.append(
-                {"event": "backend_error", "backend": b.name, "message": msg.message}
-            )
+            fx.events.append({"event": "backend_error", "backend": b.name, "message": msg.message})
             if out.kind == "repl":
                 b.repl_mid = None
                 b.acked.clear()
@@ -324,9 +322,7 @@ class Leader:
             return fx
         code, message, eff = self._admission(key, seats)
         if code is not None:
-            self.denials[key] = self.denials.get(key, 0) + (
-                code == ErrorCode.NO_LICENSE_AVAILABLE
-            )
+            self.denials[key] = self.denials.get(key, 0) + (code == ErrorCode.NO_LICENSE_AVAILABLE)
             fx.replies.append(ClientReply(token, rid, error=code, message=message))
             return fx
         assert eff is not None
@@ -657,8 +653,7 @@ class Leader:
                 return ErrorCode.LICENSE_EXPIRED, f"license {key_str(key)} has expired", eff
             return (
                 ErrorCode.QUORUM_LOST,
-                f"license {key_str(key)} is held by fewer than 2 reachable backends "
-                f"({eff.status})",
+                f"license {key_str(key)} is held by fewer than 2 reachable backends ({eff.status})",
                 eff,
             )
         p = self._products.get(key)
@@ -696,9 +691,7 @@ class Leader:
         p.pending.append(op)
         return p.seq + 1
 
-    def _remove_handle(
-        self, p: _Product, handle: str, reason: ReleaseReason, fx: Effects
-    ) -> int:
+    def _remove_handle(self, p: _Product, handle: str, reason: ReleaseReason, fx: Effects) -> int:
         rec = p.handles.pop(handle)
         p.pending_released[handle] = rec
         seq = self._propose(p, Release(handle, reason, self._wall()))
@@ -802,7 +795,10 @@ class Leader:
                 mid = next(self._mids)
                 b.repl_mid = mid
                 self._send(
-                    b, Accept(mid, self.epoch, tuple(entries)), _Outstanding("repl", now, upto=upto), fx
+                    b,
+                    Accept(mid, self.epoch, tuple(entries)),
+                    _Outstanding("repl", now, upto=upto),
+                    fx,
                 )
 
     # ---------------------------------------------------------------- replies
@@ -827,8 +823,11 @@ class Leader:
             # Reconcile a backend that was away: resume where its durable log is, or snapshot.
             for key, p in self._products.items():
                 v = msg.versions.get(key)
-                if v is not None and v.epoch == self.epoch and v.seq <= p.seq and (
-                    v.seq == p.seq or (v.seq + 1) in p.log
+                if (
+                    v is not None
+                    and v.epoch == self.epoch
+                    and v.seq <= p.seq
+                    and (v.seq == p.seq or (v.seq + 1) in p.log)
                 ):
                     b.acked[key] = max(b.acked.get(key, -1), v.seq)
                 else:
@@ -1037,7 +1036,9 @@ class Leader:
         if job is None:
             return
         if msg.ok:
-            fx.replies.append(ClientReply(job.token, job.rid, {"data": msg.data, "backend": b.name}))
+            fx.replies.append(
+                ClientReply(job.token, job.rid, {"data": msg.data, "backend": b.name})
+            )
         elif msg.error == ErrorCode.BAD_REQUEST.value:
             fx.replies.append(
                 ClientReply(job.token, job.rid, error=ErrorCode.BAD_REQUEST, message=msg.message)

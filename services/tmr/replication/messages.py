@@ -139,4 +139,3 @@ class PeerError:
 
 
 PeerReply = Status | Promise | Rejected | Accepted | CryptResult | PeerError
-

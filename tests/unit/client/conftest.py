@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import zmq
 from fake_tmr_server import FakeServer
+
 from tmr.client import NodeKeys
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import zmq
+
 from tmr.client import NodeKeys
 from tmr.errors import ErrorCode
 from tmr.protocol.client_api import (

@@ -16,6 +16,7 @@ from fake_tmr_server import FIRM, PRODUCT, FakeServer
 from tmr.cli import client_cmds
 from tmr.client import NodeKeys
 from tmr.errors import ConfigError, TmrError, UsageError
+from tmr.protocol.client_api import CheckoutRequest
 
 MakeServer = Callable[..., FakeServer]
 
@@ -114,7 +115,8 @@ def test_checkout_hold_and_release(
     assert lines[0]["seats"] == 2 and lines[0]["lease"] == 0.3
     assert server.in_use == 0
     assert server.seen("heartbeat")  # held for > lease/3
-    assert server.seen("checkout")[0].cid == "cli-test"  # type: ignore[attr-defined]
+    (checkout,) = server.seen("checkout")
+    assert isinstance(checkout, CheckoutRequest) and checkout.cid == "cli-test"
 
 
 def test_checkout_until_sigterm(

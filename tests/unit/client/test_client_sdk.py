@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import zmq
@@ -25,7 +26,7 @@ from tmr.client import (
     UnknownHandle,
     UnknownLicense,
 )
-from tmr.errors import ErrorCode
+from tmr.errors import ConfigError, ErrorCode
 from tmr.protocol import ProtocolError
 from tmr.protocol.client_api import (
     CheckoutRequest,
@@ -273,9 +274,10 @@ def test_no_server_times_out() -> None:
 
 def test_wrong_server_key_times_out(make_server: MakeServer) -> None:
     server = make_server()
-    with Client(server.endpoint, NodeKeys.generate().public, timeout=0.8, **FAST) as client:
-        with pytest.raises(Timeout):
-            client.status()
+    wrong_key = NodeKeys.generate().public
+    client = Client(server.endpoint, wrong_key, timeout=0.8, attempt_timeout=0.2)
+    with client, pytest.raises(Timeout):
+        client.status()
     assert server.requests == []  # the CURVE handshake never completed
 
 
@@ -336,9 +338,8 @@ def test_error_replies_raise_typed_exceptions_at_once(
 def test_real_refusals(make_server: MakeServer, clients: Callable[..., Client]) -> None:
     server = make_server(quantity=2)
     client = clients(server.endpoint)
-    with client.checkout(FIRM, PRODUCT, seats=2):
-        with pytest.raises(NoLicenseAvailable):
-            client.checkout(FIRM, PRODUCT)
+    with client.checkout(FIRM, PRODUCT, seats=2), pytest.raises(NoLicenseAvailable):
+        client.checkout(FIRM, PRODUCT)
     with pytest.raises(UnknownLicense):
         client.checkout(FIRM, PRODUCT + 1)
     with pytest.raises(BadRequest):
@@ -418,10 +419,9 @@ def test_exit_does_not_mask_the_body_exception(
 ) -> None:
     server = make_server()
     client = clients(server.endpoint, timeout=0.5)
-    with pytest.raises(RuntimeError, match="body"):
-        with client.checkout(FIRM, PRODUCT):
-            server.hook = lambda req, s: DROP  # the release will time out
-            raise RuntimeError("body")
+    with pytest.raises(RuntimeError, match="body"), client.checkout(FIRM, PRODUCT):
+        server.hook = lambda req, s: DROP  # the release will time out
+        raise RuntimeError("body")
 
 
 # ---------------------------------------------------------------------------- threads, keys
@@ -461,10 +461,13 @@ def test_given_client_keys_are_used(
     client = clients(server.endpoint, client_keys=keys, client_id="build-agent-7")
     assert client.public_key == keys.public
     client.checkout(FIRM, PRODUCT).release()
-    assert server.seen("checkout")[0].cid == "build-agent-7"  # type: ignore[attr-defined]
+    (checkout,) = server.seen("checkout")
+    assert isinstance(checkout, CheckoutRequest) and checkout.cid == "build-agent-7"
 
 
-def test_server_key_from_a_file(make_server: MakeServer, service_keys: NodeKeys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_server_key_from_a_file(
+    make_server: MakeServer, service_keys: NodeKeys, tmp_path: Path
+) -> None:
     server = make_server()
     pub = tmp_path / "service.pub"
     pub.write_text(service_keys.public + "\n")
@@ -479,7 +482,5 @@ def test_constructor_validation(service_keys: NodeKeys) -> None:
         Client(["tcp://127.0.0.1:1"], service_keys.public, timeout=0)
     with pytest.raises(BadRequest, match="cid"):
         Client(["tcp://127.0.0.1:1"], service_keys.public, client_id="tab\there")
-    from tmr.errors import ConfigError
-
     with pytest.raises(ConfigError):
         Client(["tcp://127.0.0.1:1"], "not-a-key-and-not-a-file")

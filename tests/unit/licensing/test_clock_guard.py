@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tmr.errors import ConfigError
 from tmr.licensing import ClockGuard, LicenseError, LicenseReason
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from lic_world import FIRM, NOW, PRODUCT, World
+
 from tmr.errors import ConfigError
 from tmr.licensing import (
     ClockGuard,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tmr.licensing import LicenseError, LicenseReason, crypt
 from tmr.licensing.crypt import MAX_CRYPT_DATA
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lic_world import FIRM, NOW, PRODUCT, World
+
 from tmr.licensing import LicenseCopy, LicenseError, LicenseReason, parse_copy, verify_copy
 from tmr.licensing.model import (
     BODY_KEYS,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tmr.cli.main import main
 
 
@@ -178,5 +179,8 @@ def test_issue_input_errors(cli: Cli) -> None:
     cli.fails(*base, *full, "--expires", "2001-01-01", match="in the past")
     cli.fails(*base, *full, "--expires", "soon", match="ISO-8601")
     cli.fails(*base, *full, "--feature", "x", match="NAME=VALUE")
+    Path("afile").touch()
+    cli.fails(*base, *full, "--out", "afile", match="afile: File exists")
+    cli.fails("keygen", "--out", "afile/node.key", match="afile/node.key: Not a directory")
     with pytest.raises(SystemExit):  # argparse: not an integer
         main([*base[:4], "one", *base[5:], *full])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from lic_world import FIRM, NOW, PRODUCT, World, make_nodes
+
 from tmr.errors import UsageError
 from tmr.licensing import VendorPublicKey, parse_copy
 from tmr.vendor import init_vendor, issue_set, load_vendor, parse_expiry, parse_features

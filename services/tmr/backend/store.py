@@ -1,0 +1,385 @@
+"""The backend's durable state in SQLite: promise, catch-up flag, product logs, usage record.
+
+One `Write` of the acceptor is one SQLite transaction (WAL journal, ``synchronous=FULL``):
+it is either entirely on disk when `SqliteStore.commit` returns, or not at all. Any SQLite or
+OS error raises `StorageError`, after which the in-memory acceptor must not apply the write
+(the service reloads its state with `SqliteStore.load`).
+
+Tables (schema version in ``meta``):
+
+- ``acceptor``: one row, the promised epoch and the ``caught_up`` flag;
+- ``products``: per (firm, product) the log version (epoch, seq);
+- ``handles``: the handle table, per (firm, product, handle);
+- ``installed``: the highest TMR ID ever installed per product (no-rollback rule);
+- ``usage``: committed ops (granted / released / expired), the newest ``usage_retention``
+  rows are kept.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from tmr.errors import TmrError
+from tmr.replication.acceptor import AcceptorState, ProductWrite, Write
+from tmr.replication.types import (
+    ZERO_EPOCH,
+    Epoch,
+    Grant,
+    HandleRecord,
+    ProductKey,
+    ProductLog,
+    Release,
+    ReleaseReason,
+    Version,
+)
+
+SCHEMA_VERSION = 1
+DEFAULT_USAGE_RETENTION = 100_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS acceptor (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    promised_counter INTEGER NOT NULL,
+    promised_server TEXT NOT NULL,
+    caught_up INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS products (
+    firm INTEGER NOT NULL,
+    product INTEGER NOT NULL,
+    epoch_counter INTEGER NOT NULL,
+    epoch_server TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (firm, product)
+);
+CREATE TABLE IF NOT EXISTS handles (
+    firm INTEGER NOT NULL,
+    product INTEGER NOT NULL,
+    handle TEXT NOT NULL,
+    seats INTEGER NOT NULL,
+    client_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    granted_at REAL NOT NULL,
+    PRIMARY KEY (firm, product, handle)
+);
+CREATE TABLE IF NOT EXISTS installed (
+    firm INTEGER NOT NULL,
+    product INTEGER NOT NULL,
+    tmr_id INTEGER NOT NULL,
+    PRIMARY KEY (firm, product)
+);
+CREATE TABLE IF NOT EXISTS usage (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    recorded_at REAL NOT NULL,
+    event TEXT NOT NULL,
+    firm INTEGER NOT NULL,
+    product INTEGER NOT NULL,
+    handle TEXT NOT NULL,
+    seats INTEGER NOT NULL,
+    client_id TEXT NOT NULL
+);
+"""
+
+
+class StorageError(TmrError):
+    """The backend's database could not be opened, read or written."""
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One committed op as kept in the usage record."""
+
+    id: int
+    at: float  # wall time of the op (granted_at / release time, set by the leader)
+    recorded_at: float  # wall time at which this backend committed it
+    event: str  # "granted", "released", "expired"
+    firm: int
+    product: int
+    handle: str
+    seats: int
+    client_id: str
+
+
+_RELEASE_EVENTS = {ReleaseReason.RELEASE: "released", ReleaseReason.EXPIRE: "expired"}
+
+
+class SqliteStore:
+    """The durable store of one backend (see the module docstring)."""
+
+    def __init__(self, path: Path, *, usage_retention: int = DEFAULT_USAGE_RETENTION) -> None:
+        if usage_retention < 0:
+            raise ValueError("usage_retention must be >= 0")
+        self.path = path
+        self.usage_retention = usage_retention
+        self._conn: sqlite3.Connection | None = None
+        self._open()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot open database {self.path}: {exc}") from None
+        try:
+            self._prepare(conn)
+        except (sqlite3.Error, OSError) as exc:
+            conn.close()
+            raise StorageError(f"cannot initialise database {self.path}: {exc}") from None
+        self._conn = conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"journal_mode is {mode}, WAL is required")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._create_schema(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _create_schema(conn: sqlite3.Connection) -> None:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('created_at', ?)", (repr(time.time()),)
+            )
+        elif row[0] != str(SCHEMA_VERSION):
+            raise sqlite3.DatabaseError(
+                f"schema version {row[0]} is not supported (this build uses {SCHEMA_VERSION})"
+            )
+        conn.execute(
+            "INSERT OR IGNORE INTO acceptor (id, promised_counter, promised_server, caught_up) "
+            "VALUES (1, ?, ?, 0)",
+            (ZERO_EPOCH.counter, ZERO_EPOCH.server),
+        )
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
+    def _connection(self) -> sqlite3.Connection:
+        """The open connection; reopens after a failure closed it."""
+        if self._conn is None:
+            self._open()
+        assert self._conn is not None
+        return self._conn
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE .. COMMIT; any error rolls back and becomes a StorageError."""
+        if self._conn is None:
+            raise StorageError(f"{what}: database {self.path} is closed")
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            self._after_failure()
+            raise StorageError(f"{what} failed on {self.path}: {exc}") from None
+
+    def _after_failure(self) -> None:
+        """A connection that cannot roll back is closed; `load` reopens it."""
+        conn = self._conn
+        if conn is not None and conn.in_transaction:
+            self.close()
+
+    # ------------------------------------------------------------------ acceptor state
+
+    def load(self) -> AcceptorState:
+        """The committed state (a fresh database: ZERO_EPOCH, not caught up, no products)."""
+        try:
+            conn = self._connection()
+            return self._read_state(conn)
+        except (sqlite3.Error, OSError) as exc:
+            self.close()
+            raise StorageError(f"cannot read database {self.path}: {exc}") from None
+
+    @staticmethod
+    def _read_state(conn: sqlite3.Connection) -> AcceptorState:
+        counter, server, caught_up = conn.execute(
+            "SELECT promised_counter, promised_server, caught_up FROM acceptor WHERE id = 1"
+        ).fetchone()
+        state = AcceptorState(Epoch(counter, server), bool(caught_up))
+        for firm, product, e_counter, e_server, seq in conn.execute(
+            "SELECT firm, product, epoch_counter, epoch_server, seq FROM products"
+        ):
+            state.products[(firm, product)] = ProductLog(Version(Epoch(e_counter, e_server), seq))
+        for firm, product, handle, seats, client_id, request_id, granted_at in conn.execute(
+            "SELECT firm, product, handle, seats, client_id, request_id, granted_at FROM handles"
+        ):
+            log = state.products.setdefault((firm, product), ProductLog())
+            log.handles[handle] = HandleRecord(
+                handle, firm, product, seats, client_id, request_id, granted_at
+            )
+        return state
+
+    def commit(self, write: Write) -> None:
+        """Make ``write`` durable in one transaction (the same effect as `apply_write`)."""
+        with self._transaction("commit") as conn:
+            if write.promised is not None:
+                conn.execute(
+                    "UPDATE acceptor SET promised_counter = ?, promised_server = ? WHERE id = 1",
+                    (write.promised.counter, write.promised.server),
+                )
+            if write.caught_up is not None:
+                conn.execute(
+                    "UPDATE acceptor SET caught_up = ? WHERE id = 1", (int(write.caught_up),)
+                )
+            recorded_at = time.time()
+            for pw in write.products:
+                self._write_product(conn, pw, recorded_at)
+            self._trim_usage(conn)
+
+    def _write_product(
+        self, conn: sqlite3.Connection, pw: ProductWrite, recorded_at: float
+    ) -> None:
+        firm, product = pw.key
+        if pw.replace is not None:
+            conn.execute("DELETE FROM handles WHERE firm = ? AND product = ?", (firm, product))
+            for rec in pw.replace:  # a later record with the same handle wins, as in a dict
+                self._insert_handle(conn, pw.key, rec, replace=True)
+        else:
+            for op in pw.ops:
+                if isinstance(op, Grant):
+                    if self._insert_handle(conn, pw.key, op.record, replace=False):
+                        rec = op.record
+                        self._record_usage(
+                            conn,
+                            "granted",
+                            pw.key,
+                            (rec.handle, rec.seats, rec.client_id),
+                            at=rec.granted_at,
+                            recorded_at=recorded_at,
+                        )
+                else:
+                    self._release(conn, pw.key, op, recorded_at)
+        conn.execute(
+            "INSERT OR REPLACE INTO products (firm, product, epoch_counter, epoch_server, seq) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (firm, product, pw.version.epoch.counter, pw.version.epoch.server, pw.version.seq),
+        )
+
+    @staticmethod
+    def _insert_handle(
+        conn: sqlite3.Connection, key: ProductKey, rec: HandleRecord, *, replace: bool
+    ) -> bool:
+        """Insert a handle row; without ``replace`` an existing handle is kept (a grant is
+        idempotent). True if a row was written."""
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        cur = conn.execute(
+            f"{verb} INTO handles (firm, product, handle, seats, client_id, request_id, "
+            "granted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key[0], key[1], rec.handle, rec.seats, rec.client_id, rec.request_id, rec.granted_at),
+        )
+        return cur.rowcount > 0
+
+    def _release(
+        self, conn: sqlite3.Connection, key: ProductKey, op: Release, recorded_at: float
+    ) -> None:
+        row = conn.execute(
+            "SELECT seats, client_id FROM handles WHERE firm = ? AND product = ? AND handle = ?",
+            (key[0], key[1], op.handle),
+        ).fetchone()
+        if row is None:
+            return  # releasing a handle that is not held is a no-op
+        conn.execute(
+            "DELETE FROM handles WHERE firm = ? AND product = ? AND handle = ?",
+            (key[0], key[1], op.handle),
+        )
+        event = _RELEASE_EVENTS.get(op.reason, "released")
+        self._record_usage(
+            conn, event, key, (op.handle, row[0], row[1]), at=op.at, recorded_at=recorded_at
+        )
+
+    # ------------------------------------------------------------------ usage record
+
+    @staticmethod
+    def _record_usage(
+        conn: sqlite3.Connection,
+        event: str,
+        key: ProductKey,
+        holder: tuple[str, int, str],
+        *,
+        at: float,
+        recorded_at: float,
+    ) -> None:
+        """One usage row; ``holder`` is (handle, seats, client id)."""
+        handle, seats, client_id = holder
+        conn.execute(
+            "INSERT INTO usage (at, recorded_at, event, firm, product, handle, seats, client_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (at, recorded_at, event, key[0], key[1], handle, seats, client_id),
+        )
+
+    def _trim_usage(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute("SELECT MAX(id) FROM usage").fetchone()
+        if row is None or row[0] is None:
+            return
+        conn.execute("DELETE FROM usage WHERE id <= ?", (row[0] - self.usage_retention,))
+
+    def usage(self, limit: int | None = None) -> list[UsageRecord]:
+        """The usage record, oldest first (the newest ``limit`` rows if given)."""
+        query = (
+            "SELECT id, at, recorded_at, event, firm, product, handle, seats, client_id "
+            "FROM usage ORDER BY id DESC"
+        )
+        params: tuple[int, ...] = ()
+        if limit is not None:
+            query += " LIMIT ?"
+            params = (limit,)
+        try:
+            rows = self._connection().execute(query, params).fetchall()
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot read the usage record of {self.path}: {exc}") from None
+        return [UsageRecord(*row) for row in reversed(rows)]
+
+    # ------------------------------------------------------------------ installed TMR IDs
+
+    def installed_tmr_ids(self) -> dict[ProductKey, int]:
+        """The highest TMR ID ever installed, per (firm, product)."""
+        try:
+            rows = self._connection().execute("SELECT firm, product, tmr_id FROM installed")
+            return {(firm, product): tmr_id for firm, product, tmr_id in rows}
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot read installed TMR IDs from {self.path}: {exc}") from None
+
+    def set_installed_tmr_ids(self, ids: Mapping[ProductKey, int]) -> None:
+        """Raise the installed TMR IDs to ``ids`` (never lowers one), in one transaction."""
+        with self._transaction("recording installed TMR IDs") as conn:
+            for (firm, product), tmr_id in ids.items():
+                conn.execute(
+                    "INSERT INTO installed (firm, product, tmr_id) VALUES (?, ?, ?) "
+                    "ON CONFLICT (firm, product) DO UPDATE SET "
+                    "tmr_id = MAX(tmr_id, excluded.tmr_id)",
+                    (firm, product, tmr_id),
+                )

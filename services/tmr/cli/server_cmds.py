@@ -1,0 +1,132 @@
+"""CLI: `tmr server run`, `tmr ctl`, `tmr local up|down|status`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tmr.config import load_server_config
+from tmr.ctl import ctl_request
+
+CTL_COMMANDS = {
+    "promote": "become the active TMR server (keepalived notify_master)",
+    "demote": "become standby (keepalived notify_backup/fault/stop)",
+    "health": "exit 0 only when the server is up and not fenced (keepalived track_script)",
+    "status": "print the server's status as JSON",
+    "handles": "print the current handles as JSON",
+    "reload": "backends: re-read and re-verify the license container",
+}
+
+
+def _server_run(args: argparse.Namespace) -> int:
+    from tmr.server.service import ServerService
+
+    return ServerService(load_server_config(Path(args.config))).run()
+
+
+def _ctl(args: argparse.Namespace) -> int:
+    reply = ctl_request(Path(args.socket), args.cmd, timeout=args.timeout)
+    if args.cmd == "health" and not args.verbose:
+        return 0 if reply.get("ok") else 1
+    json.dump(reply, sys.stdout, indent=2 if sys.stdout.isatty() else None, default=str)
+    sys.stdout.write("\n")
+    return 0 if reply.get("ok") else 1
+
+
+def _local_up(args: argparse.Namespace) -> int:
+    from tmr.local.cluster import local_up
+
+    info = local_up(
+        Path(args.dir),
+        quantity=args.quantity,
+        tmr_id=args.tmr_id,
+        lease=args.lease,
+        base_port=args.base_port,
+        progress=not args.quiet,
+    )
+    _print(info, args.json)
+    return 0
+
+
+def _local_down(args: argparse.Namespace) -> int:
+    from tmr.local.cluster import local_down
+
+    stopped = local_down(Path(args.dir))
+    if not args.quiet:
+        print(f"stopped {stopped} process(es)")
+    return 0
+
+
+def _local_status(args: argparse.Namespace) -> int:
+    from tmr.local.cluster import local_status
+
+    _print(local_status(Path(args.dir)), True)
+    return 0
+
+
+def _print(info: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    print(f"cluster file: {info['cluster_file']}")
+    print(f"client endpoints: {' '.join(info['client_endpoints'])}")
+    print(f"service public key: {info['service_public_key']}")
+    for node in info["nodes"]:
+        print(f"  {node['name']:<10} pid {node['pid']:<8} {node['endpoint']}")
+
+
+def register(sub: Any, groups: dict[str, Any]) -> None:
+    p = sub.add_parser(
+        "server",
+        help="TMR server: run the service",
+        description="The TMR server presents the three backends as one virtual container.",
+    )
+    ps = p.add_subparsers(dest="server_command", metavar="ACTION")
+    ps.required = True
+    run = ps.add_parser("run", help="run the TMR server (standby until promoted)")
+    run.add_argument("--config", required=True, help="server.toml")
+    run.set_defaults(handler=_server_run)
+
+    c = sub.add_parser(
+        "ctl",
+        help="talk to a local service's control socket",
+        description="Local control of a TMR server or backend: "
+        + "; ".join(f"{k}: {v}" for k, v in CTL_COMMANDS.items()),
+    )
+    c.add_argument("--socket", default="/run/tmr/server.sock", help="control socket path")
+    c.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    c.add_argument("-v", "--verbose", action="store_true", help="health: print the answer too")
+    c.add_argument(
+        "cmd", choices=sorted(CTL_COMMANDS), metavar="COMMAND", help=", ".join(CTL_COMMANDS)
+    )
+    c.set_defaults(handler=_ctl)
+
+    lo = sub.add_parser(
+        "local",
+        help="a whole cluster (3 backends, 2 TMR servers) on 127.0.0.1",
+        description="Start or stop a local cluster of real processes on loopback, "
+        "for trying the product out and for the tests.",
+    )
+    ls = lo.add_subparsers(dest="local_command", metavar="ACTION")
+    ls.required = True
+    up = ls.add_parser(
+        "up", help="generate keys and a license set, start, promote the first server"
+    )
+    up.add_argument("--dir", required=True, help="working directory for keys, configs, state, logs")
+    up.add_argument("--quantity", type=int, default=20, help="LQ of the demo license (default 20)")
+    up.add_argument("--tmr-id", type=int, default=7, help="TMR ID of the demo license (default 7)")
+    up.add_argument("--lease", type=float, default=30.0, help="lease seconds (default 30)")
+    up.add_argument("--base-port", type=int, default=0, help="first port (default: free ports)")
+    up.add_argument("--json", action="store_true", help="print cluster.json")
+    up.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    up.set_defaults(handler=_local_up)
+    down = ls.add_parser("down", help="stop the cluster's processes")
+    down.add_argument("--dir", required=True)
+    down.add_argument("-q", "--quiet", action="store_true")
+    down.set_defaults(handler=_local_down)
+    st = ls.add_parser("status", help="print cluster.json with which processes are alive")
+    st.add_argument("--dir", required=True)
+    st.set_defaults(handler=_local_status)

@@ -1,0 +1,174 @@
+"""Configuration files of the services (TOML), validated at start.
+
+Every key is documented here with its default; an unknown key, a missing required key or a
+value of the wrong type is refused with a `ConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tmr.errors import ConfigError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """`tmr backend run --config FILE`."""
+
+    name: str  # node name in logs and status (required)
+    key_file: Path  # this node's CURVE key pair, from `tmr keygen` (required)
+    state_dir: Path  # SQLite database: handle table, promised/accepted epochs (required)
+    license_dir: Path  # license copies (*.tmrlic) of this backend's container (required)
+    vendor_keys: tuple[Path, ...]  # vendor public key files (vendor.pub) trusted (required)
+    allowed_servers: tuple[str, ...]  # Z85 node public keys of the TMR servers (required)
+    listen: str = "tcp://0.0.0.0:22360"  # ZeroMQ endpoint for the TMR servers
+    machine_id_file: Path = Path("/etc/machine-id")  # part of the fingerprint
+    serial: str | None = None  # container serial 130-NNNNNNN (default: from fingerprint)
+    ctl_socket: Path = Path("/run/tmr/backend.sock")  # local control socket (status, reload)
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class BackendRef:
+    name: str
+    endpoint: str
+    public_key: str
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """`tmr server run --config FILE`."""
+
+    name: str  # unique server id; part of every epoch this server leads (required)
+    service_key_file: Path  # the service key pair shared by both TMR servers (required)
+    node_key_file: Path  # this server's own key pair for the backend links (required)
+    backends: tuple[BackendRef, ...]  # exactly three [[backends]] tables (required)
+    client_listen: str = "tcp://0.0.0.0:22350"  # client endpoint (bound on all addresses)
+    ctl_socket: Path = Path("/run/tmr/server.sock")  # control socket for keepalived and ctl
+    state_dir: Path = Path("/var/lib/tmr/server")  # the highest epoch counter used
+    lease_seconds: float = 30.0  # a handle expires this long after its last heartbeat
+    backend_timeout: float = 1.0  # a backend that has not answered this long is down
+    probe_interval: float = 0.25  # how often backends are probed
+    container_serial: str | None = None  # virtual container serial 131-NNNNNNN
+    client_allowlist: tuple[str, ...] = ()  # Z85 client public keys; empty: any client
+    web_listen: str | None = "0.0.0.0:22380"  # WebAdmin and /metrics (none: off)
+    log_level: str = "info"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _check(path: Path, key: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if (
+        isinstance(value, bool)
+        and kind is not bool
+        and bool not in (kind if isinstance(kind, tuple) else (kind,))
+    ):
+        raise ConfigError(f"{path}: key {key!r} must be {what}, not a boolean")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{path}: key {key!r} must be {what}, not {type(value).__name__}")
+    return value
+
+
+def _strs(path: Path, key: str, value: Any) -> tuple[str, ...]:
+    _check(path, key, value, list, "a list of strings")
+    for v in value:
+        _check(path, key, v, str, "a list of strings")
+    return tuple(value)
+
+
+def _common(path: Path, data: dict[str, Any], known: set[str], required: set[str]) -> None:
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(known))})"
+        )
+    missing = sorted(required - set(data))
+    if missing:
+        raise ConfigError(f"{path}: missing required key {missing[0]!r}")
+    level = data.get("log_level", "info")
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{path}: key 'log_level' must be one of {', '.join(LOG_LEVELS)}")
+
+
+def _positive(path: Path, key: str, value: Any) -> float:
+    _check(path, key, value, (int, float), "a number")
+    if value <= 0:
+        raise ConfigError(f"{path}: key {key!r} must be greater than 0")
+    return float(value)
+
+
+def load_backend_config(path: Path) -> BackendConfig:
+    data = _load(path)
+    known = {f.name for f in fields(BackendConfig)}
+    required = {"name", "key_file", "state_dir", "license_dir", "vendor_keys", "allowed_servers"}
+    _common(path, data, known, required)
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("vendor_keys",):
+            out[key] = tuple(Path(p) for p in _strs(path, key, value))
+        elif key == "allowed_servers":
+            out[key] = _strs(path, key, value)
+            if not out[key]:
+                raise ConfigError(f"{path}: key 'allowed_servers' must name at least one key")
+        elif key in ("key_file", "state_dir", "license_dir", "machine_id_file", "ctl_socket"):
+            out[key] = Path(_check(path, key, value, str, "a path string"))
+        else:
+            out[key] = _check(path, key, value, str, "a string")
+    return BackendConfig(**out)
+
+
+def load_server_config(path: Path) -> ServerConfig:
+    data = _load(path)
+    known = {f.name for f in fields(ServerConfig)} - {"extra"}
+    required = {"name", "service_key_file", "node_key_file", "backends"}
+    _common(path, data, known, required)
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "backends":
+            _check(path, key, value, list, "a list of [[backends]] tables")
+            refs = []
+            for i, b in enumerate(value):
+                where = f"backends[{i}]"
+                _check(path, where, b, dict, "a table")
+                extra = sorted(set(b) - {"name", "endpoint", "public_key"})
+                if extra:
+                    raise ConfigError(f"{path}: unknown key {where}.{extra[0]!r}")
+                for k in ("name", "endpoint", "public_key"):
+                    if k not in b:
+                        raise ConfigError(f"{path}: missing key {where}.{k}")
+                    _check(path, f"{where}.{k}", b[k], str, "a string")
+                refs.append(BackendRef(b["name"], b["endpoint"], b["public_key"]))
+            if len(refs) != 3:
+                raise ConfigError(
+                    f"{path}: 'backends' must list exactly 3 backends, not {len(refs)}"
+                )
+            if len({r.name for r in refs}) != 3:
+                raise ConfigError(f"{path}: backend names must be distinct")
+            out[key] = tuple(refs)
+        elif key in ("service_key_file", "node_key_file", "ctl_socket", "state_dir"):
+            out[key] = Path(_check(path, key, value, str, "a path string"))
+        elif key in ("lease_seconds", "backend_timeout", "probe_interval"):
+            out[key] = _positive(path, key, value)
+        elif key == "client_allowlist":
+            out[key] = _strs(path, key, value)
+        elif key == "web_listen":
+            out[key] = _check(path, key, value, str, "a host:port string") or None
+        else:
+            out[key] = _check(path, key, value, str, "a string")
+    return ServerConfig(**out)

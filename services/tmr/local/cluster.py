@@ -1,0 +1,316 @@
+"""`tmr local up|down|status`: a whole cluster of real processes on 127.0.0.1.
+
+Three backends and two TMR servers run as background processes with the same entry points
+as in a deployment (`tmr backend run`, `tmr server run`); only the configuration differs.
+`DIR/cluster.json` tells clients and tests where everything is.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tmr.ctl import CtlError, ctl_request
+from tmr.errors import TmrError
+from tmr.keys import generate_keypair, load_keypair, write_keypair
+from tmr.licensing import make_fingerprint_doc
+from tmr.vendor import init_vendor, issue_set, load_vendor
+
+FIRM = 6000123
+PRODUCT = 42
+BACKENDS = ("backend-1", "backend-2", "backend-3")
+SERVERS = ("tmr-a", "tmr-b")
+START_TIMEOUT = 30.0
+
+
+class ClusterError(TmrError):
+    """The local cluster could not be started or found."""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ctl_path(root: Path, name: str) -> Path:
+    """Unix socket paths are limited to ~100 bytes: fall back to a short /tmp path."""
+    path = root / "run" / f"{name}.sock"
+    if len(str(path)) < 100:
+        return path
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    return Path("/tmp") / f"tmr-{digest}" / f"{name}.sock"
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as dead.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return
+        if time.monotonic() > deadline:
+            raise ClusterError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _ctl_ok(path: Path, cmd: str = "status") -> dict[str, Any] | None:
+    try:
+        reply = ctl_request(path, cmd, timeout=1.0)
+    except CtlError:
+        return None
+    return reply if reply.get("ok", True) else None
+
+
+def _ensure_keys(path: Path) -> str:
+    if not path.exists():
+        write_keypair(path, generate_keypair())
+    return load_keypair(path).public
+
+
+def local_up(
+    root: Path,
+    *,
+    quantity: int = 20,
+    tmr_id: int = 7,
+    lease: float = 30.0,
+    base_port: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    root = root.resolve()
+    say: Callable[[str], None] = (
+        (lambda m: print(f"==> {m}", flush=True)) if progress else (lambda m: None)
+    )
+    cluster_file = root / "cluster.json"
+    if cluster_file.exists():
+        old = json.loads(cluster_file.read_text())
+        if any(_alive(n["pid"]) for n in old.get("nodes", [])):
+            raise ClusterError(
+                f"a cluster is already running from {root}: tmr local down --dir {root}"
+            )
+    for sub in ("keys", "vendor", "logs", "run"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+
+    say("keys: service key pair, node keys of 2 TMR servers and 3 backends")
+    service_pub = _ensure_keys(root / "keys" / "service.key")
+    pubs = {name: _ensure_keys(root / "keys" / f"{name}.key") for name in (*SERVERS, *BACKENDS)}
+
+    ports: dict[str, int] = {}
+    for i, name in enumerate((*BACKENDS, *SERVERS)):
+        ports[name] = base_port + i if base_port else _free_port()
+
+    vendor_dir = root / "vendor"
+    if not (vendor_dir / "vendor.pub").exists():
+        say(f"vendor: firm code {FIRM}")
+        init_vendor(vendor_dir, FIRM, "Local demo vendor")
+    vendor = load_vendor(vendor_dir)
+
+    docs = []
+    for name in BACKENDS:
+        bdir = root / name
+        (bdir / "licenses").mkdir(parents=True, exist_ok=True)
+        mid = bdir / "machine-id"
+        if not mid.exists():
+            mid.write_text(hashlib.sha256(f"{root}/{name}".encode()).hexdigest()[:32] + "\n")
+        docs.append(make_fingerprint_doc(pubs[name], mid.read_text().strip()))
+    if not any((root / name / "licenses").glob("*.tmrlic") for name in BACKENDS):
+        say(f"license set: firm {FIRM} product {PRODUCT} LQ {quantity} TMR ID #{tmr_id}")
+        issued = issue_set(
+            vendor,
+            product_code=PRODUCT,
+            quantity=quantity,
+            tmr_id=tmr_id,
+            fingerprints=docs,
+            out_dir=root / "vendor" / "issued",
+        )
+        by_fp = {d.fingerprint: name for d, name in zip(docs, BACKENDS, strict=True)}
+        for copy in issued.copies:
+            dest = root / by_fp[copy.fingerprint] / "licenses" / copy.path.name
+            dest.write_bytes(copy.path.read_bytes())
+
+    nodes: list[dict[str, Any]] = []
+    for name in BACKENDS:
+        bdir = root / name
+        cfg = bdir / "backend.toml"
+        cfg.write_text(
+            f'name = "{name}"\n'
+            f'listen = "tcp://127.0.0.1:{ports[name]}"\n'
+            f'key_file = "{root / "keys" / f"{name}.key"}"\n'
+            f'state_dir = "{bdir / "state"}"\n'
+            f'license_dir = "{bdir / "licenses"}"\n'
+            f"vendor_keys = {_toml_list([str(vendor_dir / 'vendor.pub')])}\n"
+            f"allowed_servers = {_toml_list([pubs[s] for s in SERVERS])}\n"
+            f'machine_id_file = "{bdir / "machine-id"}"\n'
+            f'ctl_socket = "{ctl_path(root, name)}"\n'
+        )
+        nodes.append(
+            {
+                "name": name,
+                "role": "backend",
+                "endpoint": f"tcp://127.0.0.1:{ports[name]}",
+                "public_key": pubs[name],
+                "config": str(cfg),
+                "ctl_socket": str(ctl_path(root, name)),
+                "log": str(root / "logs" / f"{name}.log"),
+            }
+        )
+    backends_toml = "".join(
+        f'\n[[backends]]\nname = "{n}"\nendpoint = "tcp://127.0.0.1:{ports[n]}"\n'
+        f'public_key = "{pubs[n]}"\n'
+        for n in BACKENDS
+    )
+    for name in SERVERS:
+        sdir = root / name
+        sdir.mkdir(exist_ok=True)
+        cfg = sdir / "server.toml"
+        cfg.write_text(
+            f'name = "{name}"\n'
+            f'client_listen = "tcp://127.0.0.1:{ports[name]}"\n'
+            f'service_key_file = "{root / "keys" / "service.key"}"\n'
+            f'node_key_file = "{root / "keys" / f"{name}.key"}"\n'
+            f'ctl_socket = "{ctl_path(root, name)}"\n'
+            f'state_dir = "{sdir / "state"}"\n'
+            f"lease_seconds = {float(lease)}\n"
+            f'web_listen = ""\n' + backends_toml
+        )
+        nodes.append(
+            {
+                "name": name,
+                "role": "server",
+                "endpoint": f"tcp://127.0.0.1:{ports[name]}",
+                "public_key": pubs[name],
+                "config": str(cfg),
+                "ctl_socket": str(ctl_path(root, name)),
+                "log": str(root / "logs" / f"{name}.log"),
+            }
+        )
+
+    say("starting 3 backends and 2 TMR servers on 127.0.0.1")
+    for node in nodes:
+        node["pid"] = start_node(node)
+    info: dict[str, Any] = {
+        "cluster_file": str(cluster_file),
+        "dir": str(root),
+        "service_public_key": service_pub,
+        "client_endpoints": [n["endpoint"] for n in nodes if n["role"] == "server"],
+        "firm_code": FIRM,
+        "product_code": PRODUCT,
+        "vendor_dir": str(vendor_dir),
+        "nodes": nodes,
+    }
+    cluster_file.write_text(json.dumps(info, indent=2) + "\n")
+    try:
+        for node in nodes:
+            wait_for(
+                f"{node['name']} to answer on {node['ctl_socket']} (log: {node['log']})",
+                functools.partial(_check_started, node),
+                START_TIMEOUT,
+            )
+        first = nodes[len(BACKENDS)]
+        say(f"promoting {first['name']}")
+        ctl_request(Path(first["ctl_socket"]), "promote")
+        wait_for(
+            f"{first['name']} to become active (log: {first['log']})",
+            lambda: (_ctl_ok(Path(first["ctl_socket"])) or {}).get("role") == "active",
+            START_TIMEOUT,
+        )
+    except ClusterError:
+        local_down(root)
+        raise
+    say(f"up: client endpoints {' '.join(info['client_endpoints'])}")
+    return info
+
+
+def start_node(node: dict[str, Any]) -> int:
+    """Start one node's process in the background (also used by tests to restart one)."""
+    verb = "backend" if node["role"] == "backend" else "server"
+    log = open(node["log"], "ab")  # noqa: SIM115 - handed to the child
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tmr", verb, "run", "--config", node["config"]],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    finally:
+        log.close()
+    node["pid"] = proc.pid
+    return proc.pid
+
+
+def _check_started(node: dict[str, Any]) -> bool:
+    if not _alive(node["pid"]):
+        tail = Path(node["log"]).read_text(errors="replace").strip().splitlines()[-5:]
+        raise ClusterError(f"{node['name']} exited at start:\n" + "\n".join(tail))
+    return _ctl_ok(Path(node["ctl_socket"])) is not None
+
+
+def local_down(root: Path, timeout: float = 10.0) -> int:
+    cluster_file = root.resolve() / "cluster.json"
+    if not cluster_file.exists():
+        raise ClusterError(f"{cluster_file}: no cluster here")
+    info = json.loads(cluster_file.read_text())
+    pids = [n["pid"] for n in info["nodes"] if n.get("pid") and _alive(n["pid"])]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        _reap()
+        time.sleep(0.05)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    _reap()
+    return len(pids)
+
+
+def _reap() -> None:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def local_status(root: Path) -> dict[str, Any]:
+    cluster_file = root.resolve() / "cluster.json"
+    if not cluster_file.exists():
+        raise ClusterError(f"{cluster_file}: no cluster here")
+    info: dict[str, Any] = json.loads(cluster_file.read_text())
+    for n in info["nodes"]:
+        n["alive"] = _alive(n["pid"])
+    return info

@@ -1,0 +1,77 @@
+"""Structured logs: one JSON object per line on stderr.
+
+Every service calls `configure(service, level)` once at start, then `log(event, **fields)`:
+
+    {"ts": "2025-01-01T12:00:00.123Z", "level": "info", "service": "backend-1",
+     "event": "license_loaded", "firm": 6000123, ...}
+
+``ts`` is UTC wall time, ``level`` one of debug/info/warning/error; records below the
+configured level are dropped. Field values that JSON cannot encode are written as strings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import threading
+from typing import Any, TextIO
+
+LEVELS = ("debug", "info", "warning", "error")
+_RANK = {name: i for i, name in enumerate(LEVELS)}
+_RESERVED = ("ts", "level", "service", "event")
+
+
+class _Logger:
+    def __init__(self) -> None:
+        self.service = "tmr"
+        self.threshold = _RANK["info"]
+        self.stream: TextIO | None = None  # None: sys.stderr at the time of the write
+        self.lock = threading.Lock()
+
+
+_logger = _Logger()
+
+
+def configure(service: str, level: str = "info", stream: TextIO | None = None) -> None:
+    """Set the service name written in every record and the lowest level written."""
+    if level not in _RANK:
+        raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
+    _logger.service = service
+    _logger.threshold = _RANK[level]
+    _logger.stream = stream
+
+
+def enabled(level: str) -> bool:
+    return _RANK.get(level, _RANK["error"]) >= _logger.threshold
+
+
+def _timestamp() -> str:
+    now = dt.datetime.now(dt.UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def format_record(event: str, level: str, fields: dict[str, Any]) -> str:
+    record: dict[str, Any] = {
+        "ts": _timestamp(),
+        "level": level,
+        "service": _logger.service,
+        "event": event,
+    }
+    for key, value in fields.items():
+        record[f"field_{key}" if key in _RESERVED else key] = value
+    return json.dumps(record, default=str, separators=(",", ":"), ensure_ascii=False)
+
+
+def log(event: str, *, level: str = "info", **fields: Any) -> None:
+    """Write one record (if ``level`` passes the filter). Never raises on a broken stream."""
+    if not enabled(level):
+        return
+    line = format_record(event, level if level in _RANK else "error", fields) + "\n"
+    stream = _logger.stream or sys.stderr
+    with _logger.lock:
+        try:
+            stream.write(line)
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr closed or gone: logging must never take the service down

@@ -1,0 +1,415 @@
+"""Wire format between TMR servers and backends (replication, status, crypto calls).
+
+One msgpack map per frame (`tmr.protocol.codec`), key "t" naming the message type. Decoding
+is strict: every field is type- and range-checked and anything else raises `ProtocolError`,
+so a malformed frame never reaches the acceptor or the leader.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from tmr.protocol.codec import pack, unpack
+from tmr.protocol.errors import ProtocolError
+from tmr.replication.messages import (
+    Accept,
+    Accepted,
+    AcceptEntry,
+    Crypt,
+    CryptResult,
+    EntryResult,
+    EntryStatus,
+    PeerError,
+    PeerReply,
+    PeerRequest,
+    Prepare,
+    Probe,
+    Promise,
+    Rejected,
+    Snapshot,
+    SnapshotEntry,
+    Status,
+)
+from tmr.replication.types import (
+    Epoch,
+    Grant,
+    HandleRecord,
+    LicenseInfo,
+    Op,
+    ProductKey,
+    Release,
+    ReleaseReason,
+    Version,
+)
+
+MAX_PEER_FRAME = 64 * 1024 * 1024
+MAX_STR = 256
+U32 = 2**32 - 1
+U63 = 2**63 - 1
+T = TypeVar("T")
+
+# ------------------------------------------------------------------ encoding
+
+
+def _epoch(e: Epoch) -> list[Any]:
+    return [e.counter, e.server]
+
+
+def _version(v: Version) -> list[Any]:
+    return [_epoch(v.epoch), v.seq]
+
+
+def _key(k: ProductKey) -> list[int]:
+    return [k[0], k[1]]
+
+
+def _record(r: HandleRecord) -> list[Any]:
+    return [r.handle, r.firm, r.product, r.seats, r.client_id, r.request_id, r.granted_at]
+
+
+def _op(op: Op) -> list[Any]:
+    if isinstance(op, Grant):
+        return ["g", _record(op.record)]
+    return ["r", op.handle, op.reason.value, op.at]
+
+
+def _license(lic: LicenseInfo) -> list[Any]:
+    return [
+        lic.tmr_id,
+        lic.quantity,
+        lic.valid,
+        lic.reason,
+        lic.expires,
+        [list(kv) for kv in lic.features],
+    ]
+
+
+def _licenses(m: dict[ProductKey, LicenseInfo]) -> list[Any]:
+    return [[_key(k), _license(v)] for k, v in m.items()]
+
+
+def encode_request(msg: PeerRequest) -> bytes:
+    body: dict[str, Any]
+    match msg:
+        case Probe():
+            body = {"t": "probe"}
+        case Prepare():
+            body = {"t": "prepare", "epoch": _epoch(msg.epoch)}
+        case Accept():
+            body = {
+                "t": "accept",
+                "epoch": _epoch(msg.epoch),
+                "entries": [[_key(e.key), e.seq, [_op(o) for o in e.ops]] for e in msg.entries],
+            }
+        case Snapshot():
+            body = {
+                "t": "snapshot",
+                "epoch": _epoch(msg.epoch),
+                "entries": [
+                    [_key(e.key), e.seq, [_record(r) for r in e.handles]] for e in msg.entries
+                ],
+            }
+        case Crypt():
+            body = {
+                "t": "crypt",
+                "epoch": _epoch(msg.epoch),
+                "key": _key(msg.key),
+                "handle": msg.handle,
+                "cid": msg.client_id,
+                "operation": msg.operation,
+                "data": msg.data,
+            }
+    body["mid"] = msg.mid
+    return pack(body)
+
+
+def encode_reply(msg: PeerReply) -> bytes:
+    body: dict[str, Any]
+    match msg:
+        case Status():
+            body = {
+                "t": "status",
+                "name": msg.name,
+                "promised": _epoch(msg.promised),
+                "caught_up": msg.caught_up,
+                "versions": [[_key(k), _version(v)] for k, v in msg.versions.items()],
+                "seats": [[_key(k), v] for k, v in msg.seats.items()],
+                "licenses": _licenses(msg.licenses),
+            }
+        case Promise():
+            body = {
+                "t": "promise",
+                "name": msg.name,
+                "epoch": _epoch(msg.epoch),
+                "caught_up": msg.caught_up,
+                "logs": [
+                    [_key(k), _version(v), [_record(r) for r in hs]]
+                    for k, (v, hs) in msg.logs.items()
+                ],
+                "licenses": _licenses(msg.licenses),
+            }
+        case Rejected():
+            body = {"t": "rejected", "promised": _epoch(msg.promised)}
+        case Accepted():
+            body = {
+                "t": "accepted",
+                "epoch": _epoch(msg.epoch),
+                "results": [
+                    [_key(k), r.status.value, r.seq, r.reason] for k, r in msg.results.items()
+                ],
+                "licenses": _licenses(msg.licenses),
+            }
+        case CryptResult():
+            body = {
+                "t": "crypt_result",
+                "ok": msg.ok,
+                "data": msg.data,
+                "error": msg.error,
+                "message": msg.message,
+            }
+        case PeerError():
+            body = {"t": "error", "message": msg.message}
+    body["mid"] = msg.mid
+    return pack(body)
+
+
+# ------------------------------------------------------------------ decoding
+
+
+def _fail(what: str) -> ProtocolError:
+    return ProtocolError(what)
+
+
+def _int(v: Any, what: str, lo: int = 0, hi: int = U63) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise _fail(f"{what}: expected an integer in [{lo}, {hi}]")
+    return v
+
+
+def _float(v: Any, what: str) -> float:
+    if type(v) not in (int, float) or not math.isfinite(v):
+        raise _fail(f"{what}: expected a finite number")
+    return float(v)
+
+
+def _str(v: Any, what: str, maxlen: int = MAX_STR, empty: bool = False) -> str:
+    if type(v) is not str or len(v) > maxlen or (not v and not empty):
+        raise _fail(f"{what}: expected a string of at most {maxlen} characters")
+    return v
+
+
+def _bool(v: Any, what: str) -> bool:
+    if type(v) is not bool:
+        raise _fail(f"{what}: expected a boolean")
+    return v
+
+
+def _bytes(v: Any, what: str, maxlen: int) -> bytes:
+    if type(v) is not bytes or len(v) > maxlen:
+        raise _fail(f"{what}: expected binary of at most {maxlen} bytes")
+    return v
+
+
+def _list(v: Any, what: str, n: int | None = None) -> list[Any]:
+    if type(v) is not list or (n is not None and len(v) != n):
+        raise _fail(f"{what}: expected a list" + (f" of {n} items" if n is not None else ""))
+    return v
+
+
+def _items(v: Any, what: str, f: Callable[[Any, str], T]) -> list[T]:
+    return [f(x, f"{what}[{i}]") for i, x in enumerate(_list(v, what))]
+
+
+def _d_epoch(v: Any, what: str) -> Epoch:
+    c, s = _list(v, what, 2)
+    return Epoch(_int(c, what), _str(s, what, empty=True))
+
+
+def _d_version(v: Any, what: str) -> Version:
+    e, seq = _list(v, what, 2)
+    return Version(_d_epoch(e, what), _int(seq, what))
+
+
+def _d_key(v: Any, what: str) -> ProductKey:
+    f, p = _list(v, what, 2)
+    return (_int(f, what, 0, U32), _int(p, what, 0, U32))
+
+
+def _d_record(v: Any, what: str) -> HandleRecord:
+    h, f, p, seats, cid, rid, at = _list(v, what, 7)
+    return HandleRecord(
+        _str(h, what),
+        _int(f, what, 0, U32),
+        _int(p, what, 0, U32),
+        _int(seats, what, 1, U32),
+        _str(cid, what),
+        _str(rid, what),
+        _float(at, what),
+    )
+
+
+def _d_op(v: Any, what: str) -> Op:
+    items = _list(v, what)
+    if items and items[0] == "g" and len(items) == 2:
+        return Grant(_d_record(items[1], what))
+    if items and items[0] == "r" and len(items) == 4:
+        try:
+            reason = ReleaseReason(items[2])
+        except ValueError:
+            raise _fail(f"{what}: unknown release reason") from None
+        return Release(_str(items[1], what), reason, _float(items[3], what))
+    raise _fail(f"{what}: unknown op")
+
+
+def _d_license(v: Any, what: str) -> LicenseInfo:
+    tmr_id, qty, valid, reason, expires, feats = _list(v, what, 6)
+    features = tuple(
+        (_str(a, what, 4096, True), _str(b, what, 4096, True))
+        for a, b in (_list(kv, what, 2) for kv in _list(feats, what))
+    )
+    return LicenseInfo(
+        _int(tmr_id, what),
+        _int(qty, what),
+        _bool(valid, what),
+        _str(reason, what, 1024, True),
+        None if expires is None else _float(expires, what),
+        features,
+    )
+
+
+def _d_licenses(v: Any, what: str) -> dict[ProductKey, LicenseInfo]:
+    out = {}
+    for i, kv in enumerate(_list(v, what)):
+        k, lic = _list(kv, f"{what}[{i}]", 2)
+        out[_d_key(k, what)] = _d_license(lic, what)
+    return out
+
+
+def _body(frame: bytes) -> tuple[str, int, dict[str, Any]]:
+    body = unpack(frame, max_size=MAX_PEER_FRAME)
+    t = body.get("t")
+    if type(t) is not str:
+        raise _fail("missing message type")
+    return t, _int(body.get("mid"), "mid"), body
+
+
+def _get(body: dict[str, Any], name: str) -> Any:
+    if name not in body:
+        raise _fail(f"missing field {name!r}")
+    return body[name]
+
+
+def decode_request(frame: bytes) -> PeerRequest:
+    t, mid, b = _body(frame)
+    try:
+        if t == "probe":
+            return Probe(mid)
+        epoch = _d_epoch(_get(b, "epoch"), "epoch")
+        if t == "prepare":
+            return Prepare(mid, epoch)
+        if t == "accept":
+            entries = []
+            for i, e in enumerate(_list(_get(b, "entries"), "entries")):
+                k, seq, ops = _list(e, f"entries[{i}]", 3)
+                entries.append(
+                    AcceptEntry(
+                        _d_key(k, "key"), _int(seq, "seq", 1), tuple(_items(ops, "ops", _d_op))
+                    )
+                )
+            return Accept(mid, epoch, tuple(entries))
+        if t == "snapshot":
+            snaps = []
+            for i, e in enumerate(_list(_get(b, "entries"), "entries")):
+                k, seq, recs = _list(e, f"entries[{i}]", 3)
+                snaps.append(
+                    SnapshotEntry(
+                        _d_key(k, "key"),
+                        _int(seq, "seq"),
+                        tuple(_items(recs, "handles", _d_record)),
+                    )
+                )
+            return Snapshot(mid, epoch, tuple(snaps))
+        if t == "crypt":
+            return Crypt(
+                mid,
+                epoch,
+                _d_key(_get(b, "key"), "key"),
+                _str(_get(b, "handle"), "handle"),
+                _str(_get(b, "cid"), "cid"),
+                _str(_get(b, "operation"), "operation", 32),
+                _bytes(_get(b, "data"), "data", 1 << 20),
+            )
+    except ValueError as exc:  # wrong arity when unpacking a list
+        raise _fail(f"malformed {t}: {exc}") from None
+    raise _fail(f"unknown request type {t[:40]!r}")
+
+
+def decode_reply(frame: bytes) -> PeerReply:
+    t, mid, b = _body(frame)
+    try:
+        if t == "status":
+            return Status(
+                mid,
+                _str(_get(b, "name"), "name"),
+                _d_epoch(_get(b, "promised"), "promised"),
+                _bool(_get(b, "caught_up"), "caught_up"),
+                {
+                    _d_key(k, "key"): _d_version(v, "version")
+                    for k, v in (_list(x, "versions", 2) for x in _list(_get(b, "versions"), "v"))
+                },
+                {
+                    _d_key(k, "key"): _int(v, "seats")
+                    for k, v in (_list(x, "seats", 2) for x in _list(_get(b, "seats"), "s"))
+                },
+                _d_licenses(_get(b, "licenses"), "licenses"),
+            )
+        if t == "promise":
+            logs = {}
+            for x in _list(_get(b, "logs"), "logs"):
+                k, v, recs = _list(x, "log", 3)
+                logs[_d_key(k, "key")] = (
+                    _d_version(v, "version"),
+                    tuple(_items(recs, "handles", _d_record)),
+                )
+            return Promise(
+                mid,
+                _str(_get(b, "name"), "name"),
+                _d_epoch(_get(b, "epoch"), "epoch"),
+                _bool(_get(b, "caught_up"), "caught_up"),
+                logs,
+                _d_licenses(_get(b, "licenses"), "licenses"),
+            )
+        if t == "rejected":
+            return Rejected(mid, _d_epoch(_get(b, "promised"), "promised"))
+        if t == "accepted":
+            results = {}
+            for x in _list(_get(b, "results"), "results"):
+                k, status, seq, reason = _list(x, "result", 4)
+                try:
+                    st = EntryStatus(status)
+                except ValueError:
+                    raise _fail("unknown entry status") from None
+                results[_d_key(k, "key")] = EntryResult(
+                    st, _int(seq, "seq"), _str(reason, "reason", 1024, True)
+                )
+            return Accepted(
+                mid,
+                _d_epoch(_get(b, "epoch"), "epoch"),
+                results,
+                _d_licenses(b.get("licenses", []), "licenses"),
+            )
+        if t == "crypt_result":
+            return CryptResult(
+                mid,
+                _bool(_get(b, "ok"), "ok"),
+                _bytes(_get(b, "data"), "data", 1 << 20),
+                _str(_get(b, "error"), "error", 64, True),
+                _str(_get(b, "message"), "message", 1024, True),
+            )
+        if t == "error":
+            return PeerError(mid, _str(_get(b, "message"), "message", 1024, True))
+    except ValueError as exc:
+        raise _fail(f"malformed {t}: {exc}") from None
+    raise _fail(f"unknown reply type {t[:40]!r}")

@@ -1,0 +1,337 @@
+"""`tmr server run`: the TMR server, a pyzmq wrapper around the sans-I/O `Leader`.
+
+One thread, one poll loop: the client ROUTER (CURVE, the shared service key), one DEALER per
+backend (CURVE, this server's node key), the control socket, and a timer tick. Client
+requests that arrive together are handed to the leader together, so they share replication
+rounds (group commit). No protocol decision is taken here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import zmq
+import zmq.auth.thread
+
+from tmr.config import ServerConfig
+from tmr.ctl import CtlError, bind_ctl, decode_ctl, encode_ctl
+from tmr.errors import ErrorCode, TmrError
+from tmr.keys import load_keypair
+from tmr.logs import configure, log
+from tmr.protocol import peer_api
+from tmr.protocol.client_api import (
+    CheckoutRequest,
+    CryptRequest,
+    ErrorReply,
+    HeartbeatRequest,
+    ListRequest,
+    OkReply,
+    ReleaseRequest,
+    Reply,
+    Request,
+    StatusRequest,
+    decode_request,
+    encode_reply,
+)
+from tmr.protocol.errors import ProtocolError
+from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig, Role
+
+TICK = 0.05
+MAX_DRAIN = 2000  # messages taken from one socket per loop turn
+
+
+def container_serial(service_public_key: str) -> str:
+    digest = hashlib.sha256(b"tmr-virtual-container\0" + service_public_key.encode()).digest()
+    return f"131-{int.from_bytes(digest[:8], 'big') % 10_000_000:07d}"
+
+
+class CounterFile:
+    """The highest epoch counter this server used, written durably before it is used."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / "epoch_counter"
+
+    def load(self) -> int:
+        try:
+            text = self.path.read_text().strip()
+        except FileNotFoundError:
+            return 0
+        if not text.isdigit():
+            raise TmrError(f"{self.path}: corrupt epoch counter {text[:20]!r}")
+        return int(text)
+
+    def store(self, value: int) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w") as fh:
+            fh.write(f"{value}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+class ServerService:
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        configure(f"tmr-server[{cfg.name}]", cfg.log_level)
+        self.service_keys = load_keypair(cfg.service_key_file)
+        self.node_keys = load_keypair(cfg.node_key_file)
+        self.counter = CounterFile(cfg.state_dir)
+        self.serial = cfg.container_serial or container_serial(self.service_keys.public)
+        self.leader = Leader(
+            LeaderConfig(
+                server_id=cfg.name,
+                backends=tuple(b.name for b in cfg.backends),
+                lease=cfg.lease_seconds,
+                backend_timeout=cfg.backend_timeout,
+                probe_interval=cfg.probe_interval,
+                container_serial=self.serial,
+            ),
+            last_counter=self.counter.load(),
+            wall_clock=time.time,
+        )
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.auth: zmq.auth.thread.ThreadAuthenticator | None = None
+        self.stopping = False
+        self.started = time.monotonic()
+
+    # ------------------------------------------------------------------ sockets
+
+    def _open(self) -> None:
+        cfg = self.cfg
+        if cfg.client_allowlist:
+            self.auth = zmq.auth.thread.ThreadAuthenticator(self.ctx)
+            self.auth.start()
+            allowed = set(cfg.client_allowlist)
+
+            class _Allow:
+                def callback(self, domain: str, key: bytes) -> bool:
+                    return key.decode("ascii", "replace") in allowed
+
+            self.auth.configure_curve_callback(domain="*", credentials_provider=_Allow())
+        self.client = self.ctx.socket(zmq.ROUTER)
+        self.client.setsockopt(zmq.LINGER, 0)
+        self.client.setsockopt(zmq.CURVE_SERVER, 1)
+        self.client.setsockopt(zmq.CURVE_PUBLICKEY, self.service_keys.public.encode())
+        self.client.setsockopt(zmq.CURVE_SECRETKEY, self.service_keys.secret.encode())
+        self.client.setsockopt(zmq.RCVHWM, 100_000)
+        self.client.setsockopt(zmq.SNDHWM, 100_000)
+        self.client.setsockopt(zmq.MAXMSGSIZE, 256 * 1024)
+        self.client.bind(cfg.client_listen)
+        self.dealers: dict[str, zmq.Socket[bytes]] = {}
+        self.by_socket: dict[zmq.Socket[bytes], str] = {}
+        for ref in cfg.backends:
+            s = self.ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.IMMEDIATE, 1)
+            s.setsockopt(zmq.SNDHWM, 10_000)
+            s.setsockopt(zmq.RCVHWM, 10_000)
+            s.setsockopt(zmq.RECONNECT_IVL, 100)
+            s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            s.setsockopt(zmq.CURVE_SERVERKEY, ref.public_key.encode())
+            s.setsockopt(zmq.CURVE_PUBLICKEY, self.node_keys.public.encode())
+            s.setsockopt(zmq.CURVE_SECRETKEY, self.node_keys.secret.encode())
+            s.connect(ref.endpoint)
+            self.dealers[ref.name] = s
+            self.by_socket[s] = ref.name
+        self.ctl = bind_ctl(self.ctx, cfg.ctl_socket)
+
+    def _close(self) -> None:
+        for s in [self.client, self.ctl, *self.dealers.values()]:
+            s.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
+        self.ctx.term()
+        try:
+            self.cfg.ctl_socket.unlink()
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ effects
+
+    def apply(self, fx: Effects) -> None:
+        if fx.persist_counter is not None:
+            try:
+                self.counter.store(fx.persist_counter)
+            except OSError as exc:
+                # Never lead with an epoch counter that is not durable: give the term up.
+                log("storage_error", level="error", error=str(exc), path=str(self.counter.path))
+                fx.send.clear()
+                self.apply(self.leader.demote(time.monotonic(), "cannot persist epoch"))
+        for ev in fx.events:
+            fields = dict(ev)
+            log(fields.pop("event"), **fields)
+        for name, msg in fx.send:
+            try:
+                self.dealers[name].send(peer_api.encode_request(msg), zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # not connected: the leader times the request out
+        for r in fx.replies:
+            self._reply(r.token, self._wire_reply(r))
+
+    def _wire_reply(self, r: ClientReply) -> Reply:
+        if r.error is not None:
+            return ErrorReply(r.rid, r.error.value, r.message)
+        return OkReply(r.rid, r.result or {})
+
+    def _reply(self, token: Any, reply: Reply) -> None:
+        identity, delimited = token
+        frames = (
+            [identity, b"", encode_reply(reply)] if delimited else [identity, encode_reply(reply)]
+        )
+        try:
+            self.client.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the client went away; it retries with the same request id
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_client(self, frames: list[bytes], now: float) -> None:
+        if len(frames) == 3 and frames[1] == b"":
+            token, payload = (frames[0], True), frames[2]
+        elif len(frames) == 2:
+            token, payload = (frames[0], False), frames[1]
+        else:
+            if frames:
+                self._reply((frames[0], False), ErrorReply("", "BAD_REQUEST", "bad envelope"))
+            return
+        try:
+            req = decode_request(payload)
+        except ProtocolError as exc:
+            self._reply(token, ErrorReply.from_exception(exc))
+            return
+        self.apply(self.dispatch(token, req, now))
+
+    def dispatch(self, token: Any, req: Request, now: float) -> Effects:
+        ld = self.leader
+        match req:
+            case CheckoutRequest():
+                return ld.checkout(token, req.rid, req.cid, req.firm, req.product, req.seats, now)
+            case HeartbeatRequest():
+                return ld.heartbeat(token, req.rid, req.cid, req.handle, now)
+            case ReleaseRequest():
+                return ld.release(token, req.rid, req.cid, req.handle, now)
+            case CryptRequest():
+                return ld.crypt(token, req.rid, req.cid, req.handle, req.operation, req.data, now)
+            case ListRequest():
+                fx = Effects()
+                if ld.role != Role.ACTIVE:
+                    fx.replies.append(
+                        ClientReply(token, req.rid, error=ErrorCode.NOT_ACTIVE, message="standby")
+                    )
+                else:
+                    result = {
+                        "serial": self.serial,
+                        "server": self.cfg.name,
+                        "licenses": ld.licenses_view(),
+                    }
+                    fx.replies.append(ClientReply(token, req.rid, result))
+                return fx
+            case StatusRequest():
+                fx = Effects()
+                fx.replies.append(ClientReply(token, req.rid, self.status(now)))
+                return fx
+
+    def status(self, now: float) -> dict[str, Any]:
+        st = self.leader.status()
+        st["active_hint"] = None
+        st["uptime"] = round(now - self.started, 1)
+        return st
+
+    def on_ctl(self, frame: bytes, now: float) -> dict[str, Any]:
+        try:
+            req = decode_ctl(frame)
+        except CtlError as exc:
+            return {"ok": False, "error": str(exc)}
+        cmd = req["cmd"]
+        ld = self.leader
+        if cmd == "promote":
+            log("ctl", cmd="promote")
+            self.apply(ld.promote(now))
+        elif cmd == "demote":
+            log("ctl", cmd="demote")
+            self.apply(ld.demote(now))
+        elif cmd == "health":
+            return {"ok": ld.healthy(), "role": ld.role.value}
+        elif cmd == "status":
+            return {"ok": True, **self.status(now)}
+        elif cmd == "handles":
+            return {"ok": True, "handles": ld.handles_view(now)}
+        else:
+            return {"ok": False, "error": f"unknown command {cmd[:40]!r}"}
+        return {"ok": True, "role": ld.role.value}
+
+    # ------------------------------------------------------------------ loop
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        self._open()
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        log(
+            "start",
+            server=self.cfg.name,
+            client_listen=self.cfg.client_listen,
+            serial=self.serial,
+            backends=[b.endpoint for b in self.cfg.backends],
+            ctl_socket=str(self.cfg.ctl_socket),
+        )
+        poller = zmq.Poller()
+        poller.register(self.client, zmq.POLLIN)
+        poller.register(self.ctl, zmq.POLLIN)
+        for s in self.dealers.values():
+            poller.register(s, zmq.POLLIN)
+        next_tick = time.monotonic()
+        try:
+            while not self.stopping:
+                wait = max(0.0, next_tick - time.monotonic())
+                ready = dict(poller.poll(int(wait * 1000) + 1))
+                now = time.monotonic()
+                for s, name in self.by_socket.items():
+                    if s in ready:
+                        self._drain_backend(s, name, now)
+                if self.client in ready:
+                    self._drain_clients(now)
+                if self.ctl in ready:
+                    self.ctl.send(encode_ctl(self.on_ctl(self.ctl.recv(), now)))
+                if now >= next_tick:
+                    self.apply(self.leader.tick(now))
+                    next_tick = now + TICK
+        finally:
+            log("stop", server=self.cfg.name, role=self.leader.role.value)
+            self._close()
+        return 0
+
+    def _drain_clients(self, now: float) -> None:
+        for _ in range(MAX_DRAIN):
+            try:
+                frames = self.client.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.on_client(frames, now)
+
+    def _drain_backend(self, s: zmq.Socket[bytes], name: str, now: float) -> None:
+        for _ in range(MAX_DRAIN):
+            try:
+                frames = s.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = peer_api.decode_reply(frames[-1])
+            except ProtocolError as exc:
+                log("backend_bad_reply", level="warning", backend=name, error=str(exc))
+                continue
+            self.apply(self.leader.on_reply(name, msg, now))

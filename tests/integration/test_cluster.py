@@ -1,0 +1,144 @@
+"""The local cluster of real processes: reliability table, seats, failover, catch-up."""
+
+from __future__ import annotations
+
+import pytest
+import zmq
+
+from tests.integration.cluster_helpers import LocalCluster, eventually, wait_for
+from tmr.errors import NoLicenseAvailable, QuorumLost
+from tmr.keys import generate_keypair
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+FIRM, PRODUCT = 6000123, 42
+
+
+def test_lq_seats_granted_then_refused(cluster: LocalCluster) -> None:
+    with cluster.client() as c:
+        handles = [c.checkout(FIRM, PRODUCT) for _ in range(3)]
+        with pytest.raises(NoLicenseAvailable):
+            c.checkout(FIRM, PRODUCT)
+        handles[0].release()
+        handles.append(c.checkout(FIRM, PRODUCT))  # the released seat is free again
+        lic = c.list_licenses().licenses[0]
+        assert (lic.quantity, lic.in_use, lic.tmr_id, lic.status) == (3, 3, 7, "1:#7 2:#7 3:#7")
+
+
+def _access(cluster: LocalCluster) -> str:
+    try:
+        with cluster.client(timeout=6.0) as c:
+            h = c.checkout(FIRM, PRODUCT)
+            h.release()
+        return "ok"
+    except QuorumLost:
+        return "QUORUM_LOST"
+
+
+def test_reliability_table(cluster: LocalCluster) -> None:
+    """The 9 rows of the reliability table (000_f7962cf163683535.txt), produced for real."""
+    a, b = "tmr-a", "tmr-b"
+    rows: list[tuple[str, str]] = []
+
+    def row(name: str, expect: str, active: str, up: set[str]) -> None:
+        cluster.wait_backends(active, up)
+        got = eventually(f"client access in row {name!r}", lambda: _expect(expect), 20)
+        rows.append((name, got))
+
+    def _expect(expect: str) -> str:
+        got = _access(cluster)
+        assert got == expect, f"expected {expect}, got {got}"
+        return got
+
+    all3 = {"backend-1", "backend-2", "backend-3"}
+    row("normal operation (A active)", "ok", a, all3)
+    cluster.demote(a)
+    cluster.promote(b)
+    row("normal operation (B active)", "ok", b, all3)
+    cluster.demote(b)
+    cluster.promote(a)
+    cluster.kill(b)
+    row("TMR server B failure", "ok", a, all3)
+    cluster.start(b)
+    cluster.kill(a)
+    cluster.promote(b)
+    row("TMR server A failure", "ok", b, all3)
+    cluster.start(a)
+    cluster.demote(b)
+    cluster.promote(a)
+    for i in (1, 2, 3):
+        cluster.kill(f"backend-{i}")
+        row(f"backend {i} failure", "ok", a, all3 - {f"backend-{i}"})
+        cluster.start(f"backend-{i}")
+        cluster.wait_backends(a, all3)
+    cluster.kill(a)
+    cluster.kill("backend-2")
+    cluster.promote(b)
+    row("failure (1): A, backend 2", "ok", b, {"backend-1", "backend-3"})
+    cluster.kill("backend-3")
+    cluster.wait_backends(b, {"backend-1"})
+    rows.append(("failure (2): A, backends 2 and 3", _access(cluster)))
+    assert rows[-1][1] == "QUORUM_LOST"
+    print("\n".join(f"{name:<40} {got}" for name, got in rows))
+
+
+def test_seats_and_leases_survive_failover(cluster: LocalCluster) -> None:
+    with cluster.client() as c:
+        h1 = c.checkout(FIRM, PRODUCT)
+        h2 = c.checkout(FIRM, PRODUCT, seats=2)
+        cluster.kill("tmr-a")
+        cluster.promote("tmr-b")
+        lic = eventually("list after failover", lambda: c.list_licenses().licenses[0])
+        assert lic.in_use == 3
+        with pytest.raises(NoLicenseAvailable):
+            c.checkout(FIRM, PRODUCT)
+        status = cluster.ctl("tmr-b", "handles")["handles"]
+        assert {x["handle"] for x in status} == {h1.handle, h2.handle}
+        h2.release()
+        h3 = c.checkout(FIRM, PRODUCT)
+        assert not h1.lost and h3.held
+
+
+def test_killed_backend_catches_up_and_votes_again(cluster: LocalCluster) -> None:
+    a = "tmr-a"
+    all3 = {"backend-1", "backend-2", "backend-3"}
+    with cluster.client() as c:
+        cluster.kill("backend-3")
+        cluster.wait_backends(a, all3 - {"backend-3"})
+        held = [c.checkout(FIRM, PRODUCT) for _ in range(2)]
+        cluster.start("backend-3")
+        cluster.wait_backends(a, all3)
+
+        def synced() -> bool:
+            view = cluster.backend_view(a)
+            seqs = {n: b["synced"].get(f"{FIRM}:{PRODUCT}") for n, b in view.items()}
+            return seqs["backend-3"] is not None and seqs["backend-3"] == seqs["backend-1"]
+
+        wait_for("backend-3 to catch up", synced, 15)
+        cluster.kill("backend-1")
+        cluster.wait_backends(a, all3 - {"backend-1"})
+        # Only backend-2 and the caught-up backend-3 are left: they must carry the quorum.
+        h = c.checkout(FIRM, PRODUCT)
+        with pytest.raises(NoLicenseAvailable):
+            c.checkout(FIRM, PRODUCT)
+        for x in [*held, h]:
+            x.release()
+
+
+def test_client_key_cannot_talk_to_a_backend(cluster: LocalCluster) -> None:
+    from tmr.protocol.peer_api import encode_request
+    from tmr.replication.messages import Probe
+
+    keys = generate_keypair()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.CURVE_SERVERKEY, cluster.nodes["backend-1"]["public_key"].encode())
+    s.setsockopt(zmq.CURVE_PUBLICKEY, keys.public.encode())
+    s.setsockopt(zmq.CURVE_SECRETKEY, keys.secret.encode())
+    s.connect(cluster.endpoint("backend-1"))
+    try:
+        s.send(encode_request(Probe(1)))
+        assert s.poll(2000) == 0, "a backend answered a key that is not a TMR server's"
+    finally:
+        s.close()
+        ctx.term()
