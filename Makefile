@@ -43,10 +43,11 @@ test-sim: venv ## deterministic simulation of the replication protocol (SIM_SEED
 test-integration: venv ## real processes on loopback (local cluster)
 	$(PY) -m pytest -q tests/integration
 
-test-fast: lint typecheck ## everything that needs no containers
-	$(PY) -m pytest -q tests/unit tests/sim tests/integration
+test-fast: lint typecheck ## everything that needs no containers (100 simulation seeds)
+	TMR_SIM_SEEDS=100 $(PY) -m pytest -q tests/unit tests/sim tests/integration
 
-test: test-fast ## everything, as CI runs it
+test: lint typecheck ## everything, as CI runs it (500 simulation seeds)
+	TMR_SIM_SEEDS=$(SIM_SEEDS) $(PY) -m pytest -q -p no:cacheprovider tests/unit tests/sim tests/integration
 	@echo "==> all test tiers passed"
 
 clean: ## remove caches (keeps the virtualenv)

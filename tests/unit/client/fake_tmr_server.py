@@ -92,7 +92,17 @@ class FakeServer:
         sock.curve_publickey = self.keys.public.encode()
         sock.curve_server = True
         if self.port:
-            sock.bind(f"tcp://127.0.0.1:{self.port}")
+            # Taking over the address of a server just stopped: its socket may take a moment
+            # to let go of the port.
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    sock.bind(f"tcp://127.0.0.1:{self.port}")
+                    break
+                except zmq.ZMQError as exc:
+                    if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
         else:
             self.port = sock.bind_to_random_port("tcp://127.0.0.1")
         self.endpoint = f"tcp://127.0.0.1:{self.port}"

@@ -1,0 +1,364 @@
+"""The backend's SQLite store: round trips, replace vs ops, atomicity, durability."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tmr.backend.store import SCHEMA_VERSION, SqliteStore, StorageError
+from tmr.replication.acceptor import AcceptorState, ProductWrite, Write, apply_write
+from tmr.replication.types import (
+    ZERO_EPOCH,
+    Epoch,
+    Grant,
+    HandleRecord,
+    Release,
+    ReleaseReason,
+    Version,
+)
+
+KEY = (6_000_123, 42)
+OTHER = (6_000_123, 43)
+E1 = Epoch(1, "s1")
+E2 = Epoch(2, "s2")
+
+
+def rec(handle: str, seats: int = 1, key: tuple[int, int] = KEY, client: str = "c1") -> HandleRecord:
+    return HandleRecord(handle, key[0], key[1], seats, client, f"r-{handle}", 1_700_000_000.5)
+
+
+def grant(handle: str, seats: int = 1, key: tuple[int, int] = KEY) -> Grant:
+    return Grant(rec(handle, seats, key))
+
+
+def release(handle: str, reason: ReleaseReason = ReleaseReason.RELEASE) -> Release:
+    return Release(handle, reason, 1_700_000_100.25)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "backend.sqlite3"
+
+
+@pytest.fixture
+def store(db: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore(db)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def reopen(store: SqliteStore) -> AcceptorState:
+    """The state as a new process would see it."""
+    store.close()
+    fresh = SqliteStore(store.path)
+    try:
+        return fresh.load()
+    finally:
+        fresh.close()
+
+
+def commit_all(store: SqliteStore, writes: list[Write]) -> AcceptorState:
+    """Commit the writes and return the expected state (apply_write on an in-memory copy)."""
+    expected = AcceptorState(ZERO_EPOCH, caught_up=False)
+    for w in writes:
+        store.commit(w)
+        apply_write(expected, w)
+    return expected
+
+
+# ------------------------------------------------------------------ fresh database
+
+
+def test_fresh_database_is_zero_epoch_not_caught_up(store: SqliteStore) -> None:
+    state = store.load()
+    assert state == AcceptorState(ZERO_EPOCH, caught_up=False)
+    assert store.installed_tmr_ids() == {}
+    assert store.usage() == []
+
+
+def test_schema_is_versioned_and_wal_full(store: SqliteStore, db: Path) -> None:
+    conn = sqlite3.connect(db)
+    try:
+        (version,) = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+    finally:
+        conn.close()
+    assert version == str(SCHEMA_VERSION)
+    assert mode == "wal"
+
+
+def test_unknown_schema_version_is_refused(store: SqliteStore, db: Path) -> None:
+    store.close()
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE meta SET value='999' WHERE key='schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match="schema version 999"):
+        SqliteStore(db)
+
+
+def test_not_a_database_is_a_storage_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.sqlite3"
+    path.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(StorageError, match=str(path)):
+        SqliteStore(path)
+
+
+# ------------------------------------------------------------------ round trips
+
+
+def test_promise_and_caught_up_round_trip(store: SqliteStore) -> None:
+    store.commit(Write(promised=E1))
+    assert store.load() == AcceptorState(E1, caught_up=False)
+    store.commit(Write(caught_up=True))
+    assert reopen(store) == AcceptorState(E1, caught_up=True)
+
+
+def test_ops_round_trip(store: SqliteStore) -> None:
+    writes = [
+        Write(promised=E1),
+        Write(products=(ProductWrite(KEY, Version(E1, 1), ops=(grant("h1", 2), grant("h2"))),)),
+        Write(
+            products=(
+                ProductWrite(KEY, Version(E1, 2), ops=(release("h1"), grant("h3", 3))),
+                ProductWrite(OTHER, Version(E1, 1), ops=(grant("x1", 1, OTHER),)),
+            )
+        ),
+    ]
+    expected = commit_all(store, writes)
+    assert store.load() == expected
+    assert reopen(store) == expected
+    assert set(expected.products[KEY].handles) == {"h2", "h3"}
+    assert expected.products[KEY].seats() == 4
+
+
+def test_grant_of_a_held_handle_keeps_the_first_and_release_is_idempotent(
+    store: SqliteStore,
+) -> None:
+    first = rec("h1", 1)
+    again = HandleRecord("h1", KEY[0], KEY[1], 5, "c9", "other", 1.0)
+    writes = [
+        Write(products=(ProductWrite(KEY, Version(E1, 1), ops=(Grant(first),)),)),
+        Write(products=(ProductWrite(KEY, Version(E1, 2), ops=(Grant(again),)),)),
+        Write(products=(ProductWrite(KEY, Version(E1, 3), ops=(release("nope"),)),)),
+    ]
+    expected = commit_all(store, writes)
+    assert reopen(store) == expected
+    assert expected.products[KEY].handles["h1"] == first
+
+
+def test_replace_drops_every_row_of_the_product_only(store: SqliteStore) -> None:
+    writes = [
+        Write(
+            products=(
+                ProductWrite(KEY, Version(E1, 1), ops=(grant("h1"), grant("h2"))),
+                ProductWrite(OTHER, Version(E1, 1), ops=(grant("x1", 1, OTHER),)),
+            )
+        ),
+        Write(
+            promised=E2,
+            caught_up=True,
+            products=(ProductWrite(KEY, Version(E2, 0), replace=(rec("h9", 4), rec("h2"))),),
+        ),
+    ]
+    expected = commit_all(store, writes)
+    state = reopen(store)
+    assert state == expected
+    assert set(state.products[KEY].handles) == {"h9", "h2"}
+    assert set(state.products[OTHER].handles) == {"x1"}
+    assert state.products[KEY].version == Version(E2, 0)
+
+
+def test_empty_replace_clears_the_table(store: SqliteStore) -> None:
+    writes = [
+        Write(products=(ProductWrite(KEY, Version(E1, 1), ops=(grant("h1"),)),)),
+        Write(products=(ProductWrite(KEY, Version(E2, 0), replace=()),)),
+    ]
+    expected = commit_all(store, writes)
+    assert reopen(store) == expected
+    assert expected.products[KEY].handles == {}
+
+
+def test_replace_with_a_repeated_handle_keeps_the_last_like_a_dict(store: SqliteStore) -> None:
+    w = Write(products=(ProductWrite(KEY, Version(E1, 0), replace=(rec("h1", 1), rec("h1", 3))),))
+    expected = commit_all(store, [w])
+    assert reopen(store) == expected
+    assert expected.products[KEY].handles["h1"].seats == 3
+
+
+def test_version_only_write_creates_an_empty_log(store: SqliteStore) -> None:
+    expected = commit_all(store, [Write(products=(ProductWrite(KEY, Version(E1, 0)),))])
+    assert reopen(store) == expected
+    assert expected.products[KEY].version == Version(E1, 0)
+
+
+# ------------------------------------------------------------------ failures
+
+
+def test_commit_on_a_closed_store_raises_and_changes_nothing(store: SqliteStore) -> None:
+    expected = commit_all(store, [Write(promised=E1)])
+    store.close()
+    with pytest.raises(StorageError, match="closed"):
+        store.commit(Write(promised=E2))
+    assert reopen(store) == expected
+
+
+def test_commit_on_a_read_only_connection_raises_and_changes_nothing(store: SqliteStore) -> None:
+    expected = commit_all(
+        store, [Write(products=(ProductWrite(KEY, Version(E1, 1), ops=(grant("h1"),)),))]
+    )
+    conn = store._conn
+    assert conn is not None
+    conn.execute("PRAGMA query_only = 1")  # every write now fails like a read-only file
+    with pytest.raises(StorageError, match="readonly"):
+        store.commit(Write(promised=E2))
+    assert store.load() == expected
+    assert reopen(store) == expected
+
+
+def test_a_failure_mid_transaction_rolls_back_the_whole_write(
+    store: SqliteStore, db: Path
+) -> None:
+    expected = commit_all(store, [Write(promised=E1)])
+    conn = sqlite3.connect(db)
+    conn.execute(
+        "CREATE TRIGGER fail_handles BEFORE INSERT ON handles "
+        "BEGIN SELECT RAISE(ABORT, 'injected disk error'); END"
+    )
+    conn.commit()
+    conn.close()
+    bad = Write(
+        promised=E2,
+        caught_up=True,
+        products=(
+            ProductWrite(OTHER, Version(E2, 1), ops=(release("x"),)),  # no insert: succeeds
+            ProductWrite(KEY, Version(E2, 1), ops=(grant("h1"),)),  # trigger fires here
+        ),
+    )
+    with pytest.raises(StorageError, match="injected disk error"):
+        store.commit(bad)
+    assert store.load() == expected  # promise, flag and the first product all rolled back
+    assert reopen(store) == expected
+
+
+def test_store_keeps_working_after_a_failed_commit(store: SqliteStore) -> None:
+    conn = store._conn
+    assert conn is not None
+    conn.execute("PRAGMA query_only = 1")
+    with pytest.raises(StorageError):
+        store.commit(Write(promised=E1))
+    conn.execute("PRAGMA query_only = 0")
+    store.commit(Write(promised=E2))
+    assert reopen(store).promised == E2
+
+
+def test_unwritable_location_is_a_storage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StorageError, match="cannot open"):
+        SqliteStore(blocker / "db.sqlite3")
+
+
+# ------------------------------------------------------------------ durability
+
+
+def test_promise_is_never_lost_across_reopen(store: SqliteStore) -> None:
+    for counter in range(1, 6):
+        store.commit(Write(promised=Epoch(counter, "s1")))
+        assert reopen(store).promised == Epoch(counter, "s1")
+        store = SqliteStore(store.path)  # like a restarted process
+    store.close()
+
+
+def test_state_after_reopen_equals_committed_state_without_close(db: Path) -> None:
+    """kill -9 is simulated by abandoning the connection: WAL content is already durable."""
+    first = SqliteStore(db)
+    writes = [
+        Write(promised=E1),
+        Write(products=(ProductWrite(KEY, Version(E1, 1), ops=(grant("h1", 2),)),)),
+        Write(products=(ProductWrite(KEY, Version(E1, 2), ops=(grant("h2", 1),)),)),
+    ]
+    expected = commit_all(first, writes)
+    second = SqliteStore(db)  # the first connection is still open and never checkpointed
+    try:
+        assert second.load() == expected
+    finally:
+        second.close()
+        first.close()
+
+
+# ------------------------------------------------------------------ installed TMR IDs
+
+
+def test_installed_tmr_ids_only_go_up(store: SqliteStore) -> None:
+    store.set_installed_tmr_ids({KEY: 7, OTHER: 3})
+    store.set_installed_tmr_ids({KEY: 5, OTHER: 4})
+    assert store.installed_tmr_ids() == {KEY: 7, OTHER: 4}
+    store.close()
+    again = SqliteStore(store.path)
+    try:
+        assert again.installed_tmr_ids() == {KEY: 7, OTHER: 4}
+    finally:
+        again.close()
+
+
+# ------------------------------------------------------------------ usage record
+
+
+def test_usage_records_committed_ops(store: SqliteStore) -> None:
+    commit_all(
+        store,
+        [
+            Write(products=(ProductWrite(KEY, Version(E1, 1), ops=(grant("h1", 2),)),)),
+            Write(products=(ProductWrite(KEY, Version(E1, 2), ops=(grant("h1", 2),)),)),  # dup
+            Write(products=(ProductWrite(KEY, Version(E1, 3), ops=(grant("h2"),)),)),
+            Write(
+                products=(
+                    ProductWrite(
+                        KEY,
+                        Version(E1, 4),
+                        ops=(release("h1"), release("h2", ReleaseReason.EXPIRE), release("zz")),
+                    ),
+                )
+            ),
+        ],
+    )
+    usage = store.usage()
+    assert [(u.event, u.handle, u.seats, u.client_id) for u in usage] == [
+        ("granted", "h1", 2, "c1"),
+        ("granted", "h2", 1, "c1"),
+        ("released", "h1", 2, "c1"),
+        ("expired", "h2", 1, "c1"),
+    ]
+    assert usage[0].at == 1_700_000_000.5
+    assert usage[2].at == 1_700_000_100.25
+    assert all((u.firm, u.product) == KEY for u in usage)
+    assert [u.handle for u in store.usage(limit=1)] == ["h2"]
+
+
+def test_usage_record_is_bounded(db: Path) -> None:
+    store = SqliteStore(db, usage_retention=5)
+    try:
+        for seq in range(1, 13):
+            store.commit(
+                Write(products=(ProductWrite(KEY, Version(E1, seq), ops=(grant(f"h{seq}"),)),))
+            )
+        usage = store.usage()
+        assert [u.handle for u in usage] == [f"h{i}" for i in range(8, 13)]
+    finally:
+        store.close()
+
+
+def test_failed_commit_records_no_usage(store: SqliteStore) -> None:
+    conn = store._conn
+    assert conn is not None
+    conn.execute("PRAGMA query_only = 1")
+    with pytest.raises(StorageError):
+        store.commit(Write(products=(ProductWrite(KEY, Version(E1, 1), ops=(grant("h1"),)),)))
+    conn.execute("PRAGMA query_only = 0")
+    assert store.usage() == []

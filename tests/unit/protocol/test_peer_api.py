@@ -1,0 +1,130 @@
+"""Wire format between TMR servers and backends: round trips and strict refusal."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tmr.protocol.errors import ProtocolError
+from tmr.protocol.peer_api import decode_reply, decode_request, encode_reply, encode_request
+from tmr.replication.messages import (
+    Accept,
+    Accepted,
+    AcceptEntry,
+    Crypt,
+    CryptResult,
+    EntryResult,
+    EntryStatus,
+    PeerError,
+    Prepare,
+    Probe,
+    Promise,
+    Rejected,
+    Snapshot,
+    SnapshotEntry,
+    Status,
+)
+from tmr.replication.types import (
+    Epoch,
+    Grant,
+    HandleRecord,
+    LicenseInfo,
+    Release,
+    ReleaseReason,
+    Version,
+)
+
+E = Epoch(3, "tmr-a")
+K = (6000123, 42)
+R = HandleRecord("h1", 6000123, 42, 2, "client", "rid-1", 1700000000.5)
+LIC = {K: LicenseInfo(7, 20, True, "", None, (("edition", "pro"),))}
+
+REQUESTS = [
+    Probe(1),
+    Prepare(2, E),
+    Accept(3, E, (AcceptEntry(K, 1, (Grant(R), Release("h1", ReleaseReason.EXPIRE, 2.0))),)),
+    Snapshot(4, E, (SnapshotEntry(K, 0, (R,)),)),
+    Crypt(5, E, K, "h1", "client", "hmac", b"\x00data"),
+]
+REPLIES = [
+    Status(1, "backend-1", E, True, {K: Version(E, 3)}, {K: 2}, LIC),
+    Promise(2, "backend-1", E, False, {K: (Version(E, 1), (R,))}, LIC),
+    Rejected(3, E),
+    Accepted(4, E, {K: EntryResult(EntryStatus.REFUSED, 3, "above LQ")}, LIC),
+    CryptResult(5, True, b"out"),
+    PeerError(6, "bad"),
+]
+
+
+@pytest.mark.parametrize("msg", REQUESTS, ids=lambda m: type(m).__name__)
+def test_request_round_trip(msg: object) -> None:
+    assert decode_request(encode_request(msg)) == msg  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("msg", REPLIES, ids=lambda m: type(m).__name__)
+def test_reply_round_trip(msg: object) -> None:
+    assert decode_reply(encode_reply(msg)) == msg  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"t": "probe"},  # no mid
+        {"t": "probe", "mid": -1},
+        {"t": "prepare", "mid": 1},
+        {"t": "prepare", "mid": 1, "epoch": [1]},
+        {"t": "prepare", "mid": 1, "epoch": ["1", "a"]},
+        {"t": "accept", "mid": 1, "epoch": [1, "a"], "entries": [[[1, 2], 0, []]]},  # seq 0
+        {"t": "accept", "mid": 1, "epoch": [1, "a"], "entries": [[[1, 2], 1, [["x"]]]]},
+        {"t": "accept", "mid": 1, "epoch": [1, "a"], "entries": [[[1, 2], 1, [["g", [1]]]]]},
+        {"t": "snapshot", "mid": 1, "epoch": [1, "a"], "entries": "no"},
+        {"t": "crypt", "mid": 1, "epoch": [1, "a"], "key": [1, 2], "handle": "h"},
+        {"t": "launch", "mid": 1},
+    ],
+)
+def test_malformed_requests_are_refused(body: dict[str, object]) -> None:
+    with pytest.raises(ProtocolError):
+        decode_request(msgpack.packb(body))
+
+
+def test_truncated_frames_are_refused() -> None:
+    frame = encode_request(REQUESTS[2])
+    for n in range(len(frame)):
+        with pytest.raises(ProtocolError):
+            decode_request(frame[:n])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_random_bytes_only_raise_protocol_error(data: bytes) -> None:
+    for decode in (decode_request, decode_reply):
+        try:
+            decode(data)
+        except ProtocolError:
+            pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["t", "mid", "epoch", "entries", "key", "handle", "data", "name"]),
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers(-(2**63), 2**64 - 1)
+            | st.text(max_size=5)
+            | st.binary(max_size=5),
+            lambda c: st.lists(c, max_size=3),
+            max_leaves=8,
+        ),
+    )
+)
+def test_random_maps_only_raise_protocol_error(body: dict[str, object]) -> None:
+    frame = msgpack.packb(body)
+    for decode in (decode_request, decode_reply):
+        try:
+            decode(frame)
+        except ProtocolError:
+            pass

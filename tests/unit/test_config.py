@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tmr.config import load_backend_config, load_server_config
+from tmr.errors import ConfigError
+
+BACKEND = """
+name = "backend-1"
+key_file = "/etc/tmr/node.key"
+state_dir = "/var/lib/tmr/backend"
+license_dir = "/var/lib/tmr/licenses"
+vendor_keys = ["/etc/tmr/vendors/6000123.pub"]
+allowed_servers = ["a", "b"]
+"""
+
+SERVER = """
+name = "tmr-a"
+service_key_file = "/etc/tmr/service.key"
+node_key_file = "/etc/tmr/node.key"
+lease_seconds = 10
+""" + "".join(
+    f'\n[[backends]]\nname = "backend-{i}"\nendpoint = "tcp://10.0.0.{i}:22360"\npublic_key = "k"\n'
+    for i in (1, 2, 3)
+)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+def test_backend_defaults(tmp_path: Path) -> None:
+    cfg = load_backend_config(write(tmp_path, BACKEND))
+    assert cfg.listen == "tcp://0.0.0.0:22360"
+    assert cfg.allowed_servers == ("a", "b")
+
+
+def test_server_config(tmp_path: Path) -> None:
+    cfg = load_server_config(write(tmp_path, SERVER))
+    assert cfg.lease_seconds == 10.0 and len(cfg.backends) == 3
+    assert cfg.client_listen == "tcp://0.0.0.0:22350"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (BACKEND + 'colour = "red"\n', "unknown key 'colour'"),
+        (BACKEND.replace('name = "backend-1"\n', ""), "missing required key 'name'"),
+        (BACKEND.replace('["a", "b"]', '"a"'), "allowed_servers"),
+        (BACKEND + 'log_level = "loud"\n', "log_level"),
+        ("name = ", "not valid TOML"),
+    ],
+)
+def test_backend_errors_name_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_backend_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (SERVER.replace("lease_seconds = 10", "lease_seconds = -1"), "lease_seconds"),
+        (SERVER.replace("lease_seconds = 10", 'lease_seconds = "x"'), "lease_seconds"),
+        (SERVER.split("[[backends]]")[0], "missing required key 'backends'"),
+        (SERVER + '\n[[backends]]\nname = "x"\nendpoint = "e"\npublic_key = "k"\n', "exactly 3"),
+    ],
+)
+def test_server_errors_name_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_server_config(write(tmp_path, text))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_server_config(tmp_path / "nope.toml")
