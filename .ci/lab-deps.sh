@@ -12,8 +12,8 @@ die() { printf '\n!!! lab-deps: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (rootful podman, debootstrap); re-run with sudo"
 
 # podman + runc (crun refuses hybrid cgroups here), debootstrap to build the image,
-# make/git/python3-venv for the project itself, iproute2 to inspect the bridge.
-pkgs=(podman runc debootstrap python3-venv python3-dev make git iproute2 ca-certificates
+# openssh-client: Ansible reaches the lab hosts over SSH; make/git/python3-venv for the project, iproute2 to inspect the bridge.
+pkgs=(podman runc debootstrap openssh-client python3-venv python3-dev make git iproute2 ca-certificates
       debian-archive-keyring uidmap slirp4netns fuse-overlayfs)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -48,6 +48,22 @@ for u in getty@tty1.service serial-getty@.service systemd-udevd.service systemd-
          systemd-remount-fs.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer; do
   ln -sf /dev/null "$rootfs/etc/systemd/system/$u"
 done
+# sshd: per-container host keys, made at first boot (the image ships none); root logs in with
+# the lab key only (mounted as /root/.ssh/authorized_keys by lab.sh)
+rm -f "$rootfs"/etc/ssh/ssh_host_*
+cat > "$rootfs/etc/systemd/system/lab-ssh-hostkeys.service" <<'UNIT'
+[Unit]
+Description=Generate SSH host keys (lab image)
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+[Install]
+WantedBy=multi-user.target
+UNIT
+ln -sf ../lab-ssh-hostkeys.service "$rootfs/etc/systemd/system/multi-user.target.wants/lab-ssh-hostkeys.service"
+printf 'PermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\n' > "$rootfs/etc/ssh/sshd_config.d/lab.conf"
 # keepalived runs only where the keepalived role configures and enables it
 rm -f "$rootfs/etc/systemd/system/multi-user.target.wants/keepalived.service"
 # hosts have no package mirror in the lab: apt must never try to fetch

@@ -7,6 +7,7 @@
 #   lab/lab.sh status      hosts, addresses, which one holds the VIP
 #   lab/lab.sh image | network | hosts | wait    single steps
 #   lab/lab.sh inventory   print the addresses as shell assignments (for scripts)
+#   lab/lab.sh ssh HOST [CMD]  shell on a lab host (as Ansible reaches it)
 # Settings: lab/lab.env (LAB_NAME, LAB_PREFIX, LAB_SUBNET, ...), all overridable by environment.
 LAB_SCRIPT=lab
 . "$(dirname "$0")/lib.sh"
@@ -36,8 +37,20 @@ do_network() {
   fi
 }
 
+do_sshkey() {
+  step "lab SSH key ($LAB_BUILD/ssh/id_ed25519)"
+  if [ ! -f "$LAB_BUILD/ssh/id_ed25519" ]; then
+    mkdir -p "$LAB_BUILD/ssh"; chmod 700 "$LAB_BUILD/ssh"
+    ssh-keygen -q -t ed25519 -N '' -C "tmr-lab" -f "$LAB_BUILD/ssh/id_ed25519" || die "ssh-keygen failed" "is openssh-client installed?"
+    info "created"
+  else
+    info "present"
+  fi
+}
+
 do_hosts() {
-  require_root; require_cmd podman
+  require_root; require_cmd podman ssh-keygen
+  do_sshkey
   local img; img="$(image_ref)"
   podman image exists "$img" || die "image $img not built" "run: lab/lab.sh image"
   local h c ip state
@@ -58,6 +71,7 @@ do_hosts() {
     fi
     podman run -d --name "$c" --hostname "$h" --network "$LAB_NAME" --ip "$ip" \
       --cap-add "$CAPS" --systemd always --label "tmr-lab=$LAB_NAME" \
+      -v "$LAB_BUILD/ssh/id_ed25519.pub:/root/.ssh/authorized_keys:ro" \
       "$img" /sbin/init >/dev/null \
       || die "podman run $c failed" "check CONTAINERS_CONF=$CONTAINERS_CONF (runtime runc, ulimits) and 'podman info'"
     info "created"
@@ -82,8 +96,21 @@ do_wait() {
         "inspect with: podman logs $c; podman exec -it $c systemctl --failed"
       sleep 0.5
     done
-    info "$st"
+    # Ansible comes in over SSH: wait for sshd on the lab address
+    deadline=$((SECONDS + 30))
+    until ssh_lab "$h" true 2>/dev/null; do
+      [ "$SECONDS" -lt "$deadline" ] || die "no SSH to $h ($(host_ip "$h")) after 30s" \
+        "check: podman exec $c systemctl status ssh; ip route get $(host_ip "$h")"
+      sleep 0.5
+    done
+    info "$st, ssh ok"
   done
+}
+
+ssh_lab() {  # ssh_lab HOST CMD...: run a command on a lab host as root over the lab network
+  local h="$1"; shift
+  ssh -i "$LAB_BUILD/ssh/id_ed25519" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+      -o LogLevel=ERROR -o ConnectTimeout=3 "root@$(host_ip "$h")" "$@"
 }
 
 do_down() {
@@ -138,5 +165,6 @@ case "$cmd" in
   down) do_down ;;
   status) do_status ;;
   inventory) do_inventory ;;
-  *) echo "usage: $0 up|down|status|image|network|hosts|wait|inventory" >&2; exit 2 ;;
+  ssh) shift; ssh_lab "$@" ;;
+  *) echo "usage: $0 up|down|status|image|network|hosts|wait|inventory|ssh HOST [CMD]" >&2; exit 2 ;;
 esac

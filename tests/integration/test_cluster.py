@@ -92,7 +92,7 @@ def test_seats_and_leases_survive_failover(cluster: LocalCluster) -> None:
         with pytest.raises(NoLicenseAvailable):
             c.checkout(FIRM, PRODUCT)
         status = cluster.ctl("tmr-b", "handles")["handles"]
-        assert {x["handle"] for x in status} == {h1.handle, h2.handle}
+        assert {x["handle"] for x in status} == {h1.id, h2.id}
         h2.release()
         h3 = c.checkout(FIRM, PRODUCT)
         assert not h1.lost and h3.held

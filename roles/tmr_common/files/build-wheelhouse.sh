@@ -3,7 +3,7 @@
 #   build-wheelhouse.sh PYTHON SOURCE_DIR WHEELHOUSE_DIR
 # The project is built from a clean copy of its sources with SOURCE_DATE_EPOCH fixed, so the
 # same sources give the same wheel bytes: a rebuild that changes nothing leaves the wheelhouse
-# untouched. Prints "WHEELHOUSE CHANGED" or "WHEELHOUSE UNCHANGED" last (Ansible's changed_when).
+# untouched. Also writes WHEELHOUSE_DIR.tar (reproducible) for copying. Prints "WHEELHOUSE CHANGED" or "WHEELHOUSE UNCHANGED" last (Ansible's changed_when).
 # Dependencies already in the wheelhouse are reused (--find-links), so a refresh needs no index.
 set -euo pipefail
 py="$1" src="$2" dest="$3"
@@ -26,4 +26,10 @@ for w in "$tmp/out"/*.whl; do
 done
 (cd "$dest" && sha256sum -- *.whl | sort -k2) > "$tmp/SHA256SUMS"
 if ! cmp -s "$tmp/SHA256SUMS" "$dest/SHA256SUMS" 2>/dev/null; then cp "$tmp/SHA256SUMS" "$dest/SHA256SUMS"; changed=1; fi
+# one reproducible archive of the wheelhouse: a single file to copy to every host
+if [ "$changed" = 1 ] || [ ! -f "$dest.tar" ]; then
+  tar -C "$dest" --sort=name --mtime=@"$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner \
+      -cf "$tmp/wheelhouse.tar" .
+  cmp -s "$tmp/wheelhouse.tar" "$dest.tar" 2>/dev/null || { cp "$tmp/wheelhouse.tar" "$dest.tar"; changed=1; }
+fi
 if [ "$changed" = 1 ]; then echo "WHEELHOUSE CHANGED"; else echo "WHEELHOUSE UNCHANGED"; fi

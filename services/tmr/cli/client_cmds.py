@@ -28,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
-from tmr.client import Client, Handle, NodeKeys
+from tmr.client import Client, Handle, load_client_keys
 from tmr.errors import ConfigError, UsageError
 from tmr.protocol.client_api import (
     FIRM_CODE_MAX,
@@ -202,7 +202,7 @@ def client_from_args(args: argparse.Namespace) -> Client:
         raise UsageError("no server key: give --server-key or --cluster (or set TMR_SERVER_KEY)")
     if not args.timeout > 0:
         raise UsageError("--timeout must be positive")
-    keys = NodeKeys.load(args.client_key) if args.client_key else None
+    keys = load_client_keys(args.client_key) if args.client_key else None
     try:
         return Client(
             endpoints,
@@ -296,7 +296,12 @@ def format_status(result: StatusResult) -> str:
         ("handles", str(result.handles)),
         ("ops committed", str(result.ops_committed)),
     ]
-    pairs += [(k.replace("_", " "), _fmt_value(v)) for k, v in sorted(result.extra.items())]
+    for key, value in sorted(result.extra.items()):
+        if isinstance(value, list | tuple) and value and all(isinstance(v, dict) for v in value):
+            shown = f"{len(value)} entries (see --json)"
+        else:
+            shown = _fmt_value(value)
+        pairs.append((key.replace("_", " "), shown))
     width = max(len(k) for k, _ in pairs)
     lines = [f"{k.ljust(width)}  {v}" for k, v in pairs]
     if result.backends:
@@ -304,7 +309,11 @@ def format_status(result: StatusResult) -> str:
             (
                 b.name,
                 _fmt_value(b.up),
-                " ".join(f"{k}={_fmt_value(v)}" for k, v in sorted(b.extra.items())),
+                " ".join(
+                    f"{k}={_fmt_value(v)}"
+                    for k, v in sorted(b.extra.items())
+                    if not (isinstance(v, dict | list | tuple) and not v)  # skip empty ones
+                ),
             )
             for b in result.backends
         ]

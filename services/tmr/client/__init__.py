@@ -13,7 +13,7 @@ Errors are the typed exceptions of `tmr.errors` (re-exported here): `NoLicenseAv
 
 from tmr.client._channel import ClientClosedError
 from tmr.client.client import Client, Handle, LostCallback
-from tmr.client.keys import CurveKeyPair, NodeKeys, load_public_key
+from tmr.client.keys import CurveKeyPair, load_client_keys, load_public_key
 from tmr.errors import (
     ApiError,
     BadRequest,
@@ -28,6 +28,7 @@ from tmr.errors import (
     UnknownHandle,
     UnknownLicense,
 )
+from tmr.keys import NodeKeys, generate_keypair
 from tmr.protocol.client_api import (
     BackendStatus,
     CheckoutResult,
@@ -62,5 +63,7 @@ __all__ = [
     "Unauthorized",
     "UnknownHandle",
     "UnknownLicense",
+    "generate_keypair",
+    "load_client_keys",
     "load_public_key",
 ]

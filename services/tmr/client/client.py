@@ -26,8 +26,9 @@ from typing import Self, TypeVar
 import zmq
 
 from tmr.client._channel import Channel, ClientClosedError, Outcome
-from tmr.client.keys import CurveKeyPair, NodeKeys, key_bytes, load_public_key
+from tmr.client.keys import check_key_pair, key_bytes, load_public_key
 from tmr.errors import ApiError, ErrorCode, Timeout, UnknownHandle
+from tmr.keys import NodeKeys, generate_keypair
 from tmr.protocol.client_api import (
     CID_MAX,
     CheckoutRequest,
@@ -78,7 +79,8 @@ class Client:
             process id and a random suffix.
         timeout: overall seconds a request may take, retries and fail-over included, before
             `tmr.errors.Timeout` is raised.
-        client_keys: this client's CURVE key pair (e.g. ``NodeKeys.load(path)``) when the
+        client_keys: this client's CURVE key pair (`tmr.keys.NodeKeys`, e.g. from
+            `tmr.client.load_client_keys(path)`) when the
             service restricts clients to an allowlist; default: a fresh ephemeral pair.
         attempt_timeout: seconds to wait for the reply to one attempt before trying the
             next endpoint; it grows by 1.5x per attempt up to 2 s.
@@ -94,7 +96,7 @@ class Client:
         *,
         client_id: str | None = None,
         timeout: float = 10.0,
-        client_keys: CurveKeyPair | None = None,
+        client_keys: NodeKeys | None = None,
         attempt_timeout: float = 0.5,
     ) -> None:
         if isinstance(endpoints, str):
@@ -107,10 +109,7 @@ class Client:
         if not attempt_timeout > 0:
             raise ValueError("attempt_timeout must be positive")
         server_key = key_bytes(load_public_key(server_public_key), "server public key")
-        if client_keys is None:
-            client_keys = NodeKeys.generate()
-        public = key_bytes(client_keys.public, "client public key")
-        secret = key_bytes(client_keys.secret, "client secret key")
+        public, secret = check_key_pair(client_keys or generate_keypair())
         self._client_id = client_id if client_id is not None else _default_client_id()
         # Validate the client id once, here, rather than on the first checkout.
         CheckoutRequest("r", self._client_id, 6_000_000, 0)
@@ -171,7 +170,7 @@ class Client:
 
     @property
     def closed(self) -> bool:
-        return self._closing.is_set()
+        return self._closed or self._closing.is_set()
 
     # -- operations
 

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -24,8 +23,18 @@ import zmq
 from zmq.utils import z85
 
 from tmr.errors import ConfigError
+from tmr.keys import NodeKeys, generate_keypair
 
-__all__ = ["CurveKeyPair", "NodeKeys", "key_bytes", "load_public_key", "valid_z85_key"]
+__all__ = [
+    "CurveKeyPair",
+    "NodeKeys",
+    "check_key_pair",
+    "generate_keypair",
+    "key_bytes",
+    "load_client_keys",
+    "load_public_key",
+    "valid_z85_key",
+]
 
 MAX_KEY_FILE = 64 * 1024
 _Z85_KEY_RE = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
@@ -35,7 +44,7 @@ _JSON_SECRET = ("secret", "secret_key")
 
 
 class CurveKeyPair(Protocol):
-    """Anything with Z85 ``public`` and ``secret`` keys (str or bytes), e.g. `NodeKeys`."""
+    """Anything with Z85 ``public`` and ``secret`` keys (str or bytes), e.g. `tmr.keys.NodeKeys`."""
 
     @property
     def public(self) -> str | bytes: ...
@@ -66,48 +75,32 @@ def key_bytes(text: str | bytes, what: str = "key") -> bytes:
     return text if isinstance(text, bytes) else text.encode("ascii")
 
 
-@dataclass(frozen=True, slots=True)
-class NodeKeys:
-    """A CURVE key pair in Z85 text."""
+def load_client_keys(path: str | os.PathLike[str]) -> NodeKeys:
+    """Read this client's key pair (or a bare secret key) from a file; ConfigError if unusable.
 
-    public: str
-    secret: str
+    Accepts the key pair files of `tmr.keys` (JSON ``{"public", "secret"}``), ZeroMQ secret
+    certificates and a file holding just the Z85 secret key.
+    """
+    text = _read(path)
+    bare = _bare_key(text)
+    if bare is not None:
+        return NodeKeys(public=_public_of(bare), secret=bare)
+    public, secret = _parse(text)
+    if secret is None:
+        raise ConfigError(f"{path}: no secret key in the file")
+    derived = _public_of(secret)
+    if public is not None and public != derived:
+        raise ConfigError(f"{path}: public key does not belong to the secret key")
+    return NodeKeys(public=derived, secret=secret)
 
-    def __post_init__(self) -> None:
-        key_bytes(self.public, "public key")
-        key_bytes(self.secret, "secret key")
-        if _public_of(self.secret) != self.public:
-            raise ConfigError("public key does not belong to the secret key")
 
-    def __repr__(self) -> str:  # never print the secret
-        return f"NodeKeys(public={self.public!r}, secret=...)"
-
-    @classmethod
-    def generate(cls) -> NodeKeys:
-        """A fresh key pair."""
-        public, secret = zmq.curve_keypair()
-        return cls(public.decode("ascii"), secret.decode("ascii"))
-
-    @classmethod
-    def from_secret(cls, secret: str) -> NodeKeys:
-        """The key pair of a Z85 secret key."""
-        key_bytes(secret, "secret key")
-        return cls(_public_of(secret), secret)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> NodeKeys:
-        """Read a key pair (or a bare secret key) from a file; ConfigError if unusable."""
-        text = _read(path)
-        bare = _bare_key(text)
-        if bare is not None:
-            return cls.from_secret(bare)
-        public, secret = _parse(text)
-        if secret is None:
-            raise ConfigError(f"{path}: no secret key in the file")
-        pair = cls.from_secret(secret)
-        if public is not None and public != pair.public:
-            raise ConfigError(f"{path}: public key does not belong to the secret key")
-        return pair
+def check_key_pair(keys: CurveKeyPair) -> tuple[bytes, bytes]:
+    """(public, secret) as Z85 bytes for pyzmq; ConfigError if invalid or not a pair."""
+    public = key_bytes(keys.public, "client public key")
+    secret = key_bytes(keys.secret, "client secret key")
+    if zmq.curve_public(secret) != public:
+        raise ConfigError("client public key does not belong to the client secret key")
+    return public, secret
 
 
 def load_public_key(value: str | os.PathLike[str]) -> str:

@@ -140,7 +140,7 @@ def local_up(
         if not mid.exists():
             mid.write_text(hashlib.sha256(f"{root}/{name}".encode()).hexdigest()[:32] + "\n")
         docs.append(make_fingerprint_doc(pubs[name], mid.read_text().strip()))
-    if not any((root / name / "licenses").glob("*.tmrlic") for name in BACKENDS):
+    if not any(any((root / name / "licenses").glob("*.tmrlic")) for name in BACKENDS):
         say(f"license set: firm {FIRM} product {PRODUCT} LQ {quantity} TMR ID #{tmr_id}")
         issued = issue_set(
             vendor,

@@ -26,7 +26,9 @@ E1 = Epoch(1, "s1")
 E2 = Epoch(2, "s2")
 
 
-def rec(handle: str, seats: int = 1, key: tuple[int, int] = KEY, client: str = "c1") -> HandleRecord:
+def rec(
+    handle: str, seats: int = 1, key: tuple[int, int] = KEY, client: str = "c1"
+) -> HandleRecord:
     return HandleRecord(handle, key[0], key[1], seats, client, f"r-{handle}", 1_700_000_000.5)
 
 
@@ -221,9 +223,7 @@ def test_commit_on_a_read_only_connection_raises_and_changes_nothing(store: Sqli
     assert reopen(store) == expected
 
 
-def test_a_failure_mid_transaction_rolls_back_the_whole_write(
-    store: SqliteStore, db: Path
-) -> None:
+def test_a_failure_mid_transaction_rolls_back_the_whole_write(store: SqliteStore, db: Path) -> None:
     expected = commit_all(store, [Write(promised=E1)])
     conn = sqlite3.connect(db)
     conn.execute(

@@ -8,7 +8,7 @@ import pytest
 import zmq
 from fake_tmr_server import FakeServer
 
-from tmr.client import NodeKeys
+from tmr.client import NodeKeys, generate_keypair
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def zctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
 
 @pytest.fixture(scope="session")
 def service_keys() -> NodeKeys:
-    return NodeKeys.generate()
+    return generate_keypair()
 
 
 @pytest.fixture

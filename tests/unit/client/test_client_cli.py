@@ -14,7 +14,7 @@ import pytest
 from fake_tmr_server import FIRM, PRODUCT, FakeServer
 
 from tmr.cli import client_cmds
-from tmr.client import NodeKeys
+from tmr.client import NodeKeys, generate_keypair
 from tmr.errors import ConfigError, TmrError, UsageError
 from tmr.protocol.client_api import CheckoutRequest
 
@@ -193,7 +193,7 @@ def test_client_key_file(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     server = make_server()
-    keys = NodeKeys.generate()
+    keys = generate_keypair()
     key_file = tmp_path / "client.key"
     key_file.write_text(json.dumps({"public": keys.public, "secret": keys.secret}))
     pub_file = tmp_path / "service.pub"

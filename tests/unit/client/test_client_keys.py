@@ -8,18 +8,19 @@ from pathlib import Path
 import pytest
 import zmq.auth
 
-from tmr.client import NodeKeys, load_public_key
-from tmr.client.keys import key_bytes, valid_z85_key
+from tmr.client import NodeKeys, generate_keypair, load_client_keys, load_public_key
+from tmr.client.keys import check_key_pair, key_bytes, valid_z85_key
 from tmr.errors import ConfigError
 
 
-def test_generate_and_from_secret() -> None:
-    keys = NodeKeys.generate()
+def test_key_pairs() -> None:
+    keys = generate_keypair()
     assert valid_z85_key(keys.public) and valid_z85_key(keys.secret)
-    assert NodeKeys.from_secret(keys.secret) == keys
-    assert keys.secret not in repr(keys)
+    assert check_key_pair(keys) == (keys.public.encode(), keys.secret.encode())
     with pytest.raises(ConfigError, match="does not belong"):
-        NodeKeys(NodeKeys.generate().public, keys.secret)
+        check_key_pair(NodeKeys(generate_keypair().public, keys.secret))
+    with pytest.raises(ConfigError, match="Z85"):
+        check_key_pair(NodeKeys("x", keys.secret))
 
 
 @pytest.mark.parametrize(
@@ -32,7 +33,7 @@ def test_invalid_z85(text: str) -> None:
 
 
 def test_public_key_as_text_and_files(tmp_path: Path) -> None:
-    keys = NodeKeys.generate()
+    keys = generate_keypair()
     assert load_public_key(keys.public) == keys.public
     bare = tmp_path / "service.pub"
     bare.write_text(keys.public + "\n")
@@ -51,21 +52,21 @@ def test_public_key_as_text_and_files(tmp_path: Path) -> None:
 
 
 def test_node_keys_from_files(tmp_path: Path) -> None:
-    keys = NodeKeys.generate()
+    keys = generate_keypair()
     bare = tmp_path / "client.key"
     bare.write_text(keys.secret)
-    assert NodeKeys.load(bare) == keys
+    assert load_client_keys(bare) == keys
     doc = tmp_path / "client.json"
     doc.write_text(json.dumps({"public": keys.public, "secret": keys.secret}))
-    assert NodeKeys.load(doc) == keys
+    assert load_client_keys(doc) == keys
     _, secret_file = zmq.auth.create_certificates(str(tmp_path), "client")
     public, secret = zmq.auth.load_certificate(secret_file)
     assert secret is not None
-    assert NodeKeys.load(secret_file) == NodeKeys(public.decode(), secret.decode())
+    assert load_client_keys(secret_file) == NodeKeys(public.decode(), secret.decode())
 
 
 def test_bad_key_files(tmp_path: Path) -> None:
-    keys = NodeKeys.generate()
+    keys = generate_keypair()
     cases = {
         "missing": None,
         "empty": "",
@@ -74,7 +75,7 @@ def test_bad_key_files(tmp_path: Path) -> None:
         "list": "[1, 2]",
         "badkey": json.dumps({"public": "abc"}),
         "nosecret": json.dumps({"public": keys.public}),
-        "mismatch": json.dumps({"public": NodeKeys.generate().public, "secret": keys.secret}),
+        "mismatch": json.dumps({"public": generate_keypair().public, "secret": keys.secret}),
         "binary": b"\xff\xfe\x00",
         "big": "x" * 70000,
     }
@@ -85,7 +86,7 @@ def test_bad_key_files(tmp_path: Path) -> None:
         elif isinstance(content, bytes):
             path.write_bytes(content)
         with pytest.raises(ConfigError):
-            NodeKeys.load(path)
+            load_client_keys(path)
         if name not in ("nosecret", "mismatch"):
             with pytest.raises(ConfigError):
                 load_public_key(path)

@@ -25,6 +25,7 @@ from tmr.client import (
     Unauthorized,
     UnknownHandle,
     UnknownLicense,
+    generate_keypair,
 )
 from tmr.errors import ConfigError, ErrorCode
 from tmr.protocol import ProtocolError
@@ -261,7 +262,7 @@ def test_not_active_everywhere_times_out(
 
 
 def test_no_server_times_out() -> None:
-    keys = NodeKeys.generate()
+    keys = generate_keypair()
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     with Client([endpoint], keys.public, timeout=0.8, attempt_timeout=0.2) as client:
         started = time.monotonic()
@@ -274,7 +275,7 @@ def test_no_server_times_out() -> None:
 
 def test_wrong_server_key_times_out(make_server: MakeServer) -> None:
     server = make_server()
-    wrong_key = NodeKeys.generate().public
+    wrong_key = generate_keypair().public
     client = Client(server.endpoint, wrong_key, timeout=0.8, attempt_timeout=0.2)
     with client, pytest.raises(Timeout):
         client.status()
@@ -457,7 +458,7 @@ def test_given_client_keys_are_used(
     make_server: MakeServer, clients: Callable[..., Client]
 ) -> None:
     server = make_server()
-    keys = NodeKeys.generate()
+    keys = generate_keypair()
     client = clients(server.endpoint, client_keys=keys, client_id="build-agent-7")
     assert client.public_key == keys.public
     client.checkout(FIRM, PRODUCT).release()

@@ -265,14 +265,14 @@ known_keys = st.sampled_from(
 )
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes(data: bytes) -> None:
     with contextlib.suppress(ProtocolError):
         decode_request(data)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.dictionaries(known_keys | st.text(max_size=5), wire_values, max_size=8))
 def test_random_maps(msg: dict[str, Any]) -> None:
     try:
@@ -283,7 +283,7 @@ def test_random_maps(msg: dict[str, Any]) -> None:
     assert decode_request(encode_request(req)) == req
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(st.sampled_from(sorted(OPS)), st.data())
 def test_mutated_valid_requests(op: str, data: st.DataObject) -> None:
     msg = dict(VALID[op])
@@ -297,7 +297,7 @@ def test_mutated_valid_requests(op: str, data: st.DataObject) -> None:
     assert req.rid == "r-1"
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_generated_requests_round_trip(data: st.DataObject) -> None:
     rid = data.draw(st.from_regex(r"[A-Za-z0-9._:-]{1,64}", fullmatch=True))
@@ -493,14 +493,14 @@ def test_bad_license_entries() -> None:
             LicenseEntry.from_wire(entry)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.sampled_from(sorted(RESULT_TYPES)), st.binary(max_size=200))
 def test_random_reply_bytes(op: str, data: bytes) -> None:
     with contextlib.suppress(ProtocolError):
         decode_reply(data, op=op)
 
 
-@settings(max_examples=150)
+@settings(max_examples=150, deadline=None)
 @given(
     st.sampled_from(sorted(RESULT_TYPES)),
     st.dictionaries(st.text(max_size=12), wire_values, max_size=6),

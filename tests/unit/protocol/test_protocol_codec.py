@@ -114,7 +114,7 @@ def test_pack_refuses_what_msgpack_cannot_encode(obj: Any) -> None:
         pack(obj)
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=200))
 def test_random_bytes_raise_only_protocol_error(data: bytes) -> None:
     try:
@@ -124,7 +124,7 @@ def test_random_bytes_raise_only_protocol_error(data: bytes) -> None:
     assert isinstance(msg, dict)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(msgpack_values)
 def test_random_values_decode_or_raise_protocol_error(value: Any) -> None:
     frame = raw(value)
@@ -137,7 +137,7 @@ def test_random_values_decode_or_raise_protocol_error(value: Any) -> None:
     assert pack(msg) == frame  # decoding is lossless
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(msgpack_values, st.data())
 def test_random_corruptions_raise_only_protocol_error(value: Any, data: st.DataObject) -> None:
     frame = bytearray(raw({"k": value}))

@@ -1,0 +1,713 @@
+"""`tmr backend run`: the backend service, a pyzmq + SQLite wrapper around the `Acceptor`.
+
+One thread, one poll loop over:
+
+- the peer ROUTER socket (CURVE server with this node's key pair) that the TMR servers
+  talk to; a ZAP handler on the same loop admits only the keys in ``allowed_servers``;
+- the local control socket (JSON over REQ/REP on a unix socket: status, reload, health);
+- a self-pipe woken by signals (SIGHUP: reload licenses; SIGTERM/SIGINT: stop);
+- a timer that re-checks license expiry.
+
+Every peer request is decoded strictly (`tmr.protocol.peer_api`), handed to the acceptor,
+its write committed to SQLite, and only then applied and answered. A commit error means no
+answer (the leader treats the backend as not having acked) and a reload of the state from
+disk. No protocol decision is taken here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import zmq
+from zmq.utils import z85
+
+from tmr import __version__
+from tmr.backend.licenses import LicenseView, load_license_view
+from tmr.backend.store import SqliteStore, StorageError
+from tmr.config import BackendConfig
+from tmr.ctl import CtlError, bind_ctl, decode_ctl, encode_ctl
+from tmr.errors import ConfigError, TmrError
+from tmr.keys import NodeKeys, load_keypair
+from tmr.licensing import (
+    ClockGuard,
+    LicenseReason,
+    VendorKeyring,
+    make_fingerprint_doc,
+    read_machine_id,
+)
+from tmr.licensing.curve import z85_key_bytes
+from tmr.logs import configure, log
+from tmr.protocol import peer_api
+from tmr.protocol.codec import unpack
+from tmr.protocol.errors import ProtocolError
+from tmr.replication.acceptor import Acceptor, Step, Write
+from tmr.replication.messages import (
+    Accepted,
+    EntryStatus,
+    PeerError,
+    PeerReply,
+    PeerRequest,
+    Rejected,
+)
+from tmr.replication.types import Epoch, LicenseInfo, ProductKey, Version, key_str
+
+DB_NAME = "backend.sqlite3"
+CLOCK_NAME = "clock.json"
+LOCK_NAME = "backend.lock"
+EXPIRY_CHECK_INTERVAL = 30.0
+MAX_BATCH = 256  # peer requests served per loop turn before the other sockets get a look
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+ZAP_DOMAIN = b"tmr-backend"
+ZAP_VERSION = b"1.0"
+
+Json = dict[str, Any]
+
+
+# ------------------------------------------------------------------ identity and allowlist
+
+
+@dataclass(frozen=True)
+class Identity:
+    keys: NodeKeys
+    fingerprint: str
+    serial: str
+
+
+def load_identity(config: BackendConfig) -> Identity:
+    """The node key pair, and the fingerprint and serial derived from it and the machine-id."""
+    keys = load_keypair(config.key_file)
+    doc = make_fingerprint_doc(keys.public, read_machine_id(config.machine_id_file), config.serial)
+    return Identity(keys, doc.fingerprint, doc.serial)
+
+
+def parse_allowlist(keys: Iterable[str]) -> frozenset[bytes]:
+    """The raw 32-byte CURVE public keys of the allowed TMR servers (ConfigError if bad)."""
+    out = set()
+    for i, text in enumerate(keys):
+        try:
+            out.add(z85_key_bytes(text, f"allowed_servers[{i}]"))
+        except TmrError as exc:
+            raise ConfigError(str(exc)) from None
+    return frozenset(out)
+
+
+def zap_reply(frames: Sequence[bytes], allowed: frozenset[bytes]) -> tuple[list[bytes], bool]:
+    """The ZAP (RFC 27) answer to one request: 200 only for CURVE with an allowed key."""
+    if len(frames) < 6 or frames[0] != ZAP_VERSION:
+        request_id = frames[1] if len(frames) > 1 else b""
+        return [ZAP_VERSION, request_id, b"500", b"malformed ZAP request", b"", b""], False
+    request_id, mechanism, credentials = frames[1], frames[5], frames[6:]
+    if mechanism == b"CURVE" and len(credentials) == 1 and credentials[0] in allowed:
+        user = z85_text(credentials[0]).encode("ascii")
+        return [ZAP_VERSION, request_id, b"200", b"OK", user, b""], True
+    return [ZAP_VERSION, request_id, b"400", b"key not allowed", b"", b""], False
+
+
+def z85_text(raw: bytes) -> str:
+    if len(raw) != 32:
+        return raw[:64].hex()
+    return z85.encode(raw).decode("ascii")
+
+
+# ------------------------------------------------------------------ peer framing
+
+
+def split_envelope(frames: list[bytes]) -> tuple[list[bytes], bytes | None]:
+    """ROUTER message -> (reply envelope, payload). A DEALER sends [payload], a REQ
+    [b"", payload]; anything else has no single payload (None)."""
+    if len(frames) >= 3 and frames[1] == b"":
+        envelope, rest = frames[:2], frames[2:]
+    else:
+        envelope, rest = frames[:1], frames[1:]
+    return envelope, rest[0] if len(rest) == 1 else None
+
+
+def peek_mid(payload: bytes) -> int:
+    """The message id of a frame the strict decoder refused, if it can be read (else 0)."""
+    try:
+        mid = unpack(payload, max_size=peer_api.MAX_PEER_FRAME).get("mid")
+    except ProtocolError:
+        return 0
+    return mid if type(mid) is int and 0 <= mid <= peer_api.U63 else 0
+
+
+def error_reply(mid: int, message: str) -> bytes:
+    return peer_api.encode_reply(PeerError(mid, message[:1024]))
+
+
+# ------------------------------------------------------------------ JSON views
+
+
+def epoch_json(epoch: Epoch) -> Json:
+    return {"counter": epoch.counter, "server": epoch.server, "text": str(epoch)}
+
+
+def version_json(version: Version) -> Json:
+    return {"epoch": epoch_json(version.epoch), "seq": version.seq}
+
+
+def license_json(lic: LicenseInfo) -> Json:
+    return {
+        "tmr_id": lic.tmr_id,
+        "quantity": lic.quantity,
+        "valid": lic.valid,
+        "reason": lic.reason,
+        "expires": lic.expires,
+        "features": dict(lic.features),
+    }
+
+
+def rejected_json(view: LicenseView) -> list[Json]:
+    return [
+        {"file": str(path), "reason": err.reason.value, "message": str(err)}
+        for path, err in view.rejected
+    ]
+
+
+# ------------------------------------------------------------------ the service
+
+
+class BackendService:
+    """The backend process. `run()` serves until SIGTERM/SIGINT; `open()`, `handle_frame()`,
+    `reload_licenses()`, `check_licenses()`, `status()` and `close()` are its parts (the
+    unit tests drive them without sockets)."""
+
+    def __init__(
+        self,
+        config: BackendConfig,
+        *,
+        expiry_check_interval: float = EXPIRY_CHECK_INTERVAL,
+        time_source: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.expiry_check_interval = expiry_check_interval
+        self._time = time_source
+        self.identity: Identity | None = None
+        self.store: SqliteStore | None = None
+        self.clock: ClockGuard | None = None
+        self.acceptor: Acceptor | None = None
+        self.view = LicenseView()
+        self.endpoint = ""
+        self.counters = {"requests": 0, "bad_requests": 0, "writes": 0, "storage_errors": 0}
+        self._started = time.monotonic()
+        self._floors: dict[ProductKey, int] = {}
+        self._allowed: frozenset[bytes] = frozenset()
+        self._lock_fd: int | None = None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._router: zmq.Socket[bytes] | None = None
+        self._zap: zmq.Socket[bytes] | None = None
+        self._ctl: zmq.Socket[bytes] | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._old_handlers: dict[int, Any] = {}
+        self._old_wakeup_fd = -1
+        self._stop_reason = ""
+        self._reload_requested = False
+
+    # ============================================================== lifecycle
+
+    def run(self) -> int:
+        configure(f"tmr-backend[{self.config.name}]", self.config.log_level)
+        self._install_signals()
+        try:
+            try:
+                self.open()
+                self.open_sockets()
+            except TmrError as exc:
+                log("start_failed", level="error", error=str(exc))
+                raise
+            self._log_start()
+            self.serve_forever()
+        finally:
+            self.close()
+            self._restore_signals()
+        log("stop", reason=self._stop_reason or "stopped")
+        return 0
+
+    def open(self) -> None:
+        """Identity, state directory (locked), store, clock guard, licenses, acceptor."""
+        cfg = self.config
+        self._allowed = parse_allowlist(cfg.allowed_servers)
+        self.identity = load_identity(cfg)
+        self._lock_state_dir()
+        self.store = SqliteStore(cfg.state_dir / DB_NAME)
+        self.clock = ClockGuard(cfg.state_dir / CLOCK_NAME, time_source=self._time)
+        self.acceptor = Acceptor(cfg.name, self.store.load(), crypt=self._crypt)
+        result = self.reload_licenses("start")
+        if not result["ok"]:
+            raise ConfigError(f"cannot load the license container: {result['error']}")
+
+    def _lock_state_dir(self) -> None:
+        state_dir = self.config.state_dir
+        try:
+            state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+            fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o640)
+        except OSError as exc:
+            raise StorageError(f"cannot use state directory {state_dir}: {exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StorageError(
+                f"state directory {state_dir} is in use by another backend process"
+            ) from None
+        self._lock_fd = fd
+
+    def open_sockets(self) -> None:
+        """ZAP handler, peer ROUTER (CURVE server), control socket."""
+        assert self.identity is not None
+        self._ctx = zmq.Context()
+        self._zap = self._ctx.socket(zmq.REP)
+        self._zap.setsockopt(zmq.LINGER, 0)
+        self._zap.bind(ZAP_ENDPOINT)  # before any CURVE handshake can happen
+        self._router = self._peer_socket(self.identity.keys)
+        try:
+            self._ctl = bind_ctl(self._ctx, self.config.ctl_socket)
+        except (zmq.ZMQError, OSError) as exc:
+            raise ConfigError(
+                f"cannot bind control socket {self.config.ctl_socket}: {exc}"
+            ) from None
+
+    def _peer_socket(self, keys: NodeKeys) -> zmq.Socket[bytes]:
+        assert self._ctx is not None
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, peer_api.MAX_PEER_FRAME)
+        sock.curve_secretkey = keys.secret.encode("ascii")
+        sock.curve_publickey = keys.public.encode("ascii")
+        sock.curve_server = True
+        sock.zap_domain = ZAP_DOMAIN
+        with contextlib.suppress(zmq.ZMQError, AttributeError):  # draft option in libzmq 4.3
+            sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+        try:
+            sock.bind(self.config.listen)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen on {self.config.listen}: {exc}") from None
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        return sock
+
+    def close(self) -> None:
+        bound_ctl = self._ctl is not None
+        for sock in (self._router, self._ctl, self._zap):
+            if sock is not None:
+                sock.close(linger=0)
+        self._router = self._ctl = self._zap = None
+        if bound_ctl:
+            with contextlib.suppress(OSError):
+                self.config.ctl_socket.unlink()
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+        if self.store is not None:
+            self.store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ============================================================== signals
+
+    def _install_signals(self) -> None:
+        """Signal handlers and the self-pipe that wakes the poll loop. Outside the main
+        thread (an embedding test) there are no signals: use `stop()`."""
+        self._wake_r, self._wake_w = socket.socketpair()
+        for sock in (self._wake_r, self._wake_w):
+            sock.setblocking(False)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._old_wakeup_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            self._old_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def stop(self, reason: str = "stop requested") -> None:
+        """Ask a running `run()` to stop (from any thread)."""
+        self._stop_reason = reason
+        wake = self._wake_w
+        if wake is not None:
+            with contextlib.suppress(OSError):
+                wake.send(b"\0")
+
+    def _restore_signals(self) -> None:
+        if self._old_handlers:
+            for signum, handler in self._old_handlers.items():
+                signal.signal(signum, handler)
+            self._old_handlers.clear()
+            signal.set_wakeup_fd(self._old_wakeup_fd)
+        for s in (self._wake_r, self._wake_w):
+            if s is not None:
+                s.close()
+        self._wake_r = self._wake_w = None
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload_requested = True
+        else:
+            self._stop_reason = signal.Signals(signum).name
+
+    def _drain_wakeups(self) -> None:
+        assert self._wake_r is not None
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(512):
+                pass
+
+    # ============================================================== main loop
+
+    def serve_forever(self) -> None:
+        assert self._router is not None and self._ctl is not None and self._zap is not None
+        assert self._wake_r is not None
+        poller = zmq.Poller()
+        for sock in (self._zap, self._ctl, self._router):
+            poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r.fileno(), zmq.POLLIN)
+        next_check = time.monotonic() + self.expiry_check_interval
+        while not self._stop_reason:
+            timeout = max(0.0, next_check - time.monotonic())
+            ready = dict(poller.poll(int(timeout * 1000) + 1))
+            if self._wake_r.fileno() in ready:
+                self._drain_wakeups()
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload_licenses("SIGHUP")
+            if self._zap in ready:
+                self._serve_zap()
+            if self._ctl in ready:
+                self._serve_ctl()
+            if self._router in ready:
+                self._serve_peers()
+            if time.monotonic() >= next_check:
+                self.check_licenses()
+                next_check = time.monotonic() + self.expiry_check_interval
+
+    def _serve_zap(self) -> None:
+        assert self._zap is not None
+        while True:
+            try:
+                frames = self._zap.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            reply, ok = zap_reply(frames, self._allowed)
+            if not ok:
+                log(
+                    "peer_denied",
+                    level="warning",
+                    address=frames[3].decode("ascii", "replace") if len(frames) > 3 else "",
+                    key=z85_text(frames[6]) if len(frames) > 6 else "",
+                    mechanism=frames[5].decode("ascii", "replace") if len(frames) > 5 else "",
+                )
+            self._zap.send_multipart(reply)
+
+    def _serve_peers(self) -> None:
+        assert self._router is not None
+        for _ in range(MAX_BATCH):
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            envelope, payload = split_envelope(frames)
+            if payload is None:
+                self.counters["bad_requests"] += 1
+                reply: bytes | None = error_reply(0, "expected exactly one payload frame")
+            else:
+                reply = self.handle_frame(payload)
+            if reply is not None:
+                self._router.send_multipart([*envelope, reply])
+
+    # ============================================================== peer requests
+
+    def handle_frame(self, payload: bytes) -> bytes | None:
+        """One peer request -> the reply to send, or None when nothing may be sent (the
+        write could not be committed). Never raises."""
+        self.counters["requests"] += 1
+        if len(payload) > peer_api.MAX_PEER_FRAME:
+            self.counters["bad_requests"] += 1
+            return error_reply(0, f"frame larger than {peer_api.MAX_PEER_FRAME} bytes")
+        try:
+            request = peer_api.decode_request(payload)
+        except ProtocolError as exc:
+            self.counters["bad_requests"] += 1
+            log("bad_request", level="warning", error=exc.message, size=len(payload))
+            return error_reply(peek_mid(payload), exc.message)
+        except Exception as exc:  # the decoder is strict; this is a bug, not a crash
+            self.counters["bad_requests"] += 1
+            log("internal_error", level="error", error=repr(exc), trace=traceback.format_exc())
+            return error_reply(peek_mid(payload), "malformed request")
+        try:
+            return self._serve_request(request)
+        except Exception as exc:  # a bug must not take the backend down
+            log("internal_error", level="error", error=repr(exc), trace=traceback.format_exc())
+            self._reload_state()
+            return error_reply(request.mid, "internal error")
+
+    def _serve_request(self, request: PeerRequest) -> bytes | None:
+        assert self.acceptor is not None and self.store is not None
+        step = self.acceptor.handle(request)
+        if step.write is not None:
+            before = self.acceptor.state.promised
+            try:
+                self.store.commit(step.write)
+            except StorageError as exc:
+                self.counters["storage_errors"] += 1
+                log("storage_error", level="error", error=str(exc), request=type(request).__name__)
+                self._reload_state()
+                return None
+            self.acceptor.committed(step)
+            self.counters["writes"] += 1
+            self._log_write(step, before)
+        self._log_refusals(step.reply)
+        return peer_api.encode_reply(step.reply)
+
+    @staticmethod
+    def _log_refusals(reply: PeerReply) -> None:
+        if isinstance(reply, Rejected):
+            log("request_rejected", promised=str(reply.promised), mid=reply.mid)
+        elif isinstance(reply, Accepted):
+            for key, result in reply.results.items():
+                if result.status is EntryStatus.REFUSED:
+                    log(
+                        "entry_refused",
+                        level="warning",
+                        product=key_str(key),
+                        seq=result.seq,
+                        reason=result.reason,
+                    )
+
+    def _reload_state(self) -> None:
+        assert self.acceptor is not None and self.store is not None
+        try:
+            self.acceptor.state = self.store.load()
+        except StorageError as exc:
+            self.counters["storage_errors"] += 1
+            log("storage_error", level="error", error=str(exc), during="reload of state")
+
+    def _log_write(self, step: Step, before: Epoch) -> None:
+        write: Write | None = step.write
+        assert write is not None and self.acceptor is not None
+        if write.promised is not None:
+            log("promise_raised", epoch=str(write.promised), previous=str(before))
+        if write.caught_up:
+            log("caught_up")
+        for pw in write.products:
+            plog = self.acceptor.state.products[pw.key]
+            if pw.replace is not None:
+                log(
+                    "snapshot_installed",
+                    product=key_str(pw.key),
+                    version=f"{pw.version.epoch}:{pw.version.seq}",
+                    handles=len(plog.handles),
+                    seats=plog.seats(),
+                )
+            else:
+                log(
+                    "ops_committed",
+                    level="debug",
+                    product=key_str(pw.key),
+                    seq=pw.version.seq,
+                    ops=len(pw.ops),
+                    seats=plog.seats(),
+                )
+
+    def _crypt(self, key: ProductKey, operation: str, data: bytes) -> bytes:
+        return self.view.crypt(key, operation, data)
+
+    # ============================================================== licenses
+
+    def reload_licenses(self, trigger: str) -> Json:
+        """Re-read the vendor keys and re-verify every copy; on success the acceptor gets the
+        new licenses and raised TMR IDs are recorded. On failure nothing changes."""
+        assert self.identity is not None and self.clock is not None
+        try:
+            keyring = VendorKeyring.load(self.config.vendor_keys)
+            view = load_license_view(
+                self.config.license_dir,
+                keyring=keyring,
+                fingerprint=self.identity.fingerprint,
+                node_secret=self.identity.keys.secret,
+                clock=self.clock,
+                installed_tmr_ids=self._installed_floors(),
+            )
+        except (TmrError, OSError) as exc:
+            log("license_reload_failed", level="error", trigger=trigger, error=str(exc))
+            return {"ok": False, "error": str(exc)}
+        self.view = view
+        self._record_installed({k: lic.tmr_id for k, lic in view.installed.items()})
+        for path, err in view.rejected:
+            quiet = err.reason in (LicenseReason.SUPERSEDED, LicenseReason.DUPLICATE)
+            log(
+                "license_rejected",
+                level="info" if quiet else "warning",
+                file=str(path),
+                reason=err.reason.value,
+                error=str(err),
+            )
+        self._apply_licenses(view.infos(self.clock), trigger)
+        return {"ok": True, "licenses": self._licenses_json(), "rejected": rejected_json(view)}
+
+    def _installed_floors(self) -> dict[ProductKey, int]:
+        """The highest TMR IDs installed: on disk, and in memory should a write have failed."""
+        assert self.store is not None
+        floors = dict(self._floors)
+        try:
+            for key, tmr_id in self.store.installed_tmr_ids().items():
+                floors[key] = max(tmr_id, floors.get(key, 0))
+        except StorageError as exc:
+            log("storage_error", level="error", error=str(exc), during="read installed TMR IDs")
+        return floors
+
+    def _record_installed(self, ids: dict[ProductKey, int]) -> None:
+        assert self.store is not None
+        for key, tmr_id in ids.items():
+            self._floors[key] = max(tmr_id, self._floors.get(key, 0))
+        try:
+            self.store.set_installed_tmr_ids(ids)
+        except StorageError as exc:
+            self.counters["storage_errors"] += 1
+            log("storage_error", level="error", error=str(exc), during="record installed TMR IDs")
+
+    def check_licenses(self) -> None:
+        """Periodic re-check: a copy that expired (or a clock set back) becomes invalid."""
+        assert self.clock is not None
+        self.clock.now()  # also keeps the clock guard's high-water mark moving
+        self._apply_licenses(self.view.infos(self.clock), "expiry check")
+
+    def _apply_licenses(self, infos: dict[ProductKey, LicenseInfo], trigger: str) -> None:
+        assert self.acceptor is not None
+        old = self.acceptor.licenses
+        if infos == old:
+            return
+        for key in sorted(set(old) | set(infos)):
+            self._log_license_change(key, old.get(key), infos.get(key), trigger)
+        self.acceptor.set_licenses(infos)
+
+    def _log_license_change(
+        self, key: ProductKey, old: LicenseInfo | None, new: LicenseInfo | None, trigger: str
+    ) -> None:
+        if old == new:
+            return
+        product = key_str(key)
+        if new is None:
+            assert old is not None
+            log(
+                "license_removed",
+                level="warning",
+                product=product,
+                tmr_id=old.tmr_id,
+                trigger=trigger,
+            )
+            return
+        fields: Json = {
+            "product": product,
+            "tmr_id": new.tmr_id,
+            "quantity": new.quantity,
+            "valid": new.valid,
+            "reason": new.reason,
+            "expires": new.expires,
+            "trigger": trigger,
+        }
+        lic = self.view.installed.get(key)
+        if lic is not None:
+            fields["file"] = str(lic.path)
+        if old is None:
+            log("license_loaded", level="info" if new.valid else "warning", **fields)
+        else:
+            fields.update(old_tmr_id=old.tmr_id, old_quantity=old.quantity, old_valid=old.valid)
+            log("license_changed", level="info" if new.valid else "warning", **fields)
+
+    def _licenses_json(self) -> list[Json]:
+        assert self.acceptor is not None
+        return [
+            {"firm": k[0], "product": k[1], **license_json(v)}
+            for k, v in sorted(self.acceptor.licenses.items())
+        ]
+
+    # ============================================================== control socket
+
+    def _serve_ctl(self) -> None:
+        assert self._ctl is not None
+        try:
+            frames = self._ctl.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        try:
+            if len(frames) != 1:
+                raise CtlError("control request must be one frame")
+            reply = self.control(decode_ctl(frames[0]))
+        except CtlError as exc:
+            reply = {"ok": False, "error": str(exc)}
+        except Exception as exc:  # never leave the REP socket without an answer
+            log("internal_error", level="error", error=repr(exc), trace=traceback.format_exc())
+            reply = {"ok": False, "error": f"internal error: {exc!r}"}
+        self._ctl.send(encode_ctl(reply))
+
+    def control(self, request: Json) -> Json:
+        cmd = request.get("cmd")
+        if cmd == "status":
+            return self.status()
+        if cmd == "reload":
+            return self.reload_licenses("ctl")
+        if cmd == "health":
+            return {"ok": True, "name": self.config.name}
+        raise CtlError(f"unknown command {str(cmd)[:40]!r} (backends know status, reload, health)")
+
+    def status(self) -> Json:
+        assert self.acceptor is not None and self.identity is not None
+        state = self.acceptor.state
+        keys = sorted(set(state.products) | set(self.acceptor.licenses))
+        products = []
+        for key in keys:
+            log_ = state.products.get(key)
+            lic = self.acceptor.licenses.get(key)
+            products.append(
+                {
+                    "firm": key[0],
+                    "product": key[1],
+                    "version": None if log_ is None else version_json(log_.version),
+                    "seats": 0 if log_ is None else log_.seats(),
+                    "handles": 0 if log_ is None else len(log_.handles),
+                    "license": None if lic is None else license_json(lic),
+                }
+            )
+        return {
+            "ok": True,
+            "role": "backend",
+            "name": self.config.name,
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime": round(time.monotonic() - self._started, 3),
+            "serial": self.identity.serial,
+            "fingerprint": self.identity.fingerprint,
+            "public_key": self.identity.keys.public,
+            "endpoint": self.endpoint,
+            "promised": epoch_json(state.promised),
+            "caught_up": state.caught_up,
+            "products": products,
+            "rejected": rejected_json(self.view),
+            "counters": dict(self.counters),
+        }
+
+    def _log_start(self) -> None:
+        assert self.acceptor is not None and self.identity is not None
+        log(
+            "start",
+            version=__version__,
+            pid=os.getpid(),
+            serial=self.identity.serial,
+            fingerprint=self.identity.fingerprint,
+            public_key=self.identity.keys.public,
+            endpoint=self.endpoint,
+            ctl_socket=str(self.config.ctl_socket),
+            allowed_servers=len(self._allowed),
+            promised=str(self.acceptor.state.promised),
+            caught_up=self.acceptor.state.caught_up,
+            products=len(self.acceptor.state.products),
+        )
