@@ -142,3 +142,47 @@ def test_client_key_cannot_talk_to_a_backend(cluster: LocalCluster) -> None:
     finally:
         s.close()
         ctx.term()
+
+
+def _raw_client(
+    cluster: LocalCluster, endpoint: str
+) -> tuple[zmq.Context[zmq.Socket[bytes]], zmq.Socket[bytes]]:
+    keys = generate_keypair()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.CURVE_SERVERKEY, cluster.info["service_public_key"].encode())
+    s.setsockopt(zmq.CURVE_PUBLICKEY, keys.public.encode())
+    s.setsockopt(zmq.CURVE_SECRETKEY, keys.secret.encode())
+    s.connect(endpoint)
+    return ctx, s
+
+
+def test_retried_checkout_takes_one_seat_across_failover(cluster: LocalCluster) -> None:
+    from tmr.protocol.client_api import CheckoutRequest, OkReply, decode_reply, encode_request
+
+    req = encode_request(CheckoutRequest("retry-1", "raw-client", FIRM, PRODUCT, 2))
+    ctx, a = _raw_client(cluster, cluster.endpoint("tmr-a"))
+    try:
+        a.send_multipart([b"", req])  # the reply is never read: as if it was lost
+        a.send_multipart([b"", req])  # a retry to the same server, while the first may be in flight
+        assert a.poll(5000)
+        first = decode_reply(a.recv_multipart()[-1], op="checkout")
+        assert isinstance(first, OkReply)
+        cluster.kill("tmr-a")
+        cluster.promote("tmr-b")
+        ctx2, b = _raw_client(cluster, cluster.endpoint("tmr-b"))
+        try:
+            b.send_multipart([b"", req])  # the retry after failover, same request id
+            assert b.poll(5000)
+            again = decode_reply(b.recv_multipart()[-1], op="checkout")
+        finally:
+            b.close()
+            ctx2.term()
+        assert isinstance(again, OkReply)
+        assert again.result.handle == first.result.handle  # type: ignore[union-attr]
+        with cluster.client() as c:
+            assert c.list_licenses().licenses[0].in_use == 2
+    finally:
+        a.close()
+        ctx.term()
