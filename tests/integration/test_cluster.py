@@ -186,3 +186,48 @@ def test_retried_checkout_takes_one_seat_across_failover(cluster: LocalCluster) 
     finally:
         a.close()
         ctx.term()
+
+
+def test_split_brain_costs_a_moment_never_a_seat(cluster: LocalCluster) -> None:
+    """Both servers promoted (keepalived split brain): only one can commit; seats stay exact."""
+    with cluster.client() as c:
+        held = [c.checkout(FIRM, PRODUCT) for _ in range(2)]
+        cluster.ctl("tmr-b", "promote")  # tmr-a is still active
+
+        def settled() -> bool:
+            roles = {cluster.role("tmr-a"), cluster.role("tmr-b")}
+            return roles == {"active", "fenced"}
+
+        wait_for("one server active and the other fenced", settled, 15)
+        fenced = "tmr-a" if cluster.role("tmr-a") == "fenced" else "tmr-b"
+        health = cluster.ctl(fenced, "health")
+        assert health["ok"] is False  # keepalived's track_script takes its VIP away
+        h = eventually("a checkout after the split brain", lambda: c.checkout(FIRM, PRODUCT))
+        with pytest.raises(NoLicenseAvailable):
+            c.checkout(FIRM, PRODUCT)
+        for x in [*held, h]:
+            x.release()
+        # keepalived then demotes the fenced server; it is healthy (standby) again.
+        cluster.demote(fenced)
+        assert cluster.ctl(fenced, "health")["ok"] is True
+
+
+def test_crypt_calls_are_balanced_over_backends_with_one_product_key(
+    cluster: LocalCluster,
+) -> None:
+    with cluster.client() as c, c.checkout(FIRM, PRODUCT) as h:
+        backends = set()
+        macs = set()
+        for i in range(6):
+            r = h.crypt_result("hmac", b"challenge")
+            backends.add(r.backend)
+            macs.add(r.data)
+            sealed = h.crypt_result("encrypt", f"secret {i}".encode())
+            opened = h.crypt_result("decrypt", sealed.data)
+            assert opened.data == f"secret {i}".encode()
+            backends.update((sealed.backend, opened.backend))
+        assert len(backends) >= 2  # load-balanced like the source documents describe
+        assert len(macs) == 1  # every backend holds the same product key
+        cluster.kill("backend-1")
+        cluster.wait_backends("tmr-a", {"backend-2", "backend-3"})
+        assert h.crypt("hmac", b"challenge") in macs
