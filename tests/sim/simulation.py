@@ -171,7 +171,9 @@ class Simulation:
         self.fault_interval = fault_interval
         self.step_no = 0
         self.now = 0.0
-        self.lq = lq
+        self.lq = lq  # the highest LQ any verified copy has granted so far
+        self.version = 7
+        self.version_lq = lq
         self.queue: list[tuple[float, int, str, Any]] = []
         self._qn = 0
         self.incarnation: dict[str, int] = {}
@@ -533,6 +535,8 @@ class Simulation:
                     self.note(f"{s.name}: keepalived promotes")
                     self.stats["failovers"] += 1
                     self.apply_effects(s, s.leader.promote(self.now))
+        elif r < 0.70:
+            self.license_update()
         elif r < 0.85:
             link = frozenset((rng.choice(SERVERS), rng.choice(BACKENDS)))
             self.cut.add(link)
@@ -541,6 +545,25 @@ class Simulation:
             link = rng.choice(sorted(self.cut, key=sorted))
             self.cut.discard(link)
             self.note(f"heal {sorted(link)}")
+
+    def license_update(self) -> None:
+        """Roll the next TMR ID out one backend at a time, as license_rollout.yml does.
+
+        LQ only grows here: the bound I1 checks is the highest LQ any verified copy grants."""
+        lagging = [b for b in self.backends.values() if b.store.licenses[KEY].tmr_id < self.version]
+        if not lagging:
+            if self.version >= 10:
+                return
+            self.version += 1
+            self.version_lq = self.version_lq + self.rng.choice((0, 1, 2))
+            lagging = list(self.backends.values())
+        b = lagging[0]
+        lic = LicenseInfo(tmr_id=self.version, quantity=self.version_lq, valid=True)
+        b.store.licenses = {KEY: lic}
+        if b.acceptor is not None:
+            b.acceptor.set_licenses(b.store.licenses)
+        self.lq = max(self.lq, self.version_lq)
+        self.note(f"{b.name}: license updated to #{self.version} LQ {self.version_lq}")
 
     def tick(self) -> None:
         for s in self.servers.values():
