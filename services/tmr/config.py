@@ -30,6 +30,7 @@ class BackendConfig:
     machine_id_file: Path = Path("/etc/machine-id")  # part of the fingerprint
     serial: str | None = None  # container serial 130-NNNNNNN (default: from fingerprint)
     ctl_socket: Path = Path("/run/tmr/backend.sock")  # local control socket (status, reload)
+    usage_retention: int = 100_000  # usage record: newest committed ops kept (0: none)
     log_level: str = "info"
 
 
@@ -57,6 +58,16 @@ class ServerConfig:
     container_serial: str | None = None  # virtual container serial 131-NNNNNNN
     client_allowlist: tuple[str, ...] = ()  # Z85 client public keys; empty: any client
     web_listen: str | None = "0.0.0.0:22380"  # WebAdmin and /metrics (none: off)
+    web_auth_user: str | None = None  # HTTP basic auth on every web path (with the file below)
+    web_auth_password_file: Path | None = None  # file holding that user's password
+    web_tls_cert_file: Path | None = None  # serve HTTPS with this PEM certificate (chain) ...
+    web_tls_key_file: Path | None = None  # ... and its PEM private key
+    web_tls_client_ca_file: Path | None = None  # require client certificates signed by this CA
+    web_publish_interval: float = 0.5  # seconds between status snapshots for the web thread
+    web_max_handles: int = 1000  # handles listed on the page and in /api/status (0: none)
+    web_peer_url: str | None = None  # the other TMR server's WebAdmin URL (a link on the page)
+    vip: str | None = None  # the virtual IP: the page shows whether this host holds it
+    denial_retention_days: float = 90.0  # NO_LICENSE_AVAILABLE counts kept for usage reports
     log_level: str = "info"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -128,6 +139,10 @@ def load_backend_config(path: Path) -> BackendConfig:
                 raise ConfigError(f"{path}: key 'allowed_servers' must name at least one key")
         elif key in ("key_file", "state_dir", "license_dir", "machine_id_file", "ctl_socket"):
             out[key] = Path(_check(path, key, value, str, "a path string"))
+        elif key == "usage_retention":
+            out[key] = _check(path, key, value, int, "an integer")
+            if value < 0:
+                raise ConfigError(f"{path}: key 'usage_retention' must be 0 or more")
         else:
             out[key] = _check(path, key, value, str, "a string")
     return BackendConfig(**out)
@@ -169,6 +184,57 @@ def load_server_config(path: Path) -> ServerConfig:
             out[key] = _strs(path, key, value)
         elif key == "web_listen":
             out[key] = _check(path, key, value, str, "a host:port string") or None
+            if out[key] is not None:
+                try:
+                    parse_listen(out[key])
+                except ValueError as exc:
+                    raise ConfigError(f"{path}: key 'web_listen': {exc}") from None
+        elif key in WEB_PATH_KEYS:
+            out[key] = Path(_check(path, key, value, str, "a path string")) if value else None
+        elif key in ("web_publish_interval", "denial_retention_days"):
+            out[key] = _positive(path, key, value)
+        elif key == "web_max_handles":
+            out[key] = _check(path, key, value, int, "an integer")
+            if value < 0:
+                raise ConfigError(f"{path}: key 'web_max_handles' must be 0 or more")
+        elif key in ("web_auth_user", "web_peer_url", "vip"):
+            out[key] = _check(path, key, value, str, "a string") or None
         else:
             out[key] = _check(path, key, value, str, "a string")
+    _check_web(path, out)
     return ServerConfig(**out)
+
+
+WEB_PATH_KEYS = (
+    "web_auth_password_file",
+    "web_tls_cert_file",
+    "web_tls_key_file",
+    "web_tls_client_ca_file",
+)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6; port 0: any free port) -> (host, port);
+    ValueError if malformed."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected host:port (e.g. 0.0.0.0:22380), not {text[:60]!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"write an IPv6 address in brackets ([::1]:22380), not {text[:60]!r}")
+    return host, int(port)
+
+
+def _check_web(path: Path, out: dict[str, Any]) -> None:
+    """Keys that only make sense together."""
+    if bool(out.get("web_auth_user")) != bool(out.get("web_auth_password_file")):
+        raise ConfigError(
+            f"{path}: 'web_auth_user' and 'web_auth_password_file' must be set together"
+        )
+    if bool(out.get("web_tls_cert_file")) != bool(out.get("web_tls_key_file")):
+        raise ConfigError(f"{path}: 'web_tls_cert_file' and 'web_tls_key_file' go together")
+    if out.get("web_tls_client_ca_file") and not out.get("web_tls_cert_file"):
+        raise ConfigError(
+            f"{path}: 'web_tls_client_ca_file' needs 'web_tls_cert_file' and 'web_tls_key_file'"
+        )

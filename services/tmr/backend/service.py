@@ -21,6 +21,7 @@ import fcntl
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 import traceback
@@ -48,6 +49,7 @@ from tmr.licensing import (
 )
 from tmr.licensing.curve import z85_key_bytes
 from tmr.logs import configure, log
+from tmr.logs import enabled as log_enabled
 from tmr.protocol import peer_api
 from tmr.protocol.codec import unpack
 from tmr.protocol.errors import ProtocolError
@@ -61,6 +63,7 @@ from tmr.replication.messages import (
     Rejected,
 )
 from tmr.replication.types import Epoch, LicenseInfo, ProductKey, Version, key_str
+from tmr.report.records import UsageReader
 
 DB_NAME = "backend.sqlite3"
 CLOCK_NAME = "clock.json"
@@ -214,6 +217,7 @@ class BackendService:
         self._old_wakeup_fd = -1
         self._stop_reason = ""
         self._reload_requested = False
+        self._usage: UsageReader | None = None
 
     # ============================================================== lifecycle
 
@@ -241,7 +245,7 @@ class BackendService:
         self._allowed = parse_allowlist(cfg.allowed_servers)
         self.identity = load_identity(cfg)
         self._lock_state_dir()
-        self.store = SqliteStore(cfg.state_dir / DB_NAME)
+        self.store = SqliteStore(cfg.state_dir / DB_NAME, usage_retention=cfg.usage_retention)
         self.clock = ClockGuard(cfg.state_dir / CLOCK_NAME, time_source=self._time)
         self.acceptor = Acceptor(cfg.name, self.store.load(), crypt=self._crypt)
         result = self.reload_licenses("start")
@@ -310,6 +314,9 @@ class BackendService:
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
+        if self._usage is not None:
+            self._usage.close()
+            self._usage = None
         if self.store is not None:
             self.store.close()
         if self._lock_fd is not None:
@@ -435,6 +442,9 @@ class BackendService:
         try:
             request = peer_api.decode_request(payload)
         except ProtocolError as exc:
+            usage = self._usage_query(payload)
+            if usage is not None:
+                return usage
             self.counters["bad_requests"] += 1
             log("bad_request", level="warning", error=exc.message, size=len(payload))
             return error_reply(peek_mid(payload), exc.message)
@@ -448,6 +458,24 @@ class BackendService:
             log("internal_error", level="error", error=repr(exc), trace=traceback.format_exc())
             self._reload_state()
             return error_reply(request.mid, "internal error")
+
+    def _usage_query(self, payload: bytes) -> bytes | None:
+        """The answer to a usage-record query (`tmr report usage`), or None if the payload is
+        not one. Read-only: it never touches the acceptor."""
+        try:
+            query = peer_api.decode_usage_query(payload)
+        except ProtocolError:
+            return None
+        if self._usage is None:
+            assert self.store is not None
+            self._usage = UsageReader(self.store.path)
+        try:
+            records = self._usage.query(query, self.config.name)
+        except sqlite3.Error as exc:
+            self.counters["storage_errors"] += 1
+            log("storage_error", level="error", error=str(exc), during="usage query")
+            return error_reply(query.mid, f"cannot read the usage record: {exc}")
+        return peer_api.encode_usage_records(records)
 
     def _serve_request(self, request: PeerRequest) -> bytes | None:
         assert self.acceptor is not None and self.store is not None
@@ -497,6 +525,7 @@ class BackendService:
             log("promise_raised", epoch=str(write.promised), previous=str(before))
         if write.caught_up:
             log("caught_up")
+        debug = log_enabled("debug")
         for pw in write.products:
             plog = self.acceptor.state.products[pw.key]
             if pw.replace is not None:
@@ -507,7 +536,7 @@ class BackendService:
                     handles=len(plog.handles),
                     seats=plog.seats(),
                 )
-            else:
+            elif debug:  # plog.seats() walks the whole handle table: only when logged
                 log(
                     "ops_committed",
                     level="debug",

@@ -46,6 +46,8 @@ from tmr.protocol.client_api import (
     Result,
     StatusRequest,
     StatusResult,
+    UsageRequest,
+    UsageResult,
 )
 from tmr.protocol.errors import ProtocolError
 
@@ -181,6 +183,12 @@ class Client:
     def status(self) -> StatusResult:
         """Status of the TMR server that answers (the active one, when there is one)."""
         return self._call(StatusRequest(self._next_rid()), StatusResult)
+
+    def usage(self, since: float, until: float) -> UsageResult:
+        """Per-license usage between two UNIX times: peak seats, seat-hours, denials.
+
+        Computed by the active server from the backends' usage records."""
+        return self._call(UsageRequest(self._next_rid(), since, until), UsageResult)
 
     def checkout(
         self,

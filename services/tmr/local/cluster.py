@@ -123,7 +123,7 @@ def local_up(
     pubs = {name: _ensure_keys(root / "keys" / f"{name}.key") for name in (*SERVERS, *BACKENDS)}
 
     ports: dict[str, int] = {}
-    for i, name in enumerate((*BACKENDS, *SERVERS)):
+    for i, name in enumerate((*BACKENDS, *SERVERS, *(f"{n}-web" for n in SERVERS))):
         ports[name] = base_port + i if base_port else _free_port()
 
     vendor_dir = root / "vendor"
@@ -198,7 +198,7 @@ def local_up(
             f'ctl_socket = "{ctl_path(root, name)}"\n'
             f'state_dir = "{sdir / "state"}"\n'
             f"lease_seconds = {float(lease)}\n"
-            f'web_listen = ""\n' + backends_toml
+            f'web_listen = "127.0.0.1:{ports[name + "-web"]}"\n' + backends_toml
         )
         nodes.append(
             {
@@ -209,6 +209,7 @@ def local_up(
                 "config": str(cfg),
                 "ctl_socket": str(ctl_path(root, name)),
                 "log": str(root / "logs" / f"{name}.log"),
+                "web_url": f"http://127.0.0.1:{ports[name + '-web']}/",
             }
         )
 
@@ -245,6 +246,7 @@ def local_up(
         local_down(root)
         raise
     say(f"up: client endpoints {' '.join(info['client_endpoints'])}")
+    say(f"WebAdmin: {' '.join(n['web_url'] for n in nodes if n['role'] == 'server')}")
     return info
 
 

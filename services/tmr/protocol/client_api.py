@@ -14,6 +14,7 @@ request id, 1-64 of ``[A-Za-z0-9._:-]``), plus per operation::
     heartbeat cid, handle
     release   cid, handle
     crypt     cid, handle, operation ("encrypt" | "decrypt" | "hmac"), data (bin <= 64 KiB)
+    usage     since, until (UNIX times): per-license usage report (`tmr report usage`)
 
 Replies: ``{"v": 1, "rid": str, "ok": true, "result": {...}}`` or
 ``{"v": 1, "rid": str, "ok": false, "error": CODE, "message": str}`` (``rid`` is ``""`` when
@@ -82,6 +83,8 @@ __all__ = [
     "Result",
     "StatusRequest",
     "StatusResult",
+    "UsageRequest",
+    "UsageResult",
     "decode_reply",
     "decode_request",
     "encode_reply",
@@ -330,8 +333,35 @@ class CryptRequest:
             raise
 
 
+@dataclass(frozen=True, slots=True)
+class UsageRequest:
+    """Per-license usage (peak seats, seat-hours, denials) in the window [since, until]."""
+
+    rid: str
+    since: float
+    until: float
+    op: ClassVar[Literal["usage"]] = "usage"
+
+    def __post_init__(self) -> None:
+        rid = _check_rid(self.rid)
+        try:
+            _set(self, "since", _check_float("since", self.since, lo=0.0))
+            _set(self, "until", _check_float("until", self.until, lo=0.0))
+            if self.until < self.since:
+                raise ProtocolError("'until' must not be before 'since'")
+        except ProtocolError as exc:
+            exc.rid = rid
+            raise
+
+
 Request: TypeAlias = (
-    ListRequest | StatusRequest | CheckoutRequest | HeartbeatRequest | ReleaseRequest | CryptRequest
+    ListRequest
+    | StatusRequest
+    | CheckoutRequest
+    | HeartbeatRequest
+    | ReleaseRequest
+    | CryptRequest
+    | UsageRequest
 )
 
 _REQUEST_TYPES: Final[dict[str, type[Request]]] = {
@@ -343,6 +373,7 @@ _REQUEST_TYPES: Final[dict[str, type[Request]]] = {
         HeartbeatRequest,
         ReleaseRequest,
         CryptRequest,
+        UsageRequest,
     )
 }
 _REQUEST_FIELDS: Final[dict[str, tuple[str, ...]]] = {
@@ -652,8 +683,44 @@ class StatusResult(_Wire):
         _set(self, "extra", _check_map("extra", self.extra))
 
 
+def _check_maps(name: str, value: object) -> tuple[dict[str, Any], ...]:
+    if not isinstance(value, list | tuple):
+        raise ProtocolError(f"{name!r} must be an array, not {_type_name(value)}")
+    return tuple(_check_map(f"{name}[{i}]", v) for i, v in enumerate(value))
+
+
+@dataclass(frozen=True, slots=True)
+class UsageResult(_Wire):
+    """Result of usage: the window, one map per license (``firm``, ``product``,
+    ``quantity``, ``peak_seats``, ``peak_at``, ``seat_hours``, ``checkouts``, ``releases``,
+    ``expiries``, ``denials``, ``clients``) and one map per backend whose usage record was read
+    (``backend``, ``rows``, ``oldest``, ``truncated``)."""
+
+    since: float
+    until: float
+    server: str
+    licenses: tuple[Mapping[str, Any], ...]
+    sources: tuple[Mapping[str, Any], ...]
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    _what: ClassVar[str] = "usage result"
+
+    def __post_init__(self) -> None:
+        _set(self, "since", _check_float("since", self.since))
+        _set(self, "until", _check_float("until", self.until))
+        _check_str("server", self.server)
+        _set(self, "licenses", _check_maps("licenses", self.licenses))
+        _set(self, "sources", _check_maps("sources", self.sources))
+        _set(self, "extra", _check_map("extra", self.extra))
+
+
 Result: TypeAlias = (
-    CheckoutResult | HeartbeatResult | ReleaseResult | CryptResult | ListResult | StatusResult
+    CheckoutResult
+    | HeartbeatResult
+    | ReleaseResult
+    | CryptResult
+    | ListResult
+    | StatusResult
+    | UsageResult
 )
 
 RESULT_TYPES: Final[dict[str, type[Result]]] = {
@@ -663,6 +730,7 @@ RESULT_TYPES: Final[dict[str, type[Result]]] = {
     "crypt": CryptResult,
     "list": ListResult,
     "status": StatusResult,
+    "usage": UsageResult,
 }
 
 

@@ -31,6 +31,9 @@ from tmr.replication.messages import (
     Snapshot,
     SnapshotEntry,
     Status,
+    UsageQuery,
+    UsageRecords,
+    UsageRow,
 )
 from tmr.replication.types import (
     Epoch,
@@ -413,3 +416,90 @@ def decode_reply(frame: bytes) -> PeerReply:
     except ValueError as exc:
         raise _fail(f"malformed {t}: {exc}") from None
     raise _fail(f"unknown reply type {t[:40]!r}")
+
+
+# ------------------------------------------------------------------ usage record (audit)
+# Separate entry points: `decode_request` / `decode_reply` above stay exactly as they are, so
+# the replication path never sees these messages.
+
+MAX_USAGE_ROWS = 500_000
+USAGE_EVENTS = ("granted", "released", "expired")
+
+
+def encode_usage_query(msg: UsageQuery) -> bytes:
+    return pack(
+        {
+            "t": "usage_query",
+            "mid": msg.mid,
+            "since": msg.since,
+            "until": msg.until,
+            "limit": msg.limit,
+        }
+    )
+
+
+def decode_usage_query(frame: bytes) -> UsageQuery:
+    t, mid, b = _body(frame)
+    if t != "usage_query":
+        raise _fail(f"not a usage query: {t[:40]!r}")
+    since = _float(_get(b, "since"), "since")
+    until = _float(_get(b, "until"), "until")
+    if until < since:
+        raise _fail("until: must not be before since")
+    return UsageQuery(mid, since, until, _int(_get(b, "limit"), "limit", 1, MAX_USAGE_ROWS))
+
+
+def _usage_row(r: UsageRow) -> list[Any]:
+    return [r.at, r.event, r.firm, r.product, r.handle, r.seats, r.client_id]
+
+
+def _d_usage_row(v: Any, what: str) -> UsageRow:
+    at, event, firm, product, handle, seats, cid = _list(v, what, 7)
+    if event not in USAGE_EVENTS:
+        raise _fail(f"{what}: unknown usage event")
+    return UsageRow(
+        _float(at, what),
+        event,
+        _int(firm, what, 0, U32),
+        _int(product, what, 0, U32),
+        _str(handle, what),
+        _int(seats, what, 0, U32),
+        _str(cid, what, empty=True),
+    )
+
+
+def encode_usage_records(msg: UsageRecords) -> bytes:
+    return pack(
+        {
+            "t": "usage_records",
+            "mid": msg.mid,
+            "name": msg.name,
+            "rows": [_usage_row(r) for r in msg.rows],
+            "oldest": msg.oldest,
+            "truncated": msg.truncated,
+        }
+    )
+
+
+def decode_usage_reply(frame: bytes) -> UsageRecords | PeerError:
+    """A backend's answer on the usage link: the records, or a `PeerError` (for instance from
+    a backend too old to know the query)."""
+    t, mid, b = _body(frame)
+    try:
+        if t == "error":
+            return PeerError(mid, _str(_get(b, "message"), "message", 1024, True))
+        if t == "usage_records":
+            rows = _list(_get(b, "rows"), "rows")
+            if len(rows) > MAX_USAGE_ROWS:
+                raise _fail(f"rows: more than {MAX_USAGE_ROWS}")
+            oldest = _get(b, "oldest")
+            return UsageRecords(
+                mid,
+                _str(_get(b, "name"), "name"),
+                tuple(_d_usage_row(r, f"rows[{i}]") for i, r in enumerate(rows)),
+                None if oldest is None else _float(oldest, "oldest"),
+                _bool(_get(b, "truncated"), "truncated"),
+            )
+    except ValueError as exc:
+        raise _fail(f"malformed {t}: {exc}") from None
+    raise _fail(f"unknown reply type {t[:40]!r} on the usage link")

@@ -139,3 +139,42 @@ class PeerError:
 
 
 PeerReply = Status | Promise | Rejected | Accepted | CryptResult | PeerError
+
+
+# ---------------------------------------------------------------- usage record (audit)
+# Not part of the replication protocol: a read-only query a TMR server sends on its own
+# link to read a backend's usage record (`tmr report usage`). Kept out of PeerRequest and
+# PeerReply so the leader and the acceptor never see it.
+
+
+@dataclass(frozen=True)
+class UsageQuery:
+    """Ask for the usage rows relevant to the wall-clock window [since, until]."""
+
+    mid: int
+    since: float
+    until: float
+    limit: int
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    at: float  # wall time of the op (set by the leader)
+    event: str  # "granted" | "released" | "expired"
+    firm: int
+    product: int
+    handle: str
+    seats: int
+    client_id: str
+
+
+@dataclass(frozen=True)
+class UsageRecords:
+    """A backend's answer to `UsageQuery`: the rows in the window, plus every grant made
+    before it whose handle was still held when it opened."""
+
+    mid: int
+    name: str
+    rows: tuple[UsageRow, ...]
+    oldest: float | None  # retention trimmed older rows: `at` of the oldest kept (None: none)
+    truncated: bool  # more rows matched than `limit`

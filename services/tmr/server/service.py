@@ -36,11 +36,13 @@ from tmr.protocol.client_api import (
     Reply,
     Request,
     StatusRequest,
+    UsageRequest,
     decode_request,
     encode_reply,
 )
 from tmr.protocol.errors import ProtocolError
 from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig, Role
+from tmr.web.runtime import WebRuntime
 
 TICK = 0.05
 MAX_DRAIN = 2000  # messages taken from one socket per loop turn
@@ -105,6 +107,7 @@ class ServerService:
         self.auth: zmq.auth.thread.ThreadAuthenticator | None = None
         self.stopping = False
         self.started = time.monotonic()
+        self.web = WebRuntime(cfg)  # WebAdmin, /metrics, usage reports (tmr.web)
 
     # ------------------------------------------------------------------ sockets
 
@@ -146,8 +149,10 @@ class ServerService:
             self.dealers[ref.name] = s
             self.by_socket[s] = ref.name
         self.ctl = bind_ctl(self.ctx, cfg.ctl_socket)
+        self.web.open(self.ctx, self.node_keys)
 
     def _close(self) -> None:
+        self.web.close()
         for s in [self.client, self.ctl, *self.dealers.values()]:
             s.close(linger=0)
         if self.auth is not None:
@@ -169,6 +174,7 @@ class ServerService:
                 log("storage_error", level="error", error=str(exc), path=str(self.counter.path))
                 fx.send.clear()
                 self.apply(self.leader.demote(time.monotonic(), "cannot persist epoch"))
+        self.web.on_effects(fx)
         for ev in fx.events:
             fields = dict(ev)
             log(fields.pop("event"), **fields)
@@ -186,10 +192,11 @@ class ServerService:
         return OkReply(r.rid, r.result or {})
 
     def _reply(self, token: Any, reply: Reply) -> None:
+        self._send_payload(token, encode_reply(reply))
+
+    def _send_payload(self, token: Any, payload: bytes) -> None:
         identity, delimited = token
-        frames = (
-            [identity, b"", encode_reply(reply)] if delimited else [identity, encode_reply(reply)]
-        )
+        frames = [identity, b"", payload] if delimited else [identity, payload]
         try:
             self.client.send_multipart(frames, zmq.NOBLOCK)
         except zmq.ZMQError:
@@ -217,7 +224,9 @@ class ServerService:
         ld = self.leader
         match req:
             case CheckoutRequest():
-                return ld.checkout(token, req.rid, req.cid, req.firm, req.product, req.seats, now)
+                fx = ld.checkout(token, req.rid, req.cid, req.firm, req.product, req.seats, now)
+                self.web.on_checkout(req.firm, req.product, req.rid, fx)
+                return fx
             case HeartbeatRequest():
                 return ld.heartbeat(token, req.rid, req.cid, req.handle, now)
             case ReleaseRequest():
@@ -242,6 +251,23 @@ class ServerService:
                 fx = Effects()
                 fx.replies.append(ClientReply(token, req.rid, self.status(now)))
                 return fx
+            case UsageRequest():
+                return self._usage_report(token, req)
+
+    def _usage_report(self, token: Any, req: UsageRequest) -> Effects:
+        """Queue `tmr report usage` for the worker thread (it answers the client later)."""
+        fx = Effects()
+        if self.leader.role != Role.ACTIVE:
+            fx.replies.append(
+                ClientReply(token, req.rid, error=ErrorCode.NOT_ACTIVE, message="standby")
+            )
+            return fx
+        problem = self.web.submit_usage(token, req, self.leader.status())
+        if problem is not None:
+            fx.replies.append(
+                ClientReply(token, req.rid, error=ErrorCode.BAD_REQUEST, message=problem)
+            )
+        return fx
 
     def status(self, now: float) -> dict[str, Any]:
         st = self.leader.status()
@@ -294,6 +320,9 @@ class ServerService:
         poller.register(self.ctl, zmq.POLLIN)
         for s in self.dealers.values():
             poller.register(s, zmq.POLLIN)
+        usage_wake = self.web.wake_socket
+        if usage_wake is not None:
+            poller.register(usage_wake, zmq.POLLIN)
         next_tick = time.monotonic()
         try:
             while not self.stopping:
@@ -310,10 +339,20 @@ class ServerService:
                 if now >= next_tick:
                     self.apply(self.leader.tick(now))
                     next_tick = now + TICK
+                if usage_wake is not None and usage_wake in ready:
+                    for token, payload in self.web.take_usage_replies():
+                        self._send_payload(token, payload)
+                if self.web.publish_due(now):
+                    self._publish_web(now)
         finally:
             log("stop", server=self.cfg.name, role=self.leader.role.value)
             self._close()
         return 0
+
+    def _publish_web(self, now: float) -> None:
+        """Hand the web thread a fresh snapshot (the leader is read here, in the loop)."""
+        handles = self.leader.handles_view(now) if self.web.wants_handles() else None
+        self.web.publish(self.status(now), handles, now)
 
     def _drain_clients(self, now: float) -> None:
         for _ in range(MAX_DRAIN):
@@ -334,4 +373,5 @@ class ServerService:
             except ProtocolError as exc:
                 log("backend_bad_reply", level="warning", backend=name, error=str(exc))
                 continue
+            self.web.on_backend_reply(name, msg)
             self.apply(self.leader.on_reply(name, msg, now))

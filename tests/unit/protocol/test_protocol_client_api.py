@@ -37,6 +37,8 @@ from tmr.protocol.client_api import (
     Result,
     StatusRequest,
     StatusResult,
+    UsageRequest,
+    UsageResult,
     decode_reply,
     decode_request,
     encode_reply,
@@ -64,6 +66,7 @@ VALID: dict[str, dict[str, Any]] = {
     "heartbeat": base("heartbeat", cid="host/1", handle="h1"),
     "release": base("release", cid="host/1", handle="h1"),
     "crypt": base("crypt", cid="host/1", handle="h1", operation="encrypt", data=b"abc"),
+    "usage": base("usage", since=1.7e9, until=1.7e9 + 3600),
 }
 
 REQUESTS: list[Request] = [
@@ -76,6 +79,7 @@ REQUESTS: list[Request] = [
     CryptRequest("r", "c", "h", "encrypt", b""),
     CryptRequest("r", "c", "h", "decrypt", b"\x00" * MAX_CRYPT_DATA),
     CryptRequest("r", "c", "h", "hmac", bytearray(b"xyz")),  # type: ignore[arg-type]
+    UsageRequest("r", 0.0, 1.7e9),
 ]
 
 
@@ -341,6 +345,13 @@ RESULTS: dict[str, Result] = {
         (BackendStatus("b1", True, {"tmr_ids": {"6000123/42": 8}}), BackendStatus("b2", False)),
         12,
         345,
+    ),
+    "usage": UsageResult(
+        1.7e9,
+        1.7e9 + 86400,
+        "tmr1",
+        ({"firm": FIRM, "product": 42, "peak_seats": 3, "seat_hours": 1.5, "denials": 2},),
+        ({"backend": "b1", "rows": 10, "oldest": 1.6e9, "truncated": False},),
     ),
 }
 

@@ -1,0 +1,414 @@
+"""Load worker: many concurrent clients in one process (`python -m bench.loadgen`).
+
+Each client has its own DEALER socket (CURVE, an ephemeral key pair) and at most one request
+in flight, like one `tmr.client.Client`; one `zmq.Poller` loop multiplexes all of them, so a
+few worker processes can drive 100 clients without starving the services of CPU. Requests
+and replies are the real wire format (`tmr.protocol.client_api.encode_request` /
+`decode_reply`). Retries follow the SDK's policy (`tmr.client._channel`): on no reply within
+the attempt timeout or on ``NOT_ACTIVE``, the same request (same rid) goes to the next
+endpoint.
+
+Modes (``spec["mode"]``):
+
+- ``cycle``: checkout then release, again and again; a sample is one whole cycle;
+- ``crypt``: one checkout, then ``crypt("hmac", 64 bytes)`` calls; a sample is one call;
+- ``hold``: check out ``spec["hold"]`` handles and keep them; print ``{"held": n}``, wait
+  for a line on standard input, then release them all.
+
+The spec comes as one JSON line on standard input; the result is one JSON line on standard
+output. Every loop is bounded: the worker gives up at ``start_at + duration + drain``.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import secrets
+import select
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from bench.common import Json, curve_keypair
+from tmr.client._channel import (
+    ATTEMPT_GROWTH,
+    ATTEMPT_TIMEOUT_MAX,
+    NOT_ACTIVE_BACKOFF_MAX,
+    NOT_ACTIVE_BACKOFF_MIN,
+)
+from tmr.protocol.client_api import (
+    CheckoutRequest,
+    CryptRequest,
+    ErrorReply,
+    ReleaseRequest,
+    Request,
+    decode_reply,
+    encode_request,
+)
+from tmr.protocol.errors import ProtocolError
+
+CRYPT_DATA = bytes(range(64))
+ERROR_PAUSE = 0.01  # before a new checkout after a refused one
+POLL_MAX = 0.02
+
+
+class _Client:
+    """One simulated client: a socket and the request it is waiting for."""
+
+    __slots__ = (
+        "attempt",
+        "cid",
+        "cycle_start",
+        "deadline",
+        "done",
+        "endpoint",
+        "first_sent",
+        "handle",
+        "held",
+        "index",
+        "not_active",
+        "payload",
+        "quota",
+        "req",
+        "resend_at",
+        "rids",
+        "sends",
+        "sock",
+    )
+
+    def __init__(self, index: int, cid: str, endpoint: int) -> None:
+        self.index = index
+        self.cid = cid
+        self.endpoint = endpoint
+        self.sock: zmq.Socket[bytes] | None = None
+        self.req: Request | None = None
+        self.payload = b""
+        self.deadline = 0.0  # of the current attempt
+        self.attempt = 0.0  # its timeout
+        self.resend_at: float | None = None
+        self.not_active = 0
+        self.rids = 0
+        self.sends = 0  # times the current request was sent
+        self.first_sent = 0.0
+        self.handle: str | None = None
+        self.cycle_start = 0.0
+        self.done = False
+        self.held: list[str] = []
+        self.quota = 0
+
+
+class Worker:
+    def __init__(self, spec: Json) -> None:
+        self.spec = spec
+        self.mode: str = spec["mode"]
+        self.echo: bool = spec.get("proto", "tmr") == "echo"
+        self.endpoints: list[str] = list(spec["endpoints"])
+        self.server_key = spec["server_key"].encode("ascii")
+        self.firm = int(spec["firm"])
+        self.product = int(spec["product"])
+        self.start_at = float(spec["start_at"])
+        self.stop_at = self.start_at + float(spec["duration"])
+        self.hard_deadline = self.stop_at + float(spec.get("drain", 15.0))
+        self.attempt_timeout = float(spec.get("attempt_timeout", 0.5))
+        self.record = bool(spec.get("record", False))
+        # Request ids must never repeat across runs: the server remembers released ones.
+        self.tag = f"{spec.get('run', 'b')}-{secrets.token_hex(3)}-w{spec.get('worker', 0)}"
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.poller = zmq.Poller()
+        self.by_sock: dict[zmq.Socket[bytes], _Client] = {}
+        first = int(spec.get("first_endpoint", 0))
+        self.clients = [
+            _Client(i, f"bench-{self.tag}-c{i}", first % len(self.endpoints))
+            for i in range(int(spec["clients"]))
+        ]
+        hold = int(spec.get("hold", 0))
+        for c in self.clients:
+            c.quota = hold // len(self.clients) + (1 if c.index < hold % len(self.clients) else 0)
+        self.cycles = 0
+        self.lat_ms: list[float] = []
+        self.errors: dict[str, int] = {}
+        self.retries = 0
+        # Releases answered "released": false: [handle, first sent, times sent]. After a
+        # fail-over that is legitimate when the old server committed the release but its
+        # answer was lost (the retry finds the handle gone); the parent checks which.
+        self.not_released: list[list[Any]] = []
+        self.ok_times: list[float] = []
+        self.handles: list[str] = []
+        self.releasing = False  # hold mode, second phase
+
+    # ------------------------------------------------------------------ sockets
+
+    def _connect(self, c: _Client) -> None:
+        if c.sock is not None:
+            self.poller.unregister(c.sock)
+            del self.by_sock[c.sock]
+            c.sock.close(linger=0)
+        public, secret = curve_keypair()
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.curve_secretkey = secret.encode("ascii")
+        sock.curve_publickey = public.encode("ascii")
+        sock.curve_serverkey = self.server_key
+        sock.connect(self.endpoints[c.endpoint])
+        c.sock = sock
+        self.by_sock[sock] = c
+        self.poller.register(sock, zmq.POLLIN)
+
+    def _send(self, c: _Client, now: float) -> None:
+        assert c.sock is not None
+        c.resend_at = None
+        c.deadline = now + c.attempt
+        if c.sends == 0:
+            c.first_sent = now
+        c.sends += 1
+        try:
+            c.sock.send_multipart([b"", c.payload], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            c.deadline = now  # cannot queue: try the next endpoint at once
+
+    def _request(self, c: _Client, req: Request, now: float, delay: float = 0.0) -> None:
+        c.req = req
+        c.payload = encode_request(req)
+        c.attempt = self.attempt_timeout
+        c.not_active = 0
+        c.sends = 0
+        if delay > 0:
+            c.resend_at = now + delay
+            c.deadline = float("inf")
+        else:
+            self._send(c, now)
+
+    def _next_rid(self, c: _Client) -> str:
+        c.rids += 1
+        return f"{self.tag}-c{c.index}-{c.rids}"
+
+    def _failover(self, c: _Client, now: float, pause: float = 0.0) -> None:
+        """Same request, next endpoint (the SDK's Lazy Pirate step)."""
+        self.retries += 1
+        c.endpoint = (c.endpoint + 1) % len(self.endpoints)
+        self._connect(c)
+        if pause > 0:
+            c.resend_at = now + pause
+            c.deadline = float("inf")
+        else:
+            self._send(c, now)
+
+    # ------------------------------------------------------------------ requests
+
+    def _checkout(self, c: _Client, now: float, delay: float = 0.0) -> None:
+        c.handle = None
+        c.cycle_start = now + delay
+        req = CheckoutRequest(self._next_rid(c), c.cid, self.firm, self.product, 1)
+        self._request(c, req, now, delay)
+
+    def _release(self, c: _Client, handle: str, now: float) -> None:
+        self._request(c, ReleaseRequest(self._next_rid(c), c.cid, handle), now)
+
+    def _crypt(self, c: _Client, now: float) -> None:
+        assert c.handle is not None
+        c.cycle_start = now
+        req = CryptRequest(self._next_rid(c), c.cid, c.handle, "hmac", CRYPT_DATA)
+        self._request(c, req, now)
+
+    def _finish(self, c: _Client) -> None:
+        c.done = True
+        c.req = None
+        c.resend_at = None
+
+    def _begin(self, c: _Client, now: float) -> None:
+        if self.mode == "hold" and self.releasing:
+            self._release_next_held(c, now)
+        elif self.mode == "hold" and c.quota <= len(c.held):
+            self._finish(c)
+        else:
+            self._checkout(c, now)
+
+    def _release_next_held(self, c: _Client, now: float) -> None:
+        if c.held:
+            self._release(c, c.held.pop(), now)
+        else:
+            self._finish(c)
+
+    def _count(self, c: _Client, now: float) -> None:
+        if self.start_at <= now <= self.stop_at:
+            self.cycles += 1
+            self.lat_ms.append(round((now - c.cycle_start) * 1000.0, 3))
+
+    # ------------------------------------------------------------------ replies
+
+    def _on_frames(self, c: _Client, frames: list[bytes], now: float) -> None:
+        if c.req is None:
+            return
+        try:
+            reply = decode_reply(frames[-1])
+        except ProtocolError:
+            self._error(c, "MALFORMED_REPLY", now)
+            return
+        if not self.echo and reply.rid != c.req.rid:
+            return  # a late reply to an earlier attempt
+        if isinstance(reply, ErrorReply):
+            if reply.error == "NOT_ACTIVE":
+                c.not_active += 1
+                pause = 0.0
+                if c.not_active % len(self.endpoints) == 0:
+                    pause = min(
+                        NOT_ACTIVE_BACKOFF_MIN * 2 ** (c.not_active // len(self.endpoints) - 1),
+                        NOT_ACTIVE_BACKOFF_MAX,
+                    )
+                self._failover(c, now, pause)
+                return
+            self._error(c, reply.error, now)
+            return
+        result: Any = reply.result
+        op = c.req.op
+        if op == "checkout":
+            handle = str(result["handle"])
+            c.handle = handle
+            if self.record:
+                self.ok_times.append(now)
+                self.handles.append(handle)
+            if self.mode == "cycle":
+                self._release(c, handle, now)
+            elif self.mode == "crypt":
+                self._crypt(c, now)
+            else:  # hold
+                c.held.append(handle)
+                self._begin(c, now)
+        elif op == "release":
+            if result.get("released") is not True and not self.echo:
+                assert isinstance(c.req, ReleaseRequest)
+                self.not_released.append([c.req.handle, c.first_sent, c.sends])
+            if self.mode == "cycle":
+                self._count(c, now)
+                if now < self.stop_at:
+                    self._checkout(c, now)
+                else:
+                    self._finish(c)
+            elif self.mode == "crypt":
+                self._finish(c)
+            else:
+                self._release_next_held(c, now)
+        elif op == "crypt":
+            self._count(c, now)
+            if now < self.stop_at:
+                self._crypt(c, now)
+            else:
+                assert c.handle is not None
+                self._release(c, c.handle, now)
+
+    def _error(self, c: _Client, code: str, now: float) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+        assert c.req is not None
+        op = c.req.op
+        if op == "release":
+            if code == "UNKNOWN_HANDLE":
+                assert isinstance(c.req, ReleaseRequest)
+                self.not_released.append([c.req.handle, c.first_sent, c.sends])
+            if self.mode == "hold":
+                self._release_next_held(c, now)
+            elif now < self.stop_at and self.mode == "cycle":
+                self._checkout(c, now)
+            else:
+                self._finish(c)
+        elif op == "checkout":
+            if now < self.stop_at or (self.mode == "hold" and now < self.hard_deadline):
+                self._checkout(c, now, ERROR_PAUSE)
+            else:
+                self._finish(c)
+        else:  # crypt
+            assert c.handle is not None
+            if now < self.stop_at:
+                self._crypt(c, now)
+            else:
+                self._release(c, c.handle, now)
+
+    # ------------------------------------------------------------------ loop
+
+    def _loop(self, until: float) -> None:
+        """Serve replies and timers until every client is done or `until`."""
+        clients = self.clients
+        while True:
+            now = time.monotonic()
+            if now >= until:
+                return
+            active = [c for c in clients if not c.done]
+            if not active:
+                return
+            wake = until
+            for c in active:
+                t = c.resend_at if c.resend_at is not None else c.deadline
+                wake = min(wake, t)
+            timeout = min(max(0.0, wake - now), POLL_MAX)
+            for sock, _ in self.poller.poll(int(timeout * 1000) + 1):
+                owner = self.by_sock.get(sock)
+                while owner is not None and owner.sock is sock:
+                    try:
+                        frames = owner.sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._on_frames(owner, frames, time.monotonic())
+            now = time.monotonic()
+            for c in active:
+                if c.done or c.req is None:
+                    continue
+                if c.resend_at is not None:
+                    if now >= c.resend_at:
+                        self._send(c, now)
+                elif now >= c.deadline:
+                    c.attempt = min(c.attempt * ATTEMPT_GROWTH, max(ATTEMPT_TIMEOUT_MAX, c.attempt))
+                    self._failover(c, now)
+
+    def run(self) -> Json:
+        now = time.monotonic()
+        for c in self.clients:
+            self._connect(c)
+        for c in self.clients:
+            self._begin(c, now)
+        if self.mode == "hold":
+            self._loop(self.hard_deadline)
+            held = sum(len(c.held) for c in self.clients)
+            print(json.dumps({"held": held}), flush=True)
+            ready, _, _ = select.select([sys.stdin], [], [], max(0.0, self.hard_deadline - now))
+            if ready:
+                sys.stdin.readline()
+            self.releasing = True
+            self.hard_deadline = time.monotonic() + float(self.spec.get("drain", 15.0))
+            now = time.monotonic()
+            for c in self.clients:
+                c.done = False
+                self._begin(c, now)
+        self._loop(self.hard_deadline)
+        unfinished = sum(1 for c in self.clients if not c.done)
+        unfinished += sum(len(c.held) for c in self.clients)
+        for sock in list(self.by_sock):
+            sock.close(linger=0)
+        self.ctx.term()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "worker": self.spec.get("worker", 0),
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+            "clients": len(self.clients),
+            "cycles": self.cycles,
+            "lat_ms": self.lat_ms,
+            "errors": self.errors,
+            "retries": self.retries,
+            "not_released": self.not_released,
+            "unfinished": unfinished,
+            "ok_times": self.ok_times,
+            "handles": self.handles,
+        }
+
+
+def main() -> int:
+    spec = json.loads(sys.stdin.readline())
+    result = Worker(spec).run()
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

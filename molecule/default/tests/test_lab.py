@@ -1,0 +1,206 @@
+"""Verify the converged lab: services, hardening, keys, the VIP, a checkout, the backends' isolation."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+from conftest import (
+    BACKEND_PORT,
+    CLIENT_PORT,
+    FIRM,
+    PRODUCT,
+    PY,
+    QUANTITY,
+    TMR,
+    TMR_ID,
+    address,
+    group,
+    host,
+    server_status,
+    vip,
+)
+
+SERVICES = {
+    "tmr_backends": ["tmr-backend", "tmr-backend-firewall"],
+    "tmr_servers": ["tmr-server", "keepalived"],
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "unit"),
+    [(h, u) for g, units in SERVICES.items() for h in group(g) for u in units],
+)
+def test_service_enabled_and_active(name: str, unit: str) -> None:
+    svc = host(name).service(unit)
+    assert svc.is_enabled, f"{unit} not enabled on {name}"
+    assert svc.is_running or host(name).run(f"systemctl is-active {unit}").stdout.strip() == "active"
+
+
+@pytest.mark.parametrize(
+    ("name", "unit"),
+    [(h, "tmr-backend") for h in group("tmr_backends")] + [(h, "tmr-server") for h in group("tmr_servers")],
+)
+def test_unit_is_hardened_and_runs_as_tmr(name: str, unit: str) -> None:
+    h = host(name)
+    props = dict(
+        line.split("=", 1)
+        for line in h.check_output(
+            f"systemctl show {unit} -p User -p NoNewPrivileges -p ProtectSystem -p Restart -p MainPID"
+        ).splitlines()
+    )
+    assert props["User"] == "tmr"
+    assert props["NoNewPrivileges"] == "yes"
+    assert props["ProtectSystem"] == "strict"
+    assert props["Restart"] == "on-failure"
+    assert h.check_output(f"ps -o user= -p {props['MainPID']}").strip() == "tmr"
+    # ProtectSystem=strict is really applied (the lab grants systemd what it needs for that)
+    mounts = h.check_output(f"cat /proc/{props['MainPID']}/mountinfo")
+    assert any(" /usr " in m and " ro," in m for m in mounts.splitlines()), "/usr not read-only for the service"
+
+
+@pytest.mark.parametrize("name", group("tmr_servers") + group("tmr_backends"))
+def test_node_key_is_private_to_tmr(name: str) -> None:
+    key = host(name).file("/etc/tmr/node.key")
+    assert key.user == "tmr" and key.mode == 0o600
+    assert host(name).file("/etc/tmr/node.key.pub").mode == 0o644
+
+
+def test_service_key_only_on_servers_and_identical() -> None:
+    digests = {h: host(h).file("/etc/tmr/service.key").sha256sum for h in group("tmr_servers")}
+    assert len(set(digests.values())) == 1, digests
+    for h in group("tmr_servers"):
+        f = host(h).file("/etc/tmr/service.key")
+        assert f.user == "tmr" and f.mode == 0o600
+    for h in group("tmr_backends") + group("tmr_clients"):
+        assert not host(h).file("/etc/tmr/service.key").exists, f"service secret key on {h}"
+    pubs = {h: host(h).file("/etc/tmr/service.key.pub").content_string.strip() for h in group("tmr_servers") + group("tmr_clients")}
+    assert len(set(pubs.values())) == 1, pubs
+
+
+def test_node_keys_differ() -> None:
+    pubs = [host(h).file("/etc/tmr/node.key.pub").content_string.strip() for h in group("tmr_servers") + group("tmr_backends")]
+    assert len(set(pubs)) == len(pubs)
+
+
+def test_exactly_one_vip_holder_and_it_is_active() -> None:
+    holders = [h for h in group("tmr_servers") if host(h).run(f"ip -4 -o addr show to {vip()}").stdout.strip()]
+    assert len(holders) == 1, f"VIP {vip()} held by {holders}"
+    roles = {h: server_status(h)["role"] for h in group("tmr_servers")}
+    assert roles[holders[0]] == "active", roles
+    assert [r for h, r in roles.items() if h != holders[0]] == ["standby"], roles
+
+
+def test_active_server_sees_three_backends_with_the_license() -> None:
+    active = next(h for h in group("tmr_servers") if server_status(h)["role"] == "active")
+    st = server_status(active)
+    key = f"{FIRM}:{PRODUCT}"
+    assert len(st["backends"]) == 3
+    for b in st["backends"]:
+        assert b["up"], b
+        assert b["licenses"][key]["tmr_id"] == TMR_ID and b["licenses"][key]["valid"], b
+
+
+def test_keepalived_config_is_valid_and_unicast() -> None:
+    for h in group("tmr_servers"):
+        cfg = host(h).file("/etc/keepalived/keepalived.conf").content_string
+        assert "state BACKUP" in cfg and "version 3" in cfg and "unicast_peer" in cfg
+        assert "enable_script_security" in cfg and "track_script" in cfg
+        assert host(h).run("/usr/local/sbin/keepalived-config-test /etc/keepalived/keepalived.conf").rc == 0
+
+
+def _client_cmd(*args: str) -> str:
+    return " ".join(
+        [TMR, "client", "--endpoint", f"tcp://{vip()}:{CLIENT_PORT}", "--server-key", "/etc/tmr/service.key.pub", *args]
+    )
+
+
+def test_virtual_container_through_the_vip(client) -> None:  # type: ignore[no-untyped-def]
+    out = client.check_output(_client_cmd("--json", "list"))
+    doc = json.loads(out)
+    lic = next(x for x in doc["licenses"] if x["firm"] == FIRM and x["product"] == PRODUCT)
+    assert lic["tmr_id"] == TMR_ID and lic["quantity"] == QUANTITY and lic["available"], lic
+
+
+def test_checkout_through_the_vip(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.run(_client_cmd("checkout", "--firm", str(FIRM), "--product", str(PRODUCT), "--seats", "1", "--hold", "0"))
+    assert r.rc == 0, r.stderr
+    assert "checked out 1 seat" in r.stdout and "released" in r.stdout, r.stdout
+
+
+def _tcp_connect(h, ip: str, port: int) -> str:  # type: ignore[no-untyped-def]
+    code = textwrap.dedent(
+        f"""
+        import socket
+        s = socket.socket()
+        s.settimeout(3)
+        try:
+            s.connect(({ip!r}, {port}))
+            print("open")
+        except ConnectionRefusedError:
+            print("refused")
+        except OSError as e:
+            print("error", e)
+        """
+    )
+    return h.check_output(f"{PY} -c '{code}'")
+
+
+@pytest.mark.parametrize("backend", group("tmr_backends"))
+def test_backend_port_closed_to_the_client(client, backend: str) -> None:  # type: ignore[no-untyped-def]
+    assert _tcp_connect(client, address(backend), BACKEND_PORT) != "open"
+
+
+@pytest.mark.parametrize("backend", group("tmr_backends"))
+def test_backend_port_open_to_the_servers(backend: str) -> None:
+    for s in group("tmr_servers"):
+        assert _tcp_connect(host(s), address(backend), BACKEND_PORT) == "open"
+
+
+# A CURVE client on a TMR server host (past the firewall): with a random key the backend's ZAP
+# handler refuses the handshake; with that server's node key it succeeds (the control case).
+_ZMQ_PROBE = """
+import json, sys, zmq
+from zmq.utils.monitor import recv_monitor_message
+backend_pub, endpoint, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+if mode == "node":
+    k = json.load(open("/etc/tmr/node.key"))
+    pub, sec = k["public"].encode(), k["secret"].encode()
+else:
+    pub, sec = zmq.curve_keypair()
+ctx = zmq.Context()
+s = ctx.socket(zmq.DEALER)
+s.curve_publickey, s.curve_secretkey, s.curve_serverkey = pub, sec, backend_pub.encode()
+s.linger = 0
+mon = s.get_monitor_socket()
+s.connect(endpoint)
+poller = zmq.Poller()
+poller.register(mon, zmq.POLLIN)
+result = "timeout"
+import time
+deadline = time.monotonic() + 5
+while time.monotonic() < deadline and result == "timeout":
+    if poller.poll(200):
+        ev = recv_monitor_message(mon)["event"]
+        if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            result = "succeeded"
+        elif ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+            result = "failed"
+print(result)
+"""
+
+
+def _zmq_probe(server: str, backend: str, mode: str) -> str:
+    h = host(server)
+    backend_pub = host(backend).file("/etc/tmr/node.key.pub").content_string.strip()
+    h.run("cat > /tmp/zmq_probe.py <<'EOF'\n" + _ZMQ_PROBE + "\nEOF")
+    out = h.check_output(f"{PY} /tmp/zmq_probe.py '{backend_pub}' tcp://{address(backend)}:{BACKEND_PORT} {mode}")
+    return out.strip()
+
+
+@pytest.mark.parametrize("backend", group("tmr_backends"))
+def test_client_key_cannot_connect_to_a_backend(backend: str) -> None:
+    server = group("tmr_servers")[0]
+    assert _zmq_probe(server, backend, "random") in ("failed", "timeout")
+    assert _zmq_probe(server, backend, "node") == "succeeded"

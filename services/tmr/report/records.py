@@ -1,0 +1,68 @@
+"""The backend's side of `tmr report usage`: read the usage record for a window.
+
+The usage table is written by `tmr.backend.store.SqliteStore` (one row per committed grant,
+release and expiry, newest ``usage_retention`` rows kept). This module only reads it, on its
+own read-only connection (WAL lets it read while the store writes), so it never touches the
+acceptor's transactions.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import suppress
+from pathlib import Path
+
+from tmr.replication.messages import UsageQuery, UsageRecords, UsageRow
+
+# Rows of the window, plus grants made before it whose handle was not yet released or
+# expired when it opened (they hold seats inside the window).
+_WINDOW_SQL = """
+SELECT at, event, firm, product, handle, seats, client_id FROM usage
+WHERE at <= :until
+  AND (at >= :since
+       OR (event = 'granted' AND handle NOT IN (
+             SELECT handle FROM usage WHERE event != 'granted' AND at < :since)))
+ORDER BY id
+LIMIT :limit
+"""
+
+
+class UsageReader:
+    """Read-only access to one backend database's usage table."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            uri = f"file:{self.db_path}?mode=ro"
+            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
+    def query(self, q: UsageQuery, name: str) -> UsageRecords:
+        """The rows for ``q``; raises `sqlite3.Error` if the database cannot be read."""
+        try:
+            conn = self._connection()
+            params = {"since": q.since, "until": q.until, "limit": q.limit + 1}
+            rows = conn.execute(_WINDOW_SQL, params).fetchall()
+            first_id, oldest = conn.execute("SELECT MIN(id), MIN(at) FROM usage").fetchone()
+        except sqlite3.Error:
+            self.close()  # reopen next time (e.g. the file was replaced)
+            raise
+        truncated = len(rows) > q.limit
+        if first_id is None or first_id <= 1:
+            oldest = None  # row ids start at 1: nothing was ever trimmed
+        return UsageRecords(
+            q.mid,
+            name,
+            tuple(UsageRow(*r) for r in rows[: q.limit]),
+            None if oldest is None else float(oldest),
+            truncated,
+        )

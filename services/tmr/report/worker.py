@@ -1,0 +1,278 @@
+"""The TMR server's usage-report worker: a background thread with its own backend links.
+
+The poll loop must never wait on a report: `UsageWorker.submit` queues a `UsageJob` (with
+what the loop knows: which backends are up, the licenses' LQ, the client's routing token);
+the thread sends a `UsageQuery` to each of those backends on its own CURVE link, waits for
+the answers (bounded by `timeout`), merges and summarises them and queues the encoded reply.
+It then wakes the poll loop through an inproc PAIR socket (`wake_socket`), and the loop
+sends the reply on the client socket with `take`. Replication traffic never shares a socket
+with these queries.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from tmr.config import BackendRef
+from tmr.errors import ErrorCode
+from tmr.keys import NodeKeys
+from tmr.logs import log
+from tmr.protocol import peer_api
+from tmr.protocol.client_api import ErrorReply, OkReply, Reply, UsageResult, encode_reply
+from tmr.protocol.errors import ProtocolError
+from tmr.replication.messages import PeerError, UsageQuery, UsageRecords
+from tmr.replication.types import ProductKey
+from tmr.report.denials import DenialLog
+from tmr.report.summary import merge_rows, summarize
+
+QUERY_TIMEOUT = 5.0
+MAX_QUEUED = 8
+ROW_LIMIT = 400_000
+FLUSH_INTERVAL = 10.0
+
+
+@dataclass(frozen=True)
+class UsageJob:
+    token: Any  # the client's routing token, handed back with the reply
+    rid: str
+    since: float
+    until: float
+    backends: tuple[str, ...]  # the backends to ask (those up when the request came)
+    quantities: dict[ProductKey, int] = field(default_factory=dict)
+    down: tuple[str, ...] = ()  # the others: reported as not read
+
+
+class UsageWorker:
+    def __init__(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        server: str,
+        backends: tuple[BackendRef, ...],
+        node_keys: NodeKeys,
+        denials: DenialLog,
+        *,
+        timeout: float = QUERY_TIMEOUT,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ctx = ctx
+        self.server = server
+        self.refs = {b.name: b for b in backends}
+        self.node_keys = node_keys
+        self.denials = denials
+        self.timeout = timeout
+        self.clock = clock
+        self._jobs: queue.Queue[UsageJob | None] = queue.Queue(MAX_QUEUED)
+        self._done: queue.Queue[tuple[Any, bytes]] = queue.Queue()
+        self._addr = f"inproc://tmr-usage-{id(self)}"
+        self.wake_socket: zmq.Socket[bytes] = ctx.socket(zmq.PAIR)
+        self.wake_socket.setsockopt(zmq.LINGER, 0)
+        self.wake_socket.bind(self._addr)
+        self._mids = itertools.count(1)
+        self._thread = threading.Thread(target=self._run, name="tmr-usage", daemon=True)
+
+    # ---------------------------------------------------------------- poll-loop side
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (pending jobs are dropped: their clients retry) and close."""
+        if self._thread.is_alive():
+            while True:
+                try:
+                    self._jobs.put_nowait(None)
+                    break
+                except queue.Full:
+                    try:
+                        self._jobs.get_nowait()
+                    except queue.Empty:
+                        pass
+            self._thread.join(timeout=self.timeout + 2.0)
+        self.wake_socket.close(linger=0)
+
+    def submit(self, job: UsageJob) -> bool:
+        """Queue a report; False if too many are queued already."""
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            return False
+        return True
+
+    def take(self) -> list[tuple[Any, bytes]]:
+        """Replies ready to send: (client token, encoded reply). Call when `wake_socket`
+        is readable."""
+        while True:
+            try:
+                self.wake_socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        out = []
+        while True:
+            try:
+                out.append(self._done.get_nowait())
+            except queue.Empty:
+                return out
+
+    # ---------------------------------------------------------------- worker thread
+
+    def _run(self) -> None:
+        wake = self.ctx.socket(zmq.PAIR)
+        wake.setsockopt(zmq.LINGER, 0)
+        wake.connect(self._addr)
+        links: dict[str, zmq.Socket[bytes]] = {}
+        last_flush = time.monotonic()
+        try:
+            while True:
+                try:
+                    job = self._jobs.get(timeout=1.0)
+                except queue.Empty:
+                    job = None
+                    if time.monotonic() - last_flush < FLUSH_INTERVAL:
+                        continue
+                else:
+                    if job is None:
+                        return
+                if job is not None:
+                    try:
+                        reply: Reply = self.report(job, links)
+                    except Exception as exc:  # a bug must not kill the thread
+                        log("usage_report_failed", level="error", error=repr(exc))
+                        reply = ErrorReply(job.rid, ErrorCode.BAD_REQUEST, "usage report failed")
+                    self._done.put((job.token, encode_reply(reply)))
+                    wake.send(b"", zmq.NOBLOCK)
+                if time.monotonic() - last_flush >= FLUSH_INTERVAL:
+                    self.denials.flush(self.clock())
+                    last_flush = time.monotonic()
+        finally:
+            self.denials.flush(self.clock())
+            for s in links.values():
+                s.close(linger=0)
+            wake.close(linger=0)
+
+    def _link(self, links: dict[str, zmq.Socket[bytes]], name: str) -> zmq.Socket[bytes]:
+        s = links.get(name)
+        if s is None:
+            ref = self.refs[name]
+            s = self.ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.IMMEDIATE, 1)
+            s.setsockopt(zmq.RECONNECT_IVL, 100)
+            s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            s.setsockopt(zmq.MAXMSGSIZE, peer_api.MAX_PEER_FRAME)
+            s.setsockopt(zmq.CURVE_SERVERKEY, ref.public_key.encode())
+            s.setsockopt(zmq.CURVE_PUBLICKEY, self.node_keys.public.encode())
+            s.setsockopt(zmq.CURVE_SECRETKEY, self.node_keys.secret.encode())
+            s.connect(ref.endpoint)
+            links[name] = s
+        return s
+
+    def fetch(
+        self, job: UsageJob, links: dict[str, zmq.Socket[bytes]]
+    ) -> tuple[dict[str, UsageRecords], dict[str, str]]:
+        """Ask the job's backends; (answers by backend, problems by backend)."""
+        waiting: dict[str, int] = {}
+        problems: dict[str, str] = {name: "down" for name in job.down}
+        poller = zmq.Poller()
+        for name in job.backends:
+            if name not in self.refs:
+                continue
+            mid = next(self._mids)
+            s = self._link(links, name)
+            query = UsageQuery(mid, job.since, job.until, ROW_LIMIT)
+            # A link that is not connected yet gets a moment (IMMEDIATE queues nothing).
+            deadline = time.monotonic() + min(1.0, self.timeout)
+            while True:
+                try:
+                    s.send(peer_api.encode_usage_query(query), zmq.NOBLOCK)
+                    break
+                except zmq.Again:
+                    if time.monotonic() > deadline:
+                        problems[name] = "not connected"
+                        break
+                    time.sleep(0.02)
+            if name not in problems:
+                waiting[name] = mid
+                poller.register(s, zmq.POLLIN)
+        answers: dict[str, UsageRecords] = {}
+        deadline = time.monotonic() + self.timeout
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for s, _ in poller.poll(int(remaining * 1000) + 1):
+                name = next(n for n, x in links.items() if x is s)
+                self._receive(name, s, waiting, answers, problems)
+        for name in waiting:
+            problems[name] = f"no answer within {self.timeout:g} s"
+        return answers, problems
+
+    @staticmethod
+    def _receive(
+        name: str,
+        s: zmq.Socket[bytes],
+        waiting: dict[str, int],
+        answers: dict[str, UsageRecords],
+        problems: dict[str, str],
+    ) -> None:
+        while True:
+            try:
+                frames = s.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = peer_api.decode_usage_reply(frames[-1])
+            except ProtocolError as exc:
+                log("usage_bad_reply", level="warning", backend=name, error=exc.message)
+                continue
+            if waiting.get(name) != msg.mid:
+                continue  # a late answer to an earlier report
+            del waiting[name]
+            if isinstance(msg, PeerError):
+                problems[name] = msg.message
+            else:
+                answers[name] = msg
+
+    def report(self, job: UsageJob, links: dict[str, zmq.Socket[bytes]]) -> Reply:
+        answers, problems = self.fetch(job, links)
+        if not answers:
+            why = "; ".join(f"{k}: {v}" for k, v in sorted(problems.items())) or "none up"
+            return ErrorReply(
+                job.rid, ErrorCode.QUORUM_LOST, f"no backend answered the usage query ({why})"
+            )
+        # The merged record reaches back as far as the backend that kept the most (None:
+        # a backend that never trimmed its record has all of it).
+        olds = [a.oldest for a in answers.values()]
+        oldest = None if None in olds else min(o for o in olds if o is not None)
+        now = self.clock()
+        licenses = summarize(
+            merge_rows(a.rows for a in answers.values()),
+            job.since,
+            job.until,
+            now=now,
+            denials=self.denials.counts(job.since, job.until),
+            quantities=job.quantities,
+            oldest=oldest,
+        )
+        sources = [
+            {"backend": n, "rows": len(a.rows), "oldest": a.oldest, "truncated": a.truncated}
+            for n, a in sorted(answers.items())
+        ]
+        extra = {
+            "generated_at": now,
+            "complete": oldest is None or oldest <= job.since,
+            "record_starts": oldest,
+            "unavailable": [{"backend": n, "reason": r} for n, r in sorted(problems.items())],
+            "denials_counted_by": self.server,
+        }
+        result = UsageResult(
+            job.since, job.until, self.server, tuple(licenses), tuple(sources), extra
+        )
+        return OkReply(job.rid, result)

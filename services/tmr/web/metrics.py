@@ -1,0 +1,228 @@
+"""Prometheus metrics of the TMR server (`prometheus_client`, one registry per server).
+
+Two kinds:
+
+- event metrics (counters, histograms) fed by the poll loop as it applies the leader's
+  effects (`ServerMetrics.on_effects`, `on_reply`, `on_denial`): checkouts, releases,
+  expiries, client errors by code, replication round latency and group-commit batch size;
+- state gauges computed at scrape time from the latest published snapshot
+  (`SnapshotCollector`): role, epoch, backends up, quorum margin, seats and LQ per license.
+
+Round latency is measured per message id: from the moment an ACCEPT (or SNAPSHOT) is sent
+to a backend until that backend's ACCEPTED for the same id arrives. Nothing here decides
+anything; it only watches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from tmr.replication.leader import Effects
+from tmr.replication.messages import Accept, Accepted, PeerReply, Snapshot
+
+ROLES = ("standby", "takeover", "active", "fenced")
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+INFLIGHT_MAX_AGE = 30.0  # forget sends whose answer never came (the leader timed them out)
+
+_EVENT_COUNTERS = {
+    "handle_granted": "checkouts",
+    "handle_released": "releases",
+    "handle_expired": "expiries",
+}
+
+
+def _license_labels(text: Any) -> tuple[str, str]:
+    firm, _, product = str(text).partition(":")
+    return firm, product
+
+
+class ServerMetrics:
+    """The registry and the event metrics; `collector` adds the snapshot gauges."""
+
+    def __init__(
+        self,
+        snapshot: Callable[[], dict[str, Any] | None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.clock = clock
+        r = self.registry
+        labels = ["firm", "product"]
+        self.checkouts = Counter(
+            "tmr_checkouts", "Seats checkouts granted (handles), by license", labels, registry=r
+        )
+        self.releases = Counter(
+            "tmr_releases", "Handles released by their clients, by license", labels, registry=r
+        )
+        self.expiries = Counter(
+            "tmr_expiries", "Handles expired (lease not renewed), by license", labels, registry=r
+        )
+        self.denials = Counter(
+            "tmr_denials",
+            "Checkouts refused with NO_LICENSE_AVAILABLE (all seats in use), by license",
+            labels,
+            registry=r,
+        )
+        self.errors = Counter(
+            "tmr_client_errors", "Error replies to clients, by error code", ["code"], registry=r
+        )
+        self.round_latency = Histogram(
+            "tmr_replication_round_seconds",
+            "Replication round latency: ACCEPT (or SNAPSHOT) sent to a backend until its "
+            "durable ACCEPTED",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_ops = Histogram(
+            "tmr_replication_batch_ops",
+            "Ops per ACCEPT sent to a backend (group commit batch size)",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self._inflight: dict[tuple[str, int], tuple[float, str]] = {}
+        r.register(SnapshotCollector(snapshot, clock))
+
+    # ---------------------------------------------------------------- poll-loop hooks
+
+    def on_effects(self, fx: Effects) -> None:
+        for ev in fx.events:
+            name = _EVENT_COUNTERS.get(str(ev.get("event")))
+            if name is not None:
+                counter: Counter = getattr(self, name)
+                counter.labels(*_license_labels(ev.get("license"))).inc()
+        for reply in fx.replies:
+            if reply.error is not None:
+                self.errors.labels(reply.error.value).inc()
+        if fx.send:
+            now = self.clock()
+            for backend, msg in fx.send:
+                if isinstance(msg, Accept):
+                    self.batch_ops.observe(sum(len(e.ops) for e in msg.entries))
+                    self._inflight[(backend, msg.mid)] = (now, "accept")
+                elif isinstance(msg, Snapshot):
+                    self._inflight[(backend, msg.mid)] = (now, "snapshot")
+
+    def on_reply(self, backend: str, msg: PeerReply) -> None:
+        sent = self._inflight.pop((backend, msg.mid), None)
+        if sent is not None and isinstance(msg, Accepted):
+            self.round_latency.labels(sent[1]).observe(max(0.0, self.clock() - sent[0]))
+
+    def on_denial(self, firm: int, product: int) -> None:
+        self.denials.labels(str(firm), str(product)).inc()
+
+    def prune(self) -> None:
+        """Forget sends that were never answered (call now and then)."""
+        floor = self.clock() - INFLIGHT_MAX_AGE
+        for k in [k for k, (t, _) in self._inflight.items() if t < floor]:
+            del self._inflight[k]
+
+
+class SnapshotCollector(Collector):
+    """Gauges from the latest snapshot, computed when Prometheus scrapes."""
+
+    def __init__(
+        self, snapshot: Callable[[], dict[str, Any] | None], clock: Callable[[], float]
+    ) -> None:
+        self.snapshot = snapshot
+        self.clock = clock
+
+    def describe(self) -> list[Metric]:
+        return []  # unchecked collector: its families depend on the licenses present
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot()
+        if snap is None:
+            return
+        age = GaugeMetricFamily(
+            "tmr_status_age_seconds",
+            "Seconds since the server's poll loop last published its status (a stuck loop "
+            "shows here)",
+        )
+        age.add_metric([], max(0.0, self.clock() - snap["published_at"]))
+        yield age
+        info = GaugeMetricFamily(
+            "tmr_server_info", "This TMR server", labels=["server", "serial", "version"]
+        )
+        info.add_metric([str(snap["server"]), str(snap["serial"]), str(snap["version"])], 1)
+        yield info
+        role = GaugeMetricFamily(
+            "tmr_role", "1 for this server's current role (standby|takeover|active|fenced)",
+            labels=["role"],
+        )  # fmt: skip
+        for name in ROLES:
+            role.add_metric([name], 1.0 if snap["role"] == name else 0.0)
+        yield role
+        yield _gauge("tmr_epoch", "Counter of this server's epoch (0: none)", snap["epoch_counter"])
+        yield _gauge("tmr_backends_up", "Backends this server can reach", snap["backends_up"])
+        up = GaugeMetricFamily("tmr_backend_up", "1 if the backend answers", labels=["backend"])
+        for b in snap["backends"]:
+            up.add_metric([str(b["name"])], 1.0 if b["up"] else 0.0)
+        yield up
+        yield _gauge(
+            "tmr_quorum_margin",
+            "Smallest over the licenses of (up backends holding it - 2): 0 means one more "
+            "backend failure stops a license",
+            snap["quorum_margin"],
+        )
+        yield _gauge("tmr_handles", "Handles held (active server)", snap["handle_count"])
+        ops = CounterMetricFamily("tmr_ops_committed", "Ops committed by a majority")
+        ops.add_metric([], snap["ops_committed"])
+        yield ops
+        yield from _license_families(snap)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    g = GaugeMetricFamily(name, doc)
+    g.add_metric([], float(value))
+    return g
+
+
+def _license_families(snap: dict[str, Any]) -> Iterator[Metric]:
+    labels = ["firm", "product"]
+    fams = {
+        "in_use": GaugeMetricFamily(
+            "tmr_license_seats_in_use", "Seats in use (active server)", labels=labels
+        ),
+        "quantity": GaugeMetricFamily(
+            "tmr_license_quantity", "Effective license quantity (LQ)", labels=labels
+        ),
+        "available": GaugeMetricFamily(
+            "tmr_license_available", "1 if at least 2 up backends hold the license", labels=labels
+        ),
+        "holders": GaugeMetricFamily(
+            "tmr_license_holders", "Up backends holding a valid copy", labels=labels
+        ),
+        "quorum_margin": GaugeMetricFamily(
+            "tmr_license_quorum_margin", "Up backends holding a valid copy, minus 2", labels=labels
+        ),
+        "tmr_id": GaugeMetricFamily(
+            "tmr_license_tmr_id", "Effective TMR ID (0: none)", labels=labels
+        ),
+        "expires": GaugeMetricFamily(
+            "tmr_license_expiry_timestamp_seconds",
+            "Expiry of the license (UNIX time)",
+            labels=labels,
+        ),
+    }
+    for lic in snap["licenses"]:
+        key = [str(lic["firm"]), str(lic["product"])]
+        if lic["in_use"] is not None:
+            fams["in_use"].add_metric(key, lic["in_use"])
+        fams["quantity"].add_metric(key, lic["quantity"])
+        fams["available"].add_metric(key, 1.0 if lic["available"] else 0.0)
+        fams["holders"].add_metric(key, lic["holders"])
+        fams["quorum_margin"].add_metric(key, lic["quorum_margin"])
+        fams["tmr_id"].add_metric(key, lic["tmr_id"] or 0)
+        if lic["expires"] is not None:
+            fams["expires"].add_metric(key, lic["expires"])
+    yield from fams.values()

@@ -1,0 +1,159 @@
+"""What the TMR server's poll loop calls to run WebAdmin, metrics and usage reports.
+
+`ServerService` owns one `WebRuntime`. The hooks are cheap and never block:
+
+- `on_effects(fx)` / `on_backend_reply(name, msg)` / `on_checkout(...)`: metrics and the
+  denial record;
+- `publish_due(now)` then `publish(status, handles, now)`: a new snapshot for the web
+  thread (`handles` only while someone looks at the page: `wants_handles()`);
+- `submit_usage(...)`: queue a usage report for the worker thread; the loop polls
+  `wake_socket` and sends what `take_usage_replies()` returns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import zmq
+
+from tmr.config import ServerConfig
+from tmr.errors import ErrorCode
+from tmr.keys import NodeKeys
+from tmr.logs import log
+from tmr.protocol.client_api import UsageRequest
+from tmr.replication.leader import Effects
+from tmr.replication.messages import PeerReply
+from tmr.report.denials import FILE_NAME, DenialLog
+from tmr.report.worker import UsageJob, UsageWorker
+from tmr.web.metrics import ServerMetrics
+from tmr.web.server import WebAdmin, read_password, tls_context
+from tmr.web.snapshot import build_snapshot
+
+DAY = 86400.0
+
+
+class WebRuntime:
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.denials = DenialLog(cfg.state_dir / FILE_NAME, cfg.denial_retention_days * DAY)
+        self.denials.load()
+        self.denials_since_start: dict[str, int] = {}
+        self.web: WebAdmin | None = None
+        self.metrics = ServerMetrics(self._snapshot)
+        self.worker: UsageWorker | None = None
+        self.web_address: tuple[str, int] | None = None
+        self._next_publish = 0.0
+
+    def _snapshot(self) -> dict[str, Any] | None:
+        return self.web.snapshot() if self.web is not None else None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def open(self, ctx: zmq.Context[zmq.Socket[bytes]], node_keys: NodeKeys) -> None:
+        """Start the usage worker and, when ``web_listen`` is set, the web thread."""
+        cfg = self.cfg
+        self.worker = UsageWorker(ctx, cfg.name, cfg.backends, node_keys, self.denials)
+        self.worker.start()
+        if cfg.web_listen is None:
+            return
+        auth = None
+        if cfg.web_auth_user and cfg.web_auth_password_file:
+            auth = (cfg.web_auth_user, read_password(cfg.web_auth_password_file))
+        tls = None
+        if cfg.web_tls_cert_file and cfg.web_tls_key_file:
+            tls = tls_context(
+                cfg.web_tls_cert_file, cfg.web_tls_key_file, cfg.web_tls_client_ca_file
+            )
+        self.web = WebAdmin(cfg.web_listen, self.metrics.registry, auth=auth, tls=tls, vip=cfg.vip)
+        self.web_address = self.web.start()
+        log(
+            "web_start",
+            listen=f"{self.web_address[0]}:{self.web_address[1]}",
+            tls=tls is not None,
+            client_certificates=cfg.web_tls_client_ca_file is not None,
+            basic_auth=auth is not None,
+        )
+
+    @property
+    def wake_socket(self) -> zmq.Socket[bytes] | None:
+        return self.worker.wake_socket if self.worker is not None else None
+
+    def close(self) -> None:
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+
+    # ---------------------------------------------------------------- hooks
+
+    # Metrics are served by the web thread only: without it they are not kept at all.
+
+    def on_effects(self, fx: Effects) -> None:
+        if self.web is not None:
+            self.metrics.on_effects(fx)
+
+    def on_backend_reply(self, backend: str, msg: PeerReply) -> None:
+        if self.web is not None:
+            self.metrics.on_reply(backend, msg)
+
+    def on_checkout(self, firm: int, product: int, rid: str, fx: Effects) -> None:
+        """Count a NO_LICENSE_AVAILABLE answer to this checkout as a denial."""
+        for r in fx.replies:
+            if r.rid == rid and r.error == ErrorCode.NO_LICENSE_AVAILABLE:
+                self.denials.record((firm, product), time.time())
+                self.metrics.on_denial(firm, product)
+                key = f"{firm}:{product}"
+                self.denials_since_start[key] = self.denials_since_start.get(key, 0) + 1
+
+    # ---------------------------------------------------------------- snapshots
+
+    def publish_due(self, now: float) -> bool:
+        return self.web is not None and now >= self._next_publish
+
+    def wants_handles(self) -> bool:
+        return self.web is not None and self.web.wants_handles()
+
+    def publish(
+        self,
+        status: Mapping[str, Any],
+        handles: Sequence[Mapping[str, Any]] | None,
+        now: float,
+    ) -> None:
+        if self.web is None:
+            return
+        self._next_publish = now + self.cfg.web_publish_interval
+        snap = build_snapshot(
+            status,
+            now_wall=time.time(),
+            lease=self.cfg.lease_seconds,
+            handles=handles,
+            max_handles=self.cfg.web_max_handles,
+            peer_url=self.cfg.web_peer_url,
+            denials=dict(self.denials_since_start),
+        )
+        self.web.publish(snap)
+        self.metrics.prune()
+
+    # ---------------------------------------------------------------- usage reports
+
+    def submit_usage(self, token: Any, req: UsageRequest, status: Mapping[str, Any]) -> str | None:
+        """Queue a report; an error message if it cannot be (None when queued)."""
+        if self.worker is None:
+            return "usage reports are not available on this server"
+        up = tuple(str(b["name"]) for b in status.get("backends", []) if b.get("up"))
+        down = tuple(str(b["name"]) for b in status.get("backends", []) if not b.get("up"))
+        quantities = {
+            (int(lic["firm"]), int(lic["product"])): int(lic.get("quantity") or 0)
+            for lic in status.get("licenses", [])
+        }
+        job = UsageJob(token, req.rid, req.since, req.until, up, quantities, down)
+        if not self.worker.submit(job):
+            return "too many usage reports in progress; retry later"
+        return None
+
+    def take_usage_replies(self) -> list[tuple[Any, bytes]]:
+        return self.worker.take() if self.worker is not None else []

@@ -1,0 +1,293 @@
+"""The WebAdmin HTTP server: a `ThreadingHTTPServer` in a background thread.
+
+Routes (GET only; everything is read-only):
+
+- ``/``: the page (``app.js`` and ``app.css`` beside it) refreshing itself from the API;
+- ``/api/status``: the latest status snapshot as JSON;
+- ``/metrics``: Prometheus text format;
+- ``/healthz``: ``200 ok`` while the poll loop publishes and the server is not fenced,
+  else ``503`` (no authentication, no details: for load balancers and probes).
+
+Optional HTTP basic auth (one user; the password is read from a file at start) guards every
+route but ``/healthz``; optional TLS, with client certificates required when a client CA is
+configured. The handlers never touch the leader: they read what the poll loop published.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from tmr.config import parse_listen
+from tmr.errors import ConfigError
+from tmr.web.page import APP_CSS, APP_JS, INDEX_HTML
+
+STALE_AFTER = 5.0  # seconds without a published snapshot before the page says so
+HANDLES_INTEREST = 10.0  # the loop lists handles while the page was looked at this recently
+VIP_CACHE = 1.0
+MAX_PASSWORD = 4096
+# The classic text exposition format that `generate_latest` writes, understood by every
+# Prometheus version (newer prometheus_client versions label it 1.0.0).
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self'; base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def read_password(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the WebAdmin password file {path}: {exc}") from None
+    password = text.rstrip("\r\n")
+    if not password or len(password) > MAX_PASSWORD:
+        raise ConfigError(f"WebAdmin password file {path} is empty or too long")
+    return password
+
+
+def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+        if client_ca is not None:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cafile=str(client_ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"WebAdmin TLS: {exc}") from None
+    return ctx
+
+
+def _ipv4_local(addr: str) -> bool | None:
+    """Is the IPv4 address assigned to this host? (Linux: /proc/net/fib_trie)"""
+    try:
+        lines = Path("/proc/net/fib_trie").read_text().splitlines()
+    except OSError:
+        return None
+    for i, line in enumerate(lines[:-1]):
+        if line.strip() == f"|-- {addr}" and "/32 host LOCAL" in lines[i + 1]:
+            return True
+    return False
+
+
+def _ipv6_local(addr: str) -> bool | None:
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, addr).hex()
+        lines = Path("/proc/net/if_inet6").read_text().splitlines()
+    except (OSError, ValueError):
+        return None
+    return any(line.split()[0] == packed for line in lines if line.strip())
+
+
+def vip_held(vip: str) -> bool:
+    """True if the virtual IP is on an interface of this host (keepalived put it here)."""
+    local = _ipv6_local(vip) if ":" in vip else _ipv4_local(vip)
+    if local is not None:
+        return local
+    family = socket.AF_INET6 if ":" in vip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((vip, 0))
+        except OSError:
+            return False
+    return True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    web: WebAdmin
+
+
+class WebAdmin:
+    """The HTTP side: serves what `publish` was last given."""
+
+    def __init__(
+        self,
+        listen: str,
+        registry: CollectorRegistry,
+        *,
+        auth: tuple[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
+        vip: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.host, self.port = parse_listen(listen)
+        self.registry = registry
+        self.auth = auth
+        self.tls = tls
+        self.vip = vip
+        self.clock = clock
+        self._snapshot: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+        self._last_interest = float("-inf")
+        self._vip_cache: tuple[float, bool] = (float("-inf"), False)
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- poll-loop side
+
+    def publish(self, snapshot: dict[str, Any]) -> None:
+        """Hand over a new snapshot (the web thread never mutates it)."""
+        snapshot["published_at"] = self.clock()
+        with self._lock:
+            self._snapshot = snapshot
+
+    def snapshot(self) -> dict[str, Any] | None:
+        with self._lock:
+            return self._snapshot
+
+    def wants_handles(self) -> bool:
+        """Did someone look at the page or the API recently (worth listing handles)?"""
+        return self.clock() - self._last_interest < HANDLES_INTEREST
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> tuple[str, int]:
+        """Bind and serve in a daemon thread; returns the bound (host, port)."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        server_cls = type("_BoundServer", (_Server,), {"address_family": family})
+        try:
+            httpd = server_cls((self.host, self.port), _Handler)
+        except OSError as exc:
+            raise ConfigError(f"WebAdmin cannot listen on {self.host}:{self.port}: {exc}") from None
+        if self.tls is not None:
+            httpd.socket = self.tls.wrap_socket(
+                httpd.socket, server_side=True, do_handshake_on_connect=False
+            )
+        httpd.web = self
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="tmr-web", daemon=True
+        )
+        self._thread.start()
+        host, port = httpd.server_address[:2]
+        return str(host), int(port)
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    # ---------------------------------------------------------------- content
+
+    def status_document(self) -> dict[str, Any] | None:
+        snap = self.snapshot()
+        if snap is None:
+            return None
+        age = max(0.0, self.clock() - snap["published_at"])
+        doc = {k: v for k, v in snap.items() if k != "published_at"}
+        doc["status_age"] = round(age, 3)
+        doc["stale"] = age > STALE_AFTER
+        doc["vip"] = {"address": self.vip, "held": self._vip_held()} if self.vip else None
+        return doc
+
+    def _vip_held(self) -> bool:
+        assert self.vip is not None
+        at, held = self._vip_cache
+        now = self.clock()
+        if now - at > VIP_CACHE:
+            held = vip_held(self.vip)
+            self._vip_cache = (now, held)
+        return held
+
+    def healthy(self) -> bool:
+        doc = self.status_document()
+        return doc is not None and not doc["stale"] and doc["role"] != "fenced"
+
+    def authorized(self, header: str | None) -> bool:
+        if self.auth is None:
+            return True
+        if not header or not header.startswith("Basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        ok_user = hmac.compare_digest(user.encode(), self.auth[0].encode())
+        ok_pass = hmac.compare_digest(password.encode(), self.auth[1].encode())
+        return ok_user and ok_pass
+
+    def interest(self) -> None:
+        self._last_interest = self.clock()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "tmr-webadmin"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+    timeout = 15  # a client that stalls loses its thread after this
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # no access log on stderr (the service logs JSON only)
+
+    def do_GET(self) -> None:
+        web = self.server.web
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            ok = web.healthy()
+            self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n", "text/plain")
+            return
+        if not web.authorized(self.headers.get("Authorization")):
+            self._send(
+                401,
+                b"authentication required\n",
+                "text/plain",
+                {"WWW-Authenticate": 'Basic realm="TMR WebAdmin", charset="UTF-8"'},
+            )
+            return
+        if path in ("/", "/index.html"):
+            web.interest()
+            self._send(200, INDEX_HTML.encode(), "text/html; charset=utf-8")
+        elif path == "/app.js":
+            self._send(200, APP_JS.encode(), "text/javascript; charset=utf-8")
+        elif path == "/app.css":
+            self._send(200, APP_CSS.encode(), "text/css; charset=utf-8")
+        elif path == "/api/status":
+            web.interest()
+            doc = web.status_document()
+            if doc is None:
+                self._send(503, b'{"error": "starting"}\n', "application/json")
+            else:
+                body = json.dumps(doc, default=str, separators=(",", ":")).encode()
+                self._send(200, body, "application/json")
+        elif path == "/metrics":
+            self._send(200, generate_latest(web.registry), METRICS_CONTENT_TYPE)
+        else:
+            self._send(404, b"not found\n", "text/plain")
+
+    def _send(
+        self, code: int, body: bytes, ctype: str, extra: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in {**SECURITY_HEADERS, **(extra or {})}.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)

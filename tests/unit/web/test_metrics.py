@@ -1,0 +1,164 @@
+"""Prometheus metrics: event counters, round latency, batch size, snapshot gauges."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tmr.errors import ErrorCode
+from tmr.replication.leader import ClientReply, Effects
+from tmr.replication.messages import (
+    Accept,
+    Accepted,
+    AcceptEntry,
+    EntryResult,
+    EntryStatus,
+    Probe,
+    Snapshot,
+)
+from tmr.replication.types import Epoch, Grant, HandleRecord, Release, ReleaseReason
+from tmr.web.metrics import ServerMetrics
+from tmr.web.snapshot import build_snapshot
+
+E = Epoch(3, "tmr-a")
+KEY = (6000123, 42)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def samples(m: ServerMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    text = generate_latest(m.registry).decode()
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def rec(h: str) -> HandleRecord:
+    return HandleRecord(h, KEY[0], KEY[1], 1, "c/1/x", "r" + h, 1.7e9)
+
+
+def test_event_counters_and_errors() -> None:
+    m = ServerMetrics(lambda: None)
+    fx = Effects()
+    fx.events += [
+        {"event": "handle_granted", "license": "6000123:42"},
+        {"event": "handle_granted", "license": "6000123:42"},
+        {"event": "handle_released", "license": "6000123:42"},
+        {"event": "handle_expired", "license": "6000123:42"},
+        {"event": "backend_up", "backend": "b1"},
+    ]
+    fx.replies += [
+        ClientReply(None, "r1", error=ErrorCode.NO_LICENSE_AVAILABLE),
+        ClientReply(None, "r2", error=ErrorCode.QUORUM_LOST),
+        ClientReply(None, "r3", {"ok": 1}),
+    ]
+    m.on_effects(fx)
+    m.on_denial(*KEY)
+    s = samples(m)
+    lic = (("firm", "6000123"), ("product", "42"))
+    assert s[("tmr_checkouts_total", lic)] == 2
+    assert s[("tmr_releases_total", lic)] == 1
+    assert s[("tmr_expiries_total", lic)] == 1
+    assert s[("tmr_denials_total", lic)] == 1
+    assert s[("tmr_client_errors_total", (("code", "NO_LICENSE_AVAILABLE"),))] == 1
+    assert s[("tmr_client_errors_total", (("code", "QUORUM_LOST"),))] == 1
+
+
+def test_round_latency_and_batch_size_by_message_id() -> None:
+    clock = Clock()
+    m = ServerMetrics(lambda: None, clock)
+    ops = (Grant(rec("h1")), Grant(rec("h2")), Release("h0", ReleaseReason.RELEASE, 1.7e9))
+    fx = Effects()
+    fx.send += [
+        ("b1", Accept(10, E, (AcceptEntry(KEY, 5, ops),))),
+        ("b2", Accept(11, E, (AcceptEntry(KEY, 5, ops[:1]),))),
+        ("b3", Snapshot(12, E, ())),
+        ("b1", Probe(13)),
+    ]
+    m.on_effects(fx)
+    ok = {KEY: EntryResult(EntryStatus.OK, 5)}
+    clock.t += 0.004
+    m.on_reply("b1", Accepted(10, E, ok))
+    m.on_reply("b1", Accepted(10, E, ok))  # a duplicate is counted once
+    m.on_reply("b2", Accepted(99, E, ok))  # unknown id: ignored
+    clock.t += 0.3
+    m.on_reply("b3", Accepted(12, E, ok))
+    s = samples(m)
+    assert s[("tmr_replication_batch_ops_count", ())] == 2
+    assert s[("tmr_replication_batch_ops_sum", ())] == 4
+    assert s[("tmr_replication_round_seconds_count", (("kind", "accept"),))] == 1
+    assert s[("tmr_replication_round_seconds_bucket", (("kind", "accept"), ("le", "0.005")))] == 1
+    assert s[("tmr_replication_round_seconds_bucket", (("kind", "accept"), ("le", "0.0025")))] == 0
+    assert s[("tmr_replication_round_seconds_count", (("kind", "snapshot"),))] == 1
+    # b2's send was never answered: forgotten after a while, not leaked.
+    clock.t += 60
+    m.prune()
+    assert m._inflight == {}
+
+
+def test_snapshot_gauges() -> None:
+    st: dict[str, Any] = {
+        "server": "tmr-a",
+        "role": "active",
+        "epoch": [3, "tmr-a"],
+        "serial": "131-0000001",
+        "backends": [
+            {
+                "name": f"b{i}",
+                "up": i != 3,
+                "promised": "3/tmr-a",
+                "licenses": {"6000123:42": {"tmr_id": 8, "quantity": 20, "valid": True}},
+            }
+            for i in (1, 2, 3)
+        ],
+        "handles": 4,
+        "ops_committed": 11,
+        "licenses": [
+            {
+                "firm": 6000123,
+                "product": 42,
+                "tmr_id": 8,
+                "quantity": 20,
+                "in_use": 7,
+                "available": True,
+                "status": "1:#8 2:#8 3:-",
+                "expires": 2e9,
+                "features": {},
+            }
+        ],
+    }
+    clock = Clock()
+    snap = build_snapshot(st, now_wall=1.7e9, lease=30.0)
+    snap["published_at"] = clock.t - 2.0
+    m = ServerMetrics(lambda: snap, clock)
+    s = samples(m)
+    lic = (("firm", "6000123"), ("product", "42"))
+    assert s[("tmr_license_seats_in_use", lic)] == 7
+    assert s[("tmr_license_quantity", lic)] == 20
+    assert s[("tmr_license_quorum_margin", lic)] == 0
+    assert s[("tmr_license_holders", lic)] == 2
+    assert s[("tmr_license_expiry_timestamp_seconds", lic)] == 2e9
+    assert s[("tmr_quorum_margin", ())] == 0
+    assert s[("tmr_backends_up", ())] == 2
+    assert s[("tmr_backend_up", (("backend", "b3"),))] == 0
+    assert s[("tmr_role", (("role", "active"),))] == 1
+    assert s[("tmr_role", (("role", "fenced"),))] == 0
+    assert s[("tmr_epoch", ())] == 3
+    assert s[("tmr_handles", ())] == 4
+    assert s[("tmr_ops_committed_total", ())] == 11
+    assert s[("tmr_status_age_seconds", ())] == 2.0
+
+
+def test_no_snapshot_no_gauges() -> None:
+    m = ServerMetrics(lambda: None)
+    assert not any(name.startswith("tmr_role") for name, _ in samples(m))
