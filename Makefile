@@ -50,5 +50,7 @@ test: lint typecheck ## everything, as CI runs it (500 simulation seeds)
 	TMR_SIM_SEEDS=$(SIM_SEEDS) $(PY) -m pytest -q -p no:cacheprovider tests/unit tests/sim tests/integration
 	@echo "==> all test tiers passed"
 
+include bench/Makefile.inc
+
 clean: ## remove caches (keeps the virtualenv)
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis

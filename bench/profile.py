@@ -54,9 +54,9 @@ def start_record(pid: int, seconds: float, out: Path, rate: int = 250) -> subpro
 def _frame(text: str) -> str:
     """``func (path/to/file.py:12)`` -> ``func (file.py)``."""
     name, _, where = text.partition(" (")
-    where = _LINE.sub(")", "(" + where) if where else ""
-    short = where.rsplit("/", 1)[-1] if where else ""
-    return f"{name} ({short.rstrip(')')})" if short else name
+    where = _LINE.sub("", where.rstrip(")") + ")").rstrip(")")
+    short = where.rsplit("/", 1)[-1]
+    return f"{name} ({short})" if short else name
 
 
 def summarise(path: Path, top: int = 15) -> Json:
@@ -77,7 +77,9 @@ def summarise(path: Path, top: int = 15) -> Json:
             incl[f] += n
 
     def rows(counter: Counter[str]) -> list[list[object]]:
-        return [[round(100.0 * c / total, 1), f] for f, c in counter.most_common(top)]
+        # Leave out the frames every sample has (the process's entry point and main loop).
+        shares = [(100.0 * c / total, f) for f, c in counter.most_common()]
+        return [[round(p, 1), f] for p, f in shares if p < 97.0][:top]
 
     return (
         {"samples": total, "self": rows(own), "inclusive": rows(incl)}

@@ -31,6 +31,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -242,6 +243,7 @@ class Bench:
         self.args = args
         self.tmp = tmp
         self.duration = 2.0 if args.quick else float(args.duration)
+        self.reps = 1 if args.quick else int(args.reps)
         self.results: Json = {}
         self.servers: list[subprocess.Popen[str]] = []
         self.cluster: Cluster | None = None
@@ -374,19 +376,6 @@ class Bench:
                     proc.wait(timeout=5)
         self.servers.clear()
 
-    def levels(self, label: str, endpoints: list[str], **kw: Any) -> Json:
-        out: Json = {}
-        for clients in LEVELS:
-            result, extra = self.load(label, endpoints, clients, **kw)
-            out[str(clients)] = {**result.summary(), **extra}
-            s = out[str(clients)]
-            log(
-                f"{label:<8} {clients:>3} clients: {s['rate_per_s']:>8.1f} cycles/s  "
-                f"p50 {s['p50_ms']:.2f} ms  p99 {s['p99_ms']:.2f} ms"
-                + (f"  errors {s['errors']}" if s["errors"] else "")
-            )
-        return out
-
     # -- sections
 
     def run(self) -> Json:
@@ -394,17 +383,49 @@ class Bench:
         log(f"machine: {m['nproc']} cores, {m['cpu_model']}, load {m['loadavg_at_start']}")
         log("local cluster: 3 backends + 2 TMR servers on 127.0.0.1")
         self.cluster = Cluster(self.tmp / "cluster")
+        self.section_compare()
+        self.section_crypt()
+        self.section_growth()
+        self.section_failover()
+        self.section_backend_kill()
+        log("local cluster down")
+        self.cluster.down()
+        return self.results
+
+    def _cpu_pids(self, active: str) -> dict[str, int]:
+        assert self.cluster is not None
+        names = [active, "backend-1", "backend-2", "backend-3"]
+        return {n: self.cluster.pid(n) for n in names}
+
+    def _start_etcd(self) -> list[str] | None:
+        """The etcd members' client URLs, or None when etcd cannot be had."""
+        if self.args.skip_etcd:
+            log("baseline (c): skipped (--skip-etcd)")
+            return None
+        try:
+            binary = ensure_etcd()
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            log(f"baseline (c): etcd is not available ({exc}); not measured")
+            return None
+        self.etcd = EtcdCluster(self.tmp / "etcd", binary)
+        self.etcd.start()
+        return self.etcd.client_urls
+
+    def section_compare(self) -> None:
+        """TMR and the three baselines at 1, 10 and 100 clients, interleaved.
+
+        All four systems are up at once (idle ones cost next to nothing) and are measured in
+        turn, `reps` times per level with the order rotated, so that a change in the load of
+        the machine hits them alike; rates are medians, ratios the medians of the ratios of
+        adjacent runs.
+        """
+        assert self.cluster is not None
+        cl = self.cluster
         key_file = str(self.tmp / "cluster" / "keys" / "service.key")
-        port = _free_port()
-
-        log("baseline (a): CURVE echo server")
-        echo_ep = f"tcp://127.0.0.1:{port}"
-        self._server(["bench.echo", "--listen", echo_ep, "--key-file", key_file])
-        self.results["echo"] = self.levels("echo", [echo_ep], proto="echo")
-        self.stop_servers()
-
-        log("baseline (b): single-node license server (SQLite, no replication)")
+        echo_ep = f"tcp://127.0.0.1:{_free_port()}"
         single_ep = f"tcp://127.0.0.1:{_free_port()}"
+        log("baseline (a): CURVE echo server; baseline (b): single-node SQLite server")
+        self._server(["bench.echo", "--listen", echo_ep, "--key-file", key_file])
         self._server(
             [
                 "bench.single",
@@ -418,77 +439,91 @@ class Bench:
                 str(QUANTITY),
             ]
         )
-        self.results["single"] = self.levels("single", [single_ep])
-        self.stop_servers()
+        log("baseline (c): 3-member etcd cluster as a seat semaphore")
+        etcd_urls = self._start_etcd()
+        active = cl.active()
+        endpoints, first = cl.endpoints_from(active)
+        everyone = {"backend-1", "backend-2", "backend-3"}
+        wait_until("all backends up", lambda: cl.backends_up(active) == everyone, 30)
+        profiles: list[tuple[str, subprocess.Popen[bytes], Path]] = []
 
-        self.section_ours()
-        self.section_crypt()
-        self.section_growth()
-        self.section_failover()
-        self.section_backend_kill()
-        log("local cluster down")
-        self.cluster.down()
-        self.section_etcd()
-        return self.results
+        def start_profile(start_at: float) -> None:
+            if not self.args.profile or profiles:
+                return
+            time.sleep(max(0.0, start_at - time.monotonic()))
+            for name in (active, "backend-1"):
+                path = self.args.out.parent / f"profile-{name}.txt"
+                profiles.append(
+                    (name, profile.start_record(cl.pid(name), self.duration, path), path)
+                )
 
-    def _cpu_pids(self, active: str) -> dict[str, int]:
-        assert self.cluster is not None
-        names = [active, "backend-1", "backend-2", "backend-3"]
-        return {n: self.cluster.pid(n) for n in names}
-
-    def section_ours(self) -> None:
-        assert self.cluster is not None
-        active = self.cluster.active()
-        endpoints, first = self.cluster.endpoints_from(active)
-        log(f"TMR: checkout+release through the active server ({active})")
-        out: Json = {}
-        for clients in LEVELS:
-            prof: list[tuple[str, subprocess.Popen[bytes], Path]] = []
-
-            def start_profile(
-                start_at: float,
-                clients: int = clients,
-                prof: list[tuple[str, subprocess.Popen[bytes], Path]] = prof,
-            ) -> None:
-                if not (self.args.profile and clients == LEVELS[-1]):
-                    return
-                assert self.cluster is not None
-                time.sleep(max(0.0, start_at - time.monotonic()))
-                for name in (active, "backend-1"):
-                    path = self.args.out.parent / f"profile-{name}.txt"
-                    proc = profile.start_record(self.cluster.pid(name), self.duration, path)
-                    prof.append((name, proc, path))
-
-            result, extra = self.load(
+        def tmr(clients: int) -> tuple[LoadResult, Json]:
+            return self.load(
                 "tmr",
                 endpoints,
                 clients,
                 first=first,
                 cpu_pids=self._cpu_pids(active),
-                during=start_profile,
                 rounds_of="backend-2",
+                during=start_profile if clients == LEVELS[-1] else None,
             )
-            out[str(clients)] = {**result.summary(), **extra}
-            s = out[str(clients)]
-            log(
-                f"tmr      {clients:>3} clients: {s['rate_per_s']:>8.1f} cycles/s  "
-                f"p50 {s['p50_ms']:.2f} ms  p99 {s['p99_ms']:.2f} ms  "
-                f"server CPU {extra['cpu_us_per_cycle'].get(active)} us/cycle  "
-                f"{extra.get('rounds_per_s')} rounds/s"
-                + (f"  errors {s['errors']}" if s["errors"] else "")
+
+        def etcd(clients: int) -> tuple[LoadResult, Json]:
+            assert etcd_urls is not None and self.etcd is not None
+            pids = {f"etcd-{i}": p for i, p in enumerate(self.etcd.pids())}
+            return self.load(
+                "etcd",
+                etcd_urls,
+                clients,
+                module="bench.etcd",
+                extra={"quantity": QUANTITY},
+                cpu_pids=pids,
             )
-            if prof:
-                summaries: Json = {}
-                for name, proc, path in prof:
-                    try:
-                        proc.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait(timeout=5)
-                    summaries[name] = profile.summarise(path)
-                self.results["profile"] = summaries
-        out["server_rss_mib"] = round(rss_mib(self.cluster.pid(active)), 1)
-        self.results["tmr"] = out
+
+        systems: dict[str, Callable[[int], tuple[LoadResult, Json]]] = {
+            "tmr": tmr,
+            "echo": lambda n: self.load("echo", [echo_ep], n, proto="echo"),
+            "single": lambda n: self.load("single", [single_ep], n),
+        }
+        if etcd_urls is not None:
+            systems["etcd"] = etcd
+        names = list(systems)
+        runs: dict[str, dict[int, list[tuple[LoadResult, Json]]]] = {
+            n: {c: [] for c in LEVELS} for n in names
+        }
+        try:
+            for clients in LEVELS:
+                for rep in range(self.reps):
+                    shift = rep % len(names)
+                    for name in names[shift:] + names[:shift]:
+                        result, extra = systems[name](clients)
+                        runs[name][clients].append((result, extra))
+                        log(
+                            f"{name:<6} {clients:>3} clients: {result.rate:>8.1f} cycles/s  "
+                            f"p50 {result.p(50):6.2f} ms  p99 {result.p(99):6.2f} ms"
+                            + (f"  errors {result.errors}" if result.errors else "")
+                        )
+        finally:
+            self.stop_servers()
+            if self.etcd is not None:
+                self.etcd.stop()
+                self.etcd = None
+        for name in names:
+            out: Json = {}
+            for clients in LEVELS:
+                out[str(clients)] = _aggregate(runs[name][clients], runs["tmr"][clients])
+            self.results[name] = out
+        self.results["tmr"]["server_rss_mib"] = round(rss_mib(cl.pid(active)), 1)
+        if profiles:
+            summaries: Json = {}
+            for name, proc, path in profiles:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
+                summaries[name] = profile.summarise(path)
+            self.results["profile"] = summaries
 
     def section_crypt(self) -> None:
         assert self.cluster is not None
@@ -721,41 +756,6 @@ class Bench:
                 conn.close()
         return found
 
-    def section_etcd(self) -> None:
-        if self.args.skip_etcd:
-            log("baseline (c): skipped (--skip-etcd)")
-            return
-        try:
-            binary = ensure_etcd()
-        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            log(f"baseline (c): etcd is not available ({exc}); not measured")
-            return
-        log("baseline (c): 3-member etcd cluster as a seat semaphore")
-        self.etcd = EtcdCluster(self.tmp / "etcd", binary)
-        self.etcd.start()
-        try:
-            out: Json = {}
-            for clients in LEVELS:
-                result, extra = self.load(
-                    "etcd",
-                    self.etcd.client_urls,
-                    clients,
-                    module="bench.etcd",
-                    extra={"quantity": QUANTITY},
-                    cpu_pids={f"etcd-{i}": p for i, p in enumerate(self.etcd.pids())},
-                )
-                out[str(clients)] = {**result.summary(), **extra}
-                s = out[str(clients)]
-                log(
-                    f"etcd     {clients:>3} clients: {s['rate_per_s']:>8.1f} cycles/s  "
-                    f"p50 {s['p50_ms']:.2f} ms  p99 {s['p99_ms']:.2f} ms"
-                    + (f"  errors {s['errors']}" if s["errors"] else "")
-                )
-            self.results["etcd"] = out
-        finally:
-            self.etcd.stop()
-            self.etcd = None
-
     def cleanup(self) -> None:
         self.stop_servers()
         if self.etcd is not None:
@@ -765,6 +765,32 @@ class Bench:
                 self.cluster.down()
             except Exception as exc:  # best effort at the end
                 log(f"cluster down failed: {exc}")
+
+
+def _aggregate(runs: list[tuple[LoadResult, Json]], ours: list[tuple[LoadResult, Json]]) -> Json:
+    """Repeated runs of one system at one level: median rate, pooled latencies, and the
+    median of TMR's rate over this one's in the runs taken side by side."""
+    pooled = LoadResult(runs[0][0].clients, sum(r.duration for r, _ in runs))
+    for r, _ in runs:
+        pooled.cycles += r.cycles
+        pooled.latencies_ms.extend(r.latencies_ms)
+        for code, n in r.errors.items():
+            pooled.errors[code] = pooled.errors.get(code, 0) + n
+        pooled.retries += r.retries
+        pooled.lost += r.lost + len(r.not_released)
+        pooled.unfinished += r.unfinished
+    rates = [r.rate for r, _ in runs]
+    middle = sorted(range(len(runs)), key=lambda i: rates[i])[len(runs) // 2]
+    out: Json = {
+        **pooled.summary(),
+        **runs[middle][1],
+        "rate_per_s": round(statistics.median(rates), 1),
+        "rates": [round(x, 1) for x in rates],
+    }
+    ratios = [o.rate / r.rate for (o, _), (r, _) in zip(ours, runs, strict=False) if r.rate > 0]
+    if ratios:
+        out["tmr_ratio"] = round(statistics.median(ratios), 3)
+    return out
 
 
 def _collect(
@@ -815,11 +841,11 @@ def targets(r: Json) -> list[tuple[str, bool | None, str]]:
     one = tmr.get("1", {}).get("rate_per_s", math.nan)
     out.append((f"{top} clients >= 5x 1 client", ours >= 5 * one, f"{ours / one:.1f}x"))
     out.append((f">= 2,000 cycles/s at {top} clients", ours >= 2000, f"{ours:.0f}/s"))
-    single = r.get("single", {}).get(top, {}).get("rate_per_s", math.nan)
-    out.append((">= 0.5x baseline (b) single node", ours >= 0.5 * single, f"{ours / single:.2f}x"))
+    single = r.get("single", {}).get(top, {}).get("tmr_ratio", math.nan)
+    out.append((">= 0.5x baseline (b) single node", single >= 0.5, f"{single:.2f}x"))
     if "etcd" in r:
-        etcd = r["etcd"].get(top, {}).get("rate_per_s", math.nan)
-        out.append(("faster than baseline (c) etcd", ours > etcd, f"{ours / etcd:.2f}x"))
+        etcd = r["etcd"].get(top, {}).get("tmr_ratio", math.nan)
+        out.append(("faster than baseline (c) etcd", etcd > 1.0, f"{etcd:.2f}x"))
     else:
         out.append(("faster than baseline (c) etcd", None, "not measured"))
     fo = r.get("failover", {})
@@ -834,7 +860,7 @@ def targets(r: Json) -> list[tuple[str, bool | None, str]]:
     bk = r.get("backend_kill", {})
     out.append(
         (
-            "backend kill: no gap, no error",
+            "backend kill: no gap (< 250 ms), no error",
             bk.get("gap_s", math.inf) < 0.25 and not bk.get("errors"),
             f"{bk.get('gap_s', math.nan) * 1000:.0f} ms "
             f"(before the kill {bk.get('max_pause_before_kill_s', math.nan) * 1000:.0f} ms)",
@@ -861,7 +887,10 @@ def table(r: Json) -> str:
         f"(fsync {m['disk'].get('fsync_ms')} ms), load at start {' '.join(m['loadavg_at_start'])}"
     )
     add("")
-    add("checkout+release cycles (one sample = checkout + release, 2 round trips)")
+    add(
+        "checkout+release cycles (one sample = checkout + release, 2 round trips); cycles/s: "
+        "median of the repetitions; TMR/x: median ratio of side-by-side runs"
+    )
     add(f"{'system':<44} {'clients':>7} {'cycles/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'TMR/x':>7}")
     rows = [
         ("TMR (2 servers, 3 durable backends)", "tmr"),
@@ -875,8 +904,7 @@ def table(r: Json) -> str:
             continue
         for clients in LEVELS:
             s = r[key][str(clients)]
-            ours = r["tmr"][str(clients)]["rate_per_s"]
-            ratio = "" if key == "tmr" else f"{ours / s['rate_per_s']:.2f}x"
+            ratio = "" if key == "tmr" else f"{s.get('tmr_ratio', math.nan):.2f}x"
             add(
                 f"{label if clients == LEVELS[0] else '':<44} {clients:>7} "
                 f"{s['rate_per_s']:>9.1f} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} {ratio:>7}"
@@ -944,8 +972,9 @@ def _finite(value: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="TMR benchmark (issue 6, DESIGN.md section 10)")
-    ap.add_argument("--quick", action="store_true", help="2 s per measurement")
-    ap.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
+    ap.add_argument("--quick", action="store_true", help="2 s per measurement, 1 repetition")
+    ap.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of each comparison run")
     ap.add_argument("--skip-etcd", action="store_true", help="leave out baseline (c)")
     ap.add_argument("--profile", action="store_true", help="py-spy the server at 100 clients")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latest.json")

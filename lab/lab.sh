@@ -126,6 +126,10 @@ do_down() {
       info "absent"
     fi
   done
+  step "forget the lab's demo ISV and issued licenses ($REPO_DIR/build/$LAB_NAME)"
+  # the vendor tool's ledger only goes up (TMR IDs are never re-issued); new hosts, new chain
+  rm -rf "$REPO_DIR/build/$LAB_NAME/vendor" "$REPO_DIR/build/$LAB_NAME/licenses"
+  info "done"
   step "remove network $LAB_NAME"
   if podman network exists "$LAB_NAME"; then
     podman network rm "$LAB_NAME" >/dev/null || die "podman network rm $LAB_NAME failed" \

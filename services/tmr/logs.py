@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import sys
 import threading
+import time
 from typing import Any, TextIO
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -28,18 +29,28 @@ class _Logger:
         self.threshold = _RANK["info"]
         self.stream: TextIO | None = None  # None: sys.stderr at the time of the write
         self.lock = threading.Lock()
+        self.buffer: list[str] | None = None  # buffered mode: written by `flush()`
+        self.ts_second = -1
+        self.ts_prefix = ""
 
 
 _logger = _Logger()
 
 
-def configure(service: str, level: str = "info", stream: TextIO | None = None) -> None:
-    """Set the service name written in every record and the lowest level written."""
+def configure(
+    service: str, level: str = "info", stream: TextIO | None = None, *, buffered: bool = False
+) -> None:
+    """Set the service name written in every record and the lowest level written.
+
+    `buffered`: records are collected and written by `flush()` (a service loop calls it once
+    per turn, so a burst of events costs one write, not one per record)."""
     if level not in _RANK:
         raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
+    flush()
     _logger.service = service
     _logger.threshold = _RANK[level]
     _logger.stream = stream
+    _logger.buffer = [] if buffered else None
 
 
 def enabled(level: str) -> bool:
@@ -47,8 +58,12 @@ def enabled(level: str) -> bool:
 
 
 def _timestamp() -> str:
-    now = dt.datetime.now(dt.UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    now = time.time()
+    second = int(now)
+    if second != _logger.ts_second:
+        stamp = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _logger.ts_second, _logger.ts_prefix = second, stamp
+    return f"{_logger.ts_prefix}{int((now - second) * 1000):03d}Z"
 
 
 def format_record(event: str, level: str, fields: dict[str, Any]) -> str:
@@ -68,10 +83,27 @@ def log(event: str, *, level: str = "info", **fields: Any) -> None:
     if not enabled(level):
         return
     line = format_record(event, level if level in _RANK else "error", fields) + "\n"
-    stream = _logger.stream or sys.stderr
     with _logger.lock:
-        try:
-            stream.write(line)
-            stream.flush()
-        except (OSError, ValueError):
-            pass  # stderr closed or gone: logging must never take the service down
+        if _logger.buffer is not None:
+            _logger.buffer.append(line)
+            if len(_logger.buffer) < 1000:
+                return
+            line, _logger.buffer[:] = "".join(_logger.buffer), []
+        _write(line)
+
+
+def flush() -> None:
+    """Write the buffered records (buffered mode); harmless otherwise."""
+    with _logger.lock:
+        if _logger.buffer:
+            text, _logger.buffer[:] = "".join(_logger.buffer), []
+            _write(text)
+
+
+def _write(text: str) -> None:
+    stream = _logger.stream or sys.stderr
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):
+        pass  # stderr closed or gone: logging must never take the service down

@@ -164,11 +164,13 @@ class Simulation:
         fault_interval: float = 0.7,
         lq: int = 4,
         clients: int = 6,
+        slow_tail: bool = True,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.duration = duration
         self.fault_interval = fault_interval
+        self.slow_tail = slow_tail  # 1% of messages take 50-800 ms (reorders, times out)
         self.step_no = 0
         self.now = 0.0
         self.lq = lq  # the highest LQ any verified copy has granted so far
@@ -247,7 +249,7 @@ class Simulation:
         r = self.rng.random()
         if r < 0.9:
             return self.rng.uniform(0.0005, 0.005)
-        if r < 0.99:
+        if r < 0.99 or not self.slow_tail:
             return self.rng.uniform(0.005, 0.05)
         return self.rng.uniform(0.05, 0.8)  # a slow path: reorders and times out
 

@@ -39,7 +39,7 @@ def test_same_seed_same_history() -> None:
 
 
 def test_quiet_cluster_serves_and_never_exceeds_lq() -> None:
-    sim = Simulation(3, duration=20.0, clients=10)
+    sim = Simulation(3, duration=20.0, clients=10, slow_tail=False)
     stats = sim.run(faults=False)
     assert stats["checkouts"] > 20
     assert stats["crashes"] == 0 and "err_QUORUM_LOST" not in stats

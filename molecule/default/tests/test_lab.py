@@ -1,9 +1,9 @@
-"""Verify the converged lab: services, hardening, keys, the VIP, a checkout, the backends' isolation."""
+"""Verify the converged lab: services, hardening, keys, VIP, a checkout, backend isolation."""
 
 from __future__ import annotations
 
 import json
-import textwrap
+import time
 
 import pytest
 from conftest import (
@@ -35,19 +35,23 @@ SERVICES = {
 def test_service_enabled_and_active(name: str, unit: str) -> None:
     svc = host(name).service(unit)
     assert svc.is_enabled, f"{unit} not enabled on {name}"
-    assert svc.is_running or host(name).run(f"systemctl is-active {unit}").stdout.strip() == "active"
+    assert (
+        svc.is_running or host(name).run(f"systemctl is-active {unit}").stdout.strip() == "active"
+    )
 
 
 @pytest.mark.parametrize(
     ("name", "unit"),
-    [(h, "tmr-backend") for h in group("tmr_backends")] + [(h, "tmr-server") for h in group("tmr_servers")],
+    [(h, "tmr-backend") for h in group("tmr_backends")]
+    + [(h, "tmr-server") for h in group("tmr_servers")],
 )
 def test_unit_is_hardened_and_runs_as_tmr(name: str, unit: str) -> None:
     h = host(name)
     props = dict(
         line.split("=", 1)
         for line in h.check_output(
-            f"systemctl show {unit} -p User -p NoNewPrivileges -p ProtectSystem -p Restart -p MainPID"
+            f"systemctl show {unit} -p User -p NoNewPrivileges -p ProtectSystem"
+            " -p Restart -p MainPID"
         ).splitlines()
     )
     assert props["User"] == "tmr"
@@ -56,8 +60,11 @@ def test_unit_is_hardened_and_runs_as_tmr(name: str, unit: str) -> None:
     assert props["Restart"] == "on-failure"
     assert h.check_output(f"ps -o user= -p {props['MainPID']}").strip() == "tmr"
     # ProtectSystem=strict is really applied (the lab grants systemd what it needs for that)
-    mounts = h.check_output(f"cat /proc/{props['MainPID']}/mountinfo")
-    assert any(" /usr " in m and " ro," in m for m in mounts.splitlines()), "/usr not read-only for the service"
+    mounts = [
+        m.split() for m in h.check_output(f"cat /proc/{props['MainPID']}/mountinfo").splitlines()
+    ]
+    root_opts = next(m[5] for m in mounts if m[4] == "/")
+    assert root_opts.split(",")[0] == "ro", f"/ is {root_opts} for {unit}"
 
 
 @pytest.mark.parametrize("name", group("tmr_servers") + group("tmr_backends"))
@@ -75,17 +82,27 @@ def test_service_key_only_on_servers_and_identical() -> None:
         assert f.user == "tmr" and f.mode == 0o600
     for h in group("tmr_backends") + group("tmr_clients"):
         assert not host(h).file("/etc/tmr/service.key").exists, f"service secret key on {h}"
-    pubs = {h: host(h).file("/etc/tmr/service.key.pub").content_string.strip() for h in group("tmr_servers") + group("tmr_clients")}
+    pubs = {
+        h: host(h).file("/etc/tmr/service.key.pub").content_string.strip()
+        for h in group("tmr_servers") + group("tmr_clients")
+    }
     assert len(set(pubs.values())) == 1, pubs
 
 
 def test_node_keys_differ() -> None:
-    pubs = [host(h).file("/etc/tmr/node.key.pub").content_string.strip() for h in group("tmr_servers") + group("tmr_backends")]
+    pubs = [
+        host(h).file("/etc/tmr/node.key.pub").content_string.strip()
+        for h in group("tmr_servers") + group("tmr_backends")
+    ]
     assert len(set(pubs)) == len(pubs)
 
 
 def test_exactly_one_vip_holder_and_it_is_active() -> None:
-    holders = [h for h in group("tmr_servers") if host(h).run(f"ip -4 -o addr show to {vip()}").stdout.strip()]
+    holders = [
+        h
+        for h in group("tmr_servers")
+        if host(h).run(f"ip -4 -o addr show to {vip()}").stdout.strip()
+    ]
     assert len(holders) == 1, f"VIP {vip()} held by {holders}"
     roles = {h: server_status(h)["role"] for h in group("tmr_servers")}
     assert roles[holders[0]] == "active", roles
@@ -107,12 +124,23 @@ def test_keepalived_config_is_valid_and_unicast() -> None:
         cfg = host(h).file("/etc/keepalived/keepalived.conf").content_string
         assert "state BACKUP" in cfg and "version 3" in cfg and "unicast_peer" in cfg
         assert "enable_script_security" in cfg and "track_script" in cfg
-        assert host(h).run("/usr/local/sbin/keepalived-config-test /etc/keepalived/keepalived.conf").rc == 0
+        assert (
+            host(h).run("/usr/local/sbin/keepalived-config-test /etc/keepalived/keepalived.conf").rc
+            == 0
+        )
 
 
 def _client_cmd(*args: str) -> str:
     return " ".join(
-        [TMR, "client", "--endpoint", f"tcp://{vip()}:{CLIENT_PORT}", "--server-key", "/etc/tmr/service.key.pub", *args]
+        [
+            TMR,
+            "client",
+            "--endpoint",
+            f"tcp://{vip()}:{CLIENT_PORT}",
+            "--server-key",
+            "/etc/tmr/service.key.pub",
+            *args,
+        ]
     )
 
 
@@ -124,27 +152,48 @@ def test_virtual_container_through_the_vip(client) -> None:  # type: ignore[no-u
 
 
 def test_checkout_through_the_vip(client) -> None:  # type: ignore[no-untyped-def]
-    r = client.run(_client_cmd("checkout", "--firm", str(FIRM), "--product", str(PRODUCT), "--seats", "1", "--hold", "0"))
+    r = client.run(
+        _client_cmd(
+            "checkout",
+            "--firm",
+            str(FIRM),
+            "--product",
+            str(PRODUCT),
+            "--seats",
+            "1",
+            "--hold",
+            "0",
+        )
+    )
     assert r.rc == 0, r.stderr
     assert "checked out 1 seat" in r.stdout and "released" in r.stdout, r.stdout
 
 
+_TCP_PROBE = """
+import socket, sys
+s = socket.socket()
+s.settimeout(3)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    print("open")
+except ConnectionRefusedError:
+    print("refused")
+except OSError as e:
+    print("error", e)
+"""
+
+
+def _run_py(h, code: str, *args: str) -> str:  # type: ignore[no-untyped-def]
+    """Run a Python snippet on a lab host with the tmr virtualenv's interpreter."""
+    h.check_output("mkdir -p /tmp/tmr-verify")
+    h.run("cat > /tmp/tmr-verify/probe.py <<'PROBE_EOF'\n" + code + "\nPROBE_EOF")
+    return str(
+        h.check_output(" ".join([PY, "/tmp/tmr-verify/probe.py", *(f"'{a}'" for a in args)]))
+    ).strip()
+
+
 def _tcp_connect(h, ip: str, port: int) -> str:  # type: ignore[no-untyped-def]
-    code = textwrap.dedent(
-        f"""
-        import socket
-        s = socket.socket()
-        s.settimeout(3)
-        try:
-            s.connect(({ip!r}, {port}))
-            print("open")
-        except ConnectionRefusedError:
-            print("refused")
-        except OSError as e:
-            print("error", e)
-        """
-    )
-    return h.check_output(f"{PY} -c '{code}'")
+    return _run_py(h, _TCP_PROBE, ip, str(port))
 
 
 @pytest.mark.parametrize("backend", group("tmr_backends"))
@@ -185,18 +234,18 @@ while time.monotonic() < deadline and result == "timeout":
         ev = recv_monitor_message(mon)["event"]
         if ev == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             result = "succeeded"
-        elif ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+        elif ev in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
             result = "failed"
 print(result)
 """
 
 
 def _zmq_probe(server: str, backend: str, mode: str) -> str:
-    h = host(server)
     backend_pub = host(backend).file("/etc/tmr/node.key.pub").content_string.strip()
-    h.run("cat > /tmp/zmq_probe.py <<'EOF'\n" + _ZMQ_PROBE + "\nEOF")
-    out = h.check_output(f"{PY} /tmp/zmq_probe.py '{backend_pub}' tcp://{address(backend)}:{BACKEND_PORT} {mode}")
-    return out.strip()
+    return _run_py(
+        host(server), _ZMQ_PROBE, backend_pub, f"tcp://{address(backend)}:{BACKEND_PORT}", mode
+    )
 
 
 @pytest.mark.parametrize("backend", group("tmr_backends"))
@@ -204,3 +253,47 @@ def test_client_key_cannot_connect_to_a_backend(backend: str) -> None:
     server = group("tmr_servers")[0]
     assert _zmq_probe(server, backend, "random") in ("failed", "timeout")
     assert _zmq_probe(server, backend, "node") == "succeeded"
+
+
+def _vip_holder() -> str:
+    holders = [
+        h
+        for h in group("tmr_servers")
+        if host(h).run(f"ip -4 -o addr show to {vip()}").stdout.strip()
+    ]
+    assert len(holders) == 1, holders
+    return holders[0]
+
+
+def _wait(predicate, seconds: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+
+
+def test_switchover_keeps_a_held_seat(client) -> None:  # type: ignore[no-untyped-def]
+    """Last test (it moves the VIP): a client holds a seat across a planned switchover."""
+    client.check_output("mkdir -p /tmp/tmr-verify && rm -f /tmp/tmr-verify/hold.rc")
+    hold = _client_cmd("checkout", "--firm", str(FIRM), "--product", str(PRODUCT), "--hold", "15")
+    client.check_output(
+        f"nohup sh -c '{hold} > /tmp/tmr-verify/hold.out 2>&1; echo $? > /tmp/tmr-verify/hold.rc'"
+        " > /dev/null 2>&1 &"
+    )
+    _wait(
+        lambda: "checked out" in client.run("cat /tmp/tmr-verify/hold.out").stdout, 20, "checkout"
+    )
+    old = _vip_holder()
+    new = next(h for h in group("tmr_servers") if h != old)
+    host(old).check_output("systemctl stop keepalived")
+    _wait(lambda: _vip_holder() == new and server_status(new)["role"] == "active", 20, "new active")
+    host(old).check_output("systemctl start keepalived")
+    _wait(lambda: server_status(old)["role"] == "standby", 30, "old server standby")
+    _wait(lambda: client.file("/tmp/tmr-verify/hold.rc").exists, 40, "the client to finish")
+    rc = client.file("/tmp/tmr-verify/hold.rc").content_string.strip()
+    out = client.file("/tmp/tmr-verify/hold.out").content_string
+    assert rc == "0", out
+    assert "released" in out, out
+    assert _vip_holder() == new

@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tmr.cli.server_cmds",
     "tmr.cli.client_cmds",
     "tmr.cli.report_cmds",
+    "tmr.cli.workload_cmds",
 )
 
 Handler = Callable[[argparse.Namespace], int]

@@ -210,8 +210,9 @@ class Client:
         """
         self._check_open()
         req = CheckoutRequest(self._next_rid(), self._client_id, firm_code, product_code, seats)
+        sent = time.monotonic()
         result = self._call(req, CheckoutResult)
-        handle = Handle(self, result, on_lost)
+        handle = Handle(self, result, on_lost, request_id=req.rid, sent=sent)
         with self._hb_cond:
             if self._closing.is_set():
                 closed = True
@@ -348,13 +349,21 @@ class Handle:
             version the seats were counted against).
         lease: the lease in seconds, as last reported by the server.
         result: the full `CheckoutResult`.
+        request_id: the request id of the checkout (the server deduplicates retries by it).
     """
 
     def __init__(
-        self, client: Client, result: CheckoutResult, on_lost: LostCallback | None
+        self,
+        client: Client,
+        result: CheckoutResult,
+        on_lost: LostCallback | None,
+        *,
+        request_id: str = "",
+        sent: float | None = None,
     ) -> None:
         self._client = client
         self.result = result
+        self.request_id = request_id
         self.id = result.handle
         self.firm_code = result.firm
         self.product_code = result.product
@@ -368,6 +377,7 @@ class Handle:
         self._lost = False
         self._lost_event = threading.Event()
         self._last_renewal = time.monotonic()
+        self._last_renewal_sent = self._last_renewal if sent is None else sent
 
     # -- state
 
@@ -390,6 +400,14 @@ class Handle:
     def last_renewal(self) -> float:
         """`time.monotonic()` of the checkout or the last successful heartbeat."""
         return self._last_renewal
+
+    @property
+    def last_renewal_sent(self) -> float:
+        """`time.monotonic()` when the request behind `last_renewal` was first sent.
+
+        The server counts the lease from when it handled that request, so the seats are held
+        at least until ``last_renewal_sent + lease`` (unless released)."""
+        return self._last_renewal_sent
 
     def wait_lost(self, timeout: float | None = None) -> bool:
         """Block until the handle is lost or `timeout` passes; True if it was lost."""
@@ -440,13 +458,20 @@ class Handle:
             raise UnknownHandle(f"handle {self.id} is {'lost' if self._lost else 'released'}")
         client = self._client
         req = HeartbeatRequest(client._next_rid(), client.client_id, self.id)
+        sent = time.monotonic()
         try:
             result = client._call(req, HeartbeatResult)
         except UnknownHandle:
             self._mark_lost()
             raise
-        self._renewed(result.lease)
+        self._renewed(result.lease, sent)
         return result.lease
+
+    def abandon(self) -> None:
+        """Stop heartbeating without releasing, as a crashed client would: the server frees
+        the seats when the lease runs out. For test tools; `Client.close` then leaves the
+        handle alone."""
+        self._client._forget(self)
 
     def __enter__(self) -> Self:
         return self
@@ -478,9 +503,10 @@ class Handle:
     def _interval(self) -> float:
         return max(self.lease / 3.0, HEARTBEAT_MIN_INTERVAL)
 
-    def _renewed(self, lease: float) -> None:
+    def _renewed(self, lease: float, sent: float) -> None:
         self.lease = lease
         self._last_renewal = time.monotonic()
+        self._last_renewal_sent = sent
 
     def _mark_lost(self, *, from_heartbeat: bool = False) -> None:
         with self._state:
@@ -538,6 +564,7 @@ class Handle:
             return None
         client = self._client
         req = HeartbeatRequest(client._next_rid(), client.client_id, self.id)
+        sent = time.monotonic()
         try:
             result = client._call(req, HeartbeatResult, channel=client._hb_channel)
         except UnknownHandle:
@@ -552,5 +579,5 @@ class Handle:
         except ApiError as exc:
             log.warning("heartbeat of handle %s failed: %s (%s)", self.id, exc.code, exc)
             return time.monotonic() + min(self._interval(), HEARTBEAT_RETRY_MAX)
-        self._renewed(result.lease)
+        self._renewed(result.lease, sent)
         return time.monotonic() + self._interval()

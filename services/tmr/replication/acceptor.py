@@ -47,7 +47,6 @@ from tmr.replication.types import (
     ProductLog,
     Version,
     apply_ops,
-    seats_of,
 )
 
 CryptFn = Callable[[ProductKey, str, bytes], bytes]
@@ -186,7 +185,9 @@ class Acceptor:
     def _accept(self, req: Accept) -> Step:
         results: dict[ProductKey, EntryResult] = {}
         writes: list[ProductWrite] = []
-        # Work on copies: entries for the same product may follow each other in one message.
+        # Entries for the same product may follow each other in one message (pipelining):
+        # the second one is checked against a copy with the first applied. The state itself
+        # changes only in `committed`.
         work: dict[ProductKey, ProductLog] = {}
         blocked: set[ProductKey] = set()
         for entry in req.entries:
@@ -195,11 +196,10 @@ class Acceptor:
                 continue
             log = work.get(key)
             if log is None:
-                log = self.state.products.get(key, ProductLog()).copy()
+                log = self.state.products.get(key) or ProductLog()
             have = log.version
             if have.epoch == req.epoch and entry.seq <= have.seq:
                 results[key] = EntryResult(EntryStatus.OK, have.seq)  # duplicate
-                work[key] = log
                 continue
             if have.epoch != req.epoch or entry.seq != have.seq + 1:
                 results[key] = EntryResult(EntryStatus.NEED_SNAPSHOT, have.seq)
@@ -210,10 +210,13 @@ class Acceptor:
                 results[key] = EntryResult(EntryStatus.REFUSED, have.seq, refusal)
                 blocked.add(key)
                 continue
-            apply_ops(log.handles, entry.ops)
-            log.version = Version(req.epoch, entry.seq)
-            work[key] = log
-            writes.append(ProductWrite(key, log.version, ops=entry.ops))
+            version = Version(req.epoch, entry.seq)
+            if any(e.key == key and e.seq > entry.seq for e in req.entries):
+                log = log.copy() if key not in work else log
+                apply_ops(log.handles, entry.ops)
+                log.version = version
+                work[key] = log
+            writes.append(ProductWrite(key, version, ops=entry.ops))
             results[key] = EntryResult(EntryStatus.OK, entry.seq)
         promised = self._promise_write(req.epoch)
         write = Write(promised=promised, products=tuple(writes))
@@ -222,22 +225,28 @@ class Acceptor:
 
     def _check_ops(self, key: ProductKey, log: ProductLog, ops: tuple[Op, ...]) -> str:
         lic = self.licenses[key]
-        handles = dict(log.handles)
+        added: dict[str, int] = {}  # handles this entry grants, with their seats
+        gone: set[str] = set()  # handles of the table this entry releases
+        count = log.seats()
         for op in ops:
             if isinstance(op, Grant):
                 rec = op.record
                 if rec.key != key or rec.seats < 1:
                     return f"malformed grant {rec.handle} for product {key}"
-                if rec.handle in handles:
+                if rec.handle in added or (rec.handle in log.handles and rec.handle not in gone):
                     continue
-                handles[rec.handle] = rec
-                if seats_of(handles) > lic.quantity:
+                added[rec.handle] = rec.seats
+                count += rec.seats
+                if count > lic.quantity:
                     return (
-                        f"grant {rec.handle} would take {seats_of(handles)} seats, "
+                        f"grant {rec.handle} would take {count} seats, "
                         f"above this copy's LQ {lic.quantity}"
                     )
-            else:
-                handles.pop(op.handle, None)
+            elif op.handle in added:
+                count -= added.pop(op.handle)
+            elif op.handle in log.handles and op.handle not in gone:
+                gone.add(op.handle)
+                count -= log.handles[op.handle].seats
         return ""
 
     def _snapshot(self, req: Snapshot) -> Step:

@@ -62,6 +62,8 @@ from tmr.replication.types import (
 
 QUORUM = 2
 MAX_ENTRY_OPS = 4096  # cap of ops in one log entry (keeps messages well under frame limits)
+PIPELINE = 4  # uncommitted log entries per product, and ACCEPTs in flight per backend
+EXPIRY_SCAN = 0.25  # seconds between lease scans (expiry may be this late, never early)
 RECENT_RELEASED = 100_000  # (client id, request id) of released handles remembered per term
 
 
@@ -117,7 +119,6 @@ class _Outstanding:
     kind: str  # probe | prepare | repl | crypt
     sent_at: float
     crypt: _CryptJob | None = None
-    upto: dict[ProductKey, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -145,7 +146,8 @@ class _Backend:
     outstanding: dict[int, _Outstanding] = field(default_factory=dict)
     probe_mid: int | None = None
     last_probe: float = float("-inf")
-    repl_mid: int | None = None
+    inflight: dict[int, str] = field(default_factory=dict)  # ACCEPT/SNAPSHOT mids in flight
+    sent: dict[ProductKey, int] = field(default_factory=dict)  # highest seq sent (pipelined)
     acked: dict[ProductKey, int] = field(default_factory=dict)
     refused_until: dict[ProductKey, float] = field(default_factory=dict)
     refusal: dict[ProductKey, str] = field(default_factory=dict)
@@ -178,9 +180,20 @@ class _Product:
     grant_seq: dict[str, int] = field(default_factory=dict)
     releasing: dict[str, int] = field(default_factory=dict)  # handle -> seq of its release
     pending_released: dict[str, HandleRecord] = field(default_factory=dict)
+    used: int = 0  # seats of `handles`, kept as handles come and go
 
     def seats(self) -> int:
-        return sum(r.seats for r in self.handles.values())
+        return self.used
+
+    def add(self, rec: HandleRecord) -> None:
+        if rec.handle not in self.handles:
+            self.used += rec.seats
+        self.handles[rec.handle] = rec
+
+    def pop(self, handle: str) -> HandleRecord:
+        rec = self.handles.pop(handle)
+        self.used -= rec.seats
+        return rec
 
     def handles_at_seq(self) -> list[HandleRecord]:
         """The handle table as of entry `seq`, without the ops still pending."""
@@ -204,6 +217,8 @@ class Leader:
         self._wall = wall_clock or (lambda: 0.0)
         self._mids = itertools.count(1)
         self._handle_ids = itertools.count(1)
+        self._eff_cache: dict[ProductKey, Effective] = {}  # cleared when a backend changes
+        self._next_scan = 0.0
         self._rr = itertools.count()
         self.backends = [_Backend(name, i) for i, name in enumerate(config.backends)]
         self._by_name = {b.name: b for b in self.backends}
@@ -250,7 +265,8 @@ class Leader:
                 self._probe(b, now, fx)
         if self.role == Role.TAKEOVER and self._phase == "probe":
             self._maybe_prepare(now, fx)
-        if self.role == Role.ACTIVE:
+        if self.role == Role.ACTIVE and now >= self._next_scan:
+            self._next_scan = now + EXPIRY_SCAN
             self._expire(now, fx)
         self._pump(now, fx)
         return fx
@@ -281,8 +297,9 @@ class Leader:
         elif isinstance(msg, PeerError):
             fx.events.append({"event": "backend_error", "backend": b.name, "message": msg.message})
             if out.kind == "repl":
-                b.repl_mid = None
+                b.inflight.pop(msg.mid, None)
                 b.acked.clear()
+                b.sent.clear()
         self._pump(now, fx)
         return fx
 
@@ -330,7 +347,7 @@ class Leader:
         handle = f"h{self.epoch.counter}-{self.cfg.server_id}-{next(self._handle_ids)}"
         rec = HandleRecord(handle, firm, product, seats, client_id, rid, self._wall())
         seq = self._propose(p, Grant(rec))
-        p.handles[handle] = rec
+        p.add(rec)
         p.grant_seq[handle] = seq
         self._handle_key[handle] = key
         self._by_request[(client_id, rid)] = handle
@@ -533,7 +550,8 @@ class Leader:
             b.promise = None
             b.prepare_sent = False
             b.snapshot_acked = False
-            b.repl_mid = None
+            b.inflight.clear()
+            b.sent.clear()
             for mid, out in list(b.outstanding.items()):
                 if out.kind != "probe":
                     del b.outstanding[mid]
@@ -550,6 +568,7 @@ class Leader:
 
     def _mark_up(self, b: _Backend, fx: Effects) -> None:
         if not b.up:
+            self._eff_cache.clear()
             b.up = True
             fx.events.append({"event": "backend_up", "backend": b.name})
 
@@ -557,8 +576,10 @@ class Leader:
         # Its acks stay durable facts, but it no longer counts for commits or log trimming
         # until it answers again; then it resumes from its log or gets a snapshot.
         b.acked.clear()
+        b.sent.clear()
         b.confirmed_at = float("-inf")
         if b.up:
+            self._eff_cache.clear()
             b.up = False
             fx.events.append({"event": "backend_down", "backend": b.name, "reason": why})
 
@@ -567,7 +588,7 @@ class Leader:
         if out.kind == "probe":
             b.probe_mid = None
         if out.kind == "repl":
-            b.repl_mid = None
+            b.inflight.pop(mid, None)
         if out.kind == "prepare":
             b.prepare_sent = False
         if out.kind == "crypt" and out.crypt is not None:
@@ -619,6 +640,12 @@ class Leader:
     # ---------------------------------------------------------------- licenses
 
     def _effective(self, key: ProductKey) -> Effective:
+        eff = self._eff_cache.get(key)
+        if eff is None:
+            eff = self._eff_cache[key] = self._compute_effective(key)
+        return eff
+
+    def _compute_effective(self, key: ProductKey) -> Effective:
         holdings: list[Holding | None] = []
         for b in self.backends:
             lic = b.licenses.get(key)
@@ -692,7 +719,7 @@ class Leader:
         return p.seq + 1
 
     def _remove_handle(self, p: _Product, handle: str, reason: ReleaseReason, fx: Effects) -> int:
-        rec = p.handles.pop(handle)
+        rec = p.pop(handle)
         p.pending_released[handle] = rec
         seq = self._propose(p, Release(handle, reason, self._wall()))
         p.releasing[handle] = seq
@@ -719,8 +746,8 @@ class Leader:
             p.waiters.append(_Waiter(seq, reply))
 
     def _flush(self, p: _Product) -> None:
-        """Turn pending ops into the next log entry once the previous one is committed."""
-        if not p.pending or p.committed < p.seq:
+        """Turn pending ops into the next log entry (at most PIPELINE entries uncommitted)."""
+        if not p.pending or p.committed < 0 or p.seq - p.committed >= PIPELINE:
             return
         ops, p.pending = tuple(p.pending[:MAX_ENTRY_OPS]), p.pending[MAX_ENTRY_OPS:]
         for op in ops:
@@ -759,47 +786,46 @@ class Leader:
         for p in self._products.values():
             self._flush(p)
         for b in self.backends:
-            if not b.up or b.repl_mid is not None:
+            if not b.up or "snapshot" in b.inflight.values():
                 continue
             if self.role == Role.TAKEOVER and b.promise is None:
                 continue
             if not self._may_seed(b):
                 continue
-            snap: list[SnapshotEntry] = []
-            entries: list[AcceptEntry] = []
-            upto: dict[ProductKey, int] = {}
-            for p in self._products.values():
-                if not b.holds(p.key):
-                    continue
-                if now < b.refused_until.get(p.key, float("-inf")):
-                    continue
-                acked = b.acked.get(p.key)
-                if acked is None or (acked < p.seq and (acked + 1) not in p.log):
-                    snap.append(SnapshotEntry(p.key, p.seq, tuple(p.handles_at_seq())))
-                    upto[p.key] = p.seq
-                elif acked < p.seq:
-                    for s in range(acked + 1, p.seq + 1):
-                        entries.append(AcceptEntry(p.key, s, p.log[s]))
-                    upto[p.key] = p.seq
-            first_snapshot = self.role == Role.TAKEOVER and not b.snapshot_acked
-            if snap or first_snapshot:
-                mid = next(self._mids)
-                b.repl_mid = mid
-                self._send(
-                    b,
-                    Snapshot(mid, self.epoch, tuple(snap)),
-                    _Outstanding("repl", now, upto=upto),
-                    fx,
-                )
-            elif entries:
-                mid = next(self._mids)
-                b.repl_mid = mid
-                self._send(
-                    b,
-                    Accept(mid, self.epoch, tuple(entries)),
-                    _Outstanding("repl", now, upto=upto),
-                    fx,
-                )
+            self._pump_backend(b, now, fx)
+
+    def _pump_backend(self, b: _Backend, now: float, fx: Effects) -> None:
+        """Send one backend what it lacks: a snapshot, or the next entries (pipelined)."""
+        assert self.epoch is not None
+        snap: list[SnapshotEntry] = []
+        entries: list[AcceptEntry] = []
+        sent: dict[ProductKey, int] = {}
+        for p in self._products.values():
+            if not b.holds(p.key) or now < b.refused_until.get(p.key, float("-inf")):
+                continue
+            acked = b.acked.get(p.key)
+            if acked is None or (acked < p.seq and (acked + 1) not in p.log):
+                snap.append(SnapshotEntry(p.key, p.seq, tuple(p.handles_at_seq())))
+                sent[p.key] = p.seq
+                continue
+            start = max(acked, b.sent.get(p.key, acked)) + 1
+            entries.extend(AcceptEntry(p.key, seq, p.log[seq]) for seq in range(start, p.seq + 1))
+            if start <= p.seq:
+                sent[p.key] = p.seq
+        first_snapshot = self.role == Role.TAKEOVER and not b.snapshot_acked
+        msg: Snapshot | Accept
+        if snap or first_snapshot:
+            if b.inflight:
+                return  # a snapshot waits until the pipelined ACCEPTs are answered
+            kind, msg = "snapshot", Snapshot(next(self._mids), self.epoch, tuple(snap))
+            sent = {e.key: e.seq for e in snap}
+        elif entries and len(b.inflight) < PIPELINE:
+            kind, msg = "accept", Accept(next(self._mids), self.epoch, tuple(entries))
+        else:
+            return
+        b.inflight[msg.mid] = kind
+        b.sent.update(sent)
+        self._send(b, msg, _Outstanding("repl", now), fx)
 
     # ---------------------------------------------------------------- replies
 
@@ -819,7 +845,7 @@ class Leader:
             elif not b.prepare_sent and self.epoch is not None:
                 self._send_prepare(b, now, fx)
             return
-        if self.role == Role.ACTIVE and b.repl_mid is None and self.epoch is not None:
+        if self.role == Role.ACTIVE and not b.inflight and self.epoch is not None:
             # Reconcile a backend that was away: resume where its durable log is, or snapshot.
             for key, p in self._products.items():
                 v = msg.versions.get(key)
@@ -832,6 +858,7 @@ class Leader:
                     b.acked[key] = max(b.acked.get(key, -1), v.seq)
                 else:
                     b.acked.pop(key, None)
+                b.sent.pop(key, None)
             if not b.prepare_sent:
                 b.prepare_sent = True  # it joins through snapshots, which raise its promise
             for p in self._products.values():
@@ -844,6 +871,7 @@ class Leader:
     ) -> None:
         if licenses == b.licenses:
             return
+        self._eff_cache.clear()
         for key in set(licenses) | set(b.licenses):
             old, new = b.licenses.get(key), licenses.get(key)
             if old != new:
@@ -933,7 +961,7 @@ class Leader:
         for key in keys:
             p = self._product(key)
             for rec in best.get(key, (None, ()))[1]:
-                p.handles[rec.handle] = rec
+                p.add(rec)
                 p.grant_seq[rec.handle] = 0
                 self._handle_key[rec.handle] = key
                 self._by_request[(rec.client_id, rec.request_id)] = rec.handle
@@ -956,7 +984,7 @@ class Leader:
     ) -> None:
         if out.kind != "repl" or msg.epoch != self.epoch:
             return
-        b.repl_mid = None
+        b.inflight.pop(msg.mid, None)
         b.confirmed_at = max(b.confirmed_at, out.sent_at)
         self._set_caught_up(b, True, now)
         for key, res in msg.results.items():
@@ -965,6 +993,7 @@ class Leader:
                 b.refusal.pop(key, None)
             else:
                 b.acked.pop(key, None)
+                b.sent.pop(key, None)
                 if res.status == EntryStatus.REFUSED:
                     b.refused_until[key] = now + self.cfg.refuse_retry
                     if b.refusal.get(key) != res.reason:

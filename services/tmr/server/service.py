@@ -24,6 +24,7 @@ from tmr.ctl import CtlError, bind_ctl, decode_ctl, encode_ctl
 from tmr.errors import ErrorCode, TmrError
 from tmr.keys import load_keypair
 from tmr.logs import configure, log
+from tmr.logs import flush as flush_logs
 from tmr.protocol import peer_api
 from tmr.protocol.client_api import (
     CheckoutRequest,
@@ -86,7 +87,7 @@ class CounterFile:
 class ServerService:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
-        configure(f"tmr-server[{cfg.name}]", cfg.log_level)
+        configure(f"tmr-server[{cfg.name}]", cfg.log_level, buffered=True)
         self.service_keys = load_keypair(cfg.service_key_file)
         self.node_keys = load_keypair(cfg.node_key_file)
         self.counter = CounterFile(cfg.state_dir)
@@ -271,7 +272,10 @@ class ServerService:
 
     def status(self, now: float) -> dict[str, Any]:
         st = self.leader.status()
-        st["active_hint"] = None
+        # The server whose epoch the reachable backends promised last is the likely leader.
+        promised = [b.promised for b in self.leader.backends if b.up]
+        top = max(promised, default=None)
+        st["active_hint"] = top.server if top is not None and top.server else None
         st["uptime"] = round(now - self.started, 1)
         return st
 
@@ -344,8 +348,10 @@ class ServerService:
                         self._send_payload(token, payload)
                 if self.web.publish_due(now):
                     self._publish_web(now)
+                flush_logs()
         finally:
             log("stop", server=self.cfg.name, role=self.leader.role.value)
+            flush_logs()
             self._close()
         return 0
 

@@ -90,6 +90,7 @@ class ServerMetrics:
             registry=r,
         )
         self._inflight: dict[tuple[str, int], tuple[float, str]] = {}
+        self._children: dict[tuple[str, str], Any] = {}
         r.register(SnapshotCollector(snapshot, clock))
 
     # ---------------------------------------------------------------- poll-loop hooks
@@ -98,8 +99,7 @@ class ServerMetrics:
         for ev in fx.events:
             name = _EVENT_COUNTERS.get(str(ev.get("event")))
             if name is not None:
-                counter: Counter = getattr(self, name)
-                counter.labels(*_license_labels(ev.get("license"))).inc()
+                self._child(name, str(ev.get("license"))).inc()
         for reply in fx.replies:
             if reply.error is not None:
                 self.errors.labels(reply.error.value).inc()
@@ -111,6 +111,15 @@ class ServerMetrics:
                     self._inflight[(backend, msg.mid)] = (now, "accept")
                 elif isinstance(msg, Snapshot):
                     self._inflight[(backend, msg.mid)] = (now, "snapshot")
+
+    def _child(self, name: str, license_text: str) -> Any:
+        """The labelled counter child, cached: `labels()` is costly on the hot path."""
+        key = (name, license_text)
+        child = self._children.get(key)
+        if child is None:
+            counter: Counter = getattr(self, name)
+            child = self._children[key] = counter.labels(*_license_labels(license_text))
+        return child
 
     def on_reply(self, backend: str, msg: PeerReply) -> None:
         sent = self._inflight.pop((backend, msg.mid), None)
