@@ -16,7 +16,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
         lab lab-down bench clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | sort
 
 $(STAMP): pyproject.toml
 	@echo "==> creating virtualenv $(VENV)"

@@ -369,12 +369,6 @@ class Leader:
         fx = Effects()
         if self.role != Role.ACTIVE:
             return self._not_active(fx, token, rid)
-        rec = self._find(handle, client_id)
-        if rec is None or handle in self._products[rec.key].releasing:
-            fx.replies.append(
-                ClientReply(token, rid, error=ErrorCode.UNKNOWN_HANDLE, message="no such handle")
-            )
-            return fx
         if not self._leadership_confirmed(now):
             # Heartbeats are not replicated: only extend a lease while a majority of backends
             # has answered in our epoch recently, so a deposed leader cannot extend leases
@@ -388,6 +382,9 @@ class Leader:
                 )
             )
             return fx
+        rec = self._find(handle, client_id)
+        if rec is None or handle in self._products[rec.key].releasing:
+            return self._unknown_handle(fx, token, rid, handle)
         self._leases[handle] = now + self.cfg.lease
         fx.replies.append(ClientReply(token, rid, {"lease": self.cfg.lease}))
         return fx
@@ -398,6 +395,8 @@ class Leader:
             return self._not_active(fx, token, rid)
         key = self._handle_key.get(handle)
         if key is None:
+            if self._from_newer_leader(handle):
+                return self._unknown_handle(fx, token, rid, handle)
             # Unknown or already released: release is idempotent.
             fx.replies.append(ClientReply(token, rid, {"released": False}))
             return fx
@@ -411,10 +410,7 @@ class Leader:
                 self._reply_when(p, seq, ClientReply(token, rid, {"released": True}), fx)
             return fx
         if rec.client_id != client_id:
-            fx.replies.append(
-                ClientReply(token, rid, error=ErrorCode.UNKNOWN_HANDLE, message="no such handle")
-            )
-            return fx
+            return self._unknown_handle(fx, token, rid, handle)
         seq = self._remove_handle(p, handle, ReleaseReason.RELEASE, fx)
         self._reply_when(p, seq, ClientReply(token, rid, {"released": True}), fx)
         self._pump(now, fx)
@@ -435,15 +431,40 @@ class Leader:
             return self._not_active(fx, token, rid)
         rec = self._find(handle, client_id)
         if rec is None:
-            fx.replies.append(
-                ClientReply(token, rid, error=ErrorCode.UNKNOWN_HANDLE, message="no such handle")
-            )
-            return fx
+            return self._unknown_handle(fx, token, rid, handle)
         p = self._products[rec.key]
         job = _CryptJob(
             token, rid, rec.key, handle, client_id, operation, data, p.grant_seq.get(handle, 0)
         )
         self._crypt_dispatch(job, now, fx)
+        return fx
+
+    def _from_newer_leader(self, handle: str) -> bool:
+        """Handle ids carry the epoch that granted them: `h<counter>-<server>-<n>`."""
+        if self.epoch is None or not handle.startswith("h"):
+            return False
+        counter, _, rest = handle[1:].partition("-")
+        server, _, _n = rest.rpartition("-")
+        if not counter.isdigit() or not server:
+            return False
+        return Epoch(int(counter), server) > self.epoch
+
+    def _unknown_handle(self, fx: Effects, token: Any, rid: str, handle: str) -> Effects:
+        if self._from_newer_leader(handle):
+            # A newer leader granted it: this server is deposed and does not know yet.
+            # Never make a client drop a handle it holds: send it to the other endpoint.
+            fx.replies.append(
+                ClientReply(
+                    token,
+                    rid,
+                    error=ErrorCode.NOT_ACTIVE,
+                    message="a newer TMR server leads; retry on the other endpoint",
+                )
+            )
+        else:
+            fx.replies.append(
+                ClientReply(token, rid, error=ErrorCode.UNKNOWN_HANDLE, message="no such handle")
+            )
         return fx
 
     def _leadership_confirmed(self, now: float) -> bool:

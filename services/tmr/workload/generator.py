@@ -315,7 +315,7 @@ class _Worker:
                 self.release(held)
         except BaseException:
             # Never let Client.close() give the seats back unrecorded.
-            if held.handle.held and not held.handle.released:
+            if held.handle.held:
                 self.abandon(held)
             raise
 

@@ -174,27 +174,35 @@ class HistoryWriter:
         except OSError as exc:
             raise HistoryError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         self._lock = threading.Lock()
+        self._ended = False
         self.ops = 0
+        self.dropped = 0  # ops of stuck clients that finished after the 'end' record
 
-    def _write(self, doc: dict[str, Any]) -> None:
+    def _write(self, doc: dict[str, Any], *, op: bool = False) -> None:
         line = json.dumps(doc, separators=(",", ":"), allow_nan=False) + "\n"
         with self._lock:
+            if self._ended:
+                self.dropped += 1
+                return
             self._fh.write(line)
             self._fh.flush()
+            self.ops += op
 
     def header(self, header: RunHeader) -> None:
         self._write(header.to_json())
 
     def op(self, record: OpRecord) -> None:
-        self._write(record.to_json())
-        with self._lock:
-            self.ops += 1
+        self._write(record.to_json(), op=True)
 
     def end(self, record: EndRecord) -> None:
+        """Write the last record; later ops are dropped (counted in `dropped`)."""
         self._write(record.to_json())
+        with self._lock:
+            self._ended = True
 
     def close(self) -> None:
         with self._lock:
+            self._ended = True
             self._fh.close()
 
     def __enter__(self) -> HistoryWriter:

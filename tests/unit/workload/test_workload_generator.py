@@ -13,7 +13,8 @@ import pytest
 from fake_tmr_server import DROP, FakeServer
 
 from tmr.cli.main import main
-from tmr.client import NodeKeys
+from tmr.client import Client, NodeKeys
+from tmr.local.cluster import wait_for
 from tmr.protocol.client_api import CheckoutRequest, Request
 from tmr.workload.checker import CheckOptions, check
 from tmr.workload.generator import RunResult, WorkloadConfig, run_workload
@@ -178,3 +179,30 @@ def test_run_cli(
     assert "--clients" in capsys.readouterr().err
     assert main(["workload", "handles", "--socket", str(tmp_path / "none.sock")]) == 1
     assert "no active TMR server" in capsys.readouterr().err
+
+
+def test_sdk_hooks_the_generator_relies_on(
+    fake_server: MakeServer, wl_service_keys: NodeKeys
+) -> None:
+    """Handle.request_id, .last_renewal_sent (first send of the last renewal) and .abandon()."""
+    server = fake_server(lease=0.3)  # background heartbeats every 0.1 s
+    client = Client([server.endpoint], wl_service_keys.public, timeout=2.0)
+    try:
+        before = time.monotonic()
+        handle = client.checkout(6000123, 42)
+        after = time.monotonic()
+        assert handle.request_id == server.seen("checkout")[-1].rid
+        assert before <= handle.last_renewal_sent <= handle.last_renewal <= after
+        wait_for("a background heartbeat", lambda: handle.last_renewal_sent > after, 5)
+        assert handle.last_renewal_sent <= handle.last_renewal
+        handle.abandon()
+        beats = server.handles[handle.id].heartbeats
+        # No more heartbeats after abandon (one may have been in flight).
+        time_limit = time.monotonic() + 0.5
+        while time.monotonic() < time_limit:
+            assert server.handles[handle.id].heartbeats <= beats + 1
+            time.sleep(0.05)
+    finally:
+        client.close()
+    assert handle.id in server.handles  # close() did not release an abandoned handle
+    assert handle.held and not handle.released
