@@ -3,6 +3,7 @@
 # Cached: the image is tagged with a hash of its inputs (this script, image-packages.txt,
 # LAB_SUITE); when that tag exists nothing is done. FORCE=1 rebuilds.
 LAB_SCRIPT=lab-image
+# shellcheck source=lab/lib.sh source-path=SCRIPTDIR
 . "$(dirname "$0")/lib.sh"
 
 ref="$(image_ref)"

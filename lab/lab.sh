@@ -10,6 +10,7 @@
 #   lab/lab.sh ssh HOST [CMD]  shell on a lab host (as Ansible reaches it)
 # Settings: lab/lab.env (LAB_NAME, LAB_PREFIX, LAB_SUBNET, ...), all overridable by environment.
 LAB_SCRIPT=lab
+# shellcheck source=lab/lib.sh source-path=SCRIPTDIR
 . "$(dirname "$0")/lib.sh"
 
 # NET_ADMIN, NET_RAW, NET_BROADCAST for keepalived (VIP, VRRP); SYS_ADMIN so that systemd really
@@ -52,7 +53,9 @@ do_hosts() {
   require_root; require_cmd podman ssh-keygen
   do_sshkey
   local img; img="$(image_ref)"
-  podman image exists "$img" || die "image $img not built" "run: lab/lab.sh image"
+  step "image $img"
+  podman image exists "$img" || die "image $img not built" "run: lab/lab.sh image (or make lab-image)"
+  info "present"
   local h c ip state
   for h in $(lab_hostnames); do
     c="$(container_name "$h")"; ip="$(host_ip "$h")"

@@ -2,8 +2,9 @@
 # Shared helpers of the lab scripts. Source it; it sets -euo pipefail.
 set -euo pipefail
 LAB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck disable=SC2034  # used by the scripts that source this file
 REPO_DIR="$(cd "$LAB_DIR/.." && pwd)"
-# shellcheck source=lab/lab.env
+# shellcheck source=lab/lab.env source-path=SCRIPTDIR
 . "$LAB_DIR/lab.env"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$LAB_DIR/containers.conf}"
 LAB_BUILD="${LAB_BUILD:-$LAB_DIR/build}"

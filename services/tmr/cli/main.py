@@ -63,9 +63,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options whose value may be a Z85 key: such a key can begin with "-", which argparse would
+# take for an option. `--server-key KEY` is rewritten to `--server-key=KEY` before parsing.
+KEY_OPTIONS = frozenset({"--server-key"})
+
+
+def _join_key_values(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg in KEY_OPTIONS:
+            value = next(it, None)
+            out.append(arg if value is None else f"{arg}={value}")
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_key_values(sys.argv[1:] if argv is None else argv))
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
