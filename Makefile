@@ -46,11 +46,13 @@ test-integration: venv ## real processes on loopback (local cluster)
 test-fast: lint typecheck ## everything that needs no containers (100 simulation seeds)
 	TMR_SIM_SEEDS=100 $(PY) -m pytest -q tests/unit tests/sim tests/integration
 
-test: lint typecheck ## everything, as CI runs it (500 simulation seeds)
+test: lint typecheck lint-ansible ## everything, as CI runs it: 500 simulation seeds, then molecule
 	TMR_SIM_SEEDS=$(SIM_SEEDS) $(PY) -m pytest -q -p no:cacheprovider tests/unit tests/sim tests/integration
+	$(MAKE) test-lab
 	@echo "==> all test tiers passed"
 
 include bench/Makefile.inc
+include lab/Makefile.inc
 
 clean: ## remove caches (keeps the virtualenv)
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -21,6 +21,8 @@ from typing import Any, TextIO
 LEVELS = ("debug", "info", "warning", "error")
 _RANK = {name: i for i, name in enumerate(LEVELS)}
 _RESERVED = ("ts", "level", "service", "event")
+# One encoder for every record: `json.dumps` with options builds a new one per call.
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"), ensure_ascii=False)
 
 
 class _Logger:
@@ -75,7 +77,7 @@ def format_record(event: str, level: str, fields: dict[str, Any]) -> str:
     }
     for key, value in fields.items():
         record[f"field_{key}" if key in _RESERVED else key] = value
-    return json.dumps(record, default=str, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(record)
 
 
 def log(event: str, *, level: str = "info", **fields: Any) -> None:

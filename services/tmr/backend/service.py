@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -53,7 +53,7 @@ from tmr.logs import enabled as log_enabled
 from tmr.protocol import peer_api
 from tmr.protocol.codec import unpack
 from tmr.protocol.errors import ProtocolError
-from tmr.replication.acceptor import Acceptor, Step, Write
+from tmr.replication.acceptor import Acceptor, Write
 from tmr.replication.messages import (
     Accepted,
     EntryStatus,
@@ -70,6 +70,7 @@ CLOCK_NAME = "clock.json"
 LOCK_NAME = "backend.lock"
 EXPIRY_CHECK_INTERVAL = 30.0
 MAX_BATCH = 256  # peer requests served per loop turn before the other sockets get a look
+MAX_GROUP = 64  # writes committed together in one transaction (group commit)
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"tmr-backend"
 ZAP_VERSION = b"1.0"
@@ -149,6 +150,25 @@ def error_reply(mid: int, message: str) -> bytes:
     return peer_api.encode_reply(PeerError(mid, message[:1024]))
 
 
+# ------------------------------------------------------------------ group commit
+
+_Record = tuple[str, str, Json]  # a log record held back until its write is durable
+
+
+@dataclass
+class _Group:
+    """Requests decided on top of writes that are not durable yet."""
+
+    writes: list[Write] = field(default_factory=list)
+    replies: list[tuple[int, bytes]] = field(default_factory=list)  # (request index, reply)
+    records: list[_Record] = field(default_factory=list)
+
+
+def _emit(records: list[_Record]) -> None:
+    for event, level, fields in records:
+        log(event, level=level, **fields)
+
+
 # ------------------------------------------------------------------ JSON views
 
 
@@ -218,6 +238,7 @@ class BackendService:
         self._stop_reason = ""
         self._reload_requested = False
         self._usage: UsageReader | None = None
+        self._stale = False  # the acceptor's state may differ from the durable one
 
     # ============================================================== lifecycle
 
@@ -415,18 +436,22 @@ class BackendService:
             self._zap.send_multipart(reply)
 
     def _serve_peers(self) -> None:
+        """Take the peer requests that are queued (at most MAX_BATCH), serve them as one
+        group (their writes in one durable transaction), then send the replies in order."""
         assert self._router is not None
+        envelopes: list[list[bytes]] = []
+        payloads: list[bytes | None] = []
         for _ in range(MAX_BATCH):
             try:
                 frames = self._router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             envelope, payload = split_envelope(frames)
-            if payload is None:
-                self.counters["bad_requests"] += 1
-                reply: bytes | None = error_reply(0, "expected exactly one payload frame")
-            else:
-                reply = self.handle_frame(payload)
+            envelopes.append(envelope)
+            payloads.append(payload)
+        if not payloads:
+            return
+        for envelope, reply in zip(envelopes, self.handle_frames(payloads), strict=True):
             if reply is not None:
                 self._router.send_multipart([*envelope, reply])
 
@@ -435,29 +460,108 @@ class BackendService:
     def handle_frame(self, payload: bytes) -> bytes | None:
         """One peer request -> the reply to send, or None when nothing may be sent (the
         write could not be committed). Never raises."""
+        return self.handle_frames([payload])[0]
+
+    def handle_frames(self, payloads: Sequence[bytes | None]) -> list[bytes | None]:
+        """Peer requests received together -> their replies, in order (None: nothing may be
+        sent; a None payload is a message without a single payload frame). Never raises.
+
+        Group commit: each request is decided by the acceptor on the state left by the ones
+        before it (their writes applied in memory), and all the writes are committed in ONE
+        SQLite transaction before any reply that could reflect them is released. If that
+        commit fails, the acceptor's state is reloaded from disk and none of those replies
+        is sent, so a visible reply always matches the durable state."""
+        replies: list[bytes | None] = [None] * len(payloads)
+        group = _Group()
+        if self._stale:
+            self._reload_state()
+        for i, payload in enumerate(payloads):
+            if payload is None:
+                self.counters["bad_requests"] += 1
+                replies[i] = error_reply(0, "expected exactly one payload frame")
+                continue
+            request = self._decode(payload, replies, i)
+            if request is None:
+                continue
+            if self._stale:
+                continue  # the state could not be reloaded after a failure: answer nothing
+            try:
+                self._stage(request, i, group, replies)
+            except Exception as exc:  # a bug must not take the backend down
+                log("internal_error", level="error", error=repr(exc), trace=traceback.format_exc())
+                self._commit_group(group, replies)  # the requests before it are fine
+                self._reload_state()  # drops whatever the failed step changed in memory
+                replies[i] = error_reply(request.mid, "internal error")
+                continue
+            if len(group.writes) >= MAX_GROUP:
+                self._commit_group(group, replies)
+        self._commit_group(group, replies)
+        return replies
+
+    def _decode(self, payload: bytes, replies: list[bytes | None], i: int) -> PeerRequest | None:
+        """The request in ``payload``; or None, with ``replies[i]`` set to the answer to a
+        frame that is not one (a usage query, or a malformed frame)."""
         self.counters["requests"] += 1
         if len(payload) > peer_api.MAX_PEER_FRAME:
             self.counters["bad_requests"] += 1
-            return error_reply(0, f"frame larger than {peer_api.MAX_PEER_FRAME} bytes")
+            replies[i] = error_reply(0, f"frame larger than {peer_api.MAX_PEER_FRAME} bytes")
+            return None
         try:
-            request = peer_api.decode_request(payload)
+            return peer_api.decode_request(payload)
         except ProtocolError as exc:
             usage = self._usage_query(payload)
             if usage is not None:
-                return usage
+                replies[i] = usage
+                return None
             self.counters["bad_requests"] += 1
             log("bad_request", level="warning", error=exc.message, size=len(payload))
-            return error_reply(peek_mid(payload), exc.message)
+            replies[i] = error_reply(peek_mid(payload), exc.message)
         except Exception as exc:  # the decoder is strict; this is a bug, not a crash
             self.counters["bad_requests"] += 1
             log("internal_error", level="error", error=repr(exc), trace=traceback.format_exc())
-            return error_reply(peek_mid(payload), "malformed request")
+            replies[i] = error_reply(peek_mid(payload), "malformed request")
+        return None
+
+    def _stage(
+        self, request: PeerRequest, i: int, group: _Group, replies: list[bytes | None]
+    ) -> None:
+        """Decide one request; its write is applied in memory and joins the group."""
+        assert self.acceptor is not None
+        step = self.acceptor.handle(request)
+        records: list[_Record] = []
+        if step.write is not None:
+            before = self.acceptor.state.promised
+            self.acceptor.committed(step)  # in memory only: durable with the group
+            group.writes.append(step.write)
+            records = self._write_records(step.write, before)
+        records.extend(self._refusal_records(step.reply))
+        reply = peer_api.encode_reply(step.reply)
+        if group.writes:  # the reply may reflect writes that are not durable yet
+            group.replies.append((i, reply))
+            group.records.extend(records)
+        else:
+            _emit(records)
+            replies[i] = reply
+
+    def _commit_group(self, group: _Group, replies: list[bytes | None]) -> None:
+        """Commit the group's writes in one transaction; only then release its replies."""
+        if not group.writes:
+            return
+        assert self.store is not None
         try:
-            return self._serve_request(request)
-        except Exception as exc:  # a bug must not take the backend down
-            log("internal_error", level="error", error=repr(exc), trace=traceback.format_exc())
+            self.store.commit_many(group.writes)
+        except StorageError as exc:
+            self.counters["storage_errors"] += 1
+            log("storage_error", level="error", error=str(exc), writes=len(group.writes))
             self._reload_state()
-            return error_reply(request.mid, "internal error")
+        else:
+            self.counters["writes"] += len(group.writes)
+            _emit(group.records)
+            for i, reply in group.replies:
+                replies[i] = reply
+        group.writes.clear()
+        group.replies.clear()
+        group.records.clear()
 
     def _usage_query(self, payload: bytes) -> bytes | None:
         """The answer to a usage-record query (`tmr report usage`), or None if the payload is
@@ -477,74 +581,63 @@ class BackendService:
             return error_reply(query.mid, f"cannot read the usage record: {exc}")
         return peer_api.encode_usage_records(records)
 
-    def _serve_request(self, request: PeerRequest) -> bytes | None:
-        assert self.acceptor is not None and self.store is not None
-        step = self.acceptor.handle(request)
-        if step.write is not None:
-            before = self.acceptor.state.promised
-            try:
-                self.store.commit(step.write)
-            except StorageError as exc:
-                self.counters["storage_errors"] += 1
-                log("storage_error", level="error", error=str(exc), request=type(request).__name__)
-                self._reload_state()
-                return None
-            self.acceptor.committed(step)
-            self.counters["writes"] += 1
-            self._log_write(step, before)
-        self._log_refusals(step.reply)
-        return peer_api.encode_reply(step.reply)
-
     @staticmethod
-    def _log_refusals(reply: PeerReply) -> None:
+    def _refusal_records(reply: PeerReply) -> list[_Record]:
         if isinstance(reply, Rejected):
-            log("request_rejected", promised=str(reply.promised), mid=reply.mid)
-        elif isinstance(reply, Accepted):
+            return [
+                ("request_rejected", "info", {"promised": str(reply.promised), "mid": reply.mid})
+            ]
+        records: list[_Record] = []
+        if isinstance(reply, Accepted):
             for key, result in reply.results.items():
                 if result.status is EntryStatus.REFUSED:
-                    log(
-                        "entry_refused",
-                        level="warning",
-                        product=key_str(key),
-                        seq=result.seq,
-                        reason=result.reason,
-                    )
+                    fields = {"product": key_str(key), "seq": result.seq, "reason": result.reason}
+                    records.append(("entry_refused", "warning", fields))
+        return records
 
     def _reload_state(self) -> None:
+        """Make the acceptor's state the durable one again (after a failure). Until that
+        succeeds the service answers no peer request (`_stale`)."""
         assert self.acceptor is not None and self.store is not None
         try:
             self.acceptor.state = self.store.load()
         except StorageError as exc:
             self.counters["storage_errors"] += 1
             log("storage_error", level="error", error=str(exc), during="reload of state")
+            self._stale = True
+        else:
+            self._stale = False
 
-    def _log_write(self, step: Step, before: Epoch) -> None:
-        write: Write | None = step.write
-        assert write is not None and self.acceptor is not None
+    def _write_records(self, write: Write, before: Epoch) -> list[_Record]:
+        """The log records of a write just applied in memory (written once it is durable)."""
+        assert self.acceptor is not None
+        records: list[_Record] = []
         if write.promised is not None:
-            log("promise_raised", epoch=str(write.promised), previous=str(before))
+            records.append(
+                ("promise_raised", "info", {"epoch": str(write.promised), "previous": str(before)})
+            )
         if write.caught_up:
-            log("caught_up")
+            records.append(("caught_up", "info", {}))
         debug = log_enabled("debug")
         for pw in write.products:
             plog = self.acceptor.state.products[pw.key]
             if pw.replace is not None:
-                log(
-                    "snapshot_installed",
-                    product=key_str(pw.key),
-                    version=f"{pw.version.epoch}:{pw.version.seq}",
-                    handles=len(plog.handles),
-                    seats=plog.seats(),
-                )
+                fields: Json = {
+                    "product": key_str(pw.key),
+                    "version": f"{pw.version.epoch}:{pw.version.seq}",
+                    "handles": len(plog.handles),
+                    "seats": plog.seats(),
+                }
+                records.append(("snapshot_installed", "info", fields))
             elif debug:  # plog.seats() walks the whole handle table: only when logged
-                log(
-                    "ops_committed",
-                    level="debug",
-                    product=key_str(pw.key),
-                    seq=pw.version.seq,
-                    ops=len(pw.ops),
-                    seats=plog.seats(),
-                )
+                fields = {
+                    "product": key_str(pw.key),
+                    "seq": pw.version.seq,
+                    "ops": len(pw.ops),
+                    "seats": plog.seats(),
+                }
+                records.append(("ops_committed", "debug", fields))
+        return records
 
     def _crypt(self, key: ProductKey, operation: str, data: bytes) -> bytes:
         return self.view.crypt(key, operation, data)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,19 +246,31 @@ class SqliteStore:
     def commit(self, write: Write) -> None:
         """Make ``write`` durable in one transaction (the same effect as `apply_write`)."""
         with self._transaction("commit") as conn:
-            if write.promised is not None:
-                conn.execute(
-                    "UPDATE acceptor SET promised_counter = ?, promised_server = ? WHERE id = 1",
-                    (write.promised.counter, write.promised.server),
-                )
-            if write.caught_up is not None:
-                conn.execute(
-                    "UPDATE acceptor SET caught_up = ? WHERE id = 1", (int(write.caught_up),)
-                )
-            recorded_at = time.time()
-            for pw in write.products:
-                self._write_product(conn, pw, recorded_at)
+            self._write(conn, write, time.time())
             self._trim_usage(conn)
+
+    def commit_many(self, writes: Sequence[Write]) -> None:
+        """Make ``writes`` durable, in order, in ONE transaction (one fsync): the same effect
+        as `commit` of each in turn, except that either all of them are on disk when this
+        returns or none is (group commit)."""
+        if not writes:
+            return
+        with self._transaction("commit") as conn:
+            recorded_at = time.time()
+            for write in writes:
+                self._write(conn, write, recorded_at)
+            self._trim_usage(conn)
+
+    def _write(self, conn: sqlite3.Connection, write: Write, recorded_at: float) -> None:
+        if write.promised is not None:
+            conn.execute(
+                "UPDATE acceptor SET promised_counter = ?, promised_server = ? WHERE id = 1",
+                (write.promised.counter, write.promised.server),
+            )
+        if write.caught_up is not None:
+            conn.execute("UPDATE acceptor SET caught_up = ? WHERE id = 1", (int(write.caught_up),))
+        for pw in write.products:
+            self._write_product(conn, pw, recorded_at)
 
     def _write_product(
         self, conn: sqlite3.Connection, pw: ProductWrite, recorded_at: float

@@ -35,7 +35,12 @@ SHARED_GROUPS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+# `tmr ctl` runs every couple of seconds from keepalived's track_script: it only loads the
+# module that defines it, not every area's imports.
+FAST_PATHS = {"ctl": ("tmr.cli.server_cmds",)}
+
+
+def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tmr",
         description=(
@@ -52,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         gs = p.add_subparsers(dest=f"{name}_command", metavar="ACTION")
         gs.required = True
         groups[name] = gs
-    for mod_name in COMMAND_MODULES:
+    for mod_name in modules:
         try:
             mod = importlib.import_module(mod_name)
         except ModuleNotFoundError as exc:
@@ -81,8 +86,9 @@ def _join_key_values(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(_join_key_values(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(FAST_PATHS.get(argv[0], COMMAND_MODULES) if argv else COMMAND_MODULES)
+    args = parser.parse_args(_join_key_values(argv))
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
