@@ -18,10 +18,17 @@ __all__ = ["LocalCluster", "wait_for"]
 
 
 class LocalCluster:
-    def __init__(self, root: Path, *, quantity: int = 3, lease: float = 30.0) -> None:
+    def __init__(
+        self, root: Path, *, quantity: int = 3, lease: float = 30.0, backend_timeout: float = 2.0
+    ) -> None:
+        # A shared test machine can stall a process for a second: a little more patience
+        # than the production default keeps such stalls from reading as backend failures.
         self.root = root
-        self.info = local_up(root, quantity=quantity, lease=lease, progress=False)
+        self.info = local_up(
+            root, quantity=quantity, lease=lease, progress=False, backend_timeout=backend_timeout
+        )
         self.nodes = {n["name"]: n for n in self.info["nodes"]}
+        self.wait_backends("tmr-a", {"backend-1", "backend-2", "backend-3"})
 
     # -------------------------------------------------------------- processes
 

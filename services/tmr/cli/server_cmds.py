@@ -67,6 +67,7 @@ def _local_up(args: argparse.Namespace) -> int:
         lease=args.lease,
         base_port=args.base_port,
         progress=not args.quiet,
+        backend_timeout=args.backend_timeout,
     )
     _print(info, args.json)
     return 0
@@ -145,6 +146,12 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     up.add_argument("--tmr-id", type=int, default=7, help="TMR ID of the demo license (default 7)")
     up.add_argument("--lease", type=float, default=30.0, help="lease seconds (default 30)")
     up.add_argument("--base-port", type=int, default=0, help="first port (default: free ports)")
+    up.add_argument(
+        "--backend-timeout",
+        type=float,
+        default=1.0,
+        help="seconds without an answer before a backend counts as down (default 1)",
+    )
     up.add_argument("--json", action="store_true", help="print cluster.json")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     up.set_defaults(handler=_local_up)

@@ -103,6 +103,7 @@ def local_up(
     lease: float = 30.0,
     base_port: int = 0,
     progress: bool = True,
+    backend_timeout: float = 1.0,
 ) -> dict[str, Any]:
     root = root.resolve()
     say: Callable[[str], None] = (
@@ -198,6 +199,7 @@ def local_up(
             f'ctl_socket = "{ctl_path(root, name)}"\n'
             f'state_dir = "{sdir / "state"}"\n'
             f"lease_seconds = {float(lease)}\n"
+            f"backend_timeout = {float(backend_timeout)}\n"
             f'web_listen = "127.0.0.1:{ports[name + "-web"]}"\n' + backends_toml
         )
         nodes.append(
