@@ -34,6 +34,7 @@ class _Logger:
         self.buffer: list[str] | None = None  # buffered mode: written by `flush()`
         self.ts_second = -1
         self.ts_prefix = ""
+        self.heads: dict[str, str] = {}  # level -> the encoded "level", "service", "event" keys
 
 
 _logger = _Logger()
@@ -50,6 +51,7 @@ def configure(
         raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
     flush()
     _logger.service = service
+    _logger.heads = {}
     _logger.threshold = _RANK[level]
     _logger.stream = stream
     _logger.buffer = [] if buffered else None
@@ -69,6 +71,14 @@ def _timestamp() -> str:
 
 
 def format_record(event: str, level: str, fields: dict[str, Any]) -> str:
+    if fields.keys().isdisjoint(_RESERVED):  # the usual case: splice the encoded parts
+        head = _logger.heads.get(level)
+        if head is None:
+            head = _ENCODER.encode({"level": level, "service": _logger.service})[1:-1]
+            _logger.heads[level] = head = f'{head},"event":'
+        tail = _ENCODER.encode(fields)[1:] if fields else "}"
+        comma = "," if fields else ""
+        return f'{{"ts":"{_timestamp()}",{head}{_ENCODER.encode(event)}{comma}{tail}'
     record: dict[str, Any] = {
         "ts": _timestamp(),
         "level": level,

@@ -240,6 +240,8 @@ class Simulation:
             refuse_retry=0.5,
         )
         s.leader = Leader(cfg, last_counter=s.counter, wall_clock=lambda: self.now)
+        # Odd seeds run the leaders as the service does: ops queue, one pump per turn.
+        s.leader.auto_pump = self.seed % 2 == 0
 
     def schedule(self, at: float, kind: str, payload: Any = None) -> None:
         self._qn += 1
@@ -360,13 +362,23 @@ class Simulation:
             if s.leader is None:
                 return
             self.apply_effects(s, s.leader.on_reply(m.src, m.payload, self.now))
+            self.maybe_pump(s)
         elif m.kind == "client_req":
             s = self.servers[m.dst]
             if s.leader is None:
                 return
             self.apply_effects(s, self.serve(s.leader, m.src, m.payload))
+            self.maybe_pump(s)
         else:
             self.client_reply(m.dst, m.src, m.payload)
+
+    def maybe_pump(self, s: ServerNode) -> None:
+        """A service loop turn ends: pump, unless a burst is still arriving (same instant)."""
+        if s.leader is None or s.leader.auto_pump:
+            return
+        if self.queue and self.queue[0][0] <= self.now + 0.0005 and self.rng.random() < 0.7:
+            return  # more of the burst first; a later delivery or the tick pumps
+        self.apply_effects(s, s.leader.pump(self.now))
 
     def serve(self, leader: Leader, cid: str, req: dict[str, Any]) -> Effects:
         op = req["op"]

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal, Self, TypeAlias, cast
 
 from tmr.errors import ApiError, ErrorCode, TmrError, api_error
-from tmr.protocol.codec import pack, unpack
+from tmr.protocol.codec import pack, unpack, unpack_flat
 from tmr.protocol.errors import ProtocolError
 
 __all__ = [
@@ -379,6 +379,9 @@ _REQUEST_TYPES: Final[dict[str, type[Request]]] = {
 _REQUEST_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     op: tuple(f.name for f in dataclasses.fields(cls)) for op, cls in _REQUEST_TYPES.items()
 }
+_REQUEST_KEYS: Final[dict[str, frozenset[str]]] = {
+    op: _ENVELOPE | frozenset(names) for op, names in _REQUEST_FIELDS.items()
+}
 OPS: Final[frozenset[str]] = frozenset(_REQUEST_TYPES)
 
 
@@ -394,7 +397,7 @@ def decode_request(frame: bytes) -> Request:
     ``v``, and missing or unknown keys. ``exc.rid`` is the request id when it could be read
     (and is itself valid), else ``None``.
     """
-    msg = unpack(frame, max_size=MAX_REQUEST_SIZE)
+    msg = unpack_flat(frame, max_size=MAX_REQUEST_SIZE)
     if "rid" not in msg:
         raise ProtocolError("missing key 'rid'")
     rid = _check_rid(msg["rid"])
@@ -413,12 +416,13 @@ def decode_request(frame: bytes) -> Request:
         if cls is None:
             raise ProtocolError(f"unknown op {_short(op)}")
         names = _REQUEST_FIELDS[op]
-        missing = [n for n in names if n not in msg]
-        if missing:
-            raise ProtocolError(f"missing key(s) for op {op!r}: {_key_list(missing)}")
-        extra = [k for k in msg if k not in _ENVELOPE and k not in names]
-        if extra:
-            raise ProtocolError(f"unexpected key(s) for op {op!r}: {_key_list(extra)}")
+        if msg.keys() != _REQUEST_KEYS[op]:  # else nothing is missing and nothing extra
+            missing = [n for n in names if n not in msg]
+            if missing:
+                raise ProtocolError(f"missing key(s) for op {op!r}: {_key_list(missing)}")
+            extra = [k for k in msg if k not in _ENVELOPE and k not in names]
+            if extra:
+                raise ProtocolError(f"unexpected key(s) for op {op!r}: {_key_list(extra)}")
         return cls(**{n: msg[n] for n in names})
     except ProtocolError as exc:
         exc.rid = rid

@@ -22,7 +22,7 @@ import msgpack
 
 from tmr.protocol.errors import ProtocolError
 
-__all__ = ["pack", "unpack"]
+__all__ = ["pack", "unpack", "unpack_flat"]
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
@@ -103,6 +103,43 @@ def unpack(frame: bytes | bytearray | memoryview, *, max_size: int) -> dict[str,
     if not isinstance(obj, dict):
         raise ProtocolError(f"message must be a map, not {_wire_type(obj)}")
     return obj
+
+
+_SCALARS: frozenset[type] = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+def _map_size(frame: bytes | bytearray | memoryview) -> int:
+    """The entry count in the header of a top-level msgpack map (-1: not a map header)."""
+    first = frame[0]
+    if 0x80 <= first <= 0x8F:
+        return first & 0x0F
+    if first == 0xDE and len(frame) >= 3:
+        return int.from_bytes(frame[1:3], "big")
+    if first == 0xDF and len(frame) >= 5:
+        return int.from_bytes(frame[1:5], "big")
+    return -1
+
+
+def unpack_flat(frame: bytes | bytearray | memoryview, *, max_size: int) -> dict[str, Any]:
+    """`unpack` for frames that usually hold one map of scalars (a client request): the same
+    result and the same errors, faster. The map is decoded by msgpack alone and accepted if it
+    visibly meets every rule of `unpack` (string keys, no duplicate, scalar values only);
+    anything else, valid or not, goes through `unpack` itself."""
+    if isinstance(frame, bytes | bytearray | memoryview) and 0 < len(frame) <= max_size:
+        try:
+            obj = msgpack.unpackb(
+                frame, raw=False, strict_map_key=True, use_list=True, ext_hook=_reject_ext
+            )
+        except Exception:  # the strict path below says exactly what is wrong
+            obj = None
+        if (
+            type(obj) is dict
+            and len(obj) == _map_size(frame)  # a duplicate key would make it shorter
+            and all(type(k) is str for k in obj)
+            and all(type(v) in _SCALARS for v in obj.values())
+        ):
+            return obj
+    return unpack(frame, max_size=max_size)
 
 
 def _wire_type(obj: object) -> str:

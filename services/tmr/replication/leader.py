@@ -225,6 +225,7 @@ class Leader:
         self._reset_term()
         self.ops_committed = 0
         self.fenced_by: Epoch | None = None
+        self.auto_pump = True  # the service turns it off and calls `pump` once per loop turn
 
     # ================================================================== public inputs
 
@@ -300,8 +301,22 @@ class Leader:
                 b.inflight.pop(msg.mid, None)
                 b.acked.clear()
                 b.sent.clear()
+        self._auto_pump(now, fx)
+        return fx
+
+    def pump(self, now: float) -> Effects:
+        """Send what is due: call once per loop turn when `auto_pump` is off.
+
+        With `auto_pump` off, client requests and backend replies only queue their ops; a
+        service that hands the leader every request of a burst and then pumps once puts the
+        whole burst in one log entry (group commit) instead of one entry per request."""
+        fx = Effects()
         self._pump(now, fx)
         return fx
+
+    def _auto_pump(self, now: float, fx: Effects) -> None:
+        if self.auto_pump:
+            self._pump(now, fx)
 
     # ---------------------------------------------------------------- client requests
 
@@ -325,7 +340,7 @@ class Leader:
             rec = p.handles[existing]
             reply = ClientReply(token, rid, self._grant_result(rec, now))
             self._reply_when(p, p.grant_seq.get(existing, 0), reply, fx)
-            self._pump(now, fx)
+            self._auto_pump(now, fx)
             return fx
         if (client_id, rid) in self._recent_released:
             fx.replies.append(
@@ -362,7 +377,7 @@ class Leader:
                 "client_id": client_id,
             }
         )
-        self._pump(now, fx)
+        self._auto_pump(now, fx)
         return fx
 
     def heartbeat(self, token: Any, rid: str, client_id: str, handle: str, now: float) -> Effects:
@@ -413,7 +428,7 @@ class Leader:
             return self._unknown_handle(fx, token, rid, handle)
         seq = self._remove_handle(p, handle, ReleaseReason.RELEASE, fx)
         self._reply_when(p, seq, ClientReply(token, rid, {"released": True}), fx)
-        self._pump(now, fx)
+        self._auto_pump(now, fx)
         return fx
 
     def crypt(

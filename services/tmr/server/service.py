@@ -104,6 +104,7 @@ class ServerService:
             last_counter=self.counter.load(),
             wall_clock=time.time,
         )
+        self.leader.auto_pump = False  # the loop pumps once per turn
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.auth: zmq.auth.thread.ThreadAuthenticator | None = None
         self.stopping = False
@@ -338,6 +339,8 @@ class ServerService:
                         self._drain_backend(s, name, now)
                 if self.client in ready:
                     self._drain_clients(now)
+                # One pump for the whole burst of requests and replies: group commit.
+                self.apply(self.leader.pump(now))
                 if self.ctl in ready:
                     self.ctl.send(encode_ctl(self.on_ctl(self.ctl.recv(), now)))
                 if now >= next_tick:

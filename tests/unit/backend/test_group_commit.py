@@ -1,0 +1,110 @@
+"""The backend's group commit: queued requests share one durable transaction."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.unit.backend.test_service_core import (  # noqa: F401 - fixtures
+    E1,
+    FIRM,
+    KEY,
+    NOW,
+    PRODUCT,
+    catch_up,
+    expiring,
+    svc,
+    take_seats,
+)
+from tmr.backend.service import BackendService
+from tmr.protocol.peer_api import decode_reply, encode_request
+from tmr.replication.messages import (
+    Accept,
+    AcceptEntry,
+    Crypt,
+    CryptResult,
+    EntryStatus,
+    PeerError,
+    PeerRequest,
+    Probe,
+)
+from tmr.replication.types import Grant, HandleRecord, Release, ReleaseReason
+
+
+def rec(name: str) -> HandleRecord:
+    return HandleRecord(name, FIRM, PRODUCT, 1, "c1", f"r-{name}", NOW)
+
+
+def test_batch_commits_once_and_replies_in_order(svc: BackendService) -> None:  # noqa: F811
+    catch_up(svc)
+    calls = []
+    orig = svc.store.commit_many
+    svc.store.commit_many = lambda ws: (calls.append(len(ws)), orig(ws))[1]
+    frames = [
+        encode_request(Accept(10, E1, (AcceptEntry(KEY, 1, (Grant(rec("h1")),)),))),
+        encode_request(Probe(11)),
+        None,
+        encode_request(Accept(12, E1, (AcceptEntry(KEY, 2, (Grant(rec("h2")),)),))),
+        encode_request(Crypt(13, E1, KEY, "h2", "c1", "hmac", b"x")),
+        encode_request(
+            Accept(14, E1, (AcceptEntry(KEY, 3, (Release("h1", ReleaseReason.RELEASE, NOW),)),))
+        ),
+    ]
+    replies = svc.handle_frames(frames)
+    assert calls == [3]
+    out = [decode_reply(r) for r in replies]
+    assert [r.mid for r in out] == [10, 11, 0, 12, 13, 14]
+    assert out[0].results[KEY].status is EntryStatus.OK
+    assert out[3].results[KEY].status is EntryStatus.OK and out[3].results[KEY].seq == 2
+    assert isinstance(out[4], CryptResult) and out[4].ok
+    assert out[5].results[KEY].seq == 3
+    assert svc.store.load() == svc.acceptor.state
+    assert set(svc.acceptor.state.products[KEY].handles) == {"h2"}
+    assert svc.counters["writes"] == 3 + 2  # catch_up wrote twice
+
+
+def test_failed_group_commit_sends_nothing_after_first_write(svc: BackendService) -> None:  # noqa: F811
+    catch_up(svc)
+    durable = svc.store.load()
+    conn = svc.store._conn
+    conn.execute("PRAGMA query_only = 1")
+    frames = [
+        encode_request(Probe(1)),
+        encode_request(Accept(2, E1, (AcceptEntry(KEY, 1, (Grant(rec("h1")),)),))),
+        encode_request(Probe(3)),
+        encode_request(Crypt(4, E1, KEY, "h1", "c1", "hmac", b"x")),
+        b"\xc1",
+    ]
+    replies = svc.handle_frames(frames)
+    assert (
+        replies[0] is not None and replies[1] is None and replies[2] is None and replies[3] is None
+    )
+    assert replies[4] is not None
+    assert svc.acceptor.state == durable
+    conn.execute("PRAGMA query_only = 0")
+    assert take_seats(svc, 1, "h1").results[KEY].status is EntryStatus.OK
+
+
+def test_internal_error_mid_batch_commits_the_earlier(
+    svc: BackendService,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    catch_up(svc)
+    orig = svc.acceptor.handle
+
+    def boom(req: PeerRequest):  # type: ignore[no-untyped-def]
+        if req.mid == 2:
+            raise RuntimeError("bug")
+        return orig(req)
+
+    monkeypatch.setattr(svc.acceptor, "handle", boom)
+    frames = [
+        encode_request(Accept(1, E1, (AcceptEntry(KEY, 1, (Grant(rec("h1")),)),))),
+        encode_request(Accept(2, E1, (AcceptEntry(KEY, 2, (Grant(rec("h2")),)),))),
+        encode_request(Accept(3, E1, (AcceptEntry(KEY, 2, (Grant(rec("h3")),)),))),
+    ]
+    out = [decode_reply(r) for r in svc.handle_frames(frames)]
+    assert out[0].results[KEY].status is EntryStatus.OK
+    assert isinstance(out[1], PeerError)
+    assert out[2].results[KEY].status is EntryStatus.OK and out[2].results[KEY].seq == 2
+    assert svc.store.load() == svc.acceptor.state
+    assert set(svc.acceptor.state.products[KEY].handles) == {"h1", "h3"}
