@@ -159,6 +159,13 @@ def run_workers(
 ) -> LoadResult:
     """Start one worker per spec, wait for all (bounded), merge their results."""
     procs = [start_worker(module, spec) for spec in specs]
+    return collect_workers(procs, clients, duration, timeout)
+
+
+def collect_workers(
+    procs: list[subprocess.Popen[str]], clients: int, duration: float, timeout: float
+) -> LoadResult:
+    """Wait for started workers (bounded; stragglers are killed) and merge their results."""
     deadline = time.monotonic() + timeout
     results = []
     try:

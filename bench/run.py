@@ -49,9 +49,8 @@ from bench.common import (
     REPO,
     Json,
     LoadResult,
+    collect_workers,
     cpu_seconds,
-    finish_worker,
-    merge,
     rss_mib,
     split_clients,
     start_worker,
@@ -325,7 +324,7 @@ class Bench:
             if rounds_of is not None:
                 writes.append(self._writes(rounds_of))
         finally:
-            result = _collect(procs, clients, duration, timeout=duration + 60)
+            result = collect_workers(procs, clients, duration, timeout=duration + 60)
         cpu_per_cycle = {
             name: round(used / result.cycles * 1e6, 1) if result.cycles else math.nan
             for name, used in cpu_used.items()
@@ -791,22 +790,6 @@ def _aggregate(runs: list[tuple[LoadResult, Json]], ours: list[tuple[LoadResult,
     if ratios:
         out["tmr_ratio"] = round(statistics.median(ratios), 3)
     return out
-
-
-def _collect(
-    procs: list[subprocess.Popen[str]], clients: int, duration: float, timeout: float
-) -> LoadResult:
-    deadline = time.monotonic() + timeout
-    results = []
-    try:
-        for proc in procs:
-            results.append(finish_worker(proc, max(1.0, deadline - time.monotonic())))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=5)
-    return merge(results, clients, duration)
 
 
 def _release_holder(proc: subprocess.Popen[str]) -> None:

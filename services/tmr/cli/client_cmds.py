@@ -18,16 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any, TextIO
 
+from tmr.cli.signals import stop_signals
 from tmr.client import Client, Handle, load_client_keys
 from tmr.errors import ConfigError, UsageError
 from tmr.protocol.client_api import (
@@ -344,24 +342,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextmanager
-def _stop_signals(callback: Callable[[int], None]) -> Iterator[None]:
-    """Route SIGINT and SIGTERM to `callback` (main thread only) while in the block."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        callback(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def cmd_checkout(args: argparse.Namespace) -> int:
     if args.hold is not None and args.hold < 0:
         raise UsageError("--hold must be >= 0")
@@ -376,7 +356,7 @@ def cmd_checkout(args: argparse.Namespace) -> int:
         wake.set()
 
     out = sys.stdout
-    with client_from_args(args) as client, _stop_signals(on_signal):
+    with client_from_args(args) as client, stop_signals(on_signal):
         handle = client.checkout(args.firm, args.product, args.seats, on_lost=on_lost)
         r = handle.result
         hold = "until interrupted" if args.hold is None else f"for {args.hold:g} s"

@@ -19,16 +19,13 @@ import argparse
 import json
 import os
 import secrets
-import signal
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from tmr.cli.client_cmds import read_cluster_file
+from tmr.cli.signals import stop_signals
 from tmr.client import load_client_keys
 from tmr.errors import ConfigError, UsageError
 from tmr.workload.checker import CheckOptions, check, parse_events, read_schedule
@@ -214,24 +211,6 @@ def _cluster_doc(cluster: str) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT / SIGTERM end the run early (it still finishes and writes its history)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     endpoints, server_key, cluster = _connection(args)
     firm = args.firm if args.firm is not None else cluster.get("firm_code")
@@ -256,7 +235,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     stop = threading.Event()
     try:
-        with _stop_on_signals(stop):
+        with stop_signals(lambda _signum: stop.set()):
             result = run_workload(cfg, args.out, stop=stop)
     except ValueError as exc:  # e.g. a malformed server key
         raise UsageError(str(exc)) from None
