@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,28 +27,8 @@ def _server_run(args: argparse.Namespace) -> int:
     return ServerService(load_server_config(Path(args.config))).run()
 
 
-def vip_is_local(vip: str) -> bool:
-    """Is `vip` assigned to an interface of this host (keepalived put it here)?"""
-    try:
-        out = subprocess.run(
-            ["ip", "-o", "addr", "show", "to", vip],
-            capture_output=True,
-            text=True,
-            timeout=3,
-            check=False,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return bool(out.strip())
-
-
 def _ctl(args: argparse.Namespace) -> int:
     reply = ctl_request(Path(args.socket), args.cmd, timeout=args.timeout)
-    # keepalived notifies on transitions only: a server restarted on the host that holds the
-    # VIP would stay standby behind it. The health check resumes the active role.
-    standby = reply.get("role") == "standby"
-    if args.cmd == "health" and args.vip and standby and vip_is_local(args.vip):
-        ctl_request(Path(args.socket), "promote", timeout=args.timeout)
     if args.cmd == "health" and not args.verbose:
         return 0 if reply.get("ok") else 1
     json.dump(reply, sys.stdout, indent=2 if sys.stdout.isatty() else None, default=str)
@@ -121,10 +100,6 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     c.add_argument("--socket", default="/run/tmr/server.sock", help="control socket path")
     c.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
     c.add_argument("-v", "--verbose", action="store_true", help="health: print the answer too")
-    c.add_argument(
-        "--vip",
-        help="health: the virtual IP; a standby server on the host holding it is promoted",
-    )
     c.add_argument(
         "cmd", choices=sorted(CTL_COMMANDS), metavar="COMMAND", help=", ".join(CTL_COMMANDS)
     )

@@ -109,9 +109,5 @@ def apply_ops(handles: dict[str, HandleRecord], ops: tuple[Op, ...]) -> None:
             handles.pop(op.handle, None)
 
 
-def seats_of(handles: dict[str, HandleRecord]) -> int:
-    return sum(r.seats for r in handles.values())
-
-
 def key_str(key: ProductKey) -> str:
     return f"{key[0]}:{key[1]}"
