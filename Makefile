@@ -28,8 +28,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP) ## create the development virtualenv
 
 lint: venv ## ruff over the Python code
-	$(VENV)/bin/ruff check services tests bench
-	$(VENV)/bin/ruff format --check services tests bench
+	$(VENV)/bin/ruff check services tests bench molecule
+	$(VENV)/bin/ruff format --check services tests bench molecule
 
 typecheck: venv ## mypy --strict over the tmr package
 	$(VENV)/bin/mypy

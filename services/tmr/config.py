@@ -55,6 +55,8 @@ class ServerConfig:
     lease_seconds: float = 30.0  # a handle expires this long after its last heartbeat
     backend_timeout: float = 1.0  # a backend that has not answered this long is down
     probe_interval: float = 0.25  # how often backends are probed
+    # a promote waits while a majority of backends heard another server lead this recently
+    leader_live_window: float = 0.6
     container_serial: str | None = None  # virtual container serial 131-NNNNNNN
     client_allowlist: tuple[str, ...] = ()  # Z85 client public keys; empty: any client
     web_listen: str | None = "0.0.0.0:22380"  # WebAdmin and /metrics (none: off)
@@ -178,7 +180,7 @@ def load_server_config(path: Path) -> ServerConfig:
             out[key] = tuple(refs)
         elif key in ("service_key_file", "node_key_file", "ctl_socket", "state_dir"):
             out[key] = Path(_check(path, key, value, str, "a path string"))
-        elif key in ("lease_seconds", "backend_timeout", "probe_interval"):
+        elif key in ("lease_seconds", "backend_timeout", "probe_interval", "leader_live_window"):
             out[key] = _positive(path, key, value)
         elif key == "client_allowlist":
             out[key] = _strs(path, key, value)
@@ -202,6 +204,15 @@ def load_server_config(path: Path) -> ServerConfig:
         else:
             out[key] = _check(path, key, value, str, "a string")
     _check_web(path, out)
+    window = out.get("leader_live_window", ServerConfig.leader_live_window)
+    probe = out.get("probe_interval", ServerConfig.probe_interval)
+    if window <= probe:
+        # An idle leader is heard once per probe_interval: a shorter window would let a
+        # promote take over from (and fence) a leader that is alive.
+        raise ConfigError(
+            f"{path}: key 'leader_live_window' ({window:g}) must be greater than "
+            f"'probe_interval' ({probe:g})"
+        )
     return ServerConfig(**out)
 
 

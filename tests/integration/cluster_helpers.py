@@ -54,8 +54,8 @@ class LocalCluster:
 
     # -------------------------------------------------------------- control
 
-    def ctl(self, name: str, cmd: str) -> dict[str, Any]:
-        return ctl_request(Path(self.nodes[name]["ctl_socket"]), cmd, timeout=3.0)
+    def ctl(self, name: str, cmd: str, **args: Any) -> dict[str, Any]:
+        return ctl_request(Path(self.nodes[name]["ctl_socket"]), cmd, timeout=3.0, **args)
 
     def ctl_ok(self, name: str) -> bool:
         try:
@@ -70,8 +70,13 @@ class LocalCluster:
         except CtlError:
             return "down"
 
-    def promote(self, name: str, timeout: float = 15.0) -> None:
-        self.ctl(name, "promote")
+    def promote(self, name: str, timeout: float = 15.0, *, force: bool = False) -> None:
+        """Promote and wait until active. Without `force` the other server must not be alive
+        as leader (demoted, fenced or dead), or the promote yields."""
+        if force:
+            self.ctl(name, "promote", force=True)
+        else:
+            self.ctl(name, "promote")
         wait_for(f"{name} to become active", lambda: self.role(name) == "active", timeout)
 
     def demote(self, name: str) -> None:

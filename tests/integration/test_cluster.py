@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import pytest
 import zmq
 
@@ -194,10 +198,11 @@ def test_retried_checkout_takes_one_seat_across_failover(cluster: LocalCluster) 
 
 
 def test_split_brain_costs_a_moment_never_a_seat(cluster: LocalCluster) -> None:
-    """Both servers promoted (keepalived split brain): only one can commit; seats stay exact."""
+    """Both servers leading at once: only one can commit; seats stay exact. A keepalived
+    promote yields to a live leader (next test), so the second leader is forced here."""
     with cluster.client() as c:
         held = [c.checkout(FIRM, PRODUCT) for _ in range(2)]
-        cluster.ctl("tmr-b", "promote")  # tmr-a is still active
+        cluster.ctl("tmr-b", "promote", force=True)  # tmr-a is still active
 
         def settled() -> bool:
             roles = {cluster.role("tmr-a"), cluster.role("tmr-b")}
@@ -236,3 +241,64 @@ def test_crypt_calls_are_balanced_over_backends_with_one_product_key(
         cluster.kill("backend-1")
         cluster.wait_backends("tmr-a", {"backend-2", "backend-3"})
         assert h.crypt("hmac", b"challenge") in macs
+
+
+def _events(cluster: LocalCluster, name: str, event: str) -> list[dict[str, Any]]:
+    out = []
+    for line in Path(cluster.nodes[name]["log"]).read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("event") == event:
+            out.append(rec)
+    return out
+
+
+def test_promote_yields_to_a_live_leader_unless_forced(cluster: LocalCluster) -> None:
+    """keepalived split brain: the standby's host became VRRP master too and promotes it.
+    tmr-a is alive and serving, so tmr-b gives the promote up: tmr-a is not fenced and
+    clients keep working. `promote --force` (the operator override) still fences it."""
+    a, b = "tmr-a", "tmr-b"
+    with cluster.client() as c:
+        held = c.checkout(FIRM, PRODUCT)
+        epoch = cluster.ctl(a, "status")["epoch"]
+        term = f"{epoch[0]}/{epoch[1]}"
+        wait_for(
+            f"{b} to hear {a} as the live leader",
+            lambda: cluster.ctl(b, "status").get("live_leader") == a,
+            15,
+        )
+        assert cluster.ctl(b, "promote")["role"] == "takeover"
+        wait_for(f"{b} to give the promote up", lambda: cluster.role(b) == "standby", 20)
+        wait_for(
+            f"{b}'s log to say promote_yielded",
+            lambda: _events(cluster, b, "promote_yielded") != [],
+            10,
+        )
+        (yielded,) = _events(cluster, b, "promote_yielded")
+        assert yielded["active"] == a
+        assert _events(cluster, b, "prepare") == []  # it never prepared: no epoch of its own
+        status_a = cluster.ctl(a, "status")
+        assert status_a["role"] == "active" and status_a["epoch"] == epoch
+        assert {x["promised"] for x in status_a["backends"]} == {term}  # nobody fenced it
+        assert _events(cluster, a, "fenced") == []
+        # Clients never noticed: the held seat is still good, a new checkout is served.
+        held.heartbeat()
+        h = c.checkout(FIRM, PRODUCT, seats=2)
+        with pytest.raises(NoLicenseAvailable):
+            c.checkout(FIRM, PRODUCT)
+        h.release()
+
+        # The operator override takes over at once and fences the live leader.
+        assert cluster.ctl(b, "promote", force=True)["ok"] is True
+        wait_for(
+            f"{b} active and {a} fenced",
+            lambda: (cluster.role(a), cluster.role(b)) == ("fenced", "active"),
+            15,
+        )
+        assert cluster.ctl(a, "health")["ok"] is False
+        h = eventually("a checkout from the forced leader", lambda: c.checkout(FIRM, PRODUCT))
+        assert {x["handle"] for x in cluster.ctl(b, "handles")["handles"]} == {held.id, h.id}
+        for x in (held, h):
+            x.release()

@@ -124,6 +124,7 @@ class Msg:
     payload: Any
     kind: str  # peer_req | peer_rep | client_req | client_rep
     incarnation: int = 0  # a message to a node that restarted since it was sent is lost
+    src_incarnation: int = 0  # the sender's incarnation when it sent the message
 
 
 @dataclass
@@ -150,6 +151,7 @@ class SimClient:
     hb_sent: float = 0.0
     hb_target: int = 0
     release_handle: str = ""
+    retry_at: float | None = None  # NOT_ACTIVE: retry on the other endpoint at this time
 
 
 # ------------------------------------------------------------------ the simulation
@@ -199,7 +201,16 @@ class Simulation:
         self.gone: set[str] = set()  # handles released (acked) or expired by a leader
         self.rid_handles: dict[tuple[str, str], str] = {}
         self.last_hb: dict[str, float] = {}  # handle -> time a leader last extended it
-        self.stats = {"checkouts": 0, "releases": 0, "denied": 0, "failovers": 0, "crashes": 0}
+        self.stats = {
+            "checkouts": 0,
+            "releases": 0,
+            "denied": 0,
+            "failovers": 0,
+            "crashes": 0,
+            "forced": 0,  # promotes with force (operator override)
+            "fenced": 0,  # a leader fenced by a newer epoch
+            "yielded": 0,  # a promote that gave up: another server was alive as leader
+        }
 
     # -------------------------------------------------------------- helpers
 
@@ -255,13 +266,20 @@ class Simulation:
             return self.rng.uniform(0.005, 0.05)
         return self.rng.uniform(0.05, 0.8)  # a slow path: reorders and times out
 
-    def send(self, src: str, dst: str, payload: Any, kind: str) -> None:
+    def send(
+        self, src: str, dst: str, payload: Any, kind: str, reply_to: Msg | None = None
+    ) -> None:
+        """`reply_to`: the request this answers. The answer goes to the incarnation that
+        sent the request, as a ZeroMQ ROUTER routes it to that connection: a server that
+        restarted since never sees answers to its predecessor's requests (whose message ids
+        it may reuse)."""
         if frozenset((src, dst)) in self.cut:
             return
         r = self.rng.random()
         if r < 0.02:
             return  # lost
-        msg = Msg(src, dst, payload, kind, self.incarnation.get(dst, 0))
+        to = self.incarnation.get(dst, 0) if reply_to is None else reply_to.src_incarnation
+        msg = Msg(src, dst, payload, kind, to, self.incarnation.get(src, 0))
         self.schedule(self.now + self.latency(), "msg", msg)
         if r > 0.985 and kind.startswith("peer"):
             self.schedule(self.now + self.latency(), "msg", msg)  # duplicated
@@ -281,6 +299,10 @@ class Simulation:
             s.terms.append(epoch)
         for ev in fx.events:
             self.note(f"{s.name}: {ev}")
+            if ev["event"] == "fenced":
+                self.stats["fenced"] += 1
+            elif ev["event"] == "promote_yielded":
+                self.stats["yielded"] += 1
             if ev["event"] == "adopted":
                 self.check_adoption(s)
             if ev["event"] in ("handle_expired", "handle_released"):
@@ -349,14 +371,14 @@ class Simulation:
             b = self.backends[m.dst]
             if b.acceptor is None:
                 return
-            step: Step = b.acceptor.handle(m.payload)
+            step: Step = b.acceptor.handle(m.payload, self.now)
             if step.write is not None:
                 if self.faults_on and self.rng.random() < 0.01:
                     self.crash_backend(b, "crash during fsync")
                     return
                 b.store.commit(step.write)
-                b.acceptor.committed(step)
-            self.send(m.dst, m.src, step.reply, "peer_rep")
+            b.acceptor.committed(step)
+            self.send(m.dst, m.src, step.reply, "peer_rep", reply_to=m)
         elif m.kind == "peer_rep":
             s = self.servers[m.dst]
             if s.leader is None:
@@ -418,11 +440,16 @@ class Simulation:
                 c.state = "idle"
         if c.state == "idle" and now >= c.next_action:
             c.state = "checkout"
+            c.retry_at = None
             c.rid = self.new_rid(c)
             c.first_sent = c.sent_at = now
             self.client_send(c, "checkout", seats=c.seats)
-        elif c.state in ("checkout", "release") and now - c.sent_at > CLIENT_TIMEOUT:
-            c.target ^= 1  # Lazy Pirate: same request id, other endpoint
+        elif c.state in ("checkout", "release") and (
+            now - c.sent_at > CLIENT_TIMEOUT or (c.retry_at is not None and now >= c.retry_at)
+        ):
+            if c.retry_at is None:  # else a NOT_ACTIVE answer moved it to the other one already
+                c.target ^= 1  # Lazy Pirate: same request id, other endpoint
+            c.retry_at = None
             c.sent_at = now
             if c.state == "checkout":
                 self.client_send(c, "checkout", seats=c.seats)
@@ -431,6 +458,7 @@ class Simulation:
         elif c.state == "holding" and c.held:
             if now >= c.next_action:
                 c.state = "release"
+                c.retry_at = None
                 c.release_handle = c.held.handle
                 c.held = None  # not certainly held from the release call on
                 c.rid = self.new_rid(c)
@@ -444,6 +472,13 @@ class Simulation:
             elif c.hb_rid and now - c.hb_sent > CLIENT_TIMEOUT:
                 c.hb_rid = ""  # give up this heartbeat; a new one follows
                 c.target ^= 1
+
+    def not_active(self, c: SimClient) -> None:
+        """The SDK's rule: NOT_ACTIVE moves the request to the other endpoint at once (with a
+        short back-off), not after the attempt's timeout, which would move it back."""
+        if c.retry_at is None:
+            c.target ^= 1
+            c.retry_at = self.now + self.rng.uniform(0.02, 0.1)
 
     def client_reply(self, cid: str, server: str, reply: ClientReply) -> None:
         c = self.client_by_id(cid)
@@ -474,7 +509,7 @@ class Simulation:
                 c.state = "holding"
                 c.next_action = now + self.rng.uniform(0.1, 1.5 * LEASE) * self.rng.random()
             elif reply.error == ErrorCode.NOT_ACTIVE:
-                c.target ^= 1
+                self.not_active(c)
             else:
                 self.stats["denied"] += 1
                 key = f"err_{reply.error}"
@@ -488,7 +523,7 @@ class Simulation:
                 c.state = "idle"
                 c.next_action = now + self.rng.uniform(0.0, 1.0)
             elif reply.error == ErrorCode.NOT_ACTIVE:
-                c.target ^= 1
+                self.not_active(c)
             else:
                 c.state = "idle"
 
@@ -535,7 +570,9 @@ class Simulation:
                 self.note(f"{s.name}: restart")
                 self._start_server(s)
         elif r < 0.65:
-            # keepalived: promote one, sometimes both (split brain), sometimes demote.
+            # keepalived: promote one, sometimes both (split brain), sometimes demote. A
+            # promote yields to a live leader; an operator's `promote --force` (a third of
+            # them) does not, so fencing and two leaders at once stay exercised.
             choice = rng.random()
             targets = list(self.servers.values())
             picked = targets if choice < 0.25 else [rng.choice(targets)]
@@ -546,9 +583,11 @@ class Simulation:
                     self.note(f"{s.name}: keepalived demotes")
                     self.apply_effects(s, s.leader.demote(self.now))
                 else:
-                    self.note(f"{s.name}: keepalived promotes")
+                    force = rng.random() < 0.35
+                    self.note(f"{s.name}: {'operator force-' if force else 'keepalived '}promotes")
                     self.stats["failovers"] += 1
-                    self.apply_effects(s, s.leader.promote(self.now))
+                    self.stats["forced"] += force
+                    self.apply_effects(s, s.leader.promote(self.now, force=force))
         elif r < 0.70:
             self.license_update()
         elif r < 0.85:

@@ -29,6 +29,8 @@ def test_invariants_hold_over_seeds(first: int) -> None:
     # The runs must have exercised the protocol, not idled.
     assert totals["checkouts"] > 10 * min(BATCH, SEEDS - first)
     assert totals["failovers"] > 0 and totals["crashes"] > 0
+    # Forced promotes still fence live leaders; plain ones yield to them.
+    assert totals["forced"] > 0 and totals["fenced"] > 0 and totals["yielded"] > 0
 
 
 def test_same_seed_same_history() -> None:
@@ -70,13 +72,13 @@ def test_simulation_catches_an_acceptor_that_ignores_its_promise(
 
     original = Acceptor.handle
 
-    def forgetful(self: Acceptor, req: PeerRequest) -> Step:
-        step = original(self, req)
+    def forgetful(self: Acceptor, req: PeerRequest, now: float) -> Step:
+        step = original(self, req, now)
         if isinstance(step.reply, Rejected):
             saved = self.state.promised
             self.state.promised = leader_mod.ZERO_EPOCH
             try:
-                step = original(self, req)
+                step = original(self, req, now)
             finally:
                 self.state.promised = saved
         return step

@@ -43,6 +43,13 @@ def test_server_config(tmp_path: Path) -> None:
     cfg = load_server_config(write(tmp_path, SERVER))
     assert cfg.lease_seconds == 10.0 and len(cfg.backends) == 3
     assert cfg.client_listen == "tcp://0.0.0.0:22350"
+    assert cfg.leader_live_window == 0.6 > cfg.probe_interval
+
+
+def test_server_leader_live_window(tmp_path: Path) -> None:
+    text = SERVER.replace("lease_seconds = 10", "probe_interval = 0.5\nleader_live_window = 1.5")
+    cfg = load_server_config(write(tmp_path, text))
+    assert (cfg.probe_interval, cfg.leader_live_window) == (0.5, 1.5)
 
 
 @pytest.mark.parametrize(
@@ -67,6 +74,16 @@ def test_backend_errors_name_the_key(tmp_path: Path, text: str, needle: str) -> 
         (SERVER.replace("lease_seconds = 10", 'lease_seconds = "x"'), "lease_seconds"),
         (SERVER.split("[[backends]]")[0], "missing required key 'backends'"),
         (SERVER + '\n[[backends]]\nname = "x"\nendpoint = "e"\npublic_key = "k"\n', "exactly 3"),
+        (SERVER.replace("lease_seconds = 10", "leader_live_window = 0"), "leader_live_window"),
+        (SERVER.replace("lease_seconds = 10", 'leader_live_window = "1"'), "leader_live_window"),
+        (
+            SERVER.replace("lease_seconds = 10", "leader_live_window = 0.2"),
+            "'leader_live_window' .* greater than 'probe_interval'",
+        ),
+        (
+            SERVER.replace("lease_seconds = 10", "probe_interval = 1.0"),
+            "'leader_live_window' .* greater than 'probe_interval'",
+        ),
     ],
 )
 def test_server_errors_name_the_key(tmp_path: Path, text: str, needle: str) -> None:

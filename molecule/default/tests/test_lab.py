@@ -302,9 +302,9 @@ def test_switchover_keeps_a_held_seat(client) -> None:  # type: ignore[no-untype
 def test_webadmin_status_through_the_vip(client) -> None:  # type: ignore[no-untyped-def]
     """WebAdmin answers on the VIP: the active server, every license available, no secrets."""
     out = client.check_output(
-        f"{PY} -c \"import urllib.request,sys; "
+        f'{PY} -c "import urllib.request,sys; '
         f"sys.stdout.write(urllib.request.urlopen('http://{vip()}:22380/api/status', "
-        f"timeout=10).read().decode())\""
+        f'timeout=10).read().decode())"'
     )
     doc = json.loads(out)
     assert doc["role"] == "active", doc["role"]

@@ -527,13 +527,15 @@ class BackendService:
     ) -> None:
         """Decide one request; its write is applied in memory and joins the group."""
         assert self.acceptor is not None
-        step = self.acceptor.handle(request)
+        step = self.acceptor.handle(request, time.monotonic())
         records: list[_Record] = []
         if step.write is not None:
             before = self.acceptor.state.promised
             self.acceptor.committed(step)  # in memory only: durable with the group
             group.writes.append(step.write)
             records = self._write_records(step.write, before)
+        else:
+            self.acceptor.committed(step)  # nothing durable: only when the leader was heard
         records.extend(self._refusal_records(step.reply))
         reply = peer_api.encode_reply(step.reply)
         if group.writes:  # the reply may reflect writes that are not durable yet
@@ -811,6 +813,7 @@ class BackendService:
             "public_key": self.identity.keys.public,
             "endpoint": self.endpoint,
             "promised": epoch_json(state.promised),
+            "leader_age": self.acceptor.leader_age(time.monotonic()),
             "caught_up": state.caught_up,
             "products": products,
             "rejected": rejected_json(self.view),

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from tmr import __version__
-from tmr.errors import TmrError
+from tmr.errors import ApiError, TmrError
 
 # Modules that add sub-commands. Each defines
 #   register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction])
@@ -95,6 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return handler(args)
+    except ApiError as exc:  # answered by the service (or TIMEOUT): name the code
+        text = str(exc)
+        code = exc.code.value
+        print(
+            f"tmr: error: {text if text.startswith(code) else f'{code}: {text}'}", file=sys.stderr
+        )
+        return 1
     except TmrError as exc:
         print(f"tmr: error: {exc}", file=sys.stderr)
         return 1

@@ -12,7 +12,8 @@ from tmr.config import load_server_config
 from tmr.ctl import ctl_request
 
 CTL_COMMANDS = {
-    "promote": "become the active TMR server (keepalived notify_master)",
+    "promote": "become the active TMR server (keepalived notify_master); gives up and stays "
+    "standby while another server is alive as leader, unless --force",
     "demote": "become standby (keepalived notify_backup/fault/stop)",
     "health": "exit 0 only when the server is up and not fenced (keepalived track_script)",
     "status": "print the server's status as JSON",
@@ -28,7 +29,13 @@ def _server_run(args: argparse.Namespace) -> int:
 
 
 def _ctl(args: argparse.Namespace) -> int:
-    reply = ctl_request(Path(args.socket), args.cmd, timeout=args.timeout)
+    extra: dict[str, Any] = {}
+    if args.force:
+        if args.cmd != "promote":
+            print("tmr ctl: --force only goes with promote", file=sys.stderr)
+            return 2
+        extra["force"] = True
+    reply = ctl_request(Path(args.socket), args.cmd, timeout=args.timeout, **extra)
     if args.cmd == "health" and not args.verbose:
         return 0 if reply.get("ok") else 1
     json.dump(reply, sys.stdout, indent=2 if sys.stdout.isatty() else None, default=str)
@@ -100,6 +107,15 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     c.add_argument("--socket", default="/run/tmr/server.sock", help="control socket path")
     c.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
     c.add_argument("-v", "--verbose", action="store_true", help="health: print the answer too")
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="promote: take over even while another TMR server is alive as the leader (a "
+        "majority of backends heard it within leader_live_window). Without it, promote waits "
+        "for that server to fall silent and gives up if it does not (promote_yielded), so a "
+        "keepalived split brain never fences a working leader. With it, the other server is "
+        "fenced at once: an operator override",
+    )
     c.add_argument(
         "cmd", choices=sorted(CTL_COMMANDS), metavar="COMMAND", help=", ".join(CTL_COMMANDS)
     )

@@ -98,6 +98,8 @@ def encode_request(msg: PeerRequest) -> bytes:
     match msg:
         case Probe():
             body = {"t": "probe"}
+            if msg.epoch is not None:  # absent, not null: what older senders send
+                body["epoch"] = _epoch(msg.epoch)
         case Prepare():
             body = {"t": "prepare", "epoch": _epoch(msg.epoch)}
         case Accept():
@@ -141,6 +143,8 @@ def encode_reply(msg: PeerReply) -> bytes:
                 "seats": [[_key(k), v] for k, v in msg.seats.items()],
                 "licenses": _licenses(msg.licenses),
             }
+            if msg.leader_age is not None:
+                body["leader_age"] = msg.leader_age
         case Promise():
             body = {
                 "t": "promise",
@@ -282,6 +286,15 @@ def _d_license(v: Any, what: str) -> LicenseInfo:
     )
 
 
+def _d_age(v: Any, what: str) -> float | None:
+    if v is None:
+        return None
+    age = _float(v, what)
+    if age < 0:
+        raise _fail(f"{what}: expected a number of seconds >= 0")
+    return age
+
+
 def _d_licenses(v: Any, what: str) -> dict[ProductKey, LicenseInfo]:
     out = {}
     for i, kv in enumerate(_list(v, what)):
@@ -308,7 +321,9 @@ def decode_request(frame: bytes) -> PeerRequest:
     t, mid, b = _body(frame)
     try:
         if t == "probe":
-            return Probe(mid)
+            # An older server sends no epoch: the probe then says nothing about its leader.
+            pe = b.get("epoch")
+            return Probe(mid, None if pe is None else _d_epoch(pe, "epoch"))
         epoch = _d_epoch(_get(b, "epoch"), "epoch")
         if t == "prepare":
             return Prepare(mid, epoch)
@@ -367,6 +382,7 @@ def decode_reply(frame: bytes) -> PeerReply:
                     for k, v in (_list(x, "seats", 2) for x in _list(_get(b, "seats"), "s"))
                 },
                 _d_licenses(_get(b, "licenses"), "licenses"),
+                _d_age(b.get("leader_age"), "leader_age"),  # an older backend sends none
             )
         if t == "promise":
             logs = {}

@@ -1,9 +1,11 @@
 """The backend's side of the replication protocol: a sans-I/O acceptor.
 
-`Acceptor.handle(request)` computes the reply and the durable write that must be committed
-before the reply may be sent; it never changes the acceptor. The service (or the simulation)
-commits the write to its store and only then calls `Acceptor.committed(step)`, which applies
-it in memory, and sends the reply. A failed commit means: no reply, no change.
+`Acceptor.handle(request, now)` computes the reply and the durable write that must be
+committed before the reply may be sent; it never changes the acceptor. The service (or the
+simulation) commits the write to its store and only then calls `Acceptor.committed(step)`,
+which applies it in memory, and sends the reply. A failed commit means: no reply, no change.
+Call `committed` for every step whose reply is sent, also one without a write: it records
+when the leader was last heard.
 
 Rules (DESIGN.md section 5):
 - a request whose epoch is below the promise is rejected (`Rejected`), whatever it is;
@@ -14,6 +16,11 @@ Rules (DESIGN.md section 5):
   count above LQ, which happens when an update lowered LQ below the seats in use);
 - a fresh backend (no state yet) is not `caught_up` until it receives a snapshot, and the
   leader does not count its promise (I10).
+
+Leader liveness (not persisted, monotonic `now`): the acceptor remembers when it last
+received a request carrying exactly its promised epoch (a PROBE with that epoch, ACCEPT,
+SNAPSHOT, CRYPT, and the PREPARE that set it) and reports the age in `Status.leader_age`. A
+server being promoted uses it to see that another server still leads (`Leader.promote`).
 """
 
 from __future__ import annotations
@@ -90,6 +97,8 @@ class Write:
 class Step:
     reply: PeerReply
     write: Write | None = None
+    # The request carried the promised epoch (or the one this write promises): (epoch, now).
+    seen: tuple[Epoch, float] | None = None
 
 
 def apply_write(state: AcceptorState, write: Write) -> None:
@@ -119,6 +128,10 @@ class Acceptor:
         self.state = state
         self.licenses: dict[ProductKey, LicenseInfo] = dict(licenses or {})
         self._crypt = crypt
+        # When a request last carried this epoch (monotonic, memory only). It counts only
+        # while the epoch is the promise, so a state reloaded after a failed commit, or a
+        # restart, makes the leader's age unknown rather than wrong.
+        self._seen: tuple[Epoch, float] | None = None
 
     # ------------------------------------------------------------------ inputs
 
@@ -126,27 +139,45 @@ class Acceptor:
         """The license container was (re)loaded and verified by the service."""
         self.licenses = dict(licenses)
 
-    def handle(self, req: PeerRequest) -> Step:
+    def handle(self, req: PeerRequest, now: float) -> Step:
+        """The reply to one request and the write to commit first; `now` is monotonic."""
+        promised = self.state.promised
         if isinstance(req, Probe):
-            return Step(self._status(req.mid))
-        if req.epoch < self.state.promised:
-            return Step(Rejected(req.mid, self.state.promised))
+            if req.epoch is not None and req.epoch == promised:
+                return Step(self._status(req.mid, 0.0), seen=(promised, now))
+            return Step(self._status(req.mid, self.leader_age(now)))
+        if req.epoch < promised:
+            return Step(Rejected(req.mid, promised))
         if isinstance(req, Prepare):
-            return self._prepare(req)
-        if isinstance(req, Accept):
-            return self._accept(req)
-        if isinstance(req, Snapshot):
-            return self._snapshot(req)
-        return self._crypt_call(req)
+            step = self._prepare(req)
+        elif isinstance(req, Accept):
+            step = self._accept(req)
+        elif isinstance(req, Snapshot):
+            step = self._snapshot(req)
+        else:
+            step = self._crypt_call(req)
+        raises = step.write is not None and step.write.promised == req.epoch
+        if req.epoch == promised or raises:
+            step = Step(step.reply, step.write, seen=(req.epoch, now))
+        return step
 
     def committed(self, step: Step) -> None:
         """The step's write is durable: make it the acceptor's state."""
         if step.write is not None:
             apply_write(self.state, step.write)
+        if step.seen is not None:
+            self._seen = step.seen
+
+    def leader_age(self, now: float) -> float | None:
+        """Seconds since a request last carried the promised epoch (None: not since start)."""
+        seen = self._seen
+        if seen is None or seen[0] != self.state.promised:
+            return None
+        return max(0.0, now - seen[1])
 
     # ------------------------------------------------------------------ handlers
 
-    def _status(self, mid: int) -> Status:
+    def _status(self, mid: int, leader_age: float | None) -> Status:
         return Status(
             mid=mid,
             name=self.name,
@@ -155,6 +186,7 @@ class Acceptor:
             versions={k: v.version for k, v in self.state.products.items()},
             seats={k: v.seats() for k, v in self.state.products.items()},
             licenses=dict(self.licenses),
+            leader_age=leader_age,
         )
 
     def _promise_write(self, epoch: Epoch) -> Epoch | None:

@@ -9,6 +9,16 @@ Roles: STANDBY (answers NOT_ACTIVE), TAKEOVER (probing and preparing after `prom
 (serving), FENCED (a backend has a higher promise: stop serving, never prepare again by itself;
 only `demote` then a new `promote` starts a new term).
 
+Leader-liveness guard (keepalived split brain): every server keeps probing the backends, and a
+leader's probes and requests carry its epoch, so each backend knows how long ago it last heard
+the epoch it promised (`Status.leader_age`). A `promote` does not prepare while a majority of
+backends heard another server's epoch within `leader_live_window`: that server is alive and
+serving, and taking over would only fence it (and then be fenced back when keepalived promotes
+it again). It keeps probing and prepares as soon as that server falls silent (a demoted or
+dead leader stops within the window); if the other server is still alive `backend_timeout +
+leader_live_window` after the promote, it gives up and goes back to STANDBY
+(`promote_yielded`). `promote(force=True)` skips the guard (operator override).
+
 Replication (DESIGN.md section 5): every product (firm, product) has its own log of entries
 numbered 1, 2, ... in the leader's epoch, after a snapshot at seq 0 written at takeover. Ops
 collected while an entry is uncommitted go together into the next entry (group commit). Each
@@ -84,6 +94,10 @@ class LeaderConfig:
     refuse_retry: float = 1.0
     crypt_timeout: float = 1.0
     container_serial: str = "131-0000000"
+    # Another server whose epoch a majority of backends heard this recently is alive: a
+    # promote waits for it to fall silent (see the module docstring). Keep it well above
+    # probe_interval, the gap between two probes of an idle leader.
+    leader_live_window: float = 0.6
 
 
 @dataclass(frozen=True)
@@ -144,8 +158,9 @@ class _Backend:
     licenses: dict[ProductKey, LicenseInfo] = field(default_factory=dict)
     versions: dict[ProductKey, Version] = field(default_factory=dict)
     outstanding: dict[int, _Outstanding] = field(default_factory=dict)
-    probe_mid: int | None = None
     last_probe: float = float("-inf")
+    answered_at: float = float("-inf")  # send time of the latest request it answered
+    status_sent_at: float = float("-inf")  # send time of the probe of the latest Status used
     inflight: dict[int, str] = field(default_factory=dict)  # ACCEPT/SNAPSHOT mids in flight
     sent: dict[ProductKey, int] = field(default_factory=dict)  # highest seq sent (pipelined)
     acked: dict[ProductKey, int] = field(default_factory=dict)
@@ -154,6 +169,8 @@ class _Backend:
     promise: Promise | None = None
     confirmed_at: float = float("-inf")  # send time of the latest request it answered in our epoch
     fresh_since: float | None = None  # when we saw it report a wiped (not caught-up) store
+    live_epoch: Epoch | None = None  # its promise, when it reported hearing that leader
+    live_at: float = float("-inf")  # when (our clock) it last heard `live_epoch`
     prepare_sent: bool = False
     snapshot_acked: bool = False
 
@@ -203,6 +220,9 @@ class _Product:
 
 
 class Leader:
+    _phase: str  # TAKEOVER: "probe", "prepare", "sync" (set by `_reset_term`)
+    _force: bool  # this takeover skips the leader-liveness guard
+
     def __init__(
         self,
         config: LeaderConfig,
@@ -226,11 +246,22 @@ class Leader:
         self.ops_committed = 0
         self.fenced_by: Epoch | None = None
         self.auto_pump = True  # the service turns it off and calls `pump` once per loop turn
+        self._now = 0.0  # the latest time the leader was given (for `status`)
 
     # ================================================================== public inputs
 
-    def promote(self, now: float) -> Effects:
+    def promote(self, now: float, force: bool = False) -> Effects:
+        """Start a takeover. Unless `force`, it waits while another server is alive as leader
+        and gives up (back to STANDBY, `promote_yielded`) if that server stays alive."""
         fx = Effects()
+        self._now = now
+        if self.role == Role.TAKEOVER and force and not self._force:
+            # An operator forces a takeover that waits for a live leader: stop waiting.
+            self._force = True
+            fx.events.append({"event": "promote", "server": self.cfg.server_id, "force": True})
+            if self._phase == "probe":
+                self._maybe_prepare(now, fx)
+            return fx
         if self.role in (Role.ACTIVE, Role.TAKEOVER):
             return fx
         self._reset_term()
@@ -238,10 +269,10 @@ class Leader:
         self.fenced_by = None
         self._takeover_started = now
         self._phase = "probe"
-        fx.events.append({"event": "promote", "server": self.cfg.server_id})
+        self._force = force
+        fx.events.append({"event": "promote", "server": self.cfg.server_id, "force": force})
         for b in self.backends:
-            b.probe_mid = None  # forget probes of the old term: probe everyone now
-            self._probe(b, now, fx)
+            self._probe(b, now, fx)  # a takeover counts only answers to probes from now on
         return fx
 
     def demote(self, now: float, reason: str = "demote") -> Effects:
@@ -257,12 +288,16 @@ class Leader:
 
     def tick(self, now: float) -> Effects:
         fx = Effects()
+        self._now = now
         for b in self.backends:
             for mid, out in list(b.outstanding.items()):
                 limit = self.cfg.crypt_timeout if out.kind == "crypt" else self.cfg.backend_timeout
                 if now - out.sent_at >= limit:
                     self._timeout(b, mid, out, now, fx)
-            if now - b.last_probe >= self.cfg.probe_interval and b.probe_mid is None:
+            # Probe every probe_interval, also while an earlier probe is unanswered: a lost
+            # message then costs one interval, not backend_timeout, of a leader being heard
+            # (leader_live_window) and of this server knowing who is heard.
+            if now - b.last_probe >= self.cfg.probe_interval:
                 self._probe(b, now, fx)
         if self.role == Role.TAKEOVER and self._phase == "probe":
             self._maybe_prepare(now, fx)
@@ -274,6 +309,7 @@ class Leader:
 
     def on_reply(self, backend: str, msg: PeerReply, now: float) -> Effects:
         fx = Effects()
+        self._now = now
         b = self._by_name.get(backend)
         if b is None:
             return fx
@@ -281,11 +317,15 @@ class Leader:
         if out is None:
             return fx  # late or duplicate reply: its request was given up already
         self._mark_up(b, fx)
+        b.answered_at = max(b.answered_at, out.sent_at)
+        if isinstance(msg, Status) and out.sent_at < b.status_sent_at:
+            return fx  # probes overlap: an older probe's answer overtaken by a newer one
         if isinstance(msg, Rejected):
             if out.kind == "crypt" and out.crypt is not None:
                 self._crypt_failed(out.crypt, ErrorCode.NOT_ACTIVE, "fenced", fx)
             self._fence(msg.promised, b, fx)
         elif isinstance(msg, Status):
+            b.status_sent_at = out.sent_at
             if self.epoch is not None and msg.promised <= self.epoch and msg.caught_up:
                 b.confirmed_at = max(b.confirmed_at, out.sent_at)
             self._on_status(b, msg, now, fx)
@@ -515,12 +555,31 @@ class Leader:
             )
         return out
 
-    def status(self) -> dict[str, Any]:
+    def live_leader(self, now: float) -> str | None:
+        """Another server that a majority of reachable backends heard as their promised
+        leader within `leader_live_window` (None: no other server is alive as leader)."""
+        heard: dict[str, int] = {}
+        for b in self.backends:
+            e = b.live_epoch
+            if (
+                b.up
+                and e is not None
+                and e.server
+                and e.server != self.cfg.server_id
+                and now - b.live_at < self.cfg.leader_live_window
+            ):
+                heard[e.server] = heard.get(e.server, 0) + 1
+        return next((server for server, n in heard.items() if n >= QUORUM), None)
+
+    def status(self, now: float | None = None) -> dict[str, Any]:
+        """A JSON view; `now` defaults to the latest time the leader was given."""
+        now = self._now if now is None else now
         return {
             "server": self.cfg.server_id,
             "role": self.role.value,
             "epoch": [self.epoch.counter, self.epoch.server] if self.epoch else None,
             "fenced_by": str(self.fenced_by) if self.fenced_by else None,
+            "live_leader": self.live_leader(now),
             "serial": self.cfg.container_serial,
             "backends": [
                 {
@@ -577,6 +636,8 @@ class Leader:
         self._phase = ""
         self._bootstrap = False
         self._takeover_started = 0.0
+        self._force = False
+        self._waiting_for: str | None = None  # the live leader a takeover waits for
         self.denials: dict[ProductKey, int] = {}
         for b in getattr(self, "backends", []):
             b.acked.clear()
@@ -598,9 +659,9 @@ class Leader:
 
     def _probe(self, b: _Backend, now: float, fx: Effects) -> None:
         mid = next(self._mids)
-        b.probe_mid = mid
         b.last_probe = now
-        self._send(b, Probe(mid), _Outstanding("probe", now), fx)
+        # The epoch only while leading: a standby's or fenced server's probe is no sign of life.
+        self._send(b, Probe(mid, self.epoch), _Outstanding("probe", now), fx)
 
     def _mark_up(self, b: _Backend, fx: Effects) -> None:
         if not b.up:
@@ -621,10 +682,15 @@ class Leader:
 
     def _timeout(self, b: _Backend, mid: int, out: _Outstanding, now: float, fx: Effects) -> None:
         del b.outstanding[mid]
-        if out.kind == "probe":
-            b.probe_mid = None
+        if out.kind == "probe" and b.answered_at > out.sent_at:
+            return  # one lost probe: it answered a later request, so it is up
         if out.kind == "repl":
             b.inflight.pop(mid, None)
+            if b.answered_at > out.sent_at:
+                # One lost message: it answers later requests, so it is up. Resend what it
+                # has not acked (a duplicate is acked again; a gap gets it a snapshot).
+                b.sent.clear()
+                return
         if out.kind == "prepare":
             b.prepare_sent = False
         if out.kind == "crypt" and out.crypt is not None:
@@ -866,10 +932,12 @@ class Leader:
     # ---------------------------------------------------------------- replies
 
     def _on_status(self, b: _Backend, msg: Status, now: float, fx: Effects) -> None:
-        if b.probe_mid == msg.mid:
-            b.probe_mid = None
         self._update_licenses(b, msg.licenses, fx)
         b.promised = msg.promised
+        if msg.leader_age is None:
+            b.live_epoch, b.live_at = None, float("-inf")
+        else:
+            b.live_epoch, b.live_at = msg.promised, now - msg.leader_age
         self._set_caught_up(b, msg.caught_up, now)
         b.versions = dict(msg.versions)
         if self.epoch is not None and msg.promised > self.epoch:
@@ -948,7 +1016,10 @@ class Leader:
         return len(confirmed) >= QUORUM
 
     def _maybe_prepare(self, now: float, fx: Effects) -> None:
-        replied = [b for b in self.backends if b.up and b.probe_mid is None]
+        if not self._force and self._other_leader_alive(now, fx):
+            return
+        # Backends that answered a probe sent since the promote (their state is current).
+        replied = [b for b in self.backends if b.up and b.status_sent_at >= self._takeover_started]
         waited = now - self._takeover_started >= self.cfg.backend_timeout
         if len(replied) == len(self.backends) or (len(replied) >= QUORUM and waited):
             top = max([self.last_counter] + [b.promised.counter for b in self.backends])
@@ -961,6 +1032,35 @@ class Leader:
             )
             for b in replied:
                 self._send_prepare(b, now, fx)
+
+    def _other_leader_alive(self, now: float, fx: Effects) -> bool:
+        """The liveness guard of a takeover's probe phase: True while it must not prepare
+        (another server leads and is alive); gives the promote up once that has lasted
+        `backend_timeout + leader_live_window`."""
+        other = self.live_leader(now)
+        if other is None:
+            if self._waiting_for is not None:
+                fx.events.append(
+                    {
+                        "event": "leader_silent",
+                        "server": self.cfg.server_id,
+                        "was": self._waiting_for,
+                    }
+                )
+                self._waiting_for = None
+            return False
+        if now - self._takeover_started >= self.cfg.backend_timeout + self.cfg.leader_live_window:
+            self.role = Role.STANDBY
+            self._reset_term()
+            fx.events.append(
+                {"event": "promote_yielded", "server": self.cfg.server_id, "active": other}
+            )
+        elif self._waiting_for != other:
+            self._waiting_for = other
+            fx.events.append(
+                {"event": "promote_waiting", "server": self.cfg.server_id, "active": other}
+            )
+        return True
 
     def _send_prepare(self, b: _Backend, now: float, fx: Effects) -> None:
         assert self.epoch is not None

@@ -16,7 +16,12 @@ from tmr.replication.types import Epoch, HandleRecord, LicenseInfo, Op, ProductK
 
 @dataclass(frozen=True)
 class Probe:
+    """Ask for a backend's `Status`. `epoch` is the sender's epoch while it leads (ACTIVE, or
+    TAKEOVER past its probe phase), None otherwise: a backend whose promise is exactly that
+    epoch counts the probe as a sign of life of its leader (`Status.leader_age`)."""
+
     mid: int
+    epoch: Epoch | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,9 @@ class Status:
     versions: dict[ProductKey, Version]
     seats: dict[ProductKey, int]
     licenses: dict[ProductKey, LicenseInfo]
+    # Seconds since this backend last received a request carrying exactly its promised epoch
+    # (monotonic clock, not persisted): None when unknown, e.g. since a restart.
+    leader_age: float | None = None
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,7 @@ class ServerService:
                 lease=cfg.lease_seconds,
                 backend_timeout=cfg.backend_timeout,
                 probe_interval=cfg.probe_interval,
+                leader_live_window=cfg.leader_live_window,
                 container_serial=self.serial,
             ),
             last_counter=self.counter.load(),
@@ -272,7 +273,7 @@ class ServerService:
         return fx
 
     def status(self, now: float) -> dict[str, Any]:
-        st = self.leader.status()
+        st = self.leader.status(now)
         # The server whose epoch the reachable backends promised last is the likely leader.
         promised = [b.promised for b in self.leader.backends if b.up]
         top = max(promised, default=None)
@@ -288,8 +289,11 @@ class ServerService:
         cmd = req["cmd"]
         ld = self.leader
         if cmd == "promote":
-            log("ctl", cmd="promote")
-            self.apply(ld.promote(now))
+            force = req.get("force", False)
+            if not isinstance(force, bool):
+                return {"ok": False, "error": "promote: 'force' must be true or false"}
+            log("ctl", cmd="promote", force=force)
+            self.apply(ld.promote(now, force=force))
         elif cmd == "demote":
             log("ctl", cmd="demote")
             self.apply(ld.demote(now))

@@ -91,10 +91,10 @@ def test_internal_error_mid_batch_commits_the_earlier(
     catch_up(svc)
     orig = svc.acceptor.handle
 
-    def boom(req: PeerRequest):  # type: ignore[no-untyped-def]
+    def boom(req: PeerRequest, now: float):  # type: ignore[no-untyped-def]
         if req.mid == 2:
             raise RuntimeError("bug")
-        return orig(req)
+        return orig(req, now)
 
     monkeypatch.setattr(svc.acceptor, "handle", boom)
     frames = [
@@ -108,3 +108,26 @@ def test_internal_error_mid_batch_commits_the_earlier(
     assert out[2].results[KEY].status is EntryStatus.OK and out[2].results[KEY].seq == 2
     assert svc.store.load() == svc.acceptor.state
     assert set(svc.acceptor.state.products[KEY].handles) == {"h1", "h3"}
+
+
+def test_leader_age_follows_requests_in_the_promised_epoch(
+    svc: BackendService,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The service feeds the acceptor a monotonic clock and records requests that carry no
+    write too (a leader's probe), so `Status.leader_age` and `status()` show the leader."""
+    import tmr.backend.service as service_mod
+
+    clock = [100.0]
+    monkeypatch.setattr(service_mod.time, "monotonic", lambda: clock[0])
+    assert decode_reply(svc.handle_frames([encode_request(Probe(1))])[0]).leader_age is None
+    assert svc.status()["leader_age"] is None  # nobody promised yet
+    catch_up(svc)  # PREPARE and SNAPSHOT in E1 at t=100
+    clock[0] = 100.5
+    assert decode_reply(svc.handle_frames([encode_request(Probe(2))])[0]).leader_age == 0.5
+    clock[0] = 101.0
+    svc.handle_frames([encode_request(Probe(3, E1))])  # the leader's own probe
+    clock[0] = 101.25
+    assert svc.status()["leader_age"] == 0.25
+    reply = decode_reply(svc.handle_frames([encode_request(Probe(4))])[0])
+    assert reply.leader_age == 0.25

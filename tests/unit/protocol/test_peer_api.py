@@ -47,9 +47,12 @@ REQUESTS = [
     Accept(3, E, (AcceptEntry(K, 1, (Grant(R), Release("h1", ReleaseReason.EXPIRE, 2.0))),)),
     Snapshot(4, E, (SnapshotEntry(K, 0, (R,)),)),
     Crypt(5, E, K, "h1", "client", "hmac", b"\x00data"),
+    Probe(6, E),
 ]
 REPLIES = [
     Status(1, "backend-1", E, True, {K: Version(E, 3)}, {K: 2}, LIC),
+    Status(7, "backend-1", E, True, {K: Version(E, 3)}, {K: 2}, LIC, leader_age=0.25),
+    Status(8, "backend-1", E, True, {}, {}, {}, leader_age=0),
     Promise(2, "backend-1", E, False, {K: (Version(E, 1), (R,))}, LIC),
     Rejected(3, E),
     Accepted(4, E, {K: EntryResult(EntryStatus.REFUSED, 3, "above LQ")}, LIC),
@@ -82,6 +85,8 @@ def test_reply_round_trip(msg: object) -> None:
         {"t": "snapshot", "mid": 1, "epoch": [1, "a"], "entries": "no"},
         {"t": "crypt", "mid": 1, "epoch": [1, "a"], "key": [1, 2], "handle": "h"},
         {"t": "launch", "mid": 1},
+        {"t": "probe", "mid": 1, "epoch": [1]},
+        {"t": "probe", "mid": 1, "epoch": "3/tmr-a"},
     ],
 )
 def test_malformed_requests_are_refused(body: dict[str, object]) -> None:
@@ -128,3 +133,46 @@ def test_random_maps_only_raise_protocol_error(body: dict[str, object]) -> None:
             decode(frame)
         except ProtocolError:
             pass
+
+
+# ------------------------------------------------------------------ rolling upgrades
+
+
+def test_probe_without_epoch_is_the_old_format() -> None:
+    """A standby's probe is byte for byte what servers sent before probes had an epoch."""
+    assert encode_request(Probe(1)) == msgpack.packb({"t": "probe", "mid": 1})
+
+
+def test_old_format_probe_and_status_decode() -> None:
+    """Frames of a peer from before the leader-liveness guard: no epoch, no leader_age."""
+    assert decode_request(msgpack.packb({"t": "probe", "mid": 4})) == Probe(4, None)
+    assert decode_request(msgpack.packb({"t": "probe", "mid": 4, "epoch": None})) == Probe(4)
+    old_status = {
+        "t": "status",
+        "mid": 9,
+        "name": "backend-2",
+        "promised": [3, "tmr-a"],
+        "caught_up": True,
+        "versions": [[[6000123, 42], [[3, "tmr-a"], 3]]],
+        "seats": [[[6000123, 42], 2]],
+        "licenses": [],
+    }
+    status = decode_reply(msgpack.packb(old_status))
+    assert status == Status(9, "backend-2", E, True, {K: Version(E, 3)}, {K: 2}, {}, None)
+
+
+def test_new_fields_are_ignored_by_an_old_decoder() -> None:
+    """What an older peer does with the new frames: it reads only the fields it knows."""
+    probe = msgpack.unpackb(encode_request(Probe(2, E)))
+    assert probe == {"t": "probe", "mid": 2, "epoch": [3, "tmr-a"]}
+    status = msgpack.unpackb(encode_reply(REPLIES[1]))
+    assert status["leader_age"] == 0.25
+    assert "leader_age" not in msgpack.unpackb(encode_reply(REPLIES[0]))
+
+
+@pytest.mark.parametrize("age", [-0.5, "1", [1.0], float("nan"), float("inf")])
+def test_bad_leader_age_is_refused(age: object) -> None:
+    body = msgpack.unpackb(encode_reply(REPLIES[0]))
+    body["leader_age"] = age
+    with pytest.raises(ProtocolError):
+        decode_reply(msgpack.packb(body))

@@ -1,4 +1,5 @@
-"""A synchronous, loss-free harness: one Leader and three Acceptors in one process."""
+"""A synchronous, loss-free harness: Leaders (server "sa", optionally "sb") and three
+Acceptors in one process. `leader` is server "sa"; `add_server` adds another one."""
 
 from __future__ import annotations
 
@@ -14,37 +15,59 @@ NAMES = ("b1", "b2", "b3")
 class Harness:
     def __init__(self, licenses: dict[ProductKey, LicenseInfo], lease: float = 30.0) -> None:
         self.now = 0.0
+        self.lease = lease
         self.acceptors = {n: Acceptor(n, AcceptorState(ZERO_EPOCH, False), licenses) for n in NAMES}
         self.down: set[str] = set()
-        self.leader = Leader(
-            LeaderConfig("sa", NAMES, lease=lease, backend_timeout=1.0, probe_interval=0.25),
-            wall_clock=lambda: self.now,
-        )
+        self.cut: set[tuple[str, str]] = set()  # (server, backend) links that lose everything
+        self.lose: list[tuple[str, str, type]] = []  # lose the next such (server, backend, type)
+        self.leaders: dict[str, Leader] = {}
+        self.stopped: set[str] = set()  # servers that are dead: no ticks, nothing delivered
+        self.persisted: dict[str, list[int]] = {}  # epoch counters each server persisted
+        self.events: list[dict[str, Any]] = []
+        self.leader = self.add_server("sa")
         self.replies: list[ClientReply] = []
 
-    def run(self, fx: Effects) -> None:
-        queue = list(fx.send)
-        self.replies.extend(fx.replies)
+    def add_server(self, name: str) -> Leader:
+        leader = Leader(
+            LeaderConfig(name, NAMES, lease=self.lease, backend_timeout=1.0, probe_interval=0.25),
+            wall_clock=lambda: self.now,
+        )
+        self.leaders[name] = leader
+        self.persisted[name] = []
+        return leader
+
+    def run(self, fx: Effects, server: str = "sa") -> None:
+        queue = [(server, fx)]
         while queue:
-            name, msg = queue.pop(0)
-            if name in self.down:
-                continue
-            acc = self.acceptors[name]
-            step = acc.handle(msg)
-            acc.committed(step)
-            out = self.leader.on_reply(name, step.reply, self.now)
-            self.replies.extend(out.replies)
-            queue.extend(out.send)
+            src, out = queue.pop(0)
+            if out.persist_counter is not None:
+                self.persisted[src].append(out.persist_counter)
+            self.events.extend(out.events)
+            if src == "sa":
+                self.replies.extend(out.replies)
+            for name, msg in out.send:
+                if name in self.down or src in self.stopped or (src, name) in self.cut:
+                    continue
+                lost = next((x for x in self.lose if x == (src, name, type(msg))), None)
+                if lost is not None:
+                    self.lose.remove(lost)
+                    continue
+                acc = self.acceptors[name]
+                step = acc.handle(msg, self.now)
+                acc.committed(step)
+                queue.append((src, self.leaders[src].on_reply(name, step.reply, self.now)))
 
     def advance(self, seconds: float, step: float = 0.1) -> None:
         end = self.now + seconds
-        while self.now < end:
+        while self.now < end - 1e-9:
             self.now += step
-            self.run(self.leader.tick(self.now))
+            for name, leader in self.leaders.items():
+                if name not in self.stopped:
+                    self.run(leader.tick(self.now), name)
 
-    def promote(self) -> None:
-        self.run(self.leader.promote(self.now))
-        self.advance(1.5)
+    def promote(self, server: str = "sa", force: bool = False, settle: float = 1.5) -> None:
+        self.run(self.leaders[server].promote(self.now, force=force), server)
+        self.advance(settle)
 
     def set_license(self, name: str, lic: LicenseInfo | None, key: ProductKey) -> None:
         acc = self.acceptors[name]

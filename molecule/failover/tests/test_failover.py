@@ -1,0 +1,322 @@
+"""The reliability table of the TMR source document, row by row, on the six lab hosts.
+
+A workload of 20 clients (checkout, hold, heartbeat, release) runs on client-1 against the VIP
+for the whole scenario. Each row's state is produced for real; then a checkout probe from
+client-1 must give the table's "Client Access" (ok: granted, or a typed "all seats taken";
+error: refused with a typed error and no checkout granted to the workload), the VIP must be on
+exactly one host, and the faults are healed before the next row. Then a keepalived split
+brain. At the end the workload checker (I1 seats <= LQ, I7 no lost grant, I8 one seat set per
+request) must be clean; the report, the table and the failover times go to
+artifacts/tmr-mol-failover/.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.lab.labctl import (
+    BACKENDS,
+    Lab,
+    LabError,
+    Workload,
+    check,
+    say,
+)
+
+A, B = "tmr-a", "tmr-b"
+B1, B2, B3 = BACKENDS
+LQ = 20
+ROWS: list[dict[str, Any]] = []
+OK_PROBES = ("ok", "NO_LICENSE_AVAILABLE")  # the service answered and serves the license
+
+
+@pytest.fixture(scope="module")
+def lab() -> Lab:
+    lab = Lab()
+    say(f"lab {lab.name}: VIP {lab.vip}")
+    lab.wait_healthy(180)
+    return lab
+
+
+@pytest.fixture(scope="module")
+def workload(lab: Lab) -> Iterator[Workload]:
+    wl = lab.start_workload(
+        "failover", duration=1800, clients=20, seed=5, extra=["--at-end", "abandon"]
+    )
+    yield wl
+    if wl.running():
+        wl.stop()
+
+
+def make_active(lab: Lab, server: str) -> None:
+    """Planned switchover (playbooks/switchover.yml) when `server` is not the active one."""
+    active = lab.wait_healthy()
+    if active != server:
+        lab.mark(f"switchover to {server}")
+        lab.playbook("switchover.yml")
+        got = lab.wait_healthy()
+        assert got == server, f"switchover left {got} active"
+
+
+def verify_row(
+    lab: Lab,
+    wl: Workload,
+    row: str,
+    expect: str,
+    state: dict[str, str],
+    fault_at: float,
+) -> dict[str, Any]:
+    """The row's state is in place: probe the client access and record the row."""
+    holders = lab.vip_holders()
+    roles = lab.roles()
+    outcome, output = lab.probe_checkout()
+    result: dict[str, Any] = {
+        "row": row,
+        **state,
+        "expected": expect,
+        "probe": outcome,
+        "vip": holders,
+        "roles": roles,
+    }
+    say(f"row {row!r}: probe {outcome}; VIP on {holders}; roles {roles}")
+    assert len(holders) == 1, f"VIP on {holders}, not exactly one host"
+    if expect == "ok":
+        assert outcome in OK_PROBES, f"client access should be ok, got {outcome}: {output}"
+        granted = wl.wait_granted(fault_at, n=3, timeout=60)
+        result["granted_after_fault"] = granted
+    else:
+        assert outcome not in OK_PROBES, f"client access should fail, got {outcome}: {output}"
+        since = time.time()
+        # the workload keeps trying for a few attempts (each up to its 10 s timeout)
+        lab.wait_for("the workload tried again", lambda: len(wl.recent(since)) >= 5, 60)
+        granted = wl.granted_since(since)
+        result["granted_after_fault"] = granted
+        assert granted == 0, f"{granted} checkouts granted while the table says error"
+    ROWS.append(result)
+    return result
+
+
+def backend_down_seen(lab: Lab, active: str, backend: str) -> bool:
+    view = lab.backend_view(active)
+    return bool(view) and not view.get(backend, {}).get("up", True)
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def test_row1_normal_a_active(lab: Lab, workload: Workload) -> None:
+    make_active(lab, A)
+    verify_row(
+        lab,
+        workload,
+        "Normal operation",
+        "ok",
+        {"A": "Active", "B": "Standby", "B1": "up", "B2": "up", "B3": "up"},
+        time.time(),
+    )
+
+
+def test_row2_normal_b_active(lab: Lab, workload: Workload) -> None:
+    make_active(lab, B)
+    verify_row(
+        lab,
+        workload,
+        "Normal operation",
+        "ok",
+        {"A": "Standby", "B": "Active", "B1": "up", "B2": "up", "B3": "up"},
+        time.time(),
+    )
+
+
+def test_row3_tmr_server_b_maintenance(lab: Lab, workload: Workload) -> None:
+    make_active(lab, B)
+    t = lab.stop_unit(B, "tmr-server")  # maintenance of the active server: failover to A
+    lab.wait_for(
+        "A active with the VIP", lambda: lab.vip_holders() == [A] and lab.active() == A, 60
+    )
+    verify_row(
+        lab,
+        workload,
+        "Maintenance/Failure TMR server (1)",
+        "ok",
+        {"A": "Active", "B": "Maintenance", "B1": "up", "B2": "up", "B3": "up"},
+        t,
+    )
+    lab.start_unit(B, "tmr-server")
+    assert lab.wait_healthy() == A
+
+
+def test_row4_tmr_server_a_failure(lab: Lab, workload: Workload) -> None:
+    make_active(lab, A)
+    t = lab.kill_host(A)  # the active TMR host fails: keepalived moves the VIP to B
+    lab.wait_for(
+        "B active with the VIP", lambda: lab.vip_holders() == [B] and lab.active() == B, 60
+    )
+    verify_row(
+        lab,
+        workload,
+        "Maintenance/Failure TMR server (2)",
+        "ok",
+        {"A": "Failure", "B": "Active", "B1": "up", "B2": "up", "B3": "up"},
+        t,
+    )
+    lab.start_host(A)
+    assert lab.wait_healthy() == B
+
+
+@pytest.mark.parametrize(
+    ("backend", "how"),
+    [(B1, "service stopped"), (B2, "host paused"), (B3, "firewall")],
+)
+def test_row5_to_7_backend_maintenance(
+    lab: Lab, workload: Workload, backend: str, how: str
+) -> None:
+    make_active(lab, A)
+    if how == "service stopped":
+        t = lab.stop_unit(backend, "tmr-backend")
+    elif how == "host paused":
+        t = lab.pause_host(backend)
+    else:
+        t = lab.cut_backend(backend)
+    lab.wait_for(f"A sees {backend} down", lambda: backend_down_seen(lab, A, backend), 30)
+    n = BACKENDS.index(backend) + 1
+    state = {"A": "Active", "B": "Standby", "B1": "up", "B2": "up", "B3": "up"}
+    state[f"B{n}"] = f"down ({how})"
+    verify_row(lab, workload, f"Maintenance/Failure Backend ({n})", "ok", state, t)
+    if how == "service stopped":
+        lab.start_unit(backend, "tmr-backend")
+    elif how == "host paused":
+        lab.unpause_host(backend)
+    else:
+        lab.heal_net(backend)
+    assert lab.wait_healthy() == A
+
+
+@pytest.mark.timeout(600)
+def test_row8_and_9_double_and_triple_failure(lab: Lab, workload: Workload) -> None:
+    make_active(lab, A)
+    lab.kill_host(B2)
+    t = lab.kill_host(A)
+    lab.wait_for(
+        "B active with the VIP", lambda: lab.vip_holders() == [B] and lab.active() == B, 60
+    )
+    lab.wait_for("B sees backend-2 down", lambda: backend_down_seen(lab, B, B2), 30)
+    verify_row(
+        lab,
+        workload,
+        "Failure (1)",
+        "ok",
+        {"A": "Failure", "B": "Active", "B1": "up", "B2": "Failure", "B3": "up"},
+        t,
+    )
+
+    t = lab.kill_host(B3)
+    lab.wait_for("B sees backend-3 down", lambda: backend_down_seen(lab, B, B3), 30)
+    row = verify_row(
+        lab,
+        workload,
+        "Failure (2)",
+        "error",
+        {"A": "Failure", "B": "Active", "B1": "up", "B2": "Failure", "B3": "Failure"},
+        t,
+    )
+    lic = lab.license_row(B) or {}
+    row["license_status"] = lic.get("status")
+    assert lic.get("available") is False, lic
+
+    # repair: the cluster heals by itself once the hosts are back
+    lab.start_host(B3)
+    lab.start_host(B2)
+    t = lab.mark("backends 2 and 3 back")
+    workload.wait_granted(t, n=3, timeout=60)
+    lab.start_host(A)
+    assert lab.wait_healthy() == B
+
+
+@pytest.mark.timeout(600)
+def test_keepalived_split_brain(lab: Lab, workload: Workload) -> None:
+    """VRRP between the two TMR hosts blocked: both claim the VIP, exactly one server commits."""
+    active = lab.wait_healthy()
+    other = B if active == A else A
+    before = {s: (lab.status(s) or {}).get("ops_committed", 0) for s in (A, B)}
+    lab.block_vrrp(A)
+    t = lab.block_vrrp(B)
+    lab.mark("split brain: VRRP blocked between tmr-a and tmr-b")
+    samples: list[dict[str, Any]] = []
+    both_held = 0
+    deadline = time.monotonic() + 25
+    while time.monotonic() < deadline:
+        holders = lab.vip_holders()
+        roles = lab.roles()
+        samples.append({"t": round(time.time() - t, 2), "vip": holders, "roles": roles})
+        both_held += len(holders) == 2
+        assert list(roles.values()).count("active") <= 1 or _one_fenced(lab), roles
+        time.sleep(0.5)
+    after = {s: (lab.status(s) or {}).get("ops_committed", 0) for s in (A, B)}
+    lab.heal_net(A)
+    lab.heal_net(B)
+    lab.mark("split brain healed")
+    (lab.artifacts / "split-brain.json").write_text(json.dumps(samples, indent=1))
+    say(
+        f"split brain: both hosts held the VIP in {both_held} of {len(samples)} samples; "
+        f"commits {before} -> {after}"
+    )
+    assert both_held > 0, "VRRP blocked but the VIP was never on both hosts: no split brain made"
+    assert after[active] > before[active], "the active server stopped committing"
+    assert after[other] == before[other], f"{other} committed during the split brain"
+    assert lab.active() == active
+    ROWS.append(
+        {
+            "row": "keepalived split brain",
+            "expected": "ok",
+            "active": active,
+            "both_held_samples": both_held,
+            "samples": len(samples),
+            "commits": {"before": before, "after": after},
+        }
+    )
+    lab.wait_healthy()
+
+
+def _one_fenced(lab: Lab) -> bool:
+    return any((lab.status(s) or {}).get("fenced_by") for s in (A, B))
+
+
+@pytest.mark.timeout(600)
+def test_checker_clean(lab: Lab, workload: Workload) -> None:
+    history = workload.stop()
+    handles = workload.handles()
+    report = check(history, lq=LQ, handles=handles, events=lab.events)
+    events: dict[str, dict[str, Any]] = {}
+    for e in report.get("events", []):
+        events.setdefault(e["label"], e)  # the first kill of tmr-a is row 4's failover
+    failover = events.get(f"kill host {A}") or {}
+    summary = {
+        "rows": ROWS,
+        "ops": report["run"]["ops"],
+        "counts": report["counts"],
+        "max_seats_held": report["max_seats_held"],
+        "longest_gap": report["unavailability"]["longest_gap"],
+        "failover_unavailability": {
+            "event": f"kill host {A} (the active TMR host)",
+            "to_first_ok": failover.get("to_first_ok"),
+            "to_first_checkout": failover.get("to_first_checkout"),
+        },
+        "events": report.get("events", []),
+    }
+    (lab.artifacts / "failover-summary.json").write_text(json.dumps(summary, indent=1))
+    say("reliability table as produced:")
+    for r in ROWS:
+        say(f"  {r['row']:<38} expected {r['expected']:<5} probe {r.get('probe', '-')}")
+    say(
+        f"failover unavailability (kill of the active TMR host -> first granted checkout): "
+        f"{failover.get('to_first_checkout')} s"
+    )
+    assert report["ok"], f"checker violations: {report['violations'][:5]}"
+    if not report["run"]["finished"]:
+        raise LabError("the workload history has no end record")
