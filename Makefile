@@ -46,9 +46,10 @@ test-integration: venv ## real processes on loopback (local cluster)
 test-fast: lint typecheck ## everything that needs no containers (100 simulation seeds)
 	TMR_SIM_SEEDS=100 $(PY) -m pytest -q tests/unit tests/sim tests/integration
 
-test: lint typecheck lint-ansible ## everything, as CI runs it: 500 simulation seeds, then molecule
+test: lint typecheck lint-ansible ## everything, as CI runs it: 500 simulation seeds, molecule, the end-to-end scenarios
 	TMR_SIM_SEEDS=$(SIM_SEEDS) $(PY) -m pytest -q -p no:cacheprovider tests/unit tests/sim tests/integration
 	$(MAKE) test-lab
+	$(MAKE) test-lab-e2e
 	@echo "==> all test tiers passed"
 
 include bench/Makefile.inc

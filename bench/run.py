@@ -63,6 +63,10 @@ LEVELS = (1, 10, 100)
 QUANTITY = 20_000
 LEASE = 3600.0  # held handles must not expire during the run (no heartbeats are sent)
 SETUP = 2.0  # seconds between starting the workers and the measurement window (warm-up)
+# keepalived's detection time, which the failover measurements model before they promote:
+# VRRP master-down interval = 3 x advert_int + skew, with advert_int 0.2 s and priority 100
+# (the role's defaults): 3 x 0.2 + (256 - 100) / 256 x 0.2 = 0.72 s
+VRRP_DETECT = 3 * 0.2 + (256 - 100) / 256 * 0.2
 
 
 def log(msg: str) -> None:
@@ -596,8 +600,12 @@ class Bench:
                     f"server RSS {out[str(target)]['server_rss_mib']} MiB"
                 )
             standby = cl.standby()
-            log(f"takeover with {held} handles: kill -9 {active}, promote {standby}")
-            cl.kill(active)
+            log(
+                f"takeover with {held} handles: kill -9 {active}, promote {standby} "
+                f"{VRRP_DETECT:.2f} s later (as keepalived would)"
+            )
+            killed = cl.kill(active)
+            time.sleep(max(0.0, killed + VRRP_DETECT - time.monotonic()))  # the VRRP timer
             takeover = cl.promote(standby)
             st = cl.ctl(standby, "status")
             out["takeover"] = {
@@ -623,12 +631,16 @@ class Bench:
         standby = cl.standby()
         endpoints, first = cl.endpoints_from(active)
         duration = max(6.0, self.duration + 3.0)
-        log(f"failover: 20 clients, kill -9 {active} and promote {standby}")
+        log(
+            f"failover: 20 clients, kill -9 {active} and promote {standby} "
+            f"{VRRP_DETECT:.2f} s later (keepalived's detection time)"
+        )
         marks: Json = {}
 
         def kill_and_promote(start_at: float) -> None:
             time.sleep(max(0.0, start_at + 2.0 - time.monotonic()))
             marks["kill"] = cl.kill(active)
+            time.sleep(max(0.0, marks["kill"] + VRRP_DETECT - time.monotonic()))  # VRRP timer
             marks["takeover_s"] = cl.promote(standby)
 
         result, _ = self.load(

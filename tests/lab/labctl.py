@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -69,6 +70,9 @@ class Lab:
         self.endpoint = f"tcp://{self.vip}:{CLIENT_PORT}"
         self._paused: set[str] = set()
         self._stopped: set[str] = set()
+        # Ansible's SSH control sockets of this lab's playbook runs: dropped whenever a host
+        # dies, so the next playbook does not wait on a connection to the dead instance
+        self.ssh_control_dir = Path(f"/tmp/tmr-ssh-{self.name}")
 
     # ------------------------------------------------------------------ basics
 
@@ -113,6 +117,9 @@ class Lab:
             "inspect", "--format", "{{.State.Status}}", self.container(host), check=False
         )
         return out.strip() or "absent"
+
+    def forget_ssh(self) -> None:
+        shutil.rmtree(self.ssh_control_dir, ignore_errors=True)
 
     def mark(self, label: str) -> float:
         now = time.time()
@@ -271,6 +278,7 @@ class Lab:
         """Power failure: SIGKILL to the whole container (systemd, services, keepalived)."""
         self.podman("kill", self.container(host))
         self._stopped.add(host)
+        self.forget_ssh()
         return self.mark(f"kill host {host}")  # when the host is certainly dead
 
     def stop_host(self, host: str) -> float:
@@ -278,6 +286,7 @@ class Lab:
         t = self.mark(f"shut down host {host}")
         self.podman("stop", "-t", "20", self.container(host), timeout=60)
         self._stopped.add(host)
+        self.forget_ssh()
         return t
 
     def start_host(self, host: str, timeout: float = 90) -> float:
@@ -439,7 +448,11 @@ class Lab:
         ansible = Path(sys.executable).parent / "ansible-playbook"
         cmd = [str(ansible), "-i", inventory, str(REPO / "playbooks" / playbook), *extra]
         say(f"ansible-playbook {playbook} {' '.join(extra)}")
-        env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
+        env = {
+            **os.environ,
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.ssh_control_dir),
+        }
         env.pop("ANSIBLE_CALLBACKS_ENABLED", None)
         proc = subprocess.run(
             cmd,

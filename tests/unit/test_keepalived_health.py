@@ -21,7 +21,7 @@ from tmr.replication.types import LicenseInfo
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "roles/keepalived/templates/tmr-health.sh.j2"
-STATE_PATH = "/run/tmr-keepalived/state"
+STATE_DIR = "/run/tmr-keepalived"
 KEY = (6000123, 42)
 
 pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="needs /bin/sh")
@@ -56,9 +56,9 @@ def render(tmp_path: Path) -> Path:
         keepalived_tmr_bin=str(tmp_path / "tmr"),
         keepalived_tmr_ctl_socket="/run/tmr/server.sock",
     )
-    assert STATE_PATH in text
+    assert STATE_DIR in text
     script = tmp_path / "tmr-health.sh"
-    script.write_text(text.replace(STATE_PATH, str(tmp_path / "state")))
+    script.write_text(text.replace(STATE_DIR, str(tmp_path)))
     fake_tmr = tmp_path / "tmr"
     fake_tmr.write_text(
         "#!/bin/sh\n"
@@ -77,13 +77,14 @@ def render(tmp_path: Path) -> Path:
 
 
 def run(
-    tmp_path: Path, vrrp: str, status: dict[str, Any], health_rc: int = 0
+    tmp_path: Path, vrrp: str, status: dict[str, Any], health_rc: int = 0, yielding: str = "0"
 ) -> tuple[int, list[str], str]:
     """Exit code, the `tmr` commands it ran, what it logged."""
     script = render(tmp_path)
     for name in ("calls", "log"):
         (tmp_path / name).write_text("")
     (tmp_path / "state").write_text(vrrp + "\n")
+    (tmp_path / "yield").write_text(yielding + "\n")
     (tmp_path / "status.json").write_text(json.dumps(status, default=str) + "\n")
     (tmp_path / "health_rc").write_text(str(health_rc))
     env = {
@@ -118,6 +119,25 @@ def test_vrrp_master(tmp_path: Path, doc: str, rc: int, promotes: bool) -> None:
     assert calls == [f"{ctl} status"] + ([f"{ctl} promote"] if promotes else []), log
     if doc == "standby_live":
         assert "TMR server sa is alive as the leader" in log
+    # only a split brain makes the host yield (keepalived FAULT through the track_file)
+    assert (tmp_path / "yield").read_text().strip() == ("1" if doc == "standby_live" else "0")
+
+
+@pytest.mark.parametrize(
+    ("doc", "rc", "still_yielding"),
+    [
+        ("standby_live", 0, True),  # the other server still leads: stay in FAULT
+        ("standby_alone", 0, False),  # that leader is gone: lift the yield, take part again
+        ("fenced", 1, False),
+    ],
+)
+def test_yielding_host(tmp_path: Path, doc: str, rc: int, still_yielding: bool) -> None:
+    got, calls, log = run(tmp_path, "FAULT", STATUSES[doc], yielding="1")
+    assert got == rc, log
+    assert calls == ["ctl --socket /run/tmr/server.sock status"], log
+    assert (tmp_path / "yield").read_text().strip() == ("1" if still_yielding else "0")
+    if not still_yielding and doc == "standby_alone":
+        assert "yield lifted" in log
 
 
 @pytest.mark.parametrize("health_rc", [0, 1])

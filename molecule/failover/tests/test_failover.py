@@ -215,26 +215,31 @@ def test_row8_and_9_double_and_triple_failure(lab: Lab, workload: Workload) -> N
         t,
     )
 
-    t = lab.kill_host(B3)
-    lab.wait_for("B sees backend-3 down", lambda: backend_down_seen(lab, B, B3), 30)
-    row = verify_row(
-        lab,
-        workload,
-        "Failure (2)",
-        "error",
-        {"A": "Failure", "B": "Active", "B1": "up", "B2": "Failure", "B3": "Failure"},
-        t,
-    )
-    lic = lab.license_row(B) or {}
-    row["license_status"] = lic.get("status")
-    assert lic.get("available") is False, lic
+    try:
+        t = lab.kill_host(B3)
+        lab.wait_for("B sees backend-3 down", lambda: backend_down_seen(lab, B, B3), 30)
+        row = verify_row(
+            lab,
+            workload,
+            "Failure (2)",
+            "error",
+            {"A": "Failure", "B": "Active", "B1": "up", "B2": "Failure", "B3": "Failure"},
+            t,
+        )
 
-    # repair: the cluster heals by itself once the hosts are back
-    lab.start_host(B3)
-    lab.start_host(B2)
-    t = lab.mark("backends 2 and 3 back")
-    workload.wait_granted(t, n=3, timeout=60)
-    lab.start_host(A)
+        def unavailable() -> dict[str, Any] | None:
+            lic = lab.license_row(B)
+            return lic if lic and lic.get("available") is False else None
+
+        lic = lab.wait_for("B reports the license unavailable", unavailable, 30)
+        row["license_status"] = lic.get("status")
+    finally:
+        # repair: the cluster heals by itself once the hosts are back
+        lab.start_host(B3)
+        lab.start_host(B2)
+        t = lab.mark("backends 2 and 3 back")
+        workload.wait_granted(t, n=3, timeout=60)
+        lab.start_host(A)
     assert lab.wait_healthy() == B
 
 

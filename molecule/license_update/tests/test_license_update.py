@@ -129,6 +129,7 @@ def test_license_rollout_walks_the_update_table() -> None:
     handles = wl.handles()
     report = check(
         history,
+        lq=20,
         schedule=[{"at": wl.started - 60, "lq": 20}, {"at": switch, "lq": 30}],
         handles=handles,
         events=lab.events,
