@@ -72,7 +72,9 @@ do_hosts() {
       fi
       continue
     fi
-    podman run -d --name "$c" --hostname "$h" --network "$LAB_NAME" --ip "$ip" \
+    # a fixed MAC per address, like a real host keeps across reboots: a host restarted with a
+    # new random MAC stays unreachable until its peers' ARP entries expire (30 s and more)
+    podman run -d --name "$c" --hostname "$h" --network "$LAB_NAME" --ip "$ip" --mac-address "$(host_mac "$ip")" \
       --cap-add "$CAPS" --systemd always --label "tmr-lab=$LAB_NAME" \
       -v "$LAB_BUILD/ssh/id_ed25519.pub:/root/.ssh/authorized_keys:ro" \
       "$img" /sbin/init >/dev/null \

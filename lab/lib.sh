@@ -58,3 +58,9 @@ image_inputs_hash() {
     | sha256sum | cut -c1-12
 }
 image_ref() { echo "$LAB_IMAGE:$(image_inputs_hash)"; }
+
+host_mac() {  # host_mac 10.89.47.21 -> 02:74:6d:59:2f:15 (locally administered, unique per address)
+  local b c d
+  IFS=. read -r _ b c d <<< "$1"
+  printf '02:74:6d:%02x:%02x:%02x\n' "$b" "$c" "$d"
+}

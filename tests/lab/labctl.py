@@ -72,7 +72,7 @@ class Lab:
         self._stopped: set[str] = set()
         # Ansible's SSH control sockets of this lab's playbook runs: dropped whenever a host
         # dies, so the next playbook does not wait on a connection to the dead instance
-        self.ssh_control_dir = Path(f"/tmp/tmr-ssh-{self.name}")
+        self.ssh_control_dir = Path(f"/tmp/tmr-ssh-{self.name}-{os.getpid()}")
 
     # ------------------------------------------------------------------ basics
 

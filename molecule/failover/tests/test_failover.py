@@ -238,8 +238,8 @@ def test_row8_and_9_double_and_triple_failure(lab: Lab, workload: Workload) -> N
         lab.start_host(B3)
         lab.start_host(B2)
         t = lab.mark("backends 2 and 3 back")
-        workload.wait_granted(t, n=3, timeout=60)
         lab.start_host(A)
+        workload.wait_granted(t, n=3, timeout=60)
     assert lab.wait_healthy() == B
 
 

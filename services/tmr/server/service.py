@@ -145,6 +145,13 @@ class ServerService:
             s.setsockopt(zmq.RCVHWM, 10_000)
             s.setsockopt(zmq.RECONNECT_IVL, 100)
             s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            # A backend host that died leaves a TCP connect hanging in SYN retries (minutes)
+            # when it comes back with its old address: give each attempt 1 s, then retry.
+            s.setsockopt(zmq.CONNECT_TIMEOUT, 1000)
+            # ZMTP heartbeats drop a connection whose peer vanished without a FIN or RST
+            # (host powered off, paused, cut off), so the socket reconnects on its own.
+            s.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+            s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
             s.setsockopt(zmq.CURVE_SERVERKEY, ref.public_key.encode())
             s.setsockopt(zmq.CURVE_PUBLICKEY, self.node_keys.public.encode())
             s.setsockopt(zmq.CURVE_SECRETKEY, self.node_keys.secret.encode())
