@@ -68,8 +68,6 @@ class Lab:
         self.artifacts = REPO / "artifacts" / self.name
         self.artifacts.mkdir(parents=True, exist_ok=True)
         self.endpoint = f"tcp://{self.vip}:{CLIENT_PORT}"
-        self._paused: set[str] = set()
-        self._stopped: set[str] = set()
         # Ansible's SSH control sockets of this lab's playbook runs: dropped whenever a host
         # dies, so the next playbook does not wait on a connection to the dead instance
         self.ssh_control_dir = Path(f"/tmp/tmr-ssh-{self.name}-{os.getpid()}")
@@ -265,19 +263,16 @@ class Lab:
 
     def pause_host(self, host: str) -> float:
         self.podman("pause", self.container(host))
-        self._paused.add(host)
         return self.mark(f"pause host {host}")  # when the host is certainly frozen
 
     def unpause_host(self, host: str) -> float:
         t = self.mark(f"resume host {host}")
         self.podman("unpause", self.container(host))
-        self._paused.discard(host)
         return t
 
     def kill_host(self, host: str) -> float:
         """Power failure: SIGKILL to the whole container (systemd, services, keepalived)."""
         self.podman("kill", self.container(host))
-        self._stopped.add(host)
         self.forget_ssh()
         return self.mark(f"kill host {host}")  # when the host is certainly dead
 
@@ -285,14 +280,12 @@ class Lab:
         """Maintenance shutdown: systemd stops the services in order."""
         t = self.mark(f"shut down host {host}")
         self.podman("stop", "-t", "20", self.container(host), timeout=60)
-        self._stopped.add(host)
         self.forget_ssh()
         return t
 
     def start_host(self, host: str, timeout: float = 90) -> float:
         t = self.mark(f"boot host {host}")
         self.podman("start", self.container(host))
-        self._stopped.discard(host)
 
         def booted() -> bool:
             st = self.sh(host, "systemctl is-system-running", check=False, timeout=10)
@@ -329,15 +322,12 @@ class Lab:
         return t
 
     def heal_all(self) -> None:
-        """Undo every fault this Lab object made: resume, boot, open firewalls, start units."""
-        for h in sorted(self._paused):
-            self.unpause_host(h)
-        for h in sorted(self._stopped):
-            self.start_host(h)
+        """Undo every fault: resume, boot, open firewalls, start units."""
         for h in (*SERVERS, *BACKENDS):
-            if self.state(h) == "paused":
+            state = self.state(h)
+            if state == "paused":
                 self.unpause_host(h)
-            elif self.state(h) != "running":
+            elif state != "running":
                 self.start_host(h)
             self.sh(h, f"nft delete table inet {FAULT_TABLE} 2>/dev/null || true")
         for s in SERVERS:

@@ -101,6 +101,14 @@ def verify_row(
     return result
 
 
+def wait_active_with_vip(lab: Lab, server: str) -> None:
+    lab.wait_for(
+        f"{server} active with the VIP",
+        lambda: lab.vip_holders() == [server] and lab.active() == server,
+        60,
+    )
+
+
 def backend_down_seen(lab: Lab, active: str, backend: str) -> bool:
     view = lab.backend_view(active)
     return bool(view) and not view.get(backend, {}).get("up", True)
@@ -109,36 +117,24 @@ def backend_down_seen(lab: Lab, active: str, backend: str) -> bool:
 # ----------------------------------------------------------------------------- the table
 
 
-def test_row1_normal_a_active(lab: Lab, workload: Workload) -> None:
-    make_active(lab, A)
-    verify_row(
-        lab,
-        workload,
-        "Normal operation",
-        "ok",
-        {"A": "Active", "B": "Standby", "B1": "up", "B2": "up", "B3": "up"},
-        time.time(),
-    )
-
-
-def test_row2_normal_b_active(lab: Lab, workload: Workload) -> None:
-    make_active(lab, B)
-    verify_row(
-        lab,
-        workload,
-        "Normal operation",
-        "ok",
-        {"A": "Standby", "B": "Active", "B1": "up", "B2": "up", "B3": "up"},
-        time.time(),
-    )
+@pytest.mark.parametrize(
+    ("active", "state"),
+    [
+        (A, {"A": "Active", "B": "Standby", "B1": "up", "B2": "up", "B3": "up"}),
+        (B, {"A": "Standby", "B": "Active", "B1": "up", "B2": "up", "B3": "up"}),
+    ],
+)
+def test_row1_and_2_normal_operation(
+    lab: Lab, workload: Workload, active: str, state: dict[str, str]
+) -> None:
+    make_active(lab, active)
+    verify_row(lab, workload, "Normal operation", "ok", state, time.time())
 
 
 def test_row3_tmr_server_b_maintenance(lab: Lab, workload: Workload) -> None:
     make_active(lab, B)
     t = lab.stop_unit(B, "tmr-server")  # maintenance of the active server: failover to A
-    lab.wait_for(
-        "A active with the VIP", lambda: lab.vip_holders() == [A] and lab.active() == A, 60
-    )
+    wait_active_with_vip(lab, A)
     verify_row(
         lab,
         workload,
@@ -154,9 +150,7 @@ def test_row3_tmr_server_b_maintenance(lab: Lab, workload: Workload) -> None:
 def test_row4_tmr_server_a_failure(lab: Lab, workload: Workload) -> None:
     make_active(lab, A)
     t = lab.kill_host(A)  # the active TMR host fails: keepalived moves the VIP to B
-    lab.wait_for(
-        "B active with the VIP", lambda: lab.vip_holders() == [B] and lab.active() == B, 60
-    )
+    wait_active_with_vip(lab, B)
     verify_row(
         lab,
         workload,
@@ -202,9 +196,7 @@ def test_row8_and_9_double_and_triple_failure(lab: Lab, workload: Workload) -> N
     make_active(lab, A)
     lab.kill_host(B2)
     t = lab.kill_host(A)
-    lab.wait_for(
-        "B active with the VIP", lambda: lab.vip_holders() == [B] and lab.active() == B, 60
-    )
+    wait_active_with_vip(lab, B)
     lab.wait_for("B sees backend-2 down", lambda: backend_down_seen(lab, B, B2), 30)
     verify_row(
         lab,
