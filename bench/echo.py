@@ -20,6 +20,7 @@ import zmq
 from bench.common import FIRM, PRODUCT
 from tmr.keys import load_keypair
 from tmr.protocol.client_api import OkReply, encode_reply
+from tmr.zmqio import recv_frames, send_frames
 
 MAX_DRAIN = 2000
 
@@ -64,13 +65,12 @@ def serve(listen: str, public: str, secret: str, seconds: float) -> int:
             if not sock.poll(100):
                 continue
             for _ in range(MAX_DRAIN):
-                try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
+                frames = recv_frames(sock)
+                if frames is None:
                     break
                 reply = CHECKOUT_REPLY if b"checkout" in frames[-1] else RELEASE_REPLY
                 try:
-                    sock.send_multipart([*frames[:-1], reply], zmq.NOBLOCK)
+                    send_frames(sock, [*frames[:-1], reply])
                 except zmq.ZMQError:
                     pass
     finally:

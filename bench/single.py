@@ -36,6 +36,7 @@ from tmr.protocol.client_api import (
 from tmr.protocol.errors import ProtocolError
 from tmr.replication.acceptor import ProductWrite, Write
 from tmr.replication.types import Epoch, Grant, HandleRecord, Op, Release, ReleaseReason, Version
+from tmr.zmqio import recv_frames, send_frames
 
 MAX_BATCH = 2000
 EPOCH = Epoch(1, "single")
@@ -143,14 +144,13 @@ def serve(args: argparse.Namespace) -> int:
                 continue
             batch: list[tuple[list[bytes], bytes]] = []
             for _ in range(MAX_BATCH):
-                try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
+                frames = recv_frames(sock)
+                if frames is None:
                     break
                 batch.append((frames[:-1], frames[-1]))
             for envelope, reply in server.batch(batch):
                 try:
-                    sock.send_multipart([*envelope, encode_reply(reply)], zmq.NOBLOCK)
+                    send_frames(sock, [*envelope, encode_reply(reply)])
                 except zmq.ZMQError:
                     pass
     finally:

@@ -64,6 +64,7 @@ from tmr.replication.messages import (
 )
 from tmr.replication.types import Epoch, LicenseInfo, ProductKey, Version, key_str
 from tmr.report.records import UsageReader
+from tmr.zmqio import recv_frames, send_frames
 
 DB_NAME = "backend.sqlite3"
 CLOCK_NAME = "clock.json"
@@ -442,9 +443,8 @@ class BackendService:
         envelopes: list[list[bytes]] = []
         payloads: list[bytes | None] = []
         for _ in range(MAX_BATCH):
-            try:
-                frames = self._router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            frames = recv_frames(self._router)
+            if frames is None:
                 break
             envelope, payload = split_envelope(frames)
             envelopes.append(envelope)
@@ -453,7 +453,7 @@ class BackendService:
             return
         for envelope, reply in zip(envelopes, self.handle_frames(payloads), strict=True):
             if reply is not None:
-                self._router.send_multipart([*envelope, reply])
+                send_frames(self._router, [*envelope, reply])
 
     # ============================================================== peer requests
 

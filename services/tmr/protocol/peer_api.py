@@ -78,6 +78,24 @@ def _op(op: Op) -> list[Any]:
     return ["r", op.handle, op.reason.value, op.at]
 
 
+# The leader sends the same log entry (one tuple of ops) to all three backends: encode its ops
+# once. Keyed by the tuple's id, with the tuple itself kept alive and compared by identity, so
+# an id can never be reused while its entry is cached; a few hundred entries suffice.
+_OPS_CACHE: dict[int, tuple[tuple[Op, ...], list[list[Any]]]] = {}
+_OPS_CACHE_MAX = 512
+
+
+def _ops(ops: tuple[Op, ...]) -> list[list[Any]]:
+    hit = _OPS_CACHE.get(id(ops))
+    if hit is not None and hit[0] is ops:
+        return hit[1]
+    out = [_op(o) for o in ops]
+    if len(_OPS_CACHE) >= _OPS_CACHE_MAX:
+        _OPS_CACHE.clear()
+    _OPS_CACHE[id(ops)] = (ops, out)
+    return out
+
+
 def _license(lic: LicenseInfo) -> list[Any]:
     return [
         lic.tmr_id,
@@ -106,7 +124,7 @@ def encode_request(msg: PeerRequest) -> bytes:
             body = {
                 "t": "accept",
                 "epoch": _epoch(msg.epoch),
-                "entries": [[_key(e.key), e.seq, [_op(o) for o in e.ops]] for e in msg.entries],
+                "entries": [[_key(e.key), e.seq, _ops(e.ops)] for e in msg.entries],
             }
         case Snapshot():
             body = {
@@ -304,7 +322,7 @@ def _d_licenses(v: Any, what: str) -> dict[ProductKey, LicenseInfo]:
 
 
 def _body(frame: bytes) -> tuple[str, int, dict[str, Any]]:
-    body = unpack(frame, max_size=MAX_PEER_FRAME)
+    body = unpack(frame, max_size=MAX_PEER_FRAME, typed_arrays=True)
     t = body.get("t")
     if type(t) is not str:
         raise _fail("missing message type")

@@ -44,6 +44,7 @@ from tmr.protocol.client_api import (
 from tmr.protocol.errors import ProtocolError
 from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig, Role
 from tmr.web.runtime import WebRuntime
+from tmr.zmqio import NOBLOCK, recv_frames, send_frames
 
 TICK = 0.05
 MAX_DRAIN = 2000  # messages taken from one socket per loop turn
@@ -190,7 +191,7 @@ class ServerService:
             log(fields.pop("event"), **fields)
         for name, msg in fx.send:
             try:
-                self.dealers[name].send(peer_api.encode_request(msg), zmq.NOBLOCK)
+                self.dealers[name].send(peer_api.encode_request(msg), NOBLOCK)
             except zmq.Again:
                 pass  # not connected: the leader times the request out
         for r in fx.replies:
@@ -208,7 +209,7 @@ class ServerService:
         identity, delimited = token
         frames = [identity, b"", payload] if delimited else [identity, payload]
         try:
-            self.client.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(self.client, frames)
         except zmq.ZMQError:
             pass  # the client went away; it retries with the same request id
 
@@ -376,17 +377,15 @@ class ServerService:
 
     def _drain_clients(self, now: float) -> None:
         for _ in range(MAX_DRAIN):
-            try:
-                frames = self.client.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            frames = recv_frames(self.client)
+            if frames is None:
                 return
             self.on_client(frames, now)
 
     def _drain_backend(self, s: zmq.Socket[bytes], name: str, now: float) -> None:
         for _ in range(MAX_DRAIN):
-            try:
-                frames = s.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            frames = recv_frames(s)
+            if frames is None:
                 return
             try:
                 msg = peer_api.decode_reply(frames[-1])

@@ -176,3 +176,56 @@ def test_bad_leader_age_is_refused(age: object) -> None:
     body["leader_age"] = age
     with pytest.raises(ProtocolError):
         decode_reply(msgpack.packb(body))
+
+
+# ------------------------------------------------------------------ extension values in arrays
+# Peer frames are decoded without walking every array for extension values (`typed_arrays`):
+# the decoders check the exact type of each value instead. These tests hold them to it.
+
+
+def _leaf_paths(value: object, path: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _leaf_paths(v, (*path, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _leaf_paths(v, (*path, i))]
+    return [path]
+
+
+def _replaced(body: object, path: tuple[object, ...], new: object) -> object:
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(body, dict):
+        return {k: _replaced(v, rest, new) if k == head else v for k, v in body.items()}
+    assert isinstance(body, list)
+    return [_replaced(v, rest, new) if i == head else v for i, v in enumerate(body)]
+
+
+@pytest.mark.parametrize(
+    ("msg", "decode"),
+    [(m, decode_request) for m in REQUESTS] + [(m, decode_reply) for m in REPLIES],
+    ids=lambda x: type(x).__name__ if not callable(x) else x.__name__,
+)
+def test_a_timestamp_in_any_field_is_refused(msg: object, decode: object) -> None:
+    encode = encode_request if decode is decode_request else encode_reply
+    body = msgpack.unpackb(encode(msg))  # type: ignore[operator]
+    paths = _leaf_paths(body)
+    assert paths
+    for path in paths:
+        frame = msgpack.packb(_replaced(body, path, msgpack.Timestamp(1, 0)), datetime=False)
+        with pytest.raises(ProtocolError):
+            decode(frame)  # type: ignore[operator]
+
+
+def test_entries_encode_the_same_for_every_backend_and_past_the_cache_size() -> None:
+    """The ops of a log entry are encoded once per entry (cached by identity): every ACCEPT
+    must still carry exactly its own ops, also when the cache overflows and ids are reused."""
+    for n in range(1500):
+        ops = (
+            Grant(HandleRecord(f"h{n}", 6000123, 42, 1, "c", f"r{n}", float(n))),
+            Release(f"h{n - 1}", ReleaseReason.RELEASE, float(n)),
+        )
+        for mid in (3 * n, 3 * n + 1, 3 * n + 2):  # the same entry to three backends
+            msg = Accept(mid, E, (AcceptEntry(K, n + 1, ops),))
+            assert decode_request(encode_request(msg)) == msg
+        del ops  # its id may be reused by the next entry's tuple

@@ -1,0 +1,43 @@
+"""Multipart send and receive for the services' hot paths.
+
+The same as pyzmq's `send_multipart` / `recv_multipart(zmq.NOBLOCK)`, with plain integer
+flags: pyzmq's helpers combine its `IntFlag` constants on every frame (`SNDMORE | flags`,
+`getsockopt(zmq.RCVMORE)`), and that enum arithmetic costs about as much as the send
+itself for the small frames of the license protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import zmq
+
+NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE) | NOBLOCK
+_RCVMORE = int(zmq.RCVMORE)
+
+
+def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes] | None:
+    """The next multipart message waiting on `sock`, or None if there is none.
+
+    Other `zmq.ZMQError`s propagate, as from `recv_multipart`.
+    """
+    try:
+        frames = [sock.recv(NOBLOCK)]
+    except zmq.Again:
+        return None
+    while sock.get(_RCVMORE):  # the rest of a multipart message is already here
+        frames.append(sock.recv(NOBLOCK))
+    return frames
+
+
+def send_frames(sock: zmq.Socket[bytes], frames: Sequence[bytes]) -> None:
+    """Send `frames` as one multipart message without blocking.
+
+    Raises `zmq.Again` (the peer's queue is full) or another `zmq.ZMQError` like
+    `send_multipart(frames, zmq.NOBLOCK)`; ZeroMQ delivers a multipart message whole or not
+    at all.
+    """
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        sock.send(frame, _SNDMORE if i < last else NOBLOCK)
