@@ -110,6 +110,16 @@ class UsageRecord:
 
 
 _RELEASE_EVENTS = {ReleaseReason.RELEASE: "released", ReleaseReason.EXPIRE: "expired"}
+_INSERT_HANDLE = (
+    "{verb} INTO handles (firm, product, handle, seats, client_id, request_id, granted_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_GRANT = _INSERT_HANDLE.format(verb="INSERT OR IGNORE")
+_RELEASE = (
+    "DELETE FROM handles WHERE firm = ? AND product = ? AND handle = ? RETURNING seats, client_id"
+)
+# (at, recorded_at, event, firm, product, handle, seats, client_id): one row of `usage`.
+_UsageRow = tuple[float, float, str, int, int, str, int, str]
 
 
 class SqliteStore:
@@ -245,9 +255,7 @@ class SqliteStore:
 
     def commit(self, write: Write) -> None:
         """Make ``write`` durable in one transaction (the same effect as `apply_write`)."""
-        with self._transaction("commit") as conn:
-            self._write(conn, write, time.time())
-            self._trim_usage(conn)
+        self.commit_many((write,))
 
     def commit_many(self, writes: Sequence[Write]) -> None:
         """Make ``writes`` durable, in order, in ONE transaction (one fsync): the same effect
@@ -256,12 +264,21 @@ class SqliteStore:
         if not writes:
             return
         with self._transaction("commit") as conn:
+            usage: list[_UsageRow] = []  # in op order; written together (ids keep that order)
             recorded_at = time.time()
             for write in writes:
-                self._write(conn, write, recorded_at)
+                self._write(conn, write, recorded_at, usage)
+            if usage:
+                conn.executemany(
+                    "INSERT INTO usage (at, recorded_at, event, firm, product, handle, seats, "
+                    "client_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    usage,
+                )
             self._trim_usage(conn)
 
-    def _write(self, conn: sqlite3.Connection, write: Write, recorded_at: float) -> None:
+    def _write(
+        self, conn: sqlite3.Connection, write: Write, recorded_at: float, usage: list[_UsageRow]
+    ) -> None:
         if write.promised is not None:
             conn.execute(
                 "UPDATE acceptor SET promised_counter = ?, promised_server = ? WHERE id = 1",
@@ -270,88 +287,47 @@ class SqliteStore:
         if write.caught_up is not None:
             conn.execute("UPDATE acceptor SET caught_up = ? WHERE id = 1", (int(write.caught_up),))
         for pw in write.products:
-            self._write_product(conn, pw, recorded_at)
+            self._write_product(conn, pw, recorded_at, usage)
 
     def _write_product(
-        self, conn: sqlite3.Connection, pw: ProductWrite, recorded_at: float
+        self, conn: sqlite3.Connection, pw: ProductWrite, recorded_at: float, usage: list[_UsageRow]
     ) -> None:
         firm, product = pw.key
         if pw.replace is not None:
             conn.execute("DELETE FROM handles WHERE firm = ? AND product = ?", (firm, product))
-            for rec in pw.replace:  # a later record with the same handle wins, as in a dict
-                self._insert_handle(conn, pw.key, rec, replace=True)
+            conn.executemany(  # a later record with the same handle wins, as in a dict
+                _INSERT_HANDLE.format(verb="INSERT OR REPLACE"),
+                [
+                    (firm, product, r.handle, r.seats, r.client_id, r.request_id, r.granted_at)
+                    for r in pw.replace
+                ],
+            )
         else:
+            execute = conn.execute
             for op in pw.ops:
-                if isinstance(op, Grant):
-                    if self._insert_handle(conn, pw.key, op.record, replace=False):
-                        rec = op.record
-                        self._record_usage(
-                            conn,
-                            "granted",
-                            pw.key,
-                            (rec.handle, rec.seats, rec.client_id),
-                            at=rec.granted_at,
-                            recorded_at=recorded_at,
+                if type(op) is Grant:
+                    rec = op.record
+                    row = (firm, product, rec.handle, rec.seats, rec.client_id, rec.request_id)
+                    # A grant is idempotent: an existing handle is kept, and not recorded again.
+                    if execute(_GRANT, (*row, rec.granted_at)).rowcount > 0:
+                        usage.append(
+                            (rec.granted_at, recorded_at, "granted", *row[:4], rec.client_id)
                         )
                 else:
-                    self._release(conn, pw.key, op, recorded_at)
+                    assert isinstance(op, Release)
+                    # Releasing a handle that is not held is a no-op (no row comes back).
+                    for seats, client_id in execute(_RELEASE, (firm, product, op.handle)):
+                        event = _RELEASE_EVENTS.get(op.reason, "released")
+                        usage.append(
+                            (op.at, recorded_at, event, firm, product, op.handle, seats, client_id)
+                        )
         conn.execute(
             "INSERT OR REPLACE INTO products (firm, product, epoch_counter, epoch_server, seq) "
             "VALUES (?, ?, ?, ?, ?)",
             (firm, product, pw.version.epoch.counter, pw.version.epoch.server, pw.version.seq),
         )
 
-    @staticmethod
-    def _insert_handle(
-        conn: sqlite3.Connection, key: ProductKey, rec: HandleRecord, *, replace: bool
-    ) -> bool:
-        """Insert a handle row; without ``replace`` an existing handle is kept (a grant is
-        idempotent). True if a row was written."""
-        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
-        cur = conn.execute(
-            f"{verb} INTO handles (firm, product, handle, seats, client_id, request_id, "
-            "granted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key[0], key[1], rec.handle, rec.seats, rec.client_id, rec.request_id, rec.granted_at),
-        )
-        return cur.rowcount > 0
-
-    def _release(
-        self, conn: sqlite3.Connection, key: ProductKey, op: Release, recorded_at: float
-    ) -> None:
-        row = conn.execute(
-            "SELECT seats, client_id FROM handles WHERE firm = ? AND product = ? AND handle = ?",
-            (key[0], key[1], op.handle),
-        ).fetchone()
-        if row is None:
-            return  # releasing a handle that is not held is a no-op
-        conn.execute(
-            "DELETE FROM handles WHERE firm = ? AND product = ? AND handle = ?",
-            (key[0], key[1], op.handle),
-        )
-        event = _RELEASE_EVENTS.get(op.reason, "released")
-        self._record_usage(
-            conn, event, key, (op.handle, row[0], row[1]), at=op.at, recorded_at=recorded_at
-        )
-
     # ------------------------------------------------------------------ usage record
-
-    @staticmethod
-    def _record_usage(
-        conn: sqlite3.Connection,
-        event: str,
-        key: ProductKey,
-        holder: tuple[str, int, str],
-        *,
-        at: float,
-        recorded_at: float,
-    ) -> None:
-        """One usage row; ``holder`` is (handle, seats, client id)."""
-        handle, seats, client_id = holder
-        conn.execute(
-            "INSERT INTO usage (at, recorded_at, event, firm, product, handle, seats, client_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (at, recorded_at, event, key[0], key[1], handle, seats, client_id),
-        )
 
     def _trim_usage(self, conn: sqlite3.Connection) -> None:
         row = conn.execute("SELECT MAX(id) FROM usage").fetchone()

@@ -341,6 +341,39 @@ def test_usage_records_committed_ops(store: SqliteStore) -> None:
     assert [u.handle for u in store.usage(limit=1)] == ["h2"]
 
 
+def test_one_group_records_usage_in_op_order_across_writes_and_products(
+    store: SqliteStore,
+) -> None:
+    """A group commit collects the usage rows of all its writes and writes them together:
+    the record must still follow the ops one by one (ids in op order, a grant of a handle
+    already held and a release of one not held leave no row, a handle released and granted
+    again within the group has both rows) and match a commit of each write in turn."""
+    writes = [
+        Write(
+            products=(
+                ProductWrite(KEY, Version(E1, 1), ops=(grant("h1"), release("h1"), grant("h1", 3))),
+                ProductWrite(OTHER, Version(E1, 1), ops=(grant("x1", 2, OTHER), release("zz"))),
+            )
+        ),
+        Write(products=(ProductWrite(KEY, Version(E1, 2), ops=(grant("h1"), release("h1"))),)),
+    ]
+    expected = AcceptorState(ZERO_EPOCH, caught_up=False)
+    for w in writes:
+        apply_write(expected, w)
+    store.commit_many(writes)
+    assert reopen(store) == expected
+    usage = store.usage()
+    assert [(u.event, u.firm, u.product, u.handle, u.seats) for u in usage] == [
+        ("granted", *KEY, "h1", 1),
+        ("released", *KEY, "h1", 1),
+        ("granted", *KEY, "h1", 3),
+        ("granted", *OTHER, "x1", 2),
+        ("released", *KEY, "h1", 3),
+    ]
+    assert [u.id for u in usage] == sorted(u.id for u in usage)
+    assert len({u.recorded_at for u in usage}) == 1  # one transaction, one commit time
+
+
 def test_usage_record_is_bounded(db: Path) -> None:
     store = SqliteStore(db, usage_retention=5)
     try:
