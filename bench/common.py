@@ -76,6 +76,12 @@ class LoadResult:
     workers: list[Json] = field(default_factory=list)
 
     @property
+    def loadgen_cpu_s(self) -> float | None:
+        """CPU the load workers used in the measurement window (None: not known)."""
+        used = [w.get("window_cpu_s") for w in self.workers]
+        return None if not used or None in used else float(sum(u for u in used if u))
+
+    @property
     def rate(self) -> float:
         return self.cycles / self.duration if self.duration > 0 else math.nan
 
@@ -150,7 +156,9 @@ def merge(results: list[Json], clients: int, duration: float) -> LoadResult:
         out.ok_times.extend(r.get("ok_times", []))
         out.handles.extend(r.get("handles", []))
         out.not_released.extend(r.get("not_released", []))
-        out.workers.append({k: v for k, v in r.items() if k in ("worker", "cpu_s", "cycles")})
+        out.workers.append(
+            {k: v for k, v in r.items() if k in ("worker", "cpu_s", "window_cpu_s", "cycles")}
+        )
     return out
 
 

@@ -329,6 +329,8 @@ class Bench:
                 writes.append(self._writes(rounds_of))
         finally:
             result = collect_workers(procs, clients, duration, timeout=duration + 60)
+        if result.loadgen_cpu_s is not None:
+            cpu_used["load generator"] = result.loadgen_cpu_s
         cpu_per_cycle = {
             name: round(used / result.cycles * 1e6, 1) if result.cycles else math.nan
             for name, used in cpu_used.items()
@@ -442,6 +444,7 @@ class Bench:
                 str(QUANTITY),
             ]
         )
+        single_pid = self.servers[-1].pid
         log("baseline (c): 3-member etcd cluster as a seat semaphore")
         etcd_urls = self._start_etcd()
         active = cl.active()
@@ -486,7 +489,9 @@ class Bench:
         systems: dict[str, Callable[[int], tuple[LoadResult, Json]]] = {
             "tmr": tmr,
             "echo": lambda n: self.load("echo", [echo_ep], n, proto="echo"),
-            "single": lambda n: self.load("single", [single_ep], n),
+            "single": lambda n: self.load(
+                "single", [single_ep], n, cpu_pids={"single": single_pid}
+            ),
         }
         if etcd_urls is not None:
             systems["etcd"] = etcd
@@ -910,6 +915,12 @@ def table(r: Json) -> str:
         f"{t.get('ops_per_round')} ops per round; CPU us per cycle: "
         + ", ".join(f"{k} {v:.0f}" for k, v in t["cpu_us_per_cycle"].items())
     )
+    b = r.get("single", {}).get(str(LEVELS[-1]), {})
+    if b.get("cpu_us_per_cycle"):
+        add(
+            f"(b) at {LEVELS[-1]} clients: CPU us per cycle: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in b["cpu_us_per_cycle"].items())
+        )
     add("")
     c = r["crypt"]
     add(
