@@ -387,6 +387,45 @@ def test_usage_record_is_bounded(db: Path) -> None:
         store.close()
 
 
+def test_usage_is_trimmed_in_batches_of_one_percent(db: Path) -> None:
+    """Above 100 rows of retention, old rows go in batches of 1 % of it: never fewer than
+    the retention kept, never more than 1 % above it, always the newest ones."""
+    store = SqliteStore(db, usage_retention=300)  # batches of 3 rows
+    try:
+        counts = []
+        for seq in range(1, 401):
+            store.commit(
+                Write(products=(ProductWrite(KEY, Version(E1, seq), ops=(grant(f"h{seq}"),)),))
+            )
+            usage = store.usage()
+            counts.append(len(usage))
+            assert [u.handle for u in usage][-1] == f"h{seq}"
+            assert [u.handle for u in usage] == [
+                f"h{i}" for i in range(seq - len(usage) + 1, seq + 1)
+            ]
+        assert max(counts) == 303 and min(counts[300:]) == 300
+        assert len(set(counts[300:])) > 1  # trimmed in batches, not on every commit
+    finally:
+        store.close()
+
+
+def test_a_lower_retention_applies_at_the_first_commit(db: Path) -> None:
+    store = SqliteStore(db, usage_retention=1000)
+    try:
+        for seq in range(1, 51):
+            store.commit(
+                Write(products=(ProductWrite(KEY, Version(E1, seq), ops=(grant(f"h{seq}"),)),))
+            )
+    finally:
+        store.close()
+    store = SqliteStore(db, usage_retention=10)
+    try:
+        store.commit(Write(products=(ProductWrite(KEY, Version(E1, 51), ops=(release("h1"),)),)))
+        assert len(store.usage()) == 10
+    finally:
+        store.close()
+
+
 def test_failed_commit_records_no_usage(store: SqliteStore) -> None:
     conn = store._conn
     assert conn is not None
