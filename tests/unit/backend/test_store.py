@@ -104,6 +104,94 @@ def test_unknown_schema_version_is_refused(store: SqliteStore, db: Path) -> None
         SqliteStore(db)
 
 
+_SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE acceptor (id INTEGER PRIMARY KEY CHECK (id = 1), promised_counter INTEGER NOT NULL,
+    promised_server TEXT NOT NULL, caught_up INTEGER NOT NULL);
+CREATE TABLE products (firm INTEGER NOT NULL, product INTEGER NOT NULL,
+    epoch_counter INTEGER NOT NULL, epoch_server TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (firm, product));
+CREATE TABLE handles (firm INTEGER NOT NULL, product INTEGER NOT NULL, handle TEXT NOT NULL,
+    seats INTEGER NOT NULL, client_id TEXT NOT NULL, request_id TEXT NOT NULL,
+    granted_at REAL NOT NULL, PRIMARY KEY (firm, product, handle));
+CREATE TABLE installed (firm INTEGER NOT NULL, product INTEGER NOT NULL,
+    tmr_id INTEGER NOT NULL, PRIMARY KEY (firm, product));
+CREATE TABLE usage (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
+    recorded_at REAL NOT NULL, event TEXT NOT NULL, firm INTEGER NOT NULL,
+    product INTEGER NOT NULL, handle TEXT NOT NULL, seats INTEGER NOT NULL,
+    client_id TEXT NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '1'), ('created_at', '1700000000.0');
+INSERT INTO acceptor VALUES (1, 2, 's2', 1);
+INSERT INTO products VALUES (6000123, 42, 2, 's2', 7);
+INSERT INTO handles VALUES (6000123, 42, 'h1', 2, 'c1', 'r-h1', 1700000000.5),
+    (6000123, 42, 'h3', 1, 'c1', 'r-h3', 1700000000.5);
+INSERT INTO installed VALUES (6000123, 42, 7);
+INSERT INTO usage (id, at, recorded_at, event, firm, product, handle, seats, client_id) VALUES
+    (41, 1.0, 1.0, 'granted', 6000123, 42, 'h1', 2, 'c1'),
+    (42, 2.0, 2.0, 'granted', 6000123, 42, 'h2', 1, 'c1'),
+    (43, 3.0, 3.0, 'released', 6000123, 42, 'h2', 1, 'c1'),
+    (44, 4.0, 4.0, 'granted', 6000123, 42, 'h3', 1, 'c1');
+"""
+
+
+def _write_schema_1(db: Path, extra: str = "") -> None:
+    db.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db)
+    try:
+        conn.executescript(_SCHEMA_1 + extra)
+    finally:
+        conn.close()
+
+
+def _dump(db: Path, sql: str) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def test_a_schema_1_database_is_migrated_with_every_row(db: Path) -> None:
+    _write_schema_1(db)
+    store = SqliteStore(db)
+    try:
+        state = store.load()
+        assert state.promised == E2 and state.caught_up
+        assert state.products[KEY].version == Version(E2, 7)
+        assert state.products[KEY].handles == {"h1": rec("h1", 2), "h3": rec("h3")}
+        assert store.installed_tmr_ids() == {KEY: 7}
+        assert [(u.id, u.event, u.handle) for u in store.usage()] == [
+            (41, "granted", "h1"),
+            (42, "granted", "h2"),
+            (43, "released", "h2"),
+            (44, "granted", "h3"),
+        ]
+        store.commit(Write(products=(ProductWrite(KEY, Version(E2, 8), ops=(release("h1"),)),)))
+        assert [(u.id, u.event, u.handle) for u in store.usage()][-1] == (45, "released", "h1")
+    finally:
+        store.close()
+    assert _dump(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+    tables = dict(_dump(db, "SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+    assert "WITHOUT ROWID" in tables["handles"]
+    assert "AUTOINCREMENT" not in tables["usage"]
+    assert not {"handles_2", "usage_2"} & set(tables)
+    reopened = SqliteStore(db)  # schema 2 opens as it is
+    try:
+        assert reopened.load().products[KEY].handles == {"h3": rec("h3")}
+    finally:
+        reopened.close()
+
+
+def test_a_failed_migration_leaves_the_schema_1_database_untouched(db: Path) -> None:
+    _write_schema_1(db, "CREATE TABLE usage_2 (x INTEGER);")  # the migration cannot create it
+    before = _dump(db, "SELECT * FROM handles ORDER BY handle") + _dump(db, "SELECT * FROM usage")
+    with pytest.raises(StorageError, match="cannot initialise"):
+        SqliteStore(db)
+    after = _dump(db, "SELECT * FROM handles ORDER BY handle") + _dump(db, "SELECT * FROM usage")
+    assert after == before
+    assert _dump(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("1",)]
+
+
 def test_not_a_database_is_a_storage_error(tmp_path: Path) -> None:
     path = tmp_path / "junk.sqlite3"
     path.write_bytes(b"this is not a database at all" * 100)
