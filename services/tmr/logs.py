@@ -107,7 +107,7 @@ def _fields(fields: dict[str, Any]) -> str:
         elif kind is int:
             parts.append(name + str(value))
         else:
-            return f",{_ENCODER.encode(fields)[1:-1]}" if fields else ""
+            return f",{_ENCODER.encode(fields)[1:-1]}"
     return "," + ",".join(parts) if parts else ""
 
 

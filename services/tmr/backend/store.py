@@ -96,44 +96,26 @@ CREATE TABLE IF NOT EXISTS usage (
 # Schema 1 -> 2: the same columns; ``handles`` keyed by its primary key alone (WITHOUT ROWID:
 # one B-tree instead of a table and an index) and ``usage`` ids without AUTOINCREMENT (no
 # ``sqlite_sequence`` row to update): two page writes fewer per commit. Ids stay increasing, as
-# trimming never deletes the newest row. Run inside the opening transaction: all or nothing.
-_MIGRATE_FROM_1 = """
-CREATE TABLE handles_2 (
-    firm INTEGER NOT NULL,
-    product INTEGER NOT NULL,
-    handle TEXT NOT NULL,
-    seats INTEGER NOT NULL,
-    client_id TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    granted_at REAL NOT NULL,
-    PRIMARY KEY (firm, product, handle)
-) WITHOUT ROWID;
-INSERT INTO handles_2 SELECT firm, product, handle, seats, client_id, request_id, granted_at
-    FROM handles;
-DROP TABLE handles;
-ALTER TABLE handles_2 RENAME TO handles;
-CREATE TABLE usage_2 (
-    id INTEGER PRIMARY KEY,
-    at REAL NOT NULL,
-    recorded_at REAL NOT NULL,
-    event TEXT NOT NULL,
-    firm INTEGER NOT NULL,
-    product INTEGER NOT NULL,
-    handle TEXT NOT NULL,
-    seats INTEGER NOT NULL,
-    client_id TEXT NOT NULL
-);
-INSERT INTO usage_2 SELECT id, at, recorded_at, event, firm, product, handle, seats, client_id
-    FROM usage;
-DROP TABLE usage;
-ALTER TABLE usage_2 RENAME TO usage;
-DELETE FROM sqlite_sequence WHERE name = 'usage';
-UPDATE meta SET value = '2' WHERE key = 'schema_version'
-"""
+# trimming never deletes the newest row. The old tables are renamed, `_SCHEMA` creates the new
+# ones, the rows are copied over. Run inside the opening transaction: all or nothing.
+_MIGRATE_FROM_1 = (
+    "ALTER TABLE handles RENAME TO handles_1",
+    "ALTER TABLE usage RENAME TO usage_1",
+    _SCHEMA,
+    "INSERT INTO handles SELECT firm, product, handle, seats, client_id, request_id, granted_at "
+    "FROM handles_1",
+    "INSERT INTO usage SELECT id, at, recorded_at, event, firm, product, handle, seats, client_id "
+    "FROM usage_1",
+    "DROP TABLE handles_1",
+    "DROP TABLE usage_1",
+    "DELETE FROM sqlite_sequence WHERE name = 'usage'",
+    "UPDATE meta SET value = '2' WHERE key = 'schema_version'",
+)
 
 
-def _migrate_from_1(conn: sqlite3.Connection) -> None:
-    for statement in _MIGRATE_FROM_1.split(";"):
+def _execute_all(conn: sqlite3.Connection, script: str) -> None:
+    """Run the statements of ``script`` (separated by ";") in the current transaction."""
+    for statement in script.split(";"):
         if statement.strip():
             conn.execute(statement)
 
@@ -163,6 +145,7 @@ _INSERT_HANDLE = (
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _GRANT = _INSERT_HANDLE.format(verb="INSERT OR IGNORE")
+_REPLACE_HANDLE = _INSERT_HANDLE.format(verb="INSERT OR REPLACE")
 _RELEASE = (
     "DELETE FROM handles WHERE firm = ? AND product = ? AND handle = ? RETURNING seats, client_id"
 )
@@ -214,9 +197,7 @@ class SqliteStore:
 
     @staticmethod
     def _create_schema(conn: sqlite3.Connection) -> None:
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        _execute_all(conn, _SCHEMA)
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
             conn.execute(
@@ -226,7 +207,8 @@ class SqliteStore:
                 "INSERT INTO meta (key, value) VALUES ('created_at', ?)", (repr(time.time()),)
             )
         elif row[0] == "1":
-            _migrate_from_1(conn)
+            for script in _MIGRATE_FROM_1:
+                _execute_all(conn, script)
         elif row[0] != str(SCHEMA_VERSION):
             raise sqlite3.DatabaseError(
                 f"schema version {row[0]} is not supported (this build uses {SCHEMA_VERSION})"
@@ -352,7 +334,7 @@ class SqliteStore:
         if pw.replace is not None:
             conn.execute("DELETE FROM handles WHERE firm = ? AND product = ?", (firm, product))
             conn.executemany(  # a later record with the same handle wins, as in a dict
-                _INSERT_HANDLE.format(verb="INSERT OR REPLACE"),
+                _REPLACE_HANDLE,
                 [
                     (firm, product, r.handle, r.seats, r.client_id, r.request_id, r.granted_at)
                     for r in pw.replace

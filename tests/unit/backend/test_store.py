@@ -64,6 +64,11 @@ def reopen(store: SqliteStore) -> AcceptorState:
         fresh.close()
 
 
+def commit_grant(store: SqliteStore, seq: int) -> None:
+    """Commit entry ``seq`` of KEY: one grant of handle ``h<seq>``."""
+    store.commit(Write(products=(ProductWrite(KEY, Version(E1, seq), ops=(grant(f"h{seq}"),)),)))
+
+
 def commit_all(store: SqliteStore, writes: list[Write]) -> AcceptorState:
     """Commit the writes and return the expected state (apply_write on an in-memory copy)."""
     expected = AcceptorState(ZERO_EPOCH, caught_up=False)
@@ -174,7 +179,7 @@ def test_a_schema_1_database_is_migrated_with_every_row(db: Path) -> None:
     tables = dict(_dump(db, "SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
     assert "WITHOUT ROWID" in tables["handles"]
     assert "AUTOINCREMENT" not in tables["usage"]
-    assert not {"handles_2", "usage_2"} & set(tables)
+    assert not {"handles_1", "usage_1"} & set(tables)
     reopened = SqliteStore(db)  # schema 2 opens as it is
     try:
         assert reopened.load().products[KEY].handles == {"h3": rec("h3")}
@@ -183,7 +188,7 @@ def test_a_schema_1_database_is_migrated_with_every_row(db: Path) -> None:
 
 
 def test_a_failed_migration_leaves_the_schema_1_database_untouched(db: Path) -> None:
-    _write_schema_1(db, "CREATE TABLE usage_2 (x INTEGER);")  # the migration cannot create it
+    _write_schema_1(db, "CREATE TABLE usage_1 (x INTEGER);")  # the migration cannot rename to it
     before = _dump(db, "SELECT * FROM handles ORDER BY handle") + _dump(db, "SELECT * FROM usage")
     with pytest.raises(StorageError, match="cannot initialise"):
         SqliteStore(db)
@@ -466,9 +471,7 @@ def test_usage_record_is_bounded(db: Path) -> None:
     store = SqliteStore(db, usage_retention=5)
     try:
         for seq in range(1, 13):
-            store.commit(
-                Write(products=(ProductWrite(KEY, Version(E1, seq), ops=(grant(f"h{seq}"),)),))
-            )
+            commit_grant(store, seq)
         usage = store.usage()
         assert [u.handle for u in usage] == [f"h{i}" for i in range(8, 13)]
     finally:
@@ -482,9 +485,7 @@ def test_usage_is_trimmed_in_batches_of_one_percent(db: Path) -> None:
     try:
         counts = []
         for seq in range(1, 401):
-            store.commit(
-                Write(products=(ProductWrite(KEY, Version(E1, seq), ops=(grant(f"h{seq}"),)),))
-            )
+            commit_grant(store, seq)
             usage = store.usage()
             counts.append(len(usage))
             assert [u.handle for u in usage][-1] == f"h{seq}"
@@ -501,9 +502,7 @@ def test_a_lower_retention_applies_at_the_first_commit(db: Path) -> None:
     store = SqliteStore(db, usage_retention=1000)
     try:
         for seq in range(1, 51):
-            store.commit(
-                Write(products=(ProductWrite(KEY, Version(E1, seq), ops=(grant(f"h{seq}"),)),))
-            )
+            commit_grant(store, seq)
     finally:
         store.close()
     store = SqliteStore(db, usage_retention=10)
