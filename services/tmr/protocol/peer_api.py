@@ -288,6 +288,79 @@ def _d_op(v: Any, what: str) -> Op:
     raise _fail(f"{what}: unknown op")
 
 
+_REASONS = {r.value: r for r in ReleaseReason}
+_finite = math.isfinite
+
+
+def _fast_record(v: Any) -> HandleRecord | None:
+    """`_d_record` of a well-formed record, with no error texts built; None if any check
+    fails (the caller then runs `_d_record`, which names the problem). Accepts exactly what
+    `_d_record` accepts, except a whole-number ``granted_at`` (left to `_d_record`)."""
+    if type(v) is list and len(v) == 7:
+        h, f, p, seats, cid, rid, at = v
+        if (
+            type(h) is str
+            and 0 < len(h) <= MAX_STR
+            and type(f) is int
+            and 0 <= f <= U32
+            and type(p) is int
+            and 0 <= p <= U32
+            and type(seats) is int
+            and 1 <= seats <= U32
+            and type(cid) is str
+            and 0 < len(cid) <= MAX_STR
+            and type(rid) is str
+            and 0 < len(rid) <= MAX_STR
+            and type(at) is float
+            and _finite(at)
+        ):
+            return HandleRecord(h, f, p, seats, cid, rid, at)
+    return None
+
+
+def _fast_op(v: Any) -> Op | None:
+    """`_d_op` of a well-formed op, like `_fast_record` (None: let `_d_op` decide)."""
+    if type(v) is list:
+        n = len(v)
+        if n == 2 and v[0] == "g":
+            rec = _fast_record(v[1])
+            if rec is not None:
+                return Grant(rec)
+        elif n == 4 and v[0] == "r":
+            h, reason, at = v[1], v[2], v[3]
+            if (
+                type(h) is str
+                and 0 < len(h) <= MAX_STR
+                and type(reason) is str
+                and type(at) is float
+                and _finite(at)
+            ):
+                r = _REASONS.get(reason)
+                if r is not None:
+                    return Release(h, r, at)
+    return None
+
+
+def _d_ops(v: Any, what: str) -> tuple[Op, ...]:
+    """The ops of an ACCEPT entry (hot: every op of every round passes here)."""
+    items = _list(v, what)
+    ops = [_fast_op(x) for x in items]
+    for i, op in enumerate(ops):
+        if op is None:
+            ops[i] = _d_op(items[i], f"{what}[{i}]")
+    return tuple(ops)  # type: ignore[arg-type]
+
+
+def _d_records(v: Any, what: str) -> tuple[HandleRecord, ...]:
+    """A handle table (SNAPSHOT, PROMISE): up to every handle held, on a takeover."""
+    items = _list(v, what)
+    recs = [_fast_record(x) for x in items]
+    for i, rec in enumerate(recs):
+        if rec is None:
+            recs[i] = _d_record(items[i], f"{what}[{i}]")
+    return tuple(recs)  # type: ignore[arg-type]
+
+
 def _d_license(v: Any, what: str) -> LicenseInfo:
     tmr_id, qty, valid, reason, expires, feats = _list(v, what, 6)
     features = tuple(
@@ -350,9 +423,7 @@ def decode_request(frame: bytes) -> PeerRequest:
             for i, e in enumerate(_list(_get(b, "entries"), "entries")):
                 k, seq, ops = _list(e, f"entries[{i}]", 3)
                 entries.append(
-                    AcceptEntry(
-                        _d_key(k, "key"), _int(seq, "seq", 1), tuple(_items(ops, "ops", _d_op))
-                    )
+                    AcceptEntry(_d_key(k, "key"), _int(seq, "seq", 1), _d_ops(ops, "ops"))
                 )
             return Accept(mid, epoch, tuple(entries))
         if t == "snapshot":
@@ -363,7 +434,7 @@ def decode_request(frame: bytes) -> PeerRequest:
                     SnapshotEntry(
                         _d_key(k, "key"),
                         _int(seq, "seq"),
-                        tuple(_items(recs, "handles", _d_record)),
+                        _d_records(recs, "handles"),
                     )
                 )
             return Snapshot(mid, epoch, tuple(snaps))
@@ -408,7 +479,7 @@ def decode_reply(frame: bytes) -> PeerReply:
                 k, v, recs = _list(x, "log", 3)
                 logs[_d_key(k, "key")] = (
                     _d_version(v, "version"),
-                    tuple(_items(recs, "handles", _d_record)),
+                    _d_records(recs, "handles"),
                 )
             return Promise(
                 mid,

@@ -23,7 +23,7 @@ from tmr.config import ServerConfig
 from tmr.ctl import CtlError, bind_ctl, decode_ctl, encode_ctl
 from tmr.errors import ErrorCode, TmrError
 from tmr.keys import load_keypair
-from tmr.logs import configure, log
+from tmr.logs import configure, enabled, log
 from tmr.logs import flush as flush_logs
 from tmr.protocol import peer_api
 from tmr.protocol.client_api import (
@@ -48,11 +48,29 @@ from tmr.zmqio import NOBLOCK, recv_frames, send_frames
 
 TICK = 0.05
 MAX_DRAIN = 2000  # messages taken from one socket per loop turn
+# Events that come at the rate of checkouts are logged at debug: at info they would flood the
+# journal (journald drops a service's lines above its rate limit, 10,000 per 30 s by default,
+# the important ones with them). The backends' usage record keeps every grant and release
+# durably (`tmr report usage`), and /metrics counts them. Expiries stay at info: they are rare
+# and say that a client stopped without releasing.
+DEBUG_EVENTS = frozenset({"handle_granted", "handle_released"})
 
 
 def container_serial(service_public_key: str) -> str:
     digest = hashlib.sha256(b"tmr-virtual-container\0" + service_public_key.encode()).digest()
     return f"131-{int.from_bytes(digest[:8], 'big') % 10_000_000:07d}"
+
+
+def log_events(events: list[dict[str, Any]]) -> None:
+    """Log the leader's events: `DEBUG_EVENTS` at debug, every other one at info."""
+    debug = enabled("debug")
+    for ev in events:
+        event = ev["event"]
+        level = "debug" if event in DEBUG_EVENTS else "info"
+        if level == "info" or debug:
+            fields = dict(ev)
+            del fields["event"]
+            log(event, level=level, **fields)
 
 
 class CounterFile:
@@ -186,9 +204,8 @@ class ServerService:
                 fx.send.clear()
                 self.apply(self.leader.demote(time.monotonic(), "cannot persist epoch"))
         self.web.on_effects(fx)
-        for ev in fx.events:
-            fields = dict(ev)
-            log(fields.pop("event"), **fields)
+        if fx.events:
+            log_events(fx.events)
         for name, msg in fx.send:
             try:
                 self.dealers[name].send(peer_api.encode_request(msg), NOBLOCK)

@@ -229,3 +229,122 @@ def test_entries_encode_the_same_for_every_backend_and_past_the_cache_size() -> 
             msg = Accept(mid, E, (AcceptEntry(K, n + 1, ops),))
             assert decode_request(encode_request(msg)) == msg
         del ops  # its id may be reused by the next entry's tuple
+
+
+# ------------------------------------------------------------------ fast paths
+# Ops and handle records are decoded by a fast path that builds no error texts and falls back
+# to the strict decoders for anything it does not accept. It must never accept more than they
+# do, and what it accepts must decode to the same values.
+
+_FIELD = st.one_of(
+    st.sampled_from(["h1-tmr-a-1", "", "x" * 256, "x" * 257, "g", "r", "release", "expire"]),
+    st.sampled_from([0, 1, 2, 2**32 - 1, 2**32, -1, True, False, None]),
+    st.sampled_from([0.0, 1.5, 1700000000.5, -2.5, float("inf"), float("nan")]),
+    st.binary(max_size=3),
+    st.lists(st.integers(0, 3), max_size=2),
+)
+
+
+# Per field of a handle record: values the strict decoder accepts, then values it refuses.
+_RECORD_FIELDS: list[tuple[list[object], list[object]]] = [
+    (["h1", "x" * 256], ["", "x" * 257, b"h1", 1, None]),
+    ([0, 6000123, 2**32 - 1], [-1, 2**32, "6000123", True, 1.0]),
+    ([0, 42, 2**32 - 1], [-1, 2**32, False, 42.0]),
+    ([1, 2, 2**32 - 1], [0, -1, 2**32, True, 1.0]),
+    (["client", "c" * 256], ["", "c" * 257, b"c", None]),
+    (["rid-1"], ["", "r" * 257, 7]),
+    ([0.0, 1.5, 1700000000.5, -2.5, 7], [float("inf"), float("nan"), "1.5", True, None]),
+]
+
+
+@st.composite
+def _records(draw: st.DrawFn) -> object:
+    """A handle record with none, one or two of its fields bad, or something else entirely."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.one_of(st.lists(_FIELD, min_size=6, max_size=8), _FIELD))
+    rec = [draw(st.sampled_from(good)) for good, _ in _RECORD_FIELDS]
+    for i in draw(st.lists(st.integers(0, len(rec) - 1), max_size=2)):
+        rec[i] = draw(st.sampled_from(_RECORD_FIELDS[i][1]))
+    return rec
+
+
+def _ops() -> st.SearchStrategy[object]:
+    grant = st.tuples(st.sampled_from(["g", "g", "g", "r", "G", b"g"]), _records()).map(list)
+    release = st.tuples(
+        st.sampled_from(["r", "r", "r", "g", "R"]),
+        st.sampled_from(["h1", "h1", "", "h" * 257, 5]),
+        st.sampled_from(["release", "expire", "RELEASE", "", 1, None]),
+        st.sampled_from([2.0, 2.0, 3, float("nan"), float("-inf"), "2", False]),
+    ).map(list)
+    return st.one_of(grant, release, st.lists(_FIELD, max_size=5), _FIELD)
+
+
+def _strict(decode: object, value: object) -> object:
+    try:
+        return decode(value, "x")  # type: ignore[operator]
+    except ProtocolError:
+        return ProtocolError
+
+
+@settings(max_examples=600, deadline=None)
+@given(_records())
+def test_fast_record_decoding_accepts_nothing_the_strict_decoder_refuses(rec: object) -> None:
+    from tmr.protocol.peer_api import _d_record, _fast_record
+
+    fast = _fast_record(rec)
+    if fast is not None:
+        assert _strict(_d_record, rec) == fast
+
+
+@settings(max_examples=600, deadline=None)
+@given(_ops())
+def test_fast_op_decoding_accepts_nothing_the_strict_decoder_refuses(op: object) -> None:
+    from tmr.protocol.peer_api import _d_op, _fast_op
+
+    fast = _fast_op(op)
+    if fast is not None:
+        assert _strict(_d_op, op) == fast
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ops(), max_size=6))
+def test_an_accept_decodes_as_the_strict_decoder_decides_op_by_op(ops: list[object]) -> None:
+    from tmr.protocol.peer_api import _d_op
+
+    frame = msgpack.packb(
+        {"t": "accept", "mid": 1, "epoch": [3, "tmr-a"], "entries": [[list(K), 1, ops]]}
+    )
+    expected = [_strict(_d_op, op) for op in ops]
+    if ProtocolError in expected:
+        with pytest.raises(ProtocolError):
+            decode_request(frame)
+    else:
+        msg = decode_request(frame)
+        assert isinstance(msg, Accept)
+        assert list(msg.entries[0].ops) == expected
+
+
+def test_the_fast_paths_leave_whole_number_times_to_the_strict_decoders() -> None:
+    rec = HandleRecord("h1", 6000123, 42, 1, "client", "rid-1", 1700000000.0)
+    body = [rec.handle, rec.firm, rec.product, rec.seats, rec.client_id, rec.request_id, 1700000000]
+    frame = msgpack.packb(
+        {"t": "snapshot", "mid": 1, "epoch": [3, "tmr-a"], "entries": [[list(K), 0, [body]]]}
+    )
+    msg = decode_request(frame)
+    assert isinstance(msg, Snapshot)
+    (entry,) = msg.entries
+    assert entry.handles == (rec,) and type(entry.handles[0].granted_at) is float
+
+
+def test_a_bad_op_is_named_by_its_index() -> None:
+    good = ["r", "h1", "release", 2.0]
+    frame = msgpack.packb(
+        {
+            "t": "accept",
+            "mid": 1,
+            "epoch": [3, "tmr-a"],
+            "entries": [[list(K), 1, [good, good, ["r", "h1", "later", 2.0]]]],
+        }
+    )
+    with pytest.raises(ProtocolError, match=r"ops\[2\]"):
+        decode_request(frame)
