@@ -73,6 +73,12 @@ from tmr.replication.types import (
 QUORUM = 2
 MAX_ENTRY_OPS = 4096  # cap of ops in one log entry (keeps messages well under frame limits)
 PIPELINE = 4  # uncommitted log entries per product, and ACCEPTs in flight per backend
+# While an entry of a product is uncommitted, the next one is formed only once this many ops
+# wait: smaller batches keep growing until the entry in flight commits. Every entry costs a
+# message to and a durable commit on each backend, whatever its size; pipelining small entries
+# spent that on ever smaller rounds (measured: 17 ops a round at 100 clients instead of 41,
+# and about 10 % more CPU per checkout on the servers and backends).
+PIPELINE_MIN_OPS = 32
 EXPIRY_SCAN = 0.25  # seconds between lease scans (expiry may be this late, never early)
 RECENT_RELEASED = 100_000  # (client id, request id) of released handles remembered per term
 
@@ -848,8 +854,12 @@ class Leader:
             p.waiters.append(_Waiter(seq, reply))
 
     def _flush(self, p: _Product) -> None:
-        """Turn pending ops into the next log entry (at most PIPELINE entries uncommitted)."""
-        if not p.pending or p.committed < 0 or p.seq - p.committed >= PIPELINE:
+        """Turn pending ops into the next log entry: at once if every entry is committed;
+        behind uncommitted ones (at most PIPELINE) only with PIPELINE_MIN_OPS ops or more."""
+        if not p.pending or p.committed < 0:
+            return
+        uncommitted = p.seq - p.committed
+        if uncommitted >= PIPELINE or (uncommitted and len(p.pending) < PIPELINE_MIN_OPS):
             return
         ops, p.pending = tuple(p.pending[:MAX_ENTRY_OPS]), p.pending[MAX_ENTRY_OPS:]
         for op in ops:
