@@ -980,7 +980,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="TMR benchmark (issue 6, DESIGN.md section 10)")
     ap.add_argument("--quick", action="store_true", help="2 s per measurement, 1 repetition")
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
-    ap.add_argument("--reps", type=int, default=3, help="repetitions of each comparison run")
+    ap.add_argument("--reps", type=int, default=5, help="repetitions of each comparison run")
     ap.add_argument("--skip-etcd", action="store_true", help="leave out baseline (c)")
     ap.add_argument("--profile", action="store_true", help="py-spy the server at 100 clients")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latest.json")
