@@ -243,10 +243,6 @@ def _list(v: Any, what: str, n: int | None = None) -> list[Any]:
     return v
 
 
-def _items(v: Any, what: str, f: Callable[[Any, str], T]) -> list[T]:
-    return [f(x, f"{what}[{i}]") for i, x in enumerate(_list(v, what))]
-
-
 def _d_epoch(v: Any, what: str) -> Epoch:
     c, s = _list(v, what, 2)
     return Epoch(_int(c, what), _str(s, what, empty=True))
@@ -341,24 +337,17 @@ def _fast_op(v: Any) -> Op | None:
     return None
 
 
-def _d_ops(v: Any, what: str) -> tuple[Op, ...]:
-    """The ops of an ACCEPT entry (hot: every op of every round passes here)."""
+def _items(
+    v: Any, what: str, strict: Callable[[Any, str], T], fast: Callable[[Any], T | None]
+) -> tuple[T, ...]:
+    """The items of list ``v``, each decoded by ``fast`` (hot: no error texts built) or,
+    where it declines, by ``strict``, which names the problem as ``what[i]``."""
     items = _list(v, what)
-    ops = [_fast_op(x) for x in items]
-    for i, op in enumerate(ops):
-        if op is None:
-            ops[i] = _d_op(items[i], f"{what}[{i}]")
-    return tuple(ops)  # type: ignore[arg-type]
-
-
-def _d_records(v: Any, what: str) -> tuple[HandleRecord, ...]:
-    """A handle table (SNAPSHOT, PROMISE): up to every handle held, on a takeover."""
-    items = _list(v, what)
-    recs = [_fast_record(x) for x in items]
-    for i, rec in enumerate(recs):
-        if rec is None:
-            recs[i] = _d_record(items[i], f"{what}[{i}]")
-    return tuple(recs)  # type: ignore[arg-type]
+    out = [fast(x) for x in items]
+    for i, x in enumerate(out):
+        if x is None:
+            out[i] = strict(items[i], f"{what}[{i}]")
+    return tuple(out)  # type: ignore[arg-type]
 
 
 def _d_license(v: Any, what: str) -> LicenseInfo:
@@ -423,7 +412,9 @@ def decode_request(frame: bytes) -> PeerRequest:
             for i, e in enumerate(_list(_get(b, "entries"), "entries")):
                 k, seq, ops = _list(e, f"entries[{i}]", 3)
                 entries.append(
-                    AcceptEntry(_d_key(k, "key"), _int(seq, "seq", 1), _d_ops(ops, "ops"))
+                    AcceptEntry(
+                        _d_key(k, "key"), _int(seq, "seq", 1), _items(ops, "ops", _d_op, _fast_op)
+                    )
                 )
             return Accept(mid, epoch, tuple(entries))
         if t == "snapshot":
@@ -434,7 +425,7 @@ def decode_request(frame: bytes) -> PeerRequest:
                     SnapshotEntry(
                         _d_key(k, "key"),
                         _int(seq, "seq"),
-                        _d_records(recs, "handles"),
+                        _items(recs, "handles", _d_record, _fast_record),
                     )
                 )
             return Snapshot(mid, epoch, tuple(snaps))
@@ -479,7 +470,7 @@ def decode_reply(frame: bytes) -> PeerReply:
                 k, v, recs = _list(x, "log", 3)
                 logs[_d_key(k, "key")] = (
                     _d_version(v, "version"),
-                    _d_records(recs, "handles"),
+                    _items(recs, "handles", _d_record, _fast_record),
                 )
             return Promise(
                 mid,
