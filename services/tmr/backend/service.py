@@ -37,7 +37,7 @@ from tmr import __version__
 from tmr.backend.licenses import LicenseView, load_license_view
 from tmr.backend.store import SqliteStore, StorageError
 from tmr.config import BackendConfig
-from tmr.ctl import CtlError, bind_ctl, decode_ctl, encode_ctl
+from tmr.ctl import CtlError, CtlErrorCode, bind_ctl, serve_ctl
 from tmr.errors import ConfigError, TmrError
 from tmr.keys import NodeKeys, load_keypair
 from tmr.licensing import (
@@ -163,6 +163,10 @@ class _Group:
     writes: list[Write] = field(default_factory=list)
     replies: list[tuple[int, bytes]] = field(default_factory=list)  # (request index, reply)
     records: list[_Record] = field(default_factory=list)
+
+
+def _log_internal_error(exc: Exception) -> None:
+    log("internal_error", level="error", error=repr(exc), trace=traceback.format_exc())
 
 
 def _emit(records: list[_Record]) -> None:
@@ -758,20 +762,7 @@ class BackendService:
 
     def _serve_ctl(self) -> None:
         assert self._ctl is not None
-        try:
-            frames = self._ctl.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return
-        try:
-            if len(frames) != 1:
-                raise CtlError("control request must be one frame")
-            reply = self.control(decode_ctl(frames[0]))
-        except CtlError as exc:
-            reply = {"ok": False, "error": str(exc)}
-        except Exception as exc:  # never leave the REP socket without an answer
-            log("internal_error", level="error", error=repr(exc), trace=traceback.format_exc())
-            reply = {"ok": False, "error": f"internal error: {exc!r}"}
-        self._ctl.send(encode_ctl(reply))
+        serve_ctl(self._ctl, self.control, _log_internal_error)
 
     def control(self, request: Json) -> Json:
         cmd = request.get("cmd")
@@ -781,7 +772,10 @@ class BackendService:
             return self.reload_licenses("ctl")
         if cmd == "health":
             return {"ok": True, "name": self.config.name}
-        raise CtlError(f"unknown command {str(cmd)[:40]!r} (backends know status, reload, health)")
+        raise CtlError(
+            f"unknown command {str(cmd)[:40]!r} (backends know status, reload, health)",
+            CtlErrorCode.UNKNOWN_COMMAND,
+        )
 
     def status(self) -> Json:
         assert self.acceptor is not None and self.identity is not None

@@ -12,6 +12,7 @@ import hashlib
 import os
 import signal
 import time
+import traceback
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -20,7 +21,7 @@ import zmq
 import zmq.auth.thread
 
 from tmr.config import ServerConfig
-from tmr.ctl import CtlError, bind_ctl, decode_ctl, encode_ctl
+from tmr.ctl import CtlError, CtlErrorCode, bind_ctl, serve_ctl
 from tmr.errors import ErrorCode, TmrError
 from tmr.keys import load_keypair
 from tmr.logs import configure, enabled, log
@@ -71,6 +72,10 @@ def log_events(events: list[dict[str, Any]]) -> None:
             fields = dict(ev)
             del fields["event"]
             log(event, level=level, **fields)
+
+
+def _log_internal_error(exc: Exception) -> None:
+    log("internal_error", level="error", error=repr(exc), trace=traceback.format_exc())
 
 
 class CounterFile:
@@ -306,17 +311,14 @@ class ServerService:
         st["uptime"] = round(now - self.started, 1)
         return st
 
-    def on_ctl(self, frame: bytes, now: float) -> dict[str, Any]:
-        try:
-            req = decode_ctl(frame)
-        except CtlError as exc:
-            return {"ok": False, "error": str(exc)}
+    def on_ctl(self, req: dict[str, Any], now: float) -> dict[str, Any]:
+        """Serve one decoded control request (`tmr.ctl.serve_ctl` decodes and answers)."""
         cmd = req["cmd"]
         ld = self.leader
         if cmd == "promote":
             force = req.get("force", False)
             if not isinstance(force, bool):
-                return {"ok": False, "error": "promote: 'force' must be true or false"}
+                raise CtlError("promote: 'force' must be true or false")
             log("ctl", cmd="promote", force=force)
             self.apply(ld.promote(now, force=force))
         elif cmd == "demote":
@@ -329,8 +331,11 @@ class ServerService:
         elif cmd == "handles":
             return {"ok": True, "handles": ld.handles_view(now)}
         else:
-            return {"ok": False, "error": f"unknown command {cmd[:40]!r}"}
+            raise CtlError(f"unknown command {cmd[:40]!r}", CtlErrorCode.UNKNOWN_COMMAND)
         return {"ok": True, "role": ld.role.value}
+
+    def _serve_ctl(self, now: float) -> None:
+        serve_ctl(self.ctl, lambda req: self.on_ctl(req, now), _log_internal_error)
 
     # ------------------------------------------------------------------ loop
 
@@ -371,7 +376,7 @@ class ServerService:
                 # One pump for the whole burst of requests and replies: group commit.
                 self.apply(self.leader.pump(now))
                 if self.ctl in ready:
-                    self.ctl.send(encode_ctl(self.on_ctl(self.ctl.recv(), now)))
+                    self._serve_ctl(now)
                 if now >= next_tick:
                     self.apply(self.leader.tick(now))
                     next_tick = now + TICK
