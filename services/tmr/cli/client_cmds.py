@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from tmr.cli.signals import stop_signals
 from tmr.client import Client, Handle, load_client_keys
-from tmr.errors import ConfigError, UsageError
+from tmr.errors import ConfigError, UnknownHandle, UsageError
 from tmr.protocol.client_api import (
     FIRM_CODE_MAX,
     FIRM_CODE_MIN,
@@ -379,6 +379,11 @@ def cmd_checkout(args: argparse.Namespace) -> int:
                     break
                 wake.wait(remaining)
             wake.clear()
+        if not handle.lost:
+            try:
+                handle.release()
+            except UnknownHandle:
+                pass  # the server no longer held it: reported as lost below
         if handle.lost:
             if args.json:
                 _print_json({"event": "lost", "handle": handle.id}, out)
@@ -387,7 +392,6 @@ def cmd_checkout(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_LOST
-        handle.release()
         if args.json:
             _print_json({"event": "released", "handle": handle.id}, out)
         else:

@@ -5,6 +5,11 @@ threads) and waits for the reply with the same request id. When no reply comes w
 per-attempt timeout, or the server answers ``NOT_ACTIVE``, it closes the socket (linger 0),
 moves to the next endpoint and sends the *same* request again (same rid, so the server can
 deduplicate), until the overall deadline. Then it raises `tmr.errors.Timeout`.
+
+A ``QUORUM_LOST`` answer is checked once against the next endpoint before it is reported: a
+server that cannot reach a majority of the backends may be a deposed leader (paused or cut
+off) while the other one serves. The other endpoint's answer wins unless it is ``NOT_ACTIVE``
+or missing; then the ``QUORUM_LOST`` is reported.
 """
 
 from __future__ import annotations
@@ -100,12 +105,15 @@ class Channel:
         attempts = 0
         not_active = 0
         last = "no reply"
+        quorum_lost: Outcome | None = None  # a QUORUM_LOST being checked on the next endpoint
         with self._lock:
             while True:
                 if self._closing.is_set():
                     raise ClientClosedError("the client is closed")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    if quorum_lost is not None:
+                        return quorum_lost
                     raise Timeout(
                         f"no active TMR server answered {req.op} within {timeout:g} s "
                         f"({attempts} attempt(s) on {', '.join(self._endpoints)}; last: {last}). "
@@ -124,11 +132,15 @@ class Channel:
                     if reply is None:
                         last = f"no reply from {endpoint} within {min(wait, remaining):.2g} s"
                 if reply is None:
+                    if quorum_lost is not None:
+                        return quorum_lost
                     log.debug("%s: %s rid=%s: %s; retrying", self._name, req.op, req.rid, last)
                     self._next_endpoint()
                     wait = min(wait * ATTEMPT_GROWTH, max(ATTEMPT_TIMEOUT_MAX, wait))
                     continue
                 if isinstance(reply, ErrorReply) and reply.error == ErrorCode.NOT_ACTIVE:
+                    if quorum_lost is not None:
+                        return quorum_lost
                     last = f"NOT_ACTIVE from {endpoint}" + (
                         f" ({reply.message})" if reply.message else ""
                     )
@@ -141,6 +153,22 @@ class Channel:
                         if self._closing.wait(pause):
                             raise ClientClosedError("the client is closed")
                         backoff = min(backoff * 2, NOT_ACTIVE_BACKOFF_MAX)
+                    continue
+                if (
+                    isinstance(reply, ErrorReply)
+                    and reply.error == ErrorCode.QUORUM_LOST
+                    and quorum_lost is None
+                    and len(self._endpoints) > 1
+                ):
+                    quorum_lost = Outcome(reply, attempts, endpoint)
+                    log.debug(
+                        "%s: %s rid=%s: QUORUM_LOST from %s; asking the next endpoint once",
+                        self._name,
+                        req.op,
+                        req.rid,
+                        endpoint,
+                    )
+                    self._next_endpoint()
                     continue
                 return Outcome(reply, attempts, endpoint)
 

@@ -42,6 +42,7 @@ from tmr.protocol.client_api import (
     ListRequest,
     ListResult,
     ReleaseRequest,
+    ReleaseResult,
     Request,
     Result,
     StatusRequest,
@@ -417,12 +418,14 @@ class Handle:
 
     def release(self) -> bool:
         """Give the seats back. Idempotent: True if this call released them, False if the
-        handle was already released or lost.
+        handle was already released or lost before the call (nothing is sent then).
 
-        A retried release (reply lost, fail-over) that the server answers UNKNOWN_HANDLE
-        counts as released: the first attempt did it. An UNKNOWN_HANDLE on the first attempt
-        marks the handle lost and raises `UnknownHandle`. On `Timeout` the heartbeats stay
-        stopped (the lease then frees the seats) and `release` may be called again.
+        If the server no longer holds the handle (it answers ``released: false`` or
+        UNKNOWN_HANDLE: the lease expired, e.g. while this client was cut off), the handle
+        is marked lost and `UnknownHandle` is raised. A retried release (reply lost,
+        fail-over) that gets either answer counts as released: the first attempt did it.
+        On `Timeout` the heartbeats stay stopped (the lease then frees the seats) and
+        `release` may be called again.
         """
         return self._release(None)
 
@@ -547,6 +550,18 @@ class Handle:
                 if reply.error == ErrorCode.UNKNOWN_HANDLE:
                     self._mark_lost()
                 raise reply.to_exception()
+        elif isinstance(reply.result, ReleaseResult) and not reply.result.released:
+            if outcome.attempts > 1:
+                log.debug("release of %s: not held after a retry: released", self.id)
+            else:
+                # The server did not hold the handle any more: its seats were freed (lease
+                # expired) before this release, not by it.
+                with self._state:
+                    self._releasing = False
+                self._mark_lost()
+                raise UnknownHandle(
+                    f"handle {self.id} was no longer held by the server (its lease expired)"
+                )
         with self._state:
             self._released = True
             self._releasing = False

@@ -16,7 +16,13 @@ from fake_tmr_server import FIRM, PRODUCT, FakeServer
 from tmr.cli import client_cmds
 from tmr.client import NodeKeys, generate_keypair
 from tmr.errors import ConfigError, TmrError, UsageError
-from tmr.protocol.client_api import CheckoutRequest
+from tmr.protocol.client_api import (
+    CheckoutRequest,
+    OkReply,
+    ReleaseRequest,
+    ReleaseResult,
+    Request,
+)
 
 MakeServer = Callable[..., FakeServer]
 
@@ -154,6 +160,27 @@ def test_checkout_seat_lost_exits_3(
                 "--product", str(PRODUCT), "--hold", "20"])  # fmt: skip
     assert code == client_cmds.EXIT_LOST
     assert "was lost" in capsys.readouterr().err
+
+
+def test_checkout_whose_release_finds_the_seat_gone_exits_3(
+    make_server: MakeServer, service_keys: NodeKeys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server answers the final release with `released: false` (the lease ran out
+    between two heartbeats): the seats were lost, not released."""
+
+    def hook(req: Request, server: FakeServer) -> object:
+        if isinstance(req, ReleaseRequest):
+            return OkReply(req.rid, ReleaseResult(False))
+        return None
+
+    server = make_server(hook=hook)
+    code = run([*conn(server, service_keys), "--json", "checkout", "--firm", str(FIRM),
+                "--product", str(PRODUCT), "--hold", "0"])  # fmt: skip
+    assert code == client_cmds.EXIT_LOST
+    captured = capsys.readouterr()
+    events = [json.loads(line)["event"] for line in captured.out.splitlines()]
+    assert events == ["checkout", "lost"]
+    assert "was lost" in captured.err
 
 
 def test_checkout_refused_raises_typed_error(

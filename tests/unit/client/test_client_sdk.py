@@ -34,6 +34,7 @@ from tmr.protocol.client_api import (
     ErrorReply,
     OkReply,
     ReleaseRequest,
+    ReleaseResult,
     Request,
     encode_reply,
 )
@@ -245,6 +246,46 @@ def test_vip_failover_same_endpoint_new_server(
     assert new.in_use == 1
 
 
+def quorum_lost_to_checkouts(req: Request, server: FakeServer) -> object:
+    if isinstance(req, CheckoutRequest):
+        return ErrorReply(req.rid, ErrorCode.QUORUM_LOST, "(1:- 2:- 3:-)")
+    return None
+
+
+def test_quorum_lost_is_checked_once_on_the_other_endpoint(
+    make_server: MakeServer, clients: Callable[..., Client]
+) -> None:
+    """A deposed server (paused, cut off) may see no backends while the other one serves:
+    its QUORUM_LOST is not reported while the other endpoint grants."""
+    deposed = make_server(name="deposed", hook=quorum_lost_to_checkouts)
+    active = make_server(name="active")
+    client = clients([deposed.endpoint, active.endpoint])
+    handle = client.checkout(FIRM, PRODUCT)
+    assert active.in_use == 1
+    assert deposed.seen("checkout")[0].rid == active.seen("checkout")[0].rid
+    handle.release()
+
+
+@pytest.mark.parametrize("other", ["standby", "silent", "quorum_lost"])
+def test_quorum_lost_is_reported_when_the_other_endpoint_cannot_serve(
+    make_server: MakeServer, clients: Callable[..., Client], other: str
+) -> None:
+    active = make_server(name="active", hook=quorum_lost_to_checkouts)
+    if other == "standby":
+        second = make_server(name="standby", role="standby")
+    elif other == "silent":
+        second = make_server(name="silent", hook=lambda req, s: DROP)
+    else:
+        second = make_server(name="second", hook=quorum_lost_to_checkouts)
+    client = clients([active.endpoint, second.endpoint], timeout=5.0)
+    started = time.monotonic()
+    with pytest.raises(QuorumLost, match="1:- 2:- 3:-"):
+        client.checkout(FIRM, PRODUCT)
+    assert time.monotonic() - started < 1.5  # one check, not retries until the timeout
+    assert len(active.seen("checkout")) == 1
+    assert len(second.seen("checkout")) == 1
+
+
 def test_not_active_everywhere_times_out(
     make_server: MakeServer, clients: Callable[..., Client]
 ) -> None:
@@ -413,6 +454,54 @@ def test_release_of_an_unknown_handle_raises_but_not_on_exit(
     with client.checkout(FIRM, PRODUCT) as other:
         server.forget(other.id)
     assert other.lost  # __exit__ logged it instead of raising
+
+
+def test_release_answered_not_released_marks_lost_and_raises(
+    make_server: MakeServer, clients: Callable[..., Client]
+) -> None:
+    """The real server answers `released: false` for a handle it no longer holds (lease
+    expired): the caller is told, not handed a success."""
+
+    def hook(req: Request, server: FakeServer) -> object:
+        if isinstance(req, ReleaseRequest):
+            return OkReply(req.rid, ReleaseResult(False))
+        return None
+
+    server = make_server(hook=hook)
+    client = clients(server.endpoint)
+    lost: list[Handle] = []
+    handle = client.checkout(FIRM, PRODUCT, on_lost=lost.append)
+    with pytest.raises(UnknownHandle, match="no longer held"):
+        handle.release()
+    assert handle.lost and not handle.released and not handle.held
+    assert lost == [handle]
+    assert handle.release() is False  # nothing more is sent
+    assert len(server.seen("release")) == 1
+    with client.checkout(FIRM, PRODUCT) as other:
+        pass
+    assert other.lost  # __exit__ logged it instead of raising
+
+
+def test_release_not_released_after_a_retry_counts_as_released(
+    make_server: MakeServer, clients: Callable[..., Client]
+) -> None:
+    """The first release went through but its reply was lost; the retry finds the handle
+    gone (`released: false`): the first attempt released it."""
+    releases: list[str] = []
+
+    def hook(req: Request, server: FakeServer) -> object:
+        if isinstance(req, ReleaseRequest):
+            releases.append(req.rid)
+            if len(releases) == 2:
+                return OkReply(req.rid, ReleaseResult(False))
+        return None
+
+    server = make_server(hook=hook, drop_reply=lambda req, s: isinstance(req, ReleaseRequest))
+    client = clients(server.endpoint)
+    handle = client.checkout(FIRM, PRODUCT)
+    assert handle.release() is True
+    assert handle.released and not handle.lost
+    assert releases[0] == releases[1]
 
 
 def test_exit_does_not_mask_the_body_exception(
