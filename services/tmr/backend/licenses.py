@@ -54,6 +54,7 @@ class LicenseView:
     installed: dict[ProductKey, InstalledLicense] = field(default_factory=dict)
     unusable: dict[ProductKey, UnusableCopy] = field(default_factory=dict)
     rejected: list[tuple[Path, LicenseError]] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # not regular files
 
     def infos(self, clock: ClockGuard) -> dict[ProductKey, LicenseInfo]:
         """What the acceptor is told, per product, at the clock guard's current time."""
@@ -109,7 +110,9 @@ def load_license_view(
         clock=clock,
         installed_tmr_ids=installed_tmr_ids,
     )
-    view = LicenseView(installed=dict(load.licenses), rejected=list(load.rejected))
+    view = LicenseView(
+        installed=dict(load.licenses), rejected=list(load.rejected), skipped=list(load.skipped)
+    )
     for path, error in load.rejected:
         reason = TIME_REASONS.get(error.reason)
         found = None if reason is None else _authentic_copy(path, keyring, fingerprint, reason)

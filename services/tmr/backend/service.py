@@ -203,6 +203,10 @@ def rejected_json(view: LicenseView) -> list[Json]:
     ]
 
 
+def skipped_json(view: LicenseView) -> list[Json]:
+    return [{"file": str(path), "reason": why} for path, why in view.skipped]
+
+
 # ------------------------------------------------------------------ the service
 
 
@@ -669,6 +673,8 @@ class BackendService:
             return {"ok": False, "error": str(exc)}
         self.view = view
         self._record_installed({k: lic.tmr_id for k, lic in view.installed.items()})
+        for path, why in view.skipped:
+            log("license_file_skipped", level="warning", file=str(path), reason=why)
         for path, err in view.rejected:
             quiet = err.reason in (LicenseReason.SUPERSEDED, LicenseReason.DUPLICATE)
             log(
@@ -679,7 +685,12 @@ class BackendService:
                 error=str(err),
             )
         self._apply_licenses(view.infos(self.clock), trigger)
-        return {"ok": True, "licenses": self._licenses_json(), "rejected": rejected_json(view)}
+        return {
+            "ok": True,
+            "licenses": self._licenses_json(),
+            "rejected": rejected_json(view),
+            "skipped": skipped_json(view),
+        }
 
     def _installed_floors(self) -> dict[ProductKey, int]:
         """The highest TMR IDs installed: on disk, and in memory should a write have failed."""
@@ -811,6 +822,7 @@ class BackendService:
             "caught_up": state.caught_up,
             "products": products,
             "rejected": rejected_json(self.view),
+            "skipped": skipped_json(self.view),
             "counters": dict(self.counters),
         }
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tmr.errors import ConfigError
 from tmr.licensing.clock import ClockGuard
-from tmr.licensing.fileio import read_limited
+from tmr.licensing.fileio import file_kind, read_limited
 from tmr.licensing.keyring import VendorKeyring
 from tmr.licensing.model import (
     MAX_COPY_BYTES,
@@ -41,6 +42,7 @@ class InstalledLicense:
 class ContainerLoad:
     licenses: dict[tuple[int, int], InstalledLicense] = field(default_factory=dict)
     rejected: list[tuple[Path, LicenseError]] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # not regular files
 
 
 def load_container(
@@ -58,7 +60,8 @@ def load_container(
     first path in name order is kept), and when even the best valid copy is below
     ``installed_tmr_ids[(firm, product)]`` (the highest TMR ID the backend ever installed)
     the product is not loaded and its copies are ROLLBACK. Hidden files are skipped
-    (installers' temporaries).
+    (installers' temporaries), and so is anything that is not a regular file (a FIFO would
+    block the reader, a device never ends): those are listed in ``skipped``.
     """
     if not license_dir.is_dir():
         raise ConfigError(f"license directory {license_dir} does not exist")
@@ -67,6 +70,10 @@ def load_container(
     valid: list[InstalledLicense] = []
     for path in sorted(license_dir.glob(f"*{COPY_SUFFIX}")):
         if path.name.startswith("."):
+            continue
+        why_not = _not_regular(path)
+        if why_not is not None:
+            load.skipped.append((path, why_not))
             continue
         try:
             valid.append(
@@ -100,6 +107,18 @@ def load_container(
             why = LicenseError(LicenseReason.SUPERSEDED, f"#{kept.tmr_id} is in {kept.path.name}")
         load.rejected.append((lic.path, why))
     return load
+
+
+def _not_regular(path: Path) -> str | None:
+    """Why ``path`` is not read as a copy (a FIFO, a device, ...), or None for a regular
+    file. ``stat`` never blocks; `read_limited` checks again on the open descriptor."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # gone or unreadable: reading it reports that as UNREADABLE
+    if stat.S_ISREG(mode):
+        return None
+    return f"{file_kind(mode)}, not a regular file"
 
 
 def read_copy(path: Path) -> LicenseCopy:

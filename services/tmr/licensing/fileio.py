@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 from pathlib import Path
 
 
@@ -37,7 +39,41 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         os.close(dir_fd)
 
 
+class NotARegularFile(OSError):
+    """The path names a FIFO, a device, a socket or a directory: never read as a file."""
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular ``st_mode`` is, in words (for logs and status)."""
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def read_limited(path: Path, limit: int) -> bytes:
-    """Read at most limit + 1 bytes (enough to tell that a file is too large)."""
-    with path.open("rb") as fh:
-        return fh.read(limit + 1)
+    """Read at most limit + 1 bytes (enough to tell that a file is too large) of a regular
+    file. The open never blocks (O_NONBLOCK: a FIFO would wait for a writer) and anything
+    but a regular file is refused with `NotARegularFile` before a byte is read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(errno.EINVAL, f"{file_kind(mode)}, not a regular file", str(path))
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
