@@ -64,6 +64,7 @@ from tmr.replication.messages import (
 )
 from tmr.replication.types import Epoch, LicenseInfo, ProductKey, Version, key_str
 from tmr.report.records import UsageReader
+from tmr.zap_log import ZapDenials
 from tmr.zmqio import recv_frames, send_frames
 
 DB_NAME = "backend.sqlite3"
@@ -231,7 +232,14 @@ class BackendService:
         self.acceptor: Acceptor | None = None
         self.view = LicenseView()
         self.endpoint = ""
-        self.counters = {"requests": 0, "bad_requests": 0, "writes": 0, "storage_errors": 0}
+        self.counters = {
+            "requests": 0,
+            "bad_requests": 0,
+            "writes": 0,
+            "storage_errors": 0,
+            "handshakes_denied": 0,  # refused CURVE handshakes (logged once per key a minute)
+        }
+        self._zap_denials = ZapDenials("peer_denied")
         self._started = time.monotonic()
         self._floors: dict[ProductKey, int] = {}
         self._allowed: frozenset[bytes] = frozenset()
@@ -435,11 +443,10 @@ class BackendService:
                 return
             reply, ok = zap_reply(frames, self._allowed)
             if not ok:
-                log(
-                    "peer_denied",
-                    level="warning",
+                self.counters["handshakes_denied"] += 1
+                self._zap_denials.denied(
+                    z85_text(frames[6]) if len(frames) > 6 else "",
                     address=frames[3].decode("ascii", "replace") if len(frames) > 3 else "",
-                    key=z85_text(frames[6]) if len(frames) > 6 else "",
                     mechanism=frames[5].decode("ascii", "replace") if len(frames) > 5 else "",
                 )
             self._zap.send_multipart(reply)

@@ -45,6 +45,7 @@ from tmr.protocol.client_api import (
 from tmr.protocol.errors import ProtocolError
 from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig, Role
 from tmr.web.runtime import WebRuntime
+from tmr.zap_log import ZapDenials
 from tmr.zmqio import NOBLOCK, recv_frames, send_frames
 
 TICK = 0.05
@@ -135,6 +136,10 @@ class ServerService:
         self.stopping = False
         self.started = time.monotonic()
         self.web = WebRuntime(cfg)  # WebAdmin, /metrics, usage reports (tmr.web)
+        # Refused client handshakes: counted in /metrics, logged once per key and minute.
+        self.zap_denials = ZapDenials(
+            "client_denied", on_denied=lambda: self.web.metrics.on_handshake_denied("client")
+        )
 
     # ------------------------------------------------------------------ sockets
 
@@ -144,10 +149,15 @@ class ServerService:
             self.auth = zmq.auth.thread.ThreadAuthenticator(self.ctx)
             self.auth.start()
             allowed = set(cfg.client_allowlist)
+            denials = self.zap_denials
 
             class _Allow:
                 def callback(self, domain: str, key: bytes) -> bool:
-                    return key.decode("ascii", "replace") in allowed
+                    text = key.decode("ascii", "replace")
+                    if text in allowed:
+                        return True
+                    denials.denied(text, socket="client")
+                    return False
 
             self.auth.configure_curve_callback(domain="*", credentials_provider=_Allow())
         self.client = self.ctx.socket(zmq.ROUTER)

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tmr.licensing.effective import CopyProblem
 from tmr.replication.leader import Effects
 from tmr.replication.messages import Accept, Accepted, PeerReply, Snapshot
 
@@ -75,6 +76,12 @@ class ServerMetrics:
         self.errors = Counter(
             "tmr_client_errors", "Error replies to clients, by error code", ["code"], registry=r
         )
+        self.handshakes_denied = Counter(
+            "tmr_handshakes_denied",
+            "CURVE handshakes refused by ZAP (key not allowed), by socket",
+            ["socket"],
+            registry=r,
+        )
         self.round_latency = Histogram(
             "tmr_replication_round_seconds",
             "Replication round latency: ACCEPT (or SNAPSHOT) sent to a backend until its "
@@ -125,6 +132,10 @@ class ServerMetrics:
         sent = self._inflight.pop((backend, msg.mid), None)
         if sent is not None and isinstance(msg, Accepted):
             self.round_latency.labels(sent[1]).observe(max(0.0, self.clock() - sent[0]))
+
+    def on_handshake_denied(self, socket: str) -> None:
+        """A refused CURVE handshake (called from the authenticator's thread)."""
+        self.handshakes_denied.labels(socket).inc()
 
     def on_denial(self, firm: int, product: int) -> None:
         self.denials.labels(str(firm), str(product)).inc()
@@ -222,6 +233,13 @@ def _license_families(snap: dict[str, Any]) -> Iterator[Metric]:
             "Expiry of the license (UNIX time)",
             labels=labels,
         ),
+        "not_counted": GaugeMetricFamily(
+            "tmr_license_copies_not_counted",
+            "Valid copies of up backends not counted toward the 2 of 3, by reason "
+            "(CLONED_COPY: the same copy, index, fingerprint or key twice; WRONG_BACKEND_KEY; "
+            "UNBOUND_COPY: names no set)",
+            labels=[*labels, "reason"],
+        ),
     }
     for lic in snap["licenses"]:
         key = [str(lic["firm"]), str(lic["product"])]
@@ -234,4 +252,7 @@ def _license_families(snap: dict[str, Any]) -> Iterator[Metric]:
         fams["tmr_id"].add_metric(key, lic["tmr_id"] or 0)
         if lic["expires"] is not None:
             fams["expires"].add_metric(key, lic["expires"])
+        problems = [b.get("problem") for b in lic.get("backends", [])]
+        for reason in CopyProblem:
+            fams["not_counted"].add_metric([*key, reason.value], problems.count(reason.value))
     yield from fams.values()
