@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tmr.cli.client_cmds",
     "tmr.cli.report_cmds",
     "tmr.cli.workload_cmds",
+    "tmr.cli.config_cmds",
 )
 
 Handler = Callable[[argparse.Namespace], int]
@@ -37,7 +38,7 @@ SHARED_GROUPS = {
 
 # `tmr ctl` runs every couple of seconds from keepalived's track_script: it only loads the
 # module that defines it, not every area's imports.
-FAST_PATHS = {"ctl": ("tmr.cli.server_cmds",)}
+FAST_PATHS = {"ctl": ("tmr.cli.server_cmds",), "config": ("tmr.cli.config_cmds",)}
 
 
 def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:

@@ -1,0 +1,160 @@
+"""The roles' TOML templates (server.toml.j2, backend.toml.j2) rendered with hostile values.
+
+Every string a template writes goes through ``to_json``: a quote, a backslash, a newline, a
+control character, DEL, a character outside the BMP, TOML syntax or a literal ``\\u0041`` in
+a value must come back unchanged from tomllib and from the service's own config loader,
+never break the file or smuggle in a key. Rendered with jinja2 as Ansible does (trim_blocks;
+``to_json`` is ``json.dumps`` with the filter's keyword arguments).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+import zmq
+
+from tmr.config import load_backend_config, load_server_config
+
+REPO = Path(__file__).resolve().parents[2]
+SERVER_TEMPLATE = REPO / "roles/tmr_server/templates/server.toml.j2"
+BACKEND_TEMPLATE = REPO / "roles/tmr_backend/templates/backend.toml.j2"
+
+HOSTILE = [
+    'quote " inside',
+    "back\\slash and \\u0041 literally",
+    "new\nline\r\nand\ttab",
+    "controls \x00\x01\x08\x0b\x0c\x1b\x1f and DEL \x7f",
+    "beyond the BMP \U0001f600, accents é, CJK 中",
+    "\"\"\" triple ''' quotes",
+    'x"\nlog_level = "debug',  # would add (or override) a key in a raw template
+    "] = [[backends]] {",
+]
+
+
+# real Z85 CURVE public keys (the loader checks them); Z85 has TOML syntax too: [ ] { } = #
+KEYS = [zmq.curve_keypair()[0].decode() for _ in range(5)]
+
+
+def _to_json(value: Any, **kwargs: Any) -> str:
+    return json.dumps(value, **kwargs)
+
+
+def _difference(a: list[Any], b: list[Any]) -> list[Any]:
+    return [x for x in a if x not in b]
+
+
+def render(template: Path, variables: dict[str, Any]) -> str:
+    env = jinja2.Environment(
+        trim_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined
+    )
+    env.filters["to_json"] = _to_json
+    env.filters["difference"] = _difference
+    return env.from_string(template.read_text()).render(ansible_managed="test", **variables)
+
+
+def server_vars(value: str) -> dict[str, Any]:
+    backends = ["b1", "b2", "b3"]
+    hostvars: dict[str, Any] = {
+        b: {
+            "tmr_backend_name": f"{value} {i}",
+            "tmr_common_address": "192.0.2.1" + str(i),
+            "tmr_common_pubkey": KEYS[i],
+        }
+        for i, b in enumerate(backends)
+    }
+    hostvars["peer"] = {"tmr_common_address": "192.0.2.22"}
+    return {
+        "inventory_hostname": "me",
+        "groups": {"tmr_servers": ["me", "peer"], "tmr_backends": backends},
+        "hostvars": hostvars,
+        "tmr_server_group": "tmr_servers",
+        "tmr_server_backend_group": "tmr_backends",
+        "tmr_server_backend_port": 22360,
+        "tmr_server_name": value,
+        "tmr_server_client_listen": f"tcp://{value}:22350",
+        "tmr_server_config_dir": f"/etc/{value}",
+        "tmr_server_ctl_socket": f"/run/{value}.sock",
+        "tmr_server_state_dir": f"/var/lib/{value}",
+        "tmr_server_lease_seconds": 30,
+        "tmr_server_backend_timeout": 1.0,
+        "tmr_server_web_listen": "127.0.0.1:22380",
+        "tmr_server_vip": value,
+        "tmr_server_web_peer_url": f"http://{value}/",
+        "tmr_server_log_level": "info",
+    }
+
+
+def backend_vars(value: str) -> dict[str, Any]:
+    return {
+        "groups": {"tmr_servers": ["s1", "s2"]},
+        "hostvars": {"s1": {"tmr_common_pubkey": KEYS[3]}, "s2": {"tmr_common_pubkey": KEYS[4]}},
+        "tmr_backend_server_group": "tmr_servers",
+        "tmr_backend_name": value,
+        "tmr_backend_listen": f"tcp://{value}:22360",
+        "tmr_backend_config_dir": f"/etc/{value}",
+        "tmr_backend_state_dir": f"/var/lib/{value}/state",
+        "tmr_backend_license_dir": f"/var/lib/{value}/licenses",
+        "tmr_backend_vendor_keys": [{"firm_code": 6000123}, {"firm_code": value}],
+        "tmr_backend_machine_id_file": f"/etc/{value}-id",
+        "tmr_backend_serial": value,
+        "tmr_backend_ctl_socket": f"/run/{value}.sock",
+        "tmr_backend_log_level": "info",
+    }
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_server_toml_keeps_hostile_values(value: str, tmp_path: Path) -> None:
+    text = render(SERVER_TEMPLATE, server_vars(value))
+    data = tomllib.loads(text)
+    assert data["name"] == value
+    assert data["client_listen"] == f"tcp://{value}:22350"
+    assert data["service_key_file"] == f"/etc/{value}/service.key"
+    assert data["ctl_socket"] == f"/run/{value}.sock"
+    assert data["vip"] == value
+    assert data["web_peer_url"] == f"http://{value}/"
+    assert data["log_level"] == "info"
+    assert [b["name"] for b in data["backends"]] == [f"{value} {i}" for i in range(3)]
+    assert [b["public_key"] for b in data["backends"]] == KEYS[:3]
+    # and the service itself reads the same values from the file
+    path = tmp_path / "server.toml"
+    path.write_text(text, encoding="utf-8")
+    config = load_server_config(path)
+    assert config.name == value
+    assert config.state_dir == Path(f"/var/lib/{value}")
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_backend_toml_keeps_hostile_values(value: str, tmp_path: Path) -> None:
+    text = render(BACKEND_TEMPLATE, backend_vars(value))
+    data = tomllib.loads(text)
+    assert data["name"] == value
+    assert data["listen"] == f"tcp://{value}:22360"
+    assert data["key_file"] == f"/etc/{value}/node.key"
+    assert data["vendor_keys"] == [
+        f"/etc/{value}/vendors/6000123.pub",
+        f"/etc/{value}/vendors/{value}.pub",
+    ]
+    assert data["allowed_servers"] == KEYS[3:]
+    assert data["serial"] == value
+    assert data["log_level"] == "info"
+    path = tmp_path / "backend.toml"
+    path.write_text(text, encoding="utf-8")
+    config = load_backend_config(path)
+    assert config.name == value
+    assert config.allowed_servers == tuple(KEYS[3:])
+
+
+def test_plain_values_render_as_before() -> None:
+    """The ordinary case: the lab's values give the file the services have always read."""
+    text = render(SERVER_TEMPLATE, server_vars("tmr-a"))
+    assert 'name = "tmr-a"\n' in text
+    assert 'endpoint = "tcp://192.0.2.10:22360"\n' in text
+    assert "lease_seconds = 30\n" in text
+    assert text.startswith("# test\nname = ")
+    text = render(BACKEND_TEMPLATE, backend_vars("backend-1"))
+    assert 'vendor_keys = ["/etc/backend-1/vendors/6000123.pub", ' in text
