@@ -32,6 +32,8 @@ def newer_sources(dest: Path) -> str:
     for f in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
         if (REPO / f).exists():
             shutil.copy2(REPO / f, dest / f)
+    # the pinned, hashed dependencies and build backend (build-wheelhouse.sh needs them)
+    shutil.copytree(REPO / "requirements", dest / "requirements")
     shutil.copytree(
         REPO / "services",
         dest / "services",
