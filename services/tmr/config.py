@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tmr.errors import ConfigError
+from tmr.licensing.curve import CurveKeyError, z85_key_bytes
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -177,6 +178,16 @@ def load_server_config(path: Path) -> ServerConfig:
                 )
             if len({r.name for r in refs}) != 3:
                 raise ConfigError(f"{path}: backend names must be distinct")
+            for i, r in enumerate(refs):
+                try:
+                    z85_key_bytes(r.public_key)
+                except CurveKeyError:
+                    raise ConfigError(
+                        f"{path}: backends[{i}].public_key is not a Z85 CURVE public key"
+                    ) from None
+            if len({r.public_key for r in refs}) != 3:
+                # Three backends with one key are one backend (cloned): never a quorum.
+                raise ConfigError(f"{path}: backend public keys must be distinct")
             out[key] = tuple(refs)
         elif key in ("service_key_file", "node_key_file", "ctl_socket", "state_dir"):
             out[key] = Path(_check(path, key, value, str, "a path string"))

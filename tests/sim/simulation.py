@@ -38,10 +38,25 @@ FIRM = 6000123
 PRODUCT = 42
 KEY: ProductKey = (FIRM, PRODUCT)
 BACKENDS = ("b1", "b2", "b3")
+BACKEND_KEYS = tuple(f"{i:02x}" * 32 for i in (1, 2, 3))  # their CURVE public keys (hex)
 SERVERS = ("sa", "sb")
 LEASE = 5.0
 BACKEND_TIMEOUT = 0.5
 CLIENT_TIMEOUT = 0.6
+
+
+def copy_of(name: str, tmr_id: int, lq: int) -> LicenseInfo:
+    """Backend ``name``'s copy of the set of ``tmr_id``: its own index, bound to its key."""
+    i = BACKENDS.index(name) + 1
+    return LicenseInfo(
+        tmr_id=tmr_id,
+        quantity=lq,
+        valid=True,
+        set_id=f"{tmr_id:032x}",
+        set_index=i,
+        fingerprint=f"{0xF0 + i:02x}" * 32,
+        backend_key=BACKEND_KEYS[i - 1],
+    )
 
 
 class InvariantViolation(AssertionError):
@@ -188,9 +203,8 @@ class Simulation:
         self.slot_holders: dict[tuple[ProductKey, Version], set[str]] = {}
         self.stored_by: dict[str, set[str]] = {}  # handle -> backends that stored it durably
         self.backends = {n: BackendNode(n, MemoryStore(self, n)) for n in BACKENDS}
-        lic = LicenseInfo(tmr_id=7, quantity=lq, valid=True)
         for b in self.backends.values():
-            b.store.licenses = {KEY: lic}
+            b.store.licenses = {KEY: copy_of(b.name, 7, lq)}
             self._start_backend(b)
         self.servers = {n: ServerNode(n) for n in SERVERS}
         for s in self.servers.values():
@@ -245,6 +259,7 @@ class Simulation:
         cfg = LeaderConfig(
             server_id=s.name,
             backends=BACKENDS,
+            backend_keys=BACKEND_KEYS,
             lease=LEASE,
             backend_timeout=BACKEND_TIMEOUT,
             probe_interval=0.1,
@@ -611,8 +626,7 @@ class Simulation:
             self.version_lq = self.version_lq + self.rng.choice((0, 1, 2))
             lagging = list(self.backends.values())
         b = lagging[0]
-        lic = LicenseInfo(tmr_id=self.version, quantity=self.version_lq, valid=True)
-        b.store.licenses = {KEY: lic}
+        b.store.licenses = {KEY: copy_of(b.name, self.version, self.version_lq)}
         if b.acceptor is not None:
             b.acceptor.set_licenses(b.store.licenses)
         self.lq = max(self.lq, self.version_lq)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from zmq.utils import z85
 
 from tmr.config import load_backend_config, load_server_config
 from tmr.errors import ConfigError
@@ -16,13 +17,15 @@ vendor_keys = ["/etc/tmr/vendors/6000123.pub"]
 allowed_servers = ["a", "b"]
 """
 
+KEYS = {i: z85.encode(bytes([i]) * 32).decode("ascii") for i in (1, 2, 3)}
 SERVER = """
 name = "tmr-a"
 service_key_file = "/etc/tmr/service.key"
 node_key_file = "/etc/tmr/node.key"
 lease_seconds = 10
 """ + "".join(
-    f'\n[[backends]]\nname = "backend-{i}"\nendpoint = "tcp://10.0.0.{i}:22360"\npublic_key = "k"\n'
+    f'\n[[backends]]\nname = "backend-{i}"\nendpoint = "tcp://10.0.0.{i}:22360"\n'
+    f'public_key = "{KEYS[i]}"\n'
     for i in (1, 2, 3)
 )
 
@@ -74,6 +77,8 @@ def test_backend_errors_name_the_key(tmp_path: Path, text: str, needle: str) -> 
         (SERVER.replace("lease_seconds = 10", 'lease_seconds = "x"'), "lease_seconds"),
         (SERVER.split("[[backends]]")[0], "missing required key 'backends'"),
         (SERVER + '\n[[backends]]\nname = "x"\nendpoint = "e"\npublic_key = "k"\n', "exactly 3"),
+        (SERVER.replace(KEYS[2], "k"), r"backends\[1\].public_key is not a Z85"),
+        (SERVER.replace(KEYS[3], KEYS[1]), "backend public keys must be distinct"),
         (SERVER.replace("lease_seconds = 10", "leader_live_window = 0"), "leader_live_window"),
         (SERVER.replace("lease_seconds = 10", 'leader_live_window = "1"'), "leader_live_window"),
         (

@@ -89,7 +89,16 @@ def installed_info(lic: InstalledLicense, clock: ClockGuard) -> LicenseInfo:
     except LicenseError as exc:
         valid, reason = False, TIME_REASONS.get(exc.reason, exc.reason.value.lower())
     return LicenseInfo(
-        lic.tmr_id, lic.quantity, valid, reason, lic.expires, features_of(lic.features)
+        lic.tmr_id,
+        lic.quantity,
+        valid,
+        reason,
+        lic.expires,
+        features_of(lic.features),
+        set_id=lic.set_id,
+        set_index=lic.set_index,
+        fingerprint=lic.fingerprint,
+        backend_key=lic.backend_key,
     )
 
 

@@ -265,7 +265,7 @@ def format_list(result: ListResult) -> str:
             str(e.quantity),
             str(e.in_use),
             _fmt_value(e.available),
-            e.status,
+            e.status if e.reason is None else f"{e.status} {e.reason}",
             _fmt_time(e.expires),
         )
         for e in result.licenses

@@ -25,6 +25,8 @@ from tmr.licensing import (
     read_machine_id,
     verify_copy,
 )
+from tmr.licensing.container import node_backend_key
+from tmr.licensing.curve import z85_key_bytes
 from tmr.licensing.fingerprint import DEFAULT_MACHINE_ID_FILE, FINGERPRINT_RE
 from tmr.vendor import init_vendor, issue_set, load_vendor, parse_expiry, parse_features
 
@@ -169,11 +171,15 @@ def _when(unix: int | None) -> str:
 @_os_errors_as_usage
 def cmd_license_verify(args: argparse.Namespace) -> int:
     keyring = VendorKeyring.load(args.vendor_key)
+    backend_key = None  # hex of the backend's CURVE public key, when known
     if FINGERPRINT_RE.fullmatch(args.fingerprint):
         fingerprint = args.fingerprint
     else:
-        fingerprint = FingerprintDoc.load(Path(args.fingerprint)).fingerprint
+        doc = FingerprintDoc.load(Path(args.fingerprint))
+        fingerprint, backend_key = doc.fingerprint, z85_key_bytes(doc.public_key).hex()
     node_secret = None if args.key is None else load_keypair(args.key).secret
+    if node_secret is not None:
+        backend_key = node_backend_key(node_secret)
     failures = 0
     for path in args.files:
         try:
@@ -184,6 +190,7 @@ def cmd_license_verify(args: argparse.Namespace) -> int:
                 fingerprint=fingerprint,
                 now=time.time(),
                 installed_tmr_id=args.installed_tmr_id,
+                backend_key=backend_key,
             )
             if node_secret is not None:
                 open_product_key(copy, node_secret)
@@ -193,8 +200,8 @@ def cmd_license_verify(args: argparse.Namespace) -> int:
             continue
         print(
             f"OK {path}: firm {copy.firm_code} product {copy.product_code} #{copy.tmr_id} "
-            f"LQ {copy.quantity} serial {copy.serial} expires {_when(copy.expires)}"
-            + ("" if node_secret is None else " product-key opens")
+            f"LQ {copy.quantity} serial {copy.serial} set {copy.set_id} index {copy.set_index} "
+            f"expires {_when(copy.expires)}" + ("" if node_secret is None else " product-key opens")
         )
     return 1 if failures else 0
 

@@ -10,7 +10,13 @@ effective-version rule), ``crypt`` (crypto calls with a product key).
 from tmr.licensing.clock import ClockGuard
 from tmr.licensing.container import ContainerLoad, InstalledLicense, load_container, read_copy
 from tmr.licensing.crypt import crypt
-from tmr.licensing.effective import Effective, Holding, effective_version
+from tmr.licensing.effective import (
+    CopyProblem,
+    Effective,
+    Holding,
+    distinct_copies,
+    effective_version,
+)
 from tmr.licensing.fingerprint import (
     FingerprintDoc,
     fingerprint_of,
@@ -33,6 +39,7 @@ __all__ = [
     "MAX_COPY_BYTES",
     "ClockGuard",
     "ContainerLoad",
+    "CopyProblem",
     "Effective",
     "FingerprintDoc",
     "Holding",
@@ -43,6 +50,7 @@ __all__ = [
     "VendorKeyring",
     "VendorPublicKey",
     "crypt",
+    "distinct_copies",
     "effective_version",
     "fingerprint_of",
     "load_container",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tmr.errors import ConfigError
 from tmr.licensing.clock import ClockGuard
+from tmr.licensing.curve import public_from_secret, z85_key_bytes
 from tmr.licensing.fileio import file_kind, read_limited
 from tmr.licensing.keyring import VendorKeyring
 from tmr.licensing.model import (
@@ -36,6 +37,9 @@ class InstalledLicense:
     serial: str
     product_key: bytes = field(repr=False)
     path: Path
+    set_index: int = 0
+    fingerprint: str = ""
+    backend_key: str = ""  # hex of the CURVE public key the copy is bound to
 
 
 @dataclass
@@ -146,6 +150,7 @@ def _load_one(
         fingerprint=fingerprint,
         now=now,
         clock_rolled_back=clock_rolled_back,
+        backend_key=node_backend_key(node_secret),
     )
     return InstalledLicense(
         firm_code=copy.firm_code,
@@ -158,4 +163,13 @@ def _load_one(
         serial=copy.serial,
         product_key=open_product_key(copy, node_secret),
         path=path,
+        set_index=copy.set_index,
+        fingerprint=copy.fingerprint,
+        backend_key=copy.backend_key,
     )
+
+
+def node_backend_key(node_secret: str) -> str:
+    """The hex of the raw CURVE public key of a node's Z85 secret key (a copy's
+    ``backend_key``)."""
+    return z85_key_bytes(public_from_secret(node_secret), "public key").hex()

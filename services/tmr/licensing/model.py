@@ -10,6 +10,14 @@ A copy file (``*.tmrlic``) is ASCII text of exactly two lines::
 ``signature`` is 128 lowercase hex digits: the vendor's Ed25519 signature over
 ``SIGNING_CONTEXT + body``, i.e. over the very bytes that are parsed. Anything else, including
 a body that decodes to the same values but is encoded differently, is refused.
+
+Format 2 (this one) binds each copy to its place in the set: ``set_id`` (random, one per
+issued set of three), ``set_index`` (1..3, distinct within the set) and ``backend_key`` (the
+raw CURVE public key, hex, of the backend the copy is bound to; ``fingerprint`` hashes it
+with the backend's machine-id). A TMR server counts a copy only from the backend whose
+authenticated CURVE key is ``backend_key``, and each (set, index), fingerprint and key only
+once (`tmr.licensing.effective`). Format 1 copies, which carry neither, are refused
+(UNSUPPORTED_VERSION): the vendor re-issues the set (docs/vendor-guide.md).
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ from typing import Any
 
 from tmr.errors import TmrError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SET_SIZE = 3  # copies per set: set_index is 1..SET_SIZE
 MAX_COPY_BYTES = 64 * 1024
 SIGNING_CONTEXT = b"tmr-license-copy/1\x00"
 FIRM_CODE_MIN, FIRM_CODE_MAX = 6_000_000, 6_999_999
@@ -42,7 +51,9 @@ BODY_KEYS = (
     "features",
     "serial",
     "fingerprint",
+    "backend_key",
     "set_id",
+    "set_index",
     "issued",
     "sealed_product_key",
 )
@@ -63,6 +74,7 @@ class LicenseReason(enum.StrEnum):
     CLOCK_ROLLBACK = "CLOCK_ROLLBACK"
     ROLLBACK = "ROLLBACK"
     SEALED_KEY = "SEALED_KEY"  # the product key does not open with this node's secret key
+    WRONG_BACKEND_KEY = "WRONG_BACKEND_KEY"  # bound to another CURVE key than this node's
     SUPERSEDED = "SUPERSEDED"  # a valid copy with a higher TMR ID is installed
     DUPLICATE = "DUPLICATE"  # another file holds the same (firm, product, TMR ID)
     UNREADABLE = "UNREADABLE"
@@ -93,7 +105,9 @@ class LicenseCopy:
     features: Mapping[str, str]
     serial: str
     fingerprint: str
+    backend_key: str  # hex of the bound backend's raw CURVE public key
     set_id: str
+    set_index: int  # 1..SET_SIZE, distinct within the set
     issued: int
     sealed_product_key: bytes
     signature: bytes
@@ -114,7 +128,9 @@ class LicenseCopy:
             features=self.features,
             serial=self.serial,
             fingerprint=self.fingerprint,
+            backend_key=self.backend_key,
             set_id=self.set_id,
+            set_index=self.set_index,
             issued=self.issued,
             sealed_product_key=self.sealed_product_key,
         )
@@ -130,7 +146,9 @@ def body_fields(
     features: Mapping[str, str],
     serial: str,
     fingerprint: str,
+    backend_key: str,
     set_id: str,
+    set_index: int,
     issued: int,
     sealed_product_key: bytes,
 ) -> dict[str, Any]:
@@ -144,7 +162,9 @@ def body_fields(
         "features": dict(sorted(features.items())),
         "serial": serial,
         "fingerprint": fingerprint,
+        "backend_key": backend_key,
         "set_id": set_id,
+        "set_index": set_index,
         "issued": issued,
         "sealed_product_key": sealed_product_key.hex(),
     }
@@ -176,9 +196,15 @@ def parse_copy(data: bytes) -> LicenseCopy:
     if not _is_int(version):
         raise malformed("missing or non-integer 'format'")
     if version != FORMAT_VERSION:
+        hint = (
+            ": it names no set index and no backend key; have the vendor re-issue the set"
+            " with `tmr vendor issue` (docs/vendor-guide.md)"
+            if isinstance(version, int) and version < FORMAT_VERSION
+            else ""
+        )
         raise LicenseError(
             LicenseReason.UNSUPPORTED_VERSION,
-            f"format version {version} is not supported (this build reads {FORMAT_VERSION})",
+            f"format version {version} is not supported (this build reads {FORMAT_VERSION})" + hint,
         )
     if tuple(sorted(obj)) != tuple(sorted(BODY_KEYS)):
         missing = sorted(set(BODY_KEYS) - set(obj))
@@ -194,7 +220,9 @@ def parse_copy(data: bytes) -> LicenseCopy:
         features=_features(obj["features"]),
         serial=_match(obj, "serial", BACKEND_SERIAL_RE),
         fingerprint=_hex_text(obj, "fingerprint", 32),
+        backend_key=_hex_text(obj, "backend_key", 32),
         set_id=_hex_text(obj, "set_id", 16),
+        set_index=_int(obj, "set_index", 1, SET_SIZE),
         issued=_int(obj, "issued", 0, 2**40),
         sealed_product_key=_hex(obj["sealed_product_key"], SEALED_KEY_BYTES, "sealed_product_key"),
         signature=signature,

@@ -16,11 +16,13 @@ def verify_copy(
     now: float,
     installed_tmr_id: int | None = None,
     clock_rolled_back: bool = False,
+    backend_key: str | None = None,
 ) -> None:
     """Raise LicenseError unless ``copy`` may be installed on the backend ``fingerprint``.
 
     Checks, in order: known firm code, vendor signature over the exact body bytes, bound to
-    this backend, not older than the TMR ID already installed, not expired. An expiring copy
+    this backend (its fingerprint and, when ``backend_key`` is given, the hex of this node's
+    CURVE public key), not older than the TMR ID already installed, not expired. An expiring copy
     is refused (CLOCK_ROLLBACK) while the clock guard reports that the clock went back;
     non-expiring copies are unaffected.
     """
@@ -38,6 +40,12 @@ def verify_copy(
             LicenseReason.WRONG_FINGERPRINT,
             f"copy is bound to backend {copy.serial} ({copy.fingerprint[:16]}...), "
             f"not to this one ({fingerprint[:16]}...)",
+        )
+    if backend_key is not None and not hmac.compare_digest(copy.backend_key, backend_key):
+        raise LicenseError(
+            LicenseReason.WRONG_BACKEND_KEY,
+            f"copy is bound to the CURVE key {copy.backend_key[:16]}..., "
+            f"not to this node's key {backend_key[:16]}...",
         )
     if installed_tmr_id is not None and copy.tmr_id < installed_tmr_id:
         raise LicenseError(

@@ -598,6 +598,13 @@ class LicenseEntry(_Wire):
         _set(self, "features", features)
         _set(self, "extra", _check_map("extra", self.extra))
 
+    @property
+    def reason(self) -> str | None:
+        """Why a backend's copy is not counted (``CLONED_COPY``, ``WRONG_BACKEND_KEY``,
+        ``UNBOUND_COPY``; shown as ``!#ID`` in ``status``), if the server says so."""
+        value = self.extra.get("reason")
+        return value if isinstance(value, str) and value else None
+
 
 @dataclass(frozen=True, slots=True)
 class ListResult(_Wire):

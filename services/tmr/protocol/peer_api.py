@@ -104,6 +104,10 @@ def _license(lic: LicenseInfo) -> list[Any]:
         lic.reason,
         lic.expires,
         [list(kv) for kv in lic.features],
+        lic.set_id,
+        lic.set_index,
+        lic.fingerprint,
+        lic.backend_key,
     ]
 
 
@@ -351,7 +355,12 @@ def _items(
 
 
 def _d_license(v: Any, what: str) -> LicenseInfo:
-    tmr_id, qty, valid, reason, expires, feats = _list(v, what, 6)
+    """A backend's report of one copy: 10 fields, or the 6 of a backend from before copies
+    named their set (reported with no set; the server does not count such a copy)."""
+    items = _list(v, what)
+    if len(items) == 6:
+        items = [*items, "", 0, "", ""]
+    tmr_id, qty, valid, reason, expires, feats, set_id, index, fp, bkey = _list(items, what, 10)
     features = tuple(
         (_str(a, what, 4096, True), _str(b, what, 4096, True))
         for a, b in (_list(kv, what, 2) for kv in _list(feats, what))
@@ -363,6 +372,10 @@ def _d_license(v: Any, what: str) -> LicenseInfo:
         _str(reason, what, 1024, True),
         None if expires is None else _float(expires, what),
         features,
+        _str(set_id, what, 32, True),
+        _int(index, what, 0, 3),
+        _str(fp, what, 64, True),
+        _str(bkey, what, 64, True),
     )
 
 

@@ -104,6 +104,10 @@ class LeaderConfig:
     # promote waits for it to fall silent (see the module docstring). Keep it well above
     # probe_interval, the gap between two probes of an idle leader.
     leader_live_window: float = 0.6
+    # Hex CURVE public key of each backend (server.toml backends[].public_key), in the order
+    # of `backends`: a copy counts only from the backend whose key it is bound to, and each
+    # copy once (tmr.licensing.distinct_copies). () = keys not known: only distinctness.
+    backend_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -555,6 +559,7 @@ class Leader:
                     "in_use": p.seats() if p and self.role == Role.ACTIVE else 0,
                     "available": eff.available,
                     "status": eff.status,
+                    "reason": eff.reason.value if eff.reason else None,
                     "expires": lic.expires if lic else None,
                     "features": dict(lic.features) if lic else {},
                 }
@@ -599,13 +604,15 @@ class Leader:
                             "quantity": v.quantity,
                             "valid": v.valid,
                             "reason": v.reason,
+                            "set_index": v.set_index,
+                            "problem": self._copy_problem(i, k),
                         }
                         for k, v in sorted(b.licenses.items())
                     },
                     "synced": {key_str(k): s for k, s in sorted(b.acked.items())},
                     "refused": {key_str(k): r for k, r in sorted(b.refusal.items())},
                 }
-                for b in self.backends
+                for i, b in enumerate(self.backends)
             ],
             "handles": sum(len(p.handles) for p in self._products.values()),
             "ops_committed": self.ops_committed,
@@ -758,8 +765,27 @@ class Leader:
         for b in self.backends:
             lic = b.licenses.get(key)
             ok = b.up and lic is not None and lic.valid
-            holdings.append(Holding(lic.tmr_id, lic.quantity) if ok and lic else None)
-        return effective_version(holdings)
+            holdings.append(
+                Holding(
+                    lic.tmr_id,
+                    lic.quantity,
+                    lic.set_id,
+                    lic.set_index,
+                    lic.fingerprint,
+                    lic.backend_key,
+                )
+                if ok and lic
+                else None
+            )
+        keys = self.cfg.backend_keys or ("",) * len(holdings)
+        return effective_version(holdings, keys)
+
+    def _copy_problem(self, index: int, key: ProductKey) -> str | None:
+        """Why backend ``index``'s copy of ``key`` does not count (None: it counts or is
+        not valid / not reachable)."""
+        problems = self._effective(key).problems
+        problem = problems[index] if index < len(problems) else None
+        return problem.value if problem else None
 
     def _best_license(self, key: ProductKey, eff: Effective) -> LicenseInfo | None:
         best = None
@@ -786,9 +812,11 @@ class Leader:
             expired = sum(1 for lic in up_copies if lic.reason == "expired")
             if expired and valid + expired >= QUORUM:
                 return ErrorCode.LICENSE_EXPIRED, f"license {key_str(key)} has expired", eff
+            why = f", {eff.reason.value}" if eff.reason else ""
             return (
                 ErrorCode.QUORUM_LOST,
-                f"license {key_str(key)} is held by fewer than 2 reachable backends ({eff.status})",
+                f"license {key_str(key)} is held by fewer than 2 reachable backends "
+                f"({eff.status}{why})",
                 eff,
             )
         p = self._products.get(key)

@@ -84,6 +84,13 @@ class LicenseInfo:
     reason: str = ""  # why not valid: "expired", "clock rollback", ...
     expires: float | None = None
     features: tuple[tuple[str, str], ...] = ()
+    # The copy's place in its set (format 2, under the vendor's signature): the server counts
+    # each (set_id, set_index), fingerprint and backend_key once, and only from the backend
+    # whose CURVE key is backend_key (tmr.licensing.effective). Empty/0: not reported.
+    set_id: str = ""
+    set_index: int = 0
+    fingerprint: str = ""
+    backend_key: str = ""  # hex of the raw CURVE public key the copy is bound to
 
 
 @dataclass

@@ -24,6 +24,7 @@ from tmr.config import ServerConfig
 from tmr.ctl import CtlError, CtlErrorCode, bind_ctl, serve_ctl
 from tmr.errors import ErrorCode, TmrError
 from tmr.keys import load_keypair
+from tmr.licensing.curve import z85_key_bytes
 from tmr.logs import configure, enabled, log
 from tmr.logs import flush as flush_logs
 from tmr.protocol import peer_api
@@ -121,6 +122,7 @@ class ServerService:
             LeaderConfig(
                 server_id=cfg.name,
                 backends=tuple(b.name for b in cfg.backends),
+                backend_keys=tuple(z85_key_bytes(b.public_key).hex() for b in cfg.backends),
                 lease=cfg.lease_seconds,
                 backend_timeout=cfg.backend_timeout,
                 probe_interval=cfg.probe_interval,

@@ -1,4 +1,9 @@
-"""Issuing a TMR license set: three copies, one per backend, signed by the vendor."""
+"""Issuing a TMR license set: three copies, one per backend, signed by the vendor.
+
+Every copy of a set names, under the signature, the set (``set_id``, 128 random bits), its
+index in the set (1..3, the order of the fingerprints given) and the CURVE public key of the
+backend it is bound to (``backend_key``), so a TMR server counts each copy once and only
+from that backend."""
 
 from __future__ import annotations
 
@@ -12,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from tmr.errors import UsageError
+from tmr.licensing.curve import z85_key_bytes
 from tmr.licensing.fileio import write_atomic
 from tmr.licensing.fingerprint import FingerprintDoc
 from tmr.licensing.model import (
     FEATURE_KEY_RE,
     FEATURE_VALUE_RE,
+    FORMAT_VERSION,
     MAX_FEATURES,
+    SET_SIZE,
     SIGNING_CONTEXT,
     UINT32_MAX,
     assemble,
@@ -34,7 +42,7 @@ from tmr.vendor.profile import (
     save_product,
 )
 
-COPIES_PER_SET = 3
+COPIES_PER_SET = SET_SIZE
 _DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
@@ -43,6 +51,8 @@ class IssuedCopy:
     serial: str
     fingerprint: str
     path: Path
+    set_index: int = 0
+    public_key: str = ""  # Z85, as in the fingerprint document
 
 
 @dataclass(frozen=True)
@@ -63,8 +73,15 @@ class IssuedSet:
             "quantity": self.quantity,
             "expires": self.expires,
             "set_id": self.set_id,
+            "format": FORMAT_VERSION,
             "copies": [
-                {"serial": c.serial, "fingerprint": c.fingerprint, "path": str(c.path)}
+                {
+                    "serial": c.serial,
+                    "fingerprint": c.fingerprint,
+                    "set_index": c.set_index,
+                    "public_key": c.public_key,
+                    "path": str(c.path),
+                }
                 for c in self.copies
             ],
         }
@@ -153,7 +170,7 @@ def issue_set(
         set_id = os.urandom(16).hex()
         out_dir.mkdir(parents=True, exist_ok=True)
         copies = []
-        for doc in fingerprints:
+        for index, doc in enumerate(fingerprints, start=1):
             sealed = seal_product_key(
                 record.product_key,
                 doc.public_key,
@@ -171,7 +188,9 @@ def issue_set(
                     features=features or {},
                     serial=doc.serial,
                     fingerprint=doc.fingerprint,
+                    backend_key=z85_key_bytes(doc.public_key, "public key").hex(),
                     set_id=set_id,
+                    set_index=index,
                     issued=issued,
                     sealed_product_key=sealed,
                 )
@@ -180,7 +199,15 @@ def issue_set(
             parse_copy(data)  # never hand out a copy that a backend would refuse as malformed
             path = (out_dir / f"{firm}-{product_code}-{tmr_id}-{doc.serial}.tmrlic").absolute()
             write_atomic(path, data)
-            copies.append(IssuedCopy(serial=doc.serial, fingerprint=doc.fingerprint, path=path))
+            copies.append(
+                IssuedCopy(
+                    serial=doc.serial,
+                    fingerprint=doc.fingerprint,
+                    path=path,
+                    set_index=index,
+                    public_key=doc.public_key,
+                )
+            )
         record.last_tmr_id = tmr_id
         record.history.append(
             {"tmr_id": tmr_id, "quantity": quantity, "set_id": set_id, "issued": issued}

@@ -109,6 +109,7 @@ td.num { font-variant-numeric: tabular-nums; }
 .chip.held { background:#dafbe1; border-color:#aceebb; }
 .chip.above { background:#fff8c5; border-color:#eed888; }
 .chip.missing { background:#ffebe9; border-color:#ffcecb; color:var(--err); }
+.chip.refused { background:#ffebe9; border-color:var(--err); color:var(--err); font-weight:600; }
 .state { font-weight:600; } .state.ok { color:var(--ok); } .state.warning { color:var(--warn); }
 .state.error { color:var(--err); }
 .bar { position:relative; width:120px; height:8px; background:#eaeef2; border-radius:4px;
@@ -211,6 +212,7 @@ function chip(b) {
   const c = el("span", b.index + ":" + b.text, "chip");
   c.dataset.backend = String(b.index);
   if (b.text === "-") c.classList.add("missing");
+  else if (b.text.startsWith("!")) c.classList.add("refused");
   else if (b.text.startsWith("(")) c.classList.add("above");
   else c.classList.add("held");
   c.title = b.name + (b.reason ? " \u2013 " + b.reason : "") +

@@ -54,7 +54,8 @@ def _license_backends(
     key: str, eff_id: int | None, backends: Sequence[Mapping[str, Any]]
 ) -> tuple[list[dict[str, Any]], int]:
     """Per backend: its copy of license ``key`` in the documents' notation; and the number
-    of up backends holding a valid copy."""
+    of up backends holding a valid copy that counts (``!#ID``: valid but not counted, with
+    the server's reason, e.g. CLONED_COPY)."""
     out = []
     holders = 0
     for i, b in enumerate(backends, start=1):
@@ -71,13 +72,16 @@ def _license_backends(
                 valid=valid,
                 reason=lic.get("reason") or "",
             )
+            problem = lic.get("problem")
             if not up or not valid:
                 entry["text"] = "-"
+            elif problem:
+                entry.update(text=f"!#{lic.get('tmr_id')}", reason=str(problem), problem=problem)
             elif lic.get("tmr_id") == eff_id:
                 entry["text"] = f"#{lic.get('tmr_id')}"
             else:
                 entry["text"] = f"(#{lic.get('tmr_id')})"
-            if up and valid:
+            if up and valid and not problem:
                 holders += 1
         if not up:
             entry["reason"] = "backend down"
@@ -88,6 +92,13 @@ def _license_backends(
 def license_level(lic: Mapping[str, Any], holders: int) -> tuple[str, str]:
     """(level, message): ``ok``, ``warning`` (one more failure stops it, or all seats in
     use) or ``error`` (not available)."""
+    reason = lic.get("reason")
+    if reason:
+        # a copy not counted: cloned, or reported by a backend with another key
+        what = f"a backend's copy is not counted ({reason}): check the backends' keys and copies"
+        if not lic.get("available"):
+            return "error", f"not available: {what}"
+        return "warning", what
     if not lic.get("available"):
         if holders >= QUORUM:
             return "error", "not available: the copies are not valid (expired?)"
@@ -163,6 +174,7 @@ def build_snapshot(
             "in_use": lic.get("in_use", 0) if active else None,
             "available": bool(lic.get("available")),
             "status": lic.get("status", ""),
+            "reason": lic.get("reason"),
             "expires": lic.get("expires"),
             "features": dict(lic.get("features") or {}),
             "holders": holders,

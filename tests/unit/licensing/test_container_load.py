@@ -141,7 +141,8 @@ def test_foreign_and_broken_files(world: World, backends: list[Backend]) -> None
 
 
 def test_copy_whose_sealed_key_is_for_another_node(world: World, tmp_path: Path) -> None:
-    """A backend configured with the wrong secret key (fingerprint right) cannot open."""
+    """A backend configured with the wrong secret key (fingerprint right) loads nothing: the
+    copy names the CURVE key it is bound to (and its product key would not open either)."""
     b = Backend(world, 0, tmp_path / "x")
     b.install(world.issue(7))
     node = world.nodes[0]
@@ -153,7 +154,7 @@ def test_copy_whose_sealed_key_is_for_another_node(world: World, tmp_path: Path)
         clock=b.clock,
         installed_tmr_ids={},
     )
-    assert [e.reason for _, e in load.rejected] == [R.SEALED_KEY]
+    assert [e.reason for _, e in load.rejected] == [R.WRONG_BACKEND_KEY]
 
 
 def test_duplicate_copy_keeps_one(world: World, backends: list[Backend]) -> None:

@@ -103,7 +103,9 @@ FIELD_FLIP_REASONS = {
     "features": R.BAD_SIGNATURE,
     "serial": R.BAD_SIGNATURE,
     "fingerprint": R.BAD_SIGNATURE,
+    "backend_key": R.BAD_SIGNATURE,
     "set_id": R.BAD_SIGNATURE,
+    "set_index": R.BAD_SIGNATURE,  # 1 -> 2: another place in the set
     "issued": R.BAD_SIGNATURE,
     "sealed_product_key": R.BAD_SIGNATURE,
     "signature": R.BAD_SIGNATURE,
@@ -230,6 +232,11 @@ def body_fields_from(fields: dict[str, object]) -> dict[str, object]:
         ({"serial": "130-123456"}, "serial"),
         ({"fingerprint": "AB" * 32}, "fingerprint"),
         ({"set_id": "00" * 15}, "set_id"),
+        ({"set_index": 0}, "set_index"),
+        ({"set_index": 4}, "set_index"),
+        ({"set_index": True}, "set_index"),
+        ({"backend_key": "00" * 31}, "backend_key"),
+        ({"backend_key": "AB" * 32}, "backend_key"),
         ({"sealed_product_key": "00" * 91}, "sealed_product_key"),
         ({"features": {"bad key": "x"}}, "feature name"),
         ({"features": {"k": "\n"}}, "feature 'k'"),
@@ -260,9 +267,19 @@ def test_missing_and_unknown_fields(world: World) -> None:
 
 
 def test_unknown_format_version_even_when_signed(world: World) -> None:
-    body = json.dumps({"format": 2, "anything": "new"}, separators=(",", ":")).encode()
+    body = json.dumps({"format": 3, "anything": "new"}, separators=(",", ":")).encode()
     with pytest.raises(LicenseError) as info:
         parse_copy(resign(world, body))
+    assert info.value.reason == R.UNSUPPORTED_VERSION
+
+
+def test_format_1_copy_is_refused_with_the_reissue_path(world: World) -> None:
+    """A copy of format 1 (no set index, no backend key), even properly signed, is refused
+    as UNSUPPORTED_VERSION with a message naming the way out: the vendor re-issues."""
+    fields = _fields(world.copies(world.issue(7))[0], format=1)
+    del fields["set_index"], fields["backend_key"]
+    with pytest.raises(LicenseError, match=r"no set index and no backend key.*re-issue") as info:
+        parse_copy(resign(world, json.dumps(fields, separators=(",", ":")).encode()))
     assert info.value.reason == R.UNSUPPORTED_VERSION
 
 
@@ -324,7 +341,9 @@ def body_field_sets(draw: st.DrawFn) -> dict[str, object]:
         features=draw(st.dictionaries(feature_names, feature_values, max_size=8)),
         serial=f"130-{draw(st.integers(0, 9_999_999)):07d}",
         fingerprint=draw(st.binary(min_size=32, max_size=32)).hex(),
+        backend_key=draw(st.binary(min_size=32, max_size=32)).hex(),
         set_id=draw(st.binary(min_size=16, max_size=16)).hex(),
+        set_index=draw(st.integers(1, 3)),
         issued=issued,
         sealed_product_key=draw(st.binary(min_size=92, max_size=92)),
     )

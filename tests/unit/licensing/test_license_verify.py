@@ -20,6 +20,7 @@ from tmr.licensing import (
     parse_copy,
     verify_copy,
 )
+from tmr.licensing.curve import z85_key_bytes
 from tmr.licensing.model import SIGNING_CONTEXT, assemble, body_fields, encode_body
 from tmr.vendor import init_vendor, issue_set
 from tmr.vendor.profile import load_product
@@ -189,7 +190,9 @@ def _signed_copy(world: World, copy: LicenseCopy, **changes: object) -> LicenseC
         "features": copy.features,
         "serial": copy.serial,
         "fingerprint": copy.fingerprint,
+        "backend_key": copy.backend_key,
         "set_id": copy.set_id,
+        "set_index": copy.set_index,
         "issued": copy.issued,
         "sealed_product_key": copy.sealed_product_key,
     }
@@ -234,3 +237,16 @@ def test_issue_set_api(world: World) -> None:
     )
     assert [c.serial for c in issued.copies] == [n.doc.serial for n in world.nodes]
     assert issued.summary()["copies"][0]["path"] == str(issued.copies[0].path)
+
+
+def test_copy_names_the_backend_key_it_is_bound_to(world: World) -> None:
+    """A copy signed for another node's CURVE key (fingerprint right: a forged fingerprint
+    document) is refused by a backend that knows its own key; its own key passes."""
+    a = copies(world)[0]
+    own = z85_key_bytes(world.nodes[0].keys.public).hex()
+    other = z85_key_bytes(world.nodes[1].keys.public).hex()
+    assert a.backend_key == own
+    verify_copy(a, keyring=world.keyring, fingerprint=a.fingerprint, now=NOW, backend_key=own)
+    assert refused(a, world, backend_key=other) == R.WRONG_BACKEND_KEY
+    forged = _signed_copy(world, a, backend_key=other)  # the vendor signed what it was given
+    assert refused(forged, world, backend_key=own) == R.WRONG_BACKEND_KEY

@@ -136,7 +136,7 @@ def test_verify_reports_tampering_and_unknown_firm(cli: Cli) -> None:
     cli.fails("license", "verify", "--vendor-key", "other/vendor.pub", "--fingerprint",
               "fp1.json", str(path), match="UNKNOWN_FIRM")  # fmt: skip
     cli.fails("license", "verify", "--vendor-key", "vendor/vendor.pub", "--fingerprint",
-              "fp1.json", "--key", "b2.key", str(path), match="SEALED_KEY")  # fmt: skip
+              "fp1.json", "--key", "b2.key", str(path), match="WRONG_BACKEND_KEY")  # fmt: skip
     cli.fails("license", "inspect", "truncated.tmrlic", match="MALFORMED")
     cli.fails("license", "verify", "--vendor-key", "nope.pub", "--fingerprint", "fp1.json",
               str(path), match="cannot read vendor key")  # fmt: skip

@@ -12,6 +12,8 @@ from lic_world import FIRM, NOW, PRODUCT, World, make_nodes
 
 from tmr.errors import UsageError
 from tmr.licensing import VendorPublicKey, parse_copy
+from tmr.licensing.curve import z85_key_bytes
+from tmr.licensing.model import FORMAT_VERSION
 from tmr.vendor import init_vendor, issue_set, load_vendor, parse_expiry, parse_features
 from tmr.vendor.profile import load_product
 
@@ -157,3 +159,21 @@ def test_parse_features() -> None:
     ]:
         with pytest.raises(UsageError, match=match):
             parse_features(bad)
+
+
+def test_each_copy_names_its_set_index_and_backend_key(world: World) -> None:
+    """The three copies of a set share the set id, have indices 1, 2, 3 (the order of the
+    fingerprints) and each names, under the signature, its backend's CURVE public key."""
+    issued = world.issue(7)
+    parsed = [parse_copy(c.path.read_bytes()) for c in issued.copies]
+    assert {p.set_id for p in parsed} == {issued.set_id} and len(issued.set_id) == 32
+    assert [p.set_index for p in parsed] == [1, 2, 3]
+    assert [p.backend_key for p in parsed] == [
+        z85_key_bytes(n.keys.public).hex() for n in world.nodes
+    ]
+    summary = issued.summary()
+    assert summary["format"] == FORMAT_VERSION == 2
+    assert [(c["set_index"], c["public_key"]) for c in summary["copies"]] == [
+        (i, n.keys.public) for i, n in enumerate(world.nodes, start=1)
+    ]
+    assert world.issue(8).set_id != issued.set_id  # every issue is a new set

@@ -354,3 +354,36 @@ def test_a_bad_op_is_named_by_its_index() -> None:
     )
     with pytest.raises(ProtocolError, match=r"ops\[2\]"):
         decode_request(frame)
+
+
+BOUND = LicenseInfo(
+    8, 30, True, "", None, (), set_id="88" * 16, set_index=2, fingerprint="f2" * 32,
+    backend_key="02" * 32,
+)  # fmt: skip
+
+
+def test_license_report_carries_the_copys_place_in_its_set() -> None:
+    msg = Status(1, "backend-2", E, True, {}, {}, {K: BOUND})
+    assert decode_reply(encode_reply(msg)) == msg
+
+
+def _status_with_license(lic: list[object]) -> bytes:
+    body = msgpack.unpackb(encode_reply(Status(1, "b", E, True, {}, {}, LIC)))
+    body["licenses"] = [[list(K), lic]]
+    return msgpack.packb(body)
+
+
+def test_license_report_of_an_older_backend_names_no_set() -> None:
+    """The 6 fields a backend from before sets sends decode with no set (the server does
+    not count such a copy); a wrong set index or an overlong key is refused."""
+    reply = decode_reply(_status_with_license([7, 20, True, "", None, []]))
+    assert isinstance(reply, Status)
+    lic = reply.licenses[K]
+    assert (lic.set_id, lic.set_index, lic.fingerprint, lic.backend_key) == ("", 0, "", "")
+    good = [8, 30, True, "", None, [], "88" * 16, 2, "f2" * 32, "02" * 32]
+    for i, bad in ((7, 4), (7, True), (9, "0" * 65), (6, 5)):
+        frame = _status_with_license([*good[:i], bad, *good[i + 1 :]])
+        with pytest.raises(ProtocolError):
+            decode_reply(frame)
+    with pytest.raises(ProtocolError):
+        decode_reply(_status_with_license(good[:8]))

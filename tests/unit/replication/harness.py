@@ -3,6 +3,7 @@ Acceptors in one process. `leader` is server "sa"; `add_server` adds another one
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from tmr.replication.acceptor import Acceptor, AcceptorState
@@ -10,13 +11,36 @@ from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig
 from tmr.replication.types import ZERO_EPOCH, LicenseInfo, ProductKey
 
 NAMES = ("b1", "b2", "b3")
+KEYS = tuple(f"{i:02x}" * 32 for i in (1, 2, 3))  # each backend's CURVE public key (hex)
+
+
+def own_copy(lic: LicenseInfo, name: str) -> LicenseInfo:
+    """``lic`` as backend ``name``'s own copy: index i of the set of its TMR ID, bound to its
+    key (a copy the test already placed in a set is left as it is)."""
+    if lic.set_index:
+        return lic
+    i = NAMES.index(name) + 1
+    return replace(
+        lic,
+        set_id=f"{lic.tmr_id:032x}",
+        set_index=i,
+        fingerprint=f"{0xF0 + i:02x}" * 32,
+        backend_key=KEYS[i - 1],
+    )
 
 
 class Harness:
     def __init__(self, licenses: dict[ProductKey, LicenseInfo], lease: float = 30.0) -> None:
         self.now = 0.0
         self.lease = lease
-        self.acceptors = {n: Acceptor(n, AcceptorState(ZERO_EPOCH, False), licenses) for n in NAMES}
+        self.acceptors = {
+            n: Acceptor(
+                n,
+                AcceptorState(ZERO_EPOCH, False),
+                {k: own_copy(v, n) for k, v in licenses.items()},
+            )
+            for n in NAMES
+        }
         self.down: set[str] = set()
         self.cut: set[tuple[str, str]] = set()  # (server, backend) links that lose everything
         self.lose: list[tuple[str, str, type]] = []  # lose the next such (server, backend, type)
@@ -29,7 +53,14 @@ class Harness:
 
     def add_server(self, name: str) -> Leader:
         leader = Leader(
-            LeaderConfig(name, NAMES, lease=self.lease, backend_timeout=1.0, probe_interval=0.25),
+            LeaderConfig(
+                name,
+                NAMES,
+                lease=self.lease,
+                backend_timeout=1.0,
+                probe_interval=0.25,
+                backend_keys=KEYS,
+            ),
             wall_clock=lambda: self.now,
         )
         self.leaders[name] = leader
@@ -75,7 +106,7 @@ class Harness:
         if lic is None:
             lics.pop(key, None)
         else:
-            lics[key] = lic
+            lics[key] = own_copy(lic, name)
         acc.set_licenses(lics)
 
     def call(self, method: str, *args: Any) -> ClientReply:

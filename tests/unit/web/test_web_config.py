@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from zmq.utils import z85
 
 from tmr.config import load_backend_config, load_server_config, parse_listen
 from tmr.errors import ConfigError
@@ -15,7 +16,8 @@ service_key_file = "/etc/tmr/service.key"
 node_key_file = "/etc/tmr/node.key"
 """
 BACKENDS = "".join(
-    f'\n[[backends]]\nname = "backend-{i}"\nendpoint = "tcp://10.0.0.{i}:22360"\npublic_key = "k"\n'
+    f'\n[[backends]]\nname = "backend-{i}"\nendpoint = "tcp://10.0.0.{i}:22360"\n'
+    f'public_key = "{z85.encode(bytes([i]) * 32).decode()}"\n'
     for i in (1, 2, 3)
 )
 
