@@ -23,8 +23,9 @@ from typing import Any
 from tmr.ctl import CtlError, ctl_request
 from tmr.errors import TmrError
 from tmr.keys import generate_keypair, load_keypair, write_keypair
-from tmr.licensing import make_fingerprint_doc
+from tmr.licensing import LicenseError, LicenseReason, make_fingerprint_doc, read_copy
 from tmr.vendor import init_vendor, issue_set, load_vendor
+from tmr.vendor.profile import load_product
 
 FIRM = 6000123
 PRODUCT = 42
@@ -35,6 +36,20 @@ START_TIMEOUT = 30.0
 
 class ClusterError(TmrError):
     """The local cluster could not be started or found."""
+
+
+def _drop_old_format_copies(license_dirs: list[Path]) -> bool:
+    """Remove copies this build does not read (an older format, issued by an older build of
+    this demo); True if there were any (the demo vendor then issues a new set)."""
+    dropped = False
+    for path in (p for d in license_dirs for p in sorted(d.glob("*.tmrlic"))):
+        try:
+            read_copy(path)
+        except LicenseError as exc:
+            if exc.reason == LicenseReason.UNSUPPORTED_VERSION:
+                path.unlink()
+                dropped = True
+    return dropped
 
 
 def _free_port() -> int:
@@ -141,7 +156,11 @@ def local_up(
         if not mid.exists():
             mid.write_text(hashlib.sha256(f"{root}/{name}".encode()).hexdigest()[:32] + "\n")
         docs.append(make_fingerprint_doc(pubs[name], mid.read_text().strip()))
+    old_format = _drop_old_format_copies([root / name / "licenses" for name in BACKENDS])
     if not any(any((root / name / "licenses").glob("*.tmrlic")) for name in BACKENDS):
+        if old_format:  # copies of an older format: a new set, with the next TMR ID
+            record = load_product(vendor, PRODUCT)
+            tmr_id = max(tmr_id, (record.last_tmr_id if record else 0) + 1)
         say(f"license set: firm {FIRM} product {PRODUCT} LQ {quantity} TMR ID #{tmr_id}")
         issued = issue_set(
             vendor,
