@@ -156,6 +156,8 @@ class _CryptJob:
     data: bytes
     min_seq: int
     tried: set[str] = field(default_factory=set)
+    mid: int = 0  # message id of the attempt in flight (the key in `Leader._crypt_jobs`)
+    answered: bool = False  # its one reply was sent: no attempt follows
 
 
 @dataclass
@@ -257,6 +259,11 @@ class Leader:
         self.fenced_by: Epoch | None = None
         self.auto_pump = True  # the service turns it off and calls `pump` once per loop turn
         self._now = 0.0  # the latest time the leader was given (for `status`)
+        # Pause detection (SIGSTOP, a frozen VM), see `_clock`: ticks and client requests come
+        # at least every probe interval, so a longer silence means this process was stopped.
+        self._pause_gap = 2 * config.probe_interval
+        self._last_seen: float | None = None  # time of the latest tick or client request
+        self._resumed_at = float("-inf")  # when this server noticed its latest pause ended
 
     # ================================================================== public inputs
 
@@ -298,11 +305,15 @@ class Leader:
 
     def tick(self, now: float) -> Effects:
         fx = Effects()
+        self._clock(now)
         self._now = now
         for b in self.backends:
             for mid, out in list(b.outstanding.items()):
                 limit = self.cfg.crypt_timeout if out.kind == "crypt" else self.cfg.backend_timeout
-                if now - out.sent_at >= limit:
+                # A request counts as unanswered only for the time this server was awake to
+                # receive the answer: after a pause everything sent before it would time out
+                # at once (and every backend look down) although the answers may be queued.
+                if now - max(out.sent_at, self._resumed_at) >= limit:
                     self._timeout(b, mid, out, now, fx)
             # Probe every probe_interval, also while an earlier probe is unanswered: a lost
             # message then costs one interval, not backend_timeout, of a leader being heard
@@ -381,8 +392,9 @@ class Leader:
         now: float,
     ) -> Effects:
         fx = Effects()
-        if self.role != Role.ACTIVE or self.epoch is None:
-            return self._not_active(fx, token, rid)
+        if self._refuse_unconfirmed(fx, token, rid, now):
+            return fx
+        assert self.epoch is not None
         key = (firm, product)
         existing = self._by_request.get((client_id, rid))
         if existing is not None:
@@ -432,20 +444,10 @@ class Leader:
 
     def heartbeat(self, token: Any, rid: str, client_id: str, handle: str, now: float) -> Effects:
         fx = Effects()
-        if self.role != Role.ACTIVE:
-            return self._not_active(fx, token, rid)
-        if not self._leadership_confirmed(now):
-            # Heartbeats are not replicated: only extend a lease while a majority of backends
-            # has answered in our epoch recently, so a deposed leader cannot extend leases
-            # the new leader does not know of (new leaders add the same margin on takeover).
-            fx.replies.append(
-                ClientReply(
-                    token,
-                    rid,
-                    error=ErrorCode.NOT_ACTIVE,
-                    message="leadership not confirmed by a majority of backends; retry",
-                )
-            )
+        # Heartbeats are not replicated: only extend a lease while a majority of backends has
+        # answered in our epoch recently, so a deposed leader cannot extend leases the new
+        # leader does not know of (new leaders add the same margin on takeover).
+        if self._refuse_unconfirmed(fx, token, rid, now):
             return fx
         rec = self._find(handle, client_id)
         if rec is None or handle in self._products[rec.key].releasing:
@@ -456,8 +458,8 @@ class Leader:
 
     def release(self, token: Any, rid: str, client_id: str, handle: str, now: float) -> Effects:
         fx = Effects()
-        if self.role != Role.ACTIVE:
-            return self._not_active(fx, token, rid)
+        if self._refuse_unconfirmed(fx, token, rid, now):
+            return fx
         key = self._handle_key.get(handle)
         if key is None:
             if self._from_newer_leader(handle):
@@ -492,8 +494,8 @@ class Leader:
         now: float,
     ) -> Effects:
         fx = Effects()
-        if self.role != Role.ACTIVE:
-            return self._not_active(fx, token, rid)
+        if self._refuse_unconfirmed(fx, token, rid, now):
+            return fx
         rec = self._find(handle, client_id)
         if rec is None:
             return self._unknown_handle(fx, token, rid, handle)
@@ -533,8 +535,51 @@ class Leader:
         return fx
 
     def _leadership_confirmed(self, now: float) -> bool:
+        """A majority of backends answered, in our epoch, requests sent within the last
+        backend_timeout and after the latest pause of this server."""
         times = sorted((b.confirmed_at for b in self.backends), reverse=True)
-        return len(times) >= QUORUM and times[QUORUM - 1] >= now - self.cfg.backend_timeout
+        since = max(now - self.cfg.backend_timeout, self._resumed_at)
+        return len(times) >= QUORUM and times[QUORUM - 1] >= since
+
+    def _refuse_unconfirmed(self, fx: Effects, token: Any, rid: str, now: float) -> bool:
+        """Answer, and return True for, a client request this server may not answer from its
+        own state (its handle table, seat counts and backend view).
+
+        Only a leader confirmed by a majority of backends recently, in its epoch and since its
+        latest pause (`_leadership_confirmed`), answers from its state: a deposed server that
+        was paused would otherwise grant a released handle again or count released seats.
+        Unconfirmed within backend_timeout of a pause: NOT_ACTIVE (the client retries; the
+        first probes after the pause either confirm this server or fence it). Unconfirmed
+        while awake for longer: no majority answered its own requests within backend_timeout,
+        a true quorum loss as far as it can tell: QUORUM_LOST (the SDK checks that answer
+        against the other endpoint once)."""
+        self._clock(now)
+        if self.role != Role.ACTIVE or self.epoch is None:
+            self._not_active(fx, token, rid)
+            return True
+        if self._leadership_confirmed(now):
+            return False
+        if now - self._resumed_at >= self.cfg.backend_timeout:
+            seen = " ".join(f"{b.name}:{'up' if b.up else '-'}" for b in self.backends)
+            code = ErrorCode.QUORUM_LOST
+            message = (
+                f"fewer than {QUORUM} backends answered this server within "
+                f"{self.cfg.backend_timeout:g} s ({seen})"
+            )
+        else:
+            code = ErrorCode.NOT_ACTIVE
+            message = "this TMR server was paused and has not confirmed its leadership; retry"
+        fx.replies.append(ClientReply(token, rid, error=code, message=message))
+        return True
+
+    def _clock(self, now: float) -> None:
+        """Notice a pause: no tick or client request for far longer than the tick rate (the
+        process was stopped). What this server learned before is stale from then on:
+        `_leadership_confirmed` counts only answers to requests sent since, and timeouts
+        count only time awake."""
+        if self._last_seen is not None and now - self._last_seen > self._pause_gap:
+            self._resumed_at = now
+        self._last_seen = now if self._last_seen is None else max(self._last_seen, now)
 
     # ---------------------------------------------------------------- read-only views
 
@@ -748,8 +793,8 @@ class Leader:
                     ClientReply(w.reply.token, w.reply.rid, error=code, message=message)
                 )
             p.waiters.clear()
-        for job in self._crypt_jobs.values():
-            fx.replies.append(ClientReply(job.token, job.rid, error=code, message=message))
+        for job in list(self._crypt_jobs.values()):
+            self._crypt_failed(job, code, message, fx)
         self._crypt_jobs.clear()
 
     # ---------------------------------------------------------------- licenses
@@ -1208,8 +1253,20 @@ class Leader:
     # ---------------------------------------------------------------- crypt
 
     def _crypt_dispatch(self, job: _CryptJob, now: float, fx: Effects) -> None:
+        """Send the job's next attempt (the one in flight, if any, is given up), or answer.
+        A job is in `_crypt_jobs` only under the mid of its attempt in flight, until its one
+        reply: retries and fences leave nothing behind to be answered twice."""
+        self._crypt_jobs.pop(job.mid, None)
+        if job.answered:
+            return
         if self.role != Role.ACTIVE or self.epoch is None:
-            fx.replies.append(ClientReply(job.token, job.rid, error=ErrorCode.NOT_ACTIVE))
+            self._crypt_failed(job, ErrorCode.NOT_ACTIVE, "this TMR server is not active", fx)
+            return
+        # The license must be available as for a checkout (two reachable backends with a
+        # valid copy of the effective version), not merely one backend holding the handle.
+        code, message, _eff = self._admission(job.key, 0)
+        if code is not None and code != ErrorCode.NO_LICENSE_AVAILABLE:
+            self._crypt_failed(job, code, message, fx)
             return
         candidates = [
             b
@@ -1226,11 +1283,19 @@ class Leader:
         job.tried.add(b.name)
         mid = next(self._mids)
         msg = Crypt(mid, self.epoch, job.key, job.handle, job.client_id, job.operation, job.data)
+        job.mid = mid
         self._crypt_jobs[mid] = job
         self._send(b, msg, _Outstanding("crypt", now, crypt=job), fx)
 
     def _crypt_failed(self, job: _CryptJob, code: ErrorCode, message: str, fx: Effects) -> None:
-        fx.replies.append(ClientReply(job.token, job.rid, error=code, message=message))
+        self._crypt_answer(job, ClientReply(job.token, job.rid, error=code, message=message), fx)
+
+    def _crypt_answer(self, job: _CryptJob, reply: ClientReply, fx: Effects) -> None:
+        """Send the one reply of a crypt request (a second one is dropped)."""
+        self._crypt_jobs.pop(job.mid, None)
+        if not job.answered:
+            job.answered = True
+            fx.replies.append(reply)
 
     def _on_crypt_result(
         self, b: _Backend, msg: CryptResult, out: _Outstanding, now: float, fx: Effects
@@ -1239,13 +1304,13 @@ class Leader:
         if job is None:
             return
         if msg.ok:
-            fx.replies.append(
-                ClientReply(job.token, job.rid, {"data": msg.data, "backend": b.name})
-            )
+            reply = ClientReply(job.token, job.rid, {"data": msg.data, "backend": b.name})
+            self._crypt_answer(job, reply, fx)
         elif msg.error == ErrorCode.BAD_REQUEST.value:
-            fx.replies.append(
-                ClientReply(job.token, job.rid, error=ErrorCode.BAD_REQUEST, message=msg.message)
+            reply = ClientReply(
+                job.token, job.rid, error=ErrorCode.BAD_REQUEST, message=msg.message
             )
+            self._crypt_answer(job, reply, fx)
         else:
             self._crypt_dispatch(job, now, fx)
 

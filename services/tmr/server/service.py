@@ -384,7 +384,7 @@ class ServerService:
                     if s in ready:
                         self._drain_backend(s, name, now)
                 if self.client in ready:
-                    self._drain_clients(now)
+                    self._drain_clients()
                 # One pump for the whole burst of requests and replies: group commit.
                 self.apply(self.leader.pump(now))
                 if self.ctl in ready:
@@ -409,12 +409,15 @@ class ServerService:
         handles = self.leader.handles_view(now) if self.web.wants_handles() else None
         self.web.publish(self.status(now), handles, now)
 
-    def _drain_clients(self, now: float) -> None:
+    def _drain_clients(self) -> None:
         for _ in range(MAX_DRAIN):
             frames = recv_frames(self.client)
             if frames is None:
                 return
-            self.on_client(frames, now)
+            # The clock is read after the request: one that arrived while this process was
+            # stopped (SIGSTOP, a frozen VM) gets a time after the pause, however long ago
+            # this loop turn began, so the leader notices the pause (`Leader._clock`).
+            self.on_client(frames, time.monotonic())
 
     def _drain_backend(self, s: zmq.Socket[bytes], name: str, now: float) -> None:
         for _ in range(MAX_DRAIN):
