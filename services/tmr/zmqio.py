@@ -41,3 +41,28 @@ def send_frames(sock: zmq.Socket[bytes], frames: Sequence[bytes]) -> None:
     last = len(frames) - 1
     for i, frame in enumerate(frames):
         sock.send(frame, _SNDMORE if i < last else NOBLOCK)
+
+
+def recv_frames_user(sock: zmq.Socket[bytes]) -> tuple[list[bytes], str] | None:
+    """`recv_frames`, plus the ZAP User-Id of the connection the message came in on.
+
+    With CURVE and a ZAP handler (pyzmq's authenticators), the User-Id is the Z85 public key
+    of the peer; "" when the connection has none. The frames after the first (a ROUTER's
+    routing id) are received without copying, to read the metadata ZeroMQ attaches to them.
+    """
+    try:
+        frames = [sock.recv(NOBLOCK)]
+    except zmq.Again:
+        return None
+    last: zmq.Frame | None = None
+    while sock.get(_RCVMORE):
+        last = sock.recv(NOBLOCK, copy=False)
+        frames.append(last.bytes)
+    user = ""
+    if last is not None:
+        try:
+            value = last.get("User-Id")
+        except zmq.ZMQError:
+            value = ""
+        user = value if isinstance(value, str) else ""
+    return frames, user

@@ -11,7 +11,7 @@ import zmq
 
 from tests.integration.cluster_helpers import LocalCluster, eventually, wait_for
 from tmr.errors import NoLicenseAvailable, QuorumLost
-from tmr.keys import generate_keypair
+from tmr.keys import NodeKeys, generate_keypair
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 FIRM, PRODUCT = 6000123, 42
@@ -154,9 +154,9 @@ def test_client_key_cannot_talk_to_a_backend(cluster: LocalCluster) -> None:
 
 
 def _raw_client(
-    cluster: LocalCluster, endpoint: str
+    cluster: LocalCluster, endpoint: str, keys: NodeKeys | None = None
 ) -> tuple[zmq.Context[zmq.Socket[bytes]], zmq.Socket[bytes]]:
-    keys = generate_keypair()
+    keys = keys or generate_keypair()
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
@@ -171,7 +171,8 @@ def test_retried_checkout_takes_one_seat_across_failover(cluster: LocalCluster) 
     from tmr.protocol.client_api import CheckoutRequest, OkReply, decode_reply, encode_request
 
     req = encode_request(CheckoutRequest("retry-1", "raw-client", FIRM, PRODUCT, 2))
-    ctx, a = _raw_client(cluster, cluster.endpoint("tmr-a"))
+    keys = generate_keypair()  # a handle belongs to the client's key: the retry uses the same
+    ctx, a = _raw_client(cluster, cluster.endpoint("tmr-a"), keys)
     try:
         a.send_multipart([b"", req])  # the reply is never read: as if it was lost
         a.send_multipart([b"", req])  # a retry to the same server, while the first may be in flight
@@ -180,7 +181,7 @@ def test_retried_checkout_takes_one_seat_across_failover(cluster: LocalCluster) 
         assert isinstance(first, OkReply)
         cluster.kill("tmr-a")
         cluster.promote("tmr-b")
-        ctx2, b = _raw_client(cluster, cluster.endpoint("tmr-b"))
+        ctx2, b = _raw_client(cluster, cluster.endpoint("tmr-b"), keys)
         try:
             b.send_multipart([b"", req])  # the retry after failover, same request id
             assert b.poll(5000)

@@ -265,7 +265,13 @@ class Simulation:
             probe_interval=0.1,
             refuse_retry=0.5,
         )
-        s.leader = Leader(cfg, last_counter=s.counter, wall_clock=lambda: self.now)
+        ids = random.Random(f"{self.seed}/{s.name}/{s.counter}")  # replayable handle ids
+        s.leader = Leader(
+            cfg,
+            last_counter=s.counter,
+            wall_clock=lambda: self.now,
+            random_ids=lambda: f"{ids.getrandbits(128):032x}",
+        )
         # Odd seeds run the leaders as the service does: ops queue, one pump per turn.
         s.leader.auto_pump = self.seed % 2 == 0
 
@@ -419,14 +425,17 @@ class Simulation:
 
     def serve(self, leader: Leader, cid: str, req: dict[str, Any]) -> Effects:
         op = req["op"]
+        key = f"key-{cid}"  # each simulated client has its own CURVE key: it owns its handles
         if op == "checkout":
-            return leader.checkout(cid, req["rid"], cid, FIRM, PRODUCT, req["seats"], self.now)
+            return leader.checkout(
+                cid, req["rid"], cid, FIRM, PRODUCT, req["seats"], self.now, owner=key
+            )
         if op == "heartbeat":
-            fx = leader.heartbeat(cid, req["rid"], cid, req["handle"], self.now)
+            fx = leader.heartbeat(cid, req["rid"], cid, req["handle"], self.now, owner=key)
             if fx.replies and fx.replies[0].ok:
                 self.last_hb[req["handle"]] = self.now
             return fx
-        return leader.release(cid, req["rid"], cid, req["handle"], self.now)
+        return leader.release(cid, req["rid"], cid, req["handle"], self.now, owner=key)
 
     # -------------------------------------------------------------- clients
 

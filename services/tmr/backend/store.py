@@ -9,7 +9,8 @@ Tables (schema version in ``meta``):
 
 - ``acceptor``: one row, the promised epoch and the ``caught_up`` flag;
 - ``products``: per (firm, product) the log version (epoch, seq);
-- ``handles``: the handle table, per (firm, product, handle);
+- ``handles``: the handle table, per (firm, product, handle), with the CURVE key that owns
+  each handle (schema 3);
 - ``installed``: the highest TMR ID ever installed per product (no-rollback rule);
 - ``usage``: committed ops (granted / released / expired), the newest ``usage_retention``
   rows are kept. Older rows are deleted in batches, once 1 % of ``usage_retention`` (at most
@@ -40,7 +41,7 @@ from tmr.replication.types import (
     Version,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_USAGE_RETENTION = 100_000
 TRIM_BATCH_MAX = 1024  # usage rows that may come in between two trims (see the docstring)
 
@@ -71,6 +72,7 @@ CREATE TABLE IF NOT EXISTS handles (
     client_id TEXT NOT NULL,
     request_id TEXT NOT NULL,
     granted_at REAL NOT NULL,
+    owner TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (firm, product, handle)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS installed (
@@ -102,14 +104,22 @@ _MIGRATE_FROM_1 = (
     "ALTER TABLE handles RENAME TO handles_1",
     "ALTER TABLE usage RENAME TO usage_1",
     _SCHEMA,
-    "INSERT INTO handles SELECT firm, product, handle, seats, client_id, request_id, granted_at "
-    "FROM handles_1",
+    "INSERT INTO handles (firm, product, handle, seats, client_id, request_id, granted_at) "
+    "SELECT firm, product, handle, seats, client_id, request_id, granted_at FROM handles_1",
     "INSERT INTO usage SELECT id, at, recorded_at, event, firm, product, handle, seats, client_id "
     "FROM usage_1",
     "DROP TABLE handles_1",
     "DROP TABLE usage_1",
     "DELETE FROM sqlite_sequence WHERE name = 'usage'",
-    "UPDATE meta SET value = '2' WHERE key = 'schema_version'",
+    f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",
+)
+
+# Schema 2 -> 3: handles are owned by the CURVE key that checked them out. Rows of schema 2
+# get the owner "", which no key matches: such a handle is never renewed and expires after
+# its lease (its client checks out again). In the opening transaction: all or nothing.
+_MIGRATE_FROM_2 = (
+    "ALTER TABLE handles ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+    f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",
 )
 
 
@@ -141,8 +151,8 @@ class UsageRecord:
 
 _RELEASE_EVENTS = {ReleaseReason.RELEASE: "released", ReleaseReason.EXPIRE: "expired"}
 _INSERT_HANDLE = (
-    "{verb} INTO handles (firm, product, handle, seats, client_id, request_id, granted_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "{verb} INTO handles (firm, product, handle, seats, client_id, request_id, granted_at, "
+    "owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _GRANT = _INSERT_HANDLE.format(verb="INSERT OR IGNORE")
 _REPLACE_HANDLE = _INSERT_HANDLE.format(verb="INSERT OR REPLACE")
@@ -208,6 +218,9 @@ class SqliteStore:
             )
         elif row[0] == "1":
             for script in _MIGRATE_FROM_1:
+                _execute_all(conn, script)
+        elif row[0] == "2":
+            for script in _MIGRATE_FROM_2:
                 _execute_all(conn, script)
         elif row[0] != str(SCHEMA_VERSION):
             raise sqlite3.DatabaseError(
@@ -278,12 +291,13 @@ class SqliteStore:
             "SELECT firm, product, epoch_counter, epoch_server, seq FROM products"
         ):
             state.products[(firm, product)] = ProductLog(Version(Epoch(e_counter, e_server), seq))
-        for firm, product, handle, seats, client_id, request_id, granted_at in conn.execute(
-            "SELECT firm, product, handle, seats, client_id, request_id, granted_at FROM handles"
+        for firm, product, handle, seats, client_id, request_id, granted_at, owner in conn.execute(
+            "SELECT firm, product, handle, seats, client_id, request_id, granted_at, owner "
+            "FROM handles"
         ):
             log = state.products.setdefault((firm, product), ProductLog())
             log.handles[handle] = HandleRecord(
-                handle, firm, product, seats, client_id, request_id, granted_at
+                handle, firm, product, seats, client_id, request_id, granted_at, owner
             )
         return state
 
@@ -336,7 +350,16 @@ class SqliteStore:
             conn.executemany(  # a later record with the same handle wins, as in a dict
                 _REPLACE_HANDLE,
                 [
-                    (firm, product, r.handle, r.seats, r.client_id, r.request_id, r.granted_at)
+                    (
+                        firm,
+                        product,
+                        r.handle,
+                        r.seats,
+                        r.client_id,
+                        r.request_id,
+                        r.granted_at,
+                        r.owner,
+                    )
                     for r in pw.replace
                 ],
             )
@@ -347,7 +370,7 @@ class SqliteStore:
                     rec = op.record
                     row = (firm, product, rec.handle, rec.seats, rec.client_id, rec.request_id)
                     # A grant is idempotent: an existing handle is kept, and not recorded again.
-                    if execute(_GRANT, (*row, rec.granted_at)).rowcount > 0:
+                    if execute(_GRANT, (*row, rec.granted_at, rec.owner)).rowcount > 0:
                         usage.append(
                             (rec.granted_at, recorded_at, "granted", *row[:4], rec.client_id)
                         )

@@ -49,6 +49,7 @@ from tmr.replication.types import (
 
 MAX_PEER_FRAME = 64 * 1024 * 1024
 MAX_STR = 256
+MAX_OWNER = 64  # a Z85 CURVE public key is 40 characters; "" in records of older peers
 U32 = 2**32 - 1
 U63 = 2**63 - 1
 T = TypeVar("T")
@@ -69,7 +70,7 @@ def _key(k: ProductKey) -> list[int]:
 
 
 def _record(r: HandleRecord) -> list[Any]:
-    return [r.handle, r.firm, r.product, r.seats, r.client_id, r.request_id, r.granted_at]
+    return [r.handle, r.firm, r.product, r.seats, r.client_id, r.request_id, r.granted_at, r.owner]
 
 
 def _op(op: Op) -> list[Any]:
@@ -147,6 +148,7 @@ def encode_request(msg: PeerRequest) -> bytes:
                 "cid": msg.client_id,
                 "operation": msg.operation,
                 "data": msg.data,
+                "owner": msg.owner,
             }
     body["mid"] = msg.mid
     return pack(body)
@@ -263,7 +265,12 @@ def _d_key(v: Any, what: str) -> ProductKey:
 
 
 def _d_record(v: Any, what: str) -> HandleRecord:
-    h, f, p, seats, cid, rid, at = _list(v, what, 7)
+    """A handle record: 8 fields, or the 7 of a peer from before handles had owners (its
+    handles are owned by no key)."""
+    items = _list(v, what)
+    if len(items) == 7:
+        items = [*items, ""]
+    h, f, p, seats, cid, rid, at, owner = _list(items, what, 8)
     return HandleRecord(
         _str(h, what),
         _int(f, what, 0, U32),
@@ -272,6 +279,7 @@ def _d_record(v: Any, what: str) -> HandleRecord:
         _str(cid, what),
         _str(rid, what),
         _float(at, what),
+        _str(owner, what, MAX_OWNER, empty=True),
     )
 
 
@@ -295,9 +303,10 @@ _finite = math.isfinite
 def _fast_record(v: Any) -> HandleRecord | None:
     """`_d_record` of a well-formed record, with no error texts built; None if any check
     fails (the caller then runs `_d_record`, which names the problem). Accepts exactly what
-    `_d_record` accepts, except a whole-number ``granted_at`` (left to `_d_record`)."""
-    if type(v) is list and len(v) == 7:
-        h, f, p, seats, cid, rid, at = v
+    `_d_record` accepts, except a whole-number ``granted_at`` and the 7 fields of an older
+    peer's record (both left to `_d_record`)."""
+    if type(v) is list and len(v) == 8:
+        h, f, p, seats, cid, rid, at, owner = v
         if (
             type(h) is str
             and 0 < len(h) <= MAX_STR
@@ -313,8 +322,10 @@ def _fast_record(v: Any) -> HandleRecord | None:
             and 0 < len(rid) <= MAX_STR
             and type(at) is float
             and _finite(at)
+            and type(owner) is str
+            and len(owner) <= MAX_OWNER
         ):
-            return HandleRecord(h, f, p, seats, cid, rid, at)
+            return HandleRecord(h, f, p, seats, cid, rid, at, owner)
     return None
 
 
@@ -451,6 +462,8 @@ def decode_request(frame: bytes) -> PeerRequest:
                 _str(_get(b, "cid"), "cid"),
                 _str(_get(b, "operation"), "operation", 32),
                 _bytes(_get(b, "data"), "data", 1 << 20),
+                # An older server sends none: no record with an owner matches "".
+                _str(b.get("owner", ""), "owner", MAX_OWNER, empty=True),
             )
     except ValueError as exc:  # wrong arity when unpacking a list
         raise _fail(f"malformed {t}: {exc}") from None

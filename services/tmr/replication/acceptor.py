@@ -317,7 +317,8 @@ class Acceptor:
     def _crypt_call(self, req: Crypt) -> Step:
         log = self.state.products.get(req.key)
         rec = log.handles.get(req.handle) if log else None
-        if rec is None or rec.client_id != req.client_id:
+        # The same answer for a handle held by another key as for none: no oracle.
+        if rec is None or rec.client_id != req.client_id or rec.owner != req.owner:
             return Step(
                 CryptResult(req.mid, False, error="UNKNOWN_HANDLE", message="handle not held here")
             )

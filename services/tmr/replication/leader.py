@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,7 +81,8 @@ PIPELINE = 4  # uncommitted log entries per product, and ACCEPTs in flight per b
 # and about 10 % more CPU per checkout on the servers and backends).
 PIPELINE_MIN_OPS = 32
 EXPIRY_SCAN = 0.25  # seconds between lease scans (expiry may be this late, never early)
-RECENT_RELEASED = 100_000  # (client id, request id) of released handles remembered per term
+RECENT_RELEASED = 100_000  # (owner, client id, request id) of released handles remembered per term
+HANDLE_RANDOM_BYTES = 16  # a handle id is h<epoch counter>-<server>-<128 random bits, hex>
 
 
 class Role(enum.StrEnum):
@@ -155,6 +157,7 @@ class _CryptJob:
     operation: str
     data: bytes
     min_seq: int
+    owner: str
     tried: set[str] = field(default_factory=set)
     mid: int = 0  # message id of the attempt in flight (the key in `Leader._crypt_jobs`)
     answered: bool = False  # its one reply was sent: no attempt follows
@@ -208,6 +211,7 @@ class _Product:
     waiters: list[_Waiter] = field(default_factory=list)
     grant_seq: dict[str, int] = field(default_factory=dict)
     releasing: dict[str, int] = field(default_factory=dict)  # handle -> seq of its release
+    released_by: dict[str, tuple[str, str]] = field(default_factory=dict)  # (owner, client id)
     pending_released: dict[str, HandleRecord] = field(default_factory=dict)
     used: int = 0  # seats of `handles`, kept as handles come and go
 
@@ -241,14 +245,17 @@ class Leader:
         *,
         last_counter: int = 0,
         wall_clock: Callable[[], float] | None = None,
+        random_ids: Callable[[], str] | None = None,
     ) -> None:
+        """`random_ids`: the random part of new handle ids (default: 128 bits from `secrets`;
+        the simulation passes a seeded one to replay a run)."""
         self.cfg = config
         self.role = Role.STANDBY
         self.epoch: Epoch | None = None
         self.last_counter = last_counter
         self._wall = wall_clock or (lambda: 0.0)
+        self._random_ids = random_ids or (lambda: secrets.token_hex(HANDLE_RANDOM_BYTES))
         self._mids = itertools.count(1)
-        self._handle_ids = itertools.count(1)
         self._eff_cache: dict[ProductKey, Effective] = {}  # cleared when a backend changes
         self._next_scan = 0.0
         self._rr = itertools.count()
@@ -390,13 +397,18 @@ class Leader:
         product: int,
         seats: int,
         now: float,
+        *,
+        owner: str,
     ) -> Effects:
+        """`owner`: the authenticated CURVE public key of the client's connection (Z85). Only
+        that key may heartbeat, release or use the handle; a request id is deduplicated per
+        key, so no other key can take over a retried checkout's reply."""
         fx = Effects()
         if self._refuse_unconfirmed(fx, token, rid, now):
             return fx
         assert self.epoch is not None
         key = (firm, product)
-        existing = self._by_request.get((client_id, rid))
+        existing = self._by_request.get((owner, client_id, rid))
         if existing is not None:
             p = self._products[self._handle_key[existing]]
             rec = p.handles[existing]
@@ -404,7 +416,7 @@ class Leader:
             self._reply_when(p, p.grant_seq.get(existing, 0), reply, fx)
             self._auto_pump(now, fx)
             return fx
-        if (client_id, rid) in self._recent_released:
+        if (owner, client_id, rid) in self._recent_released:
             fx.replies.append(
                 ClientReply(
                     token,
@@ -421,13 +433,14 @@ class Leader:
             return fx
         assert eff is not None
         p = self._product(key)
-        handle = f"h{self.epoch.counter}-{self.cfg.server_id}-{next(self._handle_ids)}"
-        rec = HandleRecord(handle, firm, product, seats, client_id, rid, self._wall())
+        # Random, not a counter: a handle id cannot be guessed (and is useless to another key).
+        handle = f"h{self.epoch.counter}-{self.cfg.server_id}-{self._random_ids()}"
+        rec = HandleRecord(handle, firm, product, seats, client_id, rid, self._wall(), owner)
         seq = self._propose(p, Grant(rec))
         p.add(rec)
         p.grant_seq[handle] = seq
         self._handle_key[handle] = key
-        self._by_request[(client_id, rid)] = handle
+        self._by_request[(owner, client_id, rid)] = handle
         self._leases[handle] = now + self.cfg.lease
         self._reply_when(p, seq, ClientReply(token, rid, self._grant_result(rec, now)), fx)
         fx.events.append(
@@ -442,41 +455,44 @@ class Leader:
         self._auto_pump(now, fx)
         return fx
 
-    def heartbeat(self, token: Any, rid: str, client_id: str, handle: str, now: float) -> Effects:
+    def heartbeat(
+        self, token: Any, rid: str, client_id: str, handle: str, now: float, *, owner: str
+    ) -> Effects:
         fx = Effects()
         # Heartbeats are not replicated: only extend a lease while a majority of backends has
         # answered in our epoch recently, so a deposed leader cannot extend leases the new
         # leader does not know of (new leaders add the same margin on takeover).
         if self._refuse_unconfirmed(fx, token, rid, now):
             return fx
-        rec = self._find(handle, client_id)
+        rec = self._find(handle, client_id, owner)
         if rec is None or handle in self._products[rec.key].releasing:
             return self._unknown_handle(fx, token, rid, handle)
         self._leases[handle] = now + self.cfg.lease
         fx.replies.append(ClientReply(token, rid, {"lease": self.cfg.lease}))
         return fx
 
-    def release(self, token: Any, rid: str, client_id: str, handle: str, now: float) -> Effects:
+    def release(
+        self, token: Any, rid: str, client_id: str, handle: str, now: float, *, owner: str
+    ) -> Effects:
+        """A handle this key does not hold (never granted, another key's, released already)
+        answers UNKNOWN_HANDLE, the same in every case (no oracle); the client library counts
+        it as released when it comes to a retry."""
         fx = Effects()
         if self._refuse_unconfirmed(fx, token, rid, now):
             return fx
         key = self._handle_key.get(handle)
         if key is None:
-            if self._from_newer_leader(handle):
-                return self._unknown_handle(fx, token, rid, handle)
-            # Unknown or already released: release is idempotent.
-            fx.replies.append(ClientReply(token, rid, {"released": False}))
-            return fx
+            return self._unknown_handle(fx, token, rid, handle)
         p = self._products[key]
         rec = p.handles.get(handle)
         if rec is None:
             seq = p.releasing.get(handle)
-            if seq is None:
-                fx.replies.append(ClientReply(token, rid, {"released": False}))
-            else:
+            if seq is not None and p.released_by.get(handle) == (owner, client_id) and owner:
+                # A retry of this key's release whose commit is pending: answer with it.
                 self._reply_when(p, seq, ClientReply(token, rid, {"released": True}), fx)
-            return fx
-        if rec.client_id != client_id:
+                return fx
+            return self._unknown_handle(fx, token, rid, handle)
+        if not owner or rec.owner != owner or rec.client_id != client_id:
             return self._unknown_handle(fx, token, rid, handle)
         seq = self._remove_handle(p, handle, ReleaseReason.RELEASE, fx)
         self._reply_when(p, seq, ClientReply(token, rid, {"released": True}), fx)
@@ -492,22 +508,23 @@ class Leader:
         operation: str,
         data: bytes,
         now: float,
+        *,
+        owner: str,
     ) -> Effects:
         fx = Effects()
         if self._refuse_unconfirmed(fx, token, rid, now):
             return fx
-        rec = self._find(handle, client_id)
+        rec = self._find(handle, client_id, owner)
         if rec is None:
             return self._unknown_handle(fx, token, rid, handle)
         p = self._products[rec.key]
-        job = _CryptJob(
-            token, rid, rec.key, handle, client_id, operation, data, p.grant_seq.get(handle, 0)
-        )
+        min_seq = p.grant_seq.get(handle, 0)
+        job = _CryptJob(token, rid, rec.key, handle, client_id, operation, data, min_seq, owner)
         self._crypt_dispatch(job, now, fx)
         return fx
 
     def _from_newer_leader(self, handle: str) -> bool:
-        """Handle ids carry the epoch that granted them: `h<counter>-<server>-<n>`."""
+        """Handle ids carry the epoch that granted them: `h<counter>-<server>-<random>`."""
         if self.epoch is None or not handle.startswith("h"):
             return False
         counter, _, rest = handle[1:].partition("-")
@@ -687,8 +704,8 @@ class Leader:
     def _reset_term(self) -> None:
         self._products: dict[ProductKey, _Product] = {}
         self._handle_key: dict[str, ProductKey] = {}
-        self._by_request: dict[tuple[str, str], str] = {}
-        self._recent_released: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._by_request: dict[tuple[str, str, str], str] = {}  # (owner, client, request id)
+        self._recent_released: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._leases: dict[str, float] = {}
         self._crypt_jobs: dict[int, _CryptJob] = {}
         self._phase = ""
@@ -904,9 +921,11 @@ class Leader:
         p.pending_released[handle] = rec
         seq = self._propose(p, Release(handle, reason, self._wall()))
         p.releasing[handle] = seq
+        p.released_by[handle] = (rec.owner, rec.client_id)
         self._leases.pop(handle, None)
-        self._by_request.pop((rec.client_id, rec.request_id), None)
-        self._recent_released[(rec.client_id, rec.request_id)] = None
+        request = (rec.owner, rec.client_id, rec.request_id)
+        self._by_request.pop(request, None)
+        self._recent_released[request] = None
         if len(self._recent_released) > RECENT_RELEASED:
             self._recent_released.popitem(last=False)
         fx.events.append(
@@ -956,6 +975,7 @@ class Leader:
         for h, s in list(p.releasing.items()):
             if s <= new:
                 del p.releasing[h]
+                p.released_by.pop(h, None)
                 del self._handle_key[h]
                 p.grant_seq.pop(h, None)
         # Trim the log: entries every synced backend has are no longer needed for resends.
@@ -1183,7 +1203,7 @@ class Leader:
                 p.add(rec)
                 p.grant_seq[rec.handle] = 0
                 self._handle_key[rec.handle] = key
-                self._by_request[(rec.client_id, rec.request_id)] = rec.handle
+                self._by_request[(rec.owner, rec.client_id, rec.request_id)] = rec.handle
                 # Leases restart at takeover, plus the margin a deposed leader may have used
                 # to confirm a heartbeat (see `heartbeat`).
                 self._leases[rec.handle] = now + self.cfg.lease + self.cfg.backend_timeout
@@ -1282,7 +1302,16 @@ class Leader:
         b = candidates[next(self._rr) % len(candidates)]
         job.tried.add(b.name)
         mid = next(self._mids)
-        msg = Crypt(mid, self.epoch, job.key, job.handle, job.client_id, job.operation, job.data)
+        msg = Crypt(
+            mid,
+            self.epoch,
+            job.key,
+            job.handle,
+            job.client_id,
+            job.operation,
+            job.data,
+            job.owner,
+        )
         job.mid = mid
         self._crypt_jobs[mid] = job
         self._send(b, msg, _Outstanding("crypt", now, crypt=job), fx)
@@ -1316,11 +1345,12 @@ class Leader:
 
     # ---------------------------------------------------------------- helpers
 
-    def _find(self, handle: str, client_id: str) -> HandleRecord | None:
+    def _find(self, handle: str, client_id: str, owner: str) -> HandleRecord | None:
+        """The handle if `owner` holds it under `client_id` (no owner "" ever does)."""
         key = self._handle_key.get(handle)
         if key is None:
             return None
         rec = self._products[key].handles.get(handle)
-        if rec is None or rec.client_id != client_id:
+        if rec is None or not owner or rec.owner != owner or rec.client_id != client_id:
             return None
         return rec

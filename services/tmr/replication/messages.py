@@ -67,6 +67,7 @@ class Crypt:
     client_id: str
     operation: str
     data: bytes
+    owner: str = ""  # the client key the leader checked: the backend checks it again
 
 
 PeerRequest = Probe | Prepare | Accept | Snapshot | Crypt

@@ -48,6 +48,10 @@ class HandleRecord:
     client_id: str
     request_id: str
     granted_at: float  # wall-clock seconds, for the usage record only (never for leases)
+    # The Z85 CURVE public key of the client connection that checked the handle out (its ZAP
+    # User-Id). Only that key may heartbeat, release or use the handle; "" (a record written
+    # before handles had owners) is owned by no key and simply expires.
+    owner: str = ""
 
     @property
     def key(self) -> ProductKey:

@@ -47,7 +47,7 @@ from tmr.protocol.errors import ProtocolError
 from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig, Role
 from tmr.web.runtime import WebRuntime
 from tmr.zap_log import ZapDenials
-from tmr.zmqio import NOBLOCK, recv_frames, send_frames
+from tmr.zmqio import NOBLOCK, recv_frames, recv_frames_user, send_frames
 
 TICK = 0.05
 MAX_DRAIN = 2000  # messages taken from one socket per loop turn
@@ -147,9 +147,12 @@ class ServerService:
 
     def _open(self) -> None:
         cfg = self.cfg
+        # ZAP runs for every client connection, also without an allowlist (then any key is
+        # accepted): it sets the User-Id of each message to the client's CURVE public key,
+        # which owns the handles that connection checks out.
+        self.auth = zmq.auth.thread.ThreadAuthenticator(self.ctx)
+        self.auth.start()
         if cfg.client_allowlist:
-            self.auth = zmq.auth.thread.ThreadAuthenticator(self.ctx)
-            self.auth.start()
             allowed = set(cfg.client_allowlist)
             denials = self.zap_denials
 
@@ -162,6 +165,8 @@ class ServerService:
                     return False
 
             self.auth.configure_curve_callback(domain="*", credentials_provider=_Allow())
+        else:
+            self.auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
         self.client = self.ctx.socket(zmq.ROUTER)
         self.client.setsockopt(zmq.LINGER, 0)
         self.client.setsockopt(zmq.CURVE_SERVER, 1)
@@ -249,7 +254,8 @@ class ServerService:
 
     # ------------------------------------------------------------------ inputs
 
-    def on_client(self, frames: list[bytes], now: float) -> None:
+    def on_client(self, frames: list[bytes], now: float, owner: str = "") -> None:
+        """One client message; `owner`: the Z85 CURVE key of its connection (ZAP User-Id)."""
         if len(frames) == 3 and frames[1] == b"":
             token, payload = (frames[0], True), frames[2]
         elif len(frames) == 2:
@@ -263,21 +269,34 @@ class ServerService:
         except ProtocolError as exc:
             self._reply(token, ErrorReply.from_exception(exc))
             return
-        self.apply(self.dispatch(token, req, now))
+        self.apply(self.dispatch(token, req, now, owner))
 
-    def dispatch(self, token: Any, req: Request, now: float) -> Effects:
+    def dispatch(self, token: Any, req: Request, now: float, owner: str = "") -> Effects:
         ld = self.leader
+        if not owner and isinstance(
+            req, CheckoutRequest | HeartbeatRequest | ReleaseRequest | CryptRequest
+        ):
+            # Never: ZAP gives every CURVE connection its key. A seat needs an owner.
+            fx = Effects()
+            fx.replies.append(
+                ClientReply(token, req.rid, error=ErrorCode.BAD_REQUEST, message="no client key")
+            )
+            return fx
         match req:
             case CheckoutRequest():
-                fx = ld.checkout(token, req.rid, req.cid, req.firm, req.product, req.seats, now)
+                fx = ld.checkout(
+                    token, req.rid, req.cid, req.firm, req.product, req.seats, now, owner=owner
+                )
                 self.web.on_checkout(req.firm, req.product, req.rid, fx)
                 return fx
             case HeartbeatRequest():
-                return ld.heartbeat(token, req.rid, req.cid, req.handle, now)
+                return ld.heartbeat(token, req.rid, req.cid, req.handle, now, owner=owner)
             case ReleaseRequest():
-                return ld.release(token, req.rid, req.cid, req.handle, now)
+                return ld.release(token, req.rid, req.cid, req.handle, now, owner=owner)
             case CryptRequest():
-                return ld.crypt(token, req.rid, req.cid, req.handle, req.operation, req.data, now)
+                return ld.crypt(
+                    token, req.rid, req.cid, req.handle, req.operation, req.data, now, owner=owner
+                )
             case ListRequest():
                 fx = Effects()
                 if ld.role != Role.ACTIVE:
@@ -411,13 +430,13 @@ class ServerService:
 
     def _drain_clients(self) -> None:
         for _ in range(MAX_DRAIN):
-            frames = recv_frames(self.client)
-            if frames is None:
+            got = recv_frames_user(self.client)
+            if got is None:
                 return
             # The clock is read after the request: one that arrived while this process was
             # stopped (SIGSTOP, a frozen VM) gets a time after the pause, however long ago
             # this loop turn began, so the leader notices the pause (`Leader._clock`).
-            self.on_client(frames, time.monotonic())
+            self.on_client(got[0], time.monotonic(), got[1])
 
     def _drain_backend(self, s: zmq.Socket[bytes], name: str, now: float) -> None:
         for _ in range(MAX_DRAIN):

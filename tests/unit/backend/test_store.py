@@ -175,7 +175,8 @@ def test_a_schema_1_database_is_migrated_with_every_row(db: Path) -> None:
         assert [(u.id, u.event, u.handle) for u in store.usage()][-1] == (45, "released", "h1")
     finally:
         store.close()
-    assert _dump(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+    version = _dump(db, "SELECT value FROM meta WHERE key = 'schema_version'")
+    assert version == [(str(SCHEMA_VERSION),)]
     tables = dict(_dump(db, "SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
     assert "WITHOUT ROWID" in tables["handles"]
     assert "AUTOINCREMENT" not in tables["usage"]
@@ -195,6 +196,87 @@ def test_a_failed_migration_leaves_the_schema_1_database_untouched(db: Path) -> 
     after = _dump(db, "SELECT * FROM handles ORDER BY handle") + _dump(db, "SELECT * FROM usage")
     assert after == before
     assert _dump(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("1",)]
+
+
+def _write_schema_2(db: Path, owner_column: bool = False) -> None:
+    """A schema 2 database (handles WITHOUT ROWID, no owner column) with one handle; with
+    `owner_column`, one the migration cannot be run on."""
+    extra, value = (", owner TEXT", ", 'x'") if owner_column else ("", "")
+    db.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db)
+    try:
+        conn.executescript(
+            f"""
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE acceptor (id INTEGER PRIMARY KEY CHECK (id = 1),
+                promised_counter INTEGER NOT NULL, promised_server TEXT NOT NULL,
+                caught_up INTEGER NOT NULL);
+            CREATE TABLE products (firm INTEGER NOT NULL, product INTEGER NOT NULL,
+                epoch_counter INTEGER NOT NULL, epoch_server TEXT NOT NULL,
+                seq INTEGER NOT NULL, PRIMARY KEY (firm, product));
+            CREATE TABLE handles (firm INTEGER NOT NULL, product INTEGER NOT NULL,
+                handle TEXT NOT NULL, seats INTEGER NOT NULL, client_id TEXT NOT NULL,
+                request_id TEXT NOT NULL, granted_at REAL NOT NULL{extra},
+                PRIMARY KEY (firm, product, handle)) WITHOUT ROWID;
+            CREATE TABLE installed (firm INTEGER NOT NULL, product INTEGER NOT NULL,
+                tmr_id INTEGER NOT NULL, PRIMARY KEY (firm, product));
+            CREATE TABLE usage (id INTEGER PRIMARY KEY, at REAL NOT NULL,
+                recorded_at REAL NOT NULL, event TEXT NOT NULL, firm INTEGER NOT NULL,
+                product INTEGER NOT NULL, handle TEXT NOT NULL, seats INTEGER NOT NULL,
+                client_id TEXT NOT NULL);
+            INSERT INTO meta VALUES ('schema_version', '2'), ('created_at', '1700000000.0');
+            INSERT INTO acceptor VALUES (1, 2, 's2', 1);
+            INSERT INTO products VALUES (6000123, 42, 2, 's2', 7);
+            INSERT INTO installed VALUES (6000123, 42, 7);
+            INSERT INTO handles VALUES (6000123, 42, 'h1', 2, 'c1', 'r-h1', 1700000000.5{value});
+            INSERT INTO usage VALUES (41, 1.0, 1.0, 'granted', 6000123, 42, 'h1', 2, 'c1');
+            """
+        )
+    finally:
+        conn.close()
+
+
+def test_a_schema_2_database_gets_handle_owners_and_keeps_every_row(db: Path) -> None:
+    """Handles of schema 2 had no owner: they are kept with the owner "" (no key's)."""
+    _write_schema_2(db)
+    store = SqliteStore(db)
+    try:
+        state = store.load()
+        assert state.promised == E2 and state.caught_up
+        assert state.products[KEY].version == Version(E2, 7)
+        assert state.products[KEY].handles == {"h1": rec("h1", 2)}
+        assert state.products[KEY].handles["h1"].owner == ""
+        assert [(u.id, u.event, u.handle) for u in store.usage()] == [(41, "granted", "h1")]
+        owned = HandleRecord("h2", KEY[0], KEY[1], 1, "c2", "r-h2", 1.5, "K" * 40)
+        store.commit(Write(products=(ProductWrite(KEY, Version(E2, 8), ops=(Grant(owned),)),)))
+    finally:
+        store.close()
+    version = _dump(db, "SELECT value FROM meta WHERE key = 'schema_version'")
+    assert version == [(str(SCHEMA_VERSION),)]
+    reopened = SqliteStore(db)
+    try:
+        handles = reopened.load().products[KEY].handles
+        assert handles["h2"].owner == "K" * 40 and handles["h1"].owner == ""
+    finally:
+        reopened.close()
+
+
+def test_a_failed_migration_leaves_the_schema_2_database_untouched(db: Path) -> None:
+    _write_schema_2(db, owner_column=True)  # the migration cannot add the column again
+    before = _dump(db, "SELECT * FROM handles") + _dump(db, "SELECT * FROM usage")
+    with pytest.raises(StorageError, match="cannot initialise"):
+        SqliteStore(db)
+    assert _dump(db, "SELECT * FROM handles") + _dump(db, "SELECT * FROM usage") == before
+    assert _dump(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+
+
+def test_handle_owners_survive_grants_snapshots_and_restarts(store: SqliteStore) -> None:
+    a = HandleRecord("h1", KEY[0], KEY[1], 1, "c1", "r1", 1.5, "A" * 40)
+    b = HandleRecord("h2", KEY[0], KEY[1], 2, "c1", "r2", 2.5, "B" * 40)
+    store.commit(Write(products=(ProductWrite(KEY, Version(E1, 1), ops=(Grant(a),)),)))
+    assert store.load().products[KEY].handles == {"h1": a}
+    store.commit(Write(products=(ProductWrite(KEY, Version(E2, 0), replace=(a, b)),)))
+    assert reopen(store).products[KEY].handles == {"h1": a, "h2": b}
 
 
 def test_not_a_database_is_a_storage_error(tmp_path: Path) -> None:

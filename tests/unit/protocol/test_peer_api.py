@@ -263,6 +263,7 @@ _RECORD_FIELDS: list[tuple[list[object], list[object]]] = [
     (["client", "c" * 256], ["", "c" * 257, b"c", None]),
     (["rid-1"], ["", "r" * 257, 7]),
     ([0.0, 1.5, 1700000000.5, -2.5, 7], [float("inf"), float("nan"), "1.5", True, None]),
+    (["", "K" * 40, "k" * 64], ["k" * 65, b"k", None, 1]),  # owner
 ]
 
 

@@ -109,9 +109,12 @@ class Harness:
             lics[key] = own_copy(lic, name)
         acc.set_licenses(lics)
 
-    def call(self, method: str, *args: Any) -> ClientReply:
+    def call(self, method: str, *args: Any, owner: str | None = None) -> ClientReply:
+        """A client call on leader "sa"; `owner` (the client's CURVE key) defaults to one key
+        per client id (the first argument after the request id)."""
         before = len(self.replies)
-        self.run(getattr(self.leader, method)("tok", *args, self.now))
+        key = owner if owner is not None else f"key-of-{args[1]}"
+        self.run(getattr(self.leader, method)("tok", *args, self.now, owner=key))
         self.advance(0.2)
         new = self.replies[before:]
         assert len(new) == 1, new

@@ -19,7 +19,9 @@ def active() -> Harness:
 
 def checkouts(h: Harness, first: int, n: int) -> None:
     for i in range(first, first + n):
-        fx = h.leader.checkout(("tok", True), f"r{i}", f"c{i}", KEY[0], KEY[1], 1, h.now)
+        fx = h.leader.checkout(
+            ("tok", True), f"r{i}", f"c{i}", KEY[0], KEY[1], 1, h.now, owner=f"k{i}"
+        )
         assert not fx.send and not fx.replies  # queued for the next pump
 
 

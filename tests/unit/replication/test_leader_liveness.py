@@ -241,7 +241,7 @@ def test_lost_accepts_are_resent_without_marking_backends_down() -> None:
     h, sa, _sb = two_servers()
     h.lose += [("sa", "b2", Accept), ("sa", "b3", Accept)]
     before = len(h.replies)
-    h.run(sa.checkout("tok", "r5", "c5", KEY[0], KEY[1], 1, h.now))
+    h.run(sa.checkout("tok", "r5", "c5", KEY[0], KEY[1], 1, h.now, owner="k5"))
     assert len(h.replies) == before  # only b1 acked: not committed yet
     h.advance(1.5)  # backend_timeout: resent to b2 and b3, which answered probes meanwhile
     (reply,) = h.replies[before:]
