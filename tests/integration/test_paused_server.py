@@ -8,6 +8,7 @@ declares no backend down for the requests it could not wait for, and it ends fen
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -64,8 +65,6 @@ class RawClient:
 
 
 def _events_since(path: Path, offset: int) -> list[dict[str, Any]]:
-    import json
-
     out = []
     with path.open("rb") as f:
         f.seek(offset)
