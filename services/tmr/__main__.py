@@ -1,3 +1,4 @@
 from tmr.cli.main import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when a spawned worker process imports it (tmr.report.offload)
+    raise SystemExit(main())

@@ -60,6 +60,8 @@ class ServerConfig:
     leader_live_window: float = 0.6
     container_serial: str | None = None  # virtual container serial 131-NNNNNNN
     client_allowlist: tuple[str, ...] = ()  # Z85 client public keys; empty: any client
+    admin_keys: tuple[str, ...] = ()  # Z85 client public keys that may ask usage reports
+    usage_max_rows: int = 200_000  # usage rows per backend in one report (more: BAD_REQUEST)
     web_listen: str | None = "0.0.0.0:22380"  # WebAdmin and /metrics (none: off)
     web_auth_user: str | None = None  # HTTP basic auth on every web path (with the file below)
     web_auth_password_file: Path | None = None  # file holding that user's password
@@ -195,6 +197,8 @@ def load_server_config(path: Path) -> ServerConfig:
             out[key] = _positive(path, key, value)
         elif key == "client_allowlist":
             out[key] = _strs(path, key, value)
+        elif key == "admin_keys":
+            out[key] = _curve_keys(path, key, value)
         elif key == "web_listen":
             out[key] = _check(path, key, value, str, "a host:port string") or None
             if out[key] is not None:
@@ -206,6 +210,10 @@ def load_server_config(path: Path) -> ServerConfig:
             out[key] = Path(_check(path, key, value, str, "a path string")) if value else None
         elif key in ("web_publish_interval", "denial_retention_days"):
             out[key] = _positive(path, key, value)
+        elif key == "usage_max_rows":
+            out[key] = _check(path, key, value, int, "an integer")
+            if not 1 <= value <= 500_000:
+                raise ConfigError(f"{path}: key 'usage_max_rows' must be 1 to 500000")
         elif key == "web_max_handles":
             out[key] = _check(path, key, value, int, "an integer")
             if value < 0:
@@ -225,6 +233,21 @@ def load_server_config(path: Path) -> ServerConfig:
             f"'probe_interval' ({probe:g})"
         )
     return ServerConfig(**out)
+
+
+def _curve_keys(path: Path, key: str, value: Any) -> tuple[str, ...]:
+    """A list of Z85 CURVE public keys (40 characters each)."""
+    from tmr.licensing.curve import z85_key_bytes  # here: tmr.licensing imports much
+
+    keys = _strs(path, key, value)
+    for i, text in enumerate(keys):
+        try:
+            z85_key_bytes(text, f"{key}[{i}]")
+        except Exception:
+            raise ConfigError(
+                f"{path}: {key}[{i}] is not a Z85 CURVE public key (40 characters)"
+            ) from None
+    return keys
 
 
 WEB_PATH_KEYS = (

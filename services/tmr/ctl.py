@@ -116,7 +116,7 @@ def decode_ctl(frame: bytes) -> dict[str, Any]:
 
 def serve_ctl(
     sock: zmq.Socket[bytes],
-    handler: Callable[[dict[str, Any]], dict[str, Any]],
+    handler: Callable[[dict[str, Any]], dict[str, Any] | None],
     on_internal_error: Callable[[Exception], None] | None = None,
 ) -> bool:
     """Serve one queued request on a bound control socket (False if none was queued).
@@ -124,7 +124,9 @@ def serve_ctl(
     Every request gets exactly one reply: the handler's, or a typed error
     ``{"ok": false, "code": ..., "error": ...}`` for a request of more than one frame, a
     malformed one (`decode_ctl`), a CtlError the handler raises (unknown command, wrong
-    argument types) or any other exception (INTERNAL, passed to ``on_internal_error``)."""
+    argument types) or any other exception (INTERNAL, passed to ``on_internal_error``).
+    A handler that returns None answers later itself (a REP socket takes no request until
+    then)."""
     try:
         frames = sock.recv_multipart(zmq.NOBLOCK)
     except zmq.Again:
@@ -133,6 +135,8 @@ def serve_ctl(
         if len(frames) != 1:
             raise CtlError(f"control request must be one frame, not {len(frames)}")
         reply = handler(decode_ctl(frames[0]))
+        if reply is None:
+            return True  # the handler answers later (`sock.send`), before the next request
     except CtlError as exc:
         reply = ctl_error_reply(exc)
     except Exception as exc:  # never leave the REP socket without an answer

@@ -36,6 +36,7 @@ from zmq.utils import z85
 from tmr import __version__
 from tmr.backend.licenses import LicenseView, load_license_view
 from tmr.backend.store import SqliteStore, StorageError
+from tmr.backend.usage_thread import UsageThread
 from tmr.config import BackendConfig
 from tmr.ctl import CtlError, CtlErrorCode, bind_ctl, serve_ctl
 from tmr.errors import ConfigError, TmrError
@@ -61,6 +62,7 @@ from tmr.replication.messages import (
     PeerReply,
     PeerRequest,
     Rejected,
+    UsageQuery,
 )
 from tmr.replication.types import Epoch, LicenseInfo, ProductKey, Version, key_str
 from tmr.report.records import UsageReader
@@ -254,7 +256,9 @@ class BackendService:
         self._old_wakeup_fd = -1
         self._stop_reason = ""
         self._reload_requested = False
-        self._usage: UsageReader | None = None
+        self._usage: UsageReader | None = None  # usage queries without a running loop
+        self._usage_thread: UsageThread | None = None  # with one: answered off the loop
+        self._usage_deferred: list[tuple[int, UsageQuery]] = []  # (request index, query)
         self._stale = False  # the acceptor's state may differ from the durable one
 
     # ============================================================== lifecycle
@@ -320,6 +324,14 @@ class BackendService:
             raise ConfigError(
                 f"cannot bind control socket {self.config.ctl_socket}: {exc}"
             ) from None
+        assert self.store is not None
+        self._usage_thread = UsageThread(self.store.path, self.config.name, self._wake_loop)
+
+    def _wake_loop(self) -> None:
+        wake = self._wake_w
+        if wake is not None:
+            with contextlib.suppress(OSError):
+                wake.send(b"u")
 
     def _peer_socket(self, keys: NodeKeys) -> zmq.Socket[bytes]:
         assert self._ctx is not None
@@ -352,6 +364,9 @@ class BackendService:
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
+        if self._usage_thread is not None:
+            self._usage_thread.close()
+            self._usage_thread = None
         if self._usage is not None:
             self._usage.close()
             self._usage = None
@@ -430,6 +445,9 @@ class BackendService:
                 self._serve_ctl()
             if self._router in ready:
                 self._serve_peers()
+            if self._usage_thread is not None:
+                for envelope, reply in self._usage_thread.take():
+                    send_frames(self._router, [*envelope, reply])
             if time.monotonic() >= next_check:
                 self.check_licenses()
                 next_check = time.monotonic() + self.expiry_check_interval
@@ -466,7 +484,12 @@ class BackendService:
             payloads.append(payload)
         if not payloads:
             return
-        for envelope, reply in zip(envelopes, self.handle_frames(payloads), strict=True):
+        replies = self.handle_frames(payloads)
+        for i, query in self._usage_deferred:
+            assert self._usage_thread is not None
+            replies[i] = self._usage_thread.submit(envelopes[i], query)
+        self._usage_deferred.clear()
+        for envelope, reply in zip(envelopes, replies, strict=True):
             if reply is not None:
                 send_frames(self._router, [*envelope, reply])
 
@@ -524,10 +547,12 @@ class BackendService:
         try:
             return peer_api.decode_request(payload)
         except ProtocolError as exc:
-            usage = self._usage_query(payload)
+            usage = self._usage_query(payload, i)
             if usage is not None:
                 replies[i] = usage
                 return None
+            if self._usage_deferred and self._usage_deferred[-1][0] == i:
+                return None  # answered by the usage thread
             self.counters["bad_requests"] += 1
             log("bad_request", level="warning", error=exc.message, size=len(payload))
             replies[i] = error_reply(peek_mid(payload), exc.message)
@@ -580,12 +605,16 @@ class BackendService:
         group.replies.clear()
         group.records.clear()
 
-    def _usage_query(self, payload: bytes) -> bytes | None:
+    def _usage_query(self, payload: bytes, i: int) -> bytes | None:
         """The answer to a usage-record query (`tmr report usage`), or None if the payload is
-        not one. Read-only: it never touches the acceptor."""
+        not one, or if the query is deferred to the usage thread (``_usage_deferred``: the
+        running service answers it off the loop). Read-only: it never touches the acceptor."""
         try:
             query = peer_api.decode_usage_query(payload)
         except ProtocolError:
+            return None
+        if self._usage_thread is not None:
+            self._usage_deferred.append((i, query))
             return None
         if self._usage is None:
             assert self.store is not None

@@ -57,12 +57,20 @@ def register(sub: Subparsers, groups: dict[str, Subparsers]) -> None:
         "--fingerprint",
         action="append",
         type=Path,
-        required=True,
         metavar="FILE",
         help="fingerprint document of a backend (give it three times)",
     )
-    p.add_argument("--out", type=Path, required=True, help="directory for the three copies")
+    p.add_argument(
+        "--request", type=Path, metavar="REQ", help="a customer's license request instead"
+    )
+    p.add_argument(
+        "--new-trio", action="store_true", help="with --request: the trio replaces the last one"
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="directory for the copies (--request: UPD file)"
+    )
     p.set_defaults(handler=cmd_vendor_issue)
+    groups["vendor"] = vs  # tmr.cli.exchange_cmds adds `vendor confirm`
 
     p = sub.add_parser("keygen", help="create a CURVE node key pair (FILE, FILE.pub)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE")
@@ -73,6 +81,10 @@ def register(sub: Subparsers, groups: dict[str, Subparsers]) -> None:
     p.add_argument("--key", type=Path, required=True, help="node key pair file (or its .pub)")
     p.add_argument("--serial", help="container serial 130-NNNNNNN (default: from fingerprint)")
     p.add_argument("--machine-id-file", type=Path, default=DEFAULT_MACHINE_ID_FILE)
+    p.add_argument("--signed", action="store_true", help="with the proof for a license request")
+    p.add_argument("--vendor-key", type=Path, help="--signed: the vendor.pub it is meant for")
+    p.add_argument("--container-serial", help="--signed: virtual container serial 131-NNNNNNN")
+    p.add_argument("--out", type=Path, help="--signed: write the document here")
     p.set_defaults(handler=cmd_backend_fingerprint)
 
     p = groups["license"].add_parser("verify", help="verify license copies for one backend")
@@ -124,6 +136,14 @@ def cmd_vendor_init(args: argparse.Namespace) -> int:
 
 @_os_errors_as_usage
 def cmd_vendor_issue(args: argparse.Namespace) -> int:
+    if args.request is not None:
+        from tmr.cli.exchange_cmds import cmd_vendor_issue_request
+
+        if args.fingerprint:
+            raise UsageError("give either --request or --fingerprint, not both")
+        return cmd_vendor_issue_request(args)
+    if not args.fingerprint or args.new_trio:
+        raise UsageError("give --request REQ, or --fingerprint three times (without --new-trio)")
     vendor = load_vendor(args.dir)
     issued = issue_set(
         vendor,
@@ -155,6 +175,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 @_os_errors_as_usage
 def cmd_backend_fingerprint(args: argparse.Namespace) -> int:
+    if args.signed:
+        from tmr.cli.exchange_cmds import cmd_backend_fingerprint_signed
+
+        return cmd_backend_fingerprint_signed(args)
     doc = make_fingerprint_doc(
         load_public_key(args.key), read_machine_id(args.machine_id_file), args.serial
     )

@@ -20,6 +20,7 @@ from tmr.errors import ApiError, TmrError
 # can add verbs under the same noun.
 COMMAND_MODULES: tuple[str, ...] = (
     "tmr.cli.licensing_cmds",
+    "tmr.cli.exchange_cmds",
     "tmr.cli.service_cmds",
     "tmr.cli.server_cmds",
     "tmr.cli.client_cmds",

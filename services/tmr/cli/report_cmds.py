@@ -1,12 +1,16 @@
 """`tmr report usage`: per-license usage of the virtual container over a time window.
 
     tmr report usage --cluster DIR --from 2025-01-01 --to 2025-02-01
-    tmr report usage -e tcp://10.0.0.100:22350 --server-key service.pub --from 7d --csv
+    tmr report usage -e tcp://10.0.0.100:22350 --server-key service.pub \
+        --client-key admin.key --from 7d --csv
+    tmr report usage --ctl /run/tmr/server.sock --from 7d     # on the active server's host
 
 The active TMR server reads the usage record (every committed grant, release and expiry,
 bounded by the backends' ``usage_retention``) from the reachable backends, merges them and
 answers per license: peak seats (and when), seat-hours, checkouts, releases, expiries,
-denials (checkouts refused with NO_LICENSE_AVAILABLE) and distinct clients.
+denials (checkouts refused with NO_LICENSE_AVAILABLE) and distinct clients. Reports are
+answered only for a client key listed in the server's ``admin_keys``, or on its control
+socket; a window is at most 400 days and at most 200,000 usage rows per backend.
 
 Times: ISO 8601 (``2025-01-31``, ``2025-01-31T12:00``, with ``Z`` or ``+01:00``; without a
 zone: local time), ``now``, or a time ago: ``7d``, ``12h``, ``30m``, ``2w``. Default window:
@@ -21,9 +25,11 @@ import json
 import re
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tmr.cli.client_cmds import client_from_args, format_table
+from tmr.ctl import CtlError, ctl_request
 from tmr.errors import UsageError
 from tmr.protocol.client_api import UsageResult
 from tmr.report.summary import to_csv
@@ -75,7 +81,10 @@ def register(sub: SubParsers, groups: dict[str, SubParsers]) -> None:
                    help="client endpoint of the service (repeatable)")  # fmt: skip
     p.add_argument("--server-key", metavar="Z85|FILE", help="the service public key")
     p.add_argument("--cluster", metavar="FILE|DIR", help="cluster.json of `tmr local up`")
-    p.add_argument("--client-key", metavar="FILE", help="this client's CURVE key pair")
+    p.add_argument("--client-key", metavar="FILE",
+                   help="this client's CURVE key pair (its public key in admin_keys)")  # fmt: skip
+    p.add_argument("--ctl", metavar="SOCKET",
+                   help="ask the active server's control socket instead (on its host)")  # fmt: skip
     p.add_argument("--client-id", metavar="ID", help="client id (default: generated)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="overall seconds, retries included (default 30)")  # fmt: skip
@@ -83,6 +92,18 @@ def register(sub: SubParsers, groups: dict[str, SubParsers]) -> None:
 
 
 def fetch_usage(args: argparse.Namespace, since: float, until: float) -> UsageResult:
+    if getattr(args, "ctl", None):
+        reply = ctl_request(Path(args.ctl), "usage", timeout=args.timeout, since=since, until=until)
+        if not reply.get("ok"):
+            raise CtlError(f"{reply.get('code', 'ERROR')}: {reply.get('error', reply)}")
+        return UsageResult(
+            reply["since"],
+            reply["until"],
+            reply["server"],
+            tuple(reply["licenses"]),
+            tuple(reply["sources"]),
+            reply.get("extra", {}),
+        )
     with client_from_args(args) as client:
         # The SDK has no named method for this op yet: the generic call retries across
         # fail-over like every other request.

@@ -16,12 +16,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import zmq
 
 from tmr.config import BackendRef
+from tmr.ctl import encode_ctl
 from tmr.errors import ErrorCode
 from tmr.keys import NodeKeys
 from tmr.logs import log
@@ -31,12 +32,15 @@ from tmr.protocol.errors import ProtocolError
 from tmr.replication.messages import PeerError, UsageQuery, UsageRecords
 from tmr.replication.types import ProductKey
 from tmr.report.denials import DenialLog
+from tmr.report.offload import Offload
 from tmr.report.summary import merge_rows, summarize
 
 QUERY_TIMEOUT = 5.0
-MAX_QUEUED = 8
-ROW_LIMIT = 400_000
+MAX_QUEUED = 16
+ROW_LIMIT = 200_000  # usage rows per backend in one report; more: BAD_REQUEST (shorter window)
+MAX_WINDOW = 400 * 86400.0  # the longest window a report may cover (seconds)
 FLUSH_INTERVAL = 10.0
+CTL_TOKEN = ("ctl",)  # the token of a report asked on the control socket (JSON answer)
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class UsageWorker:
         *,
         timeout: float = QUERY_TIMEOUT,
         clock: Callable[[], float] = time.time,
+        row_limit: int = ROW_LIMIT,
     ) -> None:
         self.ctx = ctx
         self.server = server
@@ -68,15 +73,17 @@ class UsageWorker:
         self.node_keys = node_keys
         self.denials = denials
         self.timeout = timeout
+        self.row_limit = row_limit
         self.clock = clock
         self._jobs: queue.Queue[UsageJob | None] = queue.Queue(MAX_QUEUED)
-        self._done: queue.Queue[tuple[Any, bytes]] = queue.Queue()
+        self._done: queue.Queue[tuple[Any, str, bytes]] = queue.Queue()
         self._addr = f"inproc://tmr-usage-{id(self)}"
         self.wake_socket: zmq.Socket[bytes] = ctx.socket(zmq.PAIR)
         self.wake_socket.setsockopt(zmq.LINGER, 0)
         self.wake_socket.bind(self._addr)
         self._mids = itertools.count(1)
         self._thread = threading.Thread(target=self._run, name="tmr-usage", daemon=True)
+        self.offload = Offload()
 
     # ---------------------------------------------------------------- poll-loop side
 
@@ -96,6 +103,7 @@ class UsageWorker:
                     except queue.Empty:
                         pass
             self._thread.join(timeout=self.timeout + 2.0)
+        self.offload.close()
         self.wake_socket.close(linger=0)
 
     def submit(self, job: UsageJob) -> bool:
@@ -106,9 +114,9 @@ class UsageWorker:
             return False
         return True
 
-    def take(self) -> list[tuple[Any, bytes]]:
-        """Replies ready to send: (client token, encoded reply). Call when `wake_socket`
-        is readable."""
+    def take(self) -> list[tuple[Any, str, bytes]]:
+        """Replies ready to send: (client token, request id, encoded reply). Call when
+        `wake_socket` is readable."""
         while True:
             try:
                 self.wake_socket.recv(zmq.NOBLOCK)
@@ -141,12 +149,7 @@ class UsageWorker:
                     if job is None:
                         return
                 if job is not None:
-                    try:
-                        reply: Reply = self.report(job, links)
-                    except Exception as exc:  # a bug must not kill the thread
-                        log("usage_report_failed", level="error", error=repr(exc))
-                        reply = ErrorReply(job.rid, ErrorCode.BAD_REQUEST, "usage report failed")
-                    self._done.put((job.token, encode_reply(reply)))
+                    self._done.put((job.token, job.rid, self._offloaded_report(job)))
                     wake.send(b"", zmq.NOBLOCK)
                 if time.monotonic() - last_flush >= FLUSH_INTERVAL:
                     self.denials.flush(self.clock())
@@ -156,6 +159,27 @@ class UsageWorker:
             for s in links.values():
                 s.close(linger=0)
             wake.close(linger=0)
+
+    def _offloaded_report(self, job: UsageJob) -> bytes:
+        """The encoded answer to ``job``, computed in the low-priority worker process
+        (`tmr.report.offload`): the server's poll loop never waits for this thread."""
+        try:
+            return self.offload.run(
+                remote_report,
+                self.server,
+                tuple(self.refs.values()),
+                self.node_keys,
+                replace(job, token=None),
+                self.denials.counts(job.since, job.until),
+                self.timeout,
+                self.row_limit,
+                job.token == CTL_TOKEN,
+            )
+        except Exception as exc:  # a bug, or a worker process that died: answer anyway
+            log("usage_report_failed", level="error", error=repr(exc))
+            return encode_for(
+                job.token, ErrorReply(job.rid, ErrorCode.BAD_REQUEST, "usage report failed")
+            )
 
     def _link(self, links: dict[str, zmq.Socket[bytes]], name: str) -> zmq.Socket[bytes]:
         s = links.get(name)
@@ -186,7 +210,7 @@ class UsageWorker:
                 continue
             mid = next(self._mids)
             s = self._link(links, name)
-            query = UsageQuery(mid, job.since, job.until, ROW_LIMIT)
+            query = UsageQuery(mid, job.since, job.until, self.row_limit)
             # A link that is not connected yet gets a moment (IMMEDIATE queues nothing).
             deadline = time.monotonic() + min(1.0, self.timeout)
             while True:
@@ -240,8 +264,23 @@ class UsageWorker:
             else:
                 answers[name] = msg
 
-    def report(self, job: UsageJob, links: dict[str, zmq.Socket[bytes]]) -> Reply:
+    def report(
+        self,
+        job: UsageJob,
+        links: dict[str, zmq.Socket[bytes]],
+        denials: dict[ProductKey, int] | None = None,
+    ) -> Reply:
+        """The report for ``job`` (``denials``: the denial counts of its window, default:
+        this server's denial record)."""
         answers, problems = self.fetch(job, links)
+        full = sorted(name for name, a in answers.items() if a.truncated)
+        if full:
+            return ErrorReply(
+                job.rid,
+                ErrorCode.BAD_REQUEST,
+                f"the window holds more than {self.row_limit} usage rows on {', '.join(full)}: "
+                "ask for a shorter window",
+            )
         if not answers:
             why = "; ".join(f"{k}: {v}" for k, v in sorted(problems.items())) or "none up"
             return ErrorReply(
@@ -257,7 +296,7 @@ class UsageWorker:
             job.since,
             job.until,
             now=now,
-            denials=self.denials.counts(job.since, job.until),
+            denials=self.denials.counts(job.since, job.until) if denials is None else denials,
             quantities=job.quantities,
             oldest=oldest,
         )
@@ -276,3 +315,55 @@ class UsageWorker:
             job.since, job.until, self.server, tuple(licenses), tuple(sources), extra
         )
         return OkReply(job.rid, result)
+
+
+def encode_for(token: Any, reply: Reply) -> bytes:
+    """The reply as the asker reads it: JSON for the control socket, else the client API."""
+    if token != CTL_TOKEN:
+        return encode_reply(reply)
+    if isinstance(reply, ErrorReply):
+        return encode_ctl({"ok": False, "code": reply.error, "error": reply.message})
+    result = reply.result
+    if not isinstance(result, UsageResult):
+        return encode_ctl({"ok": False, "code": "INTERNAL", "error": "not a usage result"})
+    return encode_ctl(
+        {
+            "ok": True,
+            "since": result.since,
+            "until": result.until,
+            "server": result.server,
+            "licenses": [dict(m) for m in result.licenses],
+            "sources": [dict(m) for m in result.sources],
+            "extra": dict(result.extra),
+        }
+    )
+
+
+# In the worker process: one worker object and its backend links, kept between reports.
+_REMOTE: dict[str, tuple[UsageWorker, dict[str, zmq.Socket[bytes]]]] = {}
+
+
+def remote_report(
+    server: str,
+    refs: tuple[BackendRef, ...],
+    node_keys: NodeKeys,
+    job: UsageJob,
+    denials: dict[ProductKey, int],
+    timeout: float,
+    row_limit: int,
+    for_ctl: bool,
+) -> bytes:
+    """(In the worker process.) `UsageWorker.report` on links of this process, encoded."""
+    if server not in _REMOTE:
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        worker = UsageWorker(
+            ctx, server, refs, node_keys, DenialLog(None, 1.0), timeout=timeout, row_limit=row_limit
+        )
+        _REMOTE[server] = (worker, {})
+    worker, links = _REMOTE[server]
+    try:
+        reply: Reply = worker.report(job, links, denials)
+    except Exception as exc:
+        log("usage_report_failed", level="error", error=repr(exc))
+        reply = ErrorReply(job.rid, ErrorCode.BAD_REQUEST, "usage report failed")
+    return encode_for(CTL_TOKEN if for_ctl else None, reply)

@@ -45,6 +45,7 @@ from tmr.protocol.client_api import (
 )
 from tmr.protocol.errors import ProtocolError
 from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig, Role
+from tmr.report.worker import CTL_TOKEN
 from tmr.web.runtime import WebRuntime
 from tmr.zap_log import ZapDenials
 from tmr.zmqio import NOBLOCK, recv_frames, recv_frames_user, send_frames
@@ -138,6 +139,8 @@ class ServerService:
         self.stopping = False
         self.started = time.monotonic()
         self.web = WebRuntime(cfg)  # WebAdmin, /metrics, usage reports (tmr.web)
+        self.admin_keys = frozenset(cfg.admin_keys)  # CURVE keys allowed usage reports
+        self._ctl_waiting = False  # a control request (usage) is answered when ready
         # Refused client handshakes: counted in /metrics, logged once per key and minute.
         self.zap_denials = ZapDenials(
             "client_denied", on_denied=lambda: self.web.metrics.on_handshake_denied("client")
@@ -316,11 +319,25 @@ class ServerService:
                 fx.replies.append(ClientReply(token, req.rid, self.status(now)))
                 return fx
             case UsageRequest():
-                return self._usage_report(token, req)
+                return self._usage_report(token, req, owner)
 
-    def _usage_report(self, token: Any, req: UsageRequest) -> Effects:
-        """Queue `tmr report usage` for the worker thread (it answers the client later)."""
+    def _usage_report(self, token: Any, req: UsageRequest, owner: str) -> Effects:
+        """Queue `tmr report usage` for the worker thread (it answers the client later).
+
+        Only for a connection whose CURVE key (``owner``, from ZAP) is in ``admin_keys``: a
+        report shows every client's usage and costs the backends a large read."""
         fx = Effects()
+        if not owner or owner not in self.admin_keys:
+            fx.replies.append(
+                ClientReply(
+                    token,
+                    req.rid,
+                    error=ErrorCode.UNAUTHORIZED,
+                    message="usage reports are answered only for admin keys (server.toml "
+                    "admin_keys) or on the control socket",
+                )
+            )
+            return fx
         if self.leader.role != Role.ACTIVE:
             fx.replies.append(
                 ClientReply(token, req.rid, error=ErrorCode.NOT_ACTIVE, message="standby")
@@ -342,8 +359,9 @@ class ServerService:
         st["uptime"] = round(now - self.started, 1)
         return st
 
-    def on_ctl(self, req: dict[str, Any], now: float) -> dict[str, Any]:
-        """Serve one decoded control request (`tmr.ctl.serve_ctl` decodes and answers)."""
+    def on_ctl(self, req: dict[str, Any], now: float) -> dict[str, Any] | None:
+        """Serve one decoded control request (`tmr.ctl.serve_ctl` decodes and answers; None:
+        the answer comes later, `_ctl_waiting`)."""
         cmd = req["cmd"]
         ld = self.leader
         if cmd == "promote":
@@ -361,9 +379,31 @@ class ServerService:
             return {"ok": True, **self.status(now)}
         elif cmd == "handles":
             return {"ok": True, "handles": ld.handles_view(now)}
+        elif cmd == "usage":
+            self._ctl_usage(req)
+            return None
         else:
             raise CtlError(f"unknown command {cmd[:40]!r}", CtlErrorCode.UNKNOWN_COMMAND)
         return {"ok": True, "role": ld.role.value}
+
+    def _ctl_usage(self, req: dict[str, Any]) -> None:
+        """`tmr ctl usage`: queue a usage report; the loop answers when the worker is done
+        (the control socket takes no other request meanwhile)."""
+        since, until = req.get("since"), req.get("until")
+        if not isinstance(since, int | float) or not isinstance(until, int | float):
+            raise CtlError("usage: 'since' and 'until' must be numbers (UNIX time)")
+        if isinstance(since, bool) or isinstance(until, bool):
+            raise CtlError("usage: 'since' and 'until' must be numbers (UNIX time)")
+        if self.leader.role != Role.ACTIVE:
+            raise CtlError(f"usage: this server is {self.leader.role.value}, not active")
+        try:
+            usage = UsageRequest("ctl", float(since), float(until))
+        except ProtocolError as exc:
+            raise CtlError(f"usage: {exc.message}") from None
+        problem = self.web.submit_usage(CTL_TOKEN, usage, self.leader.status())
+        if problem is not None:
+            raise CtlError(f"usage: {problem}")
+        self._ctl_waiting = True
 
     def _serve_ctl(self, now: float) -> None:
         serve_ctl(self.ctl, lambda req: self.on_ctl(req, now), _log_internal_error)
@@ -406,14 +446,18 @@ class ServerService:
                     self._drain_clients()
                 # One pump for the whole burst of requests and replies: group commit.
                 self.apply(self.leader.pump(now))
-                if self.ctl in ready:
+                if self.ctl in ready and not self._ctl_waiting:
                     self._serve_ctl(now)
                 if now >= next_tick:
                     self.apply(self.leader.tick(now))
                     next_tick = now + TICK
                 if usage_wake is not None and usage_wake in ready:
                     for token, payload in self.web.take_usage_replies():
-                        self._send_payload(token, payload)
+                        if token == CTL_TOKEN:
+                            self.ctl.send(payload)
+                            self._ctl_waiting = False
+                        else:
+                            self._send_payload(token, payload)
                 if self.web.publish_due(now):
                     self._publish_web(now)
                 flush_logs()

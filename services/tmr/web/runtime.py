@@ -26,7 +26,7 @@ from tmr.protocol.client_api import UsageRequest
 from tmr.replication.leader import Effects
 from tmr.replication.messages import PeerReply
 from tmr.report.denials import FILE_NAME, DenialLog
-from tmr.report.worker import UsageJob, UsageWorker
+from tmr.report.worker import CTL_TOKEN, MAX_WINDOW, UsageJob, UsageWorker
 from tmr.web.metrics import ServerMetrics
 from tmr.web.server import WebAdmin, read_password, tls_context
 from tmr.web.snapshot import build_snapshot
@@ -45,6 +45,8 @@ class WebRuntime:
         self.worker: UsageWorker | None = None
         self.web_address: tuple[str, int] | None = None
         self._next_publish = 0.0
+        # (rid, asked on the control socket) of a report queued or running -> its token
+        self._usage_pending: dict[tuple[str, bool], Any] = {}
 
     def _snapshot(self) -> dict[str, Any] | None:
         return self.web.snapshot() if self.web is not None else None
@@ -54,7 +56,9 @@ class WebRuntime:
     def open(self, ctx: zmq.Context[zmq.Socket[bytes]], node_keys: NodeKeys) -> None:
         """Start the usage worker and, when ``web_listen`` is set, the web thread."""
         cfg = self.cfg
-        self.worker = UsageWorker(ctx, cfg.name, cfg.backends, node_keys, self.denials)
+        self.worker = UsageWorker(
+            ctx, cfg.name, cfg.backends, node_keys, self.denials, row_limit=cfg.usage_max_rows
+        )
         self.worker.start()
         if cfg.web_listen is None:
             return
@@ -144,6 +148,16 @@ class WebRuntime:
         """Queue a report; an error message if it cannot be (None when queued)."""
         if self.worker is None:
             return "usage reports are not available on this server"
+        key = (req.rid, token == CTL_TOKEN)
+        if key in self._usage_pending:
+            # A retry of a report in progress (the SDK retries every attempt_timeout, maybe
+            # on a new connection): its answer goes to the latest one.
+            self._usage_pending[key] = token
+            return None
+        if req.until - req.since > MAX_WINDOW:
+            return (
+                f"the window is longer than {MAX_WINDOW / DAY:g} days: ask for a shorter one"
+            )
         up = tuple(str(b["name"]) for b in status.get("backends", []) if b.get("up"))
         down = tuple(str(b["name"]) for b in status.get("backends", []) if not b.get("up"))
         quantities = {
@@ -153,7 +167,13 @@ class WebRuntime:
         job = UsageJob(token, req.rid, req.since, req.until, up, quantities, down)
         if not self.worker.submit(job):
             return "too many usage reports in progress; retry later"
+        self._usage_pending[key] = token
         return None
 
     def take_usage_replies(self) -> list[tuple[Any, bytes]]:
-        return self.worker.take() if self.worker is not None else []
+        if self.worker is None:
+            return []
+        return [
+            (self._usage_pending.pop((rid, token == CTL_TOKEN), token), payload)
+            for token, rid, payload in self.worker.take()
+        ]

@@ -277,9 +277,9 @@ def test_worker_without_any_backend_answers_quorum_lost(tmp_path: Path) -> None:
         poller = zmq.Poller()
         poller.register(worker.wake_socket, zmq.POLLIN)
         assert poller.poll(10_000), "the worker never answered"
-        ((token, payload),) = worker.take()
+        ((token, rid, payload),) = worker.take()
         reply = decode_reply(payload)
-        assert token == ("client", True) and isinstance(reply, ErrorReply)
+        assert token == ("client", True) and rid == "r-9" and isinstance(reply, ErrorReply)
         assert reply.error == "QUORUM_LOST" and "b1: down" in reply.message
     finally:
         worker.stop()
