@@ -6,6 +6,7 @@ value of the wrong type is refused with a `ConfigError` naming the file and the 
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -62,9 +63,12 @@ class ServerConfig:
     client_allowlist: tuple[str, ...] = ()  # Z85 client public keys; empty: any client
     admin_keys: tuple[str, ...] = ()  # Z85 client public keys that may ask usage reports
     usage_max_rows: int = 200_000  # usage rows per backend in one report (more: BAD_REQUEST)
-    web_listen: str | None = "0.0.0.0:22380"  # WebAdmin and /metrics (none: off)
+    # WebAdmin and /metrics (none: off); an address that is not loopback needs credentials
+    web_listen: str | None = "127.0.0.1:22380"
     web_auth_user: str | None = None  # HTTP basic auth on every web path (with the file below)
     web_auth_password_file: Path | None = None  # file holding that user's password
+    # file holding a bearer token (Authorization: Bearer, or the basic-auth password)
+    web_auth_token_file: Path | None = None
     web_tls_cert_file: Path | None = None  # serve HTTPS with this PEM certificate (chain) ...
     web_tls_key_file: Path | None = None  # ... and its PEM private key
     web_tls_client_ca_file: Path | None = None  # require client certificates signed by this CA
@@ -252,6 +256,7 @@ def _curve_keys(path: Path, key: str, value: Any) -> tuple[str, ...]:
 
 WEB_PATH_KEYS = (
     "web_auth_password_file",
+    "web_auth_token_file",
     "web_tls_cert_file",
     "web_tls_key_file",
     "web_tls_client_ca_file",
@@ -283,3 +288,28 @@ def _check_web(path: Path, out: dict[str, Any]) -> None:
         raise ConfigError(
             f"{path}: 'web_tls_client_ca_file' needs 'web_tls_cert_file' and 'web_tls_key_file'"
         )
+    listen = out.get("web_listen", ServerConfig.web_listen)
+    credentials = (
+        out.get("web_auth_token_file")
+        or out.get("web_auth_password_file")
+        or out.get("web_tls_client_ca_file")
+    )
+    if listen is not None and not credentials:
+        host = parse_listen(listen)[0]
+        if not _loopback(host):
+            raise ConfigError(
+                f"{path}: 'web_listen' {listen!r} is not a loopback address, and WebAdmin "
+                "(status, handles, /metrics) needs authentication there: set "
+                "'web_auth_token_file' (or 'web_auth_user' and 'web_auth_password_file'), "
+                "or listen on 127.0.0.1"
+            )
+
+
+def _loopback(host: str) -> bool:
+    """Is ``host`` reachable from this machine only? (A host name might resolve to anything.)"""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -13,9 +13,11 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,28 +78,41 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+TOKEN = secrets.token_urlsafe(32)
+
+
 class WebCluster:
     def __init__(self, cluster: LocalCluster) -> None:
         self.c = cluster
         self.urls: dict[str, str] = {}
+        self.headers = {"Authorization": f"Bearer {TOKEN}"}
 
     def enable_web(self) -> None:
-        """`tmr local up` starts the servers without WebAdmin: restart them with it."""
+        """`tmr local up` starts the servers without WebAdmin: restart them with it, behind a
+        bearer token."""
         for name in ("tmr-a", "tmr-b"):
             port = _free_port()
             self.c.kill(name)
             cfg = Path(self.c.nodes[name]["config"])
+            token_file = cfg.parent / f"{name}-web.token"
+            token_file.write_text(TOKEN + "\n")
+            token_file.chmod(0o600)
             text = re.sub(
                 r"(?m)^web_listen = .*$", f'web_listen = "127.0.0.1:{port}"', cfg.read_text()
             )
-            cfg.write_text(text.replace("\n[[backends]]", 'vip = "127.0.0.1"\n\n[[backends]]', 1))
+            extra = f'vip = "127.0.0.1"\nweb_auth_token_file = "{token_file}"\n'
+            cfg.write_text(text.replace("\n[[backends]]", f"{extra}\n[[backends]]", 1))
             self.c.start(name)
             self.urls[name] = f"http://127.0.0.1:{port}"
         self.c.promote("tmr-a")
 
-    def get(self, name: str, path: str) -> tuple[int, bytes]:
-        with urllib.request.urlopen(self.urls[name] + path, timeout=5) as r:
-            return r.status, r.read()
+    def get(self, name: str, path: str, *, auth: bool = True) -> tuple[int, bytes]:
+        req = urllib.request.Request(self.urls[name] + path, headers=self.headers if auth else {})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
 
     def status(self, name: str) -> dict[str, Any]:
         doc: dict[str, Any] = json.loads(self.get(name, "/api/status")[1])
@@ -148,7 +163,11 @@ def test_api_status_and_metrics(web: WebCluster) -> None:
     )
     assert lic["level"] == "ok" and st["vip"] == {"address": "127.0.0.1", "held": True}
     text = json.dumps(st)
-    assert "secret" not in text and "key_file" not in text
+    assert "secret" not in text and "key_file" not in text and TOKEN not in text
+    for path in ("/api/status", "/metrics", "/"):
+        assert web.get("tmr-a", path, auth=False)[0] == 401, path
+    for name in ("tmr-a", "tmr-b"):  # the token is in no log line
+        assert TOKEN not in Path(web.c.nodes[name]["log"]).read_text(errors="replace")
     standby = web.status("tmr-b")
     assert standby["role"] == "standby" and standby["active"]["server"] == "tmr-a", standby
 
@@ -234,7 +253,9 @@ def test_page_in_chromium(web: WebCluster) -> None:
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=exe, headless=True, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 820})
+            page = browser.new_page(
+                viewport={"width": 1200, "height": 820}, extra_http_headers=web.headers
+            )
             page.goto(web.urls["tmr-a"] + "/")
             row = page.locator(f'tr[data-license="{LICENSE}"]')
             expect(row).to_have_attribute("data-level", "ok", timeout=UI_TIMEOUT_MS)

@@ -28,7 +28,7 @@ from tmr.replication.messages import PeerReply
 from tmr.report.denials import FILE_NAME, DenialLog
 from tmr.report.worker import CTL_TOKEN, MAX_WINDOW, UsageJob, UsageWorker
 from tmr.web.metrics import ServerMetrics
-from tmr.web.server import WebAdmin, read_password, tls_context
+from tmr.web.server import WebAdmin, read_password, read_token, tls_context
 from tmr.web.snapshot import build_snapshot
 
 DAY = 86400.0
@@ -65,12 +65,21 @@ class WebRuntime:
         auth = None
         if cfg.web_auth_user and cfg.web_auth_password_file:
             auth = (cfg.web_auth_user, read_password(cfg.web_auth_password_file))
+        token = read_token(cfg.web_auth_token_file) if cfg.web_auth_token_file else None
         tls = None
         if cfg.web_tls_cert_file and cfg.web_tls_key_file:
             tls = tls_context(
                 cfg.web_tls_cert_file, cfg.web_tls_key_file, cfg.web_tls_client_ca_file
             )
-        self.web = WebAdmin(cfg.web_listen, self.metrics.registry, auth=auth, tls=tls, vip=cfg.vip)
+        self.web = WebAdmin(
+            cfg.web_listen,
+            self.metrics.registry,
+            auth=auth,
+            token_sha256=token,
+            tls=tls,
+            client_certificates=tls is not None and cfg.web_tls_client_ca_file is not None,
+            vip=cfg.vip,
+        )
         self.web_address = self.web.start()
         log(
             "web_start",
@@ -78,6 +87,7 @@ class WebRuntime:
             tls=tls is not None,
             client_certificates=cfg.web_tls_client_ca_file is not None,
             basic_auth=auth is not None,
+            token_auth=token is not None,  # never the token itself
         )
 
     @property

@@ -8,16 +8,22 @@ Routes (GET only; everything is read-only):
 - ``/healthz``: ``200 ok`` while the poll loop publishes and the server is not fenced,
   else ``503`` (no authentication, no details: for load balancers and probes).
 
-Optional HTTP basic auth (one user; the password is read from a file at start) guards every
-route but ``/healthz``; optional TLS, with client certificates required when a client CA is
-configured. The handlers never touch the leader: they read what the poll loop published.
+Credentials guard every route but ``/healthz``: a bearer token (``Authorization: Bearer``, or
+as the password of HTTP basic auth, any user name, for browsers; only its SHA-256 is kept and
+compared in constant time), HTTP basic auth of one user (the password read from a file at
+start), and TLS client certificates when a client CA is configured. WebAdmin without any of
+them listens on a loopback address only (`WebAdmin.start` refuses anything else), and then
+lists no handle ids: only an authenticated reader sees them. The handlers never touch the
+leader: they read what the poll loop published.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
+import ipaddress
 import json
 import socket
 import ssl
@@ -38,6 +44,7 @@ STALE_AFTER = 5.0  # seconds without a published snapshot before the page says s
 HANDLES_INTEREST = 10.0  # the loop lists handles while the page was looked at this recently
 VIP_CACHE = 1.0
 MAX_PASSWORD = 4096
+MIN_TOKEN = 16  # characters of a bearer token (the role generates 43: 256 bits, base64url)
 # The classic text exposition format that `generate_latest` writes, understood by every
 # Prometheus version (newer prometheus_client versions label it 1.0.0).
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -63,6 +70,31 @@ def read_password(path: Path) -> str:
     if not password or len(password) > MAX_PASSWORD:
         raise ConfigError(f"WebAdmin password file {path} is empty or too long")
     return password
+
+
+def read_token(path: Path) -> bytes:
+    """The SHA-256 of the bearer token in ``path`` (the token itself is not kept)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the WebAdmin token file {path}: {exc}") from None
+    token = text.strip()
+    if not MIN_TOKEN <= len(token) <= MAX_PASSWORD or not all(33 <= ord(c) < 127 for c in token):
+        raise ConfigError(
+            f"WebAdmin token file {path} must hold one token of {MIN_TOKEN} to {MAX_PASSWORD} "
+            "printable ASCII characters without spaces"
+        )
+    return hashlib.sha256(token.encode()).digest()
+
+
+def is_loopback(host: str) -> bool:
+    """Is ``host`` (an address, or "localhost") reachable from this machine only?"""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
@@ -128,14 +160,21 @@ class WebAdmin:
         registry: CollectorRegistry,
         *,
         auth: tuple[str, str] | None = None,
+        token_sha256: bytes | None = None,
         tls: ssl.SSLContext | None = None,
+        client_certificates: bool = False,
         vip: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`auth`: basic-auth user and password; `token_sha256`: SHA-256 of the bearer token;
+        `client_certificates`: `tls` requires a certificate of the client CA. With none of
+        them every reader is anonymous: loopback only, and no handle ids."""
         self.host, self.port = parse_listen(listen)
         self.registry = registry
         self.auth = auth
+        self.token_sha256 = token_sha256
         self.tls = tls
+        self.open_access = auth is None and token_sha256 is None and not client_certificates
         self.vip = vip
         self.clock = clock
         self._snapshot: dict[str, Any] | None = None
@@ -165,6 +204,12 @@ class WebAdmin:
 
     def start(self) -> tuple[str, int]:
         """Bind and serve in a daemon thread; returns the bound (host, port)."""
+        if self.open_access and not is_loopback(self.host):
+            raise ConfigError(
+                f"WebAdmin would listen on {self.host} without authentication: set "
+                "web_auth_token_file (or web_auth_user and web_auth_password_file), or listen "
+                "on a loopback address (127.0.0.1)"
+            )
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         server_cls = type("_BoundServer", (_Server,), {"address_family": family})
         try:
@@ -201,6 +246,12 @@ class WebAdmin:
             return None
         age = max(0.0, self.clock() - snap["published_at"])
         doc = {k: v for k, v in snap.items() if k != "published_at"}
+        if self.open_access:
+            # Anonymous readers (any local user) see the seats, not the handle ids.
+            handles = dict(doc.get("handles") or {})
+            handles["shown"] = [{**h, "handle": None} for h in handles.get("shown", [])]
+            handles["ids_hidden"] = True
+            doc["handles"] = handles
         doc["status_age"] = round(age, 3)
         doc["stale"] = age > STALE_AFTER
         doc["vip"] = {"address": self.vip, "held": self._vip_held()} if self.vip else None
@@ -220,17 +271,34 @@ class WebAdmin:
         return doc is not None and not doc["stale"] and doc["role"] != "fenced"
 
     def authorized(self, header: str | None) -> bool:
-        if self.auth is None:
+        """May this request see the routes behind authentication? (Client certificates
+        were checked in the TLS handshake already.)"""
+        if self.auth is None and self.token_sha256 is None:
             return True
-        if not header or not header.startswith("Basic "):
+        if not header or len(header) > 2 * MAX_PASSWORD:
+            return False
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer":
+            return self._token_ok(value.strip())
+        if scheme.lower() != "basic":
             return False
         try:
-            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+            decoded = base64.b64decode(value.strip(), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             return False
-        ok_user = hmac.compare_digest(user.encode(), self.auth[0].encode())
-        ok_pass = hmac.compare_digest(password.encode(), self.auth[1].encode())
-        return ok_user and ok_pass
+        user, _, password = decoded.partition(":")
+        ok = self._token_ok(password)  # the token as a password: any user name (browsers)
+        if self.auth is not None:
+            ok_user = hmac.compare_digest(user.encode(), self.auth[0].encode())
+            ok_pass = hmac.compare_digest(password.encode(), self.auth[1].encode())
+            ok = (ok_user and ok_pass) or ok
+        return ok
+
+    def _token_ok(self, token: str) -> bool:
+        if self.token_sha256 is None:
+            return False
+        digest = hashlib.sha256(token.encode("utf-8", "replace")).digest()
+        return hmac.compare_digest(digest, self.token_sha256)
 
     def interest(self) -> None:
         self._last_interest = self.clock()

@@ -30,7 +30,7 @@ def server(tmp_path: Path, extra: str) -> Path:
 
 def test_defaults(tmp_path: Path) -> None:
     cfg = load_server_config(server(tmp_path, ""))
-    assert cfg.web_listen == "0.0.0.0:22380"
+    assert cfg.web_listen == "127.0.0.1:22380"  # loopback: other addresses need credentials
     assert cfg.web_auth_user is None and cfg.web_tls_cert_file is None
     assert cfg.web_publish_interval == 0.5 and cfg.web_max_handles == 1000
     assert cfg.vip is None and cfg.denial_retention_days == 90.0
