@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 SIM_SEEDS ?= 500
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help venv lint typecheck test-unit test-sim test-integration test-fast test-lab test \
+.PHONY: help venv lint typecheck test-unit test-sim test-sim-long test-integration test-fast test-lab test \
         lab lab-down bench clean
 
 help: ## list the targets
@@ -39,6 +39,9 @@ test-unit: venv ## fast unit tests
 
 test-sim: venv ## deterministic simulation of the replication protocol (SIM_SEEDS seeds)
 	TMR_SIM_SEEDS=$(SIM_SEEDS) $(PY) -m pytest -q tests/sim
+
+test-sim-long: venv ## the simulation over 10,000 seeds (stops at the first violation; ~10-20 min)
+	TMR_SIM_SEEDS=10000 $(PY) -m pytest -q -x tests/sim/test_simulation.py -k over_seeds
 
 test-integration: venv ## real processes on loopback (local cluster)
 	$(PY) -m pytest -q tests/integration

@@ -3,9 +3,13 @@
 The real `Leader` and `Acceptor` classes run over a simulated network that loses, reorders
 and duplicates messages and cuts links; backends crash (losing nothing committed), restart,
 and are sometimes wiped; TMR servers crash, restart, and are promoted and demoted at random,
-both at once too. Simulated clients check out, heartbeat and release with the SDK's retry
-rules (same request id on every retry). After every step the invariants of DESIGN.md
-section 5 are checked; a violation raises `InvariantViolation` naming the seed and step.
+both at once too, and paused (SIGSTOP: messages queue, the clock jumps on resume); license
+updates stop half way (mixed TMR IDs and LQs) when a backend fails, the license expires under
+load, and two backends are cut from both servers for longer than a lease. Simulated clients
+check out, heartbeat and release with the SDK's retry rules (same request id on every retry).
+After every step the invariants of DESIGN.md section 5 are checked, and liveness: a leader
+that stays active answers every request within ANSWER_BOUND, and never expires a handle whose
+heartbeats keep arriving. A violation raises `InvariantViolation` naming the seed and step.
 
 Run one seed by hand:  python -m tests.sim.simulation --seed 17 --steps 4000 -v
 """
@@ -16,7 +20,7 @@ import argparse
 import heapq
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tmr.errors import ErrorCode
@@ -25,6 +29,7 @@ from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig, R
 from tmr.replication.types import (
     ZERO_EPOCH,
     Epoch,
+    Grant,
     LicenseInfo,
     Op,
     ProductKey,
@@ -43,6 +48,10 @@ SERVERS = ("sa", "sb")
 LEASE = 5.0
 BACKEND_TIMEOUT = 0.5
 CLIENT_TIMEOUT = 0.6
+PROBE_INTERVAL = 0.1
+# Liveness: a leader that stays active answers every request within this (backend_timeout
+# and one probe interval for a commit, or QUORUM_LOST; the rest is tick granularity).
+ANSWER_BOUND = BACKEND_TIMEOUT + PROBE_INTERVAL + 0.05
 
 
 def copy_of(name: str, tmr_id: int, lq: int) -> LicenseInfo:
@@ -93,16 +102,31 @@ class MemoryStore:
                 self.sim.fail(
                     f"I4: {self.name} writes {pw.version} below promise {before.promised}"
                 )
+        # Backends that held each handle durably before this write (committed: two of them).
+        prior = {
+            r.handle: set(self.sim.stored_by.get(r.handle, ()))
+            for pw in write.products
+            for r in pw.replace or ()
+        }
         apply_write(self.state, write)
         for pw in write.products:
             log = self.state.products[pw.key]
             for h in log.handles:
                 self.sim.stored_by.setdefault(h, set()).add(self.name)
             lic = self.licenses.get(pw.key)
-            old = before.products.get(pw.key, ProductLog()).seats()
-            if lic is None or not lic.valid:
-                self.sim.fail(f"I2: {self.name} committed {pw.key} without a valid copy")
-            elif log.seats() > lic.quantity and log.seats() > old:
+            old_log = before.products.get(pw.key, ProductLog())
+            old = old_log.seats()
+            # A backend votes only for grants within a valid copy's LQ. What it records
+            # beyond that must be state a quorum committed: a snapshot may add only handles
+            # two backends held durably before, an entry on an invalid copy only releases.
+            if pw.replace is not None:
+                new = [h for h in log.handles if h not in old_log.handles]
+                votes = [h for h in new if len(prior.get(h, ())) < 2]
+            else:
+                votes = [op.record.handle for op in pw.ops if isinstance(op, Grant)]
+            if votes and (lic is None or not lic.valid):
+                self.sim.fail(f"I2: {self.name} granted {votes} without a valid copy")
+            elif votes and lic is not None and log.seats() > max(lic.quantity, old):
                 self.sim.fail(
                     f"I2: {self.name} grew {pw.key} to {log.seats()} seats, LQ {lic.quantity}"
                 )
@@ -130,6 +154,8 @@ class ServerNode:
     counter: int = 0  # the durably persisted epoch counter
     leader: Leader | None = None
     terms: list[Epoch] = field(default_factory=list)
+    paused_until: float | None = None  # SIGSTOP: nothing runs, messages to it queue
+    pauses: int = 0  # how often it was paused (a request across a pause may go unanswered)
 
 
 @dataclass
@@ -167,6 +193,19 @@ class SimClient:
     hb_target: int = 0
     release_handle: str = ""
     retry_at: float | None = None  # NOT_ACTIVE: retry on the other endpoint at this time
+    hb_next: float = 0.0  # no heartbeat before (a back-off after an unconfirmed one)
+    kept: bool = False  # the latest heartbeat answer: QUORUM_LOST, lease kept (not confirmed)
+
+
+@dataclass
+class Waiting:
+    """A client request a leader received and has not answered yet (liveness check)."""
+
+    since: float
+    leader: Leader
+    epoch: Epoch | None
+    pauses: int
+    step: int
 
 
 # ------------------------------------------------------------------ the simulation
@@ -215,6 +254,10 @@ class Simulation:
         self.gone: set[str] = set()  # handles released (acked) or expired by a leader
         self.rid_handles: dict[tuple[str, str], str] = {}
         self.last_hb: dict[str, float] = {}  # handle -> time a leader last extended it
+        # (server, handle) -> when that leader last received a heartbeat for it while active
+        # and holding it (answered or not): it must not expire the handle within a lease.
+        self.hb_seen: dict[tuple[str, str], float] = {}
+        self.waiting: dict[tuple[str, str, str], Waiting] = {}  # (server, client, request id)
         self.stats = {
             "checkouts": 0,
             "releases": 0,
@@ -224,6 +267,10 @@ class Simulation:
             "forced": 0,  # promotes with force (operator override)
             "fenced": 0,  # a leader fenced by a newer epoch
             "yielded": 0,  # a promote that gave up: another server was alive as leader
+            "pauses": 0,  # a server stopped (SIGSTOP) and resumed later
+            "quorum_losses": 0,  # two backends cut from both servers for longer than a lease
+            "expiries": 0,  # the license expired on every backend (renewed by an update)
+            "kept_alive": 0,  # heartbeats answered QUORUM_LOST (lease kept, not confirmed)
         }
 
     # -------------------------------------------------------------- helpers
@@ -262,7 +309,7 @@ class Simulation:
             backend_keys=BACKEND_KEYS,
             lease=LEASE,
             backend_timeout=BACKEND_TIMEOUT,
-            probe_interval=0.1,
+            probe_interval=PROBE_INTERVAL,
             refuse_retry=0.5,
         )
         ids = random.Random(f"{self.seed}/{s.name}/{s.counter}")  # replayable handle ids
@@ -328,9 +375,12 @@ class Simulation:
                 self.check_adoption(s)
             if ev["event"] in ("handle_expired", "handle_released"):
                 self.gone.add(ev["handle"])  # its client asked; the release may commit
+            if ev["event"] == "handle_expired":
+                self.check_kept(s, ev["handle"])
         for dst, msg in fx.send:
             self.send(s.name, dst, msg, "peer_req")
         for reply in fx.replies:
+            self.waiting.pop((s.name, reply.token, reply.rid), None)
             self.check_client_reply(s, reply)
             self.send(s.name, reply.token, reply, "client_rep")
 
@@ -359,6 +409,34 @@ class Simulation:
         counted = [p for p in promises if p.caught_up]
         if len(counted) < 2 and len(promises) < 3:
             self.fail("I10: adopted without two caught-up promises")
+
+    def check_kept(self, s: ServerNode, handle: str) -> None:
+        # Liveness: a handle whose heartbeats keep arriving survives a quorum loss of any
+        # length (its leader keeps the lease even when it cannot confirm it).
+        seen = self.hb_seen.get((s.name, handle))
+        if seen is not None and self.now < seen + LEASE - 1e-9:
+            self.fail(f"liveness: {s.name} expired {handle}, a heartbeat arrived at {seen:.2f}")
+
+    def check_answers(self) -> None:
+        """Liveness: a leader that stays active (same term, not paused) answers every
+        request within ANSWER_BOUND of receiving it: with a commit, the exact error, or
+        QUORUM_LOST, never silence."""
+        for (server, cid, rid), w in list(self.waiting.items()):
+            if self.now - w.since <= ANSWER_BOUND:
+                continue
+            del self.waiting[(server, cid, rid)]
+            s = self.servers[server]
+            if (
+                s.leader is w.leader
+                and s.leader.epoch == w.epoch
+                and s.leader.role == Role.ACTIVE
+                and s.pauses == w.pauses
+                and s.paused_until is None
+            ):
+                self.fail(
+                    f"liveness: {server} left request {rid} of {cid} (received at step "
+                    f"{w.step}, t={w.since:.2f}) unanswered for {self.now - w.since:.2f}s"
+                )
 
     def check_expiry(self, handle: str) -> None:
         # I9: no handle expires before its lease from its last heartbeat (or takeover).
@@ -402,18 +480,32 @@ class Simulation:
             self.send(m.dst, m.src, step.reply, "peer_rep", reply_to=m)
         elif m.kind == "peer_rep":
             s = self.servers[m.dst]
-            if s.leader is None:
+            if s.leader is None or self.paused(s, m):
                 return
             self.apply_effects(s, s.leader.on_reply(m.src, m.payload, self.now))
             self.maybe_pump(s)
         elif m.kind == "client_req":
             s = self.servers[m.dst]
-            if s.leader is None:
+            if s.leader is None or self.paused(s, m):
                 return
+            if s.leader.role == Role.ACTIVE:
+                w = Waiting(self.now, s.leader, s.leader.epoch, s.pauses, self.step_no)
+                self.waiting.setdefault((s.name, m.src, m.payload["rid"]), w)
             self.apply_effects(s, self.serve(s.leader, m.src, m.payload))
             self.maybe_pump(s)
         else:
             self.client_reply(m.dst, m.src, m.payload)
+
+    def paused(self, s: ServerNode, m: Msg) -> bool:
+        """A stopped server: the message waits in its socket until it resumes."""
+        if s.paused_until is None:
+            return False
+        if self.now >= s.paused_until:
+            self.note(f"{s.name}: resumed (clock jumps)")
+            s.paused_until = None
+            return False
+        self.schedule(s.paused_until, "msg", m)
+        return True
 
     def maybe_pump(self, s: ServerNode) -> None:
         """A service loop turn ends: pump, unless a burst is still arriving (same instant)."""
@@ -431,6 +523,8 @@ class Simulation:
                 cid, req["rid"], cid, FIRM, PRODUCT, req["seats"], self.now, owner=key
             )
         if op == "heartbeat":
+            if leader.role == Role.ACTIVE and req["handle"] in leader._leases:
+                self.hb_seen[(leader.cfg.server_id, req["handle"])] = self.now
             fx = leader.heartbeat(cid, req["rid"], cid, req["handle"], self.now, owner=key)
             if fx.replies and fx.replies[0].ok:
                 self.last_hb[req["handle"]] = self.now
@@ -457,7 +551,9 @@ class Simulation:
 
     def client_act(self, c: SimClient) -> None:
         now = self.now
-        if c.held and now >= c.held.lease_ref + LEASE:
+        if c.held and now >= c.held.lease_ref + LEASE and not c.kept:
+            # (While the server answers QUORUM_LOST, lease kept, the client keeps the handle
+            # and heartbeats on; it is not certainly held, I1 does not count it.)
             self.note(f"{c.cid}: lease of {c.held.handle} ran out client-side")
             c.held = None
             if c.state == "holding":
@@ -488,7 +584,7 @@ class Simulation:
                 c.rid = self.new_rid(c)
                 c.sent_at = now
                 self.client_send(c, "release", handle=c.release_handle)
-            elif not c.hb_rid and now - c.held.lease_ref > LEASE / 3:
+            elif not c.hb_rid and now - c.held.lease_ref > LEASE / 3 and now >= c.hb_next:
                 c.hb_rid = self.new_rid(c)
                 c.hb_sent = now
                 c.hb_target = c.target
@@ -509,6 +605,11 @@ class Simulation:
         now = self.now
         if c.hb_rid and reply.rid == c.hb_rid:
             c.hb_rid = ""
+            c.kept = reply.error == ErrorCode.QUORUM_LOST
+            if not reply.ok:
+                c.hb_next = now + 0.3
+            if c.kept:
+                self.stats["kept_alive"] += 1
             if reply.ok and c.held:
                 c.held.lease_ref = c.hb_sent
             elif reply.error == ErrorCode.UNKNOWN_HANDLE and c.held:
@@ -614,6 +715,12 @@ class Simulation:
                     self.apply_effects(s, s.leader.promote(self.now, force=force))
         elif r < 0.70:
             self.license_update()
+        elif r < 0.74:
+            self.pause_server(rng.choice(list(self.servers.values())))
+        elif r < 0.755:
+            self.quorum_loss()
+        elif r < 0.765:
+            self.expire_license()
         elif r < 0.85:
             link = frozenset((rng.choice(SERVERS), rng.choice(BACKENDS)))
             self.cut.add(link)
@@ -622,6 +729,40 @@ class Simulation:
             link = rng.choice(sorted(self.cut, key=sorted))
             self.cut.discard(link)
             self.note(f"heal {sorted(link)}")
+
+    def pause_server(self, s: ServerNode) -> None:
+        """SIGSTOP, SIGCONT later: its clock jumps, the messages sent to it meanwhile wait.
+        keepalived may promote the other server meanwhile (it stops hearing VRRP)."""
+        if s.leader is None or s.paused_until is not None:
+            return
+        s.paused_until = self.now + self.rng.uniform(0.3, 3.0)
+        s.pauses += 1
+        self.stats["pauses"] += 1
+        self.note(f"{s.name}: paused until {s.paused_until:.2f}")
+        other = self.servers[SERVERS[1 - SERVERS.index(s.name)]]
+        if other.leader is not None and other.paused_until is None and self.rng.random() < 0.5:
+            self.note(f"{other.name}: keepalived promotes")
+            self.apply_effects(other, other.leader.promote(self.now))
+
+    def quorum_loss(self) -> None:
+        """Two backends cut from both servers for longer than a lease; heartbeats go on."""
+        lost = self.rng.sample(BACKENDS, 2)
+        links = {frozenset((s, b)) for s in SERVERS for b in lost} - self.cut
+        self.cut |= links
+        self.stats["quorum_losses"] += 1
+        until = self.now + LEASE * self.rng.uniform(1.1, 2.0)
+        self.note(f"quorum loss: {lost} cut until {until:.2f}")
+        self.schedule(until, "heal", links)
+
+    def expire_license(self) -> None:
+        """Every backend's copy expires at once (an update renews it later)."""
+        for b in self.backends.values():
+            lic = b.store.licenses[KEY]
+            b.store.licenses = {KEY: replace(lic, valid=False, reason="expired")}
+            if b.acceptor is not None:
+                b.acceptor.set_licenses(b.store.licenses)
+        self.stats["expiries"] += 1
+        self.note("license expired on every backend")
 
     def license_update(self) -> None:
         """Roll the next TMR ID out one backend at a time, as license_rollout.yml does.
@@ -632,7 +773,8 @@ class Simulation:
             if self.version >= 10:
                 return
             self.version += 1
-            self.version_lq = self.version_lq + self.rng.choice((0, 1, 2))
+            # Sometimes a big step: seats in use above the old LQ while the update rolls out.
+            self.version_lq = self.version_lq + self.rng.choice((0, 1, 2, 4))
             lagging = list(self.backends.values())
         b = lagging[0]
         b.store.licenses = {KEY: copy_of(b.name, self.version, self.version_lq)}
@@ -640,13 +782,21 @@ class Simulation:
             b.acceptor.set_licenses(b.store.licenses)
         self.lq = max(self.lq, self.version_lq)
         self.note(f"{b.name}: license updated to #{self.version} LQ {self.version_lq}")
+        if b.up and lagging[1:] and self.rng.random() < 0.3:
+            # A backend fails mid-update: the rollout stops with mixed TMR IDs and LQs.
+            up_to_date = [x for x in self.backends.values() if x not in lagging and x.up]
+            self.crash_backend(self.rng.choice(up_to_date or [b]), "crash mid-update")
 
     def tick(self) -> None:
         for s in self.servers.values():
-            if s.leader is not None:
+            if s.paused_until is not None and self.now >= s.paused_until:
+                self.note(f"{s.name}: resumed (clock jumps)")
+                s.paused_until = None
+            if s.leader is not None and s.paused_until is None:
                 self.apply_effects(s, s.leader.tick(self.now))
         for c in self.clients:
             self.client_act(c)
+        self.check_answers()
 
     def ensure_some_leader(self) -> None:
         """keepalived's job: if nobody is active or taking over, promote a live server."""
@@ -682,6 +832,11 @@ class Simulation:
             elif kind == "keepalived":
                 self.ensure_some_leader()
                 self.schedule(self.now + self.rng.uniform(0.2, 1.0), "keepalived")
+            elif kind == "heal":
+                healed = payload & self.cut
+                self.cut -= healed
+                if healed:
+                    self.note(f"quorum back: healed {sorted(sorted(x) for x in healed)}")
             elif kind == "fault" and faults:
                 self.fault()
                 self.schedule(self.now + self.rng.expovariate(1 / self.fault_interval), "fault")
@@ -693,6 +848,16 @@ class Simulation:
         """Heal every fault and let the system converge (the liveness half of the check)."""
         self.note("heal everything")
         self.cut.clear()
+        for s in self.servers.values():
+            s.paused_until = None
+        # The operator finishes the rollout: every backend gets the newest copy (a lagging
+        # or rolled back one too); an expired license is renewed by a new update.
+        if any(not b.store.licenses[KEY].valid for b in self.backends.values()):
+            self.version += 1
+        for b in self.backends.values():
+            b.store.licenses = {KEY: copy_of(b.name, self.version, self.version_lq)}
+            if b.acceptor is not None:
+                b.acceptor.set_licenses(b.store.licenses)
         for b in self.backends.values():
             if not b.up:
                 self._start_backend(b)

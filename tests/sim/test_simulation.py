@@ -7,6 +7,7 @@ A failing seed is reproducible from its number:
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,9 @@ def test_invariants_hold_over_seeds(first: int) -> None:
     assert totals["failovers"] > 0 and totals["crashes"] > 0
     # Forced promotes still fence live leaders; plain ones yield to them.
     assert totals["forced"] > 0 and totals["fenced"] > 0 and totals["yielded"] > 0
+    # The faults the liveness checks are about happened, heartbeats went on through them.
+    assert totals["pauses"] > 0 and totals["quorum_losses"] > 0 and totals["expiries"] > 0
+    assert totals["kept_alive"] > 0
 
 
 def test_same_seed_same_history() -> None:
@@ -91,3 +95,44 @@ def test_simulation_catches_an_acceptor_that_ignores_its_promise(
         except InvariantViolation:
             caught += 1
     assert caught > 0
+
+
+def test_simulation_catches_a_leader_that_leaves_a_request_unanswered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Liveness is checked: a leader that never answers waiters of an entry that cannot
+    commit (it does not tell them QUORUM_LOST) is caught."""
+    monkeypatch.setattr(leader_mod.Leader, "_answer_overdue", lambda self, now, fx: None)
+    caught = []
+    for seed in range(40):
+        try:
+            Simulation(seed).run()
+        except InvariantViolation as exc:
+            caught.append(str(exc))
+    assert any("liveness" in c and "unanswered" in c for c in caught)
+
+
+def test_simulation_catches_a_leader_that_drops_heartbeating_handles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A leader that keeps a lease only when it can confirm the heartbeat loses handles whose
+    heartbeats kept arriving during a long quorum loss: caught."""
+    original = leader_mod.Leader.heartbeat
+
+    def unconfirmed_not_kept(
+        self: leader_mod.Leader, token: Any, rid: str, cid: str, handle: str, now: float, **kw: Any
+    ) -> leader_mod.Effects:
+        before = self._leases.get(handle)
+        fx = original(self, token, rid, cid, handle, now, **kw)
+        if fx.replies and not fx.replies[0].ok and before is not None and handle in self._leases:
+            self._leases[handle] = before
+        return fx
+
+    monkeypatch.setattr(leader_mod.Leader, "heartbeat", unconfirmed_not_kept)
+    caught = []
+    for seed in range(60):
+        try:
+            Simulation(seed).run()
+        except InvariantViolation as exc:
+            caught.append(str(exc))
+    assert any("liveness" in c and "a heartbeat arrived" in c for c in caught)

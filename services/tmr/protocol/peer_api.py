@@ -139,6 +139,8 @@ def encode_request(msg: PeerRequest) -> bytes:
                     [_key(e.key), e.seq, [_record(r) for r in e.handles]] for e in msg.entries
                 ],
             }
+            if msg.committed:  # absent, not false: what older senders send
+                body["committed"] = True
         case Crypt():
             body = {
                 "t": "crypt",
@@ -452,7 +454,8 @@ def decode_request(frame: bytes) -> PeerRequest:
                         _items(recs, "handles", _d_record, _fast_record),
                     )
                 )
-            return Snapshot(mid, epoch, tuple(snaps))
+            committed = _bool(b.get("committed", False), "committed")
+            return Snapshot(mid, epoch, tuple(snaps), committed)
         if t == "crypt":
             return Crypt(
                 mid,

@@ -237,7 +237,10 @@ class Acceptor:
                 results[key] = EntryResult(EntryStatus.NEED_SNAPSHOT, have.seq)
                 blocked.add(key)
                 continue
-            refusal = self._license_refusal(key) or self._check_ops(key, log, entry.ops)
+            # Releases are recorded whatever the copy: only a grant needs a valid one.
+            grants = any(isinstance(op, Grant) for op in entry.ops)
+            refusal = self._license_refusal(key) if grants else ""
+            refusal = refusal or self._check_ops(key, log, entry.ops)
             if refusal:
                 results[key] = EntryResult(EntryStatus.REFUSED, have.seq, refusal)
                 blocked.add(key)
@@ -256,7 +259,6 @@ class Acceptor:
         return Step(reply, None if write.empty() else write)
 
     def _check_ops(self, key: ProductKey, log: ProductLog, ops: tuple[Op, ...]) -> str:
-        lic = self.licenses[key]
         added: dict[str, int] = {}  # handles this entry grants, with their seats
         gone: set[str] = set()  # handles of the table this entry releases
         count = log.seats()
@@ -269,6 +271,7 @@ class Acceptor:
                     continue
                 added[rec.handle] = rec.seats
                 count += rec.seats
+                lic = self.licenses[key]
                 if count > lic.quantity:
                     return (
                         f"grant {rec.handle} would take {count} seats, "
@@ -291,11 +294,16 @@ class Acceptor:
             if have.epoch == req.epoch and entry.seq <= have.seq:
                 results[key] = EntryResult(EntryStatus.OK, have.seq)  # stale or duplicate
                 continue
-            refusal = self._license_refusal(key)
+            # Committed state is recorded with any copy, also above its LQ: this backend's
+            # acknowledgement commits nothing new (the leader sends it at a committed seq).
+            # So is a table that adds no handle to this backend's: it only records releases.
+            adds = any(current.handles.get(r.handle) != r for r in entry.handles)
+            recorded = key in self.licenses and (req.committed or not adds)
+            refusal = "" if recorded else self._license_refusal(key)
             if not refusal:
                 if any(r.key != key or r.seats < 1 for r in entry.handles):
                     refusal = "malformed snapshot"
-                else:
+                elif not recorded:
                     new = sum(r.seats for r in entry.handles)
                     limit = max(self.licenses[key].quantity, current.seats())
                     if new > limit:

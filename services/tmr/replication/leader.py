@@ -198,6 +198,7 @@ class _Backend:
 class _Waiter:
     seq: int
     reply: ClientReply
+    deadline: float  # answered QUORUM_LOST if its entry has not committed by then
 
 
 @dataclass
@@ -212,6 +213,7 @@ class _Product:
     grant_seq: dict[str, int] = field(default_factory=dict)
     releasing: dict[str, int] = field(default_factory=dict)  # handle -> seq of its release
     released_by: dict[str, tuple[str, str]] = field(default_factory=dict)  # (owner, client id)
+    # Records of released handles whose release is not committed yet (for snapshots).
     pending_released: dict[str, HandleRecord] = field(default_factory=dict)
     used: int = 0  # seats of `handles`, kept as handles come and go
 
@@ -228,11 +230,12 @@ class _Product:
         self.used -= rec.seats
         return rec
 
-    def handles_at_seq(self) -> list[HandleRecord]:
-        """The handle table as of entry `seq`, without the ops still pending."""
-        granted = {op.record.handle for op in self.pending if isinstance(op, Grant)}
+    def handles_committed(self) -> list[HandleRecord]:
+        """The handle table as of the committed entry (entry 0 until that one commits):
+        without grants that are not committed, with handles whose release is not."""
+        upto = max(self.committed, 0)
         table = {**self.handles, **self.pending_released}
-        return [r for h, r in table.items() if h not in granted]
+        return [r for h, r in table.items() if self.grant_seq.get(h, 0) <= upto]
 
 
 class Leader:
@@ -332,6 +335,8 @@ class Leader:
         if self.role == Role.ACTIVE and now >= self._next_scan:
             self._next_scan = now + EXPIRY_SCAN
             self._expire(now, fx)
+        if self.role == Role.ACTIVE:
+            self._answer_overdue(now, fx)
         self._pump(now, fx)
         return fx
 
@@ -462,12 +467,17 @@ class Leader:
         # Heartbeats are not replicated: only extend a lease while a majority of backends has
         # answered in our epoch recently, so a deposed leader cannot extend leases the new
         # leader does not know of (new leaders add the same margin on takeover).
+        rec = self._find(handle, client_id, owner) if self.role == Role.ACTIVE else None
+        held = rec is not None and handle not in self._products[rec.key].releasing
+        if held:
+            # Kept also when not confirmed below: a quorum loss of any length does not
+            # expire a handle whose heartbeats arrive. That only delays this server's own
+            # expiry (a deposed server commits nothing; a new leader restarts every lease).
+            self._leases[handle] = max(self._leases.get(handle, now), now + self.cfg.lease)
         if self._refuse_unconfirmed(fx, token, rid, now):
             return fx
-        rec = self._find(handle, client_id, owner)
-        if rec is None or handle in self._products[rec.key].releasing:
+        if not held:
             return self._unknown_handle(fx, token, rid, handle)
-        self._leases[handle] = now + self.cfg.lease
         fx.replies.append(ClientReply(token, rid, {"lease": self.cfg.lease}))
         return fx
 
@@ -893,13 +903,17 @@ class Leader:
 
     def _grant_result(self, rec: HandleRecord, now: float) -> dict[str, Any]:
         eff = self._effective(rec.key)
+        tmr_id = eff.tmr_id
+        if tmr_id is None:  # a retry while not available (expired, quorum lost): the copy's
+            lic = self._best_license(rec.key, eff)
+            tmr_id = lic.tmr_id if lic else 0
         return {
             "handle": rec.handle,
             "firm": rec.firm,
             "product": rec.product,
             "seats": rec.seats,
             "lease": self.cfg.lease,
-            "tmr_id": eff.tmr_id if eff.tmr_id is not None else 0,
+            "tmr_id": tmr_id,
         }
 
     # ---------------------------------------------------------------- log and commit
@@ -912,9 +926,10 @@ class Leader:
         return p
 
     def _propose(self, p: _Product, op: Op) -> int:
-        """Queue an op; return the seq of the entry it will be committed in."""
+        """Queue an op; return the seq of the entry it will be committed in (each entry
+        takes the next MAX_ENTRY_OPS pending ops, in order)."""
         p.pending.append(op)
-        return p.seq + 1
+        return p.seq + 1 + (len(p.pending) - 1) // MAX_ENTRY_OPS
 
     def _remove_handle(self, p: _Product, handle: str, reason: ReleaseReason, fx: Effects) -> int:
         rec = p.pop(handle)
@@ -943,7 +958,44 @@ class Leader:
         if seq <= p.committed:
             fx.replies.append(reply)
         else:
-            p.waiters.append(_Waiter(seq, reply))
+            deadline = self._now + self.cfg.backend_timeout + self.cfg.probe_interval
+            p.waiters.append(_Waiter(seq, reply, deadline))
+
+    def _answer_overdue(self, now: float, fx: Effects) -> None:
+        """A client waits at most backend_timeout (a resend after a lost message included)
+        and one probe interval for its entry to commit: after that it is told QUORUM_LOST
+        with the backends' state (the op stays queued and may still commit; a retry with
+        the same request id gets its outcome)."""
+        for p in self._products.values():
+            if not p.waiters or p.waiters[0].deadline > now:
+                continue
+            late = [w for w in p.waiters if w.deadline <= now]
+            p.waiters = [w for w in p.waiters if w.deadline > now]
+            message = (
+                f"not committed within {self.cfg.backend_timeout + self.cfg.probe_interval:g}s "
+                f"(license {key_str(p.key)}: {self._commit_state(p)})"
+            )
+            for w in late:
+                fx.replies.append(
+                    ClientReply(
+                        w.reply.token, w.reply.rid, error=ErrorCode.QUORUM_LOST, message=message
+                    )
+                )
+
+    def _commit_state(self, p: _Product) -> str:
+        """Per backend, why it does not help commit `p` (for QUORUM_LOST messages)."""
+        out = []
+        for b in self.backends:
+            if not b.up:
+                state = "down"
+            elif b.refusal.get(p.key):
+                state = f"refuses: {b.refusal[p.key]}"
+            elif p.key not in b.licenses:
+                state = "no copy"
+            else:
+                state = f"at {b.acked.get(p.key, '-')}"
+            out.append(f"{b.name} {state}")
+        return f"committed {p.committed}, last {p.seq}; " + ", ".join(out)
 
     def _flush(self, p: _Product) -> None:
         """Turn pending ops into the next log entry: at once if every entry is committed;
@@ -954,9 +1006,6 @@ class Leader:
         if uncommitted >= PIPELINE or (uncommitted and len(p.pending) < PIPELINE_MIN_OPS):
             return
         ops, p.pending = tuple(p.pending[:MAX_ENTRY_OPS]), p.pending[MAX_ENTRY_OPS:]
-        for op in ops:
-            if isinstance(op, Release):
-                p.pending_released.pop(op.handle, None)
         p.seq += 1
         p.log[p.seq] = ops
 
@@ -975,6 +1024,7 @@ class Leader:
         for h, s in list(p.releasing.items()):
             if s <= new:
                 del p.releasing[h]
+                p.pending_released.pop(h, None)
                 p.released_by.pop(h, None)
                 del self._handle_key[h]
                 p.grant_seq.pop(h, None)
@@ -1002,16 +1052,28 @@ class Leader:
     def _pump_backend(self, b: _Backend, now: float, fx: Effects) -> None:
         """Send one backend what it lacks: a snapshot, or the next entries (pipelined)."""
         assert self.epoch is not None
-        snap: list[SnapshotEntry] = []
+        snap: list[SnapshotEntry] = []  # committed state
+        proposals: list[SnapshotEntry] = []  # entry 0 of a takeover, not committed yet
         entries: list[AcceptEntry] = []
         sent: dict[ProductKey, int] = {}
         for p in self._products.values():
-            if not b.holds(p.key) or now < b.refused_until.get(p.key, float("-inf")):
+            # Also a backend whose copy is not valid (expired): it records releases and
+            # committed state, and refuses grants.
+            if p.key not in b.licenses or now < b.refused_until.get(p.key, float("-inf")):
                 continue
             acked = b.acked.get(p.key)
-            if acked is None or (acked < p.seq and (acked + 1) not in p.log):
-                snap.append(SnapshotEntry(p.key, p.seq, tuple(p.handles_at_seq())))
-                sent[p.key] = p.seq
+            if (
+                acked is None
+                or (acked < p.seq and (acked + 1) not in p.log)
+                or (p.key in b.refusal and acked < p.committed)
+            ):
+                # Committed state only, then the newer entries one by one: a backend that
+                # refused a grant above its own LQ (committed by others) records what a
+                # quorum committed (also above its LQ) and still checks every grant it
+                # would be a vote for.
+                at = max(p.committed, 0)
+                entry = SnapshotEntry(p.key, at, tuple(p.handles_committed()))
+                (snap if p.committed >= 0 else proposals).append(entry)
                 continue
             start = max(acked, b.sent.get(p.key, acked)) + 1
             entries.extend(AcceptEntry(p.key, seq, p.log[seq]) for seq in range(start, p.seq + 1))
@@ -1019,10 +1081,14 @@ class Leader:
                 sent[p.key] = p.seq
         first_snapshot = self.role == Role.TAKEOVER and not b.snapshot_acked
         msg: Snapshot | Accept
-        if snap or first_snapshot:
+        if snap or proposals or first_snapshot:
             if b.inflight:
                 return  # a snapshot waits until the pipelined ACCEPTs are answered
-            kind, msg = "snapshot", Snapshot(next(self._mids), self.epoch, tuple(snap))
+            # One kind per message: the backend checks a proposal against its own LQ.
+            committed = bool(snap)
+            snap = snap or proposals
+            msg = Snapshot(next(self._mids), self.epoch, tuple(snap), committed=committed)
+            kind = "snapshot"
             sent = {e.key: e.seq for e in snap}
         elif entries and len(b.inflight) < PIPELINE:
             kind, msg = "accept", Accept(next(self._mids), self.epoch, tuple(entries))

@@ -56,6 +56,9 @@ class Snapshot:
     mid: int
     epoch: Epoch
     entries: tuple[SnapshotEntry, ...]
+    # Every entry is state a quorum already committed (at a committed seq): a backend
+    # records it even above its own LQ. False: a takeover's proposal, checked against LQ.
+    committed: bool = False
 
 
 @dataclass(frozen=True)
