@@ -19,6 +19,7 @@ import pytest
 import zmq
 
 from tmr.config import load_backend_config, load_server_config
+from tmr.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_TEMPLATE = REPO / "roles/tmr_server/templates/server.toml.j2"
@@ -83,6 +84,9 @@ def server_vars(value: str) -> dict[str, Any]:
         "tmr_server_lease_seconds": 30,
         "tmr_server_backend_timeout": 1.0,
         "tmr_server_web_listen": "127.0.0.1:22380",
+        "tmr_server_web_token_file": f"/etc/{value}/web.token",
+        "tmr_server_web_tls_cert_file": f"/etc/{value}/web.crt",
+        "tmr_server_web_tls_key_file": f"/etc/{value}/web.key",
         "tmr_server_vip": value,
         "tmr_server_web_peer_url": f"http://{value}/",
         "tmr_server_log_level": "info",
@@ -117,6 +121,8 @@ def test_server_toml_keeps_hostile_values(value: str, tmp_path: Path) -> None:
     assert data["ctl_socket"] == f"/run/{value}.sock"
     assert data["vip"] == value
     assert data["web_peer_url"] == f"http://{value}/"
+    assert data["web_auth_token_file"] == f"/etc/{value}/web.token"
+    assert data["web_tls_cert_file"] == f"/etc/{value}/web.crt"
     assert data["log_level"] == "info"
     assert [b["name"] for b in data["backends"]] == [f"{value} {i}" for i in range(3)]
     assert [b["public_key"] for b in data["backends"]] == KEYS[:3]
@@ -147,6 +153,32 @@ def test_backend_toml_keeps_hostile_values(value: str, tmp_path: Path) -> None:
     config = load_backend_config(path)
     assert config.name == value
     assert config.allowed_servers == tuple(KEYS[3:])
+
+
+def test_the_role_protects_webadmin_on_every_address(tmp_path: Path) -> None:
+    """The role's WebAdmin listens on all addresses (the VIP): the server accepts that only
+    with credentials, and the role always writes the token file (and TLS when given)."""
+    variables = {
+        **server_vars("tmr-a"),
+        "tmr_server_web_listen": "0.0.0.0:22380",
+        "tmr_server_web_tls_cert_file": "",
+        "tmr_server_web_tls_key_file": "",
+        "tmr_server_web_peer_url": "",
+    }
+    text = render(SERVER_TEMPLATE, variables)
+    path = tmp_path / "server.toml"
+    path.write_text(text, encoding="utf-8")
+    config = load_server_config(path)
+    assert config.web_listen == "0.0.0.0:22380"
+    assert config.web_auth_token_file == Path("/etc/tmr-a/web.token")
+    assert config.web_tls_cert_file is None
+    assert config.web_peer_url == "http://192.0.2.22:22380/"
+    unprotected = "\n".join(x for x in text.splitlines() if "web_auth_token_file" not in x)
+    path.write_text(unprotected, encoding="utf-8")
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        load_server_config(path)
+    off = render(SERVER_TEMPLATE, {**variables, "tmr_server_web_listen": ""})
+    assert "web_auth_token_file" not in off
 
 
 def test_plain_values_render_as_before() -> None:

@@ -299,13 +299,37 @@ def test_switchover_keeps_a_held_seat(client) -> None:  # type: ignore[no-untype
     assert _vip_holder() == new
 
 
-def test_webadmin_status_through_the_vip(client) -> None:  # type: ignore[no-untyped-def]
-    """WebAdmin answers on the VIP: the active server, every license available, no secrets."""
-    out = client.check_output(
-        f'{PY} -c "import urllib.request,sys; '
-        f"sys.stdout.write(urllib.request.urlopen('http://{vip()}:22380/api/status', "
-        f'timeout=10).read().decode())"'
+def _web_get(client, path: str, token: str | None) -> str:  # type: ignore[no-untyped-def]
+    """GET ``path`` from WebAdmin on the VIP, from the client host; "HTTP <code>" on an error."""
+    headers = f"{{'Authorization': 'Bearer {token}'}}" if token else "{}"
+    return str(
+        client.check_output(
+            f'{PY} -c "import urllib.request,urllib.error,sys\n'
+            f"req = urllib.request.Request('http://{vip()}:22380{path}', headers={headers})\n"
+            "try: sys.stdout.write(urllib.request.urlopen(req, timeout=10).read().decode())\n"
+            "except urllib.error.HTTPError as e: sys.stdout.write(f'HTTP {e.code}')\""
+        )
     )
+
+
+def test_webadmin_token_only_on_servers_mode_0600_and_identical() -> None:
+    tokens = set()
+    for h in group("tmr_servers"):
+        f = host(h).file("/etc/tmr/web.token")
+        assert f.exists and f.mode == 0o600 and f.user == "tmr", h
+        tokens.add(f.content_string.strip())
+    assert len(tokens) == 1 and len(tokens.pop()) >= 32
+
+
+def test_webadmin_status_through_the_vip(client) -> None:  # type: ignore[no-untyped-def]
+    """WebAdmin answers on the VIP with the token only: the active server, every license
+    available, no secrets."""
+    token = host(group("tmr_servers")[0]).file("/etc/tmr/web.token").content_string.strip()
+    for path in ("/api/status", "/metrics"):
+        assert _web_get(client, path, None) == "HTTP 401", path
+    assert "tmr_backends_up" in _web_get(client, "/metrics", token)
+    out = _web_get(client, "/api/status", token)
+    assert token not in out
     doc = json.loads(out)
     assert doc["role"] == "active", doc["role"]
     assert doc["vip"]["held"] is True
