@@ -24,11 +24,11 @@ class LocalCluster:
         # A shared test machine can stall a process for a second: a little more patience
         # than the production default keeps such stalls from reading as backend failures.
         self.root = root
+        # local_up returns once tmr-a is active with the three backends up and answers list.
         self.info = local_up(
             root, quantity=quantity, lease=lease, progress=False, backend_timeout=backend_timeout
         )
         self.nodes = {n["name"]: n for n in self.info["nodes"]}
-        self.wait_backends("tmr-a", {"backend-1", "backend-2", "backend-3"})
 
     # -------------------------------------------------------------- processes
 

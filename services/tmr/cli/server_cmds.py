@@ -54,6 +54,8 @@ def _local_up(args: argparse.Namespace) -> int:
         base_port=args.base_port,
         progress=not args.quiet,
         backend_timeout=args.backend_timeout,
+        wait=not args.no_wait,
+        timeout=args.timeout,
     )
     _print(info, args.json)
     return 0
@@ -142,6 +144,18 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         type=float,
         default=1.0,
         help="seconds without an answer before a backend counts as down (default 1)",
+    )
+    up.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for the cluster to serve before giving up (default 60)",
+    )
+    up.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="return once the first server is promoted, not once the cluster serves "
+        "(an active server answering list with all backends up)",
     )
     up.add_argument("--json", action="store_true", help="print cluster.json")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress output")

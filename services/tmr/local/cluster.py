@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ PRODUCT = 42
 BACKENDS = ("backend-1", "backend-2", "backend-3")
 SERVERS = ("tmr-a", "tmr-b")
 START_TIMEOUT = 30.0
+SERVE_TIMEOUT = 60.0  # `tmr local up` waits this long for the cluster to serve
+PORT_RETRIES = 3  # new ports for a process whose port was taken before it could bind it
+ADDRESS_IN_USE = ("Address already in use", "EADDRINUSE")
 
 
 class ClusterError(TmrError):
@@ -119,7 +123,15 @@ def local_up(
     base_port: int = 0,
     progress: bool = True,
     backend_timeout: float = 1.0,
+    wait: bool = True,
+    timeout: float = SERVE_TIMEOUT,
 ) -> dict[str, Any]:
+    """Set up and start the cluster; return once it serves (`wait_serving`: the active
+    server answers a real `list` on a client endpoint with every backend up, and its WebAdmin
+    says so), or, with ``wait=False``, once the first server is promoted. A port that was
+    taken between choosing it and binding it is replaced (new free port, process restarted;
+    at most PORT_RETRIES times per process). ClusterError (and the cluster stopped) if it does
+    not start or serve within ``timeout`` seconds."""
     root = root.resolve()
     say: Callable[[str], None] = (
         (lambda m: print(f"==> {m}", flush=True)) if progress else (lambda m: None)
@@ -178,83 +190,51 @@ def local_up(
     nodes: list[dict[str, Any]] = []
     for name in BACKENDS:
         bdir = root / name
-        cfg = bdir / "backend.toml"
-        cfg.write_text(
-            f'name = "{name}"\n'
-            f'listen = "tcp://127.0.0.1:{ports[name]}"\n'
-            f'key_file = "{root / "keys" / f"{name}.key"}"\n'
-            f'state_dir = "{bdir / "state"}"\n'
-            f'license_dir = "{bdir / "licenses"}"\n'
-            f"vendor_keys = {_toml_list([str(vendor_dir / 'vendor.pub')])}\n"
-            f"allowed_servers = {_toml_list([pubs[s] for s in SERVERS])}\n"
-            f'machine_id_file = "{bdir / "machine-id"}"\n'
-            f'ctl_socket = "{ctl_path(root, name)}"\n'
-        )
-        nodes.append(
-            {
-                "name": name,
-                "role": "backend",
-                "endpoint": f"tcp://127.0.0.1:{ports[name]}",
-                "public_key": pubs[name],
-                "config": str(cfg),
-                "ctl_socket": str(ctl_path(root, name)),
-                "log": str(root / "logs" / f"{name}.log"),
-            }
-        )
-    backends_toml = "".join(
-        f'\n[[backends]]\nname = "{n}"\nendpoint = "tcp://127.0.0.1:{ports[n]}"\n'
-        f'public_key = "{pubs[n]}"\n'
-        for n in BACKENDS
-    )
+        node = {
+            "name": name,
+            "role": "backend",
+            "public_key": pubs[name],
+            "config": str(bdir / "backend.toml"),
+            "ctl_socket": str(ctl_path(root, name)),
+            "log": str(root / "logs" / f"{name}.log"),
+        }
+        nodes.append(node)
     for name in SERVERS:
         sdir = root / name
         sdir.mkdir(exist_ok=True)
-        cfg = sdir / "server.toml"
-        cfg.write_text(
-            f'name = "{name}"\n'
-            f'client_listen = "tcp://127.0.0.1:{ports[name]}"\n'
-            f'service_key_file = "{root / "keys" / "service.key"}"\n'
-            f'node_key_file = "{root / "keys" / f"{name}.key"}"\n'
-            f'ctl_socket = "{ctl_path(root, name)}"\n'
-            f'state_dir = "{sdir / "state"}"\n'
-            f"lease_seconds = {float(lease)}\n"
-            f"backend_timeout = {float(backend_timeout)}\n"
-            f'web_listen = "127.0.0.1:{ports[name + "-web"]}"\n' + backends_toml
-        )
-        nodes.append(
-            {
-                "name": name,
-                "role": "server",
-                "endpoint": f"tcp://127.0.0.1:{ports[name]}",
-                "public_key": pubs[name],
-                "config": str(cfg),
-                "ctl_socket": str(ctl_path(root, name)),
-                "log": str(root / "logs" / f"{name}.log"),
-                "web_url": f"http://127.0.0.1:{ports[name + '-web']}/",
-            }
-        )
+        node = {
+            "name": name,
+            "role": "server",
+            "public_key": pubs[name],
+            "config": str(sdir / "server.toml"),
+            "ctl_socket": str(ctl_path(root, name)),
+            "log": str(root / "logs" / f"{name}.log"),
+        }
+        nodes.append(node)
+    layout = _Layout(root, vendor_dir, pubs, ports, lease, backend_timeout)
+    for node in nodes:
+        layout.write_config(node)
 
     say("starting 3 backends and 2 TMR servers on 127.0.0.1")
-    for node in nodes:
-        node["pid"] = start_node(node)
     info: dict[str, Any] = {
         "cluster_file": str(cluster_file),
         "dir": str(root),
         "service_public_key": service_pub,
-        "client_endpoints": [n["endpoint"] for n in nodes if n["role"] == "server"],
+        "client_endpoints": [],
         "firm_code": FIRM,
         "product_code": PRODUCT,
         "vendor_dir": str(vendor_dir),
         "nodes": nodes,
     }
-    cluster_file.write_text(json.dumps(info, indent=2) + "\n")
     try:
-        for node in nodes:
-            wait_for(
-                f"{node['name']} to answer on {node['ctl_socket']} (log: {node['log']})",
-                functools.partial(_check_started, node),
-                START_TIMEOUT,
-            )
+        for group in (nodes[: len(BACKENDS)], nodes[len(BACKENDS) :]):
+            for node in group:
+                _start_with_free_ports(node, layout, say, retry=not base_port)
+            if group[0]["role"] == "backend":  # the servers' configs name the final ports
+                for server in nodes[len(BACKENDS) :]:
+                    layout.write_config(server)
+        info["client_endpoints"] = [n["endpoint"] for n in nodes if n["role"] == "server"]
+        cluster_file.write_text(json.dumps(info, indent=2) + "\n")
         first = nodes[len(BACKENDS)]
         say(f"promoting {first['name']}")
         ctl_request(Path(first["ctl_socket"]), "promote")
@@ -263,12 +243,177 @@ def local_up(
             lambda: (_ctl_ok(Path(first["ctl_socket"])) or {}).get("role") == "active",
             START_TIMEOUT,
         )
-    except ClusterError:
+        if wait:
+            wait_serving(info, first, timeout, say)
+    except (ClusterError, CtlError):
+        cluster_file.write_text(json.dumps(info, indent=2) + "\n")
         local_down(root)
         raise
     say(f"up: client endpoints {' '.join(info['client_endpoints'])}")
     say(f"WebAdmin: {' '.join(n['web_url'] for n in nodes if n['role'] == 'server')}")
     return info
+
+
+class _Layout:
+    """Writes a node's configuration file for the ports chosen so far."""
+
+    def __init__(
+        self,
+        root: Path,
+        vendor_dir: Path,
+        pubs: dict[str, str],
+        ports: dict[str, int],
+        lease: float,
+        backend_timeout: float,
+    ) -> None:
+        self.root = root
+        self.vendor_dir = vendor_dir
+        self.pubs = pubs
+        self.ports = ports
+        self.lease = lease
+        self.backend_timeout = backend_timeout
+
+    def port_names(self, node: dict[str, Any]) -> tuple[str, ...]:
+        name = str(node["name"])
+        return (name,) if node["role"] == "backend" else (name, f"{name}-web")
+
+    def write_config(self, node: dict[str, Any]) -> None:
+        root, name, ports, pubs = self.root, str(node["name"]), self.ports, self.pubs
+        node["endpoint"] = f"tcp://127.0.0.1:{ports[name]}"
+        if node["role"] == "backend":
+            bdir = root / name
+            text = (
+                f'name = "{name}"\n'
+                f'listen = "tcp://127.0.0.1:{ports[name]}"\n'
+                f'key_file = "{root / "keys" / f"{name}.key"}"\n'
+                f'state_dir = "{bdir / "state"}"\n'
+                f'license_dir = "{bdir / "licenses"}"\n'
+                f"vendor_keys = {_toml_list([str(self.vendor_dir / 'vendor.pub')])}\n"
+                f"allowed_servers = {_toml_list([pubs[s] for s in SERVERS])}\n"
+                f'machine_id_file = "{bdir / "machine-id"}"\n'
+                f'ctl_socket = "{ctl_path(root, name)}"\n'
+            )
+        else:
+            sdir = root / name
+            backends_toml = "".join(
+                f'\n[[backends]]\nname = "{n}"\nendpoint = "tcp://127.0.0.1:{ports[n]}"\n'
+                f'public_key = "{pubs[n]}"\n'
+                for n in BACKENDS
+            )
+            text = (
+                f'name = "{name}"\n'
+                f'client_listen = "tcp://127.0.0.1:{ports[name]}"\n'
+                f'service_key_file = "{root / "keys" / "service.key"}"\n'
+                f'node_key_file = "{root / "keys" / f"{name}.key"}"\n'
+                f'ctl_socket = "{ctl_path(root, name)}"\n'
+                f'state_dir = "{sdir / "state"}"\n'
+                f"lease_seconds = {float(self.lease)}\n"
+                f"backend_timeout = {float(self.backend_timeout)}\n"
+                f'web_listen = "127.0.0.1:{ports[name + "-web"]}"\n' + backends_toml
+            )
+            node["web_url"] = f"http://127.0.0.1:{ports[name + '-web']}/"
+        Path(node["config"]).write_text(text)
+
+
+def _start_with_free_ports(
+    node: dict[str, Any], layout: _Layout, say: Callable[[str], None], *, retry: bool
+) -> None:
+    """Start a node and wait until it answers; if it exits because a port was taken since it
+    was chosen, choose new ports and start it again (``retry``; at most PORT_RETRIES)."""
+    for attempt in range(PORT_RETRIES + 1):
+        log = Path(node["log"])
+        offset = log.stat().st_size if log.exists() else 0
+        start_node(node)
+        try:
+            wait_for(
+                f"{node['name']} to answer on {node['ctl_socket']} (log: {node['log']})",
+                functools.partial(_check_started, node),
+                START_TIMEOUT,
+            )
+            return
+        except ClusterError:
+            with open(log, "rb") as fh:
+                fh.seek(offset)
+                output = fh.read().decode("utf-8", "replace")
+            if not retry or attempt == PORT_RETRIES or not any(m in output for m in ADDRESS_IN_USE):
+                raise
+        taken = [layout.ports[p] for p in layout.port_names(node)]
+        for p in layout.port_names(node):
+            layout.ports[p] = _free_port()
+        layout.write_config(node)
+        say(f"{node['name']}: port {', '.join(map(str, taken))} was taken; retrying on new ports")
+
+
+def serving_problems(info: dict[str, Any], server: dict[str, Any]) -> list[str]:
+    """What keeps the cluster from serving (empty: it serves): ``server`` active with every
+    backend up, a real `list` answered on the client endpoints, and its WebAdmin saying so."""
+    status = _ctl_ok(Path(server["ctl_socket"]))
+    if status is None:
+        return [f"{server['name']} does not answer on its control socket"]
+    problems = []
+    if status.get("role") != "active":
+        problems.append(f"{server['name']} is {status.get('role')}, not active")
+    down = sorted(str(b["name"]) for b in status.get("backends", []) if not b.get("up"))
+    if down:
+        problems.append(f"backends not up: {', '.join(down)}")
+    if problems:
+        return problems
+    from tmr.client import Client  # here: the SDK is needed only once the cluster runs
+
+    try:
+        with Client(info["client_endpoints"], info["service_public_key"], timeout=2.0) as c:
+            licenses = c.list_licenses().licenses
+    except TmrError as exc:
+        return [f"list on {' '.join(info['client_endpoints'])}: {exc}"]
+    if not any(lic.available for lic in licenses):
+        problems.append("no license available yet")
+    web = _web_status(str(server.get("web_url", "")))
+    if web is not None and (web.get("role") != "active" or web.get("backends_up") != 3):
+        problems.append(
+            f"WebAdmin shows {web.get('role')} with {web.get('backends_up')} backends up"
+        )
+    return problems
+
+
+def _web_status(url: str) -> dict[str, Any] | None:
+    """/api/status of a WebAdmin (None: no WebAdmin; a problem reads as an empty status)."""
+    if not url:
+        return None
+    try:
+        with urllib.request.urlopen(url + "api/status", timeout=2.0) as resp:
+            doc = json.loads(resp.read())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def wait_serving(
+    info: dict[str, Any],
+    server: dict[str, Any],
+    timeout: float,
+    say: Callable[[str], None],
+    *,
+    problems_of: Callable[[dict[str, Any], dict[str, Any]], list[str]] = serving_problems,
+    interval: float = 0.1,
+) -> None:
+    """Wait until ``problems_of`` finds nothing; say each new state; ClusterError naming
+    what is still missing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    said: list[str] | None = None
+    while True:
+        problems = problems_of(info, server)
+        if not problems:
+            say(f"serving: {server['name']} active, 3 backends up, list answered")
+            return
+        if problems != said:
+            say(f"waiting for the cluster to serve: {'; '.join(problems)}")
+            said = problems
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                f"the cluster does not serve after {timeout:g}s: {'; '.join(problems)} "
+                f"(logs in {Path(info['dir']) / 'logs'})"
+            )
+        time.sleep(interval)
 
 
 def start_node(node: dict[str, Any]) -> int:
