@@ -47,10 +47,10 @@ test-integration: venv ## real processes on loopback (local cluster)
 	$(PY) -m pytest -q tests/integration
 
 test-fast: lint typecheck ## everything that needs no containers (100 simulation seeds)
-	TMR_SIM_SEEDS=100 $(PY) -m pytest -q tests/unit tests/sim tests/integration
+	TMR_SIM_SEEDS=100 $(PY) -m pytest -q tests/unit tests/sim tests/integration tests/security
 
 test: lint typecheck lint-ansible ## everything, as CI runs it: 500 simulation seeds, molecule, the end-to-end scenarios
-	TMR_SIM_SEEDS=$(SIM_SEEDS) $(PY) -m pytest -q -p no:cacheprovider tests/unit tests/sim tests/integration
+	TMR_SIM_SEEDS=$(SIM_SEEDS) $(PY) -m pytest -q -p no:cacheprovider tests/unit tests/sim tests/integration tests/security
 	$(MAKE) test-lab
 	$(MAKE) test-lab-e2e
 	@echo "==> all test tiers passed"
