@@ -251,3 +251,21 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def test_admin_keys_must_be_curve_public_keys(tmp_path: Path) -> None:
+    from tmr.config import load_server_config
+    from tmr.errors import ConfigError
+
+    base = 'name = "a"\nservice_key_file = "/k"\nnode_key_file = "/n"\n' + "".join(
+        f'[[backends]]\nname = "b{i}"\nendpoint = "tcp://127.0.0.1:{i}"\n'
+        f'public_key = "{generate_keypair().public}"\n'
+        for i in (1, 2, 3)
+    )
+    good = generate_keypair().public
+    cfg = tmp_path / "server.toml"
+    cfg.write_text(f"admin_keys = [{json.dumps(good)}]\n" + base)
+    assert load_server_config(cfg).admin_keys == (good,)
+    cfg.write_text('admin_keys = ["admin"]\n' + base)
+    with pytest.raises(ConfigError, match=r"admin_keys\[0\] is not a Z85 CURVE public key"):
+        load_server_config(cfg)
