@@ -136,8 +136,11 @@ def test_foreign_and_broken_files(world: World, backends: list[Backend]) -> None
         "from-b2.tmrlic": R.WRONG_FINGERPRINT,
         "garbage.tmrlic": R.MALFORMED,
         "huge.tmrlic": R.MALFORMED,
-        "dir.tmrlic": R.UNREADABLE,
     }
+    # Not a regular file: never opened, listed apart with what it is.
+    assert [(p.name, why) for p, why in load.skipped] == [
+        ("dir.tmrlic", "a directory, not a regular file")
+    ]
 
 
 def test_copy_whose_sealed_key_is_for_another_node(world: World, tmp_path: Path) -> None:
