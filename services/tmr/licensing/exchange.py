@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zmq.utils import z85
+
 from tmr.errors import TmrError
 from tmr.keys import NodeKeys
 from tmr.licensing.attest import ProofKeyError, make_tag
@@ -413,6 +415,7 @@ class LicenseUpdate:
                     "serial": c.copy.serial,
                     "fingerprint": c.copy.fingerprint,
                     "backend_key": c.copy.backend_key,
+                    "public_key": z85.encode(bytes.fromhex(c.copy.backend_key)).decode("ascii"),
                     "file": c.file,
                     "copy": c.data.decode("ascii"),
                 }
@@ -443,7 +446,15 @@ def make_update(copies: Sequence[bytes]) -> LicenseUpdate:
     return parse_update(canonical(update.to_obj()))  # the same checks as the customer's
 
 
-_UPDATE_COPY_FIELDS = {"set_index", "serial", "fingerprint", "backend_key", "file", "copy"}
+_UPDATE_COPY_FIELDS = {
+    "set_index",
+    "serial",
+    "fingerprint",
+    "backend_key",
+    "public_key",  # backend_key in Z85, as `tmr backend fingerprint` prints it
+    "file",
+    "copy",
+}
 
 
 def parse_update(data: bytes, what: str = "update file") -> LicenseUpdate:
@@ -489,6 +500,8 @@ def parse_update(data: bytes, what: str = "update file") -> LicenseUpdate:
                 raise _err(ExchangeReason.INCONSISTENT, f"{where}: {key} differs from the copy's")
         if copy.set_index != pos:
             raise _err(ExchangeReason.INCONSISTENT, f"{where}: holds set index {copy.set_index}")
+        if item["public_key"] != z85.encode(bytes.fromhex(copy.backend_key)).decode("ascii"):
+            raise _err(ExchangeReason.INCONSISTENT, f"{where}: public_key is not the copy's")
         if item["file"] != copy_file_name(copy):
             raise _err(ExchangeReason.INCONSISTENT, f"{where}: file name is not the copy's")
         copies.append(UpdateCopy(file=item["file"], data=raw, copy=copy))
