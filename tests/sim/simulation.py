@@ -45,6 +45,7 @@ KEY: ProductKey = (FIRM, PRODUCT)
 BACKENDS = ("b1", "b2", "b3")
 BACKEND_KEYS = tuple(f"{i:02x}" * 32 for i in (1, 2, 3))  # their CURVE public keys (hex)
 SERVERS = ("sa", "sb")
+WALL_START = 1_700_000_000.0  # the backends' wall clocks at simulated time 0
 LEASE = 5.0
 BACKEND_TIMEOUT = 0.5
 CLIENT_TIMEOUT = 0.6
@@ -132,6 +133,7 @@ class MemoryStore:
                 )
             if pw.replace is None and pw.ops:
                 self.sim.record_slot(pw.key, pw.version, pw.ops, self.name)
+        self.sim.note_committed_floor()
 
 
 # ------------------------------------------------------------------ nodes
@@ -271,7 +273,11 @@ class Simulation:
             "quorum_losses": 0,  # two backends cut from both servers for longer than a lease
             "expiries": 0,  # the license expired on every backend (renewed by an update)
             "kept_alive": 0,  # heartbeats answered QUORUM_LOST (lease kept, not confirmed)
+            "rollbacks": 0,  # a backend restored to an older copy (rollback_backend)
         }
+        self.committed_floor = 0  # the highest TMR ID floor two stores held (I11)
+        # (server, client, request id) -> (effective TMR ID, committed floor) at admission
+        self.admitted: dict[tuple[str, str, str], tuple[int, int]] = {}
 
     # -------------------------------------------------------------- helpers
 
@@ -301,6 +307,76 @@ class Simulation:
 
     def _start_backend(self, b: BackendNode) -> None:
         b.acceptor = Acceptor(b.name, b.store.load(), b.store.licenses)
+        b.acceptor.trusted_time = WALL_START + self.now
+
+    # -------------------------------------------------------------- replicated floors
+
+    def backend_clocks(self) -> None:
+        """Each backend's clock guard reports its trusted time (the leader's time floor)."""
+        for b in self.backends.values():
+            if b.acceptor is not None:
+                b.acceptor.trusted_time = WALL_START + self.now
+
+    def note_committed_floor(self) -> None:
+        """A floor two stores hold is committed (monotonic: seen once, it stays)."""
+        ids = sorted(
+            (
+                b.store.state.products[KEY].floor.tmr_id
+                for b in self.backends.values()
+                if KEY in b.store.state.products
+            ),
+            reverse=True,
+        )
+        if len(ids) >= 2:
+            self.committed_floor = max(self.committed_floor, ids[1])
+
+    def admission_eff(self, leader: Leader) -> int | None:
+        """The effective TMR ID an active leader admits a checkout under (None: none)."""
+        if leader.role != Role.ACTIVE:
+            return None
+        return leader._effective(KEY).tmr_id
+
+    def note_admission(
+        self, leader: Leader, cid: str, rid: str, tmr_id: int | None, fx: Effects
+    ) -> None:
+        refused = any(r.rid == rid and not r.ok for r in fx.replies)
+        slot = (leader.cfg.server_id, cid, rid)
+        if tmr_id is not None and not refused and slot not in self.admitted:
+            self.admitted[slot] = (tmr_id, self.committed_floor)
+
+    def check_floor_grant(self, s: ServerNode, reply: ClientReply) -> None:
+        # I11: a grant is admitted under an effective TMR ID (whose LQ bounds it) at or above
+        # the floor committed then, and no committed grant is answered under one below the
+        # committed floor: a backend restored to an older copy never sets the LQ.
+        result = reply.result if reply.ok else None
+        if not result or "seats" not in result:
+            return
+        admitted = self.admitted.get((s.name, reply.token, reply.rid))
+        if admitted is not None and admitted[0] < admitted[1]:
+            self.fail(f"I11: {s.name} admitted under #{admitted[0]}, floor #{admitted[1]}")
+        if 0 < result["tmr_id"] < self.committed_floor:  # 0: not available when answered
+            self.fail(
+                f"I11: {s.name} granted under #{result['tmr_id']}, "
+                f"below the committed floor #{self.committed_floor}"
+            )
+
+    def rollback_backend(self, b: BackendNode) -> None:
+        """An administrator restores an older copy on one backend: its local floor deleted
+        (only the copy changes) or its whole state wiped with it (a restored backup)."""
+        lic = b.store.licenses[KEY]
+        if lic.tmr_id <= 7 or not b.up:
+            return
+        old = copy_of(b.name, lic.tmr_id - 1, lic.quantity)
+        if self.rng.random() < 0.5:
+            self.wipe_backend(b)
+            if b.up:
+                return  # not wiped (another backend is not caught up)
+            self._start_backend(b)
+        b.store.licenses = {KEY: old}
+        assert b.acceptor is not None
+        b.acceptor.set_licenses(b.store.licenses)
+        self.stats["rollbacks"] += 1
+        self.note(f"{b.name}: rolled back to #{old.tmr_id}")
 
     def _start_server(self, s: ServerNode) -> None:
         cfg = LeaderConfig(
@@ -382,6 +458,7 @@ class Simulation:
         for reply in fx.replies:
             self.waiting.pop((s.name, reply.token, reply.rid), None)
             self.check_client_reply(s, reply)
+            self.check_floor_grant(s, reply)
             self.send(s.name, reply.token, reply, "client_rep")
 
     # -------------------------------------------------------------- invariant checks
@@ -519,9 +596,12 @@ class Simulation:
         op = req["op"]
         key = f"key-{cid}"  # each simulated client has its own CURVE key: it owns its handles
         if op == "checkout":
-            return leader.checkout(
+            before = self.admission_eff(leader)
+            fx = leader.checkout(
                 cid, req["rid"], cid, FIRM, PRODUCT, req["seats"], self.now, owner=key
             )
+            self.note_admission(leader, cid, req["rid"], before, fx)
+            return fx
         if op == "heartbeat":
             if leader.role == Role.ACTIVE and req["handle"] in leader._leases:
                 self.hb_seen[(leader.cfg.server_id, req["handle"])] = self.now
@@ -713,8 +793,10 @@ class Simulation:
                     self.stats["failovers"] += 1
                     self.stats["forced"] += force
                     self.apply_effects(s, s.leader.promote(self.now, force=force))
-        elif r < 0.70:
+        elif r < 0.68:
             self.license_update()
+        elif r < 0.70:
+            self.rollback_backend(rng.choice(list(self.backends.values())))
         elif r < 0.74:
             self.pause_server(rng.choice(list(self.servers.values())))
         elif r < 0.755:
@@ -788,6 +870,7 @@ class Simulation:
             self.crash_backend(self.rng.choice(up_to_date or [b]), "crash mid-update")
 
     def tick(self) -> None:
+        self.backend_clocks()
         for s in self.servers.values():
             if s.paused_until is not None and self.now >= s.paused_until:
                 self.note(f"{s.name}: resumed (clock jumps)")

@@ -29,12 +29,15 @@ from tmr.licensing import (
     read_copy,
     verify_copy,
 )
-from tmr.replication.types import LicenseInfo, ProductKey
+from tmr.replication.types import BELOW_FLOOR, LicenseInfo, ProductKey
 
 TIME_REASONS = {
     LicenseReason.EXPIRED: "expired",
     LicenseReason.CLOCK_ROLLBACK: "clock rollback",
 }
+# Authentic copies reported as present but not valid: time reasons, and a copy below the
+# highest TMR ID installed or the trio's replicated floor (shown, not silently dropped).
+UNUSABLE_REASONS = {**TIME_REASONS, LicenseReason.ROLLBACK: BELOW_FLOOR}
 
 
 @dataclass(frozen=True)
@@ -123,12 +126,13 @@ def load_license_view(
         installed=dict(load.licenses), rejected=list(load.rejected), skipped=list(load.skipped)
     )
     for path, error in load.rejected:
-        reason = TIME_REASONS.get(error.reason)
+        reason = UNUSABLE_REASONS.get(error.reason)
         found = None if reason is None else _authentic_copy(path, keyring, fingerprint, reason)
         if found is None:
             continue
         key, copy = found
-        if key in view.installed or copy.tmr_id < installed_tmr_ids.get(key, 0):
+        old = copy.tmr_id < installed_tmr_ids.get(key, 0) and reason != BELOW_FLOOR
+        if key in view.installed or old:
             continue
         best = view.unusable.get(key)
         if best is None or copy.tmr_id > best.tmr_id:

@@ -694,6 +694,7 @@ class BackendService:
         """Re-read the vendor keys and re-verify every copy; on success the acceptor gets the
         new licenses and raised TMR IDs are recorded. On failure nothing changes."""
         assert self.identity is not None and self.clock is not None
+        self._raise_clock()
         try:
             keyring = VendorKeyring.load(self.config.vendor_keys)
             view = load_license_view(
@@ -729,9 +730,13 @@ class BackendService:
         }
 
     def _installed_floors(self) -> dict[ProductKey, int]:
-        """The highest TMR IDs installed: on disk, and in memory should a write have failed."""
-        assert self.store is not None
+        """The highest TMR IDs installed: on disk, and in memory should a write have failed;
+        raised to the trio's replicated floors (deleting the local table brings nothing back)."""
+        assert self.store is not None and self.acceptor is not None
         floors = dict(self._floors)
+        for key, plog in self.acceptor.state.products.items():
+            if plog.floor.tmr_id:
+                floors[key] = max(plog.floor.tmr_id, floors.get(key, 0))
         try:
             for key, tmr_id in self.store.installed_tmr_ids().items():
                 floors[key] = max(tmr_id, floors.get(key, 0))
@@ -752,11 +757,20 @@ class BackendService:
     def check_licenses(self) -> None:
         """Periodic re-check: a copy that expired (or a clock set back) becomes invalid."""
         assert self.clock is not None
+        self._raise_clock()
         self.clock.now()  # also keeps the clock guard's high-water mark moving
         self._apply_licenses(self.view.infos(self.clock), "expiry check")
 
+    def _raise_clock(self) -> None:
+        """The clock guard never stays below the trio's replicated time floor: deleting
+        clock.json and setting this host's clock back does not make time go back."""
+        assert self.clock is not None and self.acceptor is not None
+        products = self.acceptor.state.products.values()
+        self.clock.raise_to(max((plog.floor.time for plog in products), default=0.0))
+
     def _apply_licenses(self, infos: dict[ProductKey, LicenseInfo], trigger: str) -> None:
-        assert self.acceptor is not None
+        assert self.acceptor is not None and self.clock is not None
+        self.acceptor.trusted_time = self.clock.high_water  # reported to the leader (Status)
         old = self.acceptor.licenses
         if infos == old:
             return
@@ -828,10 +842,11 @@ class BackendService:
         assert self.acceptor is not None and self.identity is not None
         state = self.acceptor.state
         keys = sorted(set(state.products) | set(self.acceptor.licenses))
+        reported = self.acceptor.reported_licenses()  # as the replicated floors make them
         products = []
         for key in keys:
             log_ = state.products.get(key)
-            lic = self.acceptor.licenses.get(key)
+            lic = reported.get(key)
             products.append(
                 {
                     "firm": key[0],
@@ -840,6 +855,9 @@ class BackendService:
                     "seats": 0 if log_ is None else log_.seats(),
                     "handles": 0 if log_ is None else len(log_.handles),
                     "license": None if lic is None else license_json(lic),
+                    "floor": None
+                    if log_ is None
+                    else {"tmr_id": log_.floor.tmr_id, "time": log_.floor.time},
                 }
             )
         return {

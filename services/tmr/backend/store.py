@@ -8,7 +8,8 @@ OS error raises `StorageError`, after which the in-memory acceptor must not appl
 Tables (schema version in ``meta``):
 
 - ``acceptor``: one row, the promised epoch and the ``caught_up`` flag;
-- ``products``: per (firm, product) the log version (epoch, seq);
+- ``products``: per (firm, product) the log version (epoch, seq) and the replicated floors
+  (the trio's TMR ID and trusted time, schema 4; they only rise);
 - ``handles``: the handle table, per (firm, product, handle), with the CURVE key that owns
   each handle (schema 3);
 - ``installed``: the highest TMR ID ever installed per product (no-rollback rule);
@@ -30,8 +31,10 @@ from pathlib import Path
 from tmr.errors import TmrError
 from tmr.replication.acceptor import AcceptorState, ProductWrite, Write
 from tmr.replication.types import (
+    NO_FLOOR,
     ZERO_EPOCH,
     Epoch,
+    Floor,
     Grant,
     HandleRecord,
     ProductKey,
@@ -39,9 +42,10 @@ from tmr.replication.types import (
     Release,
     ReleaseReason,
     Version,
+    floor_after,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_USAGE_RETENTION = 100_000
 TRIM_BATCH_MAX = 1024  # usage rows that may come in between two trims (see the docstring)
 
@@ -62,6 +66,8 @@ CREATE TABLE IF NOT EXISTS products (
     epoch_counter INTEGER NOT NULL,
     epoch_server TEXT NOT NULL,
     seq INTEGER NOT NULL,
+    tmr_floor INTEGER NOT NULL DEFAULT 0,
+    time_floor REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (firm, product)
 );
 CREATE TABLE IF NOT EXISTS handles (
@@ -122,6 +128,15 @@ _MIGRATE_FROM_2 = (
     f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",
 )
 
+# Schema 3 -> 4: each product row carries its replicated floors (TMR ID and trusted time);
+# 0 until the leader commits them (a snapshot or a Floor op). In the opening transaction, after
+# `_MIGRATE_FROM_2` when coming from 2: all or nothing.
+_MIGRATE_FROM_3 = (
+    "ALTER TABLE products ADD COLUMN tmr_floor INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE products ADD COLUMN time_floor REAL NOT NULL DEFAULT 0",
+    f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",
+)
+
 
 def _execute_all(conn: sqlite3.Connection, script: str) -> None:
     """Run the statements of ``script`` (separated by ";") in the current transaction."""
@@ -158,6 +173,14 @@ _GRANT = _INSERT_HANDLE.format(verb="INSERT OR IGNORE")
 _REPLACE_HANDLE = _INSERT_HANDLE.format(verb="INSERT OR REPLACE")
 _RELEASE = (
     "DELETE FROM handles WHERE firm = ? AND product = ? AND handle = ? RETURNING seats, client_id"
+)
+# A product's version is replaced; its floors only ever rise (as in `apply_write`).
+_UPSERT_PRODUCT = (
+    "INSERT INTO products (firm, product, epoch_counter, epoch_server, seq, tmr_floor, "
+    "time_floor) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (firm, product) DO UPDATE SET "
+    "epoch_counter = excluded.epoch_counter, epoch_server = excluded.epoch_server, "
+    "seq = excluded.seq, tmr_floor = MAX(tmr_floor, excluded.tmr_floor), "
+    "time_floor = MAX(time_floor, excluded.time_floor)"
 )
 # (at, recorded_at, event, firm, product, handle, seats, client_id): one row of `usage`.
 _UsageRow = tuple[float, float, str, int, int, str, int, str]
@@ -216,11 +239,11 @@ class SqliteStore:
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('created_at', ?)", (repr(time.time()),)
             )
-        elif row[0] == "1":
-            for script in _MIGRATE_FROM_1:
+        elif row[0] == "1":  # products keeps its rows: it gets the floors of schema 4
+            for script in (*_MIGRATE_FROM_1, *_MIGRATE_FROM_3):
                 _execute_all(conn, script)
-        elif row[0] == "2":
-            for script in _MIGRATE_FROM_2:
+        elif row[0] in ("2", "3"):
+            for script in (*(_MIGRATE_FROM_2 if row[0] == "2" else ()), *_MIGRATE_FROM_3):
                 _execute_all(conn, script)
         elif row[0] != str(SCHEMA_VERSION):
             raise sqlite3.DatabaseError(
@@ -287,10 +310,13 @@ class SqliteStore:
             "SELECT promised_counter, promised_server, caught_up FROM acceptor WHERE id = 1"
         ).fetchone()
         state = AcceptorState(Epoch(counter, server), bool(caught_up))
-        for firm, product, e_counter, e_server, seq in conn.execute(
-            "SELECT firm, product, epoch_counter, epoch_server, seq FROM products"
+        for firm, product, e_counter, e_server, seq, tmr_floor, time_floor in conn.execute(
+            "SELECT firm, product, epoch_counter, epoch_server, seq, tmr_floor, time_floor "
+            "FROM products"
         ):
-            state.products[(firm, product)] = ProductLog(Version(Epoch(e_counter, e_server), seq))
+            state.products[(firm, product)] = ProductLog(
+                Version(Epoch(e_counter, e_server), seq), floor=Floor(tmr_floor, time_floor)
+            )
         for firm, product, handle, seats, client_id, request_id, granted_at, owner in conn.execute(
             "SELECT firm, product, handle, seats, client_id, request_id, granted_at, owner "
             "FROM handles"
@@ -374,18 +400,25 @@ class SqliteStore:
                         usage.append(
                             (rec.granted_at, recorded_at, "granted", *row[:4], rec.client_id)
                         )
-                else:
-                    assert isinstance(op, Release)
+                elif type(op) is Release:
                     # Releasing a handle that is not held is a no-op (no row comes back).
                     for seats, client_id in execute(_RELEASE, (firm, product, op.handle)):
                         event = _RELEASE_EVENTS.get(op.reason, "released")
                         usage.append(
                             (op.at, recorded_at, event, firm, product, op.handle, seats, client_id)
                         )
+        floor = floor_after(pw.floor or NO_FLOOR, pw.ops)
         conn.execute(
-            "INSERT OR REPLACE INTO products (firm, product, epoch_counter, epoch_server, seq) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (firm, product, pw.version.epoch.counter, pw.version.epoch.server, pw.version.seq),
+            _UPSERT_PRODUCT,
+            (
+                firm,
+                product,
+                pw.version.epoch.counter,
+                pw.version.epoch.server,
+                pw.version.seq,
+                floor.tmr_id,
+                floor.time,
+            ),
         )
 
     # ------------------------------------------------------------------ usage record

@@ -4,8 +4,9 @@ A backend must not let an expiring license live longer by setting the clock back
 remembers the highest wall time it has seen (on disk, fsync + atomic rename). ``now()``
 returns that trusted time, which never goes backwards, and sets ``rolled_back`` while the
 wall clock is more than ``tolerance`` seconds behind it; expiring licenses are then refused
-(CLOCK_ROLLBACK) and non-expiring ones keep working. Deleting the state file resets the
-guard: that is the operator's remedy after the clock was once set far into the future.
+(CLOCK_ROLLBACK) and non-expiring ones keep working. The backend also raises the mark to
+the trio's replicated time floor (`raise_to`), so deleting the state file does not reset the
+guard once the backend has rejoined its trio.
 """
 
 from __future__ import annotations
@@ -58,6 +59,15 @@ class ClockGuard:
                 self._persist(wall)
         self.rolled_back = wall < self._high - self.tolerance
         return self._high
+
+    def raise_to(self, trusted: float) -> None:
+        """Raise the high-water mark to a trusted time from elsewhere: the trio's replicated
+        time floor (a time at least two backends' clocks reached). A wall clock more than
+        ``tolerance`` behind it then counts as set back."""
+        if trusted > self._high:
+            self._high = trusted
+            if trusted >= self._persisted + self._persist_interval:
+                self._persist(trusted)
 
     def check_expiry(self, expires: float | None) -> None:
         """Raise LicenseError (EXPIRED or CLOCK_ROLLBACK) if a license with this expiry

@@ -36,7 +36,9 @@ from tmr.replication.messages import (
     UsageRow,
 )
 from tmr.replication.types import (
+    NO_FLOOR,
     Epoch,
+    Floor,
     Grant,
     HandleRecord,
     LicenseInfo,
@@ -76,6 +78,8 @@ def _record(r: HandleRecord) -> list[Any]:
 def _op(op: Op) -> list[Any]:
     if isinstance(op, Grant):
         return ["g", _record(op.record)]
+    if isinstance(op, Floor):
+        return ["f", op.tmr_id, op.time]
     return ["r", op.handle, op.reason.value, op.at]
 
 
@@ -116,6 +120,18 @@ def _licenses(m: dict[ProductKey, LicenseInfo]) -> list[Any]:
     return [[_key(k), _license(v)] for k, v in m.items()]
 
 
+def _floors(m: dict[ProductKey, Floor]) -> list[Any]:
+    """Only raised floors are sent (an older peer sends none, a new one none while 0)."""
+    return [[_key(k), f.tmr_id, f.time] for k, f in m.items() if f != NO_FLOOR]
+
+
+def _snapshot_entry(e: SnapshotEntry) -> list[Any]:
+    out = [_key(e.key), e.seq, [_record(r) for r in e.handles]]
+    if e.floor != NO_FLOOR:  # absent while 0: what older backends read
+        out.append([e.floor.tmr_id, e.floor.time])
+    return out
+
+
 def encode_request(msg: PeerRequest) -> bytes:
     body: dict[str, Any]
     match msg:
@@ -135,9 +151,7 @@ def encode_request(msg: PeerRequest) -> bytes:
             body = {
                 "t": "snapshot",
                 "epoch": _epoch(msg.epoch),
-                "entries": [
-                    [_key(e.key), e.seq, [_record(r) for r in e.handles]] for e in msg.entries
-                ],
+                "entries": [_snapshot_entry(e) for e in msg.entries],
             }
             if msg.committed:  # absent, not false: what older senders send
                 body["committed"] = True
@@ -171,6 +185,10 @@ def encode_reply(msg: PeerReply) -> bytes:
             }
             if msg.leader_age is not None:
                 body["leader_age"] = msg.leader_age
+            if msg.clock is not None:
+                body["clock"] = msg.clock
+            if msg.floors:
+                body["floors"] = _floors(msg.floors)
         case Promise():
             body = {
                 "t": "promise",
@@ -182,6 +200,7 @@ def encode_reply(msg: PeerReply) -> bytes:
                     for k, (v, hs) in msg.logs.items()
                 ],
                 "licenses": _licenses(msg.licenses),
+                "floors": _floors(msg.floors),
             }
         case Rejected():
             body = {"t": "rejected", "promised": _epoch(msg.promised)}
@@ -295,7 +314,33 @@ def _d_op(v: Any, what: str) -> Op:
         except ValueError:
             raise _fail(f"{what}: unknown release reason") from None
         return Release(_str(items[1], what), reason, _float(items[3], what))
+    if items and items[0] == "f" and len(items) == 3:
+        return _d_floor(items[1], items[2], what)
     raise _fail(f"{what}: unknown op")
+
+
+def _d_floor(tmr_id: Any, at: Any, what: str) -> Floor:
+    time = _float(at, what)
+    if time < 0:
+        raise _fail(f"{what}: expected a time >= 0")
+    return Floor(_int(tmr_id, what, 0, U32), time)
+
+
+def _d_floors(v: Any, what: str) -> dict[ProductKey, Floor]:
+    out = {}
+    for i, x in enumerate(_list(v, what)):
+        k, tmr_id, at = _list(x, f"{what}[{i}]", 3)
+        out[_d_key(k, what)] = _d_floor(tmr_id, at, what)
+    return out
+
+
+def _d_clock(v: Any, what: str) -> float | None:
+    if v is None:
+        return None
+    clock = _float(v, what)
+    if clock < 0:
+        raise _fail(f"{what}: expected a time >= 0")
+    return clock
 
 
 _REASONS = {r.value: r for r in ReleaseReason}
@@ -446,12 +491,17 @@ def decode_request(frame: bytes) -> PeerRequest:
         if t == "snapshot":
             snaps = []
             for i, e in enumerate(_list(_get(b, "entries"), "entries")):
-                k, seq, recs = _list(e, f"entries[{i}]", 3)
+                items = _list(e, f"entries[{i}]")
+                if len(items) == 3:  # no floors (an older server, or none raised yet)
+                    items = [*items, [0, 0.0]]
+                k, seq, recs, fl = _list(items, f"entries[{i}]", 4)
+                ft, fa = _list(fl, f"entries[{i}].floor", 2)
                 snaps.append(
                     SnapshotEntry(
                         _d_key(k, "key"),
                         _int(seq, "seq"),
                         _items(recs, "handles", _d_record, _fast_record),
+                        _d_floor(ft, fa, f"entries[{i}].floor"),
                     )
                 )
             committed = _bool(b.get("committed", False), "committed")
@@ -492,6 +542,8 @@ def decode_reply(frame: bytes) -> PeerReply:
                 },
                 _d_licenses(_get(b, "licenses"), "licenses"),
                 _d_age(b.get("leader_age"), "leader_age"),  # an older backend sends none
+                _d_clock(b.get("clock"), "clock"),
+                _d_floors(b.get("floors", []), "floors"),
             )
         if t == "promise":
             logs = {}
@@ -508,6 +560,7 @@ def decode_reply(frame: bytes) -> PeerReply:
                 _bool(_get(b, "caught_up"), "caught_up"),
                 logs,
                 _d_licenses(_get(b, "licenses"), "licenses"),
+                _d_floors(b.get("floors", []), "floors"),  # an older backend sends none
             )
         if t == "rejected":
             return Rejected(mid, _d_epoch(_get(b, "promised"), "promised"))

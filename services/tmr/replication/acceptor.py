@@ -46,6 +46,7 @@ from tmr.replication.messages import (
 )
 from tmr.replication.types import (
     Epoch,
+    Floor,
     Grant,
     HandleRecord,
     LicenseInfo,
@@ -54,6 +55,8 @@ from tmr.replication.types import (
     ProductLog,
     Version,
     apply_ops,
+    floor_after,
+    under_floor,
 )
 
 CryptFn = Callable[[ProductKey, str, bytes], bytes]
@@ -79,6 +82,7 @@ class ProductWrite:
     version: Version
     ops: tuple[Op, ...] = ()  # applied in order when `replace` is None
     replace: tuple[HandleRecord, ...] | None = None  # full table (snapshot)
+    floor: Floor | None = None  # raise the floors to at least this (snapshot)
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,9 @@ def apply_write(state: AcceptorState, write: Write) -> None:
             log.handles = {r.handle: r for r in pw.replace}
         else:
             apply_ops(log.handles, pw.ops)
+        log.floor = floor_after(log.floor, pw.ops)
+        if pw.floor is not None:
+            log.floor = log.floor.merge(pw.floor)
         log.version = pw.version
 
 
@@ -128,6 +135,9 @@ class Acceptor:
         self.state = state
         self.licenses: dict[ProductKey, LicenseInfo] = dict(licenses or {})
         self._crypt = crypt
+        # The backend's trusted wall time (its clock guard's high-water), reported in Status
+        # for the leader's time floor; set by the service (None: not known).
+        self.trusted_time: float | None = None
         # When a request last carried this epoch (monotonic, memory only). It counts only
         # while the epoch is the promise, so a state reloaded after a failed commit, or a
         # restart, makes the leader's age unknown rather than wrong.
@@ -185,9 +195,20 @@ class Acceptor:
             caught_up=self.state.caught_up,
             versions={k: v.version for k, v in self.state.products.items()},
             seats={k: v.seats() for k, v in self.state.products.items()},
-            licenses=dict(self.licenses),
+            licenses=self.reported_licenses(),
             leader_age=leader_age,
+            clock=self.trusted_time,
+            floors={k: v.floor for k, v in self.state.products.items()},
         )
+
+    def reported_licenses(self) -> dict[ProductKey, LicenseInfo]:
+        """The copies as the replicated floors make them: a copy below the product's TMR ID
+        floor, or expired at its time floor, is not valid here (`under_floor`)."""
+        products = self.state.products
+        return {
+            k: under_floor(v, products[k].floor) if k in products else v
+            for k, v in self.licenses.items()
+        }
 
     def _promise_write(self, epoch: Epoch) -> Epoch | None:
         return epoch if epoch > self.state.promised else None
@@ -201,15 +222,20 @@ class Acceptor:
             logs={
                 k: (v.version, tuple(v.handles.values())) for k, v in self.state.products.items()
             },
-            licenses=dict(self.licenses),
+            licenses=self.reported_licenses(),
+            floors={k: v.floor for k, v in self.state.products.items()},
         )
         promised = self._promise_write(req.epoch)
         return Step(reply, Write(promised=promised) if promised else None)
 
-    def _license_refusal(self, key: ProductKey) -> str:
+    def _license_refusal(self, key: ProductKey, log: ProductLog | None = None) -> str:
         lic = self.licenses.get(key)
         if lic is None:
             return "no copy of this license on this backend"
+        if log is None:
+            log = self.state.products.get(key)
+        if log is not None:
+            lic = under_floor(lic, log.floor)
         if not lic.valid:
             return f"license copy not valid here: {lic.reason or 'invalid'}"
         return ""
@@ -239,7 +265,7 @@ class Acceptor:
                 continue
             # Releases are recorded whatever the copy: only a grant needs a valid one.
             grants = any(isinstance(op, Grant) for op in entry.ops)
-            refusal = self._license_refusal(key) if grants else ""
+            refusal = self._license_refusal(key, log) if grants else ""
             refusal = refusal or self._check_ops(key, log, entry.ops)
             if refusal:
                 results[key] = EntryResult(EntryStatus.REFUSED, have.seq, refusal)
@@ -249,6 +275,7 @@ class Acceptor:
             if any(e.key == key and e.seq > entry.seq for e in req.entries):
                 log = log.copy() if key not in work else log
                 apply_ops(log.handles, entry.ops)
+                log.floor = floor_after(log.floor, entry.ops)
                 log.version = version
                 work[key] = log
             writes.append(ProductWrite(key, version, ops=entry.ops))
@@ -263,6 +290,8 @@ class Acceptor:
         gone: set[str] = set()  # handles of the table this entry releases
         count = log.seats()
         for op in ops:
+            if isinstance(op, Floor):
+                continue  # floors only rise; a copy below them is refused from the next entry
             if isinstance(op, Grant):
                 rec = op.record
                 if rec.key != key or rec.seats < 1:
@@ -312,7 +341,9 @@ class Acceptor:
                 results[key] = EntryResult(EntryStatus.REFUSED, have.seq, refusal)
                 continue
             version = Version(req.epoch, entry.seq)
-            writes.append(ProductWrite(key, version, replace=tuple(entry.handles)))
+            writes.append(
+                ProductWrite(key, version, replace=tuple(entry.handles), floor=entry.floor)
+            )
             results[key] = EntryResult(EntryStatus.OK, entry.seq)
         write = Write(
             promised=self._promise_write(req.epoch),

@@ -34,7 +34,7 @@ import itertools
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tmr.errors import ErrorCode
@@ -58,8 +58,10 @@ from tmr.replication.messages import (
     Status,
 )
 from tmr.replication.types import (
+    NO_FLOOR,
     ZERO_EPOCH,
     Epoch,
+    Floor,
     Grant,
     HandleRecord,
     LicenseInfo,
@@ -68,6 +70,7 @@ from tmr.replication.types import (
     Release,
     ReleaseReason,
     Version,
+    floor_refusal,
     key_str,
 )
 
@@ -81,6 +84,10 @@ PIPELINE = 4  # uncommitted log entries per product, and ACCEPTs in flight per b
 # and about 10 % more CPU per checkout on the servers and backends).
 PIPELINE_MIN_OPS = 32
 EXPIRY_SCAN = 0.25  # seconds between lease scans (expiry may be this late, never early)
+# Replicated floors (`Floor`): checked this often; the time floor is raised only once the
+# trusted time is this far past it (at most one time Floor op per product and minute).
+FLOOR_SCAN = 1.0
+TIME_FLOOR_STEP = 60.0
 RECENT_RELEASED = 100_000  # (owner, client id, request id) of released handles remembered per term
 HANDLE_RANDOM_BYTES = 16  # a handle id is h<epoch counter>-<server>-<128 random bits, hex>
 
@@ -188,6 +195,8 @@ class _Backend:
     live_at: float = float("-inf")  # when (our clock) it last heard `live_epoch`
     prepare_sent: bool = False
     snapshot_acked: bool = False
+    clock: float | None = None  # its trusted wall time (Status; None: an older backend)
+    floors: dict[ProductKey, Floor] = field(default_factory=dict)  # its replicated floors
 
     def holds(self, key: ProductKey) -> bool:
         lic = self.licenses.get(key)
@@ -216,6 +225,9 @@ class _Product:
     # Records of released handles whose release is not committed yet (for snapshots).
     pending_released: dict[str, HandleRecord] = field(default_factory=dict)
     used: int = 0  # seats of `handles`, kept as handles come and go
+    floor: Floor = NO_FLOOR  # the replicated floors, with those of the pending ops
+    floor_seq: int = 0  # the entry of the latest Floor op
+    floor_committed: Floor = NO_FLOOR  # the floors in force (`floor` once floor_seq commits)
 
     def seats(self) -> int:
         return self.used
@@ -261,6 +273,7 @@ class Leader:
         self._mids = itertools.count(1)
         self._eff_cache: dict[ProductKey, Effective] = {}  # cleared when a backend changes
         self._next_scan = 0.0
+        self._next_floor_scan = 0.0
         self._rr = itertools.count()
         self.backends = [_Backend(name, i) for i, name in enumerate(config.backends)]
         self._by_name = {b.name: b for b in self.backends}
@@ -337,6 +350,9 @@ class Leader:
             self._expire(now, fx)
         if self.role == Role.ACTIVE:
             self._answer_overdue(now, fx)
+        if self.role == Role.ACTIVE and now >= self._next_floor_scan:
+            self._next_floor_scan = now + FLOOR_SCAN
+            self._raise_floors(fx)
         self._pump(now, fx)
         return fx
 
@@ -631,6 +647,7 @@ class Leader:
                     "in_use": p.seats() if p and self.role == Role.ACTIVE else 0,
                     "available": eff.available,
                     "status": eff.status,
+                    "floor": self._floor_json(key),
                     "reason": eff.reason.value if eff.reason else None,
                     "expires": lic.expires if lic else None,
                     "features": dict(lic.features) if lic else {},
@@ -682,7 +699,7 @@ class Leader:
                         for k, v in sorted(b.licenses.items())
                     },
                     "synced": {key_str(k): s for k, s in sorted(b.acked.items())},
-                    "refused": {key_str(k): r for k, r in sorted(b.refusal.items())},
+                    "refused": {key_str(k): r for k, r in sorted(self._refusals(b).items())},
                 }
                 for i, b in enumerate(self.backends)
             ],
@@ -827,6 +844,7 @@ class Leader:
     # ---------------------------------------------------------------- licenses
 
     def _effective(self, key: ProductKey) -> Effective:
+        self._floor_in_force(key)
         eff = self._eff_cache.get(key)
         if eff is None:
             eff = self._eff_cache[key] = self._compute_effective(key)
@@ -836,7 +854,7 @@ class Leader:
         holdings: list[Holding | None] = []
         for b in self.backends:
             lic = b.licenses.get(key)
-            ok = b.up and lic is not None and lic.valid
+            ok = b.up and lic is not None and lic.valid and not self._below_floor(b, key)
             holdings.append(
                 Holding(
                     lic.tmr_id,
@@ -850,7 +868,20 @@ class Leader:
                 else None
             )
         keys = self.cfg.backend_keys or ("",) * len(holdings)
-        return effective_version(holdings, keys)
+        return self._show_below_floor(key, effective_version(holdings, keys))
+
+    def _show_below_floor(self, key: ProductKey, eff: Effective) -> Effective:
+        """A reachable backend's copy below the TMR ID floor does not count, but shows as not
+        at the effective ID, ``(#7)``, as during an update (not as ``-``, no copy)."""
+        floor = self._floor(key).tmr_id
+        parts = eff.status.split(" ")
+        if not floor or len(parts) != len(self.backends):
+            return eff
+        for i, b in enumerate(self.backends):
+            lic = b.licenses.get(key)
+            if b.up and lic is not None and lic.tmr_id < floor and parts[i] == f"{i + 1}:-":
+                parts[i] = f"{i + 1}:(#{lic.tmr_id})"
+        return replace(eff, status=" ".join(parts))
 
     def _copy_problem(self, index: int, key: ProductKey) -> str | None:
         """Why backend ``index``'s copy of ``key`` does not count (None: it counts or is
@@ -1070,11 +1101,13 @@ class Leader:
                 # Committed state only, then the newer entries one by one: a backend that
                 # refused a grant above its own LQ (committed by others) records what a
                 # quorum committed (also above its LQ) and still checks every grant it
-                # would be a vote for.
+                # would be a vote for. The floors go with it: a wiped backend is seeded.
                 at = max(p.committed, 0)
-                entry = SnapshotEntry(p.key, at, tuple(p.handles_committed()))
+                entry = SnapshotEntry(p.key, at, tuple(p.handles_committed()), p.floor)
                 (snap if p.committed >= 0 else proposals).append(entry)
                 continue
+            if self._below_floor(b, p.key):
+                continue  # seeded: no entries until it holds a copy at or above the floors
             start = max(acked, b.sent.get(p.key, acked)) + 1
             entries.extend(AcceptEntry(p.key, seq, p.log[seq]) for seq in range(start, p.seq + 1))
             if start <= p.seq:
@@ -1102,6 +1135,10 @@ class Leader:
 
     def _on_status(self, b: _Backend, msg: Status, now: float, fx: Effects) -> None:
         self._update_licenses(b, msg.licenses, fx)
+        b.clock = msg.clock
+        if msg.floors != b.floors:
+            self._eff_cache.clear()
+            b.floors = dict(msg.floors)
         b.promised = msg.promised
         if msg.leader_age is None:
             b.live_epoch, b.live_at = None, float("-inf")
@@ -1265,6 +1302,9 @@ class Leader:
             keys.update(b.licenses)
         for key in keys:
             p = self._product(key)
+            for pr in promises:  # floors only rise: the highest any promise holds
+                p.floor = p.floor.merge(pr.floors.get(key, NO_FLOOR))
+            p.floor_committed = p.floor
             for rec in best.get(key, (None, ()))[1]:
                 p.add(rec)
                 p.grant_seq[rec.handle] = 0
@@ -1323,6 +1363,83 @@ class Leader:
             if p is not None:
                 self._recommit(p, fx)
 
+    # ---------------------------------------------------------------- floors
+
+    def _floor_in_force(self, key: ProductKey) -> None:
+        """A proposed floor is in force once its entry commits (until then a backend below
+        it still gets the entry that carries it)."""
+        p = self._products.get(key)
+        if p is not None and p.floor_seq <= p.committed and p.floor_committed != p.floor:
+            p.floor_committed = p.floor
+            self._eff_cache.pop(key, None)
+
+    def _floor(self, key: ProductKey) -> Floor:
+        """The product's replicated floors: this term's (adopted, then raised) and any an up
+        backend holds durably (a standby knows them from the backends' status)."""
+        self._floor_in_force(key)
+        p = self._products.get(key)
+        floor = p.floor_committed if p is not None else NO_FLOOR
+        for b in self.backends:
+            if b.up:
+                floor = floor.merge(b.floors.get(key, NO_FLOOR))
+        return floor
+
+    def _floor_json(self, key: ProductKey) -> dict[str, Any]:
+        floor = self._floor(key)
+        return {"tmr_id": floor.tmr_id, "time": floor.time}
+
+    def _below_floor(self, b: _Backend, key: ProductKey) -> str:
+        """Why backend ``b``'s valid copy of ``key`` does not count under the floors ("": it
+        does, or it is not valid anyway)."""
+        lic = b.licenses.get(key)
+        if lic is None or not lic.valid:
+            return ""
+        return floor_refusal(lic, self._floor(key))
+
+    def _refusals(self, b: _Backend) -> dict[ProductKey, str]:
+        """Its own refusals, and the products for which the leader refuses its copy."""
+        out = dict(b.refusal)
+        for key, lic in b.licenses.items():
+            why = self._below_floor(b, key)
+            if why:
+                floor = self._floor(key)
+                out[key] = (
+                    f"{why}: holds #{lic.tmr_id}, the trio's floor is #{floor.tmr_id}"
+                    if lic.tmr_id < floor.tmr_id
+                    else f"{why}: expires {lic.expires}, trusted time {floor.time:.0f}"
+                )
+        return out
+
+    def _trusted_time(self) -> float | None:
+        """A wall time at least two up backends' clock guards reached (the second highest):
+        one backend's clock running ahead cannot raise it, one set back cannot lower it."""
+        times = sorted((b.clock for b in self.backends if b.up and b.clock), reverse=True)
+        return times[QUORUM - 1] if len(times) >= QUORUM else None
+
+    def _raise_floors(self, fx: Effects) -> None:
+        """Propose a `Floor` op for each product whose effective TMR ID rose above its floor,
+        or whose time floor is `TIME_FLOOR_STEP` behind the trusted time."""
+        if any(b.up and b.clock is None for b in self.backends):
+            return  # a backend of an older version would not read a Floor op
+        trusted = self._trusted_time()
+        for p in self._products.values():
+            if p.committed < 0:
+                continue
+            eff = self._effective(p.key)
+            new = p.floor
+            if eff.available and eff.tmr_id is not None and eff.tmr_id > new.tmr_id:
+                new = new.merge(Floor(eff.tmr_id, 0.0))
+            if trusted is not None and trusted >= new.time + TIME_FLOOR_STEP:
+                new = new.merge(Floor(0, trusted))
+            if new == p.floor:
+                continue
+            if new.tmr_id > p.floor.tmr_id:
+                fx.events.append(
+                    {"event": "floor_raised", "license": key_str(p.key), "tmr_id": new.tmr_id}
+                )
+            p.floor_seq = self._propose(p, new)
+            p.floor = new
+
     # ---------------------------------------------------------------- expiry
 
     def _expire(self, now: float, fx: Effects) -> None:
@@ -1359,6 +1476,7 @@ class Leader:
             for b in self.backends
             if b.up
             and b.holds(job.key)
+            and not self._below_floor(b, job.key)
             and b.acked.get(job.key, -1) >= job.min_seq
             and b.name not in job.tried
         ]

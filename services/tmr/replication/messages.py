@@ -9,7 +9,16 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from tmr.replication.types import Epoch, HandleRecord, LicenseInfo, Op, ProductKey, Version
+from tmr.replication.types import (
+    NO_FLOOR,
+    Epoch,
+    Floor,
+    HandleRecord,
+    LicenseInfo,
+    Op,
+    ProductKey,
+    Version,
+)
 
 # ---------------------------------------------------------------- leader -> backend
 
@@ -49,6 +58,7 @@ class SnapshotEntry:
     key: ProductKey
     seq: int
     handles: tuple[HandleRecord, ...]
+    floor: Floor = NO_FLOOR  # the product's replicated floors (a wiped backend is seeded)
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,10 @@ class Status:
     # Seconds since this backend last received a request carrying exactly its promised epoch
     # (monotonic clock, not persisted): None when unknown, e.g. since a restart.
     leader_age: float | None = None
+    # The backend's trusted wall time (its clock guard's high-water; None: an older backend)
+    # and its replicated floors per product.
+    clock: float | None = None
+    floors: dict[ProductKey, Floor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,7 @@ class Promise:
     caught_up: bool
     logs: dict[ProductKey, tuple[Version, tuple[HandleRecord, ...]]]
     licenses: dict[ProductKey, LicenseInfo]
+    floors: dict[ProductKey, Floor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ the wire format (`tmr.protocol.peer_api`) all speak in these types.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 ProductKey = tuple[int, int]  # (firm code, product code)
 
@@ -75,7 +75,27 @@ class Release:
     at: float  # wall-clock seconds, for the usage record only
 
 
-Op = Grant | Release
+@dataclass(frozen=True)
+class Floor:
+    """A product's rollback floors, committed through the quorum like seats: the lowest TMR
+    ID a copy may have to count (the effective ID the trio reached) and the trusted time
+    against which expiry is checked (a time at least two backends' clocks reached). As an op
+    it raises the floors of the product log; floors never go down (`merge` takes the max)."""
+
+    tmr_id: int = 0
+    time: float = 0.0
+
+    def merge(self, other: Floor) -> Floor:
+        if other.tmr_id <= self.tmr_id and other.time <= self.time:
+            return self
+        return Floor(max(self.tmr_id, other.tmr_id), max(self.time, other.time))
+
+
+NO_FLOOR = Floor()
+BELOW_FLOOR = "below floor"  # LicenseInfo.reason of a copy older than the replicated floor
+EXPIRED = "expired"
+
+Op = Grant | Release | Floor
 
 
 @dataclass(frozen=True)
@@ -103,21 +123,48 @@ class ProductLog:
 
     version: Version = ZERO_VERSION
     handles: dict[str, HandleRecord] = field(default_factory=dict)
+    floor: Floor = NO_FLOOR
 
     def seats(self) -> int:
         return sum(r.seats for r in self.handles.values())
 
     def copy(self) -> ProductLog:
-        return ProductLog(self.version, dict(self.handles))
+        return ProductLog(self.version, dict(self.handles), self.floor)
 
 
 def apply_ops(handles: dict[str, HandleRecord], ops: tuple[Op, ...]) -> None:
-    """Apply ops in order to a handle table, in place. Deterministic and idempotent."""
+    """Apply ops in order to a handle table, in place. Deterministic and idempotent.
+    `Floor` ops do not touch the table (see `floor_after`)."""
     for op in ops:
         if isinstance(op, Grant):
             handles.setdefault(op.record.handle, op.record)
-        else:
+        elif isinstance(op, Release):
             handles.pop(op.handle, None)
+
+
+def floor_after(floor: Floor, ops: tuple[Op, ...]) -> Floor:
+    """The floors once ``ops`` are applied (the max of ``floor`` and their `Floor` ops)."""
+    for op in ops:
+        if isinstance(op, Floor):
+            floor = floor.merge(op)
+    return floor
+
+
+def floor_refusal(lic: LicenseInfo, floor: Floor) -> str:
+    """Why a copy does not count under the replicated floors ("" if it does): older than the
+    trio's TMR ID (BELOW_FLOOR), or expired at the trusted time (EXPIRED), whatever the
+    backend's own clock and files say."""
+    if lic.tmr_id < floor.tmr_id:
+        return BELOW_FLOOR
+    if lic.expires is not None and lic.expires <= floor.time:
+        return EXPIRED
+    return ""
+
+
+def under_floor(lic: LicenseInfo, floor: Floor) -> LicenseInfo:
+    """``lic`` as the floors make it: not valid, with the reason, if `floor_refusal` says so."""
+    why = floor_refusal(lic, floor) if lic.valid else ""
+    return replace(lic, valid=False, reason=why) if why else lic
 
 
 def key_str(key: ProductKey) -> str:
