@@ -19,13 +19,16 @@ and the simulation with a fault that restores older copies.
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.integration.cluster_helpers import LocalCluster, eventually
 from tests.sim.simulation import InvariantViolation, Simulation
 from tests.unit.replication.harness import Harness, own_copy
 from tmr.backend.service import CLOCK_NAME, DB_NAME, BackendService
@@ -260,6 +263,37 @@ def test_an_expired_copy_stays_expired_whatever_one_backends_clock_says() -> Non
         assert acc.state.products[KEY].floor.time == WALL  # seeded with the time floor
     reply = h.call("checkout", "r2", "c1", KEY[0], KEY[1], 1)
     assert reply.error in (ErrorCode.LICENSE_EXPIRED, ErrorCode.QUORUM_LOST)
+
+
+# ------------------------------------------------------------------ real processes
+
+
+def test_a_loopback_trio_commits_its_floors_and_seeds_a_wiped_backend(tmp_path: Path) -> None:
+    """Two servers and three backends as processes: the floors reach every backend's store
+    and the servers' status; a backend whose state directory is deleted (store, installed
+    table and clock.json) rejoins and is given them again."""
+    cluster = LocalCluster(tmp_path / "cluster", quantity=3)
+    try:
+
+        def floor_of(backend: str) -> dict[str, Any]:
+            (product,) = cluster.ctl(backend, "status")["products"]
+            floor = product["floor"]
+            assert floor is not None and floor["tmr_id"] == 7 and floor["time"] > 0, floor
+            return dict(floor)
+
+        def committed() -> None:
+            (lic,) = cluster.ctl("tmr-a", "status")["licenses"]
+            assert lic["floor"]["tmr_id"] == 7 and lic["floor"]["time"] > 0, lic
+            for name in ("backend-1", "backend-2", "backend-3"):
+                floor_of(name)
+
+        eventually("the floors committed on every backend", committed, 30)
+        cluster.kill("backend-1")
+        shutil.rmtree(tmp_path / "cluster" / "backend-1" / "state")
+        cluster.start("backend-1")
+        eventually("backend-1 seeded with the floors", lambda: floor_of("backend-1"), 30)
+    finally:
+        cluster.stop_all()
 
 
 # ------------------------------------------------------------------ the simulation
