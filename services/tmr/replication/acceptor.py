@@ -345,9 +345,12 @@ class Acceptor:
                 ProductWrite(key, version, replace=tuple(entry.handles), floor=entry.floor)
             )
             results[key] = EntryResult(EntryStatus.OK, entry.seq)
+        # A wiped backend is caught up (its promise counts, I10) only by a snapshot it took
+        # whole: one with a refused entry left it without that product's state.
+        whole = all(r.status == EntryStatus.OK for r in results.values())
         write = Write(
             promised=self._promise_write(req.epoch),
-            caught_up=None if self.state.caught_up else True,
+            caught_up=None if self.state.caught_up or not whole else True,
             products=tuple(writes),
         )
         reply = Accepted(req.mid, req.epoch, results)

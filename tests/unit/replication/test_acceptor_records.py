@@ -78,3 +78,17 @@ def test_the_committed_flag_crosses_the_wire() -> None:
     for flag in (True, False):
         msg = Snapshot(7, E, (SnapshotEntry(KEY, 2, (rec(1),)),), committed=flag)
         assert decode_request(encode_request(msg)) == msg
+
+
+def test_a_wiped_backend_is_not_caught_up_by_a_snapshot_it_refused() -> None:
+    """I10: a wiped backend whose copy is expired refuses the takeover's table; its promise
+    must not count (it holds none of that product's state) until it takes one whole."""
+    acc = Acceptor("b1", AcceptorState(E, False), {KEY: LicenseInfo(7, 5, False, "expired")})
+    table = (rec(0), rec(1))
+    step = acc.handle(Snapshot(1, E, (SnapshotEntry(KEY, 0, table),)), 0.0)
+    acc.committed(step)
+    assert step.reply.results[KEY].status == EntryStatus.REFUSED  # type: ignore[union-attr]
+    assert not acc.state.caught_up
+    step = acc.handle(Snapshot(2, E, (SnapshotEntry(KEY, 1, table),), committed=True), 0.0)
+    acc.committed(step)
+    assert acc.state.caught_up and acc.state.products[KEY].seats() == 2
