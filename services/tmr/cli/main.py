@@ -33,7 +33,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 SHARED_GROUPS = {
     "backend": "backend node: run the service, print its fingerprint",
-    "license": "inspect and verify license copies",
+    "license": "inspect, verify and install license copies; request and receipt files",
 }
 
 

@@ -491,3 +491,37 @@ def test_canonical_body_is_what_the_proof_covers(trio: Trio) -> None:
     doc = trio.request().backends[0]
     assert doc.signed_body == canonical(doc.body)
     assert json.loads(doc.signed_body) == dict(doc.body)
+
+
+def test_every_truncation_and_byte_flip_gets_a_typed_error(trio: Trio) -> None:
+    """No prefix of a file and no single changed byte gets past the checks untyped."""
+    update = _installed_trio(trio)
+    files = {
+        "request": (_dump(trio.request().to_obj()), parse_request),
+        "update": (_dump(update.to_obj()), parse_update),
+        "receipts": (_dump(trio.receipts().to_obj()), parse_receipts),
+    }
+    for name, (data, parse) in files.items():
+        for cut in range(0, len(data) - 1, 7):
+            with pytest.raises(ExchangeError):
+                parse(data[:cut])
+        for pos in range(0, len(data), 11):
+            flipped = data[:pos] + bytes([data[pos] ^ 0x01]) + data[pos + 1 :]
+            try:
+                parsed = parse(flipped)
+            except ExchangeError:
+                continue
+            # parsed: the change is in a field the later checks cover (proof or signature)
+            if name == "update":
+                with pytest.raises((ExchangeError, LicenseError)):
+                    assert isinstance(parsed, LicenseUpdate)
+                    trio.install(0, parsed)
+            elif name == "request":
+                assert isinstance(parsed, LicenseRequest)
+                with pytest.raises(ExchangeError):
+                    trio.issue(9, parsed)
+            else:
+                assert isinstance(parsed, ReceiptBundle)
+                with pytest.raises(ExchangeError):
+                    confirm_receipts(trio.world.vendor, parsed)
+    assert confirmed_sets(trio.world.vendor) == []
