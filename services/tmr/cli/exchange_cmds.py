@@ -135,6 +135,8 @@ def cmd_license_request(args: argparse.Namespace) -> int:
 @_os_errors_as_usage
 def cmd_vendor_issue_request(args: argparse.Namespace) -> int:
     """`tmr vendor issue --request REQ ... --out UPD` (registered with `tmr vendor issue`)."""
+    if args.out.is_dir() or not args.out.absolute().parent.is_dir():
+        raise UsageError(f"--out {args.out}: give a file name in an existing directory")
     vendor = load_vendor(args.dir)
     request = parse_request(read_file(args.request, "request"), str(args.request))
     update = issue_from_request(

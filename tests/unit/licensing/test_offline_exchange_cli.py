@@ -112,3 +112,16 @@ def test_vendor_issue_needs_a_request_or_fingerprints(cli: Cli) -> None:
         "vendor", "issue", "--dir", "v", "--product-code", "1", "--quantity", "1",
         "--tmr-id", "1", "--out", "x", match="--request",
     )  # fmt: skip
+
+
+def test_update_file_must_be_a_file_before_anything_is_issued(cli: Cli) -> None:
+    cli("vendor", "init", "--dir", "v", "--firm-code", "6000123")
+    _customer_request(cli)
+    Path("outdir").mkdir()
+    for out in ("outdir", "missing/upd.json"):
+        cli.fails(
+            "vendor", "issue", "--dir", "v", "--request", "req.json", "--product-code", "42",
+            "--quantity", "30", "--tmr-id", "7", "--out", out, match="existing directory",
+        )  # fmt: skip
+    assert not Path("v/products").exists()  # nothing issued, TMR ID #7 still free
+    _issue(cli, 7)
