@@ -251,10 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         f"msgspec {version}, Python {sys.version.split()[0]}; medians of up to "
         f"{args.reps} alternating batches of ~{args.batch_ms:g} ms; ratio = msgspec/current"
     )
+    top = f"{'':<30}{'decode, us per message':^28}{'encode, us per message':^28}"
     head = (
-        f"{'message':<24}{'bytes':>6}  {'decode us: current':>18}{'msgspec':>9}{'ratio':>7}"
-        f"  {'encode us: current':>18}{'msgspec':>9}{'ratio':>7}"
+        f"{'message':<24}{'bytes':>6}{'current':>12}{'msgspec':>9}{'ratio':>7}"
+        f"{'current':>12}{'msgspec':>9}{'ratio':>7}"
     )
+    print(top.rstrip())
     print(head)
     print("-" * len(head))
     batch_s = args.batch_ms / 1000
@@ -262,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         dec = side_by_side(case.cur_decode, case.new_decode, args.reps, batch_s, stop_at)
         enc = side_by_side(case.cur_encode, case.new_encode, args.reps, batch_s, stop_at)
         print(
-            f"{case.name:<24}{len(case.frame):>6}  {dec.cur_us:>18.2f}{dec.new_us:>9.2f}"
-            f"{dec.ratio:>7.2f}  {enc.cur_us:>18.2f}{enc.new_us:>9.2f}{enc.ratio:>7.2f}"
+            f"{case.name:<24}{len(case.frame):>6}{dec.cur_us:>12.2f}{dec.new_us:>9.2f}"
+            f"{dec.ratio:>7.2f}{enc.cur_us:>12.2f}{enc.new_us:>9.2f}{enc.ratio:>7.2f}"
         )
     if time.monotonic() > stop_at:
         print(f"(stopped early at the {DEADLINE_S:g} s limit: fewer batches per figure)")

@@ -9,8 +9,10 @@ Same wire as `tmr.protocol.client_api` / `tmr.protocol.peer_api`: client request
 tagged by ``op`` with exactly their keys (``forbid_unknown_fields``); results ignore unknown
 keys; peer messages are maps tagged by ``t`` whose records and ops are arrays (``array_like``
 Structs, the op's letter as the array's tag). Ranges are `Meta` constraints; what msgspec cannot
-express (printable strings, the ok/error shape of a reply, ``until >= since``, duplicate map
-keys) is checked by hand after decoding, as a migration would have to.
+express or does not check is added by hand, as a migration would have to: printable strings,
+the ok/error shape of a reply, ``until >= since``, duplicate keys (msgspec keeps the last),
+deep nesting (a `RecursionError`, not a `DecodeError`), and the values under keys a peer
+decoder ignores (msgspec skips them unchecked; the codec's `unpack` then checks the frame).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from tmr.protocol.client_api import (
     PRODUCT_CODE_MAX,
     SEATS_MAX,
 )
-from tmr.protocol.codec import _map_size
+from tmr.protocol.codec import _map_size, unpack
 from tmr.protocol.errors import ProtocolError
 from tmr.protocol.peer_api import MAX_OWNER, MAX_PEER_FRAME, MAX_STR, U32, U63
 from tmr.replication.types import ReleaseReason
@@ -148,7 +150,7 @@ def _rid_of(frame: bytes) -> str | None:
     """The request id of a refused frame (error path only), as `decode_request` reports it."""
     try:
         return _RID_DECODER.decode(frame).rid
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
 
 
@@ -165,9 +167,24 @@ def decode_request(frame: bytes) -> Request:
         req = _REQUEST_DECODER.decode(frame)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
         raise ProtocolError(str(exc), rid=_rid_of(frame)) from None
+    except RecursionError:  # deep nesting, even under a key it refuses as unknown
+        raise ProtocolError("message nested too deeply", rid=_rid_of(frame)) from None
     if _map_size(frame) != len(req.__struct_fields__) + 1:
         raise ProtocolError("duplicate map key", rid=req.rid)
     return req
+
+
+_TOP_KEYS = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
+
+
+def _unique_keys(frame: bytes) -> set[str]:
+    """The top-level keys of a frame msgspec decoded (it keeps the last of duplicate keys):
+    refused if the map's header counts more entries than there are distinct keys. Peer frames
+    hold no other maps (records, ops and entries are arrays)."""
+    keys = _TOP_KEYS.decode(frame)
+    if len(keys) != _map_size(frame):
+        raise ProtocolError("duplicate map key")
+    return set(keys)
 
 
 # ------------------------------------------------------------------ client replies
@@ -237,9 +254,13 @@ def decode_reply(frame: bytes, op: str) -> object:
     if len(frame) > MAX_REPLY_SIZE:
         raise ProtocolError(f"frame too large: {len(frame)} bytes (max {MAX_REPLY_SIZE})")
     try:
-        return REPLY_DECODERS[op].decode(frame)
+        reply = REPLY_DECODERS[op].decode(frame)
     except msgspec.DecodeError as exc:
         raise ProtocolError(str(exc)) from None
+    except RecursionError:
+        raise ProtocolError("message nested too deeply") from None
+    _unique_keys(frame)  # the envelope's; a result's unknown keys stay unchecked
+    return reply
 
 
 # ------------------------------------------------------------------ peer messages (ACCEPT)
@@ -304,6 +325,7 @@ class Accept(_Peer, tag="accept", frozen=True):
 
 PeerRequest = Probe | Prepare | Accept
 _PEER_DECODER = msgspec.msgpack.Decoder(PeerRequest)
+_PEER_KEYS = {cls: frozenset({"t", *cls.__struct_fields__}) for cls in (Probe, Prepare, Accept)}
 
 
 def decode_peer_request(frame: bytes) -> PeerRequest:
@@ -311,6 +333,12 @@ def decode_peer_request(frame: bytes) -> PeerRequest:
     if len(frame) > MAX_PEER_FRAME:
         raise ProtocolError(f"frame too large: {len(frame)} bytes (max {MAX_PEER_FRAME})")
     try:
-        return _PEER_DECODER.decode(frame)
+        msg = _PEER_DECODER.decode(frame)
     except msgspec.DecodeError as exc:
         raise ProtocolError(str(exc)) from None
+    except RecursionError:
+        raise ProtocolError("message nested too deeply") from None
+    if not _unique_keys(frame) <= _PEER_KEYS[type(msg)]:
+        # Keys of a newer peer, which msgspec skips unchecked: the codec's rules for them.
+        unpack(frame, max_size=MAX_PEER_FRAME)
+    return msg
