@@ -359,6 +359,7 @@ class Leader:
     def on_reply(self, backend: str, msg: PeerReply, now: float) -> Effects:
         fx = Effects()
         self._now = now
+        self._clock(now)
         b = self._by_name.get(backend)
         if b is None:
             return fx
@@ -379,7 +380,13 @@ class Leader:
                 b.confirmed_at = max(b.confirmed_at, out.sent_at)
             self._on_status(b, msg, now, fx)
         elif isinstance(msg, Promise):
-            self._on_promise(b, msg, now, fx)
+            if out.sent_at >= self._resumed_at:
+                self._on_promise(b, msg, now, fx)
+            else:
+                # Asked before this server was paused: the state is stale (another leader
+                # may have committed since, and a backend wiped meanwhile would take this
+                # term's snapshot). Ask again; the next status sends a fresh PREPARE.
+                b.prepare_sent = False
         elif isinstance(msg, Accepted):
             self._on_accepted(b, msg, out, now, fx)
         elif isinstance(msg, CryptResult):

@@ -144,3 +144,40 @@ def deliver(h: Harness, sent: list[tuple[str, object]]) -> Effects:
         acc.committed(step)
         fx.extend(h.leader.on_reply(name, step.reply, h.now))
     return fx
+
+
+def test_promises_asked_before_a_pause_are_not_adopted() -> None:
+    """sa sends PREPARE and is paused before the promises arrive; sb takes over and commits a
+    grant; b1 is wiped. The promises sa reads on resuming are stale: adopting them (all three
+    fresh: a bootstrap) would seed the wiped b1 with an empty table as caught up."""
+    from tmr.replication.acceptor import Acceptor, AcceptorState
+    from tmr.replication.messages import Prepare
+    from tmr.replication.types import ZERO_EPOCH
+
+    h = Harness({KEY: LicenseInfo(7, 5, True)})
+    sa, sb = h.leader, h.add_server("sb")
+    pending: list[Effects] = [sa.promote(h.now)]
+    stale = []  # (backend, Promise) answers sa has not read yet
+    while pending:  # probes answered, then sa prepares; its promises wait (sa pauses)
+        for name, msg in pending.pop().send:
+            step = h.acceptors[name].handle(msg, h.now)
+            h.acceptors[name].committed(step)
+            if isinstance(msg, Prepare):
+                stale.append((name, step.reply))
+            else:
+                pending.append(sa.on_reply(name, step.reply, h.now))
+    assert len(stale) == 3
+    sa.tick(h.now)  # its last turn before the pause (what it sends is lost)
+    h.stopped.add("sa")
+    h.promote("sb", force=True, settle=2.0)
+    before = len(h.events)
+    h.run(sb.checkout("tok", "r0", "c0", KEY[0], KEY[1], 1, h.now, owner="k0"), "sb")
+    assert any(e["event"] == "handle_granted" for e in h.events[before:])
+    h.acceptors["b1"] = Acceptor("b1", AcceptorState(ZERO_EPOCH, False), h.acceptors["b1"].licenses)
+    h.now += 3.0  # sa resumes: its clock jumps
+    h.stopped.discard("sa")
+    for name, reply in stale:  # queued in its socket: read before its first tick
+        h.run(sa.on_reply(name, reply, h.now))
+    assert not any(e["event"] == "adopted" and e["server"] == "sa" for e in h.events)
+    h.advance(1.0)
+    assert not h.acceptors["b1"].state.caught_up or h.acceptors["b1"].state.products.get(KEY)
