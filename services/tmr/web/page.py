@@ -278,7 +278,7 @@ function renderHandles(s) {
   setText("handle-count", "(" + total + ")");
   for (const x of h.shown) {
     const tr = document.createElement("tr");
-    tr.dataset.handle = x.handle;
+    if (x.handle) tr.dataset.handle = x.handle;  // null: hidden from anonymous readers
     tr.appendChild(el("td", x.client_id, "mono"));
     tr.appendChild(el("td", x.host));
     tr.appendChild(el("td", x.firm + ":" + x.product, "mono"));
