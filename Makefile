@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 SIM_SEEDS ?= 500
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help venv lint typecheck test-unit test-sim test-sim-long test-integration test-fast test-lab test \
+.PHONY: help venv lint typecheck test-unit test-sim test-sim-long test-model test-integration test-fast test-lab test \
         lab lab-down bench clean
 
 help: ## list the targets
@@ -43,6 +43,9 @@ test-sim: venv ## deterministic simulation of the replication protocol (SIM_SEED
 test-sim-long: venv ## the simulation over 10,000 seeds (stops at the first violation; ~10-20 min)
 	TMR_SIM_SEEDS=10000 $(PY) -m pytest -q -x tests/sim/test_simulation.py -k over_seeds
 
+test-model: venv ## spin checks the Promela model of the replication protocol (model/), and finds seeded bugs
+	$(PY) -m pytest -q -p no:cacheprovider tests/model
+
 test-integration: venv ## real processes on loopback (local cluster)
 	$(PY) -m pytest -q tests/integration
 
@@ -51,6 +54,7 @@ test-fast: lint typecheck ## everything that needs no containers (100 simulation
 
 test: lint typecheck lint-ansible ## everything, as CI runs it: 500 simulation seeds, molecule, the end-to-end scenarios
 	TMR_SIM_SEEDS=$(SIM_SEEDS) $(PY) -m pytest -q -p no:cacheprovider tests/unit tests/sim tests/integration tests/security
+	$(MAKE) test-model
 	$(MAKE) test-lab
 	$(MAKE) test-lab-e2e
 	@echo "==> all test tiers passed"

@@ -1,0 +1,626 @@
+/*
+ * The replication protocol of the TMR license server (DESIGN.md section 5), as a Promela
+ * model for the spin model checker.  `model/run.sh` (make test-model) checks it.
+ *
+ * What is modelled (abstract, one product):
+ *   - two TMR servers (sans-I/O `Leader`), three backends (`Acceptor`);
+ *   - fencing epochs (counter, server), ordered, encoded as counter*2 + server;
+ *   - prepare/promise, adoption of the best version among a quorum of promises, snapshot at
+ *     seq 0, ACTIVE once two snapshots were answered, accept/accepted of log entries, commit
+ *     once two backends acknowledged, snapshots to backends that lost their place;
+ *   - fencing: a backend with a higher promise answers Rejected;
+ *   - crashes and restarts: a server loses everything but its epoch counter; a backend's
+ *     state is all durable, so its crash only loses the requests it had not answered;
+ *   - lost and reordered messages: each server->backend and backend->server link is a bag
+ *     of at most two messages received in any order; any message may be lost;
+ *   - a license update: the backends go from TMR ID #1 (LQ 2) to #2 (LQ 3), one at a time.
+ *
+ * Handles carry one seat each and are named 0..NH-1; a handle id is never reused (the code
+ * names them h<counter>-<server>-<n>), so a handle is granted at most once in a run.
+ * A handle table is a bit mask, seats = bits set.
+ *
+ * Properties (assertions; see the comments at each assert):
+ *   P1 committed seats <= effective LQ (licensing/effective.py: second-highest TMR ID among
+ *      the backends' valid copies, and the LQ of that copy);
+ *   P2 no two leader terms commit in the same epoch; no log version holds two tables;
+ *   P3 a committed grant is never lost: the table a leader adopts in epoch e holds every
+ *      handle committed (in a table) in an epoch below e unless some leader proposed its
+ *      release, and no handle whose release was committed below e; checked when the leader
+ *      adopts, and again for it when an older epoch's commit becomes known later;
+ *   LIVE (compiled with -DLIVENESS): with finitely many faults, eventually forever some
+ *      server is ACTIVE in the newest epoch with every entry it proposed committed.
+ *
+ * Seeded bugs (each must make spin report an error; tests/model/ checks that it does):
+ *   BUG_ACCEPT_BELOW_PROMISE  the acceptor applies an ACCEPT whose epoch is below its promise
+ *   BUG_COMMIT_ONE_ACK        the leader commits an entry with one acknowledgement
+ *   BUG_VOLATILE_COUNTER      a server forgets its epoch counter when it crashes
+ *   BUG_NO_LQ_CHECK           the acceptor does not check its own LQ (with a leader that
+ *                             admits above the effective LQ)
+ */
+
+#ifndef NH
+#define NH 3            /* handles (one seat each): seat counts 0..3 */
+#endif
+#ifndef MAXC
+#define MAXC 3          /* highest epoch counter */
+#endif
+#ifndef MAXSEQ
+#define MAXSEQ 2        /* log entries per term after the snapshot at seq 0 */
+#endif
+#ifndef LOSSES
+#define LOSSES 2        /* messages lost (a full link loses what is sent on top) */
+#endif
+#ifndef SCRASHES
+#define SCRASHES 1      /* server crashes */
+#endif
+#ifndef STEALS
+#define STEALS 1        /* LIVENESS only: promotes while another server leads */
+#endif
+
+#define NS 2
+#define NB 3
+#define LQ_OLD 2        /* LQ of license #1 */
+#define LQ_NEW 3        /* LQ of license #2 */
+#define NONE 255
+
+mtype = { PREPARE, ACCEPT, SNAPSHOT, PROMISE, ACCEPTED, REJECTED };
+
+/* EntryStatus */
+#define OK 0
+#define NEED_SNAPSHOT 1
+#define REFUSED 2
+
+/* Role (TAKEOVER is split into its phases "prepare" and "sync") */
+#define STANDBY 0
+#define PREPARING 1
+#define SYNCING 2
+#define ACTIVE 3
+#define FENCED 4
+
+#define EP(c, s) ((c) * 2 + (s))
+#define CTR(e) ((e) / 2)
+#define VER(e, q) ((e) * 8 + (q))
+#define VEP(v) ((v) / 8)
+#define VSEQ(v) ((v) % 8)
+#define BIT(i) (1 << (i))
+#define SEATS(t) (((t) & 1) + (((t) >> 1) & 1) + (((t) >> 2) & 1) + (((t) >> 3) & 1))
+#define LINK(s, b) ((s) * NB + (b))
+
+/* Ops: 1..NH grant handle op-1, NH+1..2NH release handle op-NH-1 */
+#define GRANT_OP(h) ((h) + 1)
+#define RELEASE_OP(h) ((h) + 1 + NH)
+#define IS_GRANT(op) ((op) >= 1 && (op) <= NH)
+#define OP_HANDLE(op) (IS_GRANT(op) -> (op) - 1 : (op) - 1 - NH)
+#define APPLY(t, op) (IS_GRANT(op) -> ((t) | BIT(OP_HANDLE(op))) : ((t) & ~BIT(OP_HANDLE(op))))
+
+/* ---------------------------------------------------------------- network
+ * req[LINK(s,b)]: server s -> backend b; rep[LINK(s,b)]: backend b -> server s.
+ * Requests: kind, epoch, seq, val (op of an ACCEPT, table of a SNAPSHOT).
+ * Replies:  PROMISE(epoch, version, table), ACCEPTED(epoch, seq, status), REJECTED(promised). */
+#ifndef CAP
+#define CAP 1           /* messages in flight per link and direction */
+#endif
+chan req[NS * NB] = [CAP] of { mtype, byte, byte, byte };
+chan rep[NS * NB] = [CAP] of { mtype, byte, byte, byte };
+
+/* ---------------------------------------------------------------- backends (durable) */
+byte bprom[NB];     /* AcceptorState.promised */
+byte bver[NB];      /* ProductLog.version = VER(epoch, seq) */
+byte btab[NB];      /* ProductLog.handles */
+bit bnew[NB];       /* LicenseInfo: 0 = #1 (LQ_OLD), 1 = #2 (LQ_NEW); always valid */
+#define LQ(b) (bnew[b] -> LQ_NEW : LQ_OLD)
+/* effective_version(): available with >= 2 copies (always here); effective TMR ID = the
+ * second-highest ID, i.e. #2 once two backends hold it; its LQ. */
+#define EFF_LQ ((bnew[0] + bnew[1] + bnew[2] >= 2) -> LQ_NEW : LQ_OLD)
+
+/* ---------------------------------------------------------------- servers */
+byte slc[NS];       /* Leader.last_counter: persisted before anything is sent */
+byte role[NS];      /* Leader.role */
+byte sep[NS];       /* Leader.epoch */
+byte spr[NS];       /* backends whose Promise arrived (_Backend.promise), bit mask */
+byte sbest[NS];     /* best version among the promises (_adopt) */
+byte sbtab[NS];     /* ... and its table */
+byte stab[NS];      /* _Product.handles (the leader's table, uncommitted ops included) */
+byte sseq[NS];      /* _Product.seq */
+short scom[NS];     /* _Product.committed (-1: the snapshot at seq 0 is not committed) */
+byte slog[NS * (MAXSEQ + 1)];   /* _Product.log: op of entry seq */
+byte sack[NS * NB]; /* _Backend.acked (NONE: unknown) */
+bit sinf[NS * NB];  /* _Backend.inflight: one ACCEPT/SNAPSHOT in flight per backend */
+byte ssnap[NS];     /* _Backend.snapshot_acked, bit mask */
+
+/* ---------------------------------------------------------------- ghost state (checks) */
+byte hused;         /* handles whose grant was proposed (ids are never reused) */
+byte ghep[NH];      /* per handle: the lowest epoch that committed a table holding it */
+byte grel;          /* handles whose release some leader proposed */
+byte grcep[NH];     /* per handle: the lowest epoch that committed its release */
+byte sterm[NS];     /* number of this server's terms (promotes) */
+byte gcommit[2 * MAXC + 2];     /* per epoch: server*16 + term that committed in it, + 1 */
+byte gtab[VER(2 * MAXC + 2, 0)];/* per version: the table a backend holds at it, + 1 */
+byte gloss = LOSSES;
+byte gscrash = SCRASHES;
+#ifdef LIVENESS
+byte gsteal = STEALS;
+#endif
+
+/* temporaries, only used inside atomic sequences that never block midway (not part of the
+ * state; a breadth-first search, -DBFS_SEARCH, needs them in it) */
+#ifdef BFS_SEARCH
+#define hidden
+#endif
+hidden mtype tk;
+hidden byte te, tq, tv, tx, ty, tw;
+hidden mtype k;
+hidden byte e, q, v;     /* the message being handled */
+hidden short ta, tb, tc, td, tf;
+
+#define ROLE_LEADS(s) (role[s] == PREPARING || role[s] == SYNCING || role[s] == ACTIVE)
+#define NEWEST(s) (sep[s] >= bprom[0] && sep[s] >= bprom[1] && sep[s] >= bprom[2])
+#define CURRENT_LEADER (ROLE_LEADS(0) && NEWEST(0) || ROLE_LEADS(1) && NEWEST(1))
+#define DONE(s) (role[s] == ACTIVE && scom[s] == sseq[s] && NEWEST(s))
+
+#ifdef SPURIOUS
+#define LOST(c) true    /* timeouts may fire at any time (a slow backend) */
+#else
+/* A request or its reply is lost (not in flight): only then does a timeout fire. */
+#define LOST(c) (empty(req[c]) && empty(rep[c]))
+#endif
+
+/* Receive one of the (at most two) messages of a bag, in any order. */
+inline take_any(ch, k, e, q, v) {
+    if
+    :: ch?k, e, q, v
+    :: CAP > 1 && len(ch) == 2 ->
+        ch?tk, te, tq, tv; ch?k, e, q, v; ch!tk, te, tq, tv;
+        tk = 0; te = 0; tq = 0; tv = 0
+    fi
+}
+
+/* Send, or lose the message when the bag is full. */
+inline send(ch, k, e, q, v) {
+    if
+    :: nfull(ch) -> ch!k, e, q, v
+    :: full(ch) -> skip
+    fi
+}
+
+/* ================================================================ the acceptor */
+
+/* A backend wrote its log at version ver holding table t: no version holds two tables. */
+inline record_version(ver, t) {
+    assert(gtab[ver] == 0 || gtab[ver] == t + 1);    /* P2 */
+    gtab[ver] = t + 1
+}
+
+/* Acceptor.handle for request (k, e, q, v) from server s at backend b. */
+inline acceptor_step(s, b, k, e, q, v) {
+    if
+#ifdef BUG_ACCEPT_BELOW_PROMISE
+    :: e < bprom[b] && k != ACCEPT ->
+#else
+    :: e < bprom[b] ->
+#endif
+        send(rep[LINK(s, b)], REJECTED, bprom[b], 0, 0)
+    :: else ->
+        if
+        :: e > bprom[b] -> bprom[b] = e     /* _promise_write: PREPARE, ACCEPT, SNAPSHOT */
+        :: else -> skip
+        fi;
+        if
+        :: k == PREPARE ->
+            send(rep[LINK(s, b)], PROMISE, e, bver[b], btab[b])
+        :: k == ACCEPT ->                   /* _accept, one entry */
+            if
+            :: VEP(bver[b]) == e && q <= VSEQ(bver[b]) ->
+                send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), OK)   /* duplicate */
+            :: VEP(bver[b]) != e || q != VSEQ(bver[b]) + 1 ->
+                send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), NEED_SNAPSHOT)
+            :: else ->
+                tx = APPLY(btab[b], v);
+#ifdef BUG_NO_LQ_CHECK
+                if
+                :: false ->
+#else
+                if
+                :: SEATS(tx) > SEATS(btab[b]) && SEATS(tx) > LQ(b) ->     /* _check_ops */
+#endif
+                    send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), REFUSED)
+                :: else ->
+                    btab[b] = tx; bver[b] = VER(e, q);
+                    record_version(bver[b], btab[b]);
+                    send(rep[LINK(s, b)], ACCEPTED, e, q, OK)
+                fi;
+                tx = 0
+            fi
+        :: k == SNAPSHOT ->                 /* _snapshot: replaces the table */
+            if
+            :: VEP(bver[b]) == e && q <= VSEQ(bver[b]) ->
+                send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), OK)   /* stale or duplicate */
+            :: else ->
+                tx = (LQ(b) > SEATS(btab[b]) -> LQ(b) : SEATS(btab[b]));
+#ifdef BUG_NO_LQ_CHECK
+                if
+                :: false ->
+#else
+                if
+                :: SEATS(v) > tx ->         /* may keep, never grow, a count above LQ */
+#endif
+                    send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), REFUSED)
+                :: else ->
+                    btab[b] = v; bver[b] = VER(e, q);
+                    record_version(bver[b], btab[b]);
+                    send(rep[LINK(s, b)], ACCEPTED, e, q, OK)
+                fi;
+                tx = 0
+            fi
+        fi
+    fi
+}
+
+/* One backend's handling of one server's link (a process per link, for fairness). */
+proctype BackendLink(byte s; byte b) {
+end:
+    do
+    :: atomic {
+        nempty(req[LINK(s, b)]) ->
+        take_any(req[LINK(s, b)], k, e, q, v);
+        acceptor_step(s, b, k, e, q, v);
+        k = 0; e = 0; q = 0; v = 0
+    }
+    od
+}
+
+/* ================================================================ the leader */
+
+inline reset_term(s) {          /* Leader._reset_term */
+    spr[s] = 0; sbest[s] = 0; sbtab[s] = 0; stab[s] = 0; sseq[s] = 0; scom[s] = -1;
+    ssnap[s] = 0;
+    tx = 0;
+    do
+    :: tx <= MAXSEQ -> slog[s * (MAXSEQ + 1) + tx] = 0; tx++
+    :: else -> break
+    od;
+    tx = 0;
+    do
+    :: tx < NB -> sack[LINK(s, tx)] = NONE; sinf[LINK(s, tx)] = 0; tx++
+    :: else -> break
+    od;
+    tx = 0
+}
+
+/* Leader.promote + the probe phase + _maybe_prepare: a new epoch above every counter seen. */
+inline promote(s) {
+#ifdef LIVENESS
+    /* probes report the backends' promises: max counter + 1 (Leader._maybe_prepare) */
+    tx = slc[s];
+    tx = (CTR(bprom[0]) > tx -> CTR(bprom[0]) : tx);
+    tx = (CTR(bprom[1]) > tx -> CTR(bprom[1]) : tx);
+    tx = (CTR(bprom[2]) > tx -> CTR(bprom[2]) : tx);
+    tx = tx + 1;
+#else
+    /* any counter above the persisted one (what probes report only raises it) */
+    tx = slc[s] + 1;
+    do
+    :: break
+    :: tx < MAXC -> tx++
+    od;
+#endif
+    slc[s] = tx;                /* persist_counter */
+    reset_term(s);
+    sep[s] = EP(slc[s], s);
+    sterm[s]++;
+    role[s] = PREPARING;
+    send(req[LINK(s, 0)], PREPARE, sep[s], 0, 0);
+    send(req[LINK(s, 1)], PREPARE, sep[s], 0, 0);
+    send(req[LINK(s, 2)], PREPARE, sep[s], 0, 0)
+}
+
+inline fence(s) {               /* Leader._fence */
+    role[s] = FENCED; sep[s] = 0; reset_term(s)
+}
+
+inline crash(s) {               /* kill -9 and restart: only the epoch counter survives */
+    role[s] = STANDBY; sep[s] = 0; reset_term(s);
+#ifdef BUG_VOLATILE_COUNTER
+    slc[s] = 0;
+#endif
+#ifdef LIVENESS
+    /* its connections close: what it had in flight is gone */
+    tx = 0;
+    do
+    :: tx < NB ->
+        do
+        :: nempty(req[LINK(s, tx)]) -> req[LINK(s, tx)]?tk, te, tq, tv
+        :: empty(req[LINK(s, tx)]) -> break
+        od;
+        do
+        :: nempty(rep[LINK(s, tx)]) -> rep[LINK(s, tx)]?tk, te, tq, tv
+        :: empty(rep[LINK(s, tx)]) -> break
+        od;
+        tx++
+    :: else -> break
+    od;
+    tx = 0; tk = 0; te = 0; tq = 0; tv = 0
+#endif
+}
+
+/* P3 for a leader s that adopted table sbtab[s] in epoch sep[s]: every grant committed in an
+ * older epoch is in it unless some leader proposed its release, and no handle whose release
+ * was committed in an older epoch is.  (A leader may still adopt after a newer epoch
+ * committed: it holds stale promises, but can never get an entry accepted.) */
+inline check_adopted(w) {
+    tx = 0;
+    do
+    :: tx < NH ->
+        assert(!(ghep[tx] != 0 && ghep[tx] < sep[w] && (grel & BIT(tx)) == 0) ||
+               (sbtab[w] & BIT(tx)));
+        assert(!(grcep[tx] != 0 && grcep[tx] < sep[w]) || (sbtab[w] & BIT(tx)) == 0);
+        tx++
+    :: else -> break
+    od;
+    tx = 0
+}
+
+/* Leader._adopt: the best version among the promises becomes the leader's table. */
+inline adopt(s) {
+    check_adopted(s);
+    stab[s] = sbtab[s]; sseq[s] = 0; scom[s] = -1;
+    role[s] = SYNCING
+}
+
+/* Leader._recommit: committed = the second-highest acknowledged seq. */
+inline recommit(s) {
+    ta = (sack[LINK(s, 0)] == NONE -> -1 : sack[LINK(s, 0)]);
+    tb = (sack[LINK(s, 1)] == NONE -> -1 : sack[LINK(s, 1)]);
+    tc = (sack[LINK(s, 2)] == NONE -> -1 : sack[LINK(s, 2)]);
+#ifdef BUG_COMMIT_ONE_ACK
+    ta = (ta > tb -> ta : tb); ta = (ta > tc -> ta : tc);   /* the highest */
+#else
+    /* the median of three = the second-highest: max(min(a, b), min(max(a, b), c)) */
+    td = (ta < tb -> ta : tb);
+    tf = (ta > tb -> ta : tb);
+    tf = (tf < tc -> tf : tc);
+    ta = (td > tf -> td : tf);
+    td = 0; tf = 0;
+#endif
+    if
+    :: ta > scom[s] ->
+        assert(ta == scom[s] + 1 && ta == sseq[s]);   /* one entry in flight at a time */
+        /* P1: the committed table never holds more seats than the effective LQ */
+        assert(SEATS(stab[s]) <= EFF_LQ);
+        /* P2: no two leader terms commit in one epoch */
+        assert(gcommit[sep[s]] == 0 || gcommit[sep[s]] == s * 16 + sterm[s] + 1);
+        gcommit[sep[s]] = s * 16 + sterm[s] + 1;
+        tx = 0;
+        do
+        :: tx < NH ->
+            if
+            :: (stab[s] & BIT(tx)) && (ghep[tx] == 0 || sep[s] < ghep[tx]) -> ghep[tx] = sep[s]
+            :: else -> skip
+            fi;
+            tx++
+        :: else -> break
+        od;
+        if
+        :: ta >= 1 && !IS_GRANT(slog[s * (MAXSEQ + 1) + ta]) ->
+            tx = OP_HANDLE(slog[s * (MAXSEQ + 1) + ta]);
+            if
+            :: grcep[tx] == 0 || sep[s] < grcep[tx] -> grcep[tx] = sep[s]
+            :: else -> skip
+            fi
+        :: else -> skip
+        fi;
+        tx = 0;
+        scom[s] = ta;
+        /* P3 also for a newer leader that adopted before this commit became known here */
+        if
+        :: ROLE_LEADS(1 - s) && role[1 - s] != PREPARING && sep[1 - s] > sep[s] ->
+            tw = 1 - s;
+            check_adopted(tw);
+            tw = 0
+        :: else -> skip
+        fi
+    :: else -> skip
+    fi;
+    ta = 0; tb = 0; tc = 0
+}
+
+/* Leader.on_reply for the reply (k, e, q, v) of backend b. */
+inline on_reply(s, b, k, e, q, v) {
+    if
+    :: k == REJECTED ->
+        if
+        :: ROLE_LEADS(s) && e > sep[s] -> fence(s)
+        :: else -> skip
+        fi
+    :: k == PROMISE && e == sep[s] && (role[s] == PREPARING || role[s] == SYNCING) ->
+        spr[s] = spr[s] | BIT(b);   /* a late promise: it joins through a snapshot */
+        if
+        :: role[s] == PREPARING ->
+            if
+            :: q > sbest[s] -> sbest[s] = q; sbtab[s] = v
+            :: else -> skip
+            fi;
+            if
+            :: SEATS(spr[s]) >= 2 -> adopt(s)
+            :: else -> skip
+            fi
+        :: else -> skip
+        fi
+    :: k == ACCEPTED && e == sep[s] && (role[s] == SYNCING || role[s] == ACTIVE) ->
+        sinf[LINK(s, b)] = 0;
+        if
+        :: v == OK ->
+            sack[LINK(s, b)] = (sack[LINK(s, b)] == NONE || q > sack[LINK(s, b)]
+                                -> q : sack[LINK(s, b)])
+        :: else -> sack[LINK(s, b)] = NONE
+        fi;
+        if
+        :: role[s] == SYNCING && (ssnap[s] & BIT(b)) == 0 ->
+            ssnap[s] = ssnap[s] | BIT(b);
+            if
+            :: SEATS(ssnap[s]) >= 2 -> role[s] = ACTIVE
+            :: else -> skip
+            fi
+        :: else -> skip
+        fi;
+        recommit(s)
+    :: else -> skip                 /* an answer to an older term: ignored */
+    fi
+}
+
+/* Leader._pump_backend: a snapshot when the backend's place is unknown, else the next entry. */
+#define CAN_PUMP(s, b) \
+    ((role[s] == SYNCING && (spr[s] & BIT(b)) || role[s] == ACTIVE) && \
+     !sinf[LINK(s, b)] && (sack[LINK(s, b)] == NONE || sack[LINK(s, b)] < sseq[s]) && \
+     nfull(req[LINK(s, b)]))
+
+inline pump(s, b) {
+    if
+    :: sack[LINK(s, b)] == NONE ->
+        req[LINK(s, b)]!SNAPSHOT, sep[s], sseq[s], stab[s]
+    :: else ->
+        req[LINK(s, b)]!ACCEPT, sep[s], sack[LINK(s, b)] + 1,
+            slog[s * (MAXSEQ + 1) + sack[LINK(s, b)] + 1]
+    fi;
+    sinf[LINK(s, b)] = 1
+}
+
+/* One server's handling of one backend (a process per link, for fairness). */
+proctype ServerLink(byte s; byte b) {
+end:
+    do
+    :: atomic {                     /* a reply */
+        nempty(rep[LINK(s, b)]) ->
+        take_any(rep[LINK(s, b)], k, e, q, v);
+        on_reply(s, b, k, e, q, v);
+        k = 0; e = 0; q = 0; v = 0
+    }
+    :: atomic { CAN_PUMP(s, b) -> pump(s, b) }
+    :: atomic {                     /* Leader._timeout of an ACCEPT/SNAPSHOT */
+        sinf[LINK(s, b)] && LOST(LINK(s, b)) ->
+        sinf[LINK(s, b)] = 0;
+        if
+        :: sack[LINK(s, b)] = NONE  /* _mark_down: it gets a snapshot */
+        :: skip                     /* it answered later requests: resend from acked */
+        fi
+    }
+    :: atomic {                     /* timeout of a PREPARE: sent again */
+        role[s] == PREPARING && (spr[s] & BIT(b)) == 0 && LOST(LINK(s, b)) &&
+        nfull(req[LINK(s, b)]) ->
+        req[LINK(s, b)]!PREPARE, sep[s], 0, 0
+    }
+    od
+}
+
+/* A client checkout (grant) or release served by an ACTIVE leader: a new log entry. */
+#define CAN_PROPOSE(s) (role[s] == ACTIVE && sseq[s] == scom[s] && sseq[s] < MAXSEQ)
+
+inline propose(s, op) {
+    sseq[s]++;
+    slog[s * (MAXSEQ + 1) + sseq[s]] = op;
+    stab[s] = APPLY(stab[s], op)
+}
+
+inline client_ops(s, h) {
+    if
+    :: atomic {
+        CAN_PROPOSE(s) && (hused & BIT(h)) == 0 &&
+#ifdef BUG_NO_LQ_CHECK
+        SEATS(stab[s]) + 1 <= LQ_NEW ->
+#else
+        SEATS(stab[s]) + 1 <= EFF_LQ ->         /* Leader._admission */
+#endif
+        hused = hused | BIT(h);
+        propose(s, GRANT_OP(h))
+    }
+    :: atomic {
+        CAN_PROPOSE(s) && (stab[s] & BIT(h)) ->
+        grel = grel | BIT(h);
+        propose(s, RELEASE_OP(h))
+    }
+    fi
+}
+
+#ifdef LIVENESS
+/* keepalived promotes a server when nobody leads in the newest epoch; STEALS more times
+ * it promotes one while another leads (split brain, an operator's --force). */
+#define MAY_PROMOTE(s) (slc[s] < MAXC && (!CURRENT_LEADER || gsteal > 0))
+#define SPEND_PROMOTE if :: CURRENT_LEADER -> gsteal-- :: else -> skip fi
+#else
+#define MAY_PROMOTE(s) (slc[s] < MAXC)
+#define SPEND_PROMOTE skip
+#endif
+#define MAY_CRASH (gscrash > 0)
+#define SPEND_CRASH gscrash--
+
+proctype Server(byte s) {
+end:
+    do
+    :: atomic {
+        (role[s] == STANDBY || role[s] == FENCED) && MAY_PROMOTE(s) ->
+        SPEND_PROMOTE;
+        promote(s)
+    }
+    :: atomic { role[s] != STANDBY && MAY_CRASH -> SPEND_CRASH; crash(s) }
+    :: client_ops(s, 0)
+    :: client_ops(s, 1)
+#if NH > 2
+    :: client_ops(s, 2)
+#endif
+#if NH > 3
+    :: client_ops(s, 3)
+#endif
+    od
+}
+
+/* ================================================================ environment */
+
+#define MAY_LOSE (gloss > 0)
+#define SPEND_LOSS gloss--
+
+inline lose(ch) {
+    atomic { MAY_LOSE && nempty(ch) -> SPEND_LOSS; ch?tk, te, tq, tv; tk = 0; te = 0; tq = 0; tv = 0 }
+}
+
+inline license_update(b) {      /* license_rollout: #2 with LQ_NEW reaches backend b */
+    atomic { !bnew[b] -> bnew[b] = 1 }
+}
+
+proctype Env() {
+end:
+    do
+    :: license_update(0)
+    :: license_update(1)
+    :: license_update(2)
+    :: lose(req[0])
+    :: lose(req[1])
+    :: lose(req[2])
+    :: lose(req[3])
+    :: lose(req[4])
+    :: lose(req[5])
+    :: lose(rep[0])
+    :: lose(rep[1])
+    :: lose(rep[2])
+    :: lose(rep[3])
+    :: lose(rep[4])
+    :: lose(rep[5])
+    od
+}
+
+init {
+    atomic {
+        sack[0] = NONE; sack[1] = NONE; sack[2] = NONE;
+        sack[3] = NONE; sack[4] = NONE; sack[5] = NONE;
+        scom[0] = -1; scom[1] = -1;
+        run Env();
+        run Server(0); run Server(1);
+        run ServerLink(0, 0); run ServerLink(0, 1); run ServerLink(0, 2);
+        run ServerLink(1, 0); run ServerLink(1, 1); run ServerLink(1, 2);
+        run BackendLink(0, 0); run BackendLink(0, 1); run BackendLink(0, 2);
+        run BackendLink(1, 0); run BackendLink(1, 1); run BackendLink(1, 2)
+    }
+}
+
+#ifdef LIVENESS
+ltl live { <> [] (DONE(0) || DONE(1)) }
+#endif

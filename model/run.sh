@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Check the Promela model of the replication protocol (model/replication.pml) with spin.
+#
+#   model/run.sh                 the safety check (make test-model)
+#   model/run.sh -DBUG_X ...     the same with extra spin -D options (a seeded bug)
+#
+# Environment:
+#   MODEL_MINUTES  time limit of the search in minutes (default 2)
+#   MODEL_BOUNDS   spin -D options for the bounds (default: the small configuration below)
+#   MODEL_SEARCH   "bitstate" (default: supertrace, 512 MB of bits) or "full" (exhaustive,
+#                  hash-compacted; needs memory and time for the larger bounds)
+#
+# Exit status: 0 no error found, 1 spin reported an error (its trail is replayed on stderr),
+# 2 usage or tool error. The last line of output is "MODEL OK ..." or "MODEL ERROR ...".
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+minutes="${MODEL_MINUTES:-2}"
+bounds="${MODEL_BOUNDS:--DMAXC=1 -DMAXSEQ=1 -DNH=2 -DLOSSES=0 -DSCRASHES=0}"
+search="${MODEL_SEARCH:-bitstate}"
+
+command -v spin >/dev/null || { echo "run.sh: spin is not installed (apt-get install spin)" >&2; exit 2; }
+command -v gcc >/dev/null || { echo "run.sh: gcc is not installed" >&2; exit 2; }
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/tmr-model.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+cp "$here/replication.pml" "$work/"
+cd "$work"
+
+# shellcheck disable=SC2086
+spin $bounds "$@" -a replication.pml >spin.out 2>&1 || { cat spin.out >&2; exit 2; }
+case "$search" in
+  bitstate) cflags=(-DSAFETY -DBITSTATE); pflags=(-w32 -k3) ;;
+  full) cflags=(-DSAFETY -DHC4); pflags=(-w26) ;;
+  *) echo "run.sh: MODEL_SEARCH must be bitstate or full" >&2; exit 2 ;;
+esac
+gcc -O2 -w "${cflags[@]}" -DMEMLIM=4096 -o pan pan.c || exit 2
+
+start=$(date +%s)
+set +e
+./pan -m100000 -c1 -n "-Q$minutes" "${pflags[@]}" >pan.out 2>&1
+set -e
+took=$(( $(date +%s) - start ))
+grep -E "assertion violated|errors:|states, stored|transitions|depth reached|elapsed|hash factor|Search not completed|time-limit" pan.out || true
+stored=$(awk '/states, stored/ {print $1; exit}' pan.out)
+errors=$(sed -n 's/.*errors: \([0-9]*\).*/\1/p' pan.out | head -1)
+if [ -z "$errors" ]; then
+  cat pan.out >&2
+  echo "MODEL ERROR: pan gave no result"
+  exit 2
+fi
+if [ "$errors" != 0 ]; then
+  echo "--- counterexample (spin -t):" >&2
+  # shellcheck disable=SC2086
+  spin $bounds "$@" -t -p -g replication.pml 2>&1 | grep -E "^ *[0-9]+:.*proc" | tail -60 >&2 || true
+  echo "MODEL ERROR: spin found a violation (${took}s, $stored states, bounds: $bounds $*)"
+  exit 1
+fi
+complete="complete"
+grep -q "Search not completed\|time-limit" pan.out && complete="time limit reached, partial"
+echo "MODEL OK: no violation in $stored states (${took}s, $search search, $complete; bounds: $bounds $*)"
