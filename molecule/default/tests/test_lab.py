@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from conftest import (
@@ -21,6 +22,8 @@ from conftest import (
     server_status,
     vip,
 )
+
+REPO = Path(__file__).resolve().parents[3]
 
 SERVICES = {
     "tmr_backends": ["tmr-backend", "tmr-backend-firewall"],
@@ -128,6 +131,37 @@ def test_keepalived_config_is_valid_and_unicast() -> None:
             host(h).run("/usr/local/sbin/keepalived-config-test /etc/keepalived/keepalived.conf").rc
             == 0
         )
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [(h, "backend") for h in group("tmr_backends")] + [(h, "server") for h in group("tmr_servers")],
+)
+def test_installed_config_passes_the_services_own_check(name: str, kind: str) -> None:
+    """The roles validate with `tmr config check`; the installed file passes it too."""
+    out = host(name).run(f"{TMR} config check --kind {kind} --json /etc/tmr/{kind}.toml")
+    assert out.rc == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["ok"] is True
+
+
+def _pins() -> dict[str, str]:
+    """name -> version pinned in requirements/wheelhouse.txt (the hash-checked dependencies)."""
+    pins = {}
+    for line in (REPO / "requirements" / "wheelhouse.txt").read_text().splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            name, _, version = line.split()[0].partition("==")
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+@pytest.mark.parametrize("name", group("tmr_backends")[:1] + group("tmr_servers")[:1])
+def test_installed_dependencies_are_the_pinned_versions(name: str) -> None:
+    pins = _pins()
+    assert {"pyzmq", "msgpack", "cryptography", "prometheus-client"} <= set(pins)
+    out = host(name).check_output(f"{PY} -m pip list --format json --disable-pip-version-check")
+    installed = {d["name"].lower().replace("_", "-"): d["version"] for d in json.loads(out)}
+    for dist, version in pins.items():
+        assert installed.get(dist) == version, (dist, version, installed.get(dist))
 
 
 def _client_cmd(*args: str) -> str:
