@@ -165,9 +165,7 @@ class WebRuntime:
             self._usage_pending[key] = token
             return None
         if req.until - req.since > MAX_WINDOW:
-            return (
-                f"the window is longer than {MAX_WINDOW / DAY:g} days: ask for a shorter one"
-            )
+            return f"the window is longer than {MAX_WINDOW / DAY:g} days: ask for a shorter one"
         up = tuple(str(b["name"]) for b in status.get("backends", []) if b.get("up"))
         down = tuple(str(b["name"]) for b in status.get("backends", []) if not b.get("up"))
         quantities = {
