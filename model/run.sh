@@ -3,10 +3,13 @@
 #
 #   model/run.sh                 the safety check (make test-model)
 #   model/run.sh -DBUG_X ...     the same with extra spin -D options (a seeded bug)
+#   MODEL_CHECK=liveness model/run.sh   the liveness property `live` under weak fairness
+#                                (not part of make test-model: it does not finish in minutes)
 #
 # Environment:
+#   MODEL_CHECK    "safety" (default: the assertions) or "liveness" (the LTL formula `live`)
 #   MODEL_MINUTES  time limit of the search in minutes (default 2)
-#   MODEL_BOUNDS   spin -D options for the bounds (default: the small configuration below)
+#   MODEL_BOUNDS   spin -D options for the bounds (default: the small configurations below)
 #   MODEL_SEARCH   "bitstate" (default: supertrace, 512 MB of bits) or "full" (exhaustive,
 #                  hash-compacted; needs memory and time for the larger bounds)
 #
@@ -15,8 +18,13 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 minutes="${MODEL_MINUTES:-2}"
-bounds="${MODEL_BOUNDS:--DMAXC=1 -DMAXSEQ=1 -DNH=2 -DLOSSES=0 -DSCRASHES=0}"
+check="${MODEL_CHECK:-safety}"
 search="${MODEL_SEARCH:-bitstate}"
+case "$check" in
+  safety) bounds="${MODEL_BOUNDS:--DMAXC=1 -DMAXSEQ=1 -DNH=2 -DLOSSES=0 -DSCRASHES=0}" ;;
+  liveness) bounds="-DLIVENESS ${MODEL_BOUNDS:--DMAXC=2 -DMAXSEQ=1 -DNH=1 -DLOSSES=1 -DSCRASHES=0 -DSTEALS=0}" ;;
+  *) echo "run.sh: MODEL_CHECK must be safety or liveness" >&2; exit 2 ;;
+esac
 
 command -v spin >/dev/null || { echo "run.sh: spin is not installed (apt-get install spin)" >&2; exit 2; }
 command -v gcc >/dev/null || { echo "run.sh: gcc is not installed" >&2; exit 2; }
@@ -29,10 +37,16 @@ cd "$work"
 # shellcheck disable=SC2086
 spin $bounds "$@" -a replication.pml >spin.out 2>&1 || { cat spin.out >&2; exit 2; }
 case "$search" in
-  bitstate) cflags=(-DSAFETY -DBITSTATE); pflags=(-w32 -k3) ;;
-  full) cflags=(-DSAFETY -DHC4); pflags=(-w26) ;;
+  bitstate) cflags=(-DBITSTATE); pflags=(-w32 -k3) ;;
+  full) cflags=(-DHC4); pflags=(-w26) ;;
   *) echo "run.sh: MODEL_SEARCH must be bitstate or full" >&2; exit 2 ;;
 esac
+if [ "$check" = safety ]; then
+  cflags+=(-DSAFETY)
+else
+  cflags+=(-DNFAIR=5)     # weak fairness over the 16 processes
+  pflags+=(-a -f)         # acceptance cycles of the never claim, weak fairness
+fi
 gcc -O2 -w "${cflags[@]}" -DMEMLIM=4096 -o pan pan.c || exit 2
 
 start=$(date +%s)
@@ -40,7 +54,7 @@ set +e
 ./pan -m100000 -c1 -n "-Q$minutes" "${pflags[@]}" >pan.out 2>&1
 set -e
 took=$(( $(date +%s) - start ))
-grep -E "assertion violated|errors:|states, stored|transitions|depth reached|elapsed|hash factor|Search not completed|time-limit" pan.out || true
+grep -E "assertion violated|acceptance cycle|errors:|states, stored|transitions|depth reached|elapsed|hash factor|Search not completed|time-limit" pan.out || true
 stored=$(awk '/states, stored/ {print $1; exit}' pan.out)
 errors=$(sed -n 's/.*errors: \([0-9]*\).*/\1/p' pan.out | head -1)
 if [ -z "$errors" ]; then
