@@ -152,6 +152,33 @@ def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
 
 def read_cluster_file(path: str | os.PathLike[str]) -> tuple[list[str], str]:
     """(client endpoints, service public key) from a cluster file or its directory."""
+    p, doc = _cluster_doc(path)
+    endpoints = doc.get("client_endpoints")
+    if (
+        not isinstance(endpoints, list)
+        or not endpoints
+        or not all(isinstance(e, str) and e for e in endpoints)
+    ):
+        raise ConfigError(f"cluster file {p}: 'client_endpoints' must be a non-empty list")
+    key = doc.get("service_public_key")
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f"cluster file {p}: 'service_public_key' must be a string")
+    return list(endpoints), key
+
+
+def cluster_admin_key(path: str | os.PathLike[str]) -> str | None:
+    """The administrator's client key file a cluster file names (`tmr local up` makes one and
+    lists its public key in the servers' admin_keys), or None."""
+    p, doc = _cluster_doc(path)
+    key = doc.get("admin_client_key")
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f"cluster file {p}: 'admin_client_key' must be a path")
+    return key
+
+
+def _cluster_doc(path: str | os.PathLike[str]) -> tuple[Path, dict[str, object]]:
     p = Path(path)
     if p.is_dir():
         p = p / "cluster.json"
@@ -168,17 +195,7 @@ def read_cluster_file(path: str | os.PathLike[str]) -> tuple[list[str], str]:
         raise ConfigError(f"cluster file {p} is not valid JSON") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"cluster file {p} must hold a JSON object")
-    endpoints = doc.get("client_endpoints")
-    if (
-        not isinstance(endpoints, list)
-        or not endpoints
-        or not all(isinstance(e, str) and e for e in endpoints)
-    ):
-        raise ConfigError(f"cluster file {p}: 'client_endpoints' must be a non-empty list")
-    key = doc.get("service_public_key")
-    if not isinstance(key, str) or not key:
-        raise ConfigError(f"cluster file {p}: 'service_public_key' must be a string")
-    return list(endpoints), key
+    return p, doc
 
 
 def client_from_args(args: argparse.Namespace) -> Client:

@@ -1,6 +1,6 @@
 """`tmr report usage`: per-license usage of the virtual container over a time window.
 
-    tmr report usage --cluster DIR --from 2025-01-01 --to 2025-02-01
+    tmr report usage --cluster DIR --from 2025-01-01 --to 2025-02-01   # a `tmr local up` demo
     tmr report usage -e tcp://10.0.0.100:22350 --server-key service.pub \
         --client-key admin.key --from 7d --csv
     tmr report usage --ctl /run/tmr/server.sock --from 7d     # on the active server's host
@@ -22,13 +22,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import re
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tmr.cli.client_cmds import client_from_args, format_table
+from tmr.cli.client_cmds import client_from_args, cluster_admin_key, format_table
 from tmr.ctl import CtlError, ctl_request
 from tmr.errors import UsageError
 from tmr.protocol.client_api import UsageResult
@@ -80,7 +81,8 @@ def register(sub: SubParsers, groups: dict[str, SubParsers]) -> None:
     p.add_argument("--endpoint", "-e", dest="endpoints", action="append", metavar="E",
                    help="client endpoint of the service (repeatable)")  # fmt: skip
     p.add_argument("--server-key", metavar="Z85|FILE", help="the service public key")
-    p.add_argument("--cluster", metavar="FILE|DIR", help="cluster.json of `tmr local up`")
+    p.add_argument("--cluster", metavar="FILE|DIR",
+                   help="cluster.json of `tmr local up` (uses its admin key)")  # fmt: skip
     p.add_argument("--client-key", metavar="FILE",
                    help="this client's CURVE key pair (its public key in admin_keys)")  # fmt: skip
     p.add_argument("--ctl", metavar="SOCKET",
@@ -104,6 +106,10 @@ def fetch_usage(args: argparse.Namespace, since: float, until: float) -> UsageRe
             tuple(reply["sources"]),
             reply.get("extra", {}),
         )
+    cluster = args.cluster or os.environ.get("TMR_CLUSTER")
+    if not args.client_key and cluster:
+        # A `tmr local up` cluster names its administrator's key (in the servers' admin_keys).
+        args.client_key = cluster_admin_key(cluster)
     with client_from_args(args) as client:
         # The SDK has no named method for this op yet: the generic call retries across
         # fail-over like every other request.

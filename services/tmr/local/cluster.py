@@ -32,6 +32,7 @@ FIRM = 6000123
 PRODUCT = 42
 BACKENDS = ("backend-1", "backend-2", "backend-3")
 SERVERS = ("tmr-a", "tmr-b")
+ADMIN = "admin"  # the demo administrator's client key (keys/admin.key)
 START_TIMEOUT = 30.0
 SERVE_TIMEOUT = 60.0  # `tmr local up` waits this long for the cluster to serve
 PORT_RETRIES = 3  # new ports for a process whose port was taken before it could bind it
@@ -149,6 +150,9 @@ def local_up(
     say("keys: service key pair, node keys of 2 TMR servers and 3 backends")
     service_pub = _ensure_keys(root / "keys" / "service.key")
     pubs = {name: _ensure_keys(root / "keys" / f"{name}.key") for name in (*SERVERS, *BACKENDS)}
+    # The demo's administrator: the one client key the servers answer usage reports for
+    # (server.toml admin_keys); `tmr report usage --cluster DIR` uses it.
+    pubs[ADMIN] = _ensure_keys(root / "keys" / f"{ADMIN}.key")
 
     ports: dict[str, int] = {}
     for i, name in enumerate((*BACKENDS, *SERVERS, *(f"{n}-web" for n in SERVERS))):
@@ -224,6 +228,7 @@ def local_up(
         "firm_code": FIRM,
         "product_code": PRODUCT,
         "vendor_dir": str(vendor_dir),
+        "admin_client_key": str(root / "keys" / f"{ADMIN}.key"),
         "nodes": nodes,
     }
     try:
@@ -309,7 +314,8 @@ class _Layout:
                 f'state_dir = "{sdir / "state"}"\n'
                 f"lease_seconds = {float(self.lease)}\n"
                 f"backend_timeout = {float(self.backend_timeout)}\n"
-                f'web_listen = "127.0.0.1:{ports[name + "-web"]}"\n' + backends_toml
+                f'web_listen = "127.0.0.1:{ports[name + "-web"]}"\n'
+                f"admin_keys = {_toml_list([pubs[ADMIN]])}\n" + backends_toml
             )
             node["web_url"] = f"http://127.0.0.1:{ports[name + '-web']}/"
         Path(node["config"]).write_text(text)
