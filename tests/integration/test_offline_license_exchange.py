@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.cluster_helpers import LocalCluster, eventually
+from tmr.isv import load_vendor
+from tmr.isv.offline import confirm_receipts, confirmed_sets, issue_from_request
 from tmr.keys import load_keypair
 from tmr.licensing import VendorKeyring
 from tmr.licensing.exchange import (
@@ -22,8 +24,6 @@ from tmr.licensing.exchange import (
     signed_fingerprint,
 )
 from tmr.local.cluster import BACKENDS
-from tmr.vendor import load_vendor
-from tmr.vendor.offline import confirm_receipts, confirmed_sets, issue_from_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 FIRM, PRODUCT = 6000123, 42

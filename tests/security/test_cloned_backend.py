@@ -34,6 +34,7 @@ from tmr.backend.licenses import load_license_view
 from tmr.cli.client_cmds import format_list
 from tmr.config import load_server_config
 from tmr.errors import ConfigError, ErrorCode
+from tmr.isv import IssuedSet, init_vendor, issue_set
 from tmr.keys import NodeKeys, generate_keypair
 from tmr.licensing import ClockGuard, VendorKeyring, fingerprint_of, make_fingerprint_doc
 from tmr.licensing.curve import z85_key_bytes
@@ -41,7 +42,6 @@ from tmr.protocol.client_api import LicenseEntry, ListResult
 from tmr.replication.acceptor import Acceptor, AcceptorState
 from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig
 from tmr.replication.types import ZERO_EPOCH, LicenseInfo
-from tmr.vendor import IssuedSet, init_vendor, issue_set
 from tmr.web.metrics import ServerMetrics
 from tmr.web.snapshot import build_snapshot
 

@@ -34,6 +34,7 @@ from tests.unit.replication.harness import Harness, own_copy
 from tmr.backend.service import CLOCK_NAME, DB_NAME, BackendService
 from tmr.config import BackendConfig
 from tmr.errors import ErrorCode
+from tmr.isv import init_vendor, issue_set
 from tmr.keys import generate_keypair, write_keypair
 from tmr.licensing import make_fingerprint_doc
 from tmr.protocol.peer_api import decode_reply, encode_request
@@ -63,7 +64,6 @@ from tmr.replication.types import (
     HandleRecord,
     LicenseInfo,
 )
-from tmr.vendor import init_vendor, issue_set
 
 FIRM, PRODUCT = 6_000_123, 42
 KEY = (FIRM, PRODUCT)

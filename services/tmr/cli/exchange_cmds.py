@@ -15,6 +15,8 @@ from typing import Any, TypeAlias
 
 from tmr.cli.licensing_cmds import _os_errors_as_usage
 from tmr.errors import UsageError
+from tmr.isv import load_vendor, parse_expiry, parse_features
+from tmr.isv.offline import confirm_receipts, issue_from_request
 from tmr.keys import load_keypair
 from tmr.licensing import VendorKeyring, read_machine_id
 from tmr.licensing.exchange import (
@@ -34,8 +36,6 @@ from tmr.licensing.exchange import (
 )
 from tmr.licensing.fingerprint import DEFAULT_MACHINE_ID_FILE
 from tmr.licensing.keyring import VendorPublicKey
-from tmr.vendor import load_vendor, parse_expiry, parse_features
-from tmr.vendor.offline import confirm_receipts, issue_from_request
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 

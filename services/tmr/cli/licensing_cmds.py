@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from tmr.errors import TmrError, UsageError
+from tmr.isv import init_vendor, issue_set, load_vendor, parse_expiry, parse_features
 from tmr.keys import generate_keypair, load_keypair, load_public_key, public_key_path, write_keypair
 from tmr.licensing import (
     FingerprintDoc,
@@ -28,7 +29,6 @@ from tmr.licensing import (
 from tmr.licensing.container import node_backend_key
 from tmr.licensing.curve import z85_key_bytes
 from tmr.licensing.fingerprint import DEFAULT_MACHINE_ID_FILE, FINGERPRINT_RE
-from tmr.vendor import init_vendor, issue_set, load_vendor, parse_expiry, parse_features
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Handler = Callable[[argparse.Namespace], int]

@@ -23,10 +23,10 @@ from typing import Any
 
 from tmr.ctl import CtlError, ctl_request
 from tmr.errors import TmrError
+from tmr.isv import init_vendor, issue_set, load_vendor
+from tmr.isv.profile import load_product
 from tmr.keys import generate_keypair, load_keypair, write_keypair
 from tmr.licensing import LicenseError, LicenseReason, make_fingerprint_doc, read_copy
-from tmr.vendor import init_vendor, issue_set, load_vendor
-from tmr.vendor.profile import load_product
 
 FIRM = 6000123
 PRODUCT = 42

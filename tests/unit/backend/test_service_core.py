@@ -22,6 +22,7 @@ from tmr.backend.store import StorageError
 from tmr.config import BackendConfig
 from tmr.ctl import CtlError, ctl_request
 from tmr.errors import ConfigError
+from tmr.isv import init_vendor, issue_set
 from tmr.keys import generate_keypair, write_keypair
 from tmr.licensing import make_fingerprint_doc
 from tmr.licensing.curve import z85_key_bytes
@@ -45,7 +46,6 @@ from tmr.replication.messages import (
     Status,
 )
 from tmr.replication.types import Epoch, Grant, HandleRecord
-from tmr.vendor import init_vendor, issue_set
 
 FIRM = 6_000_123
 PRODUCT = 42

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tmr.isv import IssuedSet, VendorProfile, init_vendor, issue_set
 from tmr.keys import NodeKeys, generate_keypair
 from tmr.licensing import FingerprintDoc, VendorKeyring
 from tmr.licensing.fingerprint import make_fingerprint_doc
-from tmr.vendor import IssuedSet, VendorProfile, init_vendor, issue_set
 
 FIRM = 6_000_123
 PRODUCT = 1001

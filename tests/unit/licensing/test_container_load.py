@@ -9,6 +9,7 @@ import pytest
 from lic_world import FIRM, NOW, PRODUCT, World
 
 from tmr.errors import ConfigError
+from tmr.isv import IssuedSet
 from tmr.licensing import (
     ClockGuard,
     ContainerLoad,
@@ -17,7 +18,6 @@ from tmr.licensing import (
     effective_version,
     load_container,
 )
-from tmr.vendor import IssuedSet
 
 KEY = (FIRM, PRODUCT)
 R = LicenseReason

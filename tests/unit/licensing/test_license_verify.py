@@ -9,6 +9,8 @@ import pytest
 from lic_world import FIRM, NOW, World, make_nodes
 
 from tmr.errors import ConfigError
+from tmr.isv import init_vendor, issue_set
+from tmr.isv.profile import load_product
 from tmr.licensing import (
     LicenseCopy,
     LicenseError,
@@ -22,8 +24,6 @@ from tmr.licensing import (
 )
 from tmr.licensing.curve import z85_key_bytes
 from tmr.licensing.model import SIGNING_CONTEXT, assemble, body_fields, encode_body
-from tmr.vendor import init_vendor, issue_set
-from tmr.vendor.profile import load_product
 
 R = LicenseReason
 

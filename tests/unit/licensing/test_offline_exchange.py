@@ -16,6 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from lic_world import FIRM, NOW, PRODUCT, Node, World, make_nodes
 
+from tmr.isv import init_vendor
+from tmr.isv.offline import confirm_receipts, confirmed_sets, issue_from_request
+from tmr.isv.profile import load_product
 from tmr.keys import generate_keypair
 from tmr.licensing.attest import (
     check_tag,
@@ -41,9 +44,6 @@ from tmr.licensing.exchange import (
     signed_fingerprint,
 )
 from tmr.licensing.model import LicenseError, LicenseReason
-from tmr.vendor import init_vendor
-from tmr.vendor.offline import confirm_receipts, confirmed_sets, issue_from_request
-from tmr.vendor.profile import load_product
 
 
 def _raw(key: Ed25519PrivateKey) -> bytes:

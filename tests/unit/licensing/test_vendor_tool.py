@@ -11,11 +11,11 @@ import pytest
 from lic_world import FIRM, NOW, PRODUCT, World, make_nodes
 
 from tmr.errors import UsageError
+from tmr.isv import init_vendor, issue_set, load_vendor, parse_expiry, parse_features
+from tmr.isv.profile import load_product
 from tmr.licensing import VendorPublicKey, parse_copy
 from tmr.licensing.curve import z85_key_bytes
 from tmr.licensing.model import FORMAT_VERSION
-from tmr.vendor import init_vendor, issue_set, load_vendor, parse_expiry, parse_features
-from tmr.vendor.profile import load_product
 
 
 def test_init_writes_private_key_0600_and_public_key(tmp_path: Path) -> None:

@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from tmr.errors import UsageError
+from tmr.isv.profile import (
+    ProductRecord,
+    VendorProfile,
+    load_product,
+    locked,
+    save_product,
+)
 from tmr.licensing.curve import z85_key_bytes
 from tmr.licensing.fileio import write_atomic
 from tmr.licensing.fingerprint import FingerprintDoc
@@ -34,13 +41,6 @@ from tmr.licensing.model import (
     parse_copy,
 )
 from tmr.licensing.sealing import PRODUCT_KEY_BYTES, seal_product_key
-from tmr.vendor.profile import (
-    ProductRecord,
-    VendorProfile,
-    load_product,
-    locked,
-    save_product,
-)
 
 COPIES_PER_SET = SET_SIZE
 _DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")

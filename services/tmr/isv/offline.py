@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tmr.isv.issuing import issue_set
+from tmr.isv.profile import VendorProfile, load_product
 from tmr.licensing.attest import check_tag
 from tmr.licensing.curve import z85_key_bytes
 from tmr.licensing.exchange import (
@@ -38,8 +40,6 @@ from tmr.licensing.exchange import (
 )
 from tmr.licensing.fileio import write_atomic
 from tmr.licensing.fingerprint import FingerprintDoc
-from tmr.vendor.issuing import issue_set
-from tmr.vendor.profile import VendorProfile, load_product
 
 ISSUED_DIR = "issued"
 UPDATE_RECORD = "update.json"
