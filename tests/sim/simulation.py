@@ -354,10 +354,14 @@ class Simulation:
         admitted = self.admitted.get((s.name, reply.token, reply.rid))
         if admitted is not None and admitted[0] < admitted[1]:
             self.fail(f"I11: {s.name} admitted under #{admitted[0]}, floor #{admitted[1]}")
-        if 0 < result["tmr_id"] < self.committed_floor:  # 0: not available when answered
+        # The reply names the TMR ID in force when it was built (admission, or a retry), which
+        # may be before a newer floor committed while the grant waited for its own commit: hold
+        # it against the floor committed at the admission (floors only rise).
+        floor = self.committed_floor if admitted is None else admitted[1]
+        if 0 < result["tmr_id"] < floor:  # 0: not available when answered
             self.fail(
                 f"I11: {s.name} granted under #{result['tmr_id']}, "
-                f"below the committed floor #{self.committed_floor}"
+                f"below the floor #{floor} committed when it was admitted"
             )
 
     def rollback_backend(self, b: BackendNode) -> None:
