@@ -833,7 +833,7 @@ def _free_port() -> int:
 
 
 def targets(r: Json) -> list[tuple[str, bool | None, str]]:
-    """(target, met?, the numbers) for every target of DESIGN.md section 10 and issue 6."""
+    """(target, met?, the numbers) for every target of docs/performance.md and issue 6."""
     top = str(LEVELS[-1])
     out: list[tuple[str, bool | None, str]] = []
     tmr = r.get("tmr", {})
@@ -977,7 +977,7 @@ def _finite(value: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="TMR benchmark (issue 6, DESIGN.md section 10)")
+    ap = argparse.ArgumentParser(description="TMR benchmark (issue 6, docs/performance.md)")
     ap.add_argument("--quick", action="store_true", help="2 s per measurement, 1 repetition")
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
     ap.add_argument("--reps", type=int, default=5, help="repetitions of each comparison run")

@@ -1,6 +1,6 @@
 """Error codes of the client API and the exceptions that carry them.
 
-One place for every error a client can see (DESIGN.md section 6). The wire format
+One place for every error a client can see (docs/design.md §4). The wire format
 (`tmr.protocol`) sends the code string; the SDK (`tmr.client`) raises the matching
 exception class.
 """

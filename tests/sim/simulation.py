@@ -7,7 +7,7 @@ both at once too, and paused (SIGSTOP: messages queue, the clock jumps on resume
 updates stop half way (mixed TMR IDs and LQs) when a backend fails, the license expires under
 load, and two backends are cut from both servers for longer than a lease. Simulated clients
 check out, heartbeat and release with the SDK's retry rules (same request id on every retry).
-After every step the invariants of DESIGN.md section 5 are checked, and liveness: a leader
+After every step the invariants of docs/design.md §8 are checked, and liveness: a leader
 that stays active answers every request within ANSWER_BOUND, and never expires a handle whose
 heartbeats keep arriving. A violation raises `InvariantViolation` naming the seed and step.
 

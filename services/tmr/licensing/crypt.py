@@ -1,4 +1,4 @@
-"""Crypto calls made with a product key on behalf of a client (DESIGN.md section 6).
+"""Crypto calls made with a product key on behalf of a client (docs/design.md §4).
 
 Separate subkeys are derived from the product key for each operation (HKDF-SHA256):
 "encrypt"/"decrypt" use AES-256-GCM with a random 12-byte nonce (output: nonce | ciphertext |

@@ -1,4 +1,4 @@
-"""The effective-version rule (DESIGN.md section 4), as a pure function.
+"""The effective-version rule (docs/design.md §3), as a pure function.
 
 For one (firm code, product code): a license is available iff at least two up backends hold
 a valid copy; its effective TMR ID is the second-highest TMR ID among them (the highest ID
@@ -53,7 +53,7 @@ class Effective:
         return next((p for p in self.problems if p is not None), None)
 
 
-QUORUM = 2
+QUORUM = 2  # copies of a 3-copy set that make a license usable: the one definition
 
 
 def distinct_copies(

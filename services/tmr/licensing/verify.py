@@ -1,4 +1,4 @@
-"""The checks a backend makes before it accepts a license copy (DESIGN.md section 4)."""
+"""The checks a backend makes before it accepts a license copy (docs/design.md §3)."""
 
 from __future__ import annotations
 

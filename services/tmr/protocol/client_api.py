@@ -1,4 +1,4 @@
-"""The client API of the virtual container: request and reply schemas (DESIGN.md section 6).
+"""The client API of the virtual container: request and reply schemas (docs/design.md §4).
 
 Transport: ZeroMQ, client DEALER -> server ROUTER, CURVE. A client sends each request as the
 two frames ``[b"", payload]`` (an empty delimiter, as a REQ socket would); the server strips

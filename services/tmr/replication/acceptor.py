@@ -7,7 +7,7 @@ which applies it in memory, and sends the reply. A failed commit means: no reply
 Call `committed` for every step whose reply is sent, also one without a write: it records
 when the leader was last heard.
 
-Rules (DESIGN.md section 5):
+Rules (docs/design.md §5):
 - a request whose epoch is below the promise is rejected (`Rejected`), whatever it is;
 - PREPARE stores the new promise durably before answering PROMISE with the accepted state;
 - ACCEPT applies an entry only if it follows the product log in the same epoch, and only if

@@ -19,7 +19,7 @@ dead leader stops within the window); if the other server is still alive `backen
 leader_live_window` after the promote, it gives up and goes back to STANDBY
 (`promote_yielded`). `promote(force=True)` skips the guard (operator override).
 
-Replication (DESIGN.md section 5): every product (firm, product) has its own log of entries
+Replication (docs/design.md §5): every product (firm, product) has its own log of entries
 numbered 1, 2, ... in the leader's epoch, after a snapshot at seq 0 written at takeover. Ops
 collected while an entry is uncommitted go together into the next entry (group commit). Each
 backend has at most one ACCEPT or SNAPSHOT in flight, so a slow backend never slows the
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tmr.errors import ErrorCode
-from tmr.licensing import Effective, Holding, effective_version
+from tmr.licensing.effective import QUORUM, Effective, Holding, effective_version
 from tmr.replication.messages import (
     Accept,
     Accepted,
@@ -74,7 +74,6 @@ from tmr.replication.types import (
     key_str,
 )
 
-QUORUM = 2
 MAX_ENTRY_OPS = 4096  # cap of ops in one log entry (keeps messages well under frame limits)
 PIPELINE = 4  # uncommitted log entries per product, and ACCEPTs in flight per backend
 # While an entry of a product is uncommitted, the next one is formed only once this many ops

@@ -1,4 +1,4 @@
-"""Core value types of the replication protocol (DESIGN.md section 5).
+"""Core value types of the replication protocol (docs/design.md §5).
 
 Everything here is a plain immutable value: the acceptor, the leader, the SQLite store and
 the wire format (`tmr.protocol.peer_api`) all speak in these types.

@@ -11,8 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tmr import __version__
-
-QUORUM = 2
+from tmr.licensing.effective import QUORUM
 
 
 def parse_epoch(text: str | None) -> tuple[int, str] | None:

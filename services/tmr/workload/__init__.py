@@ -5,5 +5,5 @@
     tmr workload check history.jsonl --lq 20 --handles handles.json
 
 See `tmr.workload.history` (file formats), `tmr.workload.generator` and
-`tmr.workload.checker` (the invariants I1, I7, I8 of DESIGN.md section 5).
+`tmr.workload.checker` (the invariants I1, I7, I8 of docs/design.md §8).
 """

@@ -63,7 +63,7 @@ def backends(world: World, tmp_path: Path) -> list[Backend]:
 
 
 def test_rolling_update_from_7_to_8(world: World, backends: list[Backend]) -> None:
-    """DESIGN.md section 4's update table, driven by real copies and real container loads."""
+    """docs/design.md §3's update table, driven by real copies and real container loads."""
     v7, v8 = world.issue(7, quantity=20), world.issue(8, quantity=30)
 
     def status(up: list[bool]) -> tuple[str, int]:

@@ -1,4 +1,4 @@
-"""The effective-version rule against DESIGN.md section 4 and the reference slides."""
+"""The effective-version rule against docs/design.md §3 and the reference slides."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def held(cell: str) -> Holding | None:
     return Holding(tmr_id=int(tmr_id), quantity=int(lq))
 
 
-# "Installing an Update" (000_f7962cf163683535.txt), as copied into DESIGN.md section 4.
+# "Installing an Update" (000_f7962cf163683535.txt), as copied into docs/design.md §3.
 UPDATE_TABLE = [
     # stage          B1       B2       B3       TMR status          LQ seen by clients
     ("before", "20/#7", "20/#7", "20/#7", "1:#7 2:#7 3:#7", 20),

@@ -274,7 +274,7 @@ def test_the_leader_refuses_a_copy_below_the_floor_that_its_backend_reports_vali
 
 
 def test_an_update_shows_the_table_of_the_design_with_floors_in_force() -> None:
-    """The rollout of DESIGN.md section 4 with floors: the backend not yet updated is below
+    """The rollout of docs/design.md §3 with floors: the backend not yet updated is below
     the floor once two hold #8, shown as ``(#7)``; seats held through it are kept."""
     v8 = LicenseInfo(tmr_id=8, quantity=30, valid=True)
     h = cluster(V7)

@@ -1,4 +1,4 @@
-"""The update table of DESIGN.md section 4, driven through the real leader and acceptors."""
+"""The update table of docs/design.md §3, driven through the real leader and acceptors."""
 
 from __future__ import annotations
 
