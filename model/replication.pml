@@ -36,6 +36,7 @@
  *   BUG_VOLATILE_COUNTER      a server forgets its epoch counter when it crashes
  *   BUG_NO_LQ_CHECK           the acceptor does not check its own LQ (with a leader that
  *                             admits above the effective LQ)
+ *   BUG_REFUSE_SNAPSHOT       (liveness) the acceptors refuse every snapshot
  */
 
 #ifndef NH
@@ -59,8 +60,12 @@
 
 #define NS 2
 #define NB 3
+#ifndef LQ_OLD
 #define LQ_OLD 2        /* LQ of license #1 */
+#endif
+#ifndef LQ_NEW
 #define LQ_NEW 3        /* LQ of license #2 */
+#endif
 #define NONE 255
 
 mtype = { PREPARE, ACCEPT, SNAPSHOT, PROMISE, ACCEPTED, REJECTED };
@@ -237,9 +242,12 @@ inline acceptor_step(s, b, k, e, q, v) {
                 send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), OK)   /* stale or duplicate */
             :: else ->
                 tx = (LQ(b) > SEATS(btab[b]) -> LQ(b) : SEATS(btab[b]));
-#ifdef BUG_NO_LQ_CHECK
+#if defined(BUG_NO_LQ_CHECK)
                 if
                 :: false ->
+#elif defined(BUG_REFUSE_SNAPSHOT)
+                if
+                :: true ->                  /* refuses every snapshot */
 #else
                 if
                 :: SEATS(v) > tx ->         /* may keep, never grow, a count above LQ */
@@ -544,7 +552,8 @@ inline client_ops(s, h) {
 #ifdef LIVENESS
 /* keepalived promotes a server when nobody leads in the newest epoch; STEALS more times
  * it promotes one while another leads (split brain, an operator's --force). */
-#define MAY_PROMOTE(s) (slc[s] < MAXC && (!CURRENT_LEADER || gsteal > 0))
+#define MAY_PROMOTE(s) (slc[s] < MAXC && CTR(bprom[0]) < MAXC && CTR(bprom[1]) < MAXC && \
+                        CTR(bprom[2]) < MAXC && (!CURRENT_LEADER || gsteal > 0))
 #define SPEND_PROMOTE if :: CURRENT_LEADER -> gsteal-- :: else -> skip fi
 #else
 #define MAY_PROMOTE(s) (slc[s] < MAXC)
