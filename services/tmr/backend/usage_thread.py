@@ -21,7 +21,7 @@ from pathlib import Path
 from tmr.logs import log
 from tmr.protocol import peer_api
 from tmr.replication.messages import PeerError, UsageQuery
-from tmr.report.offload import Offload
+from tmr.report.offload import Offload, put_stop
 from tmr.report.records import UsageReader
 
 MAX_PENDING = 16  # queries queued; beyond, a query is answered "busy" at once
@@ -58,15 +58,7 @@ class UsageThread:
                 return out
 
     def close(self, timeout: float = 5.0) -> None:
-        while True:
-            try:
-                self._jobs.put_nowait(None)
-                break
-            except queue.Full:
-                try:
-                    self._jobs.get_nowait()
-                except queue.Empty:
-                    pass
+        put_stop(self._jobs)
         self._thread.join(timeout)
         self.offload.close()
 

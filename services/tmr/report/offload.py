@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import queue
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -53,3 +54,15 @@ class Offload:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+def put_stop(jobs: queue.Queue[Any]) -> None:
+    """Put the stop marker (None) on a bounded job queue of a report thread, dropping one
+    queued job when it is full (its client retries)."""
+    while True:
+        try:
+            jobs.put_nowait(None)
+            return
+        except queue.Full:
+            with contextlib.suppress(queue.Empty):
+                jobs.get_nowait()

@@ -32,7 +32,7 @@ from tmr.protocol.errors import ProtocolError
 from tmr.replication.messages import PeerError, UsageQuery, UsageRecords
 from tmr.replication.types import ProductKey
 from tmr.report.denials import DenialLog
-from tmr.report.offload import Offload
+from tmr.report.offload import Offload, put_stop
 from tmr.report.summary import merge_rows, summarize
 
 QUERY_TIMEOUT = 5.0
@@ -93,15 +93,7 @@ class UsageWorker:
     def stop(self) -> None:
         """Stop the thread (pending jobs are dropped: their clients retry) and close."""
         if self._thread.is_alive():
-            while True:
-                try:
-                    self._jobs.put_nowait(None)
-                    break
-                except queue.Full:
-                    try:
-                        self._jobs.get_nowait()
-                    except queue.Empty:
-                        pass
+            put_stop(self._jobs)
             self._thread.join(timeout=self.timeout + 2.0)
         self.offload.close()
         self.wake_socket.close(linger=0)
