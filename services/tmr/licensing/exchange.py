@@ -369,16 +369,22 @@ def parse_fingerprint_doc(data: bytes, what: str = "signed fingerprint") -> Prov
 
 
 def parse_request(data: bytes, what: str = "request") -> LicenseRequest:
+    docs = _parse_bundle(data, KIND_REQUEST, "backends", KIND_FINGERPRINT, what)
+    return _check_request(docs, what)
+
+
+def _parse_bundle(data: bytes, kind: str, field: str, item_kind: str, what: str) -> list[ProvenDoc]:
+    """The three proven documents of a bundle file (request or receipts), each checked."""
     obj = load_json(data, what)
-    _check_version(obj, KIND_REQUEST, what)
-    if set(obj) != {"kind", "format", "backends"}:
+    _check_version(obj, kind, what)
+    if set(obj) != {"kind", "format", field}:
         raise _err(ExchangeReason.MALFORMED, f"{what}: wrong fields")
-    items = _three(obj, "backends", what)
-    docs = [
-        parse_proven(item, KIND_FINGERPRINT, f"{what} backend {i}")
+    items = _three(obj, field, what)
+    label = field.removesuffix("s")
+    return [
+        parse_proven(item, item_kind, f"{what} {label} {i}")
         for i, item in enumerate(items, start=1)
     ]
-    return _check_request(docs, what)
 
 
 # --- update -----------------------------------------------------------------------------------
@@ -727,13 +733,5 @@ def parse_receipt_doc(data: bytes, what: str = "receipt") -> ProvenDoc:
 
 
 def parse_receipts(data: bytes, what: str = "receipt file") -> ReceiptBundle:
-    obj = load_json(data, what)
-    _check_version(obj, KIND_RECEIPTS, what)
-    if set(obj) != {"kind", "format", "receipts"}:
-        raise _err(ExchangeReason.MALFORMED, f"{what}: wrong fields")
-    items = _three(obj, "receipts", what)
-    docs = [
-        parse_proven(item, KIND_RECEIPT, f"{what} receipt {i}")
-        for i, item in enumerate(items, start=1)
-    ]
+    docs = _parse_bundle(data, KIND_RECEIPTS, "receipts", KIND_RECEIPT, what)
     return _check_receipts(docs, what)

@@ -192,29 +192,18 @@ def local_up(
             dest.write_bytes(copy.path.read_bytes())
 
     nodes: list[dict[str, Any]] = []
-    for name in BACKENDS:
-        bdir = root / name
-        node = {
-            "name": name,
-            "role": "backend",
-            "public_key": pubs[name],
-            "config": str(bdir / "backend.toml"),
-            "ctl_socket": str(ctl_path(root, name)),
-            "log": str(root / "logs" / f"{name}.log"),
-        }
-        nodes.append(node)
-    for name in SERVERS:
-        sdir = root / name
-        sdir.mkdir(exist_ok=True)
-        node = {
-            "name": name,
-            "role": "server",
-            "public_key": pubs[name],
-            "config": str(sdir / "server.toml"),
-            "ctl_socket": str(ctl_path(root, name)),
-            "log": str(root / "logs" / f"{name}.log"),
-        }
-        nodes.append(node)
+    for role, names in (("backend", BACKENDS), ("server", SERVERS)):
+        for name in names:
+            (root / name).mkdir(exist_ok=True)
+            node = {
+                "name": name,
+                "role": role,
+                "public_key": pubs[name],
+                "config": str(root / name / f"{role}.toml"),
+                "ctl_socket": str(ctl_path(root, name)),
+                "log": str(root / "logs" / f"{name}.log"),
+            }
+            nodes.append(node)
     layout = _Layout(root, vendor_dir, pubs, ports, lease, backend_timeout)
     for node in nodes:
         layout.write_config(node)
