@@ -13,7 +13,14 @@
  *     state is all durable, so its crash only loses the requests it had not answered;
  *   - lost and reordered messages: each server->backend and backend->server link is a bag
  *     of at most two messages received in any order; any message may be lost;
- *   - a license update: the backends go from TMR ID #1 (LQ 2) to #2 (LQ 3), one at a time.
+ *   - a license update: the backends go from TMR ID #1 (LQ 2) to #2 (LQ 3), one at a time;
+ *   - commit knowledge (docs/design.md section 6): an ACCEPT carries the leader's committed
+ *     version, and so does a commit notice (an ACCEPT without an entry); a backend keeps the
+ *     highest one in memory (forgotten at any time: a restart) and reports it in its PROMISE;
+ *     a leader whose promises say the table it adopts is committed sends its seq-0 snapshot
+ *     flagged committed; a snapshot flagged committed is recorded whatever the backend's LQ
+ *     (committed state is not a vote), and the leader's later snapshots carry its committed
+ *     table at its committed seq, flagged.
  *
  * Handles carry one seat each and are named 0..NH-1; a handle id is never reused (the code
  * names them h<counter>-<server>-<n>), so a handle is granted at most once in a run.
@@ -37,6 +44,12 @@
  *   BUG_NO_LQ_CHECK           the acceptor does not check its own LQ (with a leader that
  *                             admits above the effective LQ)
  *   BUG_REFUSE_SNAPSHOT       (liveness) the acceptors refuse every snapshot
+ *   BUG_ADOPT_AS_COMMITTED    the leader flags every adopted table committed (with a leader
+ *                             that admits above the effective LQ, OVER_ADMIT)
+ *   BUG_KNOW_ON_ACCEPT        the acceptor takes every entry it accepts as known committed
+ *                             (with OVER_ADMIT)
+ * OVER_ADMIT alone (the leader admits up to LQ_NEW, the acceptors still check) must stay
+ * safe: the acceptors' own LQ check is what keeps P1.
  */
 
 #ifndef NH
@@ -100,19 +113,23 @@ mtype = { PREPARE, ACCEPT, SNAPSHOT, PROMISE, ACCEPTED, REJECTED };
 
 /* ---------------------------------------------------------------- network
  * req[LINK(s,b)]: server s -> backend b; rep[LINK(s,b)]: backend b -> server s.
- * Requests: kind, epoch, seq, val (op of an ACCEPT, table of a SNAPSHOT).
- * Replies:  PROMISE(epoch, version, table), ACCEPTED(epoch, seq, status), REJECTED(promised). */
+ * Requests: kind, epoch, seq, val (op of an ACCEPT, 0 in a commit notice; table of a
+ *           SNAPSHOT, + CFLAG when flagged committed), known (an ACCEPT's committed version).
+ * Replies:  PROMISE(epoch, version, table, known commit), ACCEPTED(epoch, seq, status),
+ *           REJECTED(promised). */
 #ifndef CAP
 #define CAP 1           /* messages in flight per link and direction */
 #endif
-chan req[NS * NB] = [CAP] of { mtype, byte, byte, byte };
-chan rep[NS * NB] = [CAP] of { mtype, byte, byte, byte };
+chan req[NS * NB] = [CAP] of { mtype, byte, byte, byte, byte };
+chan rep[NS * NB] = [CAP] of { mtype, byte, byte, byte, byte };
+#define CFLAG 16        /* a SNAPSHOT's table is committed state */
 
 /* ---------------------------------------------------------------- backends (durable) */
 byte bprom[NB];     /* AcceptorState.promised */
 byte bver[NB];      /* ProductLog.version = VER(epoch, seq) */
 byte btab[NB];      /* ProductLog.handles */
 bit bnew[NB];       /* LicenseInfo: 0 = #1 (LQ_OLD), 1 = #2 (LQ_NEW); always valid */
+byte bkc[NB];       /* Acceptor.known_commit (memory only; 0: none) */
 #define LQ(b) (bnew[b] -> LQ_NEW : LQ_OLD)
 /* effective_version(): available with >= 2 copies (always here); effective TMR ID = the
  * second-highest ID, i.e. #2 once two backends hold it; its LQ. */
@@ -132,6 +149,9 @@ byte slog[NS * (MAXSEQ + 1)];   /* _Product.log: op of entry seq */
 byte sack[NS * NB]; /* _Backend.acked (NONE: unknown) */
 bit sinf[NS * NB];  /* _Backend.inflight: one ACCEPT/SNAPSHOT in flight per backend */
 byte ssnap[NS];     /* _Backend.snapshot_acked, bit mask */
+byte sbkc[NS];      /* the highest known commit among the promises */
+bit sadc[NS];       /* _Product.adopted_committed */
+byte stold[NS * NB];/* _Backend.told: committed seq + 1 it was told (0: none) */
 
 /* ---------------------------------------------------------------- ghost state (checks) */
 byte hused;         /* handles whose grant was proposed (ids are never reused) */
@@ -153,9 +173,9 @@ byte gsteal = STEALS;
 #define hidden
 #endif
 hidden mtype tk;
-hidden byte te, tq, tv, tx, ty, tw;
+hidden byte te, tq, tv, tn, tx, ty, tw;
 hidden mtype k;
-hidden byte e, q, v;     /* the message being handled */
+hidden byte e, q, v, n;  /* the message being handled */
 hidden short ta, tb, tc, td, tf;
 
 #define ROLE_LEADS(s) (role[s] == PREPARING || role[s] == SYNCING || role[s] == ACTIVE)
@@ -171,19 +191,19 @@ hidden short ta, tb, tc, td, tf;
 #endif
 
 /* Receive one of the (at most two) messages of a bag, in any order. */
-inline take_any(ch, k, e, q, v) {
+inline take_any(ch, k, e, q, v, n) {
     if
-    :: ch?k, e, q, v
+    :: ch?k, e, q, v, n
     :: CAP > 1 && len(ch) == 2 ->
-        ch?tk, te, tq, tv; ch?k, e, q, v; ch!tk, te, tq, tv;
-        tk = 0; te = 0; tq = 0; tv = 0
+        ch?tk, te, tq, tv, tn; ch?k, e, q, v, n; ch!tk, te, tq, tv, tn;
+        tk = 0; te = 0; tq = 0; tv = 0; tn = 0
     fi
 }
 
 /* Send, or lose the message when the bag is full. */
-inline send(ch, k, e, q, v) {
+inline send(ch, k, e, q, v, n) {
     if
-    :: nfull(ch) -> ch!k, e, q, v
+    :: nfull(ch) -> ch!k, e, q, v, n
     :: full(ch) -> skip
     fi
 }
@@ -196,15 +216,15 @@ inline record_version(ver, t) {
     gtab[ver] = t + 1
 }
 
-/* Acceptor.handle for request (k, e, q, v) from server s at backend b. */
-inline acceptor_step(s, b, k, e, q, v) {
+/* Acceptor.handle for request (k, e, q, v, n) from server s at backend b. */
+inline acceptor_step(s, b, k, e, q, v, n) {
     if
 #ifdef BUG_ACCEPT_BELOW_PROMISE
     :: e < bprom[b] && k != ACCEPT ->
 #else
     :: e < bprom[b] ->
 #endif
-        send(rep[LINK(s, b)], REJECTED, bprom[b], 0, 0)
+        send(rep[LINK(s, b)], REJECTED, bprom[b], 0, 0, 0)
     :: else ->
         if
         :: e > bprom[b] -> bprom[b] = e     /* _promise_write: PREPARE, ACCEPT, SNAPSHOT */
@@ -212,13 +232,16 @@ inline acceptor_step(s, b, k, e, q, v) {
         fi;
         if
         :: k == PREPARE ->
-            send(rep[LINK(s, b)], PROMISE, e, bver[b], btab[b])
-        :: k == ACCEPT ->                   /* _accept, one entry */
+            send(rep[LINK(s, b)], PROMISE, e, bver[b], btab[b], bkc[b])
+        :: k == ACCEPT && v == 0 ->         /* a commit notice: no entry */
+            bkc[b] = (n > bkc[b] -> n : bkc[b])
+        :: k == ACCEPT && v != 0 ->         /* _accept, one entry */
+            bkc[b] = (n > bkc[b] -> n : bkc[b]);
             if
             :: VEP(bver[b]) == e && q <= VSEQ(bver[b]) ->
-                send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), OK)   /* duplicate */
+                send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), OK, 0)   /* duplicate */
             :: VEP(bver[b]) != e || q != VSEQ(bver[b]) + 1 ->
-                send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), NEED_SNAPSHOT)
+                send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), NEED_SNAPSHOT, 0)
             :: else ->
                 tx = APPLY(btab[b], v);
 #ifdef BUG_NO_LQ_CHECK
@@ -228,18 +251,26 @@ inline acceptor_step(s, b, k, e, q, v) {
                 if
                 :: SEATS(tx) > SEATS(btab[b]) && SEATS(tx) > LQ(b) ->     /* _check_ops */
 #endif
-                    send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), REFUSED)
+                    send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), REFUSED, 0)
                 :: else ->
                     btab[b] = tx; bver[b] = VER(e, q);
                     record_version(bver[b], btab[b]);
-                    send(rep[LINK(s, b)], ACCEPTED, e, q, OK)
+#ifdef BUG_KNOW_ON_ACCEPT
+                    bkc[b] = bver[b];
+#endif
+                    send(rep[LINK(s, b)], ACCEPTED, e, q, OK, 0)
                 fi;
                 tx = 0
             fi
         :: k == SNAPSHOT ->                 /* _snapshot: replaces the table */
             if
+            :: v & CFLAG ->                 /* committed state: its version is known */
+                bkc[b] = (VER(e, q) > bkc[b] -> VER(e, q) : bkc[b])
+            :: else -> skip
+            fi;
+            if
             :: VEP(bver[b]) == e && q <= VSEQ(bver[b]) ->
-                send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), OK)   /* stale or duplicate */
+                send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), OK, 0)   /* stale or duplicate */
             :: else ->
                 tx = (LQ(b) > SEATS(btab[b]) -> LQ(b) : SEATS(btab[b]));
 #if defined(BUG_NO_LQ_CHECK)
@@ -250,13 +281,14 @@ inline acceptor_step(s, b, k, e, q, v) {
                 :: true ->                  /* refuses every snapshot */
 #else
                 if
-                :: SEATS(v) > tx ->         /* may keep, never grow, a count above LQ */
+                /* may keep, never grow, a count above LQ; committed state is recorded */
+                :: (v & CFLAG) == 0 && SEATS(v) > tx ->
 #endif
-                    send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), REFUSED)
+                    send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), REFUSED, 0)
                 :: else ->
-                    btab[b] = v; bver[b] = VER(e, q);
+                    btab[b] = v & ~CFLAG; bver[b] = VER(e, q);
                     record_version(bver[b], btab[b]);
-                    send(rep[LINK(s, b)], ACCEPTED, e, q, OK)
+                    send(rep[LINK(s, b)], ACCEPTED, e, q, OK, 0)
                 fi;
                 tx = 0
             fi
@@ -270,9 +302,9 @@ end:
     do
     :: atomic {
         nempty(req[LINK(s, b)]) ->
-        take_any(req[LINK(s, b)], k, e, q, v);
-        acceptor_step(s, b, k, e, q, v);
-        k = 0; e = 0; q = 0; v = 0
+        take_any(req[LINK(s, b)], k, e, q, v, n);
+        acceptor_step(s, b, k, e, q, v, n);
+        k = 0; e = 0; q = 0; v = 0; n = 0
     }
     od
 }
@@ -281,7 +313,7 @@ end:
 
 inline reset_term(s) {          /* Leader._reset_term */
     spr[s] = 0; sbest[s] = 0; sbtab[s] = 0; stab[s] = 0; sseq[s] = 0; scom[s] = -1;
-    ssnap[s] = 0;
+    ssnap[s] = 0; sbkc[s] = 0; sadc[s] = 0;
     tx = 0;
     do
     :: tx <= MAXSEQ -> slog[s * (MAXSEQ + 1) + tx] = 0; tx++
@@ -289,7 +321,7 @@ inline reset_term(s) {          /* Leader._reset_term */
     od;
     tx = 0;
     do
-    :: tx < NB -> sack[LINK(s, tx)] = NONE; sinf[LINK(s, tx)] = 0; tx++
+    :: tx < NB -> sack[LINK(s, tx)] = NONE; sinf[LINK(s, tx)] = 0; stold[LINK(s, tx)] = 0; tx++
     :: else -> break
     od;
     tx = 0
@@ -317,9 +349,9 @@ inline promote(s) {
     sep[s] = EP(slc[s], s);
     sterm[s]++;
     role[s] = PREPARING;
-    send(req[LINK(s, 0)], PREPARE, sep[s], 0, 0);
-    send(req[LINK(s, 1)], PREPARE, sep[s], 0, 0);
-    send(req[LINK(s, 2)], PREPARE, sep[s], 0, 0)
+    send(req[LINK(s, 0)], PREPARE, sep[s], 0, 0, 0);
+    send(req[LINK(s, 1)], PREPARE, sep[s], 0, 0, 0);
+    send(req[LINK(s, 2)], PREPARE, sep[s], 0, 0, 0)
 }
 
 inline fence(s) {               /* Leader._fence */
@@ -337,17 +369,17 @@ inline crash(s) {               /* kill -9 and restart: only the epoch counter s
     do
     :: tx < NB ->
         do
-        :: nempty(req[LINK(s, tx)]) -> req[LINK(s, tx)]?tk, te, tq, tv
+        :: nempty(req[LINK(s, tx)]) -> req[LINK(s, tx)]?tk, te, tq, tv, tn
         :: empty(req[LINK(s, tx)]) -> break
         od;
         do
-        :: nempty(rep[LINK(s, tx)]) -> rep[LINK(s, tx)]?tk, te, tq, tv
+        :: nempty(rep[LINK(s, tx)]) -> rep[LINK(s, tx)]?tk, te, tq, tv, tn
         :: empty(rep[LINK(s, tx)]) -> break
         od;
         tx++
     :: else -> break
     od;
-    tx = 0; tk = 0; te = 0; tq = 0; tv = 0
+    tx = 0; tk = 0; te = 0; tq = 0; tv = 0; tn = 0
 #endif
 }
 
@@ -372,6 +404,11 @@ inline check_adopted(w) {
 inline adopt(s) {
     check_adopted(s);
     stab[s] = sbtab[s]; sseq[s] = 0; scom[s] = -1;
+#ifdef BUG_ADOPT_AS_COMMITTED
+    sadc[s] = 1;
+#else
+    sadc[s] = (sbest[s] > 0 && sbkc[s] >= sbest[s]);     /* a promise knew it committed */
+#endif
     role[s] = SYNCING
 }
 
@@ -432,8 +469,8 @@ inline recommit(s) {
     ta = 0; tb = 0; tc = 0
 }
 
-/* Leader.on_reply for the reply (k, e, q, v) of backend b. */
-inline on_reply(s, b, k, e, q, v) {
+/* Leader.on_reply for the reply (k, e, q, v, n) of backend b. */
+inline on_reply(s, b, k, e, q, v, n) {
     if
     :: k == REJECTED ->
         if
@@ -448,6 +485,7 @@ inline on_reply(s, b, k, e, q, v) {
             :: q > sbest[s] -> sbest[s] = q; sbtab[s] = v
             :: else -> skip
             fi;
+            sbkc[s] = (n > sbkc[s] -> n : sbkc[s]);
             if
             :: SEATS(spr[s]) >= 2 -> adopt(s)
             :: else -> skip
@@ -482,13 +520,22 @@ inline on_reply(s, b, k, e, q, v) {
      !sinf[LINK(s, b)] && (sack[LINK(s, b)] == NONE || sack[LINK(s, b)] < sseq[s]) && \
      nfull(req[LINK(s, b)]))
 
+/* The table as of the committed seq (one entry at most is uncommitted: undo it). */
+#define UNAPPLY(t, op) (IS_GRANT(op) -> ((t) & ~BIT(OP_HANDLE(op))) : ((t) | BIT(OP_HANDLE(op))))
+#define COMMITTED_TABLE(s) \
+    (sseq[s] == scom[s] -> stab[s] : UNAPPLY(stab[s], slog[s * (MAXSEQ + 1) + sseq[s]]))
+#define KNOWN(s) (scom[s] >= 0 -> VER(sep[s], scom[s]) : 0)
+
 inline pump(s, b) {
     if
-    :: sack[LINK(s, b)] == NONE ->
-        req[LINK(s, b)]!SNAPSHOT, sep[s], sseq[s], stab[s]
+    :: sack[LINK(s, b)] == NONE && scom[s] >= 0 ->     /* committed state, flagged */
+        req[LINK(s, b)]!SNAPSHOT, sep[s], scom[s], COMMITTED_TABLE(s) | CFLAG, 0
+    :: sack[LINK(s, b)] == NONE && scom[s] < 0 ->      /* entry 0 of the takeover */
+        req[LINK(s, b)]!SNAPSHOT, sep[s], 0, stab[s] | (sadc[s] -> CFLAG : 0), 0
     :: else ->
         req[LINK(s, b)]!ACCEPT, sep[s], sack[LINK(s, b)] + 1,
-            slog[s * (MAXSEQ + 1) + sack[LINK(s, b)] + 1]
+            slog[s * (MAXSEQ + 1) + sack[LINK(s, b)] + 1], KNOWN(s);
+        stold[LINK(s, b)] = scom[s] + 1
     fi;
     sinf[LINK(s, b)] = 1
 }
@@ -499,11 +546,17 @@ end:
     do
     :: atomic {                     /* a reply */
         nempty(rep[LINK(s, b)]) ->
-        take_any(rep[LINK(s, b)], k, e, q, v);
-        on_reply(s, b, k, e, q, v);
-        k = 0; e = 0; q = 0; v = 0
+        take_any(rep[LINK(s, b)], k, e, q, v, n);
+        on_reply(s, b, k, e, q, v, n);
+        k = 0; e = 0; q = 0; v = 0; n = 0
     }
     :: atomic { CAN_PUMP(s, b) -> pump(s, b) }
+    :: atomic {                     /* a commit notice (Leader._notify_commits) */
+        role[s] == ACTIVE && scom[s] >= 0 && stold[LINK(s, b)] < scom[s] + 1 &&
+        !sinf[LINK(s, b)] && nfull(req[LINK(s, b)]) ->
+        req[LINK(s, b)]!ACCEPT, sep[s], 0, 0, KNOWN(s);
+        stold[LINK(s, b)] = scom[s] + 1
+    }
     :: atomic {                     /* Leader._timeout of an ACCEPT/SNAPSHOT */
         sinf[LINK(s, b)] && LOST(LINK(s, b)) ->
         sinf[LINK(s, b)] = 0;
@@ -515,7 +568,7 @@ end:
     :: atomic {                     /* timeout of a PREPARE: sent again */
         role[s] == PREPARING && (spr[s] & BIT(b)) == 0 && LOST(LINK(s, b)) &&
         nfull(req[LINK(s, b)]) ->
-        req[LINK(s, b)]!PREPARE, sep[s], 0, 0
+        req[LINK(s, b)]!PREPARE, sep[s], 0, 0, 0
     }
     od
 }
@@ -533,7 +586,7 @@ inline client_ops(s, h) {
     if
     :: atomic {
         CAN_PROPOSE(s) && (hused & BIT(h)) == 0 &&
-#ifdef BUG_NO_LQ_CHECK
+#if defined(BUG_NO_LQ_CHECK) || defined(OVER_ADMIT)
         SEATS(stab[s]) + 1 <= LQ_NEW ->
 #else
         SEATS(stab[s]) + 1 <= EFF_LQ ->         /* Leader._admission */
@@ -556,7 +609,13 @@ inline client_ops(s, h) {
                         CTR(bprom[2]) < MAXC && (!CURRENT_LEADER || gsteal > 0))
 #define SPEND_PROMOTE if :: CURRENT_LEADER -> gsteal-- :: else -> skip fi
 #else
+#ifdef TAKEOVER_SCENARIO
+/* A narrower environment for the seeded takeover bugs: server 0 leads first, then server 1
+ * takes over; only backend 0 is updated (it alone holds the LQ_NEW copy). */
+#define MAY_PROMOTE(s) (slc[s] < MAXC && (s == 0 || sterm[0] > 0))
+#else
 #define MAY_PROMOTE(s) (slc[s] < MAXC)
+#endif
 #define SPEND_PROMOTE skip
 #endif
 #define MAY_CRASH (gscrash > 0)
@@ -572,7 +631,9 @@ end:
     }
     :: atomic { role[s] != STANDBY && MAY_CRASH -> SPEND_CRASH; crash(s) }
     :: client_ops(s, 0)
+#if NH > 1
     :: client_ops(s, 1)
+#endif
 #if NH > 2
     :: client_ops(s, 2)
 #endif
@@ -588,7 +649,10 @@ end:
 #define SPEND_LOSS gloss--
 
 inline lose(ch) {
-    atomic { MAY_LOSE && nempty(ch) -> SPEND_LOSS; ch?tk, te, tq, tv; tk = 0; te = 0; tq = 0; tv = 0 }
+    atomic {
+        MAY_LOSE && nempty(ch) -> SPEND_LOSS;
+        ch?tk, te, tq, tv, tn; tk = 0; te = 0; tq = 0; tv = 0; tn = 0
+    }
 }
 
 inline license_update(b) {      /* license_rollout: #2 with LQ_NEW reaches backend b */
@@ -599,8 +663,15 @@ proctype Env() {
 end:
     do
     :: license_update(0)
+#ifndef TAKEOVER_SCENARIO
     :: license_update(1)
     :: license_update(2)
+#endif
+#ifndef NO_FORGET
+    :: atomic { bkc[0] != 0 -> bkc[0] = 0 }    /* a backend restarts: it forgets */
+    :: atomic { bkc[1] != 0 -> bkc[1] = 0 }
+    :: atomic { bkc[2] != 0 -> bkc[2] = 0 }
+#endif
     :: lose(req[0])
     :: lose(req[1])
     :: lose(req[2])

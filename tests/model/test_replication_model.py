@@ -21,6 +21,14 @@ SMALL_WITH_CRASH = "-DMAXC=1 -DMAXSEQ=1 -DNH=2 -DLOSSES=0 -DSCRASHES=1"
 # Licenses with LQ 1 then 2: two grants already exceed license #1, so an over-LQ commit is
 # within reach of two handles and two log entries.
 LOW_LQ = "-DLQ_OLD=1 -DLQ_NEW=2 -DMAXC=1 -DMAXSEQ=2 -DNH=2 -DLOSSES=0 -DSCRASHES=0"
+# A takeover during a license update (docs/design.md section 6): only backend 0 holds the new
+# copy (LQ 1, the others LQ 0), server 0 leads, then server 1 takes over; the leader admits up
+# to the new LQ (OVER_ADMIT), so only the acceptors' checks stand between a grant that one
+# backend accepted and a commit above the effective LQ; knowledge is never forgotten here.
+TAKEOVER = (
+    "-DLQ_OLD=0 -DLQ_NEW=1 -DMAXC=1 -DMAXSEQ=1 -DNH=1 -DLOSSES=0 -DSCRASHES=0 "
+    "-DTAKEOVER_SCENARIO -DOVER_ADMIT -DNO_FORGET"
+)
 
 pytestmark = [
     pytest.mark.model,
@@ -66,15 +74,31 @@ def test_model_has_no_violation() -> None:
         "BUG_COMMIT_ONE_ACK",  # the leader commits with one acknowledgement
         "BUG_VOLATILE_COUNTER",  # a restarted server reuses an epoch counter
         "BUG_NO_LQ_CHECK",  # the acceptor skips its LQ check, the leader admits too much
+        "BUG_ADOPT_AS_COMMITTED",  # a new leader flags any adopted table committed
+        "BUG_KNOW_ON_ACCEPT",  # a backend takes what it accepts for committed
     ],
 )
 def test_seeded_bug_is_found(bug: str) -> None:
     # A counter is forgotten only by a crash: this one needs a crash in the bounds.
-    bounds = {"BUG_VOLATILE_COUNTER": SMALL_WITH_CRASH, "BUG_NO_LQ_CHECK": LOW_LQ}.get(bug, "")
+    bounds = {
+        "BUG_VOLATILE_COUNTER": SMALL_WITH_CRASH,
+        "BUG_NO_LQ_CHECK": LOW_LQ,
+        "BUG_ADOPT_AS_COMMITTED": TAKEOVER,
+        "BUG_KNOW_ON_ACCEPT": TAKEOVER,
+    }.get(bug, "")
     res = run_model(f"-D{bug}", minutes=3, bounds=bounds)
     assert res.returncode == 1, res.stdout + res.stderr
     assert "MODEL ERROR" in res.stdout
     assert "assertion violated" in res.stdout
+
+
+@pytest.mark.timeout(420)
+def test_a_takeover_mid_update_stays_safe_with_a_leader_that_admits_too_much() -> None:
+    # The scenario in which the two bugs above break P1, with the real rules: a table is
+    # recorded above a backend's LQ only when a promise knew it committed.
+    res = run_model(minutes=1, bounds=TAKEOVER)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "MODEL OK" in res.stdout
 
 
 @pytest.mark.timeout(420)

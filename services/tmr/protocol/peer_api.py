@@ -147,6 +147,8 @@ def encode_request(msg: PeerRequest) -> bytes:
                 "epoch": _epoch(msg.epoch),
                 "entries": [[_key(e.key), e.seq, _ops(e.ops)] for e in msg.entries],
             }
+            if msg.commits:  # absent while none: what older senders send
+                body["commits"] = [[_key(k), seq] for k, seq in msg.commits]
         case Snapshot():
             body = {
                 "t": "snapshot",
@@ -202,6 +204,8 @@ def encode_reply(msg: PeerReply) -> bytes:
                 "licenses": _licenses(msg.licenses),
                 "floors": _floors(msg.floors),
             }
+            if msg.commits:  # absent while none: what older backends send
+                body["commits"] = [[_key(k), _version(v)] for k, v in msg.commits.items()]
         case Rejected():
             body = {"t": "rejected", "promised": _epoch(msg.promised)}
         case Accepted():
@@ -487,7 +491,11 @@ def decode_request(frame: bytes) -> PeerRequest:
                         _d_key(k, "key"), _int(seq, "seq", 1), _items(ops, "ops", _d_op, _fast_op)
                     )
                 )
-            return Accept(mid, epoch, tuple(entries))
+            commits = tuple(
+                (_d_key(k, "key"), _int(seq, "seq"))
+                for k, seq in (_list(x, "commits", 2) for x in _list(b.get("commits", []), "c"))
+            )
+            return Accept(mid, epoch, tuple(entries), commits)
         if t == "snapshot":
             snaps = []
             for i, e in enumerate(_list(_get(b, "entries"), "entries")):
@@ -561,6 +569,10 @@ def decode_reply(frame: bytes) -> PeerReply:
                 logs,
                 _d_licenses(_get(b, "licenses"), "licenses"),
                 _d_floors(b.get("floors", []), "floors"),  # an older backend sends none
+                {
+                    _d_key(k, "key"): _d_version(v, "version")
+                    for k, v in (_list(x, "commits", 2) for x in _list(b.get("commits", []), "c"))
+                },
             )
         if t == "rejected":
             return Rejected(mid, _d_epoch(_get(b, "promised"), "promised"))

@@ -26,7 +26,7 @@ server being promoted uses it to see that another server still leads (`Leader.pr
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tmr.replication.messages import (
     Accept,
@@ -45,6 +45,7 @@ from tmr.replication.messages import (
     Status,
 )
 from tmr.replication.types import (
+    ZERO_VERSION,
     Epoch,
     Floor,
     Grant,
@@ -103,6 +104,8 @@ class Step:
     write: Write | None = None
     # The request carried the promised epoch (or the one this write promises): (epoch, now).
     seen: tuple[Epoch, float] | None = None
+    # Versions the leader says are committed (`Acceptor.known_commit`, memory only).
+    commits: tuple[tuple[ProductKey, Version], ...] = ()
 
 
 def apply_write(state: AcceptorState, write: Write) -> None:
@@ -142,6 +145,11 @@ class Acceptor:
         # while the epoch is the promise, so a state reloaded after a failed commit, or a
         # restart, makes the leader's age unknown rather than wrong.
         self._seen: tuple[Epoch, float] | None = None
+        # Per product, the highest version a leader said is committed (an ACCEPT's `commits`,
+        # a committed snapshot): the table at that version is committed state. Memory only;
+        # reported in promises so that a new leader can tell the table it adopts was
+        # committed, and a backend that refused it then records it (docs/design.md §6).
+        self.known_commit: dict[ProductKey, Version] = {}
 
     # ------------------------------------------------------------------ inputs
 
@@ -168,7 +176,7 @@ class Acceptor:
             step = self._crypt_call(req)
         raises = step.write is not None and step.write.promised == req.epoch
         if req.epoch == promised or raises:
-            step = Step(step.reply, step.write, seen=(req.epoch, now))
+            step = replace(step, seen=(req.epoch, now))
         return step
 
     def committed(self, step: Step) -> None:
@@ -177,6 +185,9 @@ class Acceptor:
             apply_write(self.state, step.write)
         if step.seen is not None:
             self._seen = step.seen
+        for key, version in step.commits:
+            if version > self.known_commit.get(key, ZERO_VERSION):
+                self.known_commit[key] = version
 
     def leader_age(self, now: float) -> float | None:
         """Seconds since a request last carried the promised epoch (None: not since start)."""
@@ -224,6 +235,7 @@ class Acceptor:
             },
             licenses=self.reported_licenses(),
             floors={k: v.floor for k, v in self.state.products.items()},
+            commits=dict(self.known_commit),
         )
         promised = self._promise_write(req.epoch)
         return Step(reply, Write(promised=promised) if promised else None)
@@ -283,7 +295,8 @@ class Acceptor:
         promised = self._promise_write(req.epoch)
         write = Write(promised=promised, products=tuple(writes))
         reply = Accepted(req.mid, req.epoch, results)
-        return Step(reply, None if write.empty() else write)
+        commits = tuple((key, Version(req.epoch, seq)) for key, seq in req.commits)
+        return Step(reply, None if write.empty() else write, commits=commits)
 
     def _check_ops(self, key: ProductKey, log: ProductLog, ops: tuple[Op, ...]) -> str:
         added: dict[str, int] = {}  # handles this entry grants, with their seats
@@ -354,7 +367,17 @@ class Acceptor:
             products=tuple(writes),
         )
         reply = Accepted(req.mid, req.epoch, results)
-        return Step(reply, None if write.empty() else write)
+        # A committed snapshot is sent at the leader's committed seq: its version is known.
+        commits = (
+            tuple(
+                (e.key, Version(req.epoch, e.seq))
+                for e in req.entries
+                if results[e.key].status == EntryStatus.OK
+            )
+            if req.committed
+            else ()
+        )
+        return Step(reply, None if write.empty() else write, commits=commits)
 
     def _crypt_call(self, req: Crypt) -> Step:
         log = self.state.products.get(req.key)

@@ -60,6 +60,7 @@ from tmr.replication.messages import (
 from tmr.replication.types import (
     NO_FLOOR,
     ZERO_EPOCH,
+    ZERO_VERSION,
     Epoch,
     Floor,
     Grant,
@@ -184,6 +185,7 @@ class _Backend:
     status_sent_at: float = float("-inf")  # send time of the probe of the latest Status used
     inflight: dict[int, str] = field(default_factory=dict)  # ACCEPT/SNAPSHOT mids in flight
     sent: dict[ProductKey, int] = field(default_factory=dict)  # highest seq sent (pipelined)
+    told: dict[ProductKey, int] = field(default_factory=dict)  # committed seq it was told
     acked: dict[ProductKey, int] = field(default_factory=dict)
     refused_until: dict[ProductKey, float] = field(default_factory=dict)
     refusal: dict[ProductKey, str] = field(default_factory=dict)
@@ -227,6 +229,9 @@ class _Product:
     floor: Floor = NO_FLOOR  # the replicated floors, with those of the pending ops
     floor_seq: int = 0  # the entry of the latest Floor op
     floor_committed: Floor = NO_FLOOR  # the floors in force (`floor` once floor_seq commits)
+    # The table adopted at takeover is committed state: a promise said its version was
+    # committed, so entry 0 goes out as a committed snapshot (recorded above a backend's LQ).
+    adopted_committed: bool = False
 
     def seats(self) -> int:
         return self.used
@@ -757,6 +762,7 @@ class Leader:
             b.snapshot_acked = False
             b.inflight.clear()
             b.sent.clear()
+            b.told.clear()
             for mid, out in list(b.outstanding.items()):
                 if out.kind != "probe":
                     del b.outstanding[mid]
@@ -782,6 +788,7 @@ class Leader:
         # until it answers again; then it resumes from its log or gets a snapshot.
         b.acked.clear()
         b.sent.clear()
+        b.told.clear()
         b.confirmed_at = float("-inf")
         if b.up:
             self._eff_cache.clear()
@@ -796,8 +803,10 @@ class Leader:
             b.inflight.pop(mid, None)
             if b.answered_at > out.sent_at:
                 # One lost message: it answers later requests, so it is up. Resend what it
-                # has not acked (a duplicate is acked again; a gap gets it a snapshot).
+                # has not acked (a duplicate is acked again; a gap gets it a snapshot),
+                # and the commits it may not have been told.
                 b.sent.clear()
+                b.told.clear()
                 return
         if out.kind == "prepare":
             b.prepare_sent = False
@@ -1093,7 +1102,10 @@ class Leader:
         proposals: list[SnapshotEntry] = []  # entry 0 of a takeover, not committed yet
         entries: list[AcceptEntry] = []
         sent: dict[ProductKey, int] = {}
+        commits: list[tuple[ProductKey, int]] = []  # committed seqs it was not told yet
         for p in self._products.values():
+            if p.committed > b.told.get(p.key, -1):
+                commits.append((p.key, p.committed))
             # Also a backend whose copy is not valid (expired): it records releases and
             # committed state, and refuses grants.
             if p.key not in b.licenses or now < b.refused_until.get(p.key, float("-inf")):
@@ -1110,7 +1122,7 @@ class Leader:
                 # would be a vote for. The floors go with it: a wiped backend is seeded.
                 at = max(p.committed, 0)
                 entry = SnapshotEntry(p.key, at, tuple(p.handles_committed()), p.floor)
-                (snap if p.committed >= 0 else proposals).append(entry)
+                (snap if p.committed >= 0 or p.adopted_committed else proposals).append(entry)
                 continue
             if self._below_floor(b, p.key):
                 continue  # seeded: no entries until it holds a copy at or above the floors
@@ -1130,12 +1142,34 @@ class Leader:
             kind = "snapshot"
             sent = {e.key: e.seq for e in snap}
         elif entries and len(b.inflight) < PIPELINE:
-            kind, msg = "accept", Accept(next(self._mids), self.epoch, tuple(entries))
+            msg = Accept(next(self._mids), self.epoch, tuple(entries), tuple(commits))
+            kind = "accept"
+        elif commits and not b.inflight and self._notify_commits(commits):
+            # A commit notice (an ACCEPT without entries): see `_notify_commits`.
+            kind, msg = "accept", Accept(next(self._mids), self.epoch, (), tuple(commits))
         else:
             return
+        if isinstance(msg, Accept):
+            b.told.update(msg.commits)
         b.inflight[msg.mid] = kind
         b.sent.update(sent)
         self._send(b, msg, _Outstanding("repl", now), fx)
+
+    def _notify_commits(self, commits: list[tuple[ProductKey, int]]) -> bool:
+        """Whether to tell a backend of these commits now, in a message of its own (else the
+        next ACCEPT carries them). Only while a product holds more seats than some backend's
+        valid copy allows (a license update under way): a new leader may then adopt a table
+        that backend refuses as a proposal, and records only as committed state, which it
+        knows to be so from a promise that was told (docs/design.md §6)."""
+        if self.role != Role.ACTIVE:
+            return False
+        for key, _ in commits:
+            used = self._products[key].used
+            for x in self.backends:
+                lic = x.licenses.get(key)
+                if lic is not None and lic.valid and used > lic.quantity:
+                    return True
+        return False
 
     # ---------------------------------------------------------------- replies
 
@@ -1311,6 +1345,11 @@ class Leader:
             for pr in promises:  # floors only rise: the highest any promise holds
                 p.floor = p.floor.merge(pr.floors.get(key, NO_FLOOR))
             p.floor_committed = p.floor
+            # A backend was told this version committed: the table is committed state (the
+            # highest version among a quorum's promises is at least any committed one).
+            p.adopted_committed = key in best and any(
+                pr.commits.get(key, ZERO_VERSION) >= best[key][0] for pr in promises
+            )
             for rec in best.get(key, (None, ()))[1]:
                 p.add(rec)
                 p.grant_seq[rec.handle] = 0

@@ -51,6 +51,11 @@ class Accept:
     mid: int
     epoch: Epoch
     entries: tuple[AcceptEntry, ...]
+    # The leader's committed seq per product (its epoch), for the products whose commit
+    # advanced since it last told this backend. The backend keeps it in memory and reports
+    # it in its Promise: a new leader then knows the table it adopts is committed state
+    # (docs/design.md §6). An ACCEPT with no entries is a commit notice only.
+    commits: tuple[tuple[ProductKey, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,9 @@ class Promise:
     logs: dict[ProductKey, tuple[Version, tuple[HandleRecord, ...]]]
     licenses: dict[ProductKey, LicenseInfo]
     floors: dict[ProductKey, Floor] = field(default_factory=dict)
+    # The highest version per product this backend was told is committed (by an ACCEPT's
+    # `commits` or a committed snapshot); memory only, so empty after a restart.
+    commits: dict[ProductKey, Version] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

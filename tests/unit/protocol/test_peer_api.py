@@ -57,12 +57,15 @@ REQUESTS = [
     Snapshot(4, E, (SnapshotEntry(K, 0, (R,)),)),
     Crypt(5, E, K, "h1", "client", "hmac", b"\x00data"),
     Probe(6, E),
+    Accept(7, E, (AcceptEntry(K, 2, (Release("h1", ReleaseReason.RELEASE, 3.0),)),), ((K, 1),)),
+    Accept(8, E, (), ((K, 2), ((7, 1), 3))),  # a commit notice
 ]
 REPLIES = [
     Status(1, "backend-1", E, True, {K: Version(E, 3)}, {K: 2}, LIC),
     Status(7, "backend-1", E, True, {K: Version(E, 3)}, {K: 2}, LIC, leader_age=0.25),
     Status(8, "backend-1", E, True, {}, {}, {}, leader_age=0),
     Promise(2, "backend-1", E, False, {K: (Version(E, 1), (R,))}, LIC),
+    Promise(9, "backend-1", E, True, {K: (Version(E, 1), (R,))}, LIC, commits={K: Version(E, 1)}),
     Rejected(3, E),
     Accepted(4, E, {K: EntryResult(EntryStatus.REFUSED, 3, "above LQ")}, LIC),
     CryptResult(5, True, b"out"),

@@ -49,7 +49,8 @@ class Harness:
         self.persisted: dict[str, list[int]] = {}  # epoch counters each server persisted
         self.events: list[dict[str, Any]] = []
         self.leader = self.add_server("sa")
-        self.replies: list[ClientReply] = []
+        self.replies: list[ClientReply] = []  # of "sa"
+        self.replies_of: dict[str, list[ClientReply]] = {}  # of every server
 
     def add_server(self, name: str) -> Leader:
         leader = Leader(
@@ -76,6 +77,7 @@ class Harness:
             self.events.extend(out.events)
             if src == "sa":
                 self.replies.extend(out.replies)
+            self.replies_of.setdefault(src, []).extend(out.replies)
             for name, msg in out.send:
                 if name in self.down or src in self.stopped or (src, name) in self.cut:
                     continue
