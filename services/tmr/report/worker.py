@@ -11,7 +11,8 @@ Replication traffic never shares a socket with these queries.
 A backend's rows come in chunks of at most `CHUNK_BYTES` (a chunked `UsageQuery`, answered
 by `tmr.report.records.UsageReader`), one chunk in flight per backend: a backend's peer
 socket and its ZeroMQ I/O thread, which also carry the replication traffic, never hold a
-frame of megabytes, and the backends work only as fast as this process asks.
+frame of megabytes, and the backends work only as fast as this process asks: after each
+chunk it pauses as long as the chunk took (`PACE`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ from tmr.report.summary import merge_rows, summarize
 
 QUERY_TIMEOUT = 5.0  # for each chunk
 CHUNK_BYTES = 256 * 1024  # the most a backend sends in one usage answer
+# After each chunk, a pause PACE times as long as the chunk took: a report keeps a backend
+# busy at most 1 / (1 + PACE) of the time (measured: docs/performance.md, usage reports).
+PACE = 1.0
 MAX_QUEUED = 16
 ROW_LIMIT = 200_000  # usage rows per backend in one report; more: BAD_REQUEST (shorter window)
 MAX_WINDOW = 400 * 86400.0  # the longest window a report may cover (seconds)
@@ -69,6 +73,8 @@ class _Pull:
     after: int = 0  # the record id the next chunk starts after
     mid: int = 0  # the query in flight
     deadline: float = 0.0  # its answer is due by then (monotonic)
+    asked_at: float = 0.0  # when it was sent (monotonic)
+    ask_at: float | None = None  # no query in flight: when to ask for the next chunk
     chunks: int = 0
     oldest: float | None = None
     rows: list[UsageRow] = field(default_factory=list)
@@ -214,8 +220,9 @@ class UsageWorker:
         self, job: UsageJob, links: dict[str, zmq.Socket[bytes]]
     ) -> tuple[dict[str, UsageRecords], dict[str, str]]:
         """Ask the job's backends, chunk by chunk (one chunk of at most CHUNK_BYTES in flight
-        per backend: no large frame on a backend's peer socket, and the work is paced by this
-        process); (answers by backend, problems by backend). A backend that answers a chunked
+        per backend, the next one asked for after a pause, `PACE`: no large frame on a
+        backend's peer socket, and a report never keeps a backend busy); (answers by backend,
+        problems by backend). A backend that answers a chunked
         query with all its rows at once (a version before chunks) is read as well."""
         problems: dict[str, str] = {name: "down" for name in job.down}
         pulls: dict[str, _Pull] = {}
@@ -238,12 +245,18 @@ class UsageWorker:
         answers: dict[str, UsageRecords] = {}
         while pulls:
             now = time.monotonic()
-            for name in [n for n, p in pulls.items() if p.deadline <= now]:
-                problems[name] = f"no answer within {self.timeout:g} s"
-                poller.unregister(pulls.pop(name).socket)
+            for name, pull in list(pulls.items()):
+                if pull.ask_at is not None and pull.ask_at <= now:
+                    pull.ask_at = None
+                    if not self._ask(job, pull):
+                        problems[name] = "the link went down between two chunks"
+                        poller.unregister(pulls.pop(name).socket)
+                elif pull.ask_at is None and pull.deadline <= now:
+                    problems[name] = f"no answer within {self.timeout:g} s"
+                    poller.unregister(pulls.pop(name).socket)
             if not pulls:
                 break
-            wait = min(p.deadline for p in pulls.values()) - now
+            wait = min(p.deadline if p.ask_at is None else p.ask_at for p in pulls.values()) - now
             for s, _ in poller.poll(int(wait * 1000) + 1):
                 pull = next(p for p in pulls.values() if p.socket is s)
                 if self._receive(job, pull, answers, problems):
@@ -260,7 +273,8 @@ class UsageWorker:
         except zmq.Again:
             return False
         pull.mid = mid
-        pull.deadline = time.monotonic() + self.timeout
+        pull.asked_at = time.monotonic()
+        pull.deadline = pull.asked_at + self.timeout
         return True
 
     def _receive(
@@ -295,10 +309,12 @@ class UsageWorker:
             truncated = msg.truncated or len(pull.rows) > self.row_limit
             if msg.next is not None and not truncated:
                 pull.after = msg.next
-                if self._ask(job, pull):
-                    return False
-                problems[name] = "the link went down between two chunks"
-                return True
+                # Paced: the next chunk is asked for after a pause as long as this one took
+                # (asked, read, sent, decoded), so a report keeps a backend busy at most
+                # about half the time, less on a busy host, where chunks take longer.
+                now = time.monotonic()
+                pull.ask_at = now + PACE * (now - pull.asked_at)
+                return False
             answers[name] = UsageRecords(
                 msg.mid, name, tuple(pull.rows[: self.row_limit]), pull.oldest, truncated
             )

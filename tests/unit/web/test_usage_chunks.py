@@ -3,8 +3,10 @@ asked for, and the server's report worker pulls the chunks one at a time."""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from tmr.protocol.errors import ProtocolError
 from tmr.replication.messages import UsageQuery, UsageRecords, UsageRow
 from tmr.report.denials import DenialLog
 from tmr.report.records import UsageReader
-from tmr.report.worker import CHUNK_BYTES, UsageJob, UsageWorker
+from tmr.report.worker import CHUNK_BYTES, PACE, UsageJob, UsageWorker
 
 T0 = 1_700_000_000.0
 
@@ -195,7 +197,7 @@ def test_bad_chunks_are_protocol_errors(change: dict[str, Any]) -> None:
 class FakeBackend:
     """A CURVE ROUTER on loopback that answers usage queries with ``answer(query)``."""
 
-    def __init__(self, answer: Callable[[UsageQuery], bytes]) -> None:
+    def __init__(self, answer: Callable[[UsageQuery], bytes], delay: float = 0.0) -> None:
         self.keys = generate_keypair()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -206,7 +208,9 @@ class FakeBackend:
         port = self.sock.bind_to_random_port("tcp://127.0.0.1")
         self.ref = BackendRef("b1", f"tcp://127.0.0.1:{port}", self.keys.public)
         self.answer = answer
+        self.delay = delay  # seconds each answer takes
         self.queries: list[UsageQuery] = []
+        self.times: list[tuple[float, float]] = []  # (query received, answer sent), monotonic
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -216,9 +220,13 @@ class FakeBackend:
             if not self.sock.poll(50):
                 continue
             *envelope, payload = self.sock.recv_multipart()
+            received = time.monotonic()
             q = peer_api.decode_usage_query(payload)
             self.queries.append(q)
-            self.sock.send_multipart([*envelope, self.answer(q)])
+            answer = self.answer(q)
+            self._stop.wait(self.delay)  # a backend at work
+            self.times.append((received, time.monotonic()))
+            self.sock.send_multipart([*envelope, answer])
 
     def close(self) -> None:
         self._stop.set()
@@ -296,3 +304,18 @@ def test_the_worker_reads_a_backend_that_answers_whole() -> None:
         backend.close()
     assert problems == {} and list(answers["b1"].rows) == ROWS
     assert len(backend.queries) == 1
+
+
+def test_the_worker_paces_its_chunk_queries() -> None:
+    """After each chunk the worker waits PACE times as long as that chunk took before it asks
+    for the next: a report keeps a backend busy at most 1 / (1 + PACE) of the time."""
+    assert PACE >= 1.0
+    backend = FakeBackend(_in_chunks_of_two, delay=0.05)
+    try:
+        answers, problems = _fetch(backend)
+    finally:
+        backend.close()
+    assert problems == {} and list(answers["b1"].rows) == ROWS
+    assert len(backend.times) == 4
+    for (received, sent), (next_received, _) in itertools.pairwise(backend.times):
+        assert next_received - sent >= PACE * (sent - received)
