@@ -223,16 +223,27 @@ def measure(
     }
 
 
+def _backend_down_events(cluster: LocalCluster) -> int:
+    return Path(cluster.nodes["tmr-a"]["log"]).read_text().count('"event":"backend_down"')
+
+
 def test_checkouts_are_not_delayed_by_concurrent_usage_reports(
     cluster: LocalCluster, admin: NodeKeys
 ) -> None:
     """Three concurrent reports of 100k rows per backend. Before, checkout p99 went to
-    0.79 s (max 1.5 s) with ten; the bound here (2x idle, at least 100 ms) leaves room
-    for this shared test host. `python -m tests.security.test_usage_access` measures ten
-    reports against the strict 2x bound (see its output)."""
-    result = measure(cluster, admin, reports=3, window=8.0)
+    0.79 s (max 1.5 s) with ten and the server saw backends down. What holds on any host:
+    every report is answered, replication is never starved (no backend is seen down; the
+    backends send the rows in chunks of at most 256 KiB, `tests/unit/web/
+    test_usage_chunks.py`) and no checkout waits anywhere near that long. The timing itself
+    depends on what else the host runs: `python -m tests.security.test_usage_access`
+    measures ten reports against the 2x bound (see its output and docs/performance.md)."""
+    down_before = _backend_down_events(cluster)
+    result = measure(cluster, admin, reports=3, window=8.0)  # every report answered
     print(json.dumps(result, indent=2))
-    assert result["loaded"]["p99"] <= max(2 * result["idle"]["p99"], 0.1), result
+    assert _backend_down_events(cluster) == down_before
+    backends = cluster.ctl("tmr-a", "status")["backends"]
+    assert [b["up"] for b in backends] == [True, True, True], backends
+    assert result["loaded"]["p99"] <= max(2 * result["idle"]["p99"], 0.25), result
 
 
 def main() -> int:

@@ -625,7 +625,7 @@ class BackendService:
             self.counters["storage_errors"] += 1
             log("storage_error", level="error", error=str(exc), during="usage query")
             return error_reply(query.mid, f"cannot read the usage record: {exc}")
-        return peer_api.encode_usage_records(records)
+        return peer_api.encode_usage_answer(query, records)
 
     @staticmethod
     def _refusal_records(reply: PeerReply) -> list[_Record]:

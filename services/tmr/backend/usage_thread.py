@@ -7,7 +7,9 @@ its sender; a worker thread has the rows read and encoded in a worker process of
 priority (`tmr.report.offload`: the loop's thread never waits for the interpreter lock),
 on its own read-only SQLite connection (`tmr.report.records.UsageReader`, WAL: it never
 blocks the store's writes), and queues the answer; `wake` tells the loop, which sends what
-`take` returns on the peer socket (ZeroMQ sockets stay in the loop's thread).
+`take` returns on the peer socket (ZeroMQ sockets stay in the loop's thread). A server asks
+for the rows in chunks of at most 256 KiB, one after the other (`tmr.report.worker`), so
+what the loop sends for a report is never one large frame.
 """
 
 from __future__ import annotations
@@ -94,6 +96,6 @@ def answer_query(db_path: str, query: UsageQuery, name: str) -> tuple[bytes, str
     if reader is None:
         reader = _READERS[db_path] = UsageReader(Path(db_path))
     try:
-        return peer_api.encode_usage_records(reader.query(query, name)), ""
+        return peer_api.encode_usage_answer(query, reader.query(query, name)), ""
     except sqlite3.Error as exc:
         return encode_error(query.mid, f"cannot read the usage record: {exc}"), str(exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any, TypeVar
 
 from tmr.protocol.codec import pack, unpack
@@ -614,18 +615,31 @@ def decode_reply(frame: bytes) -> PeerReply:
 
 MAX_USAGE_ROWS = 500_000
 USAGE_EVENTS = ("granted", "released", "expired")
+_EVENT_CODES = {e: i for i, e in enumerate(USAGE_EVENTS)}
+# A chunked usage answer (`encode_usage_chunk`) holds at most the bytes its query asks for,
+# within these bounds.
+MIN_USAGE_CHUNK = 4096
+MAX_USAGE_CHUNK = 4 * 1024 * 1024
+# Upper bound of the encoded size of one row in a chunk, besides its two strings' UTF-8
+# bytes: a float (9), an event code (1), three integers <= U32 (5 each), two string headers
+# (5 each). A chunk's fixed part (map keys, name, oldest, next, array headers) is below
+# USAGE_CHUNK_OVERHEAD + the name's UTF-8 bytes.
+USAGE_ROW_OVERHEAD = 9 + 1 + 3 * 5 + 2 * 5
+USAGE_CHUNK_OVERHEAD = 256
 
 
 def encode_usage_query(msg: UsageQuery) -> bytes:
-    return pack(
-        {
-            "t": "usage_query",
-            "mid": msg.mid,
-            "since": msg.since,
-            "until": msg.until,
-            "limit": msg.limit,
-        }
-    )
+    body: dict[str, Any] = {
+        "t": "usage_query",
+        "mid": msg.mid,
+        "since": msg.since,
+        "until": msg.until,
+        "limit": msg.limit,
+    }
+    if msg.chunk_bytes:
+        body["after"] = msg.after
+        body["chunk"] = msg.chunk_bytes
+    return pack(body)
 
 
 def decode_usage_query(frame: bytes) -> UsageQuery:
@@ -636,7 +650,11 @@ def decode_usage_query(frame: bytes) -> UsageQuery:
     until = _float(_get(b, "until"), "until")
     if until < since:
         raise _fail("until: must not be before since")
-    return UsageQuery(mid, since, until, _int(_get(b, "limit"), "limit", 1, MAX_USAGE_ROWS))
+    limit = _int(_get(b, "limit"), "limit", 1, MAX_USAGE_ROWS)
+    if "chunk" not in b:
+        return UsageQuery(mid, since, until, limit)
+    chunk = _int(b["chunk"], "chunk", MIN_USAGE_CHUNK, MAX_USAGE_CHUNK)
+    return UsageQuery(mid, since, until, limit, _int(_get(b, "after"), "after"), chunk)
 
 
 def _usage_row(r: UsageRow) -> list[Any]:
@@ -671,13 +689,109 @@ def encode_usage_records(msg: UsageRecords) -> bytes:
     )
 
 
+def encode_usage_answer(query: UsageQuery, msg: UsageRecords) -> bytes:
+    """A backend's answer to ``query``: a chunk if it asked for one, else all the rows."""
+    return encode_usage_chunk(msg) if query.chunk_bytes else encode_usage_records(msg)
+
+
+def usage_row_size(row: UsageRow) -> int:
+    """The most bytes ``row`` takes in a chunk (`encode_usage_chunk`)."""
+    return USAGE_ROW_OVERHEAD + len(row.handle.encode()) + len(row.client_id.encode())
+
+
+def encode_usage_chunk(msg: UsageRecords) -> bytes:
+    """A chunk of a backend's answer to a chunked `UsageQuery`, by column (7 arrays instead of
+    one array per row: a server decodes and checks it in a few C-level passes)."""
+    cols: list[tuple[Any, ...]] = list(zip(*msg.rows, strict=True)) or [()] * 7
+    at, event, firm, product, handle, seats, client_id = cols
+    return pack(
+        {
+            "t": "usage_chunk",
+            "mid": msg.mid,
+            "name": msg.name,
+            "at": at,
+            "event": bytes(_EVENT_CODES[e] for e in event),
+            "firm": firm,
+            "product": product,
+            "handle": handle,
+            "seats": seats,
+            "client_id": client_id,
+            "oldest": msg.oldest,
+            "next": msg.next,
+        }
+    )
+
+
+def _column(b: dict[str, Any], name: str, n: int, types: frozenset[type]) -> list[Any]:
+    col = _list(_get(b, name), name)
+    if len(col) != n:
+        raise _fail(f"{name}: expected {n} items")
+    if not set(map(type, col)) <= types:
+        raise _fail(f"{name}: expected {'/'.join(sorted(t.__name__ for t in types))} items")
+    return col
+
+
+_new_tuple = tuple.__new__
+_INT = frozenset({int})
+_STR = frozenset({str})
+_NUM = frozenset({int, float})
+
+
+def _d_usage_chunk(mid: int, b: dict[str, Any]) -> UsageRecords:
+    at = _list(_get(b, "at"), "at")
+    n = len(at)
+    if n > MAX_USAGE_ROWS:
+        raise _fail(f"at: more than {MAX_USAGE_ROWS} rows")
+    at = _column(b, "at", n, _NUM)
+    try:
+        if not all(map(math.isfinite, at)):
+            raise _fail("at: expected finite numbers")
+    except OverflowError:
+        raise _fail("at: expected finite numbers") from None
+    at = [float(x) for x in at] if int in set(map(type, at)) else at
+    codes = _bytes(_get(b, "event"), "event", n)
+    if len(codes) != n or codes.translate(None, bytes(range(len(USAGE_EVENTS)))):
+        raise _fail(f"event: expected {n} event codes")
+    event = [USAGE_EVENTS[c] for c in codes]
+    ints = [_column(b, name, n, _INT) for name in ("firm", "product", "seats")]
+    for name, col in zip(("firm", "product", "seats"), ints, strict=True):
+        if col and not (min(col) >= 0 and max(col) <= U32):
+            raise _fail(f"{name}: expected integers in [0, {U32}]")
+    firm, product, seats = ints
+    handle = _column(b, "handle", n, _STR)
+    client_id = _column(b, "client_id", n, _STR)
+    if handle and not (min(map(len, handle)) >= 1 and max(map(len, handle)) <= MAX_STR):
+        raise _fail(f"handle: expected strings of 1 to {MAX_STR} characters")
+    if client_id and max(map(len, client_id)) > MAX_STR:
+        raise _fail(f"client_id: expected strings of at most {MAX_STR} characters")
+    oldest = _get(b, "oldest")
+    nxt = _get(b, "next")
+    return UsageRecords(
+        mid,
+        _str(_get(b, "name"), "name"),
+        # tuple.__new__ straight from the columns: no Python call per row
+        tuple(
+            map(
+                _new_tuple,
+                repeat(UsageRow),
+                zip(at, event, firm, product, handle, seats, client_id, strict=True),
+            )
+        ),
+        None if oldest is None else _float(oldest, "oldest"),
+        False,
+        None if nxt is None else _int(nxt, "next"),
+    )
+
+
 def decode_usage_reply(frame: bytes) -> UsageRecords | PeerError:
-    """A backend's answer on the usage link: the records, or a `PeerError` (for instance from
-    a backend too old to know the query)."""
+    """A backend's answer on the usage link: the records (whole, or a chunk of them), or a
+    `PeerError` (for instance from a backend too old to know the query)."""
     t, mid, b = _body(frame)
     try:
         if t == "error":
             return PeerError(mid, _str(_get(b, "message"), "message", 1024, True))
+        if t == "usage_chunk":
+            return _d_usage_chunk(mid, b)
         if t == "usage_records":
             rows = _list(_get(b, "rows"), "rows")
             if len(rows) > MAX_USAGE_ROWS:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from tmr.replication.types import (
     NO_FLOOR,
@@ -190,10 +191,14 @@ class UsageQuery:
     since: float
     until: float
     limit: int
+    # Chunked (``chunk_bytes`` > 0): only rows with a record id above ``after``, in an answer
+    # of at most ``chunk_bytes`` bytes whose `UsageRecords.next` is the ``after`` of the next
+    # chunk. 0: every row in one answer (the only form servers before chunking send).
+    after: int = 0
+    chunk_bytes: int = 0
 
 
-@dataclass(frozen=True)
-class UsageRow:
+class UsageRow(NamedTuple):  # a tuple: hundreds of thousands are built for one report
     at: float  # wall time of the op (set by the leader)
     event: str  # "granted" | "released" | "expired"
     firm: int
@@ -213,3 +218,4 @@ class UsageRecords:
     rows: tuple[UsageRow, ...]
     oldest: float | None  # retention trimmed older rows: `at` of the oldest kept (None: none)
     truncated: bool  # more rows matched than `limit`
+    next: int | None = None  # a chunk: ``after`` for the next one (None: the last chunk)

@@ -12,6 +12,7 @@ import sqlite3
 from contextlib import suppress
 from pathlib import Path
 
+from tmr.protocol import peer_api
 from tmr.replication.messages import UsageQuery, UsageRecords, UsageRow
 
 # Rows of the window, plus grants made before it whose handle was not yet released or
@@ -24,6 +25,18 @@ WHERE at <= :until
              SELECT handle FROM usage WHERE event != 'granted' AND at < :since)))
 ORDER BY id
 LIMIT :limit
+"""
+
+# The same rows from record id ``after`` on (a chunked query reads them lazily, as far as
+# its chunk goes: the scan follows the primary key).
+_CHUNK_SQL = """
+SELECT id, at, event, firm, product, handle, seats, client_id FROM usage
+WHERE id > :after
+  AND at <= :until
+  AND (at >= :since
+       OR (event = 'granted' AND handle NOT IN (
+             SELECT handle FROM usage WHERE event != 'granted' AND at < :since)))
+ORDER BY id
 """
 
 
@@ -47,7 +60,10 @@ class UsageReader:
             self._conn = None
 
     def query(self, q: UsageQuery, name: str) -> UsageRecords:
-        """The rows for ``q``; raises `sqlite3.Error` if the database cannot be read."""
+        """The rows for ``q`` (one chunk of them if ``q`` is chunked); raises `sqlite3.Error`
+        if the database cannot be read."""
+        if q.chunk_bytes:
+            return self._chunk(q, name)
         try:
             conn = self._connection()
             params = {"since": q.since, "until": q.until, "limit": q.limit + 1}
@@ -66,3 +82,36 @@ class UsageReader:
             None if oldest is None else float(oldest),
             truncated,
         )
+
+    def _chunk(self, q: UsageQuery, name: str) -> UsageRecords:
+        """The rows after record id ``q.after`` that fit in ``q.chunk_bytes`` encoded (at least
+        one), with the id to continue from (None: no row is left). The first chunk (``after``
+        0) also says how far back the record goes; later ones leave ``oldest`` None."""
+        budget = q.chunk_bytes - peer_api.USAGE_CHUNK_OVERHEAD - len(name.encode())
+        rows: list[UsageRow] = []
+        last: int | None = None
+        oldest: float | None = None
+        try:
+            conn = self._connection()
+            params = {"since": q.since, "until": q.until, "after": q.after}
+            cur = conn.execute(_CHUNK_SQL, params)
+            try:
+                for rid, *fields in cur:
+                    row = UsageRow(*fields)
+                    budget -= peer_api.usage_row_size(row)
+                    if budget < 0 and rows:
+                        break  # the row is read again by the next chunk
+                    rows.append(row)
+                    last = rid
+                else:
+                    last = None  # every row was read
+            finally:
+                cur.close()
+            if q.after == 0:
+                first_id, first_at = conn.execute("SELECT MIN(id), MIN(at) FROM usage").fetchone()
+                if first_id is not None and first_id > 1:  # ids start at 1: nothing trimmed
+                    oldest = float(first_at)
+        except sqlite3.Error:
+            self.close()
+            raise
+        return UsageRecords(q.mid, name, tuple(rows), oldest, False, last)

@@ -2,11 +2,17 @@
 
 The poll loop must never wait on a report: `UsageWorker.submit` queues a `UsageJob` (with
 what the loop knows: which backends are up, the licenses' LQ, the client's routing token);
-the thread sends a `UsageQuery` to each of those backends on its own CURVE link, waits for
-the answers (bounded by `timeout`), merges and summarises them and queues the encoded reply.
-It then wakes the poll loop through an inproc PAIR socket (`wake_socket`), and the loop
-sends the reply on the client socket with `take`. Replication traffic never shares a socket
-with these queries.
+the thread has the report made in the low-priority worker process (`tmr.report.offload`),
+which reads each of those backends on its own CURVE link, merges and summarises the rows and
+returns the encoded reply. The thread queues it and wakes the poll loop through an inproc
+PAIR socket (`wake_socket`), and the loop sends the reply on the client socket with `take`.
+Replication traffic never shares a socket with these queries.
+
+A backend's rows come in chunks of at most `CHUNK_BYTES` (a chunked `UsageQuery`, answered
+by `tmr.report.records.UsageReader`), one chunk in flight per backend: a backend's peer
+socket and its ZeroMQ I/O thread, which also carry the replication traffic, never hold a
+frame of megabytes, and the backends work only as fast as this process asks: after each
+chunk it pauses as long as the chunk took (`PACE`).
 """
 
 from __future__ import annotations
@@ -29,13 +35,17 @@ from tmr.logs import log
 from tmr.protocol import peer_api
 from tmr.protocol.client_api import ErrorReply, OkReply, Reply, UsageResult, encode_reply
 from tmr.protocol.errors import ProtocolError
-from tmr.replication.messages import PeerError, UsageQuery, UsageRecords
+from tmr.replication.messages import PeerError, UsageQuery, UsageRecords, UsageRow
 from tmr.replication.types import ProductKey
 from tmr.report.denials import DenialLog
 from tmr.report.offload import Offload, put_stop
 from tmr.report.summary import merge_rows, summarize
 
-QUERY_TIMEOUT = 5.0
+QUERY_TIMEOUT = 5.0  # for each chunk
+CHUNK_BYTES = 256 * 1024  # the most a backend sends in one usage answer
+# After each chunk, a pause PACE times as long as the chunk took: a report keeps a backend
+# busy at most 1 / (1 + PACE) of the time (measured: docs/performance.md, usage reports).
+PACE = 1.0
 MAX_QUEUED = 16
 ROW_LIMIT = 200_000  # usage rows per backend in one report; more: BAD_REQUEST (shorter window)
 MAX_WINDOW = 400 * 86400.0  # the longest window a report may cover (seconds)
@@ -52,6 +62,22 @@ class UsageJob:
     backends: tuple[str, ...]  # the backends to ask (those up when the request came)
     quantities: dict[ProductKey, int] = field(default_factory=dict)
     down: tuple[str, ...] = ()  # the others: reported as not read
+
+
+@dataclass
+class _Pull:
+    """The chunks read so far from one backend for one report."""
+
+    name: str
+    socket: zmq.Socket[bytes]
+    after: int = 0  # the record id the next chunk starts after
+    mid: int = 0  # the query in flight
+    deadline: float = 0.0  # its answer is due by then (monotonic)
+    asked_at: float = 0.0  # when it was sent (monotonic)
+    ask_at: float | None = None  # no query in flight: when to ask for the next chunk
+    chunks: int = 0
+    oldest: float | None = None
+    rows: list[UsageRow] = field(default_factory=list)
 
 
 class UsageWorker:
@@ -193,68 +219,106 @@ class UsageWorker:
     def fetch(
         self, job: UsageJob, links: dict[str, zmq.Socket[bytes]]
     ) -> tuple[dict[str, UsageRecords], dict[str, str]]:
-        """Ask the job's backends; (answers by backend, problems by backend)."""
-        waiting: dict[str, int] = {}
+        """Ask the job's backends, chunk by chunk (one chunk of at most CHUNK_BYTES in flight
+        per backend, the next one asked for after a pause, `PACE`: no large frame on a
+        backend's peer socket, and a report never keeps a backend busy); (answers by backend,
+        problems by backend). A backend that answers a chunked
+        query with all its rows at once (a version before chunks) is read as well."""
         problems: dict[str, str] = {name: "down" for name in job.down}
+        pulls: dict[str, _Pull] = {}
         poller = zmq.Poller()
         for name in job.backends:
             if name not in self.refs:
                 continue
-            mid = next(self._mids)
             s = self._link(links, name)
-            query = UsageQuery(mid, job.since, job.until, self.row_limit)
+            pull = _Pull(name, s)
             # A link that is not connected yet gets a moment (IMMEDIATE queues nothing).
             deadline = time.monotonic() + min(1.0, self.timeout)
-            while True:
-                try:
-                    s.send(peer_api.encode_usage_query(query), zmq.NOBLOCK)
+            while not self._ask(job, pull):
+                if time.monotonic() > deadline:
+                    problems[name] = "not connected"
                     break
-                except zmq.Again:
-                    if time.monotonic() > deadline:
-                        problems[name] = "not connected"
-                        break
-                    time.sleep(0.02)
+                time.sleep(0.02)
             if name not in problems:
-                waiting[name] = mid
+                pulls[name] = pull
                 poller.register(s, zmq.POLLIN)
         answers: dict[str, UsageRecords] = {}
-        deadline = time.monotonic() + self.timeout
-        while waiting:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        while pulls:
+            now = time.monotonic()
+            for name, pull in list(pulls.items()):
+                if pull.ask_at is not None and pull.ask_at <= now:
+                    pull.ask_at = None
+                    if not self._ask(job, pull):
+                        problems[name] = "the link went down between two chunks"
+                        poller.unregister(pulls.pop(name).socket)
+                elif pull.ask_at is None and pull.deadline <= now:
+                    problems[name] = f"no answer within {self.timeout:g} s"
+                    poller.unregister(pulls.pop(name).socket)
+            if not pulls:
                 break
-            for s, _ in poller.poll(int(remaining * 1000) + 1):
-                name = next(n for n, x in links.items() if x is s)
-                self._receive(name, s, waiting, answers, problems)
-        for name in waiting:
-            problems[name] = f"no answer within {self.timeout:g} s"
+            wait = min(p.deadline if p.ask_at is None else p.ask_at for p in pulls.values()) - now
+            for s, _ in poller.poll(int(wait * 1000) + 1):
+                pull = next(p for p in pulls.values() if p.socket is s)
+                if self._receive(job, pull, answers, problems):
+                    del pulls[pull.name]
+                    poller.unregister(s)
         return answers, problems
 
-    @staticmethod
+    def _ask(self, job: UsageJob, pull: _Pull) -> bool:
+        """Send the query for ``pull``'s next chunk; False if the link cannot take it yet."""
+        mid = next(self._mids)
+        query = UsageQuery(mid, job.since, job.until, self.row_limit, pull.after, CHUNK_BYTES)
+        try:
+            pull.socket.send(peer_api.encode_usage_query(query), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        pull.mid = mid
+        pull.asked_at = time.monotonic()
+        pull.deadline = pull.asked_at + self.timeout
+        return True
+
     def _receive(
-        name: str,
-        s: zmq.Socket[bytes],
-        waiting: dict[str, int],
+        self,
+        job: UsageJob,
+        pull: _Pull,
         answers: dict[str, UsageRecords],
         problems: dict[str, str],
-    ) -> None:
+    ) -> bool:
+        """Read what ``pull``'s link has; True once the backend's answer is complete (in
+        ``answers``) or has failed (in ``problems``)."""
+        name = pull.name
         while True:
             try:
-                frames = s.recv_multipart(zmq.NOBLOCK)
+                frames = pull.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return False
             try:
                 msg = peer_api.decode_usage_reply(frames[-1])
             except ProtocolError as exc:
                 log("usage_bad_reply", level="warning", backend=name, error=exc.message)
                 continue
-            if waiting.get(name) != msg.mid:
-                continue  # a late answer to an earlier report
-            del waiting[name]
+            if msg.mid != pull.mid:
+                continue  # a late answer to an earlier query
             if isinstance(msg, PeerError):
                 problems[name] = msg.message
-            else:
-                answers[name] = msg
+                return True
+            if pull.chunks == 0:
+                pull.oldest = msg.oldest  # the first chunk says how far back the record goes
+            pull.chunks += 1
+            pull.rows.extend(msg.rows)
+            truncated = msg.truncated or len(pull.rows) > self.row_limit
+            if msg.next is not None and not truncated:
+                pull.after = msg.next
+                # Paced: the next chunk is asked for after a pause as long as this one took
+                # (asked, read, sent, decoded), so a report keeps a backend busy at most
+                # about half the time, less on a busy host, where chunks take longer.
+                now = time.monotonic()
+                pull.ask_at = now + PACE * (now - pull.asked_at)
+                return False
+            answers[name] = UsageRecords(
+                msg.mid, name, tuple(pull.rows[: self.row_limit]), pull.oldest, truncated
+            )
+            return True
 
     def report(
         self,

@@ -1,0 +1,321 @@
+"""Usage reports in chunks: a backend answers a chunked usage query with at most the bytes
+asked for, and the server's report worker pulls the chunks one at a time."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from tmr.backend.store import SqliteStore
+from tmr.config import BackendRef
+from tmr.keys import generate_keypair
+from tmr.protocol import peer_api
+from tmr.protocol.codec import pack
+from tmr.protocol.errors import ProtocolError
+from tmr.replication.messages import UsageQuery, UsageRecords, UsageRow
+from tmr.report.denials import DenialLog
+from tmr.report.records import UsageReader
+from tmr.report.worker import CHUNK_BYTES, PACE, UsageJob, UsageWorker
+
+T0 = 1_700_000_000.0
+
+
+def _fill(db: Path, rows: list[UsageRow]) -> None:
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.executemany(
+            "INSERT INTO usage (at, recorded_at, event, firm, product, handle, seats, client_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (r.at, r.at, r.event, r.firm, r.product, r.handle, r.seats, r.client_id)
+                for r in rows
+            ],
+        )
+    conn.close()
+
+
+def _rows(n: int, *, long: bool = False) -> list[UsageRow]:
+    """``n`` rows; ``long``: handles and client ids of the largest size, client ids in UTF-8
+    of two bytes a character (a chunk is bounded in bytes, not characters)."""
+    out = []
+    for i in range(n):
+        handle = f"h{i:06d}" + ("x" * (peer_api.MAX_STR - 7) if long else "")
+        cid = "ü" * peer_api.MAX_STR if long else f"c{i % 7}"
+        event = "granted" if i % 2 == 0 else "released"
+        out.append(UsageRow(T0 + i, event, 2**32 - 1, 2**32 - 2, handle, 2**32 - 1, cid))
+    return out
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Path]:
+    store = SqliteStore(tmp_path / "b.sqlite3", usage_retention=1_000_000)
+    try:
+        yield store.path
+    finally:
+        store.close()
+
+
+def _read_chunks(reader: UsageReader, chunk: int, until: float) -> list[tuple[bytes, UsageRecords]]:
+    out = []
+    after = 0
+    while True:
+        q = UsageQuery(len(out) + 1, T0, until, 1000, after, chunk)
+        frame = peer_api.encode_usage_answer(q, reader.query(q, "backend-1"))
+        msg = peer_api.decode_usage_reply(frame)
+        assert isinstance(msg, UsageRecords) and msg.mid == q.mid
+        out.append((frame, msg))
+        if msg.next is None:
+            return out
+        assert msg.rows, "a chunk that continues holds at least one row"
+        after = msg.next
+
+
+@pytest.mark.parametrize("long", [False, True])
+def test_chunks_hold_the_whole_window_within_their_byte_bound(db: Path, long: bool) -> None:
+    rows = _rows(600, long=long)
+    _fill(db, rows)
+    reader = UsageReader(db)
+    whole = reader.query(UsageQuery(1, T0, T0 + 10_000, 10_000), "backend-1")
+    chunks = _read_chunks(reader, peer_api.MIN_USAGE_CHUNK, T0 + 10_000)
+    assert len(chunks) > 3
+    assert all(len(frame) <= peer_api.MIN_USAGE_CHUNK for frame, _ in chunks)
+    got = [r for _, msg in chunks for r in msg.rows]
+    assert got == list(whole.rows) == rows
+    reader.close()
+
+
+def test_report_chunks_stay_within_chunk_bytes(db: Path) -> None:
+    _fill(db, _rows(3000, long=True))
+    chunks = _read_chunks(UsageReader(db), CHUNK_BYTES, T0 + 10_000)
+    assert len(chunks) > 1
+    assert max(len(frame) for frame, _ in chunks) <= CHUNK_BYTES <= 256 * 1024
+
+
+def test_chunks_keep_the_window_and_the_record_horizon(db: Path) -> None:
+    _fill(db, _rows(50))
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DELETE FROM usage WHERE id <= 10")  # as retention trims
+    conn.close()
+    reader = UsageReader(db)
+    chunks = _read_chunks(reader, peer_api.MIN_USAGE_CHUNK, T0 + 29)
+    got = [r.handle for _, msg in chunks for r in msg.rows]
+    assert got == [f"h{i:06d}" for i in range(10, 30)]
+    assert chunks[0][1].oldest == T0 + 10  # the first chunk says how far back it goes
+
+
+def test_a_query_without_chunk_is_answered_whole(db: Path) -> None:
+    """What a server from before chunks sends: all rows in one `usage_records`."""
+    _fill(db, _rows(20))
+    frame = pack({"t": "usage_query", "mid": 3, "since": T0, "until": T0 + 100, "limit": 100})
+    q = peer_api.decode_usage_query(frame)
+    assert q.chunk_bytes == 0
+    answer = peer_api.encode_usage_answer(q, UsageReader(db).query(q, "b"))
+    msg = peer_api.decode_usage_reply(answer)
+    assert isinstance(msg, UsageRecords) and len(msg.rows) == 20 and msg.next is None
+    assert b"usage_records" in answer
+
+
+def test_chunk_query_round_trip_and_bounds() -> None:
+    q = UsageQuery(5, T0, T0 + 60, 1000, 77, CHUNK_BYTES)
+    assert peer_api.decode_usage_query(peer_api.encode_usage_query(q)) == q
+    base = {"t": "usage_query", "mid": 1, "since": 0.0, "until": 5.0, "limit": 10, "after": 0}
+    for chunk in (0, peer_api.MIN_USAGE_CHUNK - 1, peer_api.MAX_USAGE_CHUNK + 1, "big", True):
+        with pytest.raises(ProtocolError):
+            peer_api.decode_usage_query(pack({**base, "chunk": chunk}))
+    with pytest.raises(ProtocolError):
+        peer_api.decode_usage_query(pack({**base, "chunk": 4096, "after": -1}))
+
+
+def _chunk_body(**change: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "t": "usage_chunk",
+        "mid": 1,
+        "name": "b",
+        "at": [T0, T0 + 1],
+        "event": b"\x00\x01",
+        "firm": [1, 1],
+        "product": [2, 2],
+        "handle": ["h1", "h1"],
+        "seats": [1, 1],
+        "client_id": ["c", ""],
+        "oldest": None,
+        "next": 9,
+    }
+    return {**body, **change}
+
+
+def test_chunk_round_trip() -> None:
+    rec = UsageRecords(4, "backend-3", tuple(_rows(3, long=True)), T0 - 5, False, 12)
+    assert peer_api.decode_usage_reply(peer_api.encode_usage_chunk(rec)) == rec
+    empty = UsageRecords(4, "backend-3", (), None, False, None)
+    assert peer_api.decode_usage_reply(peer_api.encode_usage_chunk(empty)) == empty
+    msg = peer_api.decode_usage_reply(pack(_chunk_body(at=[1, 2])))  # integer times are fine
+    assert isinstance(msg, UsageRecords) and msg.rows[0].at == 1.0
+    assert [r.event for r in msg.rows] == ["granted", "released"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"at": [T0]},  # a column shorter than the others
+        {"at": [T0, float("nan")]},
+        {"at": [T0, 10**400]},
+        {"at": [T0, "now"]},
+        {"event": b"\x00\x07"},
+        {"event": b"\x00"},
+        {"event": ["granted", "released"]},
+        {"firm": [1, True]},
+        {"product": [2, -1]},
+        {"seats": [1, 2**32]},
+        {"handle": ["h1", ""]},
+        {"handle": ["h1", 5]},
+        {"client_id": ["c", "x" * (peer_api.MAX_STR + 1)]},
+        {"next": -1},
+        {"next": "more"},
+        {"oldest": "yesterday"},
+        {"name": ""},
+        {"handle": None},
+    ],
+)
+def test_bad_chunks_are_protocol_errors(change: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolError):
+        peer_api.decode_usage_reply(pack(_chunk_body(**change)))
+
+
+# ---------------------------------------------------------------- the worker pulls chunks
+
+
+class FakeBackend:
+    """A CURVE ROUTER on loopback that answers usage queries with ``answer(query)``."""
+
+    def __init__(self, answer: Callable[[UsageQuery], bytes], delay: float = 0.0) -> None:
+        self.keys = generate_keypair()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.curve_secretkey = self.keys.secret.encode()
+        self.sock.curve_publickey = self.keys.public.encode()
+        self.sock.curve_server = True
+        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+        self.ref = BackendRef("b1", f"tcp://127.0.0.1:{port}", self.keys.public)
+        self.answer = answer
+        self.delay = delay  # seconds each answer takes
+        self.queries: list[UsageQuery] = []
+        self.times: list[tuple[float, float]] = []  # (query received, answer sent), monotonic
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            if not self.sock.poll(50):
+                continue
+            *envelope, payload = self.sock.recv_multipart()
+            received = time.monotonic()
+            q = peer_api.decode_usage_query(payload)
+            self.queries.append(q)
+            answer = self.answer(q)
+            self._stop.wait(self.delay)  # a backend at work
+            self.times.append((received, time.monotonic()))
+            self.sock.send_multipart([*envelope, answer])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def _fetch(backend: FakeBackend, row_limit: int = 1000) -> tuple[dict[str, Any], dict[str, str]]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    worker = UsageWorker(
+        ctx,
+        "tmr-a",
+        (backend.ref,),
+        generate_keypair(),
+        DenialLog(None, 86400),
+        timeout=5.0,
+        row_limit=row_limit,
+    )
+    links: dict[str, zmq.Socket[bytes]] = {}
+    try:
+        job = UsageJob(None, "r-1", T0, T0 + 100, ("b1",))
+        return worker.fetch(job, links)
+    finally:
+        for s in links.values():
+            s.close(0)
+        worker.wake_socket.close(0)
+        ctx.term()
+
+
+ROWS = _rows(7)
+
+
+def _in_chunks_of_two(q: UsageQuery) -> bytes:
+    assert q.chunk_bytes == CHUNK_BYTES
+    part = ROWS[q.after : q.after + 2]
+    nxt = q.after + 2 if q.after + 2 < len(ROWS) else None
+    oldest = T0 - 1 if q.after == 0 else None
+    return peer_api.encode_usage_chunk(UsageRecords(q.mid, "b1", tuple(part), oldest, False, nxt))
+
+
+def test_the_worker_pulls_one_chunk_after_the_other() -> None:
+    backend = FakeBackend(_in_chunks_of_two)
+    try:
+        answers, problems = _fetch(backend)
+    finally:
+        backend.close()
+    assert problems == {}
+    assert list(answers["b1"].rows) == ROWS and answers["b1"].oldest == T0 - 1
+    assert not answers["b1"].truncated
+    assert [q.after for q in backend.queries] == [0, 2, 4, 6]
+    assert len({q.mid for q in backend.queries}) == 4
+
+
+def test_the_worker_stops_pulling_beyond_the_row_limit() -> None:
+    backend = FakeBackend(_in_chunks_of_two)
+    try:
+        answers, _ = _fetch(backend, row_limit=3)
+    finally:
+        backend.close()
+    assert answers["b1"].truncated and len(answers["b1"].rows) == 3
+    assert [q.after for q in backend.queries] == [0, 2]
+
+
+def test_the_worker_reads_a_backend_that_answers_whole() -> None:
+    """A backend from before chunks ignores the chunk fields and sends every row at once."""
+
+    def whole(q: UsageQuery) -> bytes:
+        return peer_api.encode_usage_records(UsageRecords(q.mid, "b1", tuple(ROWS), None, False))
+
+    backend = FakeBackend(whole)
+    try:
+        answers, problems = _fetch(backend)
+    finally:
+        backend.close()
+    assert problems == {} and list(answers["b1"].rows) == ROWS
+    assert len(backend.queries) == 1
+
+
+def test_the_worker_paces_its_chunk_queries() -> None:
+    """After each chunk the worker waits PACE times as long as that chunk took before it asks
+    for the next: a report keeps a backend busy at most 1 / (1 + PACE) of the time."""
+    assert PACE >= 1.0
+    backend = FakeBackend(_in_chunks_of_two, delay=0.05)
+    try:
+        answers, problems = _fetch(backend)
+    finally:
+        backend.close()
+    assert problems == {} and list(answers["b1"].rows) == ROWS
+    assert len(backend.times) == 4
+    for (received, sent), (next_received, _) in itertools.pairwise(backend.times):
+        assert next_received - sent >= PACE * (sent - received)
