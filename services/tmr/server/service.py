@@ -21,7 +21,7 @@ import zmq
 import zmq.auth.thread
 
 from tmr.config import ServerConfig
-from tmr.ctl import CtlError, CtlErrorCode, bind_ctl, serve_ctl
+from tmr.ctl import CtlError, CtlErrorCode, CtlPeer, bind_ctl, encode_ctl, serve_ctl
 from tmr.errors import ErrorCode, TmrError
 from tmr.keys import load_keypair
 from tmr.licensing.curve import z85_key_bytes
@@ -58,6 +58,10 @@ MAX_DRAIN = 2000  # messages taken from one socket per loop turn
 # durably (`tmr report usage`), and /metrics counts them. Expiries stay at info: they are rare
 # and say that a client stopped without releasing.
 DEBUG_EVENTS = frozenset({"handle_granted", "handle_released"})
+# The leader's reply token of an administrator's release asked on the control socket
+# (`tmr admin release`): its reply goes to the control socket as JSON, once committed.
+ADMIN_CTL_TOKEN = ("ctl-admin",)
+ADMIN_HANDLE_MAX = 256  # characters of a handle id taken from a control request
 
 
 def container_serial(service_public_key: str) -> str:
@@ -140,7 +144,8 @@ class ServerService:
         self.started = time.monotonic()
         self.web = WebRuntime(cfg)  # WebAdmin, /metrics, usage reports (tmr.web)
         self.admin_keys = frozenset(cfg.admin_keys)  # CURVE keys allowed usage reports
-        self._ctl_waiting = False  # a control request (usage) is answered when ready
+        self._ctl_waiting = False  # a control request (usage, release) is answered when ready
+        self._ctl_peer: CtlPeer | None = None  # who sent the control request being served
         # Refused client handshakes: counted in /metrics, logged once per key and minute.
         self.zap_denials = ZapDenials(
             "client_denied", on_denied=lambda: self.web.metrics.on_handshake_denied("client")
@@ -237,7 +242,10 @@ class ServerService:
             except zmq.Again:
                 pass  # not connected: the leader times the request out
         for r in fx.replies:
-            self._reply(r.token, self._wire_reply(r))
+            if r.token == ADMIN_CTL_TOKEN:
+                self._ctl_admin_answer(r)
+            else:
+                self._reply(r.token, self._wire_reply(r))
 
     def _wire_reply(self, r: ClientReply) -> Reply:
         if r.error is not None:
@@ -288,7 +296,17 @@ class ServerService:
         match req:
             case CheckoutRequest():
                 fx = ld.checkout(
-                    token, req.rid, req.cid, req.firm, req.product, req.seats, now, owner=owner
+                    token,
+                    req.rid,
+                    req.cid,
+                    req.firm,
+                    req.product,
+                    req.seats,
+                    now,
+                    owner=owner,
+                    user=req.user,
+                    host=req.host,
+                    pid=req.pid,
                 )
                 self.web.on_checkout(req.firm, req.product, req.rid, fx)
                 return fx
@@ -378,7 +396,10 @@ class ServerService:
         elif cmd == "status":
             return {"ok": True, **self.status(now)}
         elif cmd == "handles":
-            return {"ok": True, "handles": ld.handles_view(now)}
+            return {"ok": True, "role": ld.role.value, "handles": ld.handles_view(now)}
+        elif cmd == "release":
+            self._ctl_admin_release(req, now)
+            return None
         elif cmd == "usage":
             self._ctl_usage(req)
             return None
@@ -405,8 +426,45 @@ class ServerService:
             raise CtlError(f"usage: {problem}")
         self._ctl_waiting = True
 
+    def _ctl_admin_release(self, req: dict[str, Any], now: float) -> None:
+        """`tmr admin release HANDLE`: free a handle through the quorum (an ordinary release
+        op); the control socket is answered once it commits, or with the leader's error."""
+        handle = req.get("handle")
+        if not isinstance(handle, str) or not 0 < len(handle) <= ADMIN_HANDLE_MAX:
+            raise CtlError(f"release: 'handle' must be a string of 1-{ADMIN_HANDLE_MAX} characters")
+        if not handle.isprintable():
+            raise CtlError("release: 'handle' must be printable")
+        peer = self._ctl_peer
+        by = f"ctl:{peer.user}" if peer is not None else "ctl"
+        log("ctl", cmd="release", handle=handle, by=by)
+        self._ctl_waiting = True
+        self.apply(self.leader.admin_release(ADMIN_CTL_TOKEN, "ctl", handle, now, by=by))
+
+    def _ctl_admin_answer(self, r: ClientReply) -> None:
+        """The leader's answer to `_ctl_admin_release`, sent on the control socket."""
+        if not self._ctl_waiting:
+            return  # never: one admin release at a time, the socket takes nothing meanwhile
+        if r.error is not None:
+            reply: dict[str, Any] = {
+                "ok": False,
+                "code": r.error.value,
+                "error": r.message,
+            }
+        else:
+            reply = {"ok": True, **(r.result or {})}
+        self.ctl.send(encode_ctl(reply))
+        self._ctl_waiting = False
+
+    def _set_ctl_peer(self, peer: CtlPeer | None) -> None:
+        self._ctl_peer = peer
+
     def _serve_ctl(self, now: float) -> None:
-        serve_ctl(self.ctl, lambda req: self.on_ctl(req, now), _log_internal_error)
+        serve_ctl(
+            self.ctl,
+            lambda req: self.on_ctl(req, now),
+            _log_internal_error,
+            on_peer=self._set_ctl_peer,
+        )
 
     # ------------------------------------------------------------------ loop
 
