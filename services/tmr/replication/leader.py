@@ -581,6 +581,15 @@ class Leader:
             )
             return fx
         p = self._products[key]
+        if p.grant_seq.get(handle, 0) > p.committed:
+            # Its grant is not committed yet (its client still waits for the answer): a
+            # release now could join the grant's own entry, and the client would be told it
+            # holds a handle that never existed on any backend.
+            message = f"handle {handle!r} is still being granted (not committed yet); retry"
+            fx.replies.append(
+                ClientReply(token, rid, error=ErrorCode.UNKNOWN_HANDLE, message=message)
+            )
+            return fx
         seq = self._remove_handle(p, handle, ReleaseReason.RELEASE, fx)
         fx.events.append(
             {

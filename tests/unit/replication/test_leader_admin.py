@@ -122,3 +122,21 @@ def test_admin_release_needs_an_active_leader() -> None:
     h = Harness({KEY: LicenseInfo(7, 3, True)})
     (reply,) = admin_release(h, "h1-sa-x")
     assert reply.error == ErrorCode.NOT_ACTIVE
+
+
+def test_admin_release_of_a_grant_not_yet_committed_is_refused() -> None:
+    """The client still waits for that grant: a release joining the grant's entry would hand
+    it a handle no backend ever held. Retried once committed, it works."""
+    h = active()
+    h.down.update({"b2", "b3"})
+    h.run(h.leader.checkout("tok", "r1", "c1", KEY[0], KEY[1], 1, h.now, owner="key-of-c1"))
+    (pending,) = [v for v in h.leader.handles_view(h.now) if not v["committed"]]
+    refused = admin_release(h, pending["handle"])
+    admin = [r for r in refused if r.token == "admin"]
+    assert len(admin) == 1 and admin[0].error == ErrorCode.UNKNOWN_HANDLE
+    assert "not committed" in admin[0].message
+    h.down.clear()
+    h.advance(3.0)  # the backends return and the queued grant commits
+    assert view(h)[pending["handle"]]["committed"]
+    (reply,) = admin_release(h, pending["handle"])
+    assert reply.ok, reply
