@@ -117,3 +117,14 @@ def test_admin_on_a_standby_says_so(
     assert code == 1 and "standby" in err
     code, _, err = admin(cluster, "tmr-b", capsys, "release", "h1-tmr-a-x")
     assert code == 1 and "NOT_ACTIVE" in err
+
+
+def test_status_and_list_show_days_left(cluster: LocalCluster) -> None:
+    st = cluster.ctl("tmr-a", "status")
+    assert st["expiry_warning_days"] == 30.0
+    (lic,) = st["licenses"]
+    assert lic["expiry"] in ("none", "ok", "warning", "expired")
+    assert ("days_left" in lic) and (lic["days_left"] is None) == (lic["expires"] is None)
+    with cluster.client() as c:
+        (entry,) = c.list_licenses().licenses
+        assert entry.extra["expiry"] == lic["expiry"]

@@ -263,10 +263,11 @@ def test_page_in_chromium(web: WebCluster) -> None:
             expect(chips).to_have_text(["1:#7", "2:#7", "3:#7"])
             expect(page.locator("#role")).to_have_text("active")
             expect(page.locator("#serial")).to_have_text(re.compile(r"131-\d{7}"))
-            with web.c.client(client_id="cad-ws-17/4242/ab12") as c:
+            with web.c.client(client_id="cad-ws-17/4242/ab12", user="alice.cad") as c:
                 held = c.checkout(FIRM, PRODUCT, 2)
                 handle = page.locator(f'tr[data-handle="{held.id}"]')
                 expect(handle).to_contain_text("cad-ws-17", timeout=UI_TIMEOUT_MS)
+                expect(handle.locator("td.user")).to_have_text("alice.cad")
                 expect(row.locator(".in-use")).to_have_text("2", timeout=UI_TIMEOUT_MS)
 
                 web.c.kill("backend-3")

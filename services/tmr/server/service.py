@@ -23,6 +23,7 @@ import zmq.auth.thread
 from tmr.config import ServerConfig
 from tmr.ctl import CtlError, CtlErrorCode, CtlPeer, bind_ctl, encode_ctl, serve_ctl
 from tmr.errors import ErrorCode, TmrError
+from tmr.expiry import with_expiry
 from tmr.keys import load_keypair
 from tmr.licensing.curve import z85_key_bytes
 from tmr.logs import configure, enabled, log
@@ -328,7 +329,7 @@ class ServerService:
                     result = {
                         "serial": self.serial,
                         "server": self.cfg.name,
-                        "licenses": ld.licenses_view(),
+                        "licenses": self._licenses_with_expiry(ld.licenses_view()),
                     }
                     fx.replies.append(ClientReply(token, req.rid, result))
                 return fx
@@ -375,7 +376,13 @@ class ServerService:
         top = max(promised, default=None)
         st["active_hint"] = top.server if top is not None and top.server else None
         st["uptime"] = round(now - self.started, 1)
+        st["licenses"] = self._licenses_with_expiry(st["licenses"])
+        st["expiry_warning_days"] = self.cfg.expiry_warning_days
         return st
+
+    def _licenses_with_expiry(self, licenses: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each license with its days left and expiry state (`tmr.expiry`)."""
+        return with_expiry(licenses, time.time(), self.cfg.expiry_warning_days)
 
     def on_ctl(self, req: dict[str, Any], now: float) -> dict[str, Any] | None:
         """Serve one decoded control request (`tmr.ctl.serve_ctl` decodes and answers; None:

@@ -57,8 +57,8 @@ INDEX_HTML = """<!doctype html>
   <section>
     <h2>Handles <span id="handle-count" class="serial"></span></h2>
     <table id="handles">
-      <thead><tr><th>Client id</th><th>Host</th><th>License</th><th>Seats</th><th>Since</th>
-        <th>Last heartbeat</th><th>Lease left</th></tr></thead>
+      <thead><tr><th>Client id</th><th>User</th><th>Host</th><th>PID</th><th>License</th>
+        <th>Seats</th><th>Since</th><th>Last heartbeat</th><th>Lease left</th></tr></thead>
       <tbody></tbody>
     </table>
     <div id="no-handles" class="note" hidden></div>
@@ -111,6 +111,8 @@ td.num { font-variant-numeric: tabular-nums; }
 .chip.missing { background:#ffebe9; border-color:#ffcecb; color:var(--err); }
 .chip.refused { background:#ffebe9; border-color:var(--err); color:var(--err); font-weight:600; }
 .state { font-weight:600; } .state.ok { color:var(--ok); } .state.warning { color:var(--warn); }
+.expiry.warning { color:var(--warn); font-weight:600; }
+.expiry.expired { color:var(--err); font-weight:600; }
 .state.error { color:var(--err); }
 .bar { position:relative; width:120px; height:8px; background:#eaeef2; border-radius:4px;
   display:inline-block; vertical-align:middle; margin-left:8px; overflow:hidden; }
@@ -243,7 +245,13 @@ function renderLicenses(s) {
       use.appendChild(bar);
     }
     tr.appendChild(use);
-    tr.appendChild(el("td", lic.expires ? fmtTime(lic.expires) : "never"));
+    const exp = el("td", lic.expires ? fmtTime(lic.expires) : "never", "expiry " + lic.expiry);
+    exp.dataset.expiry = lic.expiry;
+    if (lic.days_left !== null && lic.days_left !== undefined) {
+      exp.appendChild(el("span", lic.days_left > 0
+        ? " (" + Math.floor(lic.days_left) + " days left)" : " (expired)", "note"));
+    }
+    tr.appendChild(exp);
     const bs = el("td", null, "backend-status");
     bs.dataset.status = lic.status;
     for (const b of lic.backends) bs.appendChild(chip(b));
@@ -280,7 +288,9 @@ function renderHandles(s) {
     const tr = document.createElement("tr");
     if (x.handle) tr.dataset.handle = x.handle;  // null: hidden from anonymous readers
     tr.appendChild(el("td", x.client_id, "mono"));
+    tr.appendChild(el("td", x.user || "\u2013", "user"));
     tr.appendChild(el("td", x.host));
+    tr.appendChild(el("td", x.pid === null ? "\u2013" : x.pid, "num"));
     tr.appendChild(el("td", x.firm + ":" + x.product, "mono"));
     tr.appendChild(el("td", x.seats, "num"));
     tr.appendChild(el("td", fmtTime(x.since), "nowrap"));
