@@ -72,6 +72,19 @@ def _key(k: ProductKey) -> list[int]:
 
 
 def _record(r: HandleRecord) -> list[Any]:
+    """11 fields; 8 when the client gave no user, host or pid, as a peer from before schema 5
+    writes them (so it can still decode them, e.g. a promise during a rolling upgrade)."""
+    if not r.user and not r.host and not r.pid:
+        return [
+            r.handle,
+            r.firm,
+            r.product,
+            r.seats,
+            r.client_id,
+            r.request_id,
+            r.granted_at,
+            r.owner,
+        ]
     return [
         r.handle,
         r.firm,
@@ -368,10 +381,12 @@ _finite = math.isfinite
 def _fast_record(v: Any) -> HandleRecord | None:
     """`_d_record` of a well-formed record, with no error texts built; None if any check
     fails (the caller then runs `_d_record`, which names the problem). Accepts exactly what
-    `_d_record` accepts, except a whole-number ``granted_at`` and the 7 or 8 fields of an
-    older peer's record (both left to `_d_record`)."""
-    if type(v) is list and len(v) == 11:
-        h, f, p, seats, cid, rid, at, owner, user, host, pid = v
+    `_d_record` accepts, except a whole-number ``granted_at`` and the 7 fields of an older
+    peer's record (both left to `_d_record`)."""
+    if type(v) is list and (len(v) == 11 or len(v) == 8):
+        h, f, p, seats, cid, rid, at, owner, user, host, pid = (
+            v if len(v) == 11 else [*v, "", "", 0]
+        )
         if (
             type(h) is str
             and 0 < len(h) <= MAX_STR

@@ -407,10 +407,19 @@ def test_a_record_carries_the_clients_user_host_and_pid() -> None:
 
 def test_records_of_older_peers_decode_with_empty_identity() -> None:
     eight = ["h2", 6000123, 42, 1, "c", "r", 1.5, "K" * 40]
-    assert _fast_record(eight) is None  # left to the strict decoder
+    assert _fast_record(eight) == _d_record(eight, "x")
     rec = _d_record(eight, "x")
     assert rec == HandleRecord("h2", 6000123, 42, 1, "c", "r", 1.5, "K" * 40)
     assert (rec.user, rec.host, rec.pid) == ("", "", 0)
     assert _d_record(eight[:7], "x").owner == ""
     with pytest.raises(ProtocolError):
         _d_record([*eight, "alice"], "x")  # 9 fields: no such format
+
+
+def test_a_record_without_identity_is_sent_as_an_older_peer_writes_it() -> None:
+    """So a backend or server from before schema 5 still decodes it (rolling upgrade)."""
+    from tmr.protocol.peer_api import _record
+
+    assert len(_record(R)) == 8
+    assert len(_record(RI)) == 11
+    assert len(_record(HandleRecord("h", 1, 2, 1, "c", "r", 1.0, "K", "", "", 7))) == 11
