@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -134,3 +140,77 @@ def test_client_list_shows_days_left_and_the_warning() -> None:
     assert lines[3].endswith(" 200")
     assert lines[4].endswith("EXPIRED")
     assert lines[5].endswith(" -")
+
+
+WARN = 'tmr_license_expiry_warning{{instance="{}",firm="6000123",product="{}"}}'
+
+
+def test_the_documented_alert_rule_is_valid_and_fires(tmp_path: Path) -> None:
+    """The example rule of docs/operator-guide.md: promtool checks it and unit-tests it."""
+    tool = shutil.which("promtool")
+    if tool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing (Debian package 'prometheus'); CI installs it")
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "operator-guide.md").read_text()
+    block = next(
+        b for b in re.findall(r"```yaml\n(.*?)```", guide, re.S) if "TmrLicenseExpiryWarning" in b
+    )
+    rules = tmp_path / "rules.yml"
+    rules.write_text(block)
+    subprocess.run([tool, "check", "rules", str(rules)], check=True, capture_output=True)
+    test = {
+        "rule_files": [str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": 'tmr_role{instance="a",role="active"}', "values": "1x120"},
+                    {"series": 'tmr_role{instance="b",role="active"}', "values": "0x120"},
+                    {
+                        "series": WARN.format("a", 42),
+                        "values": "1x120",
+                    },
+                    {
+                        "series": 'tmr_license_days_left{instance="a",firm="6000123",product="42"}',
+                        "values": "12x120",
+                    },
+                    {
+                        "series": WARN.format("a", 43),
+                        "values": "0x120",
+                    },
+                    {  # the standby's stale view raises nothing
+                        "series": WARN.format("b", 44),
+                        "values": "1x120",
+                    },
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "30m", "alertname": "TmrLicenseExpiryWarning", "exp_alerts": []},
+                    {
+                        "eval_time": "90m",
+                        "alertname": "TmrLicenseExpiryWarning",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "warning",
+                                    "firm": "6000123",
+                                    "product": "42",
+                                },
+                                "exp_annotations": {
+                                    "summary": "License 6000123:42 expires soon",
+                                    "description": "12 days left: order the next license set "
+                                    "(vendor's guide).",
+                                },
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    tests = tmp_path / "rules.test.yml"
+    tests.write_text(yaml.safe_dump(test))
+    cmd = [tool, "test", "rules", str(tests)]
+    run = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
