@@ -294,6 +294,20 @@ def test_page_in_chromium(web: WebCluster) -> None:
                 page.screenshot(path=str(ARTIFACTS / "webadmin-active.png"), full_page=True)
                 held.release()
 
+                # An authenticated administrator frees a handle (like lmremove).
+                expect(page.locator("#mode")).to_have_text("administrator view")
+                other = c.checkout(FIRM, PRODUCT)
+                row2 = page.locator(f'tr[data-handle="{other.id}"]')
+                page.once("dialog", lambda dialog: dialog.accept())
+                row2.locator("button.release").click(timeout=UI_TIMEOUT_MS)
+                expect(page.locator("#release-result")).to_have_attribute(
+                    "data-result", "released", timeout=UI_TIMEOUT_MS
+                )
+                expect(row2).to_have_count(0, timeout=UI_TIMEOUT_MS)
+                log = Path(web.c.nodes["tmr-a"]["log"]).read_text(errors="replace")
+                removed = [json.loads(x) for x in log.splitlines() if "handle_removed" in x]
+                assert [(e["handle"], e["by"]) for e in removed] == [(other.id, "web:token")]
+
             page.goto(web.urls["tmr-b"] + "/")
             expect(page.locator("#role")).to_have_text("standby", timeout=UI_TIMEOUT_MS)
             expect(page.locator('.banner[data-level="info"]')).to_contain_text(

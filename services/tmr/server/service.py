@@ -62,6 +62,7 @@ DEBUG_EVENTS = frozenset({"handle_granted", "handle_released"})
 # The leader's reply token of an administrator's release asked on the control socket
 # (`tmr admin release`): its reply goes to the control socket as JSON, once committed.
 ADMIN_CTL_TOKEN = ("ctl-admin",)
+WEB_RELEASE = "web-release"  # token ("web-release", id): a release asked on WebAdmin
 ADMIN_HANDLE_MAX = 256  # characters of a handle id taken from a control request
 
 
@@ -245,6 +246,8 @@ class ServerService:
         for r in fx.replies:
             if r.token == ADMIN_CTL_TOKEN:
                 self._ctl_admin_answer(r)
+            elif isinstance(r.token, tuple) and r.token[0] == WEB_RELEASE:
+                self.web.answer_release(r.token[1], self._admin_answer(r))
             else:
                 self._reply(r.token, self._wire_reply(r))
 
@@ -451,16 +454,21 @@ class ServerService:
         """The leader's answer to `_ctl_admin_release`, sent on the control socket."""
         if not self._ctl_waiting:
             return  # never: one admin release at a time, the socket takes nothing meanwhile
-        if r.error is not None:
-            reply: dict[str, Any] = {
-                "ok": False,
-                "code": r.error.value,
-                "error": r.message,
-            }
-        else:
-            reply = {"ok": True, **(r.result or {})}
-        self.ctl.send(encode_ctl(reply))
+        self.ctl.send(encode_ctl(self._admin_answer(r)))
         self._ctl_waiting = False
+
+    @staticmethod
+    def _admin_answer(r: ClientReply) -> dict[str, Any]:
+        if r.error is not None:
+            return {"ok": False, "code": r.error.value, "error": r.message}
+        return {"ok": True, **(r.result or {})}
+
+    def _web_releases(self, now: float) -> None:
+        """Run the releases an administrator asked on WebAdmin (authenticated only)."""
+        for req in self.web.take_releases():
+            log("web", cmd="release", handle=req.handle, by=req.by)
+            token = (WEB_RELEASE, req.id)
+            self.apply(self.leader.admin_release(token, "web", req.handle, now, by=req.by))
 
     def _set_ctl_peer(self, peer: CtlPeer | None) -> None:
         self._ctl_peer = peer
@@ -515,6 +523,7 @@ class ServerService:
                     self._serve_ctl(now)
                 if now >= next_tick:
                     self.apply(self.leader.tick(now))
+                    self._web_releases(now)
                     next_tick = now + TICK
                 if usage_wake is not None and usage_wake in ready:
                     for token, payload in self.web.take_usage_replies():

@@ -58,13 +58,15 @@ INDEX_HTML = """<!doctype html>
     <h2>Handles <span id="handle-count" class="serial"></span></h2>
     <table id="handles">
       <thead><tr><th>Client id</th><th>User</th><th>Host</th><th>PID</th><th>License</th>
-        <th>Seats</th><th>Since</th><th>Last heartbeat</th><th>Lease left</th></tr></thead>
+        <th>Seats</th><th>Since</th><th>Last heartbeat</th><th>Lease left</th><th></th></tr>
+      </thead>
       <tbody></tbody>
     </table>
     <div id="no-handles" class="note" hidden></div>
+    <div id="release-result" class="note" hidden></div>
   </section>
 </main>
-<footer><span id="updated">&ndash;</span> &middot; read-only view &middot;
+<footer><span id="updated">&ndash;</span> &middot; <span id="mode">read-only view</span> &middot;
   <a href="api/status">api/status</a> &middot; <a href="metrics">metrics</a></footer>
 <script src="app.js"></script>
 </body>
@@ -296,6 +298,14 @@ function renderHandles(s) {
     tr.appendChild(el("td", fmtTime(x.since), "nowrap"));
     tr.appendChild(el("td", fmtAgo(x.heartbeat_ago)));
     tr.appendChild(el("td", x.lease_left.toFixed(0) + " s", "num"));
+    const act = el("td", null, "action");
+    if (s.can_release && x.handle && x.committed) {
+      const b = el("button", "Release", "release");
+      b.type = "button";
+      b.addEventListener("click", () => releaseHandle(x, b));
+      act.appendChild(b);
+    }
+    tr.appendChild(act);
     body.appendChild(tr);
   }
   const none = $("no-handles");
@@ -311,6 +321,30 @@ function renderHandles(s) {
   } else none.hidden = true;
 }
 
+// An administrator frees a handle (like lmremove): committed through the quorum first.
+async function releaseHandle(x, button) {
+  const who = (x.user || x.client_id) + (x.host ? "@" + x.host : "");
+  if (!window.confirm("Release " + x.seats + " seat(s) of " + x.firm + ":" + x.product +
+                      " held by " + who + "?")) return;
+  button.disabled = true;
+  const out = $("release-result");
+  out.hidden = false;
+  try {
+    const r = await fetch("api/release", {
+      method: "POST", cache: "no-store", credentials: "same-origin",
+      headers: {"Content-Type": "application/json", "X-TMR-Request": "release"},
+      body: JSON.stringify({handle: x.handle}),
+    });
+    const a = await r.json();
+    out.dataset.result = a.ok ? "released" : "error";
+    out.textContent = a.ok ? "Released " + x.handle + " (committed by the backends)."
+      : "Not released: " + a.code + ": " + a.error;
+  } catch (err) {
+    out.dataset.result = "error";
+    out.textContent = "Not released: " + err.message;
+  }
+}
+
 async function refresh() {
   try {
     const r = await fetch("api/status", {cache: "no-store", credentials: "same-origin"});
@@ -322,6 +356,7 @@ async function refresh() {
     renderBackends(s);
     renderHandles(s);
     document.body.dataset.role = s.role;
+    setText("mode", s.can_release ? "administrator view" : "read-only view");
     document.body.dataset.loaded = "true";
     setText("updated", "updated " + new Date().toLocaleTimeString());
   } catch (err) {
