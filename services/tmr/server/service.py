@@ -60,8 +60,12 @@ MAX_DRAIN = 2000  # messages taken from one socket per loop turn
 # and say that a client stopped without releasing.
 DEBUG_EVENTS = frozenset({"handle_granted", "handle_released"})
 # The leader's reply token of an administrator's release asked on the control socket
-# (`tmr admin release`): its reply goes to the control socket as JSON, once committed.
-ADMIN_CTL_TOKEN = ("ctl-admin",)
+# (`tmr admin release`) is ("ctl-admin", n): its reply goes to the control socket as JSON,
+# once committed. The leader answers within backend_timeout + one probe interval; should it
+# not, the control socket (keepalived's health checks use it too) is answered TIMEOUT after
+# ADMIN_CTL_WAIT and a late reply is dropped.
+ADMIN_CTL = "ctl-admin"
+ADMIN_CTL_WAIT = 5.0
 WEB_RELEASE = "web-release"  # token ("web-release", id): a release asked on WebAdmin
 ADMIN_HANDLE_MAX = 256  # characters of a handle id taken from a control request
 
@@ -148,6 +152,9 @@ class ServerService:
         self.admin_keys = frozenset(cfg.admin_keys)  # CURVE keys allowed usage reports
         self._ctl_waiting = False  # a control request (usage, release) is answered when ready
         self._ctl_peer: CtlPeer | None = None  # who sent the control request being served
+        self._ctl_admin: tuple[str, int] | None = None  # the admin release being committed
+        self._ctl_admin_deadline = 0.0
+        self._ctl_admin_n = 0
         # Refused client handshakes: counted in /metrics, logged once per key and minute.
         self.zap_denials = ZapDenials(
             "client_denied", on_denied=lambda: self.web.metrics.on_handshake_denied("client")
@@ -244,7 +251,7 @@ class ServerService:
             except zmq.Again:
                 pass  # not connected: the leader times the request out
         for r in fx.replies:
-            if r.token == ADMIN_CTL_TOKEN:
+            if isinstance(r.token, tuple) and r.token[0] == ADMIN_CTL:
                 self._ctl_admin_answer(r)
             elif isinstance(r.token, tuple) and r.token[0] == WEB_RELEASE:
                 self.web.answer_release(r.token[1], self._admin_answer(r))
@@ -447,14 +454,29 @@ class ServerService:
         peer = self._ctl_peer
         by = f"ctl:{peer.user}" if peer is not None else "ctl"
         log("ctl", cmd="release", handle=handle, by=by)
+        self._ctl_admin_n += 1
+        token = (ADMIN_CTL, self._ctl_admin_n)
+        self._ctl_admin = token
+        self._ctl_admin_deadline = now + ADMIN_CTL_WAIT
         self._ctl_waiting = True
-        self.apply(self.leader.admin_release(ADMIN_CTL_TOKEN, "ctl", handle, now, by=by))
+        self.apply(self.leader.admin_release(token, "ctl", handle, now, by=by))
 
     def _ctl_admin_answer(self, r: ClientReply) -> None:
-        """The leader's answer to `_ctl_admin_release`, sent on the control socket."""
-        if not self._ctl_waiting:
-            return  # never: one admin release at a time, the socket takes nothing meanwhile
+        """The leader's answer to `_ctl_admin_release`, sent on the control socket (a late
+        one, after `_ctl_admin_overdue` answered, is dropped)."""
+        if r.token != self._ctl_admin:
+            return
+        self._ctl_admin = None
         self.ctl.send(encode_ctl(self._admin_answer(r)))
+        self._ctl_waiting = False
+
+    def _ctl_admin_overdue(self, now: float) -> None:
+        """Never leave the control socket waiting: TIMEOUT after ADMIN_CTL_WAIT."""
+        if self._ctl_admin is None or now < self._ctl_admin_deadline:
+            return
+        self._ctl_admin = None
+        message = f"release: no answer from the leader within {ADMIN_CTL_WAIT:g} s"
+        self.ctl.send(encode_ctl({"ok": False, "code": "TIMEOUT", "error": message}))
         self._ctl_waiting = False
 
     @staticmethod
@@ -524,6 +546,7 @@ class ServerService:
                 if now >= next_tick:
                     self.apply(self.leader.tick(now))
                     self._web_releases(now)
+                    self._ctl_admin_overdue(now)
                     next_tick = now + TICK
                 if usage_wake is not None and usage_wake in ready:
                     for token, payload in self.web.take_usage_replies():
