@@ -77,6 +77,9 @@ class ServerConfig:
     web_peer_url: str | None = None  # the other TMR server's WebAdmin URL (a link on the page)
     vip: str | None = None  # the virtual IP: the page shows whether this host holds it
     denial_retention_days: float = 90.0  # NO_LICENSE_AVAILABLE counts kept for usage reports
+    # a license that expires within this many days shows the expiry state "warning" (status,
+    # WebAdmin, tmr client list, tmr_license_expiry_state in /metrics); 0: never warn
+    expiry_warning_days: float = 30.0
     log_level: str = "info"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -214,6 +217,11 @@ def load_server_config(path: Path) -> ServerConfig:
             out[key] = Path(_check(path, key, value, str, "a path string")) if value else None
         elif key in ("web_publish_interval", "denial_retention_days"):
             out[key] = _positive(path, key, value)
+        elif key == "expiry_warning_days":
+            _check(path, key, value, (int, float), "a number")
+            if not 0 <= value <= 3650:
+                raise ConfigError(f"{path}: key 'expiry_warning_days' must be 0 to 3650")
+            out[key] = float(value)
         elif key == "usage_max_rows":
             out[key] = _check(path, key, value, int, "an integer")
             if not 1 <= value <= 500_000:

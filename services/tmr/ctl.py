@@ -8,7 +8,9 @@ from __future__ import annotations
 import enum
 import json
 import os
+import pwd
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,43 @@ class CtlError(TmrError):
     def __init__(self, message: str = "", code: CtlErrorCode = CtlErrorCode.BAD_REQUEST) -> None:
         super().__init__(message)
         self.ctl_code = code
+
+
+@dataclass(frozen=True)
+class CtlPeer:
+    """The local process on the other end of a control request, from the kernel
+    (SO_PEERCRED, which ZeroMQ reports in a message's Peer-Address as ``...:uid:gid:pid``)."""
+
+    uid: int
+    gid: int
+    pid: int
+
+    @property
+    def user(self) -> str:
+        """The OS user name of ``uid`` (``uid:N`` if it has no name)."""
+        try:
+            return pwd.getpwuid(self.uid).pw_name
+        except KeyError:
+            return f"uid:{self.uid}"
+
+
+def ctl_peer(peer_address: str | None) -> CtlPeer | None:
+    """The `CtlPeer` of an IPC message's Peer-Address property (None: not available)."""
+    if not peer_address:
+        return None
+    parts = peer_address.rsplit(":", 3)
+    if len(parts) != 4 or not all(p.isdigit() for p in parts[1:]):
+        return None
+    uid, gid, pid = (int(p) for p in parts[1:])
+    return CtlPeer(uid, gid, pid)
+
+
+def _frame_peer(frame: zmq.Frame) -> CtlPeer | None:
+    try:
+        address = frame.get("Peer-Address")
+        return ctl_peer(address if isinstance(address, str) else None)
+    except (zmq.ZMQError, AttributeError, TypeError, ValueError):
+        return None
 
 
 def ctl_error_reply(exc: CtlError) -> dict[str, Any]:
@@ -118,6 +157,8 @@ def serve_ctl(
     sock: zmq.Socket[bytes],
     handler: Callable[[dict[str, Any]], dict[str, Any] | None],
     on_internal_error: Callable[[Exception], None] | None = None,
+    *,
+    on_peer: Callable[[CtlPeer | None], None] | None = None,
 ) -> bool:
     """Serve one queued request on a bound control socket (False if none was queued).
 
@@ -126,15 +167,18 @@ def serve_ctl(
     malformed one (`decode_ctl`), a CtlError the handler raises (unknown command, wrong
     argument types) or any other exception (INTERNAL, passed to ``on_internal_error``).
     A handler that returns None answers later itself (a REP socket takes no request until
-    then)."""
+    then). ``on_peer``, if given, is told who sent the request (`CtlPeer`, None if the kernel
+    did not say) before the handler runs."""
     try:
-        frames = sock.recv_multipart(zmq.NOBLOCK)
+        parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
     except zmq.Again:
         return False
     try:
-        if len(frames) != 1:
-            raise CtlError(f"control request must be one frame, not {len(frames)}")
-        reply = handler(decode_ctl(frames[0]))
+        if on_peer is not None:
+            on_peer(_frame_peer(parts[0]) if parts else None)
+        if len(parts) != 1:
+            raise CtlError(f"control request must be one frame, not {len(parts)}")
+        reply = handler(decode_ctl(parts[0].bytes))
         if reply is None:
             return True  # the handler answers later (`sock.send`), before the next request
     except CtlError as exc:

@@ -263,10 +263,11 @@ def test_page_in_chromium(web: WebCluster) -> None:
             expect(chips).to_have_text(["1:#7", "2:#7", "3:#7"])
             expect(page.locator("#role")).to_have_text("active")
             expect(page.locator("#serial")).to_have_text(re.compile(r"131-\d{7}"))
-            with web.c.client(client_id="cad-ws-17/4242/ab12") as c:
+            with web.c.client(client_id="cad-ws-17/4242/ab12", user="alice.cad") as c:
                 held = c.checkout(FIRM, PRODUCT, 2)
                 handle = page.locator(f'tr[data-handle="{held.id}"]')
                 expect(handle).to_contain_text("cad-ws-17", timeout=UI_TIMEOUT_MS)
+                expect(handle.locator("td.user")).to_have_text("alice.cad")
                 expect(row.locator(".in-use")).to_have_text("2", timeout=UI_TIMEOUT_MS)
 
                 web.c.kill("backend-3")
@@ -292,6 +293,20 @@ def test_page_in_chromium(web: WebCluster) -> None:
                 expect(row).to_have_attribute("data-level", "ok")
                 page.screenshot(path=str(ARTIFACTS / "webadmin-active.png"), full_page=True)
                 held.release()
+
+                # An authenticated administrator frees a handle (like lmremove).
+                expect(page.locator("#mode")).to_have_text("administrator view")
+                other = c.checkout(FIRM, PRODUCT)
+                row2 = page.locator(f'tr[data-handle="{other.id}"]')
+                page.once("dialog", lambda dialog: dialog.accept())
+                row2.locator("button.release").click(timeout=UI_TIMEOUT_MS)
+                expect(page.locator("#release-result")).to_have_attribute(
+                    "data-result", "released", timeout=UI_TIMEOUT_MS
+                )
+                expect(row2).to_have_count(0, timeout=UI_TIMEOUT_MS)
+                log = Path(web.c.nodes["tmr-a"]["log"]).read_text(errors="replace")
+                removed = [json.loads(x) for x in log.splitlines() if "handle_removed" in x]
+                assert [(e["handle"], e["by"]) for e in removed] == [(other.id, "web:token")]
 
             page.goto(web.urls["tmr-b"] + "/")
             expect(page.locator("#role")).to_have_text("standby", timeout=UI_TIMEOUT_MS)

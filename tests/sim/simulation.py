@@ -6,7 +6,8 @@ and are sometimes wiped; TMR servers crash, restart, and are promoted and demote
 both at once too, and paused (SIGSTOP: messages queue, the clock jumps on resume); license
 updates stop half way (mixed TMR IDs and LQs) when a backend fails, the license expires under
 load, and two backends are cut from both servers for longer than a lease. Simulated clients
-check out, heartbeat and release with the SDK's retry rules (same request id on every retry).
+check out, heartbeat and release with the SDK's retry rules (same request id on every retry);
+an administrator frees handles now and then (`Leader.admin_release`, `tmr admin release`).
 After every step the invariants of docs/design.md §8 are checked, and liveness: a leader
 that stays active answers every request within ANSWER_BOUND, and never expires a handle whose
 heartbeats keep arriving. A violation raises `InvariantViolation` naming the seed and step.
@@ -53,6 +54,7 @@ PROBE_INTERVAL = 0.1
 # Liveness: a leader that stays active answers every request within this (backend_timeout
 # and one probe interval for a commit, or QUORUM_LOST; the rest is tick granularity).
 ANSWER_BOUND = BACKEND_TIMEOUT + PROBE_INTERVAL + 0.05
+ADMIN = "admin"  # the reply token of an administrator's release (`tmr admin release`)
 
 
 def copy_of(name: str, tmr_id: int, lq: int) -> LicenseInfo:
@@ -176,6 +178,9 @@ class HeldSeat:
     seats: int
     since: float
     lease_ref: float  # send time of the latest acknowledged checkout/heartbeat
+    # An administrator asked to free it (`admin_release`): from then on the client no longer
+    # certainly holds it (I1 does not count it), whatever its heartbeats are answered.
+    revoked: bool = False
 
 
 @dataclass
@@ -274,7 +279,12 @@ class Simulation:
             "expiries": 0,  # the license expired on every backend (renewed by an update)
             "kept_alive": 0,  # heartbeats answered QUORUM_LOST (lease kept, not confirmed)
             "rollbacks": 0,  # a backend restored to an older copy (rollback_backend)
+            "admin_releases": 0,  # an administrator freed a held handle (tmr admin release)
         }
+        # handle -> (server, leader, epoch) whose admin release of it was answered ok: that
+        # leader must never renew the handle again.
+        self.admin_released: dict[str, tuple[str, Leader, Epoch | None]] = {}
+        self._admin_n = 0
         self.committed_floor = 0  # the highest TMR ID floor two stores held (I11)
         # (server, client, request id) -> (effective TMR ID, committed floor) at admission
         self.admitted: dict[tuple[str, str, str], tuple[int, int]] = {}
@@ -463,6 +473,9 @@ class Simulation:
             self.send(s.name, dst, msg, "peer_req")
         for reply in fx.replies:
             self.waiting.pop((s.name, reply.token, reply.rid), None)
+            if reply.token == ADMIN:
+                self.admin_reply(s, reply)
+                continue
             self.check_client_reply(s, reply)
             self.check_floor_grant(s, reply)
             self.send(s.name, reply.token, reply, "client_rep")
@@ -537,7 +550,7 @@ class Simulation:
         # I1: the seats clients certainly hold never exceed LQ.
         held = 0
         for c in self.clients:
-            if c.held and self.now < c.held.lease_ref + LEASE:
+            if c.held and not c.held.revoked and self.now < c.held.lease_ref + LEASE:
                 held += c.held.seats
         if held > self.lq:
             desc = [
@@ -619,6 +632,9 @@ class Simulation:
             fx = leader.heartbeat(cid, req["rid"], cid, req["handle"], self.now, owner=key)
             if fx.replies and fx.replies[0].ok:
                 self.last_hb[req["handle"]] = self.now
+                freed = self.admin_released.get(req["handle"])
+                if freed is not None and freed[1] is leader and freed[2] == leader.epoch:
+                    self.fail(f"admin: {freed[0]} renewed {req['handle']} after freeing it")
             return fx
         return leader.release(cid, req["rid"], cid, req["handle"], self.now, owner=key)
 
@@ -814,6 +830,8 @@ class Simulation:
             self.quorum_loss()
         elif r < 0.765:
             self.expire_license()
+        elif r < 0.80:
+            self.admin_release()
         elif r < 0.85:
             link = frozenset((rng.choice(SERVERS), rng.choice(BACKENDS)))
             self.cut.add(link)
@@ -822,6 +840,55 @@ class Simulation:
             link = rng.choice(sorted(self.cut, key=sorted))
             self.cut.discard(link)
             self.note(f"heal {sorted(link)}")
+
+    def admin_release(self) -> None:
+        """`tmr admin release`: an administrator frees a handle on an active server (a held
+        one mostly, sometimes one long gone or never granted). The leader answers only after
+        the release committed (`admin_reply` checks that) and within the liveness bound."""
+        rng = self.rng
+        live = [
+            s
+            for s in self.servers.values()
+            if s.leader is not None and s.paused_until is None and s.leader.role == Role.ACTIVE
+        ]
+        if not live:
+            return
+        s = rng.choice(live)
+        leader = s.leader
+        assert leader is not None
+        p = leader._products.get(KEY)
+        table = sorted(p.handles) if p else []
+        if table and rng.random() < 0.85:
+            handle = rng.choice(table)
+        else:
+            handle = rng.choice(sorted(self.acked_grants) or ["h0-none-0"])
+        if handle in table:
+            for c in self.clients:
+                if c.held and c.held.handle == handle:
+                    c.held.revoked = True  # its client no longer certainly holds it
+        self._admin_n += 1
+        rid = f"admin-{self._admin_n}"
+        self.note(f"{s.name}: administrator releases {handle}")
+        w = Waiting(self.now, leader, leader.epoch, s.pauses, self.step_no)
+        self.waiting.setdefault((s.name, ADMIN, rid), w)
+        self.apply_effects(s, leader.admin_release(ADMIN, rid, handle, self.now, by="sim"))
+        self.maybe_pump(s)
+
+    def admin_reply(self, s: ServerNode, reply: ClientReply) -> None:
+        """An administrator's release is answered ok only once committed: at least two
+        backends no longer hold the handle durably (I5 for releases)."""
+        if not reply.ok:
+            self.note(f"{s.name}: admin release {reply.rid}: {reply.error}")
+            return
+        assert reply.result is not None and s.leader is not None
+        handle = reply.result["handle"]
+        holding = [b for b in BACKENDS if handle in self.backends[b].store.state.products.get(
+            KEY, ProductLog()).handles]  # fmt: skip
+        if len(BACKENDS) - len(holding) < 2:
+            self.fail(f"admin: {s.name} answered the release of {handle} before it committed")
+        self.gone.add(handle)
+        self.admin_released[handle] = (s.name, s.leader, s.leader.epoch)
+        self.stats["admin_releases"] += 1
 
     def pause_server(self, s: ServerNode) -> None:
         """SIGSTOP, SIGCONT later: its clock jumps, the messages sent to it meanwhile wait.

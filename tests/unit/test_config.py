@@ -49,6 +49,14 @@ def test_server_config(tmp_path: Path) -> None:
     assert cfg.leader_live_window == 0.6 > cfg.probe_interval
 
 
+def test_server_expiry_warning_days(tmp_path: Path) -> None:
+    assert load_server_config(write(tmp_path, SERVER)).expiry_warning_days == 30.0
+    text = SERVER.replace("lease_seconds = 10", "expiry_warning_days = 14")
+    assert load_server_config(write(tmp_path, text)).expiry_warning_days == 14.0
+    text = SERVER.replace("lease_seconds = 10", "expiry_warning_days = 0")
+    assert load_server_config(write(tmp_path, text)).expiry_warning_days == 0.0
+
+
 def test_server_leader_live_window(tmp_path: Path) -> None:
     text = SERVER.replace("lease_seconds = 10", "probe_interval = 0.5\nleader_live_window = 1.5")
     cfg = load_server_config(write(tmp_path, text))
@@ -85,6 +93,9 @@ def test_backend_errors_name_the_key(tmp_path: Path, text: str, needle: str) -> 
             SERVER.replace("lease_seconds = 10", "leader_live_window = 0.2"),
             "'leader_live_window' .* greater than 'probe_interval'",
         ),
+        (SERVER.replace("lease_seconds = 10", "expiry_warning_days = -1"), "expiry_warning_days"),
+        (SERVER.replace("lease_seconds = 10", "expiry_warning_days = 4000"), "0 to 3650"),
+        (SERVER.replace("lease_seconds = 10", 'expiry_warning_days = "30"'), "expiry_warning"),
         (
             SERVER.replace("lease_seconds = 10", "probe_interval = 1.0"),
             "'leader_live_window' .* greater than 'probe_interval'",

@@ -11,7 +11,8 @@ Tables (schema version in ``meta``):
 - ``products``: per (firm, product) the log version (epoch, seq) and the replicated floors
   (the trio's TMR ID and trusted time, schema 4; they only rise);
 - ``handles``: the handle table, per (firm, product, handle), with the CURVE key that owns
-  each handle (schema 3);
+  each handle (schema 3) and the user, host and process id the client gave (schema 5;
+  informational, shown by `tmr admin handles`);
 - ``installed``: the highest TMR ID ever installed per product (no-rollback rule);
 - ``usage``: committed ops (granted / released / expired), the newest ``usage_retention``
   rows are kept. Older rows are deleted in batches, once 1 % of ``usage_retention`` (at most
@@ -45,7 +46,7 @@ from tmr.replication.types import (
     floor_after,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DEFAULT_USAGE_RETENTION = 100_000
 TRIM_BATCH_MAX = 1024  # usage rows that may come in between two trims (see the docstring)
 
@@ -79,6 +80,9 @@ CREATE TABLE IF NOT EXISTS handles (
     request_id TEXT NOT NULL,
     granted_at REAL NOT NULL,
     owner TEXT NOT NULL DEFAULT '',
+    user TEXT NOT NULL DEFAULT '',
+    host TEXT NOT NULL DEFAULT '',
+    pid INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (firm, product, handle)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS installed (
@@ -137,6 +141,16 @@ _MIGRATE_FROM_3 = (
     f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",
 )
 
+# Schema 4 -> 5: each handle carries the user, host and process id its client gave with the
+# checkout (informational; `HandleRecord.user`). Rows of schema 4 get "", "", 0 (not given).
+# In the opening transaction, after the earlier steps when coming from older schemas.
+_MIGRATE_FROM_4 = (
+    "ALTER TABLE handles ADD COLUMN user TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE handles ADD COLUMN host TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE handles ADD COLUMN pid INTEGER NOT NULL DEFAULT 0",
+    f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",
+)
+
 
 def _execute_all(conn: sqlite3.Connection, script: str) -> None:
     """Run the statements of ``script`` (separated by ";") in the current transaction."""
@@ -167,7 +181,7 @@ class UsageRecord:
 _RELEASE_EVENTS = {ReleaseReason.RELEASE: "released", ReleaseReason.EXPIRE: "expired"}
 _INSERT_HANDLE = (
     "{verb} INTO handles (firm, product, handle, seats, client_id, request_id, granted_at, "
-    "owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "owner, user, host, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _GRANT = _INSERT_HANDLE.format(verb="INSERT OR IGNORE")
 _REPLACE_HANDLE = _INSERT_HANDLE.format(verb="INSERT OR REPLACE")
@@ -240,10 +254,12 @@ class SqliteStore:
                 "INSERT INTO meta (key, value) VALUES ('created_at', ?)", (repr(time.time()),)
             )
         elif row[0] == "1":  # products keeps its rows: it gets the floors of schema 4
+            # `_SCHEMA` (in `_MIGRATE_FROM_1`) creates handles with the columns of schema 5.
             for script in (*_MIGRATE_FROM_1, *_MIGRATE_FROM_3):
                 _execute_all(conn, script)
-        elif row[0] in ("2", "3"):
-            for script in (*(_MIGRATE_FROM_2 if row[0] == "2" else ()), *_MIGRATE_FROM_3):
+        elif row[0] in ("2", "3", "4"):
+            steps = {"2": (*_MIGRATE_FROM_2, *_MIGRATE_FROM_3), "3": _MIGRATE_FROM_3}
+            for script in (*steps.get(row[0], ()), *_MIGRATE_FROM_4):
                 _execute_all(conn, script)
         elif row[0] != str(SCHEMA_VERSION):
             raise sqlite3.DatabaseError(
@@ -317,14 +333,12 @@ class SqliteStore:
             state.products[(firm, product)] = ProductLog(
                 Version(Epoch(e_counter, e_server), seq), floor=Floor(tmr_floor, time_floor)
             )
-        for firm, product, handle, seats, client_id, request_id, granted_at, owner in conn.execute(
-            "SELECT firm, product, handle, seats, client_id, request_id, granted_at, owner "
-            "FROM handles"
+        for row in conn.execute(
+            "SELECT handle, firm, product, seats, client_id, request_id, granted_at, owner, "
+            "user, host, pid FROM handles"
         ):
-            log = state.products.setdefault((firm, product), ProductLog())
-            log.handles[handle] = HandleRecord(
-                handle, firm, product, seats, client_id, request_id, granted_at, owner
-            )
+            log = state.products.setdefault((row[1], row[2]), ProductLog())
+            log.handles[row[0]] = HandleRecord(*row)
         return state
 
     def commit(self, write: Write) -> None:
@@ -385,6 +399,9 @@ class SqliteStore:
                         r.request_id,
                         r.granted_at,
                         r.owner,
+                        r.user,
+                        r.host,
+                        r.pid,
                     )
                     for r in pw.replace
                 ],
@@ -396,7 +413,8 @@ class SqliteStore:
                     rec = op.record
                     row = (firm, product, rec.handle, rec.seats, rec.client_id, rec.request_id)
                     # A grant is idempotent: an existing handle is kept, and not recorded again.
-                    if execute(_GRANT, (*row, rec.granted_at, rec.owner)).rowcount > 0:
+                    grant = (*row, rec.granted_at, rec.owner, rec.user, rec.host, rec.pid)
+                    if execute(_GRANT, grant).rowcount > 0:
                         usage.append(
                             (rec.granted_at, recorded_at, "granted", *row[:4], rec.client_id)
                         )

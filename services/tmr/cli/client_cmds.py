@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -264,6 +264,19 @@ def _fmt_time(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts))
 
 
+def _fmt_days_left(extra: Mapping[str, Any]) -> str:
+    """The days left and expiry state a server adds to a license entry (`tmr.expiry`):
+    ``12 WARNING`` within the server's expiry_warning_days; ``-`` without an expiry date or
+    from a server that does not send them."""
+    left, state = extra.get("days_left"), extra.get("expiry")
+    if not isinstance(left, int | float) or isinstance(left, bool):
+        return "-"
+    if state == "expired" or left <= 0:
+        return "EXPIRED"
+    text = f"{int(left)}"
+    return f"{text} WARNING" if state == "warning" else text
+
+
 def _fmt_value(value: object) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -273,7 +286,9 @@ def _fmt_value(value: object) -> str:
 
 
 def format_list(result: ListResult) -> str:
-    header = ("FIRM", "PRODUCT", "TMR ID", "LQ", "IN USE", "AVAILABLE", "STATUS", "EXPIRES")
+    header = (
+        "FIRM", "PRODUCT", "TMR ID", "LQ", "IN USE", "AVAILABLE", "STATUS", "EXPIRES", "DAYS LEFT"
+    )  # fmt: skip
     rows = [
         (
             str(e.firm),
@@ -284,6 +299,7 @@ def format_list(result: ListResult) -> str:
             _fmt_value(e.available),
             e.status if e.reason is None else f"{e.status} {e.reason}",
             _fmt_time(e.expires),
+            _fmt_days_left(e.extra),
         )
         for e in result.licenses
     ]

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tmr.cli.exchange_cmds",
     "tmr.cli.service_cmds",
     "tmr.cli.server_cmds",
+    "tmr.cli.admin_cmds",
     "tmr.cli.client_cmds",
     "tmr.cli.report_cmds",
     "tmr.cli.workload_cmds",

@@ -12,6 +12,7 @@ See docs/client-guide.md for the guide. In short::
 
 from __future__ import annotations
 
+import getpass
 import itertools
 import logging
 import os
@@ -31,6 +32,9 @@ from tmr.errors import ApiError, ErrorCode, Timeout, UnknownHandle
 from tmr.keys import NodeKeys, generate_keypair
 from tmr.protocol.client_api import (
     CID_MAX,
+    HOST_MAX,
+    PID_MAX,
+    USER_MAX,
     CheckoutRequest,
     CheckoutResult,
     CryptOperation,
@@ -69,6 +73,25 @@ def _default_client_id() -> str:
     return f"{host}/{os.getpid()}/{secrets.token_hex(4)}"[:CID_MAX]
 
 
+def _printable(text: str, limit: int) -> str:
+    return "".join(c for c in text if c.isprintable())[:limit]
+
+
+def default_identity() -> tuple[str, str, int]:
+    """(OS user, host name, process id) of this process, as sent with each checkout: made
+    printable and cut to the protocol's bounds; "" where the OS does not say."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError, ImportError):  # no login name and no passwd entry
+        user = ""
+    pid = os.getpid()
+    return (
+        _printable(user, USER_MAX),
+        _printable(socket.gethostname(), HOST_MAX),
+        pid if 0 <= pid <= PID_MAX else 0,
+    )
+
+
 class Client:
     """A connection to the TMR service (the virtual container).
 
@@ -87,6 +110,10 @@ class Client:
             service restricts clients to an allowlist; default: a fresh ephemeral pair.
         attempt_timeout: seconds to wait for the reply to one attempt before trying the
             next endpoint; it grows by 1.5x per attempt up to 2 s.
+        user: the user name sent with each checkout and shown to administrators (`tmr admin
+            handles`), e.g. a display name; default: the OS user (`getpass.getuser()`). The
+            host name and process id are sent too. Informational only: the server trusts the
+            CURVE key of the connection, not these.
 
     All methods are thread-safe. Close the client (or use it as a context manager) to stop
     its heartbeat thread, release the seats still held and free the sockets.
@@ -101,6 +128,7 @@ class Client:
         timeout: float = 10.0,
         client_keys: NodeKeys | None = None,
         attempt_timeout: float = 0.5,
+        user: str | None = None,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [endpoints]
@@ -114,8 +142,10 @@ class Client:
         server_key = key_bytes(load_public_key(server_public_key), "server public key")
         public, secret = check_key_pair(client_keys or generate_keypair())
         self._client_id = client_id if client_id is not None else _default_client_id()
-        # Validate the client id once, here, rather than on the first checkout.
-        CheckoutRequest("r", self._client_id, 6_000_000, 0)
+        os_user, self._host, self._pid = default_identity()
+        self._user = os_user if user is None else user
+        # Validate the client id and user once, here, rather than on the first checkout.
+        CheckoutRequest("r", self._client_id, 6_000_000, 0, 1, self._user, self._host, self._pid)
 
         self._endpoints = tuple(endpoints)
         self._timeout = float(timeout)
@@ -161,6 +191,11 @@ class Client:
     @property
     def client_id(self) -> str:
         return self._client_id
+
+    @property
+    def user(self) -> str:
+        """The user name sent with each checkout (the OS user unless one was given)."""
+        return self._user
 
     @property
     def public_key(self) -> str:
@@ -210,7 +245,16 @@ class Client:
         `LicenseExpired`, `Unauthorized`, `BadRequest` or `Timeout`.
         """
         self._check_open()
-        req = CheckoutRequest(self._next_rid(), self._client_id, firm_code, product_code, seats)
+        req = CheckoutRequest(
+            self._next_rid(),
+            self._client_id,
+            firm_code,
+            product_code,
+            seats,
+            self._user,
+            self._host,
+            self._pid,
+        )
         sent = time.monotonic()
         result = self._call(req, CheckoutResult)
         handle = Handle(self, result, on_lost, request_id=req.rid, sent=sent)

@@ -10,7 +10,7 @@ request id, 1-64 of ``[A-Za-z0-9._:-]``), plus per operation::
 
     list      -
     status    -
-    checkout  cid, firm, product, seats
+    checkout  cid, firm, product, seats [, user, host, pid]
     heartbeat cid, handle
     release   cid, handle
     crypt     cid, handle, operation ("encrypt" | "decrypt" | "hmac"), data (bin <= 64 KiB)
@@ -103,6 +103,10 @@ SEATS_MAX: Final = 100_000
 RID_MAX: Final = 64
 CID_MAX: Final = 128
 HANDLE_MAX: Final = 128
+# Who the client says it is (checkout; informational, `HandleRecord.user`): printable text.
+USER_MAX: Final = 64
+HOST_MAX: Final = 253  # a DNS name
+PID_MAX: Final = 2**32 - 1
 ERROR_CODE_MAX: Final = 64
 MESSAGE_MAX: Final = 1024
 
@@ -246,13 +250,21 @@ class StatusRequest:
 
 @dataclass(frozen=True, slots=True)
 class CheckoutRequest:
-    """Allocate `seats` seats of (firm, product) to client `cid`."""
+    """Allocate `seats` seats of (firm, product) to client `cid`.
+
+    `user`, `host`, `pid`: who the client says it is (its OS user or a display name, its host
+    name, its process id), recorded with the handle for administrators. Optional on the wire
+    (a client from before them sends none: "", "", 0); not proof of anything (the CURVE key
+    of the connection is the identity that cannot be faked)."""
 
     rid: str
     cid: str
     firm: int
     product: int
     seats: int = 1
+    user: str = ""
+    host: str = ""
+    pid: int = 0
     op: ClassVar[Literal["checkout"]] = "checkout"
 
     def __post_init__(self) -> None:
@@ -262,6 +274,9 @@ class CheckoutRequest:
             _check_int("firm", self.firm, FIRM_CODE_MIN, FIRM_CODE_MAX)
             _check_int("product", self.product, 0, PRODUCT_CODE_MAX)
             _check_int("seats", self.seats, 1, SEATS_MAX)
+            _check_str("user", self.user, 0, USER_MAX, printable=True)
+            _check_str("host", self.host, 0, HOST_MAX, printable=True)
+            _check_int("pid", self.pid, 0, PID_MAX)
         except ProtocolError as exc:
             exc.rid = rid
             raise
@@ -382,6 +397,11 @@ _REQUEST_FIELDS: Final[dict[str, tuple[str, ...]]] = {
 _REQUEST_KEYS: Final[dict[str, frozenset[str]]] = {
     op: _ENVELOPE | frozenset(names) for op, names in _REQUEST_FIELDS.items()
 }
+# Keys an op may leave out (their fields keep the default), so that requests of clients from
+# before the keys existed still decode; `encode_request` leaves them out when at the default.
+_OPTIONAL_FIELDS: Final[dict[str, frozenset[str]]] = {
+    "checkout": frozenset({"user", "host", "pid"}),
+}
 OPS: Final[frozenset[str]] = frozenset(_REQUEST_TYPES)
 
 
@@ -417,12 +437,14 @@ def decode_request(frame: bytes) -> Request:
             raise ProtocolError(f"unknown op {_short(op)}")
         names = _REQUEST_FIELDS[op]
         if msg.keys() != _REQUEST_KEYS[op]:  # else nothing is missing and nothing extra
-            missing = [n for n in names if n not in msg]
+            optional = _OPTIONAL_FIELDS.get(op, frozenset())
+            missing = [n for n in names if n not in msg and n not in optional]
             if missing:
                 raise ProtocolError(f"missing key(s) for op {op!r}: {_key_list(missing)}")
             extra = [k for k in msg if k not in _ENVELOPE and k not in names]
             if extra:
                 raise ProtocolError(f"unexpected key(s) for op {op!r}: {_key_list(extra)}")
+            return cls(**{n: msg[n] for n in names if n in msg})
         return cls(**{n: msg[n] for n in names})
     except ProtocolError as exc:
         exc.rid = rid
@@ -432,8 +454,12 @@ def decode_request(frame: bytes) -> Request:
 def encode_request(req: Request) -> bytes:
     """Encode a request (client side). The dataclass validated its fields when built."""
     msg: dict[str, Any] = {"v": PROTOCOL_VERSION, "op": req.op}
+    optional = _OPTIONAL_FIELDS.get(req.op, frozenset())
     for f in dataclasses.fields(req):
-        msg[f.name] = getattr(req, f.name)
+        value = getattr(req, f.name)
+        if f.name in optional and value == f.default:
+            continue
+        msg[f.name] = value
     return pack(msg)
 
 

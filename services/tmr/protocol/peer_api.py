@@ -73,7 +73,32 @@ def _key(k: ProductKey) -> list[int]:
 
 
 def _record(r: HandleRecord) -> list[Any]:
-    return [r.handle, r.firm, r.product, r.seats, r.client_id, r.request_id, r.granted_at, r.owner]
+    """11 fields; 8 when the client gave no user, host or pid, as a peer from before schema 5
+    writes them (so it can still decode them, e.g. a promise during a rolling upgrade)."""
+    if not r.user and not r.host and not r.pid:
+        return [
+            r.handle,
+            r.firm,
+            r.product,
+            r.seats,
+            r.client_id,
+            r.request_id,
+            r.granted_at,
+            r.owner,
+        ]
+    return [
+        r.handle,
+        r.firm,
+        r.product,
+        r.seats,
+        r.client_id,
+        r.request_id,
+        r.granted_at,
+        r.owner,
+        r.user,
+        r.host,
+        r.pid,
+    ]
 
 
 def _op(op: Op) -> list[Any]:
@@ -291,12 +316,15 @@ def _d_key(v: Any, what: str) -> ProductKey:
 
 
 def _d_record(v: Any, what: str) -> HandleRecord:
-    """A handle record: 8 fields, or the 7 of a peer from before handles had owners (its
-    handles are owned by no key)."""
+    """A handle record: 11 fields; the 8 of a peer from before records carried the client's
+    user, host and pid (they decode as "", "", 0); or the 7 of a peer from before handles had
+    owners (its handles are owned by no key)."""
     items = _list(v, what)
     if len(items) == 7:
         items = [*items, ""]
-    h, f, p, seats, cid, rid, at, owner = _list(items, what, 8)
+    if len(items) == 8:
+        items = [*items, "", "", 0]
+    h, f, p, seats, cid, rid, at, owner, user, host, pid = _list(items, what, 11)
     return HandleRecord(
         _str(h, what),
         _int(f, what, 0, U32),
@@ -306,6 +334,9 @@ def _d_record(v: Any, what: str) -> HandleRecord:
         _str(rid, what),
         _float(at, what),
         _str(owner, what, MAX_OWNER, empty=True),
+        _str(user, what, empty=True),
+        _str(host, what, empty=True),
+        _int(pid, what, 0, U32),
     )
 
 
@@ -357,8 +388,10 @@ def _fast_record(v: Any) -> HandleRecord | None:
     fails (the caller then runs `_d_record`, which names the problem). Accepts exactly what
     `_d_record` accepts, except a whole-number ``granted_at`` and the 7 fields of an older
     peer's record (both left to `_d_record`)."""
-    if type(v) is list and len(v) == 8:
-        h, f, p, seats, cid, rid, at, owner = v
+    if type(v) is list and (len(v) == 11 or len(v) == 8):
+        h, f, p, seats, cid, rid, at, owner, user, host, pid = (
+            v if len(v) == 11 else [*v, "", "", 0]
+        )
         if (
             type(h) is str
             and 0 < len(h) <= MAX_STR
@@ -376,8 +409,14 @@ def _fast_record(v: Any) -> HandleRecord | None:
             and _finite(at)
             and type(owner) is str
             and len(owner) <= MAX_OWNER
+            and type(user) is str
+            and len(user) <= MAX_STR
+            and type(host) is str
+            and len(host) <= MAX_STR
+            and type(pid) is int
+            and 0 <= pid <= U32
         ):
-            return HandleRecord(h, f, p, seats, cid, rid, at, owner)
+            return HandleRecord(h, f, p, seats, cid, rid, at, owner, user, host, pid)
     return None
 
 

@@ -90,6 +90,7 @@ FLOOR_SCAN = 1.0
 TIME_FLOOR_STEP = 60.0
 RECENT_RELEASED = 100_000  # (owner, client id, request id) of released handles remembered per term
 HANDLE_RANDOM_BYTES = 16  # a handle id is h<epoch counter>-<server>-<128 random bits, hex>
+HANDLE_SHOWN = 128  # characters of an unknown handle id quoted back in an error message
 
 
 class Role(enum.StrEnum):
@@ -431,10 +432,14 @@ class Leader:
         now: float,
         *,
         owner: str,
+        user: str = "",
+        host: str = "",
+        pid: int = 0,
     ) -> Effects:
         """`owner`: the authenticated CURVE public key of the client's connection (Z85). Only
         that key may heartbeat, release or use the handle; a request id is deduplicated per
-        key, so no other key can take over a retried checkout's reply."""
+        key, so no other key can take over a retried checkout's reply. `user`, `host`, `pid`:
+        what the client says it is, recorded with the handle (informational only)."""
         fx = Effects()
         if self._refuse_unconfirmed(fx, token, rid, now):
             return fx
@@ -467,7 +472,9 @@ class Leader:
         p = self._product(key)
         # Random, not a counter: a handle id cannot be guessed (and is useless to another key).
         handle = f"h{self.epoch.counter}-{self.cfg.server_id}-{self._random_ids()}"
-        rec = HandleRecord(handle, firm, product, seats, client_id, rid, self._wall(), owner)
+        rec = HandleRecord(
+            handle, firm, product, seats, client_id, rid, self._wall(), owner, user, host, pid
+        )
         seq = self._propose(p, Grant(rec))
         p.add(rec)
         p.grant_seq[handle] = seq
@@ -558,6 +565,62 @@ class Leader:
         min_seq = p.grant_seq.get(handle, 0)
         job = _CryptJob(token, rid, rec.key, handle, client_id, operation, data, min_seq, owner)
         self._crypt_dispatch(job, now, fx)
+        return fx
+
+    def admin_release(self, token: Any, rid: str, handle: str, now: float, *, by: str) -> Effects:
+        """An administrator frees `handle` whoever holds it (`tmr admin release`, like
+        FlexNet's lmremove): an ordinary release op through the quorum, answered once it
+        commits (`{"released": true, ...}`), or UNKNOWN_HANDLE if no client holds it (never
+        granted, released, or its release is already under way). `by` names the administrator
+        in the `handle_removed` event. The client learns it on its next heartbeat
+        (UNKNOWN_HANDLE)."""
+        fx = Effects()
+        if self._refuse_unconfirmed(fx, token, rid, now):
+            return fx
+        key = self._handle_key.get(handle)
+        rec = self._products[key].handles.get(handle) if key is not None else None
+        if key is None or rec is None:
+            message = f"no client holds handle {handle[:HANDLE_SHOWN]!r} on this server"
+            fx.replies.append(
+                ClientReply(token, rid, error=ErrorCode.UNKNOWN_HANDLE, message=message)
+            )
+            return fx
+        p = self._products[key]
+        if p.grant_seq.get(handle, 0) > p.committed:
+            # Its grant is not committed yet (its client still waits for the answer): a
+            # release now could join the grant's own entry, and the client would be told it
+            # holds a handle that never existed on any backend.
+            message = f"handle {handle!r} is still being granted (not committed yet); retry"
+            fx.replies.append(
+                ClientReply(token, rid, error=ErrorCode.UNKNOWN_HANDLE, message=message)
+            )
+            return fx
+        seq = self._remove_handle(p, handle, ReleaseReason.RELEASE, fx)
+        fx.events.append(
+            {
+                "event": "handle_removed",
+                "handle": handle,
+                "license": key_str(key),
+                "seats": rec.seats,
+                "client_id": rec.client_id,
+                "user": rec.user,
+                "host": rec.host,
+                "pid": rec.pid,
+                "by": by,
+            }
+        )
+        result = {
+            "released": True,
+            "handle": handle,
+            "firm": rec.firm,
+            "product": rec.product,
+            "seats": rec.seats,
+            "user": rec.user,
+            "host": rec.host,
+            "pid": rec.pid,
+        }
+        self._reply_when(p, seq, ClientReply(token, rid, result), fx)
+        self._auto_pump(now, fx)
         return fx
 
     def _from_newer_leader(self, handle: str) -> bool:
@@ -730,6 +793,10 @@ class Leader:
                         "product": rec.product,
                         "seats": rec.seats,
                         "client_id": rec.client_id,
+                        "user": rec.user,
+                        "host": rec.host,
+                        "pid": rec.pid,
+                        "owner": rec.owner,
                         "granted_at": rec.granted_at,
                         "lease_left": max(0.0, self._leases.get(rec.handle, now) - now),
                         "committed": p.grant_seq.get(rec.handle, 0) <= p.committed,

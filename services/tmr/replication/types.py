@@ -52,6 +52,13 @@ class HandleRecord:
     # User-Id). Only that key may heartbeat, release or use the handle; "" (a record written
     # before handles had owners) is owned by no key and simply expires.
     owner: str = ""
+    # Who the client says it is (docs/design.md §7.1): its OS user (or a display name the
+    # application chose), host name and process id, as the SDK sent them with the checkout.
+    # Informational only: shown to administrators, never used to decide who may use the
+    # handle (that is `owner`). "" / 0: not given, or a record from before schema 5.
+    user: str = ""
+    host: str = ""
+    pid: int = 0
 
     @property
     def key(self) -> ProductKey:

@@ -21,8 +21,9 @@ import zmq
 import zmq.auth.thread
 
 from tmr.config import ServerConfig
-from tmr.ctl import CtlError, CtlErrorCode, bind_ctl, serve_ctl
+from tmr.ctl import CtlError, CtlErrorCode, CtlPeer, bind_ctl, encode_ctl, serve_ctl
 from tmr.errors import ErrorCode, TmrError
+from tmr.expiry import with_expiry
 from tmr.keys import load_keypair
 from tmr.licensing.curve import z85_key_bytes
 from tmr.logs import configure, enabled, log
@@ -58,6 +59,15 @@ MAX_DRAIN = 2000  # messages taken from one socket per loop turn
 # durably (`tmr report usage`), and /metrics counts them. Expiries stay at info: they are rare
 # and say that a client stopped without releasing.
 DEBUG_EVENTS = frozenset({"handle_granted", "handle_released"})
+# The leader's reply token of an administrator's release asked on the control socket
+# (`tmr admin release`) is ("ctl-admin", n): its reply goes to the control socket as JSON,
+# once committed. The leader answers within backend_timeout + one probe interval; should it
+# not, the control socket (keepalived's health checks use it too) is answered TIMEOUT after
+# ADMIN_CTL_WAIT and a late reply is dropped.
+ADMIN_CTL = "ctl-admin"
+ADMIN_CTL_WAIT = 5.0
+WEB_RELEASE = "web-release"  # token ("web-release", id): a release asked on WebAdmin
+ADMIN_HANDLE_MAX = 256  # characters of a handle id taken from a control request
 
 
 def container_serial(service_public_key: str) -> str:
@@ -140,7 +150,11 @@ class ServerService:
         self.started = time.monotonic()
         self.web = WebRuntime(cfg)  # WebAdmin, /metrics, usage reports (tmr.web)
         self.admin_keys = frozenset(cfg.admin_keys)  # CURVE keys allowed usage reports
-        self._ctl_waiting = False  # a control request (usage) is answered when ready
+        self._ctl_waiting = False  # a control request (usage, release) is answered when ready
+        self._ctl_peer: CtlPeer | None = None  # who sent the control request being served
+        self._ctl_admin: tuple[str, int] | None = None  # the admin release being committed
+        self._ctl_admin_deadline = 0.0
+        self._ctl_admin_n = 0
         # Refused client handshakes: counted in /metrics, logged once per key and minute.
         self.zap_denials = ZapDenials(
             "client_denied", on_denied=lambda: self.web.metrics.on_handshake_denied("client")
@@ -237,7 +251,12 @@ class ServerService:
             except zmq.Again:
                 pass  # not connected: the leader times the request out
         for r in fx.replies:
-            self._reply(r.token, self._wire_reply(r))
+            if isinstance(r.token, tuple) and r.token[0] == ADMIN_CTL:
+                self._ctl_admin_answer(r)
+            elif isinstance(r.token, tuple) and r.token[0] == WEB_RELEASE:
+                self.web.answer_release(r.token[1], self._admin_answer(r))
+            else:
+                self._reply(r.token, self._wire_reply(r))
 
     def _wire_reply(self, r: ClientReply) -> Reply:
         if r.error is not None:
@@ -288,7 +307,17 @@ class ServerService:
         match req:
             case CheckoutRequest():
                 fx = ld.checkout(
-                    token, req.rid, req.cid, req.firm, req.product, req.seats, now, owner=owner
+                    token,
+                    req.rid,
+                    req.cid,
+                    req.firm,
+                    req.product,
+                    req.seats,
+                    now,
+                    owner=owner,
+                    user=req.user,
+                    host=req.host,
+                    pid=req.pid,
                 )
                 self.web.on_checkout(req.firm, req.product, req.rid, fx)
                 return fx
@@ -310,7 +339,7 @@ class ServerService:
                     result = {
                         "serial": self.serial,
                         "server": self.cfg.name,
-                        "licenses": ld.licenses_view(),
+                        "licenses": self._licenses_with_expiry(ld.licenses_view()),
                     }
                     fx.replies.append(ClientReply(token, req.rid, result))
                 return fx
@@ -357,7 +386,13 @@ class ServerService:
         top = max(promised, default=None)
         st["active_hint"] = top.server if top is not None and top.server else None
         st["uptime"] = round(now - self.started, 1)
+        st["licenses"] = self._licenses_with_expiry(st["licenses"])
+        st["expiry_warning_days"] = self.cfg.expiry_warning_days
         return st
+
+    def _licenses_with_expiry(self, licenses: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each license with its days left and expiry state (`tmr.expiry`)."""
+        return with_expiry(licenses, time.time(), self.cfg.expiry_warning_days)
 
     def on_ctl(self, req: dict[str, Any], now: float) -> dict[str, Any] | None:
         """Serve one decoded control request (`tmr.ctl.serve_ctl` decodes and answers; None:
@@ -378,7 +413,10 @@ class ServerService:
         elif cmd == "status":
             return {"ok": True, **self.status(now)}
         elif cmd == "handles":
-            return {"ok": True, "handles": ld.handles_view(now)}
+            return {"ok": True, "role": ld.role.value, "handles": ld.handles_view(now)}
+        elif cmd == "release":
+            self._ctl_admin_release(req, now)
+            return None
         elif cmd == "usage":
             self._ctl_usage(req)
             return None
@@ -405,8 +443,65 @@ class ServerService:
             raise CtlError(f"usage: {problem}")
         self._ctl_waiting = True
 
+    def _ctl_admin_release(self, req: dict[str, Any], now: float) -> None:
+        """`tmr admin release HANDLE`: free a handle through the quorum (an ordinary release
+        op); the control socket is answered once it commits, or with the leader's error."""
+        handle = req.get("handle")
+        if not isinstance(handle, str) or not 0 < len(handle) <= ADMIN_HANDLE_MAX:
+            raise CtlError(f"release: 'handle' must be a string of 1-{ADMIN_HANDLE_MAX} characters")
+        if not handle.isprintable():
+            raise CtlError("release: 'handle' must be printable")
+        peer = self._ctl_peer
+        by = f"ctl:{peer.user}" if peer is not None else "ctl"
+        log("ctl", cmd="release", handle=handle, by=by)
+        self._ctl_admin_n += 1
+        token = (ADMIN_CTL, self._ctl_admin_n)
+        self._ctl_admin = token
+        self._ctl_admin_deadline = now + ADMIN_CTL_WAIT
+        self._ctl_waiting = True
+        self.apply(self.leader.admin_release(token, "ctl", handle, now, by=by))
+
+    def _ctl_admin_answer(self, r: ClientReply) -> None:
+        """The leader's answer to `_ctl_admin_release`, sent on the control socket (a late
+        one, after `_ctl_admin_overdue` answered, is dropped)."""
+        if r.token != self._ctl_admin:
+            return
+        self._ctl_admin = None
+        self.ctl.send(encode_ctl(self._admin_answer(r)))
+        self._ctl_waiting = False
+
+    def _ctl_admin_overdue(self, now: float) -> None:
+        """Never leave the control socket waiting: TIMEOUT after ADMIN_CTL_WAIT."""
+        if self._ctl_admin is None or now < self._ctl_admin_deadline:
+            return
+        self._ctl_admin = None
+        message = f"release: no answer from the leader within {ADMIN_CTL_WAIT:g} s"
+        self.ctl.send(encode_ctl({"ok": False, "code": "TIMEOUT", "error": message}))
+        self._ctl_waiting = False
+
+    @staticmethod
+    def _admin_answer(r: ClientReply) -> dict[str, Any]:
+        if r.error is not None:
+            return {"ok": False, "code": r.error.value, "error": r.message}
+        return {"ok": True, **(r.result or {})}
+
+    def _web_releases(self, now: float) -> None:
+        """Run the releases an administrator asked on WebAdmin (authenticated only)."""
+        for req in self.web.take_releases():
+            log("web", cmd="release", handle=req.handle, by=req.by)
+            token = (WEB_RELEASE, req.id)
+            self.apply(self.leader.admin_release(token, "web", req.handle, now, by=req.by))
+
+    def _set_ctl_peer(self, peer: CtlPeer | None) -> None:
+        self._ctl_peer = peer
+
     def _serve_ctl(self, now: float) -> None:
-        serve_ctl(self.ctl, lambda req: self.on_ctl(req, now), _log_internal_error)
+        serve_ctl(
+            self.ctl,
+            lambda req: self.on_ctl(req, now),
+            _log_internal_error,
+            on_peer=self._set_ctl_peer,
+        )
 
     # ------------------------------------------------------------------ loop
 
@@ -450,6 +545,8 @@ class ServerService:
                     self._serve_ctl(now)
                 if now >= next_tick:
                     self.apply(self.leader.tick(now))
+                    self._web_releases(now)
+                    self._ctl_admin_overdue(now)
                     next_tick = now + TICK
                 if usage_wake is not None and usage_wake in ready:
                     for token, payload in self.web.take_usage_replies():

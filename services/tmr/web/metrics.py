@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from tmr.expiry import ExpiryState
 from tmr.licensing.effective import CopyProblem
 from tmr.replication.leader import Effects
 from tmr.replication.messages import Accept, Accepted, PeerReply, Snapshot
@@ -233,6 +234,16 @@ def _license_families(snap: dict[str, Any]) -> Iterator[Metric]:
             "Expiry of the license (UNIX time)",
             labels=labels,
         ),
+        "days_left": GaugeMetricFamily(
+            "tmr_license_days_left",
+            "Days until the license expires (negative: expired; absent: no expiry date)",
+            labels=labels,
+        ),
+        "expiry_warning": GaugeMetricFamily(
+            "tmr_license_expiry_warning",
+            "1 while the license expires within expiry_warning_days (server.toml) or has expired",
+            labels=labels,
+        ),
         "not_counted": GaugeMetricFamily(
             "tmr_license_copies_not_counted",
             "Valid copies of up backends not counted toward the 2 of 3, by reason "
@@ -252,6 +263,10 @@ def _license_families(snap: dict[str, Any]) -> Iterator[Metric]:
         fams["tmr_id"].add_metric(key, lic["tmr_id"] or 0)
         if lic["expires"] is not None:
             fams["expires"].add_metric(key, lic["expires"])
+        if lic.get("days_left") is not None:
+            fams["days_left"].add_metric(key, lic["days_left"])
+        warn = lic.get("expiry") in (ExpiryState.WARNING, ExpiryState.EXPIRED)
+        fams["expiry_warning"].add_metric(key, 1.0 if warn else 0.0)
         problems = [b.get("problem") for b in lic.get("backends", [])]
         for reason in CopyProblem:
             fams["not_counted"].add_metric([*key, reason.value], problems.count(reason.value))

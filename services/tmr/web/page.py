@@ -57,14 +57,16 @@ INDEX_HTML = """<!doctype html>
   <section>
     <h2>Handles <span id="handle-count" class="serial"></span></h2>
     <table id="handles">
-      <thead><tr><th>Client id</th><th>Host</th><th>License</th><th>Seats</th><th>Since</th>
-        <th>Last heartbeat</th><th>Lease left</th></tr></thead>
+      <thead><tr><th>Client id</th><th>User</th><th>Host</th><th>PID</th><th>License</th>
+        <th>Seats</th><th>Since</th><th>Last heartbeat</th><th>Lease left</th><th></th></tr>
+      </thead>
       <tbody></tbody>
     </table>
     <div id="no-handles" class="note" hidden></div>
+    <div id="release-result" class="note" hidden></div>
   </section>
 </main>
-<footer><span id="updated">&ndash;</span> &middot; read-only view &middot;
+<footer><span id="updated">&ndash;</span> &middot; <span id="mode">read-only view</span> &middot;
   <a href="api/status">api/status</a> &middot; <a href="metrics">metrics</a></footer>
 <script src="app.js"></script>
 </body>
@@ -111,6 +113,8 @@ td.num { font-variant-numeric: tabular-nums; }
 .chip.missing { background:#ffebe9; border-color:#ffcecb; color:var(--err); }
 .chip.refused { background:#ffebe9; border-color:var(--err); color:var(--err); font-weight:600; }
 .state { font-weight:600; } .state.ok { color:var(--ok); } .state.warning { color:var(--warn); }
+.expiry.warning { color:var(--warn); font-weight:600; }
+.expiry.expired { color:var(--err); font-weight:600; }
 .state.error { color:var(--err); }
 .bar { position:relative; width:120px; height:8px; background:#eaeef2; border-radius:4px;
   display:inline-block; vertical-align:middle; margin-left:8px; overflow:hidden; }
@@ -243,7 +247,13 @@ function renderLicenses(s) {
       use.appendChild(bar);
     }
     tr.appendChild(use);
-    tr.appendChild(el("td", lic.expires ? fmtTime(lic.expires) : "never"));
+    const exp = el("td", lic.expires ? fmtTime(lic.expires) : "never", "expiry " + lic.expiry);
+    exp.dataset.expiry = lic.expiry;
+    if (lic.days_left !== null && lic.days_left !== undefined) {
+      exp.appendChild(el("span", lic.days_left > 0
+        ? " (" + Math.floor(lic.days_left) + " days left)" : " (expired)", "note"));
+    }
+    tr.appendChild(exp);
     const bs = el("td", null, "backend-status");
     bs.dataset.status = lic.status;
     for (const b of lic.backends) bs.appendChild(chip(b));
@@ -280,12 +290,22 @@ function renderHandles(s) {
     const tr = document.createElement("tr");
     if (x.handle) tr.dataset.handle = x.handle;  // null: hidden from anonymous readers
     tr.appendChild(el("td", x.client_id, "mono"));
+    tr.appendChild(el("td", x.user || "\u2013", "user"));
     tr.appendChild(el("td", x.host));
+    tr.appendChild(el("td", x.pid === null ? "\u2013" : x.pid, "num"));
     tr.appendChild(el("td", x.firm + ":" + x.product, "mono"));
     tr.appendChild(el("td", x.seats, "num"));
     tr.appendChild(el("td", fmtTime(x.since), "nowrap"));
     tr.appendChild(el("td", fmtAgo(x.heartbeat_ago)));
     tr.appendChild(el("td", x.lease_left.toFixed(0) + " s", "num"));
+    const act = el("td", null, "action");
+    if (s.can_release && x.handle && x.committed) {
+      const b = el("button", "Release", "release");
+      b.type = "button";
+      b.addEventListener("click", () => releaseHandle(x, b));
+      act.appendChild(b);
+    }
+    tr.appendChild(act);
     body.appendChild(tr);
   }
   const none = $("no-handles");
@@ -301,6 +321,30 @@ function renderHandles(s) {
   } else none.hidden = true;
 }
 
+// An administrator frees a handle (like lmremove): committed through the quorum first.
+async function releaseHandle(x, button) {
+  const who = (x.user || x.client_id) + (x.host ? "@" + x.host : "");
+  if (!window.confirm("Release " + x.seats + " seat(s) of " + x.firm + ":" + x.product +
+                      " held by " + who + "?")) return;
+  button.disabled = true;
+  const out = $("release-result");
+  out.hidden = false;
+  try {
+    const r = await fetch("api/release", {
+      method: "POST", cache: "no-store", credentials: "same-origin",
+      headers: {"Content-Type": "application/json", "X-TMR-Request": "release"},
+      body: JSON.stringify({handle: x.handle}),
+    });
+    const a = await r.json();
+    out.dataset.result = a.ok ? "released" : "error";
+    out.textContent = a.ok ? "Released " + x.handle + " (committed by the backends)."
+      : "Not released: " + a.code + ": " + a.error;
+  } catch (err) {
+    out.dataset.result = "error";
+    out.textContent = "Not released: " + err.message;
+  }
+}
+
 async function refresh() {
   try {
     const r = await fetch("api/status", {cache: "no-store", credentials: "same-origin"});
@@ -312,6 +356,7 @@ async function refresh() {
     renderBackends(s);
     renderHandles(s);
     document.body.dataset.role = s.role;
+    setText("mode", s.can_release ? "administrator view" : "read-only view");
     document.body.dataset.loaded = "true";
     setText("updated", "updated " + new Date().toLocaleTimeString());
   } catch (err) {

@@ -28,7 +28,7 @@ from tmr.replication.messages import PeerReply
 from tmr.report.denials import FILE_NAME, DenialLog
 from tmr.report.worker import CTL_TOKEN, MAX_WINDOW, UsageJob, UsageWorker
 from tmr.web.metrics import ServerMetrics
-from tmr.web.server import WebAdmin, read_password, read_token, tls_context
+from tmr.web.server import ReleaseRequest, WebAdmin, read_password, read_token, tls_context
 from tmr.web.snapshot import build_snapshot
 
 DAY = 86400.0
@@ -151,6 +151,16 @@ class WebRuntime:
         )
         self.web.publish(snap)
         self.metrics.prune()
+
+    # ---------------------------------------------------------------- releases
+
+    def take_releases(self) -> list[ReleaseRequest]:
+        """Releases an administrator asked on WebAdmin (`ServerService` runs them)."""
+        return self.web.take_releases() if self.web is not None else []
+
+    def answer_release(self, request_id: int, answer: dict[str, Any]) -> None:
+        if self.web is not None:
+            self.web.answer_release(request_id, answer)
 
     # ---------------------------------------------------------------- usage reports
 

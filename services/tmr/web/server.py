@@ -1,12 +1,18 @@
 """The WebAdmin HTTP server: a `ThreadingHTTPServer` in a background thread.
 
-Routes (GET only; everything is read-only):
+Routes (GET, read-only, but one POST):
 
 - ``/``: the page (``app.js`` and ``app.css`` beside it) refreshing itself from the API;
 - ``/api/status``: the latest status snapshot as JSON;
 - ``/metrics``: Prometheus text format;
 - ``/healthz``: ``200 ok`` while the poll loop publishes and the server is not fenced,
-  else ``503`` (no authentication, no details: for load balancers and probes).
+  else ``503`` (no authentication, no details: for load balancers and probes);
+- ``POST /api/release`` (``{"handle": "..."}``, header ``X-TMR-Request: release``): an
+  administrator frees a handle (`tmr admin release`), only for an authenticated reader (never
+  on a WebAdmin without credentials). The custom header makes a cross-site request need a CORS
+  preflight, which is never granted: no CSRF through a browser's stored basic credentials. The
+  poll loop takes the request (`take_releases`) and answers it once committed
+  (`answer_release`); the handler thread waits for that answer.
 
 Credentials guard every route but ``/healthz``: a bearer token (``Authorization: Bearer``, or
 as the password of HTTP basic auth, any user name, for browsers; only its SHA-256 is kept and
@@ -24,12 +30,15 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
+import itertools
 import json
+import queue
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -48,6 +57,11 @@ MIN_TOKEN = 16  # characters of a bearer token (the role generates 43: 256 bits,
 # The classic text exposition format that `generate_latest` writes, understood by every
 # Prometheus version (newer prometheus_client versions label it 1.0.0).
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+RELEASE_HEADER = "X-TMR-Request"  # must be "release" on POST /api/release (CSRF guard)
+MAX_RELEASE_BODY = 1024
+MAX_RELEASE_HANDLE = 256
+RELEASE_WAIT = 10.0  # seconds a release request waits for the poll loop's answer
+MAX_RELEASES_QUEUED = 16
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -145,6 +159,17 @@ def vip_held(vip: str) -> bool:
     return True
 
 
+@dataclass
+class ReleaseRequest:
+    """An administrator's release asked on WebAdmin, for the poll loop."""
+
+    id: int
+    handle: str
+    by: str  # who asked: "web:<basic-auth user>", "web:token" or "web:cert:<subject CN>"
+    done: threading.Event = field(default_factory=threading.Event)
+    answer: dict[str, Any] = field(default_factory=dict)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -183,6 +208,9 @@ class WebAdmin:
         self._vip_cache: tuple[float, bool] = (float("-inf"), False)
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._releases: queue.Queue[ReleaseRequest] = queue.Queue(MAX_RELEASES_QUEUED)
+        self._waiting: dict[int, ReleaseRequest] = {}
+        self._release_ids = itertools.count(1)
 
     # ---------------------------------------------------------------- poll-loop side
 
@@ -195,6 +223,40 @@ class WebAdmin:
     def snapshot(self) -> dict[str, Any] | None:
         with self._lock:
             return self._snapshot
+
+    def take_releases(self) -> list[ReleaseRequest]:
+        """The releases asked since the last call (poll-loop side)."""
+        out = []
+        while True:
+            try:
+                out.append(self._releases.get_nowait())
+            except queue.Empty:
+                return out
+
+    def answer_release(self, request_id: int, answer: dict[str, Any]) -> None:
+        """The poll loop's answer to a release (the waiting handler returns it)."""
+        with self._lock:
+            req = self._waiting.pop(request_id, None)
+        if req is not None:
+            req.answer = answer
+            req.done.set()
+
+    def request_release(self, handle: str, by: str) -> tuple[int, dict[str, Any]]:
+        """Web-thread side: queue a release and wait for its answer: (HTTP code, body)."""
+        req = ReleaseRequest(next(self._release_ids), handle, by)
+        with self._lock:
+            self._waiting[req.id] = req
+        try:
+            self._releases.put_nowait(req)
+        except queue.Full:
+            with self._lock:
+                self._waiting.pop(req.id, None)
+            return 503, {"ok": False, "code": "BUSY", "error": "too many releases queued"}
+        if not req.done.wait(RELEASE_WAIT):
+            with self._lock:
+                self._waiting.pop(req.id, None)
+            return 504, {"ok": False, "code": "TIMEOUT", "error": "no answer from the server"}
+        return (200 if req.answer.get("ok") else 409), req.answer
 
     def wants_handles(self) -> bool:
         """Did someone look at the page or the API recently (worth listing handles)?"""
@@ -252,6 +314,7 @@ class WebAdmin:
             handles["shown"] = [{**h, "handle": None} for h in handles.get("shown", [])]
             handles["ids_hidden"] = True
             doc["handles"] = handles
+        doc["can_release"] = not self.open_access  # an authenticated reader may release
         doc["status_age"] = round(age, 3)
         doc["stale"] = age > STALE_AFTER
         doc["vip"] = {"address": self.vip, "held": self._vip_held()} if self.vip else None
@@ -293,6 +356,25 @@ class WebAdmin:
             ok_pass = hmac.compare_digest(password.encode(), self.auth[1].encode())
             ok = (ok_user and ok_pass) or ok
         return ok
+
+    def who(self, header: str | None, peer_cert: dict[str, Any] | None) -> str:
+        """The name of an authorized reader, for the log: the basic-auth user (when it is the
+        configured one), ``token``, or the client certificate's subject CN."""
+        scheme, _, value = (header or "").partition(" ")
+        if scheme.lower() == "basic" and self.auth is not None:
+            try:
+                user = base64.b64decode(value.strip(), validate=True).decode().partition(":")[0]
+            except (binascii.Error, UnicodeDecodeError):
+                user = ""
+            if hmac.compare_digest(user.encode(), self.auth[0].encode()):
+                return f"web:{self.auth[0]}"
+        if header:
+            return "web:token"
+        for rdn in (peer_cert or {}).get("subject", ()):
+            for key, val in rdn:
+                if key == "commonName":
+                    return f"web:cert:{str(val)[:64]}"
+        return "web"
 
     def _token_ok(self, token: str) -> bool:
         if self.token_sha256 is None:
@@ -348,6 +430,61 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, generate_latest(web.registry), METRICS_CONTENT_TYPE)
         else:
             self._send(404, b"not found\n", "text/plain")
+
+    def do_POST(self) -> None:
+        web = self.server.web
+        path = self.path.split("?", 1)[0]
+        header = self.headers.get("Authorization")
+        if not web.authorized(header):
+            self._send(
+                401,
+                b"authentication required\n",
+                "text/plain",
+                {"WWW-Authenticate": 'Basic realm="TMR WebAdmin", charset="UTF-8"'},
+            )
+            return
+        if path != "/api/release":
+            self._send(404, b"not found\n", "text/plain")
+            return
+        if web.open_access:
+            self._json(403, {"ok": False, "code": "FORBIDDEN", "error": "WebAdmin has no "
+                             "credentials configured: release with tmr admin release"})  # fmt: skip
+            return
+        if self.headers.get(RELEASE_HEADER) != "release":
+            self._json(
+                403, {"ok": False, "code": "FORBIDDEN", "error": f"{RELEASE_HEADER} missing"}
+            )
+            return
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            length = -1
+        if not 0 < length <= MAX_RELEASE_BODY:
+            self.close_connection = True
+            self._json(400, {"ok": False, "code": "BAD_REQUEST", "error": "bad Content-Length"})
+            return
+        try:
+            body = json.loads(self.rfile.read(length))
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        handle = body.get("handle") if isinstance(body, dict) else None
+        if (
+            not isinstance(handle, str)
+            or not 0 < len(handle) <= MAX_RELEASE_HANDLE
+            or not handle.isprintable()
+        ):
+            self._json(
+                400, {"ok": False, "code": "BAD_REQUEST", "error": 'expected {"handle": "..."}'}
+            )
+            return
+        cert = None
+        if isinstance(self.connection, ssl.SSLSocket):
+            cert = self.connection.getpeercert()
+        code, answer = web.request_release(handle, web.who(header, cert))
+        self._json(code, answer)
+
+    def _json(self, code: int, doc: dict[str, Any]) -> None:
+        self._send(code, json.dumps(doc, default=str).encode(), "application/json")
 
     def _send(
         self, code: int, body: bytes, ctype: str, extra: dict[str, str] | None = None

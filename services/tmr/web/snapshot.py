@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tmr import __version__
+from tmr.expiry import ExpiryState
 from tmr.licensing.effective import QUORUM
 
 
@@ -110,6 +111,8 @@ def license_level(lic: Mapping[str, Any], holders: int) -> tuple[str, str]:
     quantity, in_use = lic.get("quantity") or 0, lic.get("in_use")
     if in_use is not None and quantity and in_use >= quantity:
         return "warning", f"all {quantity} seats are in use: new checkouts are refused"
+    if lic.get("expiry") == ExpiryState.WARNING:
+        return "warning", f"expires in {float(lic.get('days_left') or 0):.1f} days: renew it"
     return "ok", f"held by {holders} backends"
 
 
@@ -135,7 +138,10 @@ def handles_section(
                 "product": h.get("product"),
                 "seats": h.get("seats"),
                 "client_id": h.get("client_id"),
-                "host": client_host(str(h.get("client_id", ""))),
+                # what the client said of itself (informational); older clients: from its id
+                "user": h.get("user") or "",
+                "host": h.get("host") or client_host(str(h.get("client_id", ""))),
+                "pid": h.get("pid") or None,
                 "since": h.get("granted_at"),
                 "heartbeat_ago": round(max(0.0, lease - left), 1),
                 "lease_left": round(left, 1),
@@ -175,6 +181,8 @@ def build_snapshot(
             "status": lic.get("status", ""),
             "reason": lic.get("reason"),
             "expires": lic.get("expires"),
+            "days_left": lic.get("days_left"),
+            "expiry": lic.get("expiry", "none"),
             "features": dict(lic.get("features") or {}),
             "holders": holders,
             "quorum_margin": holders - QUORUM,

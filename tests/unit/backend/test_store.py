@@ -279,6 +279,71 @@ def test_handle_owners_survive_grants_snapshots_and_restarts(store: SqliteStore)
     assert reopen(store).products[KEY].handles == {"h1": a, "h2": b}
 
 
+def _write_schema_4(db: Path) -> None:
+    """A schema 4 database (handles with owners, products with floors, no client identity)
+    with one handle, as the previous release of the backend leaves it."""
+    _write_schema_2(db)
+    conn = sqlite3.connect(db)
+    try:
+        conn.executescript(
+            """
+            ALTER TABLE handles ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+            ALTER TABLE products ADD COLUMN tmr_floor INTEGER NOT NULL DEFAULT 0;
+            ALTER TABLE products ADD COLUMN time_floor REAL NOT NULL DEFAULT 0;
+            UPDATE handles SET owner = 'K' || substr(hex(zeroblob(20)), 1, 39);
+            UPDATE products SET tmr_floor = 7, time_floor = 1700000000.0;
+            UPDATE meta SET value = '4' WHERE key = 'schema_version';
+            """
+        )
+    finally:
+        conn.close()
+
+
+def test_a_schema_4_database_gets_empty_client_identity_and_keeps_every_row(db: Path) -> None:
+    _write_schema_4(db)
+    store = SqliteStore(db)
+    try:
+        log = store.load().products[KEY]
+        old = log.handles["h1"]
+        assert old.owner.startswith("K") and len(old.owner) == 40
+        assert (old.user, old.host, old.pid) == ("", "", 0)
+        assert (log.floor.tmr_id, log.floor.time) == (7, 1_700_000_000.0)
+        new = HandleRecord("h2", KEY[0], KEY[1], 1, "c2", "r2", 1.5, "B" * 40, "bob", "ws-2", 99)
+        store.commit(Write(products=(ProductWrite(KEY, Version(E2, 8), ops=(Grant(new),)),)))
+    finally:
+        store.close()
+    assert _dump(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("5",)]
+    assert SCHEMA_VERSION == 5
+    reopened = SqliteStore(db)
+    try:
+        handles = reopened.load().products[KEY].handles
+        assert handles["h2"] == new and handles["h1"] == old
+    finally:
+        reopened.close()
+
+
+def test_a_schema_2_database_is_migrated_through_to_client_identity(db: Path) -> None:
+    _write_schema_2(db)
+    store = SqliteStore(db)
+    try:
+        assert store.load().products[KEY].handles["h1"].user == ""
+    finally:
+        store.close()
+    columns = [r[1] for r in _dump(db, "PRAGMA table_info(handles)")]
+    assert columns[-4:] == ["owner", "user", "host", "pid"]
+
+
+def test_client_identity_survives_grants_snapshots_and_restarts(store: SqliteStore) -> None:
+    a = HandleRecord("h1", KEY[0], KEY[1], 1, "c1", "r1", 1.5, "A" * 40, "alice", "ws-1", 10)
+    b = HandleRecord("h2", KEY[0], KEY[1], 2, "c1", "r2", 2.5, "B" * 40, "Bob B.", "ws-2", 20)
+    store.commit(Write(products=(ProductWrite(KEY, Version(E1, 1), ops=(Grant(a),)),)))
+    assert store.load().products[KEY].handles == {"h1": a}
+    store.commit(Write(products=(ProductWrite(KEY, Version(E2, 0), replace=(a, b)),)))
+    handles = reopen(store).products[KEY].handles
+    assert handles == {"h1": a, "h2": b}
+    assert (handles["h2"].user, handles["h2"].host, handles["h2"].pid) == ("Bob B.", "ws-2", 20)
+
+
 def test_not_a_database_is_a_storage_error(tmp_path: Path) -> None:
     path = tmp_path / "junk.sqlite3"
     path.write_bytes(b"this is not a database at all" * 100)

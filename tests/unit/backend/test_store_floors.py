@@ -55,7 +55,7 @@ INSERT INTO products VALUES (6000123, 42, 1, 's1', 7);
 
 def _old_database(db: Path, version: str, extra: str = "") -> None:
     """A database of schema ``version`` (2 or 3): the current tables, ``products`` without
-    floors (and ``handles`` without owners for 2)."""
+    floors, ``handles`` without the client's user, host and pid (and without owners for 2)."""
     store = SqliteStore(db)
     store.close()
     conn = sqlite3.connect(db)
@@ -69,7 +69,11 @@ def _old_database(db: Path, version: str, extra: str = "") -> None:
                 "client_id TEXT NOT NULL, request_id TEXT NOT NULL, granted_at REAL NOT NULL, "
                 "PRIMARY KEY (firm, product, handle)) WITHOUT ROWID;"
                 if version == "2"
-                else ""
+                else "DROP TABLE handles; CREATE TABLE handles (firm INTEGER NOT NULL, "
+                "product INTEGER NOT NULL, handle TEXT NOT NULL, seats INTEGER NOT NULL, "
+                "client_id TEXT NOT NULL, request_id TEXT NOT NULL, granted_at REAL NOT NULL, "
+                "owner TEXT NOT NULL DEFAULT '', PRIMARY KEY (firm, product, handle)) "
+                "WITHOUT ROWID;"  # schema 3 and 4: no user, host, pid (schema 5)
             )
             + "INSERT INTO handles (firm, product, handle, seats, client_id, request_id, "
             "granted_at) VALUES (6000123, 42, 'h1', 2, 'c1', 'r-h1', 1.5);"

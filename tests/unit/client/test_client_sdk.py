@@ -574,3 +574,39 @@ def test_constructor_validation(service_keys: NodeKeys) -> None:
         Client(["tcp://127.0.0.1:1"], service_keys.public, client_id="tab\there")
     with pytest.raises(ConfigError):
         Client(["tcp://127.0.0.1:1"], "not-a-key-and-not-a-file")
+
+
+# ---------------------------------------------------------------------------- who the client is
+
+
+def test_checkout_carries_the_os_user_host_and_pid(
+    make_server: MakeServer, clients: Callable[..., Client]
+) -> None:
+    import getpass
+    import os
+    import socket
+
+    server = make_server()
+    client = clients(server.endpoint)
+    client.checkout(FIRM, PRODUCT).release()
+    (req,) = server.seen("checkout")
+    assert isinstance(req, CheckoutRequest)
+    assert req.user == getpass.getuser() == client.user
+    assert req.host == socket.gethostname()
+    assert req.pid == os.getpid()
+
+
+def test_the_application_may_set_a_display_user(
+    make_server: MakeServer, clients: Callable[..., Client]
+) -> None:
+    server = make_server()
+    client = clients(server.endpoint, user="Alice (CAD seat)")
+    client.checkout(FIRM, PRODUCT).release()
+    (req,) = server.seen("checkout")
+    assert isinstance(req, CheckoutRequest) and req.user == "Alice (CAD seat)"
+
+
+@pytest.mark.parametrize("user", ["x" * 65, "evil\nuser", "\x1b[2J"])
+def test_a_bad_display_user_is_refused_at_once(service_keys: NodeKeys, user: str) -> None:
+    with pytest.raises(ProtocolError, match="'user'"):
+        Client("tcp://127.0.0.1:1", service_keys.public, user=user)

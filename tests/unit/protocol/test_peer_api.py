@@ -267,6 +267,9 @@ _RECORD_FIELDS: list[tuple[list[object], list[object]]] = [
     (["rid-1"], ["", "r" * 257, 7]),
     ([0.0, 1.5, 1700000000.5, -2.5, 7], [float("inf"), float("nan"), "1.5", True, None]),
     (["", "K" * 40, "k" * 64], ["k" * 65, b"k", None, 1]),  # owner
+    (["", "alice", "u" * 256], ["u" * 257, b"u", None, 1]),  # user
+    (["", "ws-17.example", "h" * 256], ["h" * 257, b"h", None, 1]),  # host
+    ([0, 4242, 2**32 - 1], [-1, 2**32, "1", True, 1.0, None]),  # pid
 ]
 
 
@@ -274,7 +277,7 @@ _RECORD_FIELDS: list[tuple[list[object], list[object]]] = [
 def _records(draw: st.DrawFn) -> object:
     """A handle record with none, one or two of its fields bad, or something else entirely."""
     if draw(st.integers(0, 9)) == 0:
-        return draw(st.one_of(st.lists(_FIELD, min_size=6, max_size=8), _FIELD))
+        return draw(st.one_of(st.lists(_FIELD, min_size=6, max_size=11), _FIELD))
     rec = [draw(st.sampled_from(good)) for good, _ in _RECORD_FIELDS]
     for i in draw(st.lists(st.integers(0, len(rec) - 1), max_size=2)):
         rec[i] = draw(st.sampled_from(_RECORD_FIELDS[i][1]))
@@ -391,3 +394,35 @@ def test_license_report_of_an_older_backend_names_no_set() -> None:
             decode_reply(frame)
     with pytest.raises(ProtocolError):
         decode_reply(_status_with_license(good[:8]))
+
+
+RI = HandleRecord("h2", 6000123, 42, 1, "c", "r", 1.5, "K" * 40, "alice", "ws-17", 4242)
+
+
+def test_a_record_carries_the_clients_user_host_and_pid() -> None:
+    msg = Snapshot(4, E, (SnapshotEntry(K, 0, (RI,)),))
+    got = decode_request(encode_request(msg))
+    assert got == msg
+    assert isinstance(got, Snapshot)
+    (rec,) = got.entries[0].handles
+    assert (rec.user, rec.host, rec.pid) == ("alice", "ws-17", 4242)
+
+
+def test_records_of_older_peers_decode_with_empty_identity() -> None:
+    eight = ["h2", 6000123, 42, 1, "c", "r", 1.5, "K" * 40]
+    assert _fast_record(eight) == _d_record(eight, "x")
+    rec = _d_record(eight, "x")
+    assert rec == HandleRecord("h2", 6000123, 42, 1, "c", "r", 1.5, "K" * 40)
+    assert (rec.user, rec.host, rec.pid) == ("", "", 0)
+    assert _d_record(eight[:7], "x").owner == ""
+    with pytest.raises(ProtocolError):
+        _d_record([*eight, "alice"], "x")  # 9 fields: no such format
+
+
+def test_a_record_without_identity_is_sent_as_an_older_peer_writes_it() -> None:
+    """So a backend or server from before schema 5 still decodes it (rolling upgrade)."""
+    from tmr.protocol.peer_api import _record
+
+    assert len(_record(R)) == 8
+    assert len(_record(RI)) == 11
+    assert len(_record(HandleRecord("h", 1, 2, 1, "c", "r", 1.0, "K", "", "", 7))) == 11

@@ -74,6 +74,8 @@ REQUESTS: list[Request] = [
     StatusRequest("A.b:c-d_9"),
     CheckoutRequest("x" * 64, "c" * 128, 6_000_000, 0, 1),
     CheckoutRequest("r", "client with spaces é", 6_999_999, 2**32 - 1, 100_000),
+    CheckoutRequest("r", "c", 6_000_000, 0, 1, "Alice Ä. (CAD)", "ws-17.example", 4242),
+    CheckoutRequest("r", "c", 6_000_000, 0, 1, "u" * 64, "h" * 253, 2**32 - 1),
     HeartbeatRequest("r", "c", "h" * 128),
     ReleaseRequest("r", "c", "handle-1"),
     CryptRequest("r", "c", "h", "encrypt", b""),
@@ -241,6 +243,44 @@ def test_constructing_a_bad_request_fails_like_decoding() -> None:
         ListRequest("")
     with pytest.raises(ProtocolError, match="'operation'"):
         CryptRequest("r", "c", "h", "nope", b"")  # type: ignore[arg-type]
+
+
+def test_checkout_identity_is_optional_on_the_wire() -> None:
+    """A client from before user/host/pid sends none of them: it decodes with "", "", 0;
+    a request without them is encoded without the keys (an older server accepts it)."""
+    req = decode_request(frame(VALID["checkout"]))
+    assert isinstance(req, CheckoutRequest)
+    assert (req.user, req.host, req.pid) == ("", "", 0)
+    plain = msgpack.unpackb(encode_request(CheckoutRequest("r", "c", FIRM, 1)))
+    assert not {"user", "host", "pid"} & set(plain)
+    msg = with_("checkout", user="alice", host="ws-1", pid=77)
+    req = decode_request(frame(msg))
+    assert isinstance(req, CheckoutRequest)
+    assert (req.user, req.host, req.pid) == ("alice", "ws-1", 77)
+    req = decode_request(frame(with_("checkout", user="bob")))
+    assert isinstance(req, CheckoutRequest) and (req.user, req.host, req.pid) == ("bob", "", 0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"user": "u" * 65}, "'user' must be 0-64"),
+        ({"user": "al\nice"}, "'user'"),
+        ({"user": "\x1b[31mroot"}, "'user'"),
+        ({"user": 5}, "'user' must be a string"),
+        ({"host": "h" * 254}, "'host' must be 0-253"),
+        ({"host": "ws\x00"}, "'host'"),
+        ({"pid": -1}, "'pid'"),
+        ({"pid": 2**32}, "'pid'"),
+        ({"pid": "12"}, "'pid'"),
+        ({"pid": True}, "'pid'"),
+    ],
+)
+def test_bad_checkout_identity_is_a_bad_request(changes: dict[str, Any], reason: str) -> None:
+    with pytest.raises(ProtocolError, match=reason) as err:
+        decode_request(frame(with_("checkout", **changes)))
+    assert err.value.code == ErrorCode.BAD_REQUEST
+    assert err.value.rid == "r-1"
 
 
 def test_valid_rid() -> None:

@@ -100,8 +100,13 @@ def test_page_assets_metrics_and_404(web: WebAdmin) -> None:
 
 
 def test_read_only(web: WebAdmin) -> None:
-    for method in ("POST", "PUT", "DELETE"):
+    for method in ("PUT", "DELETE", "PATCH"):
         assert get(web, "/api/status", method=method)[0] == 501
+    assert get(web, "/api/status", method="POST")[0] == 404  # only /api/release takes POST
+    # Without credentials WebAdmin never releases anything (tmr admin release does).
+    code, _, body = get(web, "/api/release", {"X-TMR-Request": "release"}, method="POST")
+    assert code == 403 and b"FORBIDDEN" in body
+    assert web.take_releases() == []
 
 
 def test_handles_are_listed_only_while_someone_looks(web: WebAdmin, clock: Clock) -> None:

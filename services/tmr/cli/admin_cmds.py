@@ -1,0 +1,155 @@
+"""CLI: `tmr admin handles|release`, the administrator's view of who holds what.
+
+Through the local control socket of the active TMR server (like `tmr ctl`), so only a local
+user who may open that socket (group ``tmr``, mode 0660) can use it::
+
+    tmr admin handles [--product FIRM:PRODUCT|PRODUCT] [--json]   # like FlexNet's lmstat -a
+    tmr admin release HANDLE                                      # like FlexNet's lmremove
+
+The user, host and pid shown are what each client said of itself (informational, not proof);
+the CURVE key (``owner``) is the identity the server checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tmr.ctl import CtlError, ctl_request
+
+DEFAULT_SOCKET = "/run/tmr/server.sock"
+
+
+def _product_filter(text: str) -> tuple[int | None, int]:
+    """``FIRM:PRODUCT`` or ``PRODUCT`` -> (firm or None, product)."""
+    firm, sep, product = text.rpartition(":")
+    try:
+        if sep:
+            return int(firm), int(product)
+        return None, int(product)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected PRODUCT or FIRM:PRODUCT (numbers)"
+        ) from None
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def handle_rows(
+    handles: list[dict[str, Any]], product: tuple[int | None, int] | None, now: float
+) -> list[dict[str, Any]]:
+    """The handles to show (filtered by product), each with its lease end as a wall time,
+    oldest grant first."""
+    rows = []
+    for h in handles:
+        if product is not None:
+            firm, code = product
+            if h.get("product") != code or (firm is not None and h.get("firm") != firm):
+                continue
+        rows.append({**h, "lease_end": now + float(h.get("lease_left", 0.0))})
+    rows.sort(key=lambda h: (h.get("granted_at", 0.0), h.get("handle", "")))
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = ("HANDLE", "LICENSE", "SEATS", "USER", "HOST", "PID", "SINCE", "LEASE END")
+    table = [head]
+    for h in rows:
+        table.append(
+            (
+                str(h["handle"]),
+                f"{h['firm']}:{h['product']}",
+                str(h["seats"]),
+                str(h.get("user") or "-"),
+                str(h.get("host") or "-"),
+                str(h.get("pid") or "-"),
+                _when(float(h["granted_at"])),
+                _when(float(h["lease_end"])) + ("" if h.get("committed", True) else " (pending)"),
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    seats = sum(int(h["seats"]) for h in rows)
+    lines.append(f"{len(rows)} handle(s), {seats} seat(s)")
+    return "\n".join(lines)
+
+
+def _handles(args: argparse.Namespace) -> int:
+    reply = ctl_request(Path(args.socket), "handles", timeout=args.timeout)
+    if not reply.get("ok"):
+        raise CtlError(f"handles: {reply.get('error', 'refused')}")
+    role = reply.get("role", "active")
+    rows = handle_rows(list(reply.get("handles", [])), args.product, time.time())
+    if args.json:
+        json.dump({"role": role, "handles": rows}, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(rows))
+    if role != "active":
+        print(
+            f"tmr admin: this server is {role}: only the active server holds the handles",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    reply = ctl_request(Path(args.socket), "release", timeout=args.timeout, handle=args.handle)
+    if not reply.get("ok"):
+        code = reply.get("code", "ERROR")
+        print(
+            f"tmr admin: release {args.handle}: {code}: {reply.get('error', '')}", file=sys.stderr
+        )
+        return 1
+    if args.json:
+        json.dump(reply, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        who = "@".join(x for x in (reply.get("user"), reply.get("host")) if x) or "-"
+        pid = f" pid {reply['pid']}" if reply.get("pid") else ""
+        print(
+            f"released {reply['handle']} ({reply['firm']}:{reply['product']}, "
+            f"{reply['seats']} seat(s), {who}{pid}); committed by the backends"
+        )
+    return 0
+
+
+def register(sub: Any, groups: dict[str, Any]) -> None:
+    p = sub.add_parser(
+        "admin",
+        help="administrator's view of the active server: who holds what, free a handle",
+        description="Through the local control socket of the active TMR server: list the "
+        "handles (like FlexNet's lmstat -a) or free one (like lmremove / rlmremove). The user, "
+        "host and pid are what each client said of itself (informational); the CURVE key "
+        "(owner) is what the server checked.",
+    )
+    p.add_argument("--socket", default=DEFAULT_SOCKET, help="control socket path")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+    ps = p.add_subparsers(dest="admin_command", metavar="ACTION")
+    ps.required = True
+    h = ps.add_parser("handles", help="list the handles: product, seats, user, host, pid, ...")
+    h.add_argument(
+        "--product",
+        type=_product_filter,
+        metavar="[FIRM:]PRODUCT",
+        help="only this product (its product code, or firm code:product code)",
+    )
+    h.add_argument("--json", action="store_true", help="print JSON")
+    h.set_defaults(handler=_handles)
+    r = ps.add_parser(
+        "release",
+        help="free a handle (committed through the quorum, logged with who did it)",
+        description="Free HANDLE whoever holds it: an ordinary release committed by two "
+        "backends before this answers. The client learns it on its next heartbeat. Logged "
+        "as a handle_removed event naming the local user who asked.",
+    )
+    r.add_argument("handle", metavar="HANDLE")
+    r.add_argument("--json", action="store_true", help="print the answer as JSON")
+    r.set_defaults(handler=_release)

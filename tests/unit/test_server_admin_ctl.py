@@ -1,0 +1,107 @@
+"""`tmr admin release` on the server's control socket: the answer goes to the socket once the
+leader answers, and the socket (keepalived's health checks use it too) never waits longer
+than ADMIN_CTL_WAIT, whatever the leader does."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tmr.config import BackendRef, ServerConfig
+from tmr.keys import generate_keypair, write_keypair
+from tmr.replication.leader import ClientReply, Effects
+from tmr.server import service as service_mod
+from tmr.server.service import ADMIN_CTL_WAIT, ServerService
+
+
+class FakeCtl:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def send(self, payload: bytes) -> None:
+        self.sent.append(json.loads(payload))
+
+
+@pytest.fixture
+def svc(tmp_path: Path) -> Iterator[ServerService]:
+    write_keypair(tmp_path / "service.key", generate_keypair())
+    write_keypair(tmp_path / "node.key", generate_keypair())
+    backends = tuple(
+        BackendRef(f"b{i}", f"tcp://127.0.0.1:{1 + i}", generate_keypair().public)
+        for i in (1, 2, 3)
+    )
+    cfg = ServerConfig(
+        "tmr-a",
+        tmp_path / "service.key",
+        tmp_path / "node.key",
+        backends,
+        state_dir=tmp_path / "state",
+        ctl_socket=tmp_path / "ctl.sock",
+        web_listen=None,
+    )
+    s = ServerService(cfg)
+    s.ctl = FakeCtl()  # type: ignore[assignment]
+    yield s
+    s.ctx.term()
+
+
+def test_a_standby_answers_the_release_at_once(svc: ServerService) -> None:
+    assert svc.on_ctl({"cmd": "release", "handle": "h1-tmr-b-x"}, 10.0) is None
+    (answer,) = svc.ctl.sent  # type: ignore[attr-defined]
+    assert answer["ok"] is False and answer["code"] == "NOT_ACTIVE"
+    assert "standby" in answer["error"]
+    assert not svc._ctl_waiting
+
+
+@pytest.mark.parametrize("handle", [None, 5, "", "h" * 257, "a\nb"])
+def test_a_bad_handle_is_refused(svc: ServerService, handle: object) -> None:
+    with pytest.raises(service_mod.CtlError, match="handle"):
+        svc.on_ctl({"cmd": "release", "handle": handle}, 10.0)
+    assert not svc._ctl_waiting and svc.ctl.sent == []  # type: ignore[attr-defined]
+
+
+def test_a_leader_that_does_not_answer_times_out_and_its_late_answer_is_dropped(
+    svc: ServerService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens: list[Any] = []
+
+    def silent(token: Any, rid: str, handle: str, now: float, *, by: str) -> Effects:
+        tokens.append(token)
+        return Effects()
+
+    monkeypatch.setattr(svc.leader, "admin_release", silent)
+    assert svc.on_ctl({"cmd": "release", "handle": "h1-tmr-a-x"}, 10.0) is None
+    assert svc._ctl_waiting and svc.ctl.sent == []  # type: ignore[attr-defined]
+    svc._ctl_admin_overdue(10.0 + ADMIN_CTL_WAIT - 0.1)
+    assert svc.ctl.sent == []  # type: ignore[attr-defined]
+    svc._ctl_admin_overdue(10.0 + ADMIN_CTL_WAIT)
+    (answer,) = svc.ctl.sent  # type: ignore[attr-defined]
+    assert answer["ok"] is False and answer["code"] == "TIMEOUT"
+    assert not svc._ctl_waiting
+    # The late answer (the socket may be serving another request by now) is dropped.
+    late = Effects()
+    late.replies.append(ClientReply(tokens[0], "ctl", {"released": True}))
+    svc.apply(late)
+    assert len(svc.ctl.sent) == 1  # type: ignore[attr-defined]
+
+
+def test_the_answer_goes_to_the_socket_once(
+    svc: ServerService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens: list[Any] = []
+    monkeypatch.setattr(
+        svc.leader, "admin_release", lambda token, *a, **k: (tokens.append(token), Effects())[1]
+    )
+    svc.on_ctl({"cmd": "release", "handle": "h1-tmr-a-x"}, 10.0)
+    done = Effects()
+    done.replies.append(ClientReply(tokens[0], "ctl", {"released": True, "handle": "h1-tmr-a-x"}))
+    svc.apply(done)
+    svc.apply(done)  # a duplicate is dropped
+    svc._ctl_admin_overdue(10.0 + 2 * ADMIN_CTL_WAIT)  # nothing overdue any more
+    assert svc.ctl.sent == [  # type: ignore[attr-defined]
+        {"ok": True, "released": True, "handle": "h1-tmr-a-x"}
+    ]
