@@ -59,6 +59,17 @@ test: lint typecheck lint-ansible collection-sanity ## everything, as CI runs it
 	$(MAKE) test-lab-e2e
 	@echo "==> all test tiers passed"
 
+# --- the Python package: wheel and sdist (one version: tmr.__version__, also galaxy.yml's) --------
+.PHONY: dist
+dist: venv ## build the wheel and the sdist of tmr-license-server into build/dist (python -m build)
+	rm -rf build/dist build/dist-src && mkdir -p build/dist-src
+	@# from a copy of the tracked files as they are in the work tree: nothing untracked, no egg-info
+	git ls-files -z -- pyproject.toml MANIFEST.in README.md LICENSE CHANGELOG.md requirements services \
+	  | tar --null -T - -cf - | tar -C build/dist-src -xf -
+	SOURCE_DATE_EPOCH=315532800 PIP_CONSTRAINT= $(PY) -m build --outdir build/dist build/dist-src
+	rm -rf build/dist-src
+	@ls -l build/dist
+
 # --- the Ansible collection tmr.license_server (galaxy.yml at the repository root) ---------------
 COLLECTION_VERSION := $(shell sed -n 's/^version: *//p' galaxy.yml)
 COLLECTION_TARBALL := build/tmr-license_server-$(COLLECTION_VERSION).tar.gz
