@@ -15,7 +15,8 @@ die() { printf '\n!!! lab-deps: %s\n' "$*" >&2; exit 1; }
 # openssh-client: Ansible reaches the lab hosts over SSH; make/git/python3-venv for the project, iproute2 to inspect the bridge.
 pkgs=(podman runc debootstrap openssh-client python3-venv python3-dev make git iproute2 ca-certificates
       debian-archive-keyring uidmap slirp4netns fuse-overlayfs
-      spin gcc)  # spin + a C compiler: make test-model (model/replication.pml)
+      spin gcc  # spin + a C compiler: make test-model (model/replication.pml)
+      shellcheck)  # ansible-test sanity's shellcheck test (make collection-sanity)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

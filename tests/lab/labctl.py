@@ -28,6 +28,8 @@ from tmr.errors import ErrorCode
 T = TypeVar("T")
 
 REPO = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY") or Path(__file__).resolve().parents[2])
+# the Ansible collection (galaxy.yml) whose installed playbooks the scenarios run
+COLLECTION = "tmr.license_server"
 TMR = "/opt/tmr/venv/bin/tmr"
 CTL_SOCKET = "/run/tmr/server.sock"
 CLIENT_PORT = 22350
@@ -431,18 +433,23 @@ class Lab:
         return wl
 
     def playbook(self, playbook: str, *extra: str, timeout: float = 900) -> str:
-        """Run one of the project's playbooks against this lab (molecule's inventory)."""
+        """Run one of the collection's playbooks (e.g. "switchover.yml" runs
+        tmr.license_server.switchover from the installed tarball, make collection-install)
+        against this lab (molecule's inventory)."""
         inventory = os.environ.get("MOLECULE_INVENTORY_FILE")
         if not inventory:
             raise LabError("MOLECULE_INVENTORY_FILE is not set: run the scenario through molecule")
         ansible = Path(sys.executable).parent / "ansible-playbook"
-        cmd = [str(ansible), "-i", inventory, str(REPO / "playbooks" / playbook), *extra]
-        say(f"ansible-playbook {playbook} {' '.join(extra)}")
+        fqcn = f"{COLLECTION}.{Path(playbook).stem}"
+        cmd = [str(ansible), "-i", inventory, fqcn, *extra]
+        say(f"ansible-playbook {fqcn} {' '.join(extra)}")
         env = {
             **os.environ,
             "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.ssh_control_dir),
         }
+        env.setdefault("ANSIBLE_COLLECTIONS_PATH", str(REPO / "build" / "collections"))
+        env.setdefault("TMR_REPO_DIR", str(REPO))
         env.pop("ANSIBLE_CALLBACKS_ENABLED", None)
         proc = subprocess.run(
             cmd,

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+import json
+import logging
+import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zmq
 
+from tmr import logs
 from tmr.cli.main import _join_key_values, main
 from tmr.ctl import bind_ctl, decode_ctl, encode_ctl
 
@@ -64,3 +69,44 @@ def test_ctl_promote_force_reaches_the_control_socket(
         sock.close(linger=0)
         ctx.term()
     assert seen == [{"cmd": "promote", "force": True}, {"cmd": "promote"}]
+
+
+@pytest.fixture
+def log_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv(logs.FORMAT_ENV, raising=False)  # restored (removed) afterwards
+    yield
+    monkeypatch.delenv(logs.FORMAT_ENV, raising=False)
+    logs.configure("tmr", "info")
+
+
+def test_log_format_flag_holds_for_the_command_and_the_processes_it_starts(
+    log_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(["--log-format", "json", "config", "check", "--kind", "server", "/nonexistent"])
+    assert rc == 1
+    assert os.environ[logs.FORMAT_ENV] == "json"
+    logging.getLogger("tmr.client").warning("server %s silent", "tmr-a")
+    rec = json.loads(capsys.readouterr().err.splitlines()[-1])
+    assert (rec["service"], rec["event"], rec["logger"], rec["msg"]) == (
+        "tmr-config", "log", "tmr.client", "server tmr-a silent"
+    )  # fmt: skip
+
+
+def test_other_commands_write_library_records_as_text_by_default(
+    log_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["config", "check", "--kind", "server", "/nonexistent"])
+    logging.getLogger("tmr.workload").warning("slow reply")
+    logging.getLogger("tmr.workload").info("below the CLI's level")
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.split(" ", 1)[1] == 'warning tmr-config log logger=tmr.workload msg="slow reply"'
+
+
+def test_a_bad_log_format_in_the_environment_is_refused(
+    log_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(logs.FORMAT_ENV, "xml")
+    assert main(["config", "check", "--kind", "server", "/nonexistent"]) == 2
+    assert capsys.readouterr().err == (
+        "tmr: error: TMR_LOG_FORMAT: log format must be one of json, text, not 'xml'\n"
+    )

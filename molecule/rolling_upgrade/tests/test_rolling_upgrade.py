@@ -29,7 +29,7 @@ def newer_sources(dest: Path) -> str:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    for f in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
+    for f in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "CHANGELOG.md"):
         if (REPO / f).exists():
             shutil.copy2(REPO / f, dest / f)
     # the pinned, hashed dependencies and build backend (build-wheelhouse.sh needs them)
@@ -39,15 +39,13 @@ def newer_sources(dest: Path) -> str:
         dest / "services",
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
     )
-    pyproject = (dest / "pyproject.toml").read_text()
-    old = re.search(r'^version = "([^"]+)"', pyproject, re.M)
-    assert old, "no version in pyproject.toml"
-    new = f"{old.group(1)}.post1"
-    (dest / "pyproject.toml").write_text(pyproject.replace(old.group(0), f'version = "{new}"'))
+    # the one version: tmr.__version__, which pyproject.toml reads (dynamic)
     init = dest / "services" / "tmr" / "__init__.py"
     text = init.read_text()
-    assert f'__version__ = "{old.group(1)}"' in text, "tmr.__version__ differs from pyproject"
-    init.write_text(text.replace(f'__version__ = "{old.group(1)}"', f'__version__ = "{new}"'))
+    old = re.search(r'^__version__ = "([^"]+)"', text, re.M)
+    assert old, "no __version__ in services/tmr/__init__.py"
+    new = f"{old.group(1)}.post1"
+    init.write_text(text.replace(old.group(0), f'__version__ = "{new}"'))
     return new
 
 

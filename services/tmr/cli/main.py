@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
-from tmr import __version__
+from tmr import __version__, logs
 from tmr.errors import ApiError, TmrError
 
 # Modules that add sub-commands. Each defines
@@ -52,6 +53,14 @@ def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentP
         ),
     )
     parser.add_argument("--version", action="version", version=f"tmr {__version__}")
+    parser.add_argument(
+        "--log-format",
+        choices=[f.value for f in logs.LogFormat],
+        help=(
+            "log lines on stderr: json (one object per line; the default of the services) or "
+            f"text (the default of the other commands); also ${logs.FORMAT_ENV}"
+        ),
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
@@ -95,6 +104,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
+        return 2
+    # the standard library's records (tmr.client, tmr.workload, pyzmq) as log lines on stderr;
+    # a service command configures its own name, level and JSON default when it starts
+    if args.log_format:  # for this command and the processes it starts (tmr local up)
+        os.environ[logs.FORMAT_ENV] = args.log_format
+    try:
+        logs.configure(f"tmr-{args.command}", "warning", default_format=logs.LogFormat.TEXT)
+    except ValueError as exc:  # a bad TMR_LOG_FORMAT
+        print(f"tmr: error: {exc}", file=sys.stderr)
         return 2
     try:
         return handler(args)

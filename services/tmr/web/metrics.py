@@ -15,8 +15,9 @@ anything; it only watches.
 
 from __future__ import annotations
 
+import enum
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -27,6 +28,7 @@ from tmr.expiry import ExpiryState
 from tmr.licensing.effective import CopyProblem
 from tmr.replication.leader import Effects
 from tmr.replication.messages import Accept, Accepted, PeerReply, Snapshot
+from tmr.replication.types import BELOW_FLOOR, EXPIRED
 
 ROLES = ("standby", "takeover", "active", "fenced")
 LATENCY_BUCKETS = (
@@ -40,6 +42,57 @@ _EVENT_COUNTERS = {
     "handle_released": "releases",
     "handle_expired": "expiries",
 }
+
+
+class CopyRefusal(enum.StrEnum):
+    """Why an up backend's copy of a license is refused (tmr_license_copies_refused's reason)."""
+
+    BELOW_FLOOR = "BELOW_FLOOR"  # older than the trio's replicated TMR ID floor
+    EXPIRED = "EXPIRED"  # expired at the trio's trusted time, whatever the backend's clock says
+    CLOCK_ROLLBACK = "CLOCK_ROLLBACK"  # the backend's clock guard saw its clock set back
+    CHECK_FAILED = "CHECK_FAILED"  # the backend's own license check refused a replicated entry
+
+
+CLOCK_ROLLBACK = "clock rollback"  # a backend's LicenseInfo.reason (tmr.backend.licenses)
+
+
+def refusal_reason(text: str) -> CopyRefusal:
+    """The class of a refusal text: the leader's ("below floor: holds #7, the trio's floor is
+    #8", "expired: ...") or the backend's own (any other text: its license check failed)."""
+    if text.startswith(BELOW_FLOOR):
+        return CopyRefusal.BELOW_FLOOR
+    if text.startswith(EXPIRED):
+        return CopyRefusal.EXPIRED
+    if text.startswith(CLOCK_ROLLBACK):
+        return CopyRefusal.CLOCK_ROLLBACK
+    return CopyRefusal.CHECK_FAILED
+
+
+def refused_copies(snap: Mapping[str, Any]) -> dict[str, dict[CopyRefusal, int]]:
+    """Per license ("firm:product"), the number of up backends whose copy is refused, by
+    reason: refusals the leader reports for a backend (its floors, or the backend's refusal of
+    a replicated entry), and copies an up backend itself reports as not valid because they are
+    below its floor or its clock went back. A backend counts once per license and reason;
+    a copy that merely expired for everyone is not a refusal (the license is unavailable)."""
+    seen: dict[str, set[tuple[int, CopyRefusal]]] = {}
+    for b in snap["backends"]:
+        if not b.get("up"):
+            continue
+        for key, text in (b.get("refused") or {}).items():
+            seen.setdefault(str(key), set()).add((int(b["index"]), refusal_reason(str(text))))
+    for lic in snap["licenses"]:
+        for b in lic.get("backends", []):
+            reason = str(b.get("reason") or "")
+            if b.get("up") and not b.get("valid") and reason in (BELOW_FLOOR, CLOCK_ROLLBACK):
+                seen.setdefault(str(lic["key"]), set()).add(
+                    (int(b["index"]), refusal_reason(reason))
+                )
+    out: dict[str, dict[CopyRefusal, int]] = {}
+    for key, pairs in seen.items():
+        counts = out.setdefault(key, {})
+        for _, why in pairs:
+            counts[why] = counts.get(why, 0) + 1
+    return out
 
 
 def _license_labels(text: Any) -> tuple[str, str]:
@@ -251,7 +304,15 @@ def _license_families(snap: dict[str, Any]) -> Iterator[Metric]:
             "UNBOUND_COPY: names no set)",
             labels=[*labels, "reason"],
         ),
+        "refused": GaugeMetricFamily(
+            "tmr_license_copies_refused",
+            "Up backends whose copy of the license is refused, by reason (BELOW_FLOOR: older "
+            "than the trio's TMR ID floor; EXPIRED at the trusted time; CLOCK_ROLLBACK; "
+            "CHECK_FAILED: the backend's license check refused a replicated entry)",
+            labels=[*labels, "reason"],
+        ),
     }
+    refused = refused_copies(snap)
     for lic in snap["licenses"]:
         key = [str(lic["firm"]), str(lic["product"])]
         if lic["in_use"] is not None:
@@ -270,4 +331,10 @@ def _license_families(snap: dict[str, Any]) -> Iterator[Metric]:
         problems = [b.get("problem") for b in lic.get("backends", [])]
         for reason in CopyProblem:
             fams["not_counted"].add_metric([*key, reason.value], problems.count(reason.value))
+        counts = refused.pop(str(lic["key"]), {})
+        for why in CopyRefusal:
+            fams["refused"].add_metric([*key, why.value], counts.get(why, 0))
+    for text, counts in sorted(refused.items()):  # refused copies of a license not listed
+        for why in CopyRefusal:
+            fams["refused"].add_metric([*_license_labels(text), why.value], counts.get(why, 0))
     yield from fams.values()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -19,7 +20,7 @@ from tmr.replication.messages import (
     Snapshot,
 )
 from tmr.replication.types import Epoch, Grant, HandleRecord, Release, ReleaseReason
-from tmr.web.metrics import ServerMetrics
+from tmr.web.metrics import CopyRefusal, ServerMetrics, refusal_reason
 from tmr.web.snapshot import build_snapshot
 
 E = Epoch(3, "tmr-a")
@@ -162,3 +163,81 @@ def test_snapshot_gauges() -> None:
 def test_no_snapshot_no_gauges() -> None:
     m = ServerMetrics(lambda: None)
     assert not any(name.startswith("tmr_role") for name, _ in samples(m))
+
+
+def _status_with_refusals() -> dict[str, Any]:
+    lic = {"tmr_id": 8, "quantity": 20, "valid": True}
+    return {
+        "server": "tmr-a",
+        "role": "active",
+        "epoch": [3, "tmr-a"],
+        "serial": "131-0000001",
+        "backends": [
+            # b1: the leader refuses its entry for 6000123:42 (the backend's own check failed)
+            {"name": "b1", "up": True, "licenses": {"6000123:42": lic},
+             "refused": {"6000123:42": "signature does not verify"}},
+            # b2: holds #7 while the trio's floor is #8 (the leader's floor refusal)
+            {"name": "b2", "up": True,
+             "licenses": {"6000123:42": {**lic, "tmr_id": 7}},
+             "refused": {"6000123:42": "below floor: holds #7, the trio's floor is #8"}},
+            # b3: reports its own copy below its floor; and one of a license nobody else lists
+            {"name": "b3", "up": True,
+             "licenses": {"6000123:42": {**lic, "tmr_id": 6, "valid": False,
+                                         "reason": "below floor"}},
+             "refused": {"6000123:43": "expired: expires 1.0, trusted time 1700000000"}},
+            # a down backend's refusals are stale: not counted
+            {"name": "b4", "up": False, "licenses": {},
+             "refused": {"6000123:42": "below floor: holds #5, the trio's floor is #8"}},
+        ],
+        "handles": 0,
+        "ops_committed": 0,
+        "licenses": [
+            {"firm": 6000123, "product": 42, "tmr_id": 8, "quantity": 20, "in_use": 0,
+             "available": True, "status": "", "expires": None, "features": {}},
+        ],
+    }  # fmt: skip
+
+
+def test_refused_copies_by_reason() -> None:
+    snap = build_snapshot(_status_with_refusals(), now_wall=1.7e9, lease=30.0)
+    snap["published_at"] = 0.0
+    s = samples(ServerMetrics(lambda: snap, lambda: 0.0))
+
+    def refused(product: str, reason: str) -> float:
+        labels = (("firm", "6000123"), ("product", product), ("reason", reason))
+        return s[("tmr_license_copies_refused", labels)]
+
+    assert refused("42", "BELOW_FLOOR") == 2  # b2 (leader) and b3 (its own view), not b4
+    assert refused("42", "CHECK_FAILED") == 1
+    assert refused("42", "EXPIRED") == 0
+    assert refused("42", "CLOCK_ROLLBACK") == 0
+    assert refused("43", "EXPIRED") == 1
+    assert refused("43", "BELOW_FLOOR") == 0
+
+
+def test_a_license_without_refusals_reports_zero_for_every_reason() -> None:
+    st = _status_with_refusals()
+    for b in st["backends"]:
+        b["refused"] = {}
+        b["licenses"] = {"6000123:42": {"tmr_id": 8, "quantity": 20, "valid": True}}
+    snap = build_snapshot(st, now_wall=1.7e9, lease=30.0)
+    snap["published_at"] = 0.0
+    s = samples(ServerMetrics(lambda: snap, lambda: 0.0))
+    got = {k[1]: v for k, v in s.items() if k[0] == "tmr_license_copies_refused"}
+    assert len(got) == len(CopyRefusal)
+    assert set(got.values()) == {0.0}
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("below floor", CopyRefusal.BELOW_FLOOR),
+        ("below floor: holds #7, the trio's floor is #8", CopyRefusal.BELOW_FLOOR),
+        ("expired: expires 5, trusted time 9", CopyRefusal.EXPIRED),
+        ("clock rollback", CopyRefusal.CLOCK_ROLLBACK),
+        ("not bound to this backend", CopyRefusal.CHECK_FAILED),
+        ("", CopyRefusal.CHECK_FAILED),
+    ],
+)
+def test_refusal_reason(text: str, reason: CopyRefusal) -> None:
+    assert refusal_reason(text) is reason
