@@ -16,7 +16,7 @@
  *   - a license update: the backends go from TMR ID #1 (LQ 2) to #2 (LQ 3), one at a time;
  *   - commit knowledge (docs/design.md section 6): an ACCEPT carries the leader's committed
  *     version, and so does a commit notice (an ACCEPT without an entry); a backend keeps the
- *     highest one in memory (forgotten at any time: a restart) and reports it in its PROMISE;
+ *     highest one in memory (forgotten by a restart: FORGETS of them) and reports it in its PROMISE;
  *     a leader whose promises say the table it adopts is committed sends its seq-0 snapshot
  *     flagged committed; a snapshot flagged committed is recorded whatever the backend's LQ
  *     (committed state is not a vote), and the leader's later snapshots carry its committed
@@ -63,6 +63,9 @@
 #endif
 #ifndef LOSSES
 #define LOSSES 2        /* messages lost (a full link loses what is sent on top) */
+#endif
+#ifndef FORGETS
+#define FORGETS 1       /* backend restarts that forget their commit knowledge */
 #endif
 #ifndef SCRASHES
 #define SCRASHES 1      /* server crashes */
@@ -162,6 +165,7 @@ byte sterm[NS];     /* number of this server's terms (promotes) */
 byte gcommit[2 * MAXC + 2];     /* per epoch: server*16 + term that committed in it, + 1 */
 byte gtab[VER(2 * MAXC + 2, 0)];/* per version: the table a backend holds at it, + 1 */
 byte gloss = LOSSES;
+byte gforget = FORGETS;
 byte gscrash = SCRASHES;
 #ifdef LIVENESS
 byte gsteal = STEALS;
@@ -551,12 +555,14 @@ end:
         k = 0; e = 0; q = 0; v = 0; n = 0
     }
     :: atomic { CAN_PUMP(s, b) -> pump(s, b) }
+#ifndef NO_NOTICE
     :: atomic {                     /* a commit notice (Leader._notify_commits) */
         role[s] == ACTIVE && scom[s] >= 0 && stold[LINK(s, b)] < scom[s] + 1 &&
         !sinf[LINK(s, b)] && nfull(req[LINK(s, b)]) ->
         req[LINK(s, b)]!ACCEPT, sep[s], 0, 0, KNOWN(s);
         stold[LINK(s, b)] = scom[s] + 1
     }
+#endif
     :: atomic {                     /* Leader._timeout of an ACCEPT/SNAPSHOT */
         sinf[LINK(s, b)] && LOST(LINK(s, b)) ->
         sinf[LINK(s, b)] = 0;
@@ -645,6 +651,8 @@ end:
 
 /* ================================================================ environment */
 
+#define MAY_FORGET (gforget > 0)
+#define SPEND_FORGET gforget--
 #define MAY_LOSE (gloss > 0)
 #define SPEND_LOSS gloss--
 
@@ -653,6 +661,10 @@ inline lose(ch) {
         MAY_LOSE && nempty(ch) -> SPEND_LOSS;
         ch?tk, te, tq, tv, tn; tk = 0; te = 0; tq = 0; tv = 0; tn = 0
     }
+}
+
+inline forget(b) {              /* a backend restarts: its commit knowledge is gone */
+    atomic { MAY_FORGET && bkc[b] != 0 -> SPEND_FORGET; bkc[b] = 0 }
 }
 
 inline license_update(b) {      /* license_rollout: #2 with LQ_NEW reaches backend b */
@@ -667,11 +679,9 @@ end:
     :: license_update(1)
     :: license_update(2)
 #endif
-#ifndef NO_FORGET
-    :: atomic { bkc[0] != 0 -> bkc[0] = 0 }    /* a backend restarts: it forgets */
-    :: atomic { bkc[1] != 0 -> bkc[1] = 0 }
-    :: atomic { bkc[2] != 0 -> bkc[2] = 0 }
-#endif
+    :: forget(0)
+    :: forget(1)
+    :: forget(2)
     :: lose(req[0])
     :: lose(req[1])
     :: lose(req[2])

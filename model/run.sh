@@ -25,7 +25,7 @@ default_search=bitstate
 search="${MODEL_SEARCH:-$default_search}"
 case "$check" in
   safety) bounds="${MODEL_BOUNDS:--DMAXC=1 -DMAXSEQ=1 -DNH=2 -DLOSSES=0 -DSCRASHES=0}" ;;
-  liveness) bounds="-DLIVENESS ${MODEL_BOUNDS:--DMAXC=1 -DMAXSEQ=1 -DNH=1 -DLOSSES=0 -DSCRASHES=0 -DSTEALS=0}" ;;
+  liveness) bounds="-DLIVENESS ${MODEL_BOUNDS:--DMAXC=1 -DMAXSEQ=1 -DNH=1 -DLOSSES=0 -DSCRASHES=0 -DSTEALS=0 -DFORGETS=0}" ;;
   *) echo "run.sh: MODEL_CHECK must be safety or liveness" >&2; exit 2 ;;
 esac
 

@@ -18,16 +18,19 @@ import pytest
 
 RUN = Path(__file__).resolve().parents[2] / "model" / "run.sh"
 SMALL_WITH_CRASH = "-DMAXC=1 -DMAXSEQ=1 -DNH=2 -DLOSSES=0 -DSCRASHES=1"
+# The default safety bounds without commit notices and forgetting: a narrower environment in
+# which the depth-first search reaches these bugs within a minute.
+SMALL_QUIET = "-DMAXC=1 -DMAXSEQ=1 -DNH=2 -DLOSSES=0 -DSCRASHES=0 -DFORGETS=0 -DNO_NOTICE"
 # Licenses with LQ 1 then 2: two grants already exceed license #1, so an over-LQ commit is
 # within reach of two handles and two log entries.
 LOW_LQ = "-DLQ_OLD=1 -DLQ_NEW=2 -DMAXC=1 -DMAXSEQ=2 -DNH=2 -DLOSSES=0 -DSCRASHES=0"
 # A takeover during a license update (docs/design.md section 6): only backend 0 holds the new
 # copy (LQ 1, the others LQ 0), server 0 leads, then server 1 takes over; the leader admits up
 # to the new LQ (OVER_ADMIT), so only the acceptors' checks stand between a grant that one
-# backend accepted and a commit above the effective LQ; knowledge is never forgotten here.
+# backend accepted and a commit above the effective LQ; no backend forgets its knowledge here.
 TAKEOVER = (
     "-DLQ_OLD=0 -DLQ_NEW=1 -DMAXC=1 -DMAXSEQ=1 -DNH=1 -DLOSSES=0 -DSCRASHES=0 "
-    "-DTAKEOVER_SCENARIO -DOVER_ADMIT -DNO_FORGET"
+    "-DTAKEOVER_SCENARIO -DOVER_ADMIT -DFORGETS=0"
 )
 
 pytestmark = [
@@ -81,6 +84,8 @@ def test_model_has_no_violation() -> None:
 def test_seeded_bug_is_found(bug: str) -> None:
     # A counter is forgotten only by a crash: this one needs a crash in the bounds.
     bounds = {
+        "BUG_ACCEPT_BELOW_PROMISE": SMALL_QUIET,
+        "BUG_COMMIT_ONE_ACK": SMALL_QUIET,
         "BUG_VOLATILE_COUNTER": SMALL_WITH_CRASH,
         "BUG_NO_LQ_CHECK": LOW_LQ,
         "BUG_ADOPT_AS_COMMITTED": TAKEOVER,
