@@ -89,7 +89,9 @@ def cmd_vendor_serve(args: argparse.Namespace) -> int:
     server = make_server(vendor, listen, tls)
     host, port = str(server.server_address[0]), int(server.server_address[1])
     scheme = "http" if tls is None else "https"
-    _print_json({"listening": f"{scheme}://{host}:{port}", "firm_code": vendor.firm_code})
+    # one line, so a supervisor (or a test) can read where it listens (PORT 0: the free one)
+    print(json.dumps({"listening": f"{scheme}://{host}:{port}", "firm_code": vendor.firm_code}))
+    sys.stdout.flush()
 
     def stop(signum: int) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()

@@ -66,7 +66,7 @@ def _receipts(world: World, update: LicenseUpdate, tmp: Path) -> ReceiptBundle:
                 product_code=PRODUCT,
                 keyring=world.keyring,
                 now=NOW + 60,
-            )  # fmt: skip
+            )
         )
     return bundle_receipts(docs)
 
