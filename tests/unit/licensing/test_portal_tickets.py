@@ -6,7 +6,9 @@ unchanged and the ticket stays unbound.
 
 from __future__ import annotations
 
+import http.client
 import json
+import threading
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -14,15 +16,17 @@ from typing import Any
 import pytest
 from lic_world import NOW, PRODUCT, Node, World, make_nodes
 
+from tmr.errors import UsageError
 from tmr.isv.portal import (
     TICKET_RE,
+    Activation,
     BindingState,
     PortalError,
     PortalReason,
     TicketKind,
     TicketStore,
 )
-from tmr.isv.portal_http import PortalService
+from tmr.isv.portal_http import PortalService, make_server, serve_in_thread
 from tmr.isv.profile import load_product
 from tmr.licensing.exchange import (
     ExchangeError,
@@ -292,3 +296,68 @@ def test_api_activate_and_replay(world: World) -> None:
     body["request"] = _request(world, make_nodes()).to_obj()
     status, obj = _call(svc, "POST", "/v1/activate", body)
     assert (status, obj["error"]["code"]) == (HTTPStatus.CONFLICT, "TICKET_BOUND_ELSEWHERE")
+
+
+def test_concurrent_activations_issue_one_set(world: World, store: TicketStore) -> None:
+    ticket = _new(store, tmr_id=7)
+    requests = [_request(world)] * 3 + [_request(world, make_nodes()) for _ in range(3)]
+    results: list[Activation | PortalReason] = []
+
+    def run(req: LicenseRequest) -> None:
+        try:
+            results.append(store.activate(ticket, req, now=NOW))
+        except PortalError as exc:
+            results.append(exc.reason)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in requests]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    activations = [r for r in results if isinstance(r, Activation)]
+    refusals = [r for r in results if isinstance(r, PortalReason)]
+    assert len(results) == 6 and _last_tmr_id(world) == 7  # exactly one set was issued
+    assert len({a.update.set_id for a in activations}) == 1
+    assert sum(not a.replayed for a in activations) == 1
+    assert refusals == [PortalReason.TICKET_BOUND_ELSEWHERE] * len(refusals) and refusals
+
+
+def test_ticket_options_are_checked(store: TicketStore) -> None:
+    for kw in (
+        {"kind": TicketKind.UPDATE, "tmr_id": 8},
+        {"tmr_id": 0},
+        {"quantity": 0},
+        {"expires": int(NOW) - 20},
+    ):
+        with pytest.raises(UsageError):
+            _new(store, **kw)
+    assert store.list() == []
+
+
+def test_an_internal_failure_is_a_500_without_details(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_server(world.vendor, ("127.0.0.1", 0))
+    thread = serve_in_thread(server)
+    try:
+
+        def boom(*args: object, **kw: object) -> None:
+            raise RuntimeError("secret detail")
+
+        monkeypatch.setattr(server.service.store, "activate", boom)
+        host, port = str(server.server_address[0]), int(server.server_address[1])
+        body = json.dumps(
+            {"ticket": _new(server.service.store), "request": _request(world).to_obj()}
+        )
+        for _ in range(2):  # and it keeps serving
+            conn = http.client.HTTPConnection(host, port, timeout=30)
+            conn.request("POST", "/v1/activate", body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            text = resp.read().decode()
+            conn.close()
+            assert resp.status == 500 and json.loads(text)["error"]["code"] == "INTERNAL"
+            assert "secret detail" not in text and "Traceback" not in text
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
