@@ -22,6 +22,7 @@ from tmr.errors import ApiError, TmrError
 COMMAND_MODULES: tuple[str, ...] = (
     "tmr.cli.licensing_cmds",
     "tmr.cli.exchange_cmds",
+    "tmr.cli.portal_cmds",
     "tmr.cli.service_cmds",
     "tmr.cli.server_cmds",
     "tmr.cli.admin_cmds",
