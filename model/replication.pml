@@ -558,7 +558,9 @@ end:
 #ifndef NO_NOTICE
     :: atomic {                     /* a commit notice (Leader._notify_commits) */
         role[s] == ACTIVE && scom[s] >= 0 && stold[LINK(s, b)] < scom[s] + 1 &&
-        !sinf[LINK(s, b)] && nfull(req[LINK(s, b)]) ->
+        !sinf[LINK(s, b)] && nfull(req[LINK(s, b)]) &&
+        /* only while the table holds more seats than some backend's copy allows */
+        (SEATS(stab[s]) > LQ(0) || SEATS(stab[s]) > LQ(1) || SEATS(stab[s]) > LQ(2)) ->
         req[LINK(s, b)]!ACCEPT, sep[s], 0, 0, KNOWN(s);
         stold[LINK(s, b)] = scom[s] + 1
     }
