@@ -10,7 +10,8 @@ check out, heartbeat and release with the SDK's retry rules (same request id on 
 an administrator frees handles now and then (`Leader.admin_release`, `tmr admin release`).
 After every step the invariants of docs/design.md §8 are checked, and liveness: a leader
 that stays active answers every request within ANSWER_BOUND, and never expires a handle whose
-heartbeats keep arriving. A violation raises `InvariantViolation` naming the seed and step.
+heartbeats keep arriving, and answers QUORUM_LOST only when it is true (`check_truthful`).
+A violation raises `InvariantViolation` naming the seed and step.
 
 Run one seed by hand:  python -m tests.sim.simulation --seed 17 --steps 4000 -v
 """
@@ -242,6 +243,10 @@ class Simulation:
         self.queue: list[tuple[float, int, str, Any]] = []
         self._qn = 0
         self.incarnation: dict[str, int] = {}
+        # node -> when a fault last touched it or one of its links (crash, restart, cut,
+        # a lost, slow or duplicated message, a license change, a promote): the truthfulness
+        # check of QUORUM_LOST (`check_truthful`) looks only at undisturbed stretches.
+        self.disturbed: dict[str, float] = {}
         self.faults_on = True
         self.cut: set[frozenset[str]] = set()
         self.log: list[str] = []
@@ -279,6 +284,7 @@ class Simulation:
             "expiries": 0,  # the license expired on every backend (renewed by an update)
             "kept_alive": 0,  # heartbeats answered QUORUM_LOST (lease kept, not confirmed)
             "rollbacks": 0,  # a backend restored to an older copy (rollback_backend)
+            "quorum_lost_checked": 0,  # QUORUM_LOST answers checked against two good backends
             "admin_releases": 0,  # an administrator freed a held handle (tmr admin release)
         }
         # handle -> (server, leader, epoch) whose admin release of it was answered ok: that
@@ -301,6 +307,10 @@ class Simulation:
     def note(self, text: str) -> None:
         self.log.append(f"[{self.step_no} t={self.now:.2f}] {text}")
 
+    def disturb(self, *names: str) -> None:
+        for name in names:
+            self.disturbed[name] = self.now
+
     def record_slot(self, key: ProductKey, version: Version, ops: tuple[Op, ...], who: str) -> None:
         slot = (key, version)
         have = self.slots.get(slot)
@@ -316,6 +326,7 @@ class Simulation:
                     self.check_expiry(op.handle)
 
     def _start_backend(self, b: BackendNode) -> None:
+        self.disturb(b.name)
         b.acceptor = Acceptor(b.name, b.store.load(), b.store.licenses)
         b.acceptor.trusted_time = WALL_START + self.now
 
@@ -390,9 +401,11 @@ class Simulation:
         assert b.acceptor is not None
         b.acceptor.set_licenses(b.store.licenses)
         self.stats["rollbacks"] += 1
+        self.disturb(b.name)
         self.note(f"{b.name}: rolled back to #{old.tmr_id}")
 
     def _start_server(self, s: ServerNode) -> None:
+        self.disturb(s.name)
         cfg = LeaderConfig(
             server_id=s.name,
             backends=BACKENDS,
@@ -435,11 +448,17 @@ class Simulation:
             return
         r = self.rng.random()
         if r < 0.02:
+            if kind.startswith("peer"):
+                self.disturb(src, dst)
             return  # lost
         to = self.incarnation.get(dst, 0) if reply_to is None else reply_to.src_incarnation
         msg = Msg(src, dst, payload, kind, to, self.incarnation.get(src, 0))
-        self.schedule(self.now + self.latency(), "msg", msg)
+        delay = self.latency()
+        self.schedule(self.now + delay, "msg", msg)
+        if delay > 0.05 and kind.startswith("peer"):
+            self.disturb(src, dst)  # a slow path: the sender may time out
         if r > 0.985 and kind.startswith("peer"):
+            self.disturb(src, dst)
             self.schedule(self.now + self.latency(), "msg", msg)  # duplicated
 
     # -------------------------------------------------------------- effects of a leader
@@ -472,7 +491,9 @@ class Simulation:
         for dst, msg in fx.send:
             self.send(s.name, dst, msg, "peer_req")
         for reply in fx.replies:
-            self.waiting.pop((s.name, reply.token, reply.rid), None)
+            w = self.waiting.pop((s.name, reply.token, reply.rid), None)
+            if w is not None and reply.error == ErrorCode.QUORUM_LOST:
+                self.check_truthful(s, w, reply)
             if reply.token == ADMIN:
                 self.admin_reply(s, reply)
                 continue
@@ -538,6 +559,43 @@ class Simulation:
                     f"liveness: {server} left request {rid} of {cid} (received at step "
                     f"{w.step}, t={w.since:.2f}) unanswered for {self.now - w.since:.2f}s"
                 )
+
+    def check_truthful(self, s: ServerNode, w: Waiting, reply: ClientReply) -> None:
+        """Liveness: QUORUM_LOST only when it is true. An active, unpaused leader in one term
+        that had two good backends (up, caught up, a valid copy at or above the committed
+        floor) must serve, not answer QUORUM_LOST, when nothing disturbed either server or
+        those backends since well before the request (no crash, restart, cut, promote,
+        license change, lost or slow message). Exempt: the two limits of docs/design.md §6
+        (a pending grant above a lagging backend's LQ; a takeover whose adopted table no
+        backend knew committed)."""
+        if s.leader is not w.leader or s.leader.epoch != w.epoch or s.pauses != w.pauses:
+            return
+        start = w.since - 2 * (BACKEND_TIMEOUT + PROBE_INTERVAL)
+        if any(self.disturbed.get(n, float("-inf")) >= start for n in SERVERS):
+            return
+        good = [
+            b.name
+            for b in self.backends.values()
+            if b.up
+            and frozenset((s.name, b.name)) not in self.cut
+            and self.disturbed.get(b.name, float("-inf")) < start
+            and b.store.state.caught_up
+            and b.store.licenses[KEY].valid
+            and b.store.licenses[KEY].tmr_id >= self.committed_floor
+        ]
+        if len(good) < 2:
+            return
+        self.stats["quorum_lost_checked"] += 1
+        if "would take" in reply.message:
+            return  # a pending grant above a lagging backend's LQ (§6, known limits)
+        p = s.leader._products.get(KEY)
+        if p is not None and not p.adopted_committed and "snapshot holds" in reply.message:
+            return  # a takeover no backend knew committed (§6, known limits)
+        self.fail(
+            f"liveness: {s.name} answered QUORUM_LOST to {reply.rid} (received at step "
+            f"{w.step}, t={w.since:.2f}) while {good} were good and undisturbed since "
+            f"t={start:.2f}: {reply.message}"
+        )
 
     def check_expiry(self, handle: str) -> None:
         # I9: no handle expires before its lease from its last heartbeat (or takeover).
@@ -762,6 +820,7 @@ class Simulation:
     # -------------------------------------------------------------- faults
 
     def crash_backend(self, b: BackendNode, why: str = "crash") -> None:
+        self.disturb(b.name)
         self.note(f"{b.name}: {why}")
         b.acceptor = None
         self.incarnation[b.name] = self.incarnation.get(b.name, 0) + 1
@@ -775,6 +834,7 @@ class Simulation:
         b.store.state = AcceptorState(ZERO_EPOCH, False)
 
     def crash_server(self, s: ServerNode) -> None:
+        self.disturb(s.name)
         self.note(f"{s.name}: crash")
         s.leader = None
         self.incarnation[s.name] = self.incarnation.get(s.name, 0) + 1
@@ -813,12 +873,14 @@ class Simulation:
                     continue
                 if choice > 0.85:
                     self.note(f"{s.name}: keepalived demotes")
+                    self.disturb(s.name)
                     self.apply_effects(s, s.leader.demote(self.now))
                 else:
                     force = rng.random() < 0.35
                     self.note(f"{s.name}: {'operator force-' if force else 'keepalived '}promotes")
                     self.stats["failovers"] += 1
                     self.stats["forced"] += force
+                    self.disturb(s.name)
                     self.apply_effects(s, s.leader.promote(self.now, force=force))
         elif r < 0.68:
             self.license_update()
@@ -835,10 +897,12 @@ class Simulation:
         elif r < 0.85:
             link = frozenset((rng.choice(SERVERS), rng.choice(BACKENDS)))
             self.cut.add(link)
+            self.disturb(*link)
             self.note(f"cut {sorted(link)}")
         elif self.cut:
             link = rng.choice(sorted(self.cut, key=sorted))
             self.cut.discard(link)
+            self.disturb(*link)
             self.note(f"heal {sorted(link)}")
 
     def admin_release(self) -> None:
@@ -897,6 +961,7 @@ class Simulation:
             return
         s.paused_until = self.now + self.rng.uniform(0.3, 3.0)
         s.pauses += 1
+        self.disturb(*SERVERS)
         self.stats["pauses"] += 1
         self.note(f"{s.name}: paused until {s.paused_until:.2f}")
         other = self.servers[SERVERS[1 - SERVERS.index(s.name)]]
@@ -909,6 +974,7 @@ class Simulation:
         lost = self.rng.sample(BACKENDS, 2)
         links = {frozenset((s, b)) for s in SERVERS for b in lost} - self.cut
         self.cut |= links
+        self.disturb(*SERVERS, *lost)
         self.stats["quorum_losses"] += 1
         until = self.now + LEASE * self.rng.uniform(1.1, 2.0)
         self.note(f"quorum loss: {lost} cut until {until:.2f}")
@@ -922,6 +988,7 @@ class Simulation:
             if b.acceptor is not None:
                 b.acceptor.set_licenses(b.store.licenses)
         self.stats["expiries"] += 1
+        self.disturb(*BACKENDS)
         self.note("license expired on every backend")
 
     def license_update(self) -> None:
@@ -938,6 +1005,7 @@ class Simulation:
             lagging = list(self.backends.values())
         b = lagging[0]
         b.store.licenses = {KEY: copy_of(b.name, self.version, self.version_lq)}
+        self.disturb(b.name)
         if b.acceptor is not None:
             b.acceptor.set_licenses(b.store.licenses)
         self.lq = max(self.lq, self.version_lq)
@@ -970,6 +1038,7 @@ class Simulation:
             if s.leader.role == Role.FENCED:
                 self.apply_effects(s, s.leader.demote(self.now))
             self.stats["failovers"] += 1
+            self.disturb(s.name)
             self.apply_effects(s, s.leader.promote(self.now))
 
     # -------------------------------------------------------------- run
@@ -996,6 +1065,7 @@ class Simulation:
             elif kind == "heal":
                 healed = payload & self.cut
                 self.cut -= healed
+                self.disturb(*SERVERS, *BACKENDS)
                 if healed:
                     self.note(f"quorum back: healed {sorted(sorted(x) for x in healed)}")
             elif kind == "fault" and faults:
@@ -1017,6 +1087,7 @@ class Simulation:
             self.version += 1
         for b in self.backends.values():
             b.store.licenses = {KEY: copy_of(b.name, self.version, self.version_lq)}
+            self.disturb(b.name)
             if b.acceptor is not None:
                 b.acceptor.set_licenses(b.store.licenses)
         for b in self.backends.values():

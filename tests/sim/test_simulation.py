@@ -127,6 +127,15 @@ def test_simulation_catches_a_leader_that_drops_heartbeating_handles(
     assert caught_within(60, "a heartbeat arrived")
 
 
+def test_simulation_catches_a_quorum_lost_given_with_two_good_backends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """QUORUM_LOST is checked for truth: a leader that needs all three backends to commit
+    tells clients QUORUM_LOST while two good backends serve; caught."""
+    monkeypatch.setattr(leader_mod, "QUORUM", 3)
+    assert caught_within(40, "were good and undisturbed")
+
+
 def caught_within(seeds: int, what: str) -> bool:
     """Some seed below `seeds` raises a liveness violation about `what`."""
     for seed in range(seeds):
