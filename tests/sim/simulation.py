@@ -290,10 +290,12 @@ class Simulation:
         # handle -> (server, leader, epoch) whose admin release of it was answered ok: that
         # leader must never renew the handle again.
         self.admin_released: dict[str, tuple[str, Leader, Epoch | None]] = {}
+        self.revoked: set[str] = set()  # handles an administrator asked to free
         self._admin_n = 0
         self.committed_floor = 0  # the highest TMR ID floor two stores held (I11)
         # (server, client, request id) -> (effective TMR ID, committed floor) at admission
         self.admitted: dict[tuple[str, str, str], tuple[int, int]] = {}
+        self.first_admitted: dict[tuple[str, str], tuple[int, int]] = {}  # (client, request id)
 
     # -------------------------------------------------------------- helpers
 
@@ -360,10 +362,13 @@ class Simulation:
     def note_admission(
         self, leader: Leader, cid: str, rid: str, tmr_id: int | None, fx: Effects
     ) -> None:
-        refused = any(r.rid == rid and not r.ok for r in fx.replies)
+        # Answered at once: refused, or a retry of a grant already held (a new grant waits
+        # for its commit, I5), which was admitted when it was first asked for.
+        answered = any(r.rid == rid for r in fx.replies)
         slot = (leader.cfg.server_id, cid, rid)
-        if tmr_id is not None and not refused and slot not in self.admitted:
+        if tmr_id is not None and not answered and slot not in self.admitted:
             self.admitted[slot] = (tmr_id, self.committed_floor)
+            self.first_admitted.setdefault((cid, rid), self.admitted[slot])
 
     def check_floor_grant(self, s: ServerNode, reply: ClientReply) -> None:
         # I11: a grant is admitted under an effective TMR ID (whose LQ bounds it) at or above
@@ -378,7 +383,10 @@ class Simulation:
         # The reply names the TMR ID in force when it was built (admission, or a retry), which
         # may be before a newer floor committed while the grant waited for its own commit: hold
         # it against the floor committed at the admission (floors only rise).
-        floor = self.committed_floor if admitted is None else admitted[1]
+        # A retry answered by a later leader is held against its first admission, by any
+        # server (the seats were granted then; the retry grants none).
+        first = admitted or self.first_admitted.get((reply.token, reply.rid))
+        floor = self.committed_floor if first is None else first[1]
         if 0 < result["tmr_id"] < floor:  # 0: not available when answered
             self.fail(
                 f"I11: {s.name} granted under #{result['tmr_id']}, "
@@ -562,8 +570,8 @@ class Simulation:
 
     def check_truthful(self, s: ServerNode, w: Waiting, reply: ClientReply) -> None:
         """Liveness: QUORUM_LOST only when it is true. An active, unpaused leader in one term
-        that had two good backends (up, caught up, a valid copy at or above the committed
-        floor) must serve, not answer QUORUM_LOST, when nothing disturbed either server or
+        that had two good backends (up, caught up, a copy valid under its own floors and the
+        leader's) must serve, not answer QUORUM_LOST, when nothing disturbed either server or
         those backends since well before the request (no crash, restart, cut, promote,
         license change, lost or slow message). Exempt: the two limits of docs/design.md §6
         (a pending grant above a lagging backend's LQ; a takeover whose adopted table no
@@ -573,6 +581,8 @@ class Simulation:
         start = w.since - 2 * (BACKEND_TIMEOUT + PROBE_INTERVAL)
         if any(self.disturbed.get(n, float("-inf")) >= start for n in SERVERS):
             return
+        p = s.leader._products.get(KEY)
+        proposed = p.floor.tmr_id if p is not None else 0
         good = [
             b.name
             for b in self.backends.values()
@@ -580,15 +590,17 @@ class Simulation:
             and frozenset((s.name, b.name)) not in self.cut
             and self.disturbed.get(b.name, float("-inf")) < start
             and b.store.state.caught_up
-            and b.store.licenses[KEY].valid
+            and b.acceptor is not None
+            and b.acceptor.reported_licenses()[KEY].valid  # under its own floors too
             and b.store.licenses[KEY].tmr_id >= self.committed_floor
+            and not s.leader._below_floor(s.leader._by_name[b.name], KEY)  # the leader's
+            and b.store.licenses[KEY].tmr_id >= proposed  # and a floor it is committing
         ]
         if len(good) < 2:
             return
         self.stats["quorum_lost_checked"] += 1
         if "would take" in reply.message:
             return  # a pending grant above a lagging backend's LQ (§6, known limits)
-        p = s.leader._products.get(KEY)
         if p is not None and not p.adopted_committed and "snapshot holds" in reply.message:
             return  # a takeover no backend knew committed (§6, known limits)
         self.fail(
@@ -796,6 +808,8 @@ class Simulation:
                 self.acked_grants[h] = (c.cid, c.rid, c.seats)
                 self.stats["checkouts"] += 1
                 c.held = HeldSeat(h, c.seats, now, c.first_sent)
+                # Freed by an administrator before this answer arrived: not certainly held.
+                c.held.revoked = h in self.revoked
                 c.state = "holding"
                 c.next_action = now + self.rng.uniform(0.1, 1.5 * LEASE) * self.rng.random()
             elif reply.error == ErrorCode.NOT_ACTIVE:
@@ -927,6 +941,7 @@ class Simulation:
         else:
             handle = rng.choice(sorted(self.acked_grants) or ["h0-none-0"])
         if handle in table:
+            self.revoked.add(handle)
             for c in self.clients:
                 if c.held and c.held.handle == handle:
                     c.held.revoked = True  # its client no longer certainly holds it
