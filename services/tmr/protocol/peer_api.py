@@ -75,30 +75,10 @@ def _key(k: ProductKey) -> list[int]:
 def _record(r: HandleRecord) -> list[Any]:
     """11 fields; 8 when the client gave no user, host or pid, as a peer from before schema 5
     writes them (so it can still decode them, e.g. a promise during a rolling upgrade)."""
-    if not r.user and not r.host and not r.pid:
-        return [
-            r.handle,
-            r.firm,
-            r.product,
-            r.seats,
-            r.client_id,
-            r.request_id,
-            r.granted_at,
-            r.owner,
-        ]
-    return [
-        r.handle,
-        r.firm,
-        r.product,
-        r.seats,
-        r.client_id,
-        r.request_id,
-        r.granted_at,
-        r.owner,
-        r.user,
-        r.host,
-        r.pid,
-    ]
+    out = [r.handle, r.firm, r.product, r.seats, r.client_id, r.request_id, r.granted_at, r.owner]
+    if r.user or r.host or r.pid:
+        out += [r.user, r.host, r.pid]
+    return out
 
 
 def _op(op: Op) -> list[Any]:

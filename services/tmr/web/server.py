@@ -403,13 +403,7 @@ class _Handler(BaseHTTPRequestHandler):
             ok = web.healthy()
             self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n", "text/plain")
             return
-        if not web.authorized(self.headers.get("Authorization")):
-            self._send(
-                401,
-                b"authentication required\n",
-                "text/plain",
-                {"WWW-Authenticate": 'Basic realm="TMR WebAdmin", charset="UTF-8"'},
-            )
+        if not self._authorized(self.headers.get("Authorization")):
             return
         if path in ("/", "/index.html"):
             web.interest()
@@ -431,17 +425,23 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"not found\n", "text/plain")
 
+    def _authorized(self, header: str | None) -> bool:
+        """Whether the request may go on; if not, it was answered 401."""
+        if self.server.web.authorized(header):
+            return True
+        self._send(
+            401,
+            b"authentication required\n",
+            "text/plain",
+            {"WWW-Authenticate": 'Basic realm="TMR WebAdmin", charset="UTF-8"'},
+        )
+        return False
+
     def do_POST(self) -> None:
         web = self.server.web
         path = self.path.split("?", 1)[0]
         header = self.headers.get("Authorization")
-        if not web.authorized(header):
-            self._send(
-                401,
-                b"authentication required\n",
-                "text/plain",
-                {"WWW-Authenticate": 'Basic realm="TMR WebAdmin", charset="UTF-8"'},
-            )
+        if not self._authorized(header):
             return
         if path != "/api/release":
             self._send(404, b"not found\n", "text/plain")
