@@ -80,6 +80,9 @@ class ServerConfig:
     # a license that expires within this many days shows the expiry state "warning" (status,
     # WebAdmin, tmr client list, tmr_license_expiry_state in /metrics); 0: never warn
     expiry_warning_days: float = 30.0
+    # the site's policy file (include / exclude / max / reserve per license, tmr.policy);
+    # none: no rules. Read at start and by `tmr ctl reload`; a bad file is refused whole.
+    policy_file: Path | None = None
     log_level: str = "info"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -213,7 +216,7 @@ def load_server_config(path: Path) -> ServerConfig:
                     parse_listen(out[key])
                 except ValueError as exc:
                     raise ConfigError(f"{path}: key 'web_listen': {exc}") from None
-        elif key in WEB_PATH_KEYS:
+        elif key in WEB_PATH_KEYS or key == "policy_file":
             out[key] = Path(_check(path, key, value, str, "a path string")) if value else None
         elif key in ("web_publish_interval", "denial_retention_days"):
             out[key] = _positive(path, key, value)

@@ -19,6 +19,7 @@ class ErrorCode(enum.StrEnum):
     BAD_REQUEST = "BAD_REQUEST"
     LICENSE_EXPIRED = "LICENSE_EXPIRED"
     UNAUTHORIZED = "UNAUTHORIZED"
+    POLICY_DENIED = "POLICY_DENIED"  # a rule of the site's policy file refuses the checkout
     TIMEOUT = "TIMEOUT"  # client side only: no server answered in time
 
 
@@ -70,6 +71,12 @@ class Unauthorized(ApiError):
     code = ErrorCode.UNAUTHORIZED
 
 
+class PolicyDenied(ApiError):
+    """A rule of the policy file refused the checkout; the message names the rule."""
+
+    code = ErrorCode.POLICY_DENIED
+
+
 class Timeout(ApiError):
     code = ErrorCode.TIMEOUT
 
@@ -85,6 +92,7 @@ API_ERRORS: dict[ErrorCode, type[ApiError]] = {
         BadRequest,
         LicenseExpired,
         Unauthorized,
+        PolicyDenied,
         Timeout,
     )
 }

@@ -121,7 +121,7 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
         main.main(["config", "check", "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    assert "--kind {server,backend}" in text
+    assert "--kind {server,backend,policy}" in text
     assert "Exit codes: 0 valid, 1 invalid, 2 wrong command line." in text
 
 
@@ -129,3 +129,15 @@ def test_check_function(tmp_path: Path) -> None:
     result = check(ConfigKind.SERVER, write(tmp_path, server_toml()))
     assert result.ok
     assert result.error is None
+
+
+def test_policy_files_are_checked_with_the_policy_loader(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write(tmp_path, '[licenses."1000:42"]\nexclude = ["user:x"]\n')
+    assert main.main(["config", "check", "--kind", "policy", str(good)]) == CheckExit.VALID
+    assert "valid policy configuration" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[licenses."1000:42"]\nexclude = ["group:nobody"]\n')
+    assert main.main(["config", "check", "--kind", "policy", str(bad)]) == CheckExit.INVALID
+    assert "no group 'nobody'" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
     tmr config check --kind server /etc/tmr/server.toml
     tmr config check --kind backend --json /etc/tmr/backend.toml
+    tmr config check --kind policy /etc/tmr/policy.toml
 
 The file is read with the same loader as `tmr server run` / `tmr backend run` (every key,
 type, range and combination is checked, not only the TOML syntax); nothing is started and no
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from tmr.config import BackendConfig, ServerConfig, load_backend_config, load_server_config
 from tmr.errors import ConfigError
+from tmr.policy import Policy, load_policy
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 class ConfigKind(enum.StrEnum):
     SERVER = "server"
     BACKEND = "backend"
+    POLICY = "policy"  # the server's policy file (policy_file), as `tmr ctl reload` reads it
 
 
 class CheckExit(enum.IntEnum):
@@ -53,10 +56,12 @@ class CheckResult:
         return {"ok": self.ok, "kind": self.kind.value, "file": self.file, "error": self.error}
 
 
-def load(kind: ConfigKind, path: Path) -> ServerConfig | BackendConfig:
+def load(kind: ConfigKind, path: Path) -> ServerConfig | BackendConfig | Policy:
     """The configuration as the service would load it (ConfigError if it would refuse it)."""
     if kind is ConfigKind.SERVER:
         return load_server_config(path)
+    if kind is ConfigKind.POLICY:
+        return load_policy(path)
     return load_backend_config(path)
 
 
@@ -75,7 +80,7 @@ def register(sub: SubParsers, groups: dict[str, SubParsers]) -> None:
     actions.required = True
     p = actions.add_parser(
         "check",
-        help="check a server.toml or backend.toml with the service's own loader",
+        help="check a server.toml, backend.toml or policy.toml with the service's own loader",
         description=__doc__.split("\n\n")[2].strip() if __doc__ else None,
         epilog="Exit codes: 0 valid, 1 invalid, 2 wrong command line.",
     )

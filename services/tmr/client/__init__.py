@@ -8,7 +8,7 @@
 
 Errors are the typed exceptions of `tmr.errors` (re-exported here): `NoLicenseAvailable`,
 `QuorumLost`, `UnknownLicense`, `UnknownHandle`, `NotActive`, `BadRequest`,
-`LicenseExpired`, `Unauthorized`, `Timeout`, all subclasses of `ApiError`.
+`LicenseExpired`, `Unauthorized`, `PolicyDenied`, `Timeout`, all subclasses of `ApiError`.
 """
 
 from tmr.client._channel import ClientClosedError
@@ -21,6 +21,7 @@ from tmr.errors import (
     LicenseExpired,
     NoLicenseAvailable,
     NotActive,
+    PolicyDenied,
     QuorumLost,
     Timeout,
     TmrError,
@@ -56,6 +57,7 @@ __all__ = [
     "NoLicenseAvailable",
     "NodeKeys",
     "NotActive",
+    "PolicyDenied",
     "QuorumLost",
     "StatusResult",
     "Timeout",
