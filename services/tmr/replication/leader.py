@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -44,12 +43,13 @@ from typing import Any
 
 from tmr.errors import ErrorCode
 from tmr.licensing.effective import QUORUM, Effective
-from tmr.replication import admission, backends, floors, productlog, takeover
+from tmr.replication import admission, backends, floors, handles, productlog, takeover
 from tmr.replication.admission import Admission
 from tmr.replication.backends import Backend, Outstanding
 from tmr.replication.crypt_router import CryptJob, CryptRouter
 from tmr.replication.effects import ClientReply, Effects
 from tmr.replication.floors import FLOOR_SCAN, TIME_FLOOR_STEP
+from tmr.replication.handles import HandleIndex
 from tmr.replication.leases import EXPIRY_SCAN, Leases
 from tmr.replication.messages import (
     Accept,
@@ -101,7 +101,6 @@ __all__ = [
     "Role",
 ]
 
-RECENT_RELEASED = 100_000  # (owner, client id, request id) of released handles remembered per term
 HANDLE_RANDOM_BYTES = 16  # a handle id is h<epoch counter>-<server>-<128 random bits, hex>
 HANDLE_SHOWN = 128  # characters of an unknown handle id quoted back in an error message
 
@@ -325,15 +324,17 @@ class Leader:
             return fx
         assert self.epoch is not None
         key = (firm, product)
-        existing = self._by_request.get((owner, client_id, rid))
+        existing = self._handles.by_request((owner, client_id, rid))
         if existing is not None:
-            p = self._products[self._handle_key[existing]]
+            key_held = self._handles.key_of(existing)
+            assert key_held is not None
+            p = self._products[key_held]
             rec = p.handles[existing]
             reply = ClientReply(token, rid, self._grant_result(rec, now))
             self._reply_when(p, p.grant_seq.get(existing, 0), reply, fx)
             self._auto_pump(now, fx)
             return fx
-        if (owner, client_id, rid) in self._recent_released:
+        if self._handles.was_released((owner, client_id, rid)):
             fx.replies.append(
                 ClientReply(
                     token,
@@ -350,16 +351,14 @@ class Leader:
             return fx
         assert eff is not None
         p = self._product(key)
-        # Random, not a counter: a handle id cannot be guessed (and is useless to another key).
-        handle = f"h{self.epoch.counter}-{self.cfg.server_id}-{self._random_ids()}"
+        handle = handles.handle_id(self.epoch, self._random_ids())
         rec = HandleRecord(
             handle, firm, product, seats, client_id, rid, self._wall(), owner, user, host, pid
         )
         seq = self._propose(p, Grant(rec))
         p.add(rec)
         p.grant_seq[handle] = seq
-        self._handle_key[handle] = key
-        self._by_request[(owner, client_id, rid)] = handle
+        self._handles.add(handle, key, (owner, client_id, rid))
         self._leases.grant(handle, now)
         self._reply_when(p, seq, ClientReply(token, rid, self._grant_result(rec, now)), fx)
         fx.events.append(
@@ -404,7 +403,7 @@ class Leader:
         fx = Effects()
         if self._refuse_unconfirmed(fx, token, rid, now):
             return fx
-        key = self._handle_key.get(handle)
+        key = self._handles.key_of(handle)
         if key is None:
             return self._unknown_handle(fx, token, rid, handle)
         p = self._products[key]
@@ -457,7 +456,7 @@ class Leader:
         fx = Effects()
         if self._refuse_unconfirmed(fx, token, rid, now):
             return fx
-        key = self._handle_key.get(handle)
+        key = self._handles.key_of(handle)
         rec = self._products[key].handles.get(handle) if key is not None else None
         if key is None or rec is None:
             message = f"no client holds handle {handle[:HANDLE_SHOWN]!r} on this server"
@@ -504,14 +503,7 @@ class Leader:
         return fx
 
     def _from_newer_leader(self, handle: str) -> bool:
-        """Handle ids carry the epoch that granted them: `h<counter>-<server>-<random>`."""
-        if self.epoch is None or not handle.startswith("h"):
-            return False
-        counter, _, rest = handle[1:].partition("-")
-        server, _, _n = rest.rpartition("-")
-        if not counter.isdigit() or not server:
-            return False
-        return Epoch(int(counter), server) > self.epoch
+        return self.epoch is not None and handles.granted_after(handle, self.epoch)
 
     def _unknown_handle(self, fx: Effects, token: Any, rid: str, handle: str) -> Effects:
         if self._from_newer_leader(handle):
@@ -657,9 +649,7 @@ class Leader:
     def _reset_term(self) -> None:
         """Forget the term's state (the role changes through `self._roles` alone)."""
         self._products: dict[ProductKey, Product] = {}
-        self._handle_key: dict[str, ProductKey] = {}
-        self._by_request: dict[tuple[str, str, str], str] = {}  # (owner, client, request id)
-        self._recent_released: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._handles = HandleIndex()
         self._leases.clear()
         self._bootstrap = False
         self._takeover_started = 0.0
@@ -879,11 +869,7 @@ class Leader:
         p.releasing[handle] = seq
         p.released_by[handle] = (rec.owner, rec.client_id)
         self._leases.drop(handle)
-        request = (rec.owner, rec.client_id, rec.request_id)
-        self._by_request.pop(request, None)
-        self._recent_released[request] = None
-        if len(self._recent_released) > RECENT_RELEASED:
-            self._recent_released.popitem(last=False)
+        self._handles.released((rec.owner, rec.client_id, rec.request_id))
         fx.events.append(
             {
                 "event": "handle_expired" if reason == ReleaseReason.EXPIRE else "handle_released",
@@ -917,7 +903,7 @@ class Leader:
         ops, gone = productlog.recommit(p, self.backends, fx)
         self.ops_committed += ops
         for h in gone:
-            del self._handle_key[h]
+            self._handles.forget(h)
 
     def _pump(self, now: float, fx: Effects) -> None:
         if self.role not in (Role.ACTIVE, Role.TAKEOVER) or self.epoch is None:
@@ -1084,8 +1070,7 @@ class Leader:
             for rec in best.get(key, (None, ()))[1]:
                 p.add(rec)
                 p.grant_seq[rec.handle] = 0
-                self._handle_key[rec.handle] = key
-                self._by_request[(rec.owner, rec.client_id, rec.request_id)] = rec.handle
+                self._handles.add(rec.handle, key, (rec.owner, rec.client_id, rec.request_id))
                 # Leases restart at takeover, plus the margin a deposed leader may have used
                 # to confirm a heartbeat (see `heartbeat`).
                 self._leases.restart(rec.handle, now)
@@ -1096,7 +1081,7 @@ class Leader:
                 "server": self.cfg.server_id,
                 "epoch": str(self.epoch),
                 "from": [pr.name for pr in promises],
-                "handles": len(self._handle_key),
+                "handles": len(self._handles),
             }
         )
 
@@ -1143,7 +1128,7 @@ class Leader:
 
     def _find(self, handle: str, client_id: str, owner: str) -> HandleRecord | None:
         """The handle if `owner` holds it under `client_id` (no owner "" ever does)."""
-        key = self._handle_key.get(handle)
+        key = self._handles.key_of(handle)
         if key is None:
             return None
         rec = self._products[key].handles.get(handle)
