@@ -39,7 +39,7 @@ from tmr.keys import generate_keypair, write_keypair
 from tmr.licensing import make_fingerprint_doc
 from tmr.protocol.peer_api import decode_reply, encode_request
 from tmr.replication import acceptor as acceptor_mod
-from tmr.replication import leader as leader_mod
+from tmr.replication import floors as floors_mod
 from tmr.replication.acceptor import Acceptor, AcceptorState
 from tmr.replication.messages import (
     Accept,
@@ -327,7 +327,7 @@ def test_the_simulation_never_grants_below_the_committed_floor() -> None:
 
 def test_the_simulation_catches_a_trio_without_floors(monkeypatch: pytest.MonkeyPatch) -> None:
     """The check can fail: with floors ignored, a restored older copy sets the LQ."""
-    monkeypatch.setattr(leader_mod, "floor_refusal", lambda lic, floor: "")
+    monkeypatch.setattr(floors_mod, "floor_refusal", lambda lic, floor: "")
     monkeypatch.setattr(acceptor_mod, "under_floor", lambda lic, floor: lic)
     caught = 0
     for seed in range(12):

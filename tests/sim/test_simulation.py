@@ -8,12 +8,31 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from importlib import import_module
+from pkgutil import iter_modules
 from typing import Any
 
 import pytest
 
 from tests.sim.simulation import InvariantViolation, Simulation
+from tmr import replication
+from tmr.replication import admission, backends, floors, productlog, takeover
 from tmr.replication import leader as leader_mod
+from tmr.replication.types import ZERO_EPOCH
+
+# Every part of the leader that counts a majority (each reads its own QUORUM).
+QUORUM_USERS = (leader_mod, backends, productlog, floors, admission, takeover)
+
+
+def set_quorum(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    for mod in QUORUM_USERS:
+        monkeypatch.setattr(mod, "QUORUM", n)
+
+
+def test_the_quorum_of_the_seeded_bugs_reaches_every_part_that_counts_one() -> None:
+    parts = (import_module(f"tmr.replication.{m.name}") for m in iter_modules(replication.__path__))
+    assert {m.__name__ for m in parts if hasattr(m, "QUORUM")} == {m.__name__ for m in QUORUM_USERS}
+
 
 SEEDS = int(os.environ.get("TMR_SIM_SEEDS", "60"))
 BATCH = 50
@@ -58,7 +77,7 @@ def test_simulation_catches_a_leader_that_commits_on_one_ack(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The checker can fail: with a quorum of one, some seed must break an invariant."""
-    monkeypatch.setattr(leader_mod, "QUORUM", 1)
+    set_quorum(monkeypatch, 1)
     caught = 0
     for seed in range(40):
         try:
@@ -82,7 +101,7 @@ def test_simulation_catches_an_acceptor_that_ignores_its_promise(
         step = original(self, req, now)
         if isinstance(step.reply, Rejected):
             saved = self.state.promised
-            self.state.promised = leader_mod.ZERO_EPOCH
+            self.state.promised = ZERO_EPOCH
             try:
                 step = original(self, req, now)
             finally:
@@ -118,10 +137,10 @@ def test_simulation_catches_a_leader_that_drops_heartbeating_handles(
     def unconfirmed_not_kept(
         self: leader_mod.Leader, token: Any, rid: str, cid: str, handle: str, now: float, **kw: Any
     ) -> leader_mod.Effects:
-        before = self._leases.get(handle)
+        before = self._leases._until.get(handle)
         fx = original(self, token, rid, cid, handle, now, **kw)
         if fx.replies and not fx.replies[0].ok and before is not None and handle in self._leases:
-            self._leases[handle] = before
+            self._leases._until[handle] = before
         return fx
 
     monkeypatch.setattr(leader_mod.Leader, "heartbeat", unconfirmed_not_kept)
@@ -133,7 +152,7 @@ def test_simulation_catches_a_quorum_lost_given_with_two_good_backends(
 ) -> None:
     """QUORUM_LOST is checked for truth: a leader that needs all three backends to commit
     tells clients QUORUM_LOST while two good backends serve; caught."""
-    monkeypatch.setattr(leader_mod, "QUORUM", 3)
+    set_quorum(monkeypatch, 3)
     assert caught_within(40, "were good and undisturbed")
 
 

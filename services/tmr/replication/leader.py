@@ -25,24 +25,35 @@ collected while an entry is uncommitted go together into the next entry (group c
 backend has at most one ACCEPT or SNAPSHOT in flight, so a slow backend never slows the
 majority. An entry is committed once two backends acknowledged it durably; only then are the
 clients that wait on it answered.
+
+The parts (docs/design.md §2): `roles` (role and phase, every transition in one table),
+`backends` (backend health), `productlog` (per-product log, group commit, pipelining),
+`leases` (the lease clock), `floors` (the replicated floors), `admission` (admission and the
+views), `crypt_router` (crypt calls, one reply each). `Leader` owns them and routes its inputs.
 """
 
 from __future__ import annotations
 
-import enum
 import itertools
 import secrets
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from tmr.errors import ErrorCode
-from tmr.licensing.effective import QUORUM, Effective, Holding, effective_version
+from tmr.licensing.effective import QUORUM, Effective
+from tmr.replication import admission, backends, floors, handles, productlog, takeover
+from tmr.replication.admission import Admission
+from tmr.replication.backends import Backend, Outstanding
+from tmr.replication.crypt_router import CryptJob, CryptRouter
+from tmr.replication.effects import ClientReply, Effects
+from tmr.replication.floors import FLOOR_SCAN, TIME_FLOOR_STEP
+from tmr.replication.handles import HandleIndex
+from tmr.replication.leases import EXPIRY_SCAN, Leases
 from tmr.replication.messages import (
     Accept,
     Accepted,
-    AcceptEntry,
     Crypt,
     CryptResult,
     EntryStatus,
@@ -53,14 +64,16 @@ from tmr.replication.messages import (
     Probe,
     Promise,
     Rejected,
-    Snapshot,
-    SnapshotEntry,
     Status,
 )
+from tmr.replication.productlog import (
+    MAX_ENTRY_OPS,
+    PIPELINE,
+    PIPELINE_MIN_OPS,
+    Product,
+)
+from tmr.replication.roles import Event, IllegalTransition, Phase, Role, RoleState
 from tmr.replication.types import (
-    NO_FLOOR,
-    ZERO_EPOCH,
-    ZERO_VERSION,
     Epoch,
     Floor,
     Grant,
@@ -70,34 +83,26 @@ from tmr.replication.types import (
     ProductKey,
     Release,
     ReleaseReason,
-    Version,
-    floor_refusal,
     key_str,
 )
 
-MAX_ENTRY_OPS = 4096  # cap of ops in one log entry (keeps messages well under frame limits)
-PIPELINE = 4  # uncommitted log entries per product, and ACCEPTs in flight per backend
-# While an entry of a product is uncommitted, the next one is formed only once this many ops
-# wait: smaller batches keep growing until the entry in flight commits. Every entry costs a
-# message to and a durable commit on each backend, whatever its size; pipelining small entries
-# spent that on ever smaller rounds (measured: 17 ops a round at 100 clients instead of 41,
-# and about 10 % more CPU per checkout on the servers and backends).
-PIPELINE_MIN_OPS = 32
-EXPIRY_SCAN = 0.25  # seconds between lease scans (expiry may be this late, never early)
-# Replicated floors (`Floor`): checked this often; the time floor is raised only once the
-# trusted time is this far past it (at most one time Floor op per product and minute).
-FLOOR_SCAN = 1.0
-TIME_FLOOR_STEP = 60.0
-RECENT_RELEASED = 100_000  # (owner, client id, request id) of released handles remembered per term
+__all__ = [
+    "EXPIRY_SCAN",
+    "FLOOR_SCAN",
+    "MAX_ENTRY_OPS",
+    "PIPELINE",
+    "PIPELINE_MIN_OPS",
+    "TIME_FLOOR_STEP",
+    "ClientReply",
+    "Effects",
+    "IllegalTransition",
+    "Leader",
+    "LeaderConfig",
+    "Role",
+]
+
 HANDLE_RANDOM_BYTES = 16  # a handle id is h<epoch counter>-<server>-<128 random bits, hex>
 HANDLE_SHOWN = 128  # characters of an unknown handle id quoted back in an error message
-
-
-class Role(enum.StrEnum):
-    STANDBY = "standby"
-    TAKEOVER = "takeover"
-    ACTIVE = "active"
-    FENCED = "fenced"
 
 
 @dataclass(frozen=True)
@@ -120,144 +125,12 @@ class LeaderConfig:
     backend_keys: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class ClientReply:
-    token: Any  # opaque routing information of the service
-    rid: str
-    result: dict[str, Any] | None = None
-    error: ErrorCode | None = None
-    message: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-@dataclass
-class Effects:
-    persist_counter: int | None = None  # write durably BEFORE sending anything
-    send: list[tuple[str, PeerRequest]] = field(default_factory=list)
-    replies: list[ClientReply] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
-
-    def extend(self, other: Effects) -> None:
-        if other.persist_counter is not None:
-            self.persist_counter = other.persist_counter
-        self.send.extend(other.send)
-        self.replies.extend(other.replies)
-        self.events.extend(other.events)
-
-
-@dataclass
-class _Outstanding:
-    kind: str  # probe | prepare | repl | crypt
-    sent_at: float
-    crypt: _CryptJob | None = None
-
-
-@dataclass
-class _CryptJob:
-    token: Any
-    rid: str
-    key: ProductKey
-    handle: str
-    client_id: str
-    operation: str
-    data: bytes
-    min_seq: int
-    owner: str
-    tried: set[str] = field(default_factory=set)
-    mid: int = 0  # message id of the attempt in flight (the key in `Leader._crypt_jobs`)
-    answered: bool = False  # its one reply was sent: no attempt follows
-
-
-@dataclass
-class _Backend:
-    name: str
-    index: int
-    up: bool = False
-    promised: Epoch = ZERO_EPOCH
-    caught_up: bool = False
-    licenses: dict[ProductKey, LicenseInfo] = field(default_factory=dict)
-    versions: dict[ProductKey, Version] = field(default_factory=dict)
-    outstanding: dict[int, _Outstanding] = field(default_factory=dict)
-    last_probe: float = float("-inf")
-    answered_at: float = float("-inf")  # send time of the latest request it answered
-    status_sent_at: float = float("-inf")  # send time of the probe of the latest Status used
-    inflight: dict[int, str] = field(default_factory=dict)  # ACCEPT/SNAPSHOT mids in flight
-    sent: dict[ProductKey, int] = field(default_factory=dict)  # highest seq sent (pipelined)
-    told: dict[ProductKey, int] = field(default_factory=dict)  # committed seq it was told
-    acked: dict[ProductKey, int] = field(default_factory=dict)
-    refused_until: dict[ProductKey, float] = field(default_factory=dict)
-    refusal: dict[ProductKey, str] = field(default_factory=dict)
-    promise: Promise | None = None
-    confirmed_at: float = float("-inf")  # send time of the latest request it answered in our epoch
-    fresh_since: float | None = None  # when we saw it report a wiped (not caught-up) store
-    live_epoch: Epoch | None = None  # its promise, when it reported hearing that leader
-    live_at: float = float("-inf")  # when (our clock) it last heard `live_epoch`
-    prepare_sent: bool = False
-    snapshot_acked: bool = False
-    clock: float | None = None  # its trusted wall time (Status; None: an older backend)
-    floors: dict[ProductKey, Floor] = field(default_factory=dict)  # its replicated floors
-
-    def holds(self, key: ProductKey) -> bool:
-        lic = self.licenses.get(key)
-        return lic is not None and lic.valid
-
-
-@dataclass
-class _Waiter:
-    seq: int
-    reply: ClientReply
-    deadline: float  # answered QUORUM_LOST if its entry has not committed by then
-
-
-@dataclass
-class _Product:
-    key: ProductKey
-    seq: int = 0
-    committed: int = -1
-    handles: dict[str, HandleRecord] = field(default_factory=dict)
-    log: dict[int, tuple[Op, ...]] = field(default_factory=dict)
-    pending: list[Op] = field(default_factory=list)
-    waiters: list[_Waiter] = field(default_factory=list)
-    grant_seq: dict[str, int] = field(default_factory=dict)
-    releasing: dict[str, int] = field(default_factory=dict)  # handle -> seq of its release
-    released_by: dict[str, tuple[str, str]] = field(default_factory=dict)  # (owner, client id)
-    # Records of released handles whose release is not committed yet (for snapshots).
-    pending_released: dict[str, HandleRecord] = field(default_factory=dict)
-    used: int = 0  # seats of `handles`, kept as handles come and go
-    floor: Floor = NO_FLOOR  # the replicated floors, with those of the pending ops
-    floor_seq: int = 0  # the entry of the latest Floor op
-    floor_committed: Floor = NO_FLOOR  # the floors in force (`floor` once floor_seq commits)
-    # The table adopted at takeover is committed state: a promise said its version was
-    # committed, so entry 0 goes out as a committed snapshot (recorded above a backend's LQ).
-    adopted_committed: bool = False
-
-    def seats(self) -> int:
-        return self.used
-
-    def add(self, rec: HandleRecord) -> None:
-        if rec.handle not in self.handles:
-            self.used += rec.seats
-        self.handles[rec.handle] = rec
-
-    def pop(self, handle: str) -> HandleRecord:
-        rec = self.handles.pop(handle)
-        self.used -= rec.seats
-        return rec
-
-    def handles_committed(self) -> list[HandleRecord]:
-        """The handle table as of the committed entry (entry 0 until that one commits):
-        without grants that are not committed, with handles whose release is not."""
-        upto = max(self.committed, 0)
-        table = {**self.handles, **self.pending_released}
-        return [r for h, r in table.items() if self.grant_seq.get(h, 0) <= upto]
-
-
 class Leader:
-    _phase: str  # TAKEOVER: "probe", "prepare", "sync" (set by `_reset_term`)
-    _force: bool  # this takeover skips the leader-liveness guard
+    """The façade over the parts (docs/design.md §2, §5): it owns the role state, the
+    backends, the product logs, the leases and the crypt router, routes every input to
+    them, and keeps the API the server and the simulation call."""
+
+    _force: bool  # this takeover skips the leader-liveness guard (set by `_reset_term`)
 
     def __init__(
         self,
@@ -270,17 +143,17 @@ class Leader:
         """`random_ids`: the random part of new handle ids (default: 128 bits from `secrets`;
         the simulation passes a seeded one to replay a run)."""
         self.cfg = config
-        self.role = Role.STANDBY
+        self._roles = RoleState()
         self.epoch: Epoch | None = None
         self.last_counter = last_counter
         self._wall = wall_clock or (lambda: 0.0)
         self._random_ids = random_ids or (lambda: secrets.token_hex(HANDLE_RANDOM_BYTES))
         self._mids = itertools.count(1)
         self._eff_cache: dict[ProductKey, Effective] = {}  # cleared when a backend changes
-        self._next_scan = 0.0
         self._next_floor_scan = 0.0
-        self._rr = itertools.count()
-        self.backends = [_Backend(name, i) for i, name in enumerate(config.backends)]
+        self._leases = Leases(config.lease, config.backend_timeout)
+        self._crypt = CryptRouter(self)
+        self.backends = [Backend(name, i) for i, name in enumerate(config.backends)]
         self._by_name = {b.name: b for b in self.backends}
         self._reset_term()
         self.ops_committed = 0
@@ -293,6 +166,14 @@ class Leader:
         self._last_seen: float | None = None  # time of the latest tick or client request
         self._resumed_at = float("-inf")  # when this server noticed its latest pause ended
 
+    @property
+    def role(self) -> Role:
+        return self._roles.role
+
+    @property
+    def _phase(self) -> Phase:
+        return self._roles.phase
+
     # ================================================================== public inputs
 
     def promote(self, now: float, force: bool = False) -> Effects:
@@ -304,16 +185,15 @@ class Leader:
             # An operator forces a takeover that waits for a live leader: stop waiting.
             self._force = True
             fx.events.append({"event": "promote", "server": self.cfg.server_id, "force": True})
-            if self._phase == "probe":
+            if self._phase == Phase.PROBE:
                 self._maybe_prepare(now, fx)
             return fx
         if self.role in (Role.ACTIVE, Role.TAKEOVER):
             return fx
         self._reset_term()
-        self.role = Role.TAKEOVER
+        self._roles.fire(Event.PROMOTE)
         self.fenced_by = None
         self._takeover_started = now
-        self._phase = "probe"
         self._force = force
         fx.events.append({"event": "promote", "server": self.cfg.server_id, "force": force})
         for b in self.backends:
@@ -325,7 +205,7 @@ class Leader:
         if self.role == Role.STANDBY:
             return fx
         self._fail_all_waiters(fx, ErrorCode.NOT_ACTIVE, "server demoted")
-        self.role = Role.STANDBY
+        self._roles.fire(Event.DEMOTE)
         self.epoch = None
         self._reset_term()
         fx.events.append({"event": "demote", "server": self.cfg.server_id, "reason": reason})
@@ -348,10 +228,9 @@ class Leader:
             # (leader_live_window) and of this server knowing who is heard.
             if now - b.last_probe >= self.cfg.probe_interval:
                 self._probe(b, now, fx)
-        if self.role == Role.TAKEOVER and self._phase == "probe":
+        if self.role == Role.TAKEOVER and self._phase == Phase.PROBE:
             self._maybe_prepare(now, fx)
-        if self.role == Role.ACTIVE and now >= self._next_scan:
-            self._next_scan = now + EXPIRY_SCAN
+        if self.role == Role.ACTIVE and self._leases.scan_due(now):
             self._expire(now, fx)
         if self.role == Role.ACTIVE:
             self._answer_overdue(now, fx)
@@ -376,8 +255,8 @@ class Leader:
         if isinstance(msg, Status) and out.sent_at < b.status_sent_at:
             return fx  # probes overlap: an older probe's answer overtaken by a newer one
         if isinstance(msg, Rejected):
-            if out.kind == "crypt" and out.crypt is not None:
-                self._crypt_failed(out.crypt, ErrorCode.NOT_ACTIVE, "fenced", fx)
+            if out.kind == "crypt":
+                self._crypt.on_rejected(msg.mid, fx)
             self._fence(msg.promised, b, fx)
         elif isinstance(msg, Status):
             b.status_sent_at = out.sent_at
@@ -395,7 +274,7 @@ class Leader:
         elif isinstance(msg, Accepted):
             self._on_accepted(b, msg, out, now, fx)
         elif isinstance(msg, CryptResult):
-            self._on_crypt_result(b, msg, out, now, fx)
+            self._crypt.on_result(msg.mid, msg, b.name, now, fx)
         elif isinstance(msg, PeerError):
             fx.events.append({"event": "backend_error", "backend": b.name, "message": msg.message})
             if out.kind == "repl":
@@ -445,15 +324,17 @@ class Leader:
             return fx
         assert self.epoch is not None
         key = (firm, product)
-        existing = self._by_request.get((owner, client_id, rid))
+        existing = self._handles.by_request((owner, client_id, rid))
         if existing is not None:
-            p = self._products[self._handle_key[existing]]
+            key_held = self._handles.key_of(existing)
+            assert key_held is not None
+            p = self._products[key_held]
             rec = p.handles[existing]
             reply = ClientReply(token, rid, self._grant_result(rec, now))
             self._reply_when(p, p.grant_seq.get(existing, 0), reply, fx)
             self._auto_pump(now, fx)
             return fx
-        if (owner, client_id, rid) in self._recent_released:
+        if self._handles.was_released((owner, client_id, rid)):
             fx.replies.append(
                 ClientReply(
                     token,
@@ -470,17 +351,15 @@ class Leader:
             return fx
         assert eff is not None
         p = self._product(key)
-        # Random, not a counter: a handle id cannot be guessed (and is useless to another key).
-        handle = f"h{self.epoch.counter}-{self.cfg.server_id}-{self._random_ids()}"
+        handle = handles.handle_id(self.epoch, self._random_ids())
         rec = HandleRecord(
             handle, firm, product, seats, client_id, rid, self._wall(), owner, user, host, pid
         )
         seq = self._propose(p, Grant(rec))
         p.add(rec)
         p.grant_seq[handle] = seq
-        self._handle_key[handle] = key
-        self._by_request[(owner, client_id, rid)] = handle
-        self._leases[handle] = now + self.cfg.lease
+        self._handles.add(handle, key, (owner, client_id, rid))
+        self._leases.grant(handle, now)
         self._reply_when(p, seq, ClientReply(token, rid, self._grant_result(rec, now)), fx)
         fx.events.append(
             {
@@ -507,7 +386,7 @@ class Leader:
             # Kept also when not confirmed below: a quorum loss of any length does not
             # expire a handle whose heartbeats arrive. That only delays this server's own
             # expiry (a deposed server commits nothing; a new leader restarts every lease).
-            self._leases[handle] = max(self._leases.get(handle, now), now + self.cfg.lease)
+            self._leases.extend(handle, now)
         if self._refuse_unconfirmed(fx, token, rid, now):
             return fx
         if not held:
@@ -524,7 +403,7 @@ class Leader:
         fx = Effects()
         if self._refuse_unconfirmed(fx, token, rid, now):
             return fx
-        key = self._handle_key.get(handle)
+        key = self._handles.key_of(handle)
         if key is None:
             return self._unknown_handle(fx, token, rid, handle)
         p = self._products[key]
@@ -563,8 +442,8 @@ class Leader:
             return self._unknown_handle(fx, token, rid, handle)
         p = self._products[rec.key]
         min_seq = p.grant_seq.get(handle, 0)
-        job = _CryptJob(token, rid, rec.key, handle, client_id, operation, data, min_seq, owner)
-        self._crypt_dispatch(job, now, fx)
+        job = CryptJob(token, rid, rec.key, handle, client_id, operation, data, min_seq, owner)
+        self._crypt.start(job, now, fx)
         return fx
 
     def admin_release(self, token: Any, rid: str, handle: str, now: float, *, by: str) -> Effects:
@@ -577,7 +456,7 @@ class Leader:
         fx = Effects()
         if self._refuse_unconfirmed(fx, token, rid, now):
             return fx
-        key = self._handle_key.get(handle)
+        key = self._handles.key_of(handle)
         rec = self._products[key].handles.get(handle) if key is not None else None
         if key is None or rec is None:
             message = f"no client holds handle {handle[:HANDLE_SHOWN]!r} on this server"
@@ -624,14 +503,7 @@ class Leader:
         return fx
 
     def _from_newer_leader(self, handle: str) -> bool:
-        """Handle ids carry the epoch that granted them: `h<counter>-<server>-<random>`."""
-        if self.epoch is None or not handle.startswith("h"):
-            return False
-        counter, _, rest = handle[1:].partition("-")
-        server, _, _n = rest.rpartition("-")
-        if not counter.isdigit() or not server:
-            return False
-        return Epoch(int(counter), server) > self.epoch
+        return self.epoch is not None and handles.granted_after(handle, self.epoch)
 
     def _unknown_handle(self, fx: Effects, token: Any, rid: str, handle: str) -> Effects:
         if self._from_newer_leader(handle):
@@ -654,9 +526,8 @@ class Leader:
     def _leadership_confirmed(self, now: float) -> bool:
         """A majority of backends answered, in our epoch, requests sent within the last
         backend_timeout and after the latest pause of this server."""
-        times = sorted((b.confirmed_at for b in self.backends), reverse=True)
         since = max(now - self.cfg.backend_timeout, self._resumed_at)
-        return len(times) >= QUORUM and times[QUORUM - 1] >= since
+        return backends.leadership_confirmed(self.backends, since)
 
     def _refuse_unconfirmed(self, fx: Effects, token: Any, rid: str, now: float) -> bool:
         """Answer, and return True for, a client request this server may not answer from its
@@ -711,39 +582,17 @@ class Leader:
         for key in sorted(keys):
             eff = self._effective(key)
             p = self._products.get(key)
-            lic = self._best_license(key, eff)
-            out.append(
-                {
-                    "firm": key[0],
-                    "product": key[1],
-                    "tmr_id": eff.tmr_id,
-                    "quantity": eff.quantity,
-                    "in_use": p.seats() if p and self.role == Role.ACTIVE else 0,
-                    "available": eff.available,
-                    "status": eff.status,
-                    "floor": self._floor_json(key),
-                    "reason": eff.reason.value if eff.reason else None,
-                    "expires": lic.expires if lic else None,
-                    "features": dict(lic.features) if lic else {},
-                }
-            )
+            in_use = p.seats() if p and self.role == Role.ACTIVE else 0
+            lic = admission.best_license(self.backends, key, eff)
+            out.append(admission.license_row(key, eff, in_use, self._floor_json(key), lic))
         return out
 
     def live_leader(self, now: float) -> str | None:
         """Another server that a majority of reachable backends heard as their promised
         leader within `leader_live_window` (None: no other server is alive as leader)."""
-        heard: dict[str, int] = {}
-        for b in self.backends:
-            e = b.live_epoch
-            if (
-                b.up
-                and e is not None
-                and e.server
-                and e.server != self.cfg.server_id
-                and now - b.live_at < self.cfg.leader_live_window
-            ):
-                heard[e.server] = heard.get(e.server, 0) + 1
-        return next((server for server, n in heard.items() if n >= QUORUM), None)
+        return backends.live_leader(
+            self.backends, self.cfg.server_id, now, self.cfg.leader_live_window
+        )
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         """A JSON view; `now` defaults to the latest time the leader was given."""
@@ -773,7 +622,9 @@ class Leader:
                         for k, v in sorted(b.licenses.items())
                     },
                     "synced": {key_str(k): s for k, s in sorted(b.acked.items())},
-                    "refused": {key_str(k): r for k, r in sorted(self._refusals(b).items())},
+                    "refused": {
+                        key_str(k): r for k, r in sorted(floors.refusals(b, self._floor).items())
+                    },
                 }
                 for i, b in enumerate(self.backends)
             ],
@@ -783,86 +634,50 @@ class Leader:
         }
 
     def handles_view(self, now: float) -> list[dict[str, Any]]:
-        out = []
-        for p in self._products.values():
-            for rec in p.handles.values():
-                out.append(
-                    {
-                        "handle": rec.handle,
-                        "firm": rec.firm,
-                        "product": rec.product,
-                        "seats": rec.seats,
-                        "client_id": rec.client_id,
-                        "user": rec.user,
-                        "host": rec.host,
-                        "pid": rec.pid,
-                        "owner": rec.owner,
-                        "granted_at": rec.granted_at,
-                        "lease_left": max(0.0, self._leases.get(rec.handle, now) - now),
-                        "committed": p.grant_seq.get(rec.handle, 0) <= p.committed,
-                    }
-                )
-        return out
+        return [
+            admission.handle_row(
+                rec,
+                self._leases.left(rec.handle, now),
+                p.grant_seq.get(rec.handle, 0) <= p.committed,
+            )
+            for p in self._products.values()
+            for rec in p.handles.values()
+        ]
 
     # ================================================================== internals
 
     def _reset_term(self) -> None:
-        self._products: dict[ProductKey, _Product] = {}
-        self._handle_key: dict[str, ProductKey] = {}
-        self._by_request: dict[tuple[str, str, str], str] = {}  # (owner, client, request id)
-        self._recent_released: OrderedDict[tuple[str, str, str], None] = OrderedDict()
-        self._leases: dict[str, float] = {}
-        self._crypt_jobs: dict[int, _CryptJob] = {}
-        self._phase = ""
+        """Forget the term's state (the role changes through `self._roles` alone)."""
+        self._products: dict[ProductKey, Product] = {}
+        self._handles = HandleIndex()
+        self._leases.clear()
         self._bootstrap = False
         self._takeover_started = 0.0
         self._force = False
         self._waiting_for: str | None = None  # the live leader a takeover waits for
         self.denials: dict[ProductKey, int] = {}
-        for b in getattr(self, "backends", []):
-            b.acked.clear()
-            b.confirmed_at = float("-inf")
-            b.refused_until.clear()
-            b.refusal.clear()
-            b.promise = None
-            b.prepare_sent = False
-            b.snapshot_acked = False
-            b.inflight.clear()
-            b.sent.clear()
-            b.told.clear()
-            for mid, out in list(b.outstanding.items()):
-                if out.kind != "probe":
-                    del b.outstanding[mid]
+        for b in self.backends if hasattr(self, "backends") else ():
+            b.new_term()
 
-    def _send(self, b: _Backend, msg: PeerRequest, out: _Outstanding, fx: Effects) -> None:
+    def _send(self, b: Backend, msg: PeerRequest, out: Outstanding, fx: Effects) -> None:
         b.outstanding[msg.mid] = out
         fx.send.append((b.name, msg))
 
-    def _probe(self, b: _Backend, now: float, fx: Effects) -> None:
+    def _probe(self, b: Backend, now: float, fx: Effects) -> None:
         mid = next(self._mids)
         b.last_probe = now
         # The epoch only while leading: a standby's or fenced server's probe is no sign of life.
-        self._send(b, Probe(mid, self.epoch), _Outstanding("probe", now), fx)
+        self._send(b, Probe(mid, self.epoch), Outstanding("probe", now), fx)
 
-    def _mark_up(self, b: _Backend, fx: Effects) -> None:
-        if not b.up:
+    def _mark_up(self, b: Backend, fx: Effects) -> None:
+        if backends.mark_up(b, fx.events):
             self._eff_cache.clear()
-            b.up = True
-            fx.events.append({"event": "backend_up", "backend": b.name})
 
-    def _mark_down(self, b: _Backend, fx: Effects, why: str) -> None:
-        # Its acks stay durable facts, but it no longer counts for commits or log trimming
-        # until it answers again; then it resumes from its log or gets a snapshot.
-        b.acked.clear()
-        b.sent.clear()
-        b.told.clear()
-        b.confirmed_at = float("-inf")
-        if b.up:
+    def _mark_down(self, b: Backend, fx: Effects, why: str) -> None:
+        if backends.mark_down(b, fx.events, why):
             self._eff_cache.clear()
-            b.up = False
-            fx.events.append({"event": "backend_down", "backend": b.name, "reason": why})
 
-    def _timeout(self, b: _Backend, mid: int, out: _Outstanding, now: float, fx: Effects) -> None:
+    def _timeout(self, b: Backend, mid: int, out: Outstanding, now: float, fx: Effects) -> None:
         del b.outstanding[mid]
         if out.kind == "probe" and b.answered_at > out.sent_at:
             return  # one lost probe: it answered a later request, so it is up
@@ -877,12 +692,12 @@ class Leader:
                 return
         if out.kind == "prepare":
             b.prepare_sent = False
-        if out.kind == "crypt" and out.crypt is not None:
-            self._crypt_dispatch(out.crypt, now, fx)
+        if out.kind == "crypt":
+            self._crypt.on_timeout(mid, now, fx)
             return  # a slow crypt call alone does not make a backend down
         self._mark_down(b, fx, f"no answer to {out.kind} within {self.cfg.backend_timeout}s")
 
-    def _fence(self, promised: Epoch, b: _Backend, fx: Effects) -> None:
+    def _fence(self, promised: Epoch, b: Backend, fx: Effects) -> None:
         if self.role not in (Role.ACTIVE, Role.TAKEOVER):
             return
         if self.epoch is not None and promised <= self.epoch:
@@ -897,7 +712,7 @@ class Leader:
                 "backend": b.name,
             }
         )
-        self.role = Role.FENCED
+        self._roles.fire(Event.FENCE)
         self.fenced_by = promised
         self.epoch = None
         self._reset_term()
@@ -914,14 +729,8 @@ class Leader:
 
     def _fail_all_waiters(self, fx: Effects, code: ErrorCode, message: str) -> None:
         for p in self._products.values():
-            for w in p.waiters:
-                fx.replies.append(
-                    ClientReply(w.reply.token, w.reply.rid, error=code, message=message)
-                )
-            p.waiters.clear()
-        for job in list(self._crypt_jobs.values()):
-            self._crypt_failed(job, code, message, fx)
-        self._crypt_jobs.clear()
+            productlog.fail_waiters(p, code, message, fx)
+        self._crypt.fail_all(code, message, fx)
 
     # ---------------------------------------------------------------- licenses
 
@@ -929,41 +738,14 @@ class Leader:
         self._floor_in_force(key)
         eff = self._eff_cache.get(key)
         if eff is None:
-            eff = self._eff_cache[key] = self._compute_effective(key)
-        return eff
-
-    def _compute_effective(self, key: ProductKey) -> Effective:
-        holdings: list[Holding | None] = []
-        for b in self.backends:
-            lic = b.licenses.get(key)
-            ok = b.up and lic is not None and lic.valid and not self._below_floor(b, key)
-            holdings.append(
-                Holding(
-                    lic.tmr_id,
-                    lic.quantity,
-                    lic.set_id,
-                    lic.set_index,
-                    lic.fingerprint,
-                    lic.backend_key,
-                )
-                if ok and lic
-                else None
+            eff = self._eff_cache[key] = admission.effective(
+                self.backends,
+                key,
+                below_floor=self._below_floor,
+                floor_id=lambda k: self._floor(k).tmr_id,
+                backend_keys=self.cfg.backend_keys,
             )
-        keys = self.cfg.backend_keys or ("",) * len(holdings)
-        return self._show_below_floor(key, effective_version(holdings, keys))
-
-    def _show_below_floor(self, key: ProductKey, eff: Effective) -> Effective:
-        """A reachable backend's copy below the TMR ID floor does not count, but shows as not
-        at the effective ID, ``(#7)``, as during an update (not as ``-``, no copy)."""
-        floor = self._floor(key).tmr_id
-        parts = eff.status.split(" ")
-        if not floor or len(parts) != len(self.backends):
-            return eff
-        for i, b in enumerate(self.backends):
-            lic = b.licenses.get(key)
-            if b.up and lic is not None and lic.tmr_id < floor and parts[i] == f"{i + 1}:-":
-                parts[i] = f"{i + 1}:(#{lic.tmr_id})"
-        return replace(eff, status=" ".join(parts))
+        return eff
 
     def _copy_problem(self, index: int, key: ProductKey) -> str | None:
         """Why backend ``index``'s copy of ``key`` does not count (None: it counts or is
@@ -972,90 +754,122 @@ class Leader:
         problem = problems[index] if index < len(problems) else None
         return problem.value if problem else None
 
-    def _best_license(self, key: ProductKey, eff: Effective) -> LicenseInfo | None:
-        best = None
-        for b in self.backends:
-            lic = b.licenses.get(key)
-            if lic is None:
-                continue
-            if eff.tmr_id is not None and lic.tmr_id == eff.tmr_id:
-                return lic
-            if best is None or lic.tmr_id > best.tmr_id:
-                best = lic
-        return best
-
-    def _admission(
-        self, key: ProductKey, seats: int
-    ) -> tuple[ErrorCode | None, str, Effective | None]:
-        known = [b for b in self.backends if key in b.licenses]
-        if not known:
-            return ErrorCode.UNKNOWN_LICENSE, f"no license {key_str(key)} in this container", None
-        eff = self._effective(key)
-        if not eff.available:
-            up_copies = [b.licenses[key] for b in known if b.up]
-            valid = sum(1 for lic in up_copies if lic.valid)
-            expired = sum(1 for lic in up_copies if lic.reason == "expired")
-            if expired and valid + expired >= QUORUM:
-                return ErrorCode.LICENSE_EXPIRED, f"license {key_str(key)} has expired", eff
-            why = f", {eff.reason.value}" if eff.reason else ""
-            return (
-                ErrorCode.QUORUM_LOST,
-                f"license {key_str(key)} is held by fewer than 2 reachable backends "
-                f"({eff.status}{why})",
-                eff,
-            )
+    def _admission(self, key: ProductKey, seats: int) -> Admission:
         p = self._products.get(key)
-        used = p.seats() if p else 0
-        if used + seats > eff.quantity:
-            return (
-                ErrorCode.NO_LICENSE_AVAILABLE,
-                f"{used} of {eff.quantity} seats of {key_str(key)} in use, {seats} requested",
-                eff,
-            )
-        return None, "", eff
+        return admission.admit(self.backends, key, seats, self._effective, p.seats() if p else 0)
 
     def _grant_result(self, rec: HandleRecord, now: float) -> dict[str, Any]:
         eff = self._effective(rec.key)
         tmr_id = eff.tmr_id
         if tmr_id is None:  # a retry while not available (expired, quorum lost): the copy's
-            lic = self._best_license(rec.key, eff)
+            lic = admission.best_license(self.backends, rec.key, eff)
             tmr_id = lic.tmr_id if lic else 0
-        return {
-            "handle": rec.handle,
-            "firm": rec.firm,
-            "product": rec.product,
-            "seats": rec.seats,
-            "lease": self.cfg.lease,
-            "tmr_id": tmr_id,
-        }
+        return admission.grant_result(rec, tmr_id, self.cfg.lease)
+
+    # ---------------------------------------------------------------- floors
+
+    def _floor_in_force(self, key: ProductKey) -> None:
+        p = self._products.get(key)
+        if p is not None and floors.in_force(p):
+            self._eff_cache.pop(key, None)
+
+    def _floor(self, key: ProductKey) -> Floor:
+        self._floor_in_force(key)
+        return floors.floor_of(self._products.get(key), key, self.backends)
+
+    def _floor_json(self, key: ProductKey) -> dict[str, Any]:
+        floor = self._floor(key)
+        return {"tmr_id": floor.tmr_id, "time": floor.time}
+
+    def _below_floor(self, b: Backend, key: ProductKey) -> str:
+        return floors.below_floor(b, key, self._floor)
+
+    def _raise_floors(self, fx: Effects) -> None:
+        """Propose a `Floor` op for each product whose effective TMR ID rose above its floor,
+        or whose time floor is `TIME_FLOOR_STEP` behind the trusted time."""
+        if any(b.up and b.clock is None for b in self.backends):
+            return  # a backend of an older version would not read a Floor op
+        trusted = floors.trusted_time(self.backends)
+        for p in self._products.values():
+            if p.committed < 0:
+                continue
+            eff = self._effective(p.key)
+            new = floors.raised(p, eff.tmr_id if eff.available else None, trusted)
+            if new == p.floor:
+                continue
+            if new.tmr_id > p.floor.tmr_id:
+                fx.events.append(
+                    {"event": "floor_raised", "license": key_str(p.key), "tmr_id": new.tmr_id}
+                )
+            p.floor_seq = self._propose(p, new)
+            p.floor = new
+
+    # ---------------------------------------------------------------- leases
+
+    def _expire(self, now: float, fx: Effects) -> None:
+        for p in self._products.values():
+            for h in self._leases.expired(p, now):
+                self._remove_handle(p, h, ReleaseReason.EXPIRE, fx)
+
+    # ---------------------------------------------------------------- crypt (CryptPort)
+
+    def crypt_refusal(self, job: CryptJob) -> tuple[ErrorCode, str] | None:
+        if self.role != Role.ACTIVE or self.epoch is None:
+            return ErrorCode.NOT_ACTIVE, "this TMR server is not active"
+        # The license must be available as for a checkout (two reachable backends with a
+        # valid copy of the effective version), not merely one backend holding the handle.
+        code, message, _eff = self._admission(job.key, 0)
+        if code is not None and code != ErrorCode.NO_LICENSE_AVAILABLE:
+            return code, message
+        return None
+
+    def crypt_backends(self, job: CryptJob) -> list[str]:
+        return [
+            b.name
+            for b in self.backends
+            if b.up
+            and b.holds(job.key)
+            and not self._below_floor(b, job.key)
+            and b.acked.get(job.key, -1) >= job.min_seq
+            and b.name not in job.tried
+        ]
+
+    def send_crypt(self, backend: str, job: CryptJob, now: float, fx: Effects) -> int:
+        assert self.epoch is not None
+        mid = next(self._mids)
+        msg = Crypt(
+            mid,
+            self.epoch,
+            job.key,
+            job.handle,
+            job.client_id,
+            job.operation,
+            job.data,
+            job.owner,
+        )
+        self._send(self._by_name[backend], msg, Outstanding("crypt", now), fx)
+        return mid
 
     # ---------------------------------------------------------------- log and commit
 
-    def _product(self, key: ProductKey) -> _Product:
+    def _product(self, key: ProductKey) -> Product:
         p = self._products.get(key)
         if p is None:
-            p = _Product(key)
+            p = Product(key)
             self._products[key] = p
         return p
 
-    def _propose(self, p: _Product, op: Op) -> int:
-        """Queue an op; return the seq of the entry it will be committed in (each entry
-        takes the next MAX_ENTRY_OPS pending ops, in order)."""
-        p.pending.append(op)
-        return p.seq + 1 + (len(p.pending) - 1) // MAX_ENTRY_OPS
+    def _propose(self, p: Product, op: Op) -> int:
+        return productlog.propose(p, op)
 
-    def _remove_handle(self, p: _Product, handle: str, reason: ReleaseReason, fx: Effects) -> int:
+    def _remove_handle(self, p: Product, handle: str, reason: ReleaseReason, fx: Effects) -> int:
         rec = p.pop(handle)
         p.pending_released[handle] = rec
         seq = self._propose(p, Release(handle, reason, self._wall()))
         p.releasing[handle] = seq
         p.released_by[handle] = (rec.owner, rec.client_id)
-        self._leases.pop(handle, None)
-        request = (rec.owner, rec.client_id, rec.request_id)
-        self._by_request.pop(request, None)
-        self._recent_released[request] = None
-        if len(self._recent_released) > RECENT_RELEASED:
-            self._recent_released.popitem(last=False)
+        self._leases.drop(handle)
+        self._handles.released((rec.owner, rec.client_id, rec.request_id))
         fx.events.append(
             {
                 "event": "handle_expired" if reason == ReleaseReason.EXPIRE else "handle_released",
@@ -1067,12 +881,9 @@ class Leader:
         )
         return seq
 
-    def _reply_when(self, p: _Product, seq: int, reply: ClientReply, fx: Effects) -> None:
-        if seq <= p.committed:
-            fx.replies.append(reply)
-        else:
-            deadline = self._now + self.cfg.backend_timeout + self.cfg.probe_interval
-            p.waiters.append(_Waiter(seq, reply, deadline))
+    def _reply_when(self, p: Product, seq: int, reply: ClientReply, fx: Effects) -> None:
+        deadline = self._now + self.cfg.backend_timeout + self.cfg.probe_interval
+        productlog.reply_when(p, seq, reply, deadline, fx)
 
     def _answer_overdue(self, now: float, fx: Effects) -> None:
         """A client waits at most backend_timeout (a resend after a lost message included)
@@ -1080,167 +891,70 @@ class Leader:
         with the backends' state (the op stays queued and may still commit; a retry with
         the same request id gets its outcome)."""
         for p in self._products.values():
-            if not p.waiters or p.waiters[0].deadline > now:
-                continue
-            late = [w for w in p.waiters if w.deadline <= now]
-            p.waiters = [w for w in p.waiters if w.deadline > now]
-            message = (
-                f"not committed within {self.cfg.backend_timeout + self.cfg.probe_interval:g}s "
-                f"(license {key_str(p.key)}: {self._commit_state(p)})"
-            )
-            for w in late:
-                fx.replies.append(
-                    ClientReply(
-                        w.reply.token, w.reply.rid, error=ErrorCode.QUORUM_LOST, message=message
-                    )
-                )
+            productlog.answer_overdue(p, now, partial(self._overdue_message, p), fx)
 
-    def _commit_state(self, p: _Product) -> str:
-        """Per backend, why it does not help commit `p` (for QUORUM_LOST messages)."""
-        out = []
-        for b in self.backends:
-            if not b.up:
-                state = "down"
-            elif b.refusal.get(p.key):
-                state = f"refuses: {b.refusal[p.key]}"
-            elif p.key not in b.licenses:
-                state = "no copy"
-            else:
-                state = f"at {b.acked.get(p.key, '-')}"
-            out.append(f"{b.name} {state}")
-        return f"committed {p.committed}, last {p.seq}; " + ", ".join(out)
+    def _overdue_message(self, p: Product) -> str:
+        return (
+            f"not committed within {self.cfg.backend_timeout + self.cfg.probe_interval:g}s "
+            f"(license {key_str(p.key)}: {productlog.commit_state(p, self.backends)})"
+        )
 
-    def _flush(self, p: _Product) -> None:
-        """Turn pending ops into the next log entry: at once if every entry is committed;
-        behind uncommitted ones (at most PIPELINE) only with PIPELINE_MIN_OPS ops or more."""
-        if not p.pending or p.committed < 0:
-            return
-        uncommitted = p.seq - p.committed
-        if uncommitted >= PIPELINE or (uncommitted and len(p.pending) < PIPELINE_MIN_OPS):
-            return
-        ops, p.pending = tuple(p.pending[:MAX_ENTRY_OPS]), p.pending[MAX_ENTRY_OPS:]
-        p.seq += 1
-        p.log[p.seq] = ops
-
-    def _recommit(self, p: _Product, fx: Effects) -> None:
-        acks = sorted((b.acked[p.key] for b in self.backends if p.key in b.acked), reverse=True)
-        if len(acks) < QUORUM or acks[QUORUM - 1] <= p.committed:
-            return
-        new = acks[QUORUM - 1]
-        for s in range(max(p.committed + 1, 1), new + 1):
-            self.ops_committed += len(p.log.get(s, ()))
-        p.committed = new
-        ready = [w for w in p.waiters if w.seq <= new]
-        if ready:
-            p.waiters = [w for w in p.waiters if w.seq > new]
-            fx.replies.extend(w.reply for w in ready)
-        for h, s in list(p.releasing.items()):
-            if s <= new:
-                del p.releasing[h]
-                p.pending_released.pop(h, None)
-                p.released_by.pop(h, None)
-                del self._handle_key[h]
-                p.grant_seq.pop(h, None)
-        # Trim the log: entries every synced backend has are no longer needed for resends.
-        floor = min(acks)
-        for s in [s for s in p.log if s <= floor]:
-            del p.log[s]
+    def _recommit(self, p: Product, fx: Effects) -> None:
+        ops, gone = productlog.recommit(p, self.backends, fx)
+        self.ops_committed += ops
+        for h in gone:
+            self._handles.forget(h)
 
     def _pump(self, now: float, fx: Effects) -> None:
         if self.role not in (Role.ACTIVE, Role.TAKEOVER) or self.epoch is None:
             return
-        if self.role == Role.TAKEOVER and self._phase != "sync":
+        if self.role == Role.TAKEOVER and self._phase != Phase.SYNC:
             return
         for p in self._products.values():
-            self._flush(p)
+            productlog.flush(p)
         for b in self.backends:
             if not b.up or "snapshot" in b.inflight.values():
                 continue
             if self.role == Role.TAKEOVER and b.promise is None:
                 continue
-            if not self._may_seed(b):
+            takeover = self.role == Role.TAKEOVER
+            if not backends.may_seed(
+                self.backends, b, bootstrap=self._bootstrap, takeover=takeover
+            ):
                 continue
             self._pump_backend(b, now, fx)
 
-    def _pump_backend(self, b: _Backend, now: float, fx: Effects) -> None:
+    def _pump_backend(self, b: Backend, now: float, fx: Effects) -> None:
         """Send one backend what it lacks: a snapshot, or the next entries (pipelined)."""
         assert self.epoch is not None
-        snap: list[SnapshotEntry] = []  # committed state
-        proposals: list[SnapshotEntry] = []  # entry 0 of a takeover, not committed yet
-        entries: list[AcceptEntry] = []
-        sent: dict[ProductKey, int] = {}
-        commits: list[tuple[ProductKey, int]] = []  # committed seqs it was not told yet
-        for p in self._products.values():
-            if p.committed > b.told.get(p.key, -1):
-                commits.append((p.key, p.committed))
-            # Also a backend whose copy is not valid (expired): it records releases and
-            # committed state, and refuses grants.
-            if p.key not in b.licenses or now < b.refused_until.get(p.key, float("-inf")):
-                continue
-            acked = b.acked.get(p.key)
-            if (
-                acked is None
-                or (acked < p.seq and (acked + 1) not in p.log)
-                or (p.key in b.refusal and acked < p.committed)
-            ):
-                # Committed state only, then the newer entries one by one: a backend that
-                # refused a grant above its own LQ (committed by others) records what a
-                # quorum committed (also above its LQ) and still checks every grant it
-                # would be a vote for. The floors go with it: a wiped backend is seeded.
-                at = max(p.committed, 0)
-                entry = SnapshotEntry(p.key, at, tuple(p.handles_committed()), p.floor)
-                (snap if p.committed >= 0 or p.adopted_committed else proposals).append(entry)
-                continue
-            if self._below_floor(b, p.key):
-                continue  # seeded: no entries until it holds a copy at or above the floors
-            start = max(acked, b.sent.get(p.key, acked)) + 1
-            entries.extend(AcceptEntry(p.key, seq, p.log[seq]) for seq in range(start, p.seq + 1))
-            if start <= p.seq:
-                sent[p.key] = p.seq
-        first_snapshot = self.role == Role.TAKEOVER and not b.snapshot_acked
-        msg: Snapshot | Accept
-        if snap or proposals or first_snapshot:
-            if b.inflight:
-                return  # a snapshot waits until the pipelined ACCEPTs are answered
-            # One kind per message: the backend checks a proposal against its own LQ.
-            committed = bool(snap)
-            snap = snap or proposals
-            msg = Snapshot(next(self._mids), self.epoch, tuple(snap), committed=committed)
-            kind = "snapshot"
-            sent = {e.key: e.seq for e in snap}
-        elif entries and len(b.inflight) < PIPELINE:
-            msg = Accept(next(self._mids), self.epoch, tuple(entries), tuple(commits))
-            kind = "accept"
-        elif commits and not b.inflight and self._notify_commits(commits):
-            # A commit notice (an ACCEPT without entries): see `_notify_commits`.
-            kind, msg = "accept", Accept(next(self._mids), self.epoch, (), tuple(commits))
-        else:
+        out = productlog.next_message(
+            self._products,
+            b,
+            now,
+            epoch=self.epoch,
+            first_snapshot=self.role == Role.TAKEOVER and not b.snapshot_acked,
+            below_floor=self._below_floor,
+            notify=self._notify_commits,
+            new_mid=lambda: next(self._mids),
+        )
+        if out is None:
             return
+        msg, kind, sent = out
         if isinstance(msg, Accept):
             b.told.update(msg.commits)
         b.inflight[msg.mid] = kind
         b.sent.update(sent)
-        self._send(b, msg, _Outstanding("repl", now), fx)
+        self._send(b, msg, Outstanding("repl", now), fx)
 
     def _notify_commits(self, commits: list[tuple[ProductKey, int]]) -> bool:
-        """Whether to tell a backend of these commits now, in a message of its own (else the
-        next ACCEPT carries them). Only while a product holds more seats than some backend's
-        valid copy allows (a license update under way): a new leader may then adopt a table
-        that backend refuses as a proposal, and records only as committed state, which it
-        knows to be so from a promise that was told (docs/design.md §6)."""
+        """See `productlog.notify_commits` (only while active)."""
         if self.role != Role.ACTIVE:
             return False
-        for key, _ in commits:
-            used = self._products[key].used
-            for x in self.backends:
-                lic = x.licenses.get(key)
-                if lic is not None and lic.valid and used > lic.quantity:
-                    return True
-        return False
+        return productlog.notify_commits(self._products, self.backends, commits)
 
-    # ---------------------------------------------------------------- replies
+    # ---------------------------------------------------------------- backend replies
 
-    def _on_status(self, b: _Backend, msg: Status, now: float, fx: Effects) -> None:
+    def _on_status(self, b: Backend, msg: Status, now: float, fx: Effects) -> None:
         self._update_licenses(b, msg.licenses, fx)
         b.clock = msg.clock
         if msg.floors != b.floors:
@@ -1251,31 +965,20 @@ class Leader:
             b.live_epoch, b.live_at = None, float("-inf")
         else:
             b.live_epoch, b.live_at = msg.promised, now - msg.leader_age
-        self._set_caught_up(b, msg.caught_up, now)
+        backends.set_caught_up(b, msg.caught_up, now)
         b.versions = dict(msg.versions)
         if self.epoch is not None and msg.promised > self.epoch:
             self._fence(msg.promised, b, fx)
             return
         if self.role == Role.TAKEOVER:
-            if self._phase == "probe":
+            if self._phase == Phase.PROBE:
                 self._maybe_prepare(now, fx)
             elif not b.prepare_sent and self.epoch is not None:
                 self._send_prepare(b, now, fx)
             return
         if self.role == Role.ACTIVE and not b.inflight and self.epoch is not None:
             # Reconcile a backend that was away: resume where its durable log is, or snapshot.
-            for key, p in self._products.items():
-                v = msg.versions.get(key)
-                if (
-                    v is not None
-                    and v.epoch == self.epoch
-                    and v.seq <= p.seq
-                    and (v.seq == p.seq or (v.seq + 1) in p.log)
-                ):
-                    b.acked[key] = max(b.acked.get(key, -1), v.seq)
-                else:
-                    b.acked.pop(key, None)
-                b.sent.pop(key, None)
+            productlog.resume(b, self._products, msg.versions, self.epoch)
             if not b.prepare_sent:
                 b.prepare_sent = True  # it joins through snapshots, which raise its promise
             for p in self._products.values():
@@ -1284,62 +987,23 @@ class Leader:
                 self._product(key)
 
     def _update_licenses(
-        self, b: _Backend, licenses: dict[ProductKey, LicenseInfo], fx: Effects
+        self, b: Backend, licenses: dict[ProductKey, LicenseInfo], fx: Effects
     ) -> None:
-        if licenses == b.licenses:
-            return
-        self._eff_cache.clear()
-        for key in set(licenses) | set(b.licenses):
-            old, new = b.licenses.get(key), licenses.get(key)
-            if old != new:
-                fx.events.append(
-                    {
-                        "event": "license_changed",
-                        "backend": b.name,
-                        "license": key_str(key),
-                        "tmr_id": new.tmr_id if new else None,
-                        "quantity": new.quantity if new else None,
-                        "valid": new.valid if new else False,
-                        "reason": new.reason if new else "removed",
-                    }
-                )
-                b.refused_until.pop(key, None)
-        b.licenses = dict(licenses)
+        if backends.update_licenses(b, licenses, fx.events):
+            self._eff_cache.clear()
 
-    def _set_caught_up(self, b: _Backend, caught_up: bool, now: float) -> None:
-        b.caught_up = caught_up
-        if caught_up:
-            b.fresh_since = None
-        elif b.fresh_since is None:
-            b.fresh_since = now
-
-    def _may_seed(self, b: _Backend) -> bool:
-        """May this leader write a snapshot to a backend whose store was wiped?
-
-        A wiped backend forgot its promise, so by itself it would accept a deposed leader.
-        Seed it only when two other backends confirmed this epoch after it was seen wiped
-        (or, at takeover, promised it), which rules out any newer epoch with a majority."""
-        if b.caught_up or self._bootstrap:
-            return True
-        if self.role == Role.TAKEOVER:
-            counted = [x for x in self.backends if x is not b and x.promise and x.promise.caught_up]
-            return len(counted) >= QUORUM
-        since = b.fresh_since if b.fresh_since is not None else float("inf")
-        confirmed = [x for x in self.backends if x is not b and x.confirmed_at >= since]
-        return len(confirmed) >= QUORUM
+    # ---------------------------------------------------------------- takeover
 
     def _maybe_prepare(self, now: float, fx: Effects) -> None:
         if not self._force and self._other_leader_alive(now, fx):
             return
-        # Backends that answered a probe sent since the promote (their state is current).
-        replied = [b for b in self.backends if b.up and b.status_sent_at >= self._takeover_started]
-        waited = now - self._takeover_started >= self.cfg.backend_timeout
-        if len(replied) == len(self.backends) or (len(replied) >= QUORUM and waited):
-            top = max([self.last_counter] + [b.promised.counter for b in self.backends])
-            self.last_counter = top + 1
+        wait = self.cfg.backend_timeout
+        replied = takeover.prepare_to(self.backends, self._takeover_started, now, wait)
+        if replied is not None:
+            self.last_counter = takeover.next_counter(self.last_counter, self.backends)
             self.epoch = Epoch(self.last_counter, self.cfg.server_id)
             fx.persist_counter = self.last_counter
-            self._phase = "prepare"
+            self._roles.fire(Event.PREPARE)
             fx.events.append(
                 {"event": "prepare", "server": self.cfg.server_id, "epoch": str(self.epoch)}
             )
@@ -1363,7 +1027,7 @@ class Leader:
                 self._waiting_for = None
             return False
         if now - self._takeover_started >= self.cfg.backend_timeout + self.cfg.leader_live_window:
-            self.role = Role.STANDBY
+            self._roles.fire(Event.YIELD)
             self._reset_term()
             fx.events.append(
                 {"event": "promote_yielded", "server": self.cfg.server_id, "active": other}
@@ -1375,75 +1039,60 @@ class Leader:
             )
         return True
 
-    def _send_prepare(self, b: _Backend, now: float, fx: Effects) -> None:
+    def _send_prepare(self, b: Backend, now: float, fx: Effects) -> None:
         assert self.epoch is not None
         b.prepare_sent = True
-        self._send(b, Prepare(next(self._mids), self.epoch), _Outstanding("prepare", now), fx)
+        self._send(b, Prepare(next(self._mids), self.epoch), Outstanding("prepare", now), fx)
 
-    def _on_promise(self, b: _Backend, msg: Promise, now: float, fx: Effects) -> None:
+    def _on_promise(self, b: Backend, msg: Promise, now: float, fx: Effects) -> None:
         if self.role != Role.TAKEOVER or msg.epoch != self.epoch:
             return
         self._update_licenses(b, msg.licenses, fx)
         b.promise = msg
-        self._set_caught_up(b, msg.caught_up, now)
-        if self._phase != "prepare":
+        backends.set_caught_up(b, msg.caught_up, now)
+        if self._phase != Phase.PREPARE:
             return  # adopted already; this late backend joins through a snapshot
-        promises = [x.promise for x in self.backends if x.promise is not None]
-        counted = [p for p in promises if p.caught_up]
-        # Bootstrap: every backend promised and at most one was ever seeded. Nothing can have
-        # been committed without two seeded backends, so the seeded one (if any) has it all.
-        bootstrap = len(promises) == len(self.backends) and len(counted) < QUORUM
-        if len(counted) < QUORUM and not bootstrap:
+        adopt = takeover.to_adopt(self.backends)
+        if adopt is None:
             return
-        self._bootstrap = bootstrap
+        counted, self._bootstrap = adopt
         self._adopt(counted, now, fx)
 
     def _adopt(self, promises: list[Promise], now: float, fx: Effects) -> None:
-        best: dict[ProductKey, tuple[Version, tuple[HandleRecord, ...]]] = {}
-        for pr in promises:
-            for key, (version, handles) in pr.logs.items():
-                if key not in best or version > best[key][0]:
-                    best[key] = (version, handles)
+        best = takeover.adopted_logs(promises)
         keys = set(best)
         for b in self.backends:
             keys.update(b.licenses)
         for key in keys:
             p = self._product(key)
-            for pr in promises:  # floors only rise: the highest any promise holds
-                p.floor = p.floor.merge(pr.floors.get(key, NO_FLOOR))
-            p.floor_committed = p.floor
-            # A backend was told this version committed: the table is committed state (the
-            # highest version among a quorum's promises is at least any committed one).
-            p.adopted_committed = key in best and any(
-                pr.commits.get(key, ZERO_VERSION) >= best[key][0] for pr in promises
-            )
+            p.floor = p.floor_committed = takeover.adopted_floor(p.floor, promises, key)
+            p.adopted_committed = takeover.adopted_committed(promises, best, key)
             for rec in best.get(key, (None, ()))[1]:
                 p.add(rec)
                 p.grant_seq[rec.handle] = 0
-                self._handle_key[rec.handle] = key
-                self._by_request[(rec.owner, rec.client_id, rec.request_id)] = rec.handle
+                self._handles.add(rec.handle, key, (rec.owner, rec.client_id, rec.request_id))
                 # Leases restart at takeover, plus the margin a deposed leader may have used
                 # to confirm a heartbeat (see `heartbeat`).
-                self._leases[rec.handle] = now + self.cfg.lease + self.cfg.backend_timeout
-        self._phase = "sync"
+                self._leases.restart(rec.handle, now)
+        self._roles.fire(Event.ADOPT)
         fx.events.append(
             {
                 "event": "adopted",
                 "server": self.cfg.server_id,
                 "epoch": str(self.epoch),
                 "from": [pr.name for pr in promises],
-                "handles": len(self._handle_key),
+                "handles": len(self._handles),
             }
         )
 
     def _on_accepted(
-        self, b: _Backend, msg: Accepted, out: _Outstanding, now: float, fx: Effects
+        self, b: Backend, msg: Accepted, out: Outstanding, now: float, fx: Effects
     ) -> None:
         if out.kind != "repl" or msg.epoch != self.epoch:
             return
         b.inflight.pop(msg.mid, None)
         b.confirmed_at = max(b.confirmed_at, out.sent_at)
-        self._set_caught_up(b, True, now)
+        backends.set_caught_up(b, True, now)
         for key, res in msg.results.items():
             if res.status == EntryStatus.OK:
                 b.acked[key] = max(b.acked.get(key, -1), res.seq)
@@ -1466,7 +1115,7 @@ class Leader:
         if self.role == Role.TAKEOVER and not b.snapshot_acked:
             b.snapshot_acked = True
             if sum(1 for x in self.backends if x.snapshot_acked) >= QUORUM:
-                self.role = Role.ACTIVE
+                self._roles.fire(Event.ACTIVATE)
                 fx.events.append(
                     {"event": "active", "server": self.cfg.server_id, "epoch": str(self.epoch)}
                 )
@@ -1475,175 +1124,11 @@ class Leader:
             if p is not None:
                 self._recommit(p, fx)
 
-    # ---------------------------------------------------------------- floors
-
-    def _floor_in_force(self, key: ProductKey) -> None:
-        """A proposed floor is in force once its entry commits (until then a backend below
-        it still gets the entry that carries it)."""
-        p = self._products.get(key)
-        if p is not None and p.floor_seq <= p.committed and p.floor_committed != p.floor:
-            p.floor_committed = p.floor
-            self._eff_cache.pop(key, None)
-
-    def _floor(self, key: ProductKey) -> Floor:
-        """The product's replicated floors: this term's (adopted, then raised) and any an up
-        backend holds durably (a standby knows them from the backends' status)."""
-        self._floor_in_force(key)
-        p = self._products.get(key)
-        floor = p.floor_committed if p is not None else NO_FLOOR
-        for b in self.backends:
-            if b.up:
-                floor = floor.merge(b.floors.get(key, NO_FLOOR))
-        return floor
-
-    def _floor_json(self, key: ProductKey) -> dict[str, Any]:
-        floor = self._floor(key)
-        return {"tmr_id": floor.tmr_id, "time": floor.time}
-
-    def _below_floor(self, b: _Backend, key: ProductKey) -> str:
-        """Why backend ``b``'s valid copy of ``key`` does not count under the floors ("": it
-        does, or it is not valid anyway)."""
-        lic = b.licenses.get(key)
-        if lic is None or not lic.valid:
-            return ""
-        return floor_refusal(lic, self._floor(key))
-
-    def _refusals(self, b: _Backend) -> dict[ProductKey, str]:
-        """Its own refusals, and the products for which the leader refuses its copy."""
-        out = dict(b.refusal)
-        for key, lic in b.licenses.items():
-            why = self._below_floor(b, key)
-            if why:
-                floor = self._floor(key)
-                out[key] = (
-                    f"{why}: holds #{lic.tmr_id}, the trio's floor is #{floor.tmr_id}"
-                    if lic.tmr_id < floor.tmr_id
-                    else f"{why}: expires {lic.expires}, trusted time {floor.time:.0f}"
-                )
-        return out
-
-    def _trusted_time(self) -> float | None:
-        """A wall time at least two up backends' clock guards reached (the second highest):
-        one backend's clock running ahead cannot raise it, one set back cannot lower it."""
-        times = sorted((b.clock for b in self.backends if b.up and b.clock), reverse=True)
-        return times[QUORUM - 1] if len(times) >= QUORUM else None
-
-    def _raise_floors(self, fx: Effects) -> None:
-        """Propose a `Floor` op for each product whose effective TMR ID rose above its floor,
-        or whose time floor is `TIME_FLOOR_STEP` behind the trusted time."""
-        if any(b.up and b.clock is None for b in self.backends):
-            return  # a backend of an older version would not read a Floor op
-        trusted = self._trusted_time()
-        for p in self._products.values():
-            if p.committed < 0:
-                continue
-            eff = self._effective(p.key)
-            new = p.floor
-            if eff.available and eff.tmr_id is not None and eff.tmr_id > new.tmr_id:
-                new = new.merge(Floor(eff.tmr_id, 0.0))
-            if trusted is not None and trusted >= new.time + TIME_FLOOR_STEP:
-                new = new.merge(Floor(0, trusted))
-            if new == p.floor:
-                continue
-            if new.tmr_id > p.floor.tmr_id:
-                fx.events.append(
-                    {"event": "floor_raised", "license": key_str(p.key), "tmr_id": new.tmr_id}
-                )
-            p.floor_seq = self._propose(p, new)
-            p.floor = new
-
-    # ---------------------------------------------------------------- expiry
-
-    def _expire(self, now: float, fx: Effects) -> None:
-        for p in self._products.values():
-            # A grant still waiting for its commit is not expired under its waiting client.
-            expired = [
-                h
-                for h in p.handles
-                if self._leases.get(h, now) < now and p.grant_seq.get(h, 0) <= p.committed
-            ]
-            for h in expired:
-                self._remove_handle(p, h, ReleaseReason.EXPIRE, fx)
-
-    # ---------------------------------------------------------------- crypt
-
-    def _crypt_dispatch(self, job: _CryptJob, now: float, fx: Effects) -> None:
-        """Send the job's next attempt (the one in flight, if any, is given up), or answer.
-        A job is in `_crypt_jobs` only under the mid of its attempt in flight, until its one
-        reply: retries and fences leave nothing behind to be answered twice."""
-        self._crypt_jobs.pop(job.mid, None)
-        if job.answered:
-            return
-        if self.role != Role.ACTIVE or self.epoch is None:
-            self._crypt_failed(job, ErrorCode.NOT_ACTIVE, "this TMR server is not active", fx)
-            return
-        # The license must be available as for a checkout (two reachable backends with a
-        # valid copy of the effective version), not merely one backend holding the handle.
-        code, message, _eff = self._admission(job.key, 0)
-        if code is not None and code != ErrorCode.NO_LICENSE_AVAILABLE:
-            self._crypt_failed(job, code, message, fx)
-            return
-        candidates = [
-            b
-            for b in self.backends
-            if b.up
-            and b.holds(job.key)
-            and not self._below_floor(b, job.key)
-            and b.acked.get(job.key, -1) >= job.min_seq
-            and b.name not in job.tried
-        ]
-        if not candidates:
-            self._crypt_failed(job, ErrorCode.QUORUM_LOST, "no backend can serve this call", fx)
-            return
-        b = candidates[next(self._rr) % len(candidates)]
-        job.tried.add(b.name)
-        mid = next(self._mids)
-        msg = Crypt(
-            mid,
-            self.epoch,
-            job.key,
-            job.handle,
-            job.client_id,
-            job.operation,
-            job.data,
-            job.owner,
-        )
-        job.mid = mid
-        self._crypt_jobs[mid] = job
-        self._send(b, msg, _Outstanding("crypt", now, crypt=job), fx)
-
-    def _crypt_failed(self, job: _CryptJob, code: ErrorCode, message: str, fx: Effects) -> None:
-        self._crypt_answer(job, ClientReply(job.token, job.rid, error=code, message=message), fx)
-
-    def _crypt_answer(self, job: _CryptJob, reply: ClientReply, fx: Effects) -> None:
-        """Send the one reply of a crypt request (a second one is dropped)."""
-        self._crypt_jobs.pop(job.mid, None)
-        if not job.answered:
-            job.answered = True
-            fx.replies.append(reply)
-
-    def _on_crypt_result(
-        self, b: _Backend, msg: CryptResult, out: _Outstanding, now: float, fx: Effects
-    ) -> None:
-        job = self._crypt_jobs.pop(msg.mid, None)
-        if job is None:
-            return
-        if msg.ok:
-            reply = ClientReply(job.token, job.rid, {"data": msg.data, "backend": b.name})
-            self._crypt_answer(job, reply, fx)
-        elif msg.error == ErrorCode.BAD_REQUEST.value:
-            reply = ClientReply(
-                job.token, job.rid, error=ErrorCode.BAD_REQUEST, message=msg.message
-            )
-            self._crypt_answer(job, reply, fx)
-        else:
-            self._crypt_dispatch(job, now, fx)
-
     # ---------------------------------------------------------------- helpers
 
     def _find(self, handle: str, client_id: str, owner: str) -> HandleRecord | None:
         """The handle if `owner` holds it under `client_id` (no owner "" ever does)."""
-        key = self._handle_key.get(handle)
+        key = self._handles.key_of(handle)
         if key is None:
             return None
         rec = self._products[key].handles.get(handle)

@@ -10,7 +10,7 @@ import pytest
 
 from tests.unit.replication.harness import Harness
 from tmr.errors import ErrorCode
-from tmr.replication import leader as leader_mod
+from tmr.replication import productlog
 from tmr.replication.leader import ClientReply, Effects
 from tmr.replication.types import LicenseInfo
 
@@ -122,7 +122,7 @@ def test_an_op_beyond_one_entry_is_answered_when_its_own_entry_commits(
 ) -> None:
     """More ops wait than one entry takes: each client is answered when the entry that holds
     its op commits, not before, and the committed table has no grant of a later entry."""
-    monkeypatch.setattr(leader_mod, "MAX_ENTRY_OPS", 2)
+    monkeypatch.setattr(productlog, "MAX_ENTRY_OPS", 2)
     h = Harness({KEY: LicenseInfo(7, 100, True)})
     h.promote()
     h.leader.auto_pump = False

@@ -179,7 +179,7 @@ def test_a_crypt_call_whose_attempts_are_lost_gets_exactly_one_reply() -> None:
     replies = [r for r in h.replies if r.rid == "r2"]
     assert len(replies) == 1, replies
     assert replies[0].error == ErrorCode.QUORUM_LOST
-    assert not h.leader._crypt_jobs
+    assert not h.leader._crypt.in_flight
 
 
 def test_a_crypt_call_rejected_by_a_newer_epoch_gets_exactly_one_reply() -> None:

@@ -1,0 +1,167 @@
+"""Admission and the license views: what the trio may grant, and what operators are shown.
+
+See docs/design.md §3 (the effective version) and §6 (which error a request gets). The
+effective license of a product is computed from the copies that count (an up backend's
+valid copy at or above the floors, `effective`); `admit` decides a checkout against it and
+the seats in use; `grant_result`, `license_row` and `handle_row` are the JSON views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from tmr.errors import ErrorCode
+from tmr.licensing.effective import QUORUM, Effective, Holding, effective_version
+from tmr.replication.backends import Backend
+from tmr.replication.types import HandleRecord, LicenseInfo, ProductKey, key_str
+
+Admission = tuple[ErrorCode | None, str, Effective | None]
+
+
+def effective(
+    backends: Sequence[Backend],
+    key: ProductKey,
+    *,
+    below_floor: Callable[[Backend, ProductKey], str],
+    floor_id: Callable[[ProductKey], int],
+    backend_keys: tuple[str, ...],
+) -> Effective:
+    """The effective license of `key` from the copies that count (not cached)."""
+    holdings: list[Holding | None] = []
+    for b in backends:
+        lic = b.licenses.get(key)
+        ok = b.up and lic is not None and lic.valid and not below_floor(b, key)
+        holdings.append(
+            Holding(
+                lic.tmr_id,
+                lic.quantity,
+                lic.set_id,
+                lic.set_index,
+                lic.fingerprint,
+                lic.backend_key,
+            )
+            if ok and lic
+            else None
+        )
+    keys = backend_keys or ("",) * len(holdings)
+    return _show_below_floor(backends, key, effective_version(holdings, keys), floor_id(key))
+
+
+def _show_below_floor(
+    backends: Sequence[Backend], key: ProductKey, eff: Effective, floor: int
+) -> Effective:
+    """A reachable backend's copy below the TMR ID floor does not count, but shows as not
+    at the effective ID, ``(#7)``, as during an update (not as ``-``, no copy)."""
+    parts = eff.status.split(" ")
+    if not floor or len(parts) != len(backends):
+        return eff
+    for i, b in enumerate(backends):
+        lic = b.licenses.get(key)
+        if b.up and lic is not None and lic.tmr_id < floor and parts[i] == f"{i + 1}:-":
+            parts[i] = f"{i + 1}:(#{lic.tmr_id})"
+    return replace(eff, status=" ".join(parts))
+
+
+def best_license(
+    backends: Sequence[Backend], key: ProductKey, eff: Effective
+) -> LicenseInfo | None:
+    """The copy at the effective TMR ID, else the highest one (for its expiry and features)."""
+    best = None
+    for b in backends:
+        lic = b.licenses.get(key)
+        if lic is None:
+            continue
+        if eff.tmr_id is not None and lic.tmr_id == eff.tmr_id:
+            return lic
+        if best is None or lic.tmr_id > best.tmr_id:
+            best = lic
+    return best
+
+
+def admit(
+    backends: Sequence[Backend],
+    key: ProductKey,
+    seats: int,
+    effective: Callable[[ProductKey], Effective],
+    used: int,
+) -> Admission:
+    """May `seats` more seats of `key` be granted, `used` being in use? (None, "", eff) if
+    so, else the error code and message for the client (and the effective license)."""
+    known = [b for b in backends if key in b.licenses]
+    if not known:
+        return ErrorCode.UNKNOWN_LICENSE, f"no license {key_str(key)} in this container", None
+    eff = effective(key)
+    if not eff.available:
+        up_copies = [b.licenses[key] for b in known if b.up]
+        valid = sum(1 for lic in up_copies if lic.valid)
+        expired = sum(1 for lic in up_copies if lic.reason == "expired")
+        if expired and valid + expired >= QUORUM:
+            return ErrorCode.LICENSE_EXPIRED, f"license {key_str(key)} has expired", eff
+        why = f", {eff.reason.value}" if eff.reason else ""
+        return (
+            ErrorCode.QUORUM_LOST,
+            f"license {key_str(key)} is held by fewer than 2 reachable backends "
+            f"({eff.status}{why})",
+            eff,
+        )
+    if used + seats > eff.quantity:
+        return (
+            ErrorCode.NO_LICENSE_AVAILABLE,
+            f"{used} of {eff.quantity} seats of {key_str(key)} in use, {seats} requested",
+            eff,
+        )
+    return None, "", eff
+
+
+def grant_result(rec: HandleRecord, tmr_id: int, lease: float) -> dict[str, Any]:
+    return {
+        "handle": rec.handle,
+        "firm": rec.firm,
+        "product": rec.product,
+        "seats": rec.seats,
+        "lease": lease,
+        "tmr_id": tmr_id,
+    }
+
+
+def license_row(
+    key: ProductKey,
+    eff: Effective,
+    in_use: int,
+    floor: dict[str, Any],
+    lic: LicenseInfo | None,
+) -> dict[str, Any]:
+    """One license of `Leader.licenses_view`."""
+    return {
+        "firm": key[0],
+        "product": key[1],
+        "tmr_id": eff.tmr_id,
+        "quantity": eff.quantity,
+        "in_use": in_use,
+        "available": eff.available,
+        "status": eff.status,
+        "floor": floor,
+        "reason": eff.reason.value if eff.reason else None,
+        "expires": lic.expires if lic else None,
+        "features": dict(lic.features) if lic else {},
+    }
+
+
+def handle_row(rec: HandleRecord, lease_left: float, committed: bool) -> dict[str, Any]:
+    """One handle of `Leader.handles_view`."""
+    return {
+        "handle": rec.handle,
+        "firm": rec.firm,
+        "product": rec.product,
+        "seats": rec.seats,
+        "client_id": rec.client_id,
+        "user": rec.user,
+        "host": rec.host,
+        "pid": rec.pid,
+        "owner": rec.owner,
+        "granted_at": rec.granted_at,
+        "lease_left": lease_left,
+        "committed": committed,
+    }

@@ -1,0 +1,80 @@
+"""The decisions of a takeover: when to prepare, with which epoch, and what to adopt.
+
+See docs/design.md §5 (Takeover). The leader moves through the phases in `roles`; these
+functions decide, from what the backends answered, when a phase is done: PREPARE once every
+backend (or, after `backend_timeout`, a majority) answered a probe sent since the promote,
+with the epoch above every counter seen; ADOPT with two promises from caught-up backends (or
+at bootstrap), taking per product the state of the highest version and the highest floors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tmr.licensing.effective import QUORUM
+from tmr.replication.backends import Backend
+from tmr.replication.messages import Promise
+from tmr.replication.types import (
+    NO_FLOOR,
+    ZERO_VERSION,
+    Floor,
+    HandleRecord,
+    ProductKey,
+    Version,
+)
+
+AdoptedLog = tuple[Version, tuple[HandleRecord, ...]]
+
+
+def prepare_to(
+    backends: Sequence[Backend], started: float, now: float, wait: float
+) -> list[Backend] | None:
+    """The backends to send PREPARE to, once the probe phase is done (None: not yet): those
+    that answered a probe sent since the promote (their state is current), all of them, or
+    a majority after `wait`."""
+    replied = [b for b in backends if b.up and b.status_sent_at >= started]
+    if len(replied) == len(backends) or (len(replied) >= QUORUM and now - started >= wait):
+        return replied
+    return None
+
+
+def next_counter(last_counter: int, backends: Sequence[Backend]) -> int:
+    """The epoch counter of a new term: above ours and every promise seen."""
+    return max([last_counter] + [b.promised.counter for b in backends]) + 1
+
+
+def to_adopt(backends: Sequence[Backend]) -> tuple[list[Promise], bool] | None:
+    """The promises to adopt and whether this is a bootstrap (None: not enough yet)."""
+    promises = [x.promise for x in backends if x.promise is not None]
+    counted = [p for p in promises if p.caught_up]
+    # Bootstrap: every backend promised and at most one was ever seeded. Nothing can have
+    # been committed without two seeded backends, so the seeded one (if any) has it all.
+    bootstrap = len(promises) == len(backends) and len(counted) < QUORUM
+    if len(counted) < QUORUM and not bootstrap:
+        return None
+    return counted, bootstrap
+
+
+def adopted_logs(promises: Sequence[Promise]) -> dict[ProductKey, AdoptedLog]:
+    """Per product, the state of the highest version among the promises."""
+    best: dict[ProductKey, AdoptedLog] = {}
+    for pr in promises:
+        for key, (version, handles) in pr.logs.items():
+            if key not in best or version > best[key][0]:
+                best[key] = (version, handles)
+    return best
+
+
+def adopted_floor(floor: Floor, promises: Sequence[Promise], key: ProductKey) -> Floor:
+    """Floors only rise: `floor` raised to the highest any promise holds."""
+    for pr in promises:
+        floor = floor.merge(pr.floors.get(key, NO_FLOOR))
+    return floor
+
+
+def adopted_committed(
+    promises: Sequence[Promise], best: dict[ProductKey, AdoptedLog], key: ProductKey
+) -> bool:
+    """A backend was told this version committed: the table is committed state (the
+    highest version among a quorum's promises is at least any committed one)."""
+    return key in best and any(pr.commits.get(key, ZERO_VERSION) >= best[key][0] for pr in promises)
