@@ -198,7 +198,7 @@ class Policy:
             listed = ", ".join(str(s) for s in rules.include)
             return Denial(
                 f"include {listed}",
-                f"license {lic}: only {listed} may use it (include list of the policy)",
+                f"license {lic}: not in the policy's include list (include {listed})",
             )
         holders = [(h.seats, Subject(user=h.user, host=h.host, key=h.owner)) for h in held]
         for lim in rules.max:

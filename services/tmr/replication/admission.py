@@ -8,12 +8,13 @@ the seats in use; `grant_result`, `license_row` and `handle_row` are the JSON vi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from tmr.errors import ErrorCode
 from tmr.licensing.effective import QUORUM, Effective, Holding, effective_version
+from tmr.policy import Denial, Policy, Subject
 from tmr.replication.backends import Backend
 from tmr.replication.types import HandleRecord, LicenseInfo, ProductKey, key_str
 
@@ -113,6 +114,25 @@ def admit(
             eff,
         )
     return None, "", eff
+
+
+def policy_denial(
+    policy: Policy,
+    key: ProductKey,
+    who: Subject,
+    seats: int,
+    held: Iterable[HandleRecord],
+    admitted: Admission,
+) -> Denial | None:
+    """The policy rule that refuses a checkout `admit` let through or refused only for the
+    seat count (docs/design.md §7.6). Availability errors (unknown license, quorum lost,
+    expired) stand as they are: they say the truth whoever asks. `held`: the product's
+    handles, granted and pending, as the seat count counts them (walked only when the
+    policy has rules for `key`)."""
+    code, _, eff = admitted
+    if eff is None or code not in (None, ErrorCode.NO_LICENSE_AVAILABLE):
+        return None
+    return policy.check(key, who, seats, held, eff.quantity)
 
 
 def grant_result(rec: HandleRecord, tmr_id: int, lease: float) -> dict[str, Any]:

@@ -43,6 +43,8 @@ from typing import Any
 
 from tmr.errors import ErrorCode
 from tmr.licensing.effective import QUORUM, Effective
+from tmr.policy import EMPTY as EMPTY_POLICY
+from tmr.policy import Policy, Subject
 from tmr.replication import admission, backends, floors, handles, productlog, takeover
 from tmr.replication.admission import Admission
 from tmr.replication.backends import Backend, Outstanding
@@ -157,6 +159,10 @@ class Leader:
         self._by_name = {b.name: b for b in self.backends}
         self._reset_term()
         self.ops_committed = 0
+        # The site's rules (tmr.policy), set by the server at start and at `tmr ctl reload`
+        self.policy: Policy = EMPTY_POLICY
+        # POLICY_DENIED answers per product since start (a metric; the rule goes to the log)
+        self.policy_denials: dict[ProductKey, int] = {}
         self.fenced_by: Epoch | None = None
         self.auto_pump = True  # the service turns it off and calls `pump` once per loop turn
         self._now = 0.0  # the latest time the leader was given (for `status`)
@@ -344,7 +350,31 @@ class Leader:
                 )
             )
             return fx
-        code, message, eff = self._admission(key, seats)
+        admitted = self._admission(key, seats)
+        code, message, eff = admitted
+        held = self._products.get(key)
+        denial = admission.policy_denial(
+            self.policy,
+            key,
+            Subject(user=user, host=host, key=owner),
+            seats,
+            held.handles.values() if held else (),
+            admitted,
+        )
+        if denial is not None:
+            code, message = ErrorCode.POLICY_DENIED, denial.message
+            self.policy_denials[key] = self.policy_denials.get(key, 0) + 1
+            fx.events.append(
+                {
+                    "event": "policy_denied",
+                    "license": key_str(key),
+                    "rule": denial.rule,
+                    "seats": seats,
+                    "user": user,
+                    "host": host,
+                    "client_id": client_id,
+                }
+            )
         if code is not None:
             self.denials[key] = self.denials.get(key, 0) + (code == ErrorCode.NO_LICENSE_AVAILABLE)
             fx.replies.append(ClientReply(token, rid, error=code, message=message))
@@ -630,6 +660,7 @@ class Leader:
             ],
             "handles": sum(len(p.handles) for p in self._products.values()),
             "ops_committed": self.ops_committed,
+            "policy": self.policy.summary(),
             "licenses": self.licenses_view(),
         }
 
