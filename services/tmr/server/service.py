@@ -28,6 +28,8 @@ from tmr.keys import load_keypair
 from tmr.licensing.curve import z85_key_bytes
 from tmr.logs import configure, enabled, log
 from tmr.logs import flush as flush_logs
+from tmr.policy import EMPTY as EMPTY_POLICY
+from tmr.policy import load_policy
 from tmr.protocol import peer_api
 from tmr.protocol.client_api import (
     CheckoutRequest,
@@ -144,6 +146,9 @@ class ServerService:
             wall_clock=time.time,
         )
         self.leader.auto_pump = False  # the loop pumps once per turn
+        # The site's policy file: a bad one stops the start (a ConfigError naming the place);
+        # `tmr ctl reload` replaces it only with a file that checks in full.
+        self.leader.policy = load_policy(cfg.policy_file) if cfg.policy_file else EMPTY_POLICY
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.auth: zmq.auth.thread.ThreadAuthenticator | None = None
         self.stopping = False

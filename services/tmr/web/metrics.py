@@ -127,6 +127,12 @@ class ServerMetrics:
             labels,
             registry=r,
         )
+        self.policy_denials = Counter(
+            "tmr_policy_denials",
+            "Checkouts refused with POLICY_DENIED (a rule of the policy file), by license",
+            labels,
+            registry=r,
+        )
         self.errors = Counter(
             "tmr_client_errors", "Error replies to clients, by error code", ["code"], registry=r
         )
@@ -194,6 +200,9 @@ class ServerMetrics:
     def on_denial(self, firm: int, product: int) -> None:
         self.denials.labels(str(firm), str(product)).inc()
 
+    def on_policy_denial(self, firm: int, product: int) -> None:
+        self.policy_denials.labels(str(firm), str(product)).inc()
+
     def prune(self) -> None:
         """Forget sends that were never answered (call now and then)."""
         floor = self.clock() - INFLIGHT_MAX_AGE
@@ -229,6 +238,14 @@ class SnapshotCollector(Collector):
         )
         info.add_metric([str(snap["server"]), str(snap["serial"]), str(snap["version"])], 1)
         yield info
+        policy = snap.get("policy") or {}
+        pinfo = GaugeMetricFamily(
+            "tmr_policy_info",
+            "The policy this server enforces: the digest of its rules (compare both servers)",
+            labels=["digest"],
+        )
+        pinfo.add_metric([str(policy.get("digest", ""))], 1)
+        yield pinfo
         role = GaugeMetricFamily(
             "tmr_role", "1 for this server's current role (standby|takeover|active|fenced)",
             labels=["role"],

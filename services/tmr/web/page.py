@@ -229,7 +229,8 @@ function renderLicenses(s) {
   body.replaceChildren();
   $("no-license").hidden = s.licenses.length > 0;
   $("licenses").hidden = s.licenses.length === 0;
-  setText("serial", s.serial || "");
+  setText("serial", (s.serial || "") +
+    (s.policy && s.policy.digest ? " \u00b7 policy " + s.policy.digest : ""));
   for (const lic of s.licenses) {
     const tr = document.createElement("tr");
     tr.dataset.license = lic.key;

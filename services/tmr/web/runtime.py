@@ -115,8 +115,11 @@ class WebRuntime:
             self.metrics.on_reply(backend, msg)
 
     def on_checkout(self, firm: int, product: int, rid: str, fx: Effects) -> None:
-        """Count a NO_LICENSE_AVAILABLE answer to this checkout as a denial."""
+        """Count a NO_LICENSE_AVAILABLE answer to this checkout as a denial (POLICY_DENIED
+        answers have a metric of their own)."""
         for r in fx.replies:
+            if r.rid == rid and r.error == ErrorCode.POLICY_DENIED:
+                self.metrics.on_policy_denial(firm, product)
             if r.rid == rid and r.error == ErrorCode.NO_LICENSE_AVAILABLE:
                 self.denials.record((firm, product), time.time())
                 self.metrics.on_denial(firm, product)

@@ -203,6 +203,7 @@ def build_snapshot(
         "epoch_counter": epoch[0] if epoch else 0,
         "fenced_by": status.get("fenced_by"),
         "serial": status.get("serial"),
+        "policy": dict(status.get("policy") or {}),
         "uptime": status.get("uptime"),
         "active": active_hint(status),
         "peer_url": peer_url,

@@ -124,6 +124,7 @@ def test_snapshot_gauges() -> None:
         ],
         "handles": 4,
         "ops_committed": 11,
+        "policy": {"file": "/etc/tmr/policy.toml", "digest": "0123456789abcdef", "licenses": 1},
         "licenses": [
             {
                 "firm": 6000123,
@@ -158,6 +159,25 @@ def test_snapshot_gauges() -> None:
     assert s[("tmr_handles", ())] == 4
     assert s[("tmr_ops_committed_total", ())] == 11
     assert s[("tmr_status_age_seconds", ())] == 2.0
+    assert s[("tmr_policy_info", (("digest", "0123456789abcdef"),))] == 1
+    assert snap["policy"]["file"] == "/etc/tmr/policy.toml"
+
+
+def test_policy_denials_are_counted_apart_from_seat_denials() -> None:
+    from tmr.web.runtime import WebRuntime
+
+    m = ServerMetrics(lambda: None)
+    rt = WebRuntime.__new__(WebRuntime)  # only the checkout hook and its counters
+    rt.metrics = m
+    rt.denials_since_start = {}
+    fx = Effects()
+    fx.replies.append(ClientReply("t", "r1", error=ErrorCode.POLICY_DENIED, message="exclude x"))
+    rt.on_checkout(KEY[0], KEY[1], "r1", fx)
+    s = samples(m)
+    lic = (("firm", "6000123"), ("product", "42"))
+    assert s[("tmr_policy_denials_total", lic)] == 1
+    assert ("tmr_denials_total", lic) not in s
+    assert rt.denials_since_start == {}
 
 
 def test_no_snapshot_no_gauges() -> None:
