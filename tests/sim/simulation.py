@@ -7,7 +7,9 @@ both at once too, and paused (SIGSTOP: messages queue, the clock jumps on resume
 updates stop half way (mixed TMR IDs and LQs) when a backend fails, the license expires under
 load, and two backends are cut from both servers for longer than a lease. Simulated clients
 check out, heartbeat and release with the SDK's retry rules (same request id on every retry);
-an administrator frees handles now and then (`Leader.admin_release`, `tmr admin release`).
+an administrator frees handles now and then (`Leader.admin_release`, `tmr admin release`);
+both servers enforce one policy file (`POLICY`: a max, a reserve and an exclude rule on the
+clients' users and hosts), which must hold across every failover as the seat count does.
 After every step the invariants of docs/design.md §8 are checked, and liveness: a leader
 that stays active answers every request within ANSWER_BOUND, and never expires a handle whose
 heartbeats keep arriving, and answers QUORUM_LOST only when it is true (`check_truthful`).
@@ -26,6 +28,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tmr.errors import ErrorCode
+from tmr.policy import EMPTY as EMPTY_POLICY
+from tmr.policy import Policy, parse_policy
 from tmr.replication.acceptor import Acceptor, AcceptorState, Step, Write, apply_write
 from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig, Role
 from tmr.replication.types import (
@@ -56,6 +60,22 @@ PROBE_INTERVAL = 0.1
 # and one probe interval for a commit, or QUORUM_LOST; the rest is tick granularity).
 ANSWER_BOUND = BACKEND_TIMEOUT + PROBE_INTERVAL + 0.05
 ADMIN = "admin"  # the reply token of an administrator's release (`tmr admin release`)
+# The site's policy both servers enforce (tmr.policy). Client i says it is user u{i % 3} on
+# host h{i % 2}, and the last client of six on host "kiosk". LQ is 4 (or more after updates).
+MAX_U0 = 2  # user u0 (clients c0, 1 seat, and c3, 2 seats) holds at most 2 seats
+RESERVE_U1 = 2  # two seats are kept for user u1 (clients c1 and c4)
+POLICY = parse_policy(
+    {
+        "licenses": {
+            f"{FIRM}:{PRODUCT}": {
+                "exclude": ["host:kiosk"],
+                "max": [{"seats": MAX_U0, "for": "user:u0"}],
+                "reserve": [{"seats": RESERVE_U1, "for": "user:u1"}],
+            }
+        }
+    },
+    "sim-policy",
+)
 
 
 def copy_of(name: str, tmr_id: int, lq: int) -> LicenseInfo:
@@ -229,8 +249,10 @@ class Simulation:
         lq: int = 4,
         clients: int = 6,
         slow_tail: bool = True,
+        policy: Policy = POLICY,
     ) -> None:
         self.seed = seed
+        self.policy = policy
         self.rng = random.Random(seed)
         self.duration = duration
         self.fault_interval = fault_interval
@@ -432,6 +454,7 @@ class Simulation:
         )
         # Odd seeds run the leaders as the service does: ops queue, one pump per turn.
         s.leader.auto_pump = self.seed % 2 == 0
+        s.leader.policy = self.policy
 
     def schedule(self, at: float, kind: str, payload: Any = None) -> None:
         self._qn += 1
@@ -629,6 +652,29 @@ class Simulation:
                 if c.held
             ]
             self.fail(f"I1: clients certainly hold {held} seats > LQ {self.lq}: {desc}")
+        self.check_policy()
+
+    def check_policy(self) -> None:
+        """P1-P3: the policy's rules hold for the seats clients certainly hold, across every
+        failover (rules are checked by each leader against the replicated table)."""
+        if self.policy is EMPTY_POLICY:
+            return
+        by_user: dict[str, int] = {}
+        for c in self.clients:
+            h = c.held
+            if h and not h.revoked and self.now < h.lease_ref + LEASE:
+                user, host = self.identity(c.cid)
+                by_user[user] = by_user.get(user, 0) + h.seats
+                if host == "kiosk":
+                    self.fail(f"P1: {c.cid} on host kiosk holds {h.handle} (exclude host:kiosk)")
+        if by_user.get("u0", 0) > MAX_U0:
+            self.fail(f"P2: user u0 certainly holds {by_user['u0']} seats > max {MAX_U0}")
+        others = sum(n for u, n in by_user.items() if u != "u1")
+        if others > self.lq - RESERVE_U1:
+            self.fail(
+                f"P3: users other than u1 certainly hold {others} seats > LQ {self.lq} - "
+                f"reserve {RESERVE_U1}"
+            )
 
     # -------------------------------------------------------------- delivery
 
@@ -691,8 +737,18 @@ class Simulation:
         key = f"key-{cid}"  # each simulated client has its own CURVE key: it owns its handles
         if op == "checkout":
             before = self.admission_eff(leader)
+            user, host = self.identity(cid)
             fx = leader.checkout(
-                cid, req["rid"], cid, FIRM, PRODUCT, req["seats"], self.now, owner=key
+                cid,
+                req["rid"],
+                cid,
+                FIRM,
+                PRODUCT,
+                req["seats"],
+                self.now,
+                owner=key,
+                user=user,
+                host=host,
             )
             self.note_admission(leader, cid, req["rid"], before, fx)
             return fx
@@ -709,6 +765,12 @@ class Simulation:
         return leader.release(cid, req["rid"], cid, req["handle"], self.now, owner=key)
 
     # -------------------------------------------------------------- clients
+
+    def identity(self, cid: str) -> tuple[str, str]:
+        """The user and host client `cid` says it is (what `POLICY` rules on)."""
+        i = int(cid[1:])
+        host = "kiosk" if i == 5 else f"h{i % 2}"
+        return f"u{i % 3}", host
 
     def client_by_id(self, cid: str) -> SimClient:
         return self.clients[int(cid[1:])]

@@ -56,6 +56,7 @@ def test_invariants_hold_over_seeds(first: int) -> None:
     assert totals["pauses"] > 0 and totals["quorum_losses"] > 0 and totals["expiries"] > 0
     assert totals["kept_alive"] > 0
     assert totals["admin_releases"] > 0  # tmr admin release freed held handles
+    assert totals.get("err_POLICY_DENIED", 0) > 0  # the policy refused checkouts
 
 
 def test_same_seed_same_history() -> None:
@@ -206,3 +207,21 @@ def test_simulation_counts_admin_freed_seats_against_lq(monkeypatch: pytest.Monk
     monkeypatch.setattr(sim_mod.Simulation, "admin_release", not_revoked)
     caught = list(violations_within(30))
     assert any("I1" in c for c in caught)
+
+
+@pytest.mark.parametrize(
+    ("rule", "found"),
+    [("exclude", "P1:"), ("max", "P2:"), ("reserve", "P3:")],
+)
+def test_simulation_catches_a_leader_that_ignores_a_policy_rule(
+    monkeypatch: pytest.MonkeyPatch, rule: str, found: str
+) -> None:
+    """The policy checks can fail: a leader that lets one kind of rule through is caught."""
+    original = admission.policy_denial
+
+    def lenient(*args: Any, **kw: Any) -> Any:
+        denial = original(*args, **kw)
+        return None if denial is not None and denial.rule.startswith(rule) else denial
+
+    monkeypatch.setattr(admission, "policy_denial", lenient)
+    assert any(found in v for v in violations_within(30))
