@@ -144,8 +144,8 @@ class ServerMetrics:
         )
         self.round_latency = Histogram(
             "tmr_replication_round_seconds",
-            "Replication round latency: ACCEPT (or SNAPSHOT) sent to a backend until its "
-            "durable ACCEPTED",
+            "Replication round latency: ACCEPT (kind accept), SNAPSHOT (snapshot) or commit "
+            "notice (notice, an ACCEPT without entries) sent to a backend until its ACCEPTED",
             ["kind"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -173,9 +173,11 @@ class ServerMetrics:
         if fx.send:
             now = self.clock()
             for backend, msg in fx.send:
-                if isinstance(msg, Accept):
+                if isinstance(msg, Accept) and msg.entries:
                     self.batch_ops.observe(sum(len(e.ops) for e in msg.entries))
                     self._inflight[(backend, msg.mid)] = (now, "accept")
+                elif isinstance(msg, Accept):  # a commit notice: no ops, not a batch
+                    self._inflight[(backend, msg.mid)] = (now, "notice")
                 elif isinstance(msg, Snapshot):
                     self._inflight[(backend, msg.mid)] = (now, "snapshot")
 

@@ -85,6 +85,7 @@ def test_round_latency_and_batch_size_by_message_id() -> None:
         ("b2", Accept(11, E, (AcceptEntry(KEY, 5, ops[:1]),))),
         ("b3", Snapshot(12, E, ())),
         ("b1", Probe(13)),
+        ("b2", Accept(14, E, (), commits=((KEY, 5),))),  # a commit notice: not a batch
     ]
     m.on_effects(fx)
     ok = {KEY: EntryResult(EntryStatus.OK, 5)}
@@ -94,6 +95,7 @@ def test_round_latency_and_batch_size_by_message_id() -> None:
     m.on_reply("b2", Accepted(99, E, ok))  # unknown id: ignored
     clock.t += 0.3
     m.on_reply("b3", Accepted(12, E, ok))
+    m.on_reply("b2", Accepted(14, E, {}))
     s = samples(m)
     assert s[("tmr_replication_batch_ops_count", ())] == 2
     assert s[("tmr_replication_batch_ops_sum", ())] == 4
@@ -101,6 +103,7 @@ def test_round_latency_and_batch_size_by_message_id() -> None:
     assert s[("tmr_replication_round_seconds_bucket", (("kind", "accept"), ("le", "0.005")))] == 1
     assert s[("tmr_replication_round_seconds_bucket", (("kind", "accept"), ("le", "0.0025")))] == 0
     assert s[("tmr_replication_round_seconds_count", (("kind", "snapshot"),))] == 1
+    assert s[("tmr_replication_round_seconds_count", (("kind", "notice"),))] == 1
     # b2's send was never answered: forgotten after a while, not leaked.
     clock.t += 60
     m.prune()
