@@ -8,8 +8,9 @@ A service adds, in the order they must run within one turn:
 - `every(interval, fn)`: ``fn(now)`` when due (the poll never sleeps past a due timer);
 
 plus `serve_zap` (first in every turn) and `serve_ctl` (the control socket through a
-`CommandRegistry`). `on_signal(signum, fn)` catches a signal while `run` runs (main thread
-only) and runs ``fn`` once per delivery, in the loop, before the turn's steps. Logs are
+`CommandRegistry`). `on_signal(signum, fn)` (or `stop_on_signals`) catches a signal from
+`install_signals` (or `run`) until `run` returns, main thread only, and runs ``fn`` once per
+delivery, in the loop, before the turn's steps; other signals keep their handlers. Logs are
 buffered (`tmr.logs`, one write per turn) and flushed when the loop ends. `stop` may be
 called from any thread, or from a step or a signal action.
 """
