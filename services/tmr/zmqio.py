@@ -46,7 +46,7 @@ def send_frames(sock: zmq.Socket[bytes], frames: Sequence[bytes]) -> None:
 def recv_frames_user(sock: zmq.Socket[bytes]) -> tuple[list[bytes], str] | None:
     """`recv_frames`, plus the ZAP User-Id of the connection the message came in on.
 
-    With CURVE and a ZAP handler (pyzmq's authenticators), the User-Id is the Z85 public key
+    With CURVE and the services' ZAP handler (`tmr.serving.zap`), the User-Id is the Z85 key
     of the peer; "" when the connection has none. The frames after the first (a ROUTER's
     routing id) are received without copying, to read the metadata ZeroMQ attaches to them.
     """

@@ -398,13 +398,16 @@ def test_sighup_and_ctl_reload_reverify_the_container(world: World, backend: Bac
     backend.terminate()
     events = [e["event"] for e in backend.events()]
     assert events.count("license_changed") >= 2
+    # The change came from the SIGHUP reload (its trigger in the log), not from a later one.
+    by_sighup = [e for e in backend.events() if e.get("trigger") == "SIGHUP"]
+    assert [e["event"] for e in by_sighup] == ["license_changed"]
 
 
 def test_sigterm_stops_cleanly(backend: Backend) -> None:
     assert stat.S_IMODE(backend.ctl_socket.stat().st_mode) == 0o660
     assert backend.terminate() == 0
-    events = [e["event"] for e in backend.events()]
-    assert events[-1] == "stop"
+    events = backend.events()
+    assert events[-1]["event"] == "stop" and events[-1]["reason"] == "SIGTERM"
     assert not backend.ctl_socket.exists()
     for e in backend.events():
         assert {"ts", "level", "service", "event"} <= set(e)

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from tmr.config import BackendRef, ServerConfig
+from tmr.ctl import CtlError
 from tmr.keys import generate_keypair, write_keypair
 from tmr.replication.leader import ClientReply, Effects
-from tmr.server import service as service_mod
 from tmr.server.service import ADMIN_CTL_WAIT, ServerService
 
 
@@ -44,24 +44,31 @@ def svc(tmp_path: Path) -> Iterator[ServerService]:
         web_listen=None,
     )
     s = ServerService(cfg)
-    s.ctl = FakeCtl()  # type: ignore[assignment]
+    s.ctl_server.sock = FakeCtl()
     yield s
+    s.loop.close()
     s.ctx.term()
 
 
+def _sent(svc: ServerService) -> list[dict[str, Any]]:
+    sock = svc.ctl_server.sock
+    assert isinstance(sock, FakeCtl)
+    return sock.sent
+
+
 def test_a_standby_answers_the_release_at_once(svc: ServerService) -> None:
-    assert svc.on_ctl({"cmd": "release", "handle": "h1-tmr-b-x"}, 10.0) is None
-    (answer,) = svc.ctl.sent  # type: ignore[attr-defined]
+    assert svc.ctl_server.handle({"cmd": "release", "handle": "h1-tmr-b-x"}, 10.0) is None
+    (answer,) = _sent(svc)
     assert answer["ok"] is False and answer["code"] == "NOT_ACTIVE"
     assert "standby" in answer["error"]
-    assert not svc._ctl_waiting
+    assert not svc.ctl_server.pending
 
 
 @pytest.mark.parametrize("handle", [None, 5, "", "h" * 257, "a\nb"])
 def test_a_bad_handle_is_refused(svc: ServerService, handle: object) -> None:
-    with pytest.raises(service_mod.CtlError, match="handle"):
-        svc.on_ctl({"cmd": "release", "handle": handle}, 10.0)
-    assert not svc._ctl_waiting and svc.ctl.sent == []  # type: ignore[attr-defined]
+    with pytest.raises(CtlError, match="handle"):
+        svc.ctl_server.handle({"cmd": "release", "handle": handle}, 10.0)
+    assert not svc.ctl_server.pending and _sent(svc) == []
 
 
 def test_a_leader_that_does_not_answer_times_out_and_its_late_answer_is_dropped(
@@ -74,19 +81,19 @@ def test_a_leader_that_does_not_answer_times_out_and_its_late_answer_is_dropped(
         return Effects()
 
     monkeypatch.setattr(svc.leader, "admin_release", silent)
-    assert svc.on_ctl({"cmd": "release", "handle": "h1-tmr-a-x"}, 10.0) is None
-    assert svc._ctl_waiting and svc.ctl.sent == []  # type: ignore[attr-defined]
+    assert svc.ctl_server.handle({"cmd": "release", "handle": "h1-tmr-a-x"}, 10.0) is None
+    assert svc.ctl_server.pending and _sent(svc) == []
     svc._ctl_admin_overdue(10.0 + ADMIN_CTL_WAIT - 0.1)
-    assert svc.ctl.sent == []  # type: ignore[attr-defined]
+    assert _sent(svc) == []
     svc._ctl_admin_overdue(10.0 + ADMIN_CTL_WAIT)
-    (answer,) = svc.ctl.sent  # type: ignore[attr-defined]
+    (answer,) = _sent(svc)
     assert answer["ok"] is False and answer["code"] == "TIMEOUT"
-    assert not svc._ctl_waiting
+    assert not svc.ctl_server.pending
     # The late answer (the socket may be serving another request by now) is dropped.
     late = Effects()
     late.replies.append(ClientReply(tokens[0], "ctl", {"released": True}))
     svc.apply(late)
-    assert len(svc.ctl.sent) == 1  # type: ignore[attr-defined]
+    assert len(_sent(svc)) == 1
 
 
 def test_the_answer_goes_to_the_socket_once(
@@ -96,12 +103,10 @@ def test_the_answer_goes_to_the_socket_once(
     monkeypatch.setattr(
         svc.leader, "admin_release", lambda token, *a, **k: (tokens.append(token), Effects())[1]
     )
-    svc.on_ctl({"cmd": "release", "handle": "h1-tmr-a-x"}, 10.0)
+    svc.ctl_server.handle({"cmd": "release", "handle": "h1-tmr-a-x"}, 10.0)
     done = Effects()
     done.replies.append(ClientReply(tokens[0], "ctl", {"released": True, "handle": "h1-tmr-a-x"}))
     svc.apply(done)
     svc.apply(done)  # a duplicate is dropped
     svc._ctl_admin_overdue(10.0 + 2 * ADMIN_CTL_WAIT)  # nothing overdue any more
-    assert svc.ctl.sent == [  # type: ignore[attr-defined]
-        {"ok": True, "released": True, "handle": "h1-tmr-a-x"}
-    ]
+    assert _sent(svc) == [{"ok": True, "released": True, "handle": "h1-tmr-a-x"}]

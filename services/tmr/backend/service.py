@@ -1,17 +1,19 @@
 """`tmr backend run`: the backend service, a pyzmq + SQLite wrapper around the `Acceptor`.
 
-One thread, one poll loop over:
+One thread, one poll loop (`tmr.serving.loop`, shared with the TMR server; design.md §2) over:
 
+- the ZAP handler (`tmr.serving.zap`), admitting only the keys in ``allowed_servers``;
+- the local control socket (`tmr.backend.ctl_commands`: status, reload, health);
 - the peer ROUTER socket (CURVE server with this node's key pair) that the TMR servers
-  talk to; a ZAP handler on the same loop admits only the keys in ``allowed_servers``;
-- the local control socket (JSON over REQ/REP on a unix socket: status, reload, health);
-- a self-pipe woken by signals (SIGHUP: reload licenses; SIGTERM/SIGINT: stop);
-- a timer that re-checks license expiry.
+  talk to, and the answers of the usage thread;
+- signals (SIGHUP: reload licenses; SIGTERM/SIGINT: stop) and a timer that re-checks
+  license expiry.
 
-Every peer request is decoded strictly (`tmr.protocol.peer_api`), handed to the acceptor,
-its write committed to SQLite, and only then applied and answered. A commit error means no
-answer (the leader treats the backend as not having acked) and a reload of the state from
-disk. No protocol decision is taken here.
+Every peer frame is decoded once and strictly (`tmr.protocol.peer_api.decode_backend_frame`:
+a request, a usage query or a bad frame), a request handed to the acceptor, its write
+committed to SQLite, and only then applied and answered. A commit error means no answer (the
+leader treats the backend as not having acked) and a reload of the state from disk. No
+protocol decision is taken here.
 """
 
 from __future__ import annotations
@@ -20,25 +22,22 @@ import contextlib
 import fcntl
 import os
 import signal
-import socket
 import sqlite3
-import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any
 
 import zmq
-from zmq.utils import z85
 
 from tmr import __version__
+from tmr.backend.ctl_commands import BACKEND_COMMANDS
 from tmr.backend.licenses import LicenseView, load_license_view
 from tmr.backend.store import SqliteStore, StorageError
 from tmr.backend.usage_thread import UsageThread
 from tmr.config import BackendConfig
-from tmr.ctl import CtlError, CtlErrorCode, bind_ctl, serve_ctl
+from tmr.ctl import bind_ctl
 from tmr.errors import ConfigError, TmrError
 from tmr.keys import NodeKeys, load_keypair
 from tmr.licensing import (
@@ -48,12 +47,11 @@ from tmr.licensing import (
     make_fingerprint_doc,
     read_machine_id,
 )
-from tmr.licensing.curve import z85_key_bytes
-from tmr.logs import configure, log
 from tmr.logs import enabled as log_enabled
+from tmr.logs import flush as flush_logs
+from tmr.logs import log
 from tmr.protocol import peer_api
-from tmr.protocol.codec import unpack
-from tmr.protocol.errors import ProtocolError
+from tmr.protocol.peer_api import BadFrame
 from tmr.replication.acceptor import Acceptor, Write
 from tmr.replication.messages import (
     Accepted,
@@ -66,6 +64,9 @@ from tmr.replication.messages import (
 )
 from tmr.replication.types import Epoch, LicenseInfo, ProductKey, Version, key_str
 from tmr.report.records import UsageReader
+from tmr.serving.commands import CtlServer
+from tmr.serving.loop import ServiceLoop, configure_service_logs
+from tmr.serving.zap import ZapHandler, parse_allowlist
 from tmr.zap_log import ZapDenials
 from tmr.zmqio import recv_frames, send_frames
 
@@ -75,9 +76,7 @@ LOCK_NAME = "backend.lock"
 EXPIRY_CHECK_INTERVAL = 30.0
 MAX_BATCH = 256  # peer requests served per loop turn before the other sockets get a look
 MAX_GROUP = 64  # writes committed together in one transaction (group commit)
-ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"tmr-backend"
-ZAP_VERSION = b"1.0"
 
 Json = dict[str, Any]
 
@@ -99,35 +98,6 @@ def load_identity(config: BackendConfig) -> Identity:
     return Identity(keys, doc.fingerprint, doc.serial)
 
 
-def parse_allowlist(keys: Iterable[str]) -> frozenset[bytes]:
-    """The raw 32-byte CURVE public keys of the allowed TMR servers (ConfigError if bad)."""
-    out = set()
-    for i, text in enumerate(keys):
-        try:
-            out.add(z85_key_bytes(text, f"allowed_servers[{i}]"))
-        except TmrError as exc:
-            raise ConfigError(str(exc)) from None
-    return frozenset(out)
-
-
-def zap_reply(frames: Sequence[bytes], allowed: frozenset[bytes]) -> tuple[list[bytes], bool]:
-    """The ZAP (RFC 27) answer to one request: 200 only for CURVE with an allowed key."""
-    if len(frames) < 6 or frames[0] != ZAP_VERSION:
-        request_id = frames[1] if len(frames) > 1 else b""
-        return [ZAP_VERSION, request_id, b"500", b"malformed ZAP request", b"", b""], False
-    request_id, mechanism, credentials = frames[1], frames[5], frames[6:]
-    if mechanism == b"CURVE" and len(credentials) == 1 and credentials[0] in allowed:
-        user = z85_text(credentials[0]).encode("ascii")
-        return [ZAP_VERSION, request_id, b"200", b"OK", user, b""], True
-    return [ZAP_VERSION, request_id, b"400", b"key not allowed", b"", b""], False
-
-
-def z85_text(raw: bytes) -> str:
-    if len(raw) != 32:
-        return raw[:64].hex()
-    return z85.encode(raw).decode("ascii")
-
-
 # ------------------------------------------------------------------ peer framing
 
 
@@ -139,15 +109,6 @@ def split_envelope(frames: list[bytes]) -> tuple[list[bytes], bytes | None]:
     else:
         envelope, rest = frames[:1], frames[1:]
     return envelope, rest[0] if len(rest) == 1 else None
-
-
-def peek_mid(payload: bytes) -> int:
-    """The message id of a frame the strict decoder refused, if it can be read (else 0)."""
-    try:
-        mid = unpack(payload, max_size=peer_api.MAX_PEER_FRAME).get("mid")
-    except ProtocolError:
-        return 0
-    return mid if type(mid) is int and 0 <= mid <= peer_api.U63 else 0
 
 
 def error_reply(mid: int, message: str) -> bytes:
@@ -166,10 +127,6 @@ class _Group:
     writes: list[Write] = field(default_factory=list)
     replies: list[tuple[int, bytes]] = field(default_factory=list)  # (request index, reply)
     records: list[_Record] = field(default_factory=list)
-
-
-def _log_internal_error(exc: Exception) -> None:
-    log("internal_error", level="error", error=repr(exc), trace=traceback.format_exc())
 
 
 def _emit(records: list[_Record]) -> None:
@@ -241,21 +198,17 @@ class BackendService:
             "storage_errors": 0,
             "handshakes_denied": 0,  # refused CURVE handshakes (logged once per key a minute)
         }
-        self._zap_denials = ZapDenials("peer_denied")
+        self._zap_denials = ZapDenials("peer_denied", on_denied=self._count_denial)
         self._started = time.monotonic()
         self._floors: dict[ProductKey, int] = {}
-        self._allowed: frozenset[bytes] = frozenset()
+        self._allowed: frozenset[str] = frozenset()  # Z85 keys of allowed_servers
         self._lock_fd: int | None = None
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._router: zmq.Socket[bytes] | None = None
-        self._zap: zmq.Socket[bytes] | None = None
+        self._zap: ZapHandler | None = None
         self._ctl: zmq.Socket[bytes] | None = None
-        self._wake_r: socket.socket | None = None
-        self._wake_w: socket.socket | None = None
-        self._old_handlers: dict[int, Any] = {}
-        self._old_wakeup_fd = -1
-        self._stop_reason = ""
-        self._reload_requested = False
+        self.loop = ServiceLoop()
+        self.ctl_server = CtlServer(BACKEND_COMMANDS, self)
         self._usage: UsageReader | None = None  # usage queries without a running loop
         self._usage_thread: UsageThread | None = None  # with one: answered off the loop
         self._usage_deferred: list[tuple[int, UsageQuery]] = []  # (request index, query)
@@ -264,8 +217,11 @@ class BackendService:
     # ============================================================== lifecycle
 
     def run(self) -> int:
-        configure(f"tmr-backend[{self.config.name}]", self.config.log_level)
-        self._install_signals()
+        configure_service_logs("backend", self.config.name, self.config.log_level)
+        loop = self.loop
+        loop.on_signal(signal.SIGHUP, self._on_sighup)
+        loop.stop_on_signals(signal.SIGTERM, signal.SIGINT)
+        loop.install_signals()  # a signal during the start is served by the first turn
         try:
             try:
                 self.open()
@@ -277,14 +233,17 @@ class BackendService:
             self.serve_forever()
         finally:
             self.close()
-            self._restore_signals()
-        log("stop", reason=self._stop_reason or "stopped")
+            log("stop", reason=loop.stop_reason or "stopped")
+            flush_logs()
         return 0
+
+    def _on_sighup(self, signum: int) -> None:
+        self.reload_licenses("SIGHUP")
 
     def open(self) -> None:
         """Identity, state directory (locked), store, clock guard, licenses, acceptor."""
         cfg = self.config
-        self._allowed = parse_allowlist(cfg.allowed_servers)
+        self._allowed = parse_allowlist(cfg.allowed_servers, "allowed_servers")
         self.identity = load_identity(cfg)
         self._lock_state_dir()
         self.store = SqliteStore(cfg.state_dir / DB_NAME, usage_retention=cfg.usage_retention)
@@ -314,9 +273,8 @@ class BackendService:
         """ZAP handler, peer ROUTER (CURVE server), control socket."""
         assert self.identity is not None
         self._ctx = zmq.Context()
-        self._zap = self._ctx.socket(zmq.REP)
-        self._zap.setsockopt(zmq.LINGER, 0)
-        self._zap.bind(ZAP_ENDPOINT)  # before any CURVE handshake can happen
+        self._zap = ZapHandler(self._allowed, self._zap_denials)
+        self.loop.serve_zap(self._ctx, self._zap)  # before any CURVE handshake can happen
         self._router = self._peer_socket(self.identity.keys)
         try:
             self._ctl = bind_ctl(self._ctx, self.config.ctl_socket)
@@ -325,13 +283,10 @@ class BackendService:
                 f"cannot bind control socket {self.config.ctl_socket}: {exc}"
             ) from None
         assert self.store is not None
-        self._usage_thread = UsageThread(self.store.path, self.config.name, self._wake_loop)
+        self._usage_thread = UsageThread(self.store.path, self.config.name, self.loop.wake)
 
-    def _wake_loop(self) -> None:
-        wake = self._wake_w
-        if wake is not None:
-            with contextlib.suppress(OSError):
-                wake.send(b"u")
+    def _count_denial(self) -> None:
+        self.counters["handshakes_denied"] += 1
 
     def _peer_socket(self, keys: NodeKeys) -> zmq.Socket[bytes]:
         assert self._ctx is not None
@@ -354,10 +309,14 @@ class BackendService:
 
     def close(self) -> None:
         bound_ctl = self._ctl is not None
-        for sock in (self._router, self._ctl, self._zap):
+        for sock in (self._router, self._ctl):
             if sock is not None:
                 sock.close(linger=0)
-        self._router = self._ctl = self._zap = None
+        self._router = self._ctl = None
+        if self._zap is not None:
+            self._zap.close()
+            self._zap = None
+        self.loop.close()
         if bound_ctl:
             with contextlib.suppress(OSError):
                 self.config.ctl_socket.unlink()
@@ -376,100 +335,27 @@ class BackendService:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    # ============================================================== signals
-
-    def _install_signals(self) -> None:
-        """Signal handlers and the self-pipe that wakes the poll loop. Outside the main
-        thread (an embedding test) there are no signals: use `stop()`."""
-        self._wake_r, self._wake_w = socket.socketpair()
-        for sock in (self._wake_r, self._wake_w):
-            sock.setblocking(False)
-        if threading.current_thread() is not threading.main_thread():
-            return
-        self._old_wakeup_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            self._old_handlers[signum] = signal.signal(signum, self._on_signal)
+    # ============================================================== main loop
 
     def stop(self, reason: str = "stop requested") -> None:
         """Ask a running `run()` to stop (from any thread)."""
-        self._stop_reason = reason
-        wake = self._wake_w
-        if wake is not None:
-            with contextlib.suppress(OSError):
-                wake.send(b"\0")
-
-    def _restore_signals(self) -> None:
-        if self._old_handlers:
-            for signum, handler in self._old_handlers.items():
-                signal.signal(signum, handler)
-            self._old_handlers.clear()
-            signal.set_wakeup_fd(self._old_wakeup_fd)
-        for s in (self._wake_r, self._wake_w):
-            if s is not None:
-                s.close()
-        self._wake_r = self._wake_w = None
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGHUP:
-            self._reload_requested = True
-        else:
-            self._stop_reason = signal.Signals(signum).name
-
-    def _drain_wakeups(self) -> None:
-        assert self._wake_r is not None
-        with contextlib.suppress(OSError):
-            while self._wake_r.recv(512):
-                pass
-
-    # ============================================================== main loop
+        self.loop.stop(reason)
 
     def serve_forever(self) -> None:
-        assert self._router is not None and self._ctl is not None and self._zap is not None
-        assert self._wake_r is not None
-        poller = zmq.Poller()
-        for sock in (self._zap, self._ctl, self._router):
-            poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r.fileno(), zmq.POLLIN)
-        next_check = time.monotonic() + self.expiry_check_interval
-        while not self._stop_reason:
-            timeout = max(0.0, next_check - time.monotonic())
-            ready = dict(poller.poll(int(timeout * 1000) + 1))
-            if self._wake_r.fileno() in ready:
-                self._drain_wakeups()
-            if self._reload_requested:
-                self._reload_requested = False
-                self.reload_licenses("SIGHUP")
-            if self._zap in ready:
-                self._serve_zap()
-            if self._ctl in ready:
-                self._serve_ctl()
-            if self._router in ready:
-                self._serve_peers()
-            if self._usage_thread is not None:
-                for envelope, reply in self._usage_thread.take():
-                    send_frames(self._router, [*envelope, reply])
-            if time.monotonic() >= next_check:
-                self.check_licenses()
-                next_check = time.monotonic() + self.expiry_check_interval
+        assert self._router is not None and self._ctl is not None
+        loop = self.loop
+        loop.serve_ctl(self._ctl, self.ctl_server)
+        loop.watch(self._router, self._serve_peers)
+        loop.each_turn(self._send_usage_answers)
+        loop.every(self.expiry_check_interval, lambda now: self.check_licenses())
+        loop.run()
 
-    def _serve_zap(self) -> None:
-        assert self._zap is not None
-        while True:
-            try:
-                frames = self._zap.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            reply, ok = zap_reply(frames, self._allowed)
-            if not ok:
-                self.counters["handshakes_denied"] += 1
-                self._zap_denials.denied(
-                    z85_text(frames[6]) if len(frames) > 6 else "",
-                    address=frames[3].decode("ascii", "replace") if len(frames) > 3 else "",
-                    mechanism=frames[5].decode("ascii", "replace") if len(frames) > 5 else "",
-                )
-            self._zap.send_multipart(reply)
+    def _send_usage_answers(self, now: float) -> None:
+        if self._usage_thread is not None and self._router is not None:
+            for envelope, reply in self._usage_thread.take():
+                send_frames(self._router, [*envelope, reply])
 
-    def _serve_peers(self) -> None:
+    def _serve_peers(self, now: float) -> None:
         """Take the peer requests that are queued (at most MAX_BATCH), serve them as one
         group (their writes in one durable transaction), then send the replies in order."""
         assert self._router is not None
@@ -518,8 +404,15 @@ class BackendService:
                 self.counters["bad_requests"] += 1
                 replies[i] = error_reply(0, "expected exactly one payload frame")
                 continue
-            request = self._decode(payload, replies, i)
-            if request is None:
+            self.counters["requests"] += 1
+            request = self._classify(payload)
+            if isinstance(request, BadFrame):
+                self.counters["bad_requests"] += 1
+                log("bad_request", level="warning", error=request.message, size=len(payload))
+                replies[i] = error_reply(request.mid, request.message)
+                continue
+            if isinstance(request, UsageQuery):
+                replies[i] = self._usage_query(request, i)  # read-only: never the acceptor
                 continue
             if self._stale:
                 continue  # the state could not be reloaded after a failure: answer nothing
@@ -536,31 +429,14 @@ class BackendService:
         self._commit_group(group, replies)
         return replies
 
-    def _decode(self, payload: bytes, replies: list[bytes | None], i: int) -> PeerRequest | None:
-        """The request in ``payload``; or None, with ``replies[i]`` set to the answer to a
-        frame that is not one (a usage query, or a malformed frame)."""
-        self.counters["requests"] += 1
-        if len(payload) > peer_api.MAX_PEER_FRAME:
-            self.counters["bad_requests"] += 1
-            replies[i] = error_reply(0, f"frame larger than {peer_api.MAX_PEER_FRAME} bytes")
-            return None
+    @staticmethod
+    def _classify(payload: bytes) -> PeerRequest | UsageQuery | BadFrame:
+        """One decode step: a request, a usage query, or a bad frame with its reason."""
         try:
-            return peer_api.decode_request(payload)
-        except ProtocolError as exc:
-            usage = self._usage_query(payload, i)
-            if usage is not None:
-                replies[i] = usage
-                return None
-            if self._usage_deferred and self._usage_deferred[-1][0] == i:
-                return None  # answered by the usage thread
-            self.counters["bad_requests"] += 1
-            log("bad_request", level="warning", error=exc.message, size=len(payload))
-            replies[i] = error_reply(peek_mid(payload), exc.message)
+            return peer_api.decode_backend_frame(payload)
         except Exception as exc:  # the decoder is strict; this is a bug, not a crash
-            self.counters["bad_requests"] += 1
             log("internal_error", level="error", error=repr(exc), trace=traceback.format_exc())
-            replies[i] = error_reply(peek_mid(payload), "malformed request")
-        return None
+            return BadFrame(0, "malformed request")
 
     def _stage(
         self, request: PeerRequest, i: int, group: _Group, replies: list[bytes | None]
@@ -605,14 +481,10 @@ class BackendService:
         group.replies.clear()
         group.records.clear()
 
-    def _usage_query(self, payload: bytes, i: int) -> bytes | None:
-        """The answer to a usage-record query (`tmr report usage`), or None if the payload is
-        not one, or if the query is deferred to the usage thread (``_usage_deferred``: the
-        running service answers it off the loop). Read-only: it never touches the acceptor."""
-        try:
-            query = peer_api.decode_usage_query(payload)
-        except ProtocolError:
-            return None
+    def _usage_query(self, query: UsageQuery, i: int) -> bytes | None:
+        """The answer to a usage-record query (`tmr report usage`), or None if the query is
+        deferred to the usage thread (``_usage_deferred``: the running service answers it off
+        the loop). Read-only: it never touches the acceptor."""
         if self._usage_thread is not None:
             self._usage_deferred.append((i, query))
             return None
@@ -820,23 +692,6 @@ class BackendService:
         ]
 
     # ============================================================== control socket
-
-    def _serve_ctl(self) -> None:
-        assert self._ctl is not None
-        serve_ctl(self._ctl, self.control, _log_internal_error)
-
-    def control(self, request: Json) -> Json:
-        cmd = request.get("cmd")
-        if cmd == "status":
-            return self.status()
-        if cmd == "reload":
-            return self.reload_licenses("ctl")
-        if cmd == "health":
-            return {"ok": True, "name": self.config.name}
-        raise CtlError(
-            f"unknown command {str(cmd)[:40]!r} (backends know status, reload, health)",
-            CtlErrorCode.UNKNOWN_COMMAND,
-        )
 
     def status(self) -> Json:
         assert self.acceptor is not None and self.identity is not None

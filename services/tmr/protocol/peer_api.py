@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, TypeVar
 
@@ -479,7 +480,10 @@ def _d_licenses(v: Any, what: str) -> dict[ProductKey, LicenseInfo]:
 
 
 def _body(frame: bytes) -> tuple[str, int, dict[str, Any]]:
-    body = unpack(frame, max_size=MAX_PEER_FRAME, typed_arrays=True)
+    return _typed(unpack(frame, max_size=MAX_PEER_FRAME, typed_arrays=True))
+
+
+def _typed(body: dict[str, Any]) -> tuple[str, int, dict[str, Any]]:
     t = body.get("t")
     if type(t) is not str:
         raise _fail("missing message type")
@@ -493,7 +497,10 @@ def _get(body: dict[str, Any], name: str) -> Any:
 
 
 def decode_request(frame: bytes) -> PeerRequest:
-    t, mid, b = _body(frame)
+    return _request(*_body(frame))
+
+
+def _request(t: str, mid: int, b: dict[str, Any]) -> PeerRequest:
     try:
         if t == "probe":
             # An older server sends no epoch: the probe then says nothing about its leader.
@@ -662,7 +669,10 @@ def encode_usage_query(msg: UsageQuery) -> bytes:
 
 
 def decode_usage_query(frame: bytes) -> UsageQuery:
-    t, mid, b = _body(frame)
+    return _usage_query(*_body(frame))
+
+
+def _usage_query(t: str, mid: int, b: dict[str, Any]) -> UsageQuery:
     if t != "usage_query":
         raise _fail(f"not a usage query: {t[:40]!r}")
     since = _float(_get(b, "since"), "since")
@@ -826,3 +836,38 @@ def decode_usage_reply(frame: bytes) -> UsageRecords | PeerError:
     except ValueError as exc:
         raise _fail(f"malformed {t}: {exc}") from None
     raise _fail(f"unknown reply type {t[:40]!r} on the usage link")
+
+
+# ------------------------------------------------------------------ what a backend receives
+
+
+@dataclass(frozen=True)
+class BadFrame:
+    """A frame a backend cannot serve: ``mid`` is the message id it carries if that much could
+    be read (else 0), so the sender can match the `PeerError` answering it."""
+
+    mid: int
+    message: str
+
+
+BackendInbound = PeerRequest | UsageQuery | BadFrame
+
+
+def decode_backend_frame(frame: bytes) -> BackendInbound:
+    """Classify one frame sent to a backend with ONE decode (design.md §5, §7.4): a
+    replication request, a usage-record query, or a `BadFrame` with the reason. The frame is
+    unpacked once; the message id for the error answer comes from that same unpacking, never
+    from a second attempt. Never raises `ProtocolError`."""
+    try:
+        body = unpack(frame, max_size=MAX_PEER_FRAME, typed_arrays=True)
+    except ProtocolError as exc:
+        return BadFrame(0, exc.message)
+    raw_mid = body.get("mid")
+    mid = raw_mid if type(raw_mid) is int and 0 <= raw_mid <= U63 else 0
+    try:
+        t, mid, b = _typed(body)
+        if t == "usage_query":
+            return _usage_query(t, mid, b)
+        return _request(t, mid, b)
+    except ProtocolError as exc:
+        return BadFrame(mid, exc.message)

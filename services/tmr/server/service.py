@@ -1,32 +1,32 @@
 """`tmr server run`: the TMR server, a pyzmq wrapper around the sans-I/O `Leader`.
 
-One thread, one poll loop: the client ROUTER (CURVE, the shared service key), one DEALER per
-backend (CURVE, this server's node key), the control socket, and a timer tick. Client
-requests that arrive together are handed to the leader together, so they share replication
-rounds (group commit). No protocol decision is taken here.
+One thread, one poll loop (`tmr.serving.loop`, shared with the backend; design.md §2): the
+ZAP handler, one DEALER per backend (CURVE, this server's node key), the client ROUTER (CURVE,
+the shared service key), the leader's pump, the control socket (`tmr.server.ctl_commands`), a
+timer tick. Client requests that arrive together are handed to the leader together, so they
+share replication rounds (group commit). SIGTERM and SIGINT stop it. No protocol decision is
+taken here.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import signal
 import time
-import traceback
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import zmq
-import zmq.auth.thread
 
 from tmr.config import ServerConfig
-from tmr.ctl import CtlError, CtlErrorCode, CtlPeer, bind_ctl, encode_ctl, serve_ctl
+from tmr.ctl import CtlError, bind_ctl
 from tmr.errors import ErrorCode, TmrError
 from tmr.expiry import with_expiry
 from tmr.keys import load_keypair
 from tmr.licensing.curve import z85_key_bytes
-from tmr.logs import configure, enabled, log
+from tmr.logs import enabled, log
 from tmr.logs import flush as flush_logs
 from tmr.policy import EMPTY as EMPTY_POLICY
 from tmr.policy import load_policy
@@ -49,6 +49,10 @@ from tmr.protocol.client_api import (
 from tmr.protocol.errors import ProtocolError
 from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig, Role
 from tmr.report.worker import CTL_TOKEN
+from tmr.server.ctl_commands import SERVER_COMMANDS
+from tmr.serving.commands import CtlServer
+from tmr.serving.loop import ServiceLoop, configure_service_logs
+from tmr.serving.zap import ZapHandler
 from tmr.web.runtime import WebRuntime
 from tmr.zap_log import ZapDenials
 from tmr.zmqio import NOBLOCK, recv_frames, recv_frames_user, send_frames
@@ -69,7 +73,6 @@ DEBUG_EVENTS = frozenset({"handle_granted", "handle_released"})
 ADMIN_CTL = "ctl-admin"
 ADMIN_CTL_WAIT = 5.0
 WEB_RELEASE = "web-release"  # token ("web-release", id): a release asked on WebAdmin
-ADMIN_HANDLE_MAX = 256  # characters of a handle id taken from a control request
 
 
 def container_serial(service_public_key: str) -> str:
@@ -87,10 +90,6 @@ def log_events(events: list[dict[str, Any]]) -> None:
             fields = dict(ev)
             del fields["event"]
             log(event, level=level, **fields)
-
-
-def _log_internal_error(exc: Exception) -> None:
-    log("internal_error", level="error", error=repr(exc), trace=traceback.format_exc())
 
 
 class CounterFile:
@@ -126,7 +125,7 @@ class CounterFile:
 class ServerService:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
-        configure(f"tmr-server[{cfg.name}]", cfg.log_level, buffered=True)
+        configure_service_logs("server", cfg.name, cfg.log_level)
         self.service_keys = load_keypair(cfg.service_key_file)
         self.node_keys = load_keypair(cfg.node_key_file)
         self.counter = CounterFile(cfg.state_dir)
@@ -150,13 +149,13 @@ class ServerService:
         # `tmr ctl reload` replaces it only with a file that checks in full.
         self.leader.policy = load_policy(cfg.policy_file) if cfg.policy_file else EMPTY_POLICY
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.auth: zmq.auth.thread.ThreadAuthenticator | None = None
-        self.stopping = False
+        self.loop = ServiceLoop()
         self.started = time.monotonic()
         self.web = WebRuntime(cfg)  # WebAdmin, /metrics, usage reports (tmr.web)
         self.admin_keys = frozenset(cfg.admin_keys)  # CURVE keys allowed usage reports
-        self._ctl_waiting = False  # a control request (usage, release) is answered when ready
-        self._ctl_peer: CtlPeer | None = None  # who sent the control request being served
+        # The control socket's commands (tmr.server.ctl_commands); usage and release are
+        # answered when ready, and the socket takes no request meanwhile.
+        self.ctl_server = CtlServer(SERVER_COMMANDS, self)
         self._ctl_admin: tuple[str, int] | None = None  # the admin release being committed
         self._ctl_admin_deadline = 0.0
         self._ctl_admin_n = 0
@@ -164,31 +163,17 @@ class ServerService:
         self.zap_denials = ZapDenials(
             "client_denied", on_denied=lambda: self.web.metrics.on_handshake_denied("client")
         )
+        # ZAP runs for every client connection, also without an allowlist (then any key is
+        # accepted): it sets the User-Id of each message to the client's CURVE public key,
+        # which owns the handles that connection checks out.
+        allowed = frozenset(cfg.client_allowlist) if cfg.client_allowlist else None
+        self.zap = ZapHandler(allowed, self.zap_denials, socket="client")
 
     # ------------------------------------------------------------------ sockets
 
     def _open(self) -> None:
         cfg = self.cfg
-        # ZAP runs for every client connection, also without an allowlist (then any key is
-        # accepted): it sets the User-Id of each message to the client's CURVE public key,
-        # which owns the handles that connection checks out.
-        self.auth = zmq.auth.thread.ThreadAuthenticator(self.ctx)
-        self.auth.start()
-        if cfg.client_allowlist:
-            allowed = set(cfg.client_allowlist)
-            denials = self.zap_denials
-
-            class _Allow:
-                def callback(self, domain: str, key: bytes) -> bool:
-                    text = key.decode("ascii", "replace")
-                    if text in allowed:
-                        return True
-                    denials.denied(text, socket="client")
-                    return False
-
-            self.auth.configure_curve_callback(domain="*", credentials_provider=_Allow())
-        else:
-            self.auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
+        self.loop.serve_zap(self.ctx, self.zap)  # before the CURVE socket is bound
         self.client = self.ctx.socket(zmq.ROUTER)
         self.client.setsockopt(zmq.LINGER, 0)
         self.client.setsockopt(zmq.CURVE_SERVER, 1)
@@ -228,8 +213,8 @@ class ServerService:
         self.web.close()
         for s in [self.client, self.ctl, *self.dealers.values()]:
             s.close(linger=0)
-        if self.auth is not None:
-            self.auth.stop()
+        self.zap.close()
+        self.loop.close()
         self.ctx.term()
         try:
             self.cfg.ctl_socket.unlink()
@@ -399,71 +384,27 @@ class ServerService:
         """Each license with its days left and expiry state (`tmr.expiry`)."""
         return with_expiry(licenses, time.time(), self.cfg.expiry_warning_days)
 
-    def on_ctl(self, req: dict[str, Any], now: float) -> dict[str, Any] | None:
-        """Serve one decoded control request (`tmr.ctl.serve_ctl` decodes and answers; None:
-        the answer comes later, `_ctl_waiting`)."""
-        cmd = req["cmd"]
-        ld = self.leader
-        if cmd == "promote":
-            force = req.get("force", False)
-            if not isinstance(force, bool):
-                raise CtlError("promote: 'force' must be true or false")
-            log("ctl", cmd="promote", force=force)
-            self.apply(ld.promote(now, force=force))
-        elif cmd == "demote":
-            log("ctl", cmd="demote")
-            self.apply(ld.demote(now))
-        elif cmd == "health":
-            return {"ok": ld.healthy(), "role": ld.role.value}
-        elif cmd == "status":
-            return {"ok": True, **self.status(now)}
-        elif cmd == "handles":
-            return {"ok": True, "role": ld.role.value, "handles": ld.handles_view(now)}
-        elif cmd == "release":
-            self._ctl_admin_release(req, now)
-            return None
-        elif cmd == "usage":
-            self._ctl_usage(req)
-            return None
-        else:
-            raise CtlError(f"unknown command {cmd[:40]!r}", CtlErrorCode.UNKNOWN_COMMAND)
-        return {"ok": True, "role": ld.role.value}
-
-    def _ctl_usage(self, req: dict[str, Any]) -> None:
+    def ctl_usage(self, since: float, until: float) -> None:
         """`tmr ctl usage`: queue a usage report; the loop answers when the worker is done
         (the control socket takes no other request meanwhile)."""
-        since, until = req.get("since"), req.get("until")
-        if not isinstance(since, int | float) or not isinstance(until, int | float):
-            raise CtlError("usage: 'since' and 'until' must be numbers (UNIX time)")
-        if isinstance(since, bool) or isinstance(until, bool):
-            raise CtlError("usage: 'since' and 'until' must be numbers (UNIX time)")
         if self.leader.role != Role.ACTIVE:
             raise CtlError(f"usage: this server is {self.leader.role.value}, not active")
         try:
-            usage = UsageRequest("ctl", float(since), float(until))
+            usage = UsageRequest("ctl", since, until)
         except ProtocolError as exc:
             raise CtlError(f"usage: {exc.message}") from None
         problem = self.web.submit_usage(CTL_TOKEN, usage, self.leader.status())
         if problem is not None:
             raise CtlError(f"usage: {problem}")
-        self._ctl_waiting = True
 
-    def _ctl_admin_release(self, req: dict[str, Any], now: float) -> None:
+    def ctl_admin_release(self, handle: str, by: str, now: float) -> None:
         """`tmr admin release HANDLE`: free a handle through the quorum (an ordinary release
         op); the control socket is answered once it commits, or with the leader's error."""
-        handle = req.get("handle")
-        if not isinstance(handle, str) or not 0 < len(handle) <= ADMIN_HANDLE_MAX:
-            raise CtlError(f"release: 'handle' must be a string of 1-{ADMIN_HANDLE_MAX} characters")
-        if not handle.isprintable():
-            raise CtlError("release: 'handle' must be printable")
-        peer = self._ctl_peer
-        by = f"ctl:{peer.user}" if peer is not None else "ctl"
         log("ctl", cmd="release", handle=handle, by=by)
         self._ctl_admin_n += 1
         token = (ADMIN_CTL, self._ctl_admin_n)
         self._ctl_admin = token
         self._ctl_admin_deadline = now + ADMIN_CTL_WAIT
-        self._ctl_waiting = True
         self.apply(self.leader.admin_release(token, "ctl", handle, now, by=by))
 
     def _ctl_admin_answer(self, r: ClientReply) -> None:
@@ -472,8 +413,7 @@ class ServerService:
         if r.token != self._ctl_admin:
             return
         self._ctl_admin = None
-        self.ctl.send(encode_ctl(self._admin_answer(r)))
-        self._ctl_waiting = False
+        self.ctl_server.answer(self._admin_answer(r))
 
     def _ctl_admin_overdue(self, now: float) -> None:
         """Never leave the control socket waiting: TIMEOUT after ADMIN_CTL_WAIT."""
@@ -481,8 +421,7 @@ class ServerService:
             return
         self._ctl_admin = None
         message = f"release: no answer from the leader within {ADMIN_CTL_WAIT:g} s"
-        self.ctl.send(encode_ctl({"ok": False, "code": "TIMEOUT", "error": message}))
-        self._ctl_waiting = False
+        self.ctl_server.answer({"ok": False, "code": "TIMEOUT", "error": message})
 
     @staticmethod
     def _admin_answer(r: ClientReply) -> dict[str, Any]:
@@ -497,26 +436,17 @@ class ServerService:
             token = (WEB_RELEASE, req.id)
             self.apply(self.leader.admin_release(token, "web", req.handle, now, by=req.by))
 
-    def _set_ctl_peer(self, peer: CtlPeer | None) -> None:
-        self._ctl_peer = peer
-
-    def _serve_ctl(self, now: float) -> None:
-        serve_ctl(
-            self.ctl,
-            lambda req: self.on_ctl(req, now),
-            _log_internal_error,
-            on_peer=self._set_ctl_peer,
-        )
-
     # ------------------------------------------------------------------ loop
 
-    def _stop(self, signum: int, frame: FrameType | None) -> None:
-        self.stopping = True
-
     def run(self) -> int:
-        self._open()
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
+        loop = self.loop
+        loop.stop_on_signals(signal.SIGTERM, signal.SIGINT)  # SIGHUP keeps its default action
+        loop.install_signals()  # a signal during the start is served by the first turn
+        try:
+            self._open()
+        except BaseException:
+            loop.close()  # the signals' previous handlers back
+            raise
         log(
             "start",
             server=self.cfg.name,
@@ -525,56 +455,46 @@ class ServerService:
             backends=[b.endpoint for b in self.cfg.backends],
             ctl_socket=str(self.cfg.ctl_socket),
         )
-        poller = zmq.Poller()
-        poller.register(self.client, zmq.POLLIN)
-        poller.register(self.ctl, zmq.POLLIN)
-        for s in self.dealers.values():
-            poller.register(s, zmq.POLLIN)
-        usage_wake = self.web.wake_socket
-        if usage_wake is not None:
-            poller.register(usage_wake, zmq.POLLIN)
-        next_tick = time.monotonic()
+        for s, name in self.by_socket.items():
+            loop.watch(s, functools.partial(self._drain_backend, s, name))
+        loop.watch(self.client, self._drain_clients)
+        # One pump for the whole burst of requests and replies: group commit.
+        loop.each_turn(lambda now: self.apply(self.leader.pump(now)))
+        loop.serve_ctl(self.ctl, self.ctl_server)
+        loop.every(TICK, self._tick, first=0.0)
+        if self.web.wake_socket is not None:
+            loop.watch(self.web.wake_socket, self._usage_replies)
+        loop.each_turn(self._publish_web_if_due)
         try:
-            while not self.stopping:
-                wait = max(0.0, next_tick - time.monotonic())
-                ready = dict(poller.poll(int(wait * 1000) + 1))
-                now = time.monotonic()
-                for s, name in self.by_socket.items():
-                    if s in ready:
-                        self._drain_backend(s, name, now)
-                if self.client in ready:
-                    self._drain_clients()
-                # One pump for the whole burst of requests and replies: group commit.
-                self.apply(self.leader.pump(now))
-                if self.ctl in ready and not self._ctl_waiting:
-                    self._serve_ctl(now)
-                if now >= next_tick:
-                    self.apply(self.leader.tick(now))
-                    self._web_releases(now)
-                    self._ctl_admin_overdue(now)
-                    next_tick = now + TICK
-                if usage_wake is not None and usage_wake in ready:
-                    for token, payload in self.web.take_usage_replies():
-                        if token == CTL_TOKEN:
-                            self.ctl.send(payload)
-                            self._ctl_waiting = False
-                        else:
-                            self._send_payload(token, payload)
-                if self.web.publish_due(now):
-                    self._publish_web(now)
-                flush_logs()
+            loop.run()
         finally:
             log("stop", server=self.cfg.name, role=self.leader.role.value)
             flush_logs()
             self._close()
         return 0
 
+    def _tick(self, now: float) -> None:
+        self.apply(self.leader.tick(now))
+        self._web_releases(now)
+        self._ctl_admin_overdue(now)
+
+    def _usage_replies(self, now: float) -> None:
+        for token, payload in self.web.take_usage_replies():
+            if token == CTL_TOKEN:
+                self.ctl_server.answer_payload(payload)
+            else:
+                self._send_payload(token, payload)
+
+    def _publish_web_if_due(self, now: float) -> None:
+        if self.web.publish_due(now):
+            self._publish_web(now)
+
     def _publish_web(self, now: float) -> None:
         """Hand the web thread a fresh snapshot (the leader is read here, in the loop)."""
         handles = self.leader.handles_view(now) if self.web.wants_handles() else None
         self.web.publish(self.status(now), handles, now)
 
-    def _drain_clients(self) -> None:
+    def _drain_clients(self, now: float) -> None:
         for _ in range(MAX_DRAIN):
             got = recv_frames_user(self.client)
             if got is None:

@@ -196,7 +196,7 @@ class ServerMetrics:
             self.round_latency.labels(sent[1]).observe(max(0.0, self.clock() - sent[0]))
 
     def on_handshake_denied(self, socket: str) -> None:
-        """A refused CURVE handshake (called from the authenticator's thread)."""
+        """A refused CURVE handshake (called by the loop's ZAP handler, `tmr.serving.zap`)."""
         self.handshakes_denied.labels(socket).inc()
 
     def on_denial(self, firm: int, product: int) -> None:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -14,9 +15,7 @@ import zmq
 from tmr.backend.service import (
     BackendService,
     error_reply,
-    peek_mid,
     split_envelope,
-    zap_reply,
 )
 from tmr.backend.store import StorageError
 from tmr.config import BackendConfig
@@ -26,8 +25,15 @@ from tmr.isv import init_vendor, issue_set
 from tmr.keys import generate_keypair, write_keypair
 from tmr.licensing import make_fingerprint_doc
 from tmr.licensing.curve import z85_key_bytes
+from tmr.protocol import peer_api
 from tmr.protocol.codec import pack
-from tmr.protocol.peer_api import MAX_PEER_FRAME, decode_reply, encode_request
+from tmr.protocol.peer_api import (
+    MAX_PEER_FRAME,
+    BadFrame,
+    decode_backend_frame,
+    decode_reply,
+    encode_request,
+)
 from tmr.replication.messages import (
     Accept,
     Accepted,
@@ -44,8 +50,10 @@ from tmr.replication.messages import (
     Snapshot,
     SnapshotEntry,
     Status,
+    UsageQuery,
 )
 from tmr.replication.types import Epoch, Grant, HandleRecord
+from tmr.serving.zap import zap_reply
 
 FIRM = 6_000_123
 PRODUCT = 42
@@ -259,10 +267,11 @@ def test_crypt_errors_become_bad_request(svc: BackendService) -> None:
 
 
 def test_control_commands(svc: BackendService) -> None:
-    assert svc.control({"cmd": "health"})["ok"] is True
-    assert svc.control({"cmd": "reload"})["ok"] is True
-    with pytest.raises(CtlError, match="unknown command"):
-        svc.control({"cmd": "promote"})
+    assert svc.ctl_server.handle({"cmd": "health"}, 0.0) == {"ok": True, "name": "b1"}
+    assert svc.ctl_server.handle({"cmd": "reload"}, 0.0)["ok"] is True  # type: ignore[index]
+    with pytest.raises(CtlError, match=r"unknown command 'promote' \(backends know status"):
+        svc.ctl_server.handle({"cmd": "promote"}, 0.0)
+    assert not svc.ctl_server.pending
 
 
 # ------------------------------------------------------------------ framing and ZAP
@@ -276,17 +285,17 @@ def test_split_envelope() -> None:
     assert split_envelope([b"id", b"", b"a", b"b"]) == ([b"id", b""], None)
 
 
-def test_peek_mid() -> None:
-    assert peek_mid(pack({"mid": 5})) == 5
-    assert peek_mid(pack({"mid": -1})) == 0
-    assert peek_mid(pack({"mid": "5"})) == 0
-    assert peek_mid(b"junk") == 0
+def test_a_bad_frame_keeps_the_mid_of_its_one_decoding() -> None:
+    assert decode_backend_frame(pack({"mid": 5})) == BadFrame(5, "missing message type")
+    assert decode_backend_frame(pack({"t": "x", "mid": -1})).mid == 0  # type: ignore[union-attr]
+    assert decode_backend_frame(pack({"t": "x", "mid": "5"})).mid == 0  # type: ignore[union-attr]
+    assert isinstance(decode_backend_frame(b"junk"), BadFrame)
     assert isinstance(decode_reply(error_reply(3, "x" * 5000)), PeerError)
 
 
 def test_zap_admits_only_allowed_curve_keys() -> None:
     allowed_key = generate_keypair().public
-    allowed = frozenset({z85_key_bytes(allowed_key)})
+    allowed = frozenset({allowed_key})
     other = z85_key_bytes(generate_keypair().public)
 
     def request(mechanism: bytes, *creds: bytes) -> list[bytes]:
@@ -344,3 +353,32 @@ def test_run_serves_allowed_servers_and_stops_on_request(expiring: Setup) -> Non
         thread.join(timeout=10)
     assert not thread.is_alive()
     assert not config.ctl_socket.exists()
+
+
+def test_every_frame_is_decoded_once(svc: BackendService, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame that is not a request used to be decoded up to three times (as a request, as a
+    usage query, then for its message id): one classifying decode now, whatever it holds."""
+    calls: list[int] = []
+    real_unpack = peer_api.unpack
+
+    def counting(frame: bytes, **kwargs: Any) -> dict[str, Any]:
+        calls.append(len(frame))
+        return real_unpack(frame, **kwargs)
+
+    monkeypatch.setattr(peer_api, "unpack", counting)
+    frames = [
+        pack({"t": "what", "mid": 9}),  # unknown type
+        pack({"t": "usage_query", "mid": 4, "since": 1.0}),  # a malformed usage query
+        peer_api.encode_usage_query(UsageQuery(5, 0.0, 1.0, 10)),
+        encode_request(Probe(6)),
+        b"\xc1",
+    ]
+    replies = svc.handle_frames(frames)
+    assert len(calls) == len(frames)
+    bad = decode_reply(replies[0])  # type: ignore[arg-type]
+    assert isinstance(bad, PeerError) and bad.mid == 9
+    usage_error = decode_reply(replies[1])  # type: ignore[arg-type]
+    assert isinstance(usage_error, PeerError) and usage_error.mid == 4
+    assert "until" in usage_error.message
+    assert isinstance(decode_reply(replies[3]), Status)  # type: ignore[arg-type]
+    assert svc.counters["bad_requests"] == 3
