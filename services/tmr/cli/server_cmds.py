@@ -18,7 +18,8 @@ CTL_COMMANDS = {
     "health": "exit 0 only when the server is up and not fenced (keepalived track_script)",
     "status": "print the server's status as JSON",
     "handles": "print the current handles as JSON",
-    "reload": "backends: re-read and re-verify the license container",
+    "reload": "servers: re-read the policy file (a bad one is refused, the policy in force "
+    "stays); backends: re-read and re-verify the license container",
 }
 
 

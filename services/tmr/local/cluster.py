@@ -204,6 +204,11 @@ def local_up(
                 "log": str(root / "logs" / f"{name}.log"),
             }
             nodes.append(node)
+    # One policy file for both servers, as the tmr_server role installs it: edit it, then
+    # `tmr ctl --socket DIR/run/tmr-X.sock reload` on each server (docs/operator-guide.md §8).
+    policy = root / "policy.toml"
+    if not policy.exists():
+        policy.write_text("# no rules: every client may use every license\n")
     layout = _Layout(root, vendor_dir, pubs, ports, lease, backend_timeout)
     for node in nodes:
         layout.write_config(node)
@@ -304,7 +309,8 @@ class _Layout:
                 f"lease_seconds = {float(self.lease)}\n"
                 f"backend_timeout = {float(self.backend_timeout)}\n"
                 f'web_listen = "127.0.0.1:{ports[name + "-web"]}"\n'
-                f"admin_keys = {_toml_list([pubs[ADMIN]])}\n" + backends_toml
+                f"admin_keys = {_toml_list([pubs[ADMIN]])}\n"
+                f'policy_file = "{root / "policy.toml"}"\n' + backends_toml
             )
             node["web_url"] = f"http://127.0.0.1:{ports[name + '-web']}/"
         Path(node["config"]).write_text(text)

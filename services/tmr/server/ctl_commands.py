@@ -2,8 +2,8 @@
 `tmr ctl` / `tmr admin` on the server's control socket, served by `tmr.serving.commands`.
 
 keepalived runs ``promote``, ``demote`` and ``health``; operators ``status``, ``handles``,
-``release`` (`tmr admin release`, answered once the release commits) and ``usage`` (answered
-when the report worker is done).
+``release`` (`tmr admin release`, answered once the release commits), ``usage`` (answered
+when the report worker is done) and ``reload`` (the policy file again, as SIGHUP does).
 """
 
 from __future__ import annotations
@@ -110,6 +110,16 @@ class Usage(Command["ServerService"]):
         service.ctl_usage(call.args["since"], call.args["until"])
 
 
+class Reload(Command["ServerService"]):
+    """`tmr ctl reload`: read the policy file again (as SIGHUP does); a file that does not
+    check in full is refused and the policy in force stays."""
+
+    name = "reload"
+
+    def execute(self, service: ServerService, call: CtlCall) -> Json:
+        return service.reload_policy("ctl")
+
+
 SERVER_COMMANDS: CommandRegistry[ServerService] = CommandRegistry(
-    "servers", (Promote, Demote, Health, Status, Handles, Release, Usage)
+    "servers", (Promote, Demote, Health, Status, Handles, Release, Usage, Reload)
 )

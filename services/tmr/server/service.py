@@ -22,7 +22,7 @@ import zmq
 
 from tmr.config import ServerConfig
 from tmr.ctl import CtlError, bind_ctl
-from tmr.errors import ErrorCode, TmrError
+from tmr.errors import ConfigError, ErrorCode, TmrError
 from tmr.expiry import with_expiry
 from tmr.keys import load_keypair
 from tmr.licensing.curve import z85_key_bytes
@@ -146,7 +146,7 @@ class ServerService:
         )
         self.leader.auto_pump = False  # the loop pumps once per turn
         # The site's policy file: a bad one stops the start (a ConfigError naming the place);
-        # `tmr ctl reload` replaces it only with a file that checks in full.
+        # `tmr ctl reload` and SIGHUP replace it only with a file that checks in full.
         self.leader.policy = load_policy(cfg.policy_file) if cfg.policy_file else EMPTY_POLICY
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.loop = ServiceLoop()
@@ -436,11 +436,30 @@ class ServerService:
             token = (WEB_RELEASE, req.id)
             self.apply(self.leader.admin_release(token, "web", req.handle, now, by=req.by))
 
+    def _on_sighup(self, signum: int) -> None:
+        self.reload_policy("SIGHUP")
+
+    def reload_policy(self, trigger: str) -> dict[str, Any]:
+        """Read `policy_file` again. A file that does not check in full changes nothing: the
+        answer and the log say why, and the policy in force stays."""
+        path = self.cfg.policy_file
+        try:
+            policy = load_policy(path) if path is not None else EMPTY_POLICY
+        except ConfigError as exc:
+            log("policy_reload_failed", level="error", trigger=trigger, error=str(exc))
+            return {"ok": False, "code": "BAD_REQUEST", "error": str(exc)}
+        before = self.leader.policy.digest
+        self.leader.policy = policy
+        summary = policy.summary()
+        log("policy_loaded", trigger=trigger, changed=summary["digest"] != before, **summary)
+        return {"ok": True, "policy": summary}
+
     # ------------------------------------------------------------------ loop
 
     def run(self) -> int:
         loop = self.loop
-        loop.stop_on_signals(signal.SIGTERM, signal.SIGINT)  # SIGHUP keeps its default action
+        loop.stop_on_signals(signal.SIGTERM, signal.SIGINT)
+        loop.on_signal(signal.SIGHUP, self._on_sighup)  # systemctl reload
         loop.install_signals()  # a signal during the start is served by the first turn
         try:
             self._open()

@@ -36,7 +36,7 @@ def _command_classes(module: ModuleType) -> set[type[Any]]:
         (
             server_commands,
             server_commands.SERVER_COMMANDS,
-            {"promote", "demote", "health", "status", "handles", "release", "usage"},
+            {"promote", "demote", "health", "status", "handles", "release", "usage", "reload"},
         ),
         (backend_commands, backend_commands.BACKEND_COMMANDS, {"status", "reload", "health"}),
     ],
