@@ -54,6 +54,8 @@ from tmr.replication.types import (
 MAX_PEER_FRAME = 64 * 1024 * 1024
 MAX_STR = 256
 MAX_OWNER = 64  # a Z85 CURVE public key is 40 characters; "" in records of older peers
+MAX_POLICY_NAME = 64  # a server id or a policy digest in a probe or a status
+MAX_POLICIES = 8  # servers a backend reports policy digests of (two in a cluster)
 U32 = 2**32 - 1
 U63 = 2**63 - 1
 T = TypeVar("T")
@@ -146,6 +148,9 @@ def encode_request(msg: PeerRequest) -> bytes:
             body = {"t": "probe"}
             if msg.epoch is not None:  # absent, not null: what older senders send
                 body["epoch"] = _epoch(msg.epoch)
+            if msg.server:  # absent while empty: what older senders send
+                body["server"] = msg.server
+                body["policy"] = msg.policy
         case Prepare():
             body = {"t": "prepare", "epoch": _epoch(msg.epoch)}
         case Accept():
@@ -198,6 +203,8 @@ def encode_reply(msg: PeerReply) -> bytes:
                 body["clock"] = msg.clock
             if msg.floors:
                 body["floors"] = _floors(msg.floors)
+            if msg.policies:
+                body["policies"] = [[s, d] for s, d in sorted(msg.policies.items())]
         case Promise():
             body = {
                 "t": "promise",
@@ -341,6 +348,19 @@ def _d_floor(tmr_id: Any, at: Any, what: str) -> Floor:
     if time < 0:
         raise _fail(f"{what}: expected a time >= 0")
     return Floor(_int(tmr_id, what, 0, U32), time)
+
+
+def _d_policies(v: Any) -> dict[str, str]:
+    items = _list(v, "policies")
+    if len(items) > MAX_POLICIES:
+        raise _fail(f"policies: more than {MAX_POLICIES} servers")
+    out = {}
+    for i, x in enumerate(items):
+        server, digest = _list(x, f"policies[{i}]", 2)
+        out[_str(server, "policies.server", MAX_POLICY_NAME)] = _str(
+            digest, "policies.digest", MAX_POLICY_NAME, empty=True
+        )
+    return out
 
 
 def _d_floors(v: Any, what: str) -> dict[ProductKey, Floor]:
@@ -505,7 +525,12 @@ def _request(t: str, mid: int, b: dict[str, Any]) -> PeerRequest:
         if t == "probe":
             # An older server sends no epoch: the probe then says nothing about its leader.
             pe = b.get("epoch")
-            return Probe(mid, None if pe is None else _d_epoch(pe, "epoch"))
+            return Probe(
+                mid,
+                None if pe is None else _d_epoch(pe, "epoch"),
+                _str(b.get("server", ""), "server", MAX_POLICY_NAME, empty=True),
+                _str(b.get("policy", ""), "policy", MAX_POLICY_NAME, empty=True),
+            )
         epoch = _d_epoch(_get(b, "epoch"), "epoch")
         if t == "prepare":
             return Prepare(mid, epoch)
@@ -579,6 +604,7 @@ def decode_reply(frame: bytes) -> PeerReply:
                 _d_age(b.get("leader_age"), "leader_age"),  # an older backend sends none
                 _d_clock(b.get("clock"), "clock"),
                 _d_floors(b.get("floors", []), "floors"),
+                _d_policies(b.get("policies", [])),  # an older backend sends none
             )
         if t == "promise":
             logs = {}

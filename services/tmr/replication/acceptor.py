@@ -60,6 +60,8 @@ from tmr.replication.types import (
     under_floor,
 )
 
+MAX_POLICIES = 8  # servers whose policy digests a backend reports (a cluster has two)
+
 CryptFn = Callable[[ProductKey, str, bytes], bytes]
 
 
@@ -150,6 +152,8 @@ class Acceptor:
         # reported in promises so that a new leader can tell the table it adopts was
         # committed, and a backend that refused it then records it (docs/design.md §6).
         self.known_commit: dict[ProductKey, Version] = {}
+        # server id -> the policy digest of its latest probe (memory only), for Status
+        self.policies: dict[str, str] = {}
 
     # ------------------------------------------------------------------ inputs
 
@@ -161,6 +165,8 @@ class Acceptor:
         """The reply to one request and the write to commit first; `now` is monotonic."""
         promised = self.state.promised
         if isinstance(req, Probe):
+            if req.server:
+                self._note_policy(req.server, req.policy)
             if req.epoch is not None and req.epoch == promised:
                 return Step(self._status(req.mid, 0.0), seen=(promised, now))
             return Step(self._status(req.mid, self.leader_age(now)))
@@ -189,6 +195,14 @@ class Acceptor:
             if version > self.known_commit.get(key, ZERO_VERSION):
                 self.known_commit[key] = version
 
+    def _note_policy(self, server: str, digest: str) -> None:
+        """Keep the latest policy digest a server's probe carried (memory only), for at most
+        `MAX_POLICIES` servers: a cluster has two."""
+        self.policies.pop(server, None)
+        self.policies[server] = digest
+        while len(self.policies) > MAX_POLICIES:
+            del self.policies[next(iter(self.policies))]
+
     def leader_age(self, now: float) -> float | None:
         """Seconds since a request last carried the promised epoch (None: not since start)."""
         seen = self._seen
@@ -210,6 +224,7 @@ class Acceptor:
             leader_age=leader_age,
             clock=self.trusted_time,
             floors={k: v.floor for k, v in self.state.products.items()},
+            policies=dict(self.policies),
         )
 
     def reported_licenses(self) -> dict[ProductKey, LicenseInfo]:

@@ -163,6 +163,8 @@ class Leader:
         self.policy: Policy = EMPTY_POLICY
         # POLICY_DENIED answers per product since start (a metric; the rule goes to the log)
         self.policy_denials: dict[ProductKey, int] = {}
+        # The other servers' policy digests, as their probes left them on the backends
+        self.peer_policies: dict[str, str] = {}
         self.fenced_by: Epoch | None = None
         self.auto_pump = True  # the service turns it off and calls `pump` once per loop turn
         self._now = 0.0  # the latest time the leader was given (for `status`)
@@ -202,6 +204,17 @@ class Leader:
         self._takeover_started = now
         self._force = force
         fx.events.append({"event": "promote", "server": self.cfg.server_id, "force": force})
+        mismatch = self.policy_mismatch()
+        if mismatch:  # the rules change with this takeover: say so loudly
+            fx.events.append(
+                {
+                    "event": "policy_mismatch",
+                    "level": "warning",
+                    "ours": self.policy.digest,
+                    "peers": {s: self.peer_policies[s] for s in mismatch},
+                    "role": "promote",
+                }
+            )
         for b in self.backends:
             self._probe(b, now, fx)  # a takeover counts only answers to probes from now on
         return fx
@@ -624,6 +637,29 @@ class Leader:
             self.backends, self.cfg.server_id, now, self.cfg.leader_live_window
         )
 
+    def policy_mismatch(self) -> list[str]:
+        """The other servers whose latest policy digest differs from ours: then a failover
+        changes the rules (docs/design.md §7.6)."""
+        ours = self.policy.digest
+        return [s for s, d in self.peer_policies.items() if d and d != ours]
+
+    def _note_peer_policies(self, reported: dict[str, str], fx: Effects) -> None:
+        changed = False
+        for server, digest in reported.items():
+            if server != self.cfg.server_id and self.peer_policies.get(server) != digest:
+                self.peer_policies[server] = digest
+                changed = True
+        if changed and self.policy_mismatch():
+            fx.events.append(
+                {
+                    "event": "policy_mismatch",
+                    "level": "warning",
+                    "ours": self.policy.digest,
+                    "peers": {s: self.peer_policies[s] for s in self.policy_mismatch()},
+                    "role": self.role.value,
+                }
+            )
+
     def status(self, now: float | None = None) -> dict[str, Any]:
         """A JSON view; `now` defaults to the latest time the leader was given."""
         now = self._now if now is None else now
@@ -660,7 +696,11 @@ class Leader:
             ],
             "handles": sum(len(p.handles) for p in self._products.values()),
             "ops_committed": self.ops_committed,
-            "policy": self.policy.summary(),
+            "policy": {
+                **self.policy.summary(),
+                "peers": dict(sorted(self.peer_policies.items())),
+                "mismatch": sorted(self.policy_mismatch()),
+            },
             "licenses": self.licenses_view(),
         }
 
@@ -698,7 +738,8 @@ class Leader:
         mid = next(self._mids)
         b.last_probe = now
         # The epoch only while leading: a standby's or fenced server's probe is no sign of life.
-        self._send(b, Probe(mid, self.epoch), Outstanding("probe", now), fx)
+        probe = Probe(mid, self.epoch, self.cfg.server_id, self.policy.digest)
+        self._send(b, probe, Outstanding("probe", now), fx)
 
     def _mark_up(self, b: Backend, fx: Effects) -> None:
         if backends.mark_up(b, fx.events):
@@ -986,6 +1027,7 @@ class Leader:
     # ---------------------------------------------------------------- backend replies
 
     def _on_status(self, b: Backend, msg: Status, now: float, fx: Effects) -> None:
+        self._note_peer_policies(msg.policies, fx)
         self._update_licenses(b, msg.licenses, fx)
         b.clock = msg.clock
         if msg.floors != b.floors:

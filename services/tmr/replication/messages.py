@@ -32,6 +32,11 @@ class Probe:
 
     mid: int
     epoch: Epoch | None = None
+    # The sender's server id and the digest of the policy it enforces (tmr.policy): backends
+    # keep the latest per server and report them in `Status.policies`, so each server sees
+    # the other's (docs/design.md §7.6). Empty from an older server.
+    server: str = ""
+    policy: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,9 @@ class Status:
     # and its replicated floors per product.
     clock: float | None = None
     floors: dict[ProductKey, Floor] = field(default_factory=dict)
+    # server id -> the policy digest its latest probe carried (memory only; none from an
+    # older backend)
+    policies: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

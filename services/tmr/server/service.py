@@ -81,14 +81,16 @@ def container_serial(service_public_key: str) -> str:
 
 
 def log_events(events: list[dict[str, Any]]) -> None:
-    """Log the leader's events: `DEBUG_EVENTS` at debug, every other one at info."""
+    """Log the leader's events: `DEBUG_EVENTS` at debug, every other one at its `level`
+    (info unless the event says otherwise, e.g. `policy_mismatch` at warning)."""
     debug = enabled("debug")
     for ev in events:
         event = ev["event"]
-        level = "debug" if event in DEBUG_EVENTS else "info"
-        if level == "info" or debug:
+        level = "debug" if event in DEBUG_EVENTS else str(ev.get("level", "info"))
+        if level != "debug" or debug:
             fields = dict(ev)
             del fields["event"]
+            fields.pop("level", None)
             log(event, level=level, **fields)
 
 

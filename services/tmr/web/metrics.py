@@ -248,6 +248,12 @@ class SnapshotCollector(Collector):
         )
         pinfo.add_metric([str(policy.get("digest", ""))], 1)
         yield pinfo
+        yield _gauge(
+            "tmr_policy_mismatch",
+            "1 while another TMR server enforces a policy with another digest (a failover "
+            "would change the rules)",
+            1 if policy.get("mismatch") else 0,
+        )
         role = GaugeMetricFamily(
             "tmr_role", "1 for this server's current role (standby|takeover|active|fenced)",
             labels=["role"],

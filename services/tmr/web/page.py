@@ -207,6 +207,12 @@ function renderBanners(s) {
       (a && !a.this ? "; the active server is " + a.server + " (epoch " + a.epoch + ")." : "."));
   }
   if (s.role === "takeover") banner("warning", "Taking over: preparing the backends.");
+  const pol = s.policy || {};
+  if (pol.mismatch && pol.mismatch.length) {
+    banner("error", "This server enforces policy " + pol.digest + ", but " +
+      pol.mismatch.map(p => p + " enforces " + pol.peers[p]).join(", ") +
+      ": a failover changes the rules. Install the same policy.toml on both servers.");
+  }
   for (const lic of s.licenses) {
     if (lic.level !== "ok") banner(lic.level, lic.key + ": " + lic.message);
   }

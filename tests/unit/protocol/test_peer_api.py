@@ -59,11 +59,13 @@ REQUESTS = [
     Probe(6, E),
     Accept(7, E, (AcceptEntry(K, 2, (Release("h1", ReleaseReason.RELEASE, 3.0),)),), ((K, 1),)),
     Accept(8, E, (), ((K, 2), ((7, 1), 3))),  # a commit notice
+    Probe(9, None, "tmr-b", "0123456789abcdef"),  # the sender's policy digest
 ]
 REPLIES = [
     Status(1, "backend-1", E, True, {K: Version(E, 3)}, {K: 2}, LIC),
     Status(7, "backend-1", E, True, {K: Version(E, 3)}, {K: 2}, LIC, leader_age=0.25),
     Status(8, "backend-1", E, True, {}, {}, {}, leader_age=0),
+    Status(10, "backend-1", E, True, {}, {}, {}, policies={"tmr-a": "ab" * 8, "tmr-b": ""}),
     Promise(2, "backend-1", E, False, {K: (Version(E, 1), (R,))}, LIC),
     Promise(9, "backend-1", E, True, {K: (Version(E, 1), (R,))}, LIC, commits={K: Version(E, 1)}),
     Rejected(3, E),
@@ -99,6 +101,8 @@ def test_reply_round_trip(msg: object) -> None:
         {"t": "launch", "mid": 1},
         {"t": "probe", "mid": 1, "epoch": [1]},
         {"t": "probe", "mid": 1, "epoch": "3/tmr-a"},
+        {"t": "probe", "mid": 1, "server": 7, "policy": "x"},
+        {"t": "probe", "mid": 1, "server": "s", "policy": "x" * 65},
     ],
 )
 def test_malformed_requests_are_refused(body: dict[str, object]) -> None:
@@ -180,6 +184,29 @@ def test_new_fields_are_ignored_by_an_old_decoder() -> None:
     status = msgpack.unpackb(encode_reply(REPLIES[1]))
     assert status["leader_age"] == 0.25
     assert "leader_age" not in msgpack.unpackb(encode_reply(REPLIES[0]))
+
+
+@pytest.mark.parametrize(
+    "policies",
+    [
+        "tmr-a",
+        [["tmr-a"]],
+        [["", "x"]],
+        [["tmr-a", 3]],
+        [[f"s{i}", "x"] for i in range(9)],  # more servers than a backend reports
+    ],
+)
+def test_bad_policies_in_a_status_are_refused(policies: object) -> None:
+    body = msgpack.unpackb(encode_reply(REPLIES[0]))
+    body["policies"] = policies
+    with pytest.raises(ProtocolError):
+        decode_reply(msgpack.packb(body))
+
+
+def test_a_probe_without_a_server_is_the_old_format() -> None:
+    """Server and policy go on the wire only when given: an older backend ignores them."""
+    assert "server" not in msgpack.unpackb(encode_request(Probe(2, E)))
+    assert "policies" not in msgpack.unpackb(encode_reply(REPLIES[0]))
 
 
 @pytest.mark.parametrize("age", [-0.5, "1", [1.0], float("nan"), float("inf")])

@@ -144,3 +144,43 @@ def test_the_status_reports_the_policy_in_force() -> None:
     status = h.leader.status(h.now)
     assert status["policy"]["digest"] == policy.digest
     assert status["policy"]["licenses"] == 1
+
+
+def test_each_server_sees_the_others_policy_digest_through_the_backends() -> None:
+    """Probes carry the sender's digest, backends report the latest per server: a standby
+    with another policy shows the mismatch, and a promote with it warns."""
+    ruled = rules(f'[licenses."{LIC}"]\nexclude = ["user:x"]\n')
+    h = active(ruled)
+    sb = h.add_server("sb")  # no rules: another digest
+    h.advance(1.0)  # both probe the backends
+    assert h.acceptors["b1"].policies == {"sa": ruled.digest, "sb": sb.policy.digest}
+    assert h.leader.policy_mismatch() == ["sb"]
+    status = h.leader.status(h.now)["policy"]
+    assert status["peers"] == {"sb": sb.policy.digest} and status["mismatch"] == ["sb"]
+    assert any(
+        e["event"] == "policy_mismatch" and e["level"] == "warning" and e["ours"] == ruled.digest
+        for e in h.events
+    )
+    # the standby installs the same file: no mismatch left on either side
+    sb.policy = ruled
+    h.advance(1.0)
+    assert h.leader.policy_mismatch() == [] and sb.policy_mismatch() == []
+    # a promote while the digests differ is logged as a warning at the promote
+    sb.policy = rules("")
+    h.advance(1.0)
+    h.events.clear()
+    h.stopped.add("sa")
+    h.run(sb.promote(h.now, force=True), "sb")
+    assert [e["role"] for e in h.events if e["event"] == "policy_mismatch"] == ["promote"]
+
+
+def test_a_backend_keeps_the_digests_of_a_few_servers_only() -> None:
+    from tmr.replication.acceptor import MAX_POLICIES
+    from tmr.replication.messages import Probe
+
+    h = active(rules(""))
+    acc = h.acceptors["b1"]
+    for i in range(MAX_POLICIES + 3):
+        acc.handle(Probe(100 + i, None, f"s{i}", "d"), h.now)
+    assert len(acc.policies) == MAX_POLICIES
+    assert f"s{MAX_POLICIES + 2}" in acc.policies and "s0" not in acc.policies

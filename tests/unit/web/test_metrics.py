@@ -127,7 +127,7 @@ def test_snapshot_gauges() -> None:
         ],
         "handles": 4,
         "ops_committed": 11,
-        "policy": {"file": "/etc/tmr/policy.toml", "digest": "0123456789abcdef", "licenses": 1},
+        "policy": {"file": "/etc/tmr/policy.toml", "digest": "0123456789abcdef", "mismatch": ["b"]},
         "licenses": [
             {
                 "firm": 6000123,
@@ -163,6 +163,7 @@ def test_snapshot_gauges() -> None:
     assert s[("tmr_ops_committed_total", ())] == 11
     assert s[("tmr_status_age_seconds", ())] == 2.0
     assert s[("tmr_policy_info", (("digest", "0123456789abcdef"),))] == 1
+    assert s[("tmr_policy_mismatch", ())] == 1
     assert snap["policy"]["file"] == "/etc/tmr/policy.toml"
 
 
