@@ -65,6 +65,13 @@ def test_policy_reload_enforcement_and_failover(
         held = bob.checkout(FIRM, PRODUCT)
         with pytest.raises(PolicyDenied, match=r"max 1 for user:bob"):
             bob.checkout(FIRM, PRODUCT)
+        # the CLI's --user is what the rules see
+        code = main(
+            ["client", "--cluster", cluster.info["dir"], "--user", "mallory", "checkout",
+             "--firm", str(FIRM), "--product", str(PRODUCT), "--hold", "0"]
+        )  # fmt: skip
+        assert code != 0
+        assert "POLICY_DENIED" in capsys.readouterr().err
         denied = events(cluster, "tmr-a", "policy_denied")
         assert {e["rule"] for e in denied} == {"exclude user:mallory", "max 1 for user:bob"}
 

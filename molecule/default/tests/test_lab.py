@@ -144,6 +144,28 @@ def test_installed_config_passes_the_services_own_check(name: str, kind: str) ->
     assert json.loads(out.stdout)["ok"] is True
 
 
+@pytest.mark.parametrize("name", group("tmr_servers"))
+def test_the_policy_file_is_installed_checked_and_in_force(name: str) -> None:
+    """tmr_server_policy_file: the same rules on both servers, as each one reports them."""
+    out = host(name).run(f"{TMR} config check --kind policy --json /etc/tmr/policy.toml")
+    assert out.rc == 0, out.stdout + out.stderr
+    expected = (REPO / "lab" / "policy.toml").read_text()
+    assert host(name).file("/etc/tmr/policy.toml").content_string == expected
+    policy = server_status(name)["policy"]
+    assert policy["licenses"] == 1 and policy["mismatch"] == [], policy
+
+
+def test_the_policy_is_enforced_through_the_vip(client) -> None:  # type: ignore[no-untyped-def]
+    digests = {server_status(s)["policy"]["digest"] for s in group("tmr_servers")}
+    assert len(digests) == 1, digests
+    args = ("checkout", "--firm", str(FIRM), "--product", str(PRODUCT), "--hold", "0")
+    r = client.run(_client_cmd("--user", "lab-excluded", *args))
+    assert r.rc != 0 and "POLICY_DENIED" in r.stderr, r.stdout + r.stderr
+    assert "exclude user:lab-excluded" in r.stderr
+    ok = client.run(_client_cmd("--user", "lab-allowed", *args))
+    assert ok.rc == 0, ok.stderr
+
+
 def _pins() -> dict[str, str]:
     """name -> version pinned in requirements/wheelhouse.txt (the hash-checked dependencies)."""
     pins = {}

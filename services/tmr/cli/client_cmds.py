@@ -136,6 +136,13 @@ def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--client-id", metavar="ID", default=default(None), help="client id (default: generated)"
     )
     parser.add_argument(
+        "--user",
+        metavar="NAME",
+        default=default(None),
+        help="the user name sent with each checkout, shown to administrators and matched by "
+        "the policy's user: rules (default: the OS user)",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         metavar="S",
@@ -225,6 +232,7 @@ def client_from_args(args: argparse.Namespace) -> Client:
             client_id=args.client_id,
             timeout=args.timeout,
             client_keys=keys,
+            user=args.user,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
