@@ -67,6 +67,8 @@ ln -sf ../lab-ssh-hostkeys.service "$rootfs/etc/systemd/system/multi-user.target
 printf 'PermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\n' > "$rootfs/etc/ssh/sshd_config.d/lab.conf"
 # keepalived runs only where the keepalived role configures and enables it
 rm -f "$rootfs/etc/systemd/system/multi-user.target.wants/keepalived.service"
+# prometheus likewise: only on the host the tmr_monitoring role configures (the package enables it)
+rm -f "$rootfs/etc/systemd/system/multi-user.target.wants/prometheus.service"
 # hosts have no package mirror in the lab: apt must never try to fetch
 rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb \
        "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/var/log/*.log

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,14 @@ SERVERS = ("tmr-a", "tmr-b")
 BACKENDS = ("backend-1", "backend-2", "backend-3")
 CLIENT = "client-1"
 FAULT_TABLE = "tmr_fault"  # nft table the faults add (and heal removes) on a lab host
+# the lab's Prometheus (role tmr_monitoring, inventory group tmr_monitoring), asked from inside
+# its host so that the query never leaves the lab host
+PROMETHEUS_HOST = CLIENT
+PROMETHEUS_URL = "http://127.0.0.1:9090"
+_HTTP_GET = (
+    "import sys, urllib.request; "
+    "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+)
 
 
 class LabError(AssertionError):
@@ -244,6 +253,41 @@ class Lab:
             interval=0.5,
         )
         return active
+
+    # ------------------------------------------------------------------ Prometheus
+
+    def prometheus(self, path: str, **params: str) -> Any:
+        """The `data` of an answer of the lab Prometheus's HTTP API (GET `path`), None when it
+        does not answer; LabError when it answers with an error."""
+        url = PROMETHEUS_URL + path
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        cmd = f"python3 -c {shlex.quote(_HTTP_GET)} {shlex.quote(url)}"
+        proc = self.sh(PROMETHEUS_HOST, cmd, timeout=15, check=False)
+        if proc.returncode != 0:
+            return None
+        doc = json.loads(proc.stdout)
+        if doc.get("status") != "success":
+            raise LabError(f"Prometheus {path} {params}: {doc}")
+        return doc["data"]
+
+    def alerts(self, name: str) -> list[dict[str, Any]] | None:
+        """The pending and firing alerts named `name` (/api/v1/alerts: labels, state, activeAt);
+        None when Prometheus does not answer."""
+        data = self.prometheus("/api/v1/alerts")
+        if data is None:
+            return None
+        return [a for a in data["alerts"] if a["labels"].get("alertname") == name]
+
+    def query(self, promql: str) -> dict[str, float] | None:
+        """An instant query: instance (or the whole label set) -> value; None: no answer."""
+        data = self.prometheus("/api/v1/query", query=promql)
+        if data is None:
+            return None
+        return {
+            str(r["metric"].get("instance", r["metric"])): float(r["value"][1])
+            for r in data["result"]
+        }
 
     # ------------------------------------------------------------------ faults
 

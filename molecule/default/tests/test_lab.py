@@ -392,3 +392,50 @@ def test_webadmin_status_through_the_vip(client) -> None:  # type: ignore[no-unt
     lic = next(x for x in doc["licenses"] if x["firm"] == FIRM and x["product"] == PRODUCT)
     assert lic["available"] and lic["tmr_id"] == TMR_ID
     assert "secret" not in out.lower()
+
+
+# --------------------------------------------------------------- Prometheus (tmr_monitoring)
+
+_PROM_GET = (
+    "import sys, urllib.parse, urllib.request; "
+    "url = 'http://127.0.0.1:9090' + sys.argv[1] + '?' + urllib.parse.urlencode(dict("
+    "a.split('=', 1) for a in sys.argv[2:])); "
+    "sys.stdout.write(urllib.request.urlopen(url, timeout=10).read().decode())"
+)
+
+
+def _prometheus(h, path: str, **params: str):  # type: ignore[no-untyped-def]
+    """The `data` of a Prometheus HTTP API answer, asked on the monitoring host itself."""
+    args = " ".join(f"'{k}={v}'" for k, v in params.items())
+    doc = json.loads(h.check_output(f'python3 -c "{_PROM_GET}" {path} {args}'))
+    assert doc["status"] == "success", doc
+    return doc["data"]
+
+
+def _scraped(h) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    result = _prometheus(h, "/api/v1/query", query='up{job="tmr"}')["result"]
+    return {r["metric"]["instance"]: r["value"][1] for r in result}
+
+
+@pytest.mark.parametrize("name", group("tmr_monitoring"))
+def test_prometheus_scrapes_both_servers_with_the_shipped_rules(name: str) -> None:
+    h = host(name)
+    svc = h.service("prometheus")
+    assert svc.is_enabled and svc.is_running
+    token = h.file("/etc/prometheus/tmr-web.token")
+    assert (token.user, token.group, token.mode) == ("root", "prometheus", 0o640)
+    server_token = host(group("tmr_servers")[0]).file("/etc/tmr/web.token").content_string
+    assert token.content_string == server_token
+    rules = REPO / "monitoring" / "prometheus" / "tmr-alerts.yml"
+    assert h.file("/etc/prometheus/tmr-alerts.yml").content_string == rules.read_text()
+    want = {s: "1" for s in group("tmr_servers")}
+    _wait(lambda: _scraped(h) == want, 60, f"Prometheus scraping {sorted(want)}")
+    loaded = _prometheus(h, "/api/v1/rules", type="alert")["groups"]
+    assert {r["name"] for g in loaded for r in g["rules"]} >= {"TmrBackendDown", "TmrServerDown"}
+    assert all(r["health"] == "ok" for g in loaded for r in g["rules"])
+
+
+@pytest.mark.parametrize("name", sorted(set(group("lab_hosts")) - set(group("tmr_monitoring"))))
+def test_prometheus_runs_only_on_the_monitoring_host(name: str) -> None:
+    svc = host(name).service("prometheus")
+    assert not svc.is_enabled and not svc.is_running

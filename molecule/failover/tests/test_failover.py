@@ -8,19 +8,28 @@ exactly one host, and the faults are healed before the next row. Then a keepaliv
 brain. At the end the workload checker (I1 seats <= LQ, I7 no lost grant, I8 one seat set per
 request) must be clean; the report, the table and the failover times go to
 artifacts/tmr-mol-failover/.
+
+The lab's Prometheus (role tmr_monitoring on client-1, 2 s scrape and evaluation intervals)
+watches it all with the shipped alert rules: asked through its HTTP API, it must scrape both
+servers at the start, fire TmrBackendDown for backend-2 while that host is down (rows 8 and 9,
+where a backend stays down longest) and resolve it once the backend is back.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.lab.labctl import (
     BACKENDS,
+    REPO,
     Lab,
     LabError,
     Workload,
@@ -33,6 +42,8 @@ B1, B2, B3 = BACKENDS
 LQ = 20
 ROWS: list[dict[str, Any]] = []
 OK_PROBES = ("ok", "NO_LICENSE_AVAILABLE")  # the service answered and serves the license
+RULES = REPO / "monitoring" / "prometheus" / "tmr-alerts.yml"  # what the role installs
+BACKEND_ALERT = "TmrBackendDown"  # for: 30s
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +123,58 @@ def wait_active_with_vip(lab: Lab, server: str) -> None:
 def backend_down_seen(lab: Lab, active: str, backend: str) -> bool:
     view = lab.backend_view(active)
     return bool(view) and not view.get(backend, {}).get("up", True)
+
+
+def backend_alert(lab: Lab, backend: str, state: str) -> dict[str, Any] | None:
+    """The TmrBackendDown alert of `backend` in `state` (pending or firing), if any."""
+    for alert in lab.alerts(BACKEND_ALERT) or []:
+        if alert["labels"].get("backend") == backend and alert["state"] == state:
+            return alert
+    return None
+
+
+def no_backend_alert(lab: Lab, backend: str) -> bool:
+    """Prometheus answers, and has no TmrBackendDown alert (pending or firing) for `backend`."""
+    alerts = lab.alerts(BACKEND_ALERT)
+    return alerts is not None and not any(a["labels"].get("backend") == backend for a in alerts)
+
+
+def unix_time(rfc3339: str) -> float:
+    """Prometheus's activeAt ("2026-12-05T03:50:01.123456789Z") as UNIX time."""
+    text = re.sub(r"(\.\d{6})\d+", r"\1", rfc3339).replace("Z", "+00:00")
+    return datetime.fromisoformat(text).timestamp()
+
+
+# ----------------------------------------------------------------------------- Prometheus
+
+
+def test_prometheus_watches_both_servers(lab: Lab) -> None:
+    """The lab's Prometheus scrapes both TMR servers (with the WebAdmin token), sees the
+    active server and the VIP holder, has the shipped alert rules loaded, and raises no
+    backend alert for the whole cluster."""
+    lab.wait_for(
+        "Prometheus scrapes tmr-a and tmr-b",
+        lambda: lab.query('up{job="tmr"}') == {A: 1.0, B: 1.0},
+        60,
+        interval=1,
+        describe=lambda: lab.prometheus("/api/v1/targets"),
+    )
+    active = lab.wait_for(
+        "Prometheus sees one active server",
+        lambda: lab.query('tmr_role{role="active"} == 1'),
+        30,
+        interval=1,
+    )
+    server = lab.wait_healthy()
+    assert active == {server: 1.0}, active
+    # keepalived's side: the VRRP master, and only it, carries the VIP (tmr_vip_held)
+    assert lab.query("tmr_vip_held") == {server: 1.0, (B if server == A else A): 0.0}
+    rules = lab.prometheus("/api/v1/rules", type="alert")
+    loaded = {r["name"] for g in rules["groups"] for r in g["rules"]}
+    shipped = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    assert loaded == shipped
+    assert lab.alerts(BACKEND_ALERT) == []
+    say(f"Prometheus: both servers scraped, {len(loaded)} alert rules loaded, active {active}")
 
 
 # ----------------------------------------------------------------------------- the table
@@ -194,7 +257,7 @@ def test_row5_to_7_backend_maintenance(
 @pytest.mark.timeout(600)
 def test_row8_and_9_double_and_triple_failure(lab: Lab, workload: Workload) -> None:
     make_active(lab, A)
-    lab.kill_host(B2)
+    b2_down = lab.kill_host(B2)
     t = lab.kill_host(A)
     wait_active_with_vip(lab, B)
     lab.wait_for("B sees backend-2 down", lambda: backend_down_seen(lab, B, B2), 30)
@@ -225,14 +288,54 @@ def test_row8_and_9_double_and_triple_failure(lab: Lab, workload: Workload) -> N
 
         lic = lab.wait_for("B reports the license unavailable", unavailable, 30)
         row["license_status"] = lic.get("status")
+
+        # backend-2 has been down since the start of row 8: Prometheus, scraping tmr-b (tmr-a
+        # is dead), fires TmrBackendDown for it once its `for: 30s` has passed
+        waited = time.time()
+        fired = lab.wait_for(
+            f"Prometheus fires {BACKEND_ALERT} for {B2}",
+            lambda: backend_alert(lab, B2, "firing"),
+            90,
+            interval=1,
+            describe=lambda: lab.alerts(BACKEND_ALERT),
+        )
+        prom: dict[str, Any] = {
+            "row": f"Prometheus {BACKEND_ALERT} {B2}",
+            "expected": "firing while down, resolved when back",
+            "probe": "firing",
+            "pending_after_kill": round(unix_time(fired["activeAt"]) - b2_down, 1),
+            "firing_seen_after_kill": round(time.time() - b2_down, 1),
+            "waited_for_firing": round(time.time() - waited, 1),
+            "firing_alerts": sorted(
+                {
+                    a["labels"]["alertname"]
+                    for a in lab.prometheus("/api/v1/alerts")["alerts"]
+                    if a["state"] == "firing"
+                }
+            ),
+        }
+        say(f"Prometheus: {BACKEND_ALERT} {B2} firing: {prom}")
     finally:
         # repair: the cluster heals by itself once the hosts are back
         lab.start_host(B3)
-        lab.start_host(B2)
+        b2_back = lab.start_host(B2)
         t = lab.mark("backends 2 and 3 back")
         lab.start_host(A)
         workload.wait_granted(t, n=3, timeout=60)
     assert lab.wait_healthy() == B
+    waited = time.time()
+    lab.wait_for(
+        f"Prometheus resolves {BACKEND_ALERT} for {B2}",
+        lambda: no_backend_alert(lab, B2),
+        60,
+        interval=1,
+        describe=lambda: lab.alerts(BACKEND_ALERT),
+    )
+    prom["resolved_seen_after_boot"] = round(time.time() - b2_back, 1)
+    prom["waited_for_resolve"] = round(time.time() - waited, 1)
+    say(f"Prometheus: {BACKEND_ALERT} {B2} resolved: {prom}")
+    (lab.artifacts / "prometheus-alert.json").write_text(json.dumps(prom, indent=1))
+    ROWS.append(prom)
 
 
 @pytest.mark.timeout(600)

@@ -280,6 +280,25 @@ class SnapshotCollector(Collector):
         yield from _license_families(snap)
 
 
+class VipCollector(Collector):
+    """tmr_vip_held: whether the virtual IP is on this host, i.e. keepalived's VRRP decision
+    as the host carries it out (the VRRP master adds the address). Registered by WebAdmin when
+    server.toml names the vip."""
+
+    def __init__(self, held: Callable[[], bool]) -> None:
+        self.held = held
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield _gauge(
+            "tmr_vip_held",
+            "1 while the virtual IP is on this host (keepalived's VRRP master holds it)",
+            1.0 if self.held() else 0.0,
+        )
+
+
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     g = GaugeMetricFamily(name, doc)
     g.add_metric([], float(value))

@@ -47,6 +47,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from tmr.config import parse_listen
 from tmr.errors import ConfigError
+from tmr.web.metrics import VipCollector
 from tmr.web.page import APP_CSS, APP_JS, INDEX_HTML
 
 STALE_AFTER = 5.0  # seconds without a published snapshot before the page says so
@@ -211,6 +212,8 @@ class WebAdmin:
         self._releases: queue.Queue[ReleaseRequest] = queue.Queue(MAX_RELEASES_QUEUED)
         self._waiting: dict[int, ReleaseRequest] = {}
         self._release_ids = itertools.count(1)
+        if vip:
+            registry.register(VipCollector(self._vip_held))
 
     # ---------------------------------------------------------------- poll-loop side
 

@@ -141,6 +141,20 @@ def test_vip(clock: Clock) -> None:
     assert vip_held("127.0.0.1") and not vip_held("192.0.2.77")
 
 
+def _vip_metric(registry: CollectorRegistry) -> float | None:
+    return registry.get_sample_value("tmr_vip_held")
+
+
+def test_vip_metric(clock: Clock) -> None:
+    """tmr_vip_held: keepalived's VRRP outcome on this host, for Prometheus."""
+    held = WebAdmin("127.0.0.1:0", CollectorRegistry(), vip="127.0.0.1", clock=clock)
+    assert _vip_metric(held.registry) == 1.0
+    other = WebAdmin("127.0.0.1:0", CollectorRegistry(), vip="192.0.2.77", clock=clock)
+    assert _vip_metric(other.registry) == 0.0
+    none = WebAdmin("127.0.0.1:0", CollectorRegistry(), clock=clock)
+    assert _vip_metric(none.registry) is None  # no vip in server.toml: no series
+
+
 def basic(user: str, password: str) -> dict[str, str]:
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
