@@ -515,8 +515,10 @@ class ServerService:
 
     def _publish_web(self, now: float) -> None:
         """Hand the web thread a fresh snapshot (the leader is read here, in the loop)."""
-        handles = self.leader.handles_view(now) if self.web.wants_handles() else None
-        self.web.publish(self.status(now), handles, now)
+        wanted = self.web.wants_handles()
+        handles = self.leader.handles_view(now) if wanted else None
+        queue = self.leader.queue_view(now) if wanted else None
+        self.web.publish(self.status(now), handles, now, queue)
 
     def _drain_clients(self, now: float) -> None:
         for _ in range(MAX_DRAIN):
