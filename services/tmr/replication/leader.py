@@ -371,7 +371,6 @@ class Leader:
             )
             return fx
         request = (owner, client_id, rid)
-        self._drop_queued(now, fx)
         ahead = self._queue.seats_ahead(key, request)
         admitted = self._admission(key, seats)
         if admitted[0] is None and (ahead is None or ahead):

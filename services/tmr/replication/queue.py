@@ -3,7 +3,8 @@
 A checkout that carries `wait` and would be refused `NO_LICENSE_AVAILABLE` takes a place at
 the tail of its product's queue and is answered at once with its position (`Place`); the
 client asks again with the same request id before `hold` seconds passed, and every ask
-refreshes the place. A place not refreshed in time is dropped. Nothing here is replicated:
+refreshes the place. A place not refreshed in time is dropped (by the leader's expiry scan,
+at most `leases.EXPIRY_SCAN` late). Nothing here is replicated:
 a new leader starts with empty queues, and the clients queue again as they ask.
 
 The rule (strict FIFO, head of line; docs/operator-guide.md §8 "Queueing"):
@@ -29,7 +30,9 @@ from tmr.replication.types import ProductKey
 
 QUEUE_HOLD = 5.0  # seconds a place is kept without an ask (default of LeaderConfig.queue_hold)
 QUEUE_RETRY = 0.5  # seconds the server suggests between two asks (the queued result's `retry`)
-QUEUE_MAX = 10_000  # places per product; a checkout beyond them is refused as without `wait`
+# Places per product; a checkout beyond them is refused as without `wait`. Each ask costs
+# O(places of its product) (position, seats ahead), twice a second per waiting client.
+QUEUE_MAX = 1_000
 
 Request = tuple[str, str, str]  # (owner, client id, request id), as `handles.Request`
 
