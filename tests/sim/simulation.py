@@ -60,6 +60,9 @@ PROBE_INTERVAL = 0.1
 # and one probe interval for a commit, or QUORUM_LOST; the rest is tick granularity).
 ANSWER_BOUND = BACKEND_TIMEOUT + PROBE_INTERVAL + 0.05
 ADMIN = "admin"  # the reply token of an administrator's release (`tmr admin release`)
+QUEUE_HOLD = 1.0  # the leaders keep a queued checkout's place this long without an ask
+QUEUE_WAIT = 3.0  # the queueing clients (c1: 2 seats, c2: 1 seat) wait this long
+QUEUEING = (1, 2)
 # The site's policy both servers enforce (tmr.policy). Client i says it is user u{i % 3} on
 # host h{i % 2}, and the last client of six on host "kiosk". LQ is 4 (or more after updates).
 MAX_U0 = 2  # user u0 (clients c0, 1 seat, and c3, 2 seats) holds at most 2 seats
@@ -223,6 +226,8 @@ class SimClient:
     retry_at: float | None = None  # NOT_ACTIVE: retry on the other endpoint at this time
     hb_next: float = 0.0  # no heartbeat before (a back-off after an unconfirmed one)
     kept: bool = False  # the latest heartbeat answer: QUORUM_LOST, lease kept (not confirmed)
+    wait: float = 0.0  # > 0: checkouts queue for up to this long (client.checkout(wait=))
+    wait_until: float = 0.0  # the current checkout's deadline in the queue
 
 
 @dataclass
@@ -282,7 +287,14 @@ class Simulation:
         self.servers = {n: ServerNode(n) for n in SERVERS}
         for s in self.servers.values():
             self._start_server(s)
-        self.clients = [SimClient(f"c{i}", seats=1 + (i % 2), target=i % 2) for i in range(clients)]
+        self.clients = [
+            SimClient(f"c{i}", seats=1 + (i % 2), target=i % 2, wait=QUEUE_WAIT * (i in QUEUEING))
+            for i in range(clients)
+        ]
+        # (server, epoch) -> the queued checkouts (client, request id) in order, from the
+        # leader's checkout_queued / checkout_unqueued events: Q1 checks each grant of a
+        # queued checkout is to the head of its term's queue.
+        self.queues: dict[tuple[str, str], list[tuple[str, str]]] = {}
         # Ground truth for the checks.
         self.acked_grants: dict[str, tuple[str, str, int]] = {}  # handle -> (cid, rid, seats)
         self.gone: set[str] = set()  # handles released (acked) or expired by a leader
@@ -308,6 +320,8 @@ class Simulation:
             "rollbacks": 0,  # a backend restored to an older copy (rollback_backend)
             "quorum_lost_checked": 0,  # QUORUM_LOST answers checked against two good backends
             "admin_releases": 0,  # an administrator freed a held handle (tmr admin release)
+            "queued": 0,  # checkout answers that were a place in the queue (each ask)
+            "queue_grants": 0,  # queued checkouts granted, each to the head of its queue
         }
         # handle -> (server, leader, epoch) whose admin release of it was answered ok: that
         # leader must never renew the handle again.
@@ -444,6 +458,7 @@ class Simulation:
             backend_timeout=BACKEND_TIMEOUT,
             probe_interval=PROBE_INTERVAL,
             refuse_retry=0.5,
+            queue_hold=QUEUE_HOLD,
         )
         ids = random.Random(f"{self.seed}/{s.name}/{s.counter}")  # replayable handle ids
         s.leader = Leader(
@@ -519,6 +534,8 @@ class Simulation:
                 self.gone.add(ev["handle"])  # its client asked; the release may commit
             if ev["event"] == "handle_expired":
                 self.check_kept(s, ev["handle"])
+            if ev["event"] in ("checkout_queued", "checkout_unqueued"):
+                self.check_queue_order(s, ev)
         for dst, msg in fx.send:
             self.send(s.name, dst, msg, "peer_req")
         for reply in fx.replies:
@@ -631,6 +648,28 @@ class Simulation:
             f"{w.step}, t={w.since:.2f}) while {good} were good and undisturbed since "
             f"t={start:.2f}: {reply.message}"
         )
+
+    def check_queue_order(self, s: ServerNode, ev: dict[str, Any]) -> None:
+        """Q1: within one term, queued checkouts of the license are granted in queue order
+        (the one granted is the head of the queue of that leader's term)."""
+        assert s.leader is not None
+        term = (s.name, str(s.leader.epoch))
+        q = self.queues.setdefault(term, [])
+        place = (ev["client_id"], ev["rid"])
+        if ev["event"] == "checkout_queued":
+            if place in q:
+                self.fail(f"Q1: {s.name} queued {place} twice in one term")
+            q.append(place)
+            if ev["position"] != len(q):
+                self.fail(f"Q1: {s.name} gave {place} position {ev['position']}, not {len(q)}")
+            return
+        if place not in q:
+            self.fail(f"Q1: {s.name} unqueued {place}, which it never queued in this term")
+        if ev["why"] == "granted":
+            if q[0] != place:
+                self.fail(f"Q1: {s.name} granted queued {place} ahead of {q[0]} ({q})")
+            self.stats["queue_grants"] += 1
+        q.remove(place)
 
     def check_expiry(self, handle: str) -> None:
         # I9: no handle expires before its lease from its last heartbeat (or takeover).
@@ -749,6 +788,7 @@ class Simulation:
                 owner=key,
                 user=user,
                 host=host,
+                wait=req.get("wait"),
             )
             self.note_admission(leader, cid, req["rid"], before, fx)
             return fx
@@ -802,7 +842,8 @@ class Simulation:
             c.retry_at = None
             c.rid = self.new_rid(c)
             c.first_sent = c.sent_at = now
-            self.client_send(c, "checkout", seats=c.seats)
+            c.wait_until = now + c.wait
+            self.send_checkout(c)
         elif c.state in ("checkout", "release") and (
             now - c.sent_at > CLIENT_TIMEOUT or (c.retry_at is not None and now >= c.retry_at)
         ):
@@ -811,7 +852,7 @@ class Simulation:
             c.retry_at = None
             c.sent_at = now
             if c.state == "checkout":
-                self.client_send(c, "checkout", seats=c.seats)
+                self.send_checkout(c)
             else:
                 self.client_send(c, "release", handle=c.release_handle)
         elif c.state == "holding" and c.held:
@@ -831,6 +872,14 @@ class Simulation:
             elif c.hb_rid and now - c.hb_sent > CLIENT_TIMEOUT:
                 c.hb_rid = ""  # give up this heartbeat; a new one follows
                 c.target ^= 1
+
+    def send_checkout(self, c: SimClient) -> None:
+        """The SDK's rule: `wait` is the time left, left out once it ran out (the last ask)."""
+        left = c.wait_until - self.now
+        if c.wait and left > 0:
+            self.client_send(c, "checkout", seats=c.seats, wait=left)
+        else:
+            self.client_send(c, "checkout", seats=c.seats)
 
     def not_active(self, c: SimClient) -> None:
         """The SDK's rule: NOT_ACTIVE moves the request to the other endpoint at once (with a
@@ -861,6 +910,14 @@ class Simulation:
         if reply.rid != c.rid:
             return  # a late answer to an earlier attempt
         if c.state == "checkout":
+            if reply.ok and reply.result is not None and reply.result.get("queued"):
+                # Queued: ask again (same request id, same endpoint) after `retry`
+                if reply.result["position"] < 1 or not c.wait:
+                    self.fail(f"{c.cid}: queued result {reply.result} for a checkout")
+                self.stats["queued"] += 1
+                c.retry_at = now + min(reply.result["retry"], reply.result["hold"] / 2)
+                c.sent_at = now
+                return
             if reply.ok:
                 assert reply.result is not None
                 h = reply.result["handle"]

@@ -18,6 +18,7 @@ from tests.sim.simulation import InvariantViolation, Simulation
 from tmr import replication
 from tmr.replication import admission, backends, floors, productlog, takeover
 from tmr.replication import leader as leader_mod
+from tmr.replication import queue as queue_mod
 from tmr.replication.types import ZERO_EPOCH
 
 # Every part of the leader that counts a majority (each reads its own QUORUM).
@@ -57,6 +58,7 @@ def test_invariants_hold_over_seeds(first: int) -> None:
     assert totals["kept_alive"] > 0
     assert totals["admin_releases"] > 0  # tmr admin release freed held handles
     assert totals.get("err_POLICY_DENIED", 0) > 0  # the policy refused checkouts
+    assert totals["queued"] > 0 and totals["queue_grants"] > 0  # queued checkouts (Q1)
 
 
 def test_same_seed_same_history() -> None:
@@ -225,3 +227,20 @@ def test_simulation_catches_a_leader_that_ignores_a_policy_rule(
 
     monkeypatch.setattr(admission, "policy_denial", lenient)
     assert any(found in v for v in violations_within(30))
+
+
+def test_simulation_catches_a_leader_that_grants_out_of_queue_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Q1 can fail: a queue that lets a queued checkout behind the head in (as if it were
+    the head) is caught within a few seeds."""
+    real = queue_mod.CheckoutQueue.seats_ahead
+
+    def no_head_of_line(self: queue_mod.CheckoutQueue, key: Any, request: Any) -> int | None:
+        ahead = real(self, key, request)
+        return 0 if ahead is None else ahead
+
+    monkeypatch.setattr(queue_mod.CheckoutQueue, "seats_ahead", no_head_of_line)
+    with pytest.raises(InvariantViolation, match="Q1"):
+        for seed in range(40):
+            Simulation(seed).run()

@@ -110,3 +110,15 @@ def test_the_answer_goes_to_the_socket_once(
     svc.apply(done)  # a duplicate is dropped
     svc._ctl_admin_overdue(10.0 + 2 * ADMIN_CTL_WAIT)  # nothing overdue any more
     assert _sent(svc) == [{"ok": True, "released": True, "handle": "h1-tmr-a-x"}]
+
+
+def test_the_queue_command_lists_the_leaders_queue(
+    svc: ServerService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tmr admin queue`: answered at once with the role and `Leader.queue_view`."""
+    answer = svc.ctl_server.handle({"cmd": "queue"}, 10.0)
+    assert answer == {"ok": True, "role": "standby", "queue": []}
+    row = {"firm": 6000123, "product": 42, "position": 1, "seats": 2, "client_id": "c"}
+    monkeypatch.setattr(svc.leader, "queue_view", lambda now: [dict(row, hold_left=now)])
+    answer = svc.ctl_server.handle({"cmd": "queue"}, 12.5)
+    assert answer is not None and answer["queue"] == [dict(row, hold_left=12.5)]

@@ -1,9 +1,10 @@
-"""CLI: `tmr admin handles|release`, the administrator's view of who holds what.
+"""CLI: `tmr admin handles|queue|release`, the administrator's view of who holds what.
 
 Through the local control socket of the active TMR server (like `tmr ctl`), so only a local
 user who may open that socket (group ``tmr``, mode 0660) can use it::
 
     tmr admin handles [--product FIRM:PRODUCT|PRODUCT] [--json]   # like FlexNet's lmstat -a
+    tmr admin queue [--product FIRM:PRODUCT|PRODUCT] [--json]     # RLM's queued requests
     tmr admin release HANDLE                                      # like FlexNet's lmremove
 
 The user, host and pid shown are what each client said of itself (informational, not proof);
@@ -100,6 +101,65 @@ def _handles(args: argparse.Namespace) -> int:
     return 0
 
 
+def queue_rows(
+    places: list[dict[str, Any]], product: tuple[int | None, int] | None
+) -> list[dict[str, Any]]:
+    """The queued checkouts to show (filtered by product), per license in queue order."""
+    rows = []
+    for q in places:
+        if product is not None:
+            firm, code = product
+            if q.get("product") != code or (firm is not None and q.get("firm") != firm):
+                continue
+        rows.append(dict(q))
+    rows.sort(key=lambda q: (q.get("firm", 0), q.get("product", 0), q.get("position", 0)))
+    return rows
+
+
+def format_queue_table(rows: list[dict[str, Any]]) -> str:
+    head = ("LICENSE", "POS", "SEATS", "USER", "HOST", "PID", "SINCE", "HOLD LEFT", "CLIENT ID")
+    table = [head]
+    for q in rows:
+        table.append(
+            (
+                f"{q['firm']}:{q['product']}",
+                str(q["position"]),
+                str(q["seats"]),
+                str(q.get("user") or "-"),
+                str(q.get("host") or "-"),
+                str(q.get("pid") or "-"),
+                _when(float(q["since"])),
+                f"{float(q.get('hold_left', 0.0)):.1f}s",
+                str(q.get("client_id", "")),
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    seats = sum(int(q["seats"]) for q in rows)
+    lines.append(f"{len(rows)} queued checkout(s), {seats} seat(s) wanted")
+    return "\n".join(lines)
+
+
+def _queue(args: argparse.Namespace) -> int:
+    reply = ctl_request(Path(args.socket), "queue", timeout=args.timeout)
+    if not reply.get("ok"):
+        raise CtlError(f"queue: {reply.get('error', 'refused')}")
+    role = reply.get("role", "active")
+    rows = queue_rows(list(reply.get("queue", [])), args.product)
+    if args.json:
+        json.dump({"role": role, "queue": rows}, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(format_queue_table(rows))
+    if role != "active":
+        print(
+            f"tmr admin: this server is {role}: only the active server holds the queue",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def _release(args: argparse.Namespace) -> int:
     reply = ctl_request(Path(args.socket), "release", timeout=args.timeout, handle=args.handle)
     if not reply.get("ok"):
@@ -124,7 +184,7 @@ def _release(args: argparse.Namespace) -> int:
 def register(sub: Any, groups: dict[str, Any]) -> None:
     p = sub.add_parser(
         "admin",
-        help="administrator's view of the active server: who holds what, free a handle",
+        help="administrator's view of the active server: who holds what, who waits, free a handle",
         description="Through the local control socket of the active TMR server: list the "
         "handles (like FlexNet's lmstat -a) or free one (like lmremove / rlmremove). The user, "
         "host and pid are what each client said of itself (informational); the CURVE key "
@@ -143,6 +203,21 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     )
     h.add_argument("--json", action="store_true", help="print JSON")
     h.set_defaults(handler=_handles)
+    q = ps.add_parser(
+        "queue",
+        help="list the queued checkouts (client.checkout(..., wait=...)) per license in order",
+        description="The checkouts waiting for a seat on the active server, per license in "
+        "queue order (position 1 is admitted next). The queue is not replicated: after a "
+        "failover the clients queue again on the new active server.",
+    )
+    q.add_argument(
+        "--product",
+        type=_product_filter,
+        metavar="[FIRM:]PRODUCT",
+        help="only this product (its product code, or firm code:product code)",
+    )
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(handler=_queue)
     r = ps.add_parser(
         "release",
         help="free a handle (committed through the quorum, logged with who did it)",

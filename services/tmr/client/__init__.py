@@ -12,7 +12,7 @@ Errors are the typed exceptions of `tmr.errors` (re-exported here): `NoLicenseAv
 """
 
 from tmr.client._channel import ClientClosedError
-from tmr.client.client import Client, Handle, LostCallback
+from tmr.client.client import Client, Handle, LostCallback, QueuedCallback
 from tmr.client.keys import CurveKeyPair, load_client_keys, load_public_key
 from tmr.errors import (
     ApiError,
@@ -58,6 +58,7 @@ __all__ = [
     "NodeKeys",
     "NotActive",
     "PolicyDenied",
+    "QueuedCallback",
     "QuorumLost",
     "StatusResult",
     "Timeout",

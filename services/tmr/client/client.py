@@ -35,6 +35,7 @@ from tmr.protocol.client_api import (
     HOST_MAX,
     PID_MAX,
     USER_MAX,
+    WAIT_MAX,
     CheckoutRequest,
     CheckoutResult,
     CryptOperation,
@@ -45,6 +46,7 @@ from tmr.protocol.client_api import (
     HeartbeatResult,
     ListRequest,
     ListResult,
+    QueuedResult,
     ReleaseRequest,
     ReleaseResult,
     Request,
@@ -56,11 +58,12 @@ from tmr.protocol.client_api import (
 )
 from tmr.protocol.errors import ProtocolError
 
-__all__ = ["Client", "ClientClosedError", "Handle", "LostCallback"]
+__all__ = ["Client", "ClientClosedError", "Handle", "LostCallback", "QueuedCallback"]
 
 log = logging.getLogger("tmr.client")
 
 LostCallback = Callable[["Handle"], None]
+QueuedCallback = Callable[[int], None]  # the position in the license's queue (1: next)
 _R = TypeVar("_R", bound=Result)
 
 HEARTBEAT_MIN_INTERVAL = 0.05
@@ -233,8 +236,18 @@ class Client:
         seats: int = 1,
         *,
         on_lost: LostCallback | None = None,
+        wait: float | None = None,
+        on_queued: QueuedCallback | None = None,
     ) -> Handle:
         """Allocate `seats` seats of a license; returns the `Handle` that holds them.
+
+        With `wait` (seconds), a checkout the license cannot serve now waits in the
+        license's FIFO queue on the server instead of raising `NoLicenseAvailable`, for at
+        most `wait` seconds; then it raises `NoLicenseAvailable`. `on_queued(position)` is
+        called (in this thread) when the checkout is queued and whenever its position
+        changes (1: next in line). The call asks the server again about twice a second with
+        the same request id; after a failover it queues again on the new active server
+        (docs/client-guide.md, "Waiting for a seat").
 
         The handle heartbeats in the background (about every lease/3) until released.
         `on_lost(handle)` is called (from the heartbeat thread) if the server no longer knows
@@ -245,19 +258,49 @@ class Client:
         `LicenseExpired`, `Unauthorized`, `BadRequest` or `Timeout`.
         """
         self._check_open()
-        req = CheckoutRequest(
-            self._next_rid(),
-            self._client_id,
-            firm_code,
-            product_code,
-            seats,
-            self._user,
-            self._host,
-            self._pid,
-        )
-        sent = time.monotonic()
-        result = self._call(req, CheckoutResult)
-        handle = Handle(self, result, on_lost, request_id=req.rid, sent=sent)
+        if wait is not None and not wait > 0:
+            raise ValueError(f"wait must be a positive number of seconds, not {wait!r}")
+        rid = self._next_rid()
+        deadline = None if wait is None else time.monotonic() + wait
+        position = 0
+        while True:
+            left = None if deadline is None else min(deadline - time.monotonic(), WAIT_MAX)
+            req = CheckoutRequest(
+                rid,
+                self._client_id,
+                firm_code,
+                product_code,
+                seats,
+                self._user,
+                self._host,
+                self._pid,
+                # Out of time: a last ask without it (granted, or refused and dropped)
+                left if left is not None and left > 0 else None,
+            )
+            sent = time.monotonic()
+            try:
+                reply = self._exchange(req).reply
+            except Timeout:
+                # Queued already, time left: a failover under way (no server answers until
+                # the standby is active). Ask again; the new leader queues it at the tail.
+                if position and deadline is not None and time.monotonic() < deadline:
+                    continue
+                raise
+            if isinstance(reply, ErrorReply):
+                raise reply.to_exception()
+            result = reply.result
+            if isinstance(result, CheckoutResult):
+                break
+            if not isinstance(result, QueuedResult) or req.wait is None:
+                raise ProtocolError("unexpected result type for checkout", rid=rid)
+            if result.position != position:
+                position = result.position
+                if on_queued is not None:
+                    on_queued(position)
+            pause = min(result.retry, result.hold / 2, max(0.0, req.wait - 0.01))
+            if self._closing.wait(max(pause, 0.01)):
+                raise ClientClosedError("the client was closed while the checkout was queued")
+        handle = Handle(self, result, on_lost, request_id=rid, sent=sent)
         with self._hb_cond:
             if self._closing.is_set():
                 closed = True

@@ -10,7 +10,7 @@ request id, 1-64 of ``[A-Za-z0-9._:-]``), plus per operation::
 
     list      -
     status    -
-    checkout  cid, firm, product, seats [, user, host, pid]
+    checkout  cid, firm, product, seats [, user, host, pid, wait]
     heartbeat cid, handle
     release   cid, handle
     crypt     cid, handle, operation ("encrypt" | "decrypt" | "hmac"), data (bin <= 64 KiB)
@@ -63,6 +63,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "RESULT_TYPES",
     "SEATS_MAX",
+    "WAIT_MAX",
     "BackendStatus",
     "CheckoutRequest",
     "CheckoutResult",
@@ -76,6 +77,7 @@ __all__ = [
     "ListRequest",
     "ListResult",
     "OkReply",
+    "QueuedResult",
     "ReleaseRequest",
     "ReleaseResult",
     "Reply",
@@ -107,6 +109,9 @@ HANDLE_MAX: Final = 128
 USER_MAX: Final = 64
 HOST_MAX: Final = 253  # a DNS name
 PID_MAX: Final = 2**32 - 1
+# A queued checkout (`wait`, seconds): 0 < wait <= WAIT_MAX. A client waiting longer asks
+# again with a smaller one; the server keeps the place at most its own hold between asks.
+WAIT_MAX: Final = 86_400.0
 ERROR_CODE_MAX: Final = 64
 MESSAGE_MAX: Final = 1024
 
@@ -255,7 +260,12 @@ class CheckoutRequest:
     `user`, `host`, `pid`: who the client says it is (its OS user or a display name, its host
     name, its process id), recorded with the handle for administrators. Optional on the wire
     (a client from before them sends none: "", "", 0); not proof of anything (the CURVE key
-    of the connection is the identity that cannot be faked)."""
+    of the connection is the identity that cannot be faked).
+
+    `wait`: queue for the license instead of a NO_LICENSE_AVAILABLE answer (seconds, 0 <
+    wait <= `WAIT_MAX`; left out on the wire when None, so older servers never see it): the
+    answer is then a `QueuedResult` unless the seats are granted at once, and the client
+    asks again with the same request id before the result's `hold` passed."""
 
     rid: str
     cid: str
@@ -265,6 +275,7 @@ class CheckoutRequest:
     user: str = ""
     host: str = ""
     pid: int = 0
+    wait: float | None = None
     op: ClassVar[Literal["checkout"]] = "checkout"
 
     def __post_init__(self) -> None:
@@ -277,6 +288,11 @@ class CheckoutRequest:
             _check_str("user", self.user, 0, USER_MAX, printable=True)
             _check_str("host", self.host, 0, HOST_MAX, printable=True)
             _check_int("pid", self.pid, 0, PID_MAX)
+            if self.wait is not None:
+                wait = _check_float("wait", self.wait)
+                if not 0 < wait <= WAIT_MAX:
+                    raise ProtocolError(f"'wait' out of range (0-{WAIT_MAX:g}]: {self.wait}")
+                _set(self, "wait", wait)
         except ProtocolError as exc:
             exc.rid = rid
             raise
@@ -400,8 +416,10 @@ _REQUEST_KEYS: Final[dict[str, frozenset[str]]] = {
 # Keys an op may leave out (their fields keep the default), so that requests of clients from
 # before the keys existed still decode; `encode_request` leaves them out when at the default.
 _OPTIONAL_FIELDS: Final[dict[str, frozenset[str]]] = {
-    "checkout": frozenset({"user", "host", "pid"}),
+    "checkout": frozenset({"user", "host", "pid", "wait"}),
 }
+# Optional keys whose default is None: on the wire they are left out, never nil.
+_NONE_DEFAULT: Final[dict[str, tuple[str, ...]]] = {"checkout": ("wait",)}
 OPS: Final[frozenset[str]] = frozenset(_REQUEST_TYPES)
 
 
@@ -444,6 +462,10 @@ def decode_request(frame: bytes) -> Request:
             extra = [k for k in msg if k not in _ENVELOPE and k not in names]
             if extra:
                 raise ProtocolError(f"unexpected key(s) for op {op!r}: {_key_list(extra)}")
+        nil = [n for n in _NONE_DEFAULT.get(op, ()) if msg.get(n, 0) is None]
+        if nil:  # an optional key is left out, never sent as nil
+            raise ProtocolError(f"{nil[0]!r} must be a number, not nil")
+        if msg.keys() != _REQUEST_KEYS[op]:
             return cls(**{n: msg[n] for n in names if n in msg})
         return cls(**{n: msg[n] for n in names})
     except ProtocolError as exc:
@@ -550,6 +572,27 @@ class CheckoutResult(_Wire):
         _check_int("seats", self.seats, 1, SEATS_MAX)
         _set(self, "lease", _check_float("lease", self.lease, lo=0.0))
         _check_int("tmr_id", self.tmr_id, 0, None)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedResult(_Wire):
+    """Result of a checkout with `wait` that is queued: `position` in its license's queue
+    (1: the head), `hold` seconds the server keeps the place without another ask, `retry`
+    seconds it suggests before the next ask (same request id). ``queued`` is always true:
+    it tells this result from a `CheckoutResult`."""
+
+    queued: bool
+    position: int
+    hold: float
+    retry: float
+    _what: ClassVar[str] = "queued result"
+
+    def __post_init__(self) -> None:
+        if _check_bool("queued", self.queued) is not True:
+            raise ProtocolError("'queued' must be true")
+        _check_int("position", self.position, 1, None)
+        _set(self, "hold", _check_float("hold", self.hold, lo=0.0))
+        _set(self, "retry", _check_float("retry", self.retry, lo=0.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -752,6 +795,7 @@ class UsageResult(_Wire):
 
 Result: TypeAlias = (
     CheckoutResult
+    | QueuedResult
     | HeartbeatResult
     | ReleaseResult
     | CryptResult
@@ -869,7 +913,8 @@ def decode_reply(frame: bytes, *, op: str | None = None, max_size: int = MAX_REP
     """Decode and validate one reply frame (client side).
 
     With `op` (the operation of the request this answers) the result of an `OkReply` is the
-    typed result class of `RESULT_TYPES`; without it, a plain map. Raises `ProtocolError`
+    typed result class of `RESULT_TYPES` (a checkout's is a `QueuedResult` when it holds
+    ``queued``); without it, a plain map. Raises `ProtocolError`
     for anything malformed; ``exc.rid`` is the reply's rid when it could be read.
     """
     if op is not None and op not in RESULT_TYPES:
@@ -905,6 +950,8 @@ def decode_reply(frame: bytes, *, op: str | None = None, max_size: int = MAX_REP
             raise ProtocolError(f"reply: 'result' must be a map, not {_type_name(result)}")
         if op is None:
             return OkReply(rid, result)
+        if op == "checkout" and "queued" in result:  # only ever for a checkout with `wait`
+            return OkReply(rid, QueuedResult.from_wire(result))
         return OkReply(rid, RESULT_TYPES[op].from_wire(result))
     except ProtocolError as exc:
         exc.rid = rid or None

@@ -46,6 +46,7 @@ from tmr.licensing.effective import QUORUM, Effective
 from tmr.policy import EMPTY as EMPTY_POLICY
 from tmr.policy import Policy, Subject
 from tmr.replication import admission, backends, floors, handles, productlog, takeover
+from tmr.replication import queue as checkout_queue
 from tmr.replication.admission import Admission
 from tmr.replication.backends import Backend, Outstanding
 from tmr.replication.crypt_router import CryptJob, CryptRouter
@@ -125,6 +126,8 @@ class LeaderConfig:
     # of `backends`: a copy counts only from the backend whose key it is bound to, and each
     # copy once (tmr.licensing.distinct_copies). () = keys not known: only distinctness.
     backend_keys: tuple[str, ...] = ()
+    # Seconds a queued checkout keeps its place without asking again (replication/queue.py)
+    queue_hold: float = checkout_queue.QUEUE_HOLD
 
 
 class Leader:
@@ -251,6 +254,7 @@ class Leader:
             self._maybe_prepare(now, fx)
         if self.role == Role.ACTIVE and self._leases.scan_due(now):
             self._expire(now, fx)
+            self._drop_queued(now, fx)
         if self.role == Role.ACTIVE:
             self._answer_overdue(now, fx)
         if self.role == Role.ACTIVE and now >= self._next_floor_scan:
@@ -333,11 +337,14 @@ class Leader:
         user: str = "",
         host: str = "",
         pid: int = 0,
+        wait: float | None = None,
     ) -> Effects:
         """`owner`: the authenticated CURVE public key of the client's connection (Z85). Only
         that key may heartbeat, release or use the handle; a request id is deduplicated per
         key, so no other key can take over a retried checkout's reply. `user`, `host`, `pid`:
-        what the client says it is, recorded with the handle (informational only)."""
+        what the client says it is, recorded with the handle (informational only).
+        `wait`: queue instead of NO_LICENSE_AVAILABLE, for at most `wait` seconds without
+        another ask (`replication/queue.py`; answered with a queued result)."""
         fx = Effects()
         if self._refuse_unconfirmed(fx, token, rid, now):
             return fx
@@ -363,7 +370,11 @@ class Leader:
                 )
             )
             return fx
+        request = (owner, client_id, rid)
+        ahead = self._queue.seats_ahead(key, request)
         admitted = self._admission(key, seats)
+        if admitted[0] is None and (ahead is None or ahead):
+            admitted = self._queued_ahead(key, seats, ahead, admitted)
         code, message, eff = admitted
         held = self._products.get(key)
         denial = admission.policy_denial(
@@ -388,11 +399,19 @@ class Leader:
                     "client_id": client_id,
                 }
             )
+        if (
+            code == ErrorCode.NO_LICENSE_AVAILABLE
+            and wait is not None
+            and self._enqueue(fx, token, key, request, seats, now, wait, user, host, pid)
+        ):
+            return fx
         if code is not None:
+            self._unqueue(key, request, code.value, fx)
             self.denials[key] = self.denials.get(key, 0) + (code == ErrorCode.NO_LICENSE_AVAILABLE)
             fx.replies.append(ClientReply(token, rid, error=code, message=message))
             return fx
         assert eff is not None
+        queued = self._unqueue(key, request, "granted", fx)
         p = self._product(key)
         handle = handles.handle_id(self.epoch, self._random_ids())
         rec = HandleRecord(
@@ -411,10 +430,103 @@ class Leader:
                 "license": key_str(key),
                 "seats": seats,
                 "client_id": client_id,
+                "rid": rid,
+                "queued": queued,
             }
         )
         self._auto_pump(now, fx)
         return fx
+
+    def queue_view(self, now: float) -> list[dict[str, Any]]:
+        """`tmr admin queue`: the queued checkouts of this term, per product in order."""
+        return self._queue.view(now)
+
+    def _queued_ahead(
+        self, key: ProductKey, seats: int, ahead: int | None, admitted: Admission
+    ) -> Admission:
+        """The head-of-line rule (replication/queue.py): NO_LICENSE_AVAILABLE for a queued
+        checkout behind the head, or for another one the seats left after the queue's do
+        not cover."""
+        eff = admitted[2]
+        assert eff is not None
+        p = self._products.get(key)
+        used = p.seats() if p else 0
+        lic = key_str(key)
+        if ahead is None:
+            return ErrorCode.NO_LICENSE_AVAILABLE, f"queued for {lic}, not at the head", eff
+        if used + ahead + seats <= eff.quantity:
+            return admitted
+        message = (
+            f"{used} of {eff.quantity} seats of {lic} in use and {ahead} held for queued "
+            f"checkouts, {seats} requested"
+        )
+        return ErrorCode.NO_LICENSE_AVAILABLE, message, eff
+
+    def _enqueue(
+        self,
+        fx: Effects,
+        token: Any,
+        key: ProductKey,
+        request: handles.Request,
+        seats: int,
+        now: float,
+        wait: float,
+        user: str,
+        host: str,
+        pid: int,
+    ) -> bool:
+        """Take or refresh the place of `request` and answer with its position (False:
+        the queue is full; the checkout is refused as without `wait`)."""
+        new = self._queue.get(key, request) is None
+        place = self._queue.ask(
+            key, request, seats, now, wait, wall=self._wall(), user=user, host=host, pid=pid
+        )
+        if place is None:
+            return False
+        position = self._queue.position(key, request)
+        if new:
+            fx.events.append(
+                {
+                    "event": "checkout_queued",
+                    "license": key_str(key),
+                    "seats": seats,
+                    "client_id": request[1],
+                    "rid": request[2],
+                    "position": position,
+                }
+            )
+        hold = min(self._queue.hold, wait)
+        result = {
+            "queued": True,
+            "position": position,
+            "hold": hold,
+            "retry": min(checkout_queue.QUEUE_RETRY, hold),
+        }
+        fx.replies.append(ClientReply(token, request[2], result))
+        return True
+
+    def _unqueue(self, key: ProductKey, request: handles.Request, why: str, fx: Effects) -> bool:
+        """Drop the place of `request` if it has one (granted, refused); whether it had."""
+        place = self._queue.remove(key, request)
+        if place is not None:
+            self._queue_event(place, why, fx)
+        return place is not None
+
+    def _drop_queued(self, now: float, fx: Effects) -> None:
+        for place in self._queue.drop_expired(now):
+            self._queue_event(place, "not asked again in time", fx)
+
+    @staticmethod
+    def _queue_event(place: checkout_queue.Place, why: str, fx: Effects) -> None:
+        fx.events.append(
+            {
+                "event": "checkout_unqueued",
+                "license": key_str(place.key),
+                "client_id": place.request[1],
+                "rid": place.request[2],
+                "why": why,
+            }
+        )
 
     def heartbeat(
         self, token: Any, rid: str, client_id: str, handle: str, now: float, *, owner: str
@@ -727,6 +839,8 @@ class Leader:
         self._force = False
         self._waiting_for: str | None = None  # the live leader a takeover waits for
         self.denials: dict[ProductKey, int] = {}
+        # Not replicated: a new term starts with empty queues (the clients queue again)
+        self._queue = checkout_queue.CheckoutQueue(self.cfg.queue_hold)
         for b in self.backends if hasattr(self, "backends") else ():
             b.new_term()
 

@@ -2,6 +2,7 @@
 `tmr ctl` / `tmr admin` on the server's control socket, served by `tmr.serving.commands`.
 
 keepalived runs ``promote``, ``demote`` and ``health``; operators ``status``, ``handles``,
+``queue`` (`tmr admin queue`, the queued checkouts),
 ``release`` (`tmr admin release`, answered once the release commits), ``usage`` (answered
 when the report worker is done) and ``reload`` (the policy file again, as SIGHUP does).
 """
@@ -75,6 +76,16 @@ class Handles(Command["ServerService"]):
         return ok(role=leader.role.value, handles=leader.handles_view(call.now))
 
 
+class Queue(Command["ServerService"]):
+    """`tmr admin queue`: the queued checkouts of this term, per license in order."""
+
+    name = "queue"
+
+    def execute(self, service: ServerService, call: CtlCall) -> Json:
+        leader = service.leader
+        return ok(role=leader.role.value, queue=leader.queue_view(call.now))
+
+
 class Release(Command["ServerService"]):
     """`tmr admin release HANDLE`: free a handle through the quorum; answered on commit."""
 
@@ -121,5 +132,5 @@ class Reload(Command["ServerService"]):
 
 
 SERVER_COMMANDS: CommandRegistry[ServerService] = CommandRegistry(
-    "servers", (Promote, Demote, Health, Status, Handles, Release, Usage, Reload)
+    "servers", (Promote, Demote, Health, Status, Handles, Queue, Release, Usage, Reload)
 )

@@ -64,7 +64,9 @@ MAX_DRAIN = 2000  # messages taken from one socket per loop turn
 # the important ones with them). The backends' usage record keeps every grant and release
 # durably (`tmr report usage`), and /metrics counts them. Expiries stay at info: they are rare
 # and say that a client stopped without releasing.
-DEBUG_EVENTS = frozenset({"handle_granted", "handle_released"})
+DEBUG_EVENTS = frozenset(
+    {"handle_granted", "handle_released", "checkout_queued", "checkout_unqueued"}
+)
 # The leader's reply token of an administrator's release asked on the control socket
 # (`tmr admin release`) is ("ctl-admin", n): its reply goes to the control socket as JSON,
 # once committed. The leader answers within backend_timeout + one probe interval; should it
@@ -310,6 +312,7 @@ class ServerService:
                     user=req.user,
                     host=req.host,
                     pid=req.pid,
+                    wait=req.wait,
                 )
                 self.web.on_checkout(req.firm, req.product, req.rid, fx)
                 return fx
@@ -512,8 +515,10 @@ class ServerService:
 
     def _publish_web(self, now: float) -> None:
         """Hand the web thread a fresh snapshot (the leader is read here, in the loop)."""
-        handles = self.leader.handles_view(now) if self.web.wants_handles() else None
-        self.web.publish(self.status(now), handles, now)
+        wanted = self.web.wants_handles()
+        handles = self.leader.handles_view(now) if wanted else None
+        queue = self.leader.queue_view(now) if wanted else None
+        self.web.publish(self.status(now), handles, now, queue)
 
     def _drain_clients(self, now: float) -> None:
         for _ in range(MAX_DRAIN):

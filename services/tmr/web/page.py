@@ -65,6 +65,15 @@ INDEX_HTML = """<!doctype html>
     <div id="no-handles" class="note" hidden></div>
     <div id="release-result" class="note" hidden></div>
   </section>
+  <section>
+    <h2>Queue <span id="queue-count" class="serial"></span></h2>
+    <table id="queue">
+      <thead><tr><th>License</th><th>Position</th><th>Seats</th><th>User</th><th>Host</th>
+        <th>PID</th><th>Client id</th><th>Since</th><th>Hold left</th></tr></thead>
+      <tbody></tbody>
+    </table>
+    <div id="no-queue" class="note" hidden></div>
+  </section>
 </main>
 <footer><span id="updated">&ndash;</span> &middot; <span id="mode">read-only view</span> &middot;
   <a href="api/status">api/status</a> &middot; <a href="metrics">metrics</a></footer>
@@ -328,6 +337,33 @@ function renderHandles(s) {
   } else none.hidden = true;
 }
 
+// The queued checkouts (client.checkout(..., wait=)), per license in order
+function renderQueue(s) {
+  const body = $("queue").tBodies[0];
+  body.replaceChildren();
+  const q = s.queue || {total: null, shown: [], truncated: false};
+  setText("queue-count", q.total === null ? "" : "(" + q.total + ")");
+  for (const x of q.shown) {
+    const tr = document.createElement("tr");
+    tr.appendChild(el("td", x.firm + ":" + x.product, "mono"));
+    tr.appendChild(el("td", x.position, "num"));
+    tr.appendChild(el("td", x.seats, "num"));
+    tr.appendChild(el("td", x.user || "\u2013", "user"));
+    tr.appendChild(el("td", x.host));
+    tr.appendChild(el("td", x.pid === null ? "\u2013" : x.pid, "num"));
+    tr.appendChild(el("td", x.client_id, "mono"));
+    tr.appendChild(el("td", fmtTime(x.since), "nowrap"));
+    tr.appendChild(el("td", x.hold_left.toFixed(1) + " s", "num"));
+    body.appendChild(tr);
+  }
+  const none = $("no-queue");
+  none.hidden = false;
+  if (s.role !== "active") none.textContent = "The queue is kept by the active server.";
+  else if (q.shown.length === 0) none.textContent = "No checkout is waiting.";
+  else if (q.truncated) none.textContent = "Showing " + q.shown.length + " of " + q.total + ".";
+  else none.hidden = true;
+}
+
 // An administrator frees a handle (like lmremove): committed through the quorum first.
 async function releaseHandle(x, button) {
   const who = (x.user || x.client_id) + (x.host ? "@" + x.host : "");
@@ -362,6 +398,7 @@ async function refresh() {
     renderLicenses(s);
     renderBackends(s);
     renderHandles(s);
+    renderQueue(s);
     document.body.dataset.role = s.role;
     setText("mode", s.can_release ? "administrator view" : "read-only view");
     document.body.dataset.loaded = "true";

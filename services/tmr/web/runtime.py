@@ -139,7 +139,9 @@ class WebRuntime:
         status: Mapping[str, Any],
         handles: Sequence[Mapping[str, Any]] | None,
         now: float,
+        queue: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
+        """`queue`: the queued checkouts (`Leader.queue_view`), listed like `handles`."""
         if self.web is None:
             return
         self._next_publish = now + self.cfg.web_publish_interval
@@ -149,6 +151,7 @@ class WebRuntime:
             lease=self.cfg.lease_seconds,
             handles=handles,
             max_handles=self.cfg.web_max_handles,
+            queue=queue,
             peer_url=self.cfg.web_peer_url,
             denials=dict(self.denials_since_start),
         )

@@ -151,6 +151,29 @@ def handles_section(
     return {"total": len(rows), "shown": shown, "truncated": len(rows) > limit}
 
 
+def queue_section(queue: Sequence[Mapping[str, Any]] | None, limit: int) -> dict[str, Any]:
+    """The queued checkouts (`Leader.queue_view`) per license in order, at most `limit`."""
+    if queue is None:
+        return {"total": None, "shown": [], "truncated": False}
+    rows = sorted(queue, key=lambda q: (q.get("firm", 0), q.get("product", 0), q["position"]))
+    shown = [
+        {
+            "firm": q.get("firm"),
+            "product": q.get("product"),
+            "position": q.get("position"),
+            "seats": q.get("seats"),
+            "client_id": q.get("client_id"),
+            "user": q.get("user") or "",
+            "host": q.get("host") or client_host(str(q.get("client_id", ""))),
+            "pid": q.get("pid") or None,
+            "since": q.get("since"),
+            "hold_left": round(float(q.get("hold_left") or 0.0), 1),
+        }
+        for q in rows[:limit]
+    ]
+    return {"total": len(rows), "shown": shown, "truncated": len(rows) > limit}
+
+
 def build_snapshot(
     status: Mapping[str, Any],
     *,
@@ -158,6 +181,7 @@ def build_snapshot(
     lease: float,
     handles: Sequence[Mapping[str, Any]] | None = None,
     max_handles: int = 1000,
+    queue: Sequence[Mapping[str, Any]] | None = None,
     peer_url: str | None = None,
     denials: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
@@ -224,5 +248,6 @@ def build_snapshot(
         "licenses": licenses,
         "handles": handles_section(handles, lease, max_handles),
         "handle_count": status.get("handles", 0),
+        "queue": queue_section(queue, max_handles),
         "ops_committed": status.get("ops_committed", 0),
     }

@@ -36,7 +36,17 @@ def _command_classes(module: ModuleType) -> set[type[Any]]:
         (
             server_commands,
             server_commands.SERVER_COMMANDS,
-            {"promote", "demote", "health", "status", "handles", "release", "usage", "reload"},
+            {
+                "promote",
+                "demote",
+                "health",
+                "status",
+                "handles",
+                "queue",
+                "release",
+                "usage",
+                "reload",
+            },
         ),
         (backend_commands, backend_commands.BACKEND_COMMANDS, {"status", "reload", "health"}),
     ],

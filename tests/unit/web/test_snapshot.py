@@ -172,3 +172,39 @@ def test_parse_epoch(text: str | None, want: tuple[int, str] | None) -> None:
 def test_client_host() -> None:
     assert client_host("ws-12/4242/ab") == "ws-12"
     assert client_host("plain-id") == "plain-id"
+
+
+def test_queue_section() -> None:
+    """WebAdmin's queue table: per license in queue order, at most the handles' limit, no
+    owner key or request id."""
+    places = [
+        {
+            "firm": 6000123,
+            "product": 43 - (i % 2),
+            "position": i // 2 + 1,
+            "seats": 1 + i,
+            "client_id": f"ws{i}/7/ab",
+            "request_id": f"r{i}",
+            "owner": "key",
+            "user": "" if i else "alice",
+            "host": "",
+            "pid": 0,
+            "since": 1.7e9 + i,
+            "hold_left": 4.26,
+        }
+        for i in range(5)
+    ]
+    s = snap(status([backend(f"b{i}", True, 8) for i in (1, 2, 3)]), queue=places, max_handles=4)
+    q = s["queue"]
+    assert q["total"] == 5 and q["truncated"]
+    shown = [(x["product"], x["position"], x["seats"]) for x in q["shown"]]
+    assert shown == [(42, 1, 2), (42, 2, 4), (43, 1, 1), (43, 2, 3)]
+    first = q["shown"][2]
+    assert (first["user"], first["host"], first["pid"], first["hold_left"]) == (
+        "alice",
+        "ws0",
+        None,
+        4.3,
+    )
+    assert "owner" not in first and "request_id" not in first
+    assert snap(status([]))["queue"] == {"total": None, "shown": [], "truncated": False}
