@@ -18,13 +18,15 @@ force at each moment (20 until the effective TMR ID became #8, then 30).
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.lab.labctl import BACKENDS, PRODUCT, VENDOR, Lab, check, say
+from tests.lab.labctl import BACKENDS, PRODUCT, VENDOR, Lab, LabError, check, say
 
 # stage -> (per-backend TMR IDs: None = "-"), TMR status, LQ seen by clients
 TABLE: list[tuple[str, str, int]] = [
@@ -71,6 +73,22 @@ class Sampler(threading.Thread):
 def test_license_rollout_walks_the_update_table() -> None:
     lab = Lab()
     lab.wait_healthy(180)
+    # ---- online, refused tickets: the portal's typed error, and nothing installed
+    licensed = lab.vendor("ticket", "create", "--product-code", str(PRODUCT), "--quantity", "20")
+    for ticket, code in (
+        ("tkt-" + "A" * 32, "UNKNOWN_TICKET"),
+        (licensed.strip(), "ALREADY_LICENSED"),
+    ):
+        with pytest.raises(LabError) as refused:
+            lab.playbook("license_rollout.yml", "-e", f"tmr_license_ticket={ticket}")
+        log = re.search(r"; log (\S+)\)", str(refused.value))  # the whole run's output
+        output = Path(log.group(1)).read_text() if log else str(refused.value)
+        assert code in output, str(refused.value)
+        assert re.search(r"Nothing\s+was\s+installed", output), str(refused.value)
+        say(f"license_rollout.yml with a refused ticket stopped: {code}")
+    view = lab.backend_view(lab.active() or "tmr-a")
+    assert {b: view[b]["tmr_id"] for b in BACKENDS} == {b: 7 for b in BACKENDS}, view
+
     # ---- offline, before the workload: the customer's request, the vendor's update file
     work = lab.artifacts / "offline"
     work.mkdir(parents=True, exist_ok=True)
