@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The TMR lab: five hosts (tmr-a, tmr-b, backend-1..3) and a client (client-1) as rootful podman
-# containers booting systemd on one podman network. Every step is idempotent.
+# The TMR lab: five hosts (tmr-a, tmr-b, backend-1..3), a client (client-1) and the vendor's host
+# (vendor-1) as rootful podman containers booting systemd on one podman network. Every step is idempotent.
 #
 #   lab/lab.sh up          image (cached) + network + hosts, waits until systemd runs
 #   lab/lab.sh down        remove the hosts and the network (keeps the image)
@@ -132,8 +132,10 @@ do_down() {
     fi
   done
   step "forget the lab's demo ISV and issued licenses ($REPO_DIR/build/$LAB_NAME)"
-  # the vendor tool's ledger only goes up (TMR IDs are never re-issued); new hosts, new chain
-  rm -rf "$REPO_DIR/build/$LAB_NAME/vendor" "$REPO_DIR/build/$LAB_NAME/licenses"
+  # the vendor's ledger (on vendor-1) only goes up (TMR IDs are never re-issued); new hosts, new
+  # vendor key, new chain: its public key, the demo ticket and the delivered sets go with it
+  rm -rf "$REPO_DIR/build/$LAB_NAME/vendor" "$REPO_DIR/build/$LAB_NAME/licenses" \
+    "$REPO_DIR/build/$LAB_NAME/vendor-pub" "$REPO_DIR/build/$LAB_NAME/demo-ticket"
   info "done"
   step "remove network $LAB_NAME"
   if podman network exists "$LAB_NAME"; then

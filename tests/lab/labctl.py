@@ -41,6 +41,10 @@ LICENSE_KEY = f"{FIRM}:{PRODUCT}"
 SERVERS = ("tmr-a", "tmr-b")
 BACKENDS = ("backend-1", "backend-2", "backend-3")
 CLIENT = "client-1"
+# the vendor's host (role tmr_vendor_portal): the vendor key and the portal's state live here only
+VENDOR = "vendor-1"
+VENDOR_DIR = "/var/lib/tmr-vendor"
+VENDOR_USER = "tmr-vendor"
 FAULT_TABLE = "tmr_fault"  # nft table the faults add (and heal removes) on a lab host
 # the lab's Prometheus (role tmr_monitoring, inventory group tmr_monitoring), asked from inside
 # its host so that the query never leaves the lab host
@@ -119,6 +123,21 @@ class Lab:
                 f"{host}: {cmd!r} exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()}"
             )
         return proc
+
+    def put(self, local: Path, host: str, remote: str) -> None:
+        """Copy a controller file to a lab host (readable by every user there)."""
+        self.podman("cp", str(local), f"{self.container(host)}:{remote}")
+        self.sh(host, f"chmod 0644 {shlex.quote(remote)}")
+
+    def get(self, host: str, remote: str, local: Path) -> Path:
+        """Copy a file of a lab host to the controller."""
+        self.podman("cp", f"{self.container(host)}:{remote}", str(local))
+        return local
+
+    def vendor(self, *args: str, timeout: float = 60) -> str:
+        """`tmr vendor ARGS --dir VENDOR_DIR` on the vendor's host, as the portal's user."""
+        cmd = ["runuser", "-u", VENDOR_USER, "--", TMR, "vendor", *args, "--dir", VENDOR_DIR]
+        return self.sh(VENDOR, shlex.join(cmd), timeout=timeout).stdout
 
     def state(self, host: str) -> str:
         """podman state of a host: running, paused, exited, ..."""

@@ -1,8 +1,11 @@
-"""Verify the converged lab: services, hardening, keys, VIP, a checkout, backend isolation."""
+"""Verify the converged lab: services, hardening, keys, VIP, a checkout, backend isolation, the
+vendor's portal on vendor-1 and its key nowhere else."""
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import time
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from conftest import (
     address,
     group,
     host,
+    hostvars,
     server_status,
     vip,
 )
@@ -439,3 +443,93 @@ def test_prometheus_scrapes_both_servers_with_the_shipped_rules(name: str) -> No
 def test_prometheus_runs_only_on_the_monitoring_host(name: str) -> None:
     svc = host(name).service("prometheus")
     assert not svc.is_enabled and not svc.is_running
+
+
+# --- the vendor's side: vendor-1 runs the portal; its private key is on vendor-1 only ----------
+VENDOR_DIR = "/var/lib/tmr-vendor"
+CUSTOMER_GROUPS = ("tmr_servers", "tmr_backends", "tmr_clients")
+# where a key copied to a host would be (the image's own files under /usr are not searched)
+SEARCHED = "/etc /var /opt /root /home /srv /tmp /usr/local"
+
+
+def customer_hosts() -> list[str]:
+    return sorted({h for g in CUSTOMER_GROUPS for h in group(g)})
+
+
+def vendor_secret() -> str:
+    """The base64 body of vendor-1's PEM private key (unique to this key)."""
+    pem = host(group("tmr_vendors")[0]).file(f"{VENDOR_DIR}/vendor.key").content_string
+    body = "".join(ln for ln in pem.splitlines() if ln and not ln.startswith("-----"))
+    assert len(body) > 40, "vendor.key is not a PEM private key"
+    return body
+
+
+def test_vendor_portal_runs_hardened_with_its_key() -> None:
+    h = host(group("tmr_vendors")[0])
+    svc = h.service("tmr-vendor-portal")
+    assert svc.is_enabled and svc.is_running
+    props = dict(
+        line.split("=", 1)
+        for line in h.check_output(
+            "systemctl show tmr-vendor-portal"
+            " -p User -p NoNewPrivileges -p ProtectSystem -p MainPID"
+        ).splitlines()
+    )
+    assert (props["User"], props["NoNewPrivileges"], props["ProtectSystem"]) == (
+        "tmr-vendor",
+        "yes",
+        "strict",
+    )
+    assert h.check_output(f"ps -o user= -p {props['MainPID']}").strip() == "tmr-vendor"
+    key = h.file(f"{VENDOR_DIR}/vendor.key")
+    assert key.user == "tmr-vendor" and key.mode == 0o600
+    assert h.file(VENDOR_DIR).mode == 0o700
+    # the API answers on the lab network, where the customers' controller reaches it
+    url = f"http://{address(group('tmr_vendors')[0])}:22390/v1/health"
+    health = json.loads(h.check_output(f"{PY} -c {shlex.quote(_GET)} {url}"))
+    assert health == {"ok": True, "firm_code": FIRM}, health
+
+
+_GET = (
+    "import sys, urllib.request;"
+    " print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+)
+
+
+@pytest.mark.parametrize("name", customer_hosts())
+def test_no_vendor_private_key_on_customer_hosts(name: str) -> None:
+    secret = vendor_secret()
+    h = host(name)
+    assert h.run(f"find {SEARCHED} -xdev -name vendor.key 2>/dev/null").stdout.strip() == ""
+    found = h.run(f"grep -rlF {shlex.quote(secret)} {SEARCHED} 2>/dev/null")
+    assert found.rc == 1 and not found.stdout.strip(), f"vendor key on {name}: {found.stdout}"
+    # the trusted key is the public one, the same as vendor-1's
+    if name in group("tmr_backends"):
+        pub = json.loads(h.file(f"/etc/tmr/vendors/{FIRM}.pub").content_string)
+        vendor_pub = json.loads(
+            host(group("tmr_vendors")[0]).file(f"{VENDOR_DIR}/vendor.pub").content_string
+        )
+        assert pub == vendor_pub
+
+
+def test_no_vendor_private_key_in_the_customer_inventory_or_build() -> None:
+    secret = vendor_secret()
+    for name in customer_hosts():
+        dumped = json.dumps(hostvars(name), default=str)
+        assert secret not in dumped and "PRIVATE KEY" not in dumped, f"hostvars of {name}"
+    lab_build = REPO / "build" / os.environ.get("LAB_NAME", "tmr-lab")
+    keys = [p for p in lab_build.rglob("*") if p.is_file() and secret in p.read_text("latin-1")]
+    assert not keys and not list(lab_build.rglob("vendor.key")), keys
+
+
+def test_the_demo_license_came_online_and_vendor_1_recorded_it() -> None:
+    h = host(group("tmr_vendors")[0])
+    run = f"runuser -u tmr-vendor -- {TMR} vendor"
+    tickets = json.loads(h.check_output(f"{run} ticket list --dir {VENDOR_DIR}"))
+    assert [(t["kind"], t["tmr_id"], t["quantity"], t["state"]) for t in tickets] == [
+        ("new", TMR_ID, QUANTITY, "installed")
+    ], tickets
+    installed = json.loads(h.check_output(f"{run} installed --dir {VENDOR_DIR}"))
+    assert [(r["product_code"], r["tmr_id"], r["set_id"]) for r in installed] == [
+        (PRODUCT, TMR_ID, tickets[0]["set_id"])
+    ]

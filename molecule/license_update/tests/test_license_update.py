@@ -1,23 +1,32 @@
 """The update table of DESIGN.md section 4, produced by playbooks/license_rollout.yml.
 
-The lab is converged with TMR ID #7 (LQ 20) on the three backends. With the workload running
-(20 clients of up to 2 seats: the demand is above both LQs), the roll-out of #8 (LQ 30) goes
-backend after backend while the active server's status is sampled without pause. Every sampled
-state must be a row of the table, the rows must come in the table's order, and every "after
-Bn" row must be seen. The checker then checks the history against the LQ in force at each
-moment (20 until the effective TMR ID became #8, then 30).
+The lab is converged with TMR ID #7 (LQ 20) on the three backends, delivered online: a ticket
+made on vendor-1, redeemed at vendor-1's portal by the roll-out, receipts posted back. The
+update to #8 (LQ 30) goes the offline way between the two parties: the customer's request file
+(playbooks/license_request.yml), `tmr vendor issue --request` on vendor-1 (the vendor key never
+leaves it), the update file installed by license_rollout.yml -e tmr_license_update_file, the
+receipts file confirmed with `tmr vendor confirm` on vendor-1, which must then have recorded both
+sets (#7 through the portal, #8 offline).
+
+With the workload running (20 clients of up to 2 seats: the demand is above both LQs), the
+roll-out of #8 goes backend after backend while the active server's status is sampled without
+pause. Every sampled state must be a row of the table, the rows must come in the table's order,
+and every "after Bn" row must be seen. The checker then checks the history against the LQ in
+force at each moment (20 until the effective TMR ID became #8, then 30).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.lab.labctl import BACKENDS, Lab, check, say
+from tests.lab.labctl import BACKENDS, PRODUCT, VENDOR, Lab, LabError, check, say
 
 # stage -> (per-backend TMR IDs: None = "-"), TMR status, LQ seen by clients
 TABLE: list[tuple[str, str, int]] = [
@@ -64,6 +73,36 @@ class Sampler(threading.Thread):
 def test_license_rollout_walks_the_update_table() -> None:
     lab = Lab()
     lab.wait_healthy(180)
+    # ---- online, refused tickets: the portal's typed error, and nothing installed
+    licensed = lab.vendor("ticket", "create", "--product-code", str(PRODUCT), "--quantity", "20")
+    for ticket, code in (
+        ("tkt-" + "A" * 32, "UNKNOWN_TICKET"),
+        (licensed.strip(), "ALREADY_LICENSED"),
+    ):
+        with pytest.raises(LabError) as refused:
+            lab.playbook("license_rollout.yml", "-e", f"tmr_license_ticket={ticket}")
+        log = re.search(r"; log (\S+)\)", str(refused.value))  # the whole run's output
+        output = Path(log.group(1)).read_text() if log else str(refused.value)
+        assert code in output, str(refused.value)
+        assert re.search(r"Nothing\s+was\s+installed", output), str(refused.value)
+        say(f"license_rollout.yml with a refused ticket stopped: {code}")
+    view = lab.backend_view(lab.active() or "tmr-a")
+    assert {b: view[b]["tmr_id"] for b in BACKENDS} == {b: 7 for b in BACKENDS}, view
+
+    # ---- offline, before the workload: the customer's request, the vendor's update file
+    work = lab.artifacts / "offline"
+    work.mkdir(parents=True, exist_ok=True)
+    request, update, receipts = work / "request.json", work / "update.json", work / "receipts.json"
+    for f in (request, update, receipts):
+        f.unlink(missing_ok=True)
+    lab.playbook("license_request.yml", "-e", f"tmr_license_request_file={request}")
+    lab.put(request, VENDOR, "/tmp/request.json")
+    lab.sh(VENDOR, "rm -f /tmp/update.json /tmp/receipts.json")
+    issue = ["issue", "--request", "/tmp/request.json", "--product-code", str(PRODUCT)]
+    issue += ["--quantity", "30", "--tmr-id", "8", "--out", "/tmp/update.json"]
+    issued = json.loads(lab.vendor(*issue))
+    say(f"vendor-1 issued #{issued['tmr_id']} LQ {issued['quantity']}, set {issued['set_id']}")
+    lab.get(VENDOR, "/tmp/update.json", update)
     wl = lab.start_workload(
         "license-update",
         duration=900,
@@ -82,7 +121,11 @@ def test_license_rollout_walks_the_update_table() -> None:
     lab.wait_for("first sample", lambda: len(sampler.samples) > 3, 30)
     t0 = lab.mark("license_rollout.yml #7 -> #8 starts")
     lab.playbook(
-        "license_rollout.yml", "-e", "tmr_license_tmr_id=8", "-e", "tmr_license_quantity=30"
+        "license_rollout.yml",
+        "-e",
+        f"tmr_license_update_file={update}",
+        "-e",
+        f"tmr_license_receipt_file={receipts}",
     )
     lab.mark("license_rollout.yml done")
     # keep sampling a little after the last step, and let the workload fill LQ 30
@@ -151,3 +194,15 @@ def test_license_rollout_walks_the_update_table() -> None:
     assert lab.wait_healthy() is not None
     view = lab.backend_view(lab.active() or "tmr-a")
     assert {b: view[b]["tmr_id"] for b in BACKENDS} == {b: 8 for b in BACKENDS}, view
+
+    # ---- the receipts back to the vendor: vendor-1 records #8 next to the online #7
+    lab.put(receipts, VENDOR, "/tmp/receipts.json")
+    confirmed = json.loads(lab.vendor("confirm", "/tmp/receipts.json"))
+    assert (confirmed["tmr_id"], confirmed["set_id"]) == (8, issued["set_id"]), confirmed
+    installed = json.loads(lab.vendor("installed"))
+    say(f"vendor-1 recorded as installed: {[(r['tmr_id'], r['set_id']) for r in installed]}")
+    assert [(r["product_code"], r["tmr_id"]) for r in installed] == [(PRODUCT, 7), (PRODUCT, 8)]
+    tickets = json.loads(lab.vendor("ticket", "list"))
+    online = [t for t in tickets if t["tmr_id"] == 7]
+    assert [t["state"] for t in online] == ["installed"], tickets
+    assert online[0]["set_id"] == installed[0]["set_id"], (tickets, installed)

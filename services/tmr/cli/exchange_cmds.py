@@ -2,7 +2,7 @@
 
 Customer side: `tmr backend fingerprint --signed`, `tmr license request`,
 `tmr license install-update`, `tmr backend receipt`, `tmr license receipt`.
-Vendor side: `tmr vendor issue --request`, `tmr vendor confirm`.
+Vendor side: `tmr vendor issue --request`, `tmr vendor confirm`, `tmr vendor installed`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, TypeAlias
 from tmr.cli.licensing_cmds import _os_errors_as_usage
 from tmr.errors import UsageError
 from tmr.isv import load_vendor, parse_expiry, parse_features
-from tmr.isv.offline import confirm_receipts, issue_from_request
+from tmr.isv.offline import confirm_receipts, confirmed_sets, issue_from_request
 from tmr.keys import load_keypair
 from tmr.licensing import VendorKeyring, read_machine_id
 from tmr.licensing.exchange import (
@@ -83,6 +83,10 @@ def register(sub: Subparsers, groups: dict[str, Subparsers]) -> None:
     p.add_argument("--dir", type=Path, required=True, help="vendor directory")
     p.add_argument("receipts", type=Path, metavar="RCPT")
     p.set_defaults(handler=cmd_vendor_confirm)
+
+    p = vendor.add_parser("installed", help="the sets recorded as installed (confirmed receipts)")
+    p.add_argument("--dir", type=Path, required=True, help="vendor directory")
+    p.set_defaults(handler=cmd_vendor_installed)
 
 
 def _print_json(obj: Any) -> None:
@@ -222,4 +226,11 @@ def cmd_vendor_confirm(args: argparse.Namespace) -> int:
         f"set {confirmation.set_id} (#{confirmation.tmr_id}) recorded as installed",
         file=sys.stderr,
     )
+    return 0
+
+
+@_os_errors_as_usage
+def cmd_vendor_installed(args: argparse.Namespace) -> int:
+    """The sets whose receipts were confirmed (`tmr vendor confirm` or the portal), oldest first."""
+    _print_json(confirmed_sets(load_vendor(args.dir)))
     return 0

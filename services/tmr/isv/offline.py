@@ -40,6 +40,7 @@ from tmr.licensing.exchange import (
 )
 from tmr.licensing.fileio import write_atomic
 from tmr.licensing.fingerprint import FingerprintDoc
+from tmr.licensing.model import parse_copy
 
 ISSUED_DIR = "issued"
 UPDATE_RECORD = "update.json"
@@ -86,6 +87,29 @@ def last_issued(vendor: VendorProfile, product_code: int) -> LicenseUpdate | Non
         if path.is_file():
             return parse_update(path.read_bytes(), str(path))
     return None
+
+
+def recover_issued(vendor: VendorProfile, product_code: int, tmr_id: int) -> LicenseUpdate | None:
+    """The set recorded at ``tmr_id`` of ``product_code``, also when its ``update.json`` was
+    never written (the issuer stopped between recording the TMR ID and writing it: the update is
+    rebuilt from the three copies of the recorded set); None when that TMR ID was not issued."""
+    record = load_product(vendor, product_code)
+    entry = next(
+        (e for e in (record.history if record else []) if int(e["tmr_id"]) == tmr_id), None
+    )
+    if entry is None:
+        return None
+    out = _set_dir(vendor, product_code, tmr_id)
+    path = out / UPDATE_RECORD
+    if path.is_file():
+        return parse_update(path.read_bytes(), str(path))
+    copies = [p.read_bytes() for p in sorted((out / "copies").glob("*.tmrlic"))]
+    ours = [c for c in copies if parse_copy(c).set_id == entry["set_id"]]
+    if len(ours) != 3:
+        return None
+    update = make_update(ours)
+    write_atomic(path, canonical(update.to_obj()) + b"\n")
+    return update
 
 
 def issue_from_request(

@@ -18,6 +18,13 @@ The rules (docs/vendor-guide.md, "Online license delivery"), on top of the offli
 State: ``portal.sqlite`` in the vendor directory (tickets and their bindings with the stored
 update file). The issued sets stay in ``issued/`` and the confirmations in
 ``installations.sqlite``, as for the offline flow.
+
+An activation reserves its TMR ID for the trio in ``portal.sqlite`` (committed) before it
+issues, and binds the ticket after: if the service stops in between, the retry of the same
+ticket by the same trio takes the set issued at the reserved ID (rebuilding its update file
+if need be) instead of issuing another one, so no TMR ID is skipped and a new-license ticket
+does not end up refused as ``ALREADY_LICENSED`` by its own set. An activation refused while
+issuing (``WRONG_TRIO``, ...) drops its reservation.
 """
 
 from __future__ import annotations
@@ -35,7 +42,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from tmr.errors import TmrError
-from tmr.isv.offline import check_request, confirm_receipts, issue_from_request, last_issued
+from tmr.isv.offline import (
+    check_request,
+    confirm_receipts,
+    issue_from_request,
+    last_issued,
+    recover_issued,
+)
 from tmr.isv.profile import VendorProfile, load_product
 from tmr.licensing.curve import z85_key_bytes
 from tmr.licensing.exchange import (
@@ -158,6 +171,10 @@ class TicketStore:
                 " expires INTEGER, created INTEGER NOT NULL, trio TEXT, set_id TEXT,"
                 " bound_tmr_id INTEGER, state TEXT, update_doc BLOB)"
             )
+            have = {row[1] for row in db.execute("PRAGMA table_info(tickets)")}
+            for column in ("pending_trio TEXT", "pending_tmr_id INTEGER"):
+                if column.split()[0] not in have:  # a portal.sqlite of an earlier version
+                    db.execute(f"ALTER TABLE tickets ADD COLUMN {column}")
         self.path.chmod(0o600)
 
     @contextmanager
@@ -172,7 +189,13 @@ class TicketStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._db() as db:
+        with self._lock, self._unlocked_transaction() as db:
+            yield db
+
+    @contextmanager
+    def _unlocked_transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; the caller holds ``self._lock``."""
+        with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -245,46 +268,85 @@ class TicketStore:
     def activate(
         self, ticket_id: str, request: LicenseRequest, *, now: float | None = None
     ) -> Activation:
-        """The update file for ``request`` under ``ticket_id`` (issued once, then replayed)."""
+        """The update file for ``request`` under ``ticket_id`` (issued once, then replayed).
+
+        Three steps, each committed: reserve the TMR ID for the trio, issue (or take the set
+        an interrupted activation of this ticket and trio issued at that ID), bind."""
         check_ticket_id(ticket_id)
         check_request(self.vendor, request)  # proofs first: a made-up trio binds nothing
         trio = trio_of(request)
         stamp = time.time() if now is None else now
-        with self._transaction() as db:
-            row = db.execute(
-                f"SELECT {_COLUMNS}, update_doc FROM tickets WHERE ticket_id = ?", (ticket_id,)
-            ).fetchone()
-            if row is None:
-                raise PortalError(PortalReason.UNKNOWN_TICKET, "this vendor has no such ticket")
-            ticket = self._ticket(row[:-1])
-            if ticket.trio is not None:
-                if ticket.trio != trio:
+        with self._lock:
+            with self._unlocked_transaction() as db:
+                row = db.execute(
+                    f"SELECT {_COLUMNS}, update_doc, pending_trio, pending_tmr_id FROM tickets"
+                    " WHERE ticket_id = ?",
+                    (ticket_id,),
+                ).fetchone()
+                if row is None:
+                    raise PortalError(PortalReason.UNKNOWN_TICKET, "this vendor has no such ticket")
+                ticket = self._ticket(row[:-3])
+                stored, pending_trio, pending_tmr_id = row[-3], row[-2], row[-1]
+                if ticket.trio is not None:
+                    if ticket.trio != trio:
+                        raise PortalError(
+                            PortalReason.TICKET_BOUND_ELSEWHERE,
+                            f"the ticket was used by other backends (set {ticket.set_id}, "
+                            f"#{ticket.bound_tmr_id}); a second trio needs its own license",
+                        )
+                    update = parse_update(bytes(stored), "stored update")
+                    return Activation(ticket=ticket_id, update=update, replayed=True)
+                if pending_trio is not None and pending_trio != trio:
                     raise PortalError(
                         PortalReason.TICKET_BOUND_ELSEWHERE,
-                        f"the ticket was used by other backends (set {ticket.set_id}, "
-                        f"#{ticket.bound_tmr_id}); a second trio needs its own license",
+                        f"other backends are activating this ticket (#{pending_tmr_id}); "
+                        "a second trio needs its own license",
                     )
-                update = parse_update(bytes(row[-1]), "stored update")
-                return Activation(ticket=ticket_id, update=update, replayed=True)
-            if ticket.expires is not None and stamp >= ticket.expires:
-                when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ticket.expires))
-                raise PortalError(PortalReason.TICKET_EXPIRED, f"the ticket expired at {when}")
-            update = self._issue(ticket, request, now)
-            db.execute(
-                "UPDATE tickets SET trio = ?, set_id = ?, bound_tmr_id = ?, state = ?,"
-                " update_doc = ? WHERE ticket_id = ?",
-                (
-                    trio,
-                    update.set_id,
-                    update.tmr_id,
-                    BindingState.ISSUED.value,
-                    canonical(update.to_obj()),
-                    ticket_id,
-                ),
-            )
+                recovering = pending_trio is not None
+                if recovering:
+                    tmr_id = int(pending_tmr_id)
+                else:
+                    if ticket.expires is not None and stamp >= ticket.expires:
+                        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ticket.expires))
+                        raise PortalError(
+                            PortalReason.TICKET_EXPIRED, f"the ticket expired at {when}"
+                        )
+                    tmr_id = self._next_tmr_id(ticket)
+                    db.execute(
+                        "UPDATE tickets SET pending_trio = ?, pending_tmr_id = ?"
+                        " WHERE ticket_id = ?",
+                        (trio, tmr_id, ticket_id),
+                    )
+            try:
+                update = self._issue(ticket, request, trio, tmr_id, recovering, now)
+            except TmrError:
+                # refused while issuing (WRONG_TRIO, OLDER_TMR_ID, ...): nothing was issued,
+                # the ticket stays unbound
+                with self._unlocked_transaction() as db:
+                    db.execute(
+                        "UPDATE tickets SET pending_trio = NULL, pending_tmr_id = NULL"
+                        " WHERE ticket_id = ?",
+                        (ticket_id,),
+                    )
+                raise
+            with self._unlocked_transaction() as db:
+                db.execute(
+                    "UPDATE tickets SET trio = ?, set_id = ?, bound_tmr_id = ?, state = ?,"
+                    " update_doc = ?, pending_trio = NULL, pending_tmr_id = NULL"
+                    " WHERE ticket_id = ?",
+                    (
+                        trio,
+                        update.set_id,
+                        update.tmr_id,
+                        BindingState.ISSUED.value,
+                        canonical(update.to_obj()),
+                        ticket_id,
+                    ),
+                )
         return Activation(ticket=ticket_id, update=update, replayed=False)
 
-    def _issue(self, ticket: Ticket, request: LicenseRequest, now: float | None) -> LicenseUpdate:
+    def _next_tmr_id(self, ticket: Ticket) -> int:
+        """The TMR ID an activation of ``ticket`` issues (refusals before anything is issued)."""
         record = load_product(self.vendor, ticket.product_code)
         last = 0 if record is None else record.last_tmr_id
         current = last_issued(self.vendor, ticket.product_code)
@@ -295,15 +357,34 @@ class TicketStore:
                     f"an update ticket needs a current set of product {ticket.product_code}; "
                     "there is none (activate a new-license ticket first)",
                 )
-            tmr_id = last + 1
-        else:
-            if current is not None:
-                raise PortalError(
-                    PortalReason.ALREADY_LICENSED,
-                    f"product {ticket.product_code} already has a set (#{current.tmr_id}); "
-                    "a new-license ticket cannot issue a second one (use an update ticket)",
-                )
-            tmr_id = ticket.tmr_id if ticket.tmr_id is not None else last + 1
+            return last + 1
+        if current is not None:
+            raise PortalError(
+                PortalReason.ALREADY_LICENSED,
+                f"product {ticket.product_code} already has a set (#{current.tmr_id}); "
+                "a new-license ticket cannot issue a second one (use an update ticket)",
+            )
+        return ticket.tmr_id if ticket.tmr_id is not None else last + 1
+
+    def _issue(
+        self,
+        ticket: Ticket,
+        request: LicenseRequest,
+        trio: str,
+        tmr_id: int,
+        recovering: bool,
+        now: float | None,
+    ) -> LicenseUpdate:
+        if recovering:
+            # an earlier activation of this ticket by this trio reserved tmr_id and stopped:
+            # its set, if it got as far as recording it (and it is this trio's, this quantity)
+            found = recover_issued(self.vendor, ticket.product_code, tmr_id)
+            if (
+                found is not None
+                and found.quantity == ticket.quantity
+                and ",".join(sorted(c.copy.backend_key for c in found.copies)) == trio
+            ):
+                return found
         # issue_from_request refuses an update from other backends (WRONG_TRIO) and a TMR ID
         # not above the last one issued (OLDER_TMR_ID)
         return issue_from_request(

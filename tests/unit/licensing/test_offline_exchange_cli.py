@@ -78,9 +78,14 @@ def test_offline_flow_both_parties(cli: Cli) -> None:
         )  # fmt: skip
     rcpts = [a for i in (3, 1, 2) for a in ("--receipt", f"b{i}/r.json")]
     cli("license", "receipt", *rcpts, "--out", "rcpt.json")
+    assert cli.json("vendor", "installed", "--dir", "v") == []
     out = cli.json("vendor", "confirm", "--dir", "v", "rcpt.json")
     assert out["confirmed"] and out["tmr_id"] == 7
     cli.fails("vendor", "confirm", "--dir", "v", "rcpt.json", match="ALREADY_CONFIRMED")
+    installed = cli.json("vendor", "installed", "--dir", "v")
+    assert [(r["product_code"], r["tmr_id"], r["set_id"]) for r in installed] == [
+        (42, 7, out["set_id"])
+    ]
 
 
 def test_tampered_request_and_update_get_typed_errors(cli: Cli) -> None:

@@ -361,3 +361,93 @@ def test_an_internal_failure_is_a_500_without_details(
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+class Crash(BaseException):
+    """The service stopping mid-activation (not an error it answers)."""
+
+
+def _crash_after_issuing(
+    monkeypatch: pytest.MonkeyPatch, *, lose_update_record: bool = False
+) -> list[LicenseUpdate]:
+    """The next activation issues its set, then the service stops before binding the ticket
+    (optionally before the set's update.json was written)."""
+    from tmr.isv import portal
+
+    issued: list[LicenseUpdate] = []
+    real = portal.issue_from_request
+
+    def issue_then_crash(*args: Any, **kw: Any) -> LicenseUpdate:
+        monkeypatch.setattr(portal, "issue_from_request", real)  # once
+        update = real(*args, **kw)
+        issued.append(update)
+        if lose_update_record:
+            (args[0].directory / "issued" / f"{PRODUCT}-{update.tmr_id}" / "update.json").unlink()
+        raise Crash
+
+    monkeypatch.setattr(portal, "issue_from_request", issue_then_crash)
+    return issued
+
+
+@pytest.mark.parametrize("lose_update_record", [False, True])
+def test_a_crash_between_issuing_and_binding_skips_no_tmr_id(
+    world: World, monkeypatch: pytest.MonkeyPatch, lose_update_record: bool
+) -> None:
+    store = TicketStore(world.vendor)
+    ticket = _new(store, tmr_id=7)
+    issued = _crash_after_issuing(monkeypatch, lose_update_record=lose_update_record)
+    with pytest.raises(Crash):
+        store.activate(ticket, _request(world), now=NOW)
+    assert _last_tmr_id(world) == 7 and store.get(ticket).trio is None
+    # another trio cannot take the ticket the first one was activating
+    restarted = TicketStore(world.vendor)
+    with pytest.raises(PortalError) as exc:
+        restarted.activate(ticket, _request(world, make_nodes()), now=NOW)
+    _refused(PortalReason.TICKET_BOUND_ELSEWHERE, exc)
+    # the retry of the same trio gets the set issued before the crash: no second set, no skip
+    again = restarted.activate(ticket, _request(world), now=NOW + 5)
+    assert (again.update.tmr_id, again.update.set_id) == (7, issued[0].set_id)
+    assert canonical(again.update.to_obj()) == canonical(issued[0].to_obj())
+    assert _last_tmr_id(world) == 7
+    assert restarted.get(ticket).state is BindingState.ISSUED
+    assert restarted.activate(ticket, _request(world), now=NOW + 6).replayed
+    # and the update after it is the next TMR ID
+    update = restarted.activate(
+        _new(restarted, kind=TicketKind.UPDATE, quantity=30), _request(world)
+    )
+    assert update.update.tmr_id == 8
+
+
+def test_a_crash_during_an_update_activation_skips_no_tmr_id(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = TicketStore(world.vendor)
+    store.activate(_new(store, tmr_id=7), _request(world), now=NOW)
+    ticket = _new(store, kind=TicketKind.UPDATE, quantity=30)
+    issued = _crash_after_issuing(monkeypatch)
+    with pytest.raises(Crash):
+        store.activate(ticket, _request(world), now=NOW)
+    again = TicketStore(world.vendor).activate(ticket, _request(world), now=NOW + 5)
+    assert (again.update.tmr_id, again.update.set_id) == (8, issued[0].set_id)
+    assert _last_tmr_id(world) == 8
+
+
+def test_a_crash_before_issuing_leaves_the_reserved_id_to_the_retry(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tmr.isv import portal
+
+    store = TicketStore(world.vendor)
+    ticket = _new(store, tmr_id=7)
+    real = portal.issue_from_request
+
+    def crash(*args: Any, **kw: Any) -> LicenseUpdate:
+        monkeypatch.setattr(portal, "issue_from_request", real)
+        raise Crash
+
+    monkeypatch.setattr(portal, "issue_from_request", crash)
+    with pytest.raises(Crash):
+        store.activate(ticket, _request(world), now=NOW)
+    assert _last_tmr_id(world) == 0
+    again = TicketStore(world.vendor).activate(ticket, _request(world), now=NOW)
+    assert not again.replayed and again.update.tmr_id == 7
