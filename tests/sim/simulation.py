@@ -566,6 +566,17 @@ class Simulation:
         # starts serving. (A takeover may adopt promises that are stale by then, a quorum
         # having promised a newer epoch since: it cannot serve, its first snapshot fences it.)
         assert s.leader is not None
+        epoch = s.leader.epoch
+        newer = sum(
+            1
+            for b in self.backends.values()
+            if epoch is not None and b.store.state.promised > epoch
+        )
+        if newer >= 2:
+            # Deposed before it activated (paused mid-takeover, the replies to its snapshots
+            # queued meanwhile): a quorum promised a newer epoch, so nothing it proposes can
+            # commit and it serves nothing unconfirmed (its next request is rejected: fenced).
+            return
         p = s.leader._products.get(KEY)
         table = p.handles if p else {}
         for h in self.acked_grants:
