@@ -562,10 +562,12 @@ inline on_reply(s, b, k, e, q, v, n) {
                                 -> q : sack[LINK(s, b)])
         :: else ->
             sack[LINK(s, b)] = NONE;
+#ifndef NO_ABORT
             if
             :: v == REFUSED && role[s] == ACTIVE && sseq[s] > scom[s] -> sref[s] = sref[s] | BIT(b)
             :: else -> skip
             fi
+#endif
         fi;
         if
         :: role[s] == SYNCING && (ssnap[s] & BIT(b)) == 0 ->
@@ -859,12 +861,15 @@ init {
         bnew[0] = 1; bnew[1] = 1;
 #endif
         run Env();
+#if defined(ABORT_SCENARIO) && defined(LIVENESS)        /* server 0 alone leads */
         run Server(0);
         run ServerLink(0, 0); run ServerLink(0, 1); run ServerLink(0, 2);
-        run BackendLink(0, 0); run BackendLink(0, 1); run BackendLink(0, 2);
-#if !(defined(ABORT_SCENARIO) && defined(LIVENESS))     /* there server 0 alone leads */
-        run Server(1);
+        run BackendLink(0, 0); run BackendLink(0, 1); run BackendLink(0, 2)
+#else
+        run Server(0); run Server(1);
+        run ServerLink(0, 0); run ServerLink(0, 1); run ServerLink(0, 2);
         run ServerLink(1, 0); run ServerLink(1, 1); run ServerLink(1, 2);
+        run BackendLink(0, 0); run BackendLink(0, 1); run BackendLink(0, 2);
         run BackendLink(1, 0); run BackendLink(1, 1); run BackendLink(1, 2)
 #endif
     }
