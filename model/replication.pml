@@ -34,8 +34,20 @@
  *      handle committed (in a table) in an epoch below e unless some leader proposed its
  *      release, and no handle whose release was committed below e; checked when the leader
  *      adopts, and again for it when an older epoch's commit becomes known later;
+ *   P4 an answered grant is never lost: whenever a leader commits, its committed table holds
+ *      every handle some leader answered (its grant committed) unless a release was proposed;
  *   LIVE (compiled with -DLIVENESS): with finitely many faults, eventually forever some
  *      server is ACTIVE in the newest epoch with every entry it proposed committed.
+ *
+ * Aborting a grant in doubt (docs/design.md section 6): while the leader's uncommitted entry is a
+ * grant that some backend refused (above its own LQ), the leader may abort it: it proposes, at
+ * the next seq, a snapshot of the table without that grant (the committed table: one op per
+ * entry here) and never answers the grant; acknowledgements of the aborted seq no longer count
+ * (`svoid`).  The code aborts when the backends that could still complete the quorum are down,
+ * or when the entry waited half of backend_timeout; the model allows it at any time after a
+ * refusal (time is not modelled), which covers both.  STOPS backends may stop for good (they
+ * drop what they receive, so the leader's timeouts fire): with one stopped mid-update, LIVE
+ * holds only because of the abort (NO_ABORT makes it fail).
  *
  * Seeded bugs (each must make spin report an error; tests/model/ checks that it does):
  *   BUG_ACCEPT_BELOW_PROMISE  the acceptor applies an ACCEPT whose epoch is below its promise
@@ -48,6 +60,14 @@
  *                             that admits above the effective LQ, OVER_ADMIT)
  *   BUG_KNOW_ON_ACCEPT        the acceptor takes every entry it accepts as known committed
  *                             (with OVER_ADMIT)
+ *   BUG_ABORT_ANSWERED        the leader aborts its latest grant also once it committed (and was
+ *                             answered): P4
+ *   BUG_ANSWER_ABORTED        the leader answers the grant it aborts: P4
+ *   NO_ABORT                  (liveness, with STOPS) no abort: a grant above a lagging backend's
+ *                             LQ blocks the log when the other up-to-date backend stops
+ * ABORT_SCENARIO: an update under way from the start (backends 0 and 1 hold #2, backend 2 #1);
+ * for safety, server 0 leads and, once it aborted a grant and crashed, server 1 takes over; for
+ * liveness, server 0 alone runs, and backend 1 may stop while the grant is in flight.
  * OVER_ADMIT alone (the leader admits up to LQ_NEW, the acceptors still check) must stay
  * safe: the acceptors' own LQ check is what keeps P1.
  */
@@ -72,6 +92,9 @@
 #endif
 #ifndef STEALS
 #define STEALS 1        /* LIVENESS only: promotes while another server leads */
+#endif
+#ifndef STOPS
+#define STOPS 0         /* backends that stop for good */
 #endif
 
 #define NS 2
@@ -107,12 +130,15 @@ mtype = { PREPARE, ACCEPT, SNAPSHOT, PROMISE, ACCEPTED, REJECTED };
 #define SEATS(t) (((t) & 1) + (((t) >> 1) & 1) + (((t) >> 2) & 1) + (((t) >> 3) & 1))
 #define LINK(s, b) ((s) * NB + (b))
 
-/* Ops: 1..NH grant handle op-1, NH+1..2NH release handle op-NH-1 */
+/* Ops: 1..NH grant handle op-1, NH+1..2NH release handle op-NH-1; ABORT_OP: the snapshot
+ * of an abort (the leader's table at that seq, proposed as a SNAPSHOT, not an ACCEPT) */
 #define GRANT_OP(h) ((h) + 1)
 #define RELEASE_OP(h) ((h) + 1 + NH)
 #define IS_GRANT(op) ((op) >= 1 && (op) <= NH)
 #define OP_HANDLE(op) (IS_GRANT(op) -> (op) - 1 : (op) - 1 - NH)
 #define APPLY(t, op) (IS_GRANT(op) -> ((t) | BIT(OP_HANDLE(op))) : ((t) & ~BIT(OP_HANDLE(op))))
+#define ABORT_OP (2 * NH + 1)
+#define IS_RELEASE(op) ((op) > NH && (op) <= 2 * NH)
 
 /* ---------------------------------------------------------------- network
  * req[LINK(s,b)]: server s -> backend b; rep[LINK(s,b)]: backend b -> server s.
@@ -132,6 +158,7 @@ byte bprom[NB];     /* AcceptorState.promised */
 byte bver[NB];      /* ProductLog.version = VER(epoch, seq) */
 byte btab[NB];      /* ProductLog.handles */
 bit bnew[NB];       /* LicenseInfo: 0 = #1 (LQ_OLD), 1 = #2 (LQ_NEW); always valid */
+byte bstop;         /* backends stopped for good (bit mask): they drop what they receive */
 byte bkc[NB];       /* Acceptor.known_commit (memory only; 0: none) */
 #define LQ(b) (bnew[b] -> LQ_NEW : LQ_OLD)
 /* effective_version(): available with >= 2 copies (always here); effective TMR ID = the
@@ -155,18 +182,23 @@ byte ssnap[NS];     /* _Backend.snapshot_acked, bit mask */
 byte sbkc[NS];      /* the highest known commit among the promises */
 bit sadc[NS];       /* _Product.adopted_committed */
 byte stold[NS * NB];/* _Backend.told: committed seq + 1 it was told (0: none) */
+byte sref[NS];      /* backends that refused the uncommitted entry (bit mask; _Backend.refusal) */
+byte svoid[NS];     /* the seq of the aborted entry (0: none): its acks do not count */
 
 /* ---------------------------------------------------------------- ghost state (checks) */
 byte hused;         /* handles whose grant was proposed (ids are never reused) */
 byte ghep[NH];      /* per handle: the lowest epoch that committed a table holding it */
 byte grel;          /* handles whose release some leader proposed */
 byte grcep[NH];     /* per handle: the lowest epoch that committed its release */
+byte ghans[NH];     /* per handle: the lowest epoch whose leader answered its grant (0: none) */
+byte gabort;        /* grants aborted so far */
 byte sterm[NS];     /* number of this server's terms (promotes) */
 byte gcommit[2 * MAXC + 2];     /* per epoch: server*16 + term that committed in it, + 1 */
 byte gtab[VER(2 * MAXC + 2, 0)];/* per version: the table a backend holds at it, + 1 */
 byte gloss = LOSSES;
 byte gforget = FORGETS;
 byte gscrash = SCRASHES;
+byte gstop = STOPS;
 #ifdef LIVENESS
 byte gsteal = STEALS;
 #endif
@@ -307,7 +339,10 @@ end:
     :: atomic {
         nempty(req[LINK(s, b)]) ->
         take_any(req[LINK(s, b)], k, e, q, v, n);
-        acceptor_step(s, b, k, e, q, v, n);
+        if
+        :: bstop & BIT(b) -> skip       /* stopped: nothing is handled or answered */
+        :: else -> acceptor_step(s, b, k, e, q, v, n)
+        fi;
         k = 0; e = 0; q = 0; v = 0; n = 0
     }
     od
@@ -317,7 +352,7 @@ end:
 
 inline reset_term(s) {          /* Leader._reset_term */
     spr[s] = 0; sbest[s] = 0; sbtab[s] = 0; stab[s] = 0; sseq[s] = 0; scom[s] = -1;
-    ssnap[s] = 0; sbkc[s] = 0; sadc[s] = 0;
+    ssnap[s] = 0; sbkc[s] = 0; sadc[s] = 0; sref[s] = 0; svoid[s] = 0;
     tx = 0;
     do
     :: tx <= MAXSEQ -> slog[s * (MAXSEQ + 1) + tx] = 0; tx++
@@ -416,6 +451,14 @@ inline adopt(s) {
     role[s] = SYNCING
 }
 
+/* The leader answers the grant of handle h (ghost bookkeeping for P4). */
+inline answered(s, h) {
+    if
+    :: ghans[h] == 0 || sep[s] < ghans[h] -> ghans[h] = sep[s]
+    :: else -> skip
+    fi
+}
+
 /* Leader._recommit: committed = the second-highest acknowledged seq. */
 inline recommit(s) {
     ta = (sack[LINK(s, 0)] == NONE -> -1 : sack[LINK(s, 0)]);
@@ -433,7 +476,8 @@ inline recommit(s) {
 #endif
     if
     :: ta > scom[s] ->
-        assert(ta == scom[s] + 1 && ta == sseq[s]);   /* one entry in flight at a time */
+        /* one entry in flight at a time (an abort's snapshot follows the aborted seq) */
+        assert(ta == sseq[s] && (ta == scom[s] + 1 || ta == scom[s] + 2 && svoid[s] == ta - 1));
         /* P1: the committed table never holds more seats than the effective LQ */
         assert(SEATS(stab[s]) <= EFF_LQ);
         /* P2: no two leader terms commit in one epoch */
@@ -450,16 +494,29 @@ inline recommit(s) {
         :: else -> break
         od;
         if
-        :: ta >= 1 && !IS_GRANT(slog[s * (MAXSEQ + 1) + ta]) ->
+        :: ta >= 1 && IS_RELEASE(slog[s * (MAXSEQ + 1) + ta]) ->
             tx = OP_HANDLE(slog[s * (MAXSEQ + 1) + ta]);
             if
             :: grcep[tx] == 0 || sep[s] < grcep[tx] -> grcep[tx] = sep[s]
             :: else -> skip
             fi
+        :: ta >= 1 && IS_GRANT(slog[s * (MAXSEQ + 1) + ta]) ->
+            ty = OP_HANDLE(slog[s * (MAXSEQ + 1) + ta]);
+            answered(s, ty);            /* its client is told */
+            ty = 0
         :: else -> skip
         fi;
+        /* P4: the committed table holds every grant answered in this or an older epoch
+         * unless some leader proposed its release */
         tx = 0;
-        scom[s] = ta;
+        do
+        :: tx < NH ->
+            assert(ghans[tx] == 0 || ghans[tx] > sep[s] || (grel & BIT(tx)) || (stab[s] & BIT(tx)));
+            tx++
+        :: else -> break
+        od;
+        tx = 0;
+        scom[s] = ta; sref[s] = 0;
         /* P3 also for a newer leader that adopted before this commit became known here */
         if
         :: ROLE_LEADS(1 - s) && role[1 - s] != PREPARING && sep[1 - s] > sep[s] ->
@@ -500,9 +557,17 @@ inline on_reply(s, b, k, e, q, v, n) {
         sinf[LINK(s, b)] = 0;
         if
         :: v == OK ->
+            q = (q > 0 && q == svoid[s] -> q - 1 : q);     /* the aborted seq does not count */
             sack[LINK(s, b)] = (sack[LINK(s, b)] == NONE || q > sack[LINK(s, b)]
                                 -> q : sack[LINK(s, b)])
-        :: else -> sack[LINK(s, b)] = NONE
+        :: else ->
+            sack[LINK(s, b)] = NONE;
+#ifndef NO_ABORT
+            if
+            :: v == REFUSED && role[s] == ACTIVE && sseq[s] > scom[s] -> sref[s] = sref[s] | BIT(b)
+            :: else -> skip
+            fi
+#endif
         fi;
         if
         :: role[s] == SYNCING && (ssnap[s] & BIT(b)) == 0 ->
@@ -524,23 +589,32 @@ inline on_reply(s, b, k, e, q, v, n) {
      !sinf[LINK(s, b)] && (sack[LINK(s, b)] == NONE || sack[LINK(s, b)] < sseq[s]) && \
      nfull(req[LINK(s, b)]))
 
-/* The table as of the committed seq (one entry at most is uncommitted: undo it). */
+/* The table as of the committed seq (one entry at most is uncommitted: undo it; an abort's
+ * table is the committed one). */
 #define UNAPPLY(t, op) (IS_GRANT(op) -> ((t) & ~BIT(OP_HANDLE(op))) : ((t) | BIT(OP_HANDLE(op))))
 #define COMMITTED_TABLE(s) \
-    (sseq[s] == scom[s] -> stab[s] : UNAPPLY(stab[s], slog[s * (MAXSEQ + 1) + sseq[s]]))
+    (sseq[s] == scom[s] || slog[s * (MAXSEQ + 1) + sseq[s]] == ABORT_OP -> stab[s] : \
+     UNAPPLY(stab[s], slog[s * (MAXSEQ + 1) + sseq[s]]))
 #define KNOWN(s) (scom[s] >= 0 -> VER(sep[s], scom[s]) : 0)
 
 inline pump(s, b) {
+    /* the next seq it lacks; an aborted seq is skipped (its abort snapshot follows it) */
+    ty = sack[LINK(s, b)] + 1;
+    ty = (ty == svoid[s] -> ty + 1 : ty);
     if
     :: sack[LINK(s, b)] == NONE && scom[s] >= 0 ->     /* committed state, flagged */
         req[LINK(s, b)]!SNAPSHOT, sep[s], scom[s], COMMITTED_TABLE(s) | CFLAG, 0
     :: sack[LINK(s, b)] == NONE && scom[s] < 0 ->      /* entry 0 of the takeover */
         req[LINK(s, b)]!SNAPSHOT, sep[s], 0, stab[s] | (sadc[s] -> CFLAG : 0), 0
-    :: else ->
-        req[LINK(s, b)]!ACCEPT, sep[s], sack[LINK(s, b)] + 1,
-            slog[s * (MAXSEQ + 1) + sack[LINK(s, b)] + 1], KNOWN(s);
+    :: sack[LINK(s, b)] != NONE && slog[s * (MAXSEQ + 1) + ty] == ABORT_OP && scom[s] >= ty ->
+        req[LINK(s, b)]!SNAPSHOT, sep[s], scom[s], COMMITTED_TABLE(s) | CFLAG, 0
+    :: sack[LINK(s, b)] != NONE && slog[s * (MAXSEQ + 1) + ty] == ABORT_OP && scom[s] < ty ->
+        req[LINK(s, b)]!SNAPSHOT, sep[s], ty, stab[s], 0    /* an abort: a proposal */
+    :: sack[LINK(s, b)] != NONE && slog[s * (MAXSEQ + 1) + ty] != ABORT_OP ->
+        req[LINK(s, b)]!ACCEPT, sep[s], ty, slog[s * (MAXSEQ + 1) + ty], KNOWN(s);
         stold[LINK(s, b)] = scom[s] + 1
     fi;
+    ty = 0;
     sinf[LINK(s, b)] = 1
 }
 
@@ -582,13 +656,60 @@ end:
 }
 
 /* A client checkout (grant) or release served by an ACTIVE leader: a new log entry. */
-#define CAN_PROPOSE(s) (role[s] == ACTIVE && sseq[s] == scom[s] && sseq[s] < MAXSEQ)
+#ifdef ABORT_SCENARIO
+#define PROPOSER(s) (s == 0)
+#else
+#define PROPOSER(s) true
+#endif
+#define CAN_PROPOSE(s) (role[s] == ACTIVE && sseq[s] == scom[s] && sseq[s] < MAXSEQ && PROPOSER(s))
 
 inline propose(s, op) {
     sseq[s]++;
     slog[s * (MAXSEQ + 1) + sseq[s]] = op;
     stab[s] = APPLY(stab[s], op)
 }
+
+/* Abort the uncommitted grant a backend refused (Leader._abort_refused): the table without
+ * it goes out as a snapshot at the next seq; the grant is never answered, and its seq's
+ * acknowledgements no longer count. */
+#ifdef BUG_ABORT_ANSWERED
+#define CAN_ABORT(s) (role[s] == ACTIVE && sseq[s] < MAXSEQ && sseq[s] >= 1 && \
+    IS_GRANT(slog[s * (MAXSEQ + 1) + sseq[s]]) && \
+    (sseq[s] == scom[s] + 1 && sref[s] != 0 || sseq[s] == scom[s]))
+#else
+#define CAN_ABORT(s) (role[s] == ACTIVE && sseq[s] < MAXSEQ && sref[s] != 0 && \
+    sseq[s] == scom[s] + 1 && IS_GRANT(slog[s * (MAXSEQ + 1) + sseq[s]]))
+#endif
+
+inline abort_grant(s) {
+    tx = OP_HANDLE(slog[s * (MAXSEQ + 1) + sseq[s]]);
+#ifdef BUG_ANSWER_ABORTED
+    answered(s, tx);
+#endif
+    stab[s] = stab[s] & ~BIT(tx);
+    gabort++;
+    svoid[s] = sseq[s];
+    sseq[s]++;
+    slog[s * (MAXSEQ + 1) + sseq[s]] = ABORT_OP;
+    sref[s] = 0;
+    tx = 0;
+    do                              /* acknowledgements of the aborted seq no longer count */
+    :: tx < NB ->
+        if
+        :: sack[LINK(s, tx)] == svoid[s] -> sack[LINK(s, tx)] = svoid[s] - 1
+        :: else -> skip
+        fi;
+        tx++
+    :: else -> break
+    od;
+    tx = 0
+}
+
+#if defined(ABORT_SCENARIO) && defined(LIVENESS)
+#define NO_RELEASES true        /* the abort's liveness scenario: one grant, nothing after it */
+#else
+#define NO_RELEASES false
+#endif
 
 inline client_ops(s, h) {
     if
@@ -603,7 +724,7 @@ inline client_ops(s, h) {
         propose(s, GRANT_OP(h))
     }
     :: atomic {
-        CAN_PROPOSE(s) && (stab[s] & BIT(h)) ->
+        CAN_PROPOSE(s) && (stab[s] & BIT(h)) && !NO_RELEASES ->
         grel = grel | BIT(h);
         propose(s, RELEASE_OP(h))
     }
@@ -613,14 +734,23 @@ inline client_ops(s, h) {
 #ifdef LIVENESS
 /* keepalived promotes a server when nobody leads in the newest epoch; STEALS more times
  * it promotes one while another leads (split brain, an operator's --force). */
+#ifdef ABORT_SCENARIO
+#define ONE_LEADER(s) (s == 0)  /* the abort scenario: server 0 alone leads */
+#else
+#define ONE_LEADER(s) true
+#endif
 #define MAY_PROMOTE(s) (slc[s] < MAXC && CTR(bprom[0]) < MAXC && CTR(bprom[1]) < MAXC && \
-                        CTR(bprom[2]) < MAXC && (!CURRENT_LEADER || gsteal > 0))
+                        CTR(bprom[2]) < MAXC && (!CURRENT_LEADER || gsteal > 0) && ONE_LEADER(s))
 #define SPEND_PROMOTE if :: CURRENT_LEADER -> gsteal-- :: else -> skip fi
 #else
 #ifdef TAKEOVER_SCENARIO
 /* A narrower environment for the seeded takeover bugs: server 0 leads first, then server 1
  * takes over; only backend 0 is updated (it alone holds the LQ_NEW copy). */
 #define MAY_PROMOTE(s) (slc[s] < MAXC && (s == 0 || sterm[0] > 0))
+#elif defined(ABORT_SCENARIO)
+/* The abort scenario (safety): server 0 leads first; once it aborted a grant and crashed,
+ * server 1 takes over (it adopts and commits its snapshot, and proposes nothing). */
+#define MAY_PROMOTE(s) (slc[s] < MAXC && (s == 0 || gabort > 0 && role[0] == STANDBY))
 #else
 #define MAY_PROMOTE(s) (slc[s] < MAXC)
 #endif
@@ -638,6 +768,9 @@ end:
         promote(s)
     }
     :: atomic { role[s] != STANDBY && MAY_CRASH -> SPEND_CRASH; crash(s) }
+#ifndef NO_ABORT
+    :: atomic { CAN_ABORT(s) -> abort_grant(s) }
+#endif
     :: client_ops(s, 0)
 #if NH > 1
     :: client_ops(s, 1)
@@ -669,6 +802,16 @@ inline forget(b) {              /* a backend restarts: its commit knowledge is g
     atomic { MAY_FORGET && bkc[b] != 0 -> SPEND_FORGET; bkc[b] = 0 }
 }
 
+#ifdef ABORT_SCENARIO
+/* while server 0's first entry (the grant) is in flight */
+#define MAY_STOP (gstop > 0 && sseq[0] == 1 && scom[0] == 0)
+#else
+#define MAY_STOP (gstop > 0)
+#endif
+inline stop(b) {                /* a backend stops for good */
+    atomic { MAY_STOP && (bstop & BIT(b)) == 0 -> gstop--; bstop = bstop | BIT(b) }
+}
+
 inline license_update(b) {      /* license_rollout: #2 with LQ_NEW reaches backend b */
     atomic { !bnew[b] -> bnew[b] = 1 }
 }
@@ -676,14 +819,23 @@ inline license_update(b) {      /* license_rollout: #2 with LQ_NEW reaches backe
 proctype Env() {
 end:
     do
+#ifndef ABORT_SCENARIO
     :: license_update(0)
 #ifndef TAKEOVER_SCENARIO
     :: license_update(1)
     :: license_update(2)
 #endif
+#endif
     :: forget(0)
     :: forget(1)
     :: forget(2)
+#if STOPS > 0
+    :: stop(1)
+#ifndef ABORT_SCENARIO
+    :: stop(0)
+    :: stop(2)
+#endif
+#endif
     :: lose(req[0])
     :: lose(req[1])
     :: lose(req[2])
@@ -704,12 +856,22 @@ init {
         sack[0] = NONE; sack[1] = NONE; sack[2] = NONE;
         sack[3] = NONE; sack[4] = NONE; sack[5] = NONE;
         scom[0] = -1; scom[1] = -1;
+#ifdef ABORT_SCENARIO
+        /* an update under way: backends 0 and 1 hold #2 (LQ_NEW), backend 2 still #1 */
+        bnew[0] = 1; bnew[1] = 1;
+#endif
         run Env();
+#if defined(ABORT_SCENARIO) && defined(LIVENESS)        /* server 0 alone leads */
+        run Server(0);
+        run ServerLink(0, 0); run ServerLink(0, 1); run ServerLink(0, 2);
+        run BackendLink(0, 0); run BackendLink(0, 1); run BackendLink(0, 2)
+#else
         run Server(0); run Server(1);
         run ServerLink(0, 0); run ServerLink(0, 1); run ServerLink(0, 2);
         run ServerLink(1, 0); run ServerLink(1, 1); run ServerLink(1, 2);
         run BackendLink(0, 0); run BackendLink(0, 1); run BackendLink(0, 2);
         run BackendLink(1, 0); run BackendLink(1, 1); run BackendLink(1, 2)
+#endif
     }
 }
 

@@ -24,6 +24,7 @@ import argparse
 import heapq
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -255,9 +256,11 @@ class Simulation:
         clients: int = 6,
         slow_tail: bool = True,
         policy: Policy = POLICY,
+        noise: bool = True,
     ) -> None:
         self.seed = seed
         self.policy = policy
+        self.noise = noise  # 2% of messages lost, 1.5% duplicated (False: none)
         self.rng = random.Random(seed)
         self.duration = duration
         self.fault_interval = fault_interval
@@ -322,7 +325,10 @@ class Simulation:
             "admin_releases": 0,  # an administrator freed a held handle (tmr admin release)
             "queued": 0,  # checkout answers that were a place in the queue (each ask)
             "queue_grants": 0,  # queued checkouts granted, each to the head of its queue
+            "aborted": 0,  # grants a leader aborted (refused above a backend's LQ, in doubt)
         }
+        # A fault script: called after every step (a directed scenario, see tests/sim).
+        self.on_step: Callable[[Simulation], None] | None = None
         # handle -> (server, leader, epoch) whose admin release of it was answered ok: that
         # leader must never renew the handle again.
         self.admin_released: dict[str, tuple[str, Leader, Epoch | None]] = {}
@@ -493,6 +499,8 @@ class Simulation:
         if frozenset((src, dst)) in self.cut:
             return
         r = self.rng.random()
+        if not self.noise:
+            r = 0.5
         if r < 0.02:
             if kind.startswith("peer"):
                 self.disturb(src, dst)
@@ -526,6 +534,8 @@ class Simulation:
                 self.stats["fenced"] += 1
             elif ev["event"] == "promote_yielded":
                 self.stats["yielded"] += 1
+            elif ev["event"] == "grants_aborted":
+                self.stats["aborted"] += len(ev["handles"])
             if ev["event"] == "adopted":
                 self.check_adoption(s)
             if ev["event"] == "active":
@@ -624,9 +634,9 @@ class Simulation:
         that had two good backends (up, caught up, a copy valid under its own floors and the
         leader's) must serve, not answer QUORUM_LOST, when nothing disturbed either server or
         those backends since well before the request (no crash, restart, cut, promote,
-        license change, lost or slow message). Exempt: the two limits of docs/design.md §6
-        (a pending grant above a lagging backend's LQ; a takeover whose adopted table no
-        backend knew committed)."""
+        license change, lost or slow message). Exempt: the limit of docs/design.md §6 (a
+        takeover whose adopted table no backend knew committed). A grant above a lagging
+        backend's LQ that the other backend does not acknowledge is aborted, not exempt."""
         if s.leader is not w.leader or s.leader.epoch != w.epoch or s.pauses != w.pauses:
             return
         start = w.since - 2 * (BACKEND_TIMEOUT + PROBE_INTERVAL)
@@ -650,8 +660,6 @@ class Simulation:
         if len(good) < 2:
             return
         self.stats["quorum_lost_checked"] += 1
-        if "would take" in reply.message:
-            return  # a pending grant above a lagging backend's LQ (§6, known limits)
         if p is not None and not p.adopted_committed and "snapshot holds" in reply.message:
             return  # a takeover no backend knew committed (§6, known limits)
         self.fail(
@@ -1216,6 +1224,8 @@ class Simulation:
             elif kind == "fault" and faults:
                 self.fault()
                 self.schedule(self.now + self.rng.expovariate(1 / self.fault_interval), "fault")
+            if self.on_step is not None:
+                self.on_step(self)
             self.check_seats()
         self.now = end
         return self.stats
@@ -1248,6 +1258,43 @@ class Simulation:
         self.run(faults=False)
         if self.stats["checkouts"] == before:
             self.fail("liveness: no checkout succeeded after every fault was healed")
+
+
+def stop_mid_update(seed: int, *, duration: float = 8.0) -> Simulation:
+    """A directed scenario (docs/design.md §6): an update that lowers LQ is under way: b3
+    holds #8 (LQ 4), b1 and b2 still #7 (LQ 6; the effective version is #7, the second-highest
+    ID). Once a leader's uncommitted entry grants more seats than b3's LQ (b3 refuses it), b2
+    stops for good. From then on b1 and b3 are two good backends: every request must be
+    served (`check_answers`, `check_truthful`). No random faults, no lost, duplicated or slow
+    messages: nothing else disturbs the two good backends, so the truthfulness check applies
+    to every QUORUM_LOST from two rounds after the start on.
+
+    (With the LQ raised instead, b1 and b2 on #8, the TMR ID floor rises to #8 within about a
+    second of the update, and b3's #7 no longer counts: then QUORUM_LOST is the truth.)"""
+    sim = Simulation(seed, duration=duration, lq=6, slow_tail=False, noise=False)
+    sim.version, sim.version_lq = 8, 4
+    b3 = sim.backends["b3"]
+    b3.store.licenses = {KEY: copy_of("b3", 8, 4)}
+    assert b3.acceptor is not None
+    b3.acceptor.set_licenses(b3.store.licenses)
+
+    def script(sim: Simulation) -> None:
+        b2 = sim.backends["b2"]
+        if sim.now < 2 * (BACKEND_TIMEOUT + PROBE_INTERVAL) + 0.3:
+            return  # after the takeover's disturbance: the truthfulness check applies
+        for s in sim.servers.values():
+            p = s.leader._products.get(KEY) if s.leader is not None else None
+            if p is None or s.leader is None or s.leader.role != Role.ACTIVE:
+                continue
+            pending = [p.log.get(q, ()) for q in range(p.committed + 1, p.seq + 1)]
+            if any(isinstance(op, Grant) for ops in pending for op in ops) and p.seats() > 4:
+                sim.crash_backend(b2, "stops for good mid-update (a grant above b3's LQ)")
+                sim.on_step = None
+                return
+
+    sim.on_step = script
+    sim.run(faults=False)
+    return sim
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.sim.simulation import InvariantViolation, Simulation
+from tests.sim.simulation import InvariantViolation, Simulation, stop_mid_update
 from tmr import replication
 from tmr.replication import admission, backends, floors, productlog, takeover
 from tmr.replication import leader as leader_mod
@@ -181,12 +181,17 @@ def test_simulation_catches_an_admin_release_answered_before_its_commit(
     original = leader_mod.Leader._reply_when
 
     def early(
-        self: leader_mod.Leader, p: Any, seq: int, reply: leader_mod.ClientReply, fx: Any
+        self: leader_mod.Leader,
+        p: Any,
+        seq: int,
+        reply: leader_mod.ClientReply,
+        fx: Any,
+        grant: str = "",
     ) -> None:
         if reply.token == "admin":
             fx.replies.append(reply)
         else:
-            original(self, p, seq, reply, fx)
+            original(self, p, seq, reply, fx, grant)
 
     monkeypatch.setattr(leader_mod.Leader, "_reply_when", early)
     caught = list(violations_within(30))
@@ -244,3 +249,28 @@ def test_simulation_catches_a_leader_that_grants_out_of_queue_order(
     with pytest.raises(InvariantViolation, match="Q1"):
         for seed in range(40):
             Simulation(seed).run()
+
+
+def test_a_backend_stopping_mid_update_under_a_refused_grant_is_served() -> None:
+    """docs/design.md §6: a grant above b3's LQ is in flight when b2 stops for good; b1 and b3
+    are good, so the leader aborts the grant and serves every request (QUORUM_LOST would be
+    caught by `check_truthful`, silence by `check_answers`)."""
+    for seed in range(10):
+        sim = stop_mid_update(seed)
+        assert not sim.backends["b2"].up, f"seed {seed}: the scenario did not happen"
+        assert sim.stats["aborted"] > 0, seed
+        assert "err_QUORUM_LOST" not in sim.stats, (seed, sim.stats)
+        assert sim.stats["releases"] > 0 and sim.stats["checkouts"] > 0, (seed, sim.stats)
+
+
+def test_simulation_catches_a_leader_that_does_not_abort(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the abort, the same scenario leaves releases and checkouts behind the refused
+    grant: QUORUM_LOST while b1 and b3 are good (or no answer), caught."""
+    monkeypatch.setattr(leader_mod.Leader, "_abort_refused", lambda self, now, fx: None)
+    caught = []
+    for seed in range(3):
+        try:
+            stop_mid_update(seed)
+        except InvariantViolation as exc:
+            caught.append(str(exc))
+    assert any("were good and undisturbed" in c for c in caught), caught

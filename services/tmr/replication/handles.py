@@ -67,6 +67,13 @@ class HandleIndex:
         if len(self._released) > RECENT_RELEASED:
             self._released.popitem(last=False)
 
+    def abort(self, handle: str, request: Request) -> None:
+        """Its grant was aborted before any answer (`productlog.abort_grants`): forgotten, and
+        a retry of `request` is a fresh admission."""
+        self._key.pop(handle, None)
+        if self._by_request.get(request) == handle:
+            del self._by_request[request]
+
     def forget(self, handle: str) -> None:
         """Its release committed."""
         del self._key[handle]

@@ -256,6 +256,7 @@ class Leader:
             self._expire(now, fx)
             self._drop_queued(now, fx)
         if self.role == Role.ACTIVE:
+            self._abort_refused(now, fx)
             self._answer_overdue(now, fx)
         if self.role == Role.ACTIVE and now >= self._next_floor_scan:
             self._next_floor_scan = now + FLOOR_SCAN
@@ -357,7 +358,7 @@ class Leader:
             p = self._products[key_held]
             rec = p.handles[existing]
             reply = ClientReply(token, rid, self._grant_result(rec, now))
-            self._reply_when(p, p.grant_seq.get(existing, 0), reply, fx)
+            self._reply_when(p, p.grant_seq.get(existing, 0), reply, fx, grant=existing)
             self._auto_pump(now, fx)
             return fx
         if self._handles.was_released((owner, client_id, rid)):
@@ -422,7 +423,8 @@ class Leader:
         p.grant_seq[handle] = seq
         self._handles.add(handle, key, (owner, client_id, rid))
         self._leases.grant(handle, now)
-        self._reply_when(p, seq, ClientReply(token, rid, self._grant_result(rec, now)), fx)
+        reply = ClientReply(token, rid, self._grant_result(rec, now))
+        self._reply_when(p, seq, reply, fx, grant=handle)
         fx.events.append(
             {
                 "event": "handle_granted",
@@ -1067,9 +1069,11 @@ class Leader:
         )
         return seq
 
-    def _reply_when(self, p: Product, seq: int, reply: ClientReply, fx: Effects) -> None:
+    def _reply_when(
+        self, p: Product, seq: int, reply: ClientReply, fx: Effects, grant: str = ""
+    ) -> None:
         deadline = self._now + self.cfg.backend_timeout + self.cfg.probe_interval
-        productlog.reply_when(p, seq, reply, deadline, fx)
+        productlog.reply_when(p, seq, reply, deadline, fx, grant)
 
     def _answer_overdue(self, now: float, fx: Effects) -> None:
         """A client waits at most backend_timeout (a resend after a lost message included)
@@ -1078,6 +1082,48 @@ class Leader:
         the same request id gets its outcome)."""
         for p in self._products.values():
             productlog.answer_overdue(p, now, partial(self._overdue_message, p), fx)
+
+    def _abort_refused(self, now: float, fx: Effects) -> None:
+        """Abort grants whose commit is in doubt and that an up backend with a valid copy
+        refused (above its own LQ, docs/design.md §6), when the backends that did not refuse
+        are too few for a quorum (the other one is down), or the first uncommitted entry has
+        waited half of backend_timeout (the rest of the clients' wait bound is for the
+        abort's round): `productlog.abort_grants`."""
+        for p in self._products.values():
+            if p.committed < 0 or p.seq <= p.committed or p.abort is not None:
+                continue
+            good = [b for b in self.backends if b.up and b.holds(p.key)]
+            good = [b for b in good if not self._below_floor(b, p.key)]
+            refusers = [b for b in good if p.refused.get(b.name, -1) > p.committed]
+            if not refusers:
+                continue
+            waited = now - p.formed.get(p.committed + 1, now)
+            if len(good) - len(refusers) >= QUORUM and waited < self.cfg.backend_timeout / 2:
+                continue
+            names = ", ".join(b.name for b in refusers)
+            lq = min(b.licenses[p.key].quantity for b in refusers)
+
+            def message(used: int, p: Product = p, names: str = names, lq: int = lq) -> str:
+                return (
+                    f"no seat of {key_str(p.key)} for this request: {names} refused it (LQ "
+                    f"{lq} there, {used} seats in use) and the backends with a higher LQ did "
+                    f"not acknowledge it ({productlog.commit_state(p, self.backends)})"
+                )
+
+            aborted = productlog.abort_grants(p, refusers, self.backends, now, message, fx)
+            for h, rec in aborted.items():
+                self._handles.abort(h, (rec.owner, rec.client_id, rec.request_id))
+                self._leases.drop(h)
+            if aborted:
+                fx.events.append(
+                    {
+                        "event": "grants_aborted",
+                        "license": key_str(p.key),
+                        "handles": sorted(aborted),
+                        "seq": p.seq,
+                        "refused_by": [b.name for b in refusers],
+                    }
+                )
 
     def _overdue_message(self, p: Product) -> str:
         return (
@@ -1097,7 +1143,7 @@ class Leader:
         if self.role == Role.TAKEOVER and self._phase != Phase.SYNC:
             return
         for p in self._products.values():
-            productlog.flush(p)
+            productlog.flush(p, now)
         for b in self.backends:
             if not b.up or "snapshot" in b.inflight.values():
                 continue
@@ -1277,17 +1323,24 @@ class Leader:
     ) -> None:
         if out.kind != "repl" or msg.epoch != self.epoch:
             return
-        b.inflight.pop(msg.mid, None)
+        kind = b.inflight.pop(msg.mid, None)
         b.confirmed_at = max(b.confirmed_at, out.sent_at)
         backends.set_caught_up(b, True, now)
         for key, res in msg.results.items():
+            p = self._products.get(key)
             if res.status == EntryStatus.OK:
-                b.acked[key] = max(b.acked.get(key, -1), res.seq)
+                seq = productlog.acked_seq(p, res.seq) if p is not None else res.seq
+                b.acked[key] = max(b.acked.get(key, -1), seq)
                 b.refusal.pop(key, None)
+                if p is not None and seq >= p.refused.get(b.name, seq + 1):
+                    del p.refused[b.name]  # it took the entry it had refused
             else:
                 b.acked.pop(key, None)
                 b.sent.pop(key, None)
                 if res.status == EntryStatus.REFUSED:
+                    if kind == "accept" and p is not None:
+                        # Its log is at res.seq in this epoch; it refused the entry after it.
+                        p.refused[b.name] = res.seq + 1
                     b.refused_until[key] = now + self.cfg.refuse_retry
                     if b.refusal.get(key) != res.reason:
                         fx.events.append(

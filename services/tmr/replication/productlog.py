@@ -5,11 +5,14 @@ leader's epoch. Ops queue (`propose`) while an entry is uncommitted and go toget
 next entry (`flush`, group commit); up to `PIPELINE` entries are in flight once
 `PIPELINE_MIN_OPS` ops wait. An entry commits with two durable acks (`recommit`); only then
 are the clients waiting on it answered (`reply_when`, `answer_overdue`). `next_message` is
-what one backend lacks: a snapshot, the next entries, or a commit notice.
+what one backend lacks: a snapshot, the next entries, or a commit notice. `abort_grants`
+aborts grants whose commit is in doubt and that a backend refused (docs/design.md §6): a
+snapshot at the next seq without them supersedes the entries that hold them.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -18,7 +21,17 @@ from tmr.licensing.effective import QUORUM
 from tmr.replication.backends import Backend
 from tmr.replication.effects import ClientReply, Effects
 from tmr.replication.messages import Accept, AcceptEntry, Snapshot, SnapshotEntry
-from tmr.replication.types import NO_FLOOR, Epoch, Floor, HandleRecord, Op, ProductKey, Version
+from tmr.replication.types import (
+    NO_FLOOR,
+    Epoch,
+    Floor,
+    Grant,
+    HandleRecord,
+    Op,
+    ProductKey,
+    Release,
+    Version,
+)
 
 MAX_ENTRY_OPS = 4096  # cap of ops in one log entry (keeps messages well under frame limits)
 PIPELINE = 4  # uncommitted log entries per product, and ACCEPTs in flight per backend
@@ -35,6 +48,7 @@ class Waiter:
     seq: int
     reply: ClientReply
     deadline: float  # answered QUORUM_LOST if its entry has not committed by then
+    grant: str = ""  # the handle whose grant this reply announces (a checkout)
 
 
 @dataclass
@@ -58,6 +72,12 @@ class Product:
     # The table adopted at takeover is committed state: a promise said its version was
     # committed, so entry 0 goes out as a committed snapshot (recorded above a backend's LQ).
     adopted_committed: bool = False
+    # Aborting grants in doubt (`abort_grants`, docs/design.md §6):
+    formed: dict[int, float] = field(default_factory=dict)  # uncommitted seq -> when formed
+    refused: dict[str, int] = field(default_factory=dict)  # backend -> seq of the entry it refused
+    void: dict[int, int] = field(default_factory=dict)  # aborted seq -> committed seq then
+    # The abort's snapshot (seq, table) until it commits: sent as a proposal.
+    abort: tuple[int, tuple[HandleRecord, ...]] | None = None
 
     def seats(self) -> int:
         return self.used
@@ -87,12 +107,16 @@ def propose(p: Product, op: Op) -> int:
     return p.seq + 1 + (len(p.pending) - 1) // MAX_ENTRY_OPS
 
 
-def reply_when(p: Product, seq: int, reply: ClientReply, deadline: float, fx: Effects) -> None:
-    """Answer now if entry `seq` is committed, else once it commits (or at `deadline`)."""
+def reply_when(
+    p: Product, seq: int, reply: ClientReply, deadline: float, fx: Effects, grant: str = ""
+) -> None:
+    """Answer now if entry `seq` is committed, else once it commits (or at `deadline`).
+    `grant`: the handle a checkout's reply announces (if its grant is aborted, `abort_grants`
+    answers instead)."""
     if seq <= p.committed:
         fx.replies.append(reply)
     else:
-        p.waiters.append(Waiter(seq, reply, deadline))
+        p.waiters.append(Waiter(seq, reply, deadline, grant))
 
 
 def answer_overdue(p: Product, now: float, message: Callable[[], str], fx: Effects) -> None:
@@ -130,7 +154,7 @@ def commit_state(p: Product, backends: Sequence[Backend]) -> str:
     return f"committed {p.committed}, last {p.seq}; " + ", ".join(out)
 
 
-def flush(p: Product) -> None:
+def flush(p: Product, now: float) -> None:
     """Turn pending ops into the next log entry: at once if every entry is committed;
     behind uncommitted ones (at most PIPELINE) only with PIPELINE_MIN_OPS ops or more."""
     if not p.pending or p.committed < 0:
@@ -141,6 +165,7 @@ def flush(p: Product) -> None:
     ops, p.pending = tuple(p.pending[:MAX_ENTRY_OPS]), p.pending[MAX_ENTRY_OPS:]
     p.seq += 1
     p.log[p.seq] = ops
+    p.formed[p.seq] = now
 
 
 def recommit(p: Product, backends: Sequence[Backend], fx: Effects) -> tuple[int, list[str]]:
@@ -164,6 +189,11 @@ def recommit(p: Product, backends: Sequence[Backend], fx: Effects) -> tuple[int,
             p.released_by.pop(h, None)
             p.grant_seq.pop(h, None)
             gone.append(h)
+    for s in [s for s in p.formed if s <= new]:
+        del p.formed[s]
+    p.refused = {name: s for name, s in p.refused.items() if s > new}
+    if p.abort is not None and p.abort[0] <= new:
+        p.abort = None
     # Trim the log: entries every synced backend has are no longer needed for resends.
     floor = min(acks)
     for s in [s for s in p.log if s <= floor]:
@@ -226,7 +256,7 @@ def next_message(
     """What backend `b` lacks, as one message: a snapshot, or the next entries (pipelined),
     or a commit notice; with its kind and the seq sent per product (None: nothing now)."""
     snap: list[SnapshotEntry] = []  # committed state
-    proposals: list[SnapshotEntry] = []  # entry 0 of a takeover, not committed yet
+    proposals: list[SnapshotEntry] = []  # entry 0 of a takeover or an abort: not committed
     entries: list[AcceptEntry] = []
     sent: dict[ProductKey, int] = {}
     commits: list[tuple[ProductKey, int]] = []  # committed seqs it was not told yet
@@ -238,6 +268,12 @@ def next_message(
         if p.key not in b.licenses or now < b.refused_until.get(p.key, float("-inf")):
             continue
         acked = b.acked.get(p.key)
+        if p.abort is not None and acked is not None and p.committed <= acked < p.abort[0]:
+            # An abort's snapshot (`abort_grants`): the table without the aborted grants, at
+            # the seq after them, a proposal each backend checks against its own LQ.
+            seq, table = p.abort
+            proposals.append(SnapshotEntry(p.key, seq, table, p.floor))
+            continue
         if (
             acked is None
             or (acked < p.seq and (acked + 1) not in p.log)
@@ -254,9 +290,11 @@ def next_message(
         if below_floor(b, p.key):
             continue  # seeded: no entries until it holds a copy at or above the floors
         start = max(acked, b.sent.get(p.key, acked)) + 1
-        entries.extend(AcceptEntry(p.key, seq, p.log[seq]) for seq in range(start, p.seq + 1))
-        if start <= p.seq:
-            sent[p.key] = p.seq
+        # Up to an aborted seq (`abort_grants`): the abort's snapshot follows once it has these.
+        seqs = list(itertools.takewhile(p.log.__contains__, range(start, p.seq + 1)))
+        entries.extend(AcceptEntry(p.key, seq, p.log[seq]) for seq in seqs)
+        if seqs:
+            sent[p.key] = seqs[-1]
     if snap or proposals or first_snapshot:
         if b.inflight:
             return None  # a snapshot waits until the pipelined ACCEPTs are answered
@@ -271,3 +309,94 @@ def next_message(
         # A commit notice (an ACCEPT without entries): see `notify_commits`.
         return Accept(new_mid(), epoch, (), tuple(commits)), "accept", sent
     return None
+
+
+def acked_seq(p: Product, seq: int) -> int:
+    """The seq an acknowledgement of `seq` counts as: an aborted seq counts only as the
+    committed seq before it (the abort's snapshot supersedes it, `abort_grants`)."""
+    return p.void.get(seq, seq)
+
+
+def abort_grants(
+    p: Product,
+    refusers: Sequence[Backend],
+    backends: Sequence[Backend],
+    now: float,
+    message: Callable[[int], str],
+    fx: Effects,
+) -> dict[str, HandleRecord]:
+    """Abort the uncommitted grants above the LQ of the backends that refused them (up, with
+    a valid copy): propose, at the next seq, the committed table plus the uncommitted and
+    pending ops without those grants (releases, floors and grants within that LQ kept, in
+    order). Each refusing backend takes it (it adds no seat above its LQ beyond its own
+    count), and it commits with any two backends.
+
+    Safe because no client was told OK for an uncommitted grant: the aborted grants' waiting
+    clients are told NO_LICENSE_AVAILABLE here (`message(seats in use)`), and an
+    acknowledgement of an aborted seq counts only as the committed seq (`acked_seq`), so
+    none is answered later. The snapshot's higher seq supersedes the aborted entries even
+    where a quorum accepted them: a new leader adopts the highest version among a quorum of
+    promises, which includes a backend that took the snapshot if it committed. Returns the
+    aborted handles (the caller forgets their request ids and leases); none: nothing done."""
+    lq = min(b.licenses[p.key].quantity for b in refusers)
+    base = p.committed
+    table = {r.handle: r for r in p.handles_committed()}
+    used = sum(r.seats for r in table.values())
+    ops = [op for s in range(base + 1, p.seq + 1) for op in p.log.get(s, ())] + p.pending
+    aborted: dict[str, HandleRecord] = {}
+    for op in ops:
+        if isinstance(op, Grant):
+            rec = op.record
+            if rec.handle in table:
+                continue
+            if used + rec.seats > lq:
+                aborted[rec.handle] = rec
+                continue
+            table[rec.handle] = rec
+            used += rec.seats
+        elif isinstance(op, Release):
+            gone = table.pop(op.handle, None)
+            used -= gone.seats if gone is not None else 0
+    if not aborted:
+        return aborted
+    seq = p.seq + 1
+    for s in range(base + 1, p.seq + 1):
+        p.void[s] = base
+        p.log.pop(s, None)
+        p.formed.pop(s, None)
+    p.pending = []
+    p.seq = seq
+    p.formed[seq] = now
+    p.abort = (seq, tuple(table.values()))
+    for h in aborted:
+        p.pop(h)
+        p.grant_seq.pop(h, None)
+    p.grant_seq.update({h: seq for h, s in p.grant_seq.items() if s > base})
+    p.releasing.update({h: seq for h, s in p.releasing.items() if s > base})
+    if p.floor_seq > base:
+        p.floor_seq = seq
+    for b in backends:
+        b.sent.pop(p.key, None)
+        acked = b.acked.get(p.key)
+        if acked is not None and acked > base:
+            b.acked[p.key] = base
+    for b in refusers:
+        # It refused the entry after its log's seq in this epoch: it holds that seq.
+        if p.refused[b.name] - 1 >= base:
+            b.acked[p.key] = max(b.acked.get(p.key, -1), base)
+        b.refused_until.pop(p.key, None)
+    p.refused.clear()
+    text = message(used)
+    keep = []
+    for w in p.waiters:
+        if w.grant in aborted:
+            fx.replies.append(
+                ClientReply(
+                    w.reply.token, w.reply.rid, error=ErrorCode.NO_LICENSE_AVAILABLE, message=text
+                )
+            )
+            continue
+        w.seq = seq if w.seq > base else w.seq
+        keep.append(w)
+    p.waiters = keep
+    return aborted
