@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal, Self, TypeAlias, cast
@@ -78,6 +79,7 @@ MESSAGE_MAX: Final = 1024
 CryptOperation: TypeAlias = Literal["encrypt", "decrypt", "hmac"]
 CRYPT_OPERATIONS: Final[frozenset[str]] = frozenset({"encrypt", "decrypt", "hmac"})
 
+_FLOAT_MAX: Final = sys.float_info.max
 _RID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
@@ -205,6 +207,9 @@ class _Wire:
 
     __slots__ = ()
     _what: ClassVar[str] = "result"
+    # Every field a wire scalar (no nested result, array or map, no ``extra``): `to_wire`
+    # copies the fields as they are.
+    _flat: ClassVar[bool] = False
 
     @classmethod
     def _names(cls) -> tuple[str, ...]:
@@ -237,6 +242,8 @@ class _Wire:
 
     def to_wire(self) -> dict[str, Any]:
         """The map sent on the wire."""
+        if self._flat:
+            return {name: getattr(self, name) for name in self._names()}
         out: dict[str, Any] = {}
         extra = getattr(self, "extra", None)
         if extra:
@@ -276,8 +283,35 @@ class CheckoutResult(_Wire):
     lease: float
     tmr_id: int
     _what: ClassVar[str] = "checkout result"
+    _flat: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
+        # The server builds one per checkout: one test for the usual case, the field by
+        # field checks (and their messages) only when it fails.
+        h, firm, product, seats, lease, tmr_id = (
+            self.handle,
+            self.firm,
+            self.product,
+            self.seats,
+            self.lease,
+            self.tmr_id,
+        )
+        if (
+            type(h) is str
+            and 0 < len(h) <= HANDLE_MAX
+            and h.isprintable()
+            and type(firm) is int
+            and FIRM_CODE_MIN <= firm <= FIRM_CODE_MAX
+            and type(product) is int
+            and 0 <= product <= PRODUCT_CODE_MAX
+            and type(seats) is int
+            and 1 <= seats <= SEATS_MAX
+            and type(lease) is float
+            and 0.0 <= lease <= _FLOAT_MAX
+            and type(tmr_id) is int
+            and tmr_id >= 0
+        ):
+            return
         _check_str("handle", self.handle, 1, HANDLE_MAX, printable=True)
         _check_int("firm", self.firm, FIRM_CODE_MIN, FIRM_CODE_MAX)
         _check_int("product", self.product, 0, PRODUCT_CODE_MAX)
@@ -292,6 +326,7 @@ class HeartbeatResult(_Wire):
 
     lease: float
     _what: ClassVar[str] = "heartbeat result"
+    _flat: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _set(self, "lease", _check_float("lease", self.lease, lo=0.0))
@@ -303,6 +338,7 @@ class ReleaseResult(_Wire):
 
     released: bool
     _what: ClassVar[str] = "release result"
+    _flat: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_bool("released", self.released)
@@ -318,6 +354,7 @@ class CryptResult(_Wire):
     data: bytes
     backend: str
     _what: ClassVar[str] = "crypt result"
+    _flat: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _set(self, "data", _check_bytes("data", self.data, MAX_REPLY_SIZE))
@@ -502,6 +539,7 @@ class AdminReleaseResult(_Wire):
     host: str
     pid: int
     _what: ClassVar[str] = "admin release result"
+    _flat: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _check_bool("released", self.released)
