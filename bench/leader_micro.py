@@ -15,12 +15,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from tmr.protocol.results import CheckoutResult
 from tmr.replication.acceptor import Acceptor, AcceptorState
 from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig
 from tmr.replication.types import ZERO_EPOCH, LicenseInfo
 
 NAMES = ("b1", "b2", "b3")
-KEY = (1, 1)
+KEY = (6_000_001, 1)  # a firm code a client accepts (the results are checked)
 KEYS = tuple(f"{i:02x}" * 32 for i in (1, 2, 3))  # each backend's CURVE public key (hex)
 
 
@@ -73,10 +74,10 @@ def run(cycles: int, batch: int) -> float:
     for start in range(0, cycles, batch):
         fx = Effects()
         for i in range(start, min(start + batch, cycles)):
-            fx.extend(call(leader.checkout, "t", f"r{i}", f"c{i}", 1, 1, 1, now, owner="k"))
+            fx.extend(call(leader.checkout, "t", f"r{i}", f"c{i}", *KEY, 1, now, owner="k"))
         fx.extend(call(leader.pump, now))
         deliver(fx)
-    handles = [(r.rid, str(r.result["handle"])) for r in replies if r.result is not None]
+    handles = [(r.rid, r.result.handle) for r in replies if isinstance(r.result, CheckoutResult)]
     pending = handles
     for start in range(0, len(pending), batch):
         fx = Effects()

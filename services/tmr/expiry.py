@@ -46,15 +46,16 @@ def with_expiry(
 ) -> list[dict[str, Any]]:
     """Copies of the license entries (each with an ``expires`` UNIX time or None) with
     ``days_left`` (rounded to 0.01 day) and ``expiry`` added."""
-    out = []
-    for lic in licenses:
-        expires = lic.get("expires")
-        left = days_left(expires, now_wall)
-        out.append(
-            {
-                **lic,
-                "days_left": None if left is None else round(left, 2),
-                "expiry": expiry_state(expires, now_wall, warning_days).value,
-            }
-        )
-    return out
+    return [
+        {**lic, **expiry_fields(lic.get("expires"), now_wall, warning_days)} for lic in licenses
+    ]
+
+
+def expiry_fields(expires: float | None, now_wall: float, warning_days: float) -> dict[str, Any]:
+    """``days_left`` (rounded to 0.01 day) and ``expiry`` of a license expiring at
+    ``expires``: what the server adds to each license entry."""
+    left = days_left(expires, now_wall)
+    return {
+        "days_left": None if left is None else round(left, 2),
+        "expiry": expiry_state(expires, now_wall, warning_days).value,
+    }

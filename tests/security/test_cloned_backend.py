@@ -149,7 +149,7 @@ def test_the_real_trio_serves_its_set(tmp_path: Path, vendor_set: Any) -> None:
     trio = Trio(reports, [h.key_hex for h in hosts])
     assert trio.checkout(30).ok
     lic = trio.license()
-    assert (lic["available"], lic["status"], lic["reason"]) == (True, "1:#8 2:#8 3:#8", None)
+    assert (lic.available, lic.status, lic.reason) == (True, "1:#8 2:#8 3:#8", None)
 
 
 def test_one_backend_cloned_onto_three_hosts_gets_no_quorum(
@@ -165,8 +165,8 @@ def test_one_backend_cloned_onto_three_hosts_gets_no_quorum(
     reply = trio.checkout(1)
     assert reply.error == ErrorCode.QUORUM_LOST and "CLONED_COPY" in reply.message
     lic = trio.license()
-    assert (lic["available"], lic["tmr_id"], lic["quantity"]) == (False, None, 0)
-    assert (lic["status"], lic["reason"]) == ("1:(#8) 2:!#8 3:!#8", "CLONED_COPY")
+    assert (lic.available, lic.tmr_id, lic.quantity) == (False, None, 0)
+    assert (lic.status, lic.reason) == ("1:(#8) 2:!#8 3:!#8", "CLONED_COPY")
     problems = [
         b["licenses"][f"{FIRM}:{PRODUCT}"]["problem"] for b in trio.leader.status()["backends"]
     ]
@@ -185,7 +185,7 @@ def test_clones_of_two_copies_plus_a_stray_do_not_add_up(tmp_path: Path, vendor_
     ]
     trio = Trio(reports, [hosts[0].key_hex, hosts[0].key_hex, hosts[1].key_hex])
     lic = trio.license()
-    assert (lic["status"], lic["reason"]) == ("1:#8 2:!#8 3:#8", "CLONED_COPY")
+    assert (lic.status, lic.reason) == ("1:#8 2:!#8 3:#8", "CLONED_COPY")
 
 
 def test_a_copy_presented_by_another_key_is_not_counted(tmp_path: Path, vendor_set: Any) -> None:
@@ -199,8 +199,8 @@ def test_a_copy_presented_by_another_key_is_not_counted(tmp_path: Path, vendor_s
     reply = trio.checkout(1)
     assert reply.error == ErrorCode.QUORUM_LOST
     lic = trio.license()
-    assert (lic["available"], lic["reason"]) == (False, "WRONG_BACKEND_KEY")
-    assert lic["status"] == "1:(#8) 2:!#8 3:-"
+    assert (lic.available, lic.reason) == (False, "WRONG_BACKEND_KEY")
+    assert lic.status == "1:(#8) 2:!#8 3:-"
 
 
 def test_the_operator_sees_the_clone_everywhere(tmp_path: Path, vendor_set: Any) -> None:

@@ -56,8 +56,8 @@ from tmr.replication.messages import (
     Status,
 )
 from tmr.replication.types import (
-    BELOW_FLOOR,
     ZERO_EPOCH,
+    CopyReason,
     Epoch,
     Floor,
     Grant,
@@ -177,7 +177,7 @@ def test_deleting_the_installed_table_does_not_bring_an_older_copy_back(
     b.copies[8].unlink()
     svc = start(b, running)
     lic = reported(svc)
-    assert (lic.tmr_id, lic.valid, lic.reason) == (7, False, BELOW_FLOOR)
+    assert (lic.tmr_id, lic.valid, lic.reason) == (7, False, CopyReason.BELOW_FLOOR)
     rec = HandleRecord("h1", FIRM, PRODUCT, 15, "c", "r1", NOW)
     refused = ask(svc, Accept(3, E1, (AcceptEntry(KEY, 1, (Grant(rec),)),)))
     assert isinstance(refused, Accepted)
@@ -238,7 +238,7 @@ def test_two_backends_rolled_back_one_after_the_other_never_serve_the_older_copy
     for name in ("b1", "b2", "b3"):
         h.set_license(name, V8, KEY)
         h.advance(1.5)
-    assert h.leader.licenses_view()[0]["tmr_id"] == 8
+    assert h.leader.licenses_view()[0].tmr_id == 8
     assert all(a.state.products[KEY].floor.tmr_id == 8 for a in h.acceptors.values())
     # Today's attack, on b1 then b3: each wiped and restarted with #7 (LQ 20).
     first = wipe(h, "b1", V7)
@@ -249,7 +249,7 @@ def test_two_backends_rolled_back_one_after_the_other_never_serve_the_older_copy
         reply = h.call("checkout", f"r{n + 2}", "c2", KEY[0], KEY[1], 1)
         assert reply.error == ErrorCode.QUORUM_LOST  # not #7's 20 seats
     (entry,) = h.leader.licenses_view()
-    assert entry["tmr_id"] is None and entry["floor"]["tmr_id"] == 8
+    assert entry.tmr_id is None and entry.extra["floor"]["tmr_id"] == 8
     refused = {b["name"]: b["refused"] for b in h.leader.status()["backends"]}
     assert "below floor" in str(refused["b1"]) + str(h.leader.status()["backends"][0]["licenses"])
 

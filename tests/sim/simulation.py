@@ -31,6 +31,7 @@ from typing import Any
 from tmr.errors import ErrorCode
 from tmr.policy import EMPTY as EMPTY_POLICY
 from tmr.policy import Policy, parse_policy
+from tmr.protocol.results import AdminReleaseResult, CheckoutResult
 from tmr.replication.acceptor import Acceptor, AcceptorState, Step, Write, apply_write
 from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig, Role
 from tmr.replication.types import (
@@ -417,7 +418,7 @@ class Simulation:
         # the floor committed then, and no committed grant is answered under one below the
         # committed floor: a backend restored to an older copy never sets the LQ.
         result = reply.result if reply.ok else None
-        if not result or "seats" not in result:
+        if not isinstance(result, CheckoutResult):
             return
         admitted = self.admitted.get((s.name, reply.token, reply.rid))
         if admitted is not None and admitted[0] < admitted[1]:
@@ -429,9 +430,9 @@ class Simulation:
         # server (the seats were granted then; the retry grants none).
         first = admitted or self.first_admitted.get((reply.token, reply.rid))
         floor = self.committed_floor if first is None else first[1]
-        if 0 < result["tmr_id"] < floor:  # 0: not available when answered
+        if 0 < result.tmr_id < floor:  # 0: not available when answered
             self.fail(
-                f"I11: {s.name} granted under #{result['tmr_id']}, "
+                f"I11: {s.name} granted under #{result.tmr_id}, "
                 f"below the floor #{floor} committed when it was admitted"
             )
 
@@ -566,8 +567,8 @@ class Simulation:
 
     def check_client_reply(self, s: ServerNode, reply: ClientReply) -> None:
         # I5: a grant is acknowledged only once two backends hold it durably.
-        if reply.ok and reply.result and "handle" in reply.result and "seats" in reply.result:
-            h = reply.result["handle"]
+        if reply.ok and isinstance(reply.result, CheckoutResult):
+            h = reply.result.handle
             if self.durable_holders(h) < 2:
                 self.fail(f"I5: {s.name} acknowledged {h} with fewer than 2 durable copies")
 
@@ -938,8 +939,8 @@ class Simulation:
                 c.sent_at = now
                 return
             if reply.ok:
-                assert reply.result is not None
-                h = reply.result["handle"]
+                assert isinstance(reply.result, CheckoutResult)
+                h = reply.result.handle
                 prev = self.rid_handles.setdefault((c.cid, c.rid), h)
                 if prev != h:
                     self.fail(f"I8: request {c.rid} got two handles {prev} and {h}")
@@ -1097,8 +1098,8 @@ class Simulation:
         if not reply.ok:
             self.note(f"{s.name}: admin release {reply.rid}: {reply.error}")
             return
-        assert reply.result is not None and s.leader is not None
-        handle = reply.result["handle"]
+        assert isinstance(reply.result, AdminReleaseResult) and s.leader is not None
+        handle = reply.result.handle
         holding = [b for b in BACKENDS if handle in self.backends[b].store.state.products.get(
             KEY, ProductLog()).handles]  # fmt: skip
         if len(BACKENDS) - len(holding) < 2:

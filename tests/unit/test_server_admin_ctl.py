@@ -14,8 +14,11 @@ import pytest
 from tmr.config import BackendRef, ServerConfig
 from tmr.ctl import CtlError
 from tmr.keys import generate_keypair, write_keypair
+from tmr.protocol.client_api import AdminReleaseResult
 from tmr.replication.leader import ClientReply, Effects
 from tmr.server.service import ADMIN_CTL_WAIT, ServerService
+
+RELEASED_H1 = AdminReleaseResult(True, "h1-tmr-a-x", 6000123, 42, 1, "ann", "ws1", 7)
 
 
 class FakeCtl:
@@ -91,7 +94,7 @@ def test_a_leader_that_does_not_answer_times_out_and_its_late_answer_is_dropped(
     assert not svc.ctl_server.pending
     # The late answer (the socket may be serving another request by now) is dropped.
     late = Effects()
-    late.replies.append(ClientReply(tokens[0], "ctl", {"released": True}))
+    late.replies.append(ClientReply(tokens[0], "ctl", RELEASED_H1))
     svc.apply(late)
     assert len(_sent(svc)) == 1
 
@@ -105,11 +108,12 @@ def test_the_answer_goes_to_the_socket_once(
     )
     svc.ctl_server.handle({"cmd": "release", "handle": "h1-tmr-a-x"}, 10.0)
     done = Effects()
-    done.replies.append(ClientReply(tokens[0], "ctl", {"released": True, "handle": "h1-tmr-a-x"}))
+    done.replies.append(ClientReply(tokens[0], "ctl", RELEASED_H1))
     svc.apply(done)
     svc.apply(done)  # a duplicate is dropped
     svc._ctl_admin_overdue(10.0 + 2 * ADMIN_CTL_WAIT)  # nothing overdue any more
-    assert _sent(svc) == [{"ok": True, "released": True, "handle": "h1-tmr-a-x"}]
+    assert _sent(svc) == [{"ok": True, **RELEASED_H1.to_wire()}]
+    assert _sent(svc)[0]["released"] is True and _sent(svc)[0]["handle"] == "h1-tmr-a-x"
 
 
 def test_the_queue_command_lists_the_leaders_queue(

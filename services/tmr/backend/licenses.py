@@ -29,15 +29,20 @@ from tmr.licensing import (
     read_copy,
     verify_copy,
 )
-from tmr.replication.types import BELOW_FLOOR, LicenseInfo, ProductKey
+from tmr.replication.types import CopyReason, LicenseInfo, ProductKey
 
-TIME_REASONS = {
-    LicenseReason.EXPIRED: "expired",
-    LicenseReason.CLOCK_ROLLBACK: "clock rollback",
+# The licensing refusals (`LicenseReason`, why a file is refused) that leave an authentic copy
+# reported as present but not valid, and the `CopyReason` it is reported with: time reasons,
+# and a copy below the highest TMR ID installed or the trio's replicated floor (shown, not
+# silently dropped).
+TIME_REASONS: dict[LicenseReason, CopyReason] = {
+    LicenseReason.EXPIRED: CopyReason.EXPIRED,
+    LicenseReason.CLOCK_ROLLBACK: CopyReason.CLOCK_ROLLBACK,
 }
-# Authentic copies reported as present but not valid: time reasons, and a copy below the
-# highest TMR ID installed or the trio's replicated floor (shown, not silently dropped).
-UNUSABLE_REASONS = {**TIME_REASONS, LicenseReason.ROLLBACK: BELOW_FLOOR}
+UNUSABLE_REASONS: dict[LicenseReason, CopyReason] = {
+    **TIME_REASONS,
+    LicenseReason.ROLLBACK: CopyReason.BELOW_FLOOR,
+}
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ class UnusableCopy:
     quantity: int
     expires: float | None
     features: tuple[tuple[str, str], ...]
-    reason: str
+    reason: CopyReason
     path: Path
 
 
@@ -86,11 +91,13 @@ def features_of(features: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
 
 
 def installed_info(lic: InstalledLicense, clock: ClockGuard) -> LicenseInfo:
-    valid, reason = True, ""
+    valid, reason = True, CopyReason.NONE
     try:
         clock.check_expiry(lic.expires)
     except LicenseError as exc:
-        valid, reason = False, TIME_REASONS.get(exc.reason, exc.reason.value.lower())
+        if exc.reason not in TIME_REASONS:  # check_expiry raises only these
+            raise
+        valid, reason = False, TIME_REASONS[exc.reason]
     return LicenseInfo(
         lic.tmr_id,
         lic.quantity,
@@ -131,7 +138,7 @@ def load_license_view(
         if found is None:
             continue
         key, copy = found
-        old = copy.tmr_id < installed_tmr_ids.get(key, 0) and reason != BELOW_FLOOR
+        old = copy.tmr_id < installed_tmr_ids.get(key, 0) and reason is not CopyReason.BELOW_FLOOR
         if key in view.installed or old:
             continue
         best = view.unusable.get(key)
@@ -141,7 +148,7 @@ def load_license_view(
 
 
 def _authentic_copy(
-    path: Path, keyring: VendorKeyring, fingerprint: str, reason: str
+    path: Path, keyring: VendorKeyring, fingerprint: str, reason: CopyReason
 ) -> tuple[ProductKey, UnusableCopy] | None:
     """Re-read a copy refused for a time reason; keep it only if signature and binding hold
     (checked with the clock out of the way)."""

@@ -39,6 +39,7 @@ from tmr.replication.messages import (
 )
 from tmr.replication.types import (
     NO_FLOOR,
+    CopyReason,
     Epoch,
     Floor,
     Grant,
@@ -115,7 +116,7 @@ def _license(lic: LicenseInfo) -> list[Any]:
         lic.tmr_id,
         lic.quantity,
         lic.valid,
-        lic.reason,
+        lic.reason.value,
         lic.expires,
         [list(kv) for kv in lic.features],
         lic.set_id,
@@ -472,7 +473,7 @@ def _d_license(v: Any, what: str) -> LicenseInfo:
         _int(tmr_id, what),
         _int(qty, what),
         _bool(valid, what),
-        _str(reason, what, 1024, True),
+        _d_copy_reason(reason, what),
         None if expires is None else _float(expires, what),
         features,
         _str(set_id, what, 32, True),
@@ -480,6 +481,15 @@ def _d_license(v: Any, what: str) -> LicenseInfo:
         _str(fp, what, 64, True),
         _str(bkey, what, 64, True),
     )
+
+
+def _d_copy_reason(v: Any, what: str) -> CopyReason:
+    """A copy's reason, as the string every version sends (`CopyReason` values)."""
+    text = _str(v, what, 1024, True)
+    try:
+        return CopyReason(text)
+    except ValueError:
+        raise _fail(f"{what}: unknown copy reason {text[:40]!r}") from None
 
 
 def _d_age(v: Any, what: str) -> float | None:

@@ -3,7 +3,8 @@
 See docs/design.md §3 (the effective version) and §6 (which error a request gets). The
 effective license of a product is computed from the copies that count (an up backend's
 valid copy at or above the floors, `effective`); `admit` decides a checkout against it and
-the seats in use; `grant_result`, `license_row` and `handle_row` are the JSON views.
+the seats in use; `grant_result` and `license_row` build the typed client results
+(`tmr.protocol.results`), `handle_row` the operators' JSON view of a handle.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 from tmr.errors import ErrorCode
 from tmr.licensing.effective import QUORUM, Effective, Holding, effective_version
 from tmr.policy import Denial, Policy, Subject
+from tmr.protocol.results import CheckoutResult, LicenseEntry
 from tmr.replication.backends import Backend
-from tmr.replication.types import HandleRecord, LicenseInfo, ProductKey, key_str
+from tmr.replication.types import CopyReason, HandleRecord, LicenseInfo, ProductKey, key_str
 
 Admission = tuple[ErrorCode | None, str, Effective | None]
 
@@ -97,7 +99,7 @@ def admit(
     if not eff.available:
         up_copies = [b.licenses[key] for b in known if b.up]
         valid = sum(1 for lic in up_copies if lic.valid)
-        expired = sum(1 for lic in up_copies if lic.reason == "expired")
+        expired = sum(1 for lic in up_copies if lic.reason is CopyReason.EXPIRED)
         if expired and valid + expired >= QUORUM:
             return ErrorCode.LICENSE_EXPIRED, f"license {key_str(key)} has expired", eff
         why = f", {eff.reason.value}" if eff.reason else ""
@@ -135,15 +137,9 @@ def policy_denial(
     return policy.check(key, who, seats, held, eff.quantity)
 
 
-def grant_result(rec: HandleRecord, tmr_id: int, lease: float) -> dict[str, Any]:
-    return {
-        "handle": rec.handle,
-        "firm": rec.firm,
-        "product": rec.product,
-        "seats": rec.seats,
-        "lease": lease,
-        "tmr_id": tmr_id,
-    }
+def grant_result(rec: HandleRecord, tmr_id: int, lease: float) -> CheckoutResult:
+    """The checkout result for a granted handle (and for each retry of its request)."""
+    return CheckoutResult(rec.handle, rec.firm, rec.product, rec.seats, lease, tmr_id)
 
 
 def license_row(
@@ -152,21 +148,20 @@ def license_row(
     in_use: int,
     floor: dict[str, Any],
     lic: LicenseInfo | None,
-) -> dict[str, Any]:
-    """One license of `Leader.licenses_view`."""
-    return {
-        "firm": key[0],
-        "product": key[1],
-        "tmr_id": eff.tmr_id,
-        "quantity": eff.quantity,
-        "in_use": in_use,
-        "available": eff.available,
-        "status": eff.status,
-        "floor": floor,
-        "reason": eff.reason.value if eff.reason else None,
-        "expires": lic.expires if lic else None,
-        "features": dict(lic.features) if lic else {},
-    }
+) -> LicenseEntry:
+    """One license of `Leader.licenses_view` (``floor`` and ``reason`` in ``extra``)."""
+    return LicenseEntry(
+        firm=key[0],
+        product=key[1],
+        tmr_id=eff.tmr_id,
+        quantity=eff.quantity,
+        in_use=in_use,
+        available=eff.available,
+        status=eff.status,
+        expires=lic.expires if lic else None,
+        features=dict(lic.features) if lic else {},
+        extra={"floor": floor, "reason": eff.reason.value if eff.reason else None},
+    )
 
 
 def handle_row(rec: HandleRecord, lease_left: float, committed: bool) -> dict[str, Any]:

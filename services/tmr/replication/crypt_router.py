@@ -21,6 +21,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from tmr.errors import ErrorCode
+from tmr.protocol.results import CryptResult as CryptOutput
 from tmr.replication.effects import ClientReply, Effects
 from tmr.replication.messages import CryptResult
 from tmr.replication.types import ProductKey
@@ -76,7 +77,7 @@ class CryptRouter:
         if job is None:
             return
         if msg.ok:
-            _reply(job, ClientReply(job.token, job.rid, {"data": msg.data, "backend": backend}), fx)
+            _reply(job, ClientReply(job.token, job.rid, CryptOutput(msg.data, backend)), fx)
         elif msg.error == ErrorCode.BAD_REQUEST.value:
             _fail(job, ErrorCode.BAD_REQUEST, msg.message, fx)
         else:

@@ -10,14 +10,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tmr.errors import ErrorCode
+from tmr.protocol.results import WireResult
 from tmr.replication.messages import PeerRequest
 
 
 @dataclass(frozen=True)
 class ClientReply:
+    """The answer to one client request: a typed result (`tmr.protocol.results`, encoded by
+    the service with its `to_wire`) or an error code and message."""
+
     token: Any  # opaque routing information of the service
     rid: str
-    result: dict[str, Any] | None = None
+    result: WireResult | None = None
     error: ErrorCode | None = None
     message: str = ""
 

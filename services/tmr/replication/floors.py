@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from tmr.licensing.effective import QUORUM
 from tmr.replication.backends import Backend
 from tmr.replication.productlog import Product
-from tmr.replication.types import NO_FLOOR, Floor, ProductKey, floor_refusal
+from tmr.replication.types import NO_FLOOR, CopyReason, Floor, ProductKey, floor_refusal
 
 # Replicated floors (`Floor`): checked this often; the time floor is raised only once the
 # trusted time is this far past it (at most one time Floor op per product and minute).
@@ -39,12 +39,12 @@ def floor_of(p: Product | None, key: ProductKey, backends: Sequence[Backend]) ->
     return floor
 
 
-def below_floor(b: Backend, key: ProductKey, floor: Callable[[ProductKey], Floor]) -> str:
-    """Why backend ``b``'s valid copy of ``key`` does not count under the floors ("": it
+def below_floor(b: Backend, key: ProductKey, floor: Callable[[ProductKey], Floor]) -> CopyReason:
+    """Why backend ``b``'s valid copy of ``key`` does not count under the floors (NONE: it
     does, or it is not valid anyway)."""
     lic = b.licenses.get(key)
     if lic is None or not lic.valid:
-        return ""
+        return CopyReason.NONE
     return floor_refusal(lic, floor(key))
 
 

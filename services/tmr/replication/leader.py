@@ -45,6 +45,14 @@ from tmr.errors import ErrorCode
 from tmr.licensing.effective import QUORUM, Effective
 from tmr.policy import EMPTY as EMPTY_POLICY
 from tmr.policy import Policy, Subject
+from tmr.protocol.results import (
+    RELEASED,
+    AdminReleaseResult,
+    CheckoutResult,
+    HeartbeatResult,
+    LicenseEntry,
+    QueuedResult,
+)
 from tmr.replication import admission, backends, floors, handles, productlog, takeover
 from tmr.replication import queue as checkout_queue
 from tmr.replication.admission import Admission
@@ -498,12 +506,7 @@ class Leader:
                 }
             )
         hold = min(self._queue.hold, wait)
-        result = {
-            "queued": True,
-            "position": position,
-            "hold": hold,
-            "retry": min(checkout_queue.QUEUE_RETRY, hold),
-        }
+        result = QueuedResult(True, position, hold, min(checkout_queue.QUEUE_RETRY, hold))
         fx.replies.append(ClientReply(token, request[2], result))
         return True
 
@@ -548,7 +551,7 @@ class Leader:
             return fx
         if not held:
             return self._unknown_handle(fx, token, rid, handle)
-        fx.replies.append(ClientReply(token, rid, {"lease": self.cfg.lease}))
+        fx.replies.append(ClientReply(token, rid, HeartbeatResult(self.cfg.lease)))
         return fx
 
     def release(
@@ -569,13 +572,13 @@ class Leader:
             seq = p.releasing.get(handle)
             if seq is not None and p.released_by.get(handle) == (owner, client_id) and owner:
                 # A retry of this key's release whose commit is pending: answer with it.
-                self._reply_when(p, seq, ClientReply(token, rid, {"released": True}), fx)
+                self._reply_when(p, seq, ClientReply(token, rid, RELEASED), fx)
                 return fx
             return self._unknown_handle(fx, token, rid, handle)
         if not owner or rec.owner != owner or rec.client_id != client_id:
             return self._unknown_handle(fx, token, rid, handle)
         seq = self._remove_handle(p, handle, ReleaseReason.RELEASE, fx)
-        self._reply_when(p, seq, ClientReply(token, rid, {"released": True}), fx)
+        self._reply_when(p, seq, ClientReply(token, rid, RELEASED), fx)
         self._auto_pump(now, fx)
         return fx
 
@@ -645,16 +648,9 @@ class Leader:
                 "by": by,
             }
         )
-        result = {
-            "released": True,
-            "handle": handle,
-            "firm": rec.firm,
-            "product": rec.product,
-            "seats": rec.seats,
-            "user": rec.user,
-            "host": rec.host,
-            "pid": rec.pid,
-        }
+        result = AdminReleaseResult(
+            True, handle, rec.firm, rec.product, rec.seats, rec.user, rec.host, rec.pid
+        )
         self._reply_when(p, seq, ClientReply(token, rid, result), fx)
         self._auto_pump(now, fx)
         return fx
@@ -731,7 +727,8 @@ class Leader:
     def healthy(self) -> bool:
         return self.role != Role.FENCED
 
-    def licenses_view(self) -> list[dict[str, Any]]:
+    def licenses_view(self) -> list[LicenseEntry]:
+        """The licenses as `list` reports them (also, as maps, in `status`)."""
         keys: set[ProductKey] = set()
         for b in self.backends:
             keys.update(b.licenses)
@@ -815,7 +812,7 @@ class Leader:
                 "peers": dict(sorted(self.peer_policies.items())),
                 "mismatch": sorted(self.policy_mismatch()),
             },
-            "licenses": self.licenses_view(),
+            "licenses": [e.to_wire() for e in self.licenses_view()],
         }
 
     def handles_view(self, now: float) -> list[dict[str, Any]]:
@@ -946,7 +943,7 @@ class Leader:
         p = self._products.get(key)
         return admission.admit(self.backends, key, seats, self._effective, p.seats() if p else 0)
 
-    def _grant_result(self, rec: HandleRecord, now: float) -> dict[str, Any]:
+    def _grant_result(self, rec: HandleRecord, now: float) -> CheckoutResult:
         eff = self._effective(rec.key)
         tmr_id = eff.tmr_id
         if tmr_id is None:  # a retry while not available (expired, quorum lost): the copy's

@@ -99,8 +99,20 @@ class Floor:
 
 
 NO_FLOOR = Floor()
-BELOW_FLOOR = "below floor"  # LicenseInfo.reason of a copy older than the replicated floor
-EXPIRED = "expired"
+
+
+class CopyReason(enum.StrEnum):
+    """Why a backend's copy of a license is not valid (`LicenseInfo.reason`): the one
+    vocabulary of the backend's license view (`tmr.backend.licenses`), the floors
+    (`floor_refusal`), admission and the views. The values are the strings the peer
+    protocol has always carried (`tmr.protocol.peer_api`), so peers of the previous version
+    read and send the same bytes."""
+
+    NONE = ""  # the copy is valid
+    EXPIRED = "expired"  # at the backend's clock, or at the trio's trusted time (floors)
+    CLOCK_ROLLBACK = "clock rollback"  # the backend's clock was set back; expiring copies refused
+    BELOW_FLOOR = "below floor"  # older than a copy installed, or than the replicated floor
+
 
 Op = Grant | Release | Floor
 
@@ -112,7 +124,7 @@ class LicenseInfo:
     tmr_id: int
     quantity: int
     valid: bool
-    reason: str = ""  # why not valid: "expired", "clock rollback", ...
+    reason: CopyReason = CopyReason.NONE  # why not valid
     expires: float | None = None
     features: tuple[tuple[str, str], ...] = ()
     # The copy's place in its set (format 2, under the vendor's signature): the server counts
@@ -122,6 +134,12 @@ class LicenseInfo:
     set_index: int = 0
     fingerprint: str = ""
     backend_key: str = ""  # hex of the raw CURVE public key the copy is bound to
+
+    def __post_init__(self) -> None:
+        # A reason given as its string (the wire form) becomes the member; any other string
+        # is refused with ValueError (the peer decoder turns it into a bad frame).
+        if type(self.reason) is not CopyReason:
+            object.__setattr__(self, "reason", CopyReason(self.reason))
 
 
 @dataclass
@@ -157,20 +175,20 @@ def floor_after(floor: Floor, ops: tuple[Op, ...]) -> Floor:
     return floor
 
 
-def floor_refusal(lic: LicenseInfo, floor: Floor) -> str:
-    """Why a copy does not count under the replicated floors ("" if it does): older than the
-    trio's TMR ID (BELOW_FLOOR), or expired at the trusted time (EXPIRED), whatever the
-    backend's own clock and files say."""
+def floor_refusal(lic: LicenseInfo, floor: Floor) -> CopyReason:
+    """Why a copy does not count under the replicated floors (`CopyReason.NONE` if it
+    does): older than the trio's TMR ID (BELOW_FLOOR), or expired at the trusted time
+    (EXPIRED), whatever the backend's own clock and files say."""
     if lic.tmr_id < floor.tmr_id:
-        return BELOW_FLOOR
+        return CopyReason.BELOW_FLOOR
     if lic.expires is not None and lic.expires <= floor.time:
-        return EXPIRED
-    return ""
+        return CopyReason.EXPIRED
+    return CopyReason.NONE
 
 
 def under_floor(lic: LicenseInfo, floor: Floor) -> LicenseInfo:
     """``lic`` as the floors make it: not valid, with the reason, if `floor_refusal` says so."""
-    why = floor_refusal(lic, floor) if lic.valid else ""
+    why = floor_refusal(lic, floor) if lic.valid else CopyReason.NONE
     return replace(lic, valid=False, reason=why) if why else lic
 
 

@@ -10,6 +10,7 @@ taken here.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -23,7 +24,7 @@ import zmq
 from tmr.config import ServerConfig
 from tmr.ctl import CtlError, bind_ctl
 from tmr.errors import ConfigError, ErrorCode, TmrError
-from tmr.expiry import with_expiry
+from tmr.expiry import expiry_fields, with_expiry
 from tmr.keys import load_keypair
 from tmr.licensing.curve import z85_key_bytes
 from tmr.logs import enabled, log
@@ -32,16 +33,21 @@ from tmr.policy import EMPTY as EMPTY_POLICY
 from tmr.policy import load_policy
 from tmr.protocol import peer_api
 from tmr.protocol.client_api import (
+    AdminReleaseResult,
+    BackendStatus,
     CheckoutRequest,
     CryptRequest,
     ErrorReply,
     HeartbeatRequest,
+    LicenseEntry,
     ListRequest,
+    ListResult,
     OkReply,
     ReleaseRequest,
     Reply,
     Request,
     StatusRequest,
+    StatusResult,
     UsageRequest,
     decode_request,
     encode_reply,
@@ -58,6 +64,14 @@ from tmr.zap_log import ZapDenials
 from tmr.zmqio import NOBLOCK, recv_frames, recv_frames_user, send_frames
 
 TICK = 0.05
+_STATUS_KEYS = frozenset(f.name for f in dataclasses.fields(StatusResult)) - {"extra"}
+_BACKEND_KEYS = frozenset(f.name for f in dataclasses.fields(BackendStatus)) - {"extra"}
+
+
+def _with_extra(entry: LicenseEntry, more: dict[str, Any]) -> LicenseEntry:
+    return dataclasses.replace(entry, extra={**entry.extra, **more})
+
+
 MAX_DRAIN = 2000  # messages taken from one socket per loop turn
 # Events that come at the rate of checkouts are logged at debug: at info they would flood the
 # journal (journald drops a service's lines above its rate limit, 10,000 per 30 s by default,
@@ -253,9 +267,13 @@ class ServerService:
                 self._reply(r.token, self._wire_reply(r))
 
     def _wire_reply(self, r: ClientReply) -> Reply:
+        """The one place a leader's (or this service's) answer to a client becomes a reply:
+        the typed result is encoded by `encode_reply` through its `to_wire`."""
         if r.error is not None:
             return ErrorReply(r.rid, r.error.value, r.message)
-        return OkReply(r.rid, r.result or {})
+        if r.result is None or isinstance(r.result, AdminReleaseResult):
+            raise TypeError(f"no client result for request {r.rid!r}: {r.result!r}")
+        return OkReply(r.rid, r.result)
 
     def _reply(self, token: Any, reply: Reply) -> None:
         self._send_payload(token, encode_reply(reply))
@@ -331,16 +349,11 @@ class ServerService:
                         ClientReply(token, req.rid, error=ErrorCode.NOT_ACTIVE, message="standby")
                     )
                 else:
-                    result = {
-                        "serial": self.serial,
-                        "server": self.cfg.name,
-                        "licenses": self._licenses_with_expiry(ld.licenses_view()),
-                    }
-                    fx.replies.append(ClientReply(token, req.rid, result))
+                    fx.replies.append(ClientReply(token, req.rid, self.list_result()))
                 return fx
             case StatusRequest():
                 fx = Effects()
-                fx.replies.append(ClientReply(token, req.rid, self.status(now)))
+                fx.replies.append(ClientReply(token, req.rid, self.status_result(now)))
                 return fx
             case UsageRequest():
                 return self._usage_report(token, req, owner)
@@ -384,6 +397,41 @@ class ServerService:
         st["licenses"] = self._licenses_with_expiry(st["licenses"])
         st["expiry_warning_days"] = self.cfg.expiry_warning_days
         return st
+
+    def status_result(self, now: float) -> StatusResult:
+        """The `status` operation's result: the operators' status view (`status`), its
+        documented keys typed, the rest (licenses, policy, uptime, ...) in ``extra``."""
+        st = self.status(now)
+        backends = tuple(
+            BackendStatus(
+                b["name"], b["up"], {k: v for k, v in b.items() if k not in _BACKEND_KEYS}
+            )
+            for b in st["backends"]
+        )
+        epoch = st["epoch"]
+        return StatusResult(
+            server=st["server"],
+            role=st["role"],
+            epoch=None if epoch is None else (epoch[0], epoch[1]),
+            active_hint=st["active_hint"],
+            backends=backends,
+            handles=st["handles"],
+            ops_committed=st["ops_committed"],
+            extra={k: v for k, v in st.items() if k not in _STATUS_KEYS},
+        )
+
+    def list_result(self) -> ListResult:
+        """The `list` operation's result: the leader's license entries, each with its days
+        left and expiry state (`tmr.expiry`) in ``extra``."""
+        now_wall, warning = time.time(), self.cfg.expiry_warning_days
+        return ListResult(
+            self.serial,
+            self.cfg.name,
+            tuple(
+                _with_extra(e, expiry_fields(e.expires, now_wall, warning))
+                for e in self.leader.licenses_view()
+            ),
+        )
 
     def _licenses_with_expiry(self, licenses: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Each license with its days left and expiry state (`tmr.expiry`)."""
@@ -432,7 +480,7 @@ class ServerService:
     def _admin_answer(r: ClientReply) -> dict[str, Any]:
         if r.error is not None:
             return {"ok": False, "code": r.error.value, "error": r.message}
-        return {"ok": True, **(r.result or {})}
+        return {"ok": True, **(r.result.to_wire() if r.result is not None else {})}
 
     def _web_releases(self, now: float) -> None:
         """Run the releases an administrator asked on WebAdmin (authenticated only)."""

@@ -28,7 +28,7 @@ from tmr.expiry import ExpiryState
 from tmr.licensing.effective import CopyProblem
 from tmr.replication.leader import Effects
 from tmr.replication.messages import Accept, Accepted, PeerReply, Snapshot
-from tmr.replication.types import BELOW_FLOOR, EXPIRED
+from tmr.replication.types import CopyReason
 
 ROLES = ("standby", "takeover", "active", "fenced")
 LATENCY_BUCKETS = (
@@ -53,17 +53,14 @@ class CopyRefusal(enum.StrEnum):
     CHECK_FAILED = "CHECK_FAILED"  # the backend's own license check refused a replicated entry
 
 
-CLOCK_ROLLBACK = "clock rollback"  # a backend's LicenseInfo.reason (tmr.backend.licenses)
-
-
 def refusal_reason(text: str) -> CopyRefusal:
     """The class of a refusal text: the leader's ("below floor: holds #7, the trio's floor is
     #8", "expired: ...") or the backend's own (any other text: its license check failed)."""
-    if text.startswith(BELOW_FLOOR):
+    if text.startswith(CopyReason.BELOW_FLOOR):
         return CopyRefusal.BELOW_FLOOR
-    if text.startswith(EXPIRED):
+    if text.startswith(CopyReason.EXPIRED):
         return CopyRefusal.EXPIRED
-    if text.startswith(CLOCK_ROLLBACK):
+    if text.startswith(CopyReason.CLOCK_ROLLBACK):
         return CopyRefusal.CLOCK_ROLLBACK
     return CopyRefusal.CHECK_FAILED
 
@@ -83,7 +80,15 @@ def refused_copies(snap: Mapping[str, Any]) -> dict[str, dict[CopyRefusal, int]]
     for lic in snap["licenses"]:
         for b in lic.get("backends", []):
             reason = str(b.get("reason") or "")
-            if b.get("up") and not b.get("valid") and reason in (BELOW_FLOOR, CLOCK_ROLLBACK):
+            if (
+                b.get("up")
+                and not b.get("valid")
+                and reason
+                in (
+                    CopyReason.BELOW_FLOOR,
+                    CopyReason.CLOCK_ROLLBACK,
+                )
+            ):
                 seen.setdefault(str(lic["key"]), set()).add(
                     (int(b["index"]), refusal_reason(reason))
                 )

@@ -36,6 +36,7 @@ from tmr.replication.messages import (
     Status,
 )
 from tmr.replication.types import (
+    CopyReason,
     Epoch,
     Grant,
     HandleRecord,
@@ -421,6 +422,20 @@ def test_license_report_of_an_older_backend_names_no_set() -> None:
             decode_reply(frame)
     with pytest.raises(ProtocolError):
         decode_reply(_status_with_license(good[:8]))
+
+
+@pytest.mark.parametrize("reason", list(CopyReason))
+def test_a_copys_reason_is_its_old_string_on_the_wire(reason: CopyReason) -> None:
+    """Peers of the previous version send and read the same strings (``"expired"``, ...);
+    an unknown reason is a bad frame, not a string carried along."""
+    frame = _status_with_license([7, 20, reason == CopyReason.NONE, reason.value, None, []])
+    reply = decode_reply(frame)
+    assert isinstance(reply, Status) and reply.licenses[K].reason is reason
+    lic = LicenseInfo(7, 20, False, reason)
+    body = msgpack.unpackb(encode_reply(Status(1, "b", E, True, {}, {}, {K: lic})))
+    assert body["licenses"][0][1][3] == reason.value
+    with pytest.raises(ProtocolError, match="unknown copy reason"):
+        decode_reply(_status_with_license([7, 20, False, "EXPIRED", None, []]))
 
 
 RI = HandleRecord("h2", 6000123, 42, 1, "c", "r", 1.5, "K" * 40, "alice", "ws-17", 4242)

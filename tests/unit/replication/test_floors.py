@@ -25,9 +25,9 @@ from tmr.replication.messages import (
     Status,
 )
 from tmr.replication.types import (
-    BELOW_FLOOR,
     NO_FLOOR,
     ZERO_EPOCH,
+    CopyReason,
     Epoch,
     Floor,
     Grant,
@@ -66,10 +66,10 @@ def test_floors_only_rise() -> None:
 def test_a_copy_below_the_floor_or_expired_at_it_does_not_count() -> None:
     floor = Floor(8, WALL)
     assert floor_refusal(V8, floor) == ""
-    assert floor_refusal(V7, floor) == BELOW_FLOOR
+    assert floor_refusal(V7, floor) == CopyReason.BELOW_FLOOR
     assert floor_refusal(LicenseInfo(8, 10, True, expires=WALL), floor) == "expired"
     assert floor_refusal(LicenseInfo(8, 10, True, expires=WALL + 1), floor) == ""
-    assert under_floor(V7, floor) == LicenseInfo(7, 20, False, BELOW_FLOOR)
+    assert under_floor(V7, floor) == LicenseInfo(7, 20, False, CopyReason.BELOW_FLOOR)
     assert under_floor(V8, floor) is V8
     invalid = LicenseInfo(7, 20, False, "clock rollback")
     assert under_floor(invalid, floor) is invalid  # its own reason stays
@@ -109,10 +109,10 @@ def test_an_acceptor_below_the_committed_floor_refuses_the_product() -> None:
     assert accept(acc, 3, 1, Floor(8, 0.0)).results[KEY].status is EntryStatus.OK
     assert acc.state.products[KEY].floor == Floor(8, 0.0)
     refused = accept(acc, 4, 2, Grant(rec("h1"))).results[KEY]
-    assert refused.status is EntryStatus.REFUSED and BELOW_FLOOR in refused.reason
+    assert refused.status is EntryStatus.REFUSED and CopyReason.BELOW_FLOOR in refused.reason
     status = acc.handle(Probe(5), 0.0).reply
     assert isinstance(status, Status)
-    assert status.licenses[KEY] == LicenseInfo(7, 20, False, BELOW_FLOOR)
+    assert status.licenses[KEY] == LicenseInfo(7, 20, False, CopyReason.BELOW_FLOOR)
     assert status.floors == {KEY: Floor(8, 0.0)}
     acc.set_licenses({KEY: V8})  # the copy at the floor is installed: served again
     assert accept(acc, 6, 2, Grant(rec("h1"))).results[KEY].status is EntryStatus.OK
@@ -225,7 +225,7 @@ def test_the_leader_commits_the_effective_tmr_id_and_the_trusted_time() -> None:
     # (b3, below the TMR ID floor, may get no more entries: it holds no valid copy.)
     assert {f.time for f in floors(h)[:2]} == {WALL + TIME_FLOOR_STEP}
     (entry,) = h.leader.licenses_view()
-    assert entry["floor"] == {"tmr_id": 8, "time": WALL + TIME_FLOOR_STEP}
+    assert entry.extra["floor"] == {"tmr_id": 8, "time": WALL + TIME_FLOOR_STEP}
 
 
 def test_no_floor_op_while_a_backend_of_an_older_version_is_up() -> None:
@@ -252,9 +252,9 @@ def test_a_backend_below_the_floor_is_refused_with_a_visible_reason() -> None:
     h.set_license("b1", V7, KEY)  # its newer copy deleted (its own floor kept)
     h.advance(1.0)
     (backend,) = [b for b in h.leader.status()["backends"] if b["name"] == "b1"]
-    assert backend["licenses"][f"{KEY[0]}:{KEY[1]}"]["reason"] == BELOW_FLOOR
+    assert backend["licenses"][f"{KEY[0]}:{KEY[1]}"]["reason"] == CopyReason.BELOW_FLOOR
     assert h.call("checkout", "r1", "c1", KEY[0], KEY[1], 1).ok  # b2 and b3 still serve
-    assert h.leader.licenses_view()[0]["quantity"] == 10
+    assert h.leader.licenses_view()[0].quantity == 10
 
 
 def test_the_leader_refuses_a_copy_below_the_floor_that_its_backend_reports_valid() -> None:
@@ -269,7 +269,7 @@ def test_the_leader_refuses_a_copy_below_the_floor_that_its_backend_reports_vali
     reply = h.call("checkout", "r1", "c1", KEY[0], KEY[1], 1)
     assert reply.error == ErrorCode.QUORUM_LOST
     (entry,) = h.leader.licenses_view()
-    assert entry["tmr_id"] != 7
+    assert entry.tmr_id != 7
     assert wiped.state.products[KEY].floor.tmr_id == 8  # seeded by the snapshot
 
 
@@ -284,13 +284,13 @@ def test_an_update_shows_the_table_of_the_design_with_floors_in_force() -> None:
         h.set_license(name, v8, KEY)
         h.advance(2.0)
         (entry,) = h.leader.licenses_view()
-        assert (entry["status"], entry["quantity"]) == (status, lq), name
+        assert (entry.status, entry.quantity) == (status, lq), name
     assert h.acceptors["b3"].state.products[KEY].floor.tmr_id == 8
     refused = h.leader.status()["backends"][2]["licenses"][f"{KEY[0]}:{KEY[1]}"]
-    assert refused["reason"] == BELOW_FLOOR
+    assert refused["reason"] == CopyReason.BELOW_FLOOR
     h.set_license("b3", v8, KEY)
     h.advance(2.0)
     (entry,) = h.leader.licenses_view()
-    assert (entry["status"], entry["quantity"], entry["in_use"]) == ("1:#8 2:#8 3:#8", 30, 18)
+    assert (entry.status, entry.quantity, entry.in_use) == ("1:#8 2:#8 3:#8", 30, 18)
     assert h.call("checkout", "r1", "c1", KEY[0], KEY[1], 12).ok
     assert h.acceptors["b3"].state.products[KEY].seats() == 30

@@ -15,6 +15,7 @@ from typing import Any
 
 from tests.unit.replication.harness import Harness
 from tmr.errors import ErrorCode
+from tmr.protocol.results import RELEASED, CheckoutResult
 from tmr.replication.leader import ClientReply
 from tmr.replication.messages import Accept
 from tmr.replication.types import Grant, LicenseInfo
@@ -46,8 +47,8 @@ def two_seats_held_mid_update() -> tuple[Harness, list[str]]:
     handles = []
     for i in range(2):
         reply = h.call("checkout", f"r{i}", f"c{i}", KEY[0], KEY[1], 1)
-        assert reply.ok and reply.result is not None, reply
-        handles.append(reply.result["handle"])
+        assert reply.ok and isinstance(reply.result, CheckoutResult), reply
+        handles.append(reply.result.handle)
     assert (seats(h, "b1"), seats(h, "b2"), seats(h, "b3")) == (2, 2, 2)
     return h, handles
 
@@ -61,7 +62,7 @@ def test_a_refused_grant_is_aborted_when_the_other_backend_stops() -> None:
     send(h, "release", "q0", "c0", handles[0], client="c0")  # behind the stuck entry
     h.advance(BOUND)
     (released,) = answers(h, start, "q0")
-    assert released.ok and released.result == {"released": True}, released
+    assert released.ok and released.result == RELEASED, released
     (denied,) = answers(h, start, "r2")
     assert denied.error == ErrorCode.NO_LICENSE_AVAILABLE, denied
     assert "b3" in denied.message, denied
@@ -87,8 +88,8 @@ def test_a_retry_after_the_abort_is_a_fresh_admission() -> None:
     released = h.call("release", "q0", "c0", handles[0])
     assert released.ok, released
     granted = h.call("checkout", "r2", "c2", KEY[0], KEY[1], 1)
-    assert granted.ok and granted.result is not None, granted
-    assert granted.result["handle"] != aborted
+    assert granted.ok and isinstance(granted.result, CheckoutResult), granted
+    assert granted.result.handle != aborted
     assert seats(h, "b1") == seats(h, "b3") == 2
 
 

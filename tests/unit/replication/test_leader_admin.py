@@ -30,7 +30,7 @@ def checkout(h: Harness, client: str, user: str = "", host: str = "", pid: int =
     h.advance(0.2)
     (reply,) = h.replies[before:]
     assert reply.ok and reply.result is not None, reply
-    return str(reply.result["handle"])
+    return str(reply.result.handle)
 
 
 def admin_release(h: Harness, handle: str, by: str = "ctl:root") -> list[ClientReply]:
@@ -76,8 +76,8 @@ def test_admin_release_commits_through_the_quorum_and_frees_the_seat() -> None:
     assert seats(h, "b1") == seats(h, "b2") == seats(h, "b3") == 1
     (reply,) = admin_release(h, handle, by="ctl:root")
     assert reply.ok and reply.token == "admin" and reply.result is not None, reply
-    assert reply.result["released"] is True
-    assert (reply.result["user"], reply.result["host"], reply.result["seats"]) == (
+    assert reply.result.released is True
+    assert (reply.result.user, reply.result.host, reply.result.seats) == (
         "alice",
         "ws-1",
         1,

@@ -10,6 +10,7 @@ import pytest
 
 from tests.unit.replication.harness import Harness
 from tmr.errors import ErrorCode
+from tmr.protocol.client_api import ReleaseResult
 from tmr.replication import productlog
 from tmr.replication.leader import ClientReply, Effects
 from tmr.replication.types import LicenseInfo
@@ -43,7 +44,7 @@ def test_releases_commit_while_one_backend_of_a_mixed_update_is_down() -> None:
         reply = h.call("checkout", f"r{i}", f"c{i}", KEY[0], KEY[1], 1)
         assert reply.ok, reply
         assert reply.result is not None
-        handles.append(reply.result["handle"])
+        handles.append(reply.result.handle)
     assert (seats(h, "b1"), seats(h, "b2"), seats(h, "b3")) == (25, 25, 20)
     h.down.add("b1")
     h.advance(1.5)  # b1 is seen down: effective LQ 20 (#7, held by b2 and b3)
@@ -51,7 +52,7 @@ def test_releases_commit_while_one_backend_of_a_mixed_update_is_down() -> None:
     assert [r.error for r in full] == [ErrorCode.NO_LICENSE_AVAILABLE]
     for i in range(7):
         (reply,) = ask(h, "release", f"q{i}", f"c{i}", handles[i], client=f"c{i}")
-        assert reply.ok and reply.result == {"released": True}, reply
+        assert reply.ok and reply.result == ReleaseResult(released=True), reply
         assert seats(h, "b2") == seats(h, "b3") == 24 - i
     (reply,) = ask(h, "checkout", "ry", "cy", KEY[0], KEY[1], 1, client="cy")
     assert reply.ok, reply  # 18 of 20 in use: a grant within b3's LQ commits
@@ -77,8 +78,8 @@ def test_release_of_an_expired_license_commits() -> None:
     for name in ("b1", "b2", "b3"):
         h.set_license(name, LicenseInfo(7, 5, False, reason="expired"), KEY)
     h.advance(1.0)  # the leader sees the expired copies
-    (released,) = ask(h, "release", "r1", "c0", reply.result["handle"], client="c0")
-    assert released.ok and released.result == {"released": True}, released
+    (released,) = ask(h, "release", "r1", "c0", reply.result.handle, client="c0")
+    assert released.ok and released.result == ReleaseResult(released=True), released
     assert [seats(h, n) for n in ("b1", "b2", "b3")] == [0, 0, 0]
 
 
@@ -88,7 +89,7 @@ def test_a_release_that_cannot_commit_is_answered_quorum_lost_in_time() -> None:
     reply = h.call("checkout", "r0", "c0", KEY[0], KEY[1], 1)
     assert reply.ok and reply.result is not None
     h.down |= {"b2", "b3"}  # right after: the leader still counts them as up
-    answers = ask(h, "release", "r1", "c0", reply.result["handle"], client="c0")
+    answers = ask(h, "release", "r1", "c0", reply.result.handle, client="c0")
     assert [r.error for r in answers] == [ErrorCode.QUORUM_LOST]
     assert "b2" in answers[0].message and "b3" in answers[0].message
     h.down.clear()
@@ -105,15 +106,15 @@ def test_a_handle_whose_heartbeats_arrive_survives_a_long_quorum_loss() -> None:
     assert kept.result is not None and dropped.result is not None
     h.down |= {"b2", "b3"}
     for i in range(12):  # 12 s of quorum loss, more than twice the lease
-        answers = ask(h, "heartbeat", f"hb{i}", "c0", kept.result["handle"], client="c0")
+        answers = ask(h, "heartbeat", f"hb{i}", "c0", kept.result.handle, client="c0")
         assert len(answers) == 1  # answered every time
         h.advance(1.0 - BOUND % 1.0)
     assert answers[0].error == ErrorCode.QUORUM_LOST  # not confirmed (kept, though)
     h.down.clear()
     h.advance(2.0)
-    (hb,) = ask(h, "heartbeat", "hb-after", "c0", kept.result["handle"], client="c0")
+    (hb,) = ask(h, "heartbeat", "hb-after", "c0", kept.result.handle, client="c0")
     assert hb.ok, hb
-    (gone,) = ask(h, "heartbeat", "hb-c1", "c1", dropped.result["handle"], client="c1")
+    (gone,) = ask(h, "heartbeat", "hb-c1", "c1", dropped.result.handle, client="c1")
     assert gone.error == ErrorCode.UNKNOWN_HANDLE  # no heartbeats: expired as usual
 
 

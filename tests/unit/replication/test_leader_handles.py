@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tests.unit.replication.harness import Harness
 from tmr.errors import ErrorCode
+from tmr.protocol.client_api import ReleaseResult
 from tmr.replication.types import LicenseInfo
 
 KEY = (6000123, 42)
@@ -40,12 +41,12 @@ def test_nobody_releases_another_clients_handle() -> None:
     h = active()
     grant = h.call("checkout", "r1", "owner", KEY[0], KEY[1], 2)
     assert grant.result is not None
-    handle = grant.result["handle"]
+    handle = grant.result.handle
     assert h.call("release", "r2", "thief", handle).error == ErrorCode.UNKNOWN_HANDLE
     assert h.call("heartbeat", "r3", "thief", handle).error == ErrorCode.UNKNOWN_HANDLE
     (held,) = h.leader.handles_view(h.now)
     assert held["seats"] == 2
-    assert h.call("release", "r4", "owner", handle).result == {"released": True}
+    assert h.call("release", "r4", "owner", handle).result == ReleaseResult(released=True)
     # Released: now unknown to its owner too (the client library counts that as released).
     assert h.call("release", "r4", "owner", handle).error == ErrorCode.UNKNOWN_HANDLE
 
@@ -56,7 +57,7 @@ def test_a_handle_belongs_to_the_key_that_checked_it_out() -> None:
     h = active()
     grant = h.call("checkout", "r1", "c", KEY[0], KEY[1], 2, owner="K1")
     assert grant.result is not None
-    handle = grant.result["handle"]
+    handle = grant.result.handle
     missing = f"{handle[:-4]}0000" if not handle.endswith("0000") else f"{handle[:-4]}1111"
     for method, args in (("heartbeat", ()), ("release", ()), ("crypt", ("hmac", b"x"))):
         thief = h.call(method, "r2", "c", handle, *args, owner="K2")
@@ -66,14 +67,14 @@ def test_a_handle_belongs_to_the_key_that_checked_it_out() -> None:
     (held,) = h.leader.handles_view(h.now)
     assert held["handle"] == handle and held["seats"] == 2
     assert h.call("heartbeat", "r4", "c", handle, owner="K1").ok
-    assert h.call("release", "r5", "c", handle, owner="K1").result == {"released": True}
+    assert h.call("release", "r5", "c", handle, owner="K1").result == ReleaseResult(released=True)
 
 
 def test_no_key_owns_a_handle_without_an_owner() -> None:
     h = active()
     grant = h.call("checkout", "r1", "c", KEY[0], KEY[1], 1, owner="")
     assert grant.result is not None
-    assert h.call("heartbeat", "r2", "c", grant.result["handle"], owner="").error == (
+    assert h.call("heartbeat", "r2", "c", grant.result.handle, owner="").error == (
         ErrorCode.UNKNOWN_HANDLE
     )
 
@@ -86,8 +87,8 @@ def test_another_key_cannot_take_a_retried_checkouts_reply() -> None:
     again = h.call("checkout", "r1", "c", KEY[0], KEY[1], 1, owner="K1")
     other = h.call("checkout", "r1", "c", KEY[0], KEY[1], 1, owner="K2")
     assert first.result is not None and again.result is not None and other.result is not None
-    assert again.result["handle"] == first.result["handle"]
-    assert other.result["handle"] != first.result["handle"]
+    assert again.result.handle == first.result.handle
+    assert other.result.handle != first.result.handle
     assert len(h.leader.handles_view(h.now)) == 2
 
 
@@ -99,7 +100,7 @@ def test_handle_ids_are_random_and_carry_the_granting_epoch() -> None:
     for i in range(20):
         reply = h.call("checkout", f"r{i}", f"c{i}", KEY[0], KEY[1], 1)
         assert reply.result is not None
-        ids.append(reply.result["handle"])
+        ids.append(reply.result.handle)
         h.call("release", f"x{i}", f"c{i}", ids[-1])
     prefix = f"h{epoch.counter}-sa-"
     assert all(i.startswith(prefix) for i in ids)

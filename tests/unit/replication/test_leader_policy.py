@@ -111,7 +111,7 @@ def test_a_retried_checkout_is_answered_from_its_grant_after_a_reload() -> None:
     h.leader.policy = rules(f'[licenses."{LIC}"]\nexclude = ["user:bob"]\n')
     again = checkout(h, "r1", "bob")
     assert again.ok and again.result is not None
-    assert again.result["handle"] == first.result["handle"]
+    assert again.result.handle == first.result.handle
     assert checkout(h, "r2", "bob").error == ErrorCode.POLICY_DENIED
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from tests.unit.replication.harness import Harness
 from tmr.errors import ErrorCode
 from tmr.policy import parse_policy
+from tmr.protocol.results import CheckoutResult, QueuedResult
 from tmr.replication.leader import ClientReply, Leader
 from tmr.replication.queue import QUEUE_HOLD, QUEUE_RETRY
 from tmr.replication.types import LicenseInfo
@@ -37,13 +38,13 @@ def ask(
 
 
 def position(reply: ClientReply) -> int:
-    assert reply.ok and reply.result is not None and reply.result.get("queued"), reply
-    return int(reply.result["position"])
+    assert reply.ok and isinstance(reply.result, QueuedResult), reply
+    return reply.result.position
 
 
 def handle(reply: ClientReply) -> str:
-    assert reply.ok and reply.result is not None and "handle" in reply.result, reply
-    return str(reply.result["handle"])
+    assert reply.ok and isinstance(reply.result, CheckoutResult), reply
+    return reply.result.handle
 
 
 def release(h: Harness, client: str, granted: str) -> None:
@@ -62,8 +63,7 @@ def test_queued_then_granted_in_order_as_seats_free() -> None:
     assert position(ask(h, "c3")) == 1
     assert position(ask(h, "c4")) == 2
     reply = ask(h, "c3")
-    assert reply.result == {"queued": True, "position": 1, "hold": QUEUE_HOLD,
-                            "retry": QUEUE_RETRY}  # fmt: skip
+    assert reply.result == QueuedResult(True, 1, QUEUE_HOLD, QUEUE_RETRY)
     # No checkout without wait overtakes the queue
     assert ask(h, "c5", wait=None).error == ErrorCode.NO_LICENSE_AVAILABLE
     release(h, "c1", h1)
@@ -90,7 +90,7 @@ def test_a_large_request_is_not_starved_by_later_small_ones() -> None:
     assert position(ask(h, "small3")) == 2
     release(h, "c1", h1)
     big = ask(h, "big", seats=3)
-    assert big.result is not None and big.result["seats"] == 3, big
+    assert isinstance(big.result, CheckoutResult) and big.result.seats == 3, big
     assert position(ask(h, "small3")) == 1 and seats(h) == 3
 
 
@@ -145,7 +145,8 @@ def test_the_clients_wait_bounds_the_place() -> None:
     h = active(quantity=1)
     handle(ask(h, "c1"))
     reply = ask(h, "c2", wait=1.0)
-    assert position(reply) == 1 and reply.result is not None and reply.result["hold"] == 1.0
+    assert position(reply) == 1 and isinstance(reply.result, QueuedResult)
+    assert reply.result.hold == 1.0
     h.advance(1.0)
     assert h.leader.queue_view(h.now) == []
 

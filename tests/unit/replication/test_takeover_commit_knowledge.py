@@ -13,6 +13,7 @@ from typing import Any
 
 from tests.unit.replication.harness import Harness
 from tmr.errors import ErrorCode
+from tmr.protocol.client_api import ReleaseResult
 from tmr.replication.leader import ClientReply, Role
 from tmr.replication.messages import Accept
 from tmr.replication.types import LicenseInfo, Version
@@ -44,7 +45,7 @@ def mixed_update_with_three_seats() -> tuple[Harness, list[str]]:
     for i in range(3):
         reply = h.call("checkout", f"r{i}", f"c{i}", KEY[0], KEY[1], 1)
         assert reply.ok and reply.result is not None, reply
-        handles.append(reply.result["handle"])
+        handles.append(reply.result.handle)
     assert (seats(h, "b1"), seats(h, "b2"), seats(h, "b3")) == (3, 3, 2)
     return h, handles
 
@@ -75,7 +76,7 @@ def test_a_new_leader_serves_with_two_good_backends_after_a_takeover_mid_update(
     (full,) = ask(h, "sb", "checkout", "r9", "c9", KEY[0], KEY[1], 1, client="c9")
     assert full.error == ErrorCode.NO_LICENSE_AVAILABLE, full
     (released,) = ask(h, "sb", "release", "q0", "c0", handles[0], client="c0")
-    assert released.ok and released.result == {"released": True}, released
+    assert released.ok and released.result == ReleaseResult(released=True), released
     assert seats(h, "b1") == seats(h, "b3") == 2
 
 

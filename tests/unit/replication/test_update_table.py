@@ -14,7 +14,7 @@ V8 = LicenseInfo(tmr_id=8, quantity=30, valid=True)
 
 def view(h: Harness) -> tuple[str, int]:
     (entry,) = h.leader.licenses_view()
-    return entry["status"], entry["quantity"]
+    return entry.status, entry.quantity
 
 
 def checkout(h: Harness, n: int, seats: int = 1) -> ErrorCode | None:
