@@ -31,7 +31,7 @@ from typing import Any
 from tmr.errors import ErrorCode
 from tmr.policy import EMPTY as EMPTY_POLICY
 from tmr.policy import Policy, parse_policy
-from tmr.protocol.results import AdminReleaseResult, CheckoutResult
+from tmr.protocol.results import AdminReleaseResult, CheckoutResult, QueuedResult
 from tmr.replication.acceptor import Acceptor, AcceptorState, Step, Write, apply_write
 from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig, Role
 from tmr.replication.types import (
@@ -930,12 +930,12 @@ class Simulation:
         if reply.rid != c.rid:
             return  # a late answer to an earlier attempt
         if c.state == "checkout":
-            if reply.ok and reply.result is not None and reply.result.get("queued"):
+            if reply.ok and isinstance(reply.result, QueuedResult):
                 # Queued: ask again (same request id, same endpoint) after `retry`
-                if reply.result["position"] < 1 or not c.wait:
+                if reply.result.position < 1 or not c.wait:
                     self.fail(f"{c.cid}: queued result {reply.result} for a checkout")
                 self.stats["queued"] += 1
-                c.retry_at = now + min(reply.result["retry"], reply.result["hold"] / 2)
+                c.retry_at = now + min(reply.result.retry, reply.result.hold / 2)
                 c.sent_at = now
                 return
             if reply.ok:

@@ -232,7 +232,7 @@ def client_from_args(args: argparse.Namespace) -> Client:
             client_id=args.client_id,
             timeout=args.timeout,
             client_keys=keys,
-            user=args.user,
+            user=getattr(args, "user", None),  # `tmr report` has no --user
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
