@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,20 @@ def _when(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
+def _of_product(row: dict[str, Any], product: tuple[int | None, int] | None) -> bool:
+    """Whether a handle or queue row is of `product` (PRODUCT or FIRM:PRODUCT; None: any)."""
+    if product is None:
+        return True
+    firm, code = product
+    return row.get("product") == code and (firm is None or row.get("firm") == firm)
+
+
+def _aligned(table: Sequence[Sequence[str]]) -> list[str]:
+    """The rows of a table (the header first) with their columns aligned."""
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
+
+
 def handle_rows(
     handles: list[dict[str, Any]], product: tuple[int | None, int] | None, now: float
 ) -> list[dict[str, Any]]:
@@ -49,10 +64,8 @@ def handle_rows(
     oldest grant first."""
     rows = []
     for h in handles:
-        if product is not None:
-            firm, code = product
-            if h.get("product") != code or (firm is not None and h.get("firm") != firm):
-                continue
+        if not _of_product(h, product):
+            continue
         rows.append({**h, "lease_end": now + float(h.get("lease_left", 0.0))})
     rows.sort(key=lambda h: (h.get("granted_at", 0.0), h.get("handle", "")))
     return rows
@@ -74,8 +87,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 _when(float(h["lease_end"])) + ("" if h.get("committed", True) else " (pending)"),
             )
         )
-    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    lines = _aligned(table)
     seats = sum(int(h["seats"]) for h in rows)
     lines.append(f"{len(rows)} handle(s), {seats} seat(s)")
     return "\n".join(lines)
@@ -107,10 +119,8 @@ def queue_rows(
     """The queued checkouts to show (filtered by product), per license in queue order."""
     rows = []
     for q in places:
-        if product is not None:
-            firm, code = product
-            if q.get("product") != code or (firm is not None and q.get("firm") != firm):
-                continue
+        if not _of_product(q, product):
+            continue
         rows.append(dict(q))
     rows.sort(key=lambda q: (q.get("firm", 0), q.get("product", 0), q.get("position", 0)))
     return rows
@@ -133,8 +143,7 @@ def format_queue_table(rows: list[dict[str, Any]]) -> str:
                 str(q.get("client_id", "")),
             )
         )
-    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    lines = _aligned(table)
     seats = sum(int(q["seats"]) for q in rows)
     lines.append(f"{len(rows)} queued checkout(s), {seats} seat(s) wanted")
     return "\n".join(lines)
