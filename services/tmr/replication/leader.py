@@ -813,6 +813,8 @@ class Leader:
                 "mismatch": sorted(self.policy_mismatch()),
             },
             "licenses": [e.to_wire() for e in self.licenses_view()],
+            # (places, seats wanted) per product queued in this term (replication/queue.py)
+            "queued": {key_str(k): list(v) for k, v in sorted(self._queue.lengths().items())},
         }
 
     def handles_view(self, now: float) -> list[dict[str, Any]]:

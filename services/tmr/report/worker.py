@@ -35,11 +35,25 @@ from tmr.logs import log
 from tmr.protocol import peer_api
 from tmr.protocol.client_api import ErrorReply, OkReply, Reply, UsageResult, encode_reply
 from tmr.protocol.errors import ProtocolError
-from tmr.replication.messages import PeerError, UsageQuery, UsageRecords, UsageRow
+from tmr.replication.messages import (
+    DenialQuery,
+    DenialRecords,
+    DenialRow,
+    PeerError,
+    UsageQuery,
+    UsageRecords,
+    UsageRow,
+)
 from tmr.replication.types import ProductKey
 from tmr.report.denials import DenialLog
 from tmr.report.offload import Offload, put_stop
-from tmr.report.summary import merge_rows, summarize
+from tmr.report.summary import (
+    denial_breakdown,
+    denial_counts,
+    merge_denials,
+    merge_rows,
+    summarize,
+)
 
 QUERY_TIMEOUT = 5.0  # for each chunk
 CHUNK_BYTES = 256 * 1024  # the most a backend sends in one usage answer
@@ -62,6 +76,9 @@ class UsageJob:
     backends: tuple[str, ...]  # the backends to ask (those up when the request came)
     quantities: dict[ProductKey, int] = field(default_factory=dict)
     down: tuple[str, ...] = ()  # the others: reported as not read
+    # The up backends that keep denial records (schema 6, `Status.denials`): their records
+    # give the report's denials (both servers'); none: this server's own counts (`DenialLog`).
+    denial_backends: tuple[str, ...] = ()
 
 
 @dataclass
@@ -320,6 +337,67 @@ class UsageWorker:
             )
             return True
 
+    def fetch_denials(
+        self, job: UsageJob, links: dict[str, zmq.Socket[bytes]]
+    ) -> tuple[dict[str, list[DenialRow]], dict[str, str]]:
+        """The denial rows of the job's window from each of ``job.denial_backends``, chunk by
+        chunk, one backend after the other, paced like the usage rows; (rows by backend,
+        problems by backend)."""
+        got: dict[str, list[DenialRow]] = {}
+        problems: dict[str, str] = {}
+        for name in job.denial_backends:
+            if name not in self.refs:
+                continue
+            s = self._link(links, name)
+            rows: list[DenialRow] = []
+            after = 0
+            while True:
+                mid = next(self._mids)
+                query = DenialQuery(mid, job.since, job.until, after, CHUNK_BYTES)
+                asked = time.monotonic()
+                try:
+                    s.send(peer_api.encode_denial_query(query), zmq.NOBLOCK)
+                except zmq.Again:
+                    problems[name] = "not connected"
+                    break
+                msg = self._denial_answer(s, name, mid, asked + self.timeout)
+                if msg is None:
+                    problems[name] = f"no answer within {self.timeout:g} s"
+                    break
+                if isinstance(msg, PeerError):
+                    problems[name] = msg.message
+                    break
+                rows.extend(msg.rows)
+                if len(rows) > self.row_limit:
+                    problems[name] = f"more than {self.row_limit} denial rows: shorter window"
+                    break
+                if msg.next is None:
+                    got[name] = rows
+                    break
+                after = msg.next
+                now = time.monotonic()
+                time.sleep(PACE * (now - asked))
+        return got, problems
+
+    @staticmethod
+    def _denial_answer(
+        s: zmq.Socket[bytes], name: str, mid: int, deadline: float
+    ) -> DenialRecords | PeerError | None:
+        """The answer to denial query ``mid`` (late answers to earlier queries are skipped);
+        None if none came by ``deadline``."""
+        while True:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not s.poll(int(wait * 1000) + 1, zmq.POLLIN):
+                return None
+            frames = s.recv_multipart(zmq.NOBLOCK)
+            try:
+                msg = peer_api.decode_denial_reply(frames[-1])
+            except ProtocolError as exc:
+                log("denial_bad_reply", level="debug", backend=name, error=exc.message)
+                continue
+            if msg.mid == mid:
+                return msg
+
     def report(
         self,
         job: UsageJob,
@@ -342,6 +420,12 @@ class UsageWorker:
             return ErrorReply(
                 job.rid, ErrorCode.QUORUM_LOST, f"no backend answered the usage query ({why})"
             )
+        denial_rows: list[DenialRow] | None = None
+        denial_problems: dict[str, str] = {}
+        if job.denial_backends:
+            read, denial_problems = self.fetch_denials(job, links)
+            if read:
+                denial_rows = merge_denials(read.values())
         # The merged record reaches back as far as the backend that kept the most (None:
         # a backend that never trimmed its record has all of it).
         olds = [a.oldest for a in answers.values()]
@@ -352,7 +436,13 @@ class UsageWorker:
             job.since,
             job.until,
             now=now,
-            denials=self.denials.counts(job.since, job.until) if denials is None else denials,
+            denials=(
+                denial_counts(denial_rows, job.since, job.until)
+                if denial_rows is not None
+                else self.denials.counts(job.since, job.until)
+                if denials is None
+                else denials
+            ),
             quantities=job.quantities,
             oldest=oldest,
         )
@@ -360,13 +450,23 @@ class UsageWorker:
             {"backend": n, "rows": len(a.rows), "oldest": a.oldest, "truncated": a.truncated}
             for n, a in sorted(answers.items())
         ]
-        extra = {
+        extra: dict[str, Any] = {
             "generated_at": now,
             "complete": oldest is None or oldest <= job.since,
             "record_starts": oldest,
             "unavailable": [{"backend": n, "reason": r} for n, r in sorted(problems.items())],
-            "denials_counted_by": self.server,
         }
+        if denial_rows is None:
+            extra["denials_counted_by"] = self.server
+        else:
+            groups, cut = denial_breakdown(denial_rows, job.since, job.until)
+            extra["denials"] = groups
+            extra["denials_truncated"] = cut
+            extra["denials_total"] = sum(int(g["denials"]) for g in groups)
+            extra["denials_read_from"] = sorted(set(job.denial_backends) - set(denial_problems))
+            extra["denials_unavailable"] = [
+                {"backend": n, "reason": r} for n, r in sorted(denial_problems.items())
+            ]
         result = UsageResult(
             job.since, job.until, self.server, tuple(licenses), tuple(sources), extra
         )

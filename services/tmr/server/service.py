@@ -54,6 +54,8 @@ from tmr.protocol.client_api import (
 )
 from tmr.protocol.errors import ProtocolError
 from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig, Role
+from tmr.replication.messages import Denials, Status
+from tmr.report.denials import DENIAL_CODES, FLUSH_INTERVAL, DenialRecorder, batches
 from tmr.report.worker import CTL_TOKEN
 from tmr.server.ctl_commands import SERVER_COMMANDS
 from tmr.serving.commands import CtlServer
@@ -171,6 +173,9 @@ class ServerService:
         self.started = time.monotonic()
         self.web = WebRuntime(cfg)  # WebAdmin, /metrics, usage reports (tmr.web)
         self.admin_keys = frozenset(cfg.admin_keys)  # CURVE keys allowed usage reports
+        # Refused checkouts, sent to the backends that keep denial records (design.md §7.6)
+        self.denials = DenialRecorder(cfg.name)
+        self.denial_backends: set[str] = set()  # those whose latest status said so
         # The control socket's commands (tmr.server.ctl_commands); usage and release are
         # answered when ready, and the socket takes no request meanwhile.
         self.ctl_server = CtlServer(SERVER_COMMANDS, self)
@@ -333,6 +338,7 @@ class ServerService:
                     wait=req.wait,
                 )
                 self.web.on_checkout(req.firm, req.product, req.rid, fx)
+                self._record_refusals(req, owner, fx)
                 return fx
             case HeartbeatRequest():
                 return ld.heartbeat(token, req.rid, req.cid, req.handle, now, owner=owner)
@@ -358,6 +364,46 @@ class ServerService:
             case UsageRequest():
                 return self._usage_report(token, req, owner)
 
+    def _record_refusals(self, req: CheckoutRequest, owner: str, fx: Effects) -> None:
+        """Record this checkout's refusal, if it was answered one (`DENIAL_CODES`): who
+        (the connection's key, the user, host and pid it gave), what, why, when."""
+        for r in fx.replies:
+            if r.rid == req.rid and r.error in DENIAL_CODES:
+                assert r.error is not None
+                self.denials.record(
+                    time.time(),
+                    r.error.value,
+                    req.firm,
+                    req.product,
+                    req.seats,
+                    owner=owner,
+                    user=req.user,
+                    host=req.host,
+                    pid=req.pid,
+                    rule=r.message,
+                )
+
+    def _flush_denials_step(self, now: float) -> None:
+        self.flush_denials()
+
+    def flush_denials(self) -> int:
+        """Send the buffered refusals to every up backend that keeps denial records (fire and
+        forget, at most `MAX_PER_FLUSH` a turn); the number of rows sent. While no such
+        backend is up they stay buffered (bounded: `DenialRecorder.max_pending`)."""
+        targets = [b.name for b in self.leader.backends if b.up and b.name in self.denial_backends]
+        if not targets or not self.denials.pending:
+            return 0
+        rows = self.denials.take()
+        for batch in batches(rows, peer_api.MAX_DENIAL_BATCH):
+            frame = peer_api.encode_denials(Denials(0, batch))
+            self.denials.sent_batches += 1
+            for name in targets:
+                try:
+                    self.dealers[name].send(frame, NOBLOCK)
+                except zmq.Again:
+                    pass  # not connected: the other backends keep it
+        return len(rows)
+
     def _usage_report(self, token: Any, req: UsageRequest, owner: str) -> Effects:
         """Queue `tmr report usage` for the worker thread (it answers the client later).
 
@@ -380,7 +426,9 @@ class ServerService:
                 ClientReply(token, req.rid, error=ErrorCode.NOT_ACTIVE, message="standby")
             )
             return fx
-        problem = self.web.submit_usage(token, req, self.leader.status())
+        problem = self.web.submit_usage(
+            token, req, self.leader.status(), frozenset(self.denial_backends)
+        )
         if problem is not None:
             fx.replies.append(
                 ClientReply(token, req.rid, error=ErrorCode.BAD_REQUEST, message=problem)
@@ -446,7 +494,9 @@ class ServerService:
             usage = UsageRequest("ctl", since, until)
         except ProtocolError as exc:
             raise CtlError(f"usage: {exc.message}") from None
-        problem = self.web.submit_usage(CTL_TOKEN, usage, self.leader.status())
+        problem = self.web.submit_usage(
+            CTL_TOKEN, usage, self.leader.status(), frozenset(self.denial_backends)
+        )
         if problem is not None:
             raise CtlError(f"usage: {problem}")
 
@@ -534,6 +584,7 @@ class ServerService:
         loop.each_turn(lambda now: self.apply(self.leader.pump(now)))
         loop.serve_ctl(self.ctl, self.ctl_server)
         loop.every(TICK, self._tick, first=0.0)
+        loop.every(FLUSH_INTERVAL, self._flush_denials_step)
         if self.web.wake_socket is not None:
             loop.watch(self.web.wake_socket, self._usage_replies)
         loop.each_turn(self._publish_web_if_due)
@@ -566,7 +617,10 @@ class ServerService:
         wanted = self.web.wants_handles()
         handles = self.leader.handles_view(now) if wanted else None
         queue = self.leader.queue_view(now) if wanted else None
-        self.web.publish(self.status(now), handles, now, queue)
+        denials = self.denials.recent_view(self.cfg.web_max_handles) if wanted else None
+        rec = self.denials
+        stats = {"recorded": rec.recorded, "pending": len(rec.pending), "dropped": rec.dropped}
+        self.web.publish(self.status(now), handles, now, queue, denials, stats)
 
     def _drain_clients(self, now: float) -> None:
         for _ in range(MAX_DRAIN):
@@ -588,5 +642,10 @@ class ServerService:
             except ProtocolError as exc:
                 log("backend_bad_reply", level="warning", backend=name, error=str(exc))
                 continue
+            if isinstance(msg, Status):
+                if msg.denials:
+                    self.denial_backends.add(name)
+                else:
+                    self.denial_backends.discard(name)
             self.web.on_backend_reply(name, msg)
             self.apply(self.leader.on_reply(name, msg, now))

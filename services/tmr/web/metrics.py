@@ -282,6 +282,23 @@ class SnapshotCollector(Collector):
         ops = CounterMetricFamily("tmr_ops_committed", "Ops committed by a majority")
         ops.add_metric([], snap["ops_committed"])
         yield ops
+        records = snap.get("denial_records") or {}
+        if records:
+            rec = CounterMetricFamily(
+                "tmr_denial_records",
+                "Refused checkouts this server recorded (every code of tmr admin denials), by "
+                "what became of them: sent to the backends' denial records, or dropped (the "
+                "buffer was full)",
+                labels=["outcome"],
+            )
+            rec.add_metric(["recorded"], records.get("recorded", 0))
+            rec.add_metric(["dropped"], records.get("dropped", 0))
+            yield rec
+            yield _gauge(
+                "tmr_denial_records_pending",
+                "Refusals buffered, not yet sent to a backend (sent once a second)",
+                records.get("pending", 0),
+            )
         yield from _license_families(snap)
 
 
@@ -353,6 +370,16 @@ def _license_families(snap: dict[str, Any]) -> Iterator[Metric]:
             "UNBOUND_COPY: names no set)",
             labels=[*labels, "reason"],
         ),
+        "queued": GaugeMetricFamily(
+            "tmr_license_queue_length",
+            "Checkouts waiting in the license's queue (client wait=; active server, this term)",
+            labels=labels,
+        ),
+        "queued_seats": GaugeMetricFamily(
+            "tmr_license_queue_seats",
+            "Seats the queued checkouts of the license ask for (active server, this term)",
+            labels=labels,
+        ),
         "refused": GaugeMetricFamily(
             "tmr_license_copies_refused",
             "Up backends whose copy of the license is refused, by reason (BELOW_FLOOR: older "
@@ -367,6 +394,8 @@ def _license_families(snap: dict[str, Any]) -> Iterator[Metric]:
         if lic["in_use"] is not None:
             fams["in_use"].add_metric(key, lic["in_use"])
         fams["quantity"].add_metric(key, lic["quantity"])
+        fams["queued"].add_metric(key, lic.get("queued", 0))
+        fams["queued_seats"].add_metric(key, lic.get("queued_seats", 0))
         fams["available"].add_metric(key, 1.0 if lic["available"] else 0.0)
         fams["holders"].add_metric(key, lic["holders"])
         fams["quorum_margin"].add_metric(key, lic["quorum_margin"])
