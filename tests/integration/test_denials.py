@@ -44,7 +44,7 @@ def report(
     cluster: LocalCluster, server: str, capsys: pytest.CaptureFixture[str], *fmt: str
 ) -> tuple[int, str, str]:
     sock = cluster.nodes[server]["ctl_socket"]
-    return cli(capsys, "report", "denials", "--ctl", sock, "--from", "1h", *fmt)
+    return cli(capsys, "report", "denials", "--ctl", sock, "--from", "1h", "--timeout", "90", *fmt)
 
 
 def test_denials_survive_failover_and_are_reported_once(
@@ -79,7 +79,7 @@ def test_denials_survive_failover_and_are_reported_once(
         code, out, _ = cli(capsys, "admin", "--socket", sock, "denials", "--product", "43")
         assert code == 0 and "0 refusal(s)" in out
 
-        # best effort, sent once a second to every up backend: all three keep both
+        # best effort, sent four times a second to every up backend: all three keep both
         wait_for(
             "the three backends to record the two refusals",
             lambda: all(recorded(cluster, b) == 2 for b in BACKENDS),
@@ -117,7 +117,9 @@ def test_denials_survive_failover_and_are_reported_once(
 
         # the usage report's denials column (NO_LICENSE_AVAILABLE) comes from the same record
         sock_b = cluster.nodes["tmr-b"]["ctl_socket"]
-        code, out, err = cli(capsys, "report", "usage", "--ctl", sock_b, "--from", "1h", "--json")
+        code, out, err = cli(
+            capsys, "report", "usage", "--ctl", sock_b, "--from", "1h", "--timeout", "90", "--json"
+        )
         assert code == 0, err
         usage = json.loads(out)
         (lic,) = [x for x in usage["licenses"] if x["product"] == PRODUCT]

@@ -37,7 +37,6 @@ from tmr.protocol.client_api import ErrorReply, OkReply, Reply, UsageResult, enc
 from tmr.protocol.errors import ProtocolError
 from tmr.replication.messages import (
     DenialQuery,
-    DenialRecords,
     DenialRow,
     PeerError,
     UsageQuery,
@@ -95,6 +94,20 @@ class _Pull:
     chunks: int = 0
     oldest: float | None = None
     rows: list[UsageRow] = field(default_factory=list)
+
+
+@dataclass
+class _DenialPull:
+    """The denial chunks read so far from one backend for one report."""
+
+    name: str
+    socket: zmq.Socket[bytes]
+    after: int = 0
+    mid: int = 0
+    deadline: float = 0.0
+    asked_at: float = 0.0
+    ask_at: float | None = None
+    rows: list[DenialRow] = field(default_factory=list)
 
 
 class UsageWorker:
@@ -341,62 +354,83 @@ class UsageWorker:
         self, job: UsageJob, links: dict[str, zmq.Socket[bytes]]
     ) -> tuple[dict[str, list[DenialRow]], dict[str, str]]:
         """The denial rows of the job's window from each of ``job.denial_backends``, chunk by
-        chunk, one backend after the other, paced like the usage rows; (rows by backend,
-        problems by backend)."""
+        chunk, the backends in parallel (one chunk in flight per backend, paced like the
+        usage rows); (rows by backend, problems by backend)."""
         got: dict[str, list[DenialRow]] = {}
         problems: dict[str, str] = {}
+        pulls: dict[str, _DenialPull] = {}
+        poller = zmq.Poller()
         for name in job.denial_backends:
-            if name not in self.refs:
-                continue
-            s = self._link(links, name)
-            rows: list[DenialRow] = []
-            after = 0
-            while True:
-                mid = next(self._mids)
-                query = DenialQuery(mid, job.since, job.until, after, CHUNK_BYTES)
-                asked = time.monotonic()
-                try:
-                    s.send(peer_api.encode_denial_query(query), zmq.NOBLOCK)
-                except zmq.Again:
+            if name in self.refs:
+                pull = _DenialPull(name, self._link(links, name))
+                if self._ask_denials(job, pull):
+                    pulls[name] = pull
+                    poller.register(pull.socket, zmq.POLLIN)
+                else:
                     problems[name] = "not connected"
-                    break
-                msg = self._denial_answer(s, name, mid, asked + self.timeout)
-                if msg is None:
+        while pulls:
+            now = time.monotonic()
+            for name, pull in list(pulls.items()):
+                if pull.ask_at is not None and pull.ask_at <= now:
+                    if not self._ask_denials(job, pull):
+                        problems[name] = "the link went down between two chunks"
+                        poller.unregister(pulls.pop(name).socket)
+                elif pull.ask_at is None and pull.deadline <= now:
                     problems[name] = f"no answer within {self.timeout:g} s"
-                    break
-                if isinstance(msg, PeerError):
-                    problems[name] = msg.message
-                    break
-                rows.extend(msg.rows)
-                if len(rows) > self.row_limit:
-                    problems[name] = f"more than {self.row_limit} denial rows: shorter window"
-                    break
-                if msg.next is None:
-                    got[name] = rows
-                    break
-                after = msg.next
-                now = time.monotonic()
-                time.sleep(PACE * (now - asked))
+                    poller.unregister(pulls.pop(name).socket)
+            if not pulls:
+                break
+            wait = min(p.deadline if p.ask_at is None else p.ask_at for p in pulls.values())
+            for s, _ in poller.poll(int(max(0.0, wait - now) * 1000) + 1):
+                pull = next(p for p in pulls.values() if p.socket is s)
+                done = self._receive_denials(pull, got, problems)
+                if done:
+                    del pulls[pull.name]
+                    poller.unregister(s)
         return got, problems
 
-    @staticmethod
-    def _denial_answer(
-        s: zmq.Socket[bytes], name: str, mid: int, deadline: float
-    ) -> DenialRecords | PeerError | None:
-        """The answer to denial query ``mid`` (late answers to earlier queries are skipped);
-        None if none came by ``deadline``."""
+    def _ask_denials(self, job: UsageJob, pull: _DenialPull) -> bool:
+        mid = next(self._mids)
+        query = DenialQuery(mid, job.since, job.until, pull.after, CHUNK_BYTES)
+        try:
+            pull.socket.send(peer_api.encode_denial_query(query), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        pull.mid, pull.ask_at = mid, None
+        pull.asked_at = time.monotonic()
+        pull.deadline = pull.asked_at + self.timeout
+        return True
+
+    def _receive_denials(
+        self, pull: _DenialPull, got: dict[str, list[DenialRow]], problems: dict[str, str]
+    ) -> bool:
+        """Read what ``pull``'s link has; True once its rows are complete or it failed."""
         while True:
-            wait = deadline - time.monotonic()
-            if wait <= 0 or not s.poll(int(wait * 1000) + 1, zmq.POLLIN):
-                return None
-            frames = s.recv_multipart(zmq.NOBLOCK)
+            try:
+                frames = pull.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return False
             try:
                 msg = peer_api.decode_denial_reply(frames[-1])
-            except ProtocolError as exc:
-                log("denial_bad_reply", level="debug", backend=name, error=exc.message)
+            except ProtocolError as exc:  # e.g. a late usage chunk on the same link
+                log("denial_bad_reply", level="debug", backend=pull.name, error=exc.message)
                 continue
-            if msg.mid == mid:
-                return msg
+            if msg.mid != pull.mid:
+                continue  # a late answer to an earlier query
+            if isinstance(msg, PeerError):
+                problems[pull.name] = msg.message
+                return True
+            pull.rows.extend(msg.rows)
+            if len(pull.rows) > self.row_limit:
+                problems[pull.name] = f"more than {self.row_limit} denial rows: shorter window"
+                return True
+            if msg.next is None:
+                got[pull.name] = pull.rows
+                return True
+            pull.after = msg.next
+            now = time.monotonic()
+            pull.ask_at = now + PACE * (now - pull.asked_at)
+            return False
 
     def report(
         self,

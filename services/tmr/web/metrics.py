@@ -296,7 +296,7 @@ class SnapshotCollector(Collector):
             yield rec
             yield _gauge(
                 "tmr_denial_records_pending",
-                "Refusals buffered, not yet sent to a backend (sent once a second)",
+                "Refusals buffered, not yet sent to a backend (sent four times a second)",
                 records.get("pending", 0),
             )
         yield from _license_families(snap)
