@@ -23,7 +23,7 @@ from tmr.replication.messages import DenialRow, Denials, PeerError, Probe, Statu
 
 ROW = DenialRow(
     "tmr-a/00000000/1", NOW, "tmr-a", "NO_LICENSE_AVAILABLE", 6_000_123, 42, 1, "K" * 40,
-    "ann", "ws-1", 7, "all seats in use",
+    "ann", "ws-1", 7, "all seats in use", 1, NOW,
 )  # fmt: skip
 
 
@@ -55,7 +55,7 @@ def denials_kept(svc: BackendService) -> int:
     [
         msgpack.packb({"t": "denials", "mid": 1, "rows": [[*list(ROW)[:11]]]}),
         msgpack.packb({"t": "denials", "mid": 1, "rows": [list(ROW)] * 1025}),
-        msgpack.packb({"t": "denials", "mid": 1, "rows": [[*list(ROW)[:11], "r" * 5000]]}),
+        msgpack.packb({"t": "denials", "mid": 1, "rows": [[*list(ROW)[:11], "r" * 5000, 1, NOW]]}),
         msgpack.packb({"t": "denials", "mid": 1, "rows": [[{"x": 1}] * 12]}),
         msgpack.packb({"t": "denials", "mid": 1, "rows": {"a": 1}}),
         msgpack.packb({"t": "denials", "mid": 2**64 - 1, "rows": []}),

@@ -111,7 +111,7 @@ def test_the_buffer_goes_to_up_backends_that_keep_denials_only(
     dealers: dict[str, FakeDealer],
 ) -> None:
     for i in range(1500):
-        svc.denials.record(float(i), "NO_LICENSE_AVAILABLE", *KEY, 1)
+        svc.denials.record(float(i), "NO_LICENSE_AVAILABLE", *KEY, 1, user=f"u{i}")
     assert svc.flush_denials() == 0  # no backend said it keeps denials: kept buffered
     assert len(svc.denials.pending) == 1500
     b1, b2, _ = svc.leader.backends

@@ -121,7 +121,9 @@ CREATE TABLE IF NOT EXISTS denials (
     user TEXT NOT NULL,
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
-    rule TEXT NOT NULL
+    rule TEXT NOT NULL,
+    times INTEGER NOT NULL,  -- the same refusal repeated within one batch: one row
+    last REAL NOT NULL
 );
 """
 
@@ -517,8 +519,8 @@ class SqliteStore:
             before = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO denials (uid, at, recorded_at, server, code, firm, "
-                "product, seats, owner, user, host, pid, rule) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "product, seats, owner, user, host, pid, rule, times, last) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(r.id, r.at, now, *r[2:]) for r in rows],
             )
             added = conn.total_changes - before
@@ -540,7 +542,7 @@ class SqliteStore:
                 self._connection()
                 .execute(
                     "SELECT uid, at, server, code, firm, product, seats, owner, user, host, pid, "
-                    "rule FROM denials ORDER BY id"
+                    "rule, times, last FROM denials ORDER BY id"
                 )
                 .fetchall()
             )

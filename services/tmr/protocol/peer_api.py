@@ -930,9 +930,10 @@ MAX_DENIAL_ID = 64
 MAX_DENIAL_CODE = 32
 MAX_DENIAL_RULE = 1024  # characters of a rule text or refusal message
 MAX_DENIAL_ROWS = 100_000  # rows in one `DenialRecords` answer
+MAX_DENIAL_COUNT = 2**32 - 1
 # Upper bound of a denial row's encoded size besides its strings' UTF-8 bytes: a list header
-# (1), a float (9), four integers (5 each), seven string headers (5 each).
-DENIAL_ROW_OVERHEAD = 1 + 9 + 4 * 5 + 7 * 5
+# (1), two floats (9 each), five integers (5 each), seven string headers (5 each).
+DENIAL_ROW_OVERHEAD = 1 + 2 * 9 + 5 * 5 + 7 * 5
 DENIAL_CHUNK_OVERHEAD = 256
 
 
@@ -947,10 +948,12 @@ def denial_row_size(r: DenialRow) -> int:
 
 
 def _d_denial_row(v: Any, what: str) -> DenialRow:
-    rid, at, server, code, firm, product, seats, owner, user, host, pid, rule = _list(v, what, 12)
-    when = _float(at, what)
-    if when < 0:
-        raise _fail(f"{what}: expected a time >= 0")
+    rid, at, server, code, firm, product, seats, owner, user, host, pid, rule, count, last = _list(
+        v, what, 14
+    )
+    when, until = _float(at, what), _float(last, what)
+    if when < 0 or until < when:
+        raise _fail(f"{what}: expected times 0 <= at <= last")
     return DenialRow(
         _str(rid, what, MAX_DENIAL_ID),
         when,
@@ -964,6 +967,8 @@ def _d_denial_row(v: Any, what: str) -> DenialRow:
         _str(host, what, empty=True),
         _int(pid, what, 0, U32),
         _str(rule, what, MAX_DENIAL_RULE, empty=True),
+        _int(count, what, 1, MAX_DENIAL_COUNT),
+        until,
     )
 
 

@@ -254,6 +254,10 @@ class DenialRow(NamedTuple):
     host: str
     pid: int
     rule: str  # the policy rule's text for POLICY_DENIED, else the refusal's message
+    # The same refusal (every field above but id and at) repeated within one send to the
+    # backends is one row: how many times, and the time of the last (`at`: the first).
+    times: int = 1
+    last: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -4,18 +4,20 @@ Two records:
 
 - `DenialRecorder`: every refusal (`DENIAL_CODES`) with who asked (the CURVE key of the
   connection, and the user, host and pid the client gave), what (license, seats), why (code,
-  rule text or message), which server and when. The poll loop records it (a tuple appended to
-  a bounded buffer) and, four times a second, sends the buffer to every up backend that
-  keeps denial records (`Denials`, fire and forget, at most `MAX_PER_FLUSH` rows each time:
-  4096 a second). Small batches often rather than one large one a second: a backend
-  records a batch in its poll loop (about 15 ms for 1024 rows on a loaded 2-core host), and
-  the replication requests queued behind it wait that long. The
-  backends keep them (schema 6, `denial_retention`) and the report reads them back from all
-  of them, deduplicated by id: the denial report covers both servers and survives a failover.
+  rule text or message), which server and when. The poll loop records it in a bounded
+  buffer, where the same refusal repeated (the same client asking again and again: every
+  field but the time) is one row with a count and the time of the last, so a flood costs rows
+  per refusing client, not per refusal; and, four times a second, sends the buffer to every
+  up backend that keeps denial records (`Denials`, fire and forget, at most `MAX_PER_FLUSH`
+  rows each time: 4096 a second). Small batches often rather than one large one a second: a
+  backend records a batch in its poll loop (about 15 ms for 1024 rows on a loaded 2-core
+  host), and the replication requests queued behind it wait that long. The backends keep them
+  (schema 6, `denial_retention`) and the report reads them back from all of them,
+  deduplicated by id: the denial report covers both servers and survives a failover.
   The newest `RECENT` refusals also stay in memory for `tmr admin denials` and WebAdmin.
   Best effort: a refusal still in the buffer when the server dies, or sent while every
-  backend was down, is lost; beyond `MAX_PENDING` buffered rows, new ones are dropped
-  (counted) rather than grow memory.
+  backend was down, is lost; beyond `MAX_PENDING` buffered rows, new ones (not repeats of a
+  buffered one) are dropped (counted) rather than grow memory.
 - `DenialLog`: the older per-server counts of ``NO_LICENSE_AVAILABLE`` per license and
   minute in ``state_dir/denials.json`` (``denial_retention_days``), kept for the usage
   report's ``denials`` column when no backend keeps denial records (before schema 6).
@@ -28,7 +30,7 @@ import json
 import os
 import secrets
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -163,7 +165,8 @@ class DenialRecorder:
         self._prefix = f"{server}/{secrets.token_hex(4)}/"
         self._n = 0
         self.max_pending = max_pending
-        self.pending: deque[DenialRow] = deque()
+        # what a refusal is (every field but id and time) -> its first row, count, last time
+        self.pending: OrderedDict[tuple[Any, ...], tuple[DenialRow, int, float]] = OrderedDict()
         self.recent: deque[DenialRow] = deque(maxlen=recent)
         self.recorded = 0
         self.dropped = 0  # buffer full: not sent to the backends
@@ -197,19 +200,29 @@ class DenialRecorder:
             host,
             pid,
             rule[:MAX_RULE],
+            1,
+            at,
         )
         self.recorded += 1
         self.recent.append(row)
-        if len(self.pending) < self.max_pending:
-            self.pending.append(row)
+        what = row[2:12]
+        held = self.pending.get(what)
+        if held is not None:
+            self.pending[what] = (held[0], held[1] + 1, at)
+        elif len(self.pending) < self.max_pending:
+            self.pending[what] = (row, 1, at)
         else:
             self.dropped += 1
         return row
 
     def take(self, limit: int = MAX_PER_FLUSH) -> list[DenialRow]:
-        """Up to ``limit`` buffered rows, oldest first (removed from the buffer)."""
-        n = min(limit, len(self.pending))
-        return [self.pending.popleft() for _ in range(n)]
+        """Up to ``limit`` buffered rows, oldest first (removed from the buffer), each with
+        the number of times it was refused and the time of the last."""
+        out: list[DenialRow] = []
+        while self.pending and len(out) < limit:
+            _, (first, count, last) = self.pending.popitem(last=False)
+            out.append(first._replace(times=count, last=max(last, first.at)))
+        return out
 
     def recent_view(
         self, limit: int = RECENT, product: tuple[int | None, int] | None = None

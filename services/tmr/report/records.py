@@ -49,7 +49,8 @@ ORDER BY id
 
 # The denial rows of a window from record id ``after`` on (schema 6; `SqliteStore.add_denials`).
 _DENIAL_SQL = """
-SELECT id, uid, at, server, code, firm, product, seats, owner, user, host, pid, rule
+SELECT id, uid, at, server, code, firm, product, seats, owner, user, host, pid, rule, times,
+       last
 FROM denials WHERE id > :after AND at >= :since AND at <= :until ORDER BY id
 """
 

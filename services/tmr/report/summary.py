@@ -217,7 +217,7 @@ def denial_counts(
     for r in rows:
         if r.code == code and since <= r.at <= until:
             key = (r.firm, r.product)
-            out[key] = out.get(key, 0) + 1
+            out[key] = out.get(key, 0) + r.times
     return out
 
 
@@ -250,13 +250,14 @@ def denial_breakdown(
                 "rule": r.rule,
             }
             keys[g] = set()
-        cur["denials"] += 1
-        cur["seats_asked"] += r.seats
+        cur["denials"] += r.times
+        cur["seats_asked"] += r.seats * r.times
         cur["servers"].add(r.server)
         keys[g].add(r.owner)
         cur["first"] = min(cur["first"], r.at)
-        if r.at >= cur["last"]:
-            cur["last"], cur["rule"] = r.at, r.rule
+        last = max(r.at, r.last)
+        if last >= cur["last"]:
+            cur["last"], cur["rule"] = last, r.rule
     chosen = sorted(groups, key=lambda g: -groups[g]["denials"])[:limit]
     out = []
     for g in sorted(chosen):

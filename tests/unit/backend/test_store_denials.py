@@ -19,7 +19,7 @@ def row(
 ) -> DenialRow:
     return DenialRow(
         f"{server}/b00t/{n}", at + n, server, code, 6_000_123, 42, 2, "K" * 40, "ann", "ws-1",
-        4242, "all 5 seats in use",
+        4242, "all 5 seats in use", 1 + n % 3, at + n + 0.5,
     )  # fmt: skip
 
 

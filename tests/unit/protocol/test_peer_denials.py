@@ -34,7 +34,8 @@ from tmr.replication.types import Epoch
 E = Epoch(3, "tmr-a")
 ROW = DenialRow(
     "tmr-a/0a1b2c3d/1", 1_700_000_000.25, "tmr-a", "POLICY_DENIED", 6000123, 42, 2, "K" * 40,
-    "ann", "ws-1", 4242, "exclude host:ws-1 (policy.toml, license 6000123:42)",
+    "ann", "ws-1", 4242, "exclude host:ws-1 (policy.toml, license 6000123:42)", 3,
+    1_700_000_000.5,
 )  # fmt: skip
 GOOD_ROW = list(ROW)
 
@@ -79,7 +80,7 @@ def _bad_row(i: int, value: object) -> list[object]:
     [
         {"t": "denials", "mid": 0},  # no rows
         {"t": "denials", "mid": 0, "rows": "x"},
-        {"t": "denials", "mid": 0, "rows": [GOOD_ROW[:11]]},  # a field short
+        {"t": "denials", "mid": 0, "rows": [GOOD_ROW[:13]]},  # a field short
         {"t": "denials", "mid": 0, "rows": [[*GOOD_ROW, 1]]},  # a field too many
         {"t": "denials", "mid": 0, "rows": [_bad_row(0, "")]},  # empty id
         {"t": "denials", "mid": 0, "rows": [_bad_row(0, "i" * 65)]},  # id too long
@@ -92,6 +93,8 @@ def _bad_row(i: int, value: object) -> list[object]:
         {"t": "denials", "mid": 0, "rows": [_bad_row(8, b"ann")]},  # bytes, not text
         {"t": "denials", "mid": 0, "rows": [_bad_row(10, True)]},  # pid
         {"t": "denials", "mid": 0, "rows": [_bad_row(11, "r" * 1025)]},  # rule too long
+        {"t": "denials", "mid": 0, "rows": [_bad_row(12, 0)]},  # refused 0 times
+        {"t": "denials", "mid": 0, "rows": [_bad_row(13, 1.0)]},  # last before at
         {"t": "denials", "mid": 0, "rows": [GOOD_ROW] * (MAX_DENIAL_BATCH + 1)},
         {"t": "denial_query", "mid": 1, "since": 2.0, "until": 1.0, "after": 0, "chunk": 4096},
         {"t": "denial_query", "mid": 1, "since": 1.0, "until": 2.0, "after": -1, "chunk": 4096},
@@ -136,12 +139,12 @@ def test_malformed_denial_answers_are_refused(body: dict[str, object]) -> None:
             st.text(max_size=70),
             st.binary(max_size=5),
         ),
-        min_size=10,
-        max_size=13,
+        min_size=12,
+        max_size=15,
     )
 )
 def test_random_denial_rows_never_raise_from_the_backend_decoder(row: list[object]) -> None:
     got = decode_backend_frame(msgpack.packb({"t": "denials", "mid": 0, "rows": [row]}))
     assert isinstance(got, Denials | BadFrame)
     if isinstance(got, Denials):
-        assert len(got.rows) == 1 and len(row) == 12
+        assert len(got.rows) == 1 and len(row) == 14

@@ -34,6 +34,26 @@ def row(n: int, user: str = "ann", code: str = "NO_LICENSE_AVAILABLE", **kw: obj
 # ---------------------------------------------------------------- recorder
 
 
+def test_a_refusal_repeated_is_one_row_with_a_count() -> None:
+    rec = DenialRecorder("tmr-a", max_pending=2)
+    for i in range(1000):  # a flood from one client: one row, not a thousand
+        rec.record(T0 + i, "NO_LICENSE_AVAILABLE", *KEY, 2, owner="K", user="ann", rule="full")
+    rec.record(T0 + 5, "POLICY_DENIED", *KEY, 1, owner="L", user="mallory", rule="exclude")
+    rec.record(T0 + 6, "QUORUM_LOST", *KEY, 1, user="bob")  # a third kind: the buffer is full
+    rec.record(T0 + 1000, "NO_LICENSE_AVAILABLE", *KEY, 2, owner="K", user="ann", rule="full")
+    assert (rec.recorded, len(rec.pending), rec.dropped) == (1003, 2, 1)
+    ann, mallory = rec.take()
+    assert (ann.user, ann.times, ann.at, ann.last) == ("ann", 1001, T0, T0 + 1000)
+    assert (mallory.user, mallory.times, mallory.at, mallory.last) == ("mallory", 1, T0 + 5, T0 + 5)
+    assert len(rec.recent) == 1000  # the recent list keeps each refusal (the newest RECENT)
+    groups, _ = denial_breakdown([ann, mallory], T0, T0 + 2000)
+    assert [(g["user"], g["denials"], g["seats_asked"]) for g in groups] == [
+        ("ann", 1001, 2002),
+        ("mallory", 1, 1),
+    ]
+    assert denial_counts([ann, mallory], T0, T0 + 2000) == {KEY: 1001}
+
+
 def test_the_recorder_is_bounded_and_counts_what_it_drops() -> None:
     rec = DenialRecorder("tmr-a", max_pending=10, recent=5)
     for i in range(25):
