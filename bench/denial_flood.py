@@ -90,7 +90,7 @@ def main() -> int:
                     ]
                     extra = (
                         f"recorded {rec['recorded']}, dropped {rec['dropped']}, "
-                        f"pending {rec['pending']}, kept by the backends {kept}"
+                        f"pending {rec['pending']}; rows kept by the backends {kept}"
                     )
                 except CtlError:
                     extra = "this build does not record refusals"
