@@ -142,6 +142,7 @@ __all__ = [
     "UsageResult",
     "decode_reply",
     "decode_request",
+    "encode_ok",
     "encode_reply",
     "encode_request",
     "valid_rid",
@@ -497,6 +498,32 @@ _ERROR_KEYS: Final = frozenset({"v", "rid", "ok", "error", "message"})
 def encode_reply(reply: Reply) -> bytes:
     """Encode a reply (server side)."""
     return pack(reply.to_wire())
+
+
+# `encode_ok` from templates: an OK reply is the map {"v": 1, "rid": rid, "ok": true,
+# "result": body}, so its bytes are a constant head, the packed rid, a constant middle and the
+# packed body. Bodies of results that do not vary (a release's, a heartbeat's for one lease)
+# are packed once.
+_OK_HEAD: Final = b"\x84" + pack({"v": PROTOCOL_VERSION})[1:] + b"\xa3rid"
+_OK_MID: Final = b"\xa2ok\xc3\xa6result"
+_CONSTANT_RESULTS: Final = (ReleaseResult, HeartbeatResult)
+_CONSTANT_BODIES: dict[object, bytes] = {}
+_CONSTANT_BODIES_MAX = 64
+
+
+def encode_ok(rid: str, result: Result) -> bytes:
+    """`encode_reply(OkReply(rid, result))`, the same bytes, from the templates above (the
+    server's hot path: no reply object, no map built for the envelope)."""
+    _check_rid(rid)
+    if type(result) in _CONSTANT_RESULTS:
+        body = _CONSTANT_BODIES.get(result)
+        if body is None:
+            body = pack(result.to_wire())
+            if len(_CONSTANT_BODIES) < _CONSTANT_BODIES_MAX:
+                _CONSTANT_BODIES[result] = body
+    else:
+        body = pack(result.to_wire())
+    return b"".join((_OK_HEAD, pack(rid), _OK_MID, body))
 
 
 def decode_reply(frame: bytes, *, op: str | None = None, max_size: int = MAX_REPLY_SIZE) -> Reply:
