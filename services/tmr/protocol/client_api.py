@@ -348,6 +348,23 @@ _NONE_DEFAULT: Final[dict[str, tuple[str, ...]]] = {"checkout": ("wait",)}
 OPS: Final[frozenset[str]] = frozenset(_REQUEST_TYPES)
 
 
+def _request_shapes() -> dict[str, dict[frozenset[str], tuple[str, ...]]]:
+    """Per op, every key set a valid request of it may have (each subset of its optional
+    keys left out), with the fields present."""
+    out: dict[str, dict[frozenset[str], tuple[str, ...]]] = {}
+    for op, names in _REQUEST_FIELDS.items():
+        optional = sorted(_OPTIONAL_FIELDS.get(op, frozenset()))
+        shapes = out[op] = {}
+        for mask in range(1 << len(optional)):
+            left_out = {n for i, n in enumerate(optional) if mask >> i & 1}
+            present = tuple(n for n in names if n not in left_out)
+            shapes[_ENVELOPE | frozenset(present)] = present
+    return out
+
+
+_REQUEST_SHAPES: Final = _request_shapes()
+
+
 def decode_request(frame: bytes) -> Request:
     """Decode and validate one request frame (server side).
 
@@ -355,8 +372,28 @@ def decode_request(frame: bytes) -> Request:
     oversized (> `MAX_REQUEST_SIZE`), wrongly typed or out of range, an unknown ``op``, a wrong
     ``v``, and missing or unknown keys. ``exc.rid`` is the request id when it could be read
     (and is itself valid), else ``None``.
+
+    The usual request (a known op, ``v`` 1, exactly the keys of one of its shapes, no nil)
+    takes a fast path that only builds the request (whose class checks every field); any
+    other frame, and any request its class refuses, goes through `_decode_request_strict`,
+    which decides the same and names the problem.
     """
     msg = unpack_flat(frame, max_size=MAX_REQUEST_SIZE)
+    op = msg.get("op")
+    version = msg.get("v")
+    if type(op) is str and type(version) is int and version == PROTOCOL_VERSION:
+        shapes = _REQUEST_SHAPES.get(op)
+        names = shapes.get(frozenset(msg)) if shapes is not None else None
+        if names is not None and None not in msg.values():
+            try:
+                return _REQUEST_TYPES[op](**{n: msg[n] for n in names})
+            except ProtocolError:
+                pass  # the strict path raises it again, with the request id
+    return _decode_request_strict(msg)
+
+
+def _decode_request_strict(msg: dict[str, Any]) -> Request:
+    """`decode_request` of a decoded frame, every check in order."""
     if "rid" not in msg:
         raise ProtocolError("missing key 'rid'")
     rid = _check_rid(msg["rid"])
