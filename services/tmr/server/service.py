@@ -62,7 +62,7 @@ from tmr.serving.loop import ServiceLoop, configure_service_logs
 from tmr.serving.zap import ZapHandler
 from tmr.web.runtime import WebRuntime
 from tmr.zap_log import ZapDenials
-from tmr.zmqio import NOBLOCK, recv_frames, recv_frames_user, send_frames
+from tmr.zmqio import NOBLOCK, readable, recv_frames, recv_frames_user, send_frames
 
 TICK = 0.05
 _STATUS_KEYS = frozenset(f.name for f in dataclasses.fields(StatusResult)) - {"extra"}
@@ -589,6 +589,11 @@ class ServerService:
             self.on_client(got[0], time.monotonic(), got[1])
 
     def _drain_backend(self, s: zmq.Socket[bytes], name: str, now: float) -> None:
+        """The backend's replies: about one per turn under load (measured: 1.2), so after
+        each the socket's ZMQ_EVENTS say whether another waits, where reading until `zmq.Again`
+        would raise an exception in nearly every turn. (The client socket has about a dozen
+        requests per turn under load: there one `zmq.Again` per turn is cheaper than a
+        ZMQ_EVENTS read per request.)"""
         for _ in range(MAX_DRAIN):
             frames = recv_frames(s)
             if frames is None:
@@ -600,3 +605,5 @@ class ServerService:
                 continue
             self.web.on_backend_reply(name, msg)
             self.apply(self.leader.on_reply(name, msg, now))
+            if not readable(s):
+                return
