@@ -1145,8 +1145,9 @@ class Leader:
         )
 
     def _recommit(self, p: Product, fx: Effects) -> None:
+        committed = p.committed
         ops, gone = productlog.recommit(p, self.backends, fx)
-        if ops or gone:
+        if p.committed != committed:
             self._dirty.add(p.key)  # the backends are to be told of the commit
         self.ops_committed += ops
         for h in gone:
@@ -1386,7 +1387,8 @@ class Leader:
         backends.set_caught_up(b, True, now)
         for key, res in msg.results.items():
             p = self._products.get(key)
-            self._dirty.add(key)
+            if p is not None:
+                self._dirty.add(key)
             if res.status == EntryStatus.OK:
                 seq = productlog.acked_seq(p, res.seq) if p is not None else res.seq
                 b.acked[key] = max(b.acked.get(key, -1), seq)
