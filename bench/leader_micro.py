@@ -3,8 +3,9 @@
 `python -m bench.leader_micro [--cycles N] [--batch B] [--repeat R] [--products P]`: one
 leader and three in-process `Acceptor`s (no I/O, no sockets), the leader pumped once per batch
 of B requests as the server's loop does; with P > 1 the backends hold P - 1 more licenses that
-stay idle (the cost of products that have nothing to send). Reports, per repetition, the seconds spent inside the leader's calls
-(the acceptors' work is not counted) and the median over the repetitions.
+stay idle (the cost of products that have nothing to send). Reports, per repetition, the
+seconds spent inside the leader's calls (the acceptors' work is not counted) and the median
+over the repetitions.
 """
 
 from __future__ import annotations
@@ -41,9 +42,7 @@ def run(cycles: int, batch: int, products: int = 1) -> float:
     lic = LicenseInfo(7, 10 * cycles, True)
     keys = [KEY, *((KEY[0], KEY[1] + 1 + j) for j in range(products - 1))]
     acceptors = {
-        n: Acceptor(
-            n, AcceptorState(ZERO_EPOCH, False), {k: own_copy(lic, i + 1) for k in keys}
-        )
+        n: Acceptor(n, AcceptorState(ZERO_EPOCH, False), {k: own_copy(lic, i + 1) for k in keys})
         for i, n in enumerate(NAMES)
     }
     leader = Leader(LeaderConfig("sa", NAMES, backend_keys=KEYS), wall_clock=lambda: now)

@@ -18,7 +18,9 @@ from tmr.replication.messages import PeerRequest
 SEEDS = range(40)
 
 
-def sends(seed: int, monkeypatch: pytest.MonkeyPatch, *, dirty: bool) -> tuple[list[Any], list[str]]:
+def sends(
+    seed: int, monkeypatch: pytest.MonkeyPatch, *, dirty: bool
+) -> tuple[list[Any], list[str]]:
     """Every message the servers of the simulation of `seed` send, and its log."""
     sent: list[Any] = []
     send = Leader._send
