@@ -1,9 +1,11 @@
 """Micro-benchmark of the sans-I/O `Leader` (docs/performance.md): N checkout+release cycles.
 
-`python -m bench.leader_micro [--cycles N] [--batch B] [--repeat R]`: one leader and three
-in-process `Acceptor`s (no I/O, no sockets), the leader pumped once per batch of B requests as
-the server's loop does. Reports, per repetition, the seconds spent inside the leader's calls
-(the acceptors' work is not counted) and the median over the repetitions.
+`python -m bench.leader_micro [--cycles N] [--batch B] [--repeat R] [--products P]`: one
+leader and three in-process `Acceptor`s (no I/O, no sockets), the leader pumped once per batch
+of B requests as the server's loop does; with P > 1 the backends hold P - 1 more licenses that
+stay idle (the cost of products that have nothing to send). Reports, per repetition, the
+seconds spent inside the leader's calls (the acceptors' work is not counted) and the median
+over the repetitions.
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ def own_copy(lic: LicenseInfo, i: int) -> LicenseInfo:
     )
 
 
-def run(cycles: int, batch: int) -> float:
+def run(cycles: int, batch: int, products: int = 1) -> float:
     """Seconds spent in the leader for `cycles` checkouts and their releases."""
     now = 0.0
     lic = LicenseInfo(7, 10 * cycles, True)
+    keys = [KEY, *((KEY[0], KEY[1] + 1 + j) for j in range(products - 1))]
     acceptors = {
-        n: Acceptor(n, AcceptorState(ZERO_EPOCH, False), {KEY: own_copy(lic, i + 1)})
+        n: Acceptor(n, AcceptorState(ZERO_EPOCH, False), {k: own_copy(lic, i + 1) for k in keys})
         for i, n in enumerate(NAMES)
     }
     leader = Leader(LeaderConfig("sa", NAMES, backend_keys=KEYS), wall_clock=lambda: now)
@@ -98,8 +101,9 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--products", type=int, default=1, help="licenses held (1 busy, the rest idle)")
     args = ap.parse_args()
-    times = [run(args.cycles, args.batch) for _ in range(args.repeat)]
+    times = [run(args.cycles, args.batch, args.products) for _ in range(args.repeat)]
     print(" ".join(f"{t:.3f}" for t in times))
     print(f"median {statistics.median(times):.3f} s for {args.cycles} checkout+release cycles")
 

@@ -3,7 +3,7 @@
 `ServerService` owns one `WebRuntime`. The hooks are cheap and never block:
 
 - `on_effects(fx)` / `on_backend_reply(name, msg)` / `on_checkout(...)`: metrics and the
-  denial record;
+  denial record; `end_turn()` once per loop turn adds the turn's counts to the metrics;
 - `publish_due(now)` then `publish(status, handles, now)`: a new snapshot for the web
   thread (`handles` only while someone looks at the page: `wants_handles()`);
 - `submit_usage(...)`: queue a usage report for the worker thread; the loop polls
@@ -109,6 +109,11 @@ class WebRuntime:
     def on_effects(self, fx: Effects) -> None:
         if self.web is not None:
             self.metrics.on_effects(fx)
+
+    def end_turn(self) -> None:
+        """Once per loop turn: the turn's event counts into the metrics (`ServerMetrics.flush`)."""
+        if self.web is not None:
+            self.metrics.flush()
 
     def on_backend_reply(self, backend: str, msg: PeerReply) -> None:
         if self.web is not None:
