@@ -515,16 +515,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             doc = json.loads(args.out.read_text())
         except ValueError:
             doc = {}
-    doc["when"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     doc["timers"] = timers(Path(__file__).resolve().parents[1] / "inventory/lab/group_vars/all.yml")
     load = [round(x, 2) for x in os.getloadavg()]
-    doc["machine"] = {"cores": os.cpu_count(), "load_at_start": load}
-    if args.soak:
+    machine: dict[str, Any] = {"cores": os.cpu_count(), "load_at_start": load}
+    if args.soak:  # its own key: the kills of an earlier run stay in the file
         doc.update(run_soak(args))
-        doc["soak"]["load_at_start"] = load
-        doc["soak"]["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        doc["soak"]["when"] = when
+        doc["soak"]["machine"] = machine
         ok = doc["soak"]["vrrp_transition_count"] == 0 and doc["soak"]["checker_ok"]
     else:
+        doc["when"] = when
+        doc["machine"] = machine
         doc.update(run_kills(args))
         ok = doc["checker"]["ok"]
         s = doc["summary"]
@@ -538,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{stat:>3} {'':<8} {'':<6}" + "".join(f"{s[m][stat]!s:>16}" for m in METRICS))
         met = "MET" if doc["goal"]["met"] else "NOT MET"
         print(f"goal p50 < {GOAL_P50} s, max < {GOAL_MAX} s: {met}")
-    doc["machine"]["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    machine["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {args.out}")
