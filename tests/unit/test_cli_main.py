@@ -110,3 +110,26 @@ def test_a_bad_log_format_in_the_environment_is_refused(
     assert capsys.readouterr().err == (
         "tmr: error: TMR_LOG_FORMAT: log format must be one of json, text, not 'xml'\n"
     )
+
+
+def test_tmr_ctl_loads_neither_the_configuration_nor_cryptography(tmp_path: Path) -> None:
+    """keepalived's notify script runs `tmr ctl promote` on the failover path: the command
+    imports only what talking to the control socket needs."""
+    import subprocess
+    import sys
+
+    argv = ["ctl", "--socket", str(tmp_path / "none.sock"), "--timeout", "0.1", "health"]
+    code = (
+        "import sys\n"
+        "from tmr.cli.main import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules\n"
+        "             if m == 'tmr.config' or m.startswith('cryptography')))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr

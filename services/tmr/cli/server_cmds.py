@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tmr.config import load_server_config
 from tmr.ctl import ctl_request
 
 CTL_COMMANDS = {
@@ -24,6 +23,9 @@ CTL_COMMANDS = {
 
 
 def _server_run(args: argparse.Namespace) -> int:
+    # imported here: `tmr ctl` (keepalived's notify and health scripts) must not load the
+    # configuration and its cryptography, 40-80 ms of every promote on a busy host
+    from tmr.config import load_server_config
     from tmr.server.service import ServerService
 
     return ServerService(load_server_config(Path(args.config))).run()
