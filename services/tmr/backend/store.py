@@ -12,7 +12,8 @@ Tables (schema version in ``meta``):
   (the trio's TMR ID and trusted time, schema 4; they only rise);
 - ``handles``: the handle table, per (firm, product, handle), with the CURVE key that owns
   each handle (schema 3) and the user, host and process id the client gave (schema 5;
-  informational, shown by `tmr admin handles`);
+  informational, shown by `tmr admin handles`) and its access mode (schema 6: user_limit,
+  station_share or exclusive; how the handle counts, `tmr.replication.types.AccessMode`);
 - ``installed``: the highest TMR ID ever installed per product (no-rollback rule);
 - ``usage``: committed ops (granted / released / expired), the newest ``usage_retention``
   rows are kept. Older rows are deleted in batches, once 1 % of ``usage_retention`` (at most
@@ -34,6 +35,7 @@ from tmr.replication.acceptor import AcceptorState, ProductWrite, Write
 from tmr.replication.types import (
     NO_FLOOR,
     ZERO_EPOCH,
+    AccessMode,
     Epoch,
     Floor,
     Grant,
@@ -46,7 +48,7 @@ from tmr.replication.types import (
     floor_after,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DEFAULT_USAGE_RETENTION = 100_000
 TRIM_BATCH_MAX = 1024  # usage rows that may come in between two trims (see the docstring)
 
@@ -83,6 +85,7 @@ CREATE TABLE IF NOT EXISTS handles (
     user TEXT NOT NULL DEFAULT '',
     host TEXT NOT NULL DEFAULT '',
     pid INTEGER NOT NULL DEFAULT 0,
+    mode TEXT NOT NULL DEFAULT 'user_limit',
     PRIMARY KEY (firm, product, handle)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS installed (
@@ -151,6 +154,14 @@ _MIGRATE_FROM_4 = (
     f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",
 )
 
+# Schema 5 -> 6: each handle carries its access mode (`HandleRecord.mode`). Rows of schema 5
+# get 'user_limit': every handle counted its seats before modes. In the opening transaction,
+# after the earlier steps when coming from older schemas.
+_MIGRATE_FROM_5 = (
+    "ALTER TABLE handles ADD COLUMN mode TEXT NOT NULL DEFAULT 'user_limit'",
+    f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",
+)
+
 
 def _execute_all(conn: sqlite3.Connection, script: str) -> None:
     """Run the statements of ``script`` (separated by ";") in the current transaction."""
@@ -181,7 +192,7 @@ class UsageRecord:
 _RELEASE_EVENTS = {ReleaseReason.RELEASE: "released", ReleaseReason.EXPIRE: "expired"}
 _INSERT_HANDLE = (
     "{verb} INTO handles (firm, product, handle, seats, client_id, request_id, granted_at, "
-    "owner, user, host, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "owner, user, host, pid, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _GRANT = _INSERT_HANDLE.format(verb="INSERT OR IGNORE")
 _REPLACE_HANDLE = _INSERT_HANDLE.format(verb="INSERT OR REPLACE")
@@ -254,12 +265,16 @@ class SqliteStore:
                 "INSERT INTO meta (key, value) VALUES ('created_at', ?)", (repr(time.time()),)
             )
         elif row[0] == "1":  # products keeps its rows: it gets the floors of schema 4
-            # `_SCHEMA` (in `_MIGRATE_FROM_1`) creates handles with the columns of schema 5.
+            # `_SCHEMA` (in `_MIGRATE_FROM_1`) creates handles with the columns of schema 6.
             for script in (*_MIGRATE_FROM_1, *_MIGRATE_FROM_3):
                 _execute_all(conn, script)
-        elif row[0] in ("2", "3", "4"):
-            steps = {"2": (*_MIGRATE_FROM_2, *_MIGRATE_FROM_3), "3": _MIGRATE_FROM_3}
-            for script in (*steps.get(row[0], ()), *_MIGRATE_FROM_4):
+        elif row[0] in ("2", "3", "4", "5"):
+            steps = {
+                "2": (*_MIGRATE_FROM_2, *_MIGRATE_FROM_3, *_MIGRATE_FROM_4),
+                "3": (*_MIGRATE_FROM_3, *_MIGRATE_FROM_4),
+                "4": _MIGRATE_FROM_4,
+            }
+            for script in (*steps.get(row[0], ()), *_MIGRATE_FROM_5):
                 _execute_all(conn, script)
         elif row[0] != str(SCHEMA_VERSION):
             raise sqlite3.DatabaseError(
@@ -316,7 +331,7 @@ class SqliteStore:
         try:
             conn = self._connection()
             return self._read_state(conn)
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, ValueError) as exc:  # ValueError: an unknown mode
             self.close()
             raise StorageError(f"cannot read database {self.path}: {exc}") from None
 
@@ -333,12 +348,16 @@ class SqliteStore:
             state.products[(firm, product)] = ProductLog(
                 Version(Epoch(e_counter, e_server), seq), floor=Floor(tmr_floor, time_floor)
             )
-        for row in conn.execute(
+        for h, firm, product, seats, cid, rid, at, owner, user, host, pid, mode in conn.execute(
             "SELECT handle, firm, product, seats, client_id, request_id, granted_at, owner, "
-            "user, host, pid FROM handles"
+            "user, host, pid, mode FROM handles"
         ):
-            log = state.products.setdefault((row[1], row[2]), ProductLog())
-            log.handles[row[0]] = HandleRecord(*row)
+            log = state.products.setdefault((firm, product), ProductLog())
+            log.put(
+                HandleRecord(
+                    h, firm, product, seats, cid, rid, at, owner, user, host, pid, AccessMode(mode)
+                )
+            )
         return state
 
     def commit(self, write: Write) -> None:
@@ -402,6 +421,7 @@ class SqliteStore:
                         r.user,
                         r.host,
                         r.pid,
+                        r.mode.value,
                     )
                     for r in pw.replace
                 ],
@@ -413,7 +433,15 @@ class SqliteStore:
                     rec = op.record
                     row = (firm, product, rec.handle, rec.seats, rec.client_id, rec.request_id)
                     # A grant is idempotent: an existing handle is kept, and not recorded again.
-                    grant = (*row, rec.granted_at, rec.owner, rec.user, rec.host, rec.pid)
+                    grant = (
+                        *row,
+                        rec.granted_at,
+                        rec.owner,
+                        rec.user,
+                        rec.host,
+                        rec.pid,
+                        rec.mode.value,
+                    )
                     if execute(_GRANT, grant).rowcount > 0:
                         usage.append(
                             (rec.granted_at, recorded_at, "granted", *row[:4], rec.client_id)

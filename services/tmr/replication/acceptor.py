@@ -55,8 +55,8 @@ from tmr.replication.types import (
     ProductKey,
     ProductLog,
     Version,
-    apply_ops,
     floor_after,
+    seat_count,
     under_floor,
 )
 
@@ -119,9 +119,9 @@ def apply_write(state: AcceptorState, write: Write) -> None:
     for pw in write.products:
         log = state.products.setdefault(pw.key, ProductLog())
         if pw.replace is not None:
-            log.handles = {r.handle: r for r in pw.replace}
+            log.replace_handles(pw.replace)
         else:
-            apply_ops(log.handles, pw.ops)
+            log.apply(pw.ops)
         log.floor = floor_after(log.floor, pw.ops)
         if pw.floor is not None:
             log.floor = log.floor.merge(pw.floor)
@@ -301,7 +301,7 @@ class Acceptor:
             version = Version(req.epoch, entry.seq)
             if any(e.key == key and e.seq > entry.seq for e in req.entries):
                 log = log.copy() if key not in work else log
-                apply_ops(log.handles, entry.ops)
+                log.apply(entry.ops)
                 log.floor = floor_after(log.floor, entry.ops)
                 log.version = version
                 work[key] = log
@@ -314,32 +314,54 @@ class Acceptor:
         return Step(reply, None if write.empty() else write, commits=commits)
 
     def _check_ops(self, key: ProductKey, log: ProductLog, ops: tuple[Op, ...]) -> str:
-        added: dict[str, int] = {}  # handles this entry grants, with their seats
+        """Why this backend refuses the entry's ops on ``log`` ("" if it takes them): a
+        malformed grant, a grant that breaks the exclusive rule, or one that takes the count
+        (`SeatCount`, with access modes) above this copy's LQ. Works on the log's running
+        count and undoes its changes before returning: a cost per op, not per handle held
+        (issue 17); the log itself is left as it was."""
+        count = log.count
+        table = log.handles
+        added: dict[str, HandleRecord] = {}  # handles this entry grants
         gone: set[str] = set()  # handles of the table this entry releases
-        count = log.seats()
-        for op in ops:
-            if isinstance(op, Floor):
-                continue  # floors only rise; a copy below them is refused from the next entry
-            if isinstance(op, Grant):
-                rec = op.record
-                if rec.key != key or rec.seats < 1:
-                    return f"malformed grant {rec.handle} for product {key}"
-                if rec.handle in added or (rec.handle in log.handles and rec.handle not in gone):
-                    continue
-                added[rec.handle] = rec.seats
-                count += rec.seats
-                lic = self.licenses[key]
-                if count > lic.quantity:
-                    return (
-                        f"grant {rec.handle} would take {count} seats, "
-                        f"above this copy's LQ {lic.quantity}"
-                    )
-            elif op.handle in added:
-                count -= added.pop(op.handle)
-            elif op.handle in log.handles and op.handle not in gone:
-                gone.add(op.handle)
-                count -= log.handles[op.handle].seats
-        return ""
+        undo: list[tuple[bool, HandleRecord]] = []  # (was added, record), in order
+        try:
+            for op in ops:
+                if isinstance(op, Floor):
+                    continue  # floors only rise; a copy below them is refused next entry
+                if isinstance(op, Grant):
+                    rec = op.record
+                    if rec.key != key or rec.seats < 1:
+                        return f"malformed grant {rec.handle} for product {key}"
+                    if rec.handle in added or (rec.handle in table and rec.handle not in gone):
+                        continue
+                    conflict = count.conflict(rec.mode)
+                    if conflict:
+                        return f"grant {rec.handle} ({rec.mode.value}) refused: {conflict}"
+                    added[rec.handle] = rec
+                    count.add(rec)
+                    undo.append((True, rec))
+                    lic = self.licenses[key]
+                    if count.total > lic.quantity:
+                        return (
+                            f"grant {rec.handle} would take {count.total} seats, "
+                            f"above this copy's LQ {lic.quantity}"
+                        )
+                elif op.handle in added:
+                    rec = added.pop(op.handle)
+                    count.remove(rec)
+                    undo.append((False, rec))
+                elif op.handle in table and op.handle not in gone:
+                    gone.add(op.handle)
+                    rec = table[op.handle]
+                    count.remove(rec)
+                    undo.append((False, rec))
+            return ""
+        finally:
+            for was_added, rec in reversed(undo):
+                if was_added:
+                    count.remove(rec)
+                else:
+                    count.add(rec)
 
     def _snapshot(self, req: Snapshot) -> Step:
         results: dict[ProductKey, EntryResult] = {}
@@ -361,7 +383,7 @@ class Acceptor:
                 if any(r.key != key or r.seats < 1 for r in entry.handles):
                     refusal = "malformed snapshot"
                 elif not recorded:
-                    new = sum(r.seats for r in entry.handles)
+                    new = seat_count({r.handle: r for r in entry.handles}.values())
                     limit = max(self.licenses[key].quantity, current.seats())
                     if new > limit:
                         refusal = f"snapshot holds {new} seats, above this copy's LQ"

@@ -12,6 +12,7 @@ from tmr.backend.store import SCHEMA_VERSION, SqliteStore, StorageError
 from tmr.replication.acceptor import AcceptorState, ProductWrite, Write, apply_write
 from tmr.replication.types import (
     ZERO_EPOCH,
+    AccessMode,
     Epoch,
     Grant,
     HandleRecord,
@@ -312,8 +313,8 @@ def test_a_schema_4_database_gets_empty_client_identity_and_keeps_every_row(db: 
         store.commit(Write(products=(ProductWrite(KEY, Version(E2, 8), ops=(Grant(new),)),)))
     finally:
         store.close()
-    assert _dump(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("5",)]
-    assert SCHEMA_VERSION == 5
+    assert _dump(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("6",)]
+    assert SCHEMA_VERSION == 6
     reopened = SqliteStore(db)
     try:
         handles = reopened.load().products[KEY].handles
@@ -330,7 +331,75 @@ def test_a_schema_2_database_is_migrated_through_to_client_identity(db: Path) ->
     finally:
         store.close()
     columns = [r[1] for r in _dump(db, "PRAGMA table_info(handles)")]
-    assert columns[-4:] == ["owner", "user", "host", "pid"]
+    assert columns[-5:] == ["owner", "user", "host", "pid", "mode"]
+
+
+def _write_schema_5(db: Path) -> None:
+    """A schema 5 database (handles with the client's user, host and pid, no mode), as the
+    release before access modes leaves it."""
+    _write_schema_4(db)
+    conn = sqlite3.connect(db)
+    try:
+        conn.executescript(
+            """
+            ALTER TABLE handles ADD COLUMN user TEXT NOT NULL DEFAULT '';
+            ALTER TABLE handles ADD COLUMN host TEXT NOT NULL DEFAULT '';
+            ALTER TABLE handles ADD COLUMN pid INTEGER NOT NULL DEFAULT 0;
+            UPDATE handles SET user = 'alice', host = 'ws-1', pid = 42;
+            UPDATE meta SET value = '5' WHERE key = 'schema_version';
+            """
+        )
+    finally:
+        conn.close()
+
+
+def test_a_schema_5_database_gets_user_limit_handles_and_keeps_every_row(db: Path) -> None:
+    _write_schema_5(db)
+    store = SqliteStore(db)
+    try:
+        log = store.load().products[KEY]
+        old = log.handles["h1"]
+        assert (old.user, old.host, old.pid, old.mode) == ("alice", "ws-1", 42, "user_limit")
+        assert log.seats() == old.seats
+        new = HandleRecord(
+            "h2", KEY[0], KEY[1], 1, "c2", "r2", 1.5, "B" * 40, "bob", "ws-2", 99,
+            AccessMode.STATION_SHARE,
+        )  # fmt: skip
+        store.commit(Write(products=(ProductWrite(KEY, Version(E2, 8), ops=(Grant(new),)),)))
+    finally:
+        store.close()
+    assert _dump(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("6",)]
+    reopened = SqliteStore(db)
+    try:
+        log = reopened.load().products[KEY]
+        assert log.handles["h2"] == new and log.handles["h1"] == old
+        assert log.handles["h2"].mode is AccessMode.STATION_SHARE
+        assert log.seats() == old.seats + 1
+    finally:
+        reopened.close()
+
+
+def test_modes_survive_snapshots_and_restarts(store: SqliteStore) -> None:
+    a = HandleRecord("h1", KEY[0], KEY[1], 2, "c1", "r1", 1.5, "A" * 40, "u", "h", 1,
+                     AccessMode.STATION_SHARE)  # fmt: skip
+    b = HandleRecord("h2", KEY[0], KEY[1], 3, "c1", "r2", 2.5, "A" * 40, "u", "h", 2,
+                     AccessMode.STATION_SHARE)  # fmt: skip
+    store.commit(Write(products=(ProductWrite(KEY, Version(E2, 0), replace=(a, b)),)))
+    log = reopen(store).products[KEY]
+    assert log.handles == {"h1": a, "h2": b} and log.seats() == 3
+
+
+def test_an_unknown_mode_in_the_database_is_a_storage_error(db: Path, store: SqliteStore) -> None:
+    a = HandleRecord("h1", KEY[0], KEY[1], 1, "c1", "r1", 1.5, "A" * 40)
+    store.commit(Write(products=(ProductWrite(KEY, Version(E1, 1), ops=(Grant(a),)),)))
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("UPDATE handles SET mode = 'borrowed'")
+        conn.commit()
+    finally:
+        conn.close()
+    with pytest.raises(StorageError, match="cannot read"):
+        store.load()
 
 
 def test_client_identity_survives_grants_snapshots_and_restarts(store: SqliteStore) -> None:
