@@ -405,16 +405,13 @@ def _fast_record(v: Any) -> HandleRecord | None:
     peer's record (both left to `_d_record`)."""
     n = len(v) if type(v) is list else 0
     if n in (8, 11, 12):
-        h, f, p, seats, cid, rid, at, owner, user, host, pid = (
-            v[:11] if n != 8 else [*v, "", "", 0]
-        )
+        h, f, p, seats, cid, rid, at, owner, user, host, pid = v[:11] if n != 8 else [*v, "", "", 0]
         mode: AccessMode | None = AccessMode.USER_LIMIT
         if n == 12:
             mode = _MODES.get(v[11]) if type(v[11]) is str else None
         if (
             mode is not None
-            and
-            type(h) is str
+            and type(h) is str
             and 0 < len(h) <= MAX_STR
             and type(f) is int
             and 0 <= f <= U32
