@@ -46,6 +46,7 @@ from tmr.replication.messages import (
 )
 from tmr.replication.types import (
     ZERO_VERSION,
+    AccessMode,
     Epoch,
     Floor,
     Grant,
@@ -316,52 +317,38 @@ class Acceptor:
     def _check_ops(self, key: ProductKey, log: ProductLog, ops: tuple[Op, ...]) -> str:
         """Why this backend refuses the entry's ops on ``log`` ("" if it takes them): a
         malformed grant, a grant that breaks the exclusive rule, or one that takes the count
-        (`SeatCount`, with access modes) above this copy's LQ. Works on the log's running
-        count and undoes its changes before returning: a cost per op, not per handle held
-        (issue 17); the log itself is left as it was."""
-        count = log.count
+        (`SeatCount`, with access modes) above this copy's LQ. Works on a trial of the log's
+        running count: a cost per op, not per handle held (issue 17); the log is unchanged."""
+        count = log.count.trial()
         table = log.handles
+        quantity = self.licenses[key].quantity if key in self.licenses else 0
         added: dict[str, HandleRecord] = {}  # handles this entry grants
         gone: set[str] = set()  # handles of the table this entry releases
-        undo: list[tuple[bool, HandleRecord]] = []  # (was added, record), in order
-        try:
-            for op in ops:
-                if isinstance(op, Floor):
-                    continue  # floors only rise; a copy below them is refused next entry
-                if isinstance(op, Grant):
-                    rec = op.record
-                    if rec.key != key or rec.seats < 1:
-                        return f"malformed grant {rec.handle} for product {key}"
-                    if rec.handle in added or (rec.handle in table and rec.handle not in gone):
-                        continue
-                    conflict = count.conflict(rec.mode)
-                    if conflict:
-                        return f"grant {rec.handle} ({rec.mode.value}) refused: {conflict}"
-                    added[rec.handle] = rec
-                    count.add(rec)
-                    undo.append((True, rec))
-                    lic = self.licenses[key]
-                    if count.total > lic.quantity:
-                        return (
-                            f"grant {rec.handle} would take {count.total} seats, "
-                            f"above this copy's LQ {lic.quantity}"
-                        )
-                elif op.handle in added:
-                    rec = added.pop(op.handle)
-                    count.remove(rec)
-                    undo.append((False, rec))
-                elif op.handle in table and op.handle not in gone:
-                    gone.add(op.handle)
-                    rec = table[op.handle]
-                    count.remove(rec)
-                    undo.append((False, rec))
-            return ""
-        finally:
-            for was_added, rec in reversed(undo):
-                if was_added:
-                    count.remove(rec)
-                else:
-                    count.add(rec)
+        for op in ops:
+            if isinstance(op, Floor):
+                continue  # floors only rise; a copy below them is refused from the next entry
+            if isinstance(op, Grant):
+                rec = op.record
+                if rec.key != key or rec.seats < 1:
+                    return f"malformed grant {rec.handle} for product {key}"
+                if rec.handle in added or (rec.handle in table and rec.handle not in gone):
+                    continue
+                if count.exclusive or (rec.mode is AccessMode.EXCLUSIVE and count.handles):
+                    why = count.conflict(rec.mode)
+                    return f"grant {rec.handle} ({rec.mode.value}) refused: {why}"
+                added[rec.handle] = rec
+                count.add(rec)
+                if count.total > quantity:
+                    return (
+                        f"grant {rec.handle} would take {count.total} seats, "
+                        f"above this copy's LQ {quantity}"
+                    )
+            elif op.handle in added:
+                count.remove(added.pop(op.handle))
+            elif op.handle in table and op.handle not in gone:
+                gone.add(op.handle)
+                count.remove(table[op.handle])
+        return ""
 
     def _snapshot(self, req: Snapshot) -> Step:
         results: dict[ProductKey, EntryResult] = {}

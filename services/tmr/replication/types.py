@@ -145,7 +145,7 @@ class SeatCount:
             self.exclusive += 1
             self.total += r.seats
             return
-        sizes = self._stations.setdefault(r.station, {})
+        sizes = self._sizes(r.station)
         top = max(sizes, default=0)
         sizes[r.seats] = sizes.get(r.seats, 0) + 1
         if r.seats > top:
@@ -162,7 +162,7 @@ class SeatCount:
             self.total -= r.seats
             return
         st = r.station
-        sizes = self._stations[st]
+        sizes = self._sizes(st)
         top = max(sizes)
         left = sizes[r.seats] - 1
         if left:
@@ -170,9 +170,21 @@ class SeatCount:
         else:
             del sizes[r.seats]
         if not sizes:
-            del self._stations[st]
+            self._forget(st)
         if r.seats == top and not left:
             self.total -= top - max(sizes, default=0)
+
+    def _sizes(self, st: Station) -> dict[int, int]:
+        """The station's {seats: handles} to change (created empty)."""
+        return self._stations.setdefault(st, {})
+
+    def _forget(self, st: Station) -> None:
+        del self._stations[st]
+
+    def trial(self) -> SeatCount:
+        """A count that starts as this one and changes without changing it: what-if
+        checks (the acceptor's entry check) at a cost per op, not per station or handle."""
+        return _TrialCount(self)
 
     def increase(self, mode: AccessMode, station: Station, seats: int) -> int:
         """How much ``total`` would grow if a handle of ``seats`` in ``mode`` at ``station``
@@ -268,6 +280,34 @@ class LicenseInfo:
         # is refused with ValueError (the peer decoder turns it into a bad frame).
         if type(self.reason) is not CopyReason:
             object.__setattr__(self, "reason", CopyReason(self.reason))
+
+
+class _TrialCount(SeatCount):
+    """`SeatCount.trial`: the base's numbers, and its stations copied on first change."""
+
+    __slots__ = ("_base",)
+
+    def __init__(self, base: SeatCount) -> None:
+        super().__init__()
+        self.total, self.exclusive, self.handles = base.total, base.exclusive, base.handles
+        self._base = base._stations
+
+    def _sizes(self, st: Station) -> dict[int, int]:
+        sizes = self._stations.get(st)
+        if sizes is None:
+            sizes = self._stations[st] = dict(self._base.get(st, {}))
+        return sizes
+
+    def _forget(self, st: Station) -> None:
+        self._stations[st] = {}  # gone here, whatever the base holds
+
+    def increase(self, mode: AccessMode, station: Station, seats: int) -> int:
+        if mode is AccessMode.STATION_SHARE and station not in self._stations:
+            self._sizes(station)
+        return super().increase(mode, station, seats)
+
+    def copy(self) -> SeatCount:
+        raise TypeError("a trial count is not copied")
 
 
 class ProductLog:  # noqa: PLW1641 (mutable: not hashable)

@@ -202,3 +202,34 @@ def test_the_acceptor_counts_and_refuses_as_the_recount_says(
             seq += 1
         held = list(acc.state.products[KEY].handles.values()) if KEY in acc.state.products else []
         assert (acc.state.products[KEY].seats() if held else 0) == recount(held)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(records, max_size=8), st.lists(actions, max_size=30))
+def test_a_trial_count_changes_as_a_copy_and_leaves_its_base(
+    table: list[HandleRecord], script: list[Do]
+) -> None:
+    held = {r.handle: r for r in table}
+    base = SeatCount(held.values())
+    before = (base.total, base.exclusive, base.handles)
+    trial = base.trial()
+    work = dict(held)
+    for do in script:
+        if do.kind == "grant" and do.rec is not None and do.rec.handle not in work:
+            st_ = do.rec.station
+            assert trial.increase(do.rec.mode, st_, do.rec.seats) == recount(
+                [*work.values(), do.rec]
+            ) - recount(list(work.values()))
+            work[do.rec.handle] = do.rec
+            trial.add(do.rec)
+        elif do.kind == "release" and do.handle in work:
+            trial.remove(work.pop(do.handle))
+        assert trial.total == recount(list(work.values()))
+        assert trial.handles == len(work)
+    assert (base.total, base.exclusive, base.handles) == before
+    assert base.total == recount(list(held.values()))
+    fresh = SeatCount(held.values())
+    for r in held.values():  # the base's stations are intact: removing all reaches zero
+        fresh.remove(r)
+        base.remove(r)
+    assert base.total == fresh.total == 0
