@@ -46,7 +46,6 @@ from tmr.replication.messages import (
 )
 from tmr.replication.types import (
     ZERO_VERSION,
-    AccessMode,
     Epoch,
     Floor,
     Grant,
@@ -333,8 +332,8 @@ class Acceptor:
                     return f"malformed grant {rec.handle} for product {key}"
                 if rec.handle in added or (rec.handle in table and rec.handle not in gone):
                     continue
-                if count.exclusive or (rec.mode is AccessMode.EXCLUSIVE and count.handles):
-                    why = count.conflict(rec.mode)
+                why = count.conflict(rec.mode)  # the exclusive rule, as admission has it
+                if why:
                     return f"grant {rec.handle} ({rec.mode.value}) refused: {why}"
                 added[rec.handle] = rec
                 count.add(rec)
