@@ -39,10 +39,10 @@ import enum
 import hashlib
 import json
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from tmr.errors import ConfigError
 
@@ -96,6 +96,9 @@ class Holder(Protocol):
     def host(self) -> str: ...
     @property
     def owner(self) -> str: ...
+
+
+H = TypeVar("H", bound=Holder)
 
 
 @dataclass(frozen=True)
@@ -176,14 +179,20 @@ class Policy:
         key: tuple[int, int],
         who: Subject,
         seats: int,
-        held: Iterable[Holder],
+        held: Iterable[H],
         quantity: int,
+        count: Callable[[list[H]], int] | None = None,
     ) -> Denial | None:
         """The first rule that refuses `seats` more seats of `key` to `who`, or None.
 
         `held`: the handles of `key` held now (granted and pending); `quantity`: the
         license's effective LQ. The seat count itself (more than `quantity`) is the caller's
-        check (NO_LICENSE_AVAILABLE); this says only what the rules add to it.
+        check (NO_LICENSE_AVAILABLE); this says only what the rules add to it. `count`: how
+        a list of handles counts in seats (the access modes' `seat_count`; default: the sum
+        of their seats), used for what a selector's holders and all holders hold; `seats` is
+        then what the checkout adds to that count (for a station_share checkout what it adds
+        to its station, which a selector matches as a whole since the station's handles
+        share their user, host and key).
         """
         rules = self.licenses.get(key)
         if rules is None:
@@ -200,24 +209,28 @@ class Policy:
                 f"include {listed}",
                 f"license {lic}: not in the policy's include list (include {listed})",
             )
-        holders = [(h.seats, Subject(user=h.user, host=h.host, key=h.owner)) for h in held]
+        holders = [(h, Subject(user=h.user, host=h.host, key=h.owner)) for h in held]
+
+        def counted(hs: list[H]) -> int:
+            return count(hs) if count is not None else sum(h.seats for h in hs)
+
         for lim in rules.max:
             if not self.matches(lim.target, who):
                 continue
-            mine = sum(n for n, s in holders if self.matches(lim.target, s))
+            mine = counted([h for h, s in holders if self.matches(lim.target, s)])
             if mine + seats > lim.seats:
                 return Denial(
                     f"max {lim.seats} for {lim.target}",
                     f"license {lic}: {lim.target} holds {mine} of at most {lim.seats} seats, "
                     f"{seats} requested (max {lim.seats} for {lim.target})",
                 )
-        used = sum(n for n, _ in holders)
+        used = counted([h for h, _ in holders])
         kept = 0  # seats reserved for others and not taken by them
         kept_by: list[str] = []
         for lim in rules.reserve:
             if self.matches(lim.target, who):
                 continue
-            taken = sum(n for n, s in holders if self.matches(lim.target, s))
+            taken = counted([h for h, s in holders if self.matches(lim.target, s)])
             if taken < lim.seats:
                 kept += lim.seats - taken
                 kept_by.append(f"reserve {lim.seats} for {lim.target}")

@@ -36,8 +36,10 @@ from tmr.replication.acceptor import Acceptor, AcceptorState, Step, Write, apply
 from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig, Role
 from tmr.replication.types import (
     ZERO_EPOCH,
+    AccessMode,
     Epoch,
     Grant,
+    HandleRecord,
     LicenseInfo,
     Op,
     ProductKey,
@@ -45,6 +47,7 @@ from tmr.replication.types import (
     Release,
     ReleaseReason,
     Version,
+    seat_count,
 )
 
 FIRM = 6000123
@@ -64,6 +67,12 @@ ANSWER_BOUND = BACKEND_TIMEOUT + PROBE_INTERVAL + 0.05
 ADMIN = "admin"  # the reply token of an administrator's release (`tmr admin release`)
 QUEUE_HOLD = 1.0  # the leaders keep a queued checkout's place this long without an ask
 QUEUE_WAIT = 3.0  # the queueing clients (c1: 2 seats, c2: 1 seat) wait this long
+# Access modes among the random ops: each checkout draws its mode (weights in this order).
+# Clients c6 and c7 are other processes of the stations of c0 and c1 (the same CURVE key,
+# user and host), so their station_share checkouts share seats.
+MODES = (AccessMode.USER_LIMIT, AccessMode.STATION_SHARE, AccessMode.EXCLUSIVE)
+MODE_WEIGHTS = (6, 3, 1)
+STATIONS = 6  # client i is a process of station i % STATIONS
 QUEUEING = (1, 2)
 # The site's policy both servers enforce (tmr.policy). Client i says it is user u{i % 3} on
 # host h{i % 2}, and the last client of six on host "kiosk". LQ is 4 (or more after updates).
@@ -207,6 +216,7 @@ class HeldSeat:
     # An administrator asked to free it (`admin_release`): from then on the client no longer
     # certainly holds it (I1 does not count it), whatever its heartbeats are answered.
     revoked: bool = False
+    mode: AccessMode = AccessMode.USER_LIMIT
 
 
 @dataclass
@@ -230,6 +240,7 @@ class SimClient:
     kept: bool = False  # the latest heartbeat answer: QUORUM_LOST, lease kept (not confirmed)
     wait: float = 0.0  # > 0: checkouts queue for up to this long (client.checkout(wait=))
     wait_until: float = 0.0  # the current checkout's deadline in the queue
+    mode: AccessMode = AccessMode.USER_LIMIT  # the current checkout's (the same on retries)
 
 
 @dataclass
@@ -254,7 +265,7 @@ class Simulation:
         duration: float = 30.0,
         fault_interval: float = 0.7,
         lq: int = 4,
-        clients: int = 6,
+        clients: int = 8,
         slow_tail: bool = True,
         policy: Policy = POLICY,
         noise: bool = True,
@@ -327,6 +338,10 @@ class Simulation:
             "queued": 0,  # checkout answers that were a place in the queue (each ask)
             "queue_grants": 0,  # queued checkouts granted, each to the head of its queue
             "aborted": 0,  # grants a leader aborted (refused above a backend's LQ, in doubt)
+            "mode_user_limit": 0,  # checkouts granted per access mode
+            "mode_station_share": 0,
+            "mode_exclusive": 0,
+            "station_shared": 0,
         }
         # A fault script: called after every step (a directed scenario, see tests/sim).
         self.on_step: Callable[[Simulation], None] | None = None
@@ -698,12 +713,29 @@ class Simulation:
             self.fail(f"I9: {handle} expired at {self.now:.2f}, heartbeat at {hb:.2f}")
         self.gone.add(handle)
 
-    def check_seats(self) -> None:
-        # I1: the seats clients certainly hold never exceed LQ.
-        held = 0
+    def certainly_held(self) -> list[HandleRecord]:
+        """The handles clients certainly hold, as records (their mode, key, user and host)."""
+        out = []
         for c in self.clients:
-            if c.held and not c.held.revoked and self.now < c.held.lease_ref + LEASE:
-                held += c.held.seats
+            h = c.held
+            if h and not h.revoked and self.now < h.lease_ref + LEASE:
+                user, host = self.identity(c.cid)
+                out.append(
+                    HandleRecord(h.handle, FIRM, PRODUCT, h.seats, c.cid, "", 0.0,
+                                 self.key_of(c.cid), user, host, 0, h.mode)
+                )  # fmt: skip
+        return out
+
+    def check_seats(self) -> None:
+        # I1: the seats clients certainly hold, counted under their access modes (station
+        # shares of one station once), never exceed LQ.
+        records = self.certainly_held()
+        held = seat_count(records)
+        if held < sum(r.seats for r in records):
+            self.stats["station_shared"] += 1  # steps at which station shares saved seats
+        # X1: a handle certainly held exclusively is the only handle certainly held.
+        if len(records) > 1 and any(r.mode is AccessMode.EXCLUSIVE for r in records):
+            self.fail(f"X1: an exclusive handle is held with others: {records}")
         if held > self.lq:
             desc = [
                 (c.cid, c.held.handle, c.held.seats, round(c.held.lease_ref, 2))
@@ -718,17 +750,14 @@ class Simulation:
         failover (rules are checked by each leader against the replicated table)."""
         if self.policy is EMPTY_POLICY:
             return
-        by_user: dict[str, int] = {}
-        for c in self.clients:
-            h = c.held
-            if h and not h.revoked and self.now < h.lease_ref + LEASE:
-                user, host = self.identity(c.cid)
-                by_user[user] = by_user.get(user, 0) + h.seats
-                if host == "kiosk":
-                    self.fail(f"P1: {c.cid} on host kiosk holds {h.handle} (exclude host:kiosk)")
-        if by_user.get("u0", 0) > MAX_U0:
-            self.fail(f"P2: user u0 certainly holds {by_user['u0']} seats > max {MAX_U0}")
-        others = sum(n for u, n in by_user.items() if u != "u1")
+        records = self.certainly_held()
+        for r in records:
+            if r.host == "kiosk":
+                self.fail(f"P1: {r.client_id} on host kiosk holds {r.handle} (exclude host:kiosk)")
+        u0 = seat_count(r for r in records if r.user == "u0")
+        if u0 > MAX_U0:
+            self.fail(f"P2: user u0 certainly holds {u0} seats > max {MAX_U0}")
+        others = seat_count(r for r in records if r.user != "u1")
         if others > self.lq - RESERVE_U1:
             self.fail(
                 f"P3: users other than u1 certainly hold {others} seats > LQ {self.lq} - "
@@ -793,7 +822,7 @@ class Simulation:
 
     def serve(self, leader: Leader, cid: str, req: dict[str, Any]) -> Effects:
         op = req["op"]
-        key = f"key-{cid}"  # each simulated client has its own CURVE key: it owns its handles
+        key = self.key_of(cid)  # each station has its own CURVE key: it owns its handles
         if op == "checkout":
             before = self.admission_eff(leader)
             user, host = self.identity(cid)
@@ -809,6 +838,7 @@ class Simulation:
                 user=user,
                 host=host,
                 wait=req.get("wait"),
+                mode=req.get("mode", AccessMode.USER_LIMIT),
             )
             self.note_admission(leader, cid, req["rid"], before, fx)
             return fx
@@ -828,9 +858,14 @@ class Simulation:
 
     def identity(self, cid: str) -> tuple[str, str]:
         """The user and host client `cid` says it is (what `POLICY` rules on)."""
-        i = int(cid[1:])
+        i = int(cid[1:]) % STATIONS
         host = "kiosk" if i == 5 else f"h{i % 2}"
         return f"u{i % 3}", host
+
+    @staticmethod
+    def key_of(cid: str) -> str:
+        """The CURVE key of client `cid`: one per station (c6 shares c0's, c7 c1's)."""
+        return f"key-c{int(cid[1:]) % STATIONS}"
 
     def client_by_id(self, cid: str) -> SimClient:
         return self.clients[int(cid[1:])]
@@ -863,6 +898,7 @@ class Simulation:
             c.rid = self.new_rid(c)
             c.first_sent = c.sent_at = now
             c.wait_until = now + c.wait
+            c.mode = self.rng.choices(MODES, MODE_WEIGHTS)[0]
             self.send_checkout(c)
         elif c.state in ("checkout", "release") and (
             now - c.sent_at > CLIENT_TIMEOUT or (c.retry_at is not None and now >= c.retry_at)
@@ -897,9 +933,9 @@ class Simulation:
         """The SDK's rule: `wait` is the time left, left out once it ran out (the last ask)."""
         left = c.wait_until - self.now
         if c.wait and left > 0:
-            self.client_send(c, "checkout", seats=c.seats, wait=left)
+            self.client_send(c, "checkout", seats=c.seats, wait=left, mode=c.mode)
         else:
-            self.client_send(c, "checkout", seats=c.seats)
+            self.client_send(c, "checkout", seats=c.seats, mode=c.mode)
 
     def not_active(self, c: SimClient) -> None:
         """The SDK's rule: NOT_ACTIVE moves the request to the other endpoint at once (with a
@@ -944,9 +980,13 @@ class Simulation:
                 prev = self.rid_handles.setdefault((c.cid, c.rid), h)
                 if prev != h:
                     self.fail(f"I8: request {c.rid} got two handles {prev} and {h}")
-                self.acked_grants[h] = (c.cid, c.rid, c.seats)
+                granted = reply.result.seats  # an exclusive checkout's: the whole LQ
+                if c.mode is not AccessMode.EXCLUSIVE and granted != c.seats:
+                    self.fail(f"{c.cid}: asked {c.seats} seats ({c.mode}), granted {granted}")
+                self.acked_grants[h] = (c.cid, c.rid, granted)
                 self.stats["checkouts"] += 1
-                c.held = HeldSeat(h, c.seats, now, c.first_sent)
+                self.stats[f"mode_{c.mode.value}"] += 1
+                c.held = HeldSeat(h, granted, now, c.first_sent, mode=c.mode)
                 # Freed by an administrator before this answer arrived: not certainly held.
                 c.held.revoked = h in self.revoked
                 c.state = "holding"

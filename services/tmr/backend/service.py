@@ -579,7 +579,7 @@ class BackendService:
                     "seats": plog.seats(),
                 }
                 records.append(("snapshot_installed", "info", fields))
-            elif debug:  # plog.seats() walks the whole handle table: only when logged
+            elif debug:  # a record per entry: only when logged at debug
                 fields = {
                     "product": key_str(pw.key),
                     "seq": pw.version.seq,

@@ -12,7 +12,8 @@ Tables (schema version in ``meta``):
   (the trio's TMR ID and trusted time, schema 4; they only rise);
 - ``handles``: the handle table, per (firm, product, handle), with the CURVE key that owns
   each handle (schema 3) and the user, host and process id the client gave (schema 5;
-  informational, shown by `tmr admin handles`);
+  informational, shown by `tmr admin handles`) and its access mode (schema 7: user_limit,
+  station_share or exclusive; how the handle counts, `tmr.replication.types.AccessMode`);
 - ``installed``: the highest TMR ID ever installed per product (no-rollback rule);
 - ``usage``: committed ops (granted / released / expired), the newest ``usage_retention``
   rows are kept. Older rows are deleted in batches, once 1 % of ``usage_retention`` (at most
@@ -38,6 +39,7 @@ from tmr.replication.messages import DenialRow
 from tmr.replication.types import (
     NO_FLOOR,
     ZERO_EPOCH,
+    AccessMode,
     Epoch,
     Floor,
     Grant,
@@ -50,7 +52,7 @@ from tmr.replication.types import (
     floor_after,
 )
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 DEFAULT_USAGE_RETENTION = 100_000
 DEFAULT_DENIAL_RETENTION = 100_000
 TRIM_BATCH_MAX = 1024  # usage rows that may come in between two trims (see the docstring)
@@ -88,6 +90,7 @@ CREATE TABLE IF NOT EXISTS handles (
     user TEXT NOT NULL DEFAULT '',
     host TEXT NOT NULL DEFAULT '',
     pid INTEGER NOT NULL DEFAULT 0,
+    mode TEXT NOT NULL DEFAULT 'user_limit',
     PRIMARY KEY (firm, product, handle)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS installed (
@@ -176,9 +179,26 @@ _MIGRATE_FROM_4 = (
 
 # Schema 5 -> 6: the ``denials`` table (refusals the servers reported). `_SCHEMA`, run first
 # in the opening transaction, has already created it (CREATE TABLE IF NOT EXISTS); the step
-# only records the version. A build of schema 5 refuses a database of schema 6 (downgrade:
-# restore a copy of the database taken before the upgrade, or drop the table and set 5).
+# only records the version.
 _MIGRATE_FROM_5 = (f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",)
+
+# Schema 6 -> 7: each handle carries its access mode (`HandleRecord.mode`). Rows of older
+# schemas get 'user_limit': every handle counted its seats before modes.
+_MIGRATE_FROM_6 = (
+    "ALTER TABLE handles ADD COLUMN mode TEXT NOT NULL DEFAULT 'user_limit'",
+    f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",
+)
+
+# The upgrade from each schema to the next, in order: a database of schema N runs every step
+# from N on, in the opening transaction (all or nothing). A build refuses a database of a newer
+# schema (downgrade: restore a copy of the database taken before the upgrade).
+_UPGRADES: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (2, _MIGRATE_FROM_2),
+    (3, _MIGRATE_FROM_3),
+    (4, _MIGRATE_FROM_4),
+    (5, _MIGRATE_FROM_5),
+    (6, _MIGRATE_FROM_6),
+)
 
 
 def _execute_all(conn: sqlite3.Connection, script: str) -> None:
@@ -210,7 +230,7 @@ class UsageRecord:
 _RELEASE_EVENTS = {ReleaseReason.RELEASE: "released", ReleaseReason.EXPIRE: "expired"}
 _INSERT_HANDLE = (
     "{verb} INTO handles (firm, product, handle, seats, client_id, request_id, granted_at, "
-    "owner, user, host, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "owner, user, host, pid, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _GRANT = _INSERT_HANDLE.format(verb="INSERT OR IGNORE")
 _REPLACE_HANDLE = _INSERT_HANDLE.format(verb="INSERT OR REPLACE")
@@ -294,17 +314,14 @@ class SqliteStore:
                 "INSERT INTO meta (key, value) VALUES ('created_at', ?)", (repr(time.time()),)
             )
         elif row[0] == "1":  # products keeps its rows: it gets the floors of schema 4
-            # `_SCHEMA` (in `_MIGRATE_FROM_1`) creates handles with the columns of schema 5.
-            for script in (*_MIGRATE_FROM_1, *_MIGRATE_FROM_3, *_MIGRATE_FROM_5):
+            # `_SCHEMA` (in `_MIGRATE_FROM_1`) creates handles with every column of this schema.
+            for script in (*_MIGRATE_FROM_1, *_MIGRATE_FROM_3):
                 _execute_all(conn, script)
-        elif row[0] in ("2", "3", "4", "5"):
-            steps = {
-                "2": (*_MIGRATE_FROM_2, *_MIGRATE_FROM_3, *_MIGRATE_FROM_4),
-                "3": (*_MIGRATE_FROM_3, *_MIGRATE_FROM_4),
-                "4": _MIGRATE_FROM_4,
-            }
-            for script in (*steps.get(row[0], ()), *_MIGRATE_FROM_5):
-                _execute_all(conn, script)
+        elif row[0] in {str(version) for version, _ in _UPGRADES}:
+            for version, steps in _UPGRADES:
+                if version >= int(row[0]):
+                    for script in steps:
+                        _execute_all(conn, script)
         elif row[0] != str(SCHEMA_VERSION):
             raise sqlite3.DatabaseError(
                 f"schema version {row[0]} is not supported (this build uses {SCHEMA_VERSION})"
@@ -360,7 +377,7 @@ class SqliteStore:
         try:
             conn = self._connection()
             return self._read_state(conn)
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, ValueError) as exc:  # ValueError: an unknown mode
             self.close()
             raise StorageError(f"cannot read database {self.path}: {exc}") from None
 
@@ -377,12 +394,16 @@ class SqliteStore:
             state.products[(firm, product)] = ProductLog(
                 Version(Epoch(e_counter, e_server), seq), floor=Floor(tmr_floor, time_floor)
             )
-        for row in conn.execute(
+        for h, firm, product, seats, cid, rid, at, owner, user, host, pid, mode in conn.execute(
             "SELECT handle, firm, product, seats, client_id, request_id, granted_at, owner, "
-            "user, host, pid FROM handles"
+            "user, host, pid, mode FROM handles"
         ):
-            log = state.products.setdefault((row[1], row[2]), ProductLog())
-            log.handles[row[0]] = HandleRecord(*row)
+            log = state.products.setdefault((firm, product), ProductLog())
+            log.put(
+                HandleRecord(
+                    h, firm, product, seats, cid, rid, at, owner, user, host, pid, AccessMode(mode)
+                )
+            )
         return state
 
     def commit(self, write: Write) -> None:
@@ -446,6 +467,7 @@ class SqliteStore:
                         r.user,
                         r.host,
                         r.pid,
+                        r.mode.value,
                     )
                     for r in pw.replace
                 ],
@@ -457,7 +479,15 @@ class SqliteStore:
                     rec = op.record
                     row = (firm, product, rec.handle, rec.seats, rec.client_id, rec.request_id)
                     # A grant is idempotent: an existing handle is kept, and not recorded again.
-                    grant = (*row, rec.granted_at, rec.owner, rec.user, rec.host, rec.pid)
+                    grant = (
+                        *row,
+                        rec.granted_at,
+                        rec.owner,
+                        rec.user,
+                        rec.host,
+                        rec.pid,
+                        rec.mode.value,
+                    )
                     if execute(_GRANT, grant).rowcount > 0:
                         usage.append(
                             (rec.granted_at, recorded_at, "granted", *row[:4], rec.client_id)

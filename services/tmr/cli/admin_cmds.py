@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from tmr.ctl import CtlError, ctl_request
+from tmr.replication.types import AccessMode, HandleRecord, seat_count
+
+_MODES = {m.value: m for m in AccessMode}
 
 DEFAULT_SOCKET = "/run/tmr/server.sock"
 
@@ -73,7 +76,7 @@ def handle_rows(
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = ("HANDLE", "LICENSE", "SEATS", "USER", "HOST", "PID", "SINCE", "LEASE END")
+    head = ("HANDLE", "LICENSE", "SEATS", "MODE", "USER", "HOST", "PID", "SINCE", "LEASE END")
     table = [head]
     for h in rows:
         table.append(
@@ -81,6 +84,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 str(h["handle"]),
                 f"{h['firm']}:{h['product']}",
                 str(h["seats"]),
+                str(h.get("mode") or AccessMode.USER_LIMIT.value),
                 str(h.get("user") or "-"),
                 str(h.get("host") or "-"),
                 str(h.get("pid") or "-"),
@@ -90,8 +94,33 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         )
     lines = _aligned(table)
     seats = sum(int(h["seats"]) for h in rows)
-    lines.append(f"{len(rows)} handle(s), {seats} seat(s)")
+    counted = counted_seats(rows)
+    shared = "" if counted == seats else f" ({counted} counted under the access modes)"
+    lines.append(f"{len(rows)} handle(s), {seats} seat(s){shared}")
     return "\n".join(lines)
+
+
+def counted_seats(rows: list[dict[str, Any]]) -> int:
+    """The seats the rows take against their licenses (`seat_count` per license, summed):
+    station_share handles of one station count once."""
+    per_license: dict[tuple[int, int], list[HandleRecord]] = {}
+    for h in rows:
+        rec = HandleRecord(
+            str(h["handle"]),
+            int(h["firm"]),
+            int(h["product"]),
+            int(h["seats"]),
+            str(h.get("client_id", "")),
+            "",
+            0.0,
+            str(h.get("owner", "")),
+            str(h.get("user", "")),
+            str(h.get("host", "")),
+            0,
+            _MODES.get(str(h.get("mode")), AccessMode.USER_LIMIT),  # unknown: its seats
+        )
+        per_license.setdefault(rec.key, []).append(rec)
+    return sum(seat_count(recs) for recs in per_license.values())
 
 
 def _handles(args: argparse.Namespace) -> int:

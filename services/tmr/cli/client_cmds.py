@@ -36,6 +36,7 @@ from tmr.protocol.client_api import (
     ListResult,
     StatusResult,
 )
+from tmr.replication.types import AccessMode
 
 EXIT_LOST = 3
 MAX_CLUSTER_FILE = 1024 * 1024
@@ -97,6 +98,14 @@ def register(sub: SubParsers, groups: dict[str, SubParsers]) -> None:
         default=None,
         metavar="SECONDS",
         help="release after this many seconds (default: hold until interrupted; 0: at once)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=[m.value for m in AccessMode],
+        default=AccessMode.USER_LIMIT.value,
+        help="access mode: user_limit (default; CodeMeter UserLimit), station_share (the "
+        "checkouts of one key, user and host share their seats; NoUserLimit) or exclusive "
+        "(every seat, only while nothing else is held; Exclusive)",
     )
     p.set_defaults(handler=cmd_checkout)
 
@@ -398,14 +407,17 @@ def cmd_checkout(args: argparse.Namespace) -> int:
 
     out = sys.stdout
     with client_from_args(args) as client, stop_signals(on_signal):
-        handle = client.checkout(args.firm, args.product, args.seats, on_lost=on_lost)
+        handle = client.checkout(
+            args.firm, args.product, args.seats, on_lost=on_lost, mode=args.mode
+        )
         r = handle.result
         hold = "until interrupted" if args.hold is None else f"for {args.hold:g} s"
         if args.json:
-            _print_json({"event": "checkout", **r.to_wire()}, out)
+            _print_json({"event": "checkout", **r.to_wire(), "mode": handle.mode.value}, out)
         else:
             print(
-                f"checked out {r.seats} seat(s) of {r.firm}/{r.product} (TMR ID #{r.tmr_id}): "
+                f"checked out {r.seats} seat(s) of {r.firm}/{r.product} (TMR ID #{r.tmr_id}, "
+                f"{handle.mode.value}): "
                 f"handle {r.handle}, lease {r.lease:g} s; holding {hold} (Ctrl-C releases)",
                 file=out,
                 flush=True,

@@ -38,8 +38,10 @@ from tmr.protocol.client_api import (
     ListResult,
     StatusResult,
 )
+from tmr.replication.types import AccessMode
 
 __all__ = [
+    "AccessMode",
     "ApiError",
     "BackendStatus",
     "BadRequest",

@@ -57,6 +57,7 @@ from tmr.protocol.client_api import (
     UsageResult,
 )
 from tmr.protocol.errors import ProtocolError
+from tmr.replication.types import AccessMode
 
 __all__ = ["Client", "ClientClosedError", "Handle", "LostCallback", "QueuedCallback"]
 
@@ -238,8 +239,17 @@ class Client:
         on_lost: LostCallback | None = None,
         wait: float | None = None,
         on_queued: QueuedCallback | None = None,
+        mode: AccessMode | str = AccessMode.USER_LIMIT,
     ) -> Handle:
         """Allocate `seats` seats of a license; returns the `Handle` that holds them.
+
+        `mode` (`AccessMode` or its string; docs/client-guide.md, "Access modes"):
+        ``user_limit`` (the default, CodeMeter "UserLimit"): the handle takes its seats;
+        ``station_share`` (CodeMeter "NoUserLimit"): the station_share handles of this
+        client's key, user and host take the seats of the largest of them, once;
+        ``exclusive`` (CodeMeter "Exclusive"): every seat of the license, only while nothing
+        else is held (the handle's `seats` is then the license's quantity). An unknown mode
+        raises `ValueError` before anything is sent.
 
         With `wait` (seconds), a checkout the license cannot serve now waits in the
         license's FIFO queue on the server instead of raising `NoLicenseAvailable`, for at
@@ -260,6 +270,11 @@ class Client:
         self._check_open()
         if wait is not None and not wait > 0:
             raise ValueError(f"wait must be a positive number of seconds, not {wait!r}")
+        try:
+            access = AccessMode(mode)
+        except ValueError:
+            known = ", ".join(m.value for m in AccessMode)
+            raise ValueError(f"unknown access mode {mode!r} (one of {known})") from None
         rid = self._next_rid()
         deadline = None if wait is None else time.monotonic() + wait
         position = 0
@@ -276,6 +291,7 @@ class Client:
                 self._pid,
                 # Out of time: a last ask without it (granted, or refused and dropped)
                 left if left is not None and left > 0 else None,
+                access,
             )
             sent = time.monotonic()
             try:
@@ -300,7 +316,7 @@ class Client:
             pause = min(result.retry, result.hold / 2, max(0.0, req.wait - 0.01))
             if self._closing.wait(max(pause, 0.01)):
                 raise ClientClosedError("the client was closed while the checkout was queued")
-        handle = Handle(self, result, on_lost, request_id=rid, sent=sent)
+        handle = Handle(self, result, on_lost, request_id=rid, sent=sent, mode=access)
         with self._hb_cond:
             if self._closing.is_set():
                 closed = True
@@ -438,6 +454,7 @@ class Handle:
         lease: the lease in seconds, as last reported by the server.
         result: the full `CheckoutResult`.
         request_id: the request id of the checkout (the server deduplicates retries by it).
+        mode: the access mode it was checked out in (`AccessMode`).
     """
 
     def __init__(
@@ -448,9 +465,11 @@ class Handle:
         *,
         request_id: str = "",
         sent: float | None = None,
+        mode: AccessMode = AccessMode.USER_LIMIT,
     ) -> None:
         self._client = client
         self.result = result
+        self.mode = mode
         self.request_id = request_id
         self.id = result.handle
         self.firm_code = result.firm

@@ -10,7 +10,7 @@ request id, 1-64 of ``[A-Za-z0-9._:-]``), plus per operation::
 
     list      -
     status    -
-    checkout  cid, firm, product, seats [, user, host, pid, wait]
+    checkout  cid, firm, product, seats [, user, host, pid, wait, mode]
     heartbeat cid, handle
     release   cid, handle
     crypt     cid, handle, operation ("encrypt" | "decrypt" | "hmac"), data (bin <= 64 KiB)
@@ -94,6 +94,7 @@ from tmr.protocol.results import (
     _Wire,
     valid_rid,
 )
+from tmr.replication.types import AccessMode
 
 __all__ = [
     "CID_MAX",
@@ -151,6 +152,7 @@ __all__ = [
 
 _ERROR_CODE_RE: Final = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _ENVELOPE: Final = frozenset({"v", "op", "rid"})
+_MODES: Final = {m.value: m for m in AccessMode}
 
 
 # ---------------------------------------------------------------------------- requests
@@ -190,7 +192,12 @@ class CheckoutRequest:
     `wait`: queue for the license instead of a NO_LICENSE_AVAILABLE answer (seconds, 0 <
     wait <= `WAIT_MAX`; left out on the wire when None, so older servers never see it): the
     answer is then a `QueuedResult` unless the seats are granted at once, and the client
-    asks again with the same request id before the result's `hold` passed."""
+    asks again with the same request id before the result's `hold` passed.
+
+    `mode`: the access mode (`AccessMode`, CodeMeter's UserLimit / NoUserLimit / Exclusive;
+    docs/design.md §7.6), its string on the wire; left out when user_limit, so older
+    servers never see it. Any other string is a `ProtocolError` (BAD_REQUEST) naming the
+    modes."""
 
     rid: str
     cid: str
@@ -201,6 +208,7 @@ class CheckoutRequest:
     host: str = ""
     pid: int = 0
     wait: float | None = None
+    mode: AccessMode = AccessMode.USER_LIMIT
     op: ClassVar[Literal["checkout"]] = "checkout"
 
     def __post_init__(self) -> None:
@@ -218,6 +226,14 @@ class CheckoutRequest:
                 if not 0 < wait <= WAIT_MAX:
                     raise ProtocolError(f"'wait' out of range (0-{WAIT_MAX:g}]: {self.wait}")
                 _set(self, "wait", wait)
+            if type(self.mode) is not AccessMode:
+                mode = _MODES.get(self.mode) if isinstance(self.mode, str) else None
+                if mode is None:
+                    raise ProtocolError(
+                        f"unknown access mode {_short(self.mode)} "
+                        f"(one of {', '.join(m.value for m in AccessMode)})"
+                    )
+                _set(self, "mode", mode)
         except ProtocolError as exc:
             exc.rid = rid
             raise
@@ -341,7 +357,7 @@ _REQUEST_KEYS: Final[dict[str, frozenset[str]]] = {
 # Keys an op may leave out (their fields keep the default), so that requests of clients from
 # before the keys existed still decode; `encode_request` leaves them out when at the default.
 _OPTIONAL_FIELDS: Final[dict[str, frozenset[str]]] = {
-    "checkout": frozenset({"user", "host", "pid", "wait"}),
+    "checkout": frozenset({"user", "host", "pid", "wait", "mode"}),
 }
 # Optional keys whose default is None: on the wire they are left out, never nil.
 _NONE_DEFAULT: Final[dict[str, tuple[str, ...]]] = {"checkout": ("wait",)}
@@ -439,7 +455,7 @@ def encode_request(req: Request) -> bytes:
         value = getattr(req, f.name)
         if f.name in optional and value == f.default:
             continue
-        msg[f.name] = value
+        msg[f.name] = value.value if isinstance(value, AccessMode) else value
     return pack(msg)
 
 

@@ -43,6 +43,7 @@ from tmr.replication.messages import (
 )
 from tmr.replication.types import (
     NO_FLOOR,
+    AccessMode,
     CopyReason,
     Epoch,
     Floor,
@@ -81,10 +82,14 @@ def _key(k: ProductKey) -> list[int]:
 
 
 def _record(r: HandleRecord) -> list[Any]:
-    """11 fields; 8 when the client gave no user, host or pid, as a peer from before schema 5
-    writes them (so it can still decode them, e.g. a promise during a rolling upgrade)."""
+    """12 fields; 11 for a user_limit handle (the mode every handle had before modes), and 8
+    when the client also gave no user, host or pid, as peers from before backend schemas 7 and 5
+    write them (so they can still decode them, e.g. a promise during a rolling upgrade).
+    A station_share or exclusive record needs peers that know modes."""
     out = [r.handle, r.firm, r.product, r.seats, r.client_id, r.request_id, r.granted_at, r.owner]
-    if r.user or r.host or r.pid:
+    if r.mode is not AccessMode.USER_LIMIT:
+        out += [r.user, r.host, r.pid, r.mode.value]
+    elif r.user or r.host or r.pid:
         out += [r.user, r.host, r.pid]
     return out
 
@@ -311,15 +316,21 @@ def _d_key(v: Any, what: str) -> ProductKey:
 
 
 def _d_record(v: Any, what: str) -> HandleRecord:
-    """A handle record: 11 fields; the 8 of a peer from before records carried the client's
-    user, host and pid (they decode as "", "", 0); or the 7 of a peer from before handles had
-    owners (its handles are owned by no key)."""
+    """A handle record: 12 fields; the 11 of a peer from before access modes (user_limit);
+    the 8 of a peer from before records carried the client's user, host and pid (they decode
+    as "", "", 0); or the 7 of a peer from before handles had owners (owned by no key). An
+    unknown mode is a bad frame."""
     items = _list(v, what)
     if len(items) == 7:
         items = [*items, ""]
     if len(items) == 8:
         items = [*items, "", "", 0]
-    h, f, p, seats, cid, rid, at, owner, user, host, pid = _list(items, what, 11)
+    if len(items) == 11:
+        items = [*items, AccessMode.USER_LIMIT.value]
+    h, f, p, seats, cid, rid, at, owner, user, host, pid, mode = _list(items, what, 12)
+    access = _MODES.get(mode) if type(mode) is str else None
+    if access is None:
+        raise _fail(f"{what}: unknown access mode")
     return HandleRecord(
         _str(h, what),
         _int(f, what, 0, U32),
@@ -332,6 +343,7 @@ def _d_record(v: Any, what: str) -> HandleRecord:
         _str(user, what, empty=True),
         _str(host, what, empty=True),
         _int(pid, what, 0, U32),
+        access,
     )
 
 
@@ -388,6 +400,7 @@ def _d_clock(v: Any, what: str) -> float | None:
 
 
 _REASONS = {r.value: r for r in ReleaseReason}
+_MODES = {m.value: m for m in AccessMode}
 _finite = math.isfinite
 
 
@@ -396,12 +409,15 @@ def _fast_record(v: Any) -> HandleRecord | None:
     fails (the caller then runs `_d_record`, which names the problem). Accepts exactly what
     `_d_record` accepts, except a whole-number ``granted_at`` and the 7 fields of an older
     peer's record (both left to `_d_record`)."""
-    if type(v) is list and (len(v) == 11 or len(v) == 8):
-        h, f, p, seats, cid, rid, at, owner, user, host, pid = (
-            v if len(v) == 11 else [*v, "", "", 0]
-        )
+    n = len(v) if type(v) is list else 0
+    if n in (8, 11, 12):
+        h, f, p, seats, cid, rid, at, owner, user, host, pid = v[:11] if n != 8 else [*v, "", "", 0]
+        mode: AccessMode | None = AccessMode.USER_LIMIT
+        if n == 12:
+            mode = _MODES.get(v[11]) if type(v[11]) is str else None
         if (
-            type(h) is str
+            mode is not None
+            and type(h) is str
             and 0 < len(h) <= MAX_STR
             and type(f) is int
             and 0 <= f <= U32
@@ -424,7 +440,7 @@ def _fast_record(v: Any) -> HandleRecord | None:
             and type(pid) is int
             and 0 <= pid <= U32
         ):
-            return HandleRecord(h, f, p, seats, cid, rid, at, owner, user, host, pid)
+            return HandleRecord(h, f, p, seats, cid, rid, at, owner, user, host, pid, mode)
     return None
 
 

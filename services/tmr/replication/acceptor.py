@@ -55,8 +55,8 @@ from tmr.replication.types import (
     ProductKey,
     ProductLog,
     Version,
-    apply_ops,
     floor_after,
+    seat_count,
     under_floor,
 )
 
@@ -119,9 +119,9 @@ def apply_write(state: AcceptorState, write: Write) -> None:
     for pw in write.products:
         log = state.products.setdefault(pw.key, ProductLog())
         if pw.replace is not None:
-            log.handles = {r.handle: r for r in pw.replace}
+            log.replace_handles(pw.replace)
         else:
-            apply_ops(log.handles, pw.ops)
+            log.apply(pw.ops)
         log.floor = floor_after(log.floor, pw.ops)
         if pw.floor is not None:
             log.floor = log.floor.merge(pw.floor)
@@ -301,7 +301,7 @@ class Acceptor:
             version = Version(req.epoch, entry.seq)
             if any(e.key == key and e.seq > entry.seq for e in req.entries):
                 log = log.copy() if key not in work else log
-                apply_ops(log.handles, entry.ops)
+                log.apply(entry.ops)
                 log.floor = floor_after(log.floor, entry.ops)
                 log.version = version
                 work[key] = log
@@ -314,9 +314,15 @@ class Acceptor:
         return Step(reply, None if write.empty() else write, commits=commits)
 
     def _check_ops(self, key: ProductKey, log: ProductLog, ops: tuple[Op, ...]) -> str:
-        added: dict[str, int] = {}  # handles this entry grants, with their seats
+        """Why this backend refuses the entry's ops on ``log`` ("" if it takes them): a
+        malformed grant, a grant that breaks the exclusive rule, or one that takes the count
+        (`SeatCount`, with access modes) above this copy's LQ. Works on a trial of the log's
+        running count: a cost per op, not per handle held (issue 17); the log is unchanged."""
+        count = log.count.trial()
+        table = log.handles
+        quantity = self.licenses[key].quantity if key in self.licenses else 0
+        added: dict[str, HandleRecord] = {}  # handles this entry grants
         gone: set[str] = set()  # handles of the table this entry releases
-        count = log.seats()
         for op in ops:
             if isinstance(op, Floor):
                 continue  # floors only rise; a copy below them is refused from the next entry
@@ -324,21 +330,23 @@ class Acceptor:
                 rec = op.record
                 if rec.key != key or rec.seats < 1:
                     return f"malformed grant {rec.handle} for product {key}"
-                if rec.handle in added or (rec.handle in log.handles and rec.handle not in gone):
+                if rec.handle in added or (rec.handle in table and rec.handle not in gone):
                     continue
-                added[rec.handle] = rec.seats
-                count += rec.seats
-                lic = self.licenses[key]
-                if count > lic.quantity:
+                why = count.conflict(rec.mode)  # the exclusive rule, as admission has it
+                if why:
+                    return f"grant {rec.handle} ({rec.mode.value}) refused: {why}"
+                added[rec.handle] = rec
+                count.add(rec)
+                if count.total > quantity:
                     return (
-                        f"grant {rec.handle} would take {count} seats, "
-                        f"above this copy's LQ {lic.quantity}"
+                        f"grant {rec.handle} would take {count.total} seats, "
+                        f"above this copy's LQ {quantity}"
                     )
             elif op.handle in added:
-                count -= added.pop(op.handle)
-            elif op.handle in log.handles and op.handle not in gone:
+                count.remove(added.pop(op.handle))
+            elif op.handle in table and op.handle not in gone:
                 gone.add(op.handle)
-                count -= log.handles[op.handle].seats
+                count.remove(table[op.handle])
         return ""
 
     def _snapshot(self, req: Snapshot) -> Step:
@@ -361,7 +369,7 @@ class Acceptor:
                 if any(r.key != key or r.seats < 1 for r in entry.handles):
                     refusal = "malformed snapshot"
                 elif not recorded:
-                    new = sum(r.seats for r in entry.handles)
+                    new = seat_count({r.handle: r for r in entry.handles}.values())
                     limit = max(self.licenses[key].quantity, current.seats())
                     if new > limit:
                         refusal = f"snapshot holds {new} seats, above this copy's LQ"

@@ -18,7 +18,17 @@ from tmr.licensing.effective import QUORUM, Effective, Holding, effective_versio
 from tmr.policy import Denial, Policy, Subject
 from tmr.protocol.results import CheckoutResult, LicenseEntry
 from tmr.replication.backends import Backend
-from tmr.replication.types import CopyReason, HandleRecord, LicenseInfo, ProductKey, key_str
+from tmr.replication.types import (
+    AccessMode,
+    CopyReason,
+    HandleRecord,
+    LicenseInfo,
+    ProductKey,
+    SeatCount,
+    Station,
+    key_str,
+    seat_count,
+)
 
 Admission = tuple[ErrorCode | None, str, Effective | None]
 
@@ -83,15 +93,36 @@ def best_license(
     return best
 
 
+def granted_seats(mode: AccessMode, seats: int, quantity: int) -> int:
+    """The seats a granted handle's record holds: an exclusive checkout takes the whole
+    effective LQ (at least 1) whatever it asked; any other what it asked."""
+    return max(quantity, 1) if mode is AccessMode.EXCLUSIVE else seats
+
+
+def increase(
+    count: SeatCount | None, mode: AccessMode, station: Station, seats: int, quantity: int
+) -> int:
+    """What a checkout adds to the seat count `count` (None: nothing held) under its mode."""
+    held = count if count is not None else SeatCount()
+    return held.increase(mode, station, granted_seats(mode, seats, quantity))
+
+
 def admit(
     backends: Sequence[Backend],
     key: ProductKey,
     seats: int,
     effective: Callable[[ProductKey], Effective],
-    used: int,
+    count: SeatCount | None,
+    mode: AccessMode = AccessMode.USER_LIMIT,
+    station: Station = ("", "", ""),
 ) -> Admission:
-    """May `seats` more seats of `key` be granted, `used` being in use? (None, "", eff) if
-    so, else the error code and message for the client (and the effective license)."""
+    """May a checkout of `seats` seats of `key` in `mode` (from `station`) be granted, the
+    product's handles counting `count` (None: none held)? (None, "", eff) if so, else the
+    error code and message for the client (and the effective license). Under the access
+    modes (docs/design.md §7.6): an exclusive handle held refuses everything, an exclusive
+    checkout needs an empty table and takes the whole LQ, a station_share checkout needs
+    only what it adds to its station's largest handle (`SeatCount.increase`). All three
+    refusals are NO_LICENSE_AVAILABLE (queueable with `wait`), with the reason in the text."""
     known = [b for b in backends if key in b.licenses]
     if not known:
         return ErrorCode.UNKNOWN_LICENSE, f"no license {key_str(key)} in this container", None
@@ -109,10 +140,26 @@ def admit(
             f"({eff.status}{why})",
             eff,
         )
-    if used + seats > eff.quantity:
+    held = count if count is not None else SeatCount()
+    used = held.total
+    conflict = held.conflict(mode)
+    if conflict:
+        what = (
+            f"{key_str(key)} is held exclusively"
+            if held.exclusive
+            else f"exclusive access to {key_str(key)} needs every seat free"
+        )
         return (
             ErrorCode.NO_LICENSE_AVAILABLE,
-            f"{used} of {eff.quantity} seats of {key_str(key)} in use, {seats} requested",
+            f"{what} ({used} of {eff.quantity} seats in use by {held.handles} handle(s))",
+            eff,
+        )
+    need = increase(held, mode, station, seats, eff.quantity)
+    if used + need > eff.quantity:
+        asked = "every seat (exclusive)" if mode is AccessMode.EXCLUSIVE else f"{seats} requested"
+        return (
+            ErrorCode.NO_LICENSE_AVAILABLE,
+            f"{used} of {eff.quantity} seats of {key_str(key)} in use, {asked}",
             eff,
         )
     return None, "", eff
@@ -128,13 +175,16 @@ def policy_denial(
 ) -> Denial | None:
     """The policy rule that refuses a checkout `admit` let through or refused only for the
     seat count (docs/design.md §7.6). Availability errors (unknown license, quorum lost,
-    expired) stand as they are: they say the truth whoever asks. `held`: the product's
-    handles, granted and pending, as the seat count counts them (walked only when the
-    policy has rules for `key`)."""
+    expired) stand as they are: they say the truth whoever asks. `seats`: what the checkout
+    adds to the seat count under its access mode (`increase`); `held`: the product's
+    handles, granted and pending, counted with `seat_count` (walked only when the policy has
+    rules for `key`). So an exclusive checkout counts as the whole LQ for `max` and
+    `reserve`: a subject whose `max` is below LQ never gets one, and none is granted while a
+    reserve of others is not taken up."""
     code, _, eff = admitted
     if eff is None or code not in (None, ErrorCode.NO_LICENSE_AVAILABLE):
         return None
-    return policy.check(key, who, seats, held, eff.quantity)
+    return policy.check(key, who, seats, held, eff.quantity, seat_count)
 
 
 def grant_result(rec: HandleRecord, tmr_id: int, lease: float) -> CheckoutResult:
@@ -175,6 +225,7 @@ def handle_row(rec: HandleRecord, lease_left: float, committed: bool) -> dict[st
         "user": rec.user,
         "host": rec.host,
         "pid": rec.pid,
+        "mode": rec.mode.value,
         "owner": rec.owner,
         "granted_at": rec.granted_at,
         "lease_left": lease_left,

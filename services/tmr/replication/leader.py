@@ -85,6 +85,7 @@ from tmr.replication.productlog import (
 )
 from tmr.replication.roles import Event, IllegalTransition, Phase, Role, RoleState
 from tmr.replication.types import (
+    AccessMode,
     Epoch,
     Floor,
     Grant,
@@ -94,6 +95,7 @@ from tmr.replication.types import (
     ProductKey,
     Release,
     ReleaseReason,
+    Station,
     key_str,
 )
 
@@ -351,13 +353,16 @@ class Leader:
         host: str = "",
         pid: int = 0,
         wait: float | None = None,
+        mode: AccessMode = AccessMode.USER_LIMIT,
     ) -> Effects:
         """`owner`: the authenticated CURVE public key of the client's connection (Z85). Only
         that key may heartbeat, release or use the handle; a request id is deduplicated per
         key, so no other key can take over a retried checkout's reply. `user`, `host`, `pid`:
         what the client says it is, recorded with the handle (informational only).
         `wait`: queue instead of NO_LICENSE_AVAILABLE, for at most `wait` seconds without
-        another ask (`replication/queue.py`; answered with a queued result)."""
+        another ask (`replication/queue.py`; answered with a queued result). `mode`: how the
+        handle counts (`AccessMode`, docs/design.md §7.6); a station is (owner, user, host),
+        so only handles of the same CURVE key ever share seats."""
         fx = Effects()
         if self._refuse_unconfirmed(fx, token, rid, now):
             return fx
@@ -384,17 +389,21 @@ class Leader:
             )
             return fx
         request = (owner, client_id, rid)
+        station = (owner, user, host)
         ahead = self._queue.seats_ahead(key, request)
-        admitted = self._admission(key, seats)
-        if admitted[0] is None and (ahead is None or ahead):
-            admitted = self._queued_ahead(key, seats, ahead, admitted)
-        code, message, eff = admitted
+        admitted = self._admission(key, seats, mode, station)
         held = self._products.get(key)
+        count = held.count if held else None
+        quantity = admitted[2].quantity if admitted[2] is not None else 0
+        need = admission.increase(count, mode, station, seats, quantity)
+        if admitted[0] is None and (ahead is None or ahead):
+            admitted = self._queued_ahead(key, need, ahead, admitted)
+        code, message, eff = admitted
         denial = admission.policy_denial(
             self.policy,
             key,
             Subject(user=user, host=host, key=owner),
-            seats,
+            need,
             held.handles.values() if held else (),
             admitted,
         )
@@ -415,7 +424,18 @@ class Leader:
         if (
             code == ErrorCode.NO_LICENSE_AVAILABLE
             and wait is not None
-            and self._enqueue(fx, token, key, request, seats, now, wait, user, host, pid)
+            and self._enqueue(
+                fx,
+                token,
+                key,
+                request,
+                admission.granted_seats(mode, seats, quantity),
+                now,
+                wait,
+                user,
+                host,
+                pid,
+            )
         ):
             return fx
         if code is not None:
@@ -427,8 +447,9 @@ class Leader:
         queued = self._unqueue(key, request, "granted", fx)
         p = self._product(key)
         handle = handles.handle_id(self.epoch, self._random_ids())
+        seats = admission.granted_seats(mode, seats, eff.quantity)
         rec = HandleRecord(
-            handle, firm, product, seats, client_id, rid, self._wall(), owner, user, host, pid
+            handle, firm, product, seats, client_id, rid, self._wall(), owner, user, host, pid, mode
         )
         seq = self._propose(p, Grant(rec))
         p.add(rec)
@@ -443,6 +464,7 @@ class Leader:
                 "handle": handle,
                 "license": key_str(key),
                 "seats": seats,
+                "mode": mode.value,
                 "client_id": client_id,
                 "rid": rid,
                 "queued": queued,
@@ -460,7 +482,8 @@ class Leader:
     ) -> Admission:
         """The head-of-line rule (replication/queue.py): NO_LICENSE_AVAILABLE for a queued
         checkout behind the head, or for another one the seats left after the queue's do
-        not cover."""
+        not cover. `seats`: what the checkout adds to the seat count (its access mode's
+        increase: 0 for a station_share within its station, the LQ for an exclusive one)."""
         eff = admitted[2]
         assert eff is not None
         p = self._products.get(key)
@@ -953,9 +976,16 @@ class Leader:
         problem = problems[index] if index < len(problems) else None
         return problem.value if problem else None
 
-    def _admission(self, key: ProductKey, seats: int) -> Admission:
+    def _admission(
+        self,
+        key: ProductKey,
+        seats: int,
+        mode: AccessMode = AccessMode.USER_LIMIT,
+        station: Station = ("", "", ""),
+    ) -> Admission:
         p = self._products.get(key)
-        return admission.admit(self.backends, key, seats, self._effective, p.seats() if p else 0)
+        count = p.count if p else None
+        return admission.admit(self.backends, key, seats, self._effective, count, mode, station)
 
     def _grant_result(self, rec: HandleRecord, now: float) -> CheckoutResult:
         eff = self._effective(rec.key)

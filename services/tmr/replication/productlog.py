@@ -30,6 +30,7 @@ from tmr.replication.types import (
     Op,
     ProductKey,
     Release,
+    SeatCount,
     Version,
 )
 
@@ -65,7 +66,8 @@ class Product:
     released_by: dict[str, tuple[str, str]] = field(default_factory=dict)  # (owner, client id)
     # Records of released handles whose release is not committed yet (for snapshots).
     pending_released: dict[str, HandleRecord] = field(default_factory=dict)
-    used: int = 0  # seats of `handles`, kept as handles come and go
+    # `seat_count` of `handles` (access modes), kept running as handles come and go
+    count: SeatCount = field(default_factory=SeatCount)
     floor: Floor = NO_FLOOR  # the replicated floors, with those of the pending ops
     floor_seq: int = 0  # the entry of the latest Floor op
     floor_committed: Floor = NO_FLOOR  # the floors in force (`floor` once floor_seq commits)
@@ -80,16 +82,18 @@ class Product:
     abort: tuple[int, tuple[HandleRecord, ...]] | None = None
 
     def seats(self) -> int:
-        return self.used
+        return self.count.total
 
     def add(self, rec: HandleRecord) -> None:
-        if rec.handle not in self.handles:
-            self.used += rec.seats
+        old = self.handles.get(rec.handle)
+        if old is not None:
+            self.count.remove(old)
+        self.count.add(rec)
         self.handles[rec.handle] = rec
 
     def pop(self, handle: str) -> HandleRecord:
         rec = self.handles.pop(handle)
-        self.used -= rec.seats
+        self.count.remove(rec)
         return rec
 
     def handles_committed(self) -> list[HandleRecord]:
@@ -234,7 +238,7 @@ def notify_commits(
     that backend refuses as a proposal, and records only as committed state, which it
     knows to be so from a promise that was told (docs/design.md §6)."""
     for key, _ in commits:
-        used = products[key].used
+        used = products[key].seats()
         for x in backends:
             lic = x.licenses.get(key)
             if lic is not None and lic.valid and used > lic.quantity:
@@ -341,7 +345,7 @@ def abort_grants(
     lq = min(b.licenses[p.key].quantity for b in refusers)
     base = p.committed
     table = {r.handle: r for r in p.handles_committed()}
-    used = sum(r.seats for r in table.values())
+    count = SeatCount(table.values())
     ops = [op for s in range(base + 1, p.seq + 1) for op in p.log.get(s, ())] + p.pending
     aborted: dict[str, HandleRecord] = {}
     for op in ops:
@@ -349,14 +353,17 @@ def abort_grants(
             rec = op.record
             if rec.handle in table:
                 continue
-            if used + rec.seats > lq:
+            more = count.increase(rec.mode, rec.station, rec.seats)
+            if count.conflict(rec.mode) or count.total + more > lq:
                 aborted[rec.handle] = rec
                 continue
             table[rec.handle] = rec
-            used += rec.seats
+            count.add(rec)
         elif isinstance(op, Release):
             gone = table.pop(op.handle, None)
-            used -= gone.seats if gone is not None else 0
+            if gone is not None:
+                count.remove(gone)
+    used = count.total
     if not aborted:
         return aborted
     seq = p.seq + 1

@@ -7,7 +7,8 @@ the wire format (`tmr.protocol.peer_api`) all speak in these types.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 
 ProductKey = tuple[int, int]  # (firm code, product code)
 
@@ -37,6 +38,26 @@ class Version:
 ZERO_VERSION = Version(ZERO_EPOCH, 0)
 
 
+class AccessMode(enum.StrEnum):
+    """How a checkout counts against the license's seats (CodeMeter's access modes,
+    docs/design.md §7.6). The values are the strings of the client and peer wires.
+
+    - ``USER_LIMIT`` (CodeMeter "UserLimit", the default): the handle takes its seats.
+    - ``STATION_SHARE`` (CodeMeter "NoUserLimit"): the station_share handles of one station,
+      (owner CURVE key, user, host), take the seats of the largest of them, once.
+    - ``EXCLUSIVE`` (CodeMeter "Exclusive"): the whole license for one handle. Granted only
+      while the product holds no handle, and nothing else is granted while it is held; its
+      record's seats are the effective LQ at the grant.
+    """
+
+    USER_LIMIT = "user_limit"
+    STATION_SHARE = "station_share"
+    EXCLUSIVE = "exclusive"
+
+
+Station = tuple[str, str, str]  # (owner CURVE key, user, host): who shares a station_share seat
+
+
 @dataclass(frozen=True)
 class HandleRecord:
     """One granted allocation of seats to one client (a row of the handle table)."""
@@ -59,10 +80,129 @@ class HandleRecord:
     user: str = ""
     host: str = ""
     pid: int = 0
+    # How the handle counts (`AccessMode`, backend schema 6); records of older peers and
+    # schemas are user_limit, which is what every handle was before modes.
+    mode: AccessMode = AccessMode.USER_LIMIT
 
     @property
     def key(self) -> ProductKey:
         return (self.firm, self.product)
+
+    @property
+    def station(self) -> Station:
+        return (self.owner, self.user, self.host)
+
+
+def seat_count(records: Iterable[HandleRecord]) -> int:
+    """THE seat count of a handle table under access modes (docs/design.md §7.6), by full
+    recount: the seats of every user_limit and exclusive handle, plus for each station the
+    seats of its largest station_share handle. `SeatCount` keeps the same number running;
+    property tests hold the two equal (tests/unit/replication/test_seat_count.py)."""
+    total = 0
+    shared: dict[Station, int] = {}
+    for r in records:
+        if r.mode is AccessMode.STATION_SHARE:
+            st = r.station
+            if r.seats > shared.get(st, 0):
+                shared[st] = r.seats
+        else:
+            total += r.seats
+    return total + sum(shared.values())
+
+
+class SeatCount:
+    """The running `seat_count` of one handle table, updated per handle added or removed
+    (the backends', the leader's and admission's one count; issue 17: no walk over the
+    table per replicated entry). ``total`` equals `seat_count` of the records added and not
+    removed; ``exclusive`` and ``handles`` count the exclusive handles and all handles.
+    The caller adds a handle id once and removes only a handle it added (the tables that
+    own a SeatCount check membership first)."""
+
+    __slots__ = ("_stations", "exclusive", "handles", "total")
+
+    def __init__(self, records: Iterable[HandleRecord] = ()) -> None:
+        self.total = 0
+        self.exclusive = 0
+        self.handles = 0
+        # station -> {seats: number of its station_share handles with that many seats}
+        self._stations: dict[Station, dict[int, int]] = {}
+        for r in records:
+            self.add(r)
+
+    def copy(self) -> SeatCount:
+        c = SeatCount()
+        c.total, c.exclusive, c.handles = self.total, self.exclusive, self.handles
+        c._stations = {k: dict(v) for k, v in self._stations.items()}
+        return c
+
+    def add(self, r: HandleRecord) -> None:
+        self.handles += 1
+        mode = r.mode
+        if mode is AccessMode.USER_LIMIT:
+            self.total += r.seats
+            return
+        if mode is AccessMode.EXCLUSIVE:
+            self.exclusive += 1
+            self.total += r.seats
+            return
+        sizes = self._sizes(r.station)
+        top = max(sizes, default=0)
+        sizes[r.seats] = sizes.get(r.seats, 0) + 1
+        if r.seats > top:
+            self.total += r.seats - top
+
+    def remove(self, r: HandleRecord) -> None:
+        self.handles -= 1
+        mode = r.mode
+        if mode is AccessMode.USER_LIMIT:
+            self.total -= r.seats
+            return
+        if mode is AccessMode.EXCLUSIVE:
+            self.exclusive -= 1
+            self.total -= r.seats
+            return
+        st = r.station
+        sizes = self._sizes(st)
+        top = max(sizes)
+        left = sizes[r.seats] - 1
+        if left:
+            sizes[r.seats] = left
+        else:
+            del sizes[r.seats]
+        if not sizes:
+            self._forget(st)
+        if r.seats == top and not left:
+            self.total -= top - max(sizes, default=0)
+
+    def _sizes(self, st: Station) -> dict[int, int]:
+        """The station's {seats: handles} to change (created empty)."""
+        return self._stations.setdefault(st, {})
+
+    def _forget(self, st: Station) -> None:
+        del self._stations[st]
+
+    def trial(self) -> SeatCount:
+        """A count that starts as this one and changes without changing it: what-if
+        checks (the acceptor's entry check) at a cost per op, not per station or handle."""
+        return _TrialCount(self)
+
+    def increase(self, mode: AccessMode, station: Station, seats: int) -> int:
+        """How much ``total`` would grow if a handle of ``seats`` in ``mode`` at ``station``
+        were added (0 for a station_share within its station's largest handle)."""
+        if mode is AccessMode.STATION_SHARE:
+            sizes = self._stations.get(station)
+            top = max(sizes) if sizes else 0
+            return max(0, seats - top)
+        return seats
+
+    def conflict(self, mode: AccessMode) -> str:
+        """Why the exclusive rule refuses a handle in ``mode`` here ("" if it does not): an
+        exclusive handle needs an empty table, and an exclusive handle held refuses all."""
+        if self.exclusive:
+            return "held exclusively"
+        if mode is AccessMode.EXCLUSIVE and self.handles:
+            return "exclusive access needs every seat free"
+        return ""
 
 
 class ReleaseReason(enum.StrEnum):
@@ -142,24 +282,110 @@ class LicenseInfo:
             object.__setattr__(self, "reason", CopyReason(self.reason))
 
 
-@dataclass
-class ProductLog:
-    """Durable per-product state on an acceptor: version and handle table."""
+class _TrialCount(SeatCount):
+    """`SeatCount.trial`: the base's numbers, and its stations copied on first change."""
 
-    version: Version = ZERO_VERSION
-    handles: dict[str, HandleRecord] = field(default_factory=dict)
-    floor: Floor = NO_FLOOR
+    __slots__ = ("_base",)
+
+    def __init__(self, base: SeatCount) -> None:
+        super().__init__()
+        self.total, self.exclusive, self.handles = base.total, base.exclusive, base.handles
+        self._base = base._stations
+
+    def _sizes(self, st: Station) -> dict[int, int]:
+        sizes = self._stations.get(st)
+        if sizes is None:
+            sizes = self._stations[st] = dict(self._base.get(st, {}))
+        return sizes
+
+    def _forget(self, st: Station) -> None:
+        self._stations[st] = {}  # gone here, whatever the base holds
+
+    def increase(self, mode: AccessMode, station: Station, seats: int) -> int:
+        if mode is AccessMode.STATION_SHARE and station not in self._stations:
+            self._sizes(station)
+        return super().increase(mode, station, seats)
+
+    def copy(self) -> SeatCount:
+        raise TypeError("a trial count is not copied")
+
+
+class ProductLog:  # noqa: PLW1641 (mutable: not hashable)
+    """Durable per-product state on an acceptor: version, handle table and floors.
+
+    The table changes only through `put`, `drop`, `replace_handles` and `apply`, which keep
+    its running seat count (`SeatCount`, `seats()`) in step; ``handles`` is read-only."""
+
+    __slots__ = ("_handles", "count", "floor", "version")
+
+    def __init__(
+        self,
+        version: Version = ZERO_VERSION,
+        handles: Mapping[str, HandleRecord] | None = None,
+        floor: Floor = NO_FLOOR,
+    ) -> None:
+        self.version = version
+        self.floor = floor
+        self._handles: dict[str, HandleRecord] = dict(handles or {})
+        self.count = SeatCount(self._handles.values())
+
+    @property
+    def handles(self) -> Mapping[str, HandleRecord]:
+        return self._handles
 
     def seats(self) -> int:
-        return sum(r.seats for r in self.handles.values())
+        """`seat_count` of the table, kept running (no walk over the handles)."""
+        return self.count.total
+
+    def put(self, rec: HandleRecord) -> None:
+        """Add ``rec`` unless its handle is held (a grant is idempotent)."""
+        if rec.handle not in self._handles:
+            self._handles[rec.handle] = rec
+            self.count.add(rec)
+
+    def drop(self, handle: str) -> HandleRecord | None:
+        """Remove ``handle`` if held (a release of an unknown handle is a no-op)."""
+        rec = self._handles.pop(handle, None)
+        if rec is not None:
+            self.count.remove(rec)
+        return rec
+
+    def replace_handles(self, records: Iterable[HandleRecord]) -> None:
+        """The table becomes ``records`` (a later record of the same handle wins)."""
+        self._handles = {r.handle: r for r in records}
+        self.count = SeatCount(self._handles.values())
+
+    def apply(self, ops: tuple[Op, ...]) -> None:
+        """Apply ops in order, in place. Deterministic and idempotent. `Floor` ops do not
+        touch the table (see `floor_after`)."""
+        for op in ops:
+            if isinstance(op, Grant):
+                self.put(op.record)
+            elif isinstance(op, Release):
+                self.drop(op.handle)
 
     def copy(self) -> ProductLog:
-        return ProductLog(self.version, dict(self.handles), self.floor)
+        c = ProductLog(self.version, None, self.floor)
+        c._handles = dict(self._handles)
+        c.count = self.count.copy()
+        return c
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProductLog):
+            return NotImplemented
+        return (self.version, self.floor, self._handles) == (
+            other.version,
+            other.floor,
+            other._handles,
+        )
+
+    def __repr__(self) -> str:
+        return f"ProductLog({self.version!r}, {len(self._handles)} handles, {self.floor!r})"
 
 
 def apply_ops(handles: dict[str, HandleRecord], ops: tuple[Op, ...]) -> None:
-    """Apply ops in order to a handle table, in place. Deterministic and idempotent.
-    `Floor` ops do not touch the table (see `floor_after`)."""
+    """Apply ops in order to a plain handle table, in place (deterministic, idempotent);
+    `ProductLog.apply` is the same with the running seat count."""
     for op in ops:
         if isinstance(op, Grant):
             handles.setdefault(op.record.handle, op.record)

@@ -345,6 +345,7 @@ class ServerService:
                     host=req.host,
                     pid=req.pid,
                     wait=req.wait,
+                    mode=req.mode,
                 )
                 self.web.on_checkout(req.firm, req.product, req.rid, fx)
                 self._record_refusals(req, owner, fx)

@@ -58,7 +58,8 @@ INDEX_HTML = """<!doctype html>
     <h2>Handles <span id="handle-count" class="serial"></span></h2>
     <table id="handles">
       <thead><tr><th>Client id</th><th>User</th><th>Host</th><th>PID</th><th>License</th>
-        <th>Seats</th><th>Since</th><th>Last heartbeat</th><th>Lease left</th><th></th></tr>
+        <th>Seats</th><th>Mode</th><th>Since</th><th>Last heartbeat</th><th>Lease left</th>
+        <th></th></tr>
       </thead>
       <tbody></tbody>
     </table>
@@ -320,6 +321,7 @@ function renderHandles(s) {
     tr.appendChild(el("td", x.pid === null ? "\u2013" : x.pid, "num"));
     tr.appendChild(el("td", x.firm + ":" + x.product, "mono"));
     tr.appendChild(el("td", x.seats, "num"));
+    tr.appendChild(el("td", x.mode || "user_limit", "mode"));
     tr.appendChild(el("td", fmtTime(x.since), "nowrap"));
     tr.appendChild(el("td", fmtAgo(x.heartbeat_ago)));
     tr.appendChild(el("td", x.lease_left.toFixed(0) + " s", "num"));

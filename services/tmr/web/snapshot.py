@@ -137,6 +137,7 @@ def handles_section(
                 "firm": h.get("firm"),
                 "product": h.get("product"),
                 "seats": h.get("seats"),
+                "mode": h.get("mode") or "user_limit",
                 "client_id": h.get("client_id"),
                 # what the client said of itself (informational); older clients: from its id
                 "user": h.get("user") or "",

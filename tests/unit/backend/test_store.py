@@ -12,6 +12,7 @@ from tmr.backend.store import SCHEMA_VERSION, SqliteStore, StorageError
 from tmr.replication.acceptor import AcceptorState, ProductWrite, Write, apply_write
 from tmr.replication.types import (
     ZERO_EPOCH,
+    AccessMode,
     Epoch,
     Grant,
     HandleRecord,
@@ -331,7 +332,77 @@ def test_a_schema_2_database_is_migrated_through_to_client_identity(db: Path) ->
     finally:
         store.close()
     columns = [r[1] for r in _dump(db, "PRAGMA table_info(handles)")]
-    assert columns[-4:] == ["owner", "user", "host", "pid"]
+    assert columns[-5:] == ["owner", "user", "host", "pid", "mode"]
+
+
+def _write_schema_5(db: Path) -> None:
+    """A schema 5 database (handles with the client's user, host and pid, no mode), as the
+    release before access modes leaves it."""
+    _write_schema_4(db)
+    conn = sqlite3.connect(db)
+    try:
+        conn.executescript(
+            """
+            ALTER TABLE handles ADD COLUMN user TEXT NOT NULL DEFAULT '';
+            ALTER TABLE handles ADD COLUMN host TEXT NOT NULL DEFAULT '';
+            ALTER TABLE handles ADD COLUMN pid INTEGER NOT NULL DEFAULT 0;
+            UPDATE handles SET user = 'alice', host = 'ws-1', pid = 42;
+            UPDATE meta SET value = '5' WHERE key = 'schema_version';
+            """
+        )
+    finally:
+        conn.close()
+
+
+def test_a_schema_5_database_gets_user_limit_handles_and_keeps_every_row(db: Path) -> None:
+    _write_schema_5(db)
+    store = SqliteStore(db)
+    try:
+        log = store.load().products[KEY]
+        old = log.handles["h1"]
+        assert (old.user, old.host, old.pid, old.mode) == ("alice", "ws-1", 42, "user_limit")
+        assert log.seats() == old.seats
+        new = HandleRecord(
+            "h2", KEY[0], KEY[1], 1, "c2", "r2", 1.5, "B" * 40, "bob", "ws-2", 99,
+            AccessMode.STATION_SHARE,
+        )  # fmt: skip
+        store.commit(Write(products=(ProductWrite(KEY, Version(E2, 8), ops=(Grant(new),)),)))
+    finally:
+        store.close()
+    assert _dump(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [
+        (str(SCHEMA_VERSION),)
+    ]
+    reopened = SqliteStore(db)
+    try:
+        log = reopened.load().products[KEY]
+        assert log.handles["h2"] == new and log.handles["h1"] == old
+        assert log.handles["h2"].mode is AccessMode.STATION_SHARE
+        assert log.seats() == old.seats + 1
+    finally:
+        reopened.close()
+
+
+def test_modes_survive_snapshots_and_restarts(store: SqliteStore) -> None:
+    a = HandleRecord("h1", KEY[0], KEY[1], 2, "c1", "r1", 1.5, "A" * 40, "u", "h", 1,
+                     AccessMode.STATION_SHARE)  # fmt: skip
+    b = HandleRecord("h2", KEY[0], KEY[1], 3, "c1", "r2", 2.5, "A" * 40, "u", "h", 2,
+                     AccessMode.STATION_SHARE)  # fmt: skip
+    store.commit(Write(products=(ProductWrite(KEY, Version(E2, 0), replace=(a, b)),)))
+    log = reopen(store).products[KEY]
+    assert log.handles == {"h1": a, "h2": b} and log.seats() == 3
+
+
+def test_an_unknown_mode_in_the_database_is_a_storage_error(db: Path, store: SqliteStore) -> None:
+    a = HandleRecord("h1", KEY[0], KEY[1], 1, "c1", "r1", 1.5, "A" * 40)
+    store.commit(Write(products=(ProductWrite(KEY, Version(E1, 1), ops=(Grant(a),)),)))
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("UPDATE handles SET mode = 'borrowed'")
+        conn.commit()
+    finally:
+        conn.close()
+    with pytest.raises(StorageError, match="cannot read"):
+        store.load()
 
 
 def test_client_identity_survives_grants_snapshots_and_restarts(store: SqliteStore) -> None:
@@ -669,3 +740,36 @@ def test_failed_commit_records_no_usage(store: SqliteStore) -> None:
         store.commit(Write(products=(ProductWrite(KEY, Version(E1, 1), ops=(grant("h1"),)),)))
     conn.execute("PRAGMA query_only = 0")
     assert store.usage() == []
+
+
+def test_a_schema_6_database_keeps_its_denials_and_gets_user_limit_handles(db: Path) -> None:
+    """Schema 6 (the denial record, handles without a mode) upgrades to 7 in place."""
+    _write_schema_5(db)
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute(
+            "CREATE TABLE denials (id INTEGER PRIMARY KEY, uid TEXT NOT NULL UNIQUE, "
+            "at REAL NOT NULL, recorded_at REAL NOT NULL, server TEXT NOT NULL, "
+            "code TEXT NOT NULL, firm INTEGER NOT NULL, product INTEGER NOT NULL, "
+            "seats INTEGER NOT NULL, owner TEXT NOT NULL, user TEXT NOT NULL, "
+            "host TEXT NOT NULL, pid INTEGER NOT NULL, rule TEXT NOT NULL, "
+            "times INTEGER NOT NULL, last REAL NOT NULL)"
+        )
+        conn.execute(
+            "INSERT INTO denials VALUES (1, 'u1', 1.0, 1.0, 'tmr-a', 'NO_LICENSE_AVAILABLE', "
+            "1, 2, 1, 'K', 'alice', 'ws-1', 7, '', 1, 1.0)"
+        )
+        conn.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+        conn.commit()
+    finally:
+        conn.close()
+    store = SqliteStore(db)
+    try:
+        old = store.load().products[KEY].handles["h1"]
+        assert old.mode is AccessMode.USER_LIMIT
+        assert [d.id for d in store.denials()] == ["u1"]
+    finally:
+        store.close()
+    assert _dump(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [
+        (str(SCHEMA_VERSION),)
+    ]
