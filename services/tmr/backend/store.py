@@ -13,6 +13,10 @@ Tables (schema version in ``meta``):
 - ``handles``: the handle table, per (firm, product, handle), with the CURVE key that owns
   each handle (schema 3) and the user, host and process id the client gave (schema 5;
   informational, shown by `tmr admin handles`);
+- ``known_commits``: per product the highest version a leader said is committed (schema 6,
+  `AcceptorState.known`), written in the transaction of the message that carried it;
+- ``marked_grants``: per product the grants taken from an entry flagged ``notice``, with that
+  entry's version, while above the known commit (schema 6, `ProductLog.marked`);
 - ``installed``: the highest TMR ID ever installed per product (no-rollback rule);
 - ``usage``: committed ops (granted / released / expired), the newest ``usage_retention``
   rows are kept. Older rows are deleted in batches, once 1 % of ``usage_retention`` (at most
@@ -46,7 +50,7 @@ from tmr.replication.types import (
     floor_after,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DEFAULT_USAGE_RETENTION = 100_000
 TRIM_BATCH_MAX = 1024  # usage rows that may come in between two trims (see the docstring)
 
@@ -83,6 +87,23 @@ CREATE TABLE IF NOT EXISTS handles (
     user TEXT NOT NULL DEFAULT '',
     host TEXT NOT NULL DEFAULT '',
     pid INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (firm, product, handle)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS known_commits (
+    firm INTEGER NOT NULL,
+    product INTEGER NOT NULL,
+    epoch_counter INTEGER NOT NULL,
+    epoch_server TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (firm, product)
+);
+CREATE TABLE IF NOT EXISTS marked_grants (
+    firm INTEGER NOT NULL,
+    product INTEGER NOT NULL,
+    handle TEXT NOT NULL,
+    epoch_counter INTEGER NOT NULL,
+    epoch_server TEXT NOT NULL,
+    seq INTEGER NOT NULL,
     PRIMARY KEY (firm, product, handle)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS installed (
@@ -148,6 +169,33 @@ _MIGRATE_FROM_4 = (
     "ALTER TABLE handles ADD COLUMN user TEXT NOT NULL DEFAULT ''",
     "ALTER TABLE handles ADD COLUMN host TEXT NOT NULL DEFAULT ''",
     "ALTER TABLE handles ADD COLUMN pid INTEGER NOT NULL DEFAULT 0",
+    f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",
+)
+
+# Schema 5 -> 6: the backend keeps its commit knowledge durably (docs/design.md §6): the
+# known committed version per product (``known_commits``) and the grants of entries flagged
+# ``notice`` above it (``marked_grants``). Two new tables, no change to existing ones: a
+# store of schema 5 starts with none known and nothing marked, which is what a backend of
+# schema 5 reported after a restart. Self-contained (CREATE IF NOT EXISTS): it may run after
+# any other step numbered 6 or later. In the opening transaction, after the earlier steps.
+_MIGRATE_FROM_5 = (
+    """CREATE TABLE IF NOT EXISTS known_commits (
+        firm INTEGER NOT NULL,
+        product INTEGER NOT NULL,
+        epoch_counter INTEGER NOT NULL,
+        epoch_server TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (firm, product)
+    )""",
+    """CREATE TABLE IF NOT EXISTS marked_grants (
+        firm INTEGER NOT NULL,
+        product INTEGER NOT NULL,
+        handle TEXT NOT NULL,
+        epoch_counter INTEGER NOT NULL,
+        epoch_server TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (firm, product, handle)
+    ) WITHOUT ROWID""",
     f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",
 )
 
@@ -255,11 +303,15 @@ class SqliteStore:
             )
         elif row[0] == "1":  # products keeps its rows: it gets the floors of schema 4
             # `_SCHEMA` (in `_MIGRATE_FROM_1`) creates handles with the columns of schema 5.
-            for script in (*_MIGRATE_FROM_1, *_MIGRATE_FROM_3):
+            for script in (*_MIGRATE_FROM_1, *_MIGRATE_FROM_3, *_MIGRATE_FROM_5):
                 _execute_all(conn, script)
-        elif row[0] in ("2", "3", "4"):
-            steps = {"2": (*_MIGRATE_FROM_2, *_MIGRATE_FROM_3), "3": _MIGRATE_FROM_3}
-            for script in (*steps.get(row[0], ()), *_MIGRATE_FROM_4):
+        elif row[0] in ("2", "3", "4", "5"):
+            steps = {
+                "2": (*_MIGRATE_FROM_2, *_MIGRATE_FROM_3, *_MIGRATE_FROM_4),
+                "3": (*_MIGRATE_FROM_3, *_MIGRATE_FROM_4),
+                "4": _MIGRATE_FROM_4,
+            }
+            for script in (*steps.get(row[0], ()), *_MIGRATE_FROM_5):
                 _execute_all(conn, script)
         elif row[0] != str(SCHEMA_VERSION):
             raise sqlite3.DatabaseError(
@@ -339,6 +391,15 @@ class SqliteStore:
         ):
             log = state.products.setdefault((row[1], row[2]), ProductLog())
             log.handles[row[0]] = HandleRecord(*row)
+        for firm, product, e_counter, e_server, seq in conn.execute(
+            "SELECT firm, product, epoch_counter, epoch_server, seq FROM known_commits"
+        ):
+            state.known[(firm, product)] = Version(Epoch(e_counter, e_server), seq)
+        for firm, product, handle, e_counter, e_server, seq in conn.execute(
+            "SELECT firm, product, handle, epoch_counter, epoch_server, seq FROM marked_grants"
+        ):
+            log = state.products.setdefault((firm, product), ProductLog())
+            log.marked[handle] = Version(Epoch(e_counter, e_server), seq)
         return state
 
     def commit(self, write: Write) -> None:
@@ -380,6 +441,25 @@ class SqliteStore:
             conn.execute("UPDATE acceptor SET caught_up = ? WHERE id = 1", (int(write.caught_up),))
         for pw in write.products:
             self._write_product(conn, pw, recorded_at, usage)
+        for (firm, product), marks in write.marks:
+            conn.execute(
+                "DELETE FROM marked_grants WHERE firm = ? AND product = ?", (firm, product)
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO marked_grants (firm, product, handle, epoch_counter, "
+                "epoch_server, seq) VALUES (?, ?, ?, ?, ?, ?)",
+                [(firm, product, h, v.epoch.counter, v.epoch.server, v.seq) for h, v in marks],
+            )
+        for (firm, product), v in write.known:
+            # Only ever raised (as in `apply_write`): a lower version leaves the row as it is.
+            conn.execute(
+                "INSERT INTO known_commits (firm, product, epoch_counter, epoch_server, seq) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (firm, product) DO UPDATE SET "
+                "epoch_counter = excluded.epoch_counter, epoch_server = excluded.epoch_server, "
+                "seq = excluded.seq WHERE (excluded.epoch_counter, excluded.epoch_server, "
+                "excluded.seq) > (epoch_counter, epoch_server, seq)",
+                (firm, product, v.epoch.counter, v.epoch.server, v.seq),
+            )
 
     def _write_product(
         self, conn: sqlite3.Connection, pw: ProductWrite, recorded_at: float, usage: list[_UsageRow]

@@ -149,12 +149,16 @@ class ProductLog:
     version: Version = ZERO_VERSION
     handles: dict[str, HandleRecord] = field(default_factory=dict)
     floor: Floor = NO_FLOOR
+    # Grants taken from an entry flagged `notice` (answered to their client only once two
+    # backends durably know them committed), with that entry's version, while the version is
+    # above this backend's known commit (docs/design.md §6): a new leader may abort them.
+    marked: dict[str, Version] = field(default_factory=dict)
 
     def seats(self) -> int:
         return sum(r.seats for r in self.handles.values())
 
     def copy(self) -> ProductLog:
-        return ProductLog(self.version, dict(self.handles), self.floor)
+        return ProductLog(self.version, dict(self.handles), self.floor, dict(self.marked))
 
 
 def apply_ops(handles: dict[str, HandleRecord], ops: tuple[Op, ...]) -> None:
