@@ -868,6 +868,7 @@ class Leader:
             return  # one lost probe: it answered a later request, so it is up
         if out.kind == "repl":
             b.inflight.pop(mid, None)
+            b.carrying.pop(mid, None)
             if b.answered_at > out.sent_at:
                 # One lost message: it answers later requests, so it is up. Resend what it
                 # has not acked (a duplicate is acked again; a gap gets it a snapshot),
@@ -1140,7 +1141,8 @@ class Leader:
         if self.role == Role.TAKEOVER and self._phase != Phase.SYNC:
             return
         for p in self._products.values():
-            productlog.flush(p, now)
+            if p.pending:
+                productlog.flush(p, now, productlog.update_under_way(p, self.backends))
         for b in self.backends:
             if not b.up or "snapshot" in b.inflight.values():
                 continue
@@ -1171,6 +1173,10 @@ class Leader:
         msg, kind, sent = out
         if isinstance(msg, Accept):
             b.told.update(msg.commits)
+            if msg.commits:
+                b.carrying[msg.mid] = msg.commits
+        elif msg.committed:
+            b.carrying[msg.mid] = tuple((e.key, e.seq) for e in msg.entries)
         b.inflight[msg.mid] = kind
         b.sent.update(sent)
         self._send(b, msg, Outstanding("repl", now), fx)
@@ -1297,7 +1303,23 @@ class Leader:
             p = self._product(key)
             p.floor = p.floor_committed = takeover.adopted_floor(p.floor, promises, key)
             p.adopted_committed = takeover.adopted_committed(promises, best, key)
+            unanswered = set()
+            if not p.adopted_committed:
+                unanswered = takeover.unanswered_grants(promises, best, key)
+            if unanswered:
+                fx.events.append(
+                    {
+                        "event": "grants_aborted",
+                        "license": key_str(key),
+                        "handles": sorted(unanswered),
+                        "seq": 0,
+                        "refused_by": [],
+                        "takeover": True,
+                    }
+                )
             for rec in best.get(key, (None, ()))[1]:
+                if rec.handle in unanswered:
+                    continue  # no client was told of it: aborted (docs/design.md §6)
                 p.add(rec)
                 p.grant_seq[rec.handle] = 0
                 self._handles.add(rec.handle, key, (rec.owner, rec.client_id, rec.request_id))
@@ -1322,6 +1344,13 @@ class Leader:
             return
         kind = b.inflight.pop(msg.mid, None)
         b.confirmed_at = max(b.confirmed_at, out.sent_at)
+        # The backend replies once its write is durable: it knows these commits (a
+        # committed snapshot's entries only where it took them).
+        carried = b.carrying.pop(msg.mid, ())
+        for key, seq in carried:
+            res = msg.results.get(key)
+            if kind == "accept" or (res is not None and res.status == EntryStatus.OK):
+                b.known[key] = max(b.known.get(key, -1), seq)
         backends.set_caught_up(b, True, now)
         for key, res in msg.results.items():
             p = self._products.get(key)
@@ -1356,7 +1385,7 @@ class Leader:
                 fx.events.append(
                     {"event": "active", "server": self.cfg.server_id, "epoch": str(self.epoch)}
                 )
-        for key in msg.results:
+        for key in {*msg.results, *(k for k, _ in carried)}:
             p = self._products.get(key)
             if p is not None:
                 self._recommit(p, fx)
