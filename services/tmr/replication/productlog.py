@@ -78,6 +78,7 @@ class Product:
     void: dict[int, int] = field(default_factory=dict)  # aborted seq -> committed seq then
     # The abort's snapshot (seq, table) until it commits: sent as a proposal.
     abort: tuple[int, tuple[HandleRecord, ...]] | None = None
+    abort_ops: int = 0  # the ops the abort's snapshot commits (all but the aborted grants)
     # Entries formed during a license update (`update_under_way`) and sent flagged `notice`:
     # their grants are answered only once two backends durably know the entry committed
     # (`durable`), so a new leader may abort a grant of such an entry that no promise knows
@@ -214,6 +215,7 @@ def recommit(p: Product, backends: Sequence[Backend], fx: Effects) -> tuple[int,
         del p.formed[s]
     p.refused = {name: s for name, s in p.refused.items() if s > new}
     if p.abort is not None and p.abort[0] <= new:
+        ops += p.abort_ops  # the abort's seq has no log entry: its ops commit here
         p.abort = None
     answer_durable(p, backends, fx)
     # Trim the log: entries every synced backend has are no longer needed for resends.
@@ -411,6 +413,9 @@ def abort_grants(
     p.seq = seq
     p.formed[seq] = now
     p.abort = (seq, tuple(table.values()))
+    p.abort_ops = sum(
+        1 for op in ops if not (isinstance(op, Grant) and op.record.handle in aborted)
+    )
     for h in aborted:
         p.pop(h)
         p.grant_seq.pop(h, None)
