@@ -239,6 +239,8 @@ def encode_reply(msg: PeerReply) -> bytes:
                 ],
                 "licenses": _licenses(msg.licenses),
             }
+            if msg.durable:  # absent while false: what older backends send
+                body["durable"] = True
         case CryptResult():
             body = {
                 "t": "crypt_result",
@@ -673,6 +675,7 @@ def decode_reply(frame: bytes) -> PeerReply:
                 _d_epoch(_get(b, "epoch"), "epoch"),
                 results,
                 _d_licenses(b.get("licenses", []), "licenses"),
+                _bool(b.get("durable", False), "durable"),  # an older backend sends none
             )
         if t == "crypt_result":
             return CryptResult(

@@ -339,7 +339,7 @@ class Acceptor:
         commits = [(key, Version(req.epoch, seq)) for key, seq in req.commits]
         known, changed = self._knowledge(commits, marks)
         write = Write(promised=promised, products=tuple(writes), known=known, marks=changed)
-        reply = Accepted(req.mid, req.epoch, results)
+        reply = Accepted(req.mid, req.epoch, results, durable=True)
         return Step(reply, None if write.empty() else write)
 
     def _knowledge(
@@ -455,7 +455,7 @@ class Acceptor:
             known=known,
             marks=changed,
         )
-        reply = Accepted(req.mid, req.epoch, results)
+        reply = Accepted(req.mid, req.epoch, results, durable=True)
         return Step(reply, None if write.empty() else write)
 
     def _crypt_call(self, req: Crypt) -> Step:

@@ -55,6 +55,7 @@ class Backend:
     # snapshot), and the ones carried by a message in flight (mid -> (product, seq)).
     known: dict[ProductKey, int] = field(default_factory=dict)
     carrying: dict[int, tuple[tuple[ProductKey, int], ...]] = field(default_factory=dict)
+    durable: bool = False  # it said it keeps commit knowledge durably (`Accepted.durable`)
     acked: dict[ProductKey, int] = field(default_factory=dict)
     refused_until: dict[ProductKey, float] = field(default_factory=dict)
     refusal: dict[ProductKey, str] = field(default_factory=dict)

@@ -1142,7 +1142,12 @@ class Leader:
             return
         for p in self._products.values():
             if p.pending:
-                productlog.flush(p, now, productlog.update_under_way(p, self.backends))
+                # Flagged only while two backends keep commit knowledge durably (during a
+                # rolling upgrade older backends do not): else a grant is answered at its
+                # commit and a new leader never aborts it, as before.
+                durable = sum(1 for b in self.backends if b.durable) >= QUORUM
+                update = durable and productlog.update_under_way(p, self.backends)
+                productlog.flush(p, now, update)
         for b in self.backends:
             if not b.up or "snapshot" in b.inflight.values():
                 continue
@@ -1347,7 +1352,8 @@ class Leader:
         # The backend replies once its write is durable: it knows these commits (a
         # committed snapshot's entries only where it took them).
         carried = b.carrying.pop(msg.mid, ())
-        for key, seq in carried:
+        b.durable = msg.durable
+        for key, seq in carried if msg.durable else ():  # an older backend: memory only
             res = msg.results.get(key)
             if kind == "accept" or (res is not None and res.status == EntryStatus.OK):
                 b.known[key] = max(b.known.get(key, -1), seq)

@@ -171,6 +171,10 @@ class Accepted:
     epoch: Epoch
     results: dict[ProductKey, EntryResult]
     licenses: dict[ProductKey, LicenseInfo] = field(default_factory=dict)
+    # This backend keeps commit knowledge durably: the commits the request carried (an
+    # ACCEPT's `commits`, a committed snapshot) are on its disk. Older backends: False (their
+    # knowledge is memory only, so the leader does not count it, docs/design.md §6).
+    durable: bool = False
 
 
 @dataclass(frozen=True)

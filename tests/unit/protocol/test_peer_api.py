@@ -82,6 +82,7 @@ REPLIES = [
     ),
     Rejected(3, E),
     Accepted(4, E, {K: EntryResult(EntryStatus.REFUSED, 3, "above LQ")}, LIC),
+    Accepted(12, E, {K: EntryResult(EntryStatus.OK, 3)}, {}, durable=True),
     CryptResult(5, True, b"out"),
     PeerError(6, "bad"),
 ]
@@ -492,6 +493,10 @@ def test_commit_knowledge_fields_are_absent_while_empty_and_optional_on_decode()
     body = msgpack.unpackb(encode_reply(promise))
     assert "marked" not in body
     assert decode_reply(msgpack.packb(body)).marked == {}  # type: ignore[union-attr]
+    accepted = Accepted(4, E, {K: EntryResult(EntryStatus.OK, 3)})
+    body = msgpack.unpackb(encode_reply(accepted))
+    assert "durable" not in body
+    assert decode_reply(msgpack.packb(body)) == accepted
 
 
 @pytest.mark.parametrize(

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.unit.replication.harness import Harness
 from tmr.errors import ErrorCode
 from tmr.protocol.client_api import ReleaseResult
+from tmr.replication import acceptor as acceptor_mod
 from tmr.replication.acceptor import Acceptor
 from tmr.replication.leader import ClientReply, Role
-from tmr.replication.messages import Accept
+from tmr.replication.messages import Accept, Accepted
 from tmr.replication.types import LicenseInfo, Version
 
 KEY = (6000123, 42)
@@ -120,6 +123,30 @@ def test_during_an_update_grants_wait_for_the_notice_and_are_marked_until_known(
         log = h.acceptors[name].state.products[KEY]
         assert h.acceptors[name].known_commit[KEY] >= Version(epoch, 3), name
         assert log.marked == {}, name  # known committed: the mark is dropped
+
+
+def test_with_backends_that_keep_knowledge_in_memory_grants_are_answered_at_commit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Older backends (a rolling upgrade) do not say their knowledge is durable: the leader
+    then flags nothing, answers at commit as before, and no new leader aborts anything."""
+
+    def old_accepted(*args: Any, **kw: Any) -> Accepted:
+        return Accepted(*args, **{**kw, "durable": False})
+
+    monkeypatch.setattr(acceptor_mod, "Accepted", old_accepted)
+    h = Harness({KEY: LicenseInfo(8, 3, True)})
+    h.set_license("b3", LicenseInfo(7, 2, True), KEY)
+    h.promote()
+    sent: list[Accept] = []
+    for i in range(3):
+        fx = h.leader.checkout("tok", f"r{i}", f"c{i}", KEY[0], KEY[1], 1, h.now, owner="k")
+        sent.extend(m for _, m in fx.send if isinstance(m, Accept))
+        h.run(fx)
+        h.advance(0.3)
+    assert [r.ok for r in h.replies] == [True, True, True]
+    assert not any(m.notice for m in sent)
+    assert all(not acc.state.products[KEY].marked for acc in h.acceptors.values())
 
 
 def test_a_crash_before_the_commit_notice_aborts_the_unanswered_grant() -> None:
