@@ -15,8 +15,17 @@
  *     of at most two messages received in any order; any message may be lost;
  *   - a license update: the backends go from TMR ID #1 (LQ 2) to #2 (LQ 3), one at a time;
  *   - commit knowledge (docs/design.md section 6): an ACCEPT carries the leader's committed
- *     version, and so does a commit notice (an ACCEPT without an entry); a backend keeps the
- *     highest one in memory (forgotten by a restart: FORGETS of them) and reports it in its PROMISE;
+ *     version, and so does a commit notice (an ACCEPT without an entry, answered NOTICED); a
+ *     backend keeps the highest one durably (FORGETS > 0: restarts that forget it, the former
+ *     memory-only design, a seeded bug), acknowledges it in the reply (its seq + 1 in the
+ *     reply's fifth field) and reports it in its PROMISE;
+ *   - during an update (the table above some backend's LQ) an entry with a grant is flagged
+ *     notice; a backend marks the grants it takes from a flagged entry (`bmark`, with the
+ *     entry's version `hgver`) and reports the marks in its PROMISE (above the table's bits);
+ *     the leader answers a flagged grant only once two backends acknowledged knowing its
+ *     commit (`swt`, `sknw`, answer_durable); a new leader whose promises do not know the
+ *     adopted table committed drops the marked grants above every known commit (`gtko`:
+ *     exempt from P3, not from P4);
  *     a leader whose promises say the table it adopts is committed sends its seq-0 snapshot
  *     flagged committed; a snapshot flagged committed is recorded whatever the backend's LQ
  *     (committed state is not a vote), and the leader's later snapshots carry its committed
@@ -65,6 +74,15 @@
  *   BUG_ANSWER_ABORTED        the leader answers the grant it aborts: P4
  *   NO_ABORT                  (liveness, with STOPS) no abort: a grant above a lagging backend's
  *                             LQ blocks the log when the other up-to-date backend stops
+ *   BUG_ANSWER_AT_COMMIT      (TAKEOVER_WINDOW) a flagged grant is answered at its commit: P4
+ *   BUG_ABORT_KNOWN           (TAKEOVER_WINDOW) a new leader drops marked grants also when they
+ *                             are known committed: P4
+ *   FORGETS=1                 (TAKEOVER_WINDOW) a restart forgets the commit knowledge: P4
+ *   NO_TAKEOVER_ABORT         (TAKEOVER_WINDOW, liveness, STOPS=1) a new leader keeps the
+ *                             unanswered grants: the backend on the old copy refuses its table
+ * TAKEOVER_WINDOW: the update of ABORT_SCENARIO with commit notices; server 0 leads and may
+ * crash at any point (after a commit and before any notice among them); then server 1 takes
+ * over; for liveness, backend 1 may stop for good once server 0 crashed.
  * ABORT_SCENARIO: an update under way from the start (backends 0 and 1 hold #2, backend 2 #1);
  * for safety, server 0 leads and, once it aborted a grant and crashed, server 1 takes over; for
  * liveness, server 0 alone runs, and backend 1 may stop while the grant is in flight.
