@@ -15,8 +15,17 @@
  *     of at most two messages received in any order; any message may be lost;
  *   - a license update: the backends go from TMR ID #1 (LQ 2) to #2 (LQ 3), one at a time;
  *   - commit knowledge (docs/design.md section 6): an ACCEPT carries the leader's committed
- *     version, and so does a commit notice (an ACCEPT without an entry); a backend keeps the
- *     highest one in memory (forgotten by a restart: FORGETS of them) and reports it in its PROMISE;
+ *     version, and so does a commit notice (an ACCEPT without an entry, answered NOTICED); a
+ *     backend keeps the highest one durably (FORGETS > 0: restarts that forget it, the former
+ *     memory-only design, a seeded bug), acknowledges it in the reply (its seq + 1 in the
+ *     reply's fifth field) and reports it in its PROMISE;
+ *   - during an update (the table above some backend's LQ) an entry with a grant is flagged
+ *     notice; a backend marks the grants it takes from a flagged entry (`bmark`, with the
+ *     entry's version `hgver`) and reports the marks in its PROMISE (above the table's bits);
+ *     the leader answers a flagged grant only once two backends acknowledged knowing its
+ *     commit (`swt`, `sknw`, answer_durable); a new leader whose promises do not know the
+ *     adopted table committed drops the marked grants above every known commit (`gtko`:
+ *     exempt from P3, not from P4);
  *     a leader whose promises say the table it adopts is committed sends its seq-0 snapshot
  *     flagged committed; a snapshot flagged committed is recorded whatever the backend's LQ
  *     (committed state is not a vote), and the leader's later snapshots carry its committed
@@ -65,6 +74,15 @@
  *   BUG_ANSWER_ABORTED        the leader answers the grant it aborts: P4
  *   NO_ABORT                  (liveness, with STOPS) no abort: a grant above a lagging backend's
  *                             LQ blocks the log when the other up-to-date backend stops
+ *   BUG_ANSWER_AT_COMMIT      (TAKEOVER_WINDOW) a flagged grant is answered at its commit: P4
+ *   BUG_ABORT_KNOWN           (TAKEOVER_WINDOW) a new leader drops marked grants also when they
+ *                             are known committed: P4
+ *   FORGETS=1                 (TAKEOVER_WINDOW) a restart forgets the commit knowledge: P4
+ *   NO_TAKEOVER_ABORT         (TAKEOVER_WINDOW, liveness, STOPS=1) a new leader keeps the
+ *                             unanswered grants: the backend on the old copy refuses its table
+ * TAKEOVER_WINDOW: the update of ABORT_SCENARIO with commit notices; server 0 leads and may
+ * crash at any point (after a commit and before any notice among them); then server 1 takes
+ * over; for liveness, backend 1 may stop for good once server 0 crashed.
  * ABORT_SCENARIO: an update under way from the start (backends 0 and 1 hold #2, backend 2 #1);
  * for safety, server 0 leads and, once it aborted a grant and crashed, server 1 takes over; for
  * liveness, server 0 alone runs, and backend 1 may stop while the grant is in flight.
@@ -72,6 +90,9 @@
  * safe: the acceptors' own LQ check is what keeps P1.
  */
 
+#ifdef TAKEOVER_WINDOW
+#define ABORT_SCENARIO  /* the same update under way; see TAKEOVER_WINDOW above */
+#endif
 #ifndef NH
 #define NH 3            /* handles (one seat each): seat counts 0..3 */
 #endif
@@ -85,7 +106,8 @@
 #define LOSSES 2        /* messages lost (a full link loses what is sent on top) */
 #endif
 #ifndef FORGETS
-#define FORGETS 1       /* backend restarts that forget their commit knowledge */
+#define FORGETS 0       /* backend restarts that forget their commit knowledge: the old
+                           memory-only knowledge, a seeded bug now that it is durable */
 #endif
 #ifndef SCRASHES
 #define SCRASHES 1      /* server crashes */
@@ -106,6 +128,8 @@
 #define LQ_NEW 3        /* LQ of license #2 */
 #endif
 #define NONE 255
+#define NFLAG 32        /* an ACCEPT's entry is flagged `notice` (Accept.notice) */
+#define NOTICED 3       /* EntryStatus of the answer to a commit notice (code: an empty OK) */
 
 mtype = { PREPARE, ACCEPT, SNAPSHOT, PROMISE, ACCEPTED, REJECTED };
 
@@ -159,7 +183,11 @@ byte bver[NB];      /* ProductLog.version = VER(epoch, seq) */
 byte btab[NB];      /* ProductLog.handles */
 bit bnew[NB];       /* LicenseInfo: 0 = #1 (LQ_OLD), 1 = #2 (LQ_NEW); always valid */
 byte bstop;         /* backends stopped for good (bit mask): they drop what they receive */
-byte bkc[NB];       /* Acceptor.known_commit (memory only; 0: none) */
+byte bkc[NB];       /* Acceptor.known_commit (durable, AcceptorState.known; 0: none) */
+byte bmark[NB];     /* ProductLog.marked: handles taken from an entry flagged notice, bit mask */
+byte hgver[NH];     /* the version of the entry that granted each handle (a handle is granted
+                       in one entry only: the version a backend marks it with, carried in
+                       the ACCEPT; 0: not granted) */
 #define LQ(b) (bnew[b] -> LQ_NEW : LQ_OLD)
 /* effective_version(): available with >= 2 copies (always here); effective TMR ID = the
  * second-highest ID, i.e. #2 once two backends hold it; its LQ. */
@@ -184,6 +212,10 @@ bit sadc[NS];       /* _Product.adopted_committed */
 byte stold[NS * NB];/* _Backend.told: committed seq + 1 it was told (0: none) */
 byte sref[NS];      /* backends that refused the uncommitted entry (bit mask; _Backend.refusal) */
 byte svoid[NS];     /* the seq of the aborted entry (0: none): its acks do not count */
+byte snot[NS];      /* Product.notice: the flagged seqs (bit mask) */
+byte swt[NS];       /* committed flagged seqs whose grant is not answered yet (bit mask) */
+byte sknw[NS * NB]; /* _Backend.known: committed seq + 1 it acknowledged knowing (0: none) */
+byte smk[NS];       /* the marks of the promises (union, bit mask) */
 
 /* ---------------------------------------------------------------- ghost state (checks) */
 byte hused;         /* handles whose grant was proposed (ids are never reused) */
@@ -192,6 +224,7 @@ byte grel;          /* handles whose release some leader proposed */
 byte grcep[NH];     /* per handle: the lowest epoch that committed its release */
 byte ghans[NH];     /* per handle: the lowest epoch whose leader answered its grant (0: none) */
 byte gabort;        /* grants aborted so far */
+byte gtko;          /* handles a new leader aborted at its takeover (never answered) */
 byte sterm[NS];     /* number of this server's terms (promotes) */
 byte gcommit[2 * MAXC + 2];     /* per epoch: server*16 + term that committed in it, + 1 */
 byte gtab[VER(2 * MAXC + 2, 0)];/* per version: the table a backend holds at it, + 1 */
@@ -267,19 +300,24 @@ inline acceptor_step(s, b, k, e, q, v, n) {
         :: else -> skip
         fi;
         if
-        :: k == PREPARE ->
-            send(rep[LINK(s, b)], PROMISE, e, bver[b], btab[b], bkc[b])
-        :: k == ACCEPT && v == 0 ->         /* a commit notice: no entry */
-            bkc[b] = (n > bkc[b] -> n : bkc[b])
-        :: k == ACCEPT && v != 0 ->         /* _accept, one entry */
+        :: k == PREPARE ->                  /* the marks ride above the table's bits */
+            send(rep[LINK(s, b)], PROMISE, e, bver[b], btab[b] | (bmark[b] << 4), bkc[b])
+        :: k == ACCEPT && v == 0 ->         /* a commit notice: no entry; durable, answered */
             bkc[b] = (n > bkc[b] -> n : bkc[b]);
+            tw = (VEP(n) == e && n > 0 -> VSEQ(n) + 1 : 0);
+            send(rep[LINK(s, b)], ACCEPTED, e, 0, NOTICED, tw);
+            tw = 0
+        :: k == ACCEPT && v != 0 ->         /* _accept, one entry (its known commit durable) */
+            bkc[b] = (n > bkc[b] -> n : bkc[b]);
+            tw = (VEP(n) == e && n > 0 -> VSEQ(n) + 1 : 0);     /* the known it acknowledges */
             if
             :: VEP(bver[b]) == e && q <= VSEQ(bver[b]) ->
-                send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), OK, 0)   /* duplicate */
+                send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), OK, tw)   /* duplicate */
             :: VEP(bver[b]) != e || q != VSEQ(bver[b]) + 1 ->
-                send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), NEED_SNAPSHOT, 0)
+                send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), NEED_SNAPSHOT, tw)
             :: else ->
-                tx = APPLY(btab[b], v);
+                ty = v & ~NFLAG;
+                tx = APPLY(btab[b], ty);
 #ifdef BUG_NO_LQ_CHECK
                 if
                 :: false ->
@@ -287,17 +325,25 @@ inline acceptor_step(s, b, k, e, q, v, n) {
                 if
                 :: SEATS(tx) > SEATS(btab[b]) && SEATS(tx) > LQ(b) ->     /* _check_ops */
 #endif
-                    send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), REFUSED, 0)
+                    send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), REFUSED, tw)
                 :: else ->
+                    /* _mark: a new grant of a flagged entry is marked; a release unmarks */
+                    if
+                    :: (v & NFLAG) && IS_GRANT(ty) && (btab[b] & BIT(OP_HANDLE(ty))) == 0 ->
+                        bmark[b] = bmark[b] | BIT(OP_HANDLE(ty))
+                    :: IS_RELEASE(ty) -> bmark[b] = bmark[b] & ~BIT(OP_HANDLE(ty))
+                    :: else -> skip
+                    fi;
                     btab[b] = tx; bver[b] = VER(e, q);
                     record_version(bver[b], btab[b]);
 #ifdef BUG_KNOW_ON_ACCEPT
                     bkc[b] = bver[b];
 #endif
-                    send(rep[LINK(s, b)], ACCEPTED, e, q, OK, 0)
+                    send(rep[LINK(s, b)], ACCEPTED, e, q, OK, tw)
                 fi;
-                tx = 0
-            fi
+                tx = 0; ty = 0
+            fi;
+            tw = 0
         :: k == SNAPSHOT ->                 /* _snapshot: replaces the table */
             if
             :: v & CFLAG ->                 /* committed state: its version is known */
@@ -323,8 +369,11 @@ inline acceptor_step(s, b, k, e, q, v, n) {
                     send(rep[LINK(s, b)], ACCEPTED, e, VSEQ(bver[b]), REFUSED, 0)
                 :: else ->
                     btab[b] = v & ~CFLAG; bver[b] = VER(e, q);
+                    bmark[b] = bmark[b] & btab[b];  /* a kept record keeps its mark */
                     record_version(bver[b], btab[b]);
-                    send(rep[LINK(s, b)], ACCEPTED, e, q, OK, 0)
+                    tw = ((v & CFLAG) -> q + 1 : 0);
+                    send(rep[LINK(s, b)], ACCEPTED, e, q, OK, tw);
+                    tw = 0
                 fi;
                 tx = 0
             fi
@@ -353,6 +402,7 @@ end:
 inline reset_term(s) {          /* Leader._reset_term */
     spr[s] = 0; sbest[s] = 0; sbtab[s] = 0; stab[s] = 0; sseq[s] = 0; scom[s] = -1;
     ssnap[s] = 0; sbkc[s] = 0; sadc[s] = 0; sref[s] = 0; svoid[s] = 0;
+    snot[s] = 0; swt[s] = 0; smk[s] = 0;
     tx = 0;
     do
     :: tx <= MAXSEQ -> slog[s * (MAXSEQ + 1) + tx] = 0; tx++
@@ -360,7 +410,9 @@ inline reset_term(s) {          /* Leader._reset_term */
     od;
     tx = 0;
     do
-    :: tx < NB -> sack[LINK(s, tx)] = NONE; sinf[LINK(s, tx)] = 0; stold[LINK(s, tx)] = 0; tx++
+    :: tx < NB ->
+        sack[LINK(s, tx)] = NONE; sinf[LINK(s, tx)] = 0; stold[LINK(s, tx)] = 0;
+        sknw[LINK(s, tx)] = 0; tx++
     :: else -> break
     od;
     tx = 0
@@ -430,7 +482,7 @@ inline check_adopted(w) {
     tx = 0;
     do
     :: tx < NH ->
-        assert(!(ghep[tx] != 0 && ghep[tx] < sep[w] && (grel & BIT(tx)) == 0) ||
+        assert(!(ghep[tx] != 0 && ghep[tx] < sep[w] && ((grel | gtko) & BIT(tx)) == 0) ||
                (sbtab[w] & BIT(tx)));
         assert(!(grcep[tx] != 0 && grcep[tx] < sep[w]) || (sbtab[w] & BIT(tx)) == 0);
         tx++
@@ -448,7 +500,62 @@ inline adopt(s) {
 #else
     sadc[s] = (sbest[s] > 0 && sbkc[s] >= sbest[s]);     /* a promise knew it committed */
 #endif
+    /* takeover.unanswered_grants: the marked grants above every known commit among the
+     * promises were never answered (answered => two backends durably know): aborted */
+    if
+#if defined(BUG_ABORT_KNOWN)
+    :: true ->                      /* also a table, and grants, known committed */
+#elif defined(NO_TAKEOVER_ABORT)
+    :: false ->
+#else
+    :: !sadc[s] ->
+#endif
+        tx = 0;
+        do
+        :: tx < NH ->
+            if
+#ifdef BUG_ABORT_KNOWN
+            :: (stab[s] & smk[s] & BIT(tx)) ->
+#else
+            :: (stab[s] & smk[s] & BIT(tx)) && hgver[tx] > sbkc[s] ->
+#endif
+                stab[s] = stab[s] & ~BIT(tx); gtko = gtko | BIT(tx)
+            :: else -> skip
+            fi;
+            tx++
+        :: else -> break
+        od;
+        tx = 0
+    :: else -> skip
+    fi;
     role[s] = SYNCING
+}
+
+/* The durable knowledge two backends acknowledged covers these committed flagged seqs: their
+ * grants are answered (productlog.answer_durable). */
+inline answer_durable(s) {
+    /* the median of three = the second-highest acknowledged known seq + 1 */
+    ta = sknw[LINK(s, 0)]; tb = sknw[LINK(s, 1)]; tc = sknw[LINK(s, 2)];
+    td = (ta < tb -> ta : tb);
+    tf = (ta > tb -> ta : tb);
+    tf = (tf < tc -> tf : tc);
+    ta = (td > tf -> td : tf);
+    td = 0; tf = 0;
+    tx = 1;
+    do
+    :: tx <= MAXSEQ ->
+        if
+        :: (swt[s] & BIT(tx)) && tx < ta ->
+            swt[s] = swt[s] & ~BIT(tx);
+            ty = OP_HANDLE(slog[s * (MAXSEQ + 1) + tx]);
+            answered(s, ty);
+            ty = 0
+        :: else -> skip
+        fi;
+        tx++
+    :: else -> break
+    od;
+    tx = 0; ta = 0; tb = 0; tc = 0
 }
 
 /* The leader answers the grant of handle h (ghost bookkeeping for P4). */
@@ -500,7 +607,14 @@ inline recommit(s) {
             :: grcep[tx] == 0 || sep[s] < grcep[tx] -> grcep[tx] = sep[s]
             :: else -> skip
             fi
-        :: ta >= 1 && IS_GRANT(slog[s * (MAXSEQ + 1) + ta]) ->
+#ifdef BUG_ANSWER_AT_COMMIT
+#define WAITS(s, q) false           /* answers every grant at its commit */
+#else
+#define WAITS(s, q) (snot[s] & BIT(q))
+#endif
+        :: ta >= 1 && IS_GRANT(slog[s * (MAXSEQ + 1) + ta]) && WAITS(s, ta) ->
+            swt[s] = swt[s] | BIT(ta)   /* told once two backends durably know the commit */
+        :: ta >= 1 && IS_GRANT(slog[s * (MAXSEQ + 1) + ta]) && !WAITS(s, ta) ->
             ty = OP_HANDLE(slog[s * (MAXSEQ + 1) + ta]);
             answered(s, ty);            /* its client is told */
             ty = 0
@@ -543,9 +657,10 @@ inline on_reply(s, b, k, e, q, v, n) {
         if
         :: role[s] == PREPARING ->
             if
-            :: q > sbest[s] -> sbest[s] = q; sbtab[s] = v
+            :: q > sbest[s] -> sbest[s] = q; sbtab[s] = v & 15
             :: else -> skip
             fi;
+            smk[s] = smk[s] | (v >> 4);
             sbkc[s] = (n > sbkc[s] -> n : sbkc[s]);
             if
             :: SEATS(spr[s]) >= 2 -> adopt(s)
@@ -555,12 +670,14 @@ inline on_reply(s, b, k, e, q, v, n) {
         fi
     :: k == ACCEPTED && e == sep[s] && (role[s] == SYNCING || role[s] == ACTIVE) ->
         sinf[LINK(s, b)] = 0;
+        sknw[LINK(s, b)] = (n > sknw[LINK(s, b)] -> n : sknw[LINK(s, b)]);
         if
+        :: v == NOTICED -> skip
         :: v == OK ->
             q = (q > 0 && q == svoid[s] -> q - 1 : q);     /* the aborted seq does not count */
             sack[LINK(s, b)] = (sack[LINK(s, b)] == NONE || q > sack[LINK(s, b)]
                                 -> q : sack[LINK(s, b)])
-        :: else ->
+        :: v != OK && v != NOTICED ->
             sack[LINK(s, b)] = NONE;
 #ifndef NO_ABORT
             if
@@ -578,7 +695,8 @@ inline on_reply(s, b, k, e, q, v, n) {
             fi
         :: else -> skip
         fi;
-        recommit(s)
+        recommit(s);
+        answer_durable(s)
     :: else -> skip                 /* an answer to an older term: ignored */
     fi
 }
@@ -611,7 +729,9 @@ inline pump(s, b) {
     :: sack[LINK(s, b)] != NONE && slog[s * (MAXSEQ + 1) + ty] == ABORT_OP && scom[s] < ty ->
         req[LINK(s, b)]!SNAPSHOT, sep[s], ty, stab[s], 0    /* an abort: a proposal */
     :: sack[LINK(s, b)] != NONE && slog[s * (MAXSEQ + 1) + ty] != ABORT_OP ->
-        req[LINK(s, b)]!ACCEPT, sep[s], ty, slog[s * (MAXSEQ + 1) + ty], KNOWN(s);
+        tw = slog[s * (MAXSEQ + 1) + ty] | ((snot[s] & BIT(ty)) -> NFLAG : 0);
+        req[LINK(s, b)]!ACCEPT, sep[s], ty, tw, KNOWN(s);
+        tw = 0;
         stold[LINK(s, b)] = scom[s] + 1
     fi;
     ty = 0;
@@ -633,15 +753,19 @@ end:
     :: atomic {                     /* a commit notice (Leader._notify_commits) */
         role[s] == ACTIVE && scom[s] >= 0 && stold[LINK(s, b)] < scom[s] + 1 &&
         !sinf[LINK(s, b)] && nfull(req[LINK(s, b)]) &&
-        /* only while the table holds more seats than some backend's copy allows */
-        (SEATS(stab[s]) > LQ(0) || SEATS(stab[s]) > LQ(1) || SEATS(stab[s]) > LQ(2)) ->
+        /* only while the table holds more seats than some backend's copy allows, or
+         * grants wait for it */
+        (SEATS(stab[s]) > LQ(0) || SEATS(stab[s]) > LQ(1) || SEATS(stab[s]) > LQ(2) ||
+         swt[s] != 0) ->
         req[LINK(s, b)]!ACCEPT, sep[s], 0, 0, KNOWN(s);
-        stold[LINK(s, b)] = scom[s] + 1
+        stold[LINK(s, b)] = scom[s] + 1;
+        sinf[LINK(s, b)] = 1
     }
 #endif
     :: atomic {                     /* Leader._timeout of an ACCEPT/SNAPSHOT */
         sinf[LINK(s, b)] && LOST(LINK(s, b)) ->
         sinf[LINK(s, b)] = 0;
+        stold[LINK(s, b)] = 0;      /* the commits it may not have been told: again */
         if
         :: sack[LINK(s, b)] = NONE  /* _mark_down: it gets a snapshot */
         :: skip                     /* it answered later requests: resend from acked */
@@ -666,7 +790,17 @@ end:
 inline propose(s, op) {
     sseq[s]++;
     slog[s * (MAXSEQ + 1) + sseq[s]] = op;
-    stab[s] = APPLY(stab[s], op)
+    stab[s] = APPLY(stab[s], op);
+    if
+    :: IS_GRANT(op) ->
+        hgver[OP_HANDLE(op)] = VER(sep[s], sseq[s]);
+        if  /* productlog.update_under_way: flagged notice */
+        :: SEATS(stab[s]) > LQ(0) || SEATS(stab[s]) > LQ(1) || SEATS(stab[s]) > LQ(2) ->
+            snot[s] = snot[s] | BIT(sseq[s])
+        :: else -> skip
+        fi
+    :: else -> skip
+    fi
 }
 
 /* Abort the uncommitted grant a backend refused (Leader._abort_refused): the table without
@@ -735,7 +869,12 @@ inline client_ops(s, h) {
 /* keepalived promotes a server when nobody leads in the newest epoch; STEALS more times
  * it promotes one while another leads (split brain, an operator's --force). */
 #ifdef ABORT_SCENARIO
+#ifdef TAKEOVER_WINDOW
+/* server 0 leads; once it crashed, server 1 takes over */
+#define ONE_LEADER(s) (s == 0 && sterm[0] == 0 || s == 1 && sterm[0] > 0 && role[0] == STANDBY)
+#else
 #define ONE_LEADER(s) (s == 0)  /* the abort scenario: server 0 alone leads */
+#endif
 #else
 #define ONE_LEADER(s) true
 #endif
@@ -747,6 +886,9 @@ inline client_ops(s, h) {
 /* A narrower environment for the seeded takeover bugs: server 0 leads first, then server 1
  * takes over; only backend 0 is updated (it alone holds the LQ_NEW copy). */
 #define MAY_PROMOTE(s) (slc[s] < MAXC && (s == 0 || sterm[0] > 0))
+#elif defined(TAKEOVER_WINDOW)
+/* The takeover window: server 0 leads first; once it crashed, server 1 takes over. */
+#define MAY_PROMOTE(s) (slc[s] < MAXC && (s == 0 || sterm[0] > 0 && role[0] == STANDBY))
 #elif defined(ABORT_SCENARIO)
 /* The abort scenario (safety): server 0 leads first; once it aborted a grant and crashed,
  * server 1 takes over (it adopts and commits its snapshot, and proposes nothing). */
@@ -802,7 +944,10 @@ inline forget(b) {              /* a backend restarts: its commit knowledge is g
     atomic { MAY_FORGET && bkc[b] != 0 -> SPEND_FORGET; bkc[b] = 0 }
 }
 
-#ifdef ABORT_SCENARIO
+#if defined(TAKEOVER_WINDOW)
+/* once server 0 crashed (whatever it committed or told) */
+#define MAY_STOP (gstop > 0 && sterm[0] > 0 && role[0] == STANDBY)
+#elif defined(ABORT_SCENARIO)
 /* while server 0's first entry (the grant) is in flight */
 #define MAY_STOP (gstop > 0 && sseq[0] == 1 && scom[0] == 0)
 #else
@@ -861,7 +1006,8 @@ init {
         bnew[0] = 1; bnew[1] = 1;
 #endif
         run Env();
-#if defined(ABORT_SCENARIO) && defined(LIVENESS)        /* server 0 alone leads */
+#if defined(ABORT_SCENARIO) && defined(LIVENESS) && !defined(TAKEOVER_WINDOW)
+        /* server 0 alone leads */
         run Server(0);
         run ServerLink(0, 0); run ServerLink(0, 1); run ServerLink(0, 2);
         run BackendLink(0, 0); run BackendLink(0, 1); run BackendLink(0, 2)

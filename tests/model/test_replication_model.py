@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,21 @@ ABORT = (
 ABORT_LIVE = (
     "-DLQ_OLD=0 -DLQ_NEW=1 -DMAXC=1 -DMAXSEQ=2 -DNH=1 -DLOSSES=0 -DSCRASHES=0 -DSTEALS=0 "
     "-DFORGETS=0 -DSTOPS=1 -DABORT_SCENARIO -DNO_NOTICE"
+)
+
+# The takeover window (docs/design.md section 6): the update of ABORT (backends 0 and 1 on the
+# new copy, LQ 1; backend 2 on the old, LQ 0) with commit notices; server 0 leads and grants
+# the seat (an entry flagged notice: answered once two backends durably know its commit), and
+# may crash at any point, e.g. after the commit and before any notice; then server 1 takes
+# over and aborts the marked grants above every known commit among its promises.
+WINDOW = (
+    "-DLQ_OLD=0 -DLQ_NEW=1 -DMAXC=1 -DMAXSEQ=1 -DNH=1 -DLOSSES=0 -DSCRASHES=1 -DTAKEOVER_WINDOW"
+)
+# The same for liveness: backend 1 may stop for good once server 0 crashed (server 1 takes
+# its epoch counter 2 from the promises, so MAXC=2).
+WINDOW_LIVE = (
+    "-DLQ_OLD=0 -DLQ_NEW=1 -DMAXC=2 -DMAXSEQ=1 -DNH=1 -DLOSSES=0 -DSCRASHES=1 -DSTEALS=0 "
+    "-DSTOPS=1 -DTAKEOVER_WINDOW"
 )
 
 pytestmark = [
@@ -91,6 +107,62 @@ def run_model(
         timeout=minutes * 60 + 120,
         check=False,
     )
+
+
+def side_by_side(
+    searches: dict[str, tuple[list[str], dict[str, str]]], workers: int = 2
+) -> dict[str, tuple[int, str]]:
+    """Run model/run.sh searches two at a time (a core each on the 2-core CI machine):
+    name -> (spin -D options, environment); returns name -> (exit status, output)."""
+
+    def one(item: tuple[list[str], dict[str, str]]) -> tuple[int, str]:
+        defines, env = item
+        res = subprocess.run(
+            [str(RUN), *defines],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+            check=False,
+        )
+        return res.returncode, res.stdout + res.stderr
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(zip(searches, pool.map(one, searches.values()), strict=True))
+
+
+@pytest.mark.timeout(1200)
+def test_the_takeover_window_is_closed() -> None:
+    """docs/design.md section 6: a leader crash after a grant committed during the update and
+    before two backends knew it. Safety (P1-P4, a full search): a new leader never aborts an
+    answered grant. LIVE (exhaustive): with backend 1 stopped for good, server 1 commits with
+    backends 0 and 2. And the seeded bugs: a grant answered at its commit, a takeover that
+    aborts grants known committed, knowledge forgotten by a restart (the former memory-only
+    design): each breaks P4; without the takeover's abort LIVE fails."""
+    safety = _env(3, WINDOW, "safety", "full", False)
+    quick = _env(3, WINDOW, "safety", "", True)
+    live = _env(6, WINDOW_LIVE, "liveness", "", False)  # about 50 s of CPU: margin for load
+    results = side_by_side(
+        {
+            "live": ([], live),
+            "safety": ([], safety),
+            "BUG_ANSWER_AT_COMMIT": (["-DBUG_ANSWER_AT_COMMIT"], quick),
+            "BUG_ABORT_KNOWN": (["-DBUG_ABORT_KNOWN"], quick),
+            "FORGETS": (["-DFORGETS=1"], quick),
+            "NO_TAKEOVER_ABORT": (
+                ["-DNO_TAKEOVER_ABORT"],
+                _env(3, WINDOW_LIVE, "liveness", "", True),
+            ),
+        }
+    )
+    for name in ("live", "safety"):
+        code, out = results[name]
+        assert code == 0 and "full search, complete;" in out, f"{name}: {out}"
+    for name in ("BUG_ANSWER_AT_COMMIT", "BUG_ABORT_KNOWN", "FORGETS"):
+        code, out = results[name]
+        assert code == 1 and "assertion violated" in out, f"{name}: {out}"
+    code, out = results["NO_TAKEOVER_ABORT"]
+    assert code == 1 and "acceptance cycle" in out, out
 
 
 @pytest.mark.timeout(420)

@@ -34,6 +34,7 @@ from tmr.policy import Policy, parse_policy
 from tmr.protocol.results import AdminReleaseResult, CheckoutResult, QueuedResult
 from tmr.replication.acceptor import Acceptor, AcceptorState, Step, Write, apply_write
 from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig, Role
+from tmr.replication.messages import Accept
 from tmr.replication.types import (
     ZERO_EPOCH,
     AccessMode,
@@ -342,6 +343,8 @@ class Simulation:
             "mode_station_share": 0,
             "mode_exclusive": 0,
             "station_shared": 0,
+            "takeover_aborted": 0,  # of which a new leader aborted (never answered, §6)
+            "window_crashes": 0,  # `crash_mid_update`: the leader crashed in the window
         }
         # A fault script: called after every step (a directed scenario, see tests/sim).
         self.on_step: Callable[[Simulation], None] | None = None
@@ -552,6 +555,8 @@ class Simulation:
                 self.stats["yielded"] += 1
             elif ev["event"] == "grants_aborted":
                 self.stats["aborted"] += len(ev["handles"])
+                if ev.get("takeover"):
+                    self.stats["takeover_aborted"] += len(ev["handles"])
             if ev["event"] == "adopted":
                 self.check_adoption(s)
             if ev["event"] == "active":
@@ -650,9 +655,9 @@ class Simulation:
         that had two good backends (up, caught up, a copy valid under its own floors and the
         leader's) must serve, not answer QUORUM_LOST, when nothing disturbed either server or
         those backends since well before the request (no crash, restart, cut, promote,
-        license change, lost or slow message). Exempt: the limit of docs/design.md §6 (a
-        takeover whose adopted table no backend knew committed). A grant above a lagging
-        backend's LQ that the other backend does not acknowledge is aborted, not exempt."""
+        license change, lost or slow message). Nothing is exempt: a grant above a lagging
+        backend's LQ that the other backend does not acknowledge is aborted, and so is one a
+        new leader adopts that no promise knows committed (docs/design.md §6)."""
         if s.leader is not w.leader or s.leader.epoch != w.epoch or s.pauses != w.pauses:
             return
         start = w.since - 2 * (BACKEND_TIMEOUT + PROBE_INTERVAL)
@@ -676,8 +681,6 @@ class Simulation:
         if len(good) < 2:
             return
         self.stats["quorum_lost_checked"] += 1
-        if p is not None and not p.adopted_committed and "snapshot holds" in reply.message:
-            return  # a takeover no backend knew committed (§6, known limits)
         self.fail(
             f"liveness: {s.name} answered QUORUM_LOST to {reply.rid} (received at step "
             f"{w.step}, t={w.since:.2f}) while {good} were good and undisturbed since "
@@ -1332,6 +1335,53 @@ def stop_mid_update(seed: int, *, duration: float = 8.0) -> Simulation:
                 sim.crash_backend(b2, "stops for good mid-update (a grant above b3's LQ)")
                 sim.on_step = None
                 return
+
+    sim.on_step = script
+    sim.run(faults=False)
+    return sim
+
+
+def crash_mid_update(seed: int, *, duration: float = 10.0) -> Simulation:
+    """A directed scenario (docs/design.md §6, the takeover window): the update of
+    `stop_mid_update` (b3 on #8 with LQ 4, b1 and b2 on #7 with LQ 6). Once an entry granting
+    more seats than b3's LQ committed with b1 and b2 and before any backend was told (the
+    leader's commit notices of that loop turn are lost with it), the leader crashes and b2
+    stops for good. The other server takes over with b1 and b3: it must abort the grants no
+    client was told of and serve (`check_truthful` applies two rounds after its promote;
+    `check_active` checks that no answered grant is lost)."""
+    sim = Simulation(seed, duration=duration, lq=6, slow_tail=False, noise=False)
+    sim.version, sim.version_lq = 8, 4
+    b3 = sim.backends["b3"]
+    b3.store.licenses = {KEY: copy_of("b3", 8, 4)}
+    assert b3.acceptor is not None
+    b3.acceptor.set_licenses(b3.store.licenses)
+
+    def script(sim: Simulation) -> None:
+        if sim.now < 2 * (BACKEND_TIMEOUT + PROBE_INTERVAL) + 0.3:
+            return
+        for s in sim.servers.values():
+            p = s.leader._products.get(KEY) if s.leader is not None else None
+            if p is None or s.leader is None or s.leader.role != Role.ACTIVE:
+                continue
+            if not any(q <= p.committed for q in p.notice) or p.seats() <= 4:
+                continue
+            # Committed, not durably known: the crash loses the notices of this loop turn.
+            sim.queue = [
+                q
+                for q in sim.queue
+                if not (
+                    q[2] == "msg"
+                    and q[3].src == s.name
+                    and isinstance(q[3].payload, Accept)
+                    and not q[3].payload.entries
+                )
+            ]
+            heapq.heapify(sim.queue)
+            sim.crash_server(s)
+            sim.crash_backend(sim.backends["b2"], "stops for good mid-update")
+            sim.stats["window_crashes"] += 1
+            sim.on_step = None
+            return
 
     sim.on_step = script
     sim.run(faults=False)

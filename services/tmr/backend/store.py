@@ -14,6 +14,10 @@ Tables (schema version in ``meta``):
   each handle (schema 3) and the user, host and process id the client gave (schema 5;
   informational, shown by `tmr admin handles`) and its access mode (schema 7: user_limit,
   station_share or exclusive; how the handle counts, `tmr.replication.types.AccessMode`);
+- ``known_commits``: per product the highest version a leader said is committed (schema 8,
+  `AcceptorState.known`), written in the transaction of the message that carried it;
+- ``marked_grants``: per product the grants taken from an entry flagged ``notice``, with that
+  entry's version, while above the known commit (schema 8, `ProductLog.marked`);
 - ``installed``: the highest TMR ID ever installed per product (no-rollback rule);
 - ``usage``: committed ops (granted / released / expired), the newest ``usage_retention``
   rows are kept. Older rows are deleted in batches, once 1 % of ``usage_retention`` (at most
@@ -52,7 +56,7 @@ from tmr.replication.types import (
     floor_after,
 )
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 DEFAULT_USAGE_RETENTION = 100_000
 DEFAULT_DENIAL_RETENTION = 100_000
 TRIM_BATCH_MAX = 1024  # usage rows that may come in between two trims (see the docstring)
@@ -91,6 +95,23 @@ CREATE TABLE IF NOT EXISTS handles (
     host TEXT NOT NULL DEFAULT '',
     pid INTEGER NOT NULL DEFAULT 0,
     mode TEXT NOT NULL DEFAULT 'user_limit',
+    PRIMARY KEY (firm, product, handle)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS known_commits (
+    firm INTEGER NOT NULL,
+    product INTEGER NOT NULL,
+    epoch_counter INTEGER NOT NULL,
+    epoch_server TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (firm, product)
+);
+CREATE TABLE IF NOT EXISTS marked_grants (
+    firm INTEGER NOT NULL,
+    product INTEGER NOT NULL,
+    handle TEXT NOT NULL,
+    epoch_counter INTEGER NOT NULL,
+    epoch_server TEXT NOT NULL,
+    seq INTEGER NOT NULL,
     PRIMARY KEY (firm, product, handle)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS installed (
@@ -189,6 +210,33 @@ _MIGRATE_FROM_6 = (
     f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",
 )
 
+# Schema 7 -> 8: the backend keeps its commit knowledge durably (docs/design.md §6): the
+# known committed version per product (``known_commits``) and the grants of entries flagged
+# ``notice`` above it (``marked_grants``). Two new tables, no change to existing ones: a
+# store of an older schema starts with none known and nothing marked, which is what a
+# backend of an older schema reported after a restart. `_SCHEMA`, run first, has already
+# created them; the step repeats it (CREATE IF NOT EXISTS).
+_MIGRATE_FROM_7 = (
+    """CREATE TABLE IF NOT EXISTS known_commits (
+        firm INTEGER NOT NULL,
+        product INTEGER NOT NULL,
+        epoch_counter INTEGER NOT NULL,
+        epoch_server TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (firm, product)
+    )""",
+    """CREATE TABLE IF NOT EXISTS marked_grants (
+        firm INTEGER NOT NULL,
+        product INTEGER NOT NULL,
+        handle TEXT NOT NULL,
+        epoch_counter INTEGER NOT NULL,
+        epoch_server TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (firm, product, handle)
+    ) WITHOUT ROWID""",
+    f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",
+)
+
 # The upgrade from each schema to the next, in order: a database of schema N runs every step
 # from N on, in the opening transaction (all or nothing). A build refuses a database of a newer
 # schema (downgrade: restore a copy of the database taken before the upgrade).
@@ -198,6 +246,7 @@ _UPGRADES: tuple[tuple[int, tuple[str, ...]], ...] = (
     (4, _MIGRATE_FROM_4),
     (5, _MIGRATE_FROM_5),
     (6, _MIGRATE_FROM_6),
+    (7, _MIGRATE_FROM_7),
 )
 
 
@@ -404,6 +453,15 @@ class SqliteStore:
                     h, firm, product, seats, cid, rid, at, owner, user, host, pid, AccessMode(mode)
                 )
             )
+        for firm, product, e_counter, e_server, seq in conn.execute(
+            "SELECT firm, product, epoch_counter, epoch_server, seq FROM known_commits"
+        ):
+            state.known[(firm, product)] = Version(Epoch(e_counter, e_server), seq)
+        for firm, product, handle, e_counter, e_server, seq in conn.execute(
+            "SELECT firm, product, handle, epoch_counter, epoch_server, seq FROM marked_grants"
+        ):
+            log = state.products.setdefault((firm, product), ProductLog())
+            log.marked[handle] = Version(Epoch(e_counter, e_server), seq)
         return state
 
     def commit(self, write: Write) -> None:
@@ -445,6 +503,25 @@ class SqliteStore:
             conn.execute("UPDATE acceptor SET caught_up = ? WHERE id = 1", (int(write.caught_up),))
         for pw in write.products:
             self._write_product(conn, pw, recorded_at, usage)
+        for (firm, product), marks in write.marks:
+            conn.execute(
+                "DELETE FROM marked_grants WHERE firm = ? AND product = ?", (firm, product)
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO marked_grants (firm, product, handle, epoch_counter, "
+                "epoch_server, seq) VALUES (?, ?, ?, ?, ?, ?)",
+                [(firm, product, h, v.epoch.counter, v.epoch.server, v.seq) for h, v in marks],
+            )
+        for (firm, product), v in write.known:
+            # Only ever raised (as in `apply_write`): a lower version leaves the row as it is.
+            conn.execute(
+                "INSERT INTO known_commits (firm, product, epoch_counter, epoch_server, seq) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (firm, product) DO UPDATE SET "
+                "epoch_counter = excluded.epoch_counter, epoch_server = excluded.epoch_server, "
+                "seq = excluded.seq WHERE (excluded.epoch_counter, excluded.epoch_server, "
+                "excluded.seq) > (epoch_counter, epoch_server, seq)",
+                (firm, product, v.epoch.counter, v.epoch.server, v.seq),
+            )
 
     def _write_product(
         self, conn: sqlite3.Connection, pw: ProductWrite, recorded_at: float, usage: list[_UsageRow]

@@ -171,6 +171,8 @@ def encode_request(msg: PeerRequest) -> bytes:
             }
             if msg.commits:  # absent while none: what older senders send
                 body["commits"] = [[_key(k), seq] for k, seq in msg.commits]
+            if msg.notice:  # absent while none: what older senders send
+                body["notice"] = [[_key(k), seq] for k, seq in msg.notice]
         case Snapshot():
             body = {
                 "t": "snapshot",
@@ -232,6 +234,11 @@ def encode_reply(msg: PeerReply) -> bytes:
             }
             if msg.commits:  # absent while none: what older backends send
                 body["commits"] = [[_key(k), _version(v)] for k, v in msg.commits.items()]
+            if msg.marked:  # absent while none: what older backends send
+                body["marked"] = [
+                    [_key(k), [[h, _version(v)] for h, v in marks]]
+                    for k, marks in msg.marked.items()
+                ]
         case Rejected():
             body = {"t": "rejected", "promised": _epoch(msg.promised)}
         case Accepted():
@@ -243,6 +250,8 @@ def encode_reply(msg: PeerReply) -> bytes:
                 ],
                 "licenses": _licenses(msg.licenses),
             }
+            if msg.durable:  # absent while false: what older backends send
+                body["durable"] = True
         case CryptResult():
             body = {
                 "t": "crypt_result",
@@ -579,7 +588,11 @@ def _request(t: str, mid: int, b: dict[str, Any]) -> PeerRequest:
                 (_d_key(k, "key"), _int(seq, "seq"))
                 for k, seq in (_list(x, "commits", 2) for x in _list(b.get("commits", []), "c"))
             )
-            return Accept(mid, epoch, tuple(entries), commits)
+            notice = tuple(
+                (_d_key(k, "key"), _int(seq, "seq", 1))
+                for k, seq in (_list(x, "notice", 2) for x in _list(b.get("notice", []), "n"))
+            )
+            return Accept(mid, epoch, tuple(entries), commits, notice)
         if t == "snapshot":
             snaps = []
             for i, e in enumerate(_list(_get(b, "entries"), "entries")):
@@ -659,6 +672,13 @@ def decode_reply(frame: bytes) -> PeerReply:
                     _d_key(k, "key"): _d_version(v, "version")
                     for k, v in (_list(x, "commits", 2) for x in _list(b.get("commits", []), "c"))
                 },
+                {
+                    _d_key(k, "key"): tuple(
+                        (_str(h, "handle"), _d_version(v, "version"))
+                        for h, v in (_list(y, "mark", 2) for y in _list(marks, "marks"))
+                    )
+                    for k, marks in (_list(x, "marked", 2) for x in _list(b.get("marked", []), "m"))
+                },
             )
         if t == "rejected":
             return Rejected(mid, _d_epoch(_get(b, "promised"), "promised"))
@@ -678,6 +698,7 @@ def decode_reply(frame: bytes) -> PeerReply:
                 _d_epoch(_get(b, "epoch"), "epoch"),
                 results,
                 _d_licenses(b.get("licenses", []), "licenses"),
+                _bool(b.get("durable", False), "durable"),  # an older backend sends none
             )
         if t == "crypt_result":
             return CryptResult(

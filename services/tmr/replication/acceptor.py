@@ -54,6 +54,7 @@ from tmr.replication.types import (
     Op,
     ProductKey,
     ProductLog,
+    Release,
     Version,
     floor_after,
     seat_count,
@@ -72,10 +73,16 @@ class AcceptorState:
     promised: Epoch
     caught_up: bool
     products: dict[ProductKey, ProductLog] = field(default_factory=dict)
+    # Per product, the highest version a leader said is committed (an ACCEPT's `commits`, a
+    # committed snapshot): the table at that version is committed state (docs/design.md §6).
+    known: dict[ProductKey, Version] = field(default_factory=dict)
 
     def copy(self) -> AcceptorState:
         return AcceptorState(
-            self.promised, self.caught_up, {k: v.copy() for k, v in self.products.items()}
+            self.promised,
+            self.caught_up,
+            {k: v.copy() for k, v in self.products.items()},
+            dict(self.known),
         )
 
 
@@ -95,9 +102,19 @@ class Write:
     promised: Epoch | None = None
     caught_up: bool | None = None
     products: tuple[ProductWrite, ...] = ()
+    # Raise the known committed version of these products (`AcceptorState.known`).
+    known: tuple[tuple[ProductKey, Version], ...] = ()
+    # Set these products' marked grants (`ProductLog.marked`), after `products`.
+    marks: tuple[tuple[ProductKey, tuple[tuple[str, Version], ...]], ...] = ()
 
     def empty(self) -> bool:
-        return self.promised is None and self.caught_up is None and not self.products
+        return (
+            self.promised is None
+            and self.caught_up is None
+            and not self.products
+            and not self.known
+            and not self.marks
+        )
 
 
 @dataclass(frozen=True)
@@ -106,8 +123,6 @@ class Step:
     write: Write | None = None
     # The request carried the promised epoch (or the one this write promises): (epoch, now).
     seen: tuple[Epoch, float] | None = None
-    # Versions the leader says are committed (`Acceptor.known_commit`, memory only).
-    commits: tuple[tuple[ProductKey, Version], ...] = ()
 
 
 def apply_write(state: AcceptorState, write: Write) -> None:
@@ -126,6 +141,11 @@ def apply_write(state: AcceptorState, write: Write) -> None:
         if pw.floor is not None:
             log.floor = log.floor.merge(pw.floor)
         log.version = pw.version
+    for key, marks in write.marks:
+        state.products.setdefault(key, ProductLog()).marked = dict(marks)
+    for key, version in write.known:
+        if version > state.known.get(key, ZERO_VERSION):
+            state.known[key] = version
 
 
 class Acceptor:
@@ -147,11 +167,6 @@ class Acceptor:
         # while the epoch is the promise, so a state reloaded after a failed commit, or a
         # restart, makes the leader's age unknown rather than wrong.
         self._seen: tuple[Epoch, float] | None = None
-        # Per product, the highest version a leader said is committed (an ACCEPT's `commits`,
-        # a committed snapshot): the table at that version is committed state. Memory only;
-        # reported in promises so that a new leader can tell the table it adopts was
-        # committed, and a backend that refused it then records it (docs/design.md §6).
-        self.known_commit: dict[ProductKey, Version] = {}
         # server id -> the policy digest of its latest probe (memory only), for Status
         self.policies: dict[str, str] = {}
 
@@ -191,9 +206,15 @@ class Acceptor:
             apply_write(self.state, step.write)
         if step.seen is not None:
             self._seen = step.seen
-        for key, version in step.commits:
-            if version > self.known_commit.get(key, ZERO_VERSION):
-                self.known_commit[key] = version
+
+    @property
+    def known_commit(self) -> dict[ProductKey, Version]:
+        """Per product, the highest version a leader said is committed (an ACCEPT's
+        `commits`, a committed snapshot), durable (`AcceptorState.known`, written in the
+        transaction of the message that carried it). Reported in promises so that a new
+        leader can tell the table it adopts was committed, and which grants of it no client
+        was told of (docs/design.md §6)."""
+        return self.state.known
 
     def _note_policy(self, server: str, digest: str) -> None:
         """Keep the latest policy digest a server's probe carried (memory only), for at most
@@ -250,7 +271,8 @@ class Acceptor:
             },
             licenses=self.reported_licenses(),
             floors={k: v.floor for k, v in self.state.products.items()},
-            commits=dict(self.known_commit),
+            commits=dict(self.state.known),
+            marked={k: tuple(v.marked.items()) for k, v in self.state.products.items() if v.marked},
         )
         promised = self._promise_write(req.epoch)
         return Step(reply, Write(promised=promised) if promised else None)
@@ -275,6 +297,8 @@ class Acceptor:
         # changes only in `committed`.
         work: dict[ProductKey, ProductLog] = {}
         blocked: set[ProductKey] = set()
+        notice = set(req.notice)
+        marks: dict[ProductKey, dict[str, Version]] = {}
         for entry in req.entries:
             key = entry.key
             if key in blocked:
@@ -299,6 +323,10 @@ class Acceptor:
                 blocked.add(key)
                 continue
             version = Version(req.epoch, entry.seq)
+            flagged = (key, entry.seq) in notice
+            if flagged or key in marks or log.marked:
+                marked = marks.setdefault(key, dict(log.marked))
+                _mark(marked, log.handles, entry.ops, version if flagged else None)
             if any(e.key == key and e.seq > entry.seq for e in req.entries):
                 log = log.copy() if key not in work else log
                 log.apply(entry.ops)
@@ -308,10 +336,37 @@ class Acceptor:
             writes.append(ProductWrite(key, version, ops=entry.ops))
             results[key] = EntryResult(EntryStatus.OK, entry.seq)
         promised = self._promise_write(req.epoch)
-        write = Write(promised=promised, products=tuple(writes))
-        reply = Accepted(req.mid, req.epoch, results)
-        commits = tuple((key, Version(req.epoch, seq)) for key, seq in req.commits)
-        return Step(reply, None if write.empty() else write, commits=commits)
+        commits = [(key, Version(req.epoch, seq)) for key, seq in req.commits]
+        known, changed = self._knowledge(commits, marks)
+        write = Write(promised=promised, products=tuple(writes), known=known, marks=changed)
+        reply = Accepted(req.mid, req.epoch, results, durable=True)
+        return Step(reply, None if write.empty() else write)
+
+    def _knowledge(
+        self,
+        commits: list[tuple[ProductKey, Version]],
+        marks: dict[ProductKey, dict[str, Version]],
+    ) -> tuple[
+        tuple[tuple[ProductKey, Version], ...],
+        tuple[tuple[ProductKey, tuple[tuple[str, Version], ...]], ...],
+    ]:
+        """The known commits this message raises and the marked grants it changes (marks at
+        or below the known commit are dropped: those grants are known committed)."""
+        known: dict[ProductKey, Version] = {}
+        for key, version in commits:
+            if version > max(self.state.known.get(key, ZERO_VERSION), known.get(key, ZERO_VERSION)):
+                known[key] = version
+        for key in known:
+            if key not in marks and key in self.state.products:
+                marks[key] = dict(self.state.products[key].marked)
+        changed = []
+        for key, m in marks.items():
+            top = known.get(key) or self.state.known.get(key, ZERO_VERSION)
+            kept = tuple((h, v) for h, v in m.items() if v > top)
+            log = self.state.products.get(key)
+            if kept != tuple((log.marked if log is not None else {}).items()):
+                changed.append((key, kept))
+        return tuple(known.items()), tuple(changed)
 
     def _check_ops(self, key: ProductKey, log: ProductLog, ops: tuple[Op, ...]) -> str:
         """Why this backend refuses the entry's ops on ``log`` ("" if it takes them): a
@@ -352,6 +407,7 @@ class Acceptor:
     def _snapshot(self, req: Snapshot) -> Step:
         results: dict[ProductKey, EntryResult] = {}
         writes: list[ProductWrite] = []
+        marks: dict[ProductKey, dict[str, Version]] = {}
         for entry in req.entries:
             key = entry.key
             current = self.state.products.get(key, ProductLog())
@@ -380,27 +436,35 @@ class Acceptor:
             writes.append(
                 ProductWrite(key, version, replace=tuple(entry.handles), floor=entry.floor)
             )
+            if current.marked:  # a handle keeps its mark where the snapshot keeps its record
+                table = {r.handle: r for r in entry.handles}
+                marks[key] = {
+                    h: v for h, v in current.marked.items() if table.get(h) == current.handles[h]
+                }
             results[key] = EntryResult(EntryStatus.OK, entry.seq)
         # A wiped backend is caught up (its promise counts, I10) only by a snapshot it took
         # whole: one with a refused entry left it without that product's state.
         whole = all(r.status == EntryStatus.OK for r in results.values())
+        # A committed snapshot is sent at the leader's committed seq: its version is known.
+        commits = (
+            [
+                (e.key, Version(req.epoch, e.seq))
+                for e in req.entries
+                if results[e.key].status == EntryStatus.OK
+            ]
+            if req.committed
+            else []
+        )
+        known, changed = self._knowledge(commits, marks)
         write = Write(
             promised=self._promise_write(req.epoch),
             caught_up=None if self.state.caught_up or not whole else True,
             products=tuple(writes),
+            known=known,
+            marks=changed,
         )
-        reply = Accepted(req.mid, req.epoch, results)
-        # A committed snapshot is sent at the leader's committed seq: its version is known.
-        commits = (
-            tuple(
-                (e.key, Version(req.epoch, e.seq))
-                for e in req.entries
-                if results[e.key].status == EntryStatus.OK
-            )
-            if req.committed
-            else ()
-        )
-        return Step(reply, None if write.empty() else write, commits=commits)
+        reply = Accepted(req.mid, req.epoch, results, durable=True)
+        return Step(reply, None if write.empty() else write)
 
     def _crypt_call(self, req: Crypt) -> Step:
         log = self.state.products.get(req.key)
@@ -420,3 +484,20 @@ class Acceptor:
         except (ValueError, KeyError) as exc:
             return Step(CryptResult(req.mid, False, error="BAD_REQUEST", message=str(exc)))
         return Step(CryptResult(req.mid, True, data=out))
+
+
+def _mark(
+    marked: dict[str, Version],
+    table: Mapping[str, HandleRecord],
+    ops: tuple[Op, ...],
+    version: Version | None,
+) -> None:
+    """Update `marked` for an entry applied to `table`: its new grants are marked with its
+    version when it is flagged `notice` (`version` not None); a released handle loses its
+    mark."""
+    for op in ops:
+        if isinstance(op, Grant):
+            if version is not None and op.record.handle not in table:
+                marked.setdefault(op.record.handle, version)
+        elif isinstance(op, Release):
+            marked.pop(op.handle, None)

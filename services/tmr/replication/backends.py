@@ -51,6 +51,11 @@ class Backend:
     inflight: dict[int, str] = field(default_factory=dict)  # ACCEPT/SNAPSHOT mids in flight
     sent: dict[ProductKey, int] = field(default_factory=dict)  # highest seq sent (pipelined)
     told: dict[ProductKey, int] = field(default_factory=dict)  # committed seq it was told
+    # Committed seqs it acknowledged knowing (durably: an ACCEPT's `commits`, a committed
+    # snapshot), and the ones carried by a message in flight (mid -> (product, seq)).
+    known: dict[ProductKey, int] = field(default_factory=dict)
+    carrying: dict[int, tuple[tuple[ProductKey, int], ...]] = field(default_factory=dict)
+    durable: bool = False  # it said it keeps commit knowledge durably (`Accepted.durable`)
     acked: dict[ProductKey, int] = field(default_factory=dict)
     refused_until: dict[ProductKey, float] = field(default_factory=dict)
     refusal: dict[ProductKey, str] = field(default_factory=dict)
@@ -71,6 +76,8 @@ class Backend:
     def new_term(self) -> None:
         """Forget what belonged to the previous term (probes in flight stay)."""
         self.acked.clear()
+        self.known.clear()
+        self.carrying.clear()
         self.confirmed_at = float("-inf")
         self.refused_until.clear()
         self.refusal.clear()

@@ -905,6 +905,7 @@ class Leader:
             return  # one lost probe: it answered a later request, so it is up
         if out.kind == "repl":
             b.inflight.pop(mid, None)
+            b.carrying.pop(mid, None)
             if b.answered_at > out.sent_at:
                 # One lost message: it answers later requests, so it is up. Resend what it
                 # has not acked (a duplicate is acked again; a gap gets it a snapshot),
@@ -1204,7 +1205,13 @@ class Leader:
             order = self._order
             visit = {k: self._products[k] for k in sorted(self._dirty, key=order.__getitem__)}
         for p in visit.values():
-            productlog.flush(p, now)
+            if p.pending:
+                # Flagged only while two backends keep commit knowledge durably (during a
+                # rolling upgrade older backends do not): else a grant is answered at its
+                # commit and a new leader never aborts it, as before.
+                durable = sum(1 for b in self.backends if b.durable) >= QUORUM
+                update = durable and productlog.update_under_way(p, self.backends)
+                productlog.flush(p, now, update)
         for b in self.backends:
             if not b.up or "snapshot" in b.inflight.values():
                 continue
@@ -1221,8 +1228,9 @@ class Leader:
     def _settled(self, p: Product) -> bool:
         """Nothing of `p` to send to any backend until it changes: no op waiting, every entry
         committed, every backend told the commit and, if it holds a copy, holding the whole
-        log and not refusing it. A product that is not settled stays on `_pump`'s list."""
-        if p.pending or p.abort is not None or p.seq != p.committed:
+        log and not refusing it, no grant of a flagged entry waiting for two backends to know
+        its commit (`Product.notice`). A product that is not settled stays on `_pump`'s list."""
+        if p.pending or p.abort is not None or p.seq != p.committed or p.notice:
             return False
         key, seq = p.key, p.seq
         for b in self.backends:
@@ -1257,6 +1265,10 @@ class Leader:
         msg, kind, sent = out
         if isinstance(msg, Accept):
             b.told.update(msg.commits)
+            if msg.commits:
+                b.carrying[msg.mid] = msg.commits
+        elif msg.committed:
+            b.carrying[msg.mid] = tuple((e.key, e.seq) for e in msg.entries)
         b.inflight[msg.mid] = kind
         b.sent.update(sent)
         self._send(b, msg, Outstanding("repl", now), fx)
@@ -1389,7 +1401,23 @@ class Leader:
             p = self._product(key)
             p.floor = p.floor_committed = takeover.adopted_floor(p.floor, promises, key)
             p.adopted_committed = takeover.adopted_committed(promises, best, key)
+            unanswered = set()
+            if not p.adopted_committed:
+                unanswered = takeover.unanswered_grants(promises, best, key)
+            if unanswered:
+                fx.events.append(
+                    {
+                        "event": "grants_aborted",
+                        "license": key_str(key),
+                        "handles": sorted(unanswered),
+                        "seq": 0,
+                        "refused_by": [],
+                        "takeover": True,
+                    }
+                )
             for rec in best.get(key, (None, ()))[1]:
+                if rec.handle in unanswered:
+                    continue  # no client was told of it: aborted (docs/design.md §6)
                 p.add(rec)
                 p.grant_seq[rec.handle] = 0
                 self._handles.add(rec.handle, key, (rec.owner, rec.client_id, rec.request_id))
@@ -1416,6 +1444,14 @@ class Leader:
         b.confirmed_at = max(b.confirmed_at, out.sent_at)
         if not b.caught_up:
             self._sweep_next_pump()  # it may now seed or be seeded (`backends.may_seed`)
+        # The backend replies once its write is durable: it knows these commits (a
+        # committed snapshot's entries only where it took them).
+        carried = b.carrying.pop(msg.mid, ())
+        b.durable = msg.durable
+        for key, seq in carried if msg.durable else ():  # an older backend: memory only
+            res = msg.results.get(key)
+            if kind == "accept" or (res is not None and res.status == EntryStatus.OK):
+                b.known[key] = max(b.known.get(key, -1), seq)
         backends.set_caught_up(b, True, now)
         for key, res in msg.results.items():
             p = self._products.get(key)
@@ -1452,7 +1488,7 @@ class Leader:
                 fx.events.append(
                     {"event": "active", "server": self.cfg.server_id, "epoch": str(self.epoch)}
                 )
-        for key in msg.results:
+        for key in {*msg.results, *(k for k, _ in carried)}:
             p = self._products.get(key)
             if p is not None:
                 self._recommit(p, fx)

@@ -62,6 +62,11 @@ class Accept:
     # it in its Promise: a new leader then knows the table it adopts is committed state
     # (docs/design.md §6). An ACCEPT with no entries is a commit notice only.
     commits: tuple[tuple[ProductKey, int], ...] = ()
+    # The entries (product, seq) whose grants are answered to their clients only once two
+    # backends durably know them committed (sent during a license update): the backend
+    # marks those grants with the entry's version until it knows them committed, and
+    # reports the marks in its Promise (`ProductLog.marked`). Older leaders send none.
+    notice: tuple[tuple[ProductKey, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -133,8 +138,11 @@ class Promise:
     licenses: dict[ProductKey, LicenseInfo]
     floors: dict[ProductKey, Floor] = field(default_factory=dict)
     # The highest version per product this backend was told is committed (by an ACCEPT's
-    # `commits` or a committed snapshot); memory only, so empty after a restart.
+    # `commits` or a committed snapshot), kept durably (older backends: memory only).
     commits: dict[ProductKey, Version] = field(default_factory=dict)
+    # Per product, the grants of its table taken from an entry flagged `notice`, with that
+    # entry's version, above its known commit (`ProductLog.marked`; older backends: none).
+    marked: dict[ProductKey, tuple[tuple[str, Version], ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -166,6 +174,10 @@ class Accepted:
     epoch: Epoch
     results: dict[ProductKey, EntryResult]
     licenses: dict[ProductKey, LicenseInfo] = field(default_factory=dict)
+    # This backend keeps commit knowledge durably: the commits the request carried (an
+    # ACCEPT's `commits`, a committed snapshot) are on its disk. Older backends: False (their
+    # knowledge is memory only, so the leader does not count it, docs/design.md §6).
+    durable: bool = False
 
 
 @dataclass(frozen=True)

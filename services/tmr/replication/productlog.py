@@ -80,6 +80,13 @@ class Product:
     void: dict[int, int] = field(default_factory=dict)  # aborted seq -> committed seq then
     # The abort's snapshot (seq, table) until it commits: sent as a proposal.
     abort: tuple[int, tuple[HandleRecord, ...]] | None = None
+    abort_ops: int = 0  # the ops the abort's snapshot commits (all but the aborted grants)
+    # Entries formed during a license update (`update_under_way`) and sent flagged `notice`:
+    # their grants are answered only once two backends durably know the entry committed
+    # (`durable`), so a new leader may abort a grant of such an entry that no promise knows
+    # committed (docs/design.md §6). Seqs above `durable` only.
+    notice: set[int] = field(default_factory=set)
+    durable: int = -1  # the highest seq two backends acknowledged knowing committed
 
     def seats(self) -> int:
         return self.count.total
@@ -117,7 +124,7 @@ def reply_when(
     """Answer now if entry `seq` is committed, else once it commits (or at `deadline`).
     `grant`: the handle a checkout's reply announces (if its grant is aborted, `abort_grants`
     answers instead)."""
-    if seq <= p.committed:
+    if seq <= p.committed and not (grant and seq in p.notice):
         fx.replies.append(reply)
     else:
         p.waiters.append(Waiter(seq, reply, deadline, grant))
@@ -158,9 +165,21 @@ def commit_state(p: Product, backends: Sequence[Backend]) -> str:
     return f"committed {p.committed}, last {p.seq}; " + ", ".join(out)
 
 
-def flush(p: Product, now: float) -> None:
+def update_under_way(p: Product, backends: Sequence[Backend]) -> bool:
+    """The product holds more seats (its pending grants included) than some backend's
+    valid copy allows: a license update is under way."""
+    for x in backends:
+        lic = x.licenses.get(p.key)
+        if lic is not None and lic.valid and p.seats() > lic.quantity:
+            return True
+    return False
+
+
+def flush(p: Product, now: float, update: bool = False) -> None:
     """Turn pending ops into the next log entry: at once if every entry is committed;
-    behind uncommitted ones (at most PIPELINE) only with PIPELINE_MIN_OPS ops or more."""
+    behind uncommitted ones (at most PIPELINE) only with PIPELINE_MIN_OPS ops or more.
+    `update`: a license update is under way; an entry with a grant is then flagged
+    `notice` (see `Product.notice`)."""
     if not p.pending or p.committed < 0:
         return
     uncommitted = p.seq - p.committed
@@ -170,6 +189,8 @@ def flush(p: Product, now: float) -> None:
     p.seq += 1
     p.log[p.seq] = ops
     p.formed[p.seq] = now
+    if update and any(isinstance(op, Grant) for op in ops):
+        p.notice.add(p.seq)
 
 
 def recommit(p: Product, backends: Sequence[Backend], fx: Effects) -> tuple[int, list[str]]:
@@ -177,13 +198,14 @@ def recommit(p: Product, backends: Sequence[Backend], fx: Effects) -> tuple[int,
     number of ops newly committed and the handles whose release committed (forgotten)."""
     acks = sorted((b.acked[p.key] for b in backends if p.key in b.acked), reverse=True)
     if len(acks) < QUORUM or acks[QUORUM - 1] <= p.committed:
+        answer_durable(p, backends, fx)
         return 0, []
     new = acks[QUORUM - 1]
     ops = sum(len(p.log.get(s, ())) for s in range(max(p.committed + 1, 1), new + 1))
     p.committed = new
-    ready = [w for w in p.waiters if w.seq <= new]
+    ready = [w for w in p.waiters if w.seq <= new and not (w.grant and w.seq in p.notice)]
     if ready:
-        p.waiters = [w for w in p.waiters if w.seq > new]
+        p.waiters = [w for w in p.waiters if w.seq > new or (w.grant and w.seq in p.notice)]
         fx.replies.extend(w.reply for w in ready)
     gone = []
     for h, s in list(p.releasing.items()):
@@ -197,12 +219,31 @@ def recommit(p: Product, backends: Sequence[Backend], fx: Effects) -> tuple[int,
         del p.formed[s]
     p.refused = {name: s for name, s in p.refused.items() if s > new}
     if p.abort is not None and p.abort[0] <= new:
+        ops += p.abort_ops  # the abort's seq has no log entry: its ops commit here
         p.abort = None
+    answer_durable(p, backends, fx)
     # Trim the log: entries every synced backend has are no longer needed for resends.
     floor = min(acks)
     for s in [s for s in p.log if s <= floor]:
         del p.log[s]
     return ops, gone
+
+
+def answer_durable(p: Product, backends: Sequence[Backend], fx: Effects) -> None:
+    """Raise `durable` to the committed seq two backends acknowledged knowing, and answer
+    the grants of flagged entries it now covers (`Product.notice`)."""
+    known = sorted((b.known[p.key] for b in backends if p.key in b.known), reverse=True)
+    if len(known) < QUORUM or known[QUORUM - 1] <= p.durable:
+        return
+    p.durable = min(known[QUORUM - 1], p.committed)
+    covered = {s for s in p.notice if s <= p.durable}
+    if not covered:
+        return
+    p.notice -= covered
+    ready = [w for w in p.waiters if w.seq in covered]
+    if ready:
+        p.waiters = [w for w in p.waiters if w.seq not in covered]
+        fx.replies.extend(w.reply for w in ready)
 
 
 def resume(
@@ -238,11 +279,9 @@ def notify_commits(
     that backend refuses as a proposal, and records only as committed state, which it
     knows to be so from a promise that was told (docs/design.md §6)."""
     for key, _ in commits:
-        used = products[key].seats()
-        for x in backends:
-            lic = x.licenses.get(key)
-            if lic is not None and lic.valid and used > lic.quantity:
-                return True
+        p = products[key]
+        if update_under_way(p, backends) or any(s <= p.committed for s in p.notice):
+            return True
     return False
 
 
@@ -262,6 +301,7 @@ def next_message(
     snap: list[SnapshotEntry] = []  # committed state
     proposals: list[SnapshotEntry] = []  # entry 0 of a takeover or an abort: not committed
     entries: list[AcceptEntry] = []
+    notice: list[tuple[ProductKey, int]] = []  # entries sent whose grants wait for `durable`
     sent: dict[ProductKey, int] = {}
     commits: list[tuple[ProductKey, int]] = []  # committed seqs it was not told yet
     for p in products.values():
@@ -297,6 +337,7 @@ def next_message(
         # Up to an aborted seq (`abort_grants`): the abort's snapshot follows once it has these.
         seqs = list(itertools.takewhile(p.log.__contains__, range(start, p.seq + 1)))
         entries.extend(AcceptEntry(p.key, seq, p.log[seq]) for seq in seqs)
+        notice.extend((p.key, seq) for seq in seqs if seq in p.notice)
         if seqs:
             sent[p.key] = seqs[-1]
     if snap or proposals or first_snapshot:
@@ -308,7 +349,8 @@ def next_message(
         msg = Snapshot(new_mid(), epoch, tuple(snap), committed=committed)
         return msg, "snapshot", {e.key: e.seq for e in snap}
     if entries and len(b.inflight) < PIPELINE:
-        return Accept(new_mid(), epoch, tuple(entries), tuple(commits)), "accept", sent
+        accept = Accept(new_mid(), epoch, tuple(entries), tuple(commits), tuple(notice))
+        return accept, "accept", sent
     if commits and not b.inflight and notify(commits):
         # A commit notice (an ACCEPT without entries): see `notify_commits`.
         return Accept(new_mid(), epoch, (), tuple(commits)), "accept", sent
@@ -367,6 +409,9 @@ def abort_grants(
     if not aborted:
         return aborted
     seq = p.seq + 1
+    flagged = {s for s in p.notice if s > base}
+    if flagged:  # its grants were answered only once durably known committed: so are they now
+        p.notice = (p.notice - flagged) | {seq}
     for s in range(base + 1, p.seq + 1):
         p.void[s] = base
         p.log.pop(s, None)
@@ -375,6 +420,9 @@ def abort_grants(
     p.seq = seq
     p.formed[seq] = now
     p.abort = (seq, tuple(table.values()))
+    p.abort_ops = sum(
+        1 for op in ops if not (isinstance(op, Grant) and op.record.handle in aborted)
+    )
     for h in aborted:
         p.pop(h)
         p.grant_seq.pop(h, None)

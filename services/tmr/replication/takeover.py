@@ -78,3 +78,22 @@ def adopted_committed(
     """A backend was told this version committed: the table is committed state (the
     highest version among a quorum's promises is at least any committed one)."""
     return key in best and any(pr.commits.get(key, ZERO_VERSION) >= best[key][0] for pr in promises)
+
+
+def unanswered_grants(
+    promises: Sequence[Promise], best: dict[ProductKey, AdoptedLog], key: ProductKey
+) -> set[str]:
+    """The grants of the adopted table no client was told of: marked (taken from an entry
+    whose grants are answered only once two backends durably know it committed) with a
+    version above every known commit among the promises. An answered grant is durably known
+    committed by two backends, one of which is among any quorum of promises, so its version
+    is at or below the highest known commit (docs/design.md §6)."""
+    if key not in best:
+        return set()
+    known = max((pr.commits.get(key, ZERO_VERSION) for pr in promises), default=ZERO_VERSION)
+    marks: dict[str, Version] = {}
+    for pr in promises:
+        for handle, version in pr.marked.get(key, ()):
+            marks[handle] = min(version, marks.get(handle, version))
+    table = {r.handle for r in best[key][1]}
+    return {h for h, v in marks.items() if h in table and v > known}

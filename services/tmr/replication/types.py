@@ -316,18 +316,23 @@ class ProductLog:  # noqa: PLW1641 (mutable: not hashable)
     The table changes only through `put`, `drop`, `replace_handles` and `apply`, which keep
     its running seat count (`SeatCount`, `seats()`) in step; ``handles`` is read-only."""
 
-    __slots__ = ("_handles", "count", "floor", "version")
+    __slots__ = ("_handles", "count", "floor", "marked", "version")
 
     def __init__(
         self,
         version: Version = ZERO_VERSION,
         handles: Mapping[str, HandleRecord] | None = None,
         floor: Floor = NO_FLOOR,
+        marked: Mapping[str, Version] | None = None,
     ) -> None:
         self.version = version
         self.floor = floor
         self._handles: dict[str, HandleRecord] = dict(handles or {})
         self.count = SeatCount(self._handles.values())
+        # Grants taken from an entry flagged `notice` (answered to their client only once two
+        # backends durably know them committed), with that entry's version, while the version
+        # is above this backend's known commit (docs/design.md §6): a new leader may abort them.
+        self.marked: dict[str, Version] = dict(marked or {})
 
     @property
     def handles(self) -> Mapping[str, HandleRecord]:
@@ -368,15 +373,17 @@ class ProductLog:  # noqa: PLW1641 (mutable: not hashable)
         c = ProductLog(self.version, None, self.floor)
         c._handles = dict(self._handles)
         c.count = self.count.copy()
+        c.marked = dict(self.marked)
         return c
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ProductLog):
             return NotImplemented
-        return (self.version, self.floor, self._handles) == (
+        return (self.version, self.floor, self._handles, self.marked) == (
             other.version,
             other.floor,
             other._handles,
+            other.marked,
         )
 
     def __repr__(self) -> str:

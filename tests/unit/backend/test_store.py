@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tmr.backend.store import SCHEMA_VERSION, SqliteStore, StorageError
-from tmr.replication.acceptor import AcceptorState, ProductWrite, Write, apply_write
+from tmr.replication.acceptor import Acceptor, AcceptorState, ProductWrite, Write, apply_write
+from tmr.replication.messages import Accept
 from tmr.replication.types import (
     ZERO_EPOCH,
     AccessMode,
@@ -770,6 +775,98 @@ def test_a_schema_6_database_keeps_its_denials_and_gets_user_limit_handles(db: P
         assert [d.id for d in store.denials()] == ["u1"]
     finally:
         store.close()
+    assert _dump(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [
+        (str(SCHEMA_VERSION),)
+    ]
+
+
+# ------------------------------------------------------------------ commit knowledge (schema 8)
+
+
+def knowledge_writes() -> list[Write]:
+    """Entries 1 and 2 (2 flagged: its grant is marked), then commit notices of 2 and 1."""
+    return [
+        Write(products=(ProductWrite(KEY, Version(E1, 1), ops=(grant("h1"),)),)),
+        Write(
+            products=(ProductWrite(KEY, Version(E1, 2), ops=(grant("h2"),)),),
+            marks=((KEY, (("h2", Version(E1, 2)),)),),
+        ),
+        Write(known=((KEY, Version(E1, 1)), (OTHER, Version(E1, 4)))),
+    ]
+
+
+def test_known_commits_and_marks_survive_reopen_and_only_rise(store: SqliteStore) -> None:
+    expected = commit_all(store, knowledge_writes())
+    assert expected.known == {KEY: Version(E1, 1), OTHER: Version(E1, 4)}
+    assert reopen(store) == expected
+    again = SqliteStore(store.path)
+    try:
+        again.commit(Write(known=((KEY, Version(E1, 0)),)))  # lower: no change
+        assert again.load().known[KEY] == Version(E1, 1)
+        again.commit(Write(known=((KEY, Version(E2, 0)),), marks=((KEY, ()),)))
+        state = again.load()
+        assert state.known[KEY] == Version(E2, 0) and state.products[KEY].marked == {}
+    finally:
+        again.close()
+
+
+def test_a_commit_notice_is_durable_when_the_acceptor_answers(db: Path) -> None:
+    """The acceptor's step for a bare commit notice carries a write (the service commits it
+    before replying): a new process reads the knowledge back."""
+    first = SqliteStore(db)
+    acc = Acceptor("b1", first.load())
+    step = acc.handle(Accept(1, E1, (), ((KEY, 3),)), 0.0)
+    assert step.write is not None and step.write.known == ((KEY, Version(E1, 3)),)
+    first.commit(step.write)
+    acc.committed(step)
+    assert acc.known_commit == {KEY: Version(E1, 3)}
+    second = SqliteStore(db)  # the first connection is abandoned, never closed (kill -9)
+    try:
+        assert second.load().known == {KEY: Version(E1, 3)}
+    finally:
+        second.close()
+        first.close()
+
+
+def test_known_commits_survive_a_killed_process(db: Path) -> None:
+    """kill -9 for real: a child process commits the knowledge and is killed by SIGKILL."""
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from tmr.backend.store import SqliteStore\n"
+        "from tmr.replication.acceptor import Write\n"
+        "from tmr.replication.types import Epoch, Version\n"
+        "s = SqliteStore(Path(sys.argv[1]))\n"
+        "s.commit(Write(known=(((6000123, 42), Version(Epoch(1, 's1'), 7)),)))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code, str(db)], check=False, env=env, timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    store = SqliteStore(db)
+    try:
+        assert store.load().known == {KEY: Version(E1, 7)}
+    finally:
+        store.close()
+
+
+def test_a_schema_7_database_gains_commit_knowledge_and_keeps_every_row(db: Path) -> None:
+    store = SqliteStore(db)
+    expected = commit_all(store, knowledge_writes()[:1])
+    store.close()
+    conn = sqlite3.connect(db)  # make it a database of schema 7: no knowledge tables
+    with conn:
+        conn.execute("DROP TABLE known_commits")
+        conn.execute("DROP TABLE marked_grants")
+        conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    conn.close()
+    migrated = SqliteStore(db)
+    try:
+        assert migrated.load() == expected
+        migrated.commit(Write(known=((KEY, Version(E1, 1)),)))
+        assert migrated.load().known == {KEY: Version(E1, 1)}
+    finally:
+        migrated.close()
     assert _dump(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [
         (str(SCHEMA_VERSION),)
     ]

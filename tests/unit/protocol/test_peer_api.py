@@ -61,6 +61,7 @@ REQUESTS = [
     Accept(7, E, (AcceptEntry(K, 2, (Release("h1", ReleaseReason.RELEASE, 3.0),)),), ((K, 1),)),
     Accept(8, E, (), ((K, 2), ((7, 1), 3))),  # a commit notice
     Probe(9, None, "tmr-b", "0123456789abcdef"),  # the sender's policy digest
+    Accept(10, E, (AcceptEntry(K, 3, (Grant(R),)),), ((K, 2),), ((K, 3),)),  # flagged notice
 ]
 REPLIES = [
     Status(1, "backend-1", E, True, {K: Version(E, 3)}, {K: 2}, LIC),
@@ -69,8 +70,19 @@ REPLIES = [
     Status(10, "backend-1", E, True, {}, {}, {}, policies={"tmr-a": "ab" * 8, "tmr-b": ""}),
     Promise(2, "backend-1", E, False, {K: (Version(E, 1), (R,))}, LIC),
     Promise(9, "backend-1", E, True, {K: (Version(E, 1), (R,))}, LIC, commits={K: Version(E, 1)}),
+    Promise(
+        11,
+        "backend-1",
+        E,
+        True,
+        {K: (Version(E, 2), (R,))},
+        LIC,
+        commits={K: Version(E, 1)},
+        marked={K: (("h1", Version(E, 2)),)},
+    ),
     Rejected(3, E),
     Accepted(4, E, {K: EntryResult(EntryStatus.REFUSED, 3, "above LQ")}, LIC),
+    Accepted(12, E, {K: EntryResult(EntryStatus.OK, 3)}, {}, durable=True),
     CryptResult(5, True, b"out"),
     PeerError(6, "bad"),
 ]
@@ -468,3 +480,30 @@ def test_a_record_without_identity_is_sent_as_an_older_peer_writes_it() -> None:
     assert len(_record(R)) == 8
     assert len(_record(RI)) == 11
     assert len(_record(HandleRecord("h", 1, 2, 1, "c", "r", 1.0, "K", "", "", 7))) == 11
+
+
+def test_commit_knowledge_fields_are_absent_while_empty_and_optional_on_decode() -> None:
+    """Older peers omit `notice` (ACCEPT) and `marked` (PROMISE); newer ones send neither
+    while empty, so an older decoder reads the same bytes as before."""
+    accept = Accept(3, E, (AcceptEntry(K, 1, (Grant(R),)),), ((K, 0),))
+    body = msgpack.unpackb(encode_request(accept))
+    assert "notice" not in body
+    assert decode_request(msgpack.packb(body)) == accept
+    promise = Promise(2, "backend-1", E, True, {K: (Version(E, 1), (R,))}, LIC)
+    body = msgpack.unpackb(encode_reply(promise))
+    assert "marked" not in body
+    assert decode_reply(msgpack.packb(body)).marked == {}  # type: ignore[union-attr]
+    accepted = Accepted(4, E, {K: EntryResult(EntryStatus.OK, 3)})
+    body = msgpack.unpackb(encode_reply(accepted))
+    assert "durable" not in body
+    assert decode_reply(msgpack.packb(body)) == accepted
+
+
+@pytest.mark.parametrize(
+    "notice", [[[[1, 2], 0]], [[1, 2]], "x", [[[1, 2], "3"]]], ids=["seq0", "short", "str", "seq"]
+)
+def test_a_bad_notice_is_refused(notice: object) -> None:
+    body = msgpack.unpackb(encode_request(REQUESTS[2]))
+    body["notice"] = notice
+    with pytest.raises(ProtocolError):
+        decode_request(msgpack.packb(body))

@@ -71,6 +71,9 @@ def test_a_refused_grant_is_aborted_when_the_other_backend_stops() -> None:
     assert any(e["event"] == "grants_aborted" for e in h.events)
     p = h.leader._products[KEY]
     assert p.committed == p.seq and p.seats() == 1
+    # Committed: the two grants, then the release through the abort's snapshot (not the
+    # aborted grant).
+    assert h.leader.ops_committed == 3, h.leader.ops_committed
 
 
 def test_a_retry_after_the_abort_is_a_fresh_admission() -> None:

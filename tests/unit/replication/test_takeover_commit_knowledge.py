@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.unit.replication.harness import Harness
 from tmr.errors import ErrorCode
 from tmr.protocol.client_api import ReleaseResult
+from tmr.replication import acceptor as acceptor_mod
+from tmr.replication.acceptor import Acceptor
 from tmr.replication.leader import ClientReply, Role
-from tmr.replication.messages import Accept
+from tmr.replication.messages import Accept, Accepted
 from tmr.replication.types import LicenseInfo, Version
 
 KEY = (6000123, 42)
@@ -80,17 +84,108 @@ def test_a_new_leader_serves_with_two_good_backends_after_a_takeover_mid_update(
     assert seats(h, "b1") == seats(h, "b3") == 2
 
 
-def test_without_the_knowledge_the_takeover_waits() -> None:
-    """The same failures when no backend learnt of the commit (sa crashed before telling
-    them): b3 refuses the proposal, so sb does not serve: the documented remaining window."""
+def restart(h: Harness, name: str) -> None:
+    """Backend `name` restarts: only its durable state (`AcceptorState`) survives."""
+    old = h.acceptors[name]
+    h.acceptors[name] = Acceptor(name, old.state.copy(), old.licenses)
+
+
+def test_the_told_backends_restart_and_the_takeover_still_serves() -> None:
+    """The commit knowledge is durable: b1 restarted since it was told (b2 is gone), and
+    sb still adopts the table as committed and serves with b1 and b3."""
     h, handles = mixed_update_with_three_seats()
-    for acc in h.acceptors.values():
-        acc.known_commit.clear()
-    take_over_after_b2_and_sa_fail(h)
-    assert seats(h, "b3") == 2
-    (answer,) = ask(h, "sb", "release", "q0", "c0", handles[0], client="c0")
-    assert answer.error == ErrorCode.QUORUM_LOST, answer
-    assert "above this copy's LQ" in answer.message, answer
+    restart(h, "b1")
+    restart(h, "b3")
+    assert take_over_after_b2_and_sa_fail(h) == Role.ACTIVE
+    assert seats(h, "b3") == 3  # recorded above its LQ: committed state
+    (released,) = ask(h, "sb", "release", "q0", "c0", handles[0], client="c0")
+    assert released.ok and released.result == ReleaseResult(released=True), released
+
+
+def test_during_an_update_grants_wait_for_the_notice_and_are_marked_until_known() -> None:
+    """The third seat (above b3's LQ) goes out flagged `notice`: b1 and b2 mark it until a
+    notice tells them it committed, and its client is answered once two of them know."""
+    h = Harness({KEY: LicenseInfo(8, 3, True)})
+    h.set_license("b3", LicenseInfo(7, 2, True), KEY)
+    h.promote()
+    sent: list[Accept] = []
+    for i in range(3):
+        fx = h.leader.checkout("tok", f"r{i}", f"c{i}", KEY[0], KEY[1], 1, h.now, owner="k")
+        sent.extend(m for _, m in fx.send if isinstance(m, Accept))
+        h.run(fx)
+        h.advance(0.3)
+    assert [r.ok for r in h.replies] == [True, True, True]
+    flagged = {seq for m in sent for _, seq in m.notice}
+    assert flagged == {3}  # only the grant above b3's LQ
+    epoch = h.leader.epoch
+    assert epoch is not None
+    for name in ("b1", "b2"):
+        log = h.acceptors[name].state.products[KEY]
+        assert h.acceptors[name].known_commit[KEY] >= Version(epoch, 3), name
+        assert log.marked == {}, name  # known committed: the mark is dropped
+
+
+def test_with_backends_that_keep_knowledge_in_memory_grants_are_answered_at_commit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Older backends (a rolling upgrade) do not say their knowledge is durable: the leader
+    then flags nothing, answers at commit as before, and no new leader aborts anything."""
+
+    def old_accepted(*args: Any, **kw: Any) -> Accepted:
+        return Accepted(*args, **{**kw, "durable": False})
+
+    monkeypatch.setattr(acceptor_mod, "Accepted", old_accepted)
+    h = Harness({KEY: LicenseInfo(8, 3, True)})
+    h.set_license("b3", LicenseInfo(7, 2, True), KEY)
+    h.promote()
+    sent: list[Accept] = []
+    for i in range(3):
+        fx = h.leader.checkout("tok", f"r{i}", f"c{i}", KEY[0], KEY[1], 1, h.now, owner="k")
+        sent.extend(m for _, m in fx.send if isinstance(m, Accept))
+        h.run(fx)
+        h.advance(0.3)
+    assert [r.ok for r in h.replies] == [True, True, True]
+    assert not any(m.notice for m in sent)
+    assert all(not acc.state.products[KEY].marked for acc in h.acceptors.values())
+
+
+def test_a_crash_before_the_commit_notice_aborts_the_unanswered_grant() -> None:
+    """sa crashes after the third seat committed with b1 and b2 and before telling anyone:
+    no client was told of it (answered only once two backends know it committed), so sb
+    aborts it at the takeover and serves with b1 and b3 (without the rule b3 refuses the
+    adopted table, 3 seats above its LQ 2, and nothing commits)."""
+    h = Harness({KEY: LicenseInfo(8, 3, True)})
+    h.set_license("b3", LicenseInfo(7, 2, True), KEY)
+    h.promote()
+    handles = []
+    for i in range(2):
+        reply = h.call("checkout", f"r{i}", f"c{i}", KEY[0], KEY[1], 1)
+        assert reply.ok and reply.result is not None, reply
+        handles.append(reply.result.handle)
+    before = len(h.replies)
+    sa = h.leader
+    fx = sa.checkout("tok", "r2", "c2", KEY[0], KEY[1], 1, h.now, owner="key-of-c2")
+    queue = [fx]
+    while queue:  # deliver everything but commit notices, then sa is gone
+        out = queue.pop(0)
+        h.replies.extend(out.replies)
+        for name, msg in out.send:
+            if isinstance(msg, Accept) and not msg.entries:
+                continue
+            acc = h.acceptors[name]
+            step = acc.handle(msg, h.now)
+            acc.committed(step)
+            queue.append(sa.on_reply(name, step.reply, h.now))
+    assert sa._products[KEY].committed == 3
+    assert h.replies[before:] == []  # committed, not yet told: no answer
+    assert (seats(h, "b1"), seats(h, "b2"), seats(h, "b3")) == (3, 3, 2)
+    assert take_over_after_b2_and_sa_fail(h) == Role.ACTIVE
+    assert seats(h, "b1") == seats(h, "b3") == 2
+    assert any(e["event"] == "grants_aborted" and e.get("takeover") for e in h.events)
+    (released,) = ask(h, "sb", "release", "q0", "c0", handles[0], client="c0")
+    assert released.ok and released.result == ReleaseResult(released=True), released
+    (again,) = ask(h, "sb", "checkout", "r3", "c3", KEY[0], KEY[1], 1, client="c3")
+    assert again.ok, again
 
 
 def test_commits_ride_on_accepts_while_the_copies_agree() -> None:
