@@ -1,7 +1,8 @@
 """Load worker: many concurrent clients in one process (`python -m bench.loadgen`).
 
-Each client has its own DEALER socket (CURVE, an ephemeral key pair) and at most one request
-in flight, like one `tmr.client.Client`; one `zmq.Poller` loop multiplexes all of them, so a
+Each client has its own DEALER socket (CURVE, a key pair of its own that it keeps when it
+fails over to another endpoint) and at most one request in flight, like one
+`tmr.client.Client`; one `zmq.Poller` loop multiplexes all of them, so a
 few worker processes can drive 100 clients without starving the services of CPU. Requests
 and replies are the real wire format (`tmr.protocol.client_api.encode_request` /
 `decode_reply`). Retries follow the SDK's policy (`tmr.client._channel`): on no reply within
@@ -95,6 +96,7 @@ class _Client:
         "handle",
         "held",
         "index",
+        "keys",
         "not_active",
         "payload",
         "quota",
@@ -110,6 +112,9 @@ class _Client:
         self.cid = cid
         self.endpoint = endpoint
         self.sock: zmq.Socket[bytes] | None = None
+        # One key pair for the client's life, as `tmr.client.Client` has: the server knows a
+        # handle's owner by it, so a new key after a fail-over would lose the handles.
+        self.keys = curve_keypair()
         self.req: Request | None = None
         self.payload = b""
         self.deadline = 0.0  # of the current attempt
@@ -146,7 +151,7 @@ class Worker:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         # libzmq's default is 1,023 sockets per context; a heartbeat worker has thousands,
         # and a client that fails over opens its new socket before the old one is reaped.
-        self.ctx.set(zmq.MAX_SOCKETS, max(1023, 2 * int(spec["clients"]) + FDS_SPARE))
+        self.ctx.set(zmq.MAX_SOCKETS, max(1023, 4 * int(spec["clients"]) + FDS_SPARE))
         self.period = float(spec.get("period", 10.0))
         self.ramp = float(spec.get("ramp", 0.0))
         self.rng = random.Random()
@@ -191,7 +196,7 @@ class Worker:
             self.poller.unregister(c.sock)
             del self.by_sock[c.sock]
             c.sock.close(linger=0)
-        public, secret = curve_keypair()
+        public, secret = c.keys
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
