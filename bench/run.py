@@ -616,16 +616,18 @@ class Bench:
 
     def _heartbeaters(
         self, cl: Cluster, count: int, endpoints: list[str], first: int
-    ) -> list[subprocess.Popen[str]]:
+    ) -> tuple[list[subprocess.Popen[str]], int]:
         """`count` clients with one handle each that heartbeat every HEARTBEAT_PERIOD s, in
-        processes of at most `clients_per_process()` clients (the file descriptor limit)."""
+        processes of at most `clients_per_process()` clients (the file descriptor limit).
+        Returns the processes and how many clients got their handle in time (the others
+        keep trying; the results say how many there were)."""
         per = clients_per_process()
         procs: list[subprocess.Popen[str]] = []
         # Checkouts (and CURVE handshakes) spread over up to a minute, and a long attempt
         # timeout: thousands of clients that time out and fail over at once (a new socket,
         # a new handshake each) would measure a reconnect storm, not heartbeats.
         ramp = min(60.0, count / 250.0)
-        wait = ramp + 90.0
+        deadline = time.monotonic() + ramp + 180.0
         for i, n in enumerate(split_clients(count, math.ceil(count / per))):
             spec = {
                 "mode": "heartbeat",
@@ -645,14 +647,13 @@ class Bench:
                 "attempt_timeout": HEARTBEAT_ATTEMPT_TIMEOUT,
             }
             procs.append(start_worker("bench.loadgen", spec))
+        connected = 0
         for proc in procs:
-            held = _ready_line(proc, wait)
-            if held is None:
-                for p in procs:
-                    p.kill()
-                    p.wait(timeout=5)
-                raise RuntimeError(f"heartbeating clients not all connected within {wait:g} s")
-        return procs
+            held = _ready_line(proc, max(1.0, deadline - time.monotonic()))
+            connected += held or 0
+        if connected < count:
+            log(f"    only {connected} of {count} clients have their handle; going on")
+        return procs, connected
 
     def _idle(self, cl: Cluster, active: str, hb: list[subprocess.Popen[str]]) -> Json:
         """CPU of the server, the backends and the heartbeating clients' processes over one
@@ -797,10 +798,13 @@ class Bench:
                 if hb_target > clients:
                     log(f"  {hb_target - clients} more clients that heartbeat")
                     t0 = time.monotonic()
-                    hb += self._heartbeaters(cl, hb_target - clients, endpoints, first)
-                    clients = hb_target
+                    started, connected = self._heartbeaters(
+                        cl, hb_target - clients, endpoints, first
+                    )
+                    hb += started
+                    clients += connected
                     log(f"    connected and holding in {time.monotonic() - t0:.1f} s")
-                need = target - clients - held
+                need = target - hb_target - held
                 if need > 0:
                     log(f"  {need} more held handles (no heartbeats: the lease is long)")
                     t0 = time.monotonic()
@@ -819,10 +823,11 @@ class Bench:
                 idle["heartbeat_cost_pct"] = round(cost, 2)
                 if clients:
                     idle["heartbeat_us_per_client_s"] = round(cost / 100.0 * 1e6 / clients, 2)
+                handles = int(row.get("server_handles") or target)
                 if target:
                     for what in ("server", "backend"):
                         grown = row[f"{what}_rss_mib"] - base[f"{what}_rss_mib"]
-                        row[f"{what}_bytes_per_handle"] = round(grown * 2**20 / target)
+                        row[f"{what}_bytes_per_handle"] = round(grown * 2**20 / handles)
                     row["rate_vs_empty"] = round(row["rate_per_s"] / base["rate_per_s"], 3)
                 log(
                     f"  {target} held, {clients} heartbeating: {row['rate_per_s']:.1f} cycles/s "
