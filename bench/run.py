@@ -66,6 +66,7 @@ from bench.common import (
 from bench.etcd import EtcdCluster, ensure_etcd
 from bench.loadgen import clients_per_process
 from tmr.ctl import CtlError, ctl_request
+from tmr.errors import TmrError
 from tmr.local.cluster import local_down, local_up, start_node
 
 LEVELS = (1, 10, 100)
@@ -423,11 +424,20 @@ class Bench:
         log("local cluster down")
         self.cluster.down()
         self.cluster = None
+        # A failure in a growth section is reported in the results, not fatal: the sections
+        # before it are worth writing.
         if self.args.growth_max >= 0:
-            self.section_growth()
+            self._guarded("growth", self.section_growth)
         if not self.args.skip_products:
-            self.section_products()
+            self._guarded("products", self.section_products)
         return self.results
+
+    def _guarded(self, name: str, section: Callable[[], None]) -> None:
+        try:
+            section()
+        except (TmrError, RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+            log(f"{name}: failed: {type(exc).__name__}: {exc}")
+            self.results.setdefault(name, {})["error"] = f"{type(exc).__name__}: {exc}"
 
     def _cpu_pids(self, active: str, cluster: Cluster | None = None) -> dict[str, int]:
         cl = cluster or self.cluster
@@ -1254,6 +1264,8 @@ def _growth_targets(r: Json) -> list[Target]:
     if row is None:
         largest = max((int(k) for k in sizes), default=None)
         what = "not measured" + (f" (largest size {largest:,})" if largest is not None else "")
+        if g.get("error"):
+            what += f"; failed: {g['error']}"
         names = (
             f"{top:,} held handles: >= 0.9x cycles/s of empty",
             f"takeover with {top:,} held handles < 1 s",
@@ -1302,12 +1314,9 @@ def _growth_targets(r: Json) -> list[Target]:
             )
         )
     pr = r.get("products")
-    if pr is None:
-        out.append(
-            Target(
-                17, f"{GROWTH_PRODUCTS:,} products: >= 0.9x cycles/s of one", None, "not measured"
-            )
-        )
+    if pr is None or "rate_per_s" not in pr:
+        what = f"failed: {pr['error']}" if pr and pr.get("error") else "not measured"
+        out.append(Target(17, f"{GROWTH_PRODUCTS:,} products: >= 0.9x cycles/s of one", None, what))
     else:
         one = _num(
             empty.get("rate_per_s", r.get("tmr", {}).get(str(LEVELS[-1]), {}).get("rate_per_s"))
@@ -1426,6 +1435,8 @@ def growth_table(r: Json) -> list[str]:
     lines: list[str] = []
     add = lines.append
     g = r.get("growth")
+    if g and g.get("error"):
+        add(f"cost growth failed: {g['error']}")
     if g:
         add(
             f"cost growth (fresh cluster, 1 product; heartbeats every "
@@ -1459,7 +1470,9 @@ def growth_table(r: Json) -> list[str]:
                 f"{hb.get('retries')}, errors {hb.get('errors') or 0}"
             )
     pr = r.get("products")
-    if pr:
+    if pr and "rate_per_s" not in pr:
+        add(f"{GROWTH_PRODUCTS} products: {pr.get('error', 'not measured')}")
+    elif pr:
         idle = pr.get("idle", {})
         tk = pr.get("takeover", {})
         add(

@@ -203,3 +203,17 @@ def test_the_written_json_is_standard_json() -> None:
 )
 def test_a_worker_gets_as_many_clients_as_its_descriptors_allow(nofile: int, per: int) -> None:
     assert clients_per_process(nofile) == min(per, CLIENTS_PER_PROCESS_MAX)
+
+
+def test_a_growth_section_that_failed_is_reported_not_missed() -> None:
+    r = results(True)
+    r["growth"] = {"sizes": {"0": _size(4000, math.nan, 0.0, 0.02)}, "error": "RuntimeError: x"}
+    r["products"] = {"error": "ClusterError: did not serve"}
+    found = {t.name: t for t in run.targets(r)}
+    takeover = found["takeover with 100,000 held handles < 1 s"]
+    assert takeover.met is None and "failed: RuntimeError: x" in takeover.value
+    products = found["1,000 products: >= 0.9x cycles/s of one"]
+    assert products.met is None and "ClusterError" in products.value
+    text = run.table(r)
+    assert "cost growth failed: RuntimeError: x" in text
+    assert "1000 products: ClusterError: did not serve" in text
