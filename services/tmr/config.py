@@ -33,6 +33,7 @@ class BackendConfig:
     serial: str | None = None  # container serial 130-NNNNNNN (default: from fingerprint)
     ctl_socket: Path = Path("/run/tmr/backend.sock")  # local control socket (status, reload)
     usage_retention: int = 100_000  # usage record: newest committed ops kept (0: none)
+    denial_retention: int = 100_000  # denial record: newest refusals kept (0: none)
     log_level: str = "info"
 
 
@@ -154,10 +155,10 @@ def load_backend_config(path: Path) -> BackendConfig:
                 raise ConfigError(f"{path}: key 'allowed_servers' must name at least one key")
         elif key in ("key_file", "state_dir", "license_dir", "machine_id_file", "ctl_socket"):
             out[key] = Path(_check(path, key, value, str, "a path string"))
-        elif key == "usage_retention":
+        elif key in ("usage_retention", "denial_retention"):
             out[key] = _check(path, key, value, int, "an integer")
             if value < 0:
-                raise ConfigError(f"{path}: key 'usage_retention' must be 0 or more")
+                raise ConfigError(f"{path}: key {key!r} must be 0 or more")
         else:
             out[key] = _check(path, key, value, str, "a string")
     return BackendConfig(**out)

@@ -15,6 +15,16 @@ import zmq
 NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE) | NOBLOCK
 _RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
+
+def readable(sock: zmq.Socket[bytes]) -> bool:
+    """Whether a message waits on `sock` (its ZMQ_EVENTS), without trying to receive one: a
+    drain that stops on this needs no `zmq.Again` exception (about 3.5 us against 1.5 us
+    for this read, measured on the 2-core machine of docs/performance.md)."""
+    events = sock.get(_EVENTS)
+    return isinstance(events, int) and bool(events & _POLLIN)
 
 
 def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes] | None:

@@ -42,6 +42,13 @@ def test_backend_defaults(tmp_path: Path) -> None:
     assert cfg.allowed_servers == ("a", "b")
 
 
+def test_backend_retentions(tmp_path: Path) -> None:
+    cfg = load_backend_config(write(tmp_path, BACKEND))
+    assert (cfg.usage_retention, cfg.denial_retention) == (100_000, 100_000)
+    cfg = load_backend_config(write(tmp_path, BACKEND + "denial_retention = 0\n"))
+    assert cfg.denial_retention == 0
+
+
 def test_server_config(tmp_path: Path) -> None:
     cfg = load_server_config(write(tmp_path, SERVER))
     assert cfg.lease_seconds == 10.0 and len(cfg.backends) == 3
@@ -70,6 +77,8 @@ def test_server_leader_live_window(tmp_path: Path) -> None:
         (BACKEND.replace('name = "backend-1"\n', ""), "missing required key 'name'"),
         (BACKEND.replace('["a", "b"]', '"a"'), "allowed_servers"),
         (BACKEND + 'log_level = "loud"\n', "log_level"),
+        (BACKEND + "denial_retention = -1\n", "'denial_retention' must be 0 or more"),
+        (BACKEND + 'denial_retention = "all"\n', "denial_retention"),
         ("name = ", "not valid TOML"),
     ],
 )

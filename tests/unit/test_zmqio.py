@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from tmr.zmqio import recv_frames, send_frames
+from tmr.zmqio import readable, recv_frames, send_frames
 
 
 @pytest.fixture
@@ -48,6 +48,30 @@ def test_multipart_messages_arrive_whole_and_in_order(
     assert dealer.poll(2000)
     assert recv_frames(dealer) == [b"", b"reply"]
     assert recv_frames(dealer) is None
+
+
+def test_readable_says_whether_a_message_waits(
+    pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]],
+) -> None:
+    """A drain that stops when `readable` is False takes every message that is there and
+    never tries a receive that would raise `zmq.Again`."""
+    router, dealer = pair
+    assert not readable(router)
+    for i in range(5):
+        send_frames(dealer, [b"m%d" % i])
+    assert router.poll(2000)
+    got = []
+    while True:
+        frames = recv_frames(router)
+        assert frames is not None  # readable said so
+        got.append(frames[1])
+        if not readable(router):
+            if len(got) == 5:
+                break
+            assert router.poll(2000)  # the rest is still on its way from the I/O thread
+    assert got == [b"m%d" % i for i in range(5)]
+    assert not readable(router)
+    assert recv_frames(router) is None
 
 
 def test_no_peer_raises_again() -> None:

@@ -19,6 +19,7 @@ protocol decision is taken here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import signal
@@ -55,11 +56,15 @@ from tmr.protocol.peer_api import BadFrame
 from tmr.replication.acceptor import Acceptor, Write
 from tmr.replication.messages import (
     Accepted,
+    DenialQuery,
+    DenialRow,
+    Denials,
     EntryStatus,
     PeerError,
     PeerReply,
     PeerRequest,
     Rejected,
+    Status,
     UsageQuery,
 )
 from tmr.replication.types import Epoch, LicenseInfo, ProductKey, Version, key_str
@@ -197,6 +202,7 @@ class BackendService:
             "writes": 0,
             "storage_errors": 0,
             "handshakes_denied": 0,  # refused CURVE handshakes (logged once per key a minute)
+            "denials_recorded": 0,  # refusals the servers reported (`Denials`), new ids only
         }
         self._zap_denials = ZapDenials("peer_denied", on_denied=self._count_denial)
         self._started = time.monotonic()
@@ -211,7 +217,7 @@ class BackendService:
         self.ctl_server = CtlServer(BACKEND_COMMANDS, self)
         self._usage: UsageReader | None = None  # usage queries without a running loop
         self._usage_thread: UsageThread | None = None  # with one: answered off the loop
-        self._usage_deferred: list[tuple[int, UsageQuery]] = []  # (request index, query)
+        self._usage_deferred: list[tuple[int, UsageQuery | DenialQuery]] = []  # (index, query)
         self._stale = False  # the acceptor's state may differ from the durable one
 
     # ============================================================== lifecycle
@@ -246,7 +252,11 @@ class BackendService:
         self._allowed = parse_allowlist(cfg.allowed_servers, "allowed_servers")
         self.identity = load_identity(cfg)
         self._lock_state_dir()
-        self.store = SqliteStore(cfg.state_dir / DB_NAME, usage_retention=cfg.usage_retention)
+        self.store = SqliteStore(
+            cfg.state_dir / DB_NAME,
+            usage_retention=cfg.usage_retention,
+            denial_retention=cfg.denial_retention,
+        )
         self.clock = ClockGuard(cfg.state_dir / CLOCK_NAME, time_source=self._time)
         self.acceptor = Acceptor(cfg.name, self.store.load(), crypt=self._crypt)
         result = self.reload_licenses("start")
@@ -397,6 +407,7 @@ class BackendService:
         is sent, so a visible reply always matches the durable state."""
         replies: list[bytes | None] = [None] * len(payloads)
         group = _Group()
+        denials: list[DenialRow] = []  # recorded after the group: never answered
         if self._stale:
             self._reload_state()
         for i, payload in enumerate(payloads):
@@ -411,8 +422,11 @@ class BackendService:
                 log("bad_request", level="warning", error=request.message, size=len(payload))
                 replies[i] = error_reply(request.mid, request.message)
                 continue
-            if isinstance(request, UsageQuery):
+            if isinstance(request, UsageQuery | DenialQuery):
                 replies[i] = self._usage_query(request, i)  # read-only: never the acceptor
+                continue
+            if isinstance(request, Denials):
+                denials.extend(request.rows)  # fire and forget: no answer
                 continue
             if self._stale:
                 continue  # the state could not be reloaded after a failure: answer nothing
@@ -427,10 +441,22 @@ class BackendService:
             if len(group.writes) >= MAX_GROUP:
                 self._commit_group(group, replies)
         self._commit_group(group, replies)
+        if denials:
+            self._record_denials(denials)
         return replies
 
+    def _record_denials(self, rows: list[DenialRow]) -> None:
+        """Keep the refusals a server reported (after the replication writes of the same
+        turn, in a transaction of their own: a failure here never touches the acceptor)."""
+        assert self.store is not None
+        try:
+            self.counters["denials_recorded"] += self.store.add_denials(rows)
+        except StorageError as exc:
+            self.counters["storage_errors"] += 1
+            log("storage_error", level="error", error=str(exc), during="recording denials")
+
     @staticmethod
-    def _classify(payload: bytes) -> PeerRequest | UsageQuery | BadFrame:
+    def _classify(payload: bytes) -> peer_api.BackendInbound:
         """One decode step: a request, a usage query, or a bad frame with its reason."""
         try:
             return peer_api.decode_backend_frame(payload)
@@ -453,7 +479,10 @@ class BackendService:
         else:
             self.acceptor.committed(step)  # nothing durable: only when the leader was heard
         records.extend(self._refusal_records(step.reply))
-        reply = peer_api.encode_reply(step.reply)
+        answer = step.reply
+        if isinstance(answer, Status):  # this backend keeps denial records (schema 6)
+            answer = dataclasses.replace(answer, denials=True)
+        reply = peer_api.encode_reply(answer)
         if group.writes:  # the reply may reflect writes that are not durable yet
             group.replies.append((i, reply))
             group.records.extend(records)
@@ -481,7 +510,7 @@ class BackendService:
         group.replies.clear()
         group.records.clear()
 
-    def _usage_query(self, query: UsageQuery, i: int) -> bytes | None:
+    def _usage_query(self, query: UsageQuery | DenialQuery, i: int) -> bytes | None:
         """The answer to a usage-record query (`tmr report usage`), or None if the query is
         deferred to the usage thread (``_usage_deferred``: the running service answers it off
         the loop). Read-only: it never touches the acceptor."""
@@ -492,11 +521,14 @@ class BackendService:
             assert self.store is not None
             self._usage = UsageReader(self.store.path)
         try:
+            if isinstance(query, DenialQuery):
+                answer = self._usage.denials(query, self.config.name)
+                return peer_api.encode_denial_records(answer)
             records = self._usage.query(query, self.config.name)
         except sqlite3.Error as exc:
             self.counters["storage_errors"] += 1
             log("storage_error", level="error", error=str(exc), during="usage query")
-            return error_reply(query.mid, f"cannot read the usage record: {exc}")
+            return error_reply(query.mid, f"cannot read the usage or denial record: {exc}")
         return peer_api.encode_usage_answer(query, records)
 
     @staticmethod

@@ -18,6 +18,9 @@ Tables (schema version in ``meta``):
   rows are kept. Older rows are deleted in batches, once 1 % of ``usage_retention`` (at most
   `TRIM_BATCH_MAX`) new rows have come in: a trim on every commit costs about a quarter of
   its page writes. Between trims the table holds up to that many rows more.
+- ``denials`` (schema 6): refused checkouts the TMR servers reported (`Denials`), one row
+  per refusal id (a batch sent again is not recorded twice); the newest ``denial_retention``
+  rows are kept, trimmed like ``usage``. Not replicated state: best effort (design.md §7.6).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 
 from tmr.errors import TmrError
 from tmr.replication.acceptor import AcceptorState, ProductWrite, Write
+from tmr.replication.messages import DenialRow
 from tmr.replication.types import (
     NO_FLOOR,
     ZERO_EPOCH,
@@ -46,8 +50,9 @@ from tmr.replication.types import (
     floor_after,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DEFAULT_USAGE_RETENTION = 100_000
+DEFAULT_DENIAL_RETENTION = 100_000
 TRIM_BATCH_MAX = 1024  # usage rows that may come in between two trims (see the docstring)
 
 _SCHEMA = """
@@ -102,6 +107,24 @@ CREATE TABLE IF NOT EXISTS usage (
     seats INTEGER NOT NULL,
     client_id TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS denials (
+    id INTEGER PRIMARY KEY,  -- never reused: trimming always keeps the newest row
+    uid TEXT NOT NULL UNIQUE,  -- the refusal's id (DenialRow.id): one row per refusal
+    at REAL NOT NULL,
+    recorded_at REAL NOT NULL,
+    server TEXT NOT NULL,
+    code TEXT NOT NULL,
+    firm INTEGER NOT NULL,
+    product INTEGER NOT NULL,
+    seats INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    user TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    rule TEXT NOT NULL,
+    times INTEGER NOT NULL,  -- the same refusal repeated within one batch: one row
+    last REAL NOT NULL
+);
 """
 
 
@@ -150,6 +173,12 @@ _MIGRATE_FROM_4 = (
     "ALTER TABLE handles ADD COLUMN pid INTEGER NOT NULL DEFAULT 0",
     f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",
 )
+
+# Schema 5 -> 6: the ``denials`` table (refusals the servers reported). `_SCHEMA`, run first
+# in the opening transaction, has already created it (CREATE TABLE IF NOT EXISTS); the step
+# only records the version. A build of schema 5 refuses a database of schema 6 (downgrade:
+# restore a copy of the database taken before the upgrade, or drop the table and set 5).
+_MIGRATE_FROM_5 = (f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",)
 
 
 def _execute_all(conn: sqlite3.Connection, script: str) -> None:
@@ -203,11 +232,22 @@ _UsageRow = tuple[float, float, str, int, int, str, int, str]
 class SqliteStore:
     """The durable store of one backend (see the module docstring)."""
 
-    def __init__(self, path: Path, *, usage_retention: int = DEFAULT_USAGE_RETENTION) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        usage_retention: int = DEFAULT_USAGE_RETENTION,
+        denial_retention: int = DEFAULT_DENIAL_RETENTION,
+    ) -> None:
         if usage_retention < 0:
             raise ValueError("usage_retention must be >= 0")
+        if denial_retention < 0:
+            raise ValueError("denial_retention must be >= 0")
         self.path = path
         self.usage_retention = usage_retention
+        self.denial_retention = denial_retention
+        self._denial_trim_batch = min(TRIM_BATCH_MAX, denial_retention // 100)
+        self._denials_untrimmed = self._denial_trim_batch + 1  # the first batch trims
         self._trim_batch = min(TRIM_BATCH_MAX, usage_retention // 100)
         self._untrimmed = self._trim_batch + 1  # the first commit trims (retention may be lower)
         self._conn: sqlite3.Connection | None = None
@@ -255,11 +295,15 @@ class SqliteStore:
             )
         elif row[0] == "1":  # products keeps its rows: it gets the floors of schema 4
             # `_SCHEMA` (in `_MIGRATE_FROM_1`) creates handles with the columns of schema 5.
-            for script in (*_MIGRATE_FROM_1, *_MIGRATE_FROM_3):
+            for script in (*_MIGRATE_FROM_1, *_MIGRATE_FROM_3, *_MIGRATE_FROM_5):
                 _execute_all(conn, script)
-        elif row[0] in ("2", "3", "4"):
-            steps = {"2": (*_MIGRATE_FROM_2, *_MIGRATE_FROM_3), "3": _MIGRATE_FROM_3}
-            for script in (*steps.get(row[0], ()), *_MIGRATE_FROM_4):
+        elif row[0] in ("2", "3", "4", "5"):
+            steps = {
+                "2": (*_MIGRATE_FROM_2, *_MIGRATE_FROM_3, *_MIGRATE_FROM_4),
+                "3": (*_MIGRATE_FROM_3, *_MIGRATE_FROM_4),
+                "4": _MIGRATE_FROM_4,
+            }
+            for script in (*steps.get(row[0], ()), *_MIGRATE_FROM_5):
                 _execute_all(conn, script)
         elif row[0] != str(SCHEMA_VERSION):
             raise sqlite3.DatabaseError(
@@ -462,6 +506,49 @@ class SqliteStore:
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot read the usage record of {self.path}: {exc}") from None
         return [UsageRecord(*row) for row in reversed(rows)]
+
+    # ------------------------------------------------------------------ denial record
+
+    def add_denials(self, rows: Sequence[DenialRow]) -> int:
+        """Record refusals (one transaction); a refusal id already recorded is skipped. The
+        number of rows added. Trimmed to the newest ``denial_retention`` rows like ``usage``."""
+        if not rows or self.denial_retention == 0:
+            return 0
+        now = time.time()
+        with self._transaction("recording denials") as conn:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO denials (uid, at, recorded_at, server, code, firm, "
+                "product, seats, owner, user, host, pid, rule, times, last) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.id, r.at, now, *r[2:]) for r in rows],
+            )
+            added = conn.total_changes - before
+            untrimmed = self._denials_untrimmed + added
+            if untrimmed > self._denial_trim_batch:
+                top = conn.execute("SELECT MAX(id) FROM denials").fetchone()[0]
+                if top is not None:
+                    conn.execute(
+                        "DELETE FROM denials WHERE id <= ?", (top - self.denial_retention,)
+                    )
+                untrimmed = 0
+        self._denials_untrimmed = untrimmed
+        return added
+
+    def denials(self) -> list[DenialRow]:
+        """The denial record, oldest first."""
+        try:
+            rows = (
+                self._connection()
+                .execute(
+                    "SELECT uid, at, server, code, firm, product, seats, owner, user, host, pid, "
+                    "rule, times, last FROM denials ORDER BY id"
+                )
+                .fetchall()
+            )
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot read the denial record of {self.path}: {exc}") from None
+        return [DenialRow(*r) for r in rows]
 
     # ------------------------------------------------------------------ installed TMR IDs
 

@@ -22,13 +22,14 @@ from pathlib import Path
 
 from tmr.logs import log
 from tmr.protocol import peer_api
-from tmr.replication.messages import PeerError, UsageQuery
+from tmr.replication.messages import DenialQuery, PeerError, UsageQuery
 from tmr.report.offload import Offload, put_stop
 from tmr.report.records import UsageReader
 
 MAX_PENDING = 16  # queries queued; beyond, a query is answered "busy" at once
 
 Envelope = list[bytes]
+Query = UsageQuery | DenialQuery  # a denial query is answered the same way (schema 6)
 
 
 class UsageThread:
@@ -37,13 +38,13 @@ class UsageThread:
         self.wake = wake
         self.db_path = db_path
         self.offload = Offload()
-        self._jobs: queue.Queue[tuple[Envelope, UsageQuery] | None] = queue.Queue(MAX_PENDING)
+        self._jobs: queue.Queue[tuple[Envelope, Query] | None] = queue.Queue(MAX_PENDING)
         self._done: queue.Queue[tuple[Envelope, bytes]] = queue.Queue()
         self.storage_errors = 0
         self._thread = threading.Thread(target=self._run, name="tmr-usage-query", daemon=True)
         self._thread.start()
 
-    def submit(self, envelope: Envelope, query: UsageQuery) -> bytes | None:
+    def submit(self, envelope: Envelope, query: Query) -> bytes | None:
         """Queue a query; None, or the answer to send at once if too many are queued."""
         try:
             self._jobs.put_nowait((envelope, query))
@@ -89,13 +90,16 @@ def encode_error(mid: int, message: str) -> bytes:
 _READERS: dict[str, UsageReader] = {}  # in the worker process: one connection per database
 
 
-def answer_query(db_path: str, query: UsageQuery, name: str) -> tuple[bytes, str]:
+def answer_query(db_path: str, query: Query, name: str) -> tuple[bytes, str]:
     """(In the worker process.) The encoded answer to ``query``, and a storage problem ("" if
     none; the answer is then an error reply)."""
     reader = _READERS.get(db_path)
     if reader is None:
         reader = _READERS[db_path] = UsageReader(Path(db_path))
     try:
+        if isinstance(query, DenialQuery):
+            return peer_api.encode_denial_records(reader.denials(query, name)), ""
         return peer_api.encode_usage_answer(query, reader.query(query, name)), ""
     except sqlite3.Error as exc:
-        return encode_error(query.mid, f"cannot read the usage record: {exc}"), str(exc)
+        what = "denial" if isinstance(query, DenialQuery) else "usage"
+        return encode_error(query.mid, f"cannot read the {what} record: {exc}"), str(exc)

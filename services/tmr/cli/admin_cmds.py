@@ -1,10 +1,11 @@
-"""CLI: `tmr admin handles|queue|release`, the administrator's view of who holds what.
+"""CLI: `tmr admin handles|queue|denials|release`, the administrator's view of who holds what.
 
 Through the local control socket of the active TMR server (like `tmr ctl`), so only a local
 user who may open that socket (group ``tmr``, mode 0660) can use it::
 
     tmr admin handles [--product FIRM:PRODUCT|PRODUCT] [--json]   # like FlexNet's lmstat -a
     tmr admin queue [--product FIRM:PRODUCT|PRODUCT] [--json]     # RLM's queued requests
+    tmr admin denials [--product ...] [--limit N] [--json]        # DENIED lines of a report log
     tmr admin release HANDLE                                      # like FlexNet's lmremove
 
 The user, host and pid shown are what each client said of itself (informational, not proof);
@@ -169,6 +170,56 @@ def _queue(args: argparse.Namespace) -> int:
     return 0
 
 
+def denial_rows(
+    denials: list[dict[str, Any]], product: tuple[int | None, int] | None, limit: int
+) -> list[dict[str, Any]]:
+    """The refusals to show (filtered by product), newest first, at most ``limit``."""
+    rows = [d for d in denials if _of_product(d, product)]
+    rows.sort(key=lambda d: (-float(d.get("at", 0.0)), str(d.get("id", ""))))
+    return rows[:limit]
+
+
+def format_denial_table(rows: list[dict[str, Any]]) -> str:
+    head = ("WHEN", "LICENSE", "SEATS", "USER", "HOST", "PID", "CODE", "KEY", "WHY")
+    table = [head]
+    for d in rows:
+        table.append(
+            (
+                _when(float(d["at"])),
+                f"{d['firm']}:{d['product']}",
+                str(d["seats"]),
+                str(d.get("user") or "-"),
+                str(d.get("host") or "-"),
+                str(d.get("pid") or "-"),
+                str(d["code"]),
+                str(d.get("owner") or "-")[:12],
+                str(d.get("rule") or "")[:80],
+            )
+        )
+    lines = _aligned(table)
+    lines.append(f"{len(rows)} refusal(s)")
+    return "\n".join(lines)
+
+
+def _denials(args: argparse.Namespace) -> int:
+    reply = ctl_request(Path(args.socket), "denials", timeout=args.timeout)
+    if not reply.get("ok"):
+        raise CtlError(f"denials: {reply.get('error', 'refused')}")
+    rows = denial_rows(list(reply.get("denials", [])), args.product, args.limit)
+    if args.json:
+        out = {k: reply.get(k) for k in ("role", "server", "recorded", "pending", "dropped")}
+        json.dump({**out, "denials": rows}, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(format_denial_table(rows))
+        if reply.get("dropped"):
+            print(
+                f"tmr admin: {reply['dropped']} refusal(s) not sent to the backends (buffer full)",
+                file=sys.stderr,
+            )
+    return 0
+
+
 def _release(args: argparse.Namespace) -> int:
     reply = ctl_request(Path(args.socket), "release", timeout=args.timeout, handle=args.handle)
     if not reply.get("ok"):
@@ -227,6 +278,23 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     )
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(handler=_queue)
+    d = ps.add_parser(
+        "denials",
+        help="list this server's recent refusals: who, what, why (like DENIED in a report log)",
+        description="The checkouts this server refused lately (NO_LICENSE_AVAILABLE, "
+        "POLICY_DENIED, QUORUM_LOST, LICENSE_EXPIRED, UNKNOWN_LICENSE), newest first, with the "
+        "client's key, user, host and pid and the rule or reason. Kept in memory (the newest "
+        "1000); the report over both servers and failovers is `tmr report denials`.",
+    )
+    d.add_argument(
+        "--product",
+        type=_product_filter,
+        metavar="[FIRM:]PRODUCT",
+        help="only this product (its product code, or firm code:product code)",
+    )
+    d.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (default 50)")
+    d.add_argument("--json", action="store_true", help="print JSON")
+    d.set_defaults(handler=_denials)
     r = ps.add_parser(
         "release",
         help="free a handle (committed through the quorum, logged with who did it)",

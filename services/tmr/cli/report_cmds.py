@@ -1,14 +1,16 @@
-"""`tmr report usage`: per-license usage of the virtual container over a time window.
+"""`tmr report usage|denials`: usage and refusals of the virtual container over a time window.
 
     tmr report usage --cluster DIR --from 2025-01-01 --to 2025-02-01   # a `tmr local up` demo
     tmr report usage -e tcp://10.0.0.100:22350 --server-key service.pub \
         --client-key admin.key --from 7d --csv
     tmr report usage --ctl /run/tmr/server.sock --from 7d     # on the active server's host
+    tmr report denials --ctl /run/tmr/server.sock --from 7d --csv   # by user, host, license
 
 The active TMR server reads the usage record (every committed grant, release and expiry,
 bounded by the backends' ``usage_retention``) from the reachable backends, merges them and
 answers per license: peak seats (and when), seat-hours, checkouts, releases, expiries,
-denials (checkouts refused with NO_LICENSE_AVAILABLE) and distinct clients. Reports are
+denials (checkouts refused with NO_LICENSE_AVAILABLE, by either server: the backends' denial
+record) and distinct clients. Reports are
 answered only for a client key listed in the server's ``admin_keys``, or on its control
 socket; a window is at most 400 days and at most 200,000 usage rows per backend.
 
@@ -33,7 +35,7 @@ from tmr.cli.client_cmds import client_from_args, cluster_admin_key, format_tabl
 from tmr.ctl import CtlError, ctl_request
 from tmr.errors import UsageError
 from tmr.protocol.client_api import UsageResult
-from tmr.report.summary import to_csv
+from tmr.report.summary import denials_to_csv, to_csv
 
 if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -71,12 +73,33 @@ def register(sub: SubParsers, groups: dict[str, SubParsers]) -> None:
         help="per-license usage over a time window",
         description=__doc__.split("\n\n")[2].strip() if __doc__ else None,
     )
+    _report_options(p)
+    p.set_defaults(handler=cmd_usage)
+    d = actions.add_parser(
+        "denials",
+        help="refused checkouts by license, user, host and code over a time window",
+        description="The checkouts either TMR server refused (NO_LICENSE_AVAILABLE, "
+        "POLICY_DENIED, QUORUM_LOST, LICENSE_EXPIRED, UNKNOWN_LICENSE), from the backends' "
+        "denial records (each refusal counted once, whichever backends kept it), per license, "
+        "user, host and code: how many, seats asked, distinct client keys, which servers, "
+        "first and last time, the latest rule text. The same request as `tmr report usage` "
+        "(admin key or control socket).",
+    )
+    _report_options(d)
+    d.set_defaults(handler=cmd_denials)
+
+
+def _report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--from", dest="since", metavar="WHEN", help="window start (default: --to - 30d)"
     )
     p.add_argument("--to", dest="until", metavar="WHEN", default="now", help="window end")
     fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--csv", action="store_true", help="CSV, one line per license")
+    fmt.add_argument(
+        "--csv",
+        action="store_true",
+        help="CSV, one line per license (usage) or per group (denials)",
+    )
     fmt.add_argument("--json", action="store_true", help="the full answer as JSON")
     p.add_argument("--endpoint", "-e", dest="endpoints", action="append", metavar="E",
                    help="client endpoint of the service (repeatable)")  # fmt: skip
@@ -90,7 +113,6 @@ def register(sub: SubParsers, groups: dict[str, SubParsers]) -> None:
     p.add_argument("--client-id", metavar="ID", help="client id (default: generated)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="overall seconds, retries included (default 30)")  # fmt: skip
-    p.set_defaults(handler=cmd_usage)
 
 
 def fetch_usage(args: argparse.Namespace, since: float, until: float) -> UsageResult:
@@ -116,7 +138,7 @@ def fetch_usage(args: argparse.Namespace, since: float, until: float) -> UsageRe
         return client.usage(since, until)
 
 
-def cmd_usage(args: argparse.Namespace) -> int:
+def _window(args: argparse.Namespace) -> tuple[float, float]:
     now = time.time()
     until = parse_when(args.until, now)
     since = parse_when(args.since, now) if args.since else until - DEFAULT_DAYS * 86400
@@ -124,6 +146,72 @@ def cmd_usage(args: argparse.Namespace) -> int:
         raise UsageError("--from must not be after --to")
     if since < 0:
         raise UsageError("--from is before 1970")
+    return since, until
+
+
+def cmd_denials(args: argparse.Namespace) -> int:
+    since, until = _window(args)
+    result = fetch_usage(args, since, until)
+    groups = result.extra.get("denials")
+    if not isinstance(groups, list):
+        raise UsageError(
+            "no backend answered with denial records (backends from before schema 6 keep "
+            f"none; {result.server} counted "
+            f"{sum(int(lic.get('denials', 0)) for lic in result.licenses)} NO_LICENSE_AVAILABLE "
+            "refusals itself: see tmr report usage)"
+        )
+    if args.json:
+        keys = ("denials", "denials_total", "denials_truncated", "denials_read_from",
+                "denials_unavailable")  # fmt: skip
+        doc = {"since": result.since, "until": result.until, "server": result.server}
+        doc.update({k: result.extra.get(k) for k in keys})
+        json.dump(doc, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    elif args.csv:
+        sys.stdout.write(denials_to_csv(groups, result.since, result.until))
+    else:
+        sys.stdout.write(format_denials(result, groups))
+    return 0
+
+
+def format_denials(r: UsageResult, groups: list[Any]) -> str:
+    read = ", ".join(str(b) for b in r.extra.get("denials_read_from") or []) or "no backend"
+    lines = [
+        f"Denials from {_ts(r.since)} to {_ts(r.until)} (local time)",
+        f"answered by {r.server}; denial records read from {read}",
+        "",
+    ]
+    header = ["LICENSE", "USER", "HOST", "CODE", "DENIALS", "SEATS", "KEYS", "SERVERS",
+              "FIRST", "LAST", "RULE"]  # fmt: skip
+    rows = [
+        [
+            f"{g.get('firm')}:{g.get('product')}",
+            str(g.get("user") or "-"),
+            str(g.get("host") or "-"),
+            str(g.get("code")),
+            str(g.get("denials", 0)),
+            str(g.get("seats_asked", 0)),
+            str(g.get("keys", 0)),
+            ",".join(str(x) for x in g.get("servers") or []),
+            _ts(g.get("first")),
+            _ts(g.get("last")),
+            str(g.get("rule") or "")[:60],
+        ]
+        for g in groups
+        if isinstance(g, dict)
+    ]
+    lines.append(format_table(header, rows) if rows else "no refusal in this window")
+    lines.append(f"{r.extra.get('denials_total', 0)} refusal(s)")
+    if r.extra.get("denials_truncated"):
+        lines.append("note: only the most denied groups are listed; ask for a shorter window")
+    for u in r.extra.get("denials_unavailable") or []:
+        if isinstance(u, dict):
+            lines.append(f"note: {u.get('backend')} not read: {u.get('reason')}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    since, until = _window(args)
     result = fetch_usage(args, since, until)
     if args.json:
         json.dump(result.to_wire(), sys.stdout, indent=2, sort_keys=True)
@@ -178,8 +266,12 @@ def format_report(r: UsageResult) -> str:
     for u in extra.get("unavailable") or []:
         if isinstance(u, dict):
             lines.append(f"note: {u.get('backend')} not read: {u.get('reason')}")
-    lines.append(
-        f"note: denials are those counted by {extra.get('denials_counted_by', r.server)} "
-        "(each TMR server counts the checkouts it refused)"
-    )
+    if "denials_counted_by" in extra:
+        lines.append(
+            f"note: denials are those counted by {extra['denials_counted_by']} (no backend "
+            "keeps denial records: each TMR server counts the checkouts it refused)"
+        )
+    else:
+        read = ", ".join(str(b) for b in extra.get("denials_read_from") or []) or "no backend"
+        lines.append(f"note: denials of both servers, from the denial records of {read}")
     return "\n".join(lines) + "\n"

@@ -142,6 +142,7 @@ __all__ = [
     "UsageResult",
     "decode_reply",
     "decode_request",
+    "encode_ok",
     "encode_reply",
     "encode_request",
     "valid_rid",
@@ -347,6 +348,23 @@ _NONE_DEFAULT: Final[dict[str, tuple[str, ...]]] = {"checkout": ("wait",)}
 OPS: Final[frozenset[str]] = frozenset(_REQUEST_TYPES)
 
 
+def _request_shapes() -> dict[str, dict[frozenset[str], tuple[str, ...]]]:
+    """Per op, every key set a valid request of it may have (each subset of its optional
+    keys left out), with the fields present."""
+    out: dict[str, dict[frozenset[str], tuple[str, ...]]] = {}
+    for op, names in _REQUEST_FIELDS.items():
+        optional = sorted(_OPTIONAL_FIELDS.get(op, frozenset()))
+        shapes = out[op] = {}
+        for mask in range(1 << len(optional)):
+            left_out = {n for i, n in enumerate(optional) if mask >> i & 1}
+            present = tuple(n for n in names if n not in left_out)
+            shapes[_ENVELOPE | frozenset(present)] = present
+    return out
+
+
+_REQUEST_SHAPES: Final = _request_shapes()
+
+
 def decode_request(frame: bytes) -> Request:
     """Decode and validate one request frame (server side).
 
@@ -354,8 +372,28 @@ def decode_request(frame: bytes) -> Request:
     oversized (> `MAX_REQUEST_SIZE`), wrongly typed or out of range, an unknown ``op``, a wrong
     ``v``, and missing or unknown keys. ``exc.rid`` is the request id when it could be read
     (and is itself valid), else ``None``.
+
+    The usual request (a known op, ``v`` 1, exactly the keys of one of its shapes, no nil)
+    takes a fast path that only builds the request (whose class checks every field); any
+    other frame, and any request its class refuses, goes through `_decode_request_strict`,
+    which decides the same and names the problem.
     """
     msg = unpack_flat(frame, max_size=MAX_REQUEST_SIZE)
+    op = msg.get("op")
+    version = msg.get("v")
+    if type(op) is str and type(version) is int and version == PROTOCOL_VERSION:
+        shapes = _REQUEST_SHAPES.get(op)
+        names = shapes.get(frozenset(msg)) if shapes is not None else None
+        if names is not None and None not in msg.values():
+            try:
+                return _REQUEST_TYPES[op](**{n: msg[n] for n in names})
+            except ProtocolError:
+                pass  # the strict path raises it again, with the request id
+    return _decode_request_strict(msg)
+
+
+def _decode_request_strict(msg: dict[str, Any]) -> Request:
+    """`decode_request` of a decoded frame, every check in order."""
     if "rid" not in msg:
         raise ProtocolError("missing key 'rid'")
     rid = _check_rid(msg["rid"])
@@ -497,6 +535,32 @@ _ERROR_KEYS: Final = frozenset({"v", "rid", "ok", "error", "message"})
 def encode_reply(reply: Reply) -> bytes:
     """Encode a reply (server side)."""
     return pack(reply.to_wire())
+
+
+# `encode_ok` from templates: an OK reply is the map {"v": 1, "rid": rid, "ok": true,
+# "result": body}, so its bytes are a constant head, the packed rid, a constant middle and the
+# packed body. Bodies of results that do not vary (a release's, a heartbeat's for one lease)
+# are packed once.
+_OK_HEAD: Final = b"\x84" + pack({"v": PROTOCOL_VERSION})[1:] + b"\xa3rid"
+_OK_MID: Final = b"\xa2ok\xc3\xa6result"
+_CONSTANT_RESULTS: Final = (ReleaseResult, HeartbeatResult)
+_CONSTANT_BODIES: dict[object, bytes] = {}
+_CONSTANT_BODIES_MAX = 64
+
+
+def encode_ok(rid: str, result: Result) -> bytes:
+    """`encode_reply(OkReply(rid, result))`, the same bytes, from the templates above (the
+    server's hot path: no reply object, no map built for the envelope)."""
+    _check_rid(rid)
+    if type(result) in _CONSTANT_RESULTS:
+        body = _CONSTANT_BODIES.get(result)
+        if body is None:
+            body = pack(result.to_wire())
+            if len(_CONSTANT_BODIES) < _CONSTANT_BODIES_MAX:
+                _CONSTANT_BODIES[result] = body
+    else:
+        body = pack(result.to_wire())
+    return b"".join((_OK_HEAD, pack(rid), _OK_MID, body))
 
 
 def decode_reply(frame: bytes, *, op: str | None = None, max_size: int = MAX_REPLY_SIZE) -> Reply:

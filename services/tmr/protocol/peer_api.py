@@ -21,6 +21,10 @@ from tmr.replication.messages import (
     AcceptEntry,
     Crypt,
     CryptResult,
+    DenialQuery,
+    DenialRecords,
+    DenialRow,
+    Denials,
     EntryResult,
     EntryStatus,
     PeerError,
@@ -206,6 +210,8 @@ def encode_reply(msg: PeerReply) -> bytes:
                 body["floors"] = _floors(msg.floors)
             if msg.policies:
                 body["policies"] = [[s, d] for s, d in sorted(msg.policies.items())]
+            if msg.denials:  # absent while false: what older backends send
+                body["denials"] = True
         case Promise():
             body = {
                 "t": "promise",
@@ -615,6 +621,7 @@ def decode_reply(frame: bytes) -> PeerReply:
                 _d_clock(b.get("clock"), "clock"),
                 _d_floors(b.get("floors", []), "floors"),
                 _d_policies(b.get("policies", [])),  # an older backend sends none
+                _bool(b.get("denials", False), "denials"),  # an older backend sends none
             )
         if t == "promise":
             logs = {}
@@ -886,7 +893,7 @@ class BadFrame:
     message: str
 
 
-BackendInbound = PeerRequest | UsageQuery | BadFrame
+BackendInbound = PeerRequest | UsageQuery | Denials | DenialQuery | BadFrame
 
 
 def decode_backend_frame(frame: bytes) -> BackendInbound:
@@ -904,6 +911,136 @@ def decode_backend_frame(frame: bytes) -> BackendInbound:
         t, mid, b = _typed(body)
         if t == "usage_query":
             return _usage_query(t, mid, b)
+        if t == "denials":
+            return _d_denials(mid, b)
+        if t == "denial_query":
+            return _d_denial_query(mid, b)
         return _request(t, mid, b)
     except ProtocolError as exc:
         return BadFrame(mid, exc.message)
+
+
+# ------------------------------------------------------------------ denial record (audit)
+# Server -> backend: `Denials` (no answer) and `DenialQuery`; backend -> server:
+# `DenialRecords` or `PeerError`. Decoded only by `decode_backend_frame` and
+# `decode_denial_reply`: the replication path never sees them (docs/design.md §7.6).
+
+MAX_DENIAL_BATCH = 1024  # rows in one `Denials` message
+MAX_DENIAL_ID = 64
+MAX_DENIAL_CODE = 32
+MAX_DENIAL_RULE = 1024  # characters of a rule text or refusal message
+MAX_DENIAL_ROWS = 100_000  # rows in one `DenialRecords` answer
+MAX_DENIAL_COUNT = 2**32 - 1
+# Upper bound of a denial row's encoded size besides its strings' UTF-8 bytes: a list header
+# (1), two floats (9 each), five integers (5 each), seven string headers (5 each).
+DENIAL_ROW_OVERHEAD = 1 + 2 * 9 + 5 * 5 + 7 * 5
+DENIAL_CHUNK_OVERHEAD = 256
+
+
+def _denial_row(r: DenialRow) -> list[Any]:
+    return list(r)
+
+
+def denial_row_size(r: DenialRow) -> int:
+    """The most bytes ``r`` takes encoded (`encode_denial_records`)."""
+    strings = (r.id, r.server, r.code, r.owner, r.user, r.host, r.rule)
+    return DENIAL_ROW_OVERHEAD + sum(len(x.encode()) for x in strings)
+
+
+def _d_denial_row(v: Any, what: str) -> DenialRow:
+    rid, at, server, code, firm, product, seats, owner, user, host, pid, rule, count, last = _list(
+        v, what, 14
+    )
+    when, until = _float(at, what), _float(last, what)
+    if when < 0 or until < when:
+        raise _fail(f"{what}: expected times 0 <= at <= last")
+    return DenialRow(
+        _str(rid, what, MAX_DENIAL_ID),
+        when,
+        _str(server, what, MAX_POLICY_NAME),
+        _str(code, what, MAX_DENIAL_CODE),
+        _int(firm, what, 0, U32),
+        _int(product, what, 0, U32),
+        _int(seats, what, 0, U32),
+        _str(owner, what, MAX_OWNER, empty=True),
+        _str(user, what, empty=True),
+        _str(host, what, empty=True),
+        _int(pid, what, 0, U32),
+        _str(rule, what, MAX_DENIAL_RULE, empty=True),
+        _int(count, what, 1, MAX_DENIAL_COUNT),
+        until,
+    )
+
+
+def encode_denials(msg: Denials) -> bytes:
+    return pack({"t": "denials", "mid": msg.mid, "rows": [_denial_row(r) for r in msg.rows]})
+
+
+def _d_denials(mid: int, b: dict[str, Any]) -> Denials:
+    rows = _list(_get(b, "rows"), "rows")
+    if len(rows) > MAX_DENIAL_BATCH:
+        raise _fail(f"rows: more than {MAX_DENIAL_BATCH} denials in one message")
+    return Denials(mid, tuple(_d_denial_row(r, f"rows[{i}]") for i, r in enumerate(rows)))
+
+
+def encode_denial_query(msg: DenialQuery) -> bytes:
+    return pack(
+        {
+            "t": "denial_query",
+            "mid": msg.mid,
+            "since": msg.since,
+            "until": msg.until,
+            "after": msg.after,
+            "chunk": msg.chunk_bytes,
+        }
+    )
+
+
+def _d_denial_query(mid: int, b: dict[str, Any]) -> DenialQuery:
+    since = _float(_get(b, "since"), "since")
+    until = _float(_get(b, "until"), "until")
+    if until < since:
+        raise _fail("until: must not be before since")
+    return DenialQuery(
+        mid,
+        since,
+        until,
+        _int(_get(b, "after"), "after"),
+        _int(_get(b, "chunk"), "chunk", MIN_USAGE_CHUNK, MAX_USAGE_CHUNK),
+    )
+
+
+def encode_denial_records(msg: DenialRecords) -> bytes:
+    return pack(
+        {
+            "t": "denial_records",
+            "mid": msg.mid,
+            "name": msg.name,
+            "rows": [_denial_row(r) for r in msg.rows],
+            "oldest": msg.oldest,
+            "next": msg.next,
+        }
+    )
+
+
+def decode_denial_reply(frame: bytes) -> DenialRecords | PeerError:
+    """A backend's answer to a `DenialQuery`: the records (a chunk), or a `PeerError`."""
+    t, mid, b = _body(frame)
+    try:
+        if t == "error":
+            return PeerError(mid, _str(_get(b, "message"), "message", 1024, True))
+        if t == "denial_records":
+            rows = _list(_get(b, "rows"), "rows")
+            if len(rows) > MAX_DENIAL_ROWS:
+                raise _fail(f"rows: more than {MAX_DENIAL_ROWS}")
+            oldest, nxt = _get(b, "oldest"), _get(b, "next")
+            return DenialRecords(
+                mid,
+                _str(_get(b, "name"), "name"),
+                tuple(_d_denial_row(r, f"rows[{i}]") for i, r in enumerate(rows)),
+                None if oldest is None else _float(oldest, "oldest"),
+                None if nxt is None else _int(nxt, "next"),
+            )
+    except ValueError as exc:
+        raise _fail(f"malformed {t}: {exc}") from None
+    raise _fail(f"unknown reply type {t[:40]!r} on the denial link")

@@ -14,7 +14,7 @@ from tmr.protocol.results import WireResult
 from tmr.replication.messages import PeerRequest
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClientReply:
     """The answer to one client request: a typed result (`tmr.protocol.results`, encoded by
     the service with its `to_wire`) or an error code and message."""

@@ -144,6 +144,9 @@ class Leader:
     them, and keeps the API the server and the simulation call."""
 
     _force: bool  # this takeover skips the leader-liveness guard (set by `_reset_term`)
+    # While active, `_pump` visits only the products that may have something to send (see
+    # `_pump`); False: every product on every pump (the reference the tests compare with).
+    DIRTY_PUMP = True
 
     def __init__(
         self,
@@ -313,6 +316,7 @@ class Leader:
                 b.inflight.pop(msg.mid, None)
                 b.acked.clear()
                 b.sent.clear()
+                self._sweep_next_pump()
         self._auto_pump(now, fx)
         return fx
 
@@ -813,6 +817,8 @@ class Leader:
                 "mismatch": sorted(self.policy_mismatch()),
             },
             "licenses": [e.to_wire() for e in self.licenses_view()],
+            # (places, seats wanted) per product queued in this term (replication/queue.py)
+            "queued": {key_str(k): list(v) for k, v in sorted(self._queue.lengths().items())},
         }
 
     def handles_view(self, now: float) -> list[dict[str, Any]]:
@@ -831,6 +837,11 @@ class Leader:
     def _reset_term(self) -> None:
         """Forget the term's state (the role changes through `self._roles` alone)."""
         self._products: dict[ProductKey, Product] = {}
+        # `_pump`'s work list: products that may have something to send (ordered as
+        # `_products`), and whether the next pump must look at every product.
+        self._dirty: set[ProductKey] = set()
+        self._order: dict[ProductKey, int] = {}
+        self._sweep = True
         self._handles = HandleIndex()
         self._leases.clear()
         self._bootstrap = False
@@ -857,13 +868,16 @@ class Leader:
     def _mark_up(self, b: Backend, fx: Effects) -> None:
         if backends.mark_up(b, fx.events):
             self._eff_cache.clear()
+            self._sweep_next_pump()
 
     def _mark_down(self, b: Backend, fx: Effects, why: str) -> None:
         if backends.mark_down(b, fx.events, why):
             self._eff_cache.clear()
+            self._sweep_next_pump()
 
     def _timeout(self, b: Backend, mid: int, out: Outstanding, now: float, fx: Effects) -> None:
         del b.outstanding[mid]
+        self._sweep_next_pump()
         if out.kind == "probe" and b.answered_at > out.sent_at:
             return  # one lost probe: it answered a later request, so it is up
         if out.kind == "repl":
@@ -1049,9 +1063,12 @@ class Leader:
         if p is None:
             p = Product(key)
             self._products[key] = p
+            self._order[key] = len(self._order)
+            self._dirty.add(key)
         return p
 
     def _propose(self, p: Product, op: Op) -> int:
+        self._dirty.add(p.key)
         return productlog.propose(p, op)
 
     def _remove_handle(self, p: Product, handle: str, reason: ReleaseReason, fx: Effects) -> int:
@@ -1115,6 +1132,7 @@ class Leader:
                 )
 
             aborted = productlog.abort_grants(p, refusers, self.backends, now, message, fx)
+            self._dirty.add(p.key)
             for h, rec in aborted.items():
                 self._handles.abort(h, (rec.owner, rec.client_id, rec.request_id))
                 self._leases.drop(h)
@@ -1136,7 +1154,10 @@ class Leader:
         )
 
     def _recommit(self, p: Product, fx: Effects) -> None:
+        committed = p.committed
         ops, gone = productlog.recommit(p, self.backends, fx)
+        if p.committed != committed:
+            self._dirty.add(p.key)  # the backends are to be told of the commit
         self.ops_committed += ops
         for h in gone:
             self._handles.forget(h)
@@ -1146,7 +1167,20 @@ class Leader:
             return
         if self.role == Role.TAKEOVER and self._phase != Phase.SYNC:
             return
-        for p in self._products.values():
+        if self.role != Role.ACTIVE or self._sweep or not self.DIRTY_PUMP:
+            # Every product: in a takeover, and after a change of a backend's state
+            # (`_sweep_next_pump`). The first pump of a term is a takeover's.
+            visit = self._products
+            self._sweep = self.role != Role.ACTIVE
+        else:
+            # Only the products that may have something to send: those with new ops
+            # (`_propose`), new commits (`_recommit`), a backend's answer about them
+            # (`_on_accepted`), and those not yet settled at the last pump (`_settled`).
+            if not self._dirty:
+                return
+            order = self._order
+            visit = {k: self._products[k] for k in sorted(self._dirty, key=order.__getitem__)}
+        for p in visit.values():
             productlog.flush(p, now)
         for b in self.backends:
             if not b.up or "snapshot" in b.inflight.values():
@@ -1158,13 +1192,35 @@ class Leader:
                 self.backends, b, bootstrap=self._bootstrap, takeover=takeover
             ):
                 continue
-            self._pump_backend(b, now, fx)
+            self._pump_backend(b, visit, now, fx)
+        self._dirty = {k for k, p in visit.items() if not self._settled(p)}
 
-    def _pump_backend(self, b: Backend, now: float, fx: Effects) -> None:
+    def _settled(self, p: Product) -> bool:
+        """Nothing of `p` to send to any backend until it changes: no op waiting, every entry
+        committed, every backend told the commit and, if it holds a copy, holding the whole
+        log and not refusing it. A product that is not settled stays on `_pump`'s list."""
+        if p.pending or p.abort is not None or p.seq != p.committed:
+            return False
+        key, seq = p.key, p.seq
+        for b in self.backends:
+            if b.told.get(key, -1) < seq or key in b.refusal:
+                return False
+            if key in b.licenses and b.acked.get(key) != seq:
+                return False
+        return True
+
+    def _sweep_next_pump(self) -> None:
+        """A backend's state changed (up or down, its licenses, floors or log position): the
+        next pump looks at every product."""
+        self._sweep = True
+
+    def _pump_backend(
+        self, b: Backend, products: dict[ProductKey, Product], now: float, fx: Effects
+    ) -> None:
         """Send one backend what it lacks: a snapshot, or the next entries (pipelined)."""
         assert self.epoch is not None
         out = productlog.next_message(
-            self._products,
+            products,
             b,
             now,
             epoch=self.epoch,
@@ -1192,10 +1248,12 @@ class Leader:
 
     def _on_status(self, b: Backend, msg: Status, now: float, fx: Effects) -> None:
         self._note_peer_policies(msg.policies, fx)
+        was_caught_up = b.caught_up
         self._update_licenses(b, msg.licenses, fx)
         b.clock = msg.clock
         if msg.floors != b.floors:
             self._eff_cache.clear()
+            self._sweep_next_pump()
             b.floors = dict(msg.floors)
         b.promised = msg.promised
         if msg.leader_age is None:
@@ -1203,6 +1261,8 @@ class Leader:
         else:
             b.live_epoch, b.live_at = msg.promised, now - msg.leader_age
         backends.set_caught_up(b, msg.caught_up, now)
+        if b.caught_up != was_caught_up:
+            self._sweep_next_pump()  # it may now seed or be seeded (`backends.may_seed`)
         b.versions = dict(msg.versions)
         if self.epoch is not None and msg.promised > self.epoch:
             self._fence(msg.promised, b, fx)
@@ -1216,6 +1276,7 @@ class Leader:
         if self.role == Role.ACTIVE and not b.inflight and self.epoch is not None:
             # Reconcile a backend that was away: resume where its durable log is, or snapshot.
             productlog.resume(b, self._products, msg.versions, self.epoch)
+            self._sweep_next_pump()
             if not b.prepare_sent:
                 b.prepare_sent = True  # it joins through snapshots, which raise its promise
             for p in self._products.values():
@@ -1228,6 +1289,7 @@ class Leader:
     ) -> None:
         if backends.update_licenses(b, licenses, fx.events):
             self._eff_cache.clear()
+            self._sweep_next_pump()
 
     # ---------------------------------------------------------------- takeover
 
@@ -1329,9 +1391,13 @@ class Leader:
             return
         kind = b.inflight.pop(msg.mid, None)
         b.confirmed_at = max(b.confirmed_at, out.sent_at)
+        if not b.caught_up:
+            self._sweep_next_pump()  # it may now seed or be seeded (`backends.may_seed`)
         backends.set_caught_up(b, True, now)
         for key, res in msg.results.items():
             p = self._products.get(key)
+            if p is not None:
+                self._dirty.add(key)
             if res.status == EntryStatus.OK:
                 seq = productlog.acked_seq(p, res.seq) if p is not None else res.seq
                 b.acked[key] = max(b.acked.get(key, -1), seq)

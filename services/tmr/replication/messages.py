@@ -118,6 +118,9 @@ class Status:
     # server id -> the policy digest its latest probe carried (memory only; none from an
     # older backend)
     policies: dict[str, str] = field(default_factory=dict)
+    # The backend keeps denial records (`Denials`, `DenialQuery`): a server sends them only
+    # to backends that say so (False from an older backend, which would refuse the frame).
+    denials: bool = False
 
 
 @dataclass(frozen=True)
@@ -227,3 +230,60 @@ class UsageRecords:
     oldest: float | None  # retention trimmed older rows: `at` of the oldest kept (None: none)
     truncated: bool  # more rows matched than `limit`
     next: int | None = None  # a chunk: ``after`` for the next one (None: the last chunk)
+
+
+# ---------------------------------------------------------------- denial record (audit)
+# Not part of the replication protocol either: a TMR server tells every up backend about the
+# checkouts it refused (`Denials`, fire and forget: no answer), and its report worker reads
+# them back (`DenialQuery` -> `DenialRecords`), so the denial report covers both servers
+# (docs/design.md §7.6). A denial changes no seat state: it never goes through the log.
+
+
+class DenialRow(NamedTuple):
+    """One refused checkout, as the server that refused it saw it."""
+
+    id: str  # unique per refusal (server, boot, counter): dedup across the three backends
+    at: float  # wall time of the refusal (the refusing server's clock)
+    server: str  # the server id that refused it
+    code: str  # the error code answered (NO_LICENSE_AVAILABLE, POLICY_DENIED, ...)
+    firm: int
+    product: int
+    seats: int  # seats asked
+    owner: str  # the CURVE key of the connection (Z85): the identity ZAP checked
+    user: str  # what the client said (informational)
+    host: str
+    pid: int
+    rule: str  # the policy rule's text for POLICY_DENIED, else the refusal's message
+    # The same refusal (every field above but id and at) repeated within one send to the
+    # backends is one row: how many times, and the time of the last (`at`: the first).
+    times: int = 1
+    last: float = 0.0
+
+
+@dataclass(frozen=True)
+class Denials:
+    """A batch of refusals from one server (no answer: best effort, deduplicated by id)."""
+
+    mid: int
+    rows: tuple[DenialRow, ...]
+
+
+@dataclass(frozen=True)
+class DenialQuery:
+    """Ask for the denial rows with `at` in [since, until] and a record id above `after`, in
+    an answer of at most `chunk_bytes` bytes (`DenialRecords.next` continues it)."""
+
+    mid: int
+    since: float
+    until: float
+    after: int = 0
+    chunk_bytes: int = 256 * 1024
+
+
+@dataclass(frozen=True)
+class DenialRecords:
+    mid: int
+    name: str
+    rows: tuple[DenialRow, ...]
+    oldest: float | None  # retention trimmed older rows: `at` of the oldest kept (None: none)
+    next: int | None = None  # ``after`` for the next chunk (None: the last one)

@@ -64,6 +64,12 @@ class CheckoutQueue:
         for q in self._queues.values():
             yield from q.values()
 
+    def lengths(self) -> dict[ProductKey, tuple[int, int]]:
+        """(places, seats wanted) per product with a non-empty queue (the queue metric)."""
+        return {
+            key: (len(q), sum(p.seats for p in q.values())) for key, q in self._queues.items() if q
+        }
+
     def get(self, key: ProductKey, request: Request) -> Place | None:
         q = self._queues.get(key)
         return q.get(request) if q else None

@@ -13,7 +13,14 @@ from contextlib import suppress
 from pathlib import Path
 
 from tmr.protocol import peer_api
-from tmr.replication.messages import UsageQuery, UsageRecords, UsageRow
+from tmr.replication.messages import (
+    DenialQuery,
+    DenialRecords,
+    DenialRow,
+    UsageQuery,
+    UsageRecords,
+    UsageRow,
+)
 
 # Rows of the window, plus grants made before it whose handle was not yet released or
 # expired when it opened (they hold seats inside the window).
@@ -37,6 +44,14 @@ WHERE id > :after
        OR (event = 'granted' AND handle NOT IN (
              SELECT handle FROM usage WHERE event != 'granted' AND at < :since)))
 ORDER BY id
+"""
+
+
+# The denial rows of a window from record id ``after`` on (schema 6; `SqliteStore.add_denials`).
+_DENIAL_SQL = """
+SELECT id, uid, at, server, code, firm, product, seats, owner, user, host, pid, rule, times,
+       last
+FROM denials WHERE id > :after AND at >= :since AND at <= :until ORDER BY id
 """
 
 
@@ -115,3 +130,36 @@ class UsageReader:
             self.close()
             raise
         return UsageRecords(q.mid, name, tuple(rows), oldest, False, last)
+
+    def denials(self, q: DenialQuery, name: str) -> DenialRecords:
+        """The denial rows of ``q``'s window after record id ``q.after`` that fit in
+        ``q.chunk_bytes`` encoded (at least one), and the id to continue from (None: none
+        left). The first chunk says how far back the record goes (``oldest``)."""
+        budget = q.chunk_bytes - peer_api.DENIAL_CHUNK_OVERHEAD - len(name.encode())
+        rows: list[DenialRow] = []
+        last: int | None = None
+        oldest: float | None = None
+        try:
+            conn = self._connection()
+            params = {"since": q.since, "until": q.until, "after": q.after}
+            cur = conn.execute(_DENIAL_SQL, params)
+            try:
+                for rid, *fields in cur:
+                    row = DenialRow(*fields)
+                    budget -= peer_api.denial_row_size(row)
+                    if (budget < 0 and rows) or len(rows) >= peer_api.MAX_DENIAL_ROWS:
+                        break  # read again by the next chunk
+                    rows.append(row)
+                    last = rid
+                else:
+                    last = None
+            finally:
+                cur.close()
+            if q.after == 0:
+                first_id, first_at = conn.execute("SELECT MIN(id), MIN(at) FROM denials").fetchone()
+                if first_id is not None and first_id > 1:  # ids start at 1: nothing trimmed
+                    oldest = float(first_at)
+        except sqlite3.Error:
+            self.close()
+            raise
+        return DenialRecords(q.mid, name, tuple(rows), oldest, last)

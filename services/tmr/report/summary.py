@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tmr.replication.messages import UsageRow
+from tmr.replication.messages import DenialRow, UsageRow
 from tmr.replication.types import ProductKey
 
 SUMMARY_FIELDS = (
@@ -175,5 +175,107 @@ def to_csv(licenses: Iterable[Mapping[str, Any]], since: float, until: float) ->
     for row in licenses:
         line = {**row, "from": iso_utc(since), "to": iso_utc(until)}
         line["peak_at"] = iso_utc(row.get("peak_at"))
+        writer.writerow(line)
+    return out.getvalue()
+
+
+# ------------------------------------------------------------------ denial report
+
+DENIAL_FIELDS = (
+    "from",
+    "to",
+    "firm",
+    "product",
+    "user",
+    "host",
+    "code",
+    "denials",
+    "seats_asked",
+    "keys",
+    "servers",
+    "first",
+    "last",
+    "rule",
+)
+MAX_DENIAL_GROUPS = 5000  # (license, user, host, code) groups in one report; the most denied
+
+
+def merge_denials(sources: Iterable[Iterable[DenialRow]]) -> list[DenialRow]:
+    """One row per refusal id, whatever the number of backends that recorded it; by time."""
+    seen: dict[str, DenialRow] = {}
+    for rows in sources:
+        for r in rows:
+            seen.setdefault(r.id, r)
+    return sorted(seen.values(), key=lambda r: (r.at, r.id))
+
+
+def denial_counts(
+    rows: Iterable[DenialRow], since: float, until: float, code: str = "NO_LICENSE_AVAILABLE"
+) -> dict[ProductKey, int]:
+    """Refusals with ``code`` per license in [since, until] (the usage report's column)."""
+    out: dict[ProductKey, int] = {}
+    for r in rows:
+        if r.code == code and since <= r.at <= until:
+            key = (r.firm, r.product)
+            out[key] = out.get(key, 0) + r.times
+    return out
+
+
+def denial_breakdown(
+    rows: Iterable[DenialRow], since: float, until: float, limit: int = MAX_DENIAL_GROUPS
+) -> tuple[list[dict[str, Any]], bool]:
+    """Refusals in [since, until] per (license, user, host, code): count, seats asked,
+    distinct client keys and servers, first and last time, the latest rule text. The most
+    denied ``limit`` groups (sorted by license, user, host, code) and whether any was left
+    out."""
+    groups: dict[tuple[int, int, str, str, str], dict[str, Any]] = {}
+    keys: dict[tuple[int, int, str, str, str], set[str]] = {}
+    for r in rows:
+        if not since <= r.at <= until:
+            continue
+        g = (r.firm, r.product, r.user, r.host, r.code)
+        cur = groups.get(g)
+        if cur is None:
+            cur = groups[g] = {
+                "firm": r.firm,
+                "product": r.product,
+                "user": r.user,
+                "host": r.host,
+                "code": r.code,
+                "denials": 0,
+                "seats_asked": 0,
+                "servers": set(),
+                "first": r.at,
+                "last": r.at,
+                "rule": r.rule,
+            }
+            keys[g] = set()
+        cur["denials"] += r.times
+        cur["seats_asked"] += r.seats * r.times
+        cur["servers"].add(r.server)
+        keys[g].add(r.owner)
+        cur["first"] = min(cur["first"], r.at)
+        last = max(r.at, r.last)
+        if last >= cur["last"]:
+            cur["last"], cur["rule"] = last, r.rule
+    chosen = sorted(groups, key=lambda g: -groups[g]["denials"])[:limit]
+    out = []
+    for g in sorted(chosen):
+        entry = groups[g]
+        entry["servers"] = sorted(entry["servers"])
+        entry["keys"] = len(keys[g])
+        out.append(entry)
+    return out, len(groups) > limit
+
+
+def denials_to_csv(groups: Iterable[Mapping[str, Any]], since: float, until: float) -> str:
+    """One line per (license, user, host, code); times in ISO 8601 UTC."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=DENIAL_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for g in groups:
+        line = {**g, "from": iso_utc(since), "to": iso_utc(until)}
+        line["first"], line["last"] = iso_utc(g.get("first")), iso_utc(g.get("last"))
+        line["servers"] = " ".join(g.get("servers") or ())
         writer.writerow(line)
     return out.getvalue()

@@ -35,11 +35,24 @@ from tmr.logs import log
 from tmr.protocol import peer_api
 from tmr.protocol.client_api import ErrorReply, OkReply, Reply, UsageResult, encode_reply
 from tmr.protocol.errors import ProtocolError
-from tmr.replication.messages import PeerError, UsageQuery, UsageRecords, UsageRow
+from tmr.replication.messages import (
+    DenialQuery,
+    DenialRow,
+    PeerError,
+    UsageQuery,
+    UsageRecords,
+    UsageRow,
+)
 from tmr.replication.types import ProductKey
 from tmr.report.denials import DenialLog
 from tmr.report.offload import Offload, put_stop
-from tmr.report.summary import merge_rows, summarize
+from tmr.report.summary import (
+    denial_breakdown,
+    denial_counts,
+    merge_denials,
+    merge_rows,
+    summarize,
+)
 
 QUERY_TIMEOUT = 5.0  # for each chunk
 CHUNK_BYTES = 256 * 1024  # the most a backend sends in one usage answer
@@ -62,6 +75,9 @@ class UsageJob:
     backends: tuple[str, ...]  # the backends to ask (those up when the request came)
     quantities: dict[ProductKey, int] = field(default_factory=dict)
     down: tuple[str, ...] = ()  # the others: reported as not read
+    # The up backends that keep denial records (schema 6, `Status.denials`): their records
+    # give the report's denials (both servers'); none: this server's own counts (`DenialLog`).
+    denial_backends: tuple[str, ...] = ()
 
 
 @dataclass
@@ -78,6 +94,20 @@ class _Pull:
     chunks: int = 0
     oldest: float | None = None
     rows: list[UsageRow] = field(default_factory=list)
+
+
+@dataclass
+class _DenialPull:
+    """The denial chunks read so far from one backend for one report."""
+
+    name: str
+    socket: zmq.Socket[bytes]
+    after: int = 0
+    mid: int = 0
+    deadline: float = 0.0
+    asked_at: float = 0.0
+    ask_at: float | None = None
+    rows: list[DenialRow] = field(default_factory=list)
 
 
 class UsageWorker:
@@ -320,6 +350,88 @@ class UsageWorker:
             )
             return True
 
+    def fetch_denials(
+        self, job: UsageJob, links: dict[str, zmq.Socket[bytes]]
+    ) -> tuple[dict[str, list[DenialRow]], dict[str, str]]:
+        """The denial rows of the job's window from each of ``job.denial_backends``, chunk by
+        chunk, the backends in parallel (one chunk in flight per backend, paced like the
+        usage rows); (rows by backend, problems by backend)."""
+        got: dict[str, list[DenialRow]] = {}
+        problems: dict[str, str] = {}
+        pulls: dict[str, _DenialPull] = {}
+        poller = zmq.Poller()
+        for name in job.denial_backends:
+            if name in self.refs:
+                pull = _DenialPull(name, self._link(links, name))
+                if self._ask_denials(job, pull):
+                    pulls[name] = pull
+                    poller.register(pull.socket, zmq.POLLIN)
+                else:
+                    problems[name] = "not connected"
+        while pulls:
+            now = time.monotonic()
+            for name, pull in list(pulls.items()):
+                if pull.ask_at is not None and pull.ask_at <= now:
+                    if not self._ask_denials(job, pull):
+                        problems[name] = "the link went down between two chunks"
+                        poller.unregister(pulls.pop(name).socket)
+                elif pull.ask_at is None and pull.deadline <= now:
+                    problems[name] = f"no answer within {self.timeout:g} s"
+                    poller.unregister(pulls.pop(name).socket)
+            if not pulls:
+                break
+            wait = min(p.deadline if p.ask_at is None else p.ask_at for p in pulls.values())
+            for s, _ in poller.poll(int(max(0.0, wait - now) * 1000) + 1):
+                pull = next(p for p in pulls.values() if p.socket is s)
+                done = self._receive_denials(pull, got, problems)
+                if done:
+                    del pulls[pull.name]
+                    poller.unregister(s)
+        return got, problems
+
+    def _ask_denials(self, job: UsageJob, pull: _DenialPull) -> bool:
+        mid = next(self._mids)
+        query = DenialQuery(mid, job.since, job.until, pull.after, CHUNK_BYTES)
+        try:
+            pull.socket.send(peer_api.encode_denial_query(query), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        pull.mid, pull.ask_at = mid, None
+        pull.asked_at = time.monotonic()
+        pull.deadline = pull.asked_at + self.timeout
+        return True
+
+    def _receive_denials(
+        self, pull: _DenialPull, got: dict[str, list[DenialRow]], problems: dict[str, str]
+    ) -> bool:
+        """Read what ``pull``'s link has; True once its rows are complete or it failed."""
+        while True:
+            try:
+                frames = pull.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            try:
+                msg = peer_api.decode_denial_reply(frames[-1])
+            except ProtocolError as exc:  # e.g. a late usage chunk on the same link
+                log("denial_bad_reply", level="debug", backend=pull.name, error=exc.message)
+                continue
+            if msg.mid != pull.mid:
+                continue  # a late answer to an earlier query
+            if isinstance(msg, PeerError):
+                problems[pull.name] = msg.message
+                return True
+            pull.rows.extend(msg.rows)
+            if len(pull.rows) > self.row_limit:
+                problems[pull.name] = f"more than {self.row_limit} denial rows: shorter window"
+                return True
+            if msg.next is None:
+                got[pull.name] = pull.rows
+                return True
+            pull.after = msg.next
+            now = time.monotonic()
+            pull.ask_at = now + PACE * (now - pull.asked_at)
+            return False
+
     def report(
         self,
         job: UsageJob,
@@ -342,6 +454,12 @@ class UsageWorker:
             return ErrorReply(
                 job.rid, ErrorCode.QUORUM_LOST, f"no backend answered the usage query ({why})"
             )
+        denial_rows: list[DenialRow] | None = None
+        denial_problems: dict[str, str] = {}
+        if job.denial_backends:
+            read, denial_problems = self.fetch_denials(job, links)
+            if read:
+                denial_rows = merge_denials(read.values())
         # The merged record reaches back as far as the backend that kept the most (None:
         # a backend that never trimmed its record has all of it).
         olds = [a.oldest for a in answers.values()]
@@ -352,7 +470,13 @@ class UsageWorker:
             job.since,
             job.until,
             now=now,
-            denials=self.denials.counts(job.since, job.until) if denials is None else denials,
+            denials=(
+                denial_counts(denial_rows, job.since, job.until)
+                if denial_rows is not None
+                else self.denials.counts(job.since, job.until)
+                if denials is None
+                else denials
+            ),
             quantities=job.quantities,
             oldest=oldest,
         )
@@ -360,13 +484,23 @@ class UsageWorker:
             {"backend": n, "rows": len(a.rows), "oldest": a.oldest, "truncated": a.truncated}
             for n, a in sorted(answers.items())
         ]
-        extra = {
+        extra: dict[str, Any] = {
             "generated_at": now,
             "complete": oldest is None or oldest <= job.since,
             "record_starts": oldest,
             "unavailable": [{"backend": n, "reason": r} for n, r in sorted(problems.items())],
-            "denials_counted_by": self.server,
         }
+        if denial_rows is None:
+            extra["denials_counted_by"] = self.server
+        else:
+            groups, cut = denial_breakdown(denial_rows, job.since, job.until)
+            extra["denials"] = groups
+            extra["denials_truncated"] = cut
+            extra["denials_total"] = sum(int(g["denials"]) for g in groups)
+            extra["denials_read_from"] = sorted(set(job.denial_backends) - set(denial_problems))
+            extra["denials_unavailable"] = [
+                {"backend": n, "reason": r} for n, r in sorted(denial_problems.items())
+            ]
         result = UsageResult(
             job.since, job.until, self.server, tuple(licenses), tuple(sources), extra
         )

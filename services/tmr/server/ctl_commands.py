@@ -2,7 +2,8 @@
 `tmr ctl` / `tmr admin` on the server's control socket, served by `tmr.serving.commands`.
 
 keepalived runs ``promote``, ``demote`` and ``health``; operators ``status``, ``handles``,
-``queue`` (`tmr admin queue`, the queued checkouts),
+``queue`` (`tmr admin queue`, the queued checkouts), ``denials`` (`tmr admin denials`, this
+server's recent refusals),
 ``release`` (`tmr admin release`, answered once the release commits), ``usage`` (answered
 when the report worker is done) and ``reload`` (the policy file again, as SIGHUP does).
 """
@@ -86,6 +87,25 @@ class Queue(Command["ServerService"]):
         return ok(role=leader.role.value, queue=leader.queue_view(call.now))
 
 
+class Denials(Command["ServerService"]):
+    """`tmr admin denials`: this server's recent refusals, newest first (who, what, why);
+    the report over both servers is `tmr report denials`."""
+
+    name = "denials"
+
+    def execute(self, service: ServerService, call: CtlCall) -> Json:
+        rec = service.denials
+        return ok(
+            role=service.leader.role.value,
+            server=rec.server,
+            denials=rec.recent_view(),
+            recorded=rec.recorded,
+            pending=len(rec.pending),
+            dropped=rec.dropped,
+            backends=sorted(service.denial_backends),
+        )
+
+
 class Release(Command["ServerService"]):
     """`tmr admin release HANDLE`: free a handle through the quorum; answered on commit."""
 
@@ -132,5 +152,17 @@ class Reload(Command["ServerService"]):
 
 
 SERVER_COMMANDS: CommandRegistry[ServerService] = CommandRegistry(
-    "servers", (Promote, Demote, Health, Status, Handles, Queue, Release, Usage, Reload)
+    "servers",
+    (
+        Promote,
+        Demote,
+        Health,
+        Status,
+        Handles,
+        Queue,
+        Denials,
+        Release,
+        Usage,
+        Reload,
+    ),
 )

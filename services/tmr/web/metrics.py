@@ -8,6 +8,11 @@ Two kinds:
 - state gauges computed at scrape time from the latest published snapshot
   (`SnapshotCollector`): role, epoch, backends up, quorum margin, seats and LQ per license.
 
+Event counts are kept as plain integers while the loop applies effects and added to the
+prometheus counters once per loop turn (`ServerMetrics.flush`, called by the server's loop):
+each prometheus increment takes a lock, and there are several events per checkout. A scrape
+sees the counts of the last finished turn.
+
 Round latency is measured per message id: from the moment an ACCEPT (or SNAPSHOT) is sent
 to a backend until that backend's ACCEPTED for the same id arrives. Nothing here decides
 anything; it only watches.
@@ -163,18 +168,25 @@ class ServerMetrics:
         )
         self._inflight: dict[tuple[str, int], tuple[float, str]] = {}
         self._children: dict[tuple[str, str], Any] = {}
+        # Counts of this loop turn, not yet added to the counters (`flush`).
+        self._events: dict[tuple[str, str], int] = {}
+        self._errors: dict[str, int] = {}
         r.register(SnapshotCollector(snapshot, clock))
 
     # ---------------------------------------------------------------- poll-loop hooks
 
     def on_effects(self, fx: Effects) -> None:
-        for ev in fx.events:
-            name = _EVENT_COUNTERS.get(str(ev.get("event")))
-            if name is not None:
-                self._child(name, str(ev.get("license"))).inc()
+        if fx.events:
+            events = self._events
+            for ev in fx.events:
+                name = _EVENT_COUNTERS.get(ev.get("event", ""))
+                if name is not None:
+                    key = (name, str(ev.get("license")))
+                    events[key] = events.get(key, 0) + 1
         for reply in fx.replies:
             if reply.error is not None:
-                self.errors.labels(reply.error.value).inc()
+                code = reply.error.value
+                self._errors[code] = self._errors.get(code, 0) + 1
         if fx.send:
             now = self.clock()
             for backend, msg in fx.send:
@@ -185,6 +197,18 @@ class ServerMetrics:
                     self._inflight[(backend, msg.mid)] = (now, "notice")
                 elif isinstance(msg, Snapshot):
                     self._inflight[(backend, msg.mid)] = (now, "snapshot")
+
+    def flush(self) -> None:
+        """Add the counts gathered since the last flush to the prometheus counters (once per
+        loop turn: one locked increment per label set, not one per event)."""
+        if self._events:
+            events, self._events = self._events, {}
+            for (name, license_text), n in events.items():
+                self._child(name, license_text).inc(n)
+        if self._errors:
+            errors, self._errors = self._errors, {}
+            for code, n in errors.items():
+                self.errors.labels(code).inc(n)
 
     def _child(self, name: str, license_text: str) -> Any:
         """The labelled counter child, cached: `labels()` is costly on the hot path."""
@@ -282,6 +306,23 @@ class SnapshotCollector(Collector):
         ops = CounterMetricFamily("tmr_ops_committed", "Ops committed by a majority")
         ops.add_metric([], snap["ops_committed"])
         yield ops
+        records = snap.get("denial_records") or {}
+        if records:
+            rec = CounterMetricFamily(
+                "tmr_denial_records",
+                "Refused checkouts this server recorded (every code of tmr admin denials), by "
+                "what became of them: sent to the backends' denial records, or dropped (the "
+                "buffer was full)",
+                labels=["outcome"],
+            )
+            rec.add_metric(["recorded"], records.get("recorded", 0))
+            rec.add_metric(["dropped"], records.get("dropped", 0))
+            yield rec
+            yield _gauge(
+                "tmr_denial_records_pending",
+                "Refusals buffered, not yet sent to a backend (sent four times a second)",
+                records.get("pending", 0),
+            )
         yield from _license_families(snap)
 
 
@@ -353,6 +394,16 @@ def _license_families(snap: dict[str, Any]) -> Iterator[Metric]:
             "UNBOUND_COPY: names no set)",
             labels=[*labels, "reason"],
         ),
+        "queued": GaugeMetricFamily(
+            "tmr_license_queue_length",
+            "Checkouts waiting in the license's queue (client wait=; active server, this term)",
+            labels=labels,
+        ),
+        "queued_seats": GaugeMetricFamily(
+            "tmr_license_queue_seats",
+            "Seats the queued checkouts of the license ask for (active server, this term)",
+            labels=labels,
+        ),
         "refused": GaugeMetricFamily(
             "tmr_license_copies_refused",
             "Up backends whose copy of the license is refused, by reason (BELOW_FLOOR: older "
@@ -367,6 +418,8 @@ def _license_families(snap: dict[str, Any]) -> Iterator[Metric]:
         if lic["in_use"] is not None:
             fams["in_use"].add_metric(key, lic["in_use"])
         fams["quantity"].add_metric(key, lic["quantity"])
+        fams["queued"].add_metric(key, lic.get("queued", 0))
+        fams["queued_seats"].add_metric(key, lic.get("queued_seats", 0))
         fams["available"].add_metric(key, 1.0 if lic["available"] else 0.0)
         fams["holders"].add_metric(key, lic["holders"])
         fams["quorum_margin"].add_metric(key, lic["quorum_margin"])

@@ -74,6 +74,15 @@ INDEX_HTML = """<!doctype html>
     </table>
     <div id="no-queue" class="note" hidden></div>
   </section>
+  <section>
+    <h2>Denials <span id="denial-count" class="serial"></span></h2>
+    <table id="denials">
+      <thead><tr><th>When</th><th>License</th><th>Seats</th><th>User</th><th>Host</th>
+        <th>PID</th><th>Code</th><th>Key</th><th>Why</th></tr></thead>
+      <tbody></tbody>
+    </table>
+    <div id="no-denials" class="note" hidden></div>
+  </section>
 </main>
 <footer><span id="updated">&ndash;</span> &middot; <span id="mode">read-only view</span> &middot;
   <a href="api/status">api/status</a> &middot; <a href="metrics">metrics</a></footer>
@@ -364,6 +373,33 @@ function renderQueue(s) {
   else none.hidden = true;
 }
 
+// This server's recent refusals, newest first (tmr admin denials)
+function renderDenials(s) {
+  const body = $("denials").tBodies[0];
+  body.replaceChildren();
+  const d = s.denials_recent || {total: null, shown: [], truncated: false};
+  setText("denial-count", d.total === null ? "" : "(" + d.total + ")");
+  for (const x of d.shown) {
+    const tr = document.createElement("tr");
+    tr.appendChild(el("td", fmtTime(x.at), "nowrap"));
+    tr.appendChild(el("td", x.firm + ":" + x.product, "mono"));
+    tr.appendChild(el("td", x.seats, "num"));
+    tr.appendChild(el("td", x.user || "\u2013", "user"));
+    tr.appendChild(el("td", x.host || "\u2013"));
+    tr.appendChild(el("td", x.pid ? x.pid : "\u2013", "num"));
+    tr.appendChild(el("td", x.code, "mono"));
+    tr.appendChild(el("td", (x.owner || "\u2013").slice(0, 12), "mono"));
+    tr.appendChild(el("td", x.rule || ""));
+    body.appendChild(tr);
+  }
+  const none = $("no-denials");
+  none.hidden = false;
+  if (d.total === null) none.textContent = "Shown while this page is open.";
+  else if (d.shown.length === 0) none.textContent = "No checkout was refused by this server.";
+  else if (d.truncated) none.textContent = "Showing the newest " + d.shown.length + ".";
+  else none.hidden = true;
+}
+
 // An administrator frees a handle (like lmremove): committed through the quorum first.
 async function releaseHandle(x, button) {
   const who = (x.user || x.client_id) + (x.host ? "@" + x.host : "");
@@ -399,6 +435,7 @@ async function refresh() {
     renderBackends(s);
     renderHandles(s);
     renderQueue(s);
+    renderDenials(s);
     document.body.dataset.role = s.role;
     setText("mode", s.can_release ? "administrator view" : "read-only view");
     document.body.dataset.loaded = "true";

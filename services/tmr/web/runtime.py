@@ -3,7 +3,7 @@
 `ServerService` owns one `WebRuntime`. The hooks are cheap and never block:
 
 - `on_effects(fx)` / `on_backend_reply(name, msg)` / `on_checkout(...)`: metrics and the
-  denial record;
+  denial record; `end_turn()` once per loop turn adds the turn's counts to the metrics;
 - `publish_due(now)` then `publish(status, handles, now)`: a new snapshot for the web
   thread (`handles` only while someone looks at the page: `wants_handles()`);
 - `submit_usage(...)`: queue a usage report for the worker thread; the loop polls
@@ -110,6 +110,11 @@ class WebRuntime:
         if self.web is not None:
             self.metrics.on_effects(fx)
 
+    def end_turn(self) -> None:
+        """Once per loop turn: the turn's event counts into the metrics (`ServerMetrics.flush`)."""
+        if self.web is not None:
+            self.metrics.flush()
+
     def on_backend_reply(self, backend: str, msg: PeerReply) -> None:
         if self.web is not None:
             self.metrics.on_reply(backend, msg)
@@ -140,8 +145,11 @@ class WebRuntime:
         handles: Sequence[Mapping[str, Any]] | None,
         now: float,
         queue: Sequence[Mapping[str, Any]] | None = None,
+        denials: Sequence[Mapping[str, Any]] | None = None,
+        denial_records: Mapping[str, int] | None = None,
     ) -> None:
-        """`queue`: the queued checkouts (`Leader.queue_view`), listed like `handles`."""
+        """`queue`: the queued checkouts (`Leader.queue_view`), listed like `handles`;
+        `denials`: this server's recent refusals (`DenialRecorder.recent_view`)."""
         if self.web is None:
             return
         self._next_publish = now + self.cfg.web_publish_interval
@@ -154,6 +162,8 @@ class WebRuntime:
             queue=queue,
             peer_url=self.cfg.web_peer_url,
             denials=dict(self.denials_since_start),
+            recent_denials=denials,
+            denial_records=denial_records,
         )
         self.web.publish(snap)
         self.metrics.prune()
@@ -170,8 +180,15 @@ class WebRuntime:
 
     # ---------------------------------------------------------------- usage reports
 
-    def submit_usage(self, token: Any, req: UsageRequest, status: Mapping[str, Any]) -> str | None:
-        """Queue a report; an error message if it cannot be (None when queued)."""
+    def submit_usage(
+        self,
+        token: Any,
+        req: UsageRequest,
+        status: Mapping[str, Any],
+        denial_backends: frozenset[str] = frozenset(),
+    ) -> str | None:
+        """Queue a report; an error message if it cannot be (None when queued).
+        ``denial_backends``: the backends that keep denial records (read if up)."""
         if self.worker is None:
             return "usage reports are not available on this server"
         key = (req.rid, token == CTL_TOKEN)
@@ -188,7 +205,8 @@ class WebRuntime:
             (int(lic["firm"]), int(lic["product"])): int(lic.get("quantity") or 0)
             for lic in status.get("licenses", [])
         }
-        job = UsageJob(token, req.rid, req.since, req.until, up, quantities, down)
+        keep = tuple(name for name in up if name in denial_backends)
+        job = UsageJob(token, req.rid, req.since, req.until, up, quantities, down, keep)
         if not self.worker.submit(job):
             return "too many usage reports in progress; retry later"
         self._usage_pending[key] = token

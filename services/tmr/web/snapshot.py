@@ -174,6 +174,15 @@ def queue_section(queue: Sequence[Mapping[str, Any]] | None, limit: int) -> dict
     return {"total": len(rows), "shown": shown, "truncated": len(rows) > limit}
 
 
+def denials_section(denials: Sequence[Mapping[str, Any]] | None, limit: int) -> dict[str, Any]:
+    """This server's recent refusals, newest first, at most `limit`."""
+    if denials is None:
+        return {"total": None, "shown": [], "truncated": False}
+    keys = ("at", "firm", "product", "seats", "user", "host", "pid", "code", "owner", "rule")
+    shown = [{k: d.get(k) for k in keys} for d in denials[:limit]]
+    return {"total": len(denials), "shown": shown, "truncated": len(denials) > limit}
+
+
 def build_snapshot(
     status: Mapping[str, Any],
     *,
@@ -184,8 +193,12 @@ def build_snapshot(
     queue: Sequence[Mapping[str, Any]] | None = None,
     peer_url: str | None = None,
     denials: Mapping[str, int] | None = None,
+    recent_denials: Sequence[Mapping[str, Any]] | None = None,
+    denial_records: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The /api/status document from the leader's status (see `ServerService.status`)."""
+    """The /api/status document from the leader's status (see `ServerService.status`).
+    ``recent_denials``: this server's newest refusals (`DenialRecorder.recent_view`)."""
+    queued = status.get("queued") or {}
     backends = list(status.get("backends", []))
     role = status.get("role", "standby")
     active = role == "active"
@@ -211,6 +224,8 @@ def build_snapshot(
             "holders": holders,
             "quorum_margin": holders - QUORUM,
             "denials": (denials or {}).get(key, 0),
+            "queued": int((queued.get(key) or (0, 0))[0]),
+            "queued_seats": int((queued.get(key) or (0, 0))[1]),
             "backends": per_backend,
         }
         entry["level"], entry["message"] = license_level(entry, holders)
@@ -249,5 +264,7 @@ def build_snapshot(
         "handles": handles_section(handles, lease, max_handles),
         "handle_count": status.get("handles", 0),
         "queue": queue_section(queue, max_handles),
+        "denials_recent": denials_section(recent_denials, max_handles),
+        "denial_records": dict(denial_records or {}),
         "ops_committed": status.get("ops_committed", 0),
     }

@@ -567,3 +567,43 @@ def test_random_results(op: str, result: dict[str, Any], data: st.DataObject) ->
         decode_reply(pack({"v": 1, "rid": "r", "ok": True, "result": mutated}), op=op)
     except ProtocolError as exc:
         assert exc.rid == "r"
+
+
+def _outcome(decode: Any, msg: dict[str, Any]) -> Any:
+    try:
+        return decode(msg)
+    except ProtocolError as exc:
+        return ("refused", exc.message, exc.rid)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.sampled_from(sorted(OPS)),
+    st.data(),
+    st.sets(st.sampled_from(["user", "host", "pid", "wait"])),
+)
+def test_the_fast_path_decides_as_the_strict_path(
+    op: str, data: st.DataObject, left_out: set[str]
+) -> None:
+    """`decode_request`'s fast path (a known shape of keys) accepts, refuses and decodes
+    exactly as `_decode_request_strict`: valid requests with optional keys left out, and the
+    same with a key changed, added or removed."""
+    from tmr.protocol.client_api import _decode_request_strict
+    from tmr.protocol.codec import unpack
+
+    msg = dict(VALID[op])
+    if op == "checkout":
+        msg.update({"user": "u", "host": "h", "pid": 7, "wait": 3.0})
+        for k in left_out:
+            del msg[k]
+    change = data.draw(st.sampled_from(["none", "set", "drop"]))
+    if change == "set":
+        msg[data.draw(known_keys | st.sampled_from(["user", "wait", "pid"]))] = data.draw(
+            wire_values
+        )
+    elif change == "drop":
+        msg.pop(data.draw(st.sampled_from(sorted(msg))))
+    raw = frame(msg)
+    fast = _outcome(decode_request, raw)
+    strict = _outcome(lambda f: _decode_request_strict(unpack(f, max_size=65536)), raw)
+    assert fast == strict

@@ -36,10 +36,11 @@ from tmr.protocol.client_api import (
     StatusResult,
     UsageResult,
     decode_reply,
+    encode_ok,
     encode_reply,
 )
 from tmr.protocol.errors import ProtocolError
-from tmr.protocol.results import WireResult
+from tmr.protocol.results import RELEASED, WireResult
 from tmr.replication import admission
 from tmr.replication.types import CopyReason, HandleRecord, LicenseInfo
 from tmr.server.service import ServerService
@@ -326,3 +327,22 @@ def test_a_checkout_result_is_refused_exactly_when_a_field_check_fails(
         assert not valid
     else:
         assert valid and type(built.lease) is float
+
+
+rids = st.from_regex(r"[A-Za-z0-9._:-]{1,64}", fullmatch=True)
+
+
+@settings(max_examples=300)
+@given(results, rids)
+def test_the_reply_templates_encode_the_same_bytes(result: WireResult, rid: str) -> None:
+    """`encode_ok` (the server's templated OK replies, constant bodies cached) gives exactly
+    the bytes of `encode_reply(OkReply(...))`, also the second time (from the cache)."""
+    want = encode_reply(OkReply(rid, result))
+    assert encode_ok(rid, result) == want
+    assert encode_ok(rid, result) == want
+
+
+@pytest.mark.parametrize("rid", ["", "bad rid!", "x" * 65])
+def test_the_reply_templates_refuse_a_bad_rid(rid: str) -> None:
+    with pytest.raises(ProtocolError):
+        encode_ok(rid, RELEASED)

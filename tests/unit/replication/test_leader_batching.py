@@ -83,3 +83,26 @@ def test_a_big_batch_is_pipelined_behind_the_entry_in_flight_up_to_the_limit() -
     last = accepts(h.leader.pump(h.now))
     assert grants(last) == [PIPELINE_MIN_OPS]
     assert len(deliver(h, last).replies) == PIPELINE_MIN_OPS
+
+
+def test_an_answer_about_a_product_the_leader_does_not_know_is_ignored_by_the_pump() -> None:
+    """A backend's ACCEPTED may name a product this term has no log of (another leader's):
+    the pump's list of products to visit (`Leader._pump`) takes only known ones."""
+    from dataclasses import replace
+
+    from tmr.replication.messages import Accepted, EntryResult, EntryStatus
+
+    h = active()
+    checkouts(h, 0, 1)
+    sent = accepts(h.leader.pump(h.now))
+    name, msg = sent[0]
+    acc = h.acceptors[name]
+    step = acc.handle(msg, h.now)
+    acc.committed(step)
+    reply = step.reply
+    assert isinstance(reply, Accepted)
+    other = replace(reply, results={**reply.results, (1, 1): EntryResult(EntryStatus.OK, 3)})
+    h.run(h.leader.on_reply(name, other, h.now))
+    h.run(deliver(h, sent[1:]))
+    h.run(h.leader.pump(h.now))  # no KeyError for (1, 1)
+    assert [r.error for r in h.replies] == [None]

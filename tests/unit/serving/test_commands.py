@@ -43,6 +43,7 @@ def _command_classes(module: ModuleType) -> set[type[Any]]:
                 "status",
                 "handles",
                 "queue",
+                "denials",
                 "release",
                 "usage",
                 "reload",

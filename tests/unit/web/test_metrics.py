@@ -36,6 +36,7 @@ class Clock:
 
 
 def samples(m: ServerMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    m.flush()  # what the server's loop does at the end of every turn
     out = {}
     text = generate_latest(m.registry).decode()
     for fam in text_string_to_metric_families(text):
@@ -73,6 +74,49 @@ def test_event_counters_and_errors() -> None:
     assert s[("tmr_denials_total", lic)] == 1
     assert s[("tmr_client_errors_total", (("code", "NO_LICENSE_AVAILABLE"),))] == 1
     assert s[("tmr_client_errors_total", (("code", "QUORUM_LOST"),))] == 1
+
+
+def test_event_counts_reach_the_counters_at_the_turns_end_exactly() -> None:
+    """Counts gathered as plain integers within a loop turn are added once per turn
+    (`flush`): nothing before the flush, every event exactly once after it, over many turns
+    with several licenses and error codes."""
+    import random
+
+    rng = random.Random(17)
+    m = ServerMetrics(lambda: None)
+    licenses = ["6000123:42", "6000123:43", "7000001:1"]
+    events = ["handle_granted", "handle_released", "handle_expired", "backend_up"]
+    codes = [ErrorCode.NO_LICENSE_AVAILABLE, ErrorCode.QUORUM_LOST, ErrorCode.NOT_ACTIVE]
+    want: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    names = {
+        "handle_granted": "tmr_checkouts_total",
+        "handle_released": "tmr_releases_total",
+        "handle_expired": "tmr_expiries_total",
+    }
+    for turn in range(200):
+        for _ in range(rng.randrange(4)):
+            fx = Effects()
+            for _ in range(rng.randrange(6)):
+                event, lic = rng.choice(events), rng.choice(licenses)
+                fx.events.append({"event": event, "license": lic})
+                if event in names:
+                    firm, product = lic.split(":")
+                    k = (names[event], (("firm", firm), ("product", product)))
+                    want[k] = want.get(k, 0) + 1
+            for _ in range(rng.randrange(3)):
+                code = rng.choice(codes)
+                fx.replies.append(ClientReply(None, "r1", error=code))
+                k = ("tmr_client_errors_total", (("code", code.value),))
+                want[k] = want.get(k, 0) + 1
+            fx.replies.append(ClientReply(None, "r2", {"ok": 1}))
+            m.on_effects(fx)
+        if turn == 0 and want:
+            text = generate_latest(m.registry).decode()
+            assert "tmr_checkouts_total{" not in text  # not flushed yet
+        got = samples(m)  # flushes, as the loop does once per turn
+        assert {k: got.get(k, 0) for k in want} == want
+    m.flush()  # a flush with nothing gathered changes nothing
+    assert {k: samples(m).get(k, 0) for k in want} == want
 
 
 def test_round_latency_and_batch_size_by_message_id() -> None:
