@@ -1287,14 +1287,10 @@ def _growth_targets(r: Json) -> list[Target]:
         tk = row.get("takeover", {})
         promote = _num(tk.get("promote_s"))
         first = _num(tk.get("kill_to_first_checkout_s"))
-        out.append(
-            Target(
-                17,
-                f"takeover with {top:,} held handles < 1 s",
-                promote < 1.0,
-                f"promote -> active {promote:.3f} s (kill -> first checkout {first:.3f} s)",
-            )
-        )
+        value = f"promote -> active {promote:.3f} s (kill -> first checkout {first:.3f} s)"
+        if tk.get("promote_error"):
+            value = f"no takeover: {tk['promote_error']}"
+        out.append(Target(17, f"takeover with {top:,} held handles < 1 s", promote < 1.0, value))
         per = _num(row.get("server_bytes_per_handle"))
         out.append(
             Target(

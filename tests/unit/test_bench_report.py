@@ -217,3 +217,12 @@ def test_a_growth_section_that_failed_is_reported_not_missed() -> None:
     text = run.table(r)
     assert "cost growth failed: RuntimeError: x" in text
     assert "1000 products: ClusterError: did not serve" in text
+
+
+def test_a_takeover_that_did_not_finish_is_a_miss_that_says_so() -> None:
+    r = results(True)
+    tk = r["growth"]["sizes"]["100000"]["takeover"]
+    tk.update(promote_s=None, kill_to_first_checkout_s=None, promote_error="tmr-a did not ...")
+    found = {t.name: t for t in run.targets(r)}
+    takeover = found["takeover with 100,000 held handles < 1 s"]
+    assert takeover.met is False and takeover.value == "no takeover: tmr-a did not ..."
