@@ -226,3 +226,61 @@ def test_a_takeover_that_did_not_finish_is_a_miss_that_says_so() -> None:
     found = {t.name: t for t in run.targets(r)}
     takeover = found["takeover with 100,000 held handles < 1 s"]
     assert takeover.met is False and takeover.value == "no takeover: tmr-a did not ..."
+
+
+def _worker(**over: Any) -> Any:
+    from bench.loadgen import Worker
+
+    spec: Json = {
+        "mode": "heartbeat",
+        "endpoints": ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"],
+        "server_key": "x" * 40,
+        "firm": 1,
+        "product": 2,
+        "start_at": 0.0,
+        "duration": 0.0,
+        "clients": 3,
+        **over,
+    }
+    return Worker(spec)
+
+
+def test_a_simulated_client_keeps_its_key_pair_when_it_fails_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server knows a handle's owner by the client's key, as with the SDK's Client: a
+    fail-over opens a new socket with the same key pair."""
+    import zmq
+
+    from bench import loadgen
+
+    made: list[tuple[str, str]] = []
+    real = loadgen.curve_keypair
+
+    def keypair() -> tuple[str, str]:
+        made.append(real())
+        return made[-1]
+
+    monkeypatch.setattr(loadgen, "curve_keypair", keypair)
+    w = _worker(server_key=zmq.curve_keypair()[0].decode())
+    try:
+        assert len(made) == 3  # one per client
+        c = w.clients[0]
+        w._connect(c)
+        old = c.sock
+        w._connect(c)  # what a fail-over to the next endpoint does
+        assert c.sock is not old and len(made) == 3 and c.keys == made[0]
+    finally:
+        for sock in list(w.by_sock):
+            sock.close(linger=0)
+        w.ctx.term()
+
+
+def test_a_heartbeat_worker_s_context_allows_thousands_of_sockets() -> None:
+    import zmq
+
+    w = _worker(clients=2_500)
+    try:
+        assert w.ctx.get(zmq.MAX_SOCKETS) >= 2 * 2_500
+    finally:
+        w.ctx.term()
