@@ -112,15 +112,16 @@ def split_clients(clients: int, workers: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(workers)]
 
 
-def start_worker(module: str, spec: Json) -> subprocess.Popen[str]:
-    """Start `python -m module` with `spec` as JSON on its standard input."""
+def start_worker(module: str, spec: Json, python: str | None = None) -> subprocess.Popen[str]:
+    """Start `python -m module` (this interpreter, or `python`) with `spec` as JSON on its
+    standard input; it imports `bench` and `tmr` from this checkout."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", module],
+        [python or sys.executable, "-m", module],
         cwd=REPO,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'services'}"},
     )
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(spec) + "\n")

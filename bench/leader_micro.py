@@ -1,11 +1,12 @@
 """Micro-benchmark of the sans-I/O `Leader` (docs/performance.md): N checkout+release cycles.
 
-`python -m bench.leader_micro [--cycles N] [--batch B] [--repeat R] [--products P]`: one
-leader and three in-process `Acceptor`s (no I/O, no sockets), the leader pumped once per batch
-of B requests as the server's loop does; with P > 1 the backends hold P - 1 more licenses that
-stay idle (the cost of products that have nothing to send). Reports, per repetition, the
-seconds spent inside the leader's calls (the acceptors' work is not counted) and the median
-over the repetitions.
+`python -m bench.leader_micro [--cycles N] [--batch B] [--repeat R] [--products P] [--held H]`:
+one leader and three in-process `Acceptor`s (no I/O, no sockets), the leader pumped once per
+batch of B requests as the server's loop does, and ticked every 10 ms. Reports, per
+repetition, the seconds spent inside the leader's calls (the acceptors' work is not counted)
+and the median over the repetitions. ``--products`` licenses P - 1 more products (unused, as
+on a site with many), ``--held`` checks out H handles first and keeps them: the cost per
+cycle should not grow with either (issue 17).
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ def own_copy(lic: LicenseInfo, i: int) -> LicenseInfo:
     )
 
 
-def run(cycles: int, batch: int, products: int = 1) -> float:
-    """Seconds spent in the leader for `cycles` checkouts and their releases."""
+def run(cycles: int, batch: int, products: int = 1, held: int = 0) -> float:
+    """Seconds spent in the leader for `cycles` checkouts and their releases, with
+    `products` licensed products and `held` handles held throughout."""
     now = 0.0
-    lic = LicenseInfo(7, 10 * cycles, True)
-    keys = [KEY, *((KEY[0], KEY[1] + 1 + j) for j in range(products - 1))]
+    lic = LicenseInfo(7, 10 * cycles + held, True)
+    keys = [KEY, *((KEY[0], KEY[1] + 1 + i) for i in range(products - 1))]
     acceptors = {
         n: Acceptor(n, AcceptorState(ZERO_EPOCH, False), {k: own_copy(lic, i + 1) for k in keys})
         for i, n in enumerate(NAMES)
@@ -73,6 +75,14 @@ def run(cycles: int, batch: int, products: int = 1) -> float:
         deliver(call(leader.tick, now))
     assert leader.role.value == "active", leader.status()
     leader.auto_pump = False
+    for start in range(0, held, 500):
+        fx = Effects()
+        for i in range(start, min(start + 500, held)):
+            fx.extend(leader.checkout("t", f"h{i}", f"hc{i}", *KEY, 1, now, owner="k"))
+        fx.extend(leader.pump(now))
+        deliver(fx)
+    kept = len(replies)
+    assert kept == held, (kept, held)
     spent = 0.0
     for start in range(0, cycles, batch):
         fx = Effects()
@@ -80,7 +90,10 @@ def run(cycles: int, batch: int, products: int = 1) -> float:
             fx.extend(call(leader.checkout, "t", f"r{i}", f"c{i}", *KEY, 1, now, owner="k"))
         fx.extend(call(leader.pump, now))
         deliver(fx)
-    handles = [(r.rid, r.result.handle) for r in replies if isinstance(r.result, CheckoutResult)]
+        now += 0.01
+        deliver(call(leader.tick, now))
+    results = replies[kept:]
+    handles = [(r.rid, r.result.handle) for r in results if isinstance(r.result, CheckoutResult)]
     pending = handles
     for start in range(0, len(pending), batch):
         fx = Effects()
@@ -92,7 +105,8 @@ def run(cycles: int, batch: int, products: int = 1) -> float:
         now += 0.01
         deliver(call(leader.tick, now))
     assert len(handles) == cycles, (len(handles), leader.status())
-    assert not any(p for p in leader.handles_view(now)), "handles left"
+    left = sum(1 for p in leader.handles_view(now))
+    assert left == held, f"{left} handles left, not {held}"
     return spent
 
 
@@ -101,9 +115,10 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--products", type=int, default=1, help="licenses held (1 busy, the rest idle)")
+    ap.add_argument("--products", type=int, default=1, help="licensed products (default 1)")
+    ap.add_argument("--held", type=int, default=0, help="handles held throughout (default 0)")
     args = ap.parse_args()
-    times = [run(args.cycles, args.batch, args.products) for _ in range(args.repeat)]
+    times = [run(args.cycles, args.batch, args.products, args.held) for _ in range(args.repeat)]
     print(" ".join(f"{t:.3f}" for t in times))
     print(f"median {statistics.median(times):.3f} s for {args.cycles} checkout+release cycles")
 

@@ -1,7 +1,8 @@
 """Load worker: many concurrent clients in one process (`python -m bench.loadgen`).
 
-Each client has its own DEALER socket (CURVE, an ephemeral key pair) and at most one request
-in flight, like one `tmr.client.Client`; one `zmq.Poller` loop multiplexes all of them, so a
+Each client has its own DEALER socket (CURVE, a key pair of its own that it keeps when it
+fails over to another endpoint) and at most one request in flight, like one
+`tmr.client.Client`; one `zmq.Poller` loop multiplexes all of them, so a
 few worker processes can drive 100 clients without starving the services of CPU. Requests
 and replies are the real wire format (`tmr.protocol.client_api.encode_request` /
 `decode_reply`). Retries follow the SDK's policy (`tmr.client._channel`): on no reply within
@@ -13,7 +14,17 @@ Modes (``spec["mode"]``):
 - ``cycle``: checkout then release, again and again; a sample is one whole cycle;
 - ``crypt``: one checkout, then ``crypt("hmac", 64 bytes)`` calls; a sample is one call;
 - ``hold``: check out ``spec["hold"]`` handles and keep them; print ``{"held": n}``, wait
-  for a line on standard input, then release them all.
+  for a line on standard input, then release them all;
+- ``heartbeat``: every client checks out one handle (the checkouts spread over
+  ``spec["ramp"]`` seconds), prints ``{"held": n}`` once all have one, then heartbeats it
+  every ``spec["period"]`` seconds (the first at a random point of the period, so the
+  heartbeats of many clients spread evenly) until a line arrives on standard input or the
+  deadline; the handles are not released (the lease frees them). An idle client of the SDK
+  does exactly this (`tmr.client`: one heartbeat per handle every lease / 3).
+
+A process can hold at most about (``ulimit -n`` - 64) / 2 clients (each DEALER socket takes
+its TCP connection and its ZeroMQ mailbox); `clients_per_process` says how many the parent
+may give one worker.
 
 The spec comes as one JSON line on standard input; the result is one JSON line on standard
 output. Every loop is bounded: the worker gives up at ``start_at + duration + drain``.
@@ -23,6 +34,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import random
 import resource
 import secrets
 import select
@@ -43,6 +55,7 @@ from tmr.protocol.client_api import (
     CheckoutRequest,
     CryptRequest,
     ErrorReply,
+    HeartbeatRequest,
     ReleaseRequest,
     Request,
     decode_reply,
@@ -53,6 +66,19 @@ from tmr.protocol.errors import ProtocolError
 CRYPT_DATA = bytes(range(64))
 ERROR_PAUSE = 0.01  # before a new checkout after a refused one
 POLL_MAX = 0.02
+FDS_PER_CLIENT = 2  # its TCP connection and its socket's mailbox (an eventfd)
+FDS_SPARE = 64  # the context's own, standard streams, the interpreter's
+CLIENTS_PER_PROCESS_MAX = 2_500  # also spreads one poll's work over processes
+
+
+def clients_per_process(nofile: int | None = None) -> int:
+    """How many clients one worker process can have open within its file descriptor limit
+    (the soft ``RLIMIT_NOFILE``, or `nofile`), at most CLIENTS_PER_PROCESS_MAX."""
+    if nofile is None:
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if nofile == resource.RLIM_INFINITY:
+            nofile = 1 << 20
+    return max(1, min(CLIENTS_PER_PROCESS_MAX, (nofile - FDS_SPARE) // FDS_PER_CLIENT))
 
 
 class _Client:
@@ -70,6 +96,7 @@ class _Client:
         "handle",
         "held",
         "index",
+        "keys",
         "not_active",
         "payload",
         "quota",
@@ -85,6 +112,9 @@ class _Client:
         self.cid = cid
         self.endpoint = endpoint
         self.sock: zmq.Socket[bytes] | None = None
+        # One key pair for the client's life, as `tmr.client.Client` has: the server knows a
+        # handle's owner by it, so a new key after a fail-over would lose the handles.
+        self.keys = curve_keypair()
         self.req: Request | None = None
         self.payload = b""
         self.deadline = 0.0  # of the current attempt
@@ -119,6 +149,18 @@ class Worker:
         # Request ids must never repeat across runs: the server remembers released ones.
         self.tag = f"{spec.get('run', 'b')}-{secrets.token_hex(3)}-w{spec.get('worker', 0)}"
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        # libzmq's default is 1,023 sockets per context; a heartbeat worker has thousands,
+        # and a client that fails over opens its new socket before the old one is reaped.
+        self.ctx.set(zmq.MAX_SOCKETS, max(1023, 4 * int(spec["clients"]) + FDS_SPARE))
+        self.period = float(spec.get("period", 10.0))
+        self.ramp = float(spec.get("ramp", 0.0))
+        self.rng = random.Random()
+        self.stdin_fd: int | None = None
+        self.holding = 0  # heartbeat mode: clients that have their handle
+        self.announced = False
+        self.heartbeats = 0
+        self.hb_ms: list[float] = []
+        self.hb_lost = 0
         self.poller = zmq.Poller()
         self.by_sock: dict[zmq.Socket[bytes], _Client] = {}
         first = int(spec.get("first_endpoint", 0))
@@ -154,7 +196,7 @@ class Worker:
             self.poller.unregister(c.sock)
             del self.by_sock[c.sock]
             c.sock.close(linger=0)
-        public, secret = curve_keypair()
+        public, secret = c.keys
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
@@ -245,8 +287,21 @@ class Worker:
             self._release_next_held(c, now)
         elif self.mode == "hold" and c.quota <= len(c.held):
             self._finish(c)
+        elif self.mode == "heartbeat":
+            self._checkout(c, now, self.rng.uniform(0.0, self.ramp))
         else:
             self._checkout(c, now)
+
+    def _heartbeat(self, c: _Client, now: float, delay: float) -> None:
+        assert c.handle is not None
+        c.cycle_start = now + delay
+        self._request(c, HeartbeatRequest(self._next_rid(c), c.cid, c.handle), now, delay)
+
+    def _announce(self) -> None:
+        """Heartbeat mode: tell the parent once every client has its handle."""
+        if not self.announced and self.holding == len(self.clients):
+            self.announced = True
+            print(json.dumps({"held": self.holding}), flush=True)
 
     def _release_next_held(self, c: _Client, now: float) -> None:
         if c.held:
@@ -296,6 +351,10 @@ class Worker:
                 self._release(c, handle, now)
             elif self.mode == "crypt":
                 self._crypt(c, now)
+            elif self.mode == "heartbeat":
+                self.holding += 1
+                self._announce()
+                self._heartbeat(c, now, self.rng.uniform(0.0, self.period))
             else:  # hold
                 c.held.append(handle)
                 self._begin(c, now)
@@ -313,6 +372,10 @@ class Worker:
                 self._finish(c)
             else:
                 self._release_next_held(c, now)
+        elif op == "heartbeat":
+            self.heartbeats += 1
+            self.hb_ms.append(round((now - c.cycle_start) * 1000.0, 3))
+            self._heartbeat(c, now, self.period)
         elif op == "crypt":
             self._count(c, now)
             if now < self.stop_at:
@@ -336,10 +399,20 @@ class Worker:
             else:
                 self._finish(c)
         elif op == "checkout":
-            if now < self.stop_at or (self.mode == "hold" and now < self.hard_deadline):
+            busy = self.mode in ("hold", "heartbeat") and now < self.hard_deadline
+            if now < self.stop_at or busy:
                 self._checkout(c, now, ERROR_PAUSE)
             else:
                 self._finish(c)
+        elif op == "heartbeat":
+            # The server no longer knows the handle (the SDK would call on_lost): count it
+            # and check out a new one, so the number of heartbeating handles stays.
+            if code == "UNKNOWN_HANDLE":
+                self.hb_lost += 1
+                self.holding -= 1
+                self._checkout(c, now, ERROR_PAUSE)
+            else:
+                self._heartbeat(c, now, ERROR_PAUSE)
         else:  # crypt
             assert c.handle is not None
             if now < self.stop_at:
@@ -362,6 +435,9 @@ class Worker:
             wake = min(until, self.timers[0][0]) if self.timers else until
             timeout = min(max(0.0, wake - now), POLL_MAX)
             for sock, _ in self.poller.poll(int(timeout * 1000) + 1):
+                if self.stdin_fd is not None and sock == self.stdin_fd:
+                    sys.stdin.readline()
+                    return
                 owner = self.by_sock.get(sock)
                 while owner is not None and owner.sock is sock:
                     try:
@@ -396,6 +472,16 @@ class Worker:
             self._connect(c)
         for c in self.clients:
             self._begin(c, now)
+        if self.mode == "heartbeat":
+            self.stdin_fd = sys.stdin.fileno()
+            self.poller.register(self.stdin_fd, zmq.POLLIN)
+            self._loop(self.hard_deadline)
+            self.poller.unregister(self.stdin_fd)
+            self._announce()  # too late or not: the parent always gets its line
+            if not self.announced:
+                print(json.dumps({"held": self.holding}), flush=True)
+            for c in self.clients:
+                self._finish(c)
         if self.mode == "hold":
             self._loop(self.hard_deadline)
             held = sum(len(c.held) for c in self.clients)
@@ -434,6 +520,9 @@ class Worker:
             "unfinished": unfinished,
             "ok_times": self.ok_times,
             "handles": self.handles,
+            "heartbeats": self.heartbeats,
+            "hb_ms": self.hb_ms,
+            "hb_lost": self.hb_lost,
         }
 
 

@@ -100,3 +100,24 @@ def test_wait_serving_gives_up_with_what_is_missing() -> None:
         )
     assert "does not serve after 0.3s: backends not up: backend-3" in str(err.value)
     assert said == ["waiting for the cluster to serve: backends not up: backend-3"]
+
+
+def test_local_up_licenses_as_many_products_as_asked(root: Path) -> None:
+    info = local_up(root, quantity=3, products=3, progress=False)
+    with Client(info["client_endpoints"], info["service_public_key"], timeout=0.5) as c:
+        licenses = c.list_licenses().licenses
+    assert sorted(lic.product for lic in licenses) == [
+        local.PRODUCT,
+        local.PRODUCT + 1,
+        local.PRODUCT + 2,
+    ]
+    assert all(lic.available and lic.quantity == 3 for lic in licenses)
+
+
+@pytest.mark.parametrize("products", [0, local.MAX_PRODUCTS + 1])
+def test_a_product_count_out_of_range_is_refused_before_anything_starts(
+    root: Path, products: int
+) -> None:
+    with pytest.raises(ClusterError, match="products must be 1 to"):
+        local_up(root, products=products, progress=False)
+    assert not root.exists()

@@ -52,6 +52,7 @@ def _local_up(args: argparse.Namespace) -> int:
     info = local_up(
         Path(args.dir),
         quantity=args.quantity,
+        products=args.products,
         tmr_id=args.tmr_id,
         lease=args.lease,
         base_port=args.base_port,
@@ -139,6 +140,12 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     )
     up.add_argument("--dir", required=True, help="working directory for keys, configs, state, logs")
     up.add_argument("--quantity", type=int, default=20, help="LQ of the demo license (default 20)")
+    up.add_argument(
+        "--products",
+        type=int,
+        default=1,
+        help="license sets to issue: products 42, 43, ... each with --quantity (default 1)",
+    )
     up.add_argument("--tmr-id", type=int, default=7, help="TMR ID of the demo license (default 7)")
     up.add_argument("--lease", type=float, default=30.0, help="lease seconds (default 30)")
     up.add_argument("--base-port", type=int, default=0, help="first port (default: free ports)")

@@ -37,6 +37,7 @@ START_TIMEOUT = 30.0
 SERVE_TIMEOUT = 60.0  # `tmr local up` waits this long for the cluster to serve
 PORT_RETRIES = 3  # new ports for a process whose port was taken before it could bind it
 ADDRESS_IN_USE = ("Address already in use", "EADDRINUSE")
+MAX_PRODUCTS = 10_000  # license sets `local_up` issues at most (one per product)
 
 
 class ClusterError(TmrError):
@@ -119,6 +120,7 @@ def local_up(
     root: Path,
     *,
     quantity: int = 20,
+    products: int = 1,
     tmr_id: int = 7,
     lease: float = 30.0,
     base_port: int = 0,
@@ -132,7 +134,13 @@ def local_up(
     says so), or, with ``wait=False``, once the first server is promoted. A port that was
     taken between choosing it and binding it is replaced (new free port, process restarted;
     at most PORT_RETRIES times per process). ClusterError (and the cluster stopped) if it does
-    not start or serve within ``timeout`` seconds."""
+    not start or serve within ``timeout`` seconds.
+
+    ``products`` license sets are issued (product codes PRODUCT, PRODUCT + 1, ..., each with
+    LQ ``quantity``), as a site with many licensed products has them (the benchmark's growth
+    section uses 1,000)."""
+    if not 1 <= products <= MAX_PRODUCTS:
+        raise ClusterError(f"products must be 1 to {MAX_PRODUCTS}, not {products}")
     root = root.resolve()
     say: Callable[[str], None] = (
         (lambda m: print(f"==> {m}", flush=True)) if progress else (lambda m: None)
@@ -174,22 +182,27 @@ def local_up(
         docs.append(make_fingerprint_doc(pubs[name], mid.read_text().strip()))
     old_format = _drop_old_format_copies([root / name / "licenses" for name in BACKENDS])
     if not any(any((root / name / "licenses").glob("*.tmrlic")) for name in BACKENDS):
-        if old_format:  # copies of an older format: a new set, with the next TMR ID
-            record = load_product(vendor, PRODUCT)
-            tmr_id = max(tmr_id, (record.last_tmr_id if record else 0) + 1)
-        say(f"license set: firm {FIRM} product {PRODUCT} LQ {quantity} TMR ID #{tmr_id}")
-        issued = issue_set(
-            vendor,
-            product_code=PRODUCT,
-            quantity=quantity,
-            tmr_id=tmr_id,
-            fingerprints=docs,
-            out_dir=root / "vendor" / "issued",
-        )
         by_fp = {d.fingerprint: name for d, name in zip(docs, BACKENDS, strict=True)}
-        for copy in issued.copies:
-            dest = root / by_fp[copy.fingerprint] / "licenses" / copy.path.name
-            dest.write_bytes(copy.path.read_bytes())
+        for code in range(PRODUCT, PRODUCT + products):
+            set_id = tmr_id
+            if old_format:  # copies of an older format: a new set, with the next TMR ID
+                record = load_product(vendor, code)
+                set_id = max(tmr_id, (record.last_tmr_id if record else 0) + 1)
+            if code == PRODUCT:
+                say(f"license set: firm {FIRM} product {code} LQ {quantity} TMR ID #{set_id}")
+            elif code == PRODUCT + 1:
+                say(f"  and {products - 1} more products ({code}-{PRODUCT + products - 1})")
+            issued = issue_set(
+                vendor,
+                product_code=code,
+                quantity=quantity,
+                tmr_id=set_id,
+                fingerprints=docs,
+                out_dir=root / "vendor" / "issued",
+            )
+            for copy in issued.copies:
+                dest = root / by_fp[copy.fingerprint] / "licenses" / copy.path.name
+                dest.write_bytes(copy.path.read_bytes())
 
     nodes: list[dict[str, Any]] = []
     for role, names in (("backend", BACKENDS), ("server", SERVERS)):

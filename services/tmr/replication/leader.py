@@ -1037,9 +1037,16 @@ class Leader:
     # ---------------------------------------------------------------- leases
 
     def _expire(self, now: float, fx: Effects) -> None:
-        for p in self._products.values():
-            for h in self._leases.expired(p, now):
-                self._remove_handle(p, h, ReleaseReason.EXPIRE, fx)
+        """Expire the handles whose lease ran out (a scan costs those, not every handle)."""
+        for h in self._leases.due(now):
+            key = self._handles.key_of(h)
+            p = self._products.get(key) if key is not None else None
+            if p is None or h not in p.handles:
+                continue  # not held (any more): nothing to expire
+            if p.grant_seq.get(h, 0) > p.committed:
+                self._leases.again(h, now)  # not under a client still waiting for the grant
+                continue
+            self._remove_handle(p, h, ReleaseReason.EXPIRE, fx)
 
     # ---------------------------------------------------------------- crypt (CryptPort)
 

@@ -331,9 +331,11 @@ def next_message(
             entry = SnapshotEntry(p.key, at, tuple(p.handles_committed()), p.floor)
             (snap if p.committed >= 0 or p.adopted_committed else proposals).append(entry)
             continue
+        start = max(acked, b.sent.get(p.key, acked)) + 1
+        if start > p.seq:
+            continue  # it has every entry (most products on most turns: check this first)
         if below_floor(b, p.key):
             continue  # seeded: no entries until it holds a copy at or above the floors
-        start = max(acked, b.sent.get(p.key, acked)) + 1
         # Up to an aborted seq (`abort_grants`): the abort's snapshot follows once it has these.
         seqs = list(itertools.takewhile(p.log.__contains__, range(start, p.seq + 1)))
         entries.extend(AcceptEntry(p.key, seq, p.log[seq]) for seq in seqs)
