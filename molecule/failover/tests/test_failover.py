@@ -11,8 +11,11 @@ artifacts/tmr-mol-failover/.
 
 Then failover on the VIP, measured (issue 17): the active TMR host is killed VIP_KILLS times
 under the workload, alternating kill -9 of tmr-server and a kill of the whole host
-(`bench.failover_vip.measure_kill`); kill -> first granted checkout must have p50 < 1.0 s and
-max < 1.5 s (artifacts/tmr-mol-failover/failover-vip.json). `make bench-lab` runs ten or more.
+(`bench.failover_vip.measure_kill`): after each, the other server must be active with the VIP
+and grant checkouts through it. The times (kill -> first granted checkout, against issue 17's
+goal of p50 < 1.0 s and max < 1.5 s) are printed and kept in
+artifacts/tmr-mol-failover/failover-vip.json, not asserted: tests check behaviour, and the
+benchmark (`make bench-lab`, ten kills or more) measures the goal.
 
 The lab's Prometheus (role tmr_monitoring on client-1, 2 s scrape and evaluation intervals)
 watches it all with the shipped alert rules: asked through its HTTP API, it must scrape both
@@ -350,9 +353,9 @@ def test_row8_and_9_double_and_triple_failure(lab: Lab, workload: Workload) -> N
 @pytest.mark.timeout(600)
 def test_failover_on_the_vip(lab: Lab, workload: Workload) -> None:
     """Kill the active TMR host (its tmr-server, or the whole host) under the workload, one
-    kind after the other: the other server is active with the VIP and grants checkouts to
-    client-1 through the VIP within the goal of issue 17. The checker at the end finds no
-    lost or duplicate seat across these kills."""
+    kind after the other: each time the other server is active with the VIP and grants
+    checkouts to client-1 through the VIP. The checker at the end finds no lost or duplicate
+    seat across these kills. The times are reported against issue 17's goal, not asserted."""
     kills = [asdict(measure_kill(lab, workload, kind, n)) for n, kind in enumerate(VIP_KILLS, 1)]
     summary = summarize(kills)
     (lab.artifacts / "failover-vip.json").write_text(
@@ -361,10 +364,13 @@ def test_failover_on_the_vip(lab: Lab, workload: Workload) -> None:
     fc = summary["first_checkout"]
     say(f"failover on the VIP, kill -> first granted checkout: p50 {fc['p50']}, max {fc['max']} s")
     ROWS.append({"row": "failover on the VIP", "expected": "ok", "probe": "ok", **summary})
-    assert goal_met(kills), (
-        f"kill -> first granted checkout p50 {fc['p50']} s (goal < {GOAL_P50}), "
-        f"max {fc['max']} s (goal < {GOAL_MAX}): {kills}"
+    say(
+        f"  issue 17's goal (p50 < {GOAL_P50} s, max < {GOAL_MAX} s): "
+        f"{'met' if goal_met(kills) else 'not met'} in this run"
     )
+    missing = [k for k in kills if k["first_checkout"] is None]
+    assert not missing, f"no checkout granted through the VIP after these kills: {missing}"
+    assert fc["n"] == len(VIP_KILLS), summary
 
 
 @pytest.mark.timeout(600)
