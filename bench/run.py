@@ -1208,6 +1208,20 @@ def vip_summary(doc: Json) -> Json:
     return out
 
 
+def with_targets(results: Json, vip_file: Path) -> None:
+    """Add the failover-on-the-VIP figures of ``vip_file`` (when it exists and reads) and the
+    `targets` list with their met flags to ``results``."""
+    if vip_file.exists():
+        try:
+            results["failover_vip"] = vip_summary(json.loads(vip_file.read_text()))
+        except (OSError, ValueError) as exc:
+            log(f"{vip_file}: not read ({exc})")
+    results["targets"] = [
+        {"issue": t.issue, "target": t.name, "met": t.met, "value": t.value}
+        for t in targets(results)
+    ]
+
+
 def _vip_targets(vip: Json | None) -> list[Target]:
     if not vip or "p50_s" not in vip:
         what = "not measured (no bench/results/failover-vip.json: make bench-lab)"
@@ -1614,11 +1628,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="py-spy the server at 100 clients")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latest.json")
     ap.add_argument("--show", action="store_true", help="print the table of --out and stop")
+    ap.add_argument(
+        "--vip-only",
+        action="store_true",
+        help="measure nothing: read bench/results/failover-vip.json (make bench-lab) into --out, "
+        "recompute the targets, print the table",
+    )
     args = ap.parse_args(argv)
     if args.growth_max is None:
         args.growth_max = GROWTH_MAX_QUICK if args.quick else GROWTH_SIZES[-1][0]
     if args.show:
         print(table(json.loads(args.out.read_text())))
+        return 0
+    if args.vip_only:
+        results = json.loads(args.out.read_text())
+        with_targets(results, args.out.parent / "failover-vip.json")
+        args.out.write_text(json.dumps(_finite(results), indent=2, default=str) + "\n")
+        print(table(results))
         return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -1634,16 +1660,7 @@ def main(argv: list[str] | None = None) -> int:
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["quick"] = bool(args.quick)
     results["machine"]["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
-    vip_file = args.out.parent / "failover-vip.json"
-    if vip_file.exists():
-        try:
-            results["failover_vip"] = vip_summary(json.loads(vip_file.read_text()))
-        except (OSError, ValueError) as exc:
-            log(f"{vip_file}: not read ({exc})")
-    results["targets"] = [
-        {"issue": t.issue, "target": t.name, "met": t.met, "value": t.value}
-        for t in targets(results)
-    ]
+    with_targets(results, args.out.parent / "failover-vip.json")
     args.out.write_text(json.dumps(_finite(results), indent=2, default=str) + "\n")
     print()
     print(table(results))

@@ -284,3 +284,33 @@ def test_a_heartbeat_worker_s_context_allows_thousands_of_sockets() -> None:
         assert w.ctx.get(zmq.MAX_SOCKETS) >= 2 * 2_500
     finally:
         w.ctx.term()
+
+
+def test_vip_only_reads_the_lab_figures_into_the_results_and_measures_nothing(
+    tmp_path: Any,
+) -> None:
+    """`--vip-only`: the stored results get the VIP figures and their targets; nothing else
+    of them changes, and a missing file leaves the VIP targets not measured."""
+    out = tmp_path / "latest.json"
+    out.write_text(json.dumps({"tmr": {"1": {"rate_per_s": 100.0}}}))
+    assert run.main(["--vip-only", "--out", str(out)]) == 0
+    before = json.loads(out.read_text())
+    vip = [t for t in before["targets"] if "VIP" in t["target"]]
+    assert vip and all(t["met"] is None for t in vip)
+    (tmp_path / "failover-vip.json").write_text(
+        json.dumps(
+            {
+                "kills": [{"first_checkout": 0.4}, {"first_checkout": 2.0}],
+                "summary": {"first_checkout": {"n": 2, "p50": 0.4, "max": 2.0}},
+                "checker": {"ok": True},
+                "soak": {"seconds": 600, "vrrp_transition_count": 0, "checker_ok": True},
+            }
+        )
+    )
+    assert run.main(["--vip-only", "--out", str(out)]) == 0
+    after = json.loads(out.read_text())
+    assert after["tmr"] == before["tmr"]
+    met = {t["target"]: t["met"] for t in after["targets"] if t["issue"] == 17}
+    assert met["VIP failover: kill -> first checkout p50 < 1.0 s"] is True
+    assert met["VIP failover: max < 1.5 s, no lost/duplicate seat"] is False
+    assert met["no false failover in 10 min at full load"] is True
