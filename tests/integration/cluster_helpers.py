@@ -36,7 +36,12 @@ class LocalCluster:
         node = self.nodes[name]
         if _alive(node["pid"]):
             os.kill(node["pid"], sig)
-            wait_for(f"{name} to die", lambda: (_reap(), not _alive(node["pid"]))[1], 10)
+
+            def dead() -> bool:
+                _reap()  # collect the child, or it stays a zombie that looks alive
+                return not _alive(node["pid"])
+
+            wait_for(f"{name} to die", dead, 10)
 
     def start(self, name: str) -> None:
         node = self.nodes[name]
