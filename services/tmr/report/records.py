@@ -9,8 +9,10 @@ acceptor's transactions.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from pathlib import Path
+from typing import Any, TypeVar
 
 from tmr.protocol import peer_api
 from tmr.replication.messages import (
@@ -55,6 +57,13 @@ FROM denials WHERE id > :after AND at >= :since AND at <= :until ORDER BY id
 """
 
 
+# The first record id and time of a table (how far back it goes once trimmed).
+_USAGE_FIRST_SQL = "SELECT MIN(id), MIN(at) FROM usage"
+_DENIAL_FIRST_SQL = "SELECT MIN(id), MIN(at) FROM denials"
+
+_Row = TypeVar("_Row", UsageRow, DenialRow)
+
+
 class UsageReader:
     """Read-only access to one backend database's usage table."""
 
@@ -83,7 +92,7 @@ class UsageReader:
             conn = self._connection()
             params = {"since": q.since, "until": q.until, "limit": q.limit + 1}
             rows = conn.execute(_WINDOW_SQL, params).fetchall()
-            first_id, oldest = conn.execute("SELECT MIN(id), MIN(at) FROM usage").fetchone()
+            first_id, oldest = conn.execute(_USAGE_FIRST_SQL).fetchone()
         except sqlite3.Error:
             self.close()  # reopen next time (e.g. the file was replaced)
             raise
@@ -103,18 +112,56 @@ class UsageReader:
         one), with the id to continue from (None: no row is left). The first chunk (``after``
         0) also says how far back the record goes; later ones leave ``oldest`` None."""
         budget = q.chunk_bytes - peer_api.USAGE_CHUNK_OVERHEAD - len(name.encode())
-        rows: list[UsageRow] = []
+        rows, last, oldest = self._read_chunk(
+            _CHUNK_SQL, _USAGE_FIRST_SQL, q, budget, UsageRow._make, peer_api.usage_row_size
+        )
+        return UsageRecords(q.mid, name, tuple(rows), oldest, False, last)
+
+    def denials(self, q: DenialQuery, name: str) -> DenialRecords:
+        """The denial rows of ``q``'s window after record id ``q.after`` that fit in
+        ``q.chunk_bytes`` encoded (at least one, at most `peer_api.MAX_DENIAL_ROWS`), and the
+        id to continue from (None: none left). The first chunk says how far back the record
+        goes (``oldest``)."""
+        budget = q.chunk_bytes - peer_api.DENIAL_CHUNK_OVERHEAD - len(name.encode())
+        rows, last, oldest = self._read_chunk(
+            _DENIAL_SQL,
+            _DENIAL_FIRST_SQL,
+            q,
+            budget,
+            DenialRow._make,
+            peer_api.denial_row_size,
+            max_rows=peer_api.MAX_DENIAL_ROWS,
+        )
+        return DenialRecords(q.mid, name, tuple(rows), oldest, last)
+
+    def _read_chunk(
+        self,
+        sql: str,
+        first_sql: str,
+        q: UsageQuery | DenialQuery,
+        budget: int,
+        make: Callable[[Iterable[Any]], _Row],
+        size: Callable[[_Row], int],
+        max_rows: int | None = None,
+    ) -> tuple[list[_Row], int | None, float | None]:
+        """One chunk of ``sql`` (rows ``(id, *fields)`` of ``q``'s window from record id
+        ``q.after`` on): the rows (``make`` of the fields) that fit in ``budget`` encoded bytes
+        (``size`` of each; at least one, at most ``max_rows``), the id to continue from (None:
+        every row was read) and, for the first chunk (``after`` 0), how far back the record
+        goes (from ``first_sql``, its first id and time; None: nothing was trimmed). Raises
+        `sqlite3.Error` (the connection is closed, reopened next time)."""
+        after = q.after
+        rows: list[_Row] = []
         last: int | None = None
         oldest: float | None = None
         try:
             conn = self._connection()
-            params = {"since": q.since, "until": q.until, "after": q.after}
-            cur = conn.execute(_CHUNK_SQL, params)
+            cur = conn.execute(sql, {"since": q.since, "until": q.until, "after": after})
             try:
                 for rid, *fields in cur:
-                    row = UsageRow(*fields)
-                    budget -= peer_api.usage_row_size(row)
-                    if budget < 0 and rows:
+                    row = make(fields)
+                    budget -= size(row)
+                    if (budget < 0 and rows) or (max_rows is not None and len(rows) >= max_rows):
                         break  # the row is read again by the next chunk
                     rows.append(row)
                     last = rid
@@ -122,44 +169,11 @@ class UsageReader:
                     last = None  # every row was read
             finally:
                 cur.close()
-            if q.after == 0:
-                first_id, first_at = conn.execute("SELECT MIN(id), MIN(at) FROM usage").fetchone()
+            if after == 0:
+                first_id, first_at = conn.execute(first_sql).fetchone()
                 if first_id is not None and first_id > 1:  # ids start at 1: nothing trimmed
                     oldest = float(first_at)
         except sqlite3.Error:
             self.close()
             raise
-        return UsageRecords(q.mid, name, tuple(rows), oldest, False, last)
-
-    def denials(self, q: DenialQuery, name: str) -> DenialRecords:
-        """The denial rows of ``q``'s window after record id ``q.after`` that fit in
-        ``q.chunk_bytes`` encoded (at least one), and the id to continue from (None: none
-        left). The first chunk says how far back the record goes (``oldest``)."""
-        budget = q.chunk_bytes - peer_api.DENIAL_CHUNK_OVERHEAD - len(name.encode())
-        rows: list[DenialRow] = []
-        last: int | None = None
-        oldest: float | None = None
-        try:
-            conn = self._connection()
-            params = {"since": q.since, "until": q.until, "after": q.after}
-            cur = conn.execute(_DENIAL_SQL, params)
-            try:
-                for rid, *fields in cur:
-                    row = DenialRow(*fields)
-                    budget -= peer_api.denial_row_size(row)
-                    if (budget < 0 and rows) or len(rows) >= peer_api.MAX_DENIAL_ROWS:
-                        break  # read again by the next chunk
-                    rows.append(row)
-                    last = rid
-                else:
-                    last = None
-            finally:
-                cur.close()
-            if q.after == 0:
-                first_id, first_at = conn.execute("SELECT MIN(id), MIN(at) FROM denials").fetchone()
-                if first_id is not None and first_id > 1:  # ids start at 1: nothing trimmed
-                    oldest = float(first_at)
-        except sqlite3.Error:
-            self.close()
-            raise
-        return DenialRecords(q.mid, name, tuple(rows), oldest, last)
+        return rows, last, oldest
