@@ -415,20 +415,21 @@ class Bench:
     def run(self) -> Json:
         self.results["machine"] = m = machine_info(self.tmp)
         log(f"machine: {m['nproc']} cores, {m['cpu_model']}, load {m['loadavg_at_start']}")
-        log("local cluster: 3 backends + 2 TMR servers on 127.0.0.1")
-        self.cluster = Cluster(self.tmp / "cluster")
-        self.section_compare()
-        self.section_crypt()
-        self.section_failover()
-        self.section_backend_kill()
-        log("local cluster down")
-        self.cluster.down()
-        self.cluster = None
+        only = set(self.args.only or SECTIONS)
+        first = [s for s in SECTIONS[:4] if s in only]
+        if first:
+            log("local cluster: 3 backends + 2 TMR servers on 127.0.0.1")
+            self.cluster = Cluster(self.tmp / "cluster")
+            for name in first:
+                getattr(self, f"section_{name}")()
+            log("local cluster down")
+            self.cluster.down()
+            self.cluster = None
         # A failure in a growth section is reported in the results, not fatal: the sections
         # before it are worth writing.
-        if self.args.growth_max >= 0:
+        if self.args.growth_max >= 0 and "growth" in only:
             self._guarded("growth", self.section_growth)
-        if not self.args.skip_products:
+        if not self.args.skip_products and "products" in only:
             self._guarded("products", self.section_products)
         return self.results
 
@@ -1607,6 +1608,21 @@ def _finite(value: Any) -> Any:
     return value
 
 
+SECTIONS = ("compare", "crypt", "failover", "backend_kill", "growth", "products")
+LATEST = REPO / "bench" / "results" / "latest.json"
+PARTIAL_OUT = Path(tempfile.gettempdir()) / "tmr-bench-partial.json"
+
+
+def _sections(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown section {', '.join(unknown) or '(none)'}; choose from {', '.join(SECTIONS)}"
+        )
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="TMR benchmark (issue 6, docs/performance.md)")
     ap.add_argument("--quick", action="store_true", help="2 s per measurement, 1 repetition")
@@ -1625,8 +1641,17 @@ def main(argv: list[str] | None = None) -> int:
         help=f"largest held-handle count of the growth section (default "
         f"{GROWTH_SIZES[-1][0]}, with --quick {GROWTH_MAX_QUICK}; -1 leaves the section out)",
     )
+    ap.add_argument(
+        "--only",
+        type=_sections,
+        default=None,
+        metavar="SECTION[,SECTION]",
+        help=f"run only these sections (of {', '.join(SECTIONS)}); the results then go to "
+        f"{PARTIAL_OUT} unless --out says otherwise, and the targets of the sections left out "
+        "show as not measured",
+    )
     ap.add_argument("--profile", action="store_true", help="py-spy the server at 100 clients")
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "latest.json")
+    ap.add_argument("--out", type=Path, default=None, help=f"results file (default {LATEST})")
     ap.add_argument("--show", action="store_true", help="print the table of --out and stop")
     ap.add_argument(
         "--vip-only",
@@ -1635,6 +1660,8 @@ def main(argv: list[str] | None = None) -> int:
         "recompute the targets, print the table",
     )
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = PARTIAL_OUT if args.only and not (args.show or args.vip_only) else LATEST
     if args.growth_max is None:
         args.growth_max = GROWTH_MAX_QUICK if args.quick else GROWTH_SIZES[-1][0]
     if args.show:
