@@ -314,3 +314,35 @@ def test_vip_only_reads_the_lab_figures_into_the_results_and_measures_nothing(
     assert met["VIP failover: kill -> first checkout p50 < 1.0 s"] is True
     assert met["VIP failover: max < 1.5 s, no lost/duplicate seat"] is False
     assert met["no false failover in 10 min at full load"] is True
+
+
+def test_a_heartbeat_worker_polls_only_the_clients_waiting_for_a_reply() -> None:
+    """A poll costs every socket it watches: a heartbeat worker's thousands of clients wait
+    for their next heartbeat nearly all the time and must not be polled meanwhile."""
+    import time
+
+    import zmq
+
+    w = _worker(server_key=zmq.curve_keypair()[0].decode(), firm=6_000_001, ramp=5.0, period=10.0)
+    try:
+        for c in w.clients:
+            w._connect(c)
+        now = time.monotonic()
+        for c in w.clients:
+            w._begin(c, now)  # the checkouts spread over the ramp: none sent yet
+        assert w.watched == set() and w.poller.sockets == []
+        c = w.clients[0]
+        w._send(c, now)  # its checkout goes out
+        assert w.watched == {c.sock} and len(w.poller.sockets) == 1
+        c.handle = "h1-x"
+        w._heartbeat(c, now, w.period)  # answered: the next heartbeat waits a period
+        assert w.watched == set() and w.poller.sockets == []
+        w._send(c, now)
+        w._failover(c, now)  # no answer: the same request on a new socket, watched
+        assert w.watched == {c.sock} and len(w.poller.sockets) == 1
+        w._failover(c, now, pause=1.0)  # NOT_ACTIVE: resent after a pause, not watched
+        assert w.watched == set() and w.poller.sockets == []
+    finally:
+        for sock in list(w.by_sock):
+            sock.close(linger=0)
+        w.ctx.term()
