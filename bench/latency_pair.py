@@ -134,6 +134,8 @@ def measure(info: Json, clients: int, duration: float, prof: Path | None) -> Jso
         "server_cs": round(cs["server"] / cyc, 1),
         "backend_cs": round(statistics.mean(cs[b["name"]] / cyc for b in backends), 1),
         "errors": s["errors"],
+        "retries": s["retries"],
+        "lost": s["lost"],
     }
     return out
 
