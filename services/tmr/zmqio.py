@@ -57,22 +57,23 @@ def recv_frames_user(sock: zmq.Socket[bytes]) -> tuple[list[bytes], str] | None:
     """`recv_frames`, plus the ZAP User-Id of the connection the message came in on.
 
     With CURVE and the services' ZAP handler (`tmr.serving.zap`), the User-Id is the Z85 key
-    of the peer; "" when the connection has none. The frames after the first (a ROUTER's
-    routing id) are received without copying, to read the metadata ZeroMQ attaches to them.
+    of the peer; "" when the connection has none. ZeroMQ attaches the connection's metadata
+    to every frame that came from the peer, so only the frame after the first (a ROUTER's
+    routing id) is received without copying, to read it; the rest are plain bytes (one
+    `zmq.Frame` per message instead of one per frame).
     """
     try:
         frames = [sock.recv(NOBLOCK)]
     except zmq.Again:
         return None
-    last: zmq.Frame | None = None
+    if not sock.get(_RCVMORE):
+        return frames, ""
+    first: zmq.Frame = sock.recv(NOBLOCK, copy=False)
+    frames.append(first.bytes)
     while sock.get(_RCVMORE):
-        last = sock.recv(NOBLOCK, copy=False)
-        frames.append(last.bytes)
-    user = ""
-    if last is not None:
-        try:
-            value = last.get("User-Id")
-        except zmq.ZMQError:
-            value = ""
-        user = value if isinstance(value, str) else ""
-    return frames, user
+        frames.append(sock.recv(NOBLOCK))
+    try:
+        value = first.get("User-Id")
+    except zmq.ZMQError:
+        value = ""
+    return frames, value if isinstance(value, str) else ""

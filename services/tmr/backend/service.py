@@ -73,7 +73,7 @@ from tmr.serving.commands import CtlServer
 from tmr.serving.loop import ServiceLoop, configure_service_logs
 from tmr.serving.zap import ZapHandler, parse_allowlist
 from tmr.zap_log import ZapDenials
-from tmr.zmqio import recv_frames, send_frames
+from tmr.zmqio import readable, recv_frames, send_frames
 
 DB_NAME = "backend.sqlite3"
 CLOCK_NAME = "clock.json"
@@ -367,17 +367,24 @@ class BackendService:
 
     def _serve_peers(self, now: float) -> None:
         """Take the peer requests that are queued (at most MAX_BATCH), serve them as one
-        group (their writes in one durable transaction), then send the replies in order."""
-        assert self._router is not None
+        group (their writes in one durable transaction), then send the replies in order.
+
+        The socket is drained while its ZMQ_EVENTS say a request waits: a turn usually has
+        one (a lone ACCEPT at low load, one per server under load), where reading until
+        `zmq.Again` would raise an exception in every turn."""
+        router = self._router
+        assert router is not None
         envelopes: list[list[bytes]] = []
         payloads: list[bytes | None] = []
         for _ in range(MAX_BATCH):
-            frames = recv_frames(self._router)
+            frames = recv_frames(router)
             if frames is None:
                 break
             envelope, payload = split_envelope(frames)
             envelopes.append(envelope)
             payloads.append(payload)
+            if not readable(router):
+                break
         if not payloads:
             return
         replies = self.handle_frames(payloads)
@@ -387,7 +394,7 @@ class BackendService:
         self._usage_deferred.clear()
         for envelope, reply in zip(envelopes, replies, strict=True):
             if reply is not None:
-                send_frames(self._router, [*envelope, reply])
+                send_frames(router, [*envelope, reply])
 
     # ============================================================== peer requests
 

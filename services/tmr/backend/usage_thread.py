@@ -14,6 +14,7 @@ what the loop sends for a report is never one large frame.
 
 from __future__ import annotations
 
+import collections
 import queue
 import sqlite3
 import threading
@@ -39,7 +40,9 @@ class UsageThread:
         self.db_path = db_path
         self.offload = Offload()
         self._jobs: queue.Queue[tuple[Envelope, Query] | None] = queue.Queue(MAX_PENDING)
-        self._done: queue.Queue[tuple[Envelope, bytes]] = queue.Queue()
+        # Answers for the loop: a deque (append and popleft are atomic), so the loop's check
+        # in every turn takes no lock and raises no `queue.Empty` when there is none.
+        self._done: collections.deque[tuple[Envelope, bytes]] = collections.deque()
         self.storage_errors = 0
         self._thread = threading.Thread(target=self._run, name="tmr-usage-query", daemon=True)
         self._thread.start()
@@ -54,11 +57,10 @@ class UsageThread:
 
     def take(self) -> list[tuple[Envelope, bytes]]:
         out = []
-        while True:
-            try:
-                out.append(self._done.get_nowait())
-            except queue.Empty:
-                return out
+        done = self._done
+        while done:
+            out.append(done.popleft())
+        return out
 
     def close(self, timeout: float = 5.0) -> None:
         put_stop(self._jobs)
@@ -79,7 +81,7 @@ class UsageThread:
             except Exception as exc:  # a bug must not kill the thread
                 log("internal_error", level="error", error=repr(exc), during="usage query")
                 reply = encode_error(query.mid, "usage query failed")
-            self._done.put((envelope, reply))
+            self._done.append((envelope, reply))
             self.wake()
 
 

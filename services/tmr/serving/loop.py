@@ -53,6 +53,7 @@ class ServiceLoop:
     def __init__(self) -> None:
         self.poller = zmq.Poller()
         self._steps: list[_Step] = []
+        self._timers: list[_Step] = []  # the steps of `every`, for the poll's timeout
         self._signals = SignalPipe()
         self._actions: dict[int, Callable[[int], None]] = {}
         self.poller.register(self._signals.fileno(), zmq.POLLIN)
@@ -73,7 +74,9 @@ class ServiceLoop:
         interval; 0: in the first turn)."""
         assert interval > 0
         delay = interval if first is None else first
-        self._steps.append(_Step(fn, None, interval, time.monotonic() + delay))
+        step = _Step(fn, None, interval, time.monotonic() + delay)
+        self._steps.append(step)
+        self._timers.append(step)
 
     def serve_zap(self, ctx: zmq.Context[zmq.Socket[bytes]], handler: ZapHandler) -> None:
         """Bind the ZAP handler on ``ctx`` (call before binding any CURVE server socket on it)
@@ -142,10 +145,10 @@ class ServiceLoop:
         return self.stop_reason
 
     def _timeout_ms(self) -> int:
-        dues = [s.due for s in self._steps if s.interval]
-        if not dues:
+        if not self._timers:
             return -1
-        return int(max(0.0, min(dues) - time.monotonic()) * 1000) + 1
+        due = min(s.due for s in self._timers)
+        return int(max(0.0, due - time.monotonic()) * 1000) + 1
 
     def close(self) -> None:
         """Close the self-pipe (after `run`; the service closes its own sockets)."""

@@ -168,6 +168,7 @@ class ServerMetrics:
         )
         self._inflight: dict[tuple[str, int], tuple[float, str]] = {}
         self._children: dict[tuple[str, str], Any] = {}
+        self._rounds: dict[str, Any] = {}  # round_latency's child per kind of round
         # Counts of this loop turn, not yet added to the counters (`flush`).
         self._events: dict[tuple[str, str], int] = {}
         self._errors: dict[str, int] = {}
@@ -222,7 +223,11 @@ class ServerMetrics:
     def on_reply(self, backend: str, msg: PeerReply) -> None:
         sent = self._inflight.pop((backend, msg.mid), None)
         if sent is not None and isinstance(msg, Accepted):
-            self.round_latency.labels(sent[1]).observe(max(0.0, self.clock() - sent[0]))
+            kind = sent[1]
+            child = self._rounds.get(kind)
+            if child is None:  # `labels()` is costly: one child per kind, kept
+                child = self._rounds[kind] = self.round_latency.labels(kind)
+            child.observe(max(0.0, self.clock() - sent[0]))
 
     def on_handshake_denied(self, socket: str) -> None:
         """A refused CURVE handshake (called by the loop's ZAP handler, `tmr.serving.zap`)."""

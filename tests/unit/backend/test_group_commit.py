@@ -131,3 +131,50 @@ def test_leader_age_follows_requests_in_the_promised_epoch(
     assert svc.status()["leader_age"] == 0.25
     reply = decode_reply(svc.handle_frames([encode_request(Probe(4))])[0])
     assert reply.leader_age == 0.25
+
+
+def test_a_turn_takes_the_queued_requests_without_a_receive_that_finds_none(
+    svc: BackendService,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`_serve_peers` drains the peer socket while ZMQ_EVENTS say a request waits: every
+    queued request is served in the turn (one group), and no receive comes back empty (a
+    `zmq.Again` per turn, the common case of one ACCEPT at low load)."""
+    import zmq
+
+    from tmr.backend import service as service_module
+    from tmr.zmqio import readable, recv_frames
+
+    catch_up(svc)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.bind("inproc://backend-drain")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.connect("inproc://backend-drain")
+    received: list[bool] = []
+
+    def counting(sock: zmq.Socket[bytes]) -> list[bytes] | None:
+        frames = recv_frames(sock)
+        received.append(frames is not None)
+        return frames
+
+    monkeypatch.setattr(service_module, "recv_frames", counting)
+    svc._router = router
+    try:
+        for seq in (1, 2, 3):
+            entry = AcceptEntry(KEY, seq, (Grant(rec(f"h{seq}")),))
+            dealer.send(encode_request(Accept(seq, E1, (entry,))))
+        assert router.poll(2000)  # inproc: all three are queued once the first is
+        svc._serve_peers(0.0)
+        assert received == [True, True, True]
+        replies = []
+        while dealer.poll(2000) and len(replies) < 3:
+            replies.append(decode_reply(dealer.recv()))
+        assert [r.mid for r in replies] == [1, 2, 3]
+        assert all(r.results[KEY].status is EntryStatus.OK for r in replies)
+        assert not readable(router)
+    finally:
+        svc._router = None
+        router.close(linger=0)
+        dealer.close(linger=0)
+        ctx.term()

@@ -42,6 +42,7 @@ class Curve:
         self.router.bind("tcp://127.0.0.1:*")
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.got: list[tuple[bytes, str]] = []  # (payload, User-Id)
+        self.frames: list[list[bytes]] = []  # every message whole, routing id left off
         self.loop.watch(self.router, self._recv)
         self.thread = threading.Thread(target=self.loop.run, daemon=True)
         self.thread.start()
@@ -50,6 +51,7 @@ class Curve:
         while (got := recv_frames_user(self.router)) is not None:
             frames, user = got
             self.got.append((frames[-1], user))
+            self.frames.append(frames[1:])
             self.router.send_multipart([frames[0], b"ok"])
 
     def close(self) -> None:
@@ -119,6 +121,27 @@ def test_an_allowlist_admits_only_its_keys_and_logs_a_refused_key_once(log_file:
     denials = [r for r in lines if r["event"] == "test_denied"]
     assert len(denials) == 1 and denials[0]["key"] == bad_pub.decode()
     assert denials[0]["socket"] == "t" and denials[0]["mechanism"] == "CURVE"
+
+
+def test_every_frame_of_a_message_arrives_with_the_user_id_of_its_connection() -> None:
+    """`recv_frames_user` reads the metadata from the first frame the peer sent and the
+    rest as plain bytes: messages of one to four frames (a DEALER's, a REQ's envelope, more)
+    arrive whole and in order, each with the sender's key."""
+    pub, sec = zmq.curve_keypair()
+    curve = Curve(None)
+    sent = [[b"one"], [b"", b"two"], [b"", b"x", b"three"], [b"a", b"", b"b", b"four" * 50]]
+    s = _dealer(curve, pub, sec)
+    try:
+        for frames in sent:
+            s.send_multipart(frames)
+            assert s.poll(10_000)
+            s.recv()
+    finally:
+        s.close()
+        curve.close()
+    assert curve.frames == sent
+    assert all(isinstance(f, bytes) for m in curve.frames for f in m)
+    assert [user for _, user in curve.got] == [pub.decode()] * len(sent)
 
 
 def test_without_an_allowlist_every_key_connects_with_its_key_as_user_id() -> None:
