@@ -10,10 +10,18 @@ Tables (schema version in ``meta``):
 - ``acceptor``: one row, the promised epoch and the ``caught_up`` flag;
 - ``products``: per (firm, product) the log version (epoch, seq) and the replicated floors
   (the trio's TMR ID and trusted time, schema 4; they only rise);
-- ``handles``: the handle table, per (firm, product, handle), with the CURVE key that owns
-  each handle (schema 3) and the user, host and process id the client gave (schema 5;
+- ``handles``: the handle table, one row per (firm, product, handle), with the CURVE key that
+  owns each handle (schema 3) and the user, host and process id the client gave (schema 5;
   informational, shown by `tmr admin handles`) and its access mode (schema 7: user_limit,
-  station_share or exclusive; how the handle counts, `tmr.replication.types.AccessMode`);
+  station_share or exclusive; how the handle counts, `tmr.replication.types.AccessMode`).
+  Schema 9: a rowid table in grant order with no index on the handle id. Handle ids are
+  random: as the key of a B-tree (schema 2 to 8) every grant and release of a round dirtied a
+  page of its own once the table held many handles (1.55x the CPU per round at 100,000 held,
+  docs/performance.md); in grant order a round's grants share the last pages and the
+  releases of short-lived handles find them there. The store finds a row through an
+  in-memory map (firm, product) -> handle -> row id (`SqliteStore._ids`), read from the table
+  by `load` (and on the first commit, or when another connection wrote the database), changed
+  only once a transaction has committed; the one-row-per-handle rule is the map's;
 - ``known_commits``: per product the highest version a leader said is committed (schema 8,
   `AcceptorState.known`), written in the transaction of the message that carried it;
 - ``marked_grants``: per product the grants taken from an entry flagged ``notice``, with that
@@ -56,12 +64,31 @@ from tmr.replication.types import (
     floor_after,
 )
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 DEFAULT_USAGE_RETENTION = 100_000
 DEFAULT_DENIAL_RETENTION = 100_000
 TRIM_BATCH_MAX = 1024  # usage rows that may come in between two trims (see the docstring)
 
-_SCHEMA = """
+# Schema 9: rows in grant order (``id``: the store's own counter, only ever rising), found by
+# the store's in-memory map; no index on the handle id (see the module docstring).
+_HANDLES = """CREATE TABLE IF NOT EXISTS handles (
+    id INTEGER PRIMARY KEY,
+    firm INTEGER NOT NULL,
+    product INTEGER NOT NULL,
+    handle TEXT NOT NULL,
+    seats INTEGER NOT NULL,
+    client_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    granted_at REAL NOT NULL,
+    owner TEXT NOT NULL DEFAULT '',
+    user TEXT NOT NULL DEFAULT '',
+    host TEXT NOT NULL DEFAULT '',
+    pid INTEGER NOT NULL DEFAULT 0,
+    mode TEXT NOT NULL DEFAULT 'user_limit'
+);"""
+
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -82,21 +109,9 @@ CREATE TABLE IF NOT EXISTS products (
     time_floor REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (firm, product)
 );
-CREATE TABLE IF NOT EXISTS handles (
-    firm INTEGER NOT NULL,
-    product INTEGER NOT NULL,
-    handle TEXT NOT NULL,
-    seats INTEGER NOT NULL,
-    client_id TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    granted_at REAL NOT NULL,
-    owner TEXT NOT NULL DEFAULT '',
-    user TEXT NOT NULL DEFAULT '',
-    host TEXT NOT NULL DEFAULT '',
-    pid INTEGER NOT NULL DEFAULT 0,
-    mode TEXT NOT NULL DEFAULT 'user_limit',
-    PRIMARY KEY (firm, product, handle)
-) WITHOUT ROWID;
+"""
+    + _HANDLES
+    + """
 CREATE TABLE IF NOT EXISTS known_commits (
     firm INTEGER NOT NULL,
     product INTEGER NOT NULL,
@@ -150,6 +165,7 @@ CREATE TABLE IF NOT EXISTS denials (
     last REAL NOT NULL
 );
 """
+)
 
 
 # Schema 1 -> 2: the same columns; ``handles`` keyed by its primary key alone (WITHOUT ROWID:
@@ -237,6 +253,21 @@ _MIGRATE_FROM_7 = (
     f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",
 )
 
+# Schema 8 -> 9: ``handles`` becomes a rowid table in grant order (module docstring). The old
+# table is renamed, the new one created and the rows copied over in the order of their grant
+# time (ties by key), then the old table dropped. In the opening transaction: all or nothing.
+_HANDLE_COLUMNS = (
+    "firm, product, handle, seats, client_id, request_id, granted_at, owner, user, host, pid, mode"
+)
+_MIGRATE_FROM_8 = (
+    "ALTER TABLE handles RENAME TO handles_8",
+    _HANDLES,
+    f"INSERT INTO handles ({_HANDLE_COLUMNS}) SELECT {_HANDLE_COLUMNS} FROM handles_8 "
+    "ORDER BY granted_at, firm, product, handle",
+    "DROP TABLE handles_8",
+    f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version'",
+)
+
 # The upgrade from each schema to the next, in order: a database of schema N runs every step
 # from N on, in the opening transaction (all or nothing). A build refuses a database of a newer
 # schema (downgrade: restore a copy of the database taken before the upgrade).
@@ -247,6 +278,7 @@ _UPGRADES: tuple[tuple[int, tuple[str, ...]], ...] = (
     (5, _MIGRATE_FROM_5),
     (6, _MIGRATE_FROM_6),
     (7, _MIGRATE_FROM_7),
+    (8, _MIGRATE_FROM_8),
 )
 
 
@@ -277,15 +309,13 @@ class UsageRecord:
 
 
 _RELEASE_EVENTS = {ReleaseReason.RELEASE: "released", ReleaseReason.EXPIRE: "expired"}
+# A row's id is the store's own counter (`_Changes.next_id`): rows stay in grant order.
 _INSERT_HANDLE = (
-    "{verb} INTO handles (firm, product, handle, seats, client_id, request_id, granted_at, "
-    "owner, user, host, pid, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO handles (id, firm, product, handle, seats, client_id, request_id, granted_at, "
+    "owner, user, host, pid, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_GRANT = _INSERT_HANDLE.format(verb="INSERT OR IGNORE")
-_REPLACE_HANDLE = _INSERT_HANDLE.format(verb="INSERT OR REPLACE")
-_RELEASE = (
-    "DELETE FROM handles WHERE firm = ? AND product = ? AND handle = ? RETURNING seats, client_id"
-)
+_RELEASE = "DELETE FROM handles WHERE id = ? RETURNING seats, client_id"
+_DELETE_HANDLE = "DELETE FROM handles WHERE id = ?"
 # A product's version is replaced; its floors only ever rise (as in `apply_write`).
 _UPSERT_PRODUCT = (
     "INSERT INTO products (firm, product, epoch_counter, epoch_server, seq, tmr_floor, "
@@ -296,6 +326,64 @@ _UPSERT_PRODUCT = (
 )
 # (at, recorded_at, event, firm, product, handle, seats, client_id): one row of `usage`.
 _UsageRow = tuple[float, float, str, int, int, str, int, str]
+
+
+# (firm, product) -> handle -> row id of ``handles``: the store's map of the table.
+_Ids = dict[ProductKey, dict[str, int]]
+
+
+class _Changes:
+    """What one transaction under way did to ``handles``, over the committed map: the rows it
+    added (handle -> row id) and deleted (handle -> None), and the products whose rows it
+    deleted all at once (a snapshot). `merge` puts them into the map once the transaction has
+    committed; a transaction that failed leaves the map as it was (as SQLite leaves the table)."""
+
+    __slots__ = ("cleared", "ids", "next_id", "rows")
+
+    def __init__(self, ids: _Ids, next_id: int) -> None:
+        self.ids = ids
+        self.next_id = next_id  # the next row id to give (only ever rises)
+        self.rows: dict[ProductKey, dict[str, int | None]] = {}
+        self.cleared: set[ProductKey] = set()
+
+    def row(self, key: ProductKey, handle: str) -> int | None:
+        """The row id of ``handle`` as the transaction sees the table (None: no row)."""
+        changed = self.rows.get(key)
+        if changed is not None and handle in changed:
+            return changed[handle]
+        if key in self.cleared:
+            return None
+        held = self.ids.get(key)
+        return None if held is None else held.get(handle)
+
+    def put(self, key: ProductKey, handle: str, row: int | None) -> None:
+        changed = self.rows.get(key)
+        if changed is None:
+            changed = self.rows[key] = {}
+        changed[handle] = row
+
+    def clear(self, key: ProductKey) -> list[int]:
+        """Forget every row of product ``key``; their row ids (to delete)."""
+        rows: dict[str, int | None] = {} if key in self.cleared else dict(self.ids.get(key, {}))
+        rows.update(self.rows.pop(key, {}))
+        self.cleared.add(key)
+        return [row for row in rows.values() if row is not None]
+
+    def merge(self) -> None:
+        ids = self.ids
+        for key in self.cleared:
+            ids.pop(key, None)
+        for key, changed in self.rows.items():
+            held = ids.get(key)
+            if held is None:
+                held = ids[key] = {}
+            for handle, row in changed.items():
+                if row is None:
+                    held.pop(handle, None)
+                else:
+                    held[handle] = row
+            if not held:
+                del ids[key]
 
 
 class SqliteStore:
@@ -320,6 +408,12 @@ class SqliteStore:
         self._trim_batch = min(TRIM_BATCH_MAX, usage_retention // 100)
         self._untrimmed = self._trim_batch + 1  # the first commit trims (retention may be lower)
         self._conn: sqlite3.Connection | None = None
+        # The map of ``handles`` (module docstring): None until read from the table (by `load`
+        # or the first commit); read again when another connection wrote the database (its
+        # ``data_version`` moved) or this one was closed.
+        self._ids: _Ids | None = None
+        self._next_id = 1
+        self._data_version = -1
         self._open()
 
     # ------------------------------------------------------------------ lifecycle
@@ -382,6 +476,7 @@ class SqliteStore:
         )
 
     def close(self) -> None:
+        self._ids = None  # a new connection counts data_version afresh
         if self._conn is not None:
             with suppress(sqlite3.Error):
                 self._conn.close()
@@ -430,8 +525,11 @@ class SqliteStore:
             self.close()
             raise StorageError(f"cannot read database {self.path}: {exc}") from None
 
-    @staticmethod
-    def _read_state(conn: sqlite3.Connection) -> AcceptorState:
+    def _read_state(self, conn: sqlite3.Connection) -> AcceptorState:
+        """The state, and the map of ``handles`` read along with it."""
+        self._ids = None
+        # Read first: a write by another connection from here on moves it (`_handle_ids`).
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
         counter, server, caught_up = conn.execute(
             "SELECT promised_counter, promised_server, caught_up FROM acceptor WHERE id = 1"
         ).fetchone()
@@ -443,11 +541,34 @@ class SqliteStore:
             state.products[(firm, product)] = ProductLog(
                 Version(Epoch(e_counter, e_server), seq), floor=Floor(tmr_floor, time_floor)
             )
-        for h, firm, product, seats, cid, rid, at, owner, user, host, pid, mode in conn.execute(
-            "SELECT handle, firm, product, seats, client_id, request_id, granted_at, owner, "
-            "user, host, pid, mode FROM handles"
+        ids: _Ids = {}
+        top = 0
+        for (
+            row_id,
+            h,
+            firm,
+            product,
+            seats,
+            cid,
+            rid,
+            at,
+            owner,
+            user,
+            host,
+            pid,
+            mode,
+        ) in conn.execute(
+            "SELECT id, handle, firm, product, seats, client_id, request_id, granted_at, "
+            "owner, user, host, pid, mode FROM handles ORDER BY id"
         ):
-            log = state.products.setdefault((firm, product), ProductLog())
+            key = (firm, product)
+            held = ids.get(key)
+            if held is None:
+                held = ids[key] = {}
+            if h in held:
+                raise sqlite3.DatabaseError(f"handle {h} of {firm}/{product} has two rows")
+            held[h] = top = row_id
+            log = state.products.setdefault(key, ProductLog())
             log.put(
                 HandleRecord(
                     h, firm, product, seats, cid, rid, at, owner, user, host, pid, AccessMode(mode)
@@ -462,7 +583,30 @@ class SqliteStore:
         ):
             log = state.products.setdefault((firm, product), ProductLog())
             log.marked[handle] = Version(Epoch(e_counter, e_server), seq)
+        self._ids, self._data_version = ids, version
+        self._next_id = max(self._next_id, top + 1)
         return state
+
+    def _handle_ids(self, conn: sqlite3.Connection) -> _Ids:
+        """The map of ``handles``, read from the table (in the transaction under way) when not
+        known or when another connection committed since it was read."""
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if self._ids is not None and version == self._data_version:
+            return self._ids
+        ids: _Ids = {}
+        top = 0
+        for row_id, firm, product, h in conn.execute(
+            "SELECT id, firm, product, handle FROM handles ORDER BY id"
+        ):
+            held = ids.get((firm, product))
+            if held is None:
+                held = ids[(firm, product)] = {}
+            if h in held:
+                raise sqlite3.DatabaseError(f"handle {h} of {firm}/{product} has two rows")
+            held[h] = top = row_id
+        self._ids, self._data_version = ids, version
+        self._next_id = max(self._next_id, top + 1)
+        return ids
 
     def commit(self, write: Write) -> None:
         """Make ``write`` durable in one transaction (the same effect as `apply_write`)."""
@@ -475,10 +619,11 @@ class SqliteStore:
         if not writes:
             return
         with self._transaction("commit") as conn:
+            changes = _Changes(self._handle_ids(conn), self._next_id)
             usage: list[_UsageRow] = []  # in op order; written together (ids keep that order)
             recorded_at = time.time()
             for write in writes:
-                self._write(conn, write, recorded_at, usage)
+                self._write(conn, write, recorded_at, usage, changes)
             if usage and self.usage_retention > 0:  # 0: no usage record at all
                 conn.executemany(
                     "INSERT INTO usage (at, recorded_at, event, firm, product, handle, seats, "
@@ -489,10 +634,18 @@ class SqliteStore:
             if untrimmed > self._trim_batch:
                 self._trim_usage(conn)
                 untrimmed = 0
-        self._untrimmed = untrimmed  # only once the transaction is committed
+        # Only once the transaction is committed:
+        changes.merge()
+        self._next_id = changes.next_id
+        self._untrimmed = untrimmed
 
     def _write(
-        self, conn: sqlite3.Connection, write: Write, recorded_at: float, usage: list[_UsageRow]
+        self,
+        conn: sqlite3.Connection,
+        write: Write,
+        recorded_at: float,
+        usage: list[_UsageRow],
+        changes: _Changes,
     ) -> None:
         if write.promised is not None:
             conn.execute(
@@ -502,7 +655,7 @@ class SqliteStore:
         if write.caught_up is not None:
             conn.execute("UPDATE acceptor SET caught_up = ? WHERE id = 1", (int(write.caught_up),))
         for pw in write.products:
-            self._write_product(conn, pw, recorded_at, usage)
+            self._write_product(conn, pw, recorded_at, usage, changes)
         for (firm, product), marks in write.marks:
             conn.execute(
                 "DELETE FROM marked_grants WHERE firm = ? AND product = ?", (firm, product)
@@ -523,16 +676,28 @@ class SqliteStore:
                 (firm, product, v.epoch.counter, v.epoch.server, v.seq),
             )
 
+    @staticmethod
     def _write_product(
-        self, conn: sqlite3.Connection, pw: ProductWrite, recorded_at: float, usage: list[_UsageRow]
+        conn: sqlite3.Connection,
+        pw: ProductWrite,
+        recorded_at: float,
+        usage: list[_UsageRow],
+        changes: _Changes,
     ) -> None:
-        firm, product = pw.key
+        key = pw.key
+        firm, product = key
         if pw.replace is not None:
-            conn.execute("DELETE FROM handles WHERE firm = ? AND product = ?", (firm, product))
-            conn.executemany(  # a later record with the same handle wins, as in a dict
-                _REPLACE_HANDLE,
-                [
+            # Every row of the product, by the row ids of the map (no scan of the table).
+            conn.executemany(_DELETE_HANDLE, [(row,) for row in changes.clear(key)])
+            latest = {r.handle: r for r in pw.replace}  # a later record wins, as in a dict
+            rows = []
+            for r in latest.values():
+                row = changes.next_id
+                changes.next_id = row + 1
+                changes.put(key, r.handle, row)
+                rows.append(
                     (
+                        row,
                         firm,
                         product,
                         r.handle,
@@ -546,36 +711,65 @@ class SqliteStore:
                         r.pid,
                         r.mode.value,
                     )
-                    for r in pw.replace
-                ],
-            )
+                )
+            conn.executemany(_INSERT_HANDLE, rows)
         else:
             execute = conn.execute
             for op in pw.ops:
                 if type(op) is Grant:
                     rec = op.record
-                    row = (firm, product, rec.handle, rec.seats, rec.client_id, rec.request_id)
                     # A grant is idempotent: an existing handle is kept, and not recorded again.
-                    grant = (
-                        *row,
-                        rec.granted_at,
-                        rec.owner,
-                        rec.user,
-                        rec.host,
-                        rec.pid,
-                        rec.mode.value,
+                    if changes.row(key, rec.handle) is not None:
+                        continue
+                    row = changes.next_id
+                    changes.next_id = row + 1
+                    execute(
+                        _INSERT_HANDLE,
+                        (
+                            row,
+                            firm,
+                            product,
+                            rec.handle,
+                            rec.seats,
+                            rec.client_id,
+                            rec.request_id,
+                            rec.granted_at,
+                            rec.owner,
+                            rec.user,
+                            rec.host,
+                            rec.pid,
+                            rec.mode.value,
+                        ),
                     )
-                    if execute(_GRANT, grant).rowcount > 0:
-                        usage.append(
-                            (rec.granted_at, recorded_at, "granted", *row[:4], rec.client_id)
+                    changes.put(key, rec.handle, row)
+                    usage.append(
+                        (
+                            rec.granted_at,
+                            recorded_at,
+                            "granted",
+                            firm,
+                            product,
+                            rec.handle,
+                            rec.seats,
+                            rec.client_id,
                         )
+                    )
                 elif type(op) is Release:
-                    # Releasing a handle that is not held is a no-op (no row comes back).
-                    for seats, client_id in execute(_RELEASE, (firm, product, op.handle)):
-                        event = _RELEASE_EVENTS.get(op.reason, "released")
-                        usage.append(
-                            (op.at, recorded_at, event, firm, product, op.handle, seats, client_id)
+                    # Releasing a handle that is not held is a no-op.
+                    held = changes.row(key, op.handle)
+                    if held is None:
+                        continue
+                    found = execute(_RELEASE, (held,)).fetchone()
+                    if found is None:  # the map and the table differ: roll back, reload
+                        raise sqlite3.DatabaseError(
+                            f"handle {op.handle} of {firm}/{product} has no row {held}"
                         )
+                    changes.put(key, op.handle, None)
+                    seats, client_id = found
+                    event = _RELEASE_EVENTS.get(op.reason, "released")
+                    usage.append(
+                        (op.at, recorded_at, event, firm, product, op.handle, seats, client_id)
+                    )
         floor = floor_after(pw.floor or NO_FLOOR, pw.ops)
         conn.execute(
             _UPSERT_PRODUCT,
