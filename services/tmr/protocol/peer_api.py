@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import repeat
+from sys import intern
 from typing import Any, TypeVar
 
 from tmr.protocol.codec import pack, unpack
@@ -457,6 +458,9 @@ def _fast_record(v: Any) -> HandleRecord | None:
             and type(pid) is int
             and 0 <= pid <= U32
         ):
+            # The strings a client repeats in each of its handles are shared, not one copy per
+            # held handle (issue 17: memory per handle, on the backends and at takeover).
+            cid, owner, user, host = intern(cid), intern(owner), intern(user), intern(host)
             return HandleRecord(h, f, p, seats, cid, rid, at, owner, user, host, pid, mode)
     return None
 

@@ -39,6 +39,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from sys import intern
 from typing import Any
 
 from tmr.errors import ErrorCode
@@ -448,13 +449,16 @@ class Leader:
         p = self._product(key)
         handle = handles.handle_id(self.epoch, self._random_ids())
         seats = admission.granted_seats(mode, seats, eff.quantity)
+        # One string object per client, not per held handle (issue 17: memory per handle).
+        owner, client_id, user, host = intern(owner), intern(client_id), intern(user), intern(host)
+        firm, product = p.key
         rec = HandleRecord(
             handle, firm, product, seats, client_id, rid, self._wall(), owner, user, host, pid, mode
         )
         seq = self._propose(p, Grant(rec))
         p.add(rec)
         p.grant_seq[handle] = seq
-        self._handles.add(handle, key, (owner, client_id, rid))
+        self._handles.add(handle, p.key, (owner, client_id, rid))
         self._leases.grant(handle, now)
         reply = ClientReply(token, rid, self._grant_result(rec, now))
         self._reply_when(p, seq, reply, fx, grant=handle)
