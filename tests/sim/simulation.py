@@ -34,7 +34,7 @@ from tmr.policy import Policy, parse_policy
 from tmr.protocol.results import AdminReleaseResult, CheckoutResult, QueuedResult
 from tmr.replication.acceptor import Acceptor, AcceptorState, Step, Write, apply_write
 from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig, Role
-from tmr.replication.messages import Accept
+from tmr.replication.messages import Accept, Accepted, PeerRequest, Prepare, Snapshot
 from tmr.replication.types import (
     ZERO_EPOCH,
     AccessMode,
@@ -345,7 +345,14 @@ class Simulation:
             "station_shared": 0,
             "takeover_aborted": 0,  # of which a new leader aborted (never answered, §6)
             "window_crashes": 0,  # `crash_mid_update`: the leader crashed in the window
+            # Takeovers: snapshot entries sent as a reference to the backend's own table, of
+            # which backends refused (not the table they promised: sent whole later), and
+            # PREPAREs asking for tables after promises without them.
+            "snapshot_refs": 0,
+            "refs_refused": 0,
+            "tables_asked": 0,
         }
+        self.prepared: set[tuple[str, Epoch]] = set()  # (backend, epoch) sent a PREPARE
         # A fault script: called after every step (a directed scenario, see tests/sim).
         self.on_step: Callable[[Simulation], None] | None = None
         # handle -> (server, leader, epoch) whose admin release of it was answered ok: that
@@ -778,6 +785,7 @@ class Simulation:
             b = self.backends[m.dst]
             if b.acceptor is None:
                 return
+            self.count_takeover(m.dst, m.payload)
             step: Step = b.acceptor.handle(m.payload, self.now)
             if step.write is not None:
                 if self.faults_on and self.rng.random() < 0.01:
@@ -790,6 +798,10 @@ class Simulation:
             s = self.servers[m.dst]
             if s.leader is None or self.paused(s, m):
                 return
+            if isinstance(m.payload, Accepted):
+                self.stats["refs_refused"] += sum(
+                    1 for r in m.payload.results.values() if "by reference" in r.reason
+                )
             self.apply_effects(s, s.leader.on_reply(m.src, m.payload, self.now))
             self.maybe_pump(s)
         elif m.kind == "client_req":
@@ -803,6 +815,14 @@ class Simulation:
             self.maybe_pump(s)
         else:
             self.client_reply(m.dst, m.src, m.payload)
+
+    def count_takeover(self, dst: str, req: PeerRequest) -> None:
+        if isinstance(req, Snapshot):
+            self.stats["snapshot_refs"] += sum(1 for e in req.entries if e.base is not None)
+        elif isinstance(req, Prepare):
+            seen = (dst, req.epoch) in self.prepared
+            self.stats["tables_asked"] += seen and req.tables
+            self.prepared.add((dst, req.epoch))
 
     def paused(self, s: ServerNode, m: Msg) -> bool:
         """A stopped server: the message waits in its socket until it resumes."""

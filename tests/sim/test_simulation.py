@@ -67,6 +67,9 @@ def test_invariants_hold_over_seeds(first: int) -> None:
     # Every access mode was granted, and station shares saved seats (I1 counts them once).
     assert totals["mode_station_share"] > 0 and totals["mode_exclusive"] > 0
     assert totals["station_shared"] > 0
+    # Takeovers sent backends references to the tables they promised, and asked the tables
+    # of backends whose promise had the highest version without its table.
+    assert totals["snapshot_refs"] > 0 and totals["tables_asked"] > 0
 
 
 def test_same_seed_same_history() -> None:

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import repeat
+from sys import intern
 from typing import Any, TypeVar
 
 from tmr.protocol.codec import pack, unpack
@@ -146,8 +147,10 @@ def _floors(m: dict[ProductKey, Floor]) -> list[Any]:
 
 def _snapshot_entry(e: SnapshotEntry) -> list[Any]:
     out = [_key(e.key), e.seq, [_record(r) for r in e.handles]]
-    if e.floor != NO_FLOOR:  # absent while 0: what older backends read
+    if e.floor != NO_FLOOR or e.base is not None:  # absent while 0: what older backends read
         out.append([e.floor.tmr_id, e.floor.time])
+    if e.base is not None:  # only to backends whose promise said `refs`
+        out.append(_version(e.base))
     return out
 
 
@@ -163,6 +166,8 @@ def encode_request(msg: PeerRequest) -> bytes:
                 body["policy"] = msg.policy
         case Prepare():
             body = {"t": "prepare", "epoch": _epoch(msg.epoch)}
+            if not msg.tables:  # absent while true: what older servers send
+                body["tables"] = False
         case Accept():
             body = {
                 "t": "accept",
@@ -239,6 +244,10 @@ def encode_reply(msg: PeerReply) -> bytes:
                     [_key(k), [[h, _version(v)] for h, v in marks]]
                     for k, marks in msg.marked.items()
                 ]
+            if msg.refs:  # absent while false: what older backends send
+                body["refs"] = True
+            if not msg.tables:  # absent while true: what older backends send
+                body["tables"] = False
         case Rejected():
             body = {"t": "rejected", "promised": _epoch(msg.promised)}
         case Accepted():
@@ -449,6 +458,9 @@ def _fast_record(v: Any) -> HandleRecord | None:
             and type(pid) is int
             and 0 <= pid <= U32
         ):
+            # The strings a client repeats in each of its handles are shared, not one copy per
+            # held handle (issue 17: memory per handle, on the backends and at takeover).
+            cid, owner, user, host = intern(cid), intern(owner), intern(user), intern(host)
             return HandleRecord(h, f, p, seats, cid, rid, at, owner, user, host, pid, mode)
     return None
 
@@ -574,7 +586,7 @@ def _request(t: str, mid: int, b: dict[str, Any]) -> PeerRequest:
             )
         epoch = _d_epoch(_get(b, "epoch"), "epoch")
         if t == "prepare":
-            return Prepare(mid, epoch)
+            return Prepare(mid, epoch, _bool(b.get("tables", True), "tables"))
         if t == "accept":
             entries = []
             for i, e in enumerate(_list(_get(b, "entries"), "entries")):
@@ -599,14 +611,20 @@ def _request(t: str, mid: int, b: dict[str, Any]) -> PeerRequest:
                 items = _list(e, f"entries[{i}]")
                 if len(items) == 3:  # no floors (an older server, or none raised yet)
                     items = [*items, [0, 0.0]]
-                k, seq, recs, fl = _list(items, f"entries[{i}]", 4)
+                if len(items) == 4:  # the table itself, not a reference to the backend's own
+                    items = [*items, None]
+                k, seq, recs, fl, base = _list(items, f"entries[{i}]", 5)
                 ft, fa = _list(fl, f"entries[{i}].floor", 2)
+                handles = _items(recs, "handles", _d_record, _fast_record)
+                if base is not None and handles:
+                    raise _fail(f"entries[{i}]: a table by reference carries no handles")
                 snaps.append(
                     SnapshotEntry(
                         _d_key(k, "key"),
                         _int(seq, "seq"),
-                        _items(recs, "handles", _d_record, _fast_record),
+                        handles,
                         _d_floor(ft, fa, f"entries[{i}].floor"),
+                        None if base is None else _d_version(base, f"entries[{i}].base"),
                     )
                 )
             committed = _bool(b.get("committed", False), "committed")
@@ -679,6 +697,8 @@ def decode_reply(frame: bytes) -> PeerReply:
                     )
                     for k, marks in (_list(x, "marked", 2) for x in _list(b.get("marked", []), "m"))
                 },
+                _bool(b.get("refs", False), "refs"),  # an older backend sends none
+                _bool(b.get("tables", True), "tables"),
             )
         if t == "rejected":
             return Rejected(mid, _d_epoch(_get(b, "promised"), "promised"))

@@ -267,12 +267,15 @@ class Acceptor:
             epoch=req.epoch,
             caught_up=self.state.caught_up,
             logs={
-                k: (v.version, tuple(v.handles.values())) for k, v in self.state.products.items()
+                k: (v.version, tuple(v.handles.values()) if req.tables else ())
+                for k, v in self.state.products.items()
             },
             licenses=self.reported_licenses(),
             floors={k: v.floor for k, v in self.state.products.items()},
             commits=dict(self.state.known),
             marked={k: tuple(v.marked.items()) for k, v in self.state.products.items() if v.marked},
+            refs=True,
+            tables=req.tables,
         )
         promised = self._promise_write(req.epoch)
         return Step(reply, Write(promised=promised) if promised else None)
@@ -415,6 +418,21 @@ class Acceptor:
             if have.epoch == req.epoch and entry.seq <= have.seq:
                 results[key] = EntryResult(EntryStatus.OK, have.seq)  # stale or duplicate
                 continue
+            if entry.base is not None:
+                # The leader adopted this backend's own table at `base`: keep it, relabelled.
+                # A table at another version (wiped, restored) is not the one it adopted.
+                if entry.base != have:
+                    why = f"snapshot by reference to {entry.base}, this backend holds {have}"
+                    results[key] = EntryResult(EntryStatus.REFUSED, have.seq, why)
+                    continue
+                refusal = "" if key in self.licenses else self._license_refusal(key)
+                if refusal:
+                    results[key] = EntryResult(EntryStatus.REFUSED, have.seq, refusal)
+                    continue
+                version = Version(req.epoch, entry.seq)
+                writes.append(ProductWrite(key, version, floor=entry.floor))
+                results[key] = EntryResult(EntryStatus.OK, entry.seq)
+                continue  # the same table: every mark stays
             # Committed state is recorded with any copy, also above its LQ: this backend's
             # acknowledgement commits nothing new (the leader sends it at a committed seq).
             # So is a table that adds no handle to this backend's: it only records releases.

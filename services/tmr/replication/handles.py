@@ -11,8 +11,9 @@ so a retry after the release is not granted again.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 
-from tmr.replication.types import Epoch, ProductKey
+from tmr.replication.types import Epoch, HandleRecord, ProductKey
 
 RECENT_RELEASED = 100_000  # (owner, client id, request id) of released handles remembered per term
 
@@ -49,6 +50,12 @@ class HandleIndex:
     def add(self, handle: str, key: ProductKey, request: Request) -> None:
         self._key[handle] = key
         self._by_request[request] = handle
+
+    def adopt(self, key: ProductKey, table: Iterable[HandleRecord]) -> None:
+        """`add` for every handle of a table adopted at takeover."""
+        for r in table:
+            self._key[r.handle] = key
+            self._by_request[(r.owner, r.client_id, r.request_id)] = r.handle
 
     def key_of(self, handle: str) -> ProductKey | None:
         return self._key.get(handle)

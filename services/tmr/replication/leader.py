@@ -39,6 +39,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from sys import intern
 from typing import Any
 
 from tmr.errors import ErrorCode
@@ -451,13 +452,16 @@ class Leader:
         p = self._product(key)
         handle = handles.handle_id(self.epoch, self._random_ids())
         seats = admission.granted_seats(mode, seats, eff.quantity)
+        # One string object per client, not per held handle (issue 17: memory per handle).
+        owner, client_id, user, host = intern(owner), intern(client_id), intern(user), intern(host)
+        firm, product = p.key
         rec = HandleRecord(
             handle, firm, product, seats, client_id, rid, self._wall(), owner, user, host, pid, mode
         )
         seq = self._propose(p, Grant(rec))
         p.add(rec)
         p.grant_seq[handle] = seq
-        self._handles.add(handle, key, (owner, client_id, rid))
+        self._handles.add(handle, p.key, (owner, client_id, rid))
         self._leases.grant(handle, now)
         reply = ClientReply(token, rid, self._grant_result(rec, now))
         self._reply_when(p, seq, reply, fx, grant=handle)
@@ -874,6 +878,9 @@ class Leader:
         self._takeover_started = 0.0
         self._force = False
         self._waiting_for: str | None = None  # the live leader a takeover waits for
+        # The backends a takeover asked for their tables (PREPARE asks none at first: one
+        # table of the highest version is enough, `takeover.lacking_tables`).
+        self._tables_from: set[str] = set()
         self.denials: dict[ProductKey, int] = {}
         # Not replicated: a new term starts with empty queues (the clients queue again)
         self._queue = checkout_queue.CheckoutQueue(self.cfg.queue_hold)
@@ -897,6 +904,8 @@ class Leader:
             self._sweep_next_pump()
 
     def _mark_down(self, b: Backend, fx: Effects, why: str) -> None:
+        for p in self._products.values():
+            p.holders.discard(b.name)  # entry 0 no longer waits for it (`next_message`)
         if backends.mark_down(b, fx.events, why):
             self._eff_cache.clear()
             self._sweep_next_pump()
@@ -1386,7 +1395,8 @@ class Leader:
     def _send_prepare(self, b: Backend, now: float, fx: Effects) -> None:
         assert self.epoch is not None
         b.prepare_sent = True
-        self._send(b, Prepare(next(self._mids), self.epoch), Outstanding("prepare", now), fx)
+        prepare = Prepare(next(self._mids), self.epoch, tables=b.name in self._tables_from)
+        self._send(b, prepare, Outstanding("prepare", now), fx)
 
     def _on_promise(self, b: Backend, msg: Promise, now: float, fx: Effects) -> None:
         if self.role != Role.TAKEOVER or msg.epoch != self.epoch:
@@ -1395,11 +1405,24 @@ class Leader:
         b.promise = msg
         backends.set_caught_up(b, msg.caught_up, now)
         if self._phase != Phase.PREPARE:
-            return  # adopted already; this late backend joins through a snapshot
+            # Adopted already; this late backend joins through a snapshot (by reference to
+            # its own table where it holds the adopted one).
+            for key, p in self._products.items():
+                if p.adopted_from is not None and b.name in takeover.holders(
+                    [msg], key, p.adopted_from
+                ):
+                    p.holders.add(b.name)
+            return
         adopt = takeover.to_adopt(self.backends)
         if adopt is None:
             return
         counted, self._bootstrap = adopt
+        lacking = takeover.lacking_tables(counted)
+        if lacking:  # the highest version's table is not among them yet: ask its holders
+            for name in lacking - self._tables_from:
+                self._tables_from.add(name)
+                self._send_prepare(self._by_name[name], now, fx)
+            return
         self._adopt(counted, now, fx)
 
     def _adopt(self, promises: list[Promise], now: float, fx: Effects) -> None:
@@ -1425,15 +1448,16 @@ class Leader:
                         "takeover": True,
                     }
                 )
-            for rec in best.get(key, (None, ()))[1]:
-                if rec.handle in unanswered:
-                    continue  # no client was told of it: aborted (docs/design.md §6)
-                p.add(rec)
-                p.grant_seq[rec.handle] = 0
-                self._handles.add(rec.handle, key, (rec.owner, rec.client_id, rec.request_id))
-                # Leases restart at takeover, plus the margin a deposed leader may have used
-                # to confirm a heartbeat (see `heartbeat`).
-                self._leases.restart(rec.handle, now)
+            if key in best and not unanswered:
+                p.adopted_from = best[key][0]
+                p.holders = takeover.holders(promises, key, p.adopted_from)
+            # Without the grants no client was told of: aborted (docs/design.md §6).
+            table = [r for r in best.get(key, (None, ()))[1] if r.handle not in unanswered]
+            p.adopt(table)
+            self._handles.adopt(key, table)
+            # Leases restart at takeover, plus the margin a deposed leader may have used to
+            # confirm a heartbeat (see `heartbeat`).
+            self._leases.restart_all([r.handle for r in table], now)
         self._roles.fire(Event.ADOPT)
         fx.events.append(
             {
@@ -1477,6 +1501,8 @@ class Leader:
                 b.acked.pop(key, None)
                 b.sent.pop(key, None)
                 if res.status == EntryStatus.REFUSED:
+                    if p is not None:
+                        p.holders.discard(b.name)  # not the table it promised: send it whole
                     if kind == "accept" and p is not None:
                         # Its log is at res.seq in this epoch; it refused the entry after it.
                         p.refused[b.name] = res.seq + 1

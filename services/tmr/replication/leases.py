@@ -50,14 +50,24 @@ class Leases:
         heapq.heappush(self._heap, (at, handle))
 
     def grant(self, handle: str, now: float) -> None:
-        self._until[handle] = now + self.lease
-        self._arm(handle, now + self.lease)
+        until = now + self.lease  # one float object for both tables and the heap entry
+        self._until[handle] = until
+        self._arm(handle, until)
 
     def restart(self, handle: str, now: float) -> None:
         """An adopted handle: its lease restarts at takeover, plus the margin a deposed
         leader may have used to confirm a heartbeat (see `extend`)."""
-        self._until[handle] = now + self.lease + self._margin
-        self._arm(handle, now + self.lease + self._margin)
+        until = now + self.lease + self._margin
+        self._until[handle] = until
+        self._arm(handle, until)
+
+    def restart_all(self, handles: list[str], now: float) -> None:
+        """`restart` of many handles (a takeover's): one heap rebuild, not a push each."""
+        until = now + self.lease + self._margin
+        self._until.update(dict.fromkeys(handles, until))
+        self._armed.update(dict.fromkeys(handles, until))
+        self._heap.extend([(until, h) for h in handles])
+        heapq.heapify(self._heap)
 
     def extend(self, handle: str, now: float) -> None:
         """A heartbeat: the lease runs `lease` from now (never shorter than it was)."""

@@ -43,6 +43,10 @@ class Probe:
 class Prepare:
     mid: int
     epoch: Epoch
+    # False: the promise carries each product's version, not its table (`Promise.tables`).
+    # A takeover asks the table of one backend, not of all three (older backends always
+    # send it).
+    tables: bool = True
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,11 @@ class SnapshotEntry:
     seq: int
     handles: tuple[HandleRecord, ...]
     floor: Floor = NO_FLOOR  # the product's replicated floors (a wiped backend is seeded)
+    # Not None: the table is the backend's own table at this version (``handles`` is empty),
+    # sent only to a backend whose promise held the adopted table at that version and said
+    # it takes such entries (`Promise.refs`); one whose table is at another version refuses
+    # the entry. A takeover then sends no table to the backends that hold it already.
+    base: Version | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,11 @@ class Promise:
     # Per product, the grants of its table taken from an entry flagged `notice`, with that
     # entry's version, above its known commit (`ProductLog.marked`; older backends: none).
     marked: dict[ProductKey, tuple[tuple[str, Version], ...]] = field(default_factory=dict)
+    # The backend takes snapshot entries by reference to its own table (`SnapshotEntry.base`;
+    # False from an older backend, which would refuse the frame).
+    refs: bool = False
+    # False: `logs` carry each product's version with an empty table (`Prepare.tables`).
+    tables: bool = True
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,11 @@ class Product:
     # committed (docs/design.md §6). Seqs above `durable` only.
     notice: set[int] = field(default_factory=set)
     durable: int = -1  # the highest seq two backends acknowledged knowing committed
+    # The backends whose promise held the adopted table itself (at version `adopted_from`,
+    # none aborted from it): entry 0 goes to them as a reference to their own table
+    # (`SnapshotEntry.base`), not as the table. A backend that refuses it gets the table.
+    adopted_from: Version | None = None
+    holders: set[str] = field(default_factory=set)
 
     def seats(self) -> int:
         return self.count.total
@@ -97,6 +102,15 @@ class Product:
             self.count.remove(old)
         self.count.add(rec)
         self.handles[rec.handle] = rec
+
+    def adopt(self, table: Sequence[HandleRecord]) -> None:
+        """The table adopted at takeover, as entry 0 (one pass, no per-handle calls)."""
+        for rec in table:
+            if rec.handle in self.handles:
+                self.count.remove(self.handles[rec.handle])
+            self.handles[rec.handle] = rec
+            self.count.add(rec)
+        self.grant_seq.update(dict.fromkeys(self.handles, 0))
 
     def pop(self, handle: str) -> HandleRecord:
         rec = self.handles.pop(handle)
@@ -328,7 +342,16 @@ def next_message(
             # quorum committed (also above its LQ) and still checks every grant it
             # would be a vote for. The floors go with it: a wiped backend is seeded.
             at = max(p.committed, 0)
-            entry = SnapshotEntry(p.key, at, tuple(p.handles_committed()), p.floor)
+            if p.committed < 0 and p.abort is None and b.name in p.holders:
+                # Entry 0 is the adopted table (`handles_committed`), which it holds.
+                entry = SnapshotEntry(p.key, 0, (), p.floor, base=p.adopted_from)
+            elif p.committed < 0 and len(p.holders) >= QUORUM:
+                # Entry 0 commits with the holders (the leader drops one that goes down or
+                # refuses): this backend gets the table once it is committed state, and the
+                # takeover does not wait for the table to be encoded for it.
+                continue
+            else:
+                entry = SnapshotEntry(p.key, at, tuple(p.handles_committed()), p.floor)
             (snap if p.committed >= 0 or p.adopted_committed else proposals).append(entry)
             continue
         start = max(acked, b.sent.get(p.key, acked)) + 1

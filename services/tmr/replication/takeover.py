@@ -55,14 +55,57 @@ def to_adopt(backends: Sequence[Backend]) -> tuple[list[Promise], bool] | None:
     return counted, bootstrap
 
 
+def adopted_versions(promises: Sequence[Promise]) -> dict[ProductKey, Version]:
+    """Per product, the highest version among the promises."""
+    best: dict[ProductKey, Version] = {}
+    for pr in promises:
+        for key, (version, _) in pr.logs.items():
+            if key not in best or version > best[key]:
+                best[key] = version
+    return best
+
+
+def lacking_tables(promises: Sequence[Promise]) -> set[str]:
+    """The backends to ask for their tables (`Prepare.tables`) before adopting: for each
+    product whose highest version no promise with tables holds, one backend that holds it
+    (empty: `adopted_logs` has every table)."""
+    versions = adopted_versions(promises)
+    have = {k for pr in promises if pr.tables for k, (v, _) in pr.logs.items() if v == versions[k]}
+    ask: set[str] = set()
+    for key, version in versions.items():
+        if key not in have:
+            ask.add(
+                min(pr.name for pr in promises if key in pr.logs and pr.logs[key][0] == version)
+            )
+    return ask
+
+
 def adopted_logs(promises: Sequence[Promise]) -> dict[ProductKey, AdoptedLog]:
-    """Per product, the state of the highest version among the promises."""
+    """Per product, the state of the highest version among the promises (its table from a
+    promise that carries tables; `lacking_tables` is empty). Two promises of one version
+    hold the same table: an epoch writes one entry (or snapshot) per seq."""
+    versions = adopted_versions(promises)
     best: dict[ProductKey, AdoptedLog] = {}
     for pr in promises:
-        for key, (version, handles) in pr.logs.items():
-            if key not in best or version > best[key][0]:
-                best[key] = (version, handles)
+        if pr.tables:
+            for key, (version, handles) in pr.logs.items():
+                if version == versions[key]:
+                    best[key] = (version, handles)
+    if len(best) != len(versions):
+        raise ValueError("a table of the highest version is missing (lacking_tables)")
     return best
+
+
+def holders(promises: Sequence[Promise], key: ProductKey, version: Version) -> set[str]:
+    """The backends whose promise holds the adopted table of ``key`` itself (at ``version``)
+    and takes it by reference (`SnapshotEntry.base`): caught up, and not the empty table."""
+    if version == ZERO_VERSION:
+        return set()
+    return {
+        pr.name
+        for pr in promises
+        if pr.refs and pr.caught_up and key in pr.logs and pr.logs[key][0] == version
+    }
 
 
 def adopted_floor(floor: Floor, promises: Sequence[Promise], key: ProductKey) -> Floor:

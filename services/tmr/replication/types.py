@@ -58,9 +58,10 @@ class AccessMode(enum.StrEnum):
 Station = tuple[str, str, str]  # (owner CURVE key, user, host): who shares a station_share seat
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HandleRecord:
-    """One granted allocation of seats to one client (a row of the handle table)."""
+    """One granted allocation of seats to one client (a row of the handle table). Slots: a
+    server holds one per held handle (issue 17: 100,000 of them), 112 bytes instead of 300."""
 
     handle: str
     firm: int
@@ -210,12 +211,12 @@ class ReleaseReason(enum.StrEnum):
     EXPIRE = "expire"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Grant:
     record: HandleRecord
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Release:
     handle: str
     reason: ReleaseReason

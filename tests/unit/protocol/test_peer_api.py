@@ -62,6 +62,8 @@ REQUESTS = [
     Accept(8, E, (), ((K, 2), ((7, 1), 3))),  # a commit notice
     Probe(9, None, "tmr-b", "0123456789abcdef"),  # the sender's policy digest
     Accept(10, E, (AcceptEntry(K, 3, (Grant(R),)),), ((K, 2),), ((K, 3),)),  # flagged notice
+    Prepare(11, E, tables=False),  # versions only
+    Snapshot(12, E, (SnapshotEntry(K, 0, (), base=Version(E, 7)),)),  # by reference
 ]
 REPLIES = [
     Status(1, "backend-1", E, True, {K: Version(E, 3)}, {K: 2}, LIC),
@@ -80,6 +82,7 @@ REPLIES = [
         commits={K: Version(E, 1)},
         marked={K: (("h1", Version(E, 2)),)},
     ),
+    Promise(13, "backend-1", E, True, {K: (Version(E, 2), ())}, LIC, refs=True, tables=False),
     Rejected(3, E),
     Accepted(4, E, {K: EntryResult(EntryStatus.REFUSED, 3, "above LQ")}, LIC),
     Accepted(12, E, {K: EntryResult(EntryStatus.OK, 3)}, {}, durable=True),
@@ -116,6 +119,15 @@ def test_reply_round_trip(msg: object) -> None:
         {"t": "probe", "mid": 1, "epoch": "3/tmr-a"},
         {"t": "probe", "mid": 1, "server": 7, "policy": "x"},
         {"t": "probe", "mid": 1, "server": "s", "policy": "x" * 65},
+        {"t": "prepare", "mid": 1, "epoch": [1, "a"], "tables": 0},
+        # a table by reference carries no handles
+        {
+            "t": "snapshot",
+            "mid": 1,
+            "epoch": [1, "a"],
+            "entries": [[[1, 2], 0, [["h1", 1, 2, 1, "c", "r", 1.5, ""]], [0, 0.0], [[1, "a"], 3]]],
+        },
+        {"t": "snapshot", "mid": 1, "epoch": [1, "a"], "entries": [[[1, 2], 0, [], [0, 0.0], 3]]},
     ],
 )
 def test_malformed_requests_are_refused(body: dict[str, object]) -> None:
@@ -192,6 +204,16 @@ def test_old_format_probe_and_status_decode() -> None:
 
 def test_new_fields_are_ignored_by_an_old_decoder() -> None:
     """What an older peer does with the new frames: it reads only the fields it knows."""
+    # A PREPARE asking for tables and a full snapshot are what older servers send.
+    assert msgpack.unpackb(encode_request(Prepare(2, E))) == {
+        "t": "prepare",
+        "mid": 2,
+        "epoch": [3, "tmr-a"],
+    }
+    snap = msgpack.unpackb(encode_request(REQUESTS[3]))
+    assert [len(e) for e in snap["entries"]] == [3]
+    promise = msgpack.unpackb(encode_reply(REPLIES[4]))
+    assert "refs" not in promise and "tables" not in promise
     probe = msgpack.unpackb(encode_request(Probe(2, E)))
     assert probe == {"t": "probe", "mid": 2, "epoch": [3, "tmr-a"]}
     status = msgpack.unpackb(encode_reply(REPLIES[1]))

@@ -41,6 +41,18 @@ def test_an_adopted_lease_restarts_with_the_margin() -> None:
     assert ls.due(10.0 + LEASE + MARGIN + 0.01) == ["h1"]
 
 
+def test_a_takeover_restarts_every_adopted_lease_at_once() -> None:
+    ls = Leases(LEASE, MARGIN)
+    ls.grant("h0", 0.0)
+    ls.restart_all(["h1", "h2", "h3"], 10.0)
+    assert len(ls) == 4
+    assert ls.due(LEASE + 0.01) == ["h0"]
+    assert ls.due(10.0 + LEASE + MARGIN) == []
+    ls.extend("h2", 20.0)  # a heartbeat since
+    assert sorted(ls.due(10.0 + LEASE + MARGIN + 0.01)) == ["h1", "h3"]
+    assert ls.due(20.0 + LEASE + 0.01) == ["h2"]
+
+
 def test_a_heartbeat_of_a_handle_without_a_lease_starts_one() -> None:
     ls = Leases(LEASE, MARGIN)
     ls.extend("h1", 0.0)
