@@ -1299,30 +1299,38 @@ class Leader:
 
     # ---------------------------------------------------------------- backend replies
 
-    def _take_status(self, b: Backend, msg: Status, fx: Effects) -> bool | None:
+    def _take_status(self, b: Backend, msg: Status, fx: Effects) -> set[ProductKey] | None:
         """Bring what this server holds of `b`'s products (versions, copies, floors) to the
-        status: True if any of it changed. None: the status is a delta this server cannot
+        status: the products whose version changed (a change of copies or floors makes `b`
+        unsynced: it is reconciled whole). None: the status is a delta this server cannot
         apply (from a state it does not hold, or older than the one it holds); it is then
         ignored, and after a gap the next probe asks for everything (`Probe.have`)."""
         licenses: dict[ProductKey, LicenseInfo] | None = None
         floors: dict[ProductKey, Floor] | None = None
+        changed: set[ProductKey] = set()
         if msg.since is None:  # everything
-            changed = msg.versions != b.versions
+            held = b.versions
+            changed = {k for k, v in msg.versions.items() if held.get(k) != v}
+            changed.update(k for k in held if k not in msg.versions)
             b.versions = dict(msg.versions)
             licenses = msg.licenses
             floors = {k: f for k, f in msg.floors.items() if f != NO_FLOOR}
         else:
-            held, to = b.state, msg.state
-            if held is None or to is None or held[0] != to[0] or msg.since > held[1]:
+            held_state, to = b.state, msg.state
+            if (
+                held_state is None
+                or to is None
+                or held_state[0] != to[0]
+                or msg.since > held_state[1]
+            ):
                 b.state = None  # it may hold changes this server missed: get everything
                 return None
-            if to[1] < held[1]:
+            if to[1] < held_state[1]:
                 return None  # older than what this server holds (overtaken)
-            changed = False
             for key, version in msg.versions.items():
                 if b.versions.get(key) != version:
                     b.versions[key] = version
-                    changed = True
+                    changed.add(key)
                 floor = msg.floors.get(key, NO_FLOOR)
                 if b.floors.get(key, NO_FLOOR) != floor:
                     floors = dict(b.floors) if floors is None else floors
@@ -1339,17 +1347,17 @@ class Leader:
                     licenses.pop(key, None)
         b.state = msg.state
         if licenses is not None and self._update_licenses(b, licenses, fx):
-            changed = True
+            b.synced = False
         if floors is not None and floors != b.floors:
             self._eff_cache.clear()
             self._sweep_next_pump()
             b.floors = floors
-            changed = True
-        if changed:
             b.synced = False
         return changed
 
-    def _on_status(self, b: Backend, msg: Status, changed: bool, now: float, fx: Effects) -> None:
+    def _on_status(
+        self, b: Backend, msg: Status, changed: set[ProductKey], now: float, fx: Effects
+    ) -> None:
         self._note_peer_policies(msg.policies, fx)
         was_caught_up = b.caught_up
         b.clock = msg.clock
@@ -1371,9 +1379,15 @@ class Leader:
                 self._send_prepare(b, now, fx)
             return
         if self.role == Role.ACTIVE and not b.inflight and self.epoch is not None:
-            if b.synced and not changed and self.QUIET_STATUS:
-                # Nothing changed on either side since the last reconcile: it would find
-                # what it found then (a cost per product, ten times a second, for nothing).
+            if b.synced and self.QUIET_STATUS:
+                # Reconciled since anything else changed: only the products whose version
+                # changed need it (a cost per product, ten times a second, for nothing).
+                productlog.resume(b, self._products, b.versions, self.epoch, changed)
+                for key in changed:
+                    p = self._products.get(key)
+                    if p is not None:
+                        self._dirty.add(key)
+                        self._recommit(p, fx)
                 return
             # Reconcile a backend that was away: resume where its durable log is, or snapshot.
             productlog.resume(b, self._products, b.versions, self.epoch)

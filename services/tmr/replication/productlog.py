@@ -13,7 +13,7 @@ snapshot at the next seq without them supersedes the entries that hold them.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from tmr.errors import ErrorCode
@@ -255,10 +255,12 @@ def resume(
     products: dict[ProductKey, Product],
     versions: dict[ProductKey, Version],
     epoch: Epoch,
+    keys: Iterable[ProductKey] | None = None,
 ) -> None:
     """A backend that was away resumes where its durable log (`versions`) is, if that is in
-    this epoch's log; else it gets a snapshot."""
-    for key, p in products.items():
+    this epoch's log; else it gets a snapshot. `keys`: only these products (None: all)."""
+    some = products.items() if keys is None else ((k, products[k]) for k in keys if k in products)
+    for key, p in some:
         v = versions.get(key)
         if (
             v is not None

@@ -7,14 +7,17 @@ status changes something (`Leader.QUIET_STATUS`)."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from tests.unit.replication.harness import Harness
 from tmr.replication import productlog
 from tmr.replication.acceptor import Acceptor, AcceptorState, ProductWrite, Step, Write
+from tmr.replication.backends import Backend
 from tmr.replication.leader import Role
 from tmr.replication.messages import Accept, Probe, Status
+from tmr.replication.productlog import Product
 from tmr.replication.types import (
     NO_FLOOR,
     Epoch,
@@ -148,22 +151,29 @@ class TestServer:
 
     def test_an_unchanged_status_walks_no_product(self, monkeypatch: pytest.MonkeyPatch) -> None:
         h = self.harness()
-        resumed: list[str] = []
+        walked: list[tuple[str, int]] = []  # (backend, products resumed)
         resume = productlog.resume
 
-        def spy(b: object, *args: object) -> None:
-            resumed.append(b.name)  # type: ignore[attr-defined]
-            resume(b, *args)  # type: ignore[arg-type]
+        def spy(b: Backend, products: dict[ProductKey, Product], *args: Any) -> None:
+            keys = args[2] if len(args) > 2 else None
+            walked.append((b.name, len(products) if keys is None else len(set(keys))))
+            resume(b, products, *args)
 
         monkeypatch.setattr(productlog, "resume", spy)
         h.advance(1.0)
-        assert resumed == []  # 12 statuses, nothing changed: no reconcile
-        # A lost ACCEPT (its timeout) disturbs what the leader knows of b1: the next status
-        # reconciles it although the backend's state did not change.
-        h.lose.append(("sa", "b1", Accept))
+        assert walked and {n for _, n in walked} == {0}  # 12 statuses, nothing changed
+        # A checkout: the product's version changes on every backend, and only it is resumed.
+        walked.clear()
         h.call("checkout", "r1", "c1", *KEYS[3], 1)
+        h.advance(0.5)
+        assert {n for _, n in walked} == {0, 1}
+        # A lost ACCEPT (its timeout) disturbs what the leader knows of b1: the next status
+        # reconciles every product of it although the backend's state did not change.
+        walked.clear()
+        h.lose.append(("sa", "b1", Accept))
+        h.call("checkout", "r2", "c2", *KEYS[4], 1)
         h.advance(2.0)
-        assert "b1" in resumed
+        assert ("b1", 200) in walked and ("b2", 200) not in walked
 
     def test_a_delta_the_server_cannot_apply_is_ignored_and_it_asks_everything(self) -> None:
         h = self.harness()
