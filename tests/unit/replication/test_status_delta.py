@@ -15,7 +15,7 @@ from tests.unit.replication.harness import Harness
 from tmr.replication import productlog
 from tmr.replication.acceptor import Acceptor, AcceptorState, ProductWrite, Step, Write
 from tmr.replication.backends import Backend
-from tmr.replication.leader import Role
+from tmr.replication.leader import Leader, Role
 from tmr.replication.messages import Accept, Probe, Status
 from tmr.replication.productlog import Product
 from tmr.replication.types import (
@@ -205,3 +205,55 @@ class TestServer:
         h.advance(0.5)
         b2 = next(b for b in h.leader.backends if b.name == "b2")
         assert b2.floors == {KEYS[7]: Floor(9, 0.0)}
+
+
+class TestRollingUpgrade:
+    """Mixed versions during a rolling upgrade: nothing is negotiated. A server of before
+    this exchange sends no `have` and gets whole statuses; a backend of before ignores
+    `have` (an extra map key its decoder skips) and sends whole statuses without a state,
+    which the server takes whole as before. Both serve."""
+
+    def serve(self, h: Harness) -> None:
+        h.promote()
+        assert h.leader.role == Role.ACTIVE
+        assert h.call("checkout", "r1", "c1", *KEYS[3], 1).ok
+        h.advance(1.0)
+        for b in h.leader.backends:
+            assert b.versions[KEYS[3]] == h.acceptors[b.name].state.products[KEYS[3]].version
+
+    def test_a_new_server_with_old_backends(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        handle = Acceptor.handle
+
+        def old(acc: Acceptor, req: object, now: float) -> Step:
+            if isinstance(req, Probe):
+                req = replace(req, have=None)
+            step = handle(acc, req, now)  # type: ignore[arg-type]
+            if isinstance(step.reply, Status):
+                step = replace(step, reply=replace(step.reply, state=None))
+            return step
+
+        monkeypatch.setattr(Acceptor, "handle", old)
+        h = Harness(dict.fromkeys(KEYS[:50], LIC))
+        self.serve(h)
+        assert all(b.state is None for b in h.leader.backends)
+
+    def test_an_old_server_with_new_backends(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        seen: list[Status] = []
+        handle = Acceptor.handle
+
+        def spy(acc: Acceptor, req: object, now: float) -> Step:
+            step = handle(acc, req, now)  # type: ignore[arg-type]
+            if isinstance(step.reply, Status):
+                seen.append(step.reply)
+            return step
+
+        monkeypatch.setattr(Acceptor, "handle", spy)
+        send = Leader._send
+
+        def old_probe(self: Leader, b: Backend, msg: Any, out: Any, fx: Any) -> None:
+            send(self, b, replace(msg, have=None) if isinstance(msg, Probe) else msg, out, fx)
+
+        monkeypatch.setattr(Leader, "_send", old_probe)
+        h = Harness(dict.fromkeys(KEYS[:50], LIC))
+        self.serve(h)
+        assert seen and all(s.since is None and len(s.licenses) == 50 for s in seen)
