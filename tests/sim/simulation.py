@@ -34,8 +34,17 @@ from tmr.policy import Policy, parse_policy
 from tmr.protocol.results import AdminReleaseResult, CheckoutResult, QueuedResult
 from tmr.replication.acceptor import Acceptor, AcceptorState, Step, Write, apply_write
 from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig, Role
-from tmr.replication.messages import Accept, Accepted, PeerRequest, Prepare, Snapshot
+from tmr.replication.messages import (
+    Accept,
+    Accepted,
+    PeerRequest,
+    Prepare,
+    Probe,
+    Snapshot,
+    Status,
+)
 from tmr.replication.types import (
+    NO_FLOOR,
     ZERO_EPOCH,
     AccessMode,
     Epoch,
@@ -206,6 +215,8 @@ class Msg:
     kind: str  # peer_req | peer_rep | client_req | client_rep
     incarnation: int = 0  # a message to a node that restarted since it was sent is lost
     src_incarnation: int = 0  # the sender's incarnation when it sent the message
+    # A status (maybe a delta): the backend's whole status when it answered (`check_status`)
+    truth: Status | None = None
 
 
 @dataclass
@@ -259,6 +270,8 @@ class Waiting:
 
 
 class Simulation:
+    bases = 0  # status state bases drawn (`new_base`)
+
     def __init__(
         self,
         seed: int,
@@ -339,6 +352,10 @@ class Simulation:
             "queued": 0,  # checkout answers that were a place in the queue (each ask)
             "queue_grants": 0,  # queued checkouts granted, each to the head of its queue
             "aborted": 0,  # grants a leader aborted (refused above a backend's LQ, in doubt)
+            "status_full": 0,  # statuses with every product (the first, after a restart, ...)
+            "status_delta": 0,  # statuses with only the products changed since the probe's
+            "status_delta_lost": 0,  # delta statuses lost on the way (the next covers them)
+            "status_delta_ignored": 0,  # deltas a server could not apply (asks everything)
             "mode_user_limit": 0,  # checkouts granted per access mode
             "mode_station_share": 0,
             "mode_exclusive": 0,
@@ -397,10 +414,15 @@ class Simulation:
 
     def _start_backend(self, b: BackendNode) -> None:
         self.disturb(b.name)
-        b.acceptor = Acceptor(b.name, b.store.load(), b.store.licenses)
+        b.acceptor = Acceptor(b.name, b.store.load(), b.store.licenses, new_base=self.new_base)
         b.acceptor.trusted_time = WALL_START + self.now
 
     # -------------------------------------------------------------- replicated floors
+
+    def new_base(self) -> str:
+        """A status state base (`Acceptor.status_token`): unique, and replayable."""
+        self.bases += 1
+        return f"base{self.bases}"
 
     def backend_clocks(self) -> None:
         """Each backend's clock guard reports its trusted time (the leader's time floor)."""
@@ -516,7 +538,13 @@ class Simulation:
         return self.rng.uniform(0.05, 0.8)  # a slow path: reorders and times out
 
     def send(
-        self, src: str, dst: str, payload: Any, kind: str, reply_to: Msg | None = None
+        self,
+        src: str,
+        dst: str,
+        payload: Any,
+        kind: str,
+        reply_to: Msg | None = None,
+        truth: Status | None = None,
     ) -> None:
         """`reply_to`: the request this answers. The answer goes to the incarnation that
         sent the request, as a ZeroMQ ROUTER routes it to that connection: a server that
@@ -530,9 +558,11 @@ class Simulation:
         if r < 0.02:
             if kind.startswith("peer"):
                 self.disturb(src, dst)
+            if isinstance(payload, Status) and payload.since is not None:
+                self.stats["status_delta_lost"] += 1  # the next one covers its changes
             return  # lost
         to = self.incarnation.get(dst, 0) if reply_to is None else reply_to.src_incarnation
-        msg = Msg(src, dst, payload, kind, to, self.incarnation.get(src, 0))
+        msg = Msg(src, dst, payload, kind, to, self.incarnation.get(src, 0), truth)
         delay = self.latency()
         self.schedule(self.now + delay, "msg", msg)
         if delay > 0.05 and kind.startswith("peer"):
@@ -793,7 +823,12 @@ class Simulation:
                     return
                 b.store.commit(step.write)
             b.acceptor.committed(step)
-            self.send(m.dst, m.src, step.reply, "peer_rep", reply_to=m)
+            truth = None
+            if isinstance(step.reply, Status):
+                truth = b.acceptor.handle(Probe(0), self.now).reply  # everything, as of now
+                assert isinstance(truth, Status)
+                self.stats["status_full" if step.reply.since is None else "status_delta"] += 1
+            self.send(m.dst, m.src, step.reply, "peer_rep", reply_to=m, truth=truth)
         elif m.kind == "peer_rep":
             s = self.servers[m.dst]
             if s.leader is None or self.paused(s, m):
@@ -803,6 +838,8 @@ class Simulation:
                     1 for r in m.payload.results.values() if "by reference" in r.reason
                 )
             self.apply_effects(s, s.leader.on_reply(m.src, m.payload, self.now))
+            if m.truth is not None:
+                self.check_status(s.leader, m.src, m.payload, m.truth)
             self.maybe_pump(s)
         elif m.kind == "client_req":
             s = self.servers[m.dst]
@@ -823,6 +860,22 @@ class Simulation:
             seen = (dst, req.epoch) in self.prepared
             self.stats["tables_asked"] += seen and req.tables
             self.prepared.add((dst, req.epoch))
+
+    def check_status(self, leader: Leader, backend: str, status: Status, truth: Status) -> None:
+        """P1: a server that holds a backend's status state at a token holds exactly what the
+        backend reported at that token (a delta merged on what it held is the whole)."""
+        b = next(x for x in leader.backends if x.name == backend)
+        if status.since is not None and b.state != status.state:
+            self.stats["status_delta_ignored"] += 1  # from a state the server does not hold
+        if b.state is None or b.state != status.state:
+            return
+        raised = {k: f for k, f in truth.floors.items() if f != NO_FLOOR}
+        if b.versions != truth.versions or b.licenses != truth.licenses or b.floors != raised:
+            self.fail(
+                f"P1: {leader.cfg.server_id} holds {backend}'s state {b.state} as "
+                f"{b.versions} {b.licenses} {b.floors}; it was {truth.versions} "
+                f"{truth.licenses} {raised}"
+            )
 
     def paused(self, s: ServerNode, m: Msg) -> bool:
         """A stopped server: the message waits in its socket until it resumes."""

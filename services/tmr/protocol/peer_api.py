@@ -37,6 +37,7 @@ from tmr.replication.messages import (
     Rejected,
     Snapshot,
     SnapshotEntry,
+    StateToken,
     Status,
     UsageQuery,
     UsageRecords,
@@ -164,6 +165,8 @@ def encode_request(msg: PeerRequest) -> bytes:
             if msg.server:  # absent while empty: what older senders send
                 body["server"] = msg.server
                 body["policy"] = msg.policy
+            if msg.have is not None:  # absent: send everything (older backends ignore it)
+                body["have"] = [msg.have[0], msg.have[1]]
         case Prepare():
             body = {"t": "prepare", "epoch": _epoch(msg.epoch)}
             if not msg.tables:  # absent while true: what older servers send
@@ -224,6 +227,12 @@ def encode_reply(msg: PeerReply) -> bytes:
                 body["policies"] = [[s, d] for s, d in sorted(msg.policies.items())]
             if msg.denials:  # absent while false: what older backends send
                 body["denials"] = True
+            if msg.state is not None:  # absent: an older backend (older servers ignore it)
+                body["state"] = [msg.state[0], msg.state[1]]
+            if msg.since is not None:  # only to a server that said what it has
+                body["since"] = msg.since
+                if msg.gone:
+                    body["gone"] = [_key(k) for k in msg.gone]
         case Promise():
             body = {
                 "t": "promise",
@@ -385,6 +394,14 @@ def _d_floor(tmr_id: Any, at: Any, what: str) -> Floor:
     if time < 0:
         raise _fail(f"{what}: expected a time >= 0")
     return Floor(_int(tmr_id, what, 0, U32), time)
+
+
+def _d_token(v: Any, what: str) -> StateToken | None:
+    """A backend's status state token `[base, gen]` (None: absent)."""
+    if v is None:
+        return None
+    base, gen = _list(v, what, 2)
+    return (_str(base, what, MAX_POLICY_NAME), _int(gen, what))
 
 
 def _d_policies(v: Any) -> dict[str, str]:
@@ -583,6 +600,7 @@ def _request(t: str, mid: int, b: dict[str, Any]) -> PeerRequest:
                 None if pe is None else _d_epoch(pe, "epoch"),
                 _str(b.get("server", ""), "server", MAX_POLICY_NAME, empty=True),
                 _str(b.get("policy", ""), "policy", MAX_POLICY_NAME, empty=True),
+                _d_token(b.get("have"), "have"),  # an older server sends none
             )
         epoch = _d_epoch(_get(b, "epoch"), "epoch")
         if t == "prepare":
@@ -650,6 +668,8 @@ def decode_reply(frame: bytes) -> PeerReply:
     t, mid, b = _body(frame)
     try:
         if t == "status":
+            if "since" in b and b.get("state") is None:
+                raise _fail("status: a delta (since) without its state")
             return Status(
                 mid,
                 _str(_get(b, "name"), "name"),
@@ -669,6 +689,9 @@ def decode_reply(frame: bytes) -> PeerReply:
                 _d_floors(b.get("floors", []), "floors"),
                 _d_policies(b.get("policies", [])),  # an older backend sends none
                 _bool(b.get("denials", False), "denials"),  # an older backend sends none
+                _d_token(b.get("state"), "state"),  # an older backend sends none
+                None if b.get("since") is None else _int(b["since"], "since"),
+                tuple(_d_key(k, "gone") for k in _list(b.get("gone", []), "gone")),
             )
         if t == "promise":
             logs = {}

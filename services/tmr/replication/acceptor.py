@@ -25,7 +25,8 @@ server being promoted uses it to see that another server still leads (`Leader.pr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import secrets
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from tmr.replication.messages import (
@@ -42,6 +43,7 @@ from tmr.replication.messages import (
     Promise,
     Rejected,
     Snapshot,
+    StateToken,
     Status,
 )
 from tmr.replication.types import (
@@ -155,10 +157,19 @@ class Acceptor:
         state: AcceptorState,
         licenses: Mapping[ProductKey, LicenseInfo] | None = None,
         crypt: CryptFn | None = None,
+        new_base: Callable[[], str] | None = None,
     ) -> None:
         self.name = name
-        self.state = state
+        self._new_base = new_base or (lambda: secrets.token_hex(8))
+        self._state = state
         self.licenses: dict[ProductKey, LicenseInfo] = dict(licenses or {})
+        # The status state's token (`Status.state`): a fresh base whenever the state is
+        # replaced (start, reload after a failed commit), `_gen` counting the changes since,
+        # and each product changed since the base with the gen of its latest change, in
+        # that order (oldest first): a delta walks it from the newest end only.
+        self._base = self._new_base()
+        self._gen = 0
+        self._changed: dict[ProductKey, int] = {}
         self._crypt = crypt
         # The backend's trusted wall time (its clock guard's high-water), reported in Status
         # for the leader's time floor; set by the service (None: not known).
@@ -172,9 +183,36 @@ class Acceptor:
 
     # ------------------------------------------------------------------ inputs
 
+    @property
+    def state(self) -> AcceptorState:
+        return self._state
+
+    @state.setter
+    def state(self, state: AcceptorState) -> None:
+        """The state is replaced (reloaded from disk): servers are sent everything again."""
+        self._state = state
+        self._base = self._new_base()
+        self._gen = 0
+        self._changed.clear()
+
+    @property
+    def status_token(self) -> StateToken:
+        return (self._base, self._gen)
+
     def set_licenses(self, licenses: Mapping[ProductKey, LicenseInfo]) -> None:
         """The license container was (re)loaded and verified by the service."""
+        old = self.licenses
         self.licenses = dict(licenses)
+        self._touch([k for k in old.keys() | self.licenses.keys() if old.get(k) != licenses.get(k)])
+
+    def _touch(self, keys: Iterable[ProductKey]) -> None:
+        """These products' status entries (may) have changed: a new gen."""
+        changed = self._changed
+        gen = self._gen + 1
+        for key in keys:
+            changed.pop(key, None)
+            changed[key] = gen
+            self._gen = gen
 
     def handle(self, req: PeerRequest, now: float) -> Step:
         """The reply to one request and the write to commit first; `now` is monotonic."""
@@ -183,8 +221,8 @@ class Acceptor:
             if req.server:
                 self._note_policy(req.server, req.policy)
             if req.epoch is not None and req.epoch == promised:
-                return Step(self._status(req.mid, 0.0), seen=(promised, now))
-            return Step(self._status(req.mid, self.leader_age(now)))
+                return Step(self._status(req.mid, 0.0, req.have), seen=(promised, now))
+            return Step(self._status(req.mid, self.leader_age(now), req.have))
         if req.epoch < promised:
             return Step(Rejected(req.mid, promised))
         if isinstance(req, Prepare):
@@ -204,6 +242,9 @@ class Acceptor:
         """The step's write is durable: make it the acceptor's state."""
         if step.write is not None:
             apply_write(self.state, step.write)
+            write = step.write
+            if write.products or write.marks:
+                self._touch([pw.key for pw in write.products] + [k for k, _ in write.marks])
         if step.seen is not None:
             self._seen = step.seen
 
@@ -233,20 +274,46 @@ class Acceptor:
 
     # ------------------------------------------------------------------ handlers
 
-    def _status(self, mid: int, leader_age: float | None) -> Status:
+    def _status(self, mid: int, leader_age: float | None, have: StateToken | None) -> Status:
+        """Everything, or only what changed since the state `have` the server holds (its
+        cost then does not grow with the products: the server probes ten times a second)."""
+        products = self.state.products
+        since: int | None = None
+        gone: list[ProductKey] = []
+        if have is not None and have[0] == self._base and have[1] <= self._gen:
+            since = have[1]
+            keys: list[ProductKey] = []
+            for key, gen in reversed(self._changed.items()):
+                if gen <= since:
+                    break
+                keys.append(key)
+            logs = {k: products[k] for k in keys if k in products}
+            licenses = self.licenses
+            copies = {k: self._reported(k, licenses[k]) for k in keys if k in licenses}
+            gone = [k for k in keys if k not in licenses]
+        else:
+            logs = products
+            copies = self.reported_licenses()
         return Status(
             mid=mid,
             name=self.name,
             promised=self.state.promised,
             caught_up=self.state.caught_up,
-            versions={k: v.version for k, v in self.state.products.items()},
-            seats={k: v.seats() for k, v in self.state.products.items()},
-            licenses=self.reported_licenses(),
+            versions={k: v.version for k, v in logs.items()},
+            seats={k: v.seats() for k, v in logs.items()},
+            licenses=copies,
             leader_age=leader_age,
             clock=self.trusted_time,
-            floors={k: v.floor for k, v in self.state.products.items()},
+            floors={k: v.floor for k, v in logs.items()},
             policies=dict(self.policies),
+            state=(self._base, self._gen),
+            since=since,
+            gone=tuple(gone),
         )
+
+    def _reported(self, key: ProductKey, lic: LicenseInfo) -> LicenseInfo:
+        log = self.state.products.get(key)
+        return under_floor(lic, log.floor) if log is not None else lic
 
     def reported_licenses(self) -> dict[ProductKey, LicenseInfo]:
         """The copies as the replicated floors make them: a copy below the product's TMR ID

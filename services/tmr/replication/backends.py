@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tmr.licensing.effective import QUORUM
-from tmr.replication.messages import Promise
+from tmr.replication.messages import Promise, StateToken
 from tmr.replication.types import (
     ZERO_EPOCH,
     Epoch,
@@ -67,7 +67,13 @@ class Backend:
     prepare_sent: bool = False
     snapshot_acked: bool = False
     clock: float | None = None  # its trusted wall time (Status; None: an older backend)
-    floors: dict[ProductKey, Floor] = field(default_factory=dict)  # its replicated floors
+    floors: dict[ProductKey, Floor] = field(default_factory=dict)  # its raised floors
+    # The status state `versions`, `licenses` and `floors` are at (`Status.state`; None:
+    # nothing held, the next probe asks for everything).
+    state: StateToken | None = None
+    # The leader reconciled it with its latest status (`Leader._on_status`) and nothing it
+    # knows of it changed since: a status that changes nothing needs no reconcile.
+    synced: bool = False
 
     def holds(self, key: ProductKey) -> bool:
         lic = self.licenses.get(key)
@@ -87,6 +93,7 @@ class Backend:
         self.inflight.clear()
         self.sent.clear()
         self.told.clear()
+        self.synced = False
         for mid, out in list(self.outstanding.items()):
             if out.kind != "probe":
                 del self.outstanding[mid]
@@ -97,6 +104,7 @@ def mark_up(b: Backend, events: list[dict[str, Any]]) -> bool:
     if b.up:
         return False
     b.up = True
+    b.synced = False
     events.append({"event": "backend_up", "backend": b.name})
     return True
 
@@ -109,6 +117,7 @@ def mark_down(b: Backend, events: list[dict[str, Any]], why: str) -> bool:
     b.sent.clear()
     b.told.clear()
     b.confirmed_at = float("-inf")
+    b.synced = False
     if not b.up:
         return False
     b.up = False

@@ -23,6 +23,12 @@ from tmr.replication.types import (
 
 # ---------------------------------------------------------------- leader -> backend
 
+# A backend's per-product status state (versions, seats, copies, floors): (base, gen). `base`
+# is drawn when the acceptor is created or its state reloaded (so a restart never matches),
+# `gen` counts the changes since. A server that holds the state at a token is sent only the
+# products changed after it (docs/design.md §5, Probes).
+StateToken = tuple[str, int]
+
 
 @dataclass(frozen=True)
 class Probe:
@@ -37,6 +43,10 @@ class Probe:
     # the other's (docs/design.md §7.6). Empty from an older server.
     server: str = ""
     policy: str = ""
+    # The backend state this server holds from that backend (`Status.state` of the latest
+    # status it used): the backend then answers with what changed since (`Status.since`).
+    # None: send everything (a server that has nothing yet, and an older server).
+    have: StateToken | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,15 @@ class Status:
     # The backend keeps denial records (`Denials`, `DenialQuery`): a server sends them only
     # to backends that say so (False from an older backend, which would refuse the frame).
     denials: bool = False
+    # The token of the per-product state this status brings the server to (None: an older
+    # backend, which always sends everything).
+    state: StateToken | None = None
+    # None: `versions`, `seats`, `licenses` and `floors` are complete. Else a delta from the
+    # state at (state[0], since) the probe said the server has: they hold the current entries
+    # of the products changed since (`floors` only the raised ones among `versions`), and
+    # `gone` the products whose copy was removed; every other product is as it was.
+    since: int | None = None
+    gone: tuple[ProductKey, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ snapshot at the next seq without them supersedes the entries that hold them.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from tmr.errors import ErrorCode
@@ -36,6 +36,10 @@ from tmr.replication.types import (
 
 MAX_ENTRY_OPS = 4096  # cap of ops in one log entry (keeps messages well under frame limits)
 PIPELINE = 4  # uncommitted log entries per product, and ACCEPTs in flight per backend
+# Untold commits a backend is sent in a commit notice of their own (when nothing else goes to
+# it) although no update needs them: each keeps its product off `_settled`, so every pump
+# would visit it again until an ACCEPT carries it (after a takeover: every product).
+NOTICE_BATCH = 32
 # While an entry of a product is uncommitted, the next one is formed only once this many ops
 # wait: smaller batches keep growing until the entry in flight commits. Every entry costs a
 # message to and a durable commit on each backend, whatever its size; pipelining small entries
@@ -265,10 +269,12 @@ def resume(
     products: dict[ProductKey, Product],
     versions: dict[ProductKey, Version],
     epoch: Epoch,
+    keys: Iterable[ProductKey] | None = None,
 ) -> None:
     """A backend that was away resumes where its durable log (`versions`) is, if that is in
-    this epoch's log; else it gets a snapshot."""
-    for key, p in products.items():
+    this epoch's log; else it gets a snapshot. `keys`: only these products (None: all)."""
+    some = products.items() if keys is None else ((k, products[k]) for k in keys if k in products)
+    for key, p in some:
         v = versions.get(key)
         if (
             v is not None
@@ -376,8 +382,9 @@ def next_message(
     if entries and len(b.inflight) < PIPELINE:
         accept = Accept(new_mid(), epoch, tuple(entries), tuple(commits), tuple(notice))
         return accept, "accept", sent
-    if commits and not b.inflight and notify(commits):
-        # A commit notice (an ACCEPT without entries): see `notify_commits`.
+    if commits and not b.inflight and (len(commits) >= NOTICE_BATCH or notify(commits)):
+        # A commit notice (an ACCEPT without entries): see `notify_commits`; or many commits
+        # untold since a takeover (`NOTICE_BATCH`), told once instead of checked each pump.
         return Accept(new_mid(), epoch, (), tuple(commits)), "accept", sent
     return None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -64,12 +66,19 @@ REQUESTS = [
     Accept(10, E, (AcceptEntry(K, 3, (Grant(R),)),), ((K, 2),), ((K, 3),)),  # flagged notice
     Prepare(11, E, tables=False),  # versions only
     Snapshot(12, E, (SnapshotEntry(K, 0, (), base=Version(E, 7)),)),  # by reference
+    Probe(13, E, "tmr-a", "ab" * 8, ("0f1e2d3c4b5a6978", 42)),  # the status state it holds
 ]
+# A delta: the products changed since gen 7, two of them without a copy now.
+DELTA = Status(15, "backend-1", E, True, {K: Version(E, 4)}, {K: 1}, {}, state=("0f1e", 9))
+DELTA = replace(DELTA, since=7, gone=((7, 1), K))
 REPLIES = [
     Status(1, "backend-1", E, True, {K: Version(E, 3)}, {K: 2}, LIC),
     Status(7, "backend-1", E, True, {K: Version(E, 3)}, {K: 2}, LIC, leader_age=0.25),
     Status(8, "backend-1", E, True, {}, {}, {}, leader_age=0),
     Status(10, "backend-1", E, True, {}, {}, {}, policies={"tmr-a": "ab" * 8, "tmr-b": ""}),
+    Status(13, "backend-1", E, True, {K: Version(E, 3)}, {K: 2}, LIC, state=("0f1e", 7)),
+    Status(14, "backend-1", E, True, {}, {}, {}, state=("0f1e", 7), since=7),  # nothing new
+    DELTA,
     Promise(2, "backend-1", E, False, {K: (Version(E, 1), (R,))}, LIC),
     Promise(9, "backend-1", E, True, {K: (Version(E, 1), (R,))}, LIC, commits={K: Version(E, 1)}),
     Promise(
@@ -128,6 +137,13 @@ def test_reply_round_trip(msg: object) -> None:
             "entries": [[[1, 2], 0, [["h1", 1, 2, 1, "c", "r", 1.5, ""]], [0, 0.0], [[1, "a"], 3]]],
         },
         {"t": "snapshot", "mid": 1, "epoch": [1, "a"], "entries": [[[1, 2], 0, [], [0, 0.0], 3]]},
+        {"t": "probe", "mid": 1, "have": "0f1e:7"},
+        {"t": "probe", "mid": 1, "have": ["0f1e"]},
+        {"t": "probe", "mid": 1, "have": ["0f1e", -1]},
+        {"t": "probe", "mid": 1, "have": ["0f1e", 1.5]},
+        {"t": "probe", "mid": 1, "have": ["", 1]},
+        {"t": "probe", "mid": 1, "have": ["x" * 65, 1]},
+        {"t": "probe", "mid": 1, "have": [7, 1]},
     ],
 )
 def test_malformed_requests_are_refused(body: dict[str, object]) -> None:
@@ -529,3 +545,45 @@ def test_a_bad_notice_is_refused(notice: object) -> None:
     body["notice"] = notice
     with pytest.raises(ProtocolError):
         decode_request(msgpack.packb(body))
+
+
+OLD_STATUS = {
+    "t": "status",
+    "mid": 9,
+    "name": "backend-2",
+    "promised": [3, "tmr-a"],
+    "caught_up": True,
+    "versions": [[[6000123, 42], [[3, "tmr-a"], 3]]],
+    "seats": [[[6000123, 42], 2]],
+    "licenses": [],
+}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"since": 3},  # a delta without the state it brings the server to
+        {"state": None, "since": 3},
+        {"state": "0f1e", "since": 3},
+        {"state": ["0f1e", 5], "since": -1},
+        {"state": ["0f1e", 5], "since": "3"},
+        {"state": ["0f1e", 5], "since": 3, "gone": [[1]]},
+        {"state": ["0f1e", 5], "since": 3, "gone": {"a": 1}},
+        {"state": ["0f1e", 5], "since": 3, "gone": [[-1, 2]]},
+        {"state": ["0f1e", 2**63]},
+        {"state": [["0f1e"], 5]},
+    ],
+)
+def test_malformed_status_state_is_refused(extra: dict[str, object]) -> None:
+    with pytest.raises(ProtocolError):
+        decode_reply(msgpack.packb({**OLD_STATUS, **extra}))
+
+
+def test_status_state_is_new_fields_old_peers_ignore() -> None:
+    """A probe that says nothing (an older server) and a status without a state (an older
+    backend) are the old frames; the new fields are extra keys an older decoder skips."""
+    assert decode_reply(msgpack.packb(OLD_STATUS)).state is None  # type: ignore[union-attr]
+    assert "have" not in msgpack.unpackb(encode_request(Probe(1, E, "tmr-a", "x")))
+    whole = msgpack.unpackb(encode_reply(REPLIES[4]))
+    assert whole["state"] == ["0f1e", 7] and "since" not in whole and "gone" not in whole
+    assert {"versions", "seats", "licenses"} <= whole.keys()  # what an older server reads

@@ -46,3 +46,38 @@ def test_products_a_backend_is_up_to_date_with_cost_no_floor_check() -> None:
     )
     assert checked == [busy]
     assert out is not None and out[1] == "accept" and out[2] == {busy: 4}
+
+
+def test_many_untold_commits_go_in_one_notice_so_their_products_settle() -> None:
+    """After a takeover no backend was told the commits of the adopted tables: with no
+    update under way they would wait for an ACCEPT of their product, and every pump would
+    check each of them again (`notify_commits`, `Leader._settled`). Many of them are told
+    in one commit notice; a few still ride on the next ACCEPT."""
+    ps, b = _site(1000)
+    b.told.clear()
+    mids = itertools.count(1)
+    asked: list[int] = []
+
+    def notify(commits: list[tuple[ProductKey, int]]) -> bool:
+        asked.append(len(commits))
+        return False
+
+    kw = {"epoch": EPOCH, "first_snapshot": False, "below_floor": lambda b, k: ""}
+    out = productlog.next_message(ps, b, 0.0, notify=notify, new_mid=lambda: next(mids), **kw)
+    assert out is not None and asked == []
+    msg, kind, _ = out
+    assert kind == "accept" and msg.entries == () and len(msg.commits) == 1000  # type: ignore[union-attr]
+    few = dict(itertools.islice(ps.items(), productlog.NOTICE_BATCH - 1))
+    out = productlog.next_message(few, b, 0.0, notify=notify, new_mid=lambda: next(mids), **kw)
+    assert out is None and asked == [productlog.NOTICE_BATCH - 1]
+
+
+def test_an_idle_leader_with_many_products_pumps_none_of_them() -> None:
+    from tests.unit.replication.harness import Harness
+
+    keys = [(6_000_001, i) for i in range(200)]
+    h = Harness(dict.fromkeys(keys, LicenseInfo(7, 100, True)))
+    h.promote()
+    h.advance(1.0)
+    assert h.leader._dirty == set()
+    assert all(b.told == dict.fromkeys(keys, 0) for b in h.leader.backends)
