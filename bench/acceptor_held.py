@@ -22,7 +22,15 @@ import statistics
 import time
 
 from tmr.replication.acceptor import Acceptor, AcceptorState
-from tmr.replication.messages import Accept, AcceptEntry, Probe, Snapshot, SnapshotEntry
+from tmr.replication.messages import (
+    Accept,
+    AcceptEntry,
+    Probe,
+    Snapshot,
+    SnapshotEntry,
+    StateToken,
+    Status,
+)
 from tmr.replication.types import (
     Epoch,
     Floor,
@@ -67,8 +75,8 @@ class SumAcceptor(Acceptor):
                 count -= log.handles[op.handle].seats
         return ""
 
-    def _status(self, mid: int, leader_age: float | None):  # type: ignore[no-untyped-def]
-        st = super()._status(mid, leader_age)
+    def _status(self, mid: int, leader_age: float | None, have: StateToken | None) -> Status:
+        st = super()._status(mid, leader_age, have)
         for log in self.state.products.values():  # what `ProductLog.seats()` walked
             sum(r.seats for r in log.handles.values())
         return st

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -108,7 +109,7 @@ def main() -> int:
         ns = argparse.Namespace(quick=False, duration=4.0, reps=1)
         bench = bench_run.Bench(ns, Path(tmp))
         cl = bench_run.Cluster(Path(tmp) / "c", quantity=bench_run.GROWTH_QUANTITY)
-        hb: list = []
+        hb: list[subprocess.Popen[str]] = []
         holder = None
         try:
             everyone = set(BACKENDS)

@@ -58,7 +58,7 @@ def run(held: int, rounds: int, ops: int) -> float:
             for seq in range(1, rounds + 1):
                 grants = [record(i) for i in range(ops)]
                 done = [Release(r.handle, ReleaseReason.RELEASE, time.time()) for r in live]
-                entry = (*[Grant(r) for r in grants], *done)
+                entry: tuple[Grant | Release, ...] = (*[Grant(r) for r in grants], *done)
                 store.commit(Write(products=(ProductWrite(KEY, Version(EPOCH, seq), entry),)))
                 live = grants
             return (time.process_time() - start) / rounds
