@@ -620,7 +620,9 @@ class ServerService:
                 self._send_payload(token, payload)
 
     def _publish_web_if_due(self, now: float) -> None:
-        if self.web.publish_due(now):
+        lead = self.leader
+        headline = (lead.role, lead.epoch, tuple(b.up for b in lead.backends))
+        if self.web.publish_due(now, headline):
             self._publish_web(now)
 
     def _publish_web(self, now: float) -> None:

@@ -4,8 +4,10 @@
 
 - `on_effects(fx)` / `on_backend_reply(name, msg)` / `on_checkout(...)`: metrics and the
   denial record; `end_turn()` once per loop turn adds the turn's counts to the metrics;
-- `publish_due(now)` then `publish(status, handles, now)`: a new snapshot for the web
-  thread (`handles` only while someone looks at the page: `wants_handles()`);
+- `publish_due(now, headline)` then `publish(status, handles, now)`: a new snapshot for the
+  web thread: every `web_publish_interval` while someone looks at the page or the API
+  (`wants_handles()`, which also asks for the handles), else every `IDLE_PUBLISH_INTERVAL`,
+  and at once when the headline (role, epoch, backends up) changed;
 - `submit_usage(...)`: queue a usage report for the worker thread; the loop polls
   `wake_socket` and sends what `take_usage_replies()` returns.
 """
@@ -32,6 +34,11 @@ from tmr.web.server import ReleaseRequest, WebAdmin, read_password, read_token, 
 from tmr.web.snapshot import build_snapshot
 
 DAY = 86400.0
+# Seconds between snapshots while nobody looked at the page or the API (`/metrics` and
+# `/healthz` read the latest one; the page calls a snapshot stale after 5 s). A status walks
+# every product of every backend: with 1,000 products, twice a second cost an idle server
+# about a tenth of a core (docs/performance.md).
+IDLE_PUBLISH_INTERVAL = 2.0
 
 
 class WebRuntime:
@@ -44,7 +51,8 @@ class WebRuntime:
         self.metrics = ServerMetrics(self._snapshot)
         self.worker: UsageWorker | None = None
         self.web_address: tuple[str, int] | None = None
-        self._next_publish = 0.0
+        self._last_publish = float("-inf")
+        self._headline: object = None
         # (rid, asked on the control socket) of a report queued or running -> its token
         self._usage_pending: dict[tuple[str, bool], Any] = {}
 
@@ -133,8 +141,19 @@ class WebRuntime:
 
     # ---------------------------------------------------------------- snapshots
 
-    def publish_due(self, now: float) -> bool:
-        return self.web is not None and now >= self._next_publish
+    def publish_due(self, now: float, headline: object = None) -> bool:
+        """Is a new snapshot due? `headline`: what must show at once when it changes (the
+        server passes its role, epoch and which backends are up); a True answer expects the
+        caller to publish now."""
+        if self.web is None:
+            return False
+        interval = self.cfg.web_publish_interval
+        if not self.web.wants_handles():
+            interval = max(interval, IDLE_PUBLISH_INTERVAL)
+        if headline == self._headline and now < self._last_publish + interval:
+            return False
+        self._headline = headline
+        return True
 
     def wants_handles(self) -> bool:
         return self.web is not None and self.web.wants_handles()
@@ -152,7 +171,7 @@ class WebRuntime:
         `denials`: this server's recent refusals (`DenialRecorder.recent_view`)."""
         if self.web is None:
             return
-        self._next_publish = now + self.cfg.web_publish_interval
+        self._last_publish = now
         snap = build_snapshot(
             status,
             now_wall=time.time(),
