@@ -17,6 +17,9 @@ process started per transition (a `tmr ctl` process costs 0.1 s on an idle host 
   `retry_seconds` have passed. A promote that the server accepts but that must wait (another
   server still looks alive) is answered at once: the server waits by itself
   (`tmr.replication.leader`).
+- Nothing in a line or an answer ends the reader (keepalived does not start it again; a dead
+  reader would leave the state file and the VIP's server behind): such errors are logged and
+  the command counts as failed.
 - keepalived sends SIGTERM when it reloads or stops, then (stop) writes STOP and closes the
   FIFO: the reader goes on reading until the FIFO is closed or `STOP_GRACE` seconds have
   passed after the signal.
@@ -233,6 +236,12 @@ class NotifyReader:
             reply = self._request(self._socket, action, timeout=self._ctl_timeout)
         except CtlError as exc:
             p.last_error = str(exc)
+            return
+        except Exception as exc:  # keepalived does not start a dead reader again
+            p.last_error = f"{type(exc).__name__}: {exc}"
+            return
+        if not isinstance(reply, dict):
+            p.last_error = f"not a JSON object: {reply!r:.80}"
             return
         if not reply.get("ok"):
             p.last_error = str(reply.get("error") or reply)

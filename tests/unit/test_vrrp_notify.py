@@ -325,3 +325,28 @@ def test_the_cli_refuses_a_bad_retry_interval(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert "must be above 0" in out.stderr
+
+
+def test_an_unexpected_error_is_a_failed_attempt_not_the_end_of_the_reader(
+    pipe: tuple[int, int], tmp_path: Path
+) -> None:
+    r, w = pipe
+    calls: list[str] = []
+
+    def flaky(path: Path, cmd: str, *, timeout: float = 5.0) -> Any:
+        calls.append(cmd)
+        if len(calls) == 1:
+            raise RuntimeError("a bug below the control socket")
+        if len(calls) == 2:
+            return ["not", "an", "object"]
+        return {"ok": True, "role": "takeover"}
+
+    rd = NotifyReader(r, tmp_path / "s", request=flaky, log=lambda _m: None, retry_interval=0.01)
+    t = run_in_thread(rd)
+    os.write(w, b'INSTANCE "TMR" MASTER 100\n')
+    wait_until(lambda: len(rd.handled) == 1)
+    assert calls == ["promote"] * 3
+    assert rd.handled[0][1] is True
+    os.close(w)
+    t.join(5)
+    assert not t.is_alive()
