@@ -15,8 +15,10 @@ For each kill, times from the kill (UNIX time when the kill command returned) to
 - ``vrrp_master``: the standby's keepalived entered MASTER (its journal);
 - ``promote``: the standby's tmr-server logged the ``promote`` (the notify script's
   `tmr ctl promote` arrived) and ``active``: its takeover finished (the ``active`` event);
-- ``first_checkout``: the first checkout granted to the workload by the new server (its name
-  is in the handle id) after the kill;
+- ``first_checkout``: the first checkout granted to the workload after the kill by the new
+  server: its name is in the handle id, or it was answered after the new server became active
+  (a checkout the killed server granted whose reply was lost, answered again by the new server
+  to the client's retry: the same request id gets the same handle);
 - ``first_heartbeat``: the first heartbeat answered ok once the new server was active.
 
 The kill's time is the host's clock right before ``systemctl kill`` (the lab hosts share the
@@ -170,11 +172,18 @@ def handle_server(handle: str) -> str | None:
 
 
 def first_op_after(
-    history: Iterable[str], after: float, op: str, server: str | None = None
+    history: Iterable[str],
+    after: float,
+    op: str,
+    server: str | None = None,
+    server_active: float | None = None,
 ) -> float | None:
     """End time (UNIX) of the first `op` answered ok that ended after `after`, from the lines
     of a workload history (`tmr.workload.history`); with `server`, only a checkout whose
-    handle that server granted (a reply of the killed server can land just after the kill)."""
+    handle that server granted (a reply of the killed server can land just after the kill),
+    or, with `server_active` (when `server` became active), one answered after that instant:
+    only the new server answers then, and a checkout the killed server granted whose reply
+    was lost is answered again by the new one (same request id, same handle)."""
     best: float | None = None
     for line in history:
         try:
@@ -185,10 +194,14 @@ def first_op_after(
             continue
         if rec.get("op") != op or rec.get("outcome") != "ok":
             continue
-        if server is not None and handle_server(str(rec.get("handle") or "")) != server:
-            continue
         end = rec.get("end_wall")
-        if isinstance(end, (int, float)) and end > after and (best is None or end < best):
+        if not isinstance(end, (int, float)):
+            continue
+        granted_by = handle_server(str(rec.get("handle") or ""))
+        new_server = server is None or granted_by == server
+        if not new_server and (server_active is None or end <= server_active):
+            continue
+        if end > after and (best is None or end < best):
             best = float(end)
     return best
 
@@ -349,7 +362,9 @@ def measure_kill(lab: Any, wl: Any, kind: str, n: int = 1, *, settle: float = 1.
     kill.active = _rel(became_active, at)
     # a checkout granted by the new server (its name is in the handle id); a heartbeat answered
     # ok at or after the new server became active (before that only the killed one answered)
-    kill.first_checkout = _rel(first_op_after(_history(lab, wl), at, "checkout", standby), at)
+    kill.first_checkout = _rel(
+        first_op_after(_history(lab, wl), at, "checkout", standby, became_active), at
+    )
     hb_after = at if became_active is None else became_active - 0.001
     if first_op_after(_history(lab, wl), hb_after, "heartbeat") is None:
         lab.wait_for(

@@ -207,3 +207,17 @@ def test_first_checkout_of_the_new_server_skips_a_late_reply_of_the_killed_one()
     assert first_op_after(history, T0, "checkout") == T0 + 0.002
     assert first_op_after(history, T0, "checkout", "tmr-b") == T0 + 0.45
     assert first_op_after(history, T0, "checkout", "tmr-c") is None
+
+
+def test_a_lost_reply_answered_again_by_the_new_server_counts_once_it_is_active() -> None:
+    """The killed server granted the checkout, its reply was lost; the client's retry (same
+    request id) is answered by the new server with the same handle, after it became active."""
+    history = [
+        op("checkout", "ok", T0 + 0.002, handle="h25-tmr-a-aa"),  # the killed server, in time
+        op("checkout", "ok", T0 + 0.62, handle="h25-tmr-a-cc"),  # retried, answered by tmr-b
+        op("checkout", "ok", T0 + 0.83, handle="h26-tmr-b-bb"),
+    ]
+    assert first_op_after(history, T0, "checkout", "tmr-b") == T0 + 0.83
+    assert first_op_after(history, T0, "checkout", "tmr-b", T0 + 0.5) == T0 + 0.62
+    # before the new server was active only the killed one can have answered
+    assert first_op_after(history, T0, "checkout", "tmr-b", T0 + 0.7) == T0 + 0.83

@@ -46,6 +46,27 @@ def _ctl(args: argparse.Namespace) -> int:
     return 0 if reply.get("ok") else 1
 
 
+def _vrrp_notify(args: argparse.Namespace) -> int:
+    import syslog
+
+    from tmr.vrrp_notify import run_reader
+
+    syslog.openlog("tmr-keepalived", 0, syslog.LOG_DAEMON)
+
+    def log(message: str) -> None:
+        syslog.syslog(syslog.LOG_INFO, message)
+
+    return run_reader(
+        Path(args.fifo),
+        Path(args.socket),
+        instance=args.instance or None,
+        state_file=Path(args.state_file) if args.state_file else None,
+        retry_seconds=args.retry_seconds,
+        retry_interval=args.retry_interval,
+        log=log,
+    )
+
+
 def _local_up(args: argparse.Namespace) -> int:
     from tmr.local.cluster import local_up
 
@@ -92,6 +113,23 @@ def _print(info: dict[str, Any], as_json: bool) -> None:
         print(f"  {node['name']:<10} pid {node['pid']:<8} {node['endpoint']}")
 
 
+def _positive(text: str) -> float:
+    value = _non_negative(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value >= 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
+    return value
+
+
 def register(sub: Any, groups: dict[str, Any]) -> None:
     p = sub.add_parser(
         "server",
@@ -103,6 +141,30 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     run = ps.add_parser("run", help="run the TMR server (standby until promoted)")
     run.add_argument("--config", required=True, help="server.toml")
     run.set_defaults(handler=_server_run)
+    vn = ps.add_parser(
+        "vrrp-notify",
+        help="keepalived's vrrp_notify_fifo_script: MASTER -> promote, BACKUP/FAULT/STOP -> "
+        "demote, one resident process (tmr.vrrp_notify)",
+    )
+    vn.add_argument("--socket", default="/run/tmr/server.sock", help="control socket path")
+    vn.add_argument("--instance", default="", help="only this vrrp_instance (default: any)")
+    vn.add_argument(
+        "--state-file", default="", help="write each VRRP state here (the health script reads it)"
+    )
+    vn.add_argument(
+        "--retry-seconds",
+        type=_non_negative,
+        default=15.0,
+        help="send a command that failed (tmr-server restarting) again for this long (15)",
+    )
+    vn.add_argument(
+        "--retry-interval",
+        type=_positive,
+        default=0.05,
+        help="seconds between two tries of a command that failed (0.05)",
+    )
+    vn.add_argument("fifo", help="keepalived's notify FIFO (keepalived appends it)")
+    vn.set_defaults(handler=_vrrp_notify)
 
     c = sub.add_parser(
         "ctl",
