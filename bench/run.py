@@ -253,6 +253,23 @@ class Cluster:
         local_down(self.root)
 
 
+def _memory_steps(steps: Json) -> Json:
+    """The active server's RSS growth over the holder's step (handles over a few
+    connections: bytes per held handle) and over the heartbeating clients' step (a connection
+    and one handle each: bytes per connected client, its handle's share taken off)."""
+    out: Json = {}
+    per_handle: float | None = None
+    if steps.get("held") and steps["held"][0] > 0:
+        count, grown = steps["held"]
+        per_handle = grown / count
+        out["server_bytes_per_held_handle"] = round(per_handle)
+    if steps.get("clients") and steps["clients"][0] > 0:
+        count, grown = steps["clients"]
+        out["server_bytes_per_client"] = round(grown / count - (per_handle or 0.0))
+    out["memory_steps"] = steps
+    return out
+
+
 def wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -806,6 +823,10 @@ class Bench:
             for target, hb_target in sizes:
                 active = cl.active()
                 endpoints, first = cl.endpoints_from(active)
+                # The active server's memory around each step (no takeover in between): what
+                # a connected client costs and what a held handle costs, apart.
+                steps: Json = {}
+                rss_before = rss_mib(cl.pid(active))
                 if hb_target > clients:
                     log(f"  {hb_target - clients} more clients that heartbeat")
                     t0 = time.monotonic()
@@ -815,6 +836,9 @@ class Bench:
                     hb += started
                     clients += connected
                     log(f"    connected and holding in {time.monotonic() - t0:.1f} s")
+                    rss_after = rss_mib(cl.pid(active))
+                    steps["clients"] = [connected, round((rss_after - rss_before) * 2**20)]
+                    rss_before = rss_after
                 need = target - hb_target - held
                 if need > 0:
                     log(f"  {need} more held handles (no heartbeats: the lease is long)")
@@ -822,6 +846,8 @@ class Bench:
                     holders.append(self._hold(cl, need, endpoints, first))
                     held += need
                     log(f"    checked out in {time.monotonic() - t0:.1f} s")
+                    grown = round((rss_mib(cl.pid(active)) - rss_before) * 2**20)
+                    steps["held"] = [need, grown]
                 # Heartbeating clients moved by the last takeover are back to a steady state.
                 time.sleep(max(1.0, last_takeover + HEARTBEAT_PERIOD + 4.0 - time.monotonic()))
                 row = self._size(cl, hb, clients, self.growth_reps)
@@ -840,6 +866,7 @@ class Bench:
                         grown = row[f"{what}_rss_mib"] - base[f"{what}_rss_mib"]
                         row[f"{what}_bytes_per_handle"] = round(grown * 2**20 / handles)
                     row["rate_vs_empty"] = round(row["rate_per_s"] / base["rate_per_s"], 3)
+                    row.update(_memory_steps(steps))
                 log(
                     f"  {target} held, {clients} heartbeating: {row['rate_per_s']:.1f} cycles/s "
                     f"p99 {row['p99_ms']:.2f} ms; RSS server {row['server_rss_mib']} MiB, "
@@ -1193,11 +1220,16 @@ def vip_summary(doc: Json) -> Json:
         out["kills"] = kills
     checker = doc.get("checker", {})
     counts = checker.get("counts") or {}
-    for key in ("lost", "duplicates"):
+    violations = checker.get("violations")
+    for key, invariant in (("lost", "I7"), ("duplicates", "I8")):
         if key in doc:
             out[key] = doc[key]
         elif key in counts:
             out[key] = counts[key]
+        elif isinstance(violations, list):  # the checker's: I7 a lost grant, I8 a duplicate
+            out[key] = sum(
+                1 for v in violations if isinstance(v, dict) and v.get("invariant") == invariant
+            )
     if "ok" in checker:
         out["checker_ok"] = bool(checker["ok"])
     soak = doc.get("soak")
@@ -1306,15 +1338,19 @@ def _growth_targets(r: Json) -> list[Target]:
         if tk.get("promote_error"):
             value = f"no takeover: {tk['promote_error']}"
         out.append(Target(17, f"takeover with {top:,} held handles < 1 s", promote < 1.0, value))
-        per = _num(row.get("server_bytes_per_handle"))
-        out.append(
-            Target(
-                17,
-                f"server RSS <= 1 KiB per held handle ({top:,})",
-                per <= 1024,
-                f"{per:.0f} bytes",
+        overall = _num(row.get("server_bytes_per_handle"))
+        if "server_bytes_per_held_handle" in row:
+            # the holder's step alone: handles over a few connections
+            per = _num(row["server_bytes_per_held_handle"])
+            steps = row.get("memory_steps", {})
+            value = (
+                f"{per:.0f} bytes per held handle ({steps.get('held', ['?'])[0]:,} held by the "
+                f"holder); a connected client {_num(row.get('server_bytes_per_client')):.0f} "
+                f"bytes; all growth over all handles {overall:.0f}"
             )
-        )
+        else:
+            per, value = overall, f"{overall:.0f} bytes (connections included)"
+        out.append(Target(17, f"server RSS <= 1 KiB per held handle ({top:,})", per <= 1024, value))
         cost = _num(row.get("idle", {}).get("heartbeat_cost_pct"))
         out.append(
             Target(
@@ -1473,6 +1509,15 @@ def growth_table(r: Json) -> list[str]:
                 f"{_f(tk.get('promote_s'), '.3f', 9)} "
                 f"{_f(tk.get('kill_to_first_checkout_s'), '.3f', 10)}"
             )
+        for key, row in sorted(g.get("sizes", {}).items(), key=lambda kv: int(kv[0])):
+            if "server_bytes_per_held_handle" in row or "server_bytes_per_client" in row:
+                per_handle = _f(row.get("server_bytes_per_held_handle"), ".0f", 0)
+                per_client = _f(row.get("server_bytes_per_client"), ".0f", 0)
+                add(
+                    f"{int(key):>7,}: the active server's RSS per held handle (the holder's "
+                    f"step) {per_handle} bytes, per connected heartbeating client {per_client} "
+                    "bytes"
+                )
         hb = g.get("heartbeats")
         if hb:
             add(
@@ -1514,6 +1559,12 @@ def table(r: Json) -> str:
         f"(fsync {disk.get('fsync_ms')} ms), load at start "
         f"{' '.join(m.get('loadavg_at_start', []))}"
     )
+    for again in r.get("remeasured", []):
+        load = " ".join(again.get("loadavg_at_start") or [])
+        add(
+            f"measured again: {', '.join(again.get('sections', []))} (started "
+            f"{again.get('started')}, load at start {load})"
+        )
     add("")
     if "tmr" in r:
         add(
@@ -1613,6 +1664,24 @@ LATEST = REPO / "bench" / "results" / "latest.json"
 PARTIAL_OUT = Path(tempfile.gettempdir()) / "tmr-bench-partial.json"
 
 
+def merged(earlier: Json, again: Json, sections: list[str]) -> Json:
+    """`earlier` with what `again` measured in its place; `remeasured` lists each merge."""
+    out = dict(earlier)
+    run_keys = ("started", "elapsed_s", "quick", "machine", "targets", "remeasured")
+    for key, value in again.items():
+        if key not in run_keys:
+            out[key] = value
+    note = {
+        "sections": sections,
+        "started": again.get("started"),
+        "elapsed_s": again.get("elapsed_s"),
+        "quick": again.get("quick"),
+        "loadavg_at_start": again.get("machine", {}).get("loadavg_at_start"),
+    }
+    out["remeasured"] = [*earlier.get("remeasured", []), note]
+    return out
+
+
 def _sections(text: str) -> list[str]:
     names = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [n for n in names if n not in SECTIONS]
@@ -1650,6 +1719,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{PARTIAL_OUT} unless --out says otherwise, and the targets of the sections left out "
         "show as not measured",
     )
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --only: measure those sections again and put them into --out (default "
+        f"{LATEST}) in place of the ones there, noting when; the targets are recomputed",
+    )
     ap.add_argument("--profile", action="store_true", help="py-spy the server at 100 clients")
     ap.add_argument("--out", type=Path, default=None, help=f"results file (default {LATEST})")
     ap.add_argument("--show", action="store_true", help="print the table of --out and stop")
@@ -1660,8 +1735,17 @@ def main(argv: list[str] | None = None) -> int:
         "recompute the targets, print the table",
     )
     args = ap.parse_args(argv)
+    if args.merge and not args.only:
+        ap.error("--merge needs --only (the sections to measure again)")
     if args.out is None:
-        args.out = PARTIAL_OUT if args.only and not (args.show or args.vip_only) else LATEST
+        partial = args.only and not (args.show or args.vip_only or args.merge)
+        args.out = PARTIAL_OUT if partial else LATEST
+    earlier: Json | None = None
+    if args.merge:
+        try:
+            earlier = json.loads(args.out.read_text())
+        except (OSError, ValueError) as exc:
+            ap.error(f"--merge: cannot read {args.out}: {exc}")
     if args.growth_max is None:
         args.growth_max = GROWTH_MAX_QUICK if args.quick else GROWTH_SIZES[-1][0]
     if args.show:
@@ -1687,6 +1771,8 @@ def main(argv: list[str] | None = None) -> int:
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["quick"] = bool(args.quick)
     results["machine"]["loadavg_at_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    if earlier is not None:
+        results = merged(earlier, results, args.only)
     with_targets(results, args.out.parent / "failover-vip.json")
     args.out.write_text(json.dumps(_finite(results), indent=2, default=str) + "\n")
     print()

@@ -346,3 +346,57 @@ def test_a_heartbeat_worker_polls_only_the_clients_waiting_for_a_reply() -> None
         for sock in list(w.by_sock):
             sock.close(linger=0)
         w.ctx.term()
+
+
+def test_lost_and_duplicate_seats_are_read_from_the_checker_s_violations() -> None:
+    doc = {
+        "summary": {"first_checkout": {"p50": 0.5, "max": 0.6, "n": 12}},
+        "checker": {"ok": True, "violations": [], "counts": {"checkout": {"ok": 5}}},
+    }
+    vip = run.vip_summary(doc)
+    assert (vip["lost"], vip["duplicates"]) == (0, 0)
+    target = next(t for t in run.targets({"failover_vip": vip}) if "max < 1.5 s" in t.name)
+    assert target.met is True and "lost 0, duplicates 0" in target.value
+    doc["checker"] = {"ok": False, "violations": [{"invariant": "I8"}, {"invariant": "I1"}]}
+    vip = run.vip_summary(doc)
+    assert (vip["lost"], vip["duplicates"]) == (0, 1)
+    target = next(t for t in run.targets({"failover_vip": vip}) if "max < 1.5 s" in t.name)
+    assert target.met is False
+
+
+def test_memory_per_held_handle_and_per_client_are_measured_apart() -> None:
+    steps = {"clients": [9000, 9000 * 40_000 + 9000 * 900], "held": [81_000, 81_000 * 900]}
+    out = run._memory_steps(steps)
+    assert out["server_bytes_per_held_handle"] == 900
+    assert out["server_bytes_per_client"] == 40_000
+    r = results(True)
+    row = r["growth"]["sizes"]["100000"]
+    row.update(out)
+    row["server_bytes_per_handle"] = 4_500  # the whole growth over the handles
+    target = next(t for t in run.targets(r) if t.name.startswith("server RSS"))
+    assert target.met is True and "900 bytes per held handle" in target.value
+    row.update(run._memory_steps({"held": [81_000, 81_000 * 1_500]}))
+    target = next(t for t in run.targets(r) if t.name.startswith("server RSS"))
+    assert target.met is False
+
+
+def test_sections_measured_again_replace_theirs_and_are_noted() -> None:
+    earlier = results(False)
+    earlier["started"] = "2026-12-05T11:07:31+00:00"
+    again = {
+        "machine": {"loadavg_at_start": ["0.5", "0.4", "0.3"]},
+        "growth": results(True)["growth"],
+        "started": "2026-12-05T11:40:00+00:00",
+        "elapsed_s": 400.0,
+        "quick": False,
+    }
+    out = run.merged(earlier, again, ["growth"])
+    assert out["growth"] == again["growth"] and out["tmr"] == earlier["tmr"]
+    assert out["started"] == earlier["started"] and out["machine"] == earlier["machine"]
+    assert out["remeasured"][0]["sections"] == ["growth"]
+    assert "measured again: growth (started 2026-12-05T11:40:00+00:00" in run.table(out)
+
+
+def test_merge_needs_the_sections_to_measure() -> None:
+    with pytest.raises(SystemExit):
+        run.main(["--merge"])
