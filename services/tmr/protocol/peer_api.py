@@ -106,20 +106,35 @@ def _op(op: Op) -> list[Any]:
 
 # The leader sends the same log entry (one tuple of ops) to all three backends: encode its ops
 # once. Keyed by the tuple's id, with the tuple itself kept alive and compared by identity, so
-# an id can never be reused while its entry is cached; a few hundred entries suffice.
-_OPS_CACHE: dict[int, tuple[tuple[Op, ...], list[list[Any]]]] = {}
-_OPS_CACHE_MAX = 512
+# an id can never be reused while its entry is cached; a few hundred entries suffice. Bounded
+# in ops as well as entries: a burst of big entries (thousands of grants each) must not keep
+# every record's encoding alive after all three backends were sent it (about 250 bytes per
+# held handle otherwise).
+class _OpsCache:
+    def __init__(self, max_entries: int = 512, max_ops: int = 4096) -> None:
+        self.max_entries = max_entries
+        self.max_ops = max_ops
+        self.entries: dict[int, tuple[tuple[Op, ...], list[list[Any]]]] = {}
+        self.ops = 0
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.ops = 0
+
+    def encode(self, ops: tuple[Op, ...]) -> list[list[Any]]:
+        hit = self.entries.get(id(ops))
+        if hit is not None and hit[0] is ops:
+            return hit[1]
+        out = [_op(o) for o in ops]
+        if len(self.entries) >= self.max_entries or self.ops + len(out) > self.max_ops:
+            self.clear()
+        self.entries[id(ops)] = (ops, out)
+        self.ops += len(out)
+        return out
 
 
-def _ops(ops: tuple[Op, ...]) -> list[list[Any]]:
-    hit = _OPS_CACHE.get(id(ops))
-    if hit is not None and hit[0] is ops:
-        return hit[1]
-    out = [_op(o) for o in ops]
-    if len(_OPS_CACHE) >= _OPS_CACHE_MAX:
-        _OPS_CACHE.clear()
-    _OPS_CACHE[id(ops)] = (ops, out)
-    return out
+_OPS_CACHE = _OpsCache()
+_ops = _OPS_CACHE.encode
 
 
 def _license(lic: LicenseInfo) -> list[Any]:

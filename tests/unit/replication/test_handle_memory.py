@@ -69,3 +69,18 @@ def test_decoded_records_share_their_strings() -> None:
     a, b = got.logs[KEY][1]
     assert a.owner is b.owner and a.client_id is b.client_id
     assert a.user is b.user and a.host is b.host
+
+
+def test_the_encoder_keeps_no_big_entry_s_ops_once_others_were_encoded() -> None:
+    """The encoder's entry cache (the leader sends one entry to three backends) is bounded in
+    ops: a burst of big entries must not keep every held handle's encoding alive."""
+    big = tuple(Grant(HandleRecord(f"h{i}", *KEY, 1, "c", f"r{i}", 1.5)) for i in range(3000))
+    first = peer_api._ops(big)
+    assert peer_api._ops(big) is first  # the same entry to the next backend: encoded once
+    for n in range(3):
+        peer_api._ops(
+            tuple(Grant(HandleRecord(f"x{n}{i}", *KEY, 1, "c", "r", 1.5)) for i in range(3000))
+        )
+    cached = sum(len(out) for _, out in peer_api._OPS_CACHE.entries.values())
+    assert cached <= peer_api._OPS_CACHE.max_ops
+    assert all(ops is not big for ops, _ in peer_api._OPS_CACHE.entries.values())
