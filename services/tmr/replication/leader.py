@@ -942,6 +942,15 @@ class Leader:
             self._crypt.on_timeout(mid, now, fx)
             return  # a slow crypt call alone does not make a backend down
         self._mark_down(b, fx, f"no answer to {out.kind} within {self.cfg.backend_timeout}s")
+        if (
+            out.kind == "prepare"
+            and b.name in self._tables_from
+            and self.role == Role.TAKEOVER
+            and self._phase == Phase.PREPARE
+        ):
+            # It was asked for its tables and did not answer: ask another holder.
+            self._tables_from.discard(b.name)
+            self._try_adopt(now, fx)
 
     def _fence(self, promised: Epoch, b: Backend, fx: Effects) -> None:
         if self.role not in (Role.ACTIVE, Role.TAKEOVER):
@@ -1491,11 +1500,15 @@ class Leader:
                 ):
                     p.holders.add(b.name)
             return
+        self._try_adopt(now, fx)
+
+    def _try_adopt(self, now: float, fx: Effects) -> None:
         adopt = takeover.to_adopt(self.backends)
         if adopt is None:
             return
         counted, self._bootstrap = adopt
-        lacking = takeover.lacking_tables(counted)
+        away = {b.name for b in self.backends if not b.up}
+        lacking = takeover.lacking_tables(counted, away)
         if lacking:  # the highest version's table is not among them yet: ask its holders
             for name in lacking - self._tables_from:
                 self._tables_from.add(name)

@@ -9,7 +9,7 @@ at bootstrap), taking per product the state of the highest version and the highe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from tmr.licensing.effective import QUORUM
 from tmr.replication.backends import Backend
@@ -65,18 +65,18 @@ def adopted_versions(promises: Sequence[Promise]) -> dict[ProductKey, Version]:
     return best
 
 
-def lacking_tables(promises: Sequence[Promise]) -> set[str]:
+def lacking_tables(promises: Sequence[Promise], away: Collection[str] = ()) -> set[str]:
     """The backends to ask for their tables (`Prepare.tables`) before adopting: for each
-    product whose highest version no promise with tables holds, one backend that holds it
-    (empty: `adopted_logs` has every table)."""
+    product whose highest version no promise with tables holds, one backend that holds it,
+    one not `away` (down, or it did not answer the ask) where there is one (empty:
+    `adopted_logs` has every table)."""
     versions = adopted_versions(promises)
     have = {k for pr in promises if pr.tables for k, (v, _) in pr.logs.items() if v == versions[k]}
     ask: set[str] = set()
     for key, version in versions.items():
         if key not in have:
-            ask.add(
-                min(pr.name for pr in promises if key in pr.logs and pr.logs[key][0] == version)
-            )
+            names = {pr.name for pr in promises if key in pr.logs and pr.logs[key][0] == version}
+            ask.add(min(names - set(away) or names))
     return ask
 
 

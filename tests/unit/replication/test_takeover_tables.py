@@ -150,3 +150,20 @@ def test_a_holder_that_goes_down_before_entry_0_commits_lets_the_others_take_the
     assert len(held(h, "b1")) == len(handles) + 1
     to_b1 = [e for n, m in seen if n == "b1" and isinstance(m, Snapshot) for e in m.entries]
     assert to_b1 and to_b1[0].base is None and to_b1[0].seq == 0
+
+
+def test_a_backend_asked_for_its_tables_that_goes_down_does_not_stall_the_takeover() -> None:
+    h, handles = cluster_with_handles(3)
+    # b1 promises versions only, then goes away before it is asked for its tables: b2 and b3
+    # hold the same version, so the leader adopts with the table of one of them.
+    real = h.acceptors["b1"].handle
+
+    def down_after_promise(req: PeerRequest, now: float) -> Any:
+        step = real(req, now)
+        if isinstance(req, Prepare):
+            h.down.add("b1")
+        return step
+
+    h.acceptors["b1"].handle = down_after_promise  # type: ignore[method-assign]
+    take_over(h, settle=6.0)
+    assert h.leaders["sb"].status()["handles"] == len(handles)
