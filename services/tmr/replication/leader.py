@@ -1509,6 +1509,13 @@ class Leader:
         counted, self._bootstrap = adopt
         away = {b.name for b in self.backends if not b.up}
         lacking = takeover.lacking_tables(counted, away)
+        present = [pr for pr in counted if pr.name not in away]
+        if lacking & away and len(present) >= QUORUM:
+            # Only a backend that is down holds a highest version's table: adopt from the
+            # promises of the others, a quorum (Paxos adopts from any quorum; a version
+            # neither of two backends holds was never committed, so never answered).
+            counted = present
+            lacking = takeover.lacking_tables(counted, away)
         if lacking:  # the highest version's table is not among them yet: ask its holders
             for name in lacking - self._tables_from:
                 self._tables_from.add(name)

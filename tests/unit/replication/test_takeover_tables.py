@@ -167,3 +167,22 @@ def test_a_backend_asked_for_its_tables_that_goes_down_does_not_stall_the_takeov
     h.acceptors["b1"].handle = down_after_promise  # type: ignore[method-assign]
     take_over(h, settle=6.0)
     assert h.leaders["sb"].status()["handles"] == len(handles)
+
+
+def test_a_sole_holder_of_the_highest_version_that_goes_down_does_not_stall_the_takeover() -> None:
+    h, handles = cluster_with_handles(3)
+    h.cut.update({("sa", "b2"), ("sa", "b3")})  # a grant only b1 takes: never committed
+    h.run(h.leader.checkout("tok", "r9", "c9", KEY[0], KEY[1], 1, h.now, owner="key-of-c9"))
+    assert len(held(h, "b1")) == 4 and len(held(h, "b2")) == 3
+    real = h.acceptors["b1"].handle
+
+    def down_after_promise(req: PeerRequest, now: float) -> Any:
+        step = real(req, now)
+        if isinstance(req, Prepare):
+            h.down.add("b1")  # it promised the highest version, and is gone
+        return step
+
+    h.acceptors["b1"].handle = down_after_promise  # type: ignore[method-assign]
+    take_over(h, settle=6.0)  # adopted from b2 and b3, a quorum of promises
+    assert h.leaders["sb"].status()["handles"] == len(handles)
+    assert set(held(h, "b2")) == set(held(h, "b3")) == set(handles)
