@@ -22,7 +22,9 @@ process started per transition (a `tmr ctl` process costs 0.1 s on an idle host 
   the command counts as failed.
 - keepalived sends SIGTERM when it reloads or stops, then (stop) writes STOP and closes the
   FIFO: the reader goes on reading until the FIFO is closed or `STOP_GRACE` seconds have
-  passed after the signal.
+  passed after the signal, and then ends, a command still being retried included (after a
+  reload keepalived announces the states again to the new reader; after a stop the unit's
+  `ExecStopPost` demotes): two readers never send at the same time.
 """
 
 from __future__ import annotations
@@ -159,7 +161,12 @@ class NotifyReader:
         `stop()` is over. Returns 0."""
         while True:
             now = self._clock()
-            if self._stop_at is not None and now >= self._stop_at and self._pending is None:
+            if self._stop_at is not None and now >= self._stop_at:
+                # Past the grace nothing of ours may still be sent: at a reload keepalived's
+                # new reader has the current state (keepalived announces it again), at a stop
+                # the unit's ExecStopPost demotes; an old command landing later would undo it.
+                if self._pending is not None:
+                    self._give_up(self._pending, "stopped (SIGTERM), the grace is over")
                 return 0
             if self._pending is not None:
                 self._attempt(now)
