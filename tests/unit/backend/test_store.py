@@ -7,7 +7,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,20 +43,6 @@ def grant(handle: str, seats: int = 1, key: tuple[int, int] = KEY) -> Grant:
 
 def release(handle: str, reason: ReleaseReason = ReleaseReason.RELEASE) -> Release:
     return Release(handle, reason, 1_700_000_100.25)
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "backend.sqlite3"
-
-
-@pytest.fixture
-def store(db: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore(db)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def reopen(store: SqliteStore) -> AcceptorState:

@@ -14,7 +14,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -84,20 +83,6 @@ def _inject_failure(db: Path) -> None:
             "BEGIN SELECT RAISE(ABORT, 'injected disk error'); END"
         )
     conn.close()
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "backend.sqlite3"
-
-
-@pytest.fixture
-def store(db: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore(db)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def test_rows_are_in_grant_order_with_no_index_on_the_handle(store: SqliteStore, db: Path) -> None:
