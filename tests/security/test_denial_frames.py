@@ -9,14 +9,12 @@ replay) adds no row: refusals are deduplicated by id."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.backend.test_service_core import NOW, make_setup
+from tests.unit.backend.test_service_core import NOW
 from tmr.backend.service import BackendService
 from tmr.protocol import peer_api
 from tmr.replication.messages import DenialRow, Denials, PeerError, Probe, Status
@@ -25,17 +23,6 @@ ROW = DenialRow(
     "tmr-a/00000000/1", NOW, "tmr-a", "NO_LICENSE_AVAILABLE", 6_000_123, 42, 1, "K" * 40,
     "ann", "ws-1", 7, "all seats in use", 1, NOW,
 )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendService]:
-    setup = make_setup(tmp_path_factory.mktemp("b"), expires=None, start=NOW)
-    service = BackendService(setup.config, time_source=setup.clock)
-    service.open()
-    try:
-        yield service
-    finally:
-        service.close()
 
 
 def still_serves(svc: BackendService) -> None:

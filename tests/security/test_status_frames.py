@@ -8,7 +8,6 @@ future, changes nothing it holds and makes it ask for everything."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 
 import msgpack
@@ -16,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.backend.test_service_core import NOW, make_setup
 from tests.unit.replication.harness import Harness
 from tmr.backend.service import BackendService
 from tmr.protocol import peer_api
@@ -26,17 +24,6 @@ from tmr.replication.messages import PeerError, Probe, Status
 from tmr.replication.types import Epoch, LicenseInfo, Version
 
 KEY = (6_000_123, 42)
-
-
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendService]:
-    setup = make_setup(tmp_path_factory.mktemp("b"), expires=None, start=NOW)
-    service = BackendService(setup.config, time_source=setup.clock)
-    service.open()
-    try:
-        yield service
-    finally:
-        service.close()
 
 
 def probe(svc: BackendService, have: tuple[str, int] | None) -> Status:
