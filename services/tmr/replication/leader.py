@@ -879,6 +879,10 @@ class Leader:
         # `_pump`'s work list: products that may have something to send (ordered as
         # `_products`), and whether the next pump must look at every product.
         self._dirty: set[ProductKey] = set()
+        # Products whose only business is a commit some backend was not told (`_untold_only`):
+        # visited only with other products (an ACCEPT of theirs carries it) or once there are
+        # NOTICE_BATCH of them (a commit notice), never by a pump with nothing else to do.
+        self._untold: set[ProductKey] = set()
         self._order: dict[ProductKey, int] = {}
         self._sweep = True
         self._handles = HandleIndex()
@@ -1239,10 +1243,14 @@ class Leader:
             # Only the products that may have something to send: those with new ops
             # (`_propose`), new commits (`_recommit`), a backend's answer about them
             # (`_on_accepted`), and those not yet settled at the last pump (`_settled`).
-            if not self._dirty:
+            # Products with only an untold commit (`_untold`) come along when there is
+            # anything else to send, or when there are enough of them for a commit notice:
+            # else a pump would find nothing to send for them (`productlog.next_message`).
+            if not self._dirty and len(self._untold) < productlog.NOTICE_BATCH:
                 return
             order = self._order
-            visit = {k: self._products[k] for k in sorted(self._dirty, key=order.__getitem__)}
+            keys = self._dirty | self._untold
+            visit = {k: self._products[k] for k in sorted(keys, key=order.__getitem__)}
         for p in visit.values():
             if p.pending:
                 # Flagged only while two backends keep commit knowledge durably (during a
@@ -1262,7 +1270,10 @@ class Leader:
             ):
                 continue
             self._pump_backend(b, visit, now, fx)
-        self._dirty = {k for k, p in visit.items() if not self._settled(p)}
+        self._dirty, self._untold = set(), set()
+        for k, p in visit.items():
+            if not self._settled(p):
+                (self._untold if self._untold_only(p) else self._dirty).add(k)
 
     def _settled(self, p: Product) -> bool:
         """Nothing of `p` to send to any backend until it changes: no op waiting, every entry
@@ -1278,6 +1289,21 @@ class Leader:
             if key in b.licenses and b.acked.get(key) != seq:
                 return False
         return True
+
+    def _untold_only(self, p: Product) -> bool:
+        """`p` is not settled only because some backend was not told its last commit, and no
+        license update makes that commit worth a notice of its own (`notify_commits`): a pump
+        sends nothing for it until an ACCEPT goes to that backend anyway, or until NOTICE_BATCH
+        untold commits make a notice. It changes only with a new op, a backend's answer or
+        status about it, or a change of a backend's state, each of which puts it back on
+        `_pump`'s list (`_dirty`, `_sweep_next_pump`)."""
+        if p.pending or p.abort is not None or p.seq != p.committed or p.notice:
+            return False
+        key, seq = p.key, p.seq
+        for b in self.backends:
+            if key in b.refusal or (key in b.licenses and b.acked.get(key) != seq):
+                return False
+        return not productlog.update_under_way(p, self.backends)
 
     def _sweep_next_pump(self) -> None:
         """A backend's state changed (up or down, its licenses, floors or log position): the

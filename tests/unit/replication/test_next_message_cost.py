@@ -4,6 +4,9 @@ a backend has all costs no floor check; one with new entries still gets it."""
 from __future__ import annotations
 
 import itertools
+from typing import Any
+
+import pytest
 
 from tmr.replication import productlog
 from tmr.replication.backends import Backend
@@ -81,3 +84,35 @@ def test_an_idle_leader_with_many_products_pumps_none_of_them() -> None:
     h.advance(1.0)
     assert h.leader._dirty == set()
     assert all(b.told == dict.fromkeys(keys, 0) for b in h.leader.backends)
+
+
+def test_a_product_with_only_an_untold_commit_costs_an_idle_pump_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a checkout commits, no backend is told that commit until the product's next
+    ACCEPT carries it: the product is kept apart (`Leader._untold`), and a pump with nothing
+    else to send looks at no product; a new op brings it back, and its ACCEPT tells the
+    commit."""
+    from tests.unit.replication.harness import Harness
+
+    key = (6_000_001, 1)
+    h = Harness({key: LicenseInfo(7, 100, True)})
+    h.promote()
+    assert h.call("checkout", "r1", "c1", key[0], key[1], 1).ok
+    leader = h.leader
+    assert leader._dirty == set() and leader._untold == {key}
+    assert all(b.told[key] < leader._products[key].committed for b in leader.backends)
+    visited: list[int] = []
+    real = productlog.next_message
+
+    def counting(products: dict[ProductKey, Product], *a: Any, **kw: Any) -> Any:
+        visited.append(len(products))
+        return real(products, *a, **kw)
+
+    monkeypatch.setattr(productlog, "next_message", counting)
+    for _ in range(5):
+        assert leader.pump(h.now).send == []
+    assert visited == []
+    assert h.call("checkout", "r2", "c2", key[0], key[1], 1).ok
+    assert visited  # the new entry is sent, and carries the commit of the first
+    assert all(b.told[key] >= 1 for b in leader.backends)
