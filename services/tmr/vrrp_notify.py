@@ -20,6 +20,11 @@ process started per transition (a `tmr ctl` process costs 0.1 s on an idle host 
 - Nothing in a line or an answer ends the reader (keepalived does not start it again; a dead
   reader would leave the state file and the VIP's server behind): such errors are logged and
   the command counts as failed.
+- While it runs it holds an exclusive `flock` on the lock file (``--lock-file``,
+  ``/run/tmr-keepalived/notify.lock``), which the kernel drops when the process ends however
+  it ends (kill -9 included): the health script takes the lock to learn that the reader is
+  gone, and then reads the VRRP state from the VIP instead of the stale state file, so a host
+  that becomes MASTER without a reader still promotes its server (`tmr-health.sh`).
 - keepalived sends SIGTERM when it reloads or stops, then (stop) writes STOP and closes the
   FIFO: the reader goes on reading until the FIFO is closed or `STOP_GRACE` seconds have
   passed after the signal, and then ends, a command still being retried included (after a
@@ -29,6 +34,7 @@ process started per transition (a `tmr ctl` process costs 0.1 s on an idle host 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import signal
@@ -54,6 +60,8 @@ KINDS = ("INSTANCE", "GROUP")
 STOP_GRACE = 0.5  # seconds to keep reading after keepalived's SIGTERM
 IDLE_WAKE = 1.0  # seconds: an idle reader wakes this often to notice a SIGTERM
 MAX_LINE = 4096  # bytes: a longer line is not keepalived's
+LOCK_WAIT = 2 * STOP_GRACE  # seconds a new reader waits for the old one's lock (a reload)
+LOCK_POLL = 0.02  # seconds between two tries of the lock
 
 
 class NotifyLineError(TmrError):
@@ -275,9 +283,10 @@ def run_reader(
     retry_seconds: float,
     retry_interval: float,
     log: Logger,
+    lock_file: Path | None = None,
 ) -> int:
     """Open the FIFO keepalived made and read it until keepalived closes it (the
-    `vrrp_notify_fifo_script` process)."""
+    `vrrp_notify_fifo_script` process), holding `lock_file`'s lock meanwhile."""
     # Read-only, so that the reader sees the end of the FIFO when keepalived closes it. The
     # open waits for keepalived to open its end (it starts this process first); a FIFO opened
     # with O_NONBLOCK before that would read as ended at once.
@@ -286,6 +295,7 @@ def run_reader(
     except OSError as exc:
         raise TmrError(f"{fifo}: cannot open the notify FIFO: {exc}") from None
     os.set_blocking(fd, False)
+    lock = _hold_lock(lock_file, log) if lock_file is not None else None
     reader = NotifyReader(
         fd,
         socket,
@@ -305,3 +315,34 @@ def run_reader(
         return reader.run()
     finally:
         os.close(fd)
+        if lock is not None:
+            os.close(lock)  # the lock goes with it
+
+
+def _hold_lock(path: Path, log: Logger, wait: float = LOCK_WAIT) -> int | None:
+    """Take `path`'s exclusive lock for this process's lifetime (the open descriptor is
+    returned; never inherited). At a keepalived reload the old reader holds it through its
+    grace (`STOP_GRACE`): this waits up to `wait` seconds for it (keepalived's lines wait in
+    the FIFO meanwhile), then goes on without it. A lock that cannot be had is logged, not
+    fatal: the reader still does its work; the health script then goes by the VIP."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        log(f"cannot open the lock file {path}: {exc} (the health script goes by the VIP)")
+        return None
+    give_up = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= give_up:
+                why = f"another process holds it after {wait:g} s"
+                break
+            time.sleep(LOCK_POLL)
+        except OSError as exc:
+            why = str(exc)
+            break
+    os.close(fd)
+    log(f"cannot lock {path}: {why} (the health script goes by the VIP)")
+    return None

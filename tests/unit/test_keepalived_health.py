@@ -1,11 +1,14 @@
 """roles/keepalived/templates/tmr-health.sh.j2, rendered and run under POSIX sh.
 
 A fake `tmr` answers `ctl status` with the JSON a real server prints (`Leader.status()` as
-`tmr ctl` writes it) and records every other command; a fake `logger` records messages.
+`tmr ctl` writes it) and records every other command; a fake `logger` records messages; a
+fake `ip` shows the VIP on this host or not. The notify reader is alive while this test holds
+the lock of notify.lock (flock(2), as the reader does; the script asks with flock(1)).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -23,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "roles/keepalived/templates/tmr-health.sh.j2"
 STATE_DIR = "/run/tmr-keepalived"
 KEY = (6000123, 42)
+VIP = "192.0.2.10"
 
 pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="needs /bin/sh")
 
@@ -55,6 +59,7 @@ def render(tmp_path: Path) -> Path:
         ansible_managed="test",
         keepalived_tmr_bin=str(tmp_path / "tmr"),
         keepalived_tmr_ctl_socket="/run/tmr/server.sock",
+        keepalived_vip=VIP,
     )
     assert STATE_DIR in text
     script = tmp_path / "tmr-health.sh"
@@ -69,18 +74,35 @@ def render(tmp_path: Path) -> Path:
         "esac\n"
     )
     fake_logger = tmp_path / "bin" / "logger"
-    fake_logger.parent.mkdir()
+    fake_logger.parent.mkdir(exist_ok=True)
     fake_logger.write_text('#!/bin/sh\necho "$*" >> "$FAKE_DIR/log"\n')
-    for p in (fake_tmr, fake_logger):
+    fake_ip = tmp_path / "bin" / "ip"
+    fake_ip.write_text(
+        "#!/bin/sh\n"
+        f'[ "$*" = "-o addr show to {VIP}" ] || exit 1\n'
+        '[ -e "$FAKE_DIR/vip_here" ] && echo "2: eth0    inet {VIP}/24 scope global eth0"\n'
+        "exit 0\n"
+    )
+    for p in (fake_tmr, fake_logger, fake_ip):
         p.chmod(0o755)
     return script
 
 
 def run(
-    tmp_path: Path, vrrp: str, status: dict[str, Any], health_rc: int = 0, yielding: str = "0"
+    tmp_path: Path,
+    vrrp: str,
+    status: dict[str, Any],
+    health_rc: int = 0,
+    yielding: str = "0",
+    *,
+    reader: bool = True,
+    vip_here: bool = False,
 ) -> tuple[int, list[str], str]:
-    """Exit code, the `tmr` commands it ran, what it logged."""
+    """Exit code, the `tmr` commands it ran, what it logged. `reader`: the notify reader
+    holds its lock; `vip_here`: `ip` shows the VIP on this host."""
     script = render(tmp_path)
+    if vip_here:
+        (tmp_path / "vip_here").write_text("")
     for name in ("calls", "log"):
         (tmp_path / name).write_text("")
     (tmp_path / "state").write_text(vrrp + "\n")
@@ -92,9 +114,15 @@ def run(
         "FAKE_DIR": str(tmp_path),
         "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
     }
-    proc = subprocess.run(
-        ["sh", str(script)], check=False, env=env, capture_output=True, timeout=30
-    )
+    lock = os.open(tmp_path / "notify.lock", os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        if reader:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.run(
+            ["sh", str(script)], check=False, env=env, capture_output=True, timeout=30
+        )
+    finally:
+        os.close(lock)
     calls = (tmp_path / "calls").read_text().splitlines()
     return proc.returncode, calls, (tmp_path / "log").read_text() + proc.stderr.decode()
 
@@ -144,4 +172,40 @@ def test_yielding_host(tmp_path: Path, doc: str, rc: int, still_yielding: bool) 
 def test_not_master_only_asks_health(tmp_path: Path, health_rc: int) -> None:
     got, calls, _ = run(tmp_path, "BACKUP", STATUSES["standby_live"], health_rc)
     assert got == health_rc
+    assert calls == ["ctl --socket /run/tmr/server.sock health"]
+
+
+@pytest.mark.parametrize("stale", ["BACKUP", "FAULT", ""])
+def test_without_the_notify_reader_the_vip_on_this_host_means_master(
+    tmp_path: Path, stale: str
+) -> None:
+    """The reader was killed before this host became MASTER: the state file still says what
+    it said then (or nothing), and nobody promoted. The VIP on this host stands for MASTER:
+    the standby server is promoted, and the reader's absence is logged once."""
+    got, calls, log = run(tmp_path, stale, STATUSES["standby_alone"], reader=False, vip_here=True)
+    ctl = "ctl --socket /run/tmr/server.sock"
+    assert got == 0, log
+    assert calls == [f"{ctl} status", f"{ctl} promote"], log
+    assert "notify reader is not running" in log and "(MASTER)" in log
+    _, _, log = run(tmp_path, stale, STATUSES["active"], reader=False, vip_here=True)
+    assert "notify reader is not running" not in log  # said once
+    _, _, log = run(tmp_path, "MASTER", STATUSES["active"])
+    assert "notify reader is running again" in log
+
+
+def test_without_the_notify_reader_a_stale_master_without_the_vip_does_not_promote(
+    tmp_path: Path,
+) -> None:
+    """The reader died while MASTER and the VIP has left this host since: the state file
+    says MASTER, but the host is not; the standby server is not promoted."""
+    got, calls, log = run(tmp_path, "MASTER", STATUSES["standby_alone"], reader=False)
+    assert got == 0, log
+    assert calls == ["ctl --socket /run/tmr/server.sock health"], log
+    assert "(BACKUP)" in log
+
+
+def test_with_the_notify_reader_the_state_file_decides(tmp_path: Path) -> None:
+    """While the reader runs, its state file is the VRRP state (the VIP can lag it)."""
+    got, calls, _ = run(tmp_path, "BACKUP", STATUSES["standby_alone"], vip_here=True)
+    assert got == 0
     assert calls == ["ctl --socket /run/tmr/server.sock health"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -267,6 +268,7 @@ def test_tmr_server_vrrp_notify_on_a_real_fifo(tmp_path: Path) -> None:
     fifo = tmp_path / "notify.fifo"
     os.mkfifo(fifo)
     sock_path = tmp_path / "server.sock"
+    lock_file = tmp_path / "notify.lock"
     ctx = zmq.Context.instance()
     rep = ctx.socket(zmq.REP)
     rep.setsockopt(zmq.LINGER, 0)
@@ -285,6 +287,8 @@ def test_tmr_server_vrrp_notify_on_a_real_fifo(tmp_path: Path) -> None:
             "TMR",
             "--state-file",
             str(tmp_path / "state"),
+            "--lock-file",
+            str(lock_file),
             str(fifo),
         ],
         env=env,
@@ -297,6 +301,7 @@ def test_tmr_server_vrrp_notify_on_a_real_fifo(tmp_path: Path) -> None:
             assert rep.poll(10_000), "no command on the control socket"
             assert json.loads(rep.recv()) == {"cmd": "promote"}
             rep.send(json.dumps({"ok": True, "role": "takeover"}).encode())
+            assert not _lock_free(lock_file), "the reader runs without holding its lock"
             proc.send_signal(signal.SIGTERM)
             os.write(w, b'INSTANCE "TMR" STOP 0\n')
             assert rep.poll(10_000), "no demote after the SIGTERM"
@@ -306,6 +311,7 @@ def test_tmr_server_vrrp_notify_on_a_real_fifo(tmp_path: Path) -> None:
             os.close(w)
         assert proc.wait(10) == 0
         assert (tmp_path / "state").read_text() == "STOP\n"
+        assert _lock_free(lock_file)  # the health script now learns the reader is gone
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -368,3 +374,60 @@ def test_after_sigterm_a_command_being_retried_does_not_outlive_the_grace(
     t.join(5)
     assert not alive
     assert not rd.handled or rd.handled[-1][1] is False  # given up, never answered
+
+
+def _lock_free(path: Path) -> bool:
+    """Whether `path`'s lock can be had (as the health script asks, flock(1) -n)."""
+    out = subprocess.run(["flock", "-n", str(path), "true"], check=False, timeout=10)
+    return out.returncode == 0
+
+
+def test_a_killed_reader_leaves_its_lock_free(tmp_path: Path) -> None:
+    """kill -9 (keepalived does not start the reader again): the kernel drops the lock, so
+    the health script sees the reader gone and goes by the VIP."""
+    fifo = tmp_path / "notify.fifo"
+    os.mkfifo(fifo)
+    lock_file = tmp_path / "notify.lock"
+    env = dict(os.environ, PYTHONPATH=str(SERVICES))
+    argv = [sys.executable, "-m", "tmr", "server", "vrrp-notify", "--socket"]
+    argv += [str(tmp_path / "none.sock"), "--lock-file", str(lock_file), str(fifo)]
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
+    try:
+        w = os.open(fifo, os.O_WRONLY)  # the reader has the FIFO open, the lock next
+        try:
+            deadline = time.monotonic() + 20
+            while _lock_free(lock_file):
+                assert time.monotonic() < deadline, "the reader never took its lock"
+                assert proc.poll() is None
+                time.sleep(0.02)
+            proc.kill()
+            proc.wait(10)
+            assert _lock_free(lock_file)
+        finally:
+            os.close(w)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_new_reader_waits_briefly_for_the_old_ones_lock(tmp_path: Path) -> None:
+    """At a reload the old reader holds the lock through its grace: the new one takes it
+    once free; held longer (a stray process), it goes on without it, and says so."""
+    from tmr import vrrp_notify
+
+    lock_file = tmp_path / "notify.lock"
+    logs: list[str] = []
+    held = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert vrrp_notify._hold_lock(lock_file, logs.append, wait=0.1) is None
+        assert "another process holds it" in logs[-1]
+    finally:
+        os.close(held)
+    fd = vrrp_notify._hold_lock(lock_file, logs.append, wait=0.1)
+    assert fd is not None and not _lock_free(lock_file)
+    os.close(fd)
+    assert _lock_free(lock_file)
+    assert vrrp_notify._hold_lock(tmp_path / "no" / "such.lock", logs.append) is None
+    assert "cannot open the lock file" in logs[-1]

@@ -5,7 +5,8 @@ for the whole scenario. Each row's state is produced for real; then a checkout p
 client-1 must give the table's "Client Access" (ok: granted, or a typed "all seats taken";
 error: refused with a typed error and no checkout granted to the workload), the VIP must be on
 exactly one host, and the faults are healed before the next row. Then a keepalived split
-brain. At the end the workload checker (I1 seats <= LQ, I7 no lost grant, I8 one seat set per
+brain, and a failover onto a host whose notify FIFO reader was killed (its health script
+promotes on the VIP). At the end the workload checker (I1 seats <= LQ, I7 no lost grant, I8 one seat set per
 request) must be clean; the report, the table and the failover times go to
 artifacts/tmr-mol-failover/.
 
@@ -416,6 +417,56 @@ def test_keepalived_split_brain(lab: Lab, workload: Workload) -> None:
         }
     )
     lab.wait_healthy()
+
+
+NOTIFY_LOCK = "/run/tmr-keepalived/notify.lock"
+# kill -9 of keepalived's notify FIFO reader (`tmr server vrrp-notify`); keepalived does not
+# start it again
+KILL_READER = (
+    "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '[s]erver vrrp-notify'"
+    " && kill -9 ${p#/proc/}; done; true"
+)
+
+
+def _reader_gone(lab: Lab, host: str) -> bool:
+    """The notify reader's lock is free (what tmr-health.sh asks)."""
+    return lab.sh(host, f"flock -n {NOTIFY_LOCK} true", check=False, timeout=10).returncode == 0
+
+
+@pytest.mark.timeout(600)
+def test_failover_without_the_notify_reader(lab: Lab, workload: Workload) -> None:
+    """The standby host's notify reader was killed (keepalived does not start it again); then
+    the active tmr-server dies. The VIP moves to the standby host, where nothing reads
+    keepalived's MASTER: its health script sees the reader's lock free and the VIP on its host,
+    and promotes the server itself. Healed with `systemctl reload keepalived`, which starts a
+    reader again."""
+    active = lab.wait_healthy()
+    other = B if active == A else A
+    lab.sh(other, KILL_READER)
+    lab.mark(f"kill -9 the notify reader on {other}")
+    lab.wait_for(f"the notify reader gone on {other}", lambda: _reader_gone(lab, other), 20)
+    t = lab.kill_unit(active, "tmr-server")
+    wait_active_with_vip(lab, other)
+    granted = workload.wait_granted(t, n=3, timeout=60)
+    say(
+        f"without a notify reader: {other} active with the VIP "
+        f"{time.time() - t:.1f} s after the kill"
+    )
+    journal = lab.sh(other, f"journalctl -t tmr-keepalived --since @{int(t) - 1} --no-pager").stdout
+    assert "notify reader is not running" in journal, journal
+    assert "tmr-server is standby: tmr ctl promote" in journal, journal
+    lab.sh(other, "systemctl reload keepalived")
+    lab.mark(f"reload keepalived on {other}: a notify reader again")
+    lab.wait_for(f"a notify reader on {other}", lambda: not _reader_gone(lab, other), 30)
+    assert lab.wait_healthy() == other
+    ROWS.append(
+        {
+            "row": "failover without the notify reader",
+            "expected": "ok",
+            "probe": "ok",
+            "granted_after_fault": granted,
+        }
+    )
 
 
 def _one_fenced(lab: Lab) -> bool:

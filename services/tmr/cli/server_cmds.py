@@ -64,6 +64,7 @@ def _vrrp_notify(args: argparse.Namespace) -> int:
         retry_seconds=args.retry_seconds,
         retry_interval=args.retry_interval,
         log=log,
+        lock_file=Path(args.lock_file) if args.lock_file else None,
     )
 
 
@@ -150,6 +151,12 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     vn.add_argument("--instance", default="", help="only this vrrp_instance (default: any)")
     vn.add_argument(
         "--state-file", default="", help="write each VRRP state here (the health script reads it)"
+    )
+    vn.add_argument(
+        "--lock-file",
+        default="",
+        help="hold this file's lock while running (the health script takes it to learn that "
+        "the reader is gone)",
     )
     vn.add_argument(
         "--retry-seconds",
