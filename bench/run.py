@@ -87,6 +87,7 @@ GROWTH_MAX_QUICK = 10_000  # --quick (or --growth-max) leaves out the larger siz
 # benchmark's own lease is long so that the holders need not heartbeat; the cost of one
 # heartbeat does not depend on the lease.
 HEARTBEAT_PERIOD = 10.0
+PAUSED_SETTLE = 3.0  # seconds after the heartbeating clients resume (their burst answered)
 HEARTBEAT_ATTEMPT_TIMEOUT = 10.0  # the heartbeating clients' (the SDK's grows to 2 s)
 
 
@@ -784,6 +785,13 @@ class Bench:
         ]
         agg = _aggregate(runs, runs)
         agg.pop("tmr_ratio", None)
+        if hb:
+            # The same load with the heartbeating clients stopped (SIGSTOP; the benchmark's
+            # lease outlasts it): what the held handles and connections cost apart from the
+            # heartbeats, which take CPU from the same two cores (the server's, and the load
+            # generator's heartbeat processes').
+            paused = self._paused_rate(cl, hb, active, endpoints, first, reps)
+            agg["rate_hb_paused_per_s"] = paused
         st = cl.ctl(active, "status", timeout=10.0)
         backend_rss = max(rss_mib(cl.pid(n)) for n in ("backend-1", "backend-2", "backend-3"))
         return {
@@ -794,6 +802,40 @@ class Bench:
             "backend_rss_mib": round(backend_rss, 1),
             "idle": idle,
         }
+
+    def _paused_rate(
+        self,
+        cl: Cluster,
+        hb: list[subprocess.Popen[str]],
+        active: str,
+        endpoints: list[str],
+        first: int,
+        reps: int,
+    ) -> float:
+        """Cycles/s at 100 clients (median of `reps`) while the heartbeating clients'
+        processes are stopped."""
+        for proc in hb:
+            proc.send_signal(signal.SIGSTOP)
+        try:
+            rates = [
+                self.load(
+                    "grow-paused",
+                    endpoints,
+                    LEVELS[-1],
+                    first=first,
+                    cpu_pids=self._cpu_pids(active, cl),
+                    key=cl.key,
+                    cluster=cl,
+                )[0].rate
+                for _ in range(reps)
+            ]
+        finally:
+            for proc in hb:
+                proc.send_signal(signal.SIGCONT)
+        # Every client's heartbeat came due while stopped: they go out at once (no lease is
+        # near its end: LEASE); the burst is answered before the next measurement.
+        time.sleep(PAUSED_SETTLE)
+        return round(statistics.median(rates), 1)
 
     def section_growth(self) -> None:
         """Cost growth in held handles and heartbeating clients, on a fresh cluster (one
@@ -866,6 +908,10 @@ class Bench:
                         grown = row[f"{what}_rss_mib"] - base[f"{what}_rss_mib"]
                         row[f"{what}_bytes_per_handle"] = round(grown * 2**20 / handles)
                     row["rate_vs_empty"] = round(row["rate_per_s"] / base["rate_per_s"], 3)
+                    if "rate_hb_paused_per_s" in row:
+                        row["rate_hb_paused_vs_empty"] = round(
+                            row["rate_hb_paused_per_s"] / base["rate_per_s"], 3
+                        )
                     row.update(_memory_steps(steps))
                 log(
                     f"  {target} held, {clients} heartbeating: {row['rate_per_s']:.1f} cycles/s "
@@ -1328,7 +1374,13 @@ def _growth_targets(r: Json) -> list[Target]:
                 f"{top:,} held handles: >= 0.9x cycles/s of empty",
                 ratio >= 0.9,
                 f"{ratio:.2f}x ({_num(row.get('rate_per_s')):.0f} vs "
-                f"{_num(empty.get('rate_per_s')):.0f}/s)",
+                f"{_num(empty.get('rate_per_s')):.0f}/s"
+                + (
+                    f"; with the {clients:,} heartbeating clients stopped "
+                    f"{_num(row.get('rate_hb_paused_vs_empty')):.2f}x)"
+                    if "rate_hb_paused_vs_empty" in row
+                    else ")"
+                ),
             )
         )
         tk = row.get("takeover", {})
@@ -1517,6 +1569,13 @@ def growth_table(r: Json) -> list[str]:
                     f"{int(key):>7,}: the active server's RSS per held handle (the holder's "
                     f"step) {per_handle} bytes, per connected heartbeating client {per_client} "
                     "bytes"
+                )
+        for key, row in sorted(g.get("sizes", {}).items(), key=lambda kv: int(kv[0])):
+            if "rate_hb_paused_per_s" in row:
+                add(
+                    f"{int(key):>7,}: with the heartbeating clients stopped "
+                    f"{_f(row.get('rate_hb_paused_per_s'), '.0f', 0)} cycles/s, "
+                    f"{_f(row.get('rate_hb_paused_vs_empty'), '.2f', 0)}x empty"
                 )
         hb = g.get("heartbeats")
         if hb:
