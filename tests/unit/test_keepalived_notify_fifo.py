@@ -97,19 +97,21 @@ def test_the_fifo_script_execs_a_command_the_cli_accepts(tmp_path: Path) -> None
     argv = (tmp_path / "tmr.args").read_text().splitlines()
     assert argv == shlex.split(
         "server vrrp-notify --socket /run/tmr/server.sock --instance TMR "
-        "--state-file /run/tmr-keepalived/state --retry-seconds 15 --retry-interval 0.05 "
-        "/run/tmr-keepalived/notify.fifo"
+        "--state-file /run/tmr-keepalived/state --lock-file /run/tmr-keepalived/notify.lock "
+        "--retry-seconds 15 --retry-interval 0.05 /run/tmr-keepalived/notify.fifo"
     )
     args = build_parser().parse_args(argv)
     assert args.handler.__name__ == "_vrrp_notify"
-    assert (args.fifo, args.instance, args.retry_interval) == (
+    assert (args.fifo, args.instance, args.retry_interval, args.lock_file) == (
         "/run/tmr-keepalived/notify.fifo",
         "TMR",
         0.05,
+        "/run/tmr-keepalived/notify.lock",
     )
-    # the state file is the one tmr-health.sh reads
+    # the state file and the lock are the ones tmr-health.sh reads
     health = (TEMPLATES / "tmr-health.sh.j2").read_text()
     assert "dir=/run/tmr-keepalived\n" in health and '"$dir/state"' in health
+    assert '"$dir/notify.lock"' in health
 
 
 def test_the_role_defaults_set_the_retry_the_reader_expects() -> None:
