@@ -3,8 +3,10 @@
 `python -m bench.takeover_micro [--handles N]`: three in-process `Acceptor`s with SQLite
 stores (in a temporary directory) hold N handles of a deposed leader's epoch; a new `Leader`
 promotes. Every message goes through the peer codec, every write through the store, as
-between the processes. Prints the seconds from the promote to ACTIVE and, per step (server
-or backend, encode, decode, handle, store), the time spent, summed over the backends.
+between the processes, and the server decodes and handles a bulk frame with the garbage
+collector paused, as the server does (`--no-gc-pause`: as before). Prints the seconds from
+the promote to ACTIVE and, per step (server or backend, encode, decode, handle, store), the
+time spent, summed over the backends.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from tmr.protocol import peer_api
 from tmr.replication.acceptor import Acceptor, ProductWrite, Write
 from tmr.replication.leader import Effects, Leader, LeaderConfig
 from tmr.replication.types import Epoch, HandleRecord, LicenseInfo, Version
+from tmr.serving.gc_pause import BULK_FRAME, gc_paused
 
 
-def run(n: int, root: Path) -> tuple[float, dict[str, float]]:
+def run(n: int, root: Path, gc_pause: bool = True) -> tuple[float, dict[str, float]]:
     lic = LicenseInfo(7, n + 1000, True)
     old = Epoch(1, "sa")
     recs = tuple(
@@ -80,8 +83,11 @@ def run(n: int, root: Path) -> tuple[float, dict[str, float]]:
                     timed(f"backend store {kind}", stores[name].commit, step.write)
                 acceptors[name].committed(step)
                 reply = timed(f"backend encode reply to {kind}", peer_api.encode_reply, step.reply)
-                got = timed(f"server decode reply to {kind}", peer_api.decode_reply, reply)
-                queue.append(timed(f"server on_reply to {kind}", leader.on_reply, name, got, now))
+                # as `ServerService._drain_backend`: a bulk frame with the collector paused
+                with gc_paused(gc_pause and len(reply) >= BULK_FRAME):
+                    got = timed(f"server decode reply to {kind}", peer_api.decode_reply, reply)
+                    fx = timed(f"server on_reply to {kind}", leader.on_reply, name, got, now)
+                queue.append(fx)
 
     t0 = time.perf_counter()
     deliver(leader.promote(now))
@@ -99,9 +105,14 @@ def run(n: int, root: Path) -> tuple[float, dict[str, float]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--handles", type=int, default=30_000)
+    ap.add_argument(
+        "--no-gc-pause",
+        action="store_true",
+        help="keep the garbage collector running through bulk frames (as before issue 17)",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        total, spent = run(args.handles, Path(tmp))
+        total, spent = run(args.handles, Path(tmp), gc_pause=not args.no_gc_pause)
     n = args.handles
     print(f"{n} handles: promote -> active {total:.3f} s, {total / n * 1e6:.1f} us per handle")
     for what, s in sorted(spent.items(), key=lambda kv: -kv[1]):

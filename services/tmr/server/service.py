@@ -60,6 +60,7 @@ from tmr.report.denials import DENIAL_CODES, FLUSH_INTERVAL, DenialRecorder, bat
 from tmr.report.worker import CTL_TOKEN
 from tmr.server.ctl_commands import SERVER_COMMANDS
 from tmr.serving.commands import CtlServer
+from tmr.serving.gc_pause import BULK_FRAME, gc_paused
 from tmr.serving.loop import ServiceLoop, configure_service_logs
 from tmr.serving.zap import ZapHandler
 from tmr.web.runtime import WebRuntime
@@ -655,17 +656,23 @@ class ServerService:
             frames = recv_frames(s)
             if frames is None:
                 return
-            try:
-                msg = peer_api.decode_reply(frames[-1])
-            except ProtocolError as exc:
-                log("backend_bad_reply", level="warning", backend=name, error=str(exc))
-                continue
-            if isinstance(msg, Status):
-                if msg.denials:
-                    self.denial_backends.add(name)
-                else:
-                    self.denial_backends.discard(name)
-            self.web.on_backend_reply(name, msg)
-            self.apply(self.leader.on_reply(name, msg, now))
+            # A table (a takeover's promise) is decoded and adopted with the collector
+            # paused (`tmr.serving.gc_pause`).
+            with gc_paused(len(frames[-1]) >= BULK_FRAME):
+                self._backend_reply(name, frames[-1], now)
             if not readable(s):
                 return
+
+    def _backend_reply(self, name: str, frame: bytes, now: float) -> None:
+        try:
+            msg = peer_api.decode_reply(frame)
+        except ProtocolError as exc:
+            log("backend_bad_reply", level="warning", backend=name, error=str(exc))
+            return
+        if isinstance(msg, Status):
+            if msg.denials:
+                self.denial_backends.add(name)
+            else:
+                self.denial_backends.discard(name)
+        self.web.on_backend_reply(name, msg)
+        self.apply(self.leader.on_reply(name, msg, now))
