@@ -1169,7 +1169,8 @@ class Leader:
         with the backends' state (the op stays queued and may still commit; a retry with
         the same request id gets its outcome)."""
         for p in self._products.values():
-            productlog.answer_overdue(p, now, partial(self._overdue_message, p), fx)
+            if p.waiters and p.waiters[0].deadline <= now:  # most products: nobody waits
+                productlog.answer_overdue(p, now, partial(self._overdue_message, p), fx)
 
     def _abort_refused(self, now: float, fx: Effects) -> None:
         """Abort grants whose commit is in doubt and that an up backend with a valid copy
