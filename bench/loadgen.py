@@ -42,6 +42,7 @@ import sys
 import time
 from typing import Any
 
+import msgpack
 import zmq
 
 from bench.common import Json, curve_keypair
@@ -56,12 +57,16 @@ from tmr.protocol.client_api import (
     CryptRequest,
     ErrorReply,
     HeartbeatRequest,
+    OkReply,
     ReleaseRequest,
     Request,
     decode_reply,
+    encode_reply,
     encode_request,
 )
+from tmr.protocol.codec import unpack
 from tmr.protocol.errors import ProtocolError
+from tmr.protocol.results import MAX_REPLY_SIZE, HeartbeatResult, valid_rid
 
 CRYPT_DATA = bytes(range(64))
 ERROR_PAUSE = 0.01  # before a new checkout after a refused one
@@ -69,6 +74,56 @@ POLL_MAX = 0.02
 FDS_PER_CLIENT = 2  # its TCP connection and its socket's mailbox (an eventfd)
 FDS_SPARE = 64  # the context's own, standard streams, the interpreter's
 CLIENTS_PER_PROCESS_MAX = 2_500  # also spreads one poll's work over processes
+# Flags as plain ints: pyzmq's flags are enum members, and or-ing them (what send_multipart and
+# recv_multipart do for every frame) builds a new one each time.
+NOBLOCK = int(zmq.NOBLOCK)
+SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+RCVMORE = int(zmq.RCVMORE)
+
+
+def _around_rid(frame: bytes, rid: str) -> tuple[bytes, bytes]:
+    """`frame` (a packed map holding ``"rid": rid``) as the bytes before and after the
+    packed rid, so that ``head + msgpack.packb(other) + tail`` is the same map with another
+    rid (msgpack packs each value on its own, the map's order stays)."""
+    key = msgpack.packb("rid")
+    i = frame.index(key + msgpack.packb(rid)) + len(key)
+    return frame[:i], frame[i + len(msgpack.packb(rid)) :]
+
+
+# An OK reply is {"v": 1, "rid": rid, "ok": true, "result": body}: the bytes before the body
+# for a given rid are REPLY_HEAD + packb(rid) + REPLY_MID (what the server's `encode_ok` sends).
+_SAMPLE = encode_reply(OkReply("r", {}))
+REPLY_HEAD, REPLY_MID = _around_rid(_SAMPLE[: -len(msgpack.packb({}))], "r")
+
+
+class HeartbeatTemplate:
+    """The heartbeat request of one client and handle, packed once: `encode(rid)` gives the
+    bytes `encode_request(HeartbeatRequest(rid, cid, handle))` gives, without building and
+    checking the request and its map on each heartbeat (only the rid changes).
+
+    `check(frame, rid)` reads a reply to it: the renewed `HeartbeatResult` when `frame` is the
+    OK reply to `rid` as the server encodes it (the envelope compared byte for byte, the result
+    decoded and checked), else None (another rid, an error, or another encoding: then the
+    caller decodes it with `decode_reply`). Raises `ProtocolError` for a malformed result.
+    """
+
+    __slots__ = ("head", "tail")
+
+    def __init__(self, cid: str, handle: str, rid: str = "r-0") -> None:
+        frame = encode_request(HeartbeatRequest(rid, cid, handle))  # checks cid and handle
+        self.head, self.tail = _around_rid(frame, rid)
+
+    def encode(self, rid: str) -> bytes:
+        if not valid_rid(rid):
+            raise ProtocolError(f"bad request id {rid!r}")
+        return b"".join((self.head, msgpack.packb(rid), self.tail))
+
+    @staticmethod
+    def check(frame: bytes, rid: str) -> HeartbeatResult | None:
+        head = b"".join((REPLY_HEAD, msgpack.packb(rid), REPLY_MID))
+        if not frame.startswith(head):
+            return None
+        return HeartbeatResult.from_wire(unpack(frame[len(head) :], max_size=MAX_REPLY_SIZE))
 
 
 def clients_per_process(nofile: int | None = None) -> int:
@@ -94,14 +149,17 @@ class _Client:
         "first_sent",
         "gen",
         "handle",
+        "hb",
         "held",
         "index",
         "keys",
         "not_active",
+        "op",
         "payload",
         "quota",
         "req",
         "resend_at",
+        "rid",
         "rids",
         "sends",
         "sock",
@@ -115,7 +173,12 @@ class _Client:
         # One key pair for the client's life, as `tmr.client.Client` has: the server knows a
         # handle's owner by it, so a new key after a fail-over would lose the handles.
         self.keys = curve_keypair()
+        # The request it waits for: its op (None: none), rid and bytes; `req` is the request
+        # itself but for a heartbeat (packed from `hb`, the client's template).
+        self.op: str | None = None
+        self.rid = ""
         self.req: Request | None = None
+        self.hb: HeartbeatTemplate | None = None
         self.payload = b""
         self.deadline = 0.0  # of the current attempt
         self.attempt = 0.0  # its timeout
@@ -233,7 +296,8 @@ class Worker:
         c.sends += 1
         self._watch(c.sock)
         try:
-            c.sock.send_multipart([b"", c.payload], flags=zmq.NOBLOCK)
+            c.sock.send(b"", SNDMORE_NOBLOCK)  # the empty delimiter, as a REQ socket sends
+            c.sock.send(c.payload, NOBLOCK)  # queued with the first frame: cannot fail
         except zmq.Again:
             c.deadline = now  # cannot queue: try the next endpoint at once
         self._arm(c)
@@ -247,7 +311,14 @@ class Worker:
 
     def _request(self, c: _Client, req: Request, now: float, delay: float = 0.0) -> None:
         c.req = req
-        c.payload = encode_request(req)
+        self._start(c, req.op, req.rid, encode_request(req), now, delay)
+
+    def _start(
+        self, c: _Client, op: str, rid: str, payload: bytes, now: float, delay: float = 0.0
+    ) -> None:
+        c.op = op
+        c.rid = rid
+        c.payload = payload
         c.attempt = self.attempt_timeout
         c.not_active = 0
         c.sends = 0
@@ -280,6 +351,7 @@ class Worker:
 
     def _checkout(self, c: _Client, now: float, delay: float = 0.0) -> None:
         c.handle = None
+        c.hb = None
         c.cycle_start = now + delay
         req = CheckoutRequest(self._next_rid(c), c.cid, self.firm, self.product, 1)
         self._request(c, req, now, delay)
@@ -297,6 +369,7 @@ class Worker:
         if not c.done:
             self.open -= 1
         c.done = True
+        c.op = None
         c.req = None
         c.resend_at = None
 
@@ -312,8 +385,12 @@ class Worker:
 
     def _heartbeat(self, c: _Client, now: float, delay: float) -> None:
         assert c.handle is not None
+        if c.hb is None:  # its first heartbeat for this handle
+            c.hb = HeartbeatTemplate(c.cid, c.handle)
         c.cycle_start = now + delay
-        self._request(c, HeartbeatRequest(self._next_rid(c), c.cid, c.handle), now, delay)
+        c.req = None
+        rid = self._next_rid(c)
+        self._start(c, "heartbeat", rid, c.hb.encode(rid), now, delay)
 
     def _announce(self) -> None:
         """Heartbeat mode: tell the parent once every client has its handle."""
@@ -335,14 +412,25 @@ class Worker:
     # ------------------------------------------------------------------ replies
 
     def _on_frames(self, c: _Client, frames: list[bytes], now: float) -> None:
-        if c.req is None:
+        if c.op is None:
             return
+        if c.op == "heartbeat" and not self.echo:
+            # The hot path of a heartbeat worker: the OK reply to this rid as the server
+            # sends it is checked without building the reply's objects.
+            try:
+                renewed = HeartbeatTemplate.check(frames[-1], c.rid)
+            except ProtocolError:
+                self._error(c, "MALFORMED_REPLY", now)
+                return
+            if renewed is not None:
+                self._heartbeat_renewed(c, now)
+                return
         try:
             reply = decode_reply(frames[-1])
         except ProtocolError:
             self._error(c, "MALFORMED_REPLY", now)
             return
-        if not self.echo and reply.rid != c.req.rid:
+        if not self.echo and reply.rid != c.rid:
             return  # a late reply to an earlier attempt
         if isinstance(reply, ErrorReply):
             if reply.error == "NOT_ACTIVE":
@@ -358,7 +446,7 @@ class Worker:
             self._error(c, reply.error, now)
             return
         result: Any = reply.result
-        op = c.req.op
+        op = c.op
         if op == "checkout":
             handle = str(result["handle"])
             c.handle = handle
@@ -391,9 +479,7 @@ class Worker:
             else:
                 self._release_next_held(c, now)
         elif op == "heartbeat":
-            self.heartbeats += 1
-            self.hb_ms.append(round((now - c.cycle_start) * 1000.0, 3))
-            self._heartbeat(c, now, self.period)
+            self._heartbeat_renewed(c, now)
         elif op == "crypt":
             self._count(c, now)
             if now < self.stop_at:
@@ -402,10 +488,14 @@ class Worker:
                 assert c.handle is not None
                 self._release(c, c.handle, now)
 
+    def _heartbeat_renewed(self, c: _Client, now: float) -> None:
+        self.heartbeats += 1
+        self.hb_ms.append(round((now - c.cycle_start) * 1000.0, 3))
+        self._heartbeat(c, now, self.period)
+
     def _error(self, c: _Client, code: str, now: float) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
-        assert c.req is not None
-        op = c.req.op
+        op = c.op
         if op == "release":
             if code == "UNKNOWN_HANDLE":
                 assert isinstance(c.req, ReleaseRequest)
@@ -457,19 +547,26 @@ class Worker:
                     sys.stdin.readline()
                     return
                 owner = self.by_sock.get(sock)
-                while owner is not None and owner.sock is sock:
-                    try:
-                        frames = owner.sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._on_frames(owner, frames, time.monotonic())
+                zsock = owner.sock if owner is not None else None
+                if owner is None or zsock is None or zsock is not sock:
+                    continue
+                # One message per ready socket and poll (it is ready): a second `recv` to
+                # find the socket empty costs a raised zmq.Again per reply; a socket still
+                # watched with more waiting is ready again at the next poll.
+                try:
+                    frames = [zsock.recv(NOBLOCK)]
+                    while zsock.getsockopt(RCVMORE):
+                        frames.append(zsock.recv(NOBLOCK))
+                except zmq.Again:
+                    continue
+                self._on_frames(owner, frames, time.monotonic())
 
     def _timers_due(self, now: float) -> None:
         """Resend (after a pause) or fail over (attempt timed out) the clients that are due."""
         while self.timers and self.timers[0][0] <= now:
             _, gen, index = heapq.heappop(self.timers)
             c = self.clients[index]
-            if c.done or c.req is None or gen != c.gen:
+            if c.done or c.op is None or gen != c.gen:
                 continue  # answered, or its timer was set again since
             if c.resend_at is not None:
                 if now >= c.resend_at:
