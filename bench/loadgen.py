@@ -23,8 +23,9 @@ Modes (``spec["mode"]``):
   does exactly this (`tmr.client`: one heartbeat per handle every lease / 3).
 
 A process can hold at most about (``ulimit -n`` - 64) / 3 clients (each DEALER socket takes
-its TCP connection and its ZeroMQ mailbox, and one more for fail-overs); `clients_per_process` says how many the parent
-may give one worker (as many as that allows: fewer processes cost less CPU per heartbeat).
+its TCP connection and its ZeroMQ mailbox, and one more for fail-overs); `clients_per_process`
+says how many the parent may give one worker (as many as that allows: fewer processes cost
+less CPU per heartbeat).
 
 The spec comes as one JSON line on standard input; the result is one JSON line on standard
 output. Every loop is bounded: the worker gives up at ``start_at + duration + drain``.
@@ -40,7 +41,8 @@ import secrets
 import select
 import sys
 import time
-from typing import Any
+from collections import deque
+from typing import Any, ClassVar
 
 import msgpack
 import zmq
@@ -114,9 +116,13 @@ class HeartbeatTemplate:
     OK reply to `rid` as the server encodes it (the envelope compared byte for byte, the result
     decoded and checked), else None (another rid, an error, or another encoding: then the
     caller decodes it with `decode_reply`). Raises `ProtocolError` for a malformed result.
+    A server answers every heartbeat with the same result bytes (the lease it renews to): a
+    result already decoded and checked is looked up by its bytes, not decoded again.
     """
 
     __slots__ = ("head", "tail")
+    RESULTS_MAX = 16
+    _results: ClassVar[dict[bytes, HeartbeatResult]] = {}
 
     def __init__(self, cid: str, handle: str, rid: str = "r-0") -> None:
         frame = encode_request(HeartbeatRequest(rid, cid, handle))  # checks cid and handle
@@ -132,7 +138,13 @@ class HeartbeatTemplate:
         head = b"".join((REPLY_HEAD, msgpack.packb(rid), REPLY_MID))
         if not frame.startswith(head):
             return None
-        return HeartbeatResult.from_wire(unpack(frame[len(head) :], max_size=MAX_REPLY_SIZE))
+        body = frame[len(head) :]
+        result = HeartbeatTemplate._results.get(body)
+        if result is None:
+            result = HeartbeatResult.from_wire(unpack(body, max_size=MAX_REPLY_SIZE))
+            if len(HeartbeatTemplate._results) < HeartbeatTemplate.RESULTS_MAX:
+                HeartbeatTemplate._results[body] = result
+        return result
 
 
 def clients_per_process(nofile: int | None = None) -> int:
@@ -248,6 +260,13 @@ class Worker:
         # that are ready and the timers that are due, not a walk over every client, so the
         # worker's CPU per cycle does not grow with how bursty a server's replies are.
         self.timers: list[tuple[float, int, int]] = []  # (due, client gen, client index)
+        # ... except those set a constant span from now (a heartbeat's next one a period after
+        # its reply, a first attempt's deadline): each span's timers fall due in the order they
+        # are set, so a queue per span holds them in order at no cost per push and pop.
+        self.spans: dict[float, deque[tuple[float, int, int]]] = {
+            self.period: deque(),
+            self.attempt_timeout: deque(),
+        }
         self.open = len(self.clients)  # clients not done
         self.cycles = 0
         self.window_cpu: list[float] = []  # this process's CPU time at the window's start, end
@@ -309,13 +328,19 @@ class Worker:
             c.sock.send(c.payload, NOBLOCK)  # queued with the first frame: cannot fail
         except zmq.Again:
             c.deadline = now  # cannot queue: try the next endpoint at once
-        self._arm(c)
+        self._arm(c, c.attempt)
 
-    def _arm(self, c: _Client) -> None:
-        """Queue the client's timer (its resend, else its attempt deadline)."""
+    def _arm(self, c: _Client, span: float) -> None:
+        """Queue the client's timer (its resend, else its attempt deadline), due `span` s
+        after the time it was set."""
         c.gen += 1
         due = c.resend_at if c.resend_at is not None else c.deadline
-        if due != float("inf"):
+        if due == float("inf"):
+            return
+        queue = self.spans.get(span)
+        if queue is not None and (not queue or queue[-1][0] <= due):
+            queue.append((due, c.gen, c.index))
+        else:
             heapq.heappush(self.timers, (due, c.gen, c.index))
 
     def _request(self, c: _Client, req: Request, now: float, delay: float = 0.0) -> None:
@@ -334,7 +359,7 @@ class Worker:
         if delay > 0:
             c.resend_at = now + delay
             c.deadline = float("inf")
-            self._arm(c)
+            self._arm(c, delay)
             if c.sock is not None:
                 self._unwatch(c.sock)
         else:
@@ -352,7 +377,7 @@ class Worker:
         if pause > 0:
             c.resend_at = now + pause
             c.deadline = float("inf")
-            self._arm(c)
+            self._arm(c, pause)
         else:
             self._send(c, now)
 
@@ -550,6 +575,9 @@ class Worker:
             if self.open == 0:
                 return
             wake = min(until, self.timers[0][0]) if self.timers else until
+            for queue in self.spans.values():
+                if queue and queue[0][0] < wake:
+                    wake = queue[0][0]
             timeout = min(max(0.0, wake - now), POLL_MAX)
             for sock, _ in self.poller.poll(int(timeout * 1000) + 1):
                 if self.stdin_fd is not None and sock == self.stdin_fd:
@@ -572,17 +600,23 @@ class Worker:
 
     def _timers_due(self, now: float) -> None:
         """Resend (after a pause) or fail over (attempt timed out) the clients that are due."""
+        for queue in self.spans.values():
+            while queue and queue[0][0] <= now:
+                self._timer(queue.popleft(), now)
         while self.timers and self.timers[0][0] <= now:
-            _, gen, index = heapq.heappop(self.timers)
-            c = self.clients[index]
-            if c.done or c.op is None or gen != c.gen:
-                continue  # answered, or its timer was set again since
-            if c.resend_at is not None:
-                if now >= c.resend_at:
-                    self._send(c, now)
-            elif now >= c.deadline:
-                c.attempt = min(c.attempt * ATTEMPT_GROWTH, max(ATTEMPT_TIMEOUT_MAX, c.attempt))
-                self._failover(c, now)
+            self._timer(heapq.heappop(self.timers), now)
+
+    def _timer(self, timer: tuple[float, int, int], now: float) -> None:
+        _, gen, index = timer
+        c = self.clients[index]
+        if c.done or c.op is None or gen != c.gen:
+            return  # answered, or its timer was set again since
+        if c.resend_at is not None:
+            if now >= c.resend_at:
+                self._send(c, now)
+        elif now >= c.deadline:
+            c.attempt = min(c.attempt * ATTEMPT_GROWTH, max(ATTEMPT_TIMEOUT_MAX, c.attempt))
+            self._failover(c, now)
 
     def _mark_window(self, now: float) -> None:
         """Note the process CPU time when the measurement window starts and when it ends."""

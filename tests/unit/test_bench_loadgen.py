@@ -163,3 +163,54 @@ def test_a_worker_counts_a_malformed_heartbeat_reply_and_heartbeats_again() -> N
         assert c.op == "heartbeat" and c.rid != rid
     finally:
         w.ctx.term()
+
+
+def test_a_result_seen_before_is_looked_up_and_a_new_one_still_checked() -> None:
+    first = encode_ok("hb-1-c0-7", HeartbeatResult(30.0))
+    assert HeartbeatTemplate.check(first, "hb-1-c0-7") == HeartbeatResult(30.0)
+    again = encode_ok("hb-1-c0-8", HeartbeatResult(30.0))
+    assert HeartbeatTemplate.check(again, "hb-1-c0-8") == HeartbeatResult(30.0)
+    assert HeartbeatTemplate.check(again, "hb-1-c0-9") is None  # the rid is still compared
+    head = first[: len(first) - len(pack({"lease": 30.0}))]
+    new = head + pack({"lease": 31.0})  # not seen before: decoded
+    assert HeartbeatTemplate.check(new, "hb-1-c0-7") == HeartbeatResult(31.0)
+    bad = head + pack({"lease": -31.0})
+    for _ in range(2):  # a bad result is not remembered as good
+        with pytest.raises(ProtocolError):
+            HeartbeatTemplate.check(bad, "hb-1-c0-7")
+
+
+def test_timers_set_a_constant_span_ahead_are_queued_in_order_and_others_heaped() -> None:
+    """A heartbeat's next one (a period after its reply) goes to its span's queue; a timer
+    due before the last one queued (set earlier in time) goes to the heap; each fires when
+    due, not before, and a timer set again voids the older one."""
+    import zmq
+
+    w = _worker(server_key=zmq.curve_keypair()[0].decode(), clients=3, attempt_timeout=5.0)
+    try:
+        for c in w.clients:
+            w._connect(c)
+            c.handle = f"h1-{c.index}"
+        c0, c1, c2 = w.clients
+        w._heartbeat(c0, 100.0, w.period)  # due 110
+        w._heartbeat(c1, 101.0, w.period)  # due 111
+        w._heartbeat(c2, 99.0, w.period)  # due 109: before 111, so on the heap
+        assert [t[2] for t in w.spans[w.period]] == [0, 1]
+        assert [t[2] for t in w.timers] == [2]
+        w._timers_due(108.9)
+        assert (c0.sends, c1.sends, c2.sends) == (0, 0, 0)
+        w._timers_due(109.0)
+        assert (c0.sends, c1.sends, c2.sends) == (0, 0, 1)
+        w._heartbeat(c1, 101.5, 0.5)  # c1 set again (another span): due 102, on the heap
+        w._timers_due(110.0)
+        assert (c0.sends, c1.sends) == (1, 1)  # c1 once, by its newer timer
+        w._timers_due(111.0)  # c1's older timer (111) is void
+        assert c1.sends == 1 and not w.spans[w.period]
+        # the sends' attempt deadlines are in the attempt timeout's queue, in order
+        assert [t[0] for t in w.spans[w.attempt_timeout]] == [114.0, 115.0, 115.0]
+        w._timers_due(115.0)  # no reply: all three time out and fail over (a new socket each)
+        assert (c0.sends, c1.sends, c2.sends) == (2, 2, 2) and w.retries == 3
+    finally:
+        for sock in list(w.by_sock):
+            sock.close(linger=0)
+        w.ctx.term()
