@@ -232,7 +232,9 @@ class Worker:
         self.record = bool(spec.get("record", False))
         # Request ids must never repeat across runs: the server remembers released ones.
         self.tag = f"{spec.get('run', 'b')}-{secrets.token_hex(3)}-w{spec.get('worker', 0)}"
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        # One I/O thread (libzmq's default, said here): on the benchmark's 2 cores another one
+        # is one more thread to wake per message, on the cores of the cluster under test.
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
         # libzmq's default is 1,023 sockets per context; a heartbeat worker has thousands,
         # and a client that fails over opens its new socket before the old one is reaped.
         self.ctx.set(zmq.MAX_SOCKETS, max(1023, 4 * int(spec["clients"]) + FDS_SPARE))

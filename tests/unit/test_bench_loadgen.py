@@ -214,3 +214,15 @@ def test_timers_set_a_constant_span_ahead_are_queued_in_order_and_others_heaped(
         for sock in list(w.by_sock):
             sock.close(linger=0)
         w.ctx.term()
+
+
+def test_a_worker_has_one_zeromq_io_thread() -> None:
+    """More I/O threads do not help on the benchmark's 2 cores: each is another thread to
+    wake per message, and they share the cores with the cluster under test."""
+    import zmq
+
+    w = _worker()
+    try:
+        assert w.ctx.get(zmq.IO_THREADS) == 1
+    finally:
+        w.ctx.term()
