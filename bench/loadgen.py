@@ -22,9 +22,10 @@ Modes (``spec["mode"]``):
   deadline; the handles are not released (the lease frees them). An idle client of the SDK
   does exactly this (`tmr.client`: one heartbeat per handle every lease / 3).
 
-A process can hold at most about (``ulimit -n`` - 64) / 2 clients (each DEALER socket takes
-its TCP connection and its ZeroMQ mailbox); `clients_per_process` says how many the parent
-may give one worker.
+A process can hold at most about (``ulimit -n`` - 64) / 3 clients (each DEALER socket takes
+its TCP connection and its ZeroMQ mailbox, and one more for fail-overs); `clients_per_process`
+says how many the parent may give one worker (as many as that allows: fewer processes cost
+less CPU per heartbeat).
 
 The spec comes as one JSON line on standard input; the result is one JSON line on standard
 output. Every loop is bounded: the worker gives up at ``start_at + duration + drain``.
@@ -40,8 +41,10 @@ import secrets
 import select
 import sys
 import time
-from typing import Any
+from collections import deque
+from typing import Any, ClassVar
 
+import msgpack
 import zmq
 
 from bench.common import Json, curve_keypair
@@ -56,19 +59,92 @@ from tmr.protocol.client_api import (
     CryptRequest,
     ErrorReply,
     HeartbeatRequest,
+    OkReply,
     ReleaseRequest,
     Request,
     decode_reply,
+    encode_reply,
     encode_request,
 )
+from tmr.protocol.codec import unpack
 from tmr.protocol.errors import ProtocolError
+from tmr.protocol.results import MAX_REPLY_SIZE, HeartbeatResult, valid_rid
 
 CRYPT_DATA = bytes(range(64))
 ERROR_PAUSE = 0.01  # before a new checkout after a refused one
 POLL_MAX = 0.02
-FDS_PER_CLIENT = 2  # its TCP connection and its socket's mailbox (an eventfd)
+# A client's TCP connection and its socket's mailbox (an eventfd), and room for one more of
+# them: a client that fails over opens its new socket before the old one is reaped, and after
+# a takeover most of a worker's clients fail over within one heartbeat period.
+FDS_PER_CLIENT = 3
 FDS_SPARE = 64  # the context's own, standard streams, the interpreter's
-CLIENTS_PER_PROCESS_MAX = 2_500  # also spreads one poll's work over processes
+# Fewer, larger processes cost less CPU per heartbeat (a worker polls only the clients with a
+# request in flight, so its wake-ups cost what is ready, not how many clients it has; each
+# process wakes for its own sends and replies and has its own ZeroMQ I/O thread): 2,000
+# clients at 1,000 heartbeats/s took about 150 us of CPU per heartbeat in one process, 215 us
+# in four. The file descriptor limit is the bound: 10,000 clients at `ulimit -n` 20,000 run
+# as 2 processes of 5,000 (6,645 at most each).
+CLIENTS_PER_PROCESS_MAX = 10_000
+# Flags as plain ints: pyzmq's flags are enum members, and or-ing them (what send_multipart and
+# recv_multipart do for every frame) builds a new one each time.
+NOBLOCK = int(zmq.NOBLOCK)
+SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+RCVMORE = int(zmq.RCVMORE)
+
+
+def _around_rid(frame: bytes, rid: str) -> tuple[bytes, bytes]:
+    """`frame` (a packed map holding ``"rid": rid``) as the bytes before and after the
+    packed rid, so that ``head + msgpack.packb(other) + tail`` is the same map with another
+    rid (msgpack packs each value on its own, the map's order stays)."""
+    key = msgpack.packb("rid")
+    i = frame.index(key + msgpack.packb(rid)) + len(key)
+    return frame[:i], frame[i + len(msgpack.packb(rid)) :]
+
+
+# An OK reply is {"v": 1, "rid": rid, "ok": true, "result": body}: the bytes before the body
+# for a given rid are REPLY_HEAD + packb(rid) + REPLY_MID (what the server's `encode_ok` sends).
+_SAMPLE = encode_reply(OkReply("r", {}))
+REPLY_HEAD, REPLY_MID = _around_rid(_SAMPLE[: -len(msgpack.packb({}))], "r")
+
+
+class HeartbeatTemplate:
+    """The heartbeat request of one client and handle, packed once: `encode(rid)` gives the
+    bytes `encode_request(HeartbeatRequest(rid, cid, handle))` gives, without building and
+    checking the request and its map on each heartbeat (only the rid changes).
+
+    `check(frame, rid)` reads a reply to it: the renewed `HeartbeatResult` when `frame` is the
+    OK reply to `rid` as the server encodes it (the envelope compared byte for byte, the result
+    decoded and checked), else None (another rid, an error, or another encoding: then the
+    caller decodes it with `decode_reply`). Raises `ProtocolError` for a malformed result.
+    A server answers every heartbeat with the same result bytes (the lease it renews to): a
+    result already decoded and checked is looked up by its bytes, not decoded again.
+    """
+
+    __slots__ = ("head", "tail")
+    RESULTS_MAX = 16
+    _results: ClassVar[dict[bytes, HeartbeatResult]] = {}
+
+    def __init__(self, cid: str, handle: str, rid: str = "r-0") -> None:
+        frame = encode_request(HeartbeatRequest(rid, cid, handle))  # checks cid and handle
+        self.head, self.tail = _around_rid(frame, rid)
+
+    def encode(self, rid: str) -> bytes:
+        if not valid_rid(rid):
+            raise ProtocolError(f"bad request id {rid!r}")
+        return b"".join((self.head, msgpack.packb(rid), self.tail))
+
+    @staticmethod
+    def check(frame: bytes, rid: str) -> HeartbeatResult | None:
+        head = b"".join((REPLY_HEAD, msgpack.packb(rid), REPLY_MID))
+        if not frame.startswith(head):
+            return None
+        body = frame[len(head) :]
+        result = HeartbeatTemplate._results.get(body)
+        if result is None:
+            result = HeartbeatResult.from_wire(unpack(body, max_size=MAX_REPLY_SIZE))
+            if len(HeartbeatTemplate._results) < HeartbeatTemplate.RESULTS_MAX:
+                HeartbeatTemplate._results[body] = result
+        return result
 
 
 def clients_per_process(nofile: int | None = None) -> int:
@@ -94,14 +170,17 @@ class _Client:
         "first_sent",
         "gen",
         "handle",
+        "hb",
         "held",
         "index",
         "keys",
         "not_active",
+        "op",
         "payload",
         "quota",
         "req",
         "resend_at",
+        "rid",
         "rids",
         "sends",
         "sock",
@@ -115,7 +194,12 @@ class _Client:
         # One key pair for the client's life, as `tmr.client.Client` has: the server knows a
         # handle's owner by it, so a new key after a fail-over would lose the handles.
         self.keys = curve_keypair()
+        # The request it waits for: its op (None: none), rid and bytes; `req` is the request
+        # itself but for a heartbeat (packed from `hb`, the client's template).
+        self.op: str | None = None
+        self.rid = ""
         self.req: Request | None = None
+        self.hb: HeartbeatTemplate | None = None
         self.payload = b""
         self.deadline = 0.0  # of the current attempt
         self.attempt = 0.0  # its timeout
@@ -148,7 +232,9 @@ class Worker:
         self.record = bool(spec.get("record", False))
         # Request ids must never repeat across runs: the server remembers released ones.
         self.tag = f"{spec.get('run', 'b')}-{secrets.token_hex(3)}-w{spec.get('worker', 0)}"
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        # One I/O thread (libzmq's default, said here): on the benchmark's 2 cores another one
+        # is one more thread to wake per message, on the cores of the cluster under test.
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
         # libzmq's default is 1,023 sockets per context; a heartbeat worker has thousands,
         # and a client that fails over opens its new socket before the old one is reaped.
         self.ctx.set(zmq.MAX_SOCKETS, max(1023, 4 * int(spec["clients"]) + FDS_SPARE))
@@ -176,6 +262,13 @@ class Worker:
         # that are ready and the timers that are due, not a walk over every client, so the
         # worker's CPU per cycle does not grow with how bursty a server's replies are.
         self.timers: list[tuple[float, int, int]] = []  # (due, client gen, client index)
+        # ... except those set a constant span from now (a heartbeat's next one a period after
+        # its reply, a first attempt's deadline): each span's timers fall due in the order they
+        # are set, so a queue per span holds them in order at no cost per push and pop.
+        self.spans: dict[float, deque[tuple[float, int, int]]] = {
+            self.period: deque(),
+            self.attempt_timeout: deque(),
+        }
         self.open = len(self.clients)  # clients not done
         self.cycles = 0
         self.window_cpu: list[float] = []  # this process's CPU time at the window's start, end
@@ -233,28 +326,42 @@ class Worker:
         c.sends += 1
         self._watch(c.sock)
         try:
-            c.sock.send_multipart([b"", c.payload], flags=zmq.NOBLOCK)
+            c.sock.send(b"", SNDMORE_NOBLOCK)  # the empty delimiter, as a REQ socket sends
+            c.sock.send(c.payload, NOBLOCK)  # queued with the first frame: cannot fail
         except zmq.Again:
             c.deadline = now  # cannot queue: try the next endpoint at once
-        self._arm(c)
+        self._arm(c, c.attempt)
 
-    def _arm(self, c: _Client) -> None:
-        """Queue the client's timer (its resend, else its attempt deadline)."""
+    def _arm(self, c: _Client, span: float) -> None:
+        """Queue the client's timer (its resend, else its attempt deadline), due `span` s
+        after the time it was set."""
         c.gen += 1
         due = c.resend_at if c.resend_at is not None else c.deadline
-        if due != float("inf"):
+        if due == float("inf"):
+            return
+        queue = self.spans.get(span)
+        if queue is not None and (not queue or queue[-1][0] <= due):
+            queue.append((due, c.gen, c.index))
+        else:
             heapq.heappush(self.timers, (due, c.gen, c.index))
 
     def _request(self, c: _Client, req: Request, now: float, delay: float = 0.0) -> None:
         c.req = req
-        c.payload = encode_request(req)
+        self._start(c, req.op, req.rid, encode_request(req), now, delay)
+
+    def _start(
+        self, c: _Client, op: str, rid: str, payload: bytes, now: float, delay: float = 0.0
+    ) -> None:
+        c.op = op
+        c.rid = rid
+        c.payload = payload
         c.attempt = self.attempt_timeout
         c.not_active = 0
         c.sends = 0
         if delay > 0:
             c.resend_at = now + delay
             c.deadline = float("inf")
-            self._arm(c)
+            self._arm(c, delay)
             if c.sock is not None:
                 self._unwatch(c.sock)
         else:
@@ -272,7 +379,7 @@ class Worker:
         if pause > 0:
             c.resend_at = now + pause
             c.deadline = float("inf")
-            self._arm(c)
+            self._arm(c, pause)
         else:
             self._send(c, now)
 
@@ -280,6 +387,7 @@ class Worker:
 
     def _checkout(self, c: _Client, now: float, delay: float = 0.0) -> None:
         c.handle = None
+        c.hb = None
         c.cycle_start = now + delay
         req = CheckoutRequest(self._next_rid(c), c.cid, self.firm, self.product, 1)
         self._request(c, req, now, delay)
@@ -297,6 +405,7 @@ class Worker:
         if not c.done:
             self.open -= 1
         c.done = True
+        c.op = None
         c.req = None
         c.resend_at = None
 
@@ -312,8 +421,12 @@ class Worker:
 
     def _heartbeat(self, c: _Client, now: float, delay: float) -> None:
         assert c.handle is not None
+        if c.hb is None:  # its first heartbeat for this handle
+            c.hb = HeartbeatTemplate(c.cid, c.handle)
         c.cycle_start = now + delay
-        self._request(c, HeartbeatRequest(self._next_rid(c), c.cid, c.handle), now, delay)
+        c.req = None
+        rid = self._next_rid(c)
+        self._start(c, "heartbeat", rid, c.hb.encode(rid), now, delay)
 
     def _announce(self) -> None:
         """Heartbeat mode: tell the parent once every client has its handle."""
@@ -335,14 +448,25 @@ class Worker:
     # ------------------------------------------------------------------ replies
 
     def _on_frames(self, c: _Client, frames: list[bytes], now: float) -> None:
-        if c.req is None:
+        if c.op is None:
             return
+        if c.op == "heartbeat" and not self.echo:
+            # The hot path of a heartbeat worker: the OK reply to this rid as the server
+            # sends it is checked without building the reply's objects.
+            try:
+                renewed = HeartbeatTemplate.check(frames[-1], c.rid)
+            except ProtocolError:
+                self._error(c, "MALFORMED_REPLY", now)
+                return
+            if renewed is not None:
+                self._heartbeat_renewed(c, now)
+                return
         try:
             reply = decode_reply(frames[-1])
         except ProtocolError:
             self._error(c, "MALFORMED_REPLY", now)
             return
-        if not self.echo and reply.rid != c.req.rid:
+        if not self.echo and reply.rid != c.rid:
             return  # a late reply to an earlier attempt
         if isinstance(reply, ErrorReply):
             if reply.error == "NOT_ACTIVE":
@@ -358,7 +482,7 @@ class Worker:
             self._error(c, reply.error, now)
             return
         result: Any = reply.result
-        op = c.req.op
+        op = c.op
         if op == "checkout":
             handle = str(result["handle"])
             c.handle = handle
@@ -391,9 +515,7 @@ class Worker:
             else:
                 self._release_next_held(c, now)
         elif op == "heartbeat":
-            self.heartbeats += 1
-            self.hb_ms.append(round((now - c.cycle_start) * 1000.0, 3))
-            self._heartbeat(c, now, self.period)
+            self._heartbeat_renewed(c, now)
         elif op == "crypt":
             self._count(c, now)
             if now < self.stop_at:
@@ -402,10 +524,14 @@ class Worker:
                 assert c.handle is not None
                 self._release(c, c.handle, now)
 
+    def _heartbeat_renewed(self, c: _Client, now: float) -> None:
+        self.heartbeats += 1
+        self.hb_ms.append(round((now - c.cycle_start) * 1000.0, 3))
+        self._heartbeat(c, now, self.period)
+
     def _error(self, c: _Client, code: str, now: float) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
-        assert c.req is not None
-        op = c.req.op
+        op = c.op
         if op == "release":
             if code == "UNKNOWN_HANDLE":
                 assert isinstance(c.req, ReleaseRequest)
@@ -451,32 +577,48 @@ class Worker:
             if self.open == 0:
                 return
             wake = min(until, self.timers[0][0]) if self.timers else until
+            for queue in self.spans.values():
+                if queue and queue[0][0] < wake:
+                    wake = queue[0][0]
             timeout = min(max(0.0, wake - now), POLL_MAX)
             for sock, _ in self.poller.poll(int(timeout * 1000) + 1):
                 if self.stdin_fd is not None and sock == self.stdin_fd:
                     sys.stdin.readline()
                     return
                 owner = self.by_sock.get(sock)
-                while owner is not None and owner.sock is sock:
-                    try:
-                        frames = owner.sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._on_frames(owner, frames, time.monotonic())
+                zsock = owner.sock if owner is not None else None
+                if owner is None or zsock is None or zsock is not sock:
+                    continue
+                # One message per ready socket and poll (it is ready): a second `recv` to
+                # find the socket empty costs a raised zmq.Again per reply; a socket still
+                # watched with more waiting is ready again at the next poll.
+                try:
+                    frames = [zsock.recv(NOBLOCK)]
+                    while zsock.getsockopt(RCVMORE):
+                        frames.append(zsock.recv(NOBLOCK))
+                except zmq.Again:
+                    continue
+                self._on_frames(owner, frames, time.monotonic())
 
     def _timers_due(self, now: float) -> None:
         """Resend (after a pause) or fail over (attempt timed out) the clients that are due."""
+        for queue in self.spans.values():
+            while queue and queue[0][0] <= now:
+                self._timer(queue.popleft(), now)
         while self.timers and self.timers[0][0] <= now:
-            _, gen, index = heapq.heappop(self.timers)
-            c = self.clients[index]
-            if c.done or c.req is None or gen != c.gen:
-                continue  # answered, or its timer was set again since
-            if c.resend_at is not None:
-                if now >= c.resend_at:
-                    self._send(c, now)
-            elif now >= c.deadline:
-                c.attempt = min(c.attempt * ATTEMPT_GROWTH, max(ATTEMPT_TIMEOUT_MAX, c.attempt))
-                self._failover(c, now)
+            self._timer(heapq.heappop(self.timers), now)
+
+    def _timer(self, timer: tuple[float, int, int], now: float) -> None:
+        _, gen, index = timer
+        c = self.clients[index]
+        if c.done or c.op is None or gen != c.gen:
+            return  # answered, or its timer was set again since
+        if c.resend_at is not None:
+            if now >= c.resend_at:
+                self._send(c, now)
+        elif now >= c.deadline:
+            c.attempt = min(c.attempt * ATTEMPT_GROWTH, max(ATTEMPT_TIMEOUT_MAX, c.attempt))
+            self._failover(c, now)
 
     def _mark_window(self, now: float) -> None:
         """Note the process CPU time when the measurement window starts and when it ends."""

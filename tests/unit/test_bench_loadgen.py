@@ -1,0 +1,228 @@
+"""The load generator's heartbeat hot path (`bench.loadgen`): the packed-once heartbeat
+request is the bytes `encode_request` makes, and a reply is checked as `decode_reply` would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench.loadgen import HeartbeatTemplate, Worker
+from tmr.errors import ErrorCode
+from tmr.protocol.client_api import (
+    ErrorReply,
+    HeartbeatRequest,
+    OkReply,
+    encode_ok,
+    encode_reply,
+    encode_request,
+)
+from tmr.protocol.codec import pack
+from tmr.protocol.errors import ProtocolError
+from tmr.protocol.results import HeartbeatResult
+
+CID = "bench-hb-0a1b2c-w3-c2499"
+
+RIDS = [
+    "r",
+    "hb-0a1b2c-w3-c2499-1",
+    "x" * 31,  # the longest fixstr
+    "y" * 32,  # the shortest str 8
+    "A.b:c_d-" * 8,  # 64 characters, every kind the rid allows
+]
+
+
+@pytest.mark.parametrize("rid", RIDS)
+@pytest.mark.parametrize("handle", ["h1-0", "h" * 32, "h2-" + "f" * 61])
+def test_a_heartbeat_from_its_template_is_the_bytes_encode_request_makes(
+    rid: str, handle: str
+) -> None:
+    template = HeartbeatTemplate(CID, handle)
+    assert template.encode(rid) == encode_request(HeartbeatRequest(rid, CID, handle))
+
+
+@pytest.mark.parametrize("rid", ["", "a b", "x" * 65, "é"])
+def test_a_heartbeat_template_refuses_a_bad_rid_as_the_request_does(rid: str) -> None:
+    with pytest.raises(ProtocolError):
+        HeartbeatRequest(rid, CID, "h1-0")
+    with pytest.raises(ProtocolError):
+        HeartbeatTemplate(CID, "h1-0").encode(rid)
+
+
+def test_a_heartbeat_template_checks_the_client_and_the_handle_once() -> None:
+    with pytest.raises(ProtocolError):
+        HeartbeatTemplate(CID, "")
+    with pytest.raises(ProtocolError):
+        HeartbeatTemplate("", "h1-0")
+
+
+@pytest.mark.parametrize("rid", RIDS)
+def test_the_ok_reply_to_the_rid_gives_the_renewed_lease(rid: str) -> None:
+    assert HeartbeatTemplate.check(encode_ok(rid, HeartbeatResult(30.0)), rid) == (
+        HeartbeatResult(30.0)
+    )
+    # encode_ok is the server's template; encode_reply its reference: the same bytes
+    frame = encode_reply(OkReply(rid, HeartbeatResult(12.5)))
+    assert HeartbeatTemplate.check(frame, rid) == HeartbeatResult(12.5)
+
+
+def test_a_reply_to_another_rid_or_an_error_is_left_to_decode_reply() -> None:
+    frame = encode_ok("hb-1-c0-7", HeartbeatResult(30.0))
+    assert HeartbeatTemplate.check(frame, "hb-1-c0-8") is None
+    assert HeartbeatTemplate.check(frame, "hb-1-c0-7x") is None
+    assert HeartbeatTemplate.check(frame, "hb-1-c0-") is None
+    error = encode_reply(ErrorReply("hb-1-c0-7", ErrorCode.UNKNOWN_HANDLE.value, "gone"))
+    assert HeartbeatTemplate.check(error, "hb-1-c0-7") is None
+    # the same map in another key order: not the server's bytes, decode_reply reads it
+    other = pack({"rid": "hb-1-c0-7", "v": 1, "ok": True, "result": {"lease": 30.0}})
+    assert HeartbeatTemplate.check(other, "hb-1-c0-7") is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pack({"lease": -1.0}),  # a lease in the past
+        pack({"renewed": True}),  # no lease
+        pack([30.0]),  # not a map
+        pack({"lease": 30.0}) + b"\x00",  # trailing bytes
+        pack({"lease": 30.0})[:-2],  # truncated
+        b"",
+    ],
+)
+def test_a_malformed_result_after_the_right_envelope_is_a_protocol_error(body: bytes) -> None:
+    frame = encode_ok("hb-1-c0-7", HeartbeatResult(30.0))
+    head = frame[: len(frame) - len(pack({"lease": 30.0}))]
+    with pytest.raises(ProtocolError):
+        HeartbeatTemplate.check(head + body, "hb-1-c0-7")
+
+
+def _worker(**over: Any) -> Worker:
+    spec: dict[str, Any] = {
+        "mode": "heartbeat",
+        "endpoints": ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"],
+        "server_key": "x" * 40,
+        "firm": 6_000_001,
+        "product": 2,
+        "start_at": 0.0,
+        "duration": 0.0,
+        "drain": 60.0,
+        "clients": 2,
+        "period": 10.0,
+        **over,
+    }
+    return Worker(spec)
+
+
+def test_a_worker_counts_the_reply_to_its_heartbeat_and_ignores_another_rid() -> None:
+    w = _worker()
+    try:
+        c = w.clients[0]
+        c.handle = "h1-42"
+        w._heartbeat(c, 100.0, 5.0)
+        assert c.op == "heartbeat" and c.payload == encode_request(
+            HeartbeatRequest(c.rid, c.cid, "h1-42")
+        )
+        rid = c.rid
+        late = encode_ok(rid + "0", HeartbeatResult(30.0))  # not this request's
+        w._on_frames(c, [b"", late], 105.1)
+        assert w.heartbeats == 0 and c.rid == rid
+        w._on_frames(c, [b"", encode_ok(rid, HeartbeatResult(30.0))], 105.1)
+        assert w.heartbeats == 1 and w.errors == {}
+        assert c.op == "heartbeat" and c.rid != rid  # the next one, a period later
+        assert c.resend_at == pytest.approx(115.1)
+    finally:
+        w.ctx.term()
+
+
+def test_a_worker_checks_out_again_when_its_handle_is_unknown() -> None:
+    w = _worker()
+    try:
+        c = w.clients[0]
+        c.handle = "h1-42"
+        w.holding = 1
+        w._heartbeat(c, 100.0, 5.0)
+        error = ErrorReply(c.rid, ErrorCode.UNKNOWN_HANDLE.value, "no such handle")
+        w._on_frames(c, [b"", encode_reply(error)], 105.1)
+        assert w.hb_lost == 1 and w.errors == {"UNKNOWN_HANDLE": 1} and w.heartbeats == 0
+        assert c.op == "checkout" and c.handle is None and c.hb is None and w.holding == 0
+    finally:
+        w.ctx.term()
+
+
+def test_a_worker_counts_a_malformed_heartbeat_reply_and_heartbeats_again() -> None:
+    w = _worker()
+    try:
+        c = w.clients[0]
+        c.handle = "h1-42"
+        w._heartbeat(c, 100.0, 5.0)
+        rid = c.rid
+        frame = encode_ok(rid, HeartbeatResult(30.0))
+        bad = frame[: len(frame) - len(pack({"lease": 30.0}))] + pack({"lease": "soon"})
+        w._on_frames(c, [b"", bad], 105.1)
+        assert w.errors == {"MALFORMED_REPLY": 1} and w.heartbeats == 0
+        assert c.op == "heartbeat" and c.rid != rid
+    finally:
+        w.ctx.term()
+
+
+def test_a_result_seen_before_is_looked_up_and_a_new_one_still_checked() -> None:
+    first = encode_ok("hb-1-c0-7", HeartbeatResult(30.0))
+    assert HeartbeatTemplate.check(first, "hb-1-c0-7") == HeartbeatResult(30.0)
+    again = encode_ok("hb-1-c0-8", HeartbeatResult(30.0))
+    assert HeartbeatTemplate.check(again, "hb-1-c0-8") == HeartbeatResult(30.0)
+    assert HeartbeatTemplate.check(again, "hb-1-c0-9") is None  # the rid is still compared
+    head = first[: len(first) - len(pack({"lease": 30.0}))]
+    new = head + pack({"lease": 31.0})  # not seen before: decoded
+    assert HeartbeatTemplate.check(new, "hb-1-c0-7") == HeartbeatResult(31.0)
+    bad = head + pack({"lease": -31.0})
+    for _ in range(2):  # a bad result is not remembered as good
+        with pytest.raises(ProtocolError):
+            HeartbeatTemplate.check(bad, "hb-1-c0-7")
+
+
+def test_timers_set_a_constant_span_ahead_are_queued_in_order_and_others_heaped() -> None:
+    """A heartbeat's next one (a period after its reply) goes to its span's queue; a timer
+    due before the last one queued (set earlier in time) goes to the heap; each fires when
+    due, not before, and a timer set again voids the older one."""
+    import zmq
+
+    w = _worker(server_key=zmq.curve_keypair()[0].decode(), clients=3, attempt_timeout=5.0)
+    try:
+        for c in w.clients:
+            w._connect(c)
+            c.handle = f"h1-{c.index}"
+        c0, c1, c2 = w.clients
+        w._heartbeat(c0, 100.0, w.period)  # due 110
+        w._heartbeat(c1, 101.0, w.period)  # due 111
+        w._heartbeat(c2, 99.0, w.period)  # due 109: before 111, so on the heap
+        assert [t[2] for t in w.spans[w.period]] == [0, 1]
+        assert [t[2] for t in w.timers] == [2]
+        w._timers_due(108.9)
+        assert (c0.sends, c1.sends, c2.sends) == (0, 0, 0)
+        w._timers_due(109.0)
+        assert (c0.sends, c1.sends, c2.sends) == (0, 0, 1)
+        w._heartbeat(c1, 101.5, 0.5)  # c1 set again (another span): due 102, on the heap
+        w._timers_due(110.0)
+        assert (c0.sends, c1.sends) == (1, 1)  # c1 once, by its newer timer
+        w._timers_due(111.0)  # c1's older timer (111) is void
+        assert c1.sends == 1 and not w.spans[w.period]
+        # the sends' attempt deadlines are in the attempt timeout's queue, in order
+        assert [t[0] for t in w.spans[w.attempt_timeout]] == [114.0, 115.0, 115.0]
+        w._timers_due(115.0)  # no reply: all three time out and fail over (a new socket each)
+        assert (c0.sends, c1.sends, c2.sends) == (2, 2, 2) and w.retries == 3
+    finally:
+        for sock in list(w.by_sock):
+            sock.close(linger=0)
+        w.ctx.term()
+
+
+def test_a_worker_has_one_zeromq_io_thread() -> None:
+    """More I/O threads do not help on the benchmark's 2 cores: each is another thread to
+    wake per message, and they share the cores with the cluster under test."""
+    import zmq
+
+    w = _worker()
+    try:
+        assert w.ctx.get(zmq.IO_THREADS) == 1
+    finally:
+        w.ctx.term()
