@@ -6,8 +6,8 @@ client-1 must give the table's "Client Access" (ok: granted, or a typed "all sea
 error: refused with a typed error and no checkout granted to the workload), the VIP must be on
 exactly one host, and the faults are healed before the next row. Then a keepalived split
 brain, and a failover onto a host whose notify FIFO reader was killed (its health script
-promotes on the VIP). At the end the workload checker (I1 seats <= LQ, I7 no lost grant, I8 one seat set per
-request) must be clean; the report, the table and the failover times go to
+promotes on the VIP). At the end the workload checker (I1 seats <= LQ, I7 no lost grant, I8
+one seat set per request) must be clean; the report, the table and the failover times go to
 artifacts/tmr-mol-failover/.
 
 Then failover on the VIP, measured (issue 17): the active TMR host is killed VIP_KILLS times
@@ -423,8 +423,8 @@ NOTIFY_LOCK = "/run/tmr-keepalived/notify.lock"
 # kill -9 of keepalived's notify FIFO reader (`tmr server vrrp-notify`); keepalived does not
 # start it again
 KILL_READER = (
-    "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '[s]erver vrrp-notify'"
-    " && kill -9 ${p#/proc/}; done; true"
+    "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null"
+    " | grep -q '[s]erver vrrp-notify' && kill -9 ${p#/proc/}; done; true"
 )
 
 
