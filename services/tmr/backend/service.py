@@ -123,6 +123,7 @@ def error_reply(mid: int, message: str) -> bytes:
 # ------------------------------------------------------------------ group commit
 
 _Record = tuple[str, str, Json]  # a log record held back until its write is durable
+_QUERIES = (UsageQuery, DenialQuery)  # read-only queries: never the acceptor's
 
 
 @dataclass
@@ -417,6 +418,7 @@ class BackendService:
         denials: list[DenialRow] = []  # recorded after the group: never answered
         if self._stale:
             self._reload_state()
+        now = time.monotonic()  # one reading for the requests received together
         for i, payload in enumerate(payloads):
             if payload is None:
                 self.counters["bad_requests"] += 1
@@ -429,7 +431,7 @@ class BackendService:
                 log("bad_request", level="warning", error=request.message, size=len(payload))
                 replies[i] = error_reply(request.mid, request.message)
                 continue
-            if isinstance(request, UsageQuery | DenialQuery):
+            if isinstance(request, _QUERIES):  # a tuple: no union type built per request
                 replies[i] = self._usage_query(request, i)  # read-only: never the acceptor
                 continue
             if isinstance(request, Denials):
@@ -438,7 +440,7 @@ class BackendService:
             if self._stale:
                 continue  # the state could not be reloaded after a failure: answer nothing
             try:
-                self._stage(request, i, group, replies)
+                self._stage(request, i, group, replies, now)
             except Exception as exc:  # a bug must not take the backend down
                 log("internal_error", level="error", error=repr(exc), trace=traceback.format_exc())
                 self._commit_group(group, replies)  # the requests before it are fine
@@ -472,29 +474,41 @@ class BackendService:
             return BadFrame(0, "malformed request")
 
     def _stage(
-        self, request: PeerRequest, i: int, group: _Group, replies: list[bytes | None]
+        self,
+        request: PeerRequest,
+        i: int,
+        group: _Group,
+        replies: list[bytes | None],
+        now: float,
     ) -> None:
         """Decide one request; its write is applied in memory and joins the group."""
-        assert self.acceptor is not None
-        step = self.acceptor.handle(request, time.monotonic())
-        records: list[_Record] = []
-        if step.write is not None:
-            before = self.acceptor.state.promised
-            self.acceptor.committed(step)  # in memory only: durable with the group
-            group.writes.append(step.write)
-            records = self._write_records(step.write, before)
-        else:
-            self.acceptor.committed(step)  # nothing durable: only when the leader was heard
-        records.extend(self._refusal_records(step.reply))
+        acceptor = self.acceptor
+        assert acceptor is not None
+        step = acceptor.handle(request, now)
+        write = step.write
         answer = step.reply
+        records: list[_Record] | None = None  # most requests log nothing
+        if write is not None:
+            before = acceptor.state.promised
+            acceptor.committed(step)  # in memory only: durable with the group
+            group.writes.append(write)
+            if write.promised is not None or write.caught_up or write.products:
+                records = self._write_records(write, before)
+        else:
+            acceptor.committed(step)  # nothing durable: only when the leader was heard
+        refusals = self._refusal_records(answer)
+        if refusals:
+            records = refusals if records is None else records + refusals
         if isinstance(answer, Status):  # this backend keeps denial records (schema 6)
             answer = dataclasses.replace(answer, denials=True)
         reply = peer_api.encode_reply(answer)
         if group.writes:  # the reply may reflect writes that are not durable yet
             group.replies.append((i, reply))
-            group.records.extend(records)
+            if records:
+                group.records.extend(records)
         else:
-            _emit(records)
+            if records:
+                _emit(records)
             replies[i] = reply
 
     def _commit_group(self, group: _Group, replies: list[bytes | None]) -> None:

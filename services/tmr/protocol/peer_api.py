@@ -633,9 +633,13 @@ def _request(t: str, mid: int, b: dict[str, Any]) -> PeerRequest:
                 (_d_key(k, "key"), _int(seq, "seq"))
                 for k, seq in (_list(x, "commits", 2) for x in _list(b.get("commits", []), "c"))
             )
-            notice = tuple(
-                (_d_key(k, "key"), _int(seq, "seq", 1))
-                for k, seq in (_list(x, "notice", 2) for x in _list(b.get("notice", []), "n"))
+            notice = (
+                tuple(
+                    (_d_key(k, "key"), _int(seq, "seq", 1))
+                    for k, seq in (_list(x, "notice", 2) for x in _list(b["notice"], "n"))
+                )
+                if "notice" in b
+                else ()  # absent while none: most messages
             )
             return Accept(mid, epoch, tuple(entries), commits, notice)
         if t == "snapshot":

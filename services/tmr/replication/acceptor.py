@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from tmr.replication.messages import (
     Accept,
@@ -235,7 +235,8 @@ class Acceptor:
             step = self._crypt_call(req)
         raises = step.write is not None and step.write.promised == req.epoch
         if req.epoch == promised or raises:
-            step = replace(step, seen=(req.epoch, now))
+            # Not `dataclasses.replace`: a few microseconds per request on the hot path.
+            step = Step(step.reply, step.write, (req.epoch, now))
         return step
 
     def committed(self, step: Step) -> None:
@@ -367,7 +368,8 @@ class Acceptor:
         # changes only in `committed`.
         work: dict[ProductKey, ProductLog] = {}
         blocked: set[ProductKey] = set()
-        notice = set(req.notice)
+        notice = set(req.notice) if req.notice else ()
+        several = len(req.entries) > 1  # pipelined entries (one per message at low load)
         marks: dict[ProductKey, dict[str, Version]] = {}
         for entry in req.entries:
             key = entry.key
@@ -397,7 +399,7 @@ class Acceptor:
             if flagged or key in marks or log.marked:
                 marked = marks.setdefault(key, dict(log.marked))
                 _mark(marked, log.handles, entry.ops, version if flagged else None)
-            if any(e.key == key and e.seq > entry.seq for e in req.entries):
+            if several and any(e.key == key and e.seq > entry.seq for e in req.entries):
                 log = log.copy() if key not in work else log
                 log.apply(entry.ops)
                 log.floor = floor_after(log.floor, entry.ops)
@@ -422,13 +424,23 @@ class Acceptor:
     ]:
         """The known commits this message raises and the marked grants it changes (marks at
         or below the known commit are dropped: those grants are known committed)."""
+        state = self.state
         known: dict[ProductKey, Version] = {}
         for key, version in commits:
-            if version > max(self.state.known.get(key, ZERO_VERSION), known.get(key, ZERO_VERSION)):
+            top = state.known.get(key, ZERO_VERSION)
+            raised = known.get(key)
+            if raised is not None and raised > top:
+                top = raised
+            if version > top:
                 known[key] = version
+        products = state.products
         for key in known:
-            if key not in marks and key in self.state.products:
-                marks[key] = dict(self.state.products[key].marked)
+            log = products.get(key)
+            # A product without marks keeps none (at low load: every ACCEPT, nothing to do).
+            if key not in marks and log is not None and log.marked:
+                marks[key] = dict(log.marked)
+        if not marks:
+            return tuple(known.items()), ()
         changed = []
         for key, m in marks.items():
             top = known.get(key) or self.state.known.get(key, ZERO_VERSION)

@@ -442,6 +442,34 @@ def test_ops_round_trip(store: SqliteStore) -> None:
     assert expected.products[KEY].seats() == 4
 
 
+def test_one_op_commit_runs_seven_statements_with_one_commit(store: SqliteStore) -> None:
+    """The statements of a lone replicated op (a backend at low load commits each ACCEPT on
+    its own, and every statement costs CPU: docs/performance.md). A new one shows here."""
+    store.load()
+    commit_grant(store, 1)  # the usage record's first trim and the map read are behind us
+    seen: list[str] = []
+    conn = store._conn
+    assert conn is not None
+    conn.set_trace_callback(lambda sql: seen.append(sql.split("(")[0].split(" WHERE")[0]))
+    store.commit(
+        Write(
+            products=(ProductWrite(KEY, Version(E1, 2), ops=(release("h1"),)),),
+            known=((KEY, Version(E1, 1)),),
+        )
+    )
+    conn.set_trace_callback(None)
+    assert seen == [
+        "BEGIN IMMEDIATE",
+        "PRAGMA data_version",
+        "DELETE FROM handles",
+        "INSERT INTO products ",
+        "INSERT INTO known_commits ",
+        "INSERT INTO usage ",
+        "COMMIT",
+    ]
+    assert reopen(store).known == {KEY: Version(E1, 1)}
+
+
 def test_grant_of_a_held_handle_keeps_the_first_and_release_is_idempotent(
     store: SqliteStore,
 ) -> None:

@@ -538,7 +538,9 @@ def test_commit_knowledge_fields_are_absent_while_empty_and_optional_on_decode()
 
 
 @pytest.mark.parametrize(
-    "notice", [[[[1, 2], 0]], [[1, 2]], "x", [[[1, 2], "3"]]], ids=["seq0", "short", "str", "seq"]
+    "notice",
+    [[[[1, 2], 0]], [[1, 2]], "x", [[[1, 2], "3"]], None],
+    ids=["seq0", "short", "str", "seq", "null"],  # null: absent is not the same as nil
 )
 def test_a_bad_notice_is_refused(notice: object) -> None:
     body = msgpack.unpackb(encode_request(REQUESTS[2]))
