@@ -24,6 +24,7 @@ from tmr.backend.store import SqliteStore
 from tmr.protocol import peer_api
 from tmr.replication.acceptor import Acceptor, ProductWrite, Write
 from tmr.replication.leader import Effects, Leader, LeaderConfig
+from tmr.replication.messages import Promise
 from tmr.replication.types import Epoch, HandleRecord, LicenseInfo, Version
 from tmr.serving.gc_pause import BULK_FRAME, gc_paused
 
@@ -77,12 +78,18 @@ def run(n: int, root: Path, gc_pause: bool = True) -> tuple[float, dict[str, flo
             for name, msg in queue.pop().send:
                 kind = type(msg).__name__
                 frame = timed(f"server encode {kind}", peer_api.encode_request, msg)
-                req = timed(f"backend decode {kind}", peer_api.decode_request, frame)
+                # as `BackendService`: a bulk frame decoded, a promise encoded, with the
+                # collector paused
+                with gc_paused(gc_pause and len(frame) >= BULK_FRAME):
+                    req = timed(f"backend decode {kind}", peer_api.decode_request, frame)
                 step = timed(f"backend handle {kind}", acceptors[name].handle, req, now)
                 if step.write is not None:
                     timed(f"backend store {kind}", stores[name].commit, step.write)
                 acceptors[name].committed(step)
-                reply = timed(f"backend encode reply to {kind}", peer_api.encode_reply, step.reply)
+                with gc_paused(gc_pause and isinstance(step.reply, Promise)):
+                    reply = timed(
+                        f"backend encode reply to {kind}", peer_api.encode_reply, step.reply
+                    )
                 # as `ServerService._drain_backend`: a bulk frame with the collector paused
                 with gc_paused(gc_pause and len(reply) >= BULK_FRAME):
                     got = timed(f"server decode reply to {kind}", peer_api.decode_reply, reply)

@@ -63,6 +63,7 @@ from tmr.replication.messages import (
     PeerError,
     PeerReply,
     PeerRequest,
+    Promise,
     Rejected,
     Status,
     UsageQuery,
@@ -70,6 +71,7 @@ from tmr.replication.messages import (
 from tmr.replication.types import Epoch, LicenseInfo, ProductKey, Version, key_str
 from tmr.report.records import UsageReader
 from tmr.serving.commands import CtlServer
+from tmr.serving.gc_pause import BULK_FRAME, gc_paused
 from tmr.serving.loop import ServiceLoop, configure_service_logs
 from tmr.serving.zap import ZapHandler, parse_allowlist
 from tmr.zap_log import ZapDenials
@@ -425,7 +427,9 @@ class BackendService:
                 replies[i] = error_reply(0, "expected exactly one payload frame")
                 continue
             self.counters["requests"] += 1
-            request = self._classify(payload)
+            # a bulk frame (a snapshot of a whole table) is decoded with the collector paused
+            with gc_paused(len(payload) >= BULK_FRAME):
+                request = self._classify(payload)
             if isinstance(request, BadFrame):
                 self.counters["bad_requests"] += 1
                 log("bad_request", level="warning", error=request.message, size=len(payload))
@@ -501,7 +505,10 @@ class BackendService:
             records = refusals if records is None else records + refusals
         if isinstance(answer, Status):  # this backend keeps denial records (schema 6)
             answer = dataclasses.replace(answer, denials=True)
-        reply = peer_api.encode_reply(answer)
+        # A promise carries whole tables at a takeover: encoded with the collector paused
+        # (`tmr.serving.gc_pause`; promises are rare, so any promise).
+        with gc_paused(isinstance(answer, Promise)):
+            reply = peer_api.encode_reply(answer)
         if group.writes:  # the reply may reflect writes that are not durable yet
             group.replies.append((i, reply))
             if records:

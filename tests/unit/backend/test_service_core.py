@@ -382,3 +382,42 @@ def test_every_frame_is_decoded_once(svc: BackendService, monkeypatch: pytest.Mo
     assert "until" in usage_error.message
     assert isinstance(decode_reply(replies[3]), Status)  # type: ignore[arg-type]
     assert svc.counters["bad_requests"] == 3
+
+
+# ------------------------------------------------------------------ bulk steps
+
+
+def test_a_promise_is_encoded_and_a_bulk_frame_decoded_with_the_collector_paused(
+    svc: BackendService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A takeover's promise carries whole tables, a catch-up snapshot can too: their
+    encoding and decoding create an object per field of every handle, none of them garbage
+    (`tmr.serving.gc_pause`). Everyday frames run with the collector as it is."""
+    import gc
+
+    from tmr.backend import service as backend_service
+    from tmr.serving.gc_pause import BULK_FRAME
+
+    seen: list[tuple[str, bool]] = []
+    encode, decode = peer_api.encode_reply, peer_api.decode_backend_frame
+
+    def encoding(msg: Any) -> bytes:
+        seen.append((f"encode {type(msg).__name__}", gc.isenabled()))
+        return encode(msg)
+
+    def decoding(frame: bytes) -> Any:
+        seen.append((f"decode {len(frame) >= BULK_FRAME}", gc.isenabled()))
+        return decode(frame)
+
+    monkeypatch.setattr(backend_service.peer_api, "encode_reply", encoding)
+    monkeypatch.setattr(backend_service.peer_api, "decode_backend_frame", decoding)
+    assert isinstance(ask(svc, Prepare(1, E1)), Promise)
+    assert seen == [("decode False", True), ("encode Promise", False)]
+    seen.clear()
+    bulk = encode_request(Snapshot(2, E1, (SnapshotEntry(KEY, 0, ()),))) + b"\x00" * BULK_FRAME
+    svc.handle_frame(bulk)  # refused as a bad frame (trailing bytes): decoded all the same
+    assert seen[0] == ("decode True", False)
+    seen.clear()
+    assert isinstance(ask(svc, Snapshot(3, E1, (SnapshotEntry(KEY, 0, ()),))), Accepted)
+    assert seen == [("decode False", True), ("encode Accepted", True)]
+    assert gc.isenabled()
