@@ -419,6 +419,7 @@ class Simulation:
         # (server, backend) -> when `check_takeovers` last saw the backend down, cut off from
         # the server or not caught up
         self.unfit: dict[tuple[str, str], float] = {}
+        self.noisy: dict[str, list[float]] = {}  # server -> its takeover messages lost or slow
         self.prepared: set[tuple[str, Epoch]] = set()  # (backend, epoch) sent a PREPARE
         # A fault script: called after every step (a directed scenario, see tests/sim).
         self.on_step: Callable[[Simulation], None] | None = None
@@ -612,6 +613,7 @@ class Simulation:
         if r < 0.02:
             if kind.startswith("peer"):
                 self.disturb(src, dst, noise=True)
+                self.takeover_noise(src, dst, payload)
             if isinstance(payload, Status) and payload.since is not None:
                 self.stats["status_delta_lost"] += 1  # the next one covers its changes
             return  # lost
@@ -622,9 +624,19 @@ class Simulation:
         self.schedule(self.now + delay, "msg", msg)
         if delay > 0.05 and kind.startswith("peer"):
             self.disturb(src, dst, noise=True)  # a slow path: the sender may time out
+            self.takeover_noise(src, dst, payload)
         if r > 0.985 and kind.startswith("peer"):
             self.disturb(src, dst, noise=True)
             self.schedule(self.now + self.latency(), "msg", msg)  # duplicated
+
+    def takeover_noise(self, src: str, dst: str, payload: Any) -> None:
+        """A takeover's message (PREPARE, PROMISE, snapshot or its answer) lost or slow: the
+        takeover may take one backend_timeout and probe interval longer (`check_takeovers`)."""
+        server = src if src in self.servers else dst
+        leader = self.servers[server].leader if server in self.servers else None
+        takeover = isinstance(payload, (Prepare, Promise, Snapshot, Accepted))
+        if takeover and leader is not None and leader.role == Role.TAKEOVER:
+            self.noisy.setdefault(server, []).append(self.now)
 
     # -------------------------------------------------------------- effects of a leader
 
@@ -1040,7 +1052,8 @@ class Simulation:
         a newer term, or yielding to a live leader), within TAKEOVER_BOUND of the latest of:
         its promote, the last fault that touched it, and the last fault that touched two
         caught-up backends that are up and that it reaches, or the time they became so
-        (message noise is no fault)."""
+        (message noise is no fault: each takeover message lost or slow since then adds a
+        backend_timeout and a probe interval)."""
         for s in self.servers.values():
             leader = s.leader
             if leader is None or leader.role != Role.TAKEOVER or s.paused_until is not None:
@@ -1069,12 +1082,14 @@ class Simulation:
                 self.stats["takeovers_checked"] += 1
             waited = round(1000 * (self.now - since))
             self.stats["takeover_calm_ms"] = max(self.stats["takeover_calm_ms"], waited)
-            if self.now - since > TAKEOVER_BOUND:
+            lost = sum(1 for t in self.noisy.get(s.name, ()) if t >= since)
+            if self.now - since > TAKEOVER_BOUND + lost * (BACKEND_TIMEOUT + PROBE_INTERVAL):
                 self.fail(
                     f"liveness: {s.name}'s takeover (promoted at t="
                     f"{leader._takeover_started:.2f}, {leader.epoch}) stalled: not active "
                     f"{self.now - since:.2f}s after two reachable caught-up backends and "
-                    f"the server were left alone (since t={since:.2f})"
+                    f"the server were left alone (since t={since:.2f}; {lost} of its "
+                    "messages lost or slow)"
                 )
 
     def check_status(self, leader: Leader, backend: str, status: Status, truth: Status) -> None:

@@ -392,7 +392,7 @@ def test_simulation_catches_a_takeover_waiting_for_a_holder_that_went_down(
     crashed in the window after its versions-only promise stalls the takeover while two
     other backends are up: caught, where another backend held the highest version too (seed
     64: b1 crashes as the table request arrives) and where it held it alone (seed 7). Over
-    seeds 0-199, 9 runs catch it."""
+    seeds 0-199, 9 runs catch it (5 with another holder: 64, 81, 99, 149, 178)."""
     original = leader_mod.Leader._timeout
 
     def waits(self: leader_mod.Leader, b: Any, mid: int, out: Any, now: float, fx: Any) -> None:
@@ -413,7 +413,8 @@ def test_simulation_catches_a_takeover_waiting_for_a_sole_holder_that_went_down(
 ) -> None:
     """Without adopting from the other promises when only a backend that is down holds the
     highest version (`Leader._try_adopt` as before the fix: it asks that backend again and
-    again), the takeover of seed 7 stalls while b1 and b2 are up: caught."""
+    again), the takeover of seed 7 stalls while b1 and b2 are up: caught (7 runs of seeds
+    0-199 catch it)."""
 
     def before_the_fix(self: leader_mod.Leader, now: float, fx: Any) -> None:
         adopt = takeover.to_adopt(self.backends)
