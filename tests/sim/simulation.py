@@ -10,9 +10,14 @@ check out, heartbeat and release with the SDK's retry rules (same request id on 
 an administrator frees handles now and then (`Leader.admin_release`, `tmr admin release`);
 both servers enforce one policy file (`POLICY`: a max, a reserve and an exclude rule on the
 clients' users and hosts), which must hold across every failover as the seat count does.
-After every step the invariants of docs/design.md §8 are checked, and liveness: a leader
-that stays active answers every request within ANSWER_BOUND, and never expires a handle whose
-heartbeats keep arriving, and answers QUORUM_LOST only when it is true (`check_truthful`).
+Takeovers meet faults in their windows (`takeover_window`): a backend crashes, is cut off or
+answers late between its versions-only promise and its table, or between the table request
+and its answer to entry 0, and the only backend holding the highest version goes down just
+after its promise. After every step the invariants of docs/design.md §8 are checked, and
+liveness: a leader that stays active answers every request within ANSWER_BOUND, and never
+expires a handle whose heartbeats keep arriving, and answers QUORUM_LOST only when it is true
+(`check_truthful`); a takeover completes once two caught-up backends it reaches and the
+server itself were left alone by faults for TAKEOVER_BOUND (`check_takeovers`).
 A violation raises `InvariantViolation` naming the seed and step.
 
 Run one seed by hand:  python -m tests.sim.simulation --seed 17 --steps 4000 -v
@@ -40,13 +45,16 @@ from tmr.replication.messages import (
     PeerRequest,
     Prepare,
     Probe,
+    Promise,
     Snapshot,
     Status,
 )
+from tmr.replication.roles import Phase
 from tmr.replication.types import (
     NO_FLOOR,
     ZERO_EPOCH,
     AccessMode,
+    CopyReason,
     Epoch,
     Grant,
     HandleRecord,
@@ -74,6 +82,24 @@ PROBE_INTERVAL = 0.1
 # Liveness: a leader that stays active answers every request within this (backend_timeout
 # and one probe interval for a commit, or QUORUM_LOST; the rest is tick granularity).
 ANSWER_BOUND = BACKEND_TIMEOUT + PROBE_INTERVAL + 0.05
+# Liveness of a takeover: a server taking over, not paused, becomes active (or gives up:
+# fenced, yielded) within this once neither it nor two caught-up backends it reaches were
+# touched by a fault (`check_takeovers`). The longest legitimate takeover: a probe phase
+# waiting backend_timeout for a third backend or backend_timeout + leader_live_window for a
+# live leader, a table asked of a holder that does not answer (backend_timeout), entry 0
+# sent to a holder that goes down (backend_timeout), and a few lost or slow messages.
+TAKEOVER_BOUND = 5 * (BACKEND_TIMEOUT + PROBE_INTERVAL)
+# The takeover window faults (`takeover_window`): how often a backend is crashed, cut off or
+# made silent between its versions-only promise and its table, and between the table
+# request and its answer to entry 0; a crashed or cut backend is back after this long
+# (longer than TAKEOVER_BOUND: a takeover waiting for it is caught). After a backend asked
+# for its table crashed or was cut off, and after the sole holder of the highest version
+# crashed, no random fault comes before it is back (`check_takeovers` then applies when
+# the two others are up).
+WINDOW_TABLE = 0.3
+WINDOW_SOLE = 1.0
+WINDOW_ENTRY0 = 0.12
+WINDOW_BACK = (TAKEOVER_BOUND + 0.5, TAKEOVER_BOUND + 2.5)
 ADMIN = "admin"  # the reply token of an administrator's release (`tmr admin release`)
 QUEUE_HOLD = 1.0  # the leaders keep a queued checkout's place this long without an ask
 QUEUE_WAIT = 3.0  # the queueing clients (c1: 2 seats, c2: 1 seat) wait this long
@@ -303,6 +329,9 @@ class Simulation:
         # a lost, slow or duplicated message, a license change, a promote): the truthfulness
         # check of QUORUM_LOST (`check_truthful`) looks only at undisturbed stretches.
         self.disturbed: dict[str, float] = {}
+        # node -> when a fault (not message noise: a crash, restart, cut, heal, promote,
+        # pause, license change) last touched it (`check_takeovers`).
+        self.upset: dict[str, float] = {}
         self.faults_on = True
         self.cut: set[frozenset[str]] = set()
         self.log: list[str] = []
@@ -368,7 +397,29 @@ class Simulation:
             "snapshot_refs": 0,
             "refs_refused": 0,
             "tables_asked": 0,
+            # The takeover window faults (`takeover_window`): a backend crashed, cut off or
+            # made silent between its versions-only promise and its table (of which it held
+            # the highest version alone), or between the table request and its answer to
+            # entry 0; a second backend asked for its tables in one term (the first did not
+            # answer), and adoptions from promises without the highest version (only a backend
+            # that went down held it).
+            "window_table": 0,
+            "window_sole_holder": 0,
+            "window_entry0": 0,
+            "tables_reasked": 0,
+            "adopted_below_highest": 0,
+            "takeovers_checked": 0,  # takeovers `check_takeovers` applied to (at some step)
+            "takeover_calm_ms": 0,  # the longest a takeover it applied to went on (ms)
         }
+        # Draws of the takeover window faults, apart from the main stream.
+        self.wrng = random.Random(f"{seed}/takeover-window")
+        self.tables_from: dict[Epoch, set[str]] = {}  # backends asked for tables, per term
+        self.quiet_until = 0.0  # no random fault before (after a takeover window fault)
+        self.checked_terms: set[tuple[str, float]] = set()  # (server, takeover start)
+        # (server, backend) -> when `check_takeovers` last saw the backend down, cut off from
+        # the server or not caught up
+        self.unfit: dict[tuple[str, str], float] = {}
+        self.noisy: dict[str, list[float]] = {}  # server -> its takeover messages lost or slow
         self.prepared: set[tuple[str, Epoch]] = set()  # (backend, epoch) sent a PREPARE
         # A fault script: called after every step (a directed scenario, see tests/sim).
         self.on_step: Callable[[Simulation], None] | None = None
@@ -394,9 +445,12 @@ class Simulation:
     def note(self, text: str) -> None:
         self.log.append(f"[{self.step_no} t={self.now:.2f}] {text}")
 
-    def disturb(self, *names: str) -> None:
+    def disturb(self, *names: str, noise: bool = False) -> None:
+        """`noise`: a lost, slow or duplicated message (not a fault for `check_takeovers`)."""
         for name in names:
             self.disturbed[name] = self.now
+            if not noise:
+                self.upset[name] = max(self.upset.get(name, self.now), self.now)
 
     def record_slot(self, key: ProductKey, version: Version, ops: tuple[Op, ...], who: str) -> None:
         slot = (key, version)
@@ -545,11 +599,12 @@ class Simulation:
         kind: str,
         reply_to: Msg | None = None,
         truth: Status | None = None,
+        delay: float | None = None,
     ) -> None:
         """`reply_to`: the request this answers. The answer goes to the incarnation that
         sent the request, as a ZeroMQ ROUTER routes it to that connection: a server that
         restarted since never sees answers to its predecessor's requests (whose message ids
-        it may reuse)."""
+        it may reuse). `delay`: this one takes that long (a silent backend)."""
         if frozenset((src, dst)) in self.cut:
             return
         r = self.rng.random()
@@ -557,19 +612,31 @@ class Simulation:
             r = 0.5
         if r < 0.02:
             if kind.startswith("peer"):
-                self.disturb(src, dst)
+                self.disturb(src, dst, noise=True)
+                self.takeover_noise(src, dst, payload)
             if isinstance(payload, Status) and payload.since is not None:
                 self.stats["status_delta_lost"] += 1  # the next one covers its changes
             return  # lost
         to = self.incarnation.get(dst, 0) if reply_to is None else reply_to.src_incarnation
         msg = Msg(src, dst, payload, kind, to, self.incarnation.get(src, 0), truth)
-        delay = self.latency()
+        if delay is None:
+            delay = self.latency()
         self.schedule(self.now + delay, "msg", msg)
         if delay > 0.05 and kind.startswith("peer"):
-            self.disturb(src, dst)  # a slow path: the sender may time out
+            self.disturb(src, dst, noise=True)  # a slow path: the sender may time out
+            self.takeover_noise(src, dst, payload)
         if r > 0.985 and kind.startswith("peer"):
-            self.disturb(src, dst)
+            self.disturb(src, dst, noise=True)
             self.schedule(self.now + self.latency(), "msg", msg)  # duplicated
+
+    def takeover_noise(self, src: str, dst: str, payload: Any) -> None:
+        """A takeover's message (PREPARE, PROMISE, snapshot or its answer) lost or slow: the
+        takeover may take one backend_timeout and probe interval longer (`check_takeovers`)."""
+        server = src if src in self.servers else dst
+        leader = self.servers[server].leader if server in self.servers else None
+        takeover = isinstance(payload, (Prepare, Promise, Snapshot, Accepted))
+        if takeover and leader is not None and leader.role == Role.TAKEOVER:
+            self.noisy.setdefault(server, []).append(self.now)
 
     # -------------------------------------------------------------- effects of a leader
 
@@ -596,6 +663,7 @@ class Simulation:
                     self.stats["takeover_aborted"] += len(ev["handles"])
             if ev["event"] == "adopted":
                 self.check_adoption(s)
+                self.note_adopted(s, ev)
             if ev["event"] == "active":
                 self.check_active(s)
             if ev["event"] in ("handle_expired", "handle_released"):
@@ -815,6 +883,9 @@ class Simulation:
             b = self.backends[m.dst]
             if b.acceptor is None:
                 return
+            window = self.takeover_window(b, m)
+            if window in ("crash", "cut"):
+                return  # the request is lost with the backend or the link
             self.count_takeover(m.dst, m.payload)
             step: Step = b.acceptor.handle(m.payload, self.now)
             if step.write is not None:
@@ -823,12 +894,23 @@ class Simulation:
                     return
                 b.store.commit(step.write)
             b.acceptor.committed(step)
-            truth = None
+            truth: Status | None = None
             if isinstance(step.reply, Status):
-                truth = b.acceptor.handle(Probe(0), self.now).reply  # everything, as of now
-                assert isinstance(truth, Status)
+                whole = b.acceptor.handle(Probe(0), self.now).reply  # everything, as of now
+                assert isinstance(whole, Status)
+                truth = whole
                 self.stats["status_full" if step.reply.since is None else "status_delta"] += 1
-            self.send(m.dst, m.src, step.reply, "peer_rep", reply_to=m, truth=truth)
+            delay = None
+            if window == "silent":  # it answers after the leader gave up waiting
+                delay = self.wrng.uniform(BACKEND_TIMEOUT + 0.05, BACKEND_TIMEOUT + 1.0)
+            self.send(m.dst, m.src, step.reply, "peer_rep", reply_to=m, truth=truth, delay=delay)
+            if window == "after" or self.sole_holder_promised(b, m, step.reply):
+                # It answered (the promise or the table is on its way) and goes down.
+                self.crash_backend(b, "crash in the takeover window, after its answer")
+                back = self.now + self.wrng.uniform(*WINDOW_BACK)
+                if window != "after":  # the sole holder: the takeover must not wait for it
+                    self.quiet_until = max(self.quiet_until, back)
+                self.schedule(back, "restart", b.name)
         elif m.kind == "peer_rep":
             s = self.servers[m.dst]
             if s.leader is None or self.paused(s, m):
@@ -860,6 +942,155 @@ class Simulation:
             seen = (dst, req.epoch) in self.prepared
             self.stats["tables_asked"] += seen and req.tables
             self.prepared.add((dst, req.epoch))
+            if seen and req.tables:
+                asked = self.tables_from.setdefault(req.epoch, set())
+                asked.add(dst)
+                self.stats["tables_reasked"] += len(asked) == 2
+
+    # -------------------------------------------------------------- takeover window faults
+
+    def taking_over(self, server: str, epoch: Epoch, phase: Phase) -> Leader | None:
+        """The leader of `server` if it is taking over in `epoch`, at `phase` (a request it
+        sent is current, not a duplicate of one it no longer waits for)."""
+        s = self.servers.get(server)
+        leader = s.leader if s is not None else None
+        if leader is None or leader.role != Role.TAKEOVER or leader.epoch != epoch:
+            return None
+        return leader if leader._phase == phase else None
+
+    def takeover_window(self, b: BackendNode, m: Msg) -> str | None:
+        """A fault in a window of the takeover (docs/design.md §5), decided as a request
+        arrives at backend `b`: the table request (PREPARE with tables, after its
+        versions-only promise) or the takeover's entry 0 (a snapshot at seq 0, by reference
+        or whole). The backend crashes (the request is lost; it restarts after WINDOW_BACK),
+        its link to the server is cut (healed after WINDOW_BACK), it answers later than
+        backend_timeout ("silent"), or, for entry 0, it answers and then crashes ("after").
+        Returns what happened (None: nothing)."""
+        req = m.payload
+        if not self.faults_on:
+            return None
+        if isinstance(req, Prepare):
+            asked = req.tables and (b.name, req.epoch) in self.prepared
+            leader = self.taking_over(m.src, req.epoch, Phase.PREPARE)
+            if not asked or leader is None or b.name not in leader._tables_from:
+                return None
+            if self.wrng.random() >= WINDOW_TABLE:
+                return None
+            kind = self.wrng.choice(("crash", "cut", "silent", "after"))
+            # "after": it sends its table, then goes down before its answer to entry 0.
+            stat = "window_entry0" if kind == "after" else "window_table"
+        elif isinstance(req, Snapshot):
+            if not any(e.seq == 0 for e in req.entries):
+                return None
+            if self.taking_over(m.src, req.epoch, Phase.SYNC) is None:
+                return None
+            if self.wrng.random() >= WINDOW_ENTRY0:
+                return None
+            stat, kind = "window_entry0", self.wrng.choice(("crash", "cut", "silent", "after"))
+        else:
+            return None
+        self.stats[stat] += 1
+        self.note(f"{b.name}: takeover window fault ({stat}): {kind}")
+        back = self.now + self.wrng.uniform(*WINDOW_BACK)
+        if stat == "window_table" and kind in ("crash", "cut"):
+            self.quiet_until = max(self.quiet_until, back)
+        if kind == "crash":
+            self.crash_backend(b, "crash in the takeover window")
+            self.schedule(back, "restart", b.name)
+        elif kind == "cut":
+            link = frozenset((m.src, b.name))
+            if link not in self.cut:
+                self.cut.add(link)
+                self.schedule(back, "heal", {link})
+            self.disturb(*link)
+        else:
+            self.disturb(b.name)
+        return kind
+
+    def sole_holder_promised(self, b: BackendNode, m: Msg, reply: Any) -> bool:
+        """Just after backend `b` sent its versions-only promise holding the highest version
+        alone (the others' stores are below it): sometimes it goes down now, before the
+        leader asks it for its table (`Leader._try_adopt` then adopts from the others)."""
+        req = m.payload
+        if not (
+            self.faults_on
+            and isinstance(req, Prepare)
+            and not req.tables
+            and isinstance(reply, Promise)
+            and not reply.tables
+            and KEY in reply.logs
+            and self.taking_over(m.src, req.epoch, Phase.PREPARE) is not None
+        ):
+            return False
+        version = reply.logs[KEY][0]
+        others = [
+            o.store.state.products.get(KEY, ProductLog()).version
+            for o in self.backends.values()
+            if o is not b
+        ]
+        if not all(v < version for v in others) or self.wrng.random() >= WINDOW_SOLE:
+            return False
+        self.stats["window_sole_holder"] += 1
+        self.stats["window_table"] += 1
+        return True
+
+    def note_adopted(self, s: ServerNode, ev: dict[str, Any]) -> None:
+        """Counts adoptions from promises without the highest version promised (fix (b):
+        only a backend that went down held it)."""
+        assert s.leader is not None
+        versions = {
+            b.name: b.promise.logs[KEY][0]
+            for b in s.leader.backends
+            if b.promise is not None and b.promise.caught_up and KEY in b.promise.logs
+        }
+        adopted = [v for name, v in versions.items() if name in ev["from"]]
+        if adopted and max(versions.values()) > max(adopted):
+            self.stats["adopted_below_highest"] += 1
+
+    def check_takeovers(self) -> None:
+        """Liveness: a server taking over (not paused) becomes active, or gives up (fenced by
+        a newer term, or yielding to a live leader), within TAKEOVER_BOUND of the latest of:
+        its promote, the last fault that touched it, and the last fault that touched two
+        caught-up backends that are up and that it reaches, or the time they became so
+        (message noise is no fault: each takeover message lost or slow since then adds a
+        backend_timeout and a probe interval)."""
+        for s in self.servers.values():
+            leader = s.leader
+            if leader is None or leader.role != Role.TAKEOVER or s.paused_until is not None:
+                continue
+            calm = []
+            for b in self.backends.values():
+                good = b.up and frozenset((s.name, b.name)) not in self.cut
+                if not (good and b.store.state.caught_up):
+                    self.unfit[(s.name, b.name)] = self.now  # it counts from when it is good
+                    continue
+                calm.append(
+                    max(
+                        self.upset.get(b.name, float("-inf")),
+                        self.unfit.get((s.name, b.name), float("-inf")),
+                    )
+                )
+            calm.sort()
+            if len(calm) < 2:
+                continue
+            since = max(leader._takeover_started, self.upset.get(s.name, float("-inf")), calm[1])
+            if self.now < since:
+                continue  # paused until then
+            term = (s.name, leader._takeover_started)
+            if term not in self.checked_terms:
+                self.checked_terms.add(term)
+                self.stats["takeovers_checked"] += 1
+            waited = round(1000 * (self.now - since))
+            self.stats["takeover_calm_ms"] = max(self.stats["takeover_calm_ms"], waited)
+            lost = sum(1 for t in self.noisy.get(s.name, ()) if t >= since)
+            if self.now - since > TAKEOVER_BOUND + lost * (BACKEND_TIMEOUT + PROBE_INTERVAL):
+                self.fail(
+                    f"liveness: {s.name}'s takeover (promoted at t="
+                    f"{leader._takeover_started:.2f}, {leader.epoch}) stalled: not active "
+                    f"{self.now - since:.2f}s after two reachable caught-up backends and "
+                    f"the server were left alone (since t={since:.2f}; {lost} of its "
+                    "messages lost or slow)"
+                )
 
     def check_status(self, leader: Leader, backend: str, status: Status, truth: Status) -> None:
         """P1: a server that holds a backend's status state at a token holds exactly what the
@@ -1232,6 +1463,7 @@ class Simulation:
         s.paused_until = self.now + self.rng.uniform(0.3, 3.0)
         s.pauses += 1
         self.disturb(*SERVERS)
+        self.upset[s.name] = s.paused_until  # stopped: no progress to check until it resumes
         self.stats["pauses"] += 1
         self.note(f"{s.name}: paused until {s.paused_until:.2f}")
         other = self.servers[SERVERS[1 - SERVERS.index(s.name)]]
@@ -1254,7 +1486,7 @@ class Simulation:
         """Every backend's copy expires at once (an update renews it later)."""
         for b in self.backends.values():
             lic = b.store.licenses[KEY]
-            b.store.licenses = {KEY: replace(lic, valid=False, reason="expired")}
+            b.store.licenses = {KEY: replace(lic, valid=False, reason=CopyReason.EXPIRED)}
             if b.acceptor is not None:
                 b.acceptor.set_licenses(b.store.licenses)
         self.stats["expiries"] += 1
@@ -1296,6 +1528,7 @@ class Simulation:
         for c in self.clients:
             self.client_act(c)
         self.check_answers()
+        self.check_takeovers()
 
     def ensure_some_leader(self) -> None:
         """keepalived's job: if nobody is active or taking over, promote a live server."""
@@ -1332,6 +1565,11 @@ class Simulation:
             elif kind == "keepalived":
                 self.ensure_some_leader()
                 self.schedule(self.now + self.rng.uniform(0.2, 1.0), "keepalived")
+            elif kind == "restart":
+                b = self.backends[payload]
+                if not b.up:
+                    self.note(f"{b.name}: restart")
+                    self._start_backend(b)
             elif kind == "heal":
                 healed = payload & self.cut
                 self.cut -= healed
@@ -1339,7 +1577,8 @@ class Simulation:
                 if healed:
                     self.note(f"quorum back: healed {sorted(sorted(x) for x in healed)}")
             elif kind == "fault" and faults:
-                self.fault()
+                if self.now >= self.quiet_until:
+                    self.fault()
                 self.schedule(self.now + self.rng.expovariate(1 / self.fault_interval), "fault")
             if self.on_step is not None:
                 self.on_step(self)

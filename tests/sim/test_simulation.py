@@ -47,12 +47,15 @@ BATCH = 50
 @pytest.mark.parametrize("first", range(0, SEEDS, BATCH))
 def test_invariants_hold_over_seeds(first: int) -> None:
     totals: dict[str, int] = {}
-    for seed in range(first, min(first + BATCH, SEEDS)):
+    runs: dict[str, int] = {}  # runs in which each count is above zero
+    seeds = range(first, min(first + BATCH, SEEDS))
+    for seed in seeds:
         sim = Simulation(seed)
         sim.run()
         sim.heal_and_settle()  # liveness: after healing, checkouts succeed again
         for k, v in sim.stats.items():
             totals[k] = totals.get(k, 0) + v
+            runs[k] = runs.get(k, 0) + (v > 0)
     # The runs must have exercised the protocol, not idled.
     assert totals["checkouts"] > 10 * min(BATCH, SEEDS - first)
     assert totals["failovers"] > 0 and totals["crashes"] > 0
@@ -70,6 +73,17 @@ def test_invariants_hold_over_seeds(first: int) -> None:
     # Takeovers sent backends references to the tables they promised, and asked the tables
     # of backends whose promise had the highest version without its table.
     assert totals["snapshot_refs"] > 0 and totals["tables_asked"] > 0
+    # The takeover window faults: a backend crashed, cut off or silent between its
+    # versions-only promise and its table (sometimes the only backend holding the highest
+    # version), and between the table request and its answer to entry 0; another holder was
+    # asked for its tables; the takeover liveness check applied in nearly every run. Runs
+    # hitting each, at seeds 0-499: 290, 205, 273, 88 and 486 of 500 (per 50: at least 21,
+    # 17, 24, 2 and 45). An adoption without the highest version (its only holder down):
+    # 22 runs of 500, see `test_a_takeover_asks_another_holder_and_adopts_without_...`.
+    n = len(seeds)
+    assert runs["window_table"] >= n // 5 and runs["window_entry0"] >= n // 5
+    assert runs["window_sole_holder"] >= n // 10 and runs["tables_reasked"] >= n // 50
+    assert runs["takeovers_checked"] >= n // 2
 
 
 def test_same_seed_same_history() -> None:
@@ -349,3 +363,72 @@ def test_simulation_catches_a_grant_answered_before_two_backends_know_its_commit
         except InvariantViolation as exc:
             caught.append(str(exc))
     assert any("I7" in c for c in caught), caught
+
+
+def stalled_takeover(seed: int) -> bool:
+    """The simulation of `seed` finds a takeover stalled (`Simulation.check_takeovers`)."""
+    try:
+        Simulation(seed).run()
+    except InvariantViolation as exc:
+        return "liveness" in str(exc) and "stalled" in str(exc)
+    return False
+
+
+def test_a_takeover_asks_another_holder_and_adopts_without_a_sole_holder_gone() -> None:
+    """Seed 7: b3, the only backend with the highest version, crashes just after its
+    versions-only promise; the takeover does not wait for it but adopts from the promises
+    of b1 and b2 (`Leader._try_adopt`), and every check holds."""
+    sim = Simulation(7)
+    sim.run()
+    sim.heal_and_settle()
+    assert sim.stats["window_sole_holder"] > 0 and sim.stats["adopted_below_highest"] > 0
+
+
+def test_simulation_catches_a_takeover_waiting_for_a_holder_that_went_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without asking another holder when the one asked for its tables does not answer
+    (`Leader._timeout` leaves the takeover waiting for it, as before the fix), a holder that
+    crashed in the window after its versions-only promise stalls the takeover while two
+    other backends are up: caught, where another backend held the highest version too (seed
+    64: b1 crashes as the table request arrives) and where it held it alone (seed 7). Over
+    seeds 0-199, 9 runs catch it (5 with another holder: 64, 81, 99, 149, 178)."""
+    original = leader_mod.Leader._timeout
+
+    def waits(self: leader_mod.Leader, b: Any, mid: int, out: Any, now: float, fx: Any) -> None:
+        asked = b.name in self._tables_from
+        self._tables_from.discard(b.name)  # the fix's branch is not taken
+        try:
+            original(self, b, mid, out, now, fx)
+        finally:
+            if asked:
+                self._tables_from.add(b.name)  # still asked, as before the fix
+
+    monkeypatch.setattr(leader_mod.Leader, "_timeout", waits)
+    assert stalled_takeover(64) and stalled_takeover(7)
+
+
+def test_simulation_catches_a_takeover_waiting_for_a_sole_holder_that_went_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without adopting from the other promises when only a backend that is down holds the
+    highest version (`Leader._try_adopt` as before the fix: it asks that backend again and
+    again), the takeover of seed 7 stalls while b1 and b2 are up: caught (7 runs of seeds
+    0-199 catch it)."""
+
+    def before_the_fix(self: leader_mod.Leader, now: float, fx: Any) -> None:
+        adopt = takeover.to_adopt(self.backends)
+        if adopt is None:
+            return
+        counted, self._bootstrap = adopt
+        away = {b.name for b in self.backends if not b.up}
+        lacking = takeover.lacking_tables(counted, away)
+        if lacking:
+            for name in lacking - self._tables_from:
+                self._tables_from.add(name)
+                self._send_prepare(self._by_name[name], now, fx)
+            return
+        self._adopt(counted, now, fx)
+
+    monkeypatch.setattr(leader_mod.Leader, "_try_adopt", before_the_fix)
+    assert stalled_takeover(7)
