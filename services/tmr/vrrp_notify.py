@@ -141,6 +141,7 @@ class NotifyReader:
         request: Request = ctl_request,
         log: Logger = print,
         clock: Callable[[], float] = time.monotonic,
+        on_wake: Callable[[], object] | None = None,
     ) -> None:
         if not (retry_seconds >= 0 and retry_interval > 0 and ctl_timeout > 0):
             raise ValueError("retry_seconds >= 0, retry_interval > 0 and ctl_timeout > 0")
@@ -154,6 +155,7 @@ class NotifyReader:
         self._request = request
         self._log = log
         self._clock = clock
+        self._on_wake = on_wake  # run at least every IDLE_WAKE s (the lock: `ReaderLock.take`)
         self._buf = b""
         self._pending: _Pending | None = None
         self._stop_at: float | None = None  # set by `stop()` (SIGTERM)
@@ -168,6 +170,8 @@ class NotifyReader:
         """Until the FIFO is closed (keepalived exited or reloads) or the grace after
         `stop()` is over. Returns 0."""
         while True:
+            if self._on_wake is not None:
+                self._on_wake()
             now = self._clock()
             if self._stop_at is not None and now >= self._stop_at:
                 # Past the grace nothing of ours may still be sent: at a reload keepalived's
@@ -295,7 +299,9 @@ def run_reader(
     except OSError as exc:
         raise TmrError(f"{fifo}: cannot open the notify FIFO: {exc}") from None
     os.set_blocking(fd, False)
-    lock = _hold_lock(lock_file, log) if lock_file is not None else None
+    lock = ReaderLock(lock_file, log) if lock_file is not None else None
+    if lock is not None:
+        lock.wait(LOCK_WAIT)
     reader = NotifyReader(
         fd,
         socket,
@@ -304,6 +310,7 @@ def run_reader(
         retry_seconds=retry_seconds,
         retry_interval=retry_interval,
         log=log,
+        on_wake=lock.take if lock is not None else None,
     )
 
     def on_term(_signum: int, _frame: FrameType | None) -> None:
@@ -316,33 +323,65 @@ def run_reader(
     finally:
         os.close(fd)
         if lock is not None:
-            os.close(lock)  # the lock goes with it
+            lock.close()  # the lock goes with it
 
 
-def _hold_lock(path: Path, log: Logger, wait: float = LOCK_WAIT) -> int | None:
-    """Take `path`'s exclusive lock for this process's lifetime (the open descriptor is
-    returned; never inherited). At a keepalived reload the old reader holds it through its
-    grace (`STOP_GRACE`): this waits up to `wait` seconds for it (keepalived's lines wait in
-    the FIFO meanwhile), then goes on without it. A lock that cannot be had is logged, not
-    fatal: the reader still does its work; the health script then goes by the VIP."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    except OSError as exc:
-        log(f"cannot open the lock file {path}: {exc} (the health script goes by the VIP)")
-        return None
-    give_up = time.monotonic() + wait
-    while True:
+class ReaderLock:
+    """The lock a running reader holds on `path` for its lifetime (its descriptor is never
+    inherited; the kernel drops the lock with the process, kill -9 included). At a keepalived
+    reload the old reader holds it through its grace (`STOP_GRACE`), or longer while a command
+    to a slow tmr-server is under way (`ctl_timeout`): a new reader waits `wait` s for it
+    (keepalived's lines wait in the FIFO meanwhile), then reads on and takes it as soon as it is
+    free (`take`, on each of its wakes). A file that cannot be opened is logged, not fatal: the
+    reader still does its work; the health script then goes by the VIP."""
+
+    def __init__(self, path: Path, log: Logger) -> None:
+        self._path = path
+        self._log = log
+        self.held = False
+        self._waited = False
+        self._fd: int | None = None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= give_up:
-                why = f"another process holds it after {wait:g} s"
-                break
-            time.sleep(LOCK_POLL)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         except OSError as exc:
-            why = str(exc)
-            break
-    os.close(fd)
-    log(f"cannot lock {path}: {why} (the health script goes by the VIP)")
-    return None
+            log(f"cannot open the lock file {path}: {exc} (the health script goes by the VIP)")
+
+    def take(self) -> bool:
+        """Take the lock if it is free (never waits); whether this reader holds it."""
+        if self.held or self._fd is None:
+            return self.held
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._log(f"cannot lock {self._path}: {exc} (the health script goes by the VIP)")
+            os.close(self._fd)
+            self._fd = None
+            return False
+        self.held = True
+        if self._waited:
+            self._log(f"took the lock {self._path}: the previous reader has ended")
+        return True
+
+    def wait(self, seconds: float) -> bool:
+        """`take`, trying for up to `seconds`; whether this reader holds the lock."""
+        give_up = time.monotonic() + seconds
+        while not self.take():
+            if self._fd is None:
+                return False
+            if time.monotonic() >= give_up:
+                self._waited = True
+                self._log(
+                    f"{self._path} is still locked after {seconds:g} s (the previous reader is "
+                    "ending): reading on, taking it once free"
+                )
+                return False
+            time.sleep(LOCK_POLL)
+        return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.held = False

@@ -97,10 +97,18 @@ def run(
     *,
     reader: bool = True,
     vip_here: bool = False,
+    flock_rc: int | None = None,
 ) -> tuple[int, list[str], str]:
     """Exit code, the `tmr` commands it ran, what it logged. `reader`: the notify reader
-    holds its lock; `vip_here`: `ip` shows the VIP on this host."""
+    holds its lock; `vip_here`: `ip` shows the VIP on this host; `flock_rc`: a `flock` that
+    exits with this code (it cannot open the file, say) in place of the real one."""
     script = render(tmp_path)
+    fake_flock = tmp_path / "bin" / "flock"
+    if flock_rc is not None:
+        fake_flock.write_text(f"#!/bin/sh\nexit {flock_rc}\n")
+        fake_flock.chmod(0o755)
+    elif fake_flock.exists():
+        fake_flock.unlink()
     if vip_here:
         (tmp_path / "vip_here").write_text("")
     for name in ("calls", "log"):
@@ -209,3 +217,16 @@ def test_with_the_notify_reader_the_state_file_decides(tmp_path: Path) -> None:
     got, calls, _ = run(tmp_path, "BACKUP", STATUSES["standby_alone"], vip_here=True)
     assert got == 0
     assert calls == ["ctl --socket /run/tmr/server.sock health"]
+
+
+@pytest.mark.parametrize("rc", [66, 127])
+def test_a_lock_it_cannot_ask_counts_as_no_reader(tmp_path: Path, rc: int) -> None:
+    """flock(1) that cannot open the lock file (66) or is missing (127) cannot tell whether
+    the reader runs: the VIP decides, as without a reader; only the conflict code (75) means
+    a reader holds the lock."""
+    got, calls, log = run(tmp_path, "BACKUP", STATUSES["standby_alone"], vip_here=True, flock_rc=rc)
+    ctl = "ctl --socket /run/tmr/server.sock"
+    assert got == 0, log
+    assert calls == [f"{ctl} status", f"{ctl} promote"], log
+    got, calls, _ = run(tmp_path, "BACKUP", STATUSES["standby_alone"], vip_here=True, flock_rc=75)
+    assert calls == [f"{ctl} health"]

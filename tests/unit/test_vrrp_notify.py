@@ -19,6 +19,7 @@ import zmq
 
 from tmr.ctl import CtlError
 from tmr.vrrp_notify import (
+    IDLE_WAKE,
     STOP_GRACE,
     NotifyLineError,
     NotifyReader,
@@ -411,23 +412,37 @@ def test_a_killed_reader_leaves_its_lock_free(tmp_path: Path) -> None:
             proc.wait()
 
 
-def test_a_new_reader_waits_briefly_for_the_old_ones_lock(tmp_path: Path) -> None:
-    """At a reload the old reader holds the lock through its grace: the new one takes it
-    once free; held longer (a stray process), it goes on without it, and says so."""
-    from tmr import vrrp_notify
+def test_a_new_reader_takes_the_old_ones_lock_once_it_is_free(tmp_path: Path) -> None:
+    """At a reload the old reader holds the lock through its grace, or longer while a command
+    to a slow tmr-server is under way: the new one waits briefly, reads on, and takes the lock
+    on a later wake once the old one has ended (the health script then sees a reader again)."""
+    from tmr.vrrp_notify import ReaderLock
 
     lock_file = tmp_path / "notify.lock"
     logs: list[str] = []
     held = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o640)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    lock = ReaderLock(lock_file, logs.append)
     try:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        assert vrrp_notify._hold_lock(lock_file, logs.append, wait=0.1) is None
-        assert "another process holds it" in logs[-1]
+        assert lock.wait(0.1) is False and "still locked" in logs[-1]
+        assert lock.take() is False
+        os.close(held)  # the old reader ends
+        assert lock.take() is True and "took the lock" in logs[-1]
+        assert not _lock_free(lock_file)
     finally:
-        os.close(held)
-    fd = vrrp_notify._hold_lock(lock_file, logs.append, wait=0.1)
-    assert fd is not None and not _lock_free(lock_file)
-    os.close(fd)
+        lock.close()
     assert _lock_free(lock_file)
-    assert vrrp_notify._hold_lock(tmp_path / "no" / "such.lock", logs.append) is None
+    broken = ReaderLock(tmp_path / "no" / "such.lock", logs.append)
     assert "cannot open the lock file" in logs[-1]
+    assert broken.wait(0.1) is False and broken.take() is False
+
+
+def test_the_reader_tries_the_lock_on_each_wake(pipe: tuple[int, int], tmp_path: Path) -> None:
+    r, w = pipe
+    wakes: list[float] = []
+    rd = reader(r, FakeServer(), tmp_path, on_wake=lambda: wakes.append(time.monotonic()))
+    t = run_in_thread(rd)
+    wait_until(lambda: len(wakes) >= 2, timeout=IDLE_WAKE * 3 + 5)  # idle: every IDLE_WAKE s
+    os.close(w)
+    t.join(5)
+    assert not t.is_alive()
