@@ -96,7 +96,8 @@ def load_public_key(value: str | Path) -> str:
         return value
     path = Path(value)
     text = _read_text(path).strip()
-    if text.startswith("{"):
+    # A bare key first: "{" is a Z85 character, so one key in 85 begins with it.
+    if text.startswith("{") and not Z85_KEY_RE.fullmatch(text):
         return load_keypair(path).public
     z85_key_bytes(text, f"{path}: public key")
     return text

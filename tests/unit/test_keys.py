@@ -98,6 +98,16 @@ def test_load_public_key_forms(tmp_path: Path) -> None:
         load_public_key(tmp_path / "bad.pub")
 
 
+def test_a_public_key_file_whose_key_begins_with_a_brace(tmp_path: Path) -> None:
+    """'{' is a Z85 character: about one key in 85 begins with it, and its .pub file is
+    the key, not a key pair file in JSON."""
+    keys = next(k for k in (generate_keypair() for _ in range(20_000)) if k.public[0] == "{")
+    path = tmp_path / "node.key"
+    write_keypair(path, keys)
+    assert load_public_key(str(path) + ".pub") == keys.public
+    assert load_public_key(path) == keys.public
+
+
 def test_fingerprint_binds_key_and_machine_id() -> None:
     a, b = generate_keypair(), generate_keypair()
     fp = fingerprint_of(a.public, "0123456789abcdef0123456789abcdef")
