@@ -5,15 +5,11 @@ than ADMIN_CTL_WAIT, whatever the leader does."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tmr.config import BackendRef, ServerConfig
 from tmr.ctl import CtlError
-from tmr.keys import generate_keypair, write_keypair
 from tmr.protocol.client_api import AdminReleaseResult
 from tmr.replication.leader import ClientReply, Effects
 from tmr.server.service import ADMIN_CTL_WAIT, ServerService
@@ -30,27 +26,10 @@ class FakeCtl:
 
 
 @pytest.fixture
-def svc(tmp_path: Path) -> Iterator[ServerService]:
-    write_keypair(tmp_path / "service.key", generate_keypair())
-    write_keypair(tmp_path / "node.key", generate_keypair())
-    backends = tuple(
-        BackendRef(f"b{i}", f"tcp://127.0.0.1:{1 + i}", generate_keypair().public)
-        for i in (1, 2, 3)
-    )
-    cfg = ServerConfig(
-        "tmr-a",
-        tmp_path / "service.key",
-        tmp_path / "node.key",
-        backends,
-        state_dir=tmp_path / "state",
-        ctl_socket=tmp_path / "ctl.sock",
-        web_listen=None,
-    )
-    s = ServerService(cfg)
-    s.ctl_server.sock = FakeCtl()
-    yield s
-    s.loop.close()
-    s.ctx.term()
+def svc(svc: ServerService) -> ServerService:
+    """The shared service (tests/unit/conftest.py), its control socket a stand-in."""
+    svc.ctl_server.sock = FakeCtl()
+    return svc
 
 
 def _sent(svc: ServerService) -> list[dict[str, Any]]:

@@ -4,14 +4,11 @@ asked), and that the buffer goes only to up backends that keep denial records.""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tmr.config import BackendRef, ServerConfig
 from tmr.errors import ErrorCode
-from tmr.keys import generate_keypair, write_keypair
 from tmr.protocol import peer_api
 from tmr.protocol.client_api import CheckoutRequest, QueuedResult
 from tmr.replication.leader import ClientReply, Effects
@@ -27,29 +24,6 @@ class FakeDealer:
 
     def send(self, frame: bytes, flags: int = 0) -> None:
         self.frames.append(frame)
-
-
-@pytest.fixture
-def svc(tmp_path: Path) -> Iterator[ServerService]:
-    write_keypair(tmp_path / "service.key", generate_keypair())
-    write_keypair(tmp_path / "node.key", generate_keypair())
-    backends = tuple(
-        BackendRef(f"b{i}", f"tcp://127.0.0.1:{1 + i}", generate_keypair().public)
-        for i in (1, 2, 3)
-    )
-    cfg = ServerConfig(
-        "tmr-a",
-        tmp_path / "service.key",
-        tmp_path / "node.key",
-        backends,
-        state_dir=tmp_path / "state",
-        ctl_socket=tmp_path / "ctl.sock",
-        web_listen=None,
-    )
-    s = ServerService(cfg)
-    yield s
-    s.loop.close()
-    s.ctx.term()
 
 
 @pytest.fixture

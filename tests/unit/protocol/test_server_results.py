@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.replication.harness import Harness
-from tmr.config import BackendRef, ServerConfig
-from tmr.keys import generate_keypair, write_keypair
 from tmr.licensing.effective import CopyProblem, Effective
 from tmr.protocol import results as r
 from tmr.protocol.client_api import (
@@ -197,29 +193,6 @@ def test_every_answer_of_a_leader_session_round_trips() -> None:
 
 
 # ---------------------------------------------------------------------------- the service
-
-
-@pytest.fixture
-def svc(tmp_path: Path) -> Iterator[ServerService]:
-    write_keypair(tmp_path / "service.key", generate_keypair())
-    write_keypair(tmp_path / "node.key", generate_keypair())
-    backends = tuple(
-        BackendRef(f"b{i}", f"tcp://127.0.0.1:{1 + i}", generate_keypair().public)
-        for i in (1, 2, 3)
-    )
-    cfg = ServerConfig(
-        "tmr-a",
-        tmp_path / "service.key",
-        tmp_path / "node.key",
-        backends,
-        state_dir=tmp_path / "state",
-        ctl_socket=tmp_path / "ctl.sock",
-        web_listen=None,
-    )
-    s = ServerService(cfg)
-    yield s
-    s.loop.close()
-    s.ctx.term()
 
 
 def test_the_services_list_and_status_round_trip(svc: ServerService) -> None:

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import zmq
 
-from tmr.config import BackendRef, ServerConfig
-from tmr.keys import generate_keypair, write_keypair
 from tmr.server.service import ServerService
 from tmr.serving.gc_pause import BULK_FRAME, gc_paused
 
@@ -69,29 +66,6 @@ class FakeDealer:
         if option == zmq.EVENTS:
             return zmq.POLLIN if self.frames else 0
         return 0  # RCVMORE: one frame each
-
-
-@pytest.fixture
-def svc(tmp_path: Path) -> Iterator[ServerService]:
-    write_keypair(tmp_path / "service.key", generate_keypair())
-    write_keypair(tmp_path / "node.key", generate_keypair())
-    backends = tuple(
-        BackendRef(f"b{i}", f"tcp://127.0.0.1:{1 + i}", generate_keypair().public)
-        for i in (1, 2, 3)
-    )
-    cfg = ServerConfig(
-        "tmr-a",
-        tmp_path / "service.key",
-        tmp_path / "node.key",
-        backends,
-        state_dir=tmp_path / "state",
-        ctl_socket=tmp_path / "ctl.sock",
-        web_listen=None,
-    )
-    s = ServerService(cfg)
-    yield s
-    s.loop.close()
-    s.ctx.term()
 
 
 def test_the_server_handles_a_bulk_backend_frame_with_the_collector_paused(
