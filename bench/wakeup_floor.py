@@ -1,15 +1,18 @@
 """The floor of a Python ZeroMQ server's CPU per message when messages come one at a time
 (docs/performance.md, issue 17's heartbeat target).
 
-`python -m bench.wakeup_floor [--clients C] [--rate R] [--seconds S]`: a bare ROUTER with
-CURVE and a ZAP handler, polled with as many other sockets as the TMR server's loop watches,
-that answers each message at once with the message itself (no decoding, no state); a client
-process with C CURVE DEALER sockets sends R messages a second, spread evenly, round-robin
-over its sockets (the pattern of C heartbeating clients). Prints the CPU µs per message of
-the server's main thread and of its ZeroMQ I/O thread: what any server built this way pays
-per message before doing any work of its own. Compare `bench.heartbeat_cost` (the TMR
-server under the same pattern) and `bench.server_micro` (the TMR server's own Python work
-per heartbeat, without sockets).
+`python -m bench.wakeup_floor [--clients C] [--rate R] [--seconds S] [--coalesce MS]`: a bare
+ROUTER with CURVE and a ZAP handler, polled with as many other sockets as the TMR server's
+loop watches, that answers each message at once with the message itself (no decoding, no
+state); a client process with C CURVE DEALER sockets sends R messages a second, spread
+evenly, round-robin over its sockets (the pattern of C heartbeating clients). Prints the CPU
+µs per message of the server's main thread and of its ZeroMQ I/O thread: what any server
+built this way pays per message before doing any work of its own. Compare
+`bench.heartbeat_cost` (the TMR server under the same pattern) and `bench.server_micro` (the
+TMR server's own Python work per heartbeat, without sockets). `--coalesce MS`: after a turn
+that answered messages the server sleeps MS before it polls again, so that the messages
+arriving meanwhile share one wake-up (what the TMR server's idle hold does while busy,
+`tmr.server.service.IDLE_HOLD`).
 """
 
 from __future__ import annotations
@@ -50,7 +53,12 @@ def _threads() -> dict[str, float]:
 
 
 def server(
-    ready: Queue[Any], done: Queue[Any], public: bytes, secret: bytes, seconds: float
+    ready: Queue[Any],
+    done: Queue[Any],
+    public: bytes,
+    secret: bytes,
+    seconds: float,
+    coalesce: float = 0.0,
 ) -> None:
     ctx = zmq.Context()
     zap = ctx.socket(zmq.REP)
@@ -86,6 +94,8 @@ def server(
                 send_frames(sock, [frames[0], b"", frames[-1]])
                 if before is not None:
                     count += 1
+            if coalesce:
+                time.sleep(coalesce)
         if before is None and time.monotonic() >= start:
             before = _threads()
             t0 = time.monotonic()
@@ -149,11 +159,14 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=1000, help="client sockets (1000)")
     ap.add_argument("--rate", type=float, default=1000.0, help="messages per second (1000)")
     ap.add_argument("--seconds", type=float, default=12.0, help="run time (12)")
+    ap.add_argument("--coalesce", type=float, default=0.0, help="ms to sleep after a turn (0)")
     args = ap.parse_args()
     public, secret = zmq.curve_keypair()
     ready: Queue[Any] = mp.Queue()
     done: Queue[Any] = mp.Queue()
-    srv = mp.Process(target=server, args=(ready, done, public, secret, args.seconds + 1.0))
+    srv = mp.Process(
+        target=server, args=(ready, done, public, secret, args.seconds + 1.0, args.coalesce / 1000)
+    )
     srv.start()
     port = ready.get(timeout=30)
     cl = mp.Process(target=client, args=(port, public, args.clients, args.rate, args.seconds))

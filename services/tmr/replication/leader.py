@@ -203,6 +203,10 @@ class Leader:
     def role(self) -> Role:
         return self._roles.role
 
+    def awaiting_backends(self) -> bool:
+        """Whether a message to a backend is unanswered (an entry or probe in flight)."""
+        return any(b.outstanding for b in self.backends)
+
     @property
     def _phase(self) -> Phase:
         return self._roles.phase

@@ -7,6 +7,9 @@ A service adds, in the order they must run within one turn:
 - `each_turn(fn)`: ``fn(now)`` every turn (the server's leader pump, after the sockets);
 - `every(interval, fn)`: ``fn(now)`` when due (the poll never sleeps past a due timer);
 
+and a step may `hold` the next turn back a little, so that messages arriving meanwhile are
+served by one wake-up instead of one each (the server after a turn of heartbeats only);
+
 plus `serve_zap` (first in every turn) and `serve_ctl` (the control socket through a
 `CommandRegistry`). `on_signal(signum, fn)` (or `stop_on_signals`) catches a signal from
 `install_signals` (or `run`) until `run` returns, main thread only, and runs ``fn`` once per
@@ -17,6 +20,7 @@ called from any thread, or from a step or a signal action.
 
 from __future__ import annotations
 
+import select
 import signal
 import time
 from collections.abc import Callable
@@ -59,6 +63,9 @@ class ServiceLoop:
         self.poller.register(self._signals.fileno(), zmq.POLLIN)
         self.stop_reason = ""
         self._signals_installed = False
+        self._hold = 0.0  # seconds the next poll waits for (`hold`)
+        self._hold_poll = select.poll()  # what ends a hold: the self-pipe only
+        self._hold_poll.register(self._signals.fileno(), select.POLLIN)
 
     # ------------------------------------------------------------------ what to serve
 
@@ -111,6 +118,15 @@ class ServiceLoop:
         """Make the poll return now (thread-safe), e.g. when a worker has answers."""
         self._signals.wake()
 
+    def hold(self, seconds: float) -> None:
+        """After this turn, wait up to ``seconds`` before polling the sockets again, so that
+        the messages that arrive meanwhile are taken by one turn: one wake-up of this thread
+        (and of ZeroMQ's I/O thread for the answers) for all of them instead of one each. A
+        signal, `stop` or `wake` ends the wait at once, and it never runs past a due timer.
+        For light, steady traffic only (the caller decides when): a message that arrives
+        during the wait is served up to ``seconds`` later."""
+        self._hold = max(self._hold, seconds)
+
     def install_signals(self) -> None:
         """Catch the signals given to `on_signal` from now on (`run` does it if not done):
         one that comes before `run` is served in its first turn."""
@@ -138,11 +154,22 @@ class ServiceLoop:
                     elif step.sock is None or step.sock in ready:
                         step.fn(now)
                 flush_logs()
+                if self._hold:
+                    self._wait_held()
         finally:
             self._signals.restore()
             self._signals_installed = False
             flush_logs()
         return self.stop_reason
+
+    def _wait_held(self) -> None:
+        wait_ms = int(self._hold * 1000)
+        self._hold = 0.0
+        due_ms = self._timeout_ms()
+        if due_ms >= 0:
+            wait_ms = min(wait_ms, due_ms - 1)
+        if wait_ms > 0 and not self.stop_reason:
+            self._hold_poll.poll(wait_ms)
 
     def _timeout_ms(self) -> int:
         if not self._timers:

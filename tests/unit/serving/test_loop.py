@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+import zmq
 
 from tmr.serving.loop import ServiceLoop
 from tmr.serving.signals import SignalPipe
@@ -136,3 +137,90 @@ def test_stop_signals_name_the_reason(signum: int) -> None:
         assert loop.run() == signal.Signals(signum).name
     finally:
         loop.close()
+
+
+def _pair(tag: str) -> tuple[zmq.Context[zmq.Socket[bytes]], zmq.Socket[bytes], zmq.Socket[bytes]]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    a.bind(f"inproc://hold-{tag}")
+    b.connect(f"inproc://hold-{tag}")
+    return ctx, a, b
+
+
+def test_a_hold_keeps_a_ready_socket_waiting_until_it_ends() -> None:
+    """Messages that arrive during a hold are taken together by the turn after it."""
+    ctx, inbox, peer = _pair("wait")
+    loop = ServiceLoop()
+    got: list[tuple[float, int]] = []
+    sent_at: list[float] = []
+
+    def take(now: float) -> None:
+        n = 0
+        while inbox.poll(0):
+            inbox.recv()
+            n += 1
+        got.append((time.monotonic(), n))
+        loop.stop("taken")
+
+    def first_turn(now: float) -> None:
+        if not sent_at:
+            loop.hold(0.3)
+            sent_at.append(time.monotonic())
+            for _ in range(3):
+                peer.send(b"m")  # readable at once, served after the hold
+
+    loop.watch(inbox, take)
+    loop.each_turn(first_turn)
+    _bounded(loop)
+    loop.wake()  # the first turn
+    try:
+        assert loop.run() == "taken"
+    finally:
+        loop.close()
+        inbox.close(linger=0)
+        peer.close(linger=0)
+        ctx.term()
+    assert len(got) == 1 and got[0][1] == 3  # one turn took all three
+    assert got[0][0] - sent_at[0] >= 0.25
+
+
+def test_stop_from_another_thread_ends_a_hold_at_once() -> None:
+    loop = ServiceLoop()
+    held = threading.Event()
+
+    def hold_long(now: float) -> None:
+        loop.hold(60.0)
+        held.set()
+
+    loop.each_turn(hold_long)
+    loop.wake()
+    result: list[str] = []
+    thread = threading.Thread(target=lambda: result.append(loop.run()), daemon=True)
+    start = time.monotonic()
+    thread.start()
+    assert held.wait(10)
+    loop.stop("asked")
+    thread.join(timeout=20)
+    loop.close()
+    assert not thread.is_alive() and result == ["asked"]
+    assert time.monotonic() - start < 30  # not the 60 s of the hold
+
+
+def test_a_hold_ends_when_a_timer_is_due() -> None:
+    loop = ServiceLoop()
+    ticks: list[float] = []
+
+    def tick(now: float) -> None:
+        ticks.append(now)
+        if len(ticks) == 3:
+            loop.stop("three")
+
+    loop.each_turn(lambda now: loop.hold(60.0))  # every turn asks for a minute
+    loop.every(0.05, tick, first=0.0)
+    _bounded(loop)
+    start = time.monotonic()
+    try:
+        assert loop.run() == "three"
+    finally:
+        loop.close()
+    assert time.monotonic() - start < 30  # the timer ran on time, not after the holds

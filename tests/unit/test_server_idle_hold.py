@@ -1,0 +1,138 @@
+"""The server holds its next poll back (`IDLE_HOLD`) only after a turn that read client
+requests and left nothing for a backend to answer, while active and busy (at least
+`HOLD_MIN_RATE` requests a second; `ServerService._hold_if_idle`): heartbeats then share
+wake-ups, a checkout or release is never kept waiting for one, and a quiet server never holds."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+
+from tests.unit.replication.harness import Harness
+from tmr.protocol.client_api import (
+    CheckoutRequest,
+    HeartbeatRequest,
+    ReleaseRequest,
+    Request,
+    encode_request,
+)
+from tmr.replication.types import LicenseInfo
+from tmr.server.service import HOLD_MIN_RATE, IDLE_HOLD, RATE_WINDOW, ServerService
+
+KEY = (6000123, 42)
+OWNER = "K" * 40
+
+
+class FakeSocket:
+    """Takes what the service sends (replies to clients, requests to backends)."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def send(self, frame: bytes, flags: int = 0) -> None:
+        self.frames.append(frame)
+
+
+@pytest.fixture
+def active(svc: ServerService) -> Iterator[tuple[ServerService, Harness]]:
+    """`svc` with the active leader of a harness, its sockets replaced by fakes."""
+    h = Harness({KEY: LicenseInfo(7, 5, True)})
+    h.promote()
+    svc.leader = h.leader
+    svc.client = FakeSocket()  # type: ignore[assignment]
+    svc.dealers = {b.name: FakeSocket() for b in h.leader.backends}  # type: ignore[assignment]
+    yield svc, h
+
+
+def _turn(svc: ServerService, now: float, *reqs: Request) -> float:
+    """One loop turn at ``now`` that read ``reqs``: the hold it asked for (0: none)."""
+    for req in reqs:
+        svc.on_client([b"peer", b"", encode_request(req)], now, OWNER)
+    svc._hold_if_idle(now)
+    held, svc.loop._hold = svc.loop._hold, 0.0
+    return held
+
+
+def _window(svc: ServerService, h: Harness, handle: str, rate: float = HOLD_MIN_RATE) -> float:
+    """A window with ``rate`` heartbeats a second ends (the leader's clock runs on with it):
+    the server counts as busy, or not, until the next one ends. The time of the next turn."""
+    svc._hold_if_idle(h.now)  # the window before ends, this one starts
+    start = h.now
+    h.advance(RATE_WINDOW + 0.05)  # a little more: the harness steps by 0.1 s in floats
+    n = math.ceil(rate * (h.now - start))
+    _turn(svc, h.now, *(HeartbeatRequest(f"b{i}", "c1", handle) for i in range(n)))  # it ends
+    return h.now
+
+
+def _grant(h: Harness) -> str:
+    reply = h.call("checkout", "r0", "c1", KEY[0], KEY[1], 1, owner=OWNER)
+    assert reply.result is not None
+    handle: str = reply.result.handle  # type: ignore[attr-defined]
+    return handle
+
+
+def test_a_turn_of_heartbeats_holds_the_next_poll(active: tuple[ServerService, Harness]) -> None:
+    svc, h = active
+    handle = _grant(h)
+    now = _window(svc, h, handle)
+    assert not h.leader.awaiting_backends()
+    two = HeartbeatRequest("r1", "c1", handle), HeartbeatRequest("r2", "c1", handle)
+    assert _turn(svc, now, *two) == IDLE_HOLD > 0
+    assert svc.loop._hold == 0.0  # asked once per turn, taken by the loop
+
+
+def test_a_quiet_server_never_holds(active: tuple[ServerService, Harness]) -> None:
+    svc, h = active
+    handle = _grant(h)
+    assert _turn(svc, h.now, HeartbeatRequest("r1", "c1", handle)) == 0.0  # no window yet
+    now = _window(svc, h, handle, rate=HOLD_MIN_RATE / 2)
+    assert _turn(svc, now, HeartbeatRequest("r2", "c1", handle)) == 0.0
+    now = _window(svc, h, handle)
+    assert _turn(svc, now, HeartbeatRequest("r3", "c1", handle)) == IDLE_HOLD
+
+
+def test_a_turn_that_starts_replicating_never_holds(
+    active: tuple[ServerService, Harness],
+) -> None:
+    svc, h = active
+    handle = _grant(h)
+    now = _window(svc, h, handle)
+    checkout = CheckoutRequest("r1", "c1", KEY[0], KEY[1], 1)
+    assert _turn(svc, now, HeartbeatRequest("r2", "c1", handle), checkout) == 0.0
+    assert h.leader.awaiting_backends()  # the checkout's entry went to the backends
+
+
+def test_a_release_is_not_held_back(active: tuple[ServerService, Harness]) -> None:
+    svc, h = active
+    handle = _grant(h)
+    now = _window(svc, h, handle)
+    assert _turn(svc, now, ReleaseRequest("r1", "c1", handle)) == 0.0
+    assert h.leader.awaiting_backends()
+
+
+def test_a_turn_without_client_requests_never_holds(
+    active: tuple[ServerService, Harness],
+) -> None:
+    svc, h = active
+    now = _window(svc, h, _grant(h))
+    assert _turn(svc, now) == 0.0
+
+
+def test_a_standby_never_holds(svc: ServerService) -> None:
+    svc.client = FakeSocket()  # type: ignore[assignment]
+    svc._hold_if_idle(1.0)
+    _turn(svc, 1.0, *(HeartbeatRequest(f"b{i}", "c1", "h1-sa-1") for i in range(1000)))
+    svc._hold_if_idle(1.0 + RATE_WINDOW)
+    assert svc._busy
+    assert _turn(svc, 2.5, HeartbeatRequest("r1", "c1", "h1-sa-1")) == 0.0
+    assert svc.client.frames  # answered NOT_ACTIVE at once
+
+
+def test_zero_turns_the_hold_off(active: tuple[ServerService, Harness]) -> None:
+    svc, h = active
+    handle = _grant(h)
+    now = _window(svc, h, handle)
+    svc.idle_hold = 0.0
+    assert _turn(svc, now, HeartbeatRequest("r1", "c1", handle)) == 0.0
