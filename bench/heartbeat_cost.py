@@ -1,12 +1,16 @@
 """Idle CPU of the server and the backends with N heartbeating clients and H held handles.
 
-`python -m bench.heartbeat_cost [--clients N] [--period S] [--held H] [--window W]`: a fresh
-local cluster (`tmr local up`, the benchmark's long lease), then, in order: the idle CPU of
-the active server and of the three backends over `window` s with nothing connected; after a
-holder took H handles (no heartbeats); after N clients with one handle each heartbeat every
-`period` s (the growth section's `Bench._heartbeaters`). Prints one JSON line per stage
+`python -m bench.heartbeat_cost [--clients N] [--period S] [--held H] [--window W]
+[--cycle R [--cycle-clients C]]`: a fresh local cluster (`tmr local up`, the benchmark's long
+lease), then, in order: the idle CPU of the active server and of the three backends over
+`window` s with nothing connected; after a holder took H handles (no heartbeats); after N
+clients with one handle each heartbeat every `period` s (the growth section's
+`Bench._heartbeaters`). Prints one JSON line per stage
 (percent of one core, and µs of CPU per heartbeat for the last). The same heartbeat rate
 with fewer clients (N / period) isolates the cost per heartbeat from the cost per client.
+With `--cycle R`, after each stage R load runs of C clients (100) cycling: cycles/s and the
+latency of a checkout or release (at C = 1, what the server's idle hold costs a lone client
+among heartbeating ones).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 
 from bench import profile
 from bench import run as bench_run
-from bench.common import Json, cpu_seconds
+from bench.common import Json, cpu_seconds, percentile
 
 BACKENDS = ("backend-1", "backend-2", "backend-3")
 
@@ -71,8 +75,9 @@ def idle(
     return out
 
 
-def cycles(bench: bench_run.Bench, cl: bench_run.Cluster, runs: int) -> Json:
-    """`runs` load runs of 100 clients cycling: cycles/s (median) and CPU µs per cycle."""
+def cycles(bench: bench_run.Bench, cl: bench_run.Cluster, runs: int, clients: int = 100) -> Json:
+    """`runs` load runs of `clients` clients cycling: cycles/s (median), the latency of a
+    checkout or release (p50 and p99 over the runs) and CPU µs per cycle."""
     if not runs:
         return {}
     active = cl.active()
@@ -80,13 +85,23 @@ def cycles(bench: bench_run.Bench, cl: bench_run.Cluster, runs: int) -> Json:
     pids = {"server": cl.pid(active), **{b: cl.pid(b) for b in BACKENDS}}
     rates: list[float] = []
     cpu: list[Json] = []
+    latencies: list[float] = []
     for _ in range(runs):
         result, info = bench.load(
-            "hbc", endpoints, 100, first=first, cpu_pids=pids, key=cl.key, cluster=cl
+            "hbc", endpoints, clients, first=first, cpu_pids=pids, key=cl.key, cluster=cl
         )
         rates.append(round(result.rate, 1))
         cpu.append(info["cpu_us_per_cycle"])
-    return {"rates": rates, "rate_per_s": statistics.median(rates), "cpu_us_per_cycle": cpu}
+        latencies.extend(result.latencies_ms)
+    latencies.sort()
+    return {
+        "cycle_clients": clients,
+        "rates": rates,
+        "rate_per_s": statistics.median(rates),
+        "p50_ms": round(percentile(latencies, 50), 2) if latencies else None,
+        "p99_ms": round(percentile(latencies, 99), 2) if latencies else None,
+        "cpu_us_per_cycle": cpu,
+    }
 
 
 def main() -> int:
@@ -101,7 +116,11 @@ def main() -> int:
         type=int,
         default=0,
         metavar="R",
-        help="after each idle window, R runs of 100 clients cycling (cycles/s, median)",
+        help="after each idle window, R runs of --cycle-clients clients cycling (cycles/s, "
+        "median; latency p50, p99)",
+    )
+    ap.add_argument(
+        "--cycle-clients", type=int, default=100, help="clients of each --cycle run (100)"
     )
     args = ap.parse_args()
     bench_run.HEARTBEAT_PERIOD = args.period
@@ -119,7 +138,10 @@ def main() -> int:
             time.sleep(2.0)
             base = idle(cl, args.window)
             print(
-                json.dumps({"stage": "empty", **base, **cycles(bench, cl, args.cycle)}), flush=True
+                json.dumps(
+                    {"stage": "empty", **base, **cycles(bench, cl, args.cycle, args.cycle_clients)}
+                ),
+                flush=True,
             )
             endpoints, first = cl.endpoints_from(cl.active())
             if args.held:
@@ -128,7 +150,11 @@ def main() -> int:
                 m = idle(cl, args.window)
                 print(
                     json.dumps(
-                        {"stage": f"held {args.held}", **m, **cycles(bench, cl, args.cycle)}
+                        {
+                            "stage": f"held {args.held}",
+                            **m,
+                            **cycles(bench, cl, args.cycle, args.cycle_clients),
+                        }
                     ),
                     flush=True,
                 )
@@ -147,7 +173,7 @@ def main() -> int:
                     if rate
                     else None
                 )
-                m.update(cycles(bench, cl, args.cycle))
+                m.update(cycles(bench, cl, args.cycle, args.cycle_clients))
                 print(
                     json.dumps({"stage": f"{connected} clients / {args.period} s", **m}), flush=True
                 )
