@@ -12,7 +12,7 @@ built this way pays per message before doing any work of its own. Compare
 TMR server's own Python work per heartbeat, without sockets). `--coalesce MS`: after a turn
 that answered messages the server sleeps MS before it polls again, so that the messages
 arriving meanwhile share one wake-up (what the TMR server's idle hold does while busy,
-`tmr.server.service.IDLE_HOLD`).
+`idle_hold_ms` of the server's configuration).
 """
 
 from __future__ import annotations

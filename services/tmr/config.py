@@ -16,6 +16,9 @@ from tmr.errors import ConfigError
 from tmr.licensing.curve import CurveKeyError, z85_key_bytes
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# The longest idle hold a server may be configured with (`ServerConfig.idle_hold_ms`): a
+# request that arrives during a hold waits up to that long.
+IDLE_HOLD_MAX_MS = 50
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,10 @@ class ServerConfig:
     # a license that expires within this many days shows the expiry state "warning" (status,
     # WebAdmin, tmr client list, tmr_license_expiry_state in /metrics); 0: never warn
     expiry_warning_days: float = 30.0
+    # while busy (200+ client requests a second), after a turn of requests that replicate
+    # nothing (heartbeats), wait this many ms before reading again so that the next ones
+    # share a wake-up (tmr.server.service, design.md §11); 0: never wait; 0 to 50
+    idle_hold_ms: float = 8.0
     # the site's policy file (include / exclude / max / reserve per license, tmr.policy);
     # none: no rules. Read at start and by `tmr ctl reload`; a bad file is refused whole.
     policy_file: Path | None = None
@@ -225,6 +232,11 @@ def load_server_config(path: Path) -> ServerConfig:
             _check(path, key, value, (int, float), "a number")
             if not 0 <= value <= 3650:
                 raise ConfigError(f"{path}: key 'expiry_warning_days' must be 0 to 3650")
+            out[key] = float(value)
+        elif key == "idle_hold_ms":
+            _check(path, key, value, (int, float), "a number")
+            if not 0 <= value <= IDLE_HOLD_MAX_MS:
+                raise ConfigError(f"{path}: key 'idle_hold_ms' must be 0 to {IDLE_HOLD_MAX_MS}")
             out[key] = float(value)
         elif key == "usage_max_rows":
             out[key] = _check(path, key, value, int, "an integer")

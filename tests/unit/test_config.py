@@ -64,6 +64,13 @@ def test_server_expiry_warning_days(tmp_path: Path) -> None:
     assert load_server_config(write(tmp_path, text)).expiry_warning_days == 0.0
 
 
+def test_server_idle_hold_ms(tmp_path: Path) -> None:
+    assert load_server_config(write(tmp_path, SERVER)).idle_hold_ms == 8.0
+    for text, want in (("idle_hold_ms = 0", 0.0), ("idle_hold_ms = 2.5", 2.5)):
+        cfg = load_server_config(write(tmp_path, SERVER.replace("lease_seconds = 10", text)))
+        assert cfg.idle_hold_ms == want
+
+
 def test_server_leader_live_window(tmp_path: Path) -> None:
     text = SERVER.replace("lease_seconds = 10", "probe_interval = 0.5\nleader_live_window = 1.5")
     cfg = load_server_config(write(tmp_path, text))
@@ -105,6 +112,15 @@ def test_backend_errors_name_the_key(tmp_path: Path, text: str, needle: str) -> 
         (SERVER.replace("lease_seconds = 10", "expiry_warning_days = -1"), "expiry_warning_days"),
         (SERVER.replace("lease_seconds = 10", "expiry_warning_days = 4000"), "0 to 3650"),
         (SERVER.replace("lease_seconds = 10", 'expiry_warning_days = "30"'), "expiry_warning"),
+        (
+            SERVER.replace("lease_seconds = 10", "idle_hold_ms = -1"),
+            "'idle_hold_ms' must be 0 to 50",
+        ),
+        (
+            SERVER.replace("lease_seconds = 10", "idle_hold_ms = 51"),
+            "'idle_hold_ms' must be 0 to 50",
+        ),
+        (SERVER.replace("lease_seconds = 10", 'idle_hold_ms = "8"'), "idle_hold_ms"),
         (
             SERVER.replace("lease_seconds = 10", "probe_interval = 1.0"),
             "'leader_live_window' .* greater than 'probe_interval'",

@@ -1,7 +1,8 @@
-"""The server holds its next poll back (`IDLE_HOLD`) only after a turn that read client
-requests and left nothing for a backend to answer, while active and busy (at least
-`HOLD_MIN_RATE` requests a second; `ServerService._hold_if_idle`): heartbeats then share
-wake-ups, a checkout or release is never kept waiting for one, and a quiet server never holds."""
+"""The server holds its next poll back (`idle_hold_ms` of server.toml, 8 ms) only after a
+turn that read client requests and left nothing for a backend to answer, while active and
+busy (at least `HOLD_MIN_RATE` requests a second; `ServerService._hold_if_idle`): heartbeats
+then share wake-ups, a checkout or release is never kept waiting for one, and a quiet server
+never holds."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.unit.replication.harness import Harness
+from tmr.config import ServerConfig
 from tmr.protocol.client_api import (
     CheckoutRequest,
     HeartbeatRequest,
@@ -19,9 +21,10 @@ from tmr.protocol.client_api import (
     encode_request,
 )
 from tmr.replication.types import LicenseInfo
-from tmr.server.service import HOLD_MIN_RATE, IDLE_HOLD, RATE_WINDOW, ServerService
+from tmr.server.service import HOLD_MIN_RATE, RATE_WINDOW, ServerService
 
 KEY = (6000123, 42)
+IDLE_HOLD = ServerConfig.idle_hold_ms / 1000.0  # the default, in seconds
 OWNER = "K" * 40
 
 
@@ -136,3 +139,12 @@ def test_zero_turns_the_hold_off(active: tuple[ServerService, Harness]) -> None:
     now = _window(svc, h, handle)
     svc.idle_hold = 0.0
     assert _turn(svc, now, HeartbeatRequest("r1", "c1", handle)) == 0.0
+
+
+def test_the_hold_is_the_configured_one(active: tuple[ServerService, Harness]) -> None:
+    svc, h = active
+    assert svc.idle_hold == svc.cfg.idle_hold_ms / 1000.0 == 0.008
+    handle = _grant(h)
+    now = _window(svc, h, handle)
+    svc.idle_hold = 0.002
+    assert _turn(svc, now, HeartbeatRequest("r1", "c1", handle)) == 0.002

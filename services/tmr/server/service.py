@@ -78,15 +78,15 @@ def _with_extra(entry: LicenseEntry, more: dict[str, Any]) -> LicenseEntry:
 
 MAX_DRAIN = 2000  # messages taken from one socket per loop turn
 # While busy (at least HOLD_MIN_RATE client requests a second over the last RATE_WINDOW), the
-# loop waits IDLE_HOLD before it polls again after a turn that read client requests and left
-# no message to a backend unanswered (heartbeats, status and list requests, refusals: nothing
-# being replicated), so that the requests arriving meanwhile share one wake-up
-# (`ServiceLoop.hold`; design.md §2, §11). A turn that starts replicating never waits: a
-# checkout or release is answered as soon as its entry commits. A request that arrives during
-# a hold waits for its end (at most IDLE_HOLD); below the rate, where a hold would gather
-# next to nothing, nothing waits. Measured (docs/performance.md): 1,000 heartbeats a second
-# (10,000 clients at the default lease) cost the server 75-89 instead of 125-146 us each.
-IDLE_HOLD = 0.008
+# loop waits `idle_hold_ms` (server.toml, 8 ms by default) before it polls again after a turn
+# that read client requests and left no message to a backend unanswered (heartbeats, status
+# and list requests, refusals: nothing being replicated), so that the requests arriving
+# meanwhile share one wake-up (`ServiceLoop.hold`; design.md §2, §11). A turn that starts
+# replicating never waits: a checkout or release is answered as soon as its entry commits. A
+# request that arrives during a hold waits for its end; below the rate, where a hold would
+# gather next to nothing, nothing waits. Measured (docs/performance.md): 1,000 heartbeats a
+# second (10,000 clients at the default lease) cost the server 75-89 instead of 125-146 us
+# each with 8 ms.
 HOLD_MIN_RATE = 200.0
 RATE_WINDOW = 1.0
 # Events that come at the rate of checkouts are logged at debug: at info they would flood the
@@ -205,7 +205,7 @@ class ServerService:
         # which owns the handles that connection checks out.
         allowed = frozenset(cfg.client_allowlist) if cfg.client_allowlist else None
         self.zap = ZapHandler(allowed, self.zap_denials, socket="client")
-        self.idle_hold = IDLE_HOLD  # 0: never hold a turn back
+        self.idle_hold = cfg.idle_hold_ms / 1000.0  # seconds; 0: never hold a turn back
         self._turn_requests = 0  # client requests read this turn
         self._window_requests = 0  # ... since _window_start
         self._window_start = float("-inf")
@@ -628,7 +628,7 @@ class ServerService:
         return 0
 
     def _hold_if_idle(self, now: float) -> None:
-        """The loop's last step: hold the next turn back (`IDLE_HOLD`) after a turn that read
+        """The loop's last step: hold the next turn back (`idle_hold`) after a turn that read
         client requests and left nothing for a backend to answer, while active and busy."""
         n, self._turn_requests = self._turn_requests, 0
         self._window_requests += n
