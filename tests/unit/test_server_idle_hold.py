@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterator
 
 import pytest
+import zmq
 
 from tests.unit.replication.harness import Harness
 from tmr.config import ServerConfig
@@ -20,6 +21,7 @@ from tmr.protocol.client_api import (
     Request,
     encode_request,
 )
+from tmr.replication.roles import Role
 from tmr.replication.types import LicenseInfo
 from tmr.server.service import HOLD_MIN_RATE, RATE_WINDOW, ServerService
 
@@ -50,10 +52,17 @@ def active(svc: ServerService) -> Iterator[tuple[ServerService, Harness]]:
 
 
 def _turn(svc: ServerService, now: float, *reqs: Request) -> float:
-    """One loop turn at ``now`` that read ``reqs``: the hold it asked for (0: none)."""
-    for req in reqs:
-        svc.on_client([b"peer", b"", encode_request(req)], now, OWNER)
-    svc._hold_if_idle(now)
+    """One loop turn at ``now`` that read ``reqs``, its steps in the service's order (the
+    requests, the pump, the hold: `test_the_hold_is_decided_last_after_the_pump`): the hold
+    it asked for (0: none)."""
+    auto_pump, svc.leader.auto_pump = svc.leader.auto_pump, False  # as in the service
+    try:
+        for req in reqs:
+            svc.on_client([b"peer", b"", encode_request(req)], now, OWNER)
+        svc._pump(now)
+        svc._hold_if_idle(now)
+    finally:
+        svc.leader.auto_pump = auto_pump
     held, svc.loop._hold = svc.loop._hold, 0.0
     return held
 
@@ -148,3 +157,40 @@ def test_the_hold_is_the_configured_one(active: tuple[ServerService, Harness]) -
     now = _window(svc, h, handle)
     svc.idle_hold = 0.002
     assert _turn(svc, now, HeartbeatRequest("r1", "c1", handle)) == 0.002
+
+
+def test_the_hold_is_decided_last_after_the_pump(svc: ServerService) -> None:
+    """A turn's checkouts are sent to the backends by the pump: deciding before it would
+    hold their commit back."""
+    svc.client = svc.ctx.socket(zmq.ROUTER)
+    svc.ctl = svc.ctx.socket(zmq.REP)
+    svc.by_socket = {}  # the backends' sockets (watched before the steps below)
+    try:
+        svc._add_steps()
+        each_turn = [s.fn for s in svc.loop._steps if s.sock is None and not s.interval]
+        assert each_turn[-1] == svc._hold_if_idle
+        assert svc._pump in each_turn[:-1]
+    finally:
+        svc.client.close(linger=0)
+        svc.ctl.close(linger=0)
+
+
+def test_a_backend_down_does_not_stop_the_hold(active: tuple[ServerService, Harness]) -> None:
+    """Its probes stay unanswered (until backend_timeout, probed again meanwhile); they
+    are not what a client waits for."""
+    svc, h = active
+    handle = _grant(h)
+    h.down.add("b3")
+    now = _window(svc, h, handle)
+    b3 = next(b for b in h.leader.backends if b.name == "b3")
+    assert b3.outstanding and h.leader.role == Role.ACTIVE
+    assert _turn(svc, now, HeartbeatRequest("r1", "c1", handle)) == IDLE_HOLD
+
+
+def test_the_hold_stops_when_the_rate_drops(active: tuple[ServerService, Harness]) -> None:
+    svc, h = active
+    handle = _grant(h)
+    now = _window(svc, h, handle)
+    assert _turn(svc, now, HeartbeatRequest("r1", "c1", handle)) == IDLE_HOLD
+    now = _window(svc, h, handle, rate=HOLD_MIN_RATE / 4)
+    assert _turn(svc, now, HeartbeatRequest("r2", "c1", handle)) == 0.0

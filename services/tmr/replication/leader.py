@@ -204,8 +204,11 @@ class Leader:
         return self._roles.role
 
     def awaiting_backends(self) -> bool:
-        """Whether a message to a backend is unanswered (an entry or probe in flight)."""
-        return any(b.outstanding for b in self.backends)
+        """Whether a message other than a probe is unanswered by a backend (an entry, a
+        takeover's prepare, a crypt request): a client waits for its answer. Probes do not
+        count: a down backend's stays unanswered for `backend_timeout`, probed again every
+        `probe_interval`, and its answer only needs to come within that."""
+        return any(out.kind != "probe" for b in self.backends for out in b.outstanding.values())
 
     @property
     def _phase(self) -> Phase:

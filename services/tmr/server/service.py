@@ -606,19 +606,7 @@ class ServerService:
             backends=[b.endpoint for b in self.cfg.backends],
             ctl_socket=str(self.cfg.ctl_socket),
         )
-        for s, name in self.by_socket.items():
-            loop.watch(s, functools.partial(self._drain_backend, s, name))
-        loop.watch(self.client, self._drain_clients)
-        # One pump for the whole burst of requests and replies: group commit.
-        loop.each_turn(lambda now: self.apply(self.leader.pump(now)))
-        loop.serve_ctl(self.ctl, self.ctl_server)
-        loop.every(TICK, self._tick, first=0.0)
-        loop.every(FLUSH_INTERVAL, self._flush_denials_step)
-        if self.web.wake_socket is not None:
-            loop.watch(self.web.wake_socket, self._usage_replies)
-        loop.each_turn(self._publish_web_if_due)
-        loop.each_turn(lambda now: self.web.end_turn())  # the turn's counts into /metrics
-        loop.each_turn(self._hold_if_idle)  # last
+        self._add_steps()
         try:
             loop.run()
         finally:
@@ -626,6 +614,27 @@ class ServerService:
             flush_logs()
             self._close()
         return 0
+
+    def _add_steps(self) -> None:
+        """What the loop serves, in the order of a turn (the sockets once opened)."""
+        loop = self.loop
+        for s, name in self.by_socket.items():
+            loop.watch(s, functools.partial(self._drain_backend, s, name))
+        loop.watch(self.client, self._drain_clients)
+        # One pump for the whole burst of requests and replies: group commit.
+        loop.each_turn(self._pump)
+        loop.serve_ctl(self.ctl, self.ctl_server)
+        loop.every(TICK, self._tick, first=0.0)
+        loop.every(FLUSH_INTERVAL, self._flush_denials_step)
+        if self.web.wake_socket is not None:
+            loop.watch(self.web.wake_socket, self._usage_replies)
+        loop.each_turn(self._publish_web_if_due)
+        loop.each_turn(lambda now: self.web.end_turn())  # the turn's counts into /metrics
+        # Last: after the pump, whose ACCEPTs make a turn of checkouts not hold.
+        loop.each_turn(self._hold_if_idle)
+
+    def _pump(self, now: float) -> None:
+        self.apply(self.leader.pump(now))
 
     def _hold_if_idle(self, now: float) -> None:
         """The loop's last step: hold the next turn back (`idle_hold`) after a turn that read

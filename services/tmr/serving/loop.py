@@ -122,9 +122,10 @@ class ServiceLoop:
         """After this turn, wait up to ``seconds`` before polling the sockets again, so that
         the messages that arrive meanwhile are taken by one turn: one wake-up of this thread
         (and of ZeroMQ's I/O thread for the answers) for all of them instead of one each. A
-        signal, `stop` or `wake` ends the wait at once, and it never runs past a due timer.
-        For light, steady traffic only (the caller decides when): a message that arrives
-        during the wait is served up to ``seconds`` later."""
+        signal, `stop` or `wake` ends the wait at once, and it never runs past a due timer;
+        a watched socket does not (the server's usage-report worker answers on one: such an
+        answer waits too). For light, steady traffic only (the caller decides when): a
+        message that arrives during the wait is served up to ``seconds`` later."""
         self._hold = max(self._hold, seconds)
 
     def install_signals(self) -> None:
@@ -163,9 +164,9 @@ class ServiceLoop:
         return self.stop_reason
 
     def _wait_held(self) -> None:
-        wait_ms = int(self._hold * 1000)
+        wait_ms = self._hold * 1000.0  # poll() takes fractions (rounded up)
         self._hold = 0.0
-        due_ms = self._timeout_ms()
+        due_ms = self._timeout_ms()  # whole ms to the next timer, plus one
         if due_ms >= 0:
             wait_ms = min(wait_ms, due_ms - 1)
         if wait_ms > 0 and not self.stop_reason:

@@ -224,3 +224,29 @@ def test_a_hold_ends_when_a_timer_is_due() -> None:
     finally:
         loop.close()
     assert time.monotonic() - start < 30  # the timer ran on time, not after the holds
+    assert all(b - a < 5.0 for a, b in itertools.pairwise(ticks))
+
+
+def test_a_signal_ends_a_hold_at_once() -> None:
+    loop = ServiceLoop()
+    loop.stop_on_signals(signal.SIGTERM)
+    held = threading.Event()
+
+    def hold_long(now: float) -> None:
+        loop.hold(60.0)
+        held.set()
+
+    loop.each_turn(hold_long)
+    _bounded(loop)
+    loop.wake()
+    sender = threading.Thread(
+        target=lambda: held.wait(10) and os.kill(os.getpid(), signal.SIGTERM), daemon=True
+    )
+    start = time.monotonic()
+    sender.start()
+    try:
+        assert loop.run() == "SIGTERM"
+    finally:
+        loop.close()
+        sender.join(timeout=10)
+    assert time.monotonic() - start < 30  # not the 60 s of the hold
