@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.unit.fake_socket import FakeSocket
 from tmr.errors import ErrorCode
 from tmr.protocol import peer_api
 from tmr.protocol.client_api import CheckoutRequest, QueuedResult
@@ -18,17 +19,9 @@ from tmr.server.service import ServerService
 KEY = (6000123, 42)
 
 
-class FakeDealer:
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-
-    def send(self, frame: bytes, flags: int = 0) -> None:
-        self.frames.append(frame)
-
-
 @pytest.fixture
-def dealers(svc: ServerService) -> Iterator[dict[str, FakeDealer]]:
-    fakes = {b.name: FakeDealer() for b in svc.leader.backends}
+def dealers(svc: ServerService) -> Iterator[dict[str, FakeSocket]]:
+    fakes = {b.name: FakeSocket() for b in svc.leader.backends}
     svc.dealers = fakes  # type: ignore[assignment]
     yield fakes
 
@@ -82,7 +75,7 @@ def test_a_queued_answer_is_not_a_refusal(
 
 def test_the_buffer_goes_to_up_backends_that_keep_denials_only(
     svc: ServerService,
-    dealers: dict[str, FakeDealer],
+    dealers: dict[str, FakeSocket],
 ) -> None:
     for i in range(1500):
         svc.denials.record(float(i), "NO_LICENSE_AVAILABLE", *KEY, 1, user=f"u{i}")

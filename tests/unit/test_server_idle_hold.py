@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
+from tests.unit.fake_socket import FakeSocket
 from tests.unit.replication.harness import Harness
 from tmr.config import ServerConfig
 from tmr.protocol.client_api import (
@@ -28,16 +29,6 @@ from tmr.server.service import HOLD_MIN_RATE, RATE_WINDOW, ServerService
 KEY = (6000123, 42)
 IDLE_HOLD = ServerConfig.idle_hold_ms / 1000.0  # the default, in seconds
 OWNER = "K" * 40
-
-
-class FakeSocket:
-    """Takes what the service sends (replies to clients, requests to backends)."""
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-
-    def send(self, frame: bytes, flags: int = 0) -> None:
-        self.frames.append(frame)
 
 
 @pytest.fixture

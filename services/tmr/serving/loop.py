@@ -20,7 +20,6 @@ called from any thread, or from a step or a signal action.
 
 from __future__ import annotations
 
-import select
 import signal
 import time
 from collections.abc import Callable
@@ -64,8 +63,6 @@ class ServiceLoop:
         self.stop_reason = ""
         self._signals_installed = False
         self._hold = 0.0  # seconds the next poll waits for (`hold`)
-        self._hold_poll = select.poll()  # what ends a hold: the self-pipe only
-        self._hold_poll.register(self._signals.fileno(), select.POLLIN)
 
     # ------------------------------------------------------------------ what to serve
 
@@ -164,13 +161,13 @@ class ServiceLoop:
         return self.stop_reason
 
     def _wait_held(self) -> None:
-        wait_ms = self._hold * 1000.0  # poll() takes fractions (rounded up)
+        wait_ms = self._hold * 1000.0
         self._hold = 0.0
         due_ms = self._timeout_ms()  # whole ms to the next timer, plus one
         if due_ms >= 0:
             wait_ms = min(wait_ms, due_ms - 1)
         if wait_ms > 0 and not self.stop_reason:
-            self._hold_poll.poll(wait_ms)
+            self._signals.wait(wait_ms)  # only the self-pipe ends a hold
 
     def _timeout_ms(self) -> int:
         if not self._timers:

@@ -10,6 +10,7 @@ caught; every other one keeps its previous disposition.
 from __future__ import annotations
 
 import contextlib
+import select
 import signal
 import socket
 import threading
@@ -25,6 +26,8 @@ class SignalPipe:
         self._r, self._w = socket.socketpair()
         for s in (self._r, self._w):
             s.setblocking(False)
+        self._poll = select.poll()  # for `wait`
+        self._poll.register(self._r.fileno(), select.POLLIN)
         self._pending: deque[int] = deque()
         self._old_handlers: dict[int, Any] = {}
         self._old_wakeup_fd = -1
@@ -66,6 +69,11 @@ class SignalPipe:
         """Make the loop's poll return (thread-safe; never blocks)."""
         with contextlib.suppress(OSError):
             self._w.send(b"\0")
+
+    def wait(self, timeout_ms: float) -> None:
+        """Block until the pipe is woken (a signal, `wake`) or ``timeout_ms`` passed
+        (fractions rounded up); what is in the pipe stays for `take`."""
+        self._poll.poll(timeout_ms)
 
     def take(self) -> list[int]:
         """Empty the pipe; the signals caught since the last call, each once, in order."""

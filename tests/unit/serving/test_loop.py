@@ -107,8 +107,9 @@ def test_signals_are_not_caught_outside_the_main_thread() -> None:
     assert result == [False]
 
 
-def test_a_timer_runs_again_only_after_its_interval() -> None:
-    loop = ServiceLoop()
+def _three_ticks(loop: ServiceLoop, interval: float) -> list[float]:
+    """A timer every ``interval`` s from the first turn that stops the loop ("three") at its
+    third run: the times it ran."""
     ticks: list[float] = []
 
     def tick(now: float) -> None:
@@ -116,7 +117,25 @@ def test_a_timer_runs_again_only_after_its_interval() -> None:
         if len(ticks) == 3:
             loop.stop("three")
 
-    loop.every(0.02, tick, first=0.0)
+    loop.every(interval, tick, first=0.0)
+    return ticks
+
+
+def _hold_every_turn(loop: ServiceLoop, seconds: float) -> threading.Event:
+    """Every turn asks for a hold of ``seconds``; the event is set once one was asked for."""
+    held = threading.Event()
+
+    def hold(now: float) -> None:
+        loop.hold(seconds)
+        held.set()
+
+    loop.each_turn(hold)
+    return held
+
+
+def test_a_timer_runs_again_only_after_its_interval() -> None:
+    loop = ServiceLoop()
+    ticks = _three_ticks(loop, 0.02)
     _bounded(loop)
     start = time.monotonic()
     try:
@@ -186,13 +205,7 @@ def test_a_hold_keeps_a_ready_socket_waiting_until_it_ends() -> None:
 
 def test_stop_from_another_thread_ends_a_hold_at_once() -> None:
     loop = ServiceLoop()
-    held = threading.Event()
-
-    def hold_long(now: float) -> None:
-        loop.hold(60.0)
-        held.set()
-
-    loop.each_turn(hold_long)
+    held = _hold_every_turn(loop, 60.0)
     loop.wake()
     result: list[str] = []
     thread = threading.Thread(target=lambda: result.append(loop.run()), daemon=True)
@@ -208,15 +221,8 @@ def test_stop_from_another_thread_ends_a_hold_at_once() -> None:
 
 def test_a_hold_ends_when_a_timer_is_due() -> None:
     loop = ServiceLoop()
-    ticks: list[float] = []
-
-    def tick(now: float) -> None:
-        ticks.append(now)
-        if len(ticks) == 3:
-            loop.stop("three")
-
-    loop.each_turn(lambda now: loop.hold(60.0))  # every turn asks for a minute
-    loop.every(0.05, tick, first=0.0)
+    _hold_every_turn(loop, 60.0)  # every turn asks for a minute
+    ticks = _three_ticks(loop, 0.05)
     _bounded(loop)
     start = time.monotonic()
     try:
@@ -230,13 +236,7 @@ def test_a_hold_ends_when_a_timer_is_due() -> None:
 def test_a_signal_ends_a_hold_at_once() -> None:
     loop = ServiceLoop()
     loop.stop_on_signals(signal.SIGTERM)
-    held = threading.Event()
-
-    def hold_long(now: float) -> None:
-        loop.hold(60.0)
-        held.set()
-
-    loop.each_turn(hold_long)
+    held = _hold_every_turn(loop, 60.0)
     _bounded(loop)
     loop.wake()
     sender = threading.Thread(
