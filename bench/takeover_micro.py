@@ -26,7 +26,7 @@ from tmr.replication.acceptor import Acceptor, ProductWrite, Write
 from tmr.replication.leader import Effects, Leader, LeaderConfig
 from tmr.replication.messages import Promise
 from tmr.replication.types import Epoch, HandleRecord, LicenseInfo, Version
-from tmr.serving.gc_pause import BULK_FRAME, gc_paused
+from tmr.serving.collector import BULK_FRAME, gc_paused
 
 
 def run(n: int, root: Path, gc_pause: bool = True) -> tuple[float, dict[str, float]]:

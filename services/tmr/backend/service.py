@@ -70,8 +70,8 @@ from tmr.replication.messages import (
 )
 from tmr.replication.types import Epoch, LicenseInfo, ProductKey, Version, key_str
 from tmr.report.records import UsageReader
+from tmr.serving.collector import BULK_FRAME, gc_paused
 from tmr.serving.commands import CtlServer
-from tmr.serving.gc_pause import BULK_FRAME, gc_paused
 from tmr.serving.loop import ServiceLoop, configure_service_logs
 from tmr.serving.zap import ZapHandler, parse_allowlist
 from tmr.zap_log import ZapDenials
@@ -506,7 +506,7 @@ class BackendService:
         if isinstance(answer, Status):  # this backend keeps denial records (schema 6)
             answer = dataclasses.replace(answer, denials=True)
         # A promise carries whole tables at a takeover: encoded with the collector paused
-        # (`tmr.serving.gc_pause`; promises are rare, so any promise).
+        # (`tmr.serving.collector`; promises are rare, so any promise).
         with gc_paused(isinstance(answer, Promise)):
             reply = peer_api.encode_reply(answer)
         if group.writes:  # the reply may reflect writes that are not durable yet

@@ -59,8 +59,8 @@ from tmr.replication.messages import Denials, Status
 from tmr.report.denials import DENIAL_CODES, FLUSH_INTERVAL, DenialRecorder, batches
 from tmr.report.worker import CTL_TOKEN
 from tmr.server.ctl_commands import SERVER_COMMANDS
+from tmr.serving.collector import BULK_FRAME, gc_paused
 from tmr.serving.commands import CtlServer
-from tmr.serving.gc_pause import BULK_FRAME, gc_paused
 from tmr.serving.loop import ServiceLoop, configure_service_logs
 from tmr.serving.zap import ZapHandler
 from tmr.web.runtime import WebRuntime
@@ -703,7 +703,7 @@ class ServerService:
             if frames is None:
                 return
             # A table (a takeover's promise) is decoded and adopted with the collector
-            # paused (`tmr.serving.gc_pause`).
+            # paused (`tmr.serving.collector`).
             with gc_paused(len(frames[-1]) >= BULK_FRAME):
                 self._backend_reply(name, frames[-1], now)
             if not readable(s):

@@ -14,8 +14,9 @@ plus `serve_zap` (first in every turn) and `serve_ctl` (the control socket throu
 `CommandRegistry`). `on_signal(signum, fn)` (or `stop_on_signals`) catches a signal from
 `install_signals` (or `run`) until `run` returns, main thread only, and runs ``fn`` once per
 delivery, in the loop, before the turn's steps; other signals keep their handlers. Logs are
-buffered (`tmr.logs`, one write per turn) and flushed when the loop ends. `stop` may be
-called from any thread, or from a step or a signal action.
+buffered (`tmr.logs`, one write per turn) and flushed when the loop ends. While `run` runs,
+the garbage collector's young generation is sized for a service (`tmr.serving.collector`).
+`stop` may be called from any thread, or from a step or a signal action.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import zmq
 
 from tmr.logs import configure
 from tmr.logs import flush as flush_logs
+from tmr.serving.collector import service_collector
 from tmr.serving.commands import CtlServer
 from tmr.serving.signals import SignalPipe
 from tmr.serving.zap import ZapHandler
@@ -133,32 +135,37 @@ class ServiceLoop:
             self._signals_installed = True
 
     def run(self) -> str:
-        """Serve until `stop`; the reason it stopped."""
+        """Serve until `stop`; the reason it stopped. Python's garbage collector is sized
+        for a service while it serves (`tmr.serving.collector.service_collector`)."""
         self.install_signals()
         try:
-            while not self.stop_reason:
-                ready = dict(self.poller.poll(self._timeout_ms()))
-                now = time.monotonic()
-                if self._signals.fileno() in ready:
-                    for signum in self._signals.take():
-                        self._actions[signum](signum)
-                for step in self._steps:
-                    if self.stop_reason:
-                        break
-                    if step.interval:
-                        if now >= step.due:
-                            step.fn(now)
-                            step.due = now + step.interval
-                    elif step.sock is None or step.sock in ready:
-                        step.fn(now)
-                flush_logs()
-                if self._hold:
-                    self._wait_held()
+            with service_collector():
+                while not self.stop_reason:
+                    self._turn()
         finally:
             self._signals.restore()
             self._signals_installed = False
             flush_logs()
         return self.stop_reason
+
+    def _turn(self) -> None:
+        ready = dict(self.poller.poll(self._timeout_ms()))
+        now = time.monotonic()
+        if self._signals.fileno() in ready:
+            for signum in self._signals.take():
+                self._actions[signum](signum)
+        for step in self._steps:
+            if self.stop_reason:
+                break
+            if step.interval:
+                if now >= step.due:
+                    step.fn(now)
+                    step.due = now + step.interval
+            elif step.sock is None or step.sock in ready:
+                step.fn(now)
+        flush_logs()
+        if self._hold:
+            self._wait_held()
 
     def _wait_held(self) -> None:
         wait_ms = self._hold * 1000.0

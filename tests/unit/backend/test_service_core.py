@@ -392,11 +392,11 @@ def test_a_promise_is_encoded_and_a_bulk_frame_decoded_with_the_collector_paused
 ) -> None:
     """A takeover's promise carries whole tables, a catch-up snapshot can too: their
     encoding and decoding create an object per field of every handle, none of them garbage
-    (`tmr.serving.gc_pause`). Everyday frames run with the collector as it is."""
+    (`tmr.serving.collector`). Everyday frames run with the collector as it is."""
     import gc
 
     from tmr.backend import service as backend_service
-    from tmr.serving.gc_pause import BULK_FRAME
+    from tmr.serving.collector import BULK_FRAME
 
     seen: list[tuple[str, bool]] = []
     encode, decode = peer_api.encode_reply, peer_api.decode_backend_frame

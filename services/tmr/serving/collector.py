@@ -1,0 +1,90 @@
+"""Python's cyclic garbage collector in a long-running service: sized for a server's heap
+while the service's loop runs, and paused for one bulk step.
+
+**Sized** (`service_collector`, entered by `ServiceLoop.run`). CPython 3.11 collects its
+youngest generation every 700 net allocations of container objects (the default threshold).
+What survives a young collection is what is in flight at that moment: the messages of a
+turn, the entries awaiting the backends. Two survivals put an object in the oldest
+generation. At 100 clients cycling, young collections ran about 200 times a second, and
+in-flight objects piled up in the oldest generation fast enough to start a full collection
+every 3 s. A full collection walks every object the service keeps: at 90,000 held handles,
+60-76 ms each time, a stall of the loop that clients see in their p99 (`bench.heartbeat_cost
+--clients 0 --held 90000 --cycle 3` with `gc.callbacks` counting; docs/performance.md).
+With `YOUNG_THRESHOLD` allocations between young collections, they run about 30 times less
+often, so 30 times fewer in-flight objects are promoted, and in the same measurement no
+full collection ran. Nothing is exempt from collection: young collections still run several
+times a second under load, and the oldest generation is still collected when what was
+promoted into it since its last collection exceeds a quarter of it (CPython's own rule).
+Cyclic garbage waits at most `YOUNG_THRESHOLD` allocations longer for a young collection.
+
+**Paused** (`gc_paused`). A takeover at 100,000 held handles decodes a table of 100,000
+records (about a million objects: lists, strings, records) and adopts it. None of them is
+garbage, yet every few hundred new containers start a collection, and the older generations'
+collections walk all of them again: measured in `bench.takeover_micro`, 35-45 % of a
+takeover's time. Paused for that one step, the collector runs again afterwards as before
+(reference counting frees everything else meanwhile, as always). Only steps bounded by one
+message are paused: the loop never runs with the collector off between turns.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+# A peer frame this large is a bulk step (a table, a snapshot): its decode and its handling
+# run with the collector paused. Everyday frames (a few ops) are far below it.
+BULK_FRAME = 256 * 1024
+
+# Net allocations of container objects between two collections of the youngest generation
+# while a service's loop runs (CPython's default: 700). The older generations keep their
+# defaults (a collection of generation 1 every 10 young ones, of generation 2 by CPython's
+# rule). A young collection of 20,000 objects takes 1-6 ms on the benchmark machine.
+YOUNG_THRESHOLD = 20_000
+
+
+class _Sizing:
+    """Who has the thresholds sized: they belong to the process, services to threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entered = 0
+        self.saved = gc.get_threshold()
+
+
+_sizing = _Sizing()
+
+
+@contextmanager
+def service_collector() -> Iterator[None]:
+    """Run the block with the youngest generation's threshold at `YOUNG_THRESHOLD` (if it
+    was lower), and put the thresholds back when it ends, also by an exception. The
+    thresholds belong to the process: blocks that overlap (services run in threads of one
+    process, as in tests) set them once, and the last one to end puts them back."""
+    with _sizing.lock:
+        if _sizing.entered == 0:
+            _sizing.saved = young, middle, old = gc.get_threshold()
+            gc.set_threshold(max(young, YOUNG_THRESHOLD), middle, old)
+        _sizing.entered += 1
+    try:
+        yield
+    finally:
+        with _sizing.lock:
+            _sizing.entered -= 1
+            if _sizing.entered == 0:
+                gc.set_threshold(*_sizing.saved)
+
+
+@contextmanager
+def gc_paused(when: bool = True) -> Iterator[None]:
+    """Run the block with the cyclic collector paused if `when` (and it was running): it is
+    enabled again when the block ends, also by an exception. Nested pauses are one pause."""
+    if not when or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

@@ -1,0 +1,192 @@
+"""`tmr.serving.collector`: while a service's loop runs, the young generation is sized so
+that objects in flight do not fill the oldest generation (no full collection walking every
+held handle every few seconds), and the thresholds are put back after; the cyclic collector
+is paused for one bulk step and running again afterwards, whatever happens in the step; the
+server decodes and handles a bulk backend frame (a takeover's table) with it paused, and
+everyday frames without."""
+
+from __future__ import annotations
+
+import gc
+from collections import deque
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import pytest
+import zmq
+
+from tmr.server.service import ServerService
+from tmr.serving.collector import BULK_FRAME, YOUNG_THRESHOLD, gc_paused, service_collector
+from tmr.serving.loop import ServiceLoop
+
+
+@pytest.fixture(autouse=True)
+def collector_running() -> Iterator[None]:
+    assert gc.isenabled()
+    thresholds = gc.get_threshold()
+    yield
+    assert gc.isenabled(), "a test left the collector paused"
+    assert gc.get_threshold() == thresholds, "a test left the thresholds changed"
+
+
+# ------------------------------------------------------------------ sized for a service
+
+
+class Entry:
+    """A request in flight (the leader's entry awaiting the backends): container objects."""
+
+    __slots__ = ("key", "ops", "rid")
+
+    def __init__(self, rid: int) -> None:
+        self.rid = rid
+        self.ops = [("checkout", rid)]
+        self.key = (rid, str(rid))
+
+
+def full_collections(turns: int, per_turn: int = 400, in_flight: int = 3) -> int:
+    """Full collections while a server-like heap serves `turns` loop turns: 50,000
+    long-lived records (held handles), each turn reading `per_turn` requests whose objects
+    stay alive for `in_flight` turns (entries awaiting the backends). A young collection
+    starts within a turn, where it finds the requests in flight, and promotes them. The
+    heap that was there before (pytest's) is frozen, so that only this one counts (CPython's
+    rule: a full collection once what was promoted since the last one exceeds a quarter of
+    the oldest generation)."""
+    fulls = 0
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        nonlocal fulls
+        if phase == "start" and info["generation"] == 2:
+            fulls += 1
+
+    gc.collect()
+    gc.freeze()
+    try:
+        held = [[i, str(i)] for i in range(50_000)]
+        gc.collect()
+        flight: deque[list[Entry]] = deque(maxlen=in_flight)
+        gc.callbacks.append(count)
+        try:
+            for t in range(turns):
+                flight.append([Entry(t * per_turn + i) for i in range(per_turn)])
+        finally:
+            gc.callbacks.remove(count)
+        del held, flight
+    finally:
+        gc.unfreeze()
+    return fulls
+
+
+def test_requests_in_flight_start_no_full_collection_while_a_service_runs() -> None:
+    """With CPython's default threshold, the requests in flight are promoted to the oldest
+    generation and start full collections, each of which walks all 50,000 held records;
+    sized for a service, the same turns start none."""
+    assert full_collections(1_000) >= 3  # the defaults (the test can fail)
+    with service_collector():
+        assert full_collections(1_000) == 0
+
+
+def test_sized_in_the_block_and_put_back_after_also_by_an_exception() -> None:
+    before = gc.get_threshold()
+    with pytest.raises(ValueError, match="boom"), service_collector():
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, before[1], before[2])
+        raise ValueError("boom")
+    assert gc.get_threshold() == before
+
+
+def test_overlapping_services_put_the_thresholds_back_when_the_last_ends() -> None:
+    """Two services in threads of one process, the first ending first."""
+    before = gc.get_threshold()
+    first, second = ExitStack(), ExitStack()
+    first.enter_context(service_collector())
+    second.enter_context(service_collector())
+    first.close()
+    assert gc.get_threshold()[0] == YOUNG_THRESHOLD
+    second.close()
+    assert gc.get_threshold() == before
+
+
+def test_a_larger_threshold_set_by_the_program_is_kept() -> None:
+    before = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD * 2, before[1], before[2])
+    try:
+        with service_collector():
+            assert gc.get_threshold()[0] == YOUNG_THRESHOLD * 2
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_the_service_loop_serves_with_the_collector_sized_and_puts_it_back() -> None:
+    before = gc.get_threshold()
+    loop = ServiceLoop()
+    seen: list[tuple[int, int, int]] = []
+    loop.every(60.0, lambda now: None, first=0.0)  # the first poll returns at once
+    loop.each_turn(lambda now: (seen.append(gc.get_threshold()), loop.stop("done")))
+    try:
+        assert loop.run() == "done"
+    finally:
+        loop.close()
+    assert seen == [(YOUNG_THRESHOLD, before[1], before[2])]
+    assert gc.get_threshold() == before
+
+
+# ------------------------------------------------------------------ paused for a bulk step
+
+
+def test_paused_in_the_block_and_running_after() -> None:
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():  # nested: one pause
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+def test_running_again_after_an_exception() -> None:
+    with pytest.raises(ValueError, match="boom"), gc_paused():
+        raise ValueError("boom")
+    assert gc.isenabled()
+
+
+def test_not_paused_unless_asked() -> None:
+    with gc_paused(False):
+        assert gc.isenabled()
+
+
+def test_a_collector_switched_off_by_the_program_stays_off() -> None:
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+class FakeDealer:
+    """What `_drain_backend` reads of a backend socket: queued single-frame messages."""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames = frames
+
+    def recv(self, flags: int = 0) -> bytes:
+        if not self.frames:
+            raise zmq.Again()
+        return self.frames.pop(0)
+
+    def get(self, option: int) -> int:
+        if option == zmq.EVENTS:
+            return zmq.POLLIN if self.frames else 0
+        return 0  # RCVMORE: one frame each
+
+
+def test_the_server_handles_a_bulk_backend_frame_with_the_collector_paused(
+    svc: ServerService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[int, bool]] = []
+    monkeypatch.setattr(
+        svc, "_backend_reply", lambda name, frame, now: seen.append((len(frame), gc.isenabled()))
+    )
+    small, bulk = b"x" * 100, b"y" * BULK_FRAME
+    sock = FakeDealer([small, bulk, small])
+    svc._drain_backend(sock, "b1", 1.0)  # type: ignore[arg-type]
+    assert seen == [(100, True), (BULK_FRAME, False), (100, True)]
