@@ -5,16 +5,17 @@ while the service's loop runs, and paused for one bulk step.
 youngest generation every 700 net allocations of container objects (the default threshold).
 What survives a young collection is what is in flight at that moment: the messages of a
 turn, the entries awaiting the backends. Two survivals put an object in the oldest
-generation. At 100 clients cycling, young collections ran about 200 times a second, and
+generation. A busy turn allocates more than 700 containers, and under 100 clients cycling
 in-flight objects piled up in the oldest generation fast enough to start a full collection
 every 3 s. A full collection walks every object the service keeps: at 90,000 held handles,
-60-76 ms each time, a stall of the loop that clients see in their p99 (`bench.heartbeat_cost
+59-76 ms each time, a stall of the loop that clients see in their p99 (`bench.heartbeat_cost
 --clients 0 --held 90000 --cycle 3` with `gc.callbacks` counting; docs/performance.md).
-With `YOUNG_THRESHOLD` allocations between young collections, they run about 30 times less
-often, so 30 times fewer in-flight objects are promoted, and in the same measurement no
-full collection ran. Nothing is exempt from collection: young collections still run several
-times a second under load, and the oldest generation is still collected when what was
-promoted into it since its last collection exceeds a quarter of it (CPython's own rule).
+With `YOUNG_THRESHOLD` allocations between young collections, they ran about 50 times less
+often (2,043 -> 41 in that run), so about 50 times fewer in-flight objects were promoted,
+and no full collection ran. Nothing is exempt from collection: young collections still run
+under load (about one a second in the server), and the oldest generation is still collected
+when what was promoted into it since its last collection exceeds a quarter of it (CPython's
+own rule).
 Cyclic garbage waits at most `YOUNG_THRESHOLD` allocations longer for a young collection.
 
 **Paused** (`gc_paused`). A takeover at 100,000 held handles decodes a table of 100,000
@@ -40,7 +41,9 @@ BULK_FRAME = 256 * 1024
 # Net allocations of container objects between two collections of the youngest generation
 # while a service's loop runs (CPython's default: 700). The older generations keep their
 # defaults (a collection of generation 1 every 10 young ones, of generation 2 by CPython's
-# rule). A young collection of 20,000 objects takes 1-6 ms on the benchmark machine.
+# rule). Measured at this size (docs/performance.md): a young collection took 3.7 ms on
+# average in the server (at most 7 ms) and about 7 ms in a backend (at most 14 ms), but
+# seldom: 41 in the server and 6 in each backend over a run that took 2,043 and 228 at 700.
 YOUNG_THRESHOLD = 20_000
 
 
