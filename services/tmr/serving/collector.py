@@ -1,8 +1,10 @@
 """Python's cyclic garbage collector in a long-running service: sized for a server's heap
 while the service's loop runs, and paused for one bulk step.
 
-**Sized** (`service_collector`, entered by `ServiceLoop.run`). CPython 3.11 collects its
-youngest generation every 700 net allocations of container objects (the default threshold).
+**Sized** (`service_collector`, entered by `ServiceLoop.run`). CPython 3.11 (Debian 12's,
+where the services run and where this was measured) collects its youngest generation every
+700 net allocations of container objects (the default threshold; 2,000 from 3.13, and 3.14
+collects the older generations incrementally: to be measured again there).
 What survives a young collection is what is in flight at that moment: the messages of a
 turn, the entries awaiting the backends. Two survivals put an object in the oldest
 generation. A busy turn allocates more than 700 containers, and under 100 clients cycling
@@ -11,11 +13,11 @@ every 3 s. A full collection walks every object the service keeps: at 90,000 hel
 59-76 ms each time, a stall of the loop that clients see in their p99 (`bench.heartbeat_cost
 --clients 0 --held 90000 --cycle 3` with `gc.callbacks` counting; docs/performance.md).
 With `YOUNG_THRESHOLD` allocations between young collections, they ran about 50 times less
-often (2,043 -> 41 in that run), so about 50 times fewer in-flight objects were promoted,
+often (2,043 -> 41 in that run, generation 1 185 -> 3: far fewer in-flight objects promoted),
 and no full collection ran. Nothing is exempt from collection: young collections still run
-under load (about one a second in the server), and the oldest generation is still collected
-when what was promoted into it since its last collection exceeds a quarter of it (CPython's
-own rule).
+when the heap grows or cyclic garbage piles up, and the oldest generation is still
+collected when what was promoted into it since its last collection exceeds a quarter of it
+(CPython's own rule).
 Cyclic garbage waits at most `YOUNG_THRESHOLD` allocations longer for a young collection.
 
 **Paused** (`gc_paused`). A takeover at 100,000 held handles decodes a table of 100,000
@@ -42,8 +44,9 @@ BULK_FRAME = 256 * 1024
 # while a service's loop runs (CPython's default: 700). The older generations keep their
 # defaults (a collection of generation 1 every 10 young ones, of generation 2 by CPython's
 # rule). Measured at this size (docs/performance.md): a young collection took 3.7 ms on
-# average in the server (at most 7 ms) and about 7 ms in a backend (at most 14 ms), but
-# seldom: 41 in the server and 6 in each backend over a run that took 2,043 and 228 at 700.
+# average in the server (at most 7 ms) and about 7 ms in a backend (at most 14 ms), one of
+# generation 1 about 17 ms (at most 22 ms), but seldom: 41 young ones in the server and 6 in
+# each backend over a run that took 2,043 and 228 at 700.
 YOUNG_THRESHOLD = 20_000
 
 
@@ -53,7 +56,14 @@ class _Sizing:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.entered = 0
-        self.saved = gc.get_threshold()
+        self.saved: tuple[int, int, int] = (0, 0, 0)  # before the first block entered
+        self.sized: tuple[int, int, int] = (0, 0, 0)  # as the last entry left them
+
+    def size(self) -> None:
+        young, middle, old = gc.get_threshold()
+        if 0 < young < YOUNG_THRESHOLD:  # 0: automatic collection is off, and stays so
+            gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+        self.sized = gc.get_threshold()
 
 
 _sizing = _Sizing()
@@ -62,20 +72,23 @@ _sizing = _Sizing()
 @contextmanager
 def service_collector() -> Iterator[None]:
     """Run the block with the youngest generation's threshold at `YOUNG_THRESHOLD` (if it
-    was lower), and put the thresholds back when it ends, also by an exception. The
-    thresholds belong to the process: blocks that overlap (services run in threads of one
-    process, as in tests) set them once, and the last one to end puts them back."""
+    was lower, and not 0), and put the thresholds back when it ends, also by an exception.
+    The thresholds belong to the process: blocks that overlap (services run in threads of
+    one process, as in tests) each size them on entry, and the last one to end puts back
+    what was there before the first, unless the program set other thresholds meanwhile
+    (then those stay). The services take SIGINT through the loop's self-pipe, so no
+    KeyboardInterrupt comes between the entry's count and its ``try``."""
     with _sizing.lock:
         if _sizing.entered == 0:
-            _sizing.saved = young, middle, old = gc.get_threshold()
-            gc.set_threshold(max(young, YOUNG_THRESHOLD), middle, old)
+            _sizing.saved = gc.get_threshold()
         _sizing.entered += 1
+        _sizing.size()
     try:
         yield
     finally:
         with _sizing.lock:
             _sizing.entered -= 1
-            if _sizing.entered == 0:
+            if _sizing.entered == 0 and gc.get_threshold() == _sizing.sized:
                 gc.set_threshold(*_sizing.saved)
 
 

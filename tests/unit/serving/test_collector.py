@@ -43,20 +43,20 @@ class Entry:
         self.key = (rid, str(rid))
 
 
-def full_collections(turns: int, per_turn: int = 400, in_flight: int = 3) -> int:
-    """Full collections while a server-like heap serves `turns` loop turns: 50,000
-    long-lived records (held handles), each turn reading `per_turn` requests whose objects
-    stay alive for `in_flight` turns (entries awaiting the backends). A young collection
-    starts within a turn, where it finds the requests in flight, and promotes them. The
-    heap that was there before (pytest's) is frozen, so that only this one counts (CPython's
-    rule: a full collection once what was promoted since the last one exceeds a quarter of
-    the oldest generation)."""
-    fulls = 0
+def collections(turns: int, per_turn: int = 400, in_flight: int = 3) -> tuple[int, int, int]:
+    """Collections of each generation (young, 1, full) while a server-like heap serves
+    `turns` loop turns: 50,000 long-lived records (held handles), each turn reading
+    `per_turn` requests whose objects stay alive for `in_flight` turns (entries awaiting the
+    backends) and leaving 20 reference cycles behind as garbage (what only the collector
+    frees). A young collection that starts within a turn finds the requests in flight and
+    promotes them. The heap that was there before (pytest's) is frozen, so that only this
+    one counts (CPython's rule: a full collection once what was promoted since the last one
+    exceeds a quarter of the oldest generation)."""
+    counts = [0, 0, 0]
 
     def count(phase: str, info: dict[str, int]) -> None:
-        nonlocal fulls
-        if phase == "start" and info["generation"] == 2:
-            fulls += 1
+        if phase == "start":
+            counts[info["generation"]] += 1
 
     gc.collect()
     gc.freeze()
@@ -68,21 +68,33 @@ def full_collections(turns: int, per_turn: int = 400, in_flight: int = 3) -> int
         try:
             for t in range(turns):
                 flight.append([Entry(t * per_turn + i) for i in range(per_turn)])
+                for _ in range(20):
+                    cycle: list[object] = []
+                    cycle.append(cycle)
         finally:
             gc.callbacks.remove(count)
         del held, flight
     finally:
         gc.unfreeze()
-    return fulls
+    return counts[0], counts[1], counts[2]
 
 
 def test_requests_in_flight_start_no_full_collection_while_a_service_runs() -> None:
-    """With CPython's default threshold, the requests in flight are promoted to the oldest
-    generation and start full collections, each of which walks all 50,000 held records;
-    sized for a service, the same turns start none."""
-    assert full_collections(1_000) >= 3  # the defaults (the test can fail)
-    with service_collector():
-        assert full_collections(1_000) == 0
+    """At CPython 3.11's default thresholds (set here, whatever this Python's are), the
+    requests in flight are promoted to the oldest generation and start full collections,
+    each of which walks all 50,000 held records; sized for a service, the same turns still
+    collect their garbage in young collections, and start no full one."""
+    before = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    try:
+        young, _, full = collections(1_000)
+        assert young >= 100 and full >= 3  # the defaults (the test can fail)
+        with service_collector():
+            assert gc.get_threshold()[0] == YOUNG_THRESHOLD
+            young, _, full = collections(1_000)
+        assert young >= 1 and full == 0
+    finally:
+        gc.set_threshold(*before)
 
 
 def test_sized_in_the_block_and_put_back_after_also_by_an_exception() -> None:
@@ -94,7 +106,7 @@ def test_sized_in_the_block_and_put_back_after_also_by_an_exception() -> None:
 
 
 def test_overlapping_services_put_the_thresholds_back_when_the_last_ends() -> None:
-    """Two services in threads of one process, the first ending first."""
+    """As two services in threads of one process would: the first ends first."""
     before = gc.get_threshold()
     first, second = ExitStack(), ExitStack()
     first.enter_context(service_collector())
@@ -115,6 +127,37 @@ def test_a_larger_threshold_set_by_the_program_is_kept() -> None:
         gc.set_threshold(*before)
 
 
+def test_automatic_collection_switched_off_stays_off() -> None:
+    before = gc.get_threshold()
+    gc.set_threshold(0, before[1], before[2])
+    try:
+        with service_collector():
+            assert gc.get_threshold()[0] == 0
+        assert gc.get_threshold()[0] == 0
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_thresholds_the_program_sets_in_the_block_stay_after_it() -> None:
+    before = gc.get_threshold()
+    try:
+        with service_collector():
+            gc.set_threshold(5_000, before[1], before[2])
+        assert gc.get_threshold() == (5_000, before[1], before[2])
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_a_service_entering_later_sizes_thresholds_lowered_meanwhile() -> None:
+    before = gc.get_threshold()
+    with ExitStack() as first:
+        first.enter_context(service_collector())
+        gc.set_threshold(700, before[1], before[2])  # something lowered them
+        with service_collector():
+            assert gc.get_threshold()[0] == YOUNG_THRESHOLD
+    assert gc.get_threshold() == before
+
+
 def test_the_service_loop_serves_with_the_collector_sized_and_puts_it_back() -> None:
     before = gc.get_threshold()
     loop = ServiceLoop()
@@ -126,6 +169,23 @@ def test_the_service_loop_serves_with_the_collector_sized_and_puts_it_back() -> 
     finally:
         loop.close()
     assert seen == [(YOUNG_THRESHOLD, before[1], before[2])]
+    assert gc.get_threshold() == before
+
+
+def test_a_step_that_raises_ends_the_loop_with_the_thresholds_put_back() -> None:
+    before = gc.get_threshold()
+    loop = ServiceLoop()
+    loop.every(60.0, lambda now: None, first=0.0)  # the first poll returns at once
+
+    def fail(now: float) -> None:
+        raise RuntimeError("step failed")
+
+    loop.each_turn(fail)
+    try:
+        with pytest.raises(RuntimeError, match="step failed"):
+            loop.run()
+    finally:
+        loop.close()
     assert gc.get_threshold() == before
 
 
