@@ -59,11 +59,21 @@ class _Sizing:
         self.saved: tuple[int, int, int] = (0, 0, 0)  # before the first block entered
         self.sized: tuple[int, int, int] = (0, 0, 0)  # as the last entry left them
 
-    def size(self) -> None:
-        young, middle, old = gc.get_threshold()
-        if 0 < young < YOUNG_THRESHOLD:  # 0: automatic collection is off, and stays so
-            gc.set_threshold(YOUNG_THRESHOLD, middle, old)
-        self.sized = gc.get_threshold()
+    def enter(self) -> None:
+        with self.lock:
+            if self.entered == 0:
+                self.saved = gc.get_threshold()
+            self.entered += 1
+            young, middle, old = gc.get_threshold()
+            if 0 < young < YOUNG_THRESHOLD:  # 0: automatic collection is off, and stays so
+                gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+            self.sized = gc.get_threshold()
+
+    def leave(self) -> None:
+        with self.lock:
+            self.entered -= 1
+            if self.entered == 0 and gc.get_threshold() == self.sized:
+                gc.set_threshold(*self.saved)
 
 
 _sizing = _Sizing()
@@ -78,18 +88,11 @@ def service_collector() -> Iterator[None]:
     what was there before the first, unless the program set other thresholds meanwhile
     (then those stay). The services take SIGINT through the loop's self-pipe, so no
     KeyboardInterrupt comes between the entry's count and its ``try``."""
-    with _sizing.lock:
-        if _sizing.entered == 0:
-            _sizing.saved = gc.get_threshold()
-        _sizing.entered += 1
-        _sizing.size()
+    _sizing.enter()
     try:
         yield
     finally:
-        with _sizing.lock:
-            _sizing.entered -= 1
-            if _sizing.entered == 0 and gc.get_threshold() == _sizing.sized:
-                gc.set_threshold(*_sizing.saved)
+        _sizing.leave()
 
 
 @contextmanager
