@@ -19,6 +19,10 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # The longest idle hold a server may be configured with (`ServerConfig.idle_hold_ms`): a
 # request that arrives during a hold waits up to that long.
 IDLE_HOLD_MAX_MS = 50
+# The longest a client request may wait for a takeover to end (`ServerConfig.takeover_hold_ms`):
+# the SDK's attempt timeout grows to at most 2 s, and a request held longer than its attempt
+# timeout is sent again elsewhere instead of answered.
+TAKEOVER_HOLD_MAX_MS = 2000
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,11 @@ class ServerConfig:
     # nothing (heartbeats), wait this many ms before reading again so that the next ones
     # share a wake-up (tmr.server.service, design.md §11); 0: never wait; 0 to 50
     idle_hold_ms: float = 8.0
+    # a client request that arrives while this server takes over waits up to this many ms for
+    # the takeover's end (served once active) instead of being answered NOT_ACTIVE at once
+    # (tmr.replication.parking, design.md §5); keep it below the clients' attempt timeout (the
+    # SDK's is 500 ms); 0: answer at once; 0 to 2000
+    takeover_hold_ms: float = 300.0
     # the site's policy file (include / exclude / max / reserve per license, tmr.policy);
     # none: no rules. Read at start and by `tmr ctl reload`; a bad file is refused whole.
     policy_file: Path | None = None
@@ -237,6 +246,13 @@ def load_server_config(path: Path) -> ServerConfig:
             _check(path, key, value, (int, float), "a number")
             if not 0 <= value <= IDLE_HOLD_MAX_MS:
                 raise ConfigError(f"{path}: key 'idle_hold_ms' must be 0 to {IDLE_HOLD_MAX_MS}")
+            out[key] = float(value)
+        elif key == "takeover_hold_ms":
+            _check(path, key, value, (int, float), "a number")
+            if not 0 <= value <= TAKEOVER_HOLD_MAX_MS:
+                raise ConfigError(
+                    f"{path}: key 'takeover_hold_ms' must be 0 to {TAKEOVER_HOLD_MAX_MS}"
+                )
             out[key] = float(value)
         elif key == "usage_max_rows":
             out[key] = _check(path, key, value, int, "an integer")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +14,7 @@ import pytest
 import zmq
 
 from tests.integration.cluster_helpers import LocalCluster, eventually, wait_for
+from tmr.client import Client, Handle
 from tmr.errors import NoLicenseAvailable, QuorumLost
 from tmr.keys import NodeKeys, generate_keypair
 
@@ -254,6 +259,63 @@ def _events(cluster: LocalCluster, name: str, event: str) -> list[dict[str, Any]
         if isinstance(rec, dict) and rec.get("event") == event:
             out.append(rec)
     return out
+
+
+def test_a_checkout_during_the_takeover_waits_for_its_end(
+    cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that reaches the promoted server while it takes over (one endpoint, as
+    through the VIP) is served once that server is active: the server keeps the request
+    (`takeover_hold_ms`) instead of answering NOT_ACTIVE, which would cost the client a
+    back-off. The takeover is held up by stopping two backends (SIGSTOP) until the request
+    is seen waiting; tmr-b runs with a 2 s hold and the client with a 3 s attempt timeout,
+    so that a loaded machine does not turn the wait into NOT_ACTIVE or a resend."""
+    a, b = "tmr-a", "tmr-b"
+    config = Path(cluster.nodes[b]["config"])
+    config.write_text("takeover_hold_ms = 2000\n" + config.read_text())  # a top-level key
+    cluster.kill(b)
+    cluster.start(b)
+    all3 = {"backend-1", "backend-2", "backend-3"}
+    cluster.wait_backends(b, all3)
+    caplog.set_level(logging.DEBUG, logger="tmr.client")
+    cluster.kill(a)
+    stopped = [cluster.nodes[n]["pid"] for n in ("backend-1", "backend-2")]
+    got: dict[str, Handle | BaseException] = {}
+    key = cluster.info["service_public_key"]
+    with Client([cluster.endpoint(b)], key, timeout=15.0, attempt_timeout=3.0) as c:
+
+        def checkout() -> None:
+            try:
+                got["handle"] = c.checkout(FIRM, PRODUCT)
+            except BaseException as exc:  # reported by the assertion below
+                got["handle"] = exc
+
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            assert cluster.ctl(b, "promote")["role"] == "takeover"
+            worker = threading.Thread(target=checkout)
+            worker.start()
+            wait_for(
+                f"{b} to keep the checkout", lambda: cluster.ctl(b, "status")["parked"] > 0, 10
+            )
+            assert cluster.role(b) == "takeover" and "handle" not in got
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+        worker.join(20)
+        handle = got.get("handle")
+        assert isinstance(handle, Handle), handle
+        assert cluster.role(b) == "active"
+        handle.release()
+    assert not [r for r in caplog.records if "NOT_ACTIVE" in r.getMessage()]
+    wait_for(
+        f"{b}'s log to say parked_answered",
+        lambda: _events(cluster, b, "parked_answered") != [],
+        10,
+    )
+    (answered,) = _events(cluster, b, "parked_answered")
+    assert answered["role"] == "active" and answered["requests"] == 1
 
 
 def test_promote_yields_to_a_live_leader_unless_forced(cluster: LocalCluster) -> None:

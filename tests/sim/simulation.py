@@ -78,6 +78,9 @@ WALL_START = 1_700_000_000.0  # the backends' wall clocks at simulated time 0
 LEASE = 5.0
 BACKEND_TIMEOUT = 0.5
 CLIENT_TIMEOUT = 0.6
+TICK = 0.02  # the servers' timer tick (the service's is 0.05 s)
+# A request that reaches a server taking over waits this long for the end (the default)
+TAKEOVER_HOLD = 0.3
 PROBE_INTERVAL = 0.1
 # Liveness: a leader that stays active answers every request within this (backend_timeout
 # and one probe interval for a commit, or QUORUM_LOST; the rest is tick granularity).
@@ -362,6 +365,7 @@ class Simulation:
         # and holding it (answered or not): it must not expire the handle within a lease.
         self.hb_seen: dict[tuple[str, str], float] = {}
         self.waiting: dict[tuple[str, str, str], Waiting] = {}  # (server, client, request id)
+        self.parked: dict[tuple[str, str, str], Waiting] = {}  # taken during a takeover
         self.stats = {
             "checkouts": 0,
             "releases": 0,
@@ -391,6 +395,11 @@ class Simulation:
             "station_shared": 0,
             "takeover_aborted": 0,  # of which a new leader aborted (never answered, §6)
             "window_crashes": 0,  # `crash_mid_update`: the leader crashed in the window
+            # Client requests a server parked during its takeover (`check_parked`), and how
+            # they were answered: served (any answer but NOT_ACTIVE) or NOT_ACTIVE.
+            "parked": 0,
+            "parked_served": 0,
+            "parked_not_active": 0,
             # Takeovers: snapshot entries sent as a reference to the backend's own table, of
             # which backends refused (not the table they promised: sent whole later), and
             # PREPAREs asking for tables after promises without them.
@@ -567,6 +576,7 @@ class Simulation:
             probe_interval=PROBE_INTERVAL,
             refuse_retry=0.5,
             queue_hold=QUEUE_HOLD,
+            takeover_hold=TAKEOVER_HOLD,
         )
         ids = random.Random(f"{self.seed}/{s.name}/{s.counter}")  # replayable handle ids
         s.leader = Leader(
@@ -675,6 +685,9 @@ class Simulation:
         for dst, msg in fx.send:
             self.send(s.name, dst, msg, "peer_req")
         for reply in fx.replies:
+            if self.parked.pop((s.name, reply.token, reply.rid), None) is not None:
+                not_active = reply.error == ErrorCode.NOT_ACTIVE
+                self.stats["parked_not_active" if not_active else "parked_served"] += 1
             w = self.waiting.pop((s.name, reply.token, reply.rid), None)
             if w is not None and reply.error == ErrorCode.QUORUM_LOST:
                 self.check_truthful(s, w, reply)
@@ -715,8 +728,12 @@ class Simulation:
             return
         p = s.leader._products.get(KEY)
         table = p.handles if p else {}
+        # A request parked during the takeover is served in the input that activates
+        # (`tmr.replication.parking`): a release among them has taken its handle out of the
+        # table by now, into `releasing` (adopted, its release not committed yet).
+        releasing = p.releasing if p else {}
         for h in self.acked_grants:
-            if h not in self.gone and h not in table:
+            if h not in self.gone and h not in table and h not in releasing:
                 self.fail(f"I7: {s.name} serves a table without acknowledged handle {h}")
 
     def check_adoption(self, s: ServerNode) -> None:
@@ -753,6 +770,37 @@ class Simulation:
                 self.fail(
                     f"liveness: {server} left request {rid} of {cid} (received at step "
                     f"{w.step}, t={w.since:.2f}) unanswered for {self.now - w.since:.2f}s"
+                )
+
+    def check_parked(self) -> None:
+        """Liveness of parking (`tmr.replication.parking`): a request a server took while
+        taking over is answered NOT_ACTIVE within TAKEOVER_HOLD (and one tick) while the
+        takeover goes on, and handed to the leader the moment it ends: answered at once in
+        any role but ACTIVE; once active, within ANSWER_BOUND like any request
+        (`check_answers`). A server that crashed or was paused meanwhile is exempt (its
+        clients time out)."""
+        for key, w in list(self.parked.items()):
+            s = self.servers[key[0]]
+            if s.leader is not w.leader or s.pauses != w.pauses:
+                del self.parked[key]
+                continue
+            if s.paused_until is not None:
+                continue
+            role = s.leader.role
+            if role == Role.TAKEOVER:
+                if self.now - w.since > TAKEOVER_HOLD + TICK + 1e-9:
+                    self.fail(
+                        f"parking: {key[0]} kept request {key[2]} of {key[1]} for "
+                        f"{self.now - w.since:.2f}s while taking over (hold {TAKEOVER_HOLD}s)"
+                    )
+            elif role == Role.ACTIVE:
+                del self.parked[key]
+                later = Waiting(self.now, s.leader, s.leader.epoch, s.pauses, self.step_no)
+                self.waiting.setdefault(key, later)
+            else:
+                self.fail(
+                    f"parking: {key[0]} left request {key[2]} of {key[1]} (parked at "
+                    f"t={w.since:.2f}) unanswered after its takeover ended ({role.value})"
                 )
 
     def check_truthful(self, s: ServerNode, w: Waiting, reply: ClientReply) -> None:
@@ -927,10 +975,16 @@ class Simulation:
             s = self.servers[m.dst]
             if s.leader is None or self.paused(s, m):
                 return
+            w = Waiting(self.now, s.leader, s.leader.epoch, s.pauses, self.step_no)
+            rid = m.payload["rid"]
             if s.leader.role == Role.ACTIVE:
-                w = Waiting(self.now, s.leader, s.leader.epoch, s.pauses, self.step_no)
-                self.waiting.setdefault((s.name, m.src, m.payload["rid"]), w)
-            self.apply_effects(s, self.serve(s.leader, m.src, m.payload))
+                self.waiting.setdefault((s.name, m.src, rid), w)
+            taking_over = s.leader.role == Role.TAKEOVER
+            fx = self.serve(s.leader, m.src, m.payload)
+            if taking_over and not any(r.rid == rid for r in fx.replies):
+                self.parked.setdefault((s.name, m.src, rid), w)
+                self.stats["parked"] += 1
+            self.apply_effects(s, fx)
             self.maybe_pump(s)
         else:
             self.client_reply(m.dst, m.src, m.payload)
@@ -1528,6 +1582,7 @@ class Simulation:
         for c in self.clients:
             self.client_act(c)
         self.check_answers()
+        self.check_parked()
         self.check_takeovers()
 
     def ensure_some_leader(self) -> None:
@@ -1561,7 +1616,7 @@ class Simulation:
                 self.deliver(payload)
             elif kind == "tick":
                 self.tick()
-                self.schedule(self.now + 0.02, "tick")
+                self.schedule(self.now + TICK, "tick")
             elif kind == "keepalived":
                 self.ensure_some_leader()
                 self.schedule(self.now + self.rng.uniform(0.2, 1.0), "keepalived")
@@ -1676,6 +1731,35 @@ def crash_mid_update(seed: int, *, duration: float = 10.0) -> Simulation:
             if p is None or s.leader is None or s.leader.role != Role.ACTIVE:
                 continue
             if not any(q <= p.committed for q in p.notice) or p.seats() <= 4:
+                continue
+            # What the next leader keeps: every grant but those of flagged entries above
+            # the commit b1 or b3 durably knows (`takeover.unanswered_grants`; b2 is gone).
+            known = [
+                a.state.known[KEY]
+                for a in (sim.backends["b1"].acceptor, sim.backends["b3"].acceptor)
+                if a is not None and KEY in a.state.known
+            ]
+            told = max((v.seq for v in known if v.epoch == s.leader.epoch), default=-1)
+            for q in sim.queue:  # and what ACCEPTs on their way to them tell (kept below)
+                m = q[3] if q[2] == "msg" else None
+                if (
+                    isinstance(m, Msg)
+                    and m.src == s.name
+                    and m.dst in ("b1", "b3")
+                    and isinstance(m.payload, Accept)
+                    and m.payload.entries
+                ):
+                    told = max([told, *(seq for k, seq in m.payload.commits if k == KEY)])
+            kept = seat_count(
+                rec
+                for h, rec in {**p.handles, **p.pending_released}.items()
+                if not ((g := p.grant_seq.get(h, 0)) in p.notice and g > told)
+            )
+            if kept > 4:
+                # Grants the clients may have been told of (committed with b1 and b2 under
+                # #7, and b1 or b3 knows it) exceed b3's LQ: b1 and b3 alone cannot hold
+                # that table, so QUORUM_LOST is the truth until enough of them are released.
+                # Not this scenario.
                 continue
             # Committed, not durably known: the crash loses the notices of this loop turn.
             sim.queue = [

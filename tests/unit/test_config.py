@@ -71,6 +71,13 @@ def test_server_idle_hold_ms(tmp_path: Path) -> None:
         assert cfg.idle_hold_ms == want
 
 
+def test_server_takeover_hold_ms(tmp_path: Path) -> None:
+    assert load_server_config(write(tmp_path, SERVER)).takeover_hold_ms == 300.0
+    for text, want in (("takeover_hold_ms = 0", 0.0), ("takeover_hold_ms = 2000", 2000.0)):
+        cfg = load_server_config(write(tmp_path, SERVER.replace("lease_seconds = 10", text)))
+        assert cfg.takeover_hold_ms == want
+
+
 def test_server_leader_live_window(tmp_path: Path) -> None:
     text = SERVER.replace("lease_seconds = 10", "probe_interval = 0.5\nleader_live_window = 1.5")
     cfg = load_server_config(write(tmp_path, text))
@@ -121,6 +128,15 @@ def test_backend_errors_name_the_key(tmp_path: Path, text: str, needle: str) -> 
             "'idle_hold_ms' must be 0 to 50",
         ),
         (SERVER.replace("lease_seconds = 10", 'idle_hold_ms = "8"'), "idle_hold_ms"),
+        (
+            SERVER.replace("lease_seconds = 10", "takeover_hold_ms = -1"),
+            "'takeover_hold_ms' must be 0 to 2000",
+        ),
+        (
+            SERVER.replace("lease_seconds = 10", "takeover_hold_ms = 2001"),
+            "'takeover_hold_ms' must be 0 to 2000",
+        ),
+        (SERVER.replace("lease_seconds = 10", "takeover_hold_ms = true"), "takeover_hold_ms"),
         (
             SERVER.replace("lease_seconds = 10", "probe_interval = 1.0"),
             "'leader_live_window' .* greater than 'probe_interval'",

@@ -87,6 +87,7 @@ def server_vars(value: str) -> dict[str, Any]:
         "tmr_server_leader_live_window": 0.35,
         "tmr_server_expiry_warning_days": 30,
         "tmr_server_idle_hold_ms": 8,
+        "tmr_server_takeover_hold_ms": 300,
         "tmr_server_web_listen": "127.0.0.1:22380",
         "tmr_server_web_token_file": f"/etc/{value}/web.token",
         "tmr_server_web_tls_cert_file": f"/etc/{value}/web.crt",
@@ -138,6 +139,7 @@ def test_server_toml_keeps_hostile_values(value: str, tmp_path: Path) -> None:
     assert config.state_dir == Path(f"/var/lib/{value}")
     assert config.expiry_warning_days == 30.0
     assert config.idle_hold_ms == 8.0
+    assert config.takeover_hold_ms == 300.0
     # the failover timers of the role (docs/performance.md "Failover on the VIP")
     assert (config.probe_interval, config.leader_live_window) == (0.1, 0.35)
 
@@ -196,7 +198,7 @@ def test_plain_values_render_as_before() -> None:
     assert 'endpoint = "tcp://192.0.2.10:22360"\n' in text
     assert "lease_seconds = 30\n" in text
     assert "probe_interval = 0.1\nleader_live_window = 0.35\n" in text
-    assert "expiry_warning_days = 30.0\nidle_hold_ms = 8.0\n" in text
+    assert "expiry_warning_days = 30.0\nidle_hold_ms = 8.0\ntakeover_hold_ms = 300.0\n" in text
     assert text.startswith("# test\nname = ")
     text = render(BACKEND_TEMPLATE, backend_vars("backend-1"))
     assert 'vendor_keys = ["/etc/backend-1/vendors/6000123.pub", ' in text

@@ -78,6 +78,7 @@ from tmr.replication.messages import (
     Rejected,
     Status,
 )
+from tmr.replication.parking import TAKEOVER_HOLD, Parked, Parking
 from tmr.replication.productlog import (
     MAX_ENTRY_OPS,
     PIPELINE,
@@ -140,6 +141,9 @@ class LeaderConfig:
     backend_keys: tuple[str, ...] = ()
     # Seconds a queued checkout keeps its place without asking again (replication/queue.py)
     queue_hold: float = checkout_queue.QUEUE_HOLD
+    # Seconds a client request arriving during a takeover waits for its end before it is
+    # answered NOT_ACTIVE (replication/parking.py); 0: answered at once
+    takeover_hold: float = TAKEOVER_HOLD
 
 
 class Leader:
@@ -180,6 +184,9 @@ class Leader:
         # heartbeat (10,000 idle clients send 1,000 a second).
         self._renewed = HeartbeatResult(config.lease)
         self._crypt = CryptRouter(self)
+        # Client requests waiting for this server's takeover to end (not part of a term:
+        # they are answered whatever the takeover's outcome)
+        self._parking = Parking(config.takeover_hold)
         self.backends = [Backend(name, i) for i, name in enumerate(config.backends)]
         self._by_name = {b.name: b for b in self.backends}
         self._reset_term()
@@ -260,6 +267,7 @@ class Leader:
         self.epoch = None
         self._reset_term()
         fx.events.append({"event": "demote", "server": self.cfg.server_id, "reason": reason})
+        self._settle_parked(now, fx)
         return fx
 
     def tick(self, now: float) -> Effects:
@@ -290,6 +298,7 @@ class Leader:
         if self.role == Role.ACTIVE and now >= self._next_floor_scan:
             self._next_floor_scan = now + FLOOR_SCAN
             self._raise_floors(fx)
+        self._settle_parked(now, fx)
         self._pump(now, fx)
         return fx
 
@@ -339,6 +348,7 @@ class Leader:
                 b.acked.clear()
                 b.sent.clear()
                 self._sweep_next_pump()
+        self._settle_parked(now, fx)
         self._auto_pump(now, fx)
         return fx
 
@@ -384,6 +394,23 @@ class Leader:
         handle counts (`AccessMode`, docs/design.md §7.6); a station is (owner, user, host),
         so only handles of the same CURVE key ever share seats."""
         fx = Effects()
+        if self.role == Role.TAKEOVER:
+            replay = partial(
+                self.checkout,
+                token,
+                rid,
+                client_id,
+                firm,
+                product,
+                seats,
+                owner=owner,
+                user=user,
+                host=host,
+                pid=pid,
+                wait=wait,
+                mode=mode,
+            )
+            return self._park(fx, token, rid, now, replay)
         if self._refuse_unconfirmed(fx, token, rid, now):
             return fx
         assert self.epoch is not None
@@ -587,6 +614,9 @@ class Leader:
         self, token: Any, rid: str, client_id: str, handle: str, now: float, *, owner: str
     ) -> Effects:
         fx = Effects()
+        if self.role == Role.TAKEOVER:
+            replay = partial(self.heartbeat, token, rid, client_id, handle, owner=owner)
+            return self._park(fx, token, rid, now, replay)
         # Heartbeats are not replicated: only extend a lease while a majority of backends has
         # answered in our epoch recently, so a deposed leader cannot extend leases the new
         # leader does not know of (new leaders add the same margin on takeover).
@@ -611,6 +641,9 @@ class Leader:
         answers UNKNOWN_HANDLE, the same in every case (no oracle); the client library counts
         it as released when it comes to a retry."""
         fx = Effects()
+        if self.role == Role.TAKEOVER:
+            replay = partial(self.release, token, rid, client_id, handle, owner=owner)
+            return self._park(fx, token, rid, now, replay)
         if self._refuse_unconfirmed(fx, token, rid, now):
             return fx
         key = self._handles.key_of(handle)
@@ -645,6 +678,11 @@ class Leader:
         owner: str,
     ) -> Effects:
         fx = Effects()
+        if self.role == Role.TAKEOVER:
+            replay = partial(
+                self.crypt, token, rid, client_id, handle, operation, data, owner=owner
+            )
+            return self._park(fx, token, rid, now, replay)
         if self._refuse_unconfirmed(fx, token, rid, now):
             return fx
         rec = self._find(handle, client_id, owner)
@@ -857,6 +895,8 @@ class Leader:
             ],
             "handles": sum(len(p.handles) for p in self._products.values()),
             "ops_committed": self.ops_committed,
+            # client requests waiting for this server's takeover to end (replication/parking)
+            "parked": len(self._parking),
             "policy": {
                 **self.policy.summary(),
                 "peers": dict(sorted(self.peer_policies.items())),
@@ -982,6 +1022,40 @@ class Leader:
         self.fenced_by = promised
         self.epoch = None
         self._reset_term()
+
+    def _park(
+        self, fx: Effects, token: Any, rid: str, now: float, replay: Callable[[float], Effects]
+    ) -> Effects:
+        """A client request during a takeover: parked until the takeover ends
+        (`tmr.replication.parking`), or NOT_ACTIVE now if parking is off or full."""
+        self._clock(now)  # a client request is a sign of time, as in `_refuse_unconfirmed`
+        if not self._parking.park(Parked(now, token, rid, replay)):
+            self._not_active(fx, token, rid)
+        return fx
+
+    def _settle_parked(self, now: float, fx: Effects) -> None:
+        """Answer what waits in the parking: while the takeover goes on, the requests that
+        waited `takeover_hold` (NOT_ACTIVE); once it ended, every one, handed to the leader
+        again in the order they came (served when ACTIVE, NOT_ACTIVE in any other role)."""
+        if not self._parking:
+            return
+        if self.role == Role.TAKEOVER:
+            for p in self._parking.overdue(now):
+                self._not_active(fx, p.token, p.rid)
+            return
+        taken = self._parking.take_all()
+        for p in taken:
+            fx.extend(p.replay(now))
+        fx.events.append(
+            {
+                "event": "parked_answered",
+                "server": self.cfg.server_id,
+                "role": self.role.value,
+                "requests": len(taken),
+                "turned_away": self._parking.turned_away,
+            }
+        )
+        self._parking.turned_away = 0
 
     def _not_active(self, fx: Effects, token: Any, rid: str) -> Effects:
         msg = {

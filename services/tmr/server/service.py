@@ -173,6 +173,7 @@ class ServerService:
                 backend_timeout=cfg.backend_timeout,
                 probe_interval=cfg.probe_interval,
                 leader_live_window=cfg.leader_live_window,
+                takeover_hold=cfg.takeover_hold_ms / 1000.0,
                 container_serial=self.serial,
             ),
             last_counter=self.counter.load(),

@@ -8,6 +8,7 @@ from typing import Any
 
 from tmr.replication.acceptor import Acceptor, AcceptorState
 from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig
+from tmr.replication.parking import TAKEOVER_HOLD
 from tmr.replication.types import ZERO_EPOCH, LicenseInfo, ProductKey
 
 NAMES = ("b1", "b2", "b3")
@@ -52,7 +53,7 @@ class Harness:
         self.replies: list[ClientReply] = []  # of "sa"
         self.replies_of: dict[str, list[ClientReply]] = {}  # of every server
 
-    def add_server(self, name: str) -> Leader:
+    def add_server(self, name: str, takeover_hold: float = TAKEOVER_HOLD) -> Leader:
         leader = Leader(
             LeaderConfig(
                 name,
@@ -61,6 +62,7 @@ class Harness:
                 backend_timeout=1.0,
                 probe_interval=0.25,
                 backend_keys=KEYS,
+                takeover_hold=takeover_hold,
             ),
             wall_clock=lambda: self.now,
         )
