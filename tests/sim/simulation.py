@@ -685,10 +685,15 @@ class Simulation:
         for dst, msg in fx.send:
             self.send(s.name, dst, msg, "peer_req")
         for reply in fx.replies:
-            if self.parked.pop((s.name, reply.token, reply.rid), None) is not None:
+            pw = self.parked.pop((s.name, reply.token, reply.rid), None)
+            if pw is not None:
                 not_active = reply.error == ErrorCode.NOT_ACTIVE
                 self.stats["parked_not_active" if not_active else "parked_served"] += 1
             w = self.waiting.pop((s.name, reply.token, reply.rid), None)
+            if pw is not None and w is None and reply.error == ErrorCode.QUORUM_LOST:
+                # Served from the parking: as true as any QUORUM_LOST of this term
+                term = Waiting(pw.since, s.leader, s.leader.epoch, pw.pauses, pw.step)
+                self.check_truthful(s, term, reply)
             if w is not None and reply.error == ErrorCode.QUORUM_LOST:
                 self.check_truthful(s, w, reply)
             if reply.token == ADMIN:
@@ -787,12 +792,15 @@ class Simulation:
             if s.paused_until is not None:
                 continue
             role = s.leader.role
-            if role == Role.TAKEOVER:
+            waits = any(p.token == key[1] and p.rid == key[2] for p in s.leader._parking.waiting)
+            if waits:  # taking over, or active and not confirmed since a pause
                 if self.now - w.since > TAKEOVER_HOLD + TICK + 1e-9:
                     self.fail(
                         f"parking: {key[0]} kept request {key[2]} of {key[1]} for "
                         f"{self.now - w.since:.2f}s while taking over (hold {TAKEOVER_HOLD}s)"
                     )
+            elif role == Role.TAKEOVER:
+                self.fail(f"parking: {key[0]} lost request {key[2]} of {key[1]}")
             elif role == Role.ACTIVE:
                 del self.parked[key]
                 later = Waiting(self.now, s.leader, s.leader.epoch, s.pauses, self.step_no)
@@ -979,9 +987,8 @@ class Simulation:
             rid = m.payload["rid"]
             if s.leader.role == Role.ACTIVE:
                 self.waiting.setdefault((s.name, m.src, rid), w)
-            taking_over = s.leader.role == Role.TAKEOVER
             fx = self.serve(s.leader, m.src, m.payload)
-            if taking_over and not any(r.rid == rid for r in fx.replies):
+            if fx.parked:
                 self.parked.setdefault((s.name, m.src, rid), w)
                 self.stats["parked"] += 1
             self.apply_effects(s, fx)

@@ -90,3 +90,29 @@ def test_the_buffer_goes_to_up_backends_that_keep_denials_only(
     got = [peer_api.decode_backend_frame(f) for f in dealers["b1"].frames]
     assert all(isinstance(m, Denials) for m in got)
     assert [len(m.rows) for m in got] == [1024, 476]  # type: ignore[union-attr]
+
+
+def test_a_checkout_parked_during_a_takeover_is_recorded_when_refused(
+    svc: ServerService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkout the leader parks (it answers when its takeover ends, with a later input's
+    effects) is recorded from that answer, with who asked, as one answered at once is."""
+
+    def parked(*args: Any, **kw: Any) -> Effects:
+        return Effects(parked=True)
+
+    monkeypatch.setattr(svc.leader, "checkout", parked)
+    monkeypatch.setattr(type(svc.leader), "parked", property(lambda self: 1))
+    req = CheckoutRequest("r1", "c1", KEY[0], KEY[1], 2, user="ann", host="ws-1", pid=7)
+    svc.dispatch(("id", False), req, 1.0, owner="K" * 40)
+    assert list(svc.denials.recent) == []  # not answered yet
+    later = Effects()
+    later.replies.append(
+        ClientReply(("id", False), "r1", error=ErrorCode.NO_LICENSE_AVAILABLE, message="full")
+    )
+    monkeypatch.setattr(svc, "_send_payload", lambda token, payload: None)
+    svc.apply(later)  # e.g. the tick in which the server turned active
+    (row,) = svc.denials.recent
+    assert (row.code, row.user, row.host, row.pid) == ("NO_LICENSE_AVAILABLE", "ann", "ws-1", 7)
+    svc.apply(later)  # the same answer again: recorded once
+    assert len(svc.denials.recent) == 1

@@ -36,10 +36,14 @@ class Effects:
     send: list[tuple[str, PeerRequest]] = field(default_factory=list)
     replies: list[ClientReply] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    # The client request of this input was parked (`tmr.replication.parking`): its answer
+    # comes with a later input's effects.
+    parked: bool = False
 
     def extend(self, other: Effects) -> None:
         if other.persist_counter is not None:
             self.persist_counter = other.persist_counter
+        self.parked = self.parked or other.parked
         self.send.extend(other.send)
         self.replies.extend(other.replies)
         self.events.extend(other.events)

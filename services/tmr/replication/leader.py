@@ -210,6 +210,11 @@ class Leader:
     def role(self) -> Role:
         return self._roles.role
 
+    @property
+    def parked(self) -> int:
+        """Client requests waiting for this server to be ready (`tmr.replication.parking`)."""
+        return len(self._parking)
+
     def awaiting_backends(self) -> bool:
         """Whether a message other than a probe is unanswered by a backend (an entry, a
         takeover's prepare, a crypt request): a client waits for its answer. Probes do not
@@ -298,7 +303,8 @@ class Leader:
         if self.role == Role.ACTIVE and now >= self._next_floor_scan:
             self._next_floor_scan = now + FLOOR_SCAN
             self._raise_floors(fx)
-        self._settle_parked(now, fx)
+        if self._parking.waiting:
+            self._settle_parked(now, fx)
         self._pump(now, fx)
         return fx
 
@@ -348,7 +354,8 @@ class Leader:
                 b.acked.clear()
                 b.sent.clear()
                 self._sweep_next_pump()
-        self._settle_parked(now, fx)
+        if self._parking.waiting:
+            self._settle_parked(now, fx)
         self._auto_pump(now, fx)
         return fx
 
@@ -614,19 +621,19 @@ class Leader:
         self, token: Any, rid: str, client_id: str, handle: str, now: float, *, owner: str
     ) -> Effects:
         fx = Effects()
-        if self.role == Role.TAKEOVER:
-            replay = partial(self.heartbeat, token, rid, client_id, handle, owner=owner)
-            return self._park(fx, token, rid, now, replay)
         # Heartbeats are not replicated: only extend a lease while a majority of backends has
         # answered in our epoch recently, so a deposed leader cannot extend leases the new
         # leader does not know of (new leaders add the same margin on takeover).
         rec = self._find(handle, client_id, owner) if self.role == Role.ACTIVE else None
         held = rec is not None and handle not in self._products[rec.key].releasing
         if held:
-            # Kept also when not confirmed below: a quorum loss of any length does not
-            # expire a handle whose heartbeats arrive. That only delays this server's own
+            # Kept also when not confirmed below: a quorum loss of any length does
+            # not expire a handle whose heartbeats arrive. That only delays this server's own
             # expiry (a deposed server commits nothing; a new leader restarts every lease).
             self._leases.extend(handle, now)
+        if self.role == Role.TAKEOVER:
+            replay = partial(self.heartbeat, token, rid, client_id, handle, owner=owner)
+            return self._park(fx, token, rid, now, replay)
         if self._refuse_unconfirmed(fx, token, rid, now):
             return fx
         if not held:
@@ -682,7 +689,7 @@ class Leader:
             replay = partial(
                 self.crypt, token, rid, client_id, handle, operation, data, owner=owner
             )
-            return self._park(fx, token, rid, now, replay)
+            return self._park(fx, token, rid, now, replay, len(data))
         if self._refuse_unconfirmed(fx, token, rid, now):
             return fx
         rec = self._find(handle, client_id, owner)
@@ -896,7 +903,7 @@ class Leader:
             "handles": sum(len(p.handles) for p in self._products.values()),
             "ops_committed": self.ops_committed,
             # client requests waiting for this server's takeover to end (replication/parking)
-            "parked": len(self._parking),
+            "parked": self.parked,
             "policy": {
                 **self.policy.summary(),
                 "peers": dict(sorted(self.peer_policies.items())),
@@ -1024,24 +1031,57 @@ class Leader:
         self._reset_term()
 
     def _park(
-        self, fx: Effects, token: Any, rid: str, now: float, replay: Callable[[float], Effects]
+        self,
+        fx: Effects,
+        token: Any,
+        rid: str,
+        now: float,
+        replay: Callable[[float], Effects],
+        size: int = 0,
     ) -> Effects:
         """A client request during a takeover: parked until the takeover ends
         (`tmr.replication.parking`), or NOT_ACTIVE now if parking is off or full."""
         self._clock(now)  # a client request is a sign of time, as in `_refuse_unconfirmed`
-        if not self._parking.park(Parked(now, token, rid, replay)):
-            self._not_active(fx, token, rid)
+        if self._parking.park(Parked(now, token, rid, replay, size)):
+            fx.parked = True
+        else:
+            self._answer_unready(fx, token, rid, now)
         return fx
+
+    def _answer_unready(self, fx: Effects, token: Any, rid: str, now: float) -> None:
+        """What a request that cannot wait (or waited long enough) is answered while
+        `_unready`: NOT_ACTIVE, the message saying why (taking over, or resumed from a pause
+        and not confirmed yet)."""
+        if self.role == Role.TAKEOVER:
+            self._not_active(fx, token, rid)
+        else:
+            self._refuse_unconfirmed(fx, token, rid, now)
+
+    def _unready(self, now: float) -> bool:
+        """Whether parked requests keep waiting (`_settle_parked`): while this server takes
+        over, and, once active, until it has confirmed its leadership if a pause lies within
+        `backend_timeout` (then `_refuse_unconfirmed` would answer NOT_ACTIVE). A long step of
+        the server's own counts as a pause (`_clock`): adopting a table of 100,000 handles
+        takes 0.6 s, and the snapshot acknowledgements that activate the server answer
+        messages sent before that step ended; the probes of the next tick confirm it."""
+        role = self.role
+        if role == Role.TAKEOVER:
+            return True
+        return (
+            role == Role.ACTIVE
+            and now - self._resumed_at < self.cfg.backend_timeout
+            and not self._leadership_confirmed(now)
+        )
 
     def _settle_parked(self, now: float, fx: Effects) -> None:
         """Answer what waits in the parking: while the takeover goes on, the requests that
         waited `takeover_hold` (NOT_ACTIVE); once it ended, every one, handed to the leader
         again in the order they came (served when ACTIVE, NOT_ACTIVE in any other role)."""
-        if not self._parking:
+        if not self._parking.waiting:
             return
-        if self.role == Role.TAKEOVER:
+        if self._unready(now):
             for p in self._parking.overdue(now):
-                self._not_active(fx, p.token, p.rid)
+                self._answer_unready(fx, p.token, p.rid, now)
             return
         taken = self._parking.take_all()
         for p in taken:

@@ -191,6 +191,9 @@ class ServerService:
         # Refused checkouts, sent to the backends that keep denial records (design.md §7.6)
         self.denials = DenialRecorder(cfg.name)
         self.denial_backends: set[str] = set()  # those whose latest status said so
+        # Checkouts the leader parked during a takeover, by (token, rid): their answers come
+        # with a later input's effects and are recorded then (`_parked_answers`)
+        self._parked_checkouts: dict[tuple[Any, str], tuple[CheckoutRequest, str]] = {}
         # The control socket's commands (tmr.server.ctl_commands); usage and release are
         # answered when ready, and the socket takes no request meanwhile.
         self.ctl_server = CtlServer(SERVER_COMMANDS, self)
@@ -267,6 +270,8 @@ class ServerService:
     # ------------------------------------------------------------------ effects
 
     def apply(self, fx: Effects) -> None:
+        if self._parked_checkouts:
+            self._parked_answers(fx)
         if fx.persist_counter is not None:
             try:
                 self.counter.store(fx.persist_counter)
@@ -290,6 +295,19 @@ class ServerService:
                 self.web.answer_release(r.token[1], self._admin_answer(r))
             else:
                 self._send_payload(r.token, self._wire_payload(r))
+
+    def _parked_answers(self, fx: Effects) -> None:
+        """Count and record the answers to checkouts that waited for a takeover's end (the
+        leader's `parking`) as `dispatch` does for the others: a refusal is a denial."""
+        for r in fx.replies:
+            got = self._parked_checkouts.pop((r.token, r.rid), None)
+            if got is not None:
+                req, owner = got
+                one = Effects(replies=[r])
+                self.web.on_checkout(req.firm, req.product, req.rid, one)
+                self._record_refusals(req, owner, one)
+        if not self.leader.parked:
+            self._parked_checkouts.clear()  # none waits any more (bounded by the parking)
 
     def _wire_reply(self, r: ClientReply) -> Reply:
         """The reply a leader's (or this service's) answer to a client becomes: the typed
@@ -367,8 +385,11 @@ class ServerService:
                     wait=req.wait,
                     mode=req.mode,
                 )
-                self.web.on_checkout(req.firm, req.product, req.rid, fx)
-                self._record_refusals(req, owner, fx)
+                if fx.parked:  # answered when the takeover ends: recorded then (`apply`)
+                    self._parked_checkouts[(token, req.rid)] = (req, owner)
+                else:
+                    self.web.on_checkout(req.firm, req.product, req.rid, fx)
+                    self._record_refusals(req, owner, fx)
                 return fx
             case HeartbeatRequest():
                 return ld.heartbeat(token, req.rid, req.cid, req.handle, now, owner=owner)

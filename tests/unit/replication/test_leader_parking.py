@@ -13,6 +13,7 @@ from tmr.errors import ErrorCode
 from tmr.protocol.results import RELEASED, CheckoutResult, HeartbeatResult
 from tmr.replication.effects import ClientReply, Effects
 from tmr.replication.leader import Leader, Role
+from tmr.replication.messages import Accepted, PeerReply
 from tmr.replication.parking import TAKEOVER_HOLD, Parked, Parking
 from tmr.replication.types import LicenseInfo
 
@@ -139,6 +140,35 @@ def test_a_request_that_waited_the_hold_is_answered_not_active() -> None:
     assert answers(h, "r1") == [refused]
 
 
+def test_what_waits_also_waits_out_a_long_step_of_the_takeover() -> None:
+    """The server's own long step (adopting 100,000 handles: 0.6 s) counts as a pause: the
+    snapshot acknowledgements that activate it answer messages sent before the step ended,
+    so it is active but unconfirmed until its next probes are answered. What waits is served
+    then, not answered NOT_ACTIVE ("paused") at the activation."""
+    h, sb, _ = failover(hold=3.0)
+    assert ask(h, sb, "checkout", "r1", "c1", KEY[0], KEY[1], 1, owner="K1") == []
+    held: list[tuple[str, PeerReply]] = []
+    real = sb.on_reply
+
+    def hold_snapshot_acks(backend: str, msg: PeerReply, now: float) -> Effects:
+        if isinstance(msg, Accepted) and sb.role == Role.TAKEOVER:
+            held.append((backend, msg))
+            return Effects()
+        return real(backend, msg, now)
+
+    sb.on_reply = hold_snapshot_acks  # type: ignore[method-assign]
+    until(h, lambda: len(held) >= 2)  # the snapshot is out, its acknowledgements held back
+    sb.on_reply = real  # type: ignore[method-assign]
+    h.now += 0.6  # the long step: no tick, no input (more than two probe intervals)
+    for backend, msg in held:
+        h.run(sb.on_reply(backend, msg, h.now), "sb")
+    assert sb.role == Role.ACTIVE
+    assert answers(h, "r1") == []  # active, not confirmed since the step: still waiting
+    until(h, lambda: bool(answers(h, "r1")))  # the next tick's probes confirm it
+    (reply,) = answers(h, "r1")
+    assert isinstance(reply.result, CheckoutResult), reply
+
+
 def test_a_demote_answers_what_waits() -> None:
     h, sb, _ = failover()
     assert ask(h, sb, "checkout", "r1", "c1", KEY[0], KEY[1], 1, owner="K1") == []
@@ -199,13 +229,24 @@ def test_parking_gives_back_the_overdue_in_order() -> None:
     assert [x.rid for x in p.take_all()] == ["c"]
 
 
+def test_parking_bounds_the_bytes_it_keeps() -> None:
+    """Crypt calls keep their input (up to 64 KiB each): a byte budget, not only a count."""
+    p = Parking(hold=1.0, limit=100, limit_bytes=100)
+    assert p.park(Parked(0.0, "tok", "a", lambda now: Effects(), 60))
+    assert not p.park(Parked(0.0, "tok", "b", lambda now: Effects(), 60))
+    assert p.park(Parked(0.0, "tok", "c", lambda now: Effects(), 40))
+    assert p.turned_away == 1
+    p.overdue(5.0)  # both given back: their bytes too
+    assert p.park(Parked(5.0, "tok", "d", lambda now: Effects(), 100))
+
+
 def test_a_hold_of_zero_parks_nothing() -> None:
     p = Parking(hold=0.0)
     assert not p.park(parked(0.0, "a"))
     assert (len(p), p.turned_away) == (0, 0)  # off, not full
 
 
-@pytest.mark.parametrize(("hold", "limit"), [(-0.1, 1), (0.3, -1)])
-def test_parking_refuses_negative_settings(hold: float, limit: int) -> None:
+@pytest.mark.parametrize(("hold", "limit", "size"), [(-0.1, 1, 1), (0.3, -1, 1), (0.3, 1, -1)])
+def test_parking_refuses_negative_settings(hold: float, limit: int, size: int) -> None:
     with pytest.raises(ValueError):
-        Parking(hold, limit)
+        Parking(hold, limit, size)
