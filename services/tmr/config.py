@@ -23,6 +23,8 @@ IDLE_HOLD_MAX_MS = 50
 # the SDK's attempt timeout grows to at most 2 s, and a request held longer than its attempt
 # timeout is sent again elsewhere instead of answered.
 TAKEOVER_HOLD_MAX_MS = 2000
+# The waits in milliseconds a server may be configured with: key -> the largest allowed
+_MS_BOUNDS = {"idle_hold_ms": IDLE_HOLD_MAX_MS, "takeover_hold_ms": TAKEOVER_HOLD_MAX_MS}
 
 
 @dataclass(frozen=True)
@@ -242,17 +244,10 @@ def load_server_config(path: Path) -> ServerConfig:
             if not 0 <= value <= 3650:
                 raise ConfigError(f"{path}: key 'expiry_warning_days' must be 0 to 3650")
             out[key] = float(value)
-        elif key == "idle_hold_ms":
+        elif key in _MS_BOUNDS:
             _check(path, key, value, (int, float), "a number")
-            if not 0 <= value <= IDLE_HOLD_MAX_MS:
-                raise ConfigError(f"{path}: key 'idle_hold_ms' must be 0 to {IDLE_HOLD_MAX_MS}")
-            out[key] = float(value)
-        elif key == "takeover_hold_ms":
-            _check(path, key, value, (int, float), "a number")
-            if not 0 <= value <= TAKEOVER_HOLD_MAX_MS:
-                raise ConfigError(
-                    f"{path}: key 'takeover_hold_ms' must be 0 to {TAKEOVER_HOLD_MAX_MS}"
-                )
+            if not 0 <= value <= _MS_BOUNDS[key]:
+                raise ConfigError(f"{path}: key {key!r} must be 0 to {_MS_BOUNDS[key]}")
             out[key] = float(value)
         elif key == "usage_max_rows":
             out[key] = _check(path, key, value, int, "an integer")

@@ -627,8 +627,8 @@ class Leader:
         rec = self._find(handle, client_id, owner) if self.role == Role.ACTIVE else None
         held = rec is not None and handle not in self._products[rec.key].releasing
         if held:
-            # Kept also when not confirmed below: a quorum loss of any length does
-            # not expire a handle whose heartbeats arrive. That only delays this server's own
+            # Kept also when not confirmed below: a quorum loss of any length does not
+            # expire a handle whose heartbeats arrive. That only delays this server's own
             # expiry (a deposed server commits nothing; a new leader restarts every lease).
             self._leases.extend(handle, now)
         if self.role == Role.TAKEOVER:

@@ -302,10 +302,7 @@ class ServerService:
         for r in fx.replies:
             got = self._parked_checkouts.pop((r.token, r.rid), None)
             if got is not None:
-                req, owner = got
-                one = Effects(replies=[r])
-                self.web.on_checkout(req.firm, req.product, req.rid, one)
-                self._record_refusals(req, owner, one)
+                self._checkout_answered(*got, Effects(replies=[r]))
         if not self.leader.parked:
             self._parked_checkouts.clear()  # none waits any more (bounded by the parking)
 
@@ -388,8 +385,7 @@ class ServerService:
                 if fx.parked:  # answered when the takeover ends: recorded then (`apply`)
                     self._parked_checkouts[(token, req.rid)] = (req, owner)
                 else:
-                    self.web.on_checkout(req.firm, req.product, req.rid, fx)
-                    self._record_refusals(req, owner, fx)
+                    self._checkout_answered(req, owner, fx)
                 return fx
             case HeartbeatRequest():
                 return ld.heartbeat(token, req.rid, req.cid, req.handle, now, owner=owner)
@@ -414,6 +410,11 @@ class ServerService:
                 return fx
             case UsageRequest():
                 return self._usage_report(token, req, owner)
+
+    def _checkout_answered(self, req: CheckoutRequest, owner: str, fx: Effects) -> None:
+        """A checkout's answer (in `fx`) into WebAdmin's counts and the denial record."""
+        self.web.on_checkout(req.firm, req.product, req.rid, fx)
+        self._record_refusals(req, owner, fx)
 
     def _record_refusals(self, req: CheckoutRequest, owner: str, fx: Effects) -> None:
         """Record this checkout's refusal, if it was answered one (`DENIAL_CODES`): who
