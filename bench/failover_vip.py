@@ -486,7 +486,7 @@ def timers(lab_vars: Path) -> dict[str, Any]:
     SDK's retry constants (for the JSON)."""
     import inspect
 
-    from tmr.client import _channel as ch
+    from tmr.client import _retry as ch
     from tmr.client import client as sdk
 
     repo = Path(__file__).resolve().parents[1]

@@ -48,12 +48,7 @@ import msgpack
 import zmq
 
 from bench.common import Json, curve_keypair
-from tmr.client._channel import (
-    ATTEMPT_GROWTH,
-    ATTEMPT_TIMEOUT_MAX,
-    NOT_ACTIVE_BACKOFF_MAX,
-    NOT_ACTIVE_BACKOFF_MIN,
-)
+from tmr.client._retry import RetrySchedule
 from tmr.protocol.client_api import (
     CheckoutRequest,
     CryptRequest,
@@ -174,15 +169,16 @@ class _Client:
         "held",
         "index",
         "keys",
-        "not_active",
         "op",
         "payload",
         "quota",
         "req",
         "resend_at",
+        "retry",
         "rid",
         "rids",
         "sends",
+        "sent_at",
         "sock",
     )
 
@@ -205,9 +201,11 @@ class _Client:
         self.attempt = 0.0  # its timeout
         self.resend_at: float | None = None
         self.gen = 0  # bumped whenever its timer changes: older heap entries are void
-        self.not_active = 0
+        # The SDK's retry schedule of the current request, from its first failed attempt.
+        self.retry: RetrySchedule | None = None
         self.rids = 0
         self.sends = 0  # times the current request was sent
+        self.sent_at = 0.0  # ... the last time
         self.first_sent = 0.0
         self.handle: str | None = None
         self.cycle_start = 0.0
@@ -320,6 +318,7 @@ class Worker:
     def _send(self, c: _Client, now: float) -> None:
         assert c.sock is not None
         c.resend_at = None
+        c.sent_at = now
         c.deadline = now + c.attempt
         if c.sends == 0:
             c.first_sent = now
@@ -356,7 +355,7 @@ class Worker:
         c.rid = rid
         c.payload = payload
         c.attempt = self.attempt_timeout
-        c.not_active = 0
+        c.retry = None
         c.sends = 0
         if delay > 0:
             c.resend_at = now + delay
@@ -371,11 +370,18 @@ class Worker:
         c.rids += 1
         return f"{self.tag}-c{c.index}-{c.rids}"
 
-    def _failover(self, c: _Client, now: float, pause: float = 0.0) -> None:
-        """Same request, next endpoint (the SDK's Lazy Pirate step)."""
+    def _retry(self, c: _Client) -> RetrySchedule:
+        if c.retry is None:
+            c.retry = RetrySchedule(len(self.endpoints), c.endpoint, c.attempt)
+        return c.retry
+
+    def _failover(self, c: _Client, now: float, pause: float = 0.0, reconnect: bool = True) -> None:
+        """Same request, where the SDK's retry schedule says (the Lazy Pirate step)."""
         self.retries += 1
-        c.endpoint = (c.endpoint + 1) % len(self.endpoints)
-        self._connect(c)
+        index = self._retry(c).index
+        if reconnect or index != c.endpoint:
+            c.endpoint = index
+            self._connect(c)
         if pause > 0:
             c.resend_at = now + pause
             c.deadline = float("inf")
@@ -470,14 +476,9 @@ class Worker:
             return  # a late reply to an earlier attempt
         if isinstance(reply, ErrorReply):
             if reply.error == "NOT_ACTIVE":
-                c.not_active += 1
-                pause = 0.0
-                if c.not_active % len(self.endpoints) == 0:
-                    pause = min(
-                        NOT_ACTIVE_BACKOFF_MIN * 2 ** (c.not_active // len(self.endpoints) - 1),
-                        NOT_ACTIVE_BACKOFF_MAX,
-                    )
-                self._failover(c, now, pause)
+                retry = self._retry(c)
+                pause = retry.not_active(now - c.sent_at)
+                self._failover(c, now, pause, reconnect=not retry.staying)
                 return
             self._error(c, reply.error, now)
             return
@@ -617,7 +618,9 @@ class Worker:
             if now >= c.resend_at:
                 self._send(c, now)
         elif now >= c.deadline:
-            c.attempt = min(c.attempt * ATTEMPT_GROWTH, max(ATTEMPT_TIMEOUT_MAX, c.attempt))
+            retry = self._retry(c)
+            retry.timed_out()
+            c.attempt = retry.wait
             self._failover(c, now)
 
     def _mark_window(self, now: float) -> None:

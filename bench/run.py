@@ -652,9 +652,11 @@ class Bench:
         keep trying; the results say how many there were)."""
         per = clients_per_process()
         procs: list[subprocess.Popen[str]] = []
-        # Checkouts (and CURVE handshakes) spread over up to a minute, and a long attempt
-        # timeout: thousands of clients that time out and fail over at once (a new socket,
-        # a new handshake each) would measure a reconnect storm, not heartbeats.
+        # Checkouts spread over up to a minute, and a long attempt timeout: thousands of
+        # clients that time out and fail over at once would measure retries, not heartbeats.
+        # (Their connections, a CURVE handshake and a ZAP request each, all start when the
+        # workers do: the storm of a mass reconnect, which the server rides out on its own
+        # I/O thread for clients, bench/connect_storm.py.)
         ramp = min(60.0, count / 250.0)
         deadline = time.monotonic() + ramp + 180.0
         for i, n in enumerate(split_clients(count, math.ceil(count / per))):

@@ -1307,7 +1307,11 @@ class Simulation:
 
     def not_active(self, c: SimClient) -> None:
         """The SDK's rule: NOT_ACTIVE moves the request to the other endpoint at once (with a
-        short back-off), not after the attempt's timeout, which would move it back."""
+        short back-off), not after the attempt's timeout, which would move it back. (The SDK
+        stays with a server answering NOT_ACTIVE while the other endpoint is silent,
+        `tmr.client._retry`; the simulation keeps the simpler rule: where a client sends its
+        retry changes no server's decision, and the same rid asked of the same server again
+        happens here too, after a timeout on the other one and in queued checkouts.)"""
         if c.retry_at is None:
             c.target ^= 1
             c.retry_at = self.now + self.rng.uniform(0.02, 0.1)

@@ -226,3 +226,31 @@ def test_a_worker_has_one_zeromq_io_thread() -> None:
         assert w.ctx.get(zmq.IO_THREADS) == 1
     finally:
         w.ctx.term()
+
+
+def test_a_worker_fails_over_as_the_sdk_does() -> None:
+    """The load generator follows the SDK's retry schedule (`RetrySchedule`): after a timeout
+    on the first endpoint and NOT_ACTIVE from the second, it stays with the second (the
+    same socket) and asks it again after a back-off."""
+    import zmq
+
+    w = _worker(server_key=zmq.curve_keypair()[0].decode(), mode="cycle", duration=60.0)
+    try:
+        c = w.clients[0]
+        w._connect(c)
+        w._checkout(c, 100.0)
+        assert (c.endpoint, c.sends, c.attempt) == (0, 1, 0.5)
+        first = c.sock
+        w._timer((c.deadline, c.gen, c.index), c.deadline)  # the attempt timed out
+        assert (c.endpoint, c.sends, c.attempt) == (1, 2, 0.75) and c.sock is not first
+        second = c.sock
+        refusal = encode_reply(ErrorReply(c.rid, ErrorCode.NOT_ACTIVE.value, "standby"))
+        w._on_frames(c, [b"", refusal], 100.6)
+        assert (c.endpoint, c.sock) == (1, second)  # stays, on the same socket
+        assert c.resend_at == pytest.approx(100.65)  # after 50 ms
+        w._timer((c.resend_at, c.gen, c.index), 100.65)
+        assert c.sends == 3 and c.endpoint == 1
+    finally:
+        for sock in list(w.by_sock):
+            sock.close(linger=0)
+        w.ctx.term()

@@ -2,9 +2,11 @@
 
 A channel sends one request at a time (its lock makes that so, whatever the number of
 threads) and waits for the reply with the same request id. When no reply comes within the
-per-attempt timeout, or the server answers ``NOT_ACTIVE``, it closes the socket (linger 0),
-moves to the next endpoint and sends the *same* request again (same rid, so the server can
-deduplicate), until the overall deadline. Then it raises `tmr.errors.Timeout`.
+per-attempt timeout, or the server answers ``NOT_ACTIVE``, it sends the *same* request again
+(same rid, so the server can deduplicate) where and when `tmr.client._retry.RetrySchedule`
+says: the next endpoint on a new socket (the old one closed, linger 0), or, when the endpoint
+answering ``NOT_ACTIVE`` is the only one not silent, the same one after a back-off. This
+until the overall deadline; then it raises `tmr.errors.Timeout`.
 
 A ``QUORUM_LOST`` answer is checked once against the next endpoint before it is reported: a
 server that cannot reach a majority of the backends may be a deposed leader (paused or cut
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 import zmq
 
+from tmr.client._retry import RetrySchedule
 from tmr.errors import ErrorCode, Timeout, TmrError
 from tmr.protocol.client_api import (
     MAX_REPLY_SIZE,
@@ -35,11 +38,6 @@ from tmr.protocol.client_api import (
 from tmr.protocol.errors import ProtocolError
 
 log = logging.getLogger("tmr.client")
-
-ATTEMPT_GROWTH = 1.5
-ATTEMPT_TIMEOUT_MAX = 2.0
-NOT_ACTIVE_BACKOFF_MIN = 0.05
-NOT_ACTIVE_BACKOFF_MAX = 0.5
 
 
 class ClientClosedError(TmrError):
@@ -101,9 +99,8 @@ class Channel:
         payload = encode_request(req)
         deadline = time.monotonic() + timeout
         wait = self._attempt_timeout
-        backoff = NOT_ACTIVE_BACKOFF_MIN
+        retry: RetrySchedule | None = None  # from the first failed attempt on
         attempts = 0
-        not_active = 0
         last = "no reply"
         quorum_lost: Outcome | None = None  # a QUORUM_LOST being checked on the next endpoint
         with self._lock:
@@ -122,6 +119,7 @@ class Channel:
                 sock = self._ensure_socket()
                 endpoint = self.endpoint
                 attempts += 1
+                sent = time.monotonic()
                 try:
                     sock.send_multipart([b"", payload], flags=zmq.NOBLOCK)
                 except zmq.Again:
@@ -135,8 +133,10 @@ class Channel:
                     if quorum_lost is not None:
                         return quorum_lost
                     log.debug("%s: %s rid=%s: %s; retrying", self._name, req.op, req.rid, last)
-                    self._next_endpoint()
-                    wait = min(wait * ATTEMPT_GROWTH, max(ATTEMPT_TIMEOUT_MAX, wait))
+                    retry = retry or RetrySchedule(len(self._endpoints), self._index, wait)
+                    retry.timed_out()
+                    self._go_to(retry.index, reconnect=True)
+                    wait = retry.wait
                     continue
                 if isinstance(reply, ErrorReply) and reply.error == ErrorCode.NOT_ACTIVE:
                     if quorum_lost is not None:
@@ -145,14 +145,14 @@ class Channel:
                         f" ({reply.message})" if reply.message else ""
                     )
                     log.debug("%s: %s rid=%s: %s; retrying", self._name, req.op, req.rid, last)
-                    self._next_endpoint()
-                    not_active += 1
-                    if not_active % len(self._endpoints) == 0:
-                        # Every endpoint said NOT_ACTIVE (a takeover is under way): back off.
-                        pause = min(backoff, max(0.0, deadline - time.monotonic()))
-                        if self._closing.wait(pause):
-                            raise ClientClosedError("the client is closed")
-                        backoff = min(backoff * 2, NOT_ACTIVE_BACKOFF_MAX)
+                    retry = retry or RetrySchedule(len(self._endpoints), self._index, wait)
+                    pause = retry.not_active(time.monotonic() - sent)
+                    # Staying with a server that answers keeps its connection; otherwise a
+                    # new socket (with one endpoint, the VIP may now be on the other host).
+                    self._go_to(retry.index, reconnect=not retry.staying)
+                    pause = min(pause, max(0.0, deadline - time.monotonic()))
+                    if pause > 0 and self._closing.wait(pause):
+                        raise ClientClosedError("the client is closed")
                     continue
                 if (
                     isinstance(reply, ErrorReply)
@@ -168,7 +168,7 @@ class Channel:
                         req.rid,
                         endpoint,
                     )
-                    self._next_endpoint()
+                    self._go_to((self._index + 1) % len(self._endpoints), reconnect=True)
                     continue
                 return Outcome(reply, attempts, endpoint)
 
@@ -198,9 +198,10 @@ class Channel:
             self._socket.close(linger=0)
             self._socket = None
 
-    def _next_endpoint(self) -> None:
-        self._drop_socket()
-        self._index = (self._index + 1) % len(self._endpoints)
+    def _go_to(self, index: int, *, reconnect: bool) -> None:
+        if reconnect or index != self._index:
+            self._drop_socket()
+        self._index = index
 
     def _receive(self, sock: zmq.Socket[bytes], rid: str, op: str, wait: float) -> Reply | None:
         """The reply to `rid`, or None if none came within `wait` seconds."""

@@ -77,6 +77,14 @@ def _with_extra(entry: LicenseEntry, more: dict[str, Any]) -> LicenseEntry:
 
 
 MAX_DRAIN = 2000  # messages taken from one socket per loop turn
+# ZeroMQ's I/O threads (design.md §2): the client socket's connections on one, the backends'
+# on the other. A storm of client connections (10,000 clients reconnecting after a failover:
+# a CURVE handshake and a ZAP request each) kept a single I/O thread busy for over a second, so
+# the backends' answers waited in it and the leader marked two or three backends down ("no
+# answer to repl within 1.0s") and answered QUORUM_LOST although every backend was up.
+IO_THREADS = 2
+CLIENT_IO = 1 << 0  # ZMQ_AFFINITY bit masks
+BACKEND_IO = 1 << 1
 # While busy (at least HOLD_MIN_RATE client requests a second over the last RATE_WINDOW), the
 # loop waits `idle_hold_ms` (server.toml, 8 ms by default) before it polls again after a turn
 # that read client requests and left no message to a backend unanswered (heartbeats, status
@@ -183,7 +191,7 @@ class ServerService:
         # The site's policy file: a bad one stops the start (a ConfigError naming the place);
         # `tmr ctl reload` and SIGHUP replace it only with a file that checks in full.
         self.leader.policy = load_policy(cfg.policy_file) if cfg.policy_file else EMPTY_POLICY
-        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=IO_THREADS)
         self.loop = ServiceLoop()
         self.started = time.monotonic()
         self.web = WebRuntime(cfg)  # WebAdmin, /metrics, usage reports (tmr.web)
@@ -222,6 +230,7 @@ class ServerService:
         self.loop.serve_zap(self.ctx, self.zap)  # before the CURVE socket is bound
         self.client = self.ctx.socket(zmq.ROUTER)
         self.client.setsockopt(zmq.LINGER, 0)
+        self.client.setsockopt(zmq.AFFINITY, CLIENT_IO)  # set before bind to count
         self.client.setsockopt(zmq.CURVE_SERVER, 1)
         self.client.setsockopt(zmq.CURVE_PUBLICKEY, self.service_keys.public.encode())
         self.client.setsockopt(zmq.CURVE_SECRETKEY, self.service_keys.secret.encode())
@@ -234,6 +243,7 @@ class ServerService:
         for ref in cfg.backends:
             s = self.ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.AFFINITY, BACKEND_IO)
             s.setsockopt(zmq.IMMEDIATE, 1)
             s.setsockopt(zmq.SNDHWM, 10_000)
             s.setsockopt(zmq.RCVHWM, 10_000)

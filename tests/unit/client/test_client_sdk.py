@@ -227,6 +227,78 @@ def test_failover_from_a_silent_server(
     handle.release()
 
 
+def test_failover_stays_with_the_standby_while_the_other_server_is_silent(
+    make_server: MakeServer, clients: Callable[..., Client]
+) -> None:
+    """The active server died (silent); the standby answers NOT_ACTIVE until it is promoted
+    (here: at its second request). The SDK asks the standby again after a back-off instead
+    of going back to the dead server for another attempt timeout."""
+    dead = make_server(name="dead", hook=lambda req, s: DROP)
+
+    def promoted_at_the_second_checkout(req: Request, server: FakeServer) -> None:
+        if len(server.seen("checkout")) >= 2:
+            server.role = "active"
+
+    standby = make_server(name="standby", role="standby", hook=promoted_at_the_second_checkout)
+    client = clients([dead.endpoint, standby.endpoint])
+    handle = client.checkout(FIRM, PRODUCT)
+    assert standby.in_use == 1
+    assert len(dead.seen("checkout")) == 1  # not asked again
+    assert len(standby.seen("checkout")) == 2
+    assert len({r.rid for r in dead.seen("checkout") + standby.seen("checkout")}) == 1
+    handle.release()
+
+
+def test_failover_stays_with_a_server_taking_over_however_long_it_holds_each_request(
+    make_server: MakeServer, clients: Callable[..., Client]
+) -> None:
+    """A server taking over keeps each request up to its takeover_hold_ms before it answers
+    NOT_ACTIVE. Such an answer is asked again at once and does not use up the client's stay
+    (which its own pauses do: four, 50 + 100 + 200 + 400 ms, the 0.75 s of one more attempt on
+    the silent server). Here each NOT_ACTIVE comes 0.3 s late and the server is active at the
+    client's eighth request, 2.1 s into the stay."""
+    dead = make_server(name="dead", hook=lambda req, s: DROP)
+
+    def taking_over(req: Request, server: FakeServer) -> None:
+        if len(server.seen("checkout")) >= 8:
+            server.role = "active"
+        else:
+            time.sleep(0.3)  # the server's hold before its NOT_ACTIVE
+
+    promoted = make_server(name="promoted", role="takeover", hook=taking_over)
+    # The SDK's default attempt timeout, above the hold (this module's clients use 0.2 s).
+    client = clients([dead.endpoint, promoted.endpoint], attempt_timeout=0.5, timeout=10.0)
+    handle = client.checkout(FIRM, PRODUCT)
+    assert promoted.in_use == 1
+    assert len(dead.seen("checkout")) == 1  # not asked again
+    assert len(promoted.seen("checkout")) == 8
+    handle.release()
+
+
+def test_failover_goes_back_to_a_silent_server_after_staying_as_long_as_its_attempt(
+    make_server: MakeServer, clients: Callable[..., Client]
+) -> None:
+    """The first server was only slow (it swallowed one request); the other stays standby.
+    The SDK stays with the standby for one attempt timeout, then asks the first again."""
+    swallowed: list[str] = []
+
+    def swallow_the_first(req: Request, server: FakeServer) -> object:
+        if isinstance(req, CheckoutRequest) and not swallowed:
+            swallowed.append(req.rid)
+            return DROP
+        return None
+
+    slow = make_server(name="slow", hook=swallow_the_first)
+    standby = make_server(name="standby", role="standby")
+    client = clients([slow.endpoint, standby.endpoint])
+    handle = client.checkout(FIRM, PRODUCT)
+    assert slow.in_use == 1
+    assert len(slow.seen("checkout")) == 2
+    assert len(standby.seen("checkout")) >= 2  # stayed: asked again after a back-off
+    assert {r.rid for r in slow.seen("checkout") + standby.seen("checkout")} == set(swallowed)
+    handle.release()
+
+
 def test_vip_failover_same_endpoint_new_server(
     make_server: MakeServer, clients: Callable[..., Client], zctx: zmq.Context[zmq.Socket[bytes]]
 ) -> None:

@@ -1,0 +1,151 @@
+"""The SDK's retry schedule (`tmr.client._retry.RetrySchedule`): where and when a request is
+sent again after a timeout or a NOT_ACTIVE answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from tmr.client._retry import (
+    ATTEMPT_TIMEOUT_MAX,
+    HELD,
+    HELD_MAX,
+    NOT_ACTIVE_BACKOFF_MAX,
+    NOT_ACTIVE_BACKOFF_MIN,
+    RetrySchedule,
+    grown,
+)
+
+
+def _stay(r: RetrySchedule) -> list[float]:
+    """The pauses while the schedule stays with its endpoint after NOT_ACTIVE answers."""
+    here, pauses = r.index, []
+    while True:
+        pause = r.not_active()
+        if r.index != here:
+            assert not r.staying
+            return pauses
+        assert r.staying
+        pauses.append(pause)
+
+
+def test_a_timeout_moves_to_the_next_endpoint_with_a_longer_attempt() -> None:
+    r = RetrySchedule(2, 0, 0.5)
+    r.timed_out()
+    assert (r.index, r.wait) == (1, 0.75)
+    r.timed_out()
+    assert (r.index, r.wait) == (0, 1.125)
+    for _ in range(10):
+        r.timed_out()
+    assert r.wait == ATTEMPT_TIMEOUT_MAX
+    assert grown(5.0) == 5.0  # a longer attempt timeout than the maximum is kept
+
+
+def test_not_active_while_the_other_endpoint_is_silent_stays_with_the_one_that_answers() -> None:
+    """The fail-over case: the active server died (its attempt timed out), the other one is
+    the standby about to be promoted. Ask it again after a back-off, not the dead one, until
+    the pauses add up to one more attempt on the silent endpoint; then try that one."""
+    r = RetrySchedule(2, 0, 0.5)
+    r.timed_out()  # endpoint 0 is silent; now 1, attempt 0.75 s
+    assert _stay(r) == pytest.approx([0.05, 0.1, 0.2, 0.4])  # 0.75 s in all
+    assert (r.index, r.wait) == (0, 0.75)  # then the silent one again
+
+
+def test_a_not_active_the_server_held_is_asked_again_at_once_and_does_not_use_up_the_stay() -> None:
+    """A server taking over holds a request before it answers NOT_ACTIVE (a standby answers
+    at once): ask it again at once, however often, and stay."""
+    r = RetrySchedule(2, 0, 0.5)
+    r.timed_out()
+    for _ in range(20):
+        assert r.not_active(took=HELD) == 0.0
+        assert (r.index, r.staying) == (1, True)
+    assert r.not_active(took=0.3) == 0.0
+    assert _stay(r) == pytest.approx([0.05, 0.1, 0.2, 0.4])  # the stay is all still there
+    fresh = RetrySchedule(2, 0, 0.5)  # a held answer while the other one is not silent
+    assert fresh.not_active(took=0.3) == 0.0 and fresh.index == 1 and not fresh.staying
+
+
+def test_a_takeover_that_holds_requests_for_too_long_is_then_treated_as_a_standby() -> None:
+    """Held answers are re-asked at once only up to HELD_MAX of held time in one stay: a
+    promoted server stuck taking over must not keep the client from the silent endpoint,
+    which may have been only slow."""
+    r = RetrySchedule(2, 0, 0.5)
+    r.timed_out()
+    asks = 0
+    while r.not_active(took=0.25) == 0.0:
+        asks += 1
+    assert asks == HELD_MAX / 0.25  # then the stay's pauses, as for a standby
+    assert r.staying and r.index == 1
+    assert sum(_stay_held(r)) == pytest.approx(0.75 - NOT_ACTIVE_BACKOFF_MIN)
+    assert r.index == 0 and not r.staying
+
+
+def _stay_held(r: RetrySchedule) -> list[float]:
+    """The remaining pauses of a stay whose answers are all held."""
+    here, pauses = r.index, []
+    while True:
+        pause = r.not_active(took=0.3)
+        if r.index != here:
+            return pauses
+        pauses.append(pause)
+
+
+def test_the_stay_is_bounded_by_the_grown_attempt_and_starts_again_after_each_timeout() -> None:
+    r = RetrySchedule(2, 0, 0.5)
+    r.timed_out()
+    _stay(r)
+    r.timed_out()  # the silent one is still silent: back to the one that answers
+    assert (r.index, r.wait) == (1, 1.125)
+    # The back-off starts again; the last pause ends the stay at 1.125 s.
+    assert _stay(r) == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.375])
+
+
+def test_not_active_from_a_standby_while_the_other_endpoint_was_not_tried_moves_on_at_once() -> (
+    None
+):
+    """Both servers up, the client asked the standby first: the active one next, no pause."""
+    r = RetrySchedule(2, 0, 0.5)
+    assert r.not_active() == 0.0
+    assert (r.index, r.staying) == (1, False)
+
+
+def test_not_active_from_every_endpoint_in_a_row_backs_off() -> None:
+    """A takeover under way: all answer NOT_ACTIVE; a pause after each round, doubling."""
+    r = RetrySchedule(3, 0, 0.5)
+    pauses = [r.not_active() for _ in range(12)]
+    assert pauses == [0, 0, 0.05, 0, 0, 0.1, 0, 0, 0.2, 0, 0, 0.4]
+    assert [r.not_active() for _ in range(3)][-1] == NOT_ACTIVE_BACKOFF_MAX
+
+
+def test_one_endpoint_backs_off_after_every_not_active() -> None:
+    """The VIP: the same endpoint again (the caller reconnects: the VIP may have moved)."""
+    r = RetrySchedule(1, 0, 0.5)
+    assert [r.not_active() for _ in range(6)] == [0.05, 0.1, 0.2, 0.4, 0.5, 0.5]
+    assert (r.index, r.staying) == (0, False)
+
+
+def test_an_endpoint_that_answers_is_no_longer_silent() -> None:
+    """Three endpoints: a NOT_ACTIVE stays only while every other endpoint is silent, and an
+    endpoint that answers (even NOT_ACTIVE) is no longer silent."""
+    r = RetrySchedule(3, 0, 0.5)
+    r.timed_out()  # 0 silent
+    assert r.not_active() == 0.0 and r.index == 2  # 2 not tried yet: move on
+    r.timed_out()  # 0 and 2 silent
+    assert r.index == 0
+    r.timed_out()  # 0 silent again; 1 is the only one answering
+    assert r.index == 1
+    assert sum(_stay(r)) == pytest.approx(r.wait)  # stayed; then 2
+    assert r.index == 2
+    r.timed_out()  # 2 silent again
+    assert r.index == 0
+    r.not_active()  # 0 answers: not silent any more
+    assert r.index == 1
+    r.not_active()  # 1 answers while 0 is not silent: move on, no stay
+    assert r.index == 2 and not r.staying
+
+
+@pytest.mark.parametrize(
+    ("count", "index", "wait"), [(0, 0, 0.5), (2, 2, 0.5), (2, -1, 0.5), (1, 0, 0.0)]
+)
+def test_bad_arguments_are_refused(count: int, index: int, wait: float) -> None:
+    with pytest.raises(ValueError):
+        RetrySchedule(count, index, wait)
