@@ -375,12 +375,13 @@ class Worker:
             c.retry = RetrySchedule(len(self.endpoints), c.endpoint, c.attempt)
         return c.retry
 
-    def _failover(self, c: _Client, now: float, pause: float = 0.0, reconnect: bool = True) -> None:
-        """Same request, where the SDK's retry schedule says (the Lazy Pirate step)."""
+    def _failover(self, c: _Client, now: float, pause: float = 0.0) -> None:
+        """Same request, where the SDK's retry schedule says (the Lazy Pirate step): a new
+        socket unless the schedule stays with the endpoint that answered."""
         self.retries += 1
-        index = self._retry(c).index
-        if reconnect or index != c.endpoint:
-            c.endpoint = index
+        retry = self._retry(c)
+        if not retry.staying or retry.index != c.endpoint:
+            c.endpoint = retry.index
             self._connect(c)
         if pause > 0:
             c.resend_at = now + pause
@@ -476,9 +477,8 @@ class Worker:
             return  # a late reply to an earlier attempt
         if isinstance(reply, ErrorReply):
             if reply.error == "NOT_ACTIVE":
-                retry = self._retry(c)
-                pause = retry.not_active(now - c.sent_at)
-                self._failover(c, now, pause, reconnect=not retry.staying)
+                pause = self._retry(c).not_active(now - c.sent_at)
+                self._failover(c, now, pause)
                 return
             self._error(c, reply.error, now)
             return
