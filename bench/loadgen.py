@@ -13,8 +13,9 @@ Modes (``spec["mode"]``):
 
 - ``cycle``: checkout then release, again and again; a sample is one whole cycle;
 - ``crypt``: one checkout, then ``crypt("hmac", 64 bytes)`` calls; a sample is one call;
-- ``hold``: check out ``spec["hold"]`` handles and keep them; print ``{"held": n}``, wait
-  for a line on standard input, then release them all;
+- ``hold``: check out ``spec["hold"]`` handles (giving up on the rest ``drain`` seconds after
+  the start) and keep them; print ``{"held": n}``, wait for a line on standard input (at most
+  ``spec["keep"]`` seconds, default 600), then release them all (within ``drain`` seconds);
 - ``heartbeat``: every client checks out one handle (the checkouts spread over
   ``spec["ramp"]`` seconds), prints ``{"held": n}`` once all have one, then heartbeats it
   every ``spec["period"]`` seconds (the first at a random point of the period, so the
@@ -68,6 +69,7 @@ from tmr.protocol.results import MAX_REPLY_SIZE, HeartbeatResult, valid_rid
 CRYPT_DATA = bytes(range(64))
 ERROR_PAUSE = 0.01  # before a new checkout after a refused one
 POLL_MAX = 0.02
+KEEP_DEFAULT = 600.0  # hold mode: seconds it keeps its handles at most, waiting for the parent
 # A client's TCP connection and its socket's mailbox (an eventfd), and room for one more of
 # them: a client that fails over opens its new socket before the old one is reaped, and after
 # a takeover most of a worker's clients fail over within one heartbeat period.
@@ -238,6 +240,7 @@ class Worker:
         self.ctx.set(zmq.MAX_SOCKETS, max(1023, 4 * int(spec["clients"]) + FDS_SPARE))
         self.period = float(spec.get("period", 10.0))
         self.ramp = float(spec.get("ramp", 0.0))
+        self.keep = float(spec.get("keep", KEEP_DEFAULT))  # hold mode: the most it waits
         self.rng = random.Random()
         self.stdin_fd: int | None = None
         self.holding = 0  # heartbeat mode: clients that have their handle
@@ -649,7 +652,9 @@ class Worker:
             self._loop(self.hard_deadline)
             held = sum(len(c.held) for c in self.clients)
             print(json.dumps({"held": held}), flush=True)
-            ready, _, _ = select.select([sys.stdin], [], [], max(0.0, self.hard_deadline - now))
+            # Keep them until the parent says so: a holder that let go on its own (once the
+            # checkout wait was over, as it once did) would change the size being measured.
+            ready, _, _ = select.select([sys.stdin], [], [], self.keep)
             if ready:
                 sys.stdin.readline()
             self.releasing = True

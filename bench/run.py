@@ -83,6 +83,9 @@ GROWTH_PRODUCTS = 1_000
 GROWTH_QUANTITY = 200_000  # the held handles and the load's
 GROWTH_SIZES = ((0, 0), (1_000, 100), (10_000, 1_000), (100_000, 10_000))
 GROWTH_MAX_QUICK = 10_000  # --quick (or --growth-max) leaves out the larger sizes
+# A holder keeps its handles until the growth section ends (it stops them) or this long: the
+# section takes a few minutes, and every step after a holder's counts its handles.
+HOLD_KEEP = 1800.0
 # An idle SDK client heartbeats every lease / 3: at the default lease (30 s) every 10 s. The
 # benchmark's own lease is long so that the holders need not heartbeat; the cost of one
 # heartbeat does not depend on the lease.
@@ -617,7 +620,8 @@ class Bench:
     def _hold(
         self, cl: Cluster, count: int, endpoints: list[str], first: int
     ) -> subprocess.Popen[str]:
-        """A holder process that checks out `count` handles (100 clients) and keeps them."""
+        """A holder process that checks out `count` handles (100 clients) and keeps them
+        until the section ends (it kills the holders) or HOLD_KEEP seconds."""
         wait = 120.0 + count / 500.0  # 100,000 handles: under 60 s at 2,000 checkouts/s
         spec = {
             "mode": "hold",
@@ -628,7 +632,8 @@ class Bench:
             "product": PRODUCT,
             "start_at": time.monotonic(),
             "duration": 0.0,
-            "drain": wait,
+            "drain": wait,  # how long it may take to check them out
+            "keep": HOLD_KEEP,  # then it keeps them: every later step counts them
             "clients": 100,
             "worker": 0,
             "first_endpoint": first,

@@ -3,6 +3,12 @@ request is the bytes `encode_request` makes, and a reply is checked as `decode_r
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -254,3 +260,84 @@ def test_a_worker_fails_over_as_the_sdk_does() -> None:
         for sock in list(w.by_sock):
             sock.close(linger=0)
         w.ctx.term()
+
+
+@pytest.fixture
+def hold_server() -> Iterator[Any]:
+    """The SDK tests' fake TMR server (tests/unit/client), with room for a few handles."""
+    import zmq
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "client"))
+    from fake_tmr_server import FakeServer
+
+    from tmr.client import generate_keypair
+
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    server = FakeServer(generate_keypair(), quantity=10).start(ctx)
+    yield server
+    server.stop()
+    ctx.destroy(linger=0)
+
+
+def _holder(server: Any, monkeypatch: pytest.MonkeyPatch, **over: Any) -> tuple[Any, int]:
+    """A hold-mode worker run in a thread against `server`, its standard input a pipe:
+    returns the thread (its result in `.result`) and the pipe's write end."""
+    from fake_tmr_server import FIRM, PRODUCT
+
+    read_fd, write_fd = os.pipe()
+    monkeypatch.setattr(sys, "stdin", os.fdopen(read_fd, "r"))
+    spec: dict[str, Any] = {
+        "mode": "hold",
+        "hold": 4,
+        "endpoints": [server.endpoint],
+        "server_key": server.keys.public,
+        "firm": FIRM,
+        "product": PRODUCT,
+        "start_at": time.monotonic(),
+        "duration": 0.0,
+        "drain": 0.3,  # the checkout wait
+        "clients": 2,
+        **over,
+    }
+    worker = Worker(spec)
+    thread = threading.Thread(target=lambda: setattr(thread, "result", worker.run()))
+    thread.start()
+    return thread, write_fd
+
+
+def test_a_holder_keeps_its_handles_past_its_checkout_wait_until_told(
+    hold_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The growth benchmark's holders: the handles stay held after the checkout wait
+    (`drain`) is over, as long as the parent has not said to let go, and are all released
+    when it says so."""
+    thread, write_fd = _holder(hold_server, monkeypatch, keep=60.0)
+    try:
+        hold_server.wait_for(lambda: hold_server.in_use == 4)
+        # Absence can only be shown over a span: three checkout waits, which is when a
+        # holder that let go on its own would have (once at the start plus `drain`).
+        time.sleep(0.9)
+        assert hold_server.in_use == 4 and hold_server.released == []
+        os.write(write_fd, b"release\n")
+        hold_server.wait_for(lambda: hold_server.in_use == 0)
+    finally:
+        os.close(write_fd)
+        thread.join(10)
+    assert not thread.is_alive()
+    assert len(hold_server.released) == 4
+    assert thread.result["unfinished"] == 0  # type: ignore[attr-defined]
+
+
+def test_a_holder_lets_go_after_keep_seconds_if_never_told(
+    hold_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait is bounded: a holder whose parent went away releases its handles `keep`
+    seconds after it has them, and ends."""
+    thread, write_fd = _holder(hold_server, monkeypatch, keep=0.2)
+    try:
+        hold_server.wait_for(lambda: len(hold_server.released) == 4)
+        thread.join(10)
+        assert not thread.is_alive()
+    finally:
+        os.close(write_fd)
+    assert thread.result["unfinished"] == 0  # type: ignore[attr-defined]
