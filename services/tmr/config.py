@@ -93,7 +93,7 @@ class ServerConfig:
     # while busy (200+ client requests a second), after a turn of requests that replicate
     # nothing (heartbeats), wait this many ms before reading again so that the next ones
     # share a wake-up (tmr.server.service, design.md §11); 0: never wait; 0 to 50
-    idle_hold_ms: float = 8.0
+    idle_hold_ms: float = 16.0
     # a client request that arrives while this server takes over waits up to this many ms for
     # the takeover's end (served once active) instead of being answered NOT_ACTIVE at once
     # (tmr.replication.parking, design.md §5); keep it below the clients' attempt timeout (the

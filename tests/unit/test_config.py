@@ -65,7 +65,7 @@ def test_server_expiry_warning_days(tmp_path: Path) -> None:
 
 
 def test_server_idle_hold_ms(tmp_path: Path) -> None:
-    assert load_server_config(write(tmp_path, SERVER)).idle_hold_ms == 8.0
+    assert load_server_config(write(tmp_path, SERVER)).idle_hold_ms == 16.0
     for text, want in (("idle_hold_ms = 0", 0.0), ("idle_hold_ms = 2.5", 2.5)):
         cfg = load_server_config(write(tmp_path, SERVER.replace("lease_seconds = 10", text)))
         assert cfg.idle_hold_ms == want

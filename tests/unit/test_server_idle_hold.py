@@ -1,4 +1,4 @@
-"""The server holds its next poll back (`idle_hold_ms` of server.toml, 8 ms) only after a
+"""The server holds its next poll back (`idle_hold_ms` of server.toml, 16 ms) only after a
 turn that read client requests and left nothing for a backend to answer, while active and
 busy (at least `HOLD_MIN_RATE` requests a second; `ServerService._hold_if_idle`): heartbeats
 then share wake-ups, a checkout or release is never kept waiting for one, and a quiet server
@@ -143,7 +143,7 @@ def test_zero_turns_the_hold_off(active: tuple[ServerService, Harness]) -> None:
 
 def test_the_hold_is_the_configured_one(active: tuple[ServerService, Harness]) -> None:
     svc, h = active
-    assert svc.idle_hold == svc.cfg.idle_hold_ms / 1000.0 == 0.008
+    assert svc.idle_hold == svc.cfg.idle_hold_ms / 1000.0 == 0.016
     handle = _grant(h)
     now = _window(svc, h, handle)
     svc.idle_hold = 0.002
