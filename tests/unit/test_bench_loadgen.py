@@ -262,12 +262,16 @@ def test_a_worker_fails_over_as_the_sdk_does() -> None:
         w.ctx.term()
 
 
+CLIENT_TESTS = str(Path(__file__).resolve().parent / "client")  # the fake TMR server
+
+
 @pytest.fixture
 def hold_server() -> Iterator[Any]:
     """The SDK tests' fake TMR server (tests/unit/client), with room for a few handles."""
     import zmq
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "client"))
+    if CLIENT_TESTS not in sys.path:
+        sys.path.insert(0, CLIENT_TESTS)
     from fake_tmr_server import FakeServer
 
     from tmr.client import generate_keypair
@@ -279,13 +283,22 @@ def hold_server() -> Iterator[Any]:
     ctx.destroy(linger=0)
 
 
-def _holder(server: Any, monkeypatch: pytest.MonkeyPatch, **over: Any) -> tuple[Any, int]:
-    """A hold-mode worker run in a thread against `server`, its standard input a pipe:
-    returns the thread (its result in `.result`) and the pipe's write end."""
+@pytest.fixture
+def stdin_pipe(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """Standard input replaced by a pipe (closed after the test): its write end."""
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(read_fd, "r") as reader:
+        monkeypatch.setattr(sys, "stdin", reader)
+        try:
+            yield write_fd
+        finally:
+            os.close(write_fd)
+
+
+def _holder(server: Any, **over: Any) -> Any:
+    """A hold-mode worker run in a thread against `server` (its result in `.result`)."""
     from fake_tmr_server import FIRM, PRODUCT
 
-    read_fd, write_fd = os.pipe()
-    monkeypatch.setattr(sys, "stdin", os.fdopen(read_fd, "r"))
     spec: dict[str, Any] = {
         "mode": "hold",
         "hold": 4,
@@ -302,42 +315,40 @@ def _holder(server: Any, monkeypatch: pytest.MonkeyPatch, **over: Any) -> tuple[
     worker = Worker(spec)
     thread = threading.Thread(target=lambda: setattr(thread, "result", worker.run()))
     thread.start()
-    return thread, write_fd
+    return thread
 
 
 def test_a_holder_keeps_its_handles_past_its_checkout_wait_until_told(
-    hold_server: Any, monkeypatch: pytest.MonkeyPatch
+    hold_server: Any, stdin_pipe: int
 ) -> None:
     """The growth benchmark's holders: the handles stay held after the checkout wait
     (`drain`) is over, as long as the parent has not said to let go, and are all released
     when it says so."""
-    thread, write_fd = _holder(hold_server, monkeypatch, keep=60.0)
+    thread = _holder(hold_server, keep=60.0)
     try:
         hold_server.wait_for(lambda: hold_server.in_use == 4)
         # Absence can only be shown over a span: three checkout waits, which is when a
         # holder that let go on its own would have (once at the start plus `drain`).
         time.sleep(0.9)
         assert hold_server.in_use == 4 and hold_server.released == []
-        os.write(write_fd, b"release\n")
+        os.write(stdin_pipe, b"release\n")
         hold_server.wait_for(lambda: hold_server.in_use == 0)
     finally:
-        os.close(write_fd)
+        if thread.is_alive():
+            os.write(stdin_pipe, b"release\n")
         thread.join(10)
     assert not thread.is_alive()
     assert len(hold_server.released) == 4
-    assert thread.result["unfinished"] == 0  # type: ignore[attr-defined]
+    assert thread.result["unfinished"] == 0
 
 
 def test_a_holder_lets_go_after_keep_seconds_if_never_told(
-    hold_server: Any, monkeypatch: pytest.MonkeyPatch
+    hold_server: Any, stdin_pipe: int
 ) -> None:
     """The wait is bounded: a holder whose parent went away releases its handles `keep`
     seconds after it has them, and ends."""
-    thread, write_fd = _holder(hold_server, monkeypatch, keep=0.2)
-    try:
-        hold_server.wait_for(lambda: len(hold_server.released) == 4)
-        thread.join(10)
-        assert not thread.is_alive()
-    finally:
-        os.close(write_fd)
-    assert thread.result["unfinished"] == 0  # type: ignore[attr-defined]
+    thread = _holder(hold_server, keep=0.2)
+    hold_server.wait_for(lambda: len(hold_server.released) == 4)
+    thread.join(10)
+    assert not thread.is_alive()
+    assert thread.result["unfinished"] == 0
