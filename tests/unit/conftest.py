@@ -1,15 +1,44 @@
-"""Fixtures shared by the unit tests."""
+"""Fixtures shared by the unit tests; `fake_server`: the SDK tests' fake TMR server
+(tests/unit/client/fake_tmr_server.py), for the workload generator and the load generator."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "client"))
+
+from fake_tmr_server import FakeServer
+
+from tmr.client import NodeKeys
 from tmr.config import BackendRef, ServerConfig
 from tmr.keys import generate_keypair, write_keypair
 from tmr.server.service import ServerService
+
+
+@pytest.fixture(scope="session")
+def wl_service_keys() -> NodeKeys:
+    return generate_keypair()
+
+
+@pytest.fixture
+def fake_server(wl_service_keys: NodeKeys) -> Iterator[Callable[..., FakeServer]]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    servers: list[FakeServer] = []
+
+    def make(**kwargs: object) -> FakeServer:
+        server = FakeServer(wl_service_keys, **kwargs)  # type: ignore[arg-type]
+        servers.append(server.start(ctx))
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+    ctx.destroy(linger=0)
 
 
 @pytest.fixture

@@ -7,8 +7,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -262,25 +261,10 @@ def test_a_worker_fails_over_as_the_sdk_does() -> None:
         w.ctx.term()
 
 
-CLIENT_TESTS = str(Path(__file__).resolve().parent / "client")  # the fake TMR server
-
-
 @pytest.fixture
-def hold_server() -> Iterator[Any]:
-    """The SDK tests' fake TMR server (tests/unit/client), with room for a few handles."""
-    import zmq
-
-    if CLIENT_TESTS not in sys.path:
-        sys.path.insert(0, CLIENT_TESTS)
-    from fake_tmr_server import FakeServer
-
-    from tmr.client import generate_keypair
-
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    server = FakeServer(generate_keypair(), quantity=10).start(ctx)
-    yield server
-    server.stop()
-    ctx.destroy(linger=0)
+def hold_server(fake_server: Callable[..., Any]) -> Any:
+    """The SDK tests' fake TMR server (tests/unit/conftest.py), with room for a few handles."""
+    return fake_server(quantity=10)
 
 
 @pytest.fixture
