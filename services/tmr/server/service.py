@@ -94,7 +94,7 @@ BACKEND_IO = 1 << 1
 # request that arrives during a hold waits for its end; below the rate, where a hold would
 # gather next to nothing, nothing waits. Measured (docs/performance.md): 1,000 heartbeats a
 # second (10,000 clients at the default lease) cost the server 75-89 instead of 125-146 us
-# each with 8 ms; 16 ms against 8, paired on a later day: 90-101 against 136-138 us.
+# each with 8 ms; 16 ms against 8, paired on a later day: 90-98 against 138 us.
 HOLD_MIN_RATE = 200.0
 RATE_WINDOW = 1.0
 # Events that come at the rate of checkouts are logged at debug: at info they would flood the
