@@ -91,7 +91,11 @@ HOLD_KEEP = 1800.0
 # heartbeat does not depend on the lease.
 HEARTBEAT_PERIOD = 10.0
 PAUSED_SETTLE = 3.0  # seconds after the heartbeating clients resume (their burst answered)
-HEARTBEAT_ATTEMPT_TIMEOUT = 10.0  # the heartbeating clients' (the SDK's grows to 2 s)
+HEARTBEAT_ATTEMPT_TIMEOUT = 10.0
+# The products section: pairs of runs (one product, GROWTH_PRODUCTS products) in alternating
+# order, each cluster alone (the other stopped) and resumed this long before it is measured.
+PRODUCT_PAIRS = 5
+PAUSE_SETTLE = 1.0  # the heartbeating clients' (the SDK's grows to 2 s)
 
 
 def log(msg: str) -> None:
@@ -295,6 +299,7 @@ class Bench:
         self.servers: list[subprocess.Popen[str]] = []
         self.cluster: Cluster | None = None
         self.growth_cluster: Cluster | None = None
+        self.products_one: Cluster | None = None  # the products section's one-product cluster
         self.growth_reps = 1 if args.quick else 3
         self.etcd: EtcdCluster | None = None
         self.run_no = 0
@@ -964,33 +969,80 @@ class Bench:
 
     def section_products(self) -> None:
         """Cost growth in licensed products: a cluster with GROWTH_PRODUCTS products (the
-        license file of an EDA site), no handles held: idle CPU, throughput at 100 clients
-        on one product, takeover. Bounded: the takeover waits at most 60 s."""
-        log(f"cost growth: a cluster with {GROWTH_PRODUCTS} products")
+        license file of an EDA site) and one with a single product, up side by side and
+        measured in turn, the other one stopped (SIGSTOP) so that neither's idle work falls
+        in the other's window: idle CPU of each, throughput at 100 clients on one product in
+        PRODUCT_PAIRS pairs (the order alternating; the target reads the median of the pairs'
+        ratios), memory, and a takeover of the large one. Bounded: the takeover waits at
+        most 60 s."""
+        log(f"cost growth: a cluster with {GROWTH_PRODUCTS} products and one with 1, in turn")
         t0 = time.monotonic()
-        cl = Cluster(self.tmp / "products", quantity=QUANTITY, products=GROWTH_PRODUCTS)
-        self.growth_cluster = cl
+        many = Cluster(self.tmp / "products", quantity=QUANTITY, products=GROWTH_PRODUCTS)
+        self.growth_cluster = many
         up = time.monotonic() - t0
+        one: Cluster | None = None
         try:
-            everyone = {"backend-1", "backend-2", "backend-3"}
-            wait_until("all backends up", lambda: cl.backends_up(cl.active()) == everyone, 60)
-            row = self._size(cl, [], 0, 1)
+            one = Cluster(self.tmp / "products-1", quantity=QUANTITY, products=1)
+            self.products_one = one
+            for cl in (many, one):
+                _wait_all_backends(cl)
+            pairs = 1 if self.args.quick else PRODUCT_PAIRS
+            idle: dict[str, Json] = {}
+            runs: dict[str, list[tuple[LoadResult, Json]]] = {"one": [], "many": []}
+            order = [("one", one), ("many", many)]
+            for i in range(pairs):
+                for name, cl in order if i % 2 == 0 else order[::-1]:
+                    _alone(cl, [c for _, c in order if c is not cl])
+                    active = cl.active()
+                    if name not in idle:
+                        idle[name] = self._idle(cl, active, [])
+                    endpoints, first = cl.endpoints_from(active)
+                    runs[name].append(
+                        self.load(
+                            f"products-{name}",
+                            endpoints,
+                            LEVELS[-1],
+                            first=first,
+                            cpu_pids=self._cpu_pids(active, cl),
+                            rounds_of="backend-2",
+                            key=cl.key,
+                            cluster=cl,
+                        )
+                    )
+            _alone(many, [one])
+            row = _aggregate(runs["many"], runs["many"])
+            row.pop("tmr_ratio", None)
+            rates = [[r[0].rate, m[0].rate] for r, m in zip(runs["one"], runs["many"], strict=True)]
+            row["one_rate_per_s"] = round(statistics.median(x for x, _ in rates), 1)
+            row["pairs"] = rates
+            row["rate_vs_one"] = round(statistics.median(m / o for o, m in rates if o), 3)
+            row["one_cpu_us_per_cycle"] = _aggregate(runs["one"], runs["one"])["cpu_us_per_cycle"]
+            active = many.active()
+            row["server_rss_mib"] = round(rss_mib(many.pid(active)), 1)
+            row["backend_rss_mib"] = round(
+                max(rss_mib(many.pid(n)) for n in ("backend-1", "backend-2", "backend-3")), 1
+            )
+            row["idle"], row["one_idle"] = idle["many"], idle["one"]
             row["products"] = GROWTH_PRODUCTS
             row["up_s"] = round(up, 1)
-            idle = row["idle"]
             log(
-                f"  up in {up:.0f} s; {row['rate_per_s']:.1f} cycles/s p99 "
-                f"{row['p99_ms']:.2f} ms; idle: server {idle['server_cpu_pct']} %, backends "
-                f"{idle['backends_cpu_pct']} % of a core"
+                f"  up in {up:.0f} s; {row['rate_per_s']:.1f} cycles/s p99 {row['p99_ms']:.2f} ms "
+                f"against {row['one_rate_per_s']:.1f} with 1 product: {row['rate_vs_one']:.2f}x "
+                f"(median of {len(rates)} pairs); idle: server "
+                f"{idle['many']['server_cpu_pct']} % ({idle['one']['server_cpu_pct']} % with 1), "
+                f"backends {idle['many']['backends_cpu_pct']} % of a core"
             )
-            row["takeover"] = tk = self._takeover(cl, 0, promote_timeout=60.0)
+            row["takeover"] = tk = self._takeover(many, 0, promote_timeout=60.0)
             log(
                 f"  takeover: promote -> active {tk['promote_s'] * 1000:.0f} ms, kill -> "
                 f"first checkout {tk['kill_to_first_checkout_s'] * 1000:.0f} ms"
             )
         finally:
-            self.growth_cluster = None
-            cl.down()
+            self.growth_cluster = self.products_one = None
+            for left in (one, many):
+                if left is not None:
+                    _pause(left, stop=False)
+                    left.down()
         self.results["products"] = row
 
     def section_failover(self) -> None:
@@ -1141,9 +1193,12 @@ class Bench:
 
     def cleanup(self) -> None:
         self.stop_servers()
-        if self.growth_cluster is not None:
+        for cl in (self.growth_cluster, self.products_one):
+            if cl is None:
+                continue
             try:
-                self.growth_cluster.down()
+                _pause(cl, stop=False)
+                cl.down()
             except Exception as exc:  # best effort at the end
                 log(f"growth cluster down failed: {exc}")
         if self.etcd is not None:
@@ -1153,6 +1208,30 @@ class Bench:
                 self.cluster.down()
             except Exception as exc:  # best effort at the end
                 log(f"cluster down failed: {exc}")
+
+
+def _pause(cl: Cluster, *, stop: bool) -> None:
+    """SIGSTOP (or SIGCONT) every process of a local cluster."""
+    for name in cl.nodes:
+        try:
+            os.kill(cl.pid(name), signal.SIGSTOP if stop else signal.SIGCONT)
+        except ProcessLookupError:
+            continue
+
+
+def _wait_all_backends(cl: Cluster) -> None:
+    everyone = {"backend-1", "backend-2", "backend-3"}
+    wait_until("all backends up", lambda: cl.backends_up(cl.active()) == everyone, 60)
+
+
+def _alone(cl: Cluster, others: list[Cluster]) -> None:
+    """Run `cl` alone: the `others` stopped, `cl` resumed and serving again (its server has
+    heard all three backends since it resumed), then PAUSE_SETTLE s."""
+    for other in others:
+        _pause(other, stop=True)
+    _pause(cl, stop=False)
+    _wait_all_backends(cl)
+    time.sleep(PAUSE_SETTLE)
 
 
 def _aggregate(runs: list[tuple[LoadResult, Json]], ours: list[tuple[LoadResult, Json]]) -> Json:
@@ -1423,7 +1502,18 @@ def _growth_targets(r: Json) -> list[Target]:
     if pr is None or "rate_per_s" not in pr:
         what = f"failed: {pr['error']}" if pr and pr.get("error") else "not measured"
         out.append(Target(17, f"{GROWTH_PRODUCTS:,} products: >= 0.9x cycles/s of one", None, what))
-    else:
+    elif "rate_vs_one" in pr:  # paired with a one-product cluster in the same section
+        ratio = _num(pr["rate_vs_one"])
+        out.append(
+            Target(
+                17,
+                f"{GROWTH_PRODUCTS:,} products: >= 0.9x cycles/s of one",
+                ratio >= 0.9,
+                f"{ratio:.2f}x, the median of {len(pr.get('pairs', []))} pairs "
+                f"({_num(pr.get('rate_per_s')):.0f} vs {_num(pr.get('one_rate_per_s')):.0f}/s)",
+            )
+        )
+    else:  # results of a run before the pairing: against the growth section's empty cluster
         one = _num(
             empty.get("rate_per_s", r.get("tmr", {}).get(str(LEVELS[-1]), {}).get("rate_per_s"))
         )
@@ -1606,6 +1696,16 @@ def growth_table(r: Json) -> list[str]:
             f"{_f(tk.get('promote_s'), '.3f', 0)} s, kill -> first checkout "
             f"{_f(tk.get('kill_to_first_checkout_s'), '.3f', 0)} s"
         )
+        if "pairs" in pr:
+            one_idle = pr.get("one_idle", {})
+            add(
+                "  paired with 1 product (each alone, in turn): "
+                + ", ".join(f"{o:.0f} / {m:.0f}" for o, m in pr["pairs"])
+                + f" cycles/s (1 / {pr.get('products', '?')}); the median ratio "
+                f"{_f(pr.get('rate_vs_one'), '.2f', 0)}x; idle with 1 product: server "
+                f"{_f(one_idle.get('server_cpu_pct'), '.1f', 0)} %, backends "
+                f"{_f(one_idle.get('backends_cpu_pct'), '.1f', 0)} % of a core"
+            )
     return lines
 
 

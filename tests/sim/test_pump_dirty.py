@@ -1,7 +1,8 @@
 """`Leader._pump` visits only the products that may have something to send (docs/design.md
 §5): over seeded simulations (crashes, wipes, failovers, refusals, license updates), the
 leader sends exactly the messages, in the same order, that it sends when every pump visits
-every product; so no product with pending work is ever skipped."""
+every product; so no product with pending work is ever skipped. The tick's scans for refused
+grants and overdue answers walk the same list (`Leader._unsettled`) and are compared too."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.sim.simulation import Simulation
+from tests.sim.simulation import InvariantViolation, Simulation
 from tmr.replication.backends import Backend, Outstanding
 from tmr.replication.effects import Effects
 from tmr.replication.leader import Leader
@@ -52,4 +53,25 @@ def test_the_comparison_catches_a_product_left_off(monkeypatch: pytest.MonkeyPat
     # Seeds where leaving a product off changes what is sent (9 of the first 60 seeds).
     fulls = {seed: sends(seed, monkeypatch, dirty=False) for seed in range(8, 22)}
     monkeypatch.setattr(Leader, "_settled", lambda self, p: True)
-    assert any(sends(seed, monkeypatch, dirty=True) != full for seed, full in fulls.items())
+    assert any(differs(seed, monkeypatch, full) for seed, full in fulls.items())
+
+
+def test_the_comparison_catches_a_tick_scan_that_skips_a_product(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tick scans that look at no product (no refused grant aborted, no overdue client
+    answered) break the simulation's liveness checks or send otherwise (most of the first 10
+    seeds)."""
+    fulls = {seed: sends(seed, monkeypatch, dirty=False) for seed in range(10)}
+    scan = Leader._unsettled
+    monkeypatch.setattr(Leader, "_unsettled", lambda self: [] if self.DIRTY_PUMP else scan(self))
+    caught = [seed for seed, full in fulls.items() if differs(seed, monkeypatch, full)]
+    assert len(caught) >= 3, caught
+
+
+def differs(seed: int, monkeypatch: pytest.MonkeyPatch, full: tuple[list[Any], list[str]]) -> bool:
+    """The dirty pump's run of `seed` sends otherwise than `full`, or breaks an invariant."""
+    try:
+        return sends(seed, monkeypatch, dirty=True) != full
+    except InvariantViolation:
+        return True

@@ -54,7 +54,15 @@ from tmr.protocol.results import (
     LicenseEntry,
     QueuedResult,
 )
-from tmr.replication import admission, backends, floors, handles, productlog, takeover
+from tmr.replication import (
+    admission,
+    backends,
+    floors,
+    handles,
+    productlog,
+    status_rows,
+    takeover,
+)
 from tmr.replication import queue as checkout_queue
 from tmr.replication.admission import Admission
 from tmr.replication.backends import Backend, Outstanding
@@ -86,6 +94,7 @@ from tmr.replication.productlog import (
     Product,
 )
 from tmr.replication.roles import Event, IllegalTransition, Phase, Role, RoleState
+from tmr.replication.status_rows import RowCache
 from tmr.replication.types import (
     NO_FLOOR,
     AccessMode,
@@ -178,6 +187,11 @@ class Leader:
         self._random_ids = random_ids or (lambda: secrets.token_hex(HANDLE_RANDOM_BYTES))
         self._mids = itertools.count(1)
         self._eff_cache: dict[ProductKey, Effective] = {}  # cleared when a backend changes
+        # The status view's rows, kept with their inputs (`status_rows`): per license, and
+        # per backend per copy; and each product's name as the view writes it.
+        self._license_cache: RowCache[tuple[LicenseEntry, dict[str, Any]]] = RowCache()
+        self._copy_cache: list[RowCache[dict[str, Any]]] = [RowCache() for _ in config.backends]
+        self._key_names: dict[ProductKey, str] = {}
         self._next_floor_scan = 0.0
         self._leases = Leases(config.lease, config.backend_timeout)
         # Every heartbeat held is answered the same result (frozen): built once, not per
@@ -824,16 +838,31 @@ class Leader:
 
     def licenses_view(self) -> list[LicenseEntry]:
         """The licenses as `list` reports them (also, as maps, in `status`)."""
+        return [entry for entry, _ in self._license_rows(self._view_inputs())]
+
+    def _view_inputs(self) -> status_rows.Inputs:
+        return status_rows.Inputs(self._floor, self._effective)
+
+    def _license_rows(
+        self, inputs: status_rows.Inputs
+    ) -> list[tuple[LicenseEntry, dict[str, Any]]]:
+        """Each license's entry and its wire form, rebuilt only when what it shows changed
+        (`status_rows`)."""
         keys: set[ProductKey] = set()
         for b in self.backends:
             keys.update(b.licenses)
+        active = self.role == Role.ACTIVE
+        rows = self._license_cache
         out = []
         for key in sorted(keys):
-            eff = self._effective(key)
+            eff = inputs.effective(key)
             p = self._products.get(key)
-            in_use = p.seats() if p and self.role == Role.ACTIVE else 0
+            in_use = p.seats() if p and active else 0
             lic = admission.best_license(self.backends, key, eff)
-            out.append(admission.license_row(key, eff, in_use, self._floor_json(key), lic))
+            f = inputs.floor(key)
+            sig = (eff, in_use, f, lic)
+            out.append(rows.row(key, sig, status_rows.license_row, key, *sig))
+        rows.retain(keys)
         return out
 
     def live_leader(self, now: float) -> str | None:
@@ -867,8 +896,11 @@ class Leader:
             )
 
     def status(self, now: float | None = None) -> dict[str, Any]:
-        """A JSON view; `now` defaults to the latest time the leader was given."""
+        """A JSON view; `now` defaults to the latest time the leader was given. Its
+        per-product rows are kept between calls and rebuilt when what they show changed
+        (`status_rows`)."""
         now = self._now if now is None else now
+        inputs = self._view_inputs()
         return {
             "server": self.cfg.server_id,
             "role": self.role.value,
@@ -876,30 +908,7 @@ class Leader:
             "fenced_by": str(self.fenced_by) if self.fenced_by else None,
             "live_leader": self.live_leader(now),
             "serial": self.cfg.container_serial,
-            "backends": [
-                {
-                    "name": b.name,
-                    "up": b.up,
-                    "promised": str(b.promised),
-                    "caught_up": b.caught_up,
-                    "licenses": {
-                        key_str(k): {
-                            "tmr_id": v.tmr_id,
-                            "quantity": v.quantity,
-                            "valid": v.valid,
-                            "reason": v.reason,
-                            "set_index": v.set_index,
-                            "problem": self._copy_problem(i, k),
-                        }
-                        for k, v in sorted(b.licenses.items())
-                    },
-                    "synced": {key_str(k): s for k, s in sorted(b.acked.items())},
-                    "refused": {
-                        key_str(k): r for k, r in sorted(floors.refusals(b, self._floor).items())
-                    },
-                }
-                for i, b in enumerate(self.backends)
-            ],
+            "backends": [self._backend_status(i, b, inputs) for i, b in enumerate(self.backends)],
             "handles": sum(len(p.handles) for p in self._products.values()),
             "ops_committed": self.ops_committed,
             # client requests waiting for this server's takeover to end (replication/parking)
@@ -909,9 +918,30 @@ class Leader:
                 "peers": dict(sorted(self.peer_policies.items())),
                 "mismatch": sorted(self.policy_mismatch()),
             },
-            "licenses": [e.to_wire() for e in self.licenses_view()],
+            "licenses": [wire for _, wire in self._license_rows(inputs)],
             # (places, seats wanted) per product queued in this term (replication/queue.py)
             "queued": {key_str(k): list(v) for k, v in sorted(self._queue.lengths().items())},
+        }
+
+    def _backend_status(self, i: int, b: Backend, inputs: status_rows.Inputs) -> dict[str, Any]:
+        """Backend `b`'s part of `status`: its copies (a kept row each, `status_rows`), how far
+        it acknowledged each product's log, and the copies it or this leader refuses."""
+        rows = self._copy_cache[i]
+        names = self._key_names
+        copies = {}
+        for k, v in sorted(b.licenses.items()):
+            name = names.get(k) or names.setdefault(k, key_str(k))
+            problem = inputs.problem(i, k)
+            copies[name] = rows.row(k, (v, problem), status_rows.copy_row, v, problem)
+        rows.retain(b.licenses)
+        return {
+            "name": b.name,
+            "up": b.up,
+            "promised": str(b.promised),
+            "caught_up": b.caught_up,
+            "licenses": copies,
+            "synced": {key_str(k): s for k, s in sorted(b.acked.items())},
+            "refused": {key_str(k): r for k, r in sorted(floors.refusals(b, inputs.floor).items())},
         }
 
     def handles_view(self, now: float) -> list[dict[str, Any]]:
@@ -1127,13 +1157,6 @@ class Leader:
             )
         return eff
 
-    def _copy_problem(self, index: int, key: ProductKey) -> str | None:
-        """Why backend ``index``'s copy of ``key`` does not count (None: it counts or is
-        not valid / not reachable)."""
-        problems = self._effective(key).problems
-        problem = problems[index] if index < len(problems) else None
-        return problem.value if problem else None
-
     def _admission(
         self,
         key: ProductKey,
@@ -1163,10 +1186,6 @@ class Leader:
     def _floor(self, key: ProductKey) -> Floor:
         self._floor_in_force(key)
         return floors.floor_of(self._products.get(key), key, self.backends)
-
-    def _floor_json(self, key: ProductKey) -> dict[str, Any]:
-        floor = self._floor(key)
-        return {"tmr_id": floor.tmr_id, "time": floor.time}
 
     def _below_floor(self, b: Backend, key: ProductKey) -> str:
         return floors.below_floor(b, key, self._floor)
@@ -1289,7 +1308,7 @@ class Leader:
         and one probe interval for its entry to commit: after that it is told QUORUM_LOST
         with the backends' state (the op stays queued and may still commit; a retry with
         the same request id gets its outcome)."""
-        for p in self._products.values():
+        for p in self._unsettled():
             if p.waiters and p.waiters[0].deadline <= now:  # most products: nobody waits
                 productlog.answer_overdue(p, now, partial(self._overdue_message, p), fx)
 
@@ -1299,7 +1318,7 @@ class Leader:
         are too few for a quorum (the other one is down), or the first uncommitted entry has
         waited half of backend_timeout (the rest of the clients' wait bound is for the
         abort's round): `productlog.abort_grants`."""
-        for p in self._products.values():
+        for p in self._unsettled():
             if p.committed < 0 or p.seq <= p.committed or p.abort is not None:
                 continue
             good = [b for b in self.backends if b.up and b.holds(p.key)]
@@ -1426,6 +1445,18 @@ class Leader:
             if key in b.refusal or (key in b.licenses and b.acked.get(key) != seq):
                 return False
         return not productlog.update_under_way(p, self.backends)
+
+    def _unsettled(self) -> list[Product]:
+        """The products a tick's scans look at (`_abort_refused`, `_answer_overdue`): those
+        that may have an entry not committed or a client waiting, in `_products`' order. A
+        product gets either only by a new op or an abort, which put it on `_pump`'s list
+        (`_dirty`), and stays on that list while either lasts (it is not settled then, nor
+        only untold: `_settled`, `_untold_only`), so the list holds them all; an idle leader
+        with 1,000 products walks none of them 20 times a second. With `DIRTY_PUMP` off,
+        every product (the simulation compares the two: tests/sim/test_pump_dirty.py)."""
+        if not self.DIRTY_PUMP:
+            return list(self._products.values())
+        return [self._products[k] for k in sorted(self._dirty, key=self._order.__getitem__)]
 
     def _sweep_next_pump(self) -> None:
         """A backend's state changed (up or down, its licenses, floors or log position): the

@@ -7,13 +7,15 @@
 - `publish_due(now, headline)` then `publish(status, handles, now)`: a new snapshot for the
   web thread: every `web_publish_interval` while someone looks at the page or the API
   (`wants_handles()`, which also asks for the handles), else every `IDLE_PUBLISH_INTERVAL`,
-  and at once when the headline (role, epoch, backends up) changed;
+  and at once when the headline (role, epoch, backends up) changed. The loop hands over
+  what it read; the web thread's first reader builds the document (`WebAdmin.publish`);
 - `submit_usage(...)`: queue a usage report for the worker thread; the loop polls
   `wake_socket` and sends what `take_usage_replies()` returns.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -172,7 +174,10 @@ class WebRuntime:
         if self.web is None:
             return
         self._last_publish = now
-        snap = build_snapshot(
+        # Built by the first reader (`WebAdmin.snapshot`), from views the loop made for it
+        # alone: nothing it is built from changes after this call.
+        build = functools.partial(
+            build_snapshot,
             status,
             now_wall=time.time(),
             lease=self.cfg.lease_seconds,
@@ -184,7 +189,7 @@ class WebRuntime:
             recent_denials=denials,
             denial_records=denial_records,
         )
-        self.web.publish(snap)
+        self.web.publish(build)
         self.metrics.prune()
 
     # ---------------------------------------------------------------- releases
