@@ -1,13 +1,16 @@
 """When the server's loop hands the web thread a new status snapshot (`WebRuntime.publish_due`):
 fast while someone looks at the page or the API, slower while nobody does, at once when the
-role, epoch or backends up change."""
+role, epoch or backends up change; and who builds it (`WebAdmin.publish`)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from tmr.web.runtime import IDLE_PUBLISH_INTERVAL, WebRuntime
+from tmr.web.server import WebAdmin
 
 FAST = 0.5
 
@@ -67,3 +70,30 @@ def test_no_web_thread_never_publishes() -> None:
     rt, _ = _runtime()
     rt.web = None
     assert not rt.publish_due(0.0, "x")
+
+
+def test_the_document_is_built_by_its_first_reader_only() -> None:
+    """`WebAdmin.publish` with a builder: nothing is built while nobody reads; the first read
+    builds it once, stamped with the time it was published; a newer publish replaces one
+    nobody read without building it."""
+    now = [10.0]
+    web = WebAdmin("127.0.0.1:0", CollectorRegistry(), clock=lambda: now[0])
+    built: list[str] = []
+
+    def builder(name: str) -> Any:
+        def build() -> dict[str, Any]:
+            built.append(name)
+            return {"name": name}
+
+        return build
+
+    web.publish(builder("first"))
+    now[0] = 12.0
+    web.publish(builder("second"))
+    assert built == []
+    now[0] = 13.0
+    snap = web.snapshot()
+    assert snap == {"name": "second", "published_at": 12.0}
+    assert web.snapshot() is snap and built == ["second"]
+    web.publish({"name": "plain"})  # a document built by the caller is kept as it is
+    assert web.snapshot() == {"name": "plain", "published_at": 13.0}
