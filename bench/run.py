@@ -299,7 +299,8 @@ class Bench:
         self.servers: list[subprocess.Popen[str]] = []
         self.cluster: Cluster | None = None
         self.growth_cluster: Cluster | None = None
-        self.products_one: Cluster | None = None  # the products section's one-product cluster
+        # The cluster the growth or products section compares with (one product, nothing held)
+        self.baseline_cluster: Cluster | None = None
         self.growth_reps = 1 if args.quick else 3
         self.etcd: EtcdCluster | None = None
         self.run_no = 0
@@ -776,14 +777,24 @@ class Bench:
             row["adopted_bytes_per_handle"] = round((rss_after - rss_before) * 2**20 / adopted)
         return row
 
-    def _size(self, cl: Cluster, hb: list[subprocess.Popen[str]], clients: int, reps: int) -> Json:
+    def _size(
+        self,
+        cl: Cluster,
+        hb: list[subprocess.Popen[str]],
+        clients: int,
+        reps: int,
+        empty: Cluster | None = None,
+    ) -> Json:
         """One point of the growth sections: idle CPU over a heartbeat period, throughput
-        at 100 clients (median of `reps`), memory."""
+        at 100 clients (median of `reps`), memory. With `empty` (a cluster with nothing held,
+        kept stopped), each run is paired with a run of `empty` in alternating order, each
+        cluster alone: ``rate_vs_empty`` is the median of the pairs' ratios."""
         active = cl.active()
         endpoints, first = cl.endpoints_from(active)
         idle = self._idle(cl, active, hb)
-        runs = [
-            self.load(
+
+        def grow() -> tuple[LoadResult, Json]:
+            return self.load(
                 "grow",
                 endpoints,
                 LEVELS[-1],
@@ -793,10 +804,21 @@ class Bench:
                 key=cl.key,
                 cluster=cl,
             )
-            for _ in range(reps)
-        ]
+
+        runs: list[tuple[LoadResult, Json]] = []
+        empties: list[float] = []
+        for i in range(reps):
+            if empty is not None and i % 2 == 1:
+                empties.append(self._empty_rate(cl, hb, empty))
+            runs.append(grow())
+            if empty is not None and i % 2 == 0:
+                empties.append(self._empty_rate(cl, hb, empty))
         agg = _aggregate(runs, runs)
         agg.pop("tmr_ratio", None)
+        if empties:
+            ratios = [r.rate / e for (r, _), e in zip(runs, empties, strict=True) if e]
+            agg["empty_rates"] = empties
+            agg["rate_vs_empty"] = round(statistics.median(ratios), 3) if ratios else math.nan
         if hb:
             # The same load with the heartbeating clients stopped (SIGSTOP; the benchmark's
             # lease outlasts it): what the held handles and connections cost apart from the
@@ -849,6 +871,28 @@ class Bench:
         time.sleep(PAUSED_SETTLE)
         return round(statistics.median(rates), 1)
 
+    def _empty_rate(self, cl: Cluster, hb: list[subprocess.Popen[str]], empty: Cluster) -> float:
+        """One run of the empty cluster alone at 100 clients: the growth cluster and its
+        heartbeating clients stopped meanwhile (SIGSTOP; the benchmark's lease outlasts it),
+        then resumed, and their heartbeats that came due answered, before this returns."""
+        for proc in hb:
+            proc.send_signal(signal.SIGSTOP)
+        try:
+            _alone(empty, [cl])
+            active = empty.active()
+            endpoints, first = empty.endpoints_from(active)
+            rate = self.load(
+                "grow-empty", endpoints, LEVELS[-1], first=first, key=empty.key, cluster=empty
+            )[0].rate
+        finally:
+            _pause(empty, stop=True)
+            _pause(cl, stop=False)
+            _wait_all_backends(cl)
+            for proc in hb:
+                proc.send_signal(signal.SIGCONT)
+        time.sleep(PAUSED_SETTLE if hb else PAUSE_SETTLE)
+        return rate
+
     def section_growth(self) -> None:
         """Cost growth in held handles and heartbeating clients, on a fresh cluster (one
         product): at each size the idle CPU over one heartbeat period, throughput at 100
@@ -860,6 +904,11 @@ class Bench:
         )
         cl = Cluster(self.tmp / "growth", quantity=GROWTH_QUANTITY)
         self.growth_cluster = cl
+        # Each size's runs are paired with runs of a cluster that holds nothing, up beside it
+        # and stopped (SIGSTOP) except while it is measured: the ratio to empty is then the
+        # median of ratios taken minutes apart at most, not against size 0 alone.
+        empty = Cluster(self.tmp / "growth-empty", quantity=GROWTH_QUANTITY)
+        self.baseline_cluster = empty
         out: Json = {
             "heartbeat_period_s": HEARTBEAT_PERIOD,
             "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
@@ -872,8 +921,9 @@ class Bench:
         held = clients = 0  # handles of the holders; heartbeating clients (one handle each)
         last_takeover = -math.inf
         try:
-            everyone = {"backend-1", "backend-2", "backend-3"}
-            wait_until("all backends up", lambda: cl.backends_up(cl.active()) == everyone, 60)
+            _wait_all_backends(empty)
+            _pause(empty, stop=True)
+            _wait_all_backends(cl)
             for target, hb_target in sizes:
                 active = cl.active()
                 endpoints, first = cl.endpoints_from(active)
@@ -904,7 +954,7 @@ class Bench:
                     steps["held"] = [need, grown]
                 # Heartbeating clients moved by the last takeover are back to a steady state.
                 time.sleep(max(1.0, last_takeover + HEARTBEAT_PERIOD + 4.0 - time.monotonic()))
-                row = self._size(cl, hb, clients, self.growth_reps)
+                row = self._size(cl, hb, clients, self.growth_reps, empty)
                 row["held_handles"] = target
                 idle = row["idle"]
                 if target == 0:
@@ -919,10 +969,12 @@ class Bench:
                     for what in ("server", "backend"):
                         grown = row[f"{what}_rss_mib"] - base[f"{what}_rss_mib"]
                         row[f"{what}_bytes_per_handle"] = round(grown * 2**20 / handles)
-                    row["rate_vs_empty"] = round(row["rate_per_s"] / base["rate_per_s"], 3)
+                    # Against this size's runs of the empty cluster (paired in time)
+                    empty_rate = statistics.median(row["empty_rates"])
+                    row["rate_vs_first_empty"] = round(row["rate_per_s"] / base["rate_per_s"], 3)
                     if "rate_hb_paused_per_s" in row:
                         row["rate_hb_paused_vs_empty"] = round(
-                            row["rate_hb_paused_per_s"] / base["rate_per_s"], 3
+                            row["rate_hb_paused_per_s"] / empty_rate, 3
                         )
                     row.update(_memory_steps(steps))
                 log(
@@ -950,8 +1002,10 @@ class Bench:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait(timeout=5)
-            self.growth_cluster = None
+            self.growth_cluster = self.baseline_cluster = None
             cl.down()
+            _pause(empty, stop=False)
+            empty.down()
         if hb_results:
             lat = sorted(x for r in hb_results for x in r.get("hb_ms", []))
             out["heartbeats"] = {
@@ -983,7 +1037,7 @@ class Bench:
         one: Cluster | None = None
         try:
             one = Cluster(self.tmp / "products-1", quantity=QUANTITY, products=1)
-            self.products_one = one
+            self.baseline_cluster = one
             for cl in (many, one):
                 _wait_all_backends(cl)
             pairs = 1 if self.args.quick else PRODUCT_PAIRS
@@ -1038,7 +1092,7 @@ class Bench:
                 f"first checkout {tk['kill_to_first_checkout_s'] * 1000:.0f} ms"
             )
         finally:
-            self.growth_cluster = self.products_one = None
+            self.growth_cluster = self.baseline_cluster = None
             for left in (one, many):
                 if left is not None:
                     _pause(left, stop=False)
@@ -1193,7 +1247,7 @@ class Bench:
 
     def cleanup(self) -> None:
         self.stop_servers()
-        for cl in (self.growth_cluster, self.products_one):
+        for cl in (self.growth_cluster, self.baseline_cluster):
             if cl is None:
                 continue
             try:
@@ -1453,14 +1507,20 @@ def _growth_targets(r: Json) -> list[Target]:
         )
         out.extend(Target(17, n, None, what) for n in names)
     else:
-        ratio = _num(row.get("rate_per_s")) / _num(empty.get("rate_per_s"))
+        if "empty_rates" in row:  # paired with runs of an empty cluster at this size
+            ratio = _num(row.get("rate_vs_empty"))
+            versus = statistics.median(row["empty_rates"])
+            how = f", the median of {len(row['empty_rates'])} pairs"
+        else:  # a run before the pairing: against size 0, measured minutes earlier
+            versus = _num(empty.get("rate_per_s"))
+            ratio = _num(row.get("rate_per_s")) / versus
+            how = ""
         out.append(
             Target(
                 17,
                 f"{top:,} held handles: >= 0.9x cycles/s of empty",
                 ratio >= 0.9,
-                f"{ratio:.2f}x ({_num(row.get('rate_per_s')):.0f} vs "
-                f"{_num(empty.get('rate_per_s')):.0f}/s"
+                f"{ratio:.2f}x{how} ({_num(row.get('rate_per_s')):.0f} vs {versus:.0f}/s"
                 + (
                     f"; with the {clients:,} heartbeating clients stopped "
                     f"{_num(row.get('rate_hb_paused_vs_empty')):.2f}x)"
@@ -1666,6 +1726,16 @@ def growth_table(r: Json) -> list[str]:
                     f"{int(key):>7,}: the active server's RSS per held handle (the holder's "
                     f"step) {per_handle} bytes, per connected heartbeating client {per_client} "
                     "bytes"
+                )
+        for key, row in sorted(g.get("sizes", {}).items(), key=lambda kv: int(kv[0])):
+            if "empty_rates" in row:
+                add(
+                    f"{int(key):>7,}: paired with the empty cluster (each alone, in turn; "
+                    f"cycles/s, this size / empty): "
+                    + ", ".join(
+                        f"{rate:.0f} / {e:.0f}"
+                        for rate, e in zip(row.get("rates", []), row["empty_rates"], strict=False)
+                    )
                 )
         for key, row in sorted(g.get("sizes", {}).items(), key=lambda kv: int(kv[0])):
             if "rate_hb_paused_per_s" in row:
