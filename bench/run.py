@@ -806,7 +806,7 @@ class Bench:
             )
 
         runs: list[tuple[LoadResult, Json]] = []
-        empties: list[float] = []
+        empties: list[tuple[float, float]] = []
         for i in range(reps):
             if empty is not None and i % 2 == 1:
                 empties.append(self._empty_rate(cl, hb, empty))
@@ -816,9 +816,11 @@ class Bench:
         agg = _aggregate(runs, runs)
         agg.pop("tmr_ratio", None)
         if empties:
-            ratios = [r.rate / e for (r, _), e in zip(runs, empties, strict=True) if e]
-            agg["empty_rates"] = empties
+            ratios = [r.rate / e for (r, _), (e, _) in zip(runs, empties, strict=True) if e]
+            agg["empty_rates"] = [e for e, _ in empties]
             agg["rate_vs_empty"] = round(statistics.median(ratios), 3) if ratios else math.nan
+            # the growth cluster (its heartbeating clients stopped) beside the empty runs
+            agg["growth_cpu_pct_beside_empty"] = round(statistics.median(c for _, c in empties), 1)
         if hb:
             # The same load with the heartbeating clients stopped (SIGSTOP; the benchmark's
             # lease outlasts it): what the held handles and connections cost apart from the
@@ -871,27 +873,38 @@ class Bench:
         time.sleep(PAUSED_SETTLE)
         return round(statistics.median(rates), 1)
 
-    def _empty_rate(self, cl: Cluster, hb: list[subprocess.Popen[str]], empty: Cluster) -> float:
-        """One run of the empty cluster alone at 100 clients: the growth cluster and its
-        heartbeating clients stopped meanwhile (SIGSTOP; the benchmark's lease outlasts it),
-        then resumed, and their heartbeats that came due answered, before this returns."""
+    def _empty_rate(
+        self, cl: Cluster, hb: list[subprocess.Popen[str]], empty: Cluster
+    ) -> tuple[float, float]:
+        """One run of the empty cluster at 100 clients, the growth cluster's heartbeating
+        clients stopped meanwhile (SIGSTOP, as `_paused_rate`; the benchmark's lease outlasts
+        it) and their heartbeats that came due answered before this returns. The growth
+        cluster itself keeps running: stopped with 10,000 connected clients, it met them with
+        a storm of retries when it resumed (throughput fell to a tenth in the next runs).
+        Returns the rate and the growth cluster's CPU meanwhile (its server and backends, %
+        of a core), which the empty cluster's run shared the cores with."""
         for proc in hb:
             proc.send_signal(signal.SIGSTOP)
+        pids = self._cpu_pids(cl.active(), cl)
         try:
-            _alone(empty, [cl])
+            _pause(empty, stop=False)
+            _wait_all_backends(empty)
+            time.sleep(PAUSE_SETTLE)
             active = empty.active()
             endpoints, first = empty.endpoints_from(active)
+            before = sum(cpu_seconds(pid) for pid in pids.values())
+            t0 = time.monotonic()
             rate = self.load(
                 "grow-empty", endpoints, LEVELS[-1], first=first, key=empty.key, cluster=empty
             )[0].rate
+            beside = 100.0 * (sum(cpu_seconds(pid) for pid in pids.values()) - before)
+            beside /= time.monotonic() - t0
         finally:
             _pause(empty, stop=True)
-            _pause(cl, stop=False)
-            _wait_all_backends(cl)
             for proc in hb:
                 proc.send_signal(signal.SIGCONT)
-        time.sleep(PAUSED_SETTLE if hb else PAUSE_SETTLE)
-        return rate
+        time.sleep(PAUSED_SETTLE if hb else 0.0)
+        return rate, beside
 
     def section_growth(self) -> None:
         """Cost growth in held handles and heartbeating clients, on a fresh cluster (one
@@ -905,8 +918,9 @@ class Bench:
         cl = Cluster(self.tmp / "growth", quantity=GROWTH_QUANTITY)
         self.growth_cluster = cl
         # Each size's runs are paired with runs of a cluster that holds nothing, up beside it
-        # and stopped (SIGSTOP) except while it is measured: the ratio to empty is then the
-        # median of ratios taken minutes apart at most, not against size 0 alone.
+        # and stopped (SIGSTOP) except while it is measured (`_empty_rate`): the ratio to
+        # empty is then the median of ratios of runs a few seconds apart, not against size 0
+        # alone, measured minutes earlier.
         empty = Cluster(self.tmp / "growth-empty", quantity=GROWTH_QUANTITY)
         self.baseline_cluster = empty
         out: Json = {
@@ -1736,6 +1750,8 @@ def growth_table(r: Json) -> list[str]:
                         f"{rate:.0f} / {e:.0f}"
                         for rate, e in zip(row.get("rates", []), row["empty_rates"], strict=False)
                     )
+                    + f"; the growth cluster beside the empty runs "
+                    f"{_f(row.get('growth_cpu_pct_beside_empty'), '.1f', 0)} % of a core"
                 )
         for key, row in sorted(g.get("sizes", {}).items(), key=lambda kv: int(kv[0])):
             if "rate_hb_paused_per_s" in row:
