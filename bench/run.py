@@ -397,6 +397,22 @@ class Bench:
             info["ops_per_round"] = round(2 * result.cycles / rounds, 1) if rounds else math.nan
         return result, info
 
+    def _load_active(self, what: str, cl: Cluster) -> tuple[LoadResult, Json]:
+        """100 clients cycling on `cl`, starting at its active server: with the CPU per cycle
+        of that server and the backends, and backend-2's replication rounds."""
+        active = cl.active()
+        endpoints, first = cl.endpoints_from(active)
+        return self.load(
+            what,
+            endpoints,
+            LEVELS[-1],
+            first=first,
+            cpu_pids=self._cpu_pids(active, cl),
+            rounds_of="backend-2",
+            key=cl.key,
+            cluster=cl,
+        )
+
     def _writes(self, backend: str, cluster: Cluster | None = None) -> int:
         """How many writes (replication rounds) a backend has committed so far."""
         cl = cluster or self.cluster
@@ -792,25 +808,12 @@ class Bench:
         active = cl.active()
         endpoints, first = cl.endpoints_from(active)
         idle = self._idle(cl, active, hb)
-
-        def grow() -> tuple[LoadResult, Json]:
-            return self.load(
-                "grow",
-                endpoints,
-                LEVELS[-1],
-                first=first,
-                cpu_pids=self._cpu_pids(active, cl),
-                rounds_of="backend-2",
-                key=cl.key,
-                cluster=cl,
-            )
-
         runs: list[tuple[LoadResult, Json]] = []
         empties: list[tuple[float, float]] = []
         for i in range(reps):
             if empty is not None and i % 2 == 1:
                 empties.append(self._empty_rate(cl, hb, empty))
-            runs.append(grow())
+            runs.append(self._load_active("grow", cl))
             if empty is not None and i % 2 == 0:
                 empties.append(self._empty_rate(cl, hb, empty))
         agg = _aggregate(runs, runs)
@@ -1064,19 +1067,7 @@ class Bench:
                     active = cl.active()
                     if name not in idle:
                         idle[name] = self._idle(cl, active, [])
-                    endpoints, first = cl.endpoints_from(active)
-                    runs[name].append(
-                        self.load(
-                            f"products-{name}",
-                            endpoints,
-                            LEVELS[-1],
-                            first=first,
-                            cpu_pids=self._cpu_pids(active, cl),
-                            rounds_of="backend-2",
-                            key=cl.key,
-                            cluster=cl,
-                        )
-                    )
+                    runs[name].append(self._load_active(f"products-{name}", cl))
             _alone(many, [one])
             row = _aggregate(runs["many"], runs["many"])
             row.pop("tmr_ratio", None)
