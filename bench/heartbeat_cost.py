@@ -131,10 +131,7 @@ def main() -> int:
         hb: list[subprocess.Popen[str]] = []
         holder = None
         try:
-            everyone = set(BACKENDS)
-            bench_run.wait_until(
-                "all backends up", lambda: cl.backends_up(cl.active()) == everyone, 60
-            )
+            cl.wait_all_backends()
             time.sleep(2.0)
             base = idle(cl, args.window)
             print(

@@ -22,8 +22,7 @@ def idle(products: int, window: float, settle: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="tmr-idle-") as tmp:
         cl = Cluster(Path(tmp) / "c", products=products)
         try:
-            everyone = {"backend-1", "backend-2", "backend-3"}
-            wait_until("all backends up", lambda: cl.backends_up(cl.active()) == everyone, 60)
+            cl.wait_all_backends()
             time.sleep(settle)
             roles: dict[str, str] = {}
 

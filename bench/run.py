@@ -252,6 +252,11 @@ class Cluster:
         st = self.ctl(server, "status")
         return {b["name"] for b in st.get("backends", []) if b.get("up")}
 
+    def wait_all_backends(self, timeout: float = 60.0) -> None:
+        """Until the active server hears all three backends."""
+        everyone = {"backend-1", "backend-2", "backend-3"}
+        wait_until("all backends up", lambda: self.backends_up(self.active()) == everyone, timeout)
+
     def handles(self, server: str) -> list[Json]:
         out: list[Json] = self.ctl(server, "handles", timeout=10.0).get("handles", [])
         return out
@@ -891,7 +896,7 @@ class Bench:
         pids = self._cpu_pids(cl.active(), cl)
         try:
             _pause(empty, stop=False)
-            _wait_all_backends(empty)
+            empty.wait_all_backends()
             time.sleep(PAUSE_SETTLE)
             active = empty.active()
             endpoints, first = empty.endpoints_from(active)
@@ -938,9 +943,9 @@ class Bench:
         held = clients = 0  # handles of the holders; heartbeating clients (one handle each)
         last_takeover = -math.inf
         try:
-            _wait_all_backends(empty)
+            empty.wait_all_backends()
             _pause(empty, stop=True)
-            _wait_all_backends(cl)
+            cl.wait_all_backends()
             for target, hb_target in sizes:
                 active = cl.active()
                 endpoints, first = cl.endpoints_from(active)
@@ -1056,7 +1061,7 @@ class Bench:
             one = Cluster(self.tmp / "products-1", quantity=QUANTITY, products=1)
             self.baseline_cluster = one
             for cl in (many, one):
-                _wait_all_backends(cl)
+                cl.wait_all_backends()
             pairs = 1 if self.args.quick else PRODUCT_PAIRS
             idle: dict[str, Json] = {}
             runs: dict[str, list[tuple[LoadResult, Json]]] = {"one": [], "many": []}
@@ -1278,18 +1283,13 @@ def _pause(cl: Cluster, *, stop: bool) -> None:
             continue
 
 
-def _wait_all_backends(cl: Cluster) -> None:
-    everyone = {"backend-1", "backend-2", "backend-3"}
-    wait_until("all backends up", lambda: cl.backends_up(cl.active()) == everyone, 60)
-
-
 def _alone(cl: Cluster, others: list[Cluster]) -> None:
     """Run `cl` alone: the `others` stopped, `cl` resumed and serving again (its server has
     heard all three backends since it resumed), then PAUSE_SETTLE s."""
     for other in others:
         _pause(other, stop=True)
     _pause(cl, stop=False)
-    _wait_all_backends(cl)
+    cl.wait_all_backends()
     time.sleep(PAUSE_SETTLE)
 
 

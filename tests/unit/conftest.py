@@ -1,5 +1,6 @@
-"""Fixtures shared by the unit tests; `fake_server`: the SDK tests' fake TMR server
-(tests/unit/client/fake_tmr_server.py), for the workload generator and the load generator."""
+"""Fixtures shared by the unit tests; `make_server`: the fake TMR server
+(tests/unit/client/fake_tmr_server.py) of the SDK, CLI, workload generator and load
+generator tests, with the service key pair `service_keys`."""
 
 from __future__ import annotations
 
@@ -21,17 +22,17 @@ from tmr.server.service import ServerService
 
 
 @pytest.fixture(scope="session")
-def wl_service_keys() -> NodeKeys:
+def service_keys() -> NodeKeys:
     return generate_keypair()
 
 
 @pytest.fixture
-def fake_server(wl_service_keys: NodeKeys) -> Iterator[Callable[..., FakeServer]]:
+def make_server(service_keys: NodeKeys) -> Iterator[Callable[..., FakeServer]]:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     servers: list[FakeServer] = []
 
     def make(**kwargs: object) -> FakeServer:
-        server = FakeServer(wl_service_keys, **kwargs)  # type: ignore[arg-type]
+        server = FakeServer(service_keys, **kwargs)  # type: ignore[arg-type]
         servers.append(server.start(ctx))
         return server
 

@@ -262,9 +262,9 @@ def test_a_worker_fails_over_as_the_sdk_does() -> None:
 
 
 @pytest.fixture
-def hold_server(fake_server: Callable[..., Any]) -> Any:
+def hold_server(make_server: Callable[..., Any]) -> Any:
     """The SDK tests' fake TMR server (tests/unit/conftest.py), with room for a few handles."""
-    return fake_server(quantity=10)
+    return make_server(quantity=10)
 
 
 @pytest.fixture

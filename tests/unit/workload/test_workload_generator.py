@@ -45,12 +45,12 @@ def _run(cfg: WorkloadConfig, out: Path, lines: list[str] | None = None) -> RunR
 
 
 def test_run_records_every_operation_and_checks_clean(
-    fake_server: MakeServer, wl_service_keys: NodeKeys, tmp_path: Path
+    make_server: MakeServer, service_keys: NodeKeys, tmp_path: Path
 ) -> None:
-    server = fake_server(quantity=3)
+    server = make_server(quantity=3)
     lines: list[str] = []
     t0 = time.monotonic()
-    result = _run(_cfg(server, wl_service_keys), tmp_path / "h.jsonl", lines)
+    result = _run(_cfg(server, service_keys), tmp_path / "h.jsonl", lines)
     assert time.monotonic() - t0 < 4.0
     assert result.exit_code == 0 and result.stuck == 0
     assert "seed 5 (repeat with --seed 5)" in lines[0]
@@ -82,9 +82,9 @@ def test_run_records_every_operation_and_checks_clean(
     assert 1 <= report.max_held <= 3
 
 
-def test_seeded_choices(fake_server: MakeServer, wl_service_keys: NodeKeys, tmp_path: Path) -> None:
-    server = fake_server(quantity=100)
-    cfg = _cfg(server, wl_service_keys, seed=1234, seats_max=9, duration=0.3, client_prefix="s")
+def test_seeded_choices(make_server: MakeServer, service_keys: NodeKeys, tmp_path: Path) -> None:
+    server = make_server(quantity=100)
+    cfg = _cfg(server, service_keys, seed=1234, seats_max=9, duration=0.3, client_prefix="s")
     _run(cfg, tmp_path / "h.jsonl")
     hist = read_history(tmp_path / "h.jsonl")
     for i in range(cfg.clients):
@@ -93,10 +93,10 @@ def test_seeded_choices(fake_server: MakeServer, wl_service_keys: NodeKeys, tmp_
 
 
 def test_abandon_at_end_leaves_the_handles_for_the_table(
-    fake_server: MakeServer, wl_service_keys: NodeKeys, tmp_path: Path
+    make_server: MakeServer, service_keys: NodeKeys, tmp_path: Path
 ) -> None:
-    server = fake_server(quantity=3)
-    _run(_cfg(server, wl_service_keys, at_end="abandon", hold_max=2.0), tmp_path / "h.jsonl")
+    server = make_server(quantity=3)
+    _run(_cfg(server, service_keys, at_end="abandon", hold_max=2.0), tmp_path / "h.jsonl")
     hist = read_history(tmp_path / "h.jsonl")
     abandoned = {r.handle for r in hist.ops if r.op == "abandon"}
     assert abandoned and abandoned == set(server.handles)
@@ -114,12 +114,12 @@ def test_abandon_at_end_leaves_the_handles_for_the_table(
 
 
 def test_a_handle_the_server_forgets_is_recorded_and_caught(
-    fake_server: MakeServer, wl_service_keys: NodeKeys, tmp_path: Path
+    make_server: MakeServer, service_keys: NodeKeys, tmp_path: Path
 ) -> None:
     # Lease 3 s: the SDK heartbeats every second; the loss shows at the next heartbeat,
     # background or explicit (at the end of the hold, cut by the end of the run).
-    server = fake_server(quantity=3, lease=3.0)
-    cfg = _cfg(server, wl_service_keys, clients=1, hold_max=3.0, duration=1.5, seed=3)
+    server = make_server(quantity=3, lease=3.0)
+    cfg = _cfg(server, service_keys, clients=1, hold_max=3.0, duration=1.5, seed=3)
     done: list[RunResult] = []
     t = threading.Thread(target=lambda: done.append(_run(cfg, tmp_path / "h.jsonl")))
     t.start()
@@ -144,13 +144,13 @@ def test_a_handle_the_server_forgets_is_recorded_and_caught(
 
 
 def test_unanswered_checkouts_are_unknown(
-    fake_server: MakeServer, wl_service_keys: NodeKeys, tmp_path: Path
+    make_server: MakeServer, service_keys: NodeKeys, tmp_path: Path
 ) -> None:
     def drop_checkouts(req: Request, server: FakeServer) -> object:
         return DROP if isinstance(req, CheckoutRequest) else None
 
-    server = fake_server(hook=drop_checkouts)
-    cfg = _cfg(server, wl_service_keys, clients=2, duration=0.5, timeout=0.4)
+    server = make_server(hook=drop_checkouts)
+    cfg = _cfg(server, service_keys, clients=2, duration=0.5, timeout=0.4)
     result = _run(cfg, tmp_path / "h.jsonl")
     assert result.exit_code == 0
     hist = read_history(tmp_path / "h.jsonl")
@@ -160,15 +160,15 @@ def test_unanswered_checkouts_are_unknown(
 
 
 def test_run_cli(
-    fake_server: MakeServer,
-    wl_service_keys: NodeKeys,
+    make_server: MakeServer,
+    service_keys: NodeKeys,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    server = fake_server(quantity=2)
+    server = make_server(quantity=2)
     out = tmp_path / "h.jsonl"
     # `=`: a Z85 key may start with "-".
-    args = ["workload", "run", "-e", server.endpoint, f"--server-key={wl_service_keys.public}"]
+    args = ["workload", "run", "-e", server.endpoint, f"--server-key={service_keys.public}"]
     args += ["--clients", "2", "--duration", "0.4", "--seed", "9", "--hold-max", "0.1"]
     assert main([*args, "--out", str(out), "--progress", "0.2"]) == 0
     assert "seed 9" in capsys.readouterr().out
@@ -181,12 +181,10 @@ def test_run_cli(
     assert "no active TMR server" in capsys.readouterr().err
 
 
-def test_sdk_hooks_the_generator_relies_on(
-    fake_server: MakeServer, wl_service_keys: NodeKeys
-) -> None:
+def test_sdk_hooks_the_generator_relies_on(make_server: MakeServer, service_keys: NodeKeys) -> None:
     """Handle.request_id, .last_renewal_sent (first send of the last renewal) and .abandon()."""
-    server = fake_server(lease=0.3)  # background heartbeats every 0.1 s
-    client = Client([server.endpoint], wl_service_keys.public, timeout=2.0)
+    server = make_server(lease=0.3)  # background heartbeats every 0.1 s
+    client = Client([server.endpoint], service_keys.public, timeout=2.0)
     try:
         before = time.monotonic()
         handle = client.checkout(6000123, 42)
