@@ -121,7 +121,7 @@ class Channel:
                 attempts += 1
                 sent = time.monotonic()
                 try:
-                    sock.send_multipart([b"", payload], flags=zmq.NOBLOCK)
+                    sock.send(payload, flags=zmq.NOBLOCK)
                 except zmq.Again:
                     reply: Reply | None = None
                     last = f"cannot queue the request for {endpoint}"

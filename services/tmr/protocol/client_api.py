@@ -1,9 +1,9 @@
 """The client API of the virtual container: request and reply schemas (docs/design.md §4).
 
-Transport: ZeroMQ, client DEALER -> server ROUTER, CURVE. A client sends each request as the
-two frames ``[b"", payload]`` (an empty delimiter, as a REQ socket would); the server strips
-the delimiter if present and replies with the same envelope. ``payload`` is one msgpack map
-(`tmr.protocol.codec`).
+Transport: ZeroMQ, client DEALER -> server ROUTER, CURVE. The SDK sends each request as one
+frame ``[payload]``; a client may also send ``[b"", payload]`` (an empty delimiter, as a REQ
+socket would); the server strips the delimiter if present and replies with the same envelope.
+``payload`` is one msgpack map (`tmr.protocol.codec`).
 
 Requests (at most `MAX_REQUEST_SIZE` bytes) carry ``"v": 1``, ``"op"`` and ``"rid"`` (the
 request id, 1-64 of ``[A-Za-z0-9._:-]``), plus per operation::

@@ -74,6 +74,8 @@ class FakeServer:
     drop_reply: Callable[[Request, FakeServer], bool] | None = None
     requests: list[Request] = field(default_factory=list)
     bad_requests: list[ProtocolError] = field(default_factory=list)
+    # The frames each request came with between the routing id and the payload.
+    envelopes: list[list[bytes]] = field(default_factory=list)
     handles: dict[str, Seat] = field(default_factory=dict)
     released: list[str] = field(default_factory=list)
     _dedupe: dict[tuple[str, str], Reply] = field(default_factory=dict)
@@ -152,6 +154,8 @@ class FakeServer:
                     continue
                 frames = sock.recv_multipart()
                 ident, envelope, payload = frames[0], frames[1:-1], frames[-1]
+                with self._cond:
+                    self.envelopes.append(envelope)
                 for out in self._handle(payload):
                     sock.send_multipart([ident, *envelope, out])
         finally:

@@ -114,6 +114,19 @@ def test_checkout_context_manager_heartbeats_and_releases(
     assert all(r.cid == client.client_id for r in server.requests if hasattr(r, "cid"))
 
 
+def test_each_request_is_one_frame(make_server: MakeServer, clients: Callable[..., Client]) -> None:
+    """No empty delimiter before the payload: with CURVE every frame is a box of its own to
+    seal, send, open and receive on both sides, for nothing (the server answers in kind)."""
+    server = make_server(lease=0.3)
+    client = clients(server.endpoint)
+    with client.checkout(FIRM, PRODUCT) as handle:
+        server.wait_for(lambda: server.handles[handle.id].heartbeats >= 1)
+    client.status()
+    ops = [r.op for r in server.requests]
+    assert {"checkout", "heartbeat", "release", "status"} <= set(ops)
+    assert server.envelopes == [[]] * len(ops)
+
+
 def test_heartbeats_stop_after_release(
     make_server: MakeServer, clients: Callable[..., Client]
 ) -> None:
