@@ -11,6 +11,13 @@ with fewer clients (N / period) isolates the cost per heartbeat from the cost pe
 With `--cycle R`, after each stage R load runs of C clients (100) cycling: cycles/s and the
 latency of a checkout or release (at C = 1, what the server's idle hold costs a lone client
 among heartbeating ones).
+With `--pause P` (and N > 0), after the last stage the active server is stopped (SIGSTOP)
+for P s while its clients go on, as a host paused by a VM migration would be, then resumed:
+the server's CPU in each second of the `--settle` s after it (a backlog of retries shows as
+seconds of high CPU; `extra_core_s`: the CPU of those seconds beyond the level before the
+pause), the clients' heartbeats, retries, lost handles and errors from just before the pause
+to the end of those seconds, and their round trips longer than 1 s over the whole run, as
+one more JSON line.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -75,6 +84,52 @@ def idle(
     return out
 
 
+def counts(procs: list[subprocess.Popen[str]], timeout: float = 10.0) -> dict[str, int]:
+    """The heartbeat workers' counts so far, summed (each asked with a ``count`` line)."""
+    total: dict[str, int] = {}
+    for proc in procs:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("count\n")
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        if not ready:
+            raise RuntimeError(f"heartbeat worker {proc.pid} did not answer 'count'")
+        for k, v in json.loads(proc.stdout.readline()).items():
+            total[k] = total.get(k, 0) + int(v)
+    return total
+
+
+def pause(cl: bench_run.Cluster, seconds: float, settle: float) -> Json:
+    """Stop the active server for `seconds`, resume it, and sample its CPU each second for
+    `settle` s: percent of one core per second, and the CPU over those seconds beyond its
+    level before the pause, in core-seconds."""
+    pid = cl.pid(cl.active())
+    before = cpu_seconds(pid)
+    time.sleep(2.0)
+    level = (cpu_seconds(pid) - before) / 2.0 * 100.0
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    resumed = time.monotonic()
+    series: list[float] = []
+    last = cpu_seconds(pid)
+    for i in range(int(settle)):
+        time.sleep(max(0.0, resumed + i + 1 - time.monotonic()))
+        now = cpu_seconds(pid)
+        series.append(round((now - last) * 100.0, 1))
+        last = now
+    return {
+        "pause_s": seconds,
+        "server_pct_before": round(level, 2),
+        "server_pct_each_second_after": series,
+        # What the pause cost beyond the work it delayed (the backlog is work the server
+        # would have done anyway): the retries, reconnections and refusals it set off.
+        "extra_core_s": round((sum(series) - level * len(series)) / 100.0, 2),
+    }
+
+
 def cycles(bench: bench_run.Bench, cl: bench_run.Cluster, runs: int, clients: int = 100) -> Json:
     """`runs` load runs of `clients` clients cycling: cycles/s (median), the latency of a
     checkout or release (p50 and p99 over the runs) and CPU µs per cycle."""
@@ -122,7 +177,22 @@ def main() -> int:
     ap.add_argument(
         "--cycle-clients", type=int, default=100, help="clients of each --cycle run (100)"
     )
+    ap.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="after the heartbeat stage, stop the active server for P s (SIGSTOP) and resume it",
+    )
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=30.0,
+        help="seconds of the server's CPU sampled after --pause resumes it (30)",
+    )
     args = ap.parse_args()
+    if not 0 <= args.pause <= 120 or not 1 <= args.settle <= 300:
+        ap.error("--pause is 0-120 s, --settle 1-300 s")
     bench_run.HEARTBEAT_PERIOD = args.period
     with tempfile.TemporaryDirectory(prefix="tmr-hbcost-") as tmp:
         ns = argparse.Namespace(quick=False, duration=4.0, reps=1)
@@ -174,6 +244,20 @@ def main() -> int:
                 print(
                     json.dumps({"stage": f"{connected} clients / {args.period} s", **m}), flush=True
                 )
+                if args.pause:
+                    before = counts(hb)
+                    paused = pause(cl, args.pause, args.settle)
+                    after = counts(hb)
+                    workers, hb = bench_run._stop_heartbeaters(hb), []
+                    lat = sorted(x for w in workers for x in w.get("hb_ms", []))
+                    # From just before the pause to the end of --settle; the round trips
+                    # over the whole run (the connections' ramp has a few over 1 s).
+                    paused["clients"] = {
+                        **{k: after.get(k, 0) - v for k, v in before.items()},
+                        "round_trips_over_1s": sum(1 for x in lat if x > 1000.0),
+                        "round_trip_max_ms": lat[-1] if lat else None,
+                    }
+                    print(json.dumps({"stage": "pause", **paused}), flush=True)
         finally:
             bench_run._stop_heartbeaters(hb)
             if holder is not None and holder.poll() is None:

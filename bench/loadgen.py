@@ -85,7 +85,6 @@ CLIENTS_PER_PROCESS_MAX = 10_000
 # Flags as plain ints: pyzmq's flags are enum members, and or-ing them (what send_multipart and
 # recv_multipart do for every frame) builds a new one each time.
 NOBLOCK = int(zmq.NOBLOCK)
-SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 RCVMORE = int(zmq.RCVMORE)
 
 
@@ -328,8 +327,7 @@ class Worker:
         c.sends += 1
         self._watch(c.sock)
         try:
-            c.sock.send(b"", SNDMORE_NOBLOCK)  # the empty delimiter, as a REQ socket sends
-            c.sock.send(c.payload, NOBLOCK)  # queued with the first frame: cannot fail
+            c.sock.send(c.payload, NOBLOCK)  # one frame, as the SDK sends
         except zmq.Again:
             c.deadline = now  # cannot queue: try the next endpoint at once
         self._arm(c, c.attempt)
@@ -587,8 +585,10 @@ class Worker:
             timeout = min(max(0.0, wake - now), POLL_MAX)
             for sock, _ in self.poller.poll(int(timeout * 1000) + 1):
                 if self.stdin_fd is not None and sock == self.stdin_fd:
-                    sys.stdin.readline()
-                    return
+                    if sys.stdin.readline().strip() == "count":  # counts so far; go on
+                        print(json.dumps(self.counts()), flush=True)
+                        continue
+                    return  # "stop" (or stdin closed)
                 owner = self.by_sock.get(sock)
                 zsock = owner.sock if owner is not None else None
                 if owner is None or zsock is None or zsock is not sock:
@@ -631,6 +631,15 @@ class Worker:
         marks = len(self.window_cpu)
         if marks < 2 and now >= (self.start_at, self.stop_at)[marks]:
             self.window_cpu.append(time.process_time())
+
+    def counts(self) -> Json:
+        """A heartbeat worker's counts so far (asked with a ``count`` line on stdin)."""
+        return {
+            "heartbeats": self.heartbeats,
+            "retries": self.retries,
+            "hb_lost": self.hb_lost,
+            "errors": sum(self.errors.values()),
+        }
 
     def run(self) -> Json:
         now = time.monotonic()

@@ -19,7 +19,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # The longest idle hold a server may be configured with (`ServerConfig.idle_hold_ms`): a
 # request that arrives during a hold waits up to that long.
 IDLE_HOLD_MAX_MS = 50
-# The longest a client request may wait for a takeover to end (`ServerConfig.takeover_hold_ms`):
+# The longest a client request may wait for a takeover (or a pause) to end (`takeover_hold_ms`):
 # the SDK's attempt timeout grows to at most 2 s, and a request held longer than its attempt
 # timeout is sent again elsewhere instead of answered.
 TAKEOVER_HOLD_MAX_MS = 2000
@@ -94,9 +94,10 @@ class ServerConfig:
     # nothing (heartbeats), wait this many ms before reading again so that the next ones
     # share a wake-up (tmr.server.service, design.md §11); 0: never wait; 0 to 50
     idle_hold_ms: float = 16.0
-    # a client request that arrives while this server takes over waits up to this many ms for
-    # the takeover's end (served once active) instead of being answered NOT_ACTIVE at once
-    # (tmr.replication.parking, design.md §5); keep it below the clients' attempt timeout (the
+    # a client request that arrives while this server takes over (or right after a pause of
+    # its process, until its backends confirm it) waits up to this many ms for that to end
+    # (served once active) instead of being answered NOT_ACTIVE at once
+    # (tmr.replication.parking, design.md §5, §6); keep it below the clients' attempt timeout (the
     # SDK's is 500 ms); 0: answer at once; 0 to 2000
     takeover_hold_ms: float = 300.0
     # the site's policy file (include / exclude / max / reserve per license, tmr.policy);

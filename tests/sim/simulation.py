@@ -398,6 +398,7 @@ class Simulation:
             # Client requests a server parked during its takeover (`check_parked`), and how
             # they were answered: served (any answer but NOT_ACTIVE) or NOT_ACTIVE.
             "parked": 0,
+            "parked_after_pause": 0,  # by an active server not confirmed since its pause
             "parked_served": 0,
             "parked_not_active": 0,
             # Takeovers: snapshot entries sent as a reference to the backend's own table, of
@@ -991,6 +992,8 @@ class Simulation:
             if fx.parked:
                 self.parked.setdefault((s.name, m.src, rid), w)
                 self.stats["parked"] += 1
+                if s.leader.role == Role.ACTIVE:  # resumed from a pause, not confirmed yet
+                    self.stats["parked_after_pause"] += 1
             self.apply_effects(s, fx)
             self.maybe_pump(s)
         else:

@@ -44,11 +44,27 @@ SEEDS = int(os.environ.get("TMR_SIM_SEEDS", "60"))
 BATCH = 50
 
 
-@pytest.mark.parametrize("first", range(0, SEEDS, BATCH))
-def test_invariants_hold_over_seeds(first: int) -> None:
+def batches(count: int, size: int) -> list[range]:
+    """The seeds 0..count-1 in batches of `size`, a shorter rest joined to the batch before
+    it: the counts asserted below are of rare events (an exclusive grant comes about once
+    in 10 to 20 seeds), so each batch has at least `size` seeds when there are that many."""
+    starts = list(range(0, count, size))
+    if len(starts) > 1 and count - starts[-1] < size:
+        starts.pop()
+    return [range(a, b) for a, b in zip(starts, [*starts[1:], count], strict=True)]
+
+
+def test_a_short_rest_of_seeds_joins_the_batch_before_it() -> None:
+    assert batches(60, 50) == [range(0, 60)]
+    assert batches(100, 50) == [range(0, 50), range(50, 100)]
+    assert batches(120, 50) == [range(0, 50), range(50, 120)]
+    assert batches(10, 50) == [range(0, 10)]
+
+
+@pytest.mark.parametrize("seeds", batches(SEEDS, BATCH), ids=lambda r: f"{r.start}-{r.stop - 1}")
+def test_invariants_hold_over_seeds(seeds: range) -> None:
     totals: dict[str, int] = {}
     runs: dict[str, int] = {}  # runs in which each count is above zero
-    seeds = range(first, min(first + BATCH, SEEDS))
     for seed in seeds:
         sim = Simulation(seed)
         sim.run()
@@ -57,7 +73,7 @@ def test_invariants_hold_over_seeds(first: int) -> None:
             totals[k] = totals.get(k, 0) + v
             runs[k] = runs.get(k, 0) + (v > 0)
     # The runs must have exercised the protocol, not idled.
-    assert totals["checkouts"] > 10 * min(BATCH, SEEDS - first)
+    assert totals["checkouts"] > 10 * len(seeds)
     assert totals["failovers"] > 0 and totals["crashes"] > 0
     # Forced promotes still fence live leaders; plain ones yield to them.
     assert totals["forced"] > 0 and totals["fenced"] > 0 and totals["yielded"] > 0
@@ -84,6 +100,9 @@ def test_invariants_hold_over_seeds(first: int) -> None:
     assert runs["window_table"] >= n // 5 and runs["window_entry0"] >= n // 5
     assert runs["window_sole_holder"] >= n // 10 and runs["tables_reasked"] >= n // 50
     assert runs["takeovers_checked"] >= n // 2
+    # An active server resumed from a pause parked the requests it read before its first
+    # probes confirmed it (31 runs of seeds 0-99).
+    assert runs["parked_after_pause"] >= n // 10
 
 
 def test_same_seed_same_history() -> None:

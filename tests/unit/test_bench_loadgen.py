@@ -135,6 +135,8 @@ def test_a_worker_counts_the_reply_to_its_heartbeat_and_ignores_another_rid() ->
         assert w.heartbeats == 1 and w.errors == {}
         assert c.op == "heartbeat" and c.rid != rid  # the next one, a period later
         assert c.resend_at == pytest.approx(115.1)
+        # what a `count` line on stdin prints (bench.heartbeat_cost --pause)
+        assert w.counts() == {"heartbeats": 1, "retries": 0, "hb_lost": 0, "errors": 0}
     finally:
         w.ctx.term()
 
@@ -230,6 +232,31 @@ def test_a_worker_has_one_zeromq_io_thread() -> None:
     try:
         assert w.ctx.get(zmq.IO_THREADS) == 1
     finally:
+        w.ctx.term()
+
+
+def test_a_worker_sends_each_request_as_one_frame_as_the_sdk_does() -> None:
+    import zmq
+
+    public, secret = zmq.curve_keypair()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    server = ctx.socket(zmq.ROUTER)
+    server.curve_server = True
+    server.curve_publickey, server.curve_secretkey = public, secret
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    w = _worker(server_key=public.decode(), endpoints=[f"tcp://127.0.0.1:{port}"], mode="cycle")
+    try:
+        c = w.clients[0]
+        w._connect(c)
+        w._checkout(c, time.monotonic())
+        assert server.poll(5000), "the checkout did not arrive"
+        frames = server.recv_multipart()
+        assert frames[1:] == [c.payload]  # the routing id, then the payload alone
+    finally:
+        for sock in list(w.by_sock):
+            sock.close(linger=0)
+        server.close(linger=0)
+        ctx.term()
         w.ctx.term()
 
 

@@ -198,9 +198,13 @@ class Leader:
         # heartbeat (10,000 idle clients send 1,000 a second).
         self._renewed = HeartbeatResult(config.lease)
         self._crypt = CryptRouter(self)
-        # Client requests waiting for this server's takeover to end (not part of a term:
-        # they are answered whatever the takeover's outcome)
+        # Client requests waiting for this server's takeover to end, or for its first probes
+        # after a pause to confirm it (not part of a term: they are answered whatever the
+        # outcome)
         self._parking = Parking(config.takeover_hold)
+        # What the requests in the parking wait for: "takeover" (its end) or "pause" (the
+        # first probes after a pause), as the first of them found it; in `parked_answered`.
+        self._parked_for = "takeover"
         self.backends = [Backend(name, i) for i, name in enumerate(config.backends)]
         self._by_name = {b.name: b for b in self.backends}
         self._reset_term()
@@ -292,6 +296,12 @@ class Leader:
     def tick(self, now: float) -> Effects:
         fx = Effects()
         self._clock(now)
+        # Never earlier than an input already seen: a service's tick carries its loop turn's
+        # start, before the client requests that turn read, and after a pause the first of
+        # them marks its end (`_resumed_at`): probes stamped before it would confirm nothing,
+        # and what waits for them (`_waits`) would wait for the next probe round.
+        if self._last_seen is not None and now < self._last_seen:
+            now = self._last_seen
         self._now = now
         for b in self.backends:
             for mid, out in list(b.outstanding.items()):
@@ -415,7 +425,7 @@ class Leader:
         handle counts (`AccessMode`, docs/design.md §7.6); a station is (owner, user, host),
         so only handles of the same CURVE key ever share seats."""
         fx = Effects()
-        if self.role == Role.TAKEOVER:
+        if self._waits(now):
             replay = partial(
                 self.checkout,
                 token,
@@ -645,7 +655,7 @@ class Leader:
             # expire a handle whose heartbeats arrive. That only delays this server's own
             # expiry (a deposed server commits nothing; a new leader restarts every lease).
             self._leases.extend(handle, now)
-        if self.role == Role.TAKEOVER:
+        if self._waits(now):
             replay = partial(self.heartbeat, token, rid, client_id, handle, owner=owner)
             return self._park(fx, token, rid, now, replay)
         if self._refuse_unconfirmed(fx, token, rid, now):
@@ -662,7 +672,7 @@ class Leader:
         answers UNKNOWN_HANDLE, the same in every case (no oracle); the client library counts
         it as released when it comes to a retry."""
         fx = Effects()
-        if self.role == Role.TAKEOVER:
+        if self._waits(now):
             replay = partial(self.release, token, rid, client_id, handle, owner=owner)
             return self._park(fx, token, rid, now, replay)
         if self._refuse_unconfirmed(fx, token, rid, now):
@@ -699,7 +709,7 @@ class Leader:
         owner: str,
     ) -> Effects:
         fx = Effects()
-        if self.role == Role.TAKEOVER:
+        if self._waits(now):
             replay = partial(
                 self.crypt, token, rid, client_id, handle, operation, data, owner=owner
             )
@@ -799,7 +809,9 @@ class Leader:
         latest pause (`_leadership_confirmed`), answers from its state: a deposed server that
         was paused would otherwise grant a released handle again or count released seats.
         Unconfirmed within backend_timeout of a pause: NOT_ACTIVE (the client retries; the
-        first probes after the pause either confirm this server or fence it). Unconfirmed
+        first probes after the pause either confirm this server or fence it). The client
+        requests read then are parked first (`_waits`): this answer is for one that waited
+        `takeover_hold`, or found the parking off or full. Unconfirmed
         while awake for longer: no majority answered its own requests within backend_timeout,
         a true quorum loss as far as it can tell: QUORUM_LOST (the SDK checks that answer
         against the other endpoint once)."""
@@ -1069,11 +1081,15 @@ class Leader:
         replay: Callable[[float], Effects],
         size: int = 0,
     ) -> Effects:
-        """A client request during a takeover: parked until the takeover ends
-        (`tmr.replication.parking`), or NOT_ACTIVE now if parking is off or full."""
+        """A client request during a takeover, or before the first probes after a pause
+        confirm this server (`_waits`): parked until then (`tmr.replication.parking`), or
+        answered now as `_answer_unready` says if parking is off or full."""
         self._clock(now)  # a client request is a sign of time, as in `_refuse_unconfirmed`
+        first = not self._parking.waiting
         if self._parking.park(Parked(now, token, rid, replay, size)):
             fx.parked = True
+            if first:
+                self._parked_for = "takeover" if self.role == Role.TAKEOVER else "pause"
         else:
             self._answer_unready(fx, token, rid, now)
         return fx
@@ -1086,6 +1102,18 @@ class Leader:
             self._not_active(fx, token, rid)
         else:
             self._refuse_unconfirmed(fx, token, rid, now)
+
+    def _waits(self, now: float) -> bool:
+        """Whether a client request arriving now is parked (`_park`) rather than decided:
+        while this server takes over, and while it is active but has not confirmed its
+        leadership since a pause (`_unready`). The request is the first sign of time after a
+        pause (SIGSTOP, a frozen VM), read before any tick: `_clock` notices the pause first.
+        Without the parking every request queued during the pause would be answered
+        NOT_ACTIVE the moment the server resumes, and each client would back off and retry:
+        10,000 heartbeating clients after a 5 s pause made 6,605 retries and round trips of up
+        to 12 s."""
+        self._clock(now)
+        return self._unready(now)
 
     def _unready(self, now: float) -> bool:
         """Whether parked requests keep waiting (`_settle_parked`): while this server takes
@@ -1121,6 +1149,7 @@ class Leader:
                 "event": "parked_answered",
                 "server": self.cfg.server_id,
                 "role": self.role.value,
+                "after": self._parked_for,
                 "requests": len(taken),
                 "turned_away": self._parking.turned_away,
             }
@@ -1307,7 +1336,15 @@ class Leader:
         """A client waits at most backend_timeout (a resend after a lost message included)
         and one probe interval for its entry to commit: after that it is told QUORUM_LOST
         with the backends' state (the op stays queued and may still commit; a retry with
-        the same request id gets its outcome)."""
+        the same request id gets its outcome).
+
+        Time spent paused does not count (`_clock`): a deadline that passed while the process
+        was stopped is held to the same bound after the resume, so the first probes and
+        resends after it decide, not the pause (a retry read at the resume, parked until the
+        probes confirm this server, would else be told QUORUM_LOST with its entry's quorum
+        up)."""
+        if now - self._resumed_at < self.cfg.backend_timeout + self.cfg.probe_interval:
+            return
         for p in self._unsettled():
             if p.waiters and p.waiters[0].deadline <= now:  # most products: nobody waits
                 productlog.answer_overdue(p, now, partial(self._overdue_message, p), fx)

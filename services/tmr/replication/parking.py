@@ -1,4 +1,5 @@
-"""Client requests that reach a server while it takes over: held until it is active.
+"""Client requests that reach a server while it takes over (or resumes from a pause): held
+until it is active and confirmed.
 
 See docs/design.md §5 (Takeover). Once keepalived has moved the VIP (or a client has turned to
 the other endpoint), the requests arrive while the new server still takes over: it waits for
@@ -17,6 +18,11 @@ the moment the takeover ends, through the very path a request arriving then take
   (NOT_ACTIVE);
 - it has waited `hold` seconds: answered NOT_ACTIVE, as before (the default 0.3 s stays below
   the SDK's first attempt timeout, 0.5 s, so the client gets that answer, not a timeout).
+
+The same holds after a pause (SIGSTOP, a frozen VM): an active server reads the requests
+queued meanwhile before any tick, and until its first probes after the pause confirm it they
+would each be answered NOT_ACTIVE (`Leader._refuse_unconfirmed`): parked instead, they are
+served once confirmed, NOT_ACTIVE if fenced or after `hold` (`Leader._waits`).
 
 Parking only delays when a request reaches the leader's decision: nothing is decided for it
 while it waits, so it changes no seat count and no reply's content. At most `limit` requests
@@ -52,7 +58,7 @@ class Parked:
 
 
 class Parking:
-    """The requests parked during one takeover, oldest first."""
+    """The requests parked during one takeover (or after one pause), oldest first."""
 
     def __init__(
         self, hold: float = TAKEOVER_HOLD, limit: int = PARK_LIMIT, limit_bytes: int = PARK_BYTES

@@ -12,10 +12,14 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import pytest
+
 from tests.unit.replication.harness import NAMES, Harness
 from tmr.errors import ErrorCode
+from tmr.protocol.results import CheckoutResult
 from tmr.replication.leader import ClientReply, Effects, Leader, Role
-from tmr.replication.messages import Crypt
+from tmr.replication.messages import Accept, Crypt
+from tmr.replication.parking import TAKEOVER_HOLD
 from tmr.replication.types import LicenseInfo
 
 KEY = (6000123, 42)
@@ -52,11 +56,16 @@ def checkout(h: Harness, rid: str, cid: str, seats: int = 1) -> str:
 # ---------------------------------------------------------------- a paused, deposed server
 
 
-def test_a_paused_deposed_server_answers_nothing_from_its_stale_state() -> None:
+@pytest.mark.parametrize("hold", [0.0, TAKEOVER_HOLD])
+def test_a_paused_deposed_server_answers_nothing_from_its_stale_state(hold: float) -> None:
+    """What reaches a deposed server after its pause is answered NOT_ACTIVE: at once without
+    parking (hold 0), else once its first probes after the pause tell it about the newer
+    leader (the requests waited for that, `Leader._waits`). Never from its stale state."""
     h = Harness({KEY: LicenseInfo(7, 1, True)})
+    sa = h.add_server("sa", takeover_hold=hold)
+    h.leader = sa
     sb = h.add_server("sb")
     h.promote("sa")
-    sa = h.leader
     handle = checkout(h, "r1", "c1")
     h.stopped.add("sa")  # SIGSTOP
     h.advance(1.0)  # the backends stop hearing sa
@@ -67,19 +76,24 @@ def test_a_paused_deposed_server_answers_nothing_from_its_stale_state() -> None:
     assert sb.handles_view(h.now) == []  # released and committed on the new leader
     h.stopped.discard("sa")  # SIGCONT: client requests are read before any tick
     since = len(h.events)
+    before = len(h.replies_of["sa"])
 
-    retried = only_reply(ask(h, sa, "checkout", "r1", "c1", KEY[0], KEY[1], 1))
-    assert retried.error == ErrorCode.NOT_ACTIVE, retried  # not the released handle again
-    other = only_reply(ask(h, sa, "checkout", "r3", "c2", KEY[0], KEY[1], 1))
-    assert other.error == ErrorCode.NOT_ACTIVE, other  # not NO_LICENSE_AVAILABLE
-    released = only_reply(ask(h, sa, "release", "r2", "c1", handle))
-    assert released.error == ErrorCode.NOT_ACTIVE, released
-    heartbeat = only_reply(ask(h, sa, "heartbeat", "r4", "c1", handle))
-    assert heartbeat.error == ErrorCode.NOT_ACTIVE, heartbeat
-
+    asked = {
+        "r1": ask(h, sa, "checkout", "r1", "c1", KEY[0], KEY[1], 1),  # not the released handle
+        "r3": ask(h, sa, "checkout", "r3", "c2", KEY[0], KEY[1], 1),  # not NO_LICENSE_AVAILABLE
+        "r2": ask(h, sa, "release", "r2", "c1", handle),
+        "r4": ask(h, sa, "heartbeat", "r4", "c1", handle),
+    }
+    if hold:
+        assert all(fx.parked and not fx.replies for fx in asked.values())
+    for fx in asked.values():
+        h.run(fx, "sa")
     h.advance(0.3)  # its first probes after the pause tell it about the newer leader
     assert sa.role == Role.FENCED
     assert sb.role == Role.ACTIVE
+    for rid in asked:
+        (reply,) = [r for r in h.replies_of["sa"][before:] if r.rid == rid]
+        assert reply.error == ErrorCode.NOT_ACTIVE, reply
     assert not [e for e in h.events[since:] if e["event"] == "backend_down"]
 
 
@@ -99,11 +113,32 @@ def test_requests_sent_before_a_pause_do_not_time_out_at_once() -> None:
     assert not [e for e in resumed.events if e["event"] == "backend_down"], resumed.events
     assert all(b.up for b in sa.backends)
     assert len(resumed.send) == len(NAMES)  # re-probed at once
-    reply = only_reply(ask(h, sa, "checkout", "r1", "c1", KEY[0], KEY[1], 1))
-    assert reply.error == ErrorCode.NOT_ACTIVE, reply  # not QUORUM_LOST: nothing is known yet
+    parked = ask(h, sa, "checkout", "r1", "c1", KEY[0], KEY[1], 1)
+    assert parked.parked and not parked.replies  # not QUORUM_LOST: nothing is known yet
+    h.run(parked, "sa")
 
-    h.run(resumed, "sa")  # the answers to the new probes confirm it
-    checkout(h, "r1", "c1")
+    h.run(resumed, "sa")  # the answers to the new probes confirm it: the checkout is served
+    (reply,) = [r for r in h.replies_of["sa"] if r.rid == "r1" and r.token == "tok"]
+    assert isinstance(reply.result, CheckoutResult), reply
+    assert reply.result.handle == checkout(h, "r1", "c1")  # a retry gets the same handle
+
+
+def test_a_deadline_that_passed_during_a_pause_is_not_quorum_lost_at_the_resume() -> None:
+    """A checkout whose entry was in flight when the server was stopped (two ACCEPTs lost):
+    its client's deadline passes during the pause, but the backends are up; the first probes
+    and resends after the resume commit it, and the client gets its handle, not QUORUM_LOST
+    at the first tick."""
+    h = Harness({KEY: LicenseInfo(7, 5, True)})
+    h.promote()
+    sa = h.leader
+    h.lose += [("sa", "b1", Accept), ("sa", "b2", Accept)]
+    asked = ask(h, sa, "checkout", "r1", "c1", KEY[0], KEY[1], 1)
+    h.run(asked, "sa")
+    assert not [r for r in h.replies if r.rid == "r1"]  # waits for a second acknowledgement
+    h.now += 5.0  # paused meanwhile
+    h.advance(BACKEND_TIMEOUT + PROBE_INTERVAL + 0.2, step=0.05)
+    (reply,) = [r for r in h.replies if r.rid == "r1"]
+    assert isinstance(reply.result, CheckoutResult), reply
 
 
 def test_a_server_that_was_paused_and_lost_its_backends_answers_quorum_lost_in_time() -> None:
@@ -114,9 +149,14 @@ def test_a_server_that_was_paused_and_lost_its_backends_answers_quorum_lost_in_t
     h.down |= {"b2", "b3"}
     h.now += 5.0  # paused meanwhile
     h.advance(0.1)
-    early = only_reply(ask(h, sa, "checkout", "r1", "c1", KEY[0], KEY[1], 1))
-    assert early.error == ErrorCode.NOT_ACTIVE, early
+    early = ask(h, sa, "checkout", "r1", "c1", KEY[0], KEY[1], 1)
+    assert early.parked and not early.replies  # it may yet be confirmed: waits
+    h.run(early, "sa")
     h.advance(BACKEND_TIMEOUT + PROBE_INTERVAL)
+    # Answered after waiting `takeover_hold`, NOT_ACTIVE: within backend_timeout of a pause
+    # a lack of answers says nothing yet (the client retries).
+    (waited,) = [r for r in h.replies_of["sa"] if r.rid == "r1" and r.token == "tok"]
+    assert waited.error == ErrorCode.NOT_ACTIVE, waited
     for method, args in (
         ("checkout", ("r1", "c1", KEY[0], KEY[1], 1)),
         ("heartbeat", ("r2", "c0", handle)),

@@ -198,6 +198,57 @@ def test_the_active_server_never_parks() -> None:
     assert isinstance(reply.result, CheckoutResult)
 
 
+def test_an_active_server_resumed_from_a_pause_parks_until_its_probes_confirm_it() -> None:
+    """After a pause (SIGSTOP, a frozen VM) the requests queued meanwhile are read before any
+    tick: they wait for the first probes' answers (`Leader._waits`), not NOT_ACTIVE each (every
+    client backing off and retrying at once)."""
+    h, sb, handle = failover()
+    until(h, lambda: sb.role == Role.ACTIVE)
+    h.advance(1.0)
+    h.now += 5.0  # paused: no tick, no input
+    assert ask(h, sb, "heartbeat", "r1", "c0", handle, owner="key-of-c0") == []
+    assert ask(h, sb, "checkout", "r2", "c1", KEY[0], KEY[1], 1, owner="K1") == []
+    waited = until(h, lambda: bool(answers(h, "r1")) and bool(answers(h, "r2")))
+    assert waited <= STEP + 1e-9  # the first tick's probes confirm it
+    (renewed,) = answers(h, "r1")
+    (granted,) = answers(h, "r2")
+    assert isinstance(renewed.result, HeartbeatResult), renewed
+    assert isinstance(granted.result, CheckoutResult), granted
+    (ev,) = [e for e in h.events if e["event"] == "parked_answered" and e["after"] == "pause"]
+    assert ev["requests"] == 2 and ev["role"] == "active"
+
+
+def test_the_first_tick_after_a_pause_confirms_although_its_turn_began_earlier() -> None:
+    """The service's tick carries its loop turn's start, and the turn read the requests after
+    it: the first of them marks the pause's end. The tick's probes still count (stamped no
+    earlier than what the leader has seen), so what waits is served by their answers, not a
+    probe round later (past the hold of the first requests, on a busy server)."""
+    h, sb, handle = failover()
+    until(h, lambda: sb.role == Role.ACTIVE)
+    h.advance(1.0)
+    start = h.now + 5.0  # the turn after the pause begins ...
+    h.now = start + 0.02  # ... and reads the request a little later
+    assert ask(h, sb, "heartbeat", "r1", "c0", handle, owner="key-of-c0") == []
+    h.run(sb.tick(start), "sb")  # the turn's tick, at the turn's start
+    (renewed,) = answers(h, "r1")  # served by the answers to that tick's probes
+    assert isinstance(renewed.result, HeartbeatResult), renewed
+
+
+def test_a_resumed_server_that_is_not_confirmed_within_the_hold_answers_not_active() -> None:
+    """Its backends do not answer (two of three down): what waited `takeover_hold` is answered
+    NOT_ACTIVE, as every request was before parking (a pause says nothing of a quorum yet)."""
+    h, sb, handle = failover(hold=TAKEOVER_HOLD)  # below the harness's backend_timeout, 1 s
+    until(h, lambda: sb.role == Role.ACTIVE)
+    h.advance(1.0)
+    h.down |= {"b1", "b2"}
+    h.now += 5.0
+    assert ask(h, sb, "heartbeat", "r1", "c0", handle, owner="key-of-c0") == []
+    waited = until(h, lambda: bool(answers(h, "r1")))
+    assert TAKEOVER_HOLD - STEP <= waited <= TAKEOVER_HOLD + STEP + 1e-9
+    (reply,) = answers(h, "r1")
+    assert reply.error == ErrorCode.NOT_ACTIVE and "paused" in reply.message, reply
+
+
 def test_a_standby_never_parks() -> None:
     h = Harness({KEY: LicenseInfo(7, 5, True)})
     sb = h.add_server("sb", takeover_hold=LONG)
