@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
 import signal
 import statistics
 import subprocess
@@ -88,13 +87,13 @@ def counts(procs: list[subprocess.Popen[str]], timeout: float = 10.0) -> dict[st
     """The heartbeat workers' counts so far, summed (each asked with a ``count`` line)."""
     total: dict[str, int] = {}
     for proc in procs:
-        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdin is not None
         proc.stdin.write("count\n")
         proc.stdin.flush()
-        ready, _, _ = select.select([proc.stdout], [], [], timeout)
-        if not ready:
+        got = bench_run.json_line(proc, timeout)
+        if got is None:
             raise RuntimeError(f"heartbeat worker {proc.pid} did not answer 'count'")
-        for k, v in json.loads(proc.stdout.readline()).items():
+        for k, v in got.items():
             total[k] = total.get(k, 0) + int(v)
     return total
 

@@ -1336,15 +1336,22 @@ def etcd_grpc_python() -> str | None:
     return None
 
 
-def _ready_line(proc: subprocess.Popen[str], timeout: float) -> int | None:
-    """The ``held`` count of a holder's or heartbeat worker's first line (None: none came
-    within `timeout` s)."""
+def json_line(proc: subprocess.Popen[str], timeout: float) -> Json | None:
+    """The next line a worker prints, decoded (None: none came within `timeout` s)."""
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     line = proc.stdout.readline() if ready else ""
     if not line.strip():
         return None
-    held = json.loads(line).get("held")
+    out: Json = json.loads(line)
+    return out
+
+
+def _ready_line(proc: subprocess.Popen[str], timeout: float) -> int | None:
+    """The ``held`` count of a holder's or heartbeat worker's first line (None: none came
+    within `timeout` s)."""
+    first = json_line(proc, timeout)
+    held = first.get("held") if first is not None else None
     return None if held is None else int(held)
 
 

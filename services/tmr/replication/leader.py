@@ -1083,8 +1083,8 @@ class Leader:
     ) -> Effects:
         """A client request during a takeover, or before the first probes after a pause
         confirm this server (`_waits`): parked until then (`tmr.replication.parking`), or
-        answered now as `_answer_unready` says if parking is off or full."""
-        self._clock(now)  # a client request is a sign of time, as in `_refuse_unconfirmed`
+        answered now as `_answer_unready` says if parking is off or full. Called after
+        `_waits`, which read the request's time (`_clock`)."""
         first = not self._parking.waiting
         if self._parking.park(Parked(now, token, rid, replay, size)):
             fx.parked = True
