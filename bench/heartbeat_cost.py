@@ -18,17 +18,28 @@ seconds of high CPU; `extra_core_s`: the CPU of those seconds beyond the level b
 pause), the clients' heartbeats, retries, lost handles and errors from just before the pause
 to the end of those seconds, and their round trips longer than 1 s over the whole run, as
 one more JSON line.
+With `--takeovers K`, after that, K takeovers as the growth section's (`Bench._takeover`:
+kill -9 of the active server under 10 clients cycling, promote of the standby 0.72 s later,
+the killed one restarted as the standby; the heartbeating clients fail over by themselves),
+one JSON line each: promote -> active and kill -> first checkout, the phases of the promote
+from the new server's log (prepare, adopted, active, relative to the promote), and the CPU
+of every thread of the new server, the backends and the heartbeat workers from the promote
+to active and over the second after it (where a slow takeover's time went). A takeover that
+lost a handle copies the cluster's logs and databases into `--keep DIR`.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -129,6 +140,131 @@ def pause(cl: bench_run.Cluster, seconds: float, settle: float) -> Json:
     }
 
 
+class Sampler:
+    """Every `step` s, the CPU seconds of each thread of the watched processes (a background
+    thread, until `stop`): where a takeover's seconds go."""
+
+    def __init__(self, pids: dict[str, int], step: float = 0.05) -> None:
+        self.pids = pids
+        self.step = step
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _take(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for who, pid in self.pids.items():
+            for name, secs in threads(pid).items():
+                out[f"{who}/{name}"] = secs
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), self._take()))
+            self._stop.wait(self.step)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def between(self, t0: float, t1: float) -> dict[str, float]:
+        """Percent of one core of each thread from the sample nearest `t0` to the one nearest
+        `t1` (threads that used under 1 %% left out)."""
+        if not self.samples:
+            return {}
+        a = min(self.samples, key=lambda s: abs(s[0] - t0))
+        b = min(self.samples, key=lambda s: abs(s[0] - t1))
+        dt = b[0] - a[0]
+        if dt <= 0:
+            return {}
+        out = {n: round((v - a[1].get(n, 0.0)) / dt * 100.0, 1) for n, v in b[1].items()}
+        return {n: v for n, v in sorted(out.items(), key=lambda kv: -kv[1]) if v >= 1.0}
+
+
+def _log_events(path: Path, names: set[str], since_wall: float) -> list[tuple[float, Json]]:
+    """The JSON log records of `path` whose event is in `names`, from `since_wall` (wall
+    time) on, with their wall time."""
+    out: list[tuple[float, Json]] = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("event") not in names:
+            continue
+        ts = dt.datetime.fromisoformat(str(rec["ts"]).replace("Z", "+00:00")).timestamp()
+        if ts >= since_wall:
+            out.append((ts, rec))
+    return out
+
+
+def takeovers(
+    bench: bench_run.Bench,
+    cl: bench_run.Cluster,
+    held: int,
+    rounds: int,
+    extra: dict[str, int],
+    settle: float,
+    keep: Path | None = None,
+) -> list[Json]:
+    """`rounds` takeovers as the growth section's (`Bench._takeover`: kill -9 of the active
+    server under 10 clients cycling, promote VRRP_DETECT s later, the killed one restarted
+    as the standby), each with the phases of the promote from the new server's log and the
+    CPU of every thread of it, the backends and `extra` (the heartbeating clients) from the
+    promote to `active`, and over the first second after it; `settle` s between rounds. A
+    round that lost a handle copies the cluster's directory (logs, databases) into `keep`."""
+    out: list[Json] = []
+    for i in range(rounds):
+        standby = cl.standby()
+        pids = {"standby": cl.pid(standby), **{b: cl.pid(b) for b in BACKENDS}, **extra}
+        sampler = Sampler(pids)
+        marks: Json = {}
+        wall0 = time.time()
+        try:
+            row = bench._takeover(cl, held, marks=marks)
+        finally:
+            sampler.stop()
+        kill = float(marks["kill"])
+        promote_at = kill + bench_run.VRRP_DETECT
+        events = _log_events(
+            Path(cl.nodes[standby]["log"]),
+            {"promote", "prepare", "adopted", "active", "parked_answered"},
+            wall0,
+        )
+        # Wall -> monotonic through the promote event (the first one logged).
+        phases: Json = {}
+        if events and events[0][1].get("event") == "promote":
+            w0 = events[0][0]
+            for ts, rec in events:
+                name = str(rec["event"])
+                if name != "parked_answered" and name not in phases:
+                    phases[name] = round(ts - w0, 3)
+            phases["parked_answered"] = sum(
+                1 for _, r in events if r.get("event") == "parked_answered"
+            )
+        end = promote_at + float(row.get("promote_s") or 0.0)
+        out.append(
+            {
+                "round": i + 1,
+                **{k: row[k] for k in ("promote_s", "kill_to_first_checkout_s", "lost", "errors")},
+                "phases_s": phases,
+                "cpu_pct_during_promote": sampler.between(promote_at, end),
+                "cpu_pct_first_second_after": sampler.between(end, end + 1.0),
+            }
+        )
+        if row.get("lost_handles"):
+            out[-1]["lost_handles"] = row["lost_handles"]
+            if keep is not None:
+                # The cluster's logs and databases as they are, for a look afterwards.
+                dest = keep / f"takeover-{i + 1}"
+                shutil.copytree(cl.root, dest, ignore=shutil.ignore_patterns("*.sock"))
+                out[-1]["kept"] = str(dest)
+        print(json.dumps({"stage": "takeover", **out[-1]}), flush=True)
+        time.sleep(settle)
+    return out
+
+
 def cycles(bench: bench_run.Bench, cl: bench_run.Cluster, runs: int, clients: int = 100) -> Json:
     """`runs` load runs of `clients` clients cycling: cycles/s (median), the latency of a
     checkout or release (p50 and p99 over the runs) and CPU µs per cycle."""
@@ -189,7 +325,22 @@ def main() -> int:
         default=30.0,
         help="seconds of the server's CPU sampled after --pause resumes it (30)",
     )
+    ap.add_argument(
+        "--takeovers",
+        type=int,
+        default=0,
+        metavar="K",
+        help="after the heartbeat stage (and --pause), K takeovers as the growth section's, "
+        "each with its phases and every thread's CPU (0-20)",
+    )
+    ap.add_argument(
+        "--keep",
+        type=Path,
+        help="a takeover that loses a handle copies the cluster's logs and databases here",
+    )
     args = ap.parse_args()
+    if not 0 <= args.takeovers <= 20:
+        ap.error("--takeovers is 0-20")
     if not 0 <= args.pause <= 120 or not 1 <= args.settle <= 300:
         ap.error("--pause is 0-120 s, --settle 1-300 s")
     bench_run.HEARTBEAT_PERIOD = args.period
@@ -257,6 +408,9 @@ def main() -> int:
                         "round_trip_max_ms": lat[-1] if lat else None,
                     }
                     print(json.dumps({"stage": "pause", **paused}), flush=True)
+            if args.takeovers:
+                extra = {f"hb{i}": p.pid for i, p in enumerate(hb)}
+                takeovers(bench, cl, args.held, args.takeovers, extra, args.period + 2.0, args.keep)
         finally:
             bench_run._stop_heartbeaters(hb)
             if holder is not None and holder.poll() is None:

@@ -739,14 +739,17 @@ class Bench:
             ),
         }
 
-    def _takeover(self, cl: Cluster, held: int, promote_timeout: float = 20.0) -> Json:
+    def _takeover(
+        self, cl: Cluster, held: int, promote_timeout: float = 20.0, marks: Json | None = None
+    ) -> Json:
         """kill -9 of the active server under a light load (10 clients), promote of the
         standby VRRP_DETECT s later: promote -> active, kill -> first checkout, and the
-        standby's memory for the handles it adopted."""
+        standby's memory for the handles it adopted. `marks`, if given, receives the
+        monotonic time of the kill (``kill``)."""
         active = cl.active()
         standby = cl.standby()
         endpoints, first = cl.endpoints_from(active)
-        marks: Json = {}
+        marks = {} if marks is None else marks
         rss_before = rss_mib(cl.pid(standby))
 
         def kill_and_promote(start_at: float) -> None:
@@ -794,6 +797,8 @@ class Bench:
         }
         if "promote_error" in marks:
             row["promote_error"] = marks["promote_error"]
+        if out["lost"]:
+            row["lost_handles"] = out["lost_handles"]
         if adopted:
             row["adopted_bytes_per_handle"] = round((rss_after - rss_before) * 2**20 / adopted)
         return row
@@ -1191,9 +1196,12 @@ class Bench:
     ) -> Json:
         """Gaps around a kill, and the releases answered "not released", sorted out.
 
-        After a server fail-over a release the old server committed, whose answer was lost,
-        is retried and finds the handle gone: legitimate, if a backend's usage record shows
-        the release. Any other "not released" is a seat the service lost.
+        Around a server fail-over a release that some server committed but whose answer did
+        not reach the client in time (the old server died, or the new one stalled for
+        longer than the attempt timeout, as right after adopting a large table) is retried
+        and finds the handle gone: legitimate, if a backend's usage record shows the
+        release. Any other "not released" (one sent once, or one no backend recorded) is a
+        seat the service lost.
         """
         times = sorted(result.ok_times)
         after = [t for t in times if t > kill]
@@ -1207,8 +1215,8 @@ class Bench:
         before = [b - a for a, b in itertools.pairwise(times) if kill - 2.0 <= b < kill]
         lost: list[str] = []
         maybe: list[str] = []
-        for handle, first_sent, sends in result.not_released:
-            if failover and sends > 1 and first_sent < kill:
+        for handle, _first_sent, sends in result.not_released:
+            if failover and sends > 1:
                 maybe.append(str(handle))
             else:
                 lost.append(str(handle))

@@ -453,3 +453,42 @@ def test_the_growth_target_reads_the_pairs_with_the_empty_cluster() -> None:
     row["rate_vs_empty"] = 0.85
     found = {t.name: t for t in run.targets(r)}
     assert found["100,000 held handles: >= 0.9x cycles/s of empty"].met is False
+
+
+def _outage_bench(tmp_path: Any, released: list[str]) -> tuple[run.Bench, Any]:
+    """A Bench and a stand-in cluster whose backend-1 recorded `released` as released."""
+    import argparse
+    import sqlite3
+    from types import SimpleNamespace
+
+    state = tmp_path / "c" / "backend-1" / "state"
+    state.mkdir(parents=True)
+    conn = sqlite3.connect(state / "backend.sqlite3")
+    conn.execute("CREATE TABLE usage (event TEXT, handle TEXT)")
+    conn.executemany("INSERT INTO usage VALUES ('released', ?)", [(h,) for h in released])
+    conn.commit()
+    conn.close()
+    bench = run.Bench(argparse.Namespace(quick=True, duration=1.0, reps=1), tmp_path)
+    return bench, SimpleNamespace(root=tmp_path / "c")
+
+
+def test_a_release_retried_after_the_kill_and_recorded_is_not_lost(tmp_path: Any) -> None:
+    """A release first sent after the kill can be committed by the new server and its answer
+    miss the attempt timeout (a stall right after a large takeover): retried, it finds the
+    handle gone. The usage record decides, as for a release sent before the kill."""
+    bench, cluster = _outage_bench(tmp_path, ["h-after", "h-before"])
+    result = run.LoadResult(10, 8.0, ok_times=[99.0, 101.5])
+    result.not_released = [["h-after", 100.4, 2], ["h-before", 99.9, 2]]
+    out = bench._outage(result, 100.0, failover=True, cluster=cluster)
+    assert out["lost"] == 0
+    assert out["released_before_failover"] == 2
+
+
+def test_a_release_not_recorded_or_sent_once_is_lost(tmp_path: Any) -> None:
+    bench, cluster = _outage_bench(tmp_path, ["h-once"])
+    result = run.LoadResult(10, 8.0, ok_times=[99.0, 101.5])
+    # Sent once: nobody can have released it before; retried but recorded nowhere: lost.
+    result.not_released = [["h-once", 100.4, 1], ["h-nowhere", 100.4, 3]]
+    out = bench._outage(result, 100.0, failover=True, cluster=cluster)
+    assert out["lost"] == 2
+    assert sorted(out["lost_handles"]) == ["h-nowhere", "h-once"]
