@@ -478,7 +478,9 @@ class Worker:
             return  # a late reply to an earlier attempt
         if isinstance(reply, ErrorReply):
             if reply.error == "NOT_ACTIVE":
-                pause = self._retry(c).not_active(now - c.sent_at)
+                retry = self._retry(c)
+                pause = retry.not_active(now - c.sent_at)
+                c.attempt = retry.attempt  # longer while staying with the server that answered
                 self._failover(c, now, pause)
                 return
             self._error(c, reply.error, now)
@@ -623,7 +625,7 @@ class Worker:
         elif now >= c.deadline:
             retry = self._retry(c)
             retry.timed_out()
-            c.attempt = retry.wait
+            c.attempt = retry.attempt
             self._failover(c, now)
 
     def _mark_window(self, now: float) -> None:

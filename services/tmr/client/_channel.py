@@ -136,7 +136,7 @@ class Channel:
                     retry = retry or RetrySchedule(len(self._endpoints), self._index, wait)
                     retry.timed_out()
                     self._go_to(retry.index, reconnect=True)
-                    wait = retry.wait
+                    wait = retry.attempt
                     continue
                 if isinstance(reply, ErrorReply) and reply.error == ErrorCode.NOT_ACTIVE:
                     if quorum_lost is not None:
@@ -147,9 +147,11 @@ class Channel:
                     log.debug("%s: %s rid=%s: %s; retrying", self._name, req.op, req.rid, last)
                     retry = retry or RetrySchedule(len(self._endpoints), self._index, wait)
                     pause = retry.not_active(time.monotonic() - sent)
-                    # Staying with a server that answers keeps its connection; otherwise a
-                    # new socket (with one endpoint, the VIP may now be on the other host).
+                    # Staying with a server that answers keeps its connection, and waits
+                    # longer for it (`RetrySchedule.attempt`); otherwise a new socket (with
+                    # one endpoint, the VIP may now be on the other host).
                     self._go_to(retry.index, reconnect=not retry.staying)
+                    wait = retry.attempt
                     pause = min(pause, max(0.0, deadline - time.monotonic()))
                     if pause > 0 and self._closing.wait(pause):
                         raise ClientClosedError("the client is closed")

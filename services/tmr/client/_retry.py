@@ -19,9 +19,15 @@ timed out, or the server answered ``NOT_ACTIVE``), and sends the same request ag
   again at once, and its time does not count, so a client waits at the server through a
   takeover (up to `HELD_MAX`) and is served at its end. Going back to a dead server at once cost
   a whole attempt timeout (0.75 s) after every ``NOT_ACTIVE``, however soon the other server
-  became active.
+  became active. While it stays, an attempt waits at least `STAY_WAIT` (`attempt`): a server
+  taking over reads nothing while it adopts a large table in one step (0.6 to 1.6 s at
+  100,000 held handles), and its hold starts when it reads the request, so its answer can
+  come well after the usual attempt timeout.
+- **NOT_ACTIVE** with **one endpoint** (the VIP): a back-off after each, except after a held
+  one (`HELD` or more after the request was sent: the server behind the VIP is taking over),
+  which is asked again at once, as in a stay, up to `HELD_MAX` of held answers.
 - **NOT_ACTIVE** otherwise: the next endpoint at once, and a back-off whenever every endpoint
-  said ``NOT_ACTIVE`` in a row (a takeover under way; with one endpoint, the VIP, after each).
+  said ``NOT_ACTIVE`` in a row (a takeover under way).
 """
 
 from __future__ import annotations
@@ -38,6 +44,13 @@ HELD = 0.1
 # that cannot reach the backends while the silent one, only slow, still serves) is then
 # treated as a standby, and the silent endpoint is tried again after the stay's pauses.
 HELD_MAX = 3.0
+# The shortest attempt on a server the schedule stays with (`RetrySchedule.attempt`). The
+# server answered this request a moment ago, so it is up; if it is taking over, it may be in
+# one long step (adopting 100,000 held handles: 0.6 s on an idle machine, 1.6 s on a loaded
+# one) and then hold the request for its takeover_hold_ms before it answers. With the usual
+# attempt (0.75 s) the client gave up on it and went back to the dead server for 1.125 s
+# (kill -> first checkout 2.7 s where the promote ended at 1.7-1.8 s).
+STAY_WAIT = ATTEMPT_TIMEOUT_MAX
 
 
 def grown(wait: float) -> float:
@@ -78,6 +91,12 @@ class RetrySchedule:
         """Whether the schedule stays with the endpoint that answered NOT_ACTIVE."""
         return self._stayed is not None
 
+    @property
+    def attempt(self) -> float:
+        """The timeout of the next attempt: `wait`, and at least `STAY_WAIT` while staying
+        with a server that answers (see `STAY_WAIT`)."""
+        return max(self.wait, STAY_WAIT) if self._stayed is not None else self.wait
+
     def timed_out(self) -> None:
         """The attempt on `index` got no reply within `wait`: the next endpoint, at once."""
         self._silent |= 1 << self.index
@@ -105,6 +124,11 @@ class RetrySchedule:
                 self._stayed += pause
                 return pause
             self._stayed = None  # paused as long as the silent one's attempt: try it
+        elif not others and took >= HELD and self._held < HELD_MAX:
+            # One endpoint (the VIP): the server behind it is taking over and keeps the
+            # request again, serving it the moment it is active.
+            self._held += took
+            return 0.0
         self.index = (self.index + 1) % self._count
         self._in_a_row += 1
         if self._in_a_row % self._count == 0:

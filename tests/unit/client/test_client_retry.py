@@ -11,6 +11,7 @@ from tmr.client._retry import (
     HELD_MAX,
     NOT_ACTIVE_BACKOFF_MAX,
     NOT_ACTIVE_BACKOFF_MIN,
+    STAY_WAIT,
     RetrySchedule,
     grown,
 )
@@ -121,6 +122,39 @@ def test_one_endpoint_backs_off_after_every_not_active() -> None:
     r = RetrySchedule(1, 0, 0.5)
     assert [r.not_active() for _ in range(6)] == [0.05, 0.1, 0.2, 0.4, 0.5, 0.5]
     assert (r.index, r.staying) == (0, False)
+    assert r.attempt == 0.5  # no stay: the usual attempt, the VIP may move to the other host
+
+
+def test_one_endpoint_asks_a_server_taking_over_again_at_once() -> None:
+    """The VIP on a server taking over: a held answer (HELD or more after the request was
+    sent) is asked again at once, so the request waits at the server for the takeover's end,
+    not in a back-off of up to 0.5 s after it; up to HELD_MAX of held answers, then the
+    back-off as for a standby."""
+    r = RetrySchedule(1, 0, 0.5)
+    assert [r.not_active() for _ in range(4)] == [0.05, 0.1, 0.2, 0.4]  # the standby
+    asks = 0
+    while (pause := r.not_active(took=0.25)) == 0.0:
+        asks += 1
+    assert asks == HELD_MAX / 0.25
+    assert pause == r.not_active(took=0.25) == NOT_ACTIVE_BACKOFF_MAX
+    assert (r.index, r.staying, r.attempt) == (0, False, 0.5)
+
+
+def test_a_stay_waits_longer_for_the_server_that_answers() -> None:
+    """While staying, an attempt waits at least STAY_WAIT: a server taking over may be in one
+    long step (adopting a large table) and hold the request after it, and the client must not
+    give up on it for the dead one. Back to the usual attempt once the stay ends."""
+    r = RetrySchedule(2, 0, 0.5)
+    assert r.attempt == 0.5
+    r.timed_out()
+    assert r.attempt == r.wait == 0.75  # on its way to the other endpoint: not staying yet
+    r.not_active()
+    assert r.staying and r.attempt == STAY_WAIT > r.wait
+    assert r.not_active(took=0.3) == 0.0 and r.attempt == STAY_WAIT  # held, still staying
+    r.timed_out()  # the server it stayed with went silent too
+    assert not r.staying and r.attempt == r.wait == 1.125
+    _stay(r)  # staying with endpoint 0 ... until the stay is used up
+    assert not r.staying and r.attempt == r.wait
 
 
 def test_an_endpoint_that_answers_is_no_longer_silent() -> None:

@@ -288,6 +288,29 @@ def test_failover_stays_with_a_server_taking_over_however_long_it_holds_each_req
     handle.release()
 
 
+def test_failover_waits_for_a_server_taking_over_that_is_busy_in_one_long_step(
+    make_server: MakeServer, clients: Callable[..., Client]
+) -> None:
+    """The standby answers NOT_ACTIVE at once, is promoted, and reads the client's next
+    request only after one long step (adopting a large table: 1.2 s here, longer than the
+    0.75 s attempt after the first timeout). While staying, the SDK waits for it
+    (`STAY_WAIT`) instead of going back to the dead server for another attempt."""
+    dead = make_server(name="dead", hook=lambda req, s: DROP)
+
+    def busy_then_active(req: Request, server: FakeServer) -> None:
+        if len(server.seen("checkout")) >= 2:
+            time.sleep(1.2)  # the takeover's step: nothing read meanwhile
+            server.role = "active"
+
+    promoted = make_server(name="promoted", role="standby", hook=busy_then_active)
+    client = clients([dead.endpoint, promoted.endpoint], attempt_timeout=0.5, timeout=10.0)
+    handle = client.checkout(FIRM, PRODUCT)
+    assert promoted.in_use == 1
+    assert len(dead.seen("checkout")) == 1  # not asked again
+    assert len(promoted.seen("checkout")) == 2
+    handle.release()
+
+
 def test_failover_goes_back_to_a_silent_server_after_staying_as_long_as_its_attempt(
     make_server: MakeServer, clients: Callable[..., Client]
 ) -> None:
