@@ -55,13 +55,13 @@ from tmr.replication.types import (
     Epoch,
     Floor,
     Grant,
-    HandleRecord,
     ProductKey,
     ProductLog,
     Release,
     ReleaseReason,
     Version,
     floor_after,
+    handle_record,
 )
 
 SCHEMA_VERSION = 9
@@ -574,7 +574,7 @@ class SqliteStore:
             held[h] = top = row_id
             log = state.products.setdefault(key, ProductLog())
             log.put(
-                HandleRecord(
+                handle_record(
                     h, firm, product, seats, cid, rid, at, owner, user, host, pid, AccessMode(mode)
                 )
             )

@@ -57,6 +57,7 @@ from tmr.replication.types import (
     Release,
     ReleaseReason,
     Version,
+    handle_record,
 )
 
 MAX_PEER_FRAME = 64 * 1024 * 1024
@@ -493,7 +494,7 @@ def _fast_record(v: Any) -> HandleRecord | None:
             # The strings a client repeats in each of its handles are shared, not one copy per
             # held handle (issue 17: memory per handle, on the backends and at takeover).
             cid, owner, user, host = intern(cid), intern(owner), intern(user), intern(host)
-            return HandleRecord(h, f, p, seats, cid, rid, at, owner, user, host, pid, mode)
+            return handle_record(h, f, p, seats, cid, rid, at, owner, user, host, pid, mode)
     return None
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 ProductKey = tuple[int, int]  # (firm code, product code)
 
@@ -92,6 +92,76 @@ class HandleRecord:
     @property
     def station(self) -> Station:
         return (self.owner, self.user, self.host)
+
+
+# A frozen dataclass's __init__ sets each field through object.__setattr__; `handle_record`
+# sets them through the slots' own descriptors instead: 1.0 us a record against 1.7 us
+# (100,000 records: 0.09-0.13 s against 0.17-0.29 s). A takeover builds one per held handle,
+# and so does a backend's start.
+_FIELDS = (
+    "handle",
+    "firm",
+    "product",
+    "seats",
+    "client_id",
+    "request_id",
+    "granted_at",
+    "owner",
+    "user",
+    "host",
+    "pid",
+    "mode",
+)
+if tuple(f.name for f in fields(HandleRecord)) != _FIELDS:  # pragma: no cover
+    raise ImportError("HandleRecord's fields changed: update types._FIELDS and handle_record")
+(
+    _set_handle,
+    _set_firm,
+    _set_product,
+    _set_seats,
+    _set_client_id,
+    _set_request_id,
+    _set_granted_at,
+    _set_owner,
+    _set_user,
+    _set_host,
+    _set_pid,
+    _set_mode,
+) = (HandleRecord.__dict__[name].__set__ for name in _FIELDS)
+_new = object.__new__
+
+
+def handle_record(
+    handle: str,
+    firm: int,
+    product: int,
+    seats: int,
+    client_id: str,
+    request_id: str,
+    granted_at: float,
+    owner: str,
+    user: str,
+    host: str,
+    pid: int,
+    mode: AccessMode,
+) -> HandleRecord:
+    """``HandleRecord(...)`` with every field given, for the paths that build many (a
+    takeover's table, a backend's start): the same record (equal, the same hash, frozen),
+    built faster. The caller has checked the values, as for the constructor."""
+    rec: HandleRecord = _new(HandleRecord)
+    _set_handle(rec, handle)
+    _set_firm(rec, firm)
+    _set_product(rec, product)
+    _set_seats(rec, seats)
+    _set_client_id(rec, client_id)
+    _set_request_id(rec, request_id)
+    _set_granted_at(rec, granted_at)
+    _set_owner(rec, owner)
+    _set_user(rec, user)
+    _set_host(rec, host)
+    _set_pid(rec, pid)
+    _set_mode(rec, mode)
+    return rec
 
 
 def seat_count(records: Iterable[HandleRecord]) -> int:
