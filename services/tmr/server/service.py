@@ -59,7 +59,7 @@ from tmr.replication.messages import Denials, Status
 from tmr.report.denials import DENIAL_CODES, FLUSH_INTERVAL, DenialRecorder, batches
 from tmr.report.worker import CTL_TOKEN
 from tmr.server.ctl_commands import SERVER_COMMANDS
-from tmr.serving.collector import BULK_FRAME, gc_paused
+from tmr.serving.collector import BULK_FRAME, bulk_step, thaw
 from tmr.serving.commands import CtlServer
 from tmr.serving.loop import ServiceLoop, configure_service_logs
 from tmr.serving.zap import ZapHandler
@@ -77,6 +77,9 @@ def _with_extra(entry: LicenseEntry, more: dict[str, Any]) -> LicenseEntry:
 
 
 MAX_DRAIN = 2000  # messages taken from one socket per loop turn
+# The leader's events that end its term or its takeover: what a bulk step froze (the adopted
+# table, `tmr.serving.collector.bulk_step`) goes back to the collector (`thaw`).
+TERM_ENDS = frozenset({"demote", "fenced", "promote_yielded"})
 # ZeroMQ's I/O threads (design.md §2): the client socket's connections on one, the backends'
 # on the other. A storm of client connections (10,000 clients reconnecting after a failover:
 # a CURVE handshake and a ZAP request each) kept a single I/O thread busy for over a second, so
@@ -293,6 +296,8 @@ class ServerService:
         self.web.on_effects(fx)
         if fx.events:
             log_events(fx.events)
+            if any(ev.get("event") in TERM_ENDS for ev in fx.events):
+                thaw()  # the adopted table, frozen by `_drain_backend`, is no longer the term's
         for name, msg in fx.send:
             try:
                 self.dealers[name].send(peer_api.encode_request(msg), NOBLOCK)
@@ -736,8 +741,8 @@ class ServerService:
             if frames is None:
                 return
             # A table (a takeover's promise) is decoded and adopted with the collector
-            # paused (`tmr.serving.collector`).
-            with gc_paused(len(frames[-1]) >= BULK_FRAME):
+            # paused, and kept out of its reach afterwards (`tmr.serving.collector`).
+            with bulk_step(len(frames[-1]) >= BULK_FRAME):
                 self._backend_reply(name, frames[-1], now)
             if not readable(s):
                 return
