@@ -28,11 +28,12 @@ takeover's time. Paused for that one step, the collector runs again afterwards a
 (reference counting frees everything else meanwhile, as always). Only steps bounded by one
 message are paused: the loop never runs with the collector off between turns.
 
-**Kept out of reach** (`bulk_step`). What such a step builds is long-lived: the server's
-adopted table, a backend's table from a snapshot. Left to the collector, the next young
-collection walks all of it (48-53 ms at 100,000 handles, measured right after each
-takeover, while the requests that waited for it are being served), and so does every later
-collection of the older generations (150-170 ms for a server's whole heap at that size).
+**Kept out of reach** (`bulk_step`, the server's bulk steps). What such a step builds is
+long-lived: the adopted table of a takeover. Left to the collector, the first allocation
+after the pause starts a young collection that walks all of it (48-188 ms at 100,000
+handles, measured right after each takeover, while the requests that waited for it are being
+served), and every later collection of the older generations walks it again (150-190 ms for
+a whole heap of that size).
 After the step everything alive is moved into CPython's permanent generation (`gc.freeze`),
 which no collection walks. Reference counting still frees it: a released handle's record,
 or a whole table when a later term replaces it (an adopted table holds no reference cycle:
