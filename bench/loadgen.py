@@ -49,6 +49,7 @@ import msgpack
 import zmq
 
 from bench.common import Json, curve_keypair
+from tmr.client._heartbeats import next_heartbeat
 from tmr.client._retry import RetrySchedule
 from tmr.protocol.client_api import (
     CheckoutRequest,
@@ -333,8 +334,9 @@ class Worker:
         self._arm(c, c.attempt)
 
     def _arm(self, c: _Client, span: float) -> None:
-        """Queue the client's timer (its resend, else its attempt deadline), due `span` s
-        after the time it was set."""
+        """Queue the client's timer (its resend, else its attempt deadline): in the queue of
+        timers set about `span` s ahead if it is due no earlier than that queue's last (so
+        the queue stays in order), else on the heap."""
         c.gen += 1
         due = c.resend_at if c.resend_at is not None else c.deadline
         if due == float("inf"):
@@ -350,8 +352,17 @@ class Worker:
         self._start(c, req.op, req.rid, encode_request(req), now, delay)
 
     def _start(
-        self, c: _Client, op: str, rid: str, payload: bytes, now: float, delay: float = 0.0
+        self,
+        c: _Client,
+        op: str,
+        rid: str,
+        payload: bytes,
+        now: float,
+        delay: float = 0.0,
+        span: float | None = None,
     ) -> None:
+        """Send `payload` now, or `delay` s from now (its timer queued by `span`, by default
+        the delay: see `_arm`)."""
         c.op = op
         c.rid = rid
         c.payload = payload
@@ -361,7 +372,7 @@ class Worker:
         if delay > 0:
             c.resend_at = now + delay
             c.deadline = float("inf")
-            self._arm(c, delay)
+            self._arm(c, delay if span is None else span)
             if c.sock is not None:
                 self._unwatch(c.sock)
         else:
@@ -427,14 +438,14 @@ class Worker:
         else:
             self._checkout(c, now)
 
-    def _heartbeat(self, c: _Client, now: float, delay: float) -> None:
+    def _heartbeat(self, c: _Client, now: float, delay: float, span: float | None = None) -> None:
         assert c.handle is not None
         if c.hb is None:  # its first heartbeat for this handle
             c.hb = HeartbeatTemplate(c.cid, c.handle)
         c.cycle_start = now + delay
         c.req = None
         rid = self._next_rid(c)
-        self._start(c, "heartbeat", rid, c.hb.encode(rid), now, delay)
+        self._start(c, "heartbeat", rid, c.hb.encode(rid), now, delay, span)
 
     def _announce(self) -> None:
         """Heartbeat mode: tell the parent once every client has its handle."""
@@ -531,7 +542,10 @@ class Worker:
     def _heartbeat_renewed(self, c: _Client, now: float) -> None:
         self.heartbeats += 1
         self.hb_ms.append(round((now - c.cycle_start) * 1000.0, 3))
-        self._heartbeat(c, now, self.period)
+        # As the SDK: a period after this heartbeat was due (the client's own phase), not
+        # after its answer. Due in the order they were due before: the period's queue.
+        due = next_heartbeat(c.cycle_start, now, self.period)
+        self._heartbeat(c, now, due - now, self.period)
 
     def _error(self, c: _Client, code: str, now: float) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1

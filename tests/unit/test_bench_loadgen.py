@@ -134,9 +134,14 @@ def test_a_worker_counts_the_reply_to_its_heartbeat_and_ignores_another_rid() ->
         w._on_frames(c, [b"", encode_ok(rid, HeartbeatResult(30.0))], 105.1)
         assert w.heartbeats == 1 and w.errors == {}
         assert c.op == "heartbeat" and c.rid != rid  # the next one, a period later
-        assert c.resend_at == pytest.approx(115.1)
+        assert c.resend_at == pytest.approx(115.1)  # a period after the answer
+        # Answered 25 s late (a long failover): as the SDK, the first heartbeat of the
+        # client's own phase still ahead (due 115.1: 145.1), not a period after the answer.
+        rid = c.rid
+        w._on_frames(c, [b"", encode_ok(rid, HeartbeatResult(30.0))], 140.0)
+        assert c.resend_at == pytest.approx(145.1)
         # what a `count` line on stdin prints (bench.heartbeat_cost --pause)
-        assert w.counts() == {"heartbeats": 1, "retries": 0, "hb_lost": 0, "errors": 0}
+        assert w.counts() == {"heartbeats": 2, "retries": 0, "hb_lost": 0, "errors": 0}
     finally:
         w.ctx.term()
 

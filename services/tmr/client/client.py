@@ -27,6 +27,7 @@ from typing import Self, TypeVar
 import zmq
 
 from tmr.client._channel import Channel, ClientClosedError, Outcome
+from tmr.client._heartbeats import next_heartbeat
 from tmr.client.keys import check_key_pair, key_bytes, load_public_key
 from tmr.errors import ApiError, ErrorCode, Timeout, UnknownHandle
 from tmr.keys import NodeKeys, generate_keypair
@@ -701,4 +702,4 @@ class Handle:
             log.warning("heartbeat of handle %s failed: %s (%s)", self.id, exc.code, exc)
             return time.monotonic() + min(self._interval(), HEARTBEAT_RETRY_MAX)
         self._renewed(result.lease, sent)
-        return time.monotonic() + self._interval()
+        return next_heartbeat(sent, time.monotonic(), self._interval())
