@@ -155,7 +155,11 @@ class Sampler:
     def _take(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for who, pid in self.pids.items():
-            for name, secs in threads(pid).items():
+            try:
+                per_thread = threads(pid)
+            except OSError:  # the process is gone (a killed server): no more samples of it
+                continue
+            for name, secs in per_thread.items():
                 out[f"{who}/{name}"] = secs
         return out
 
@@ -170,15 +174,15 @@ class Sampler:
 
     def between(self, t0: float, t1: float) -> dict[str, float]:
         """Percent of one core of each thread from the sample nearest `t0` to the one nearest
-        `t1` (threads that used under 1 %% left out)."""
+        `t1` (threads that used under 1 % left out)."""
         if not self.samples:
             return {}
         a = min(self.samples, key=lambda s: abs(s[0] - t0))
         b = min(self.samples, key=lambda s: abs(s[0] - t1))
-        dt = b[0] - a[0]
-        if dt <= 0:
+        span_s = b[0] - a[0]
+        if span_s <= 0:
             return {}
-        out = {n: round((v - a[1].get(n, 0.0)) / dt * 100.0, 1) for n, v in b[1].items()}
+        out = {n: round((v - a[1].get(n, 0.0)) / span_s * 100.0, 1) for n, v in b[1].items()}
         return {n: v for n, v in sorted(out.items(), key=lambda kv: -kv[1]) if v >= 1.0}
 
 

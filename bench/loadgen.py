@@ -389,10 +389,10 @@ class Worker:
 
     def _failover(self, c: _Client, now: float, pause: float = 0.0) -> None:
         """Same request, where the SDK's retry schedule says (the Lazy Pirate step): a new
-        socket unless the schedule stays with the endpoint that answered."""
+        socket unless the schedule keeps the connection the answer came on."""
         self.retries += 1
         retry = self._retry(c)
-        if not retry.staying or retry.index != c.endpoint:
+        if not retry.keeps_connection or retry.index != c.endpoint:
             c.endpoint = retry.index
             self._connect(c)
         if pause > 0:

@@ -1230,6 +1230,8 @@ class Bench:
             "errors": dict(result.errors),
             "lost": len(lost) + result.lost,
             "lost_handles": lost[:20],
+            # (The key's name is older than its meaning: releases answered "not released"
+            # to a retry whose earlier attempt a backend's usage record shows released.)
             "released_before_failover": len(confirmed),
             "unfinished": result.unfinished,
             "retries": result.retries,
@@ -1879,7 +1881,8 @@ def table(r: Json) -> str:
             f"{_num(fo.get('gap_s')) * 1000:.0f} ms without a successful checkout (server "
             f"takeover {_num(fo.get('takeover_s')) * 1000:.0f} ms); lost {fo.get('lost')}, "
             f"leftover {fo.get('leftover_seats')}, duplicates {fo.get('duplicate_handles')}, "
-            f"releases confirmed before the kill {fo.get('released_before_failover')}"
+            f"retried releases found released by an earlier attempt "
+            f"{fo.get('released_before_failover')}"
         )
     if "backend_kill" in r:
         bk = r["backend_kill"]

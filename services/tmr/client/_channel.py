@@ -147,10 +147,11 @@ class Channel:
                     log.debug("%s: %s rid=%s: %s; retrying", self._name, req.op, req.rid, last)
                     retry = retry or RetrySchedule(len(self._endpoints), self._index, wait)
                     pause = retry.not_active(time.monotonic() - sent)
-                    # Staying with a server that answers keeps its connection, and waits
-                    # longer for it (`RetrySchedule.attempt`); otherwise a new socket (with
-                    # one endpoint, the VIP may now be on the other host).
-                    self._go_to(retry.index, reconnect=not retry.staying)
+                    # Staying with a server that answers (or asking the VIP's server taking
+                    # over again) keeps its connection, and a stay waits longer for it
+                    # (`RetrySchedule.attempt`); otherwise a new socket (with one endpoint,
+                    # the VIP may now be on the other host).
+                    self._go_to(retry.index, reconnect=not retry.keeps_connection)
                     wait = retry.attempt
                     pause = min(pause, max(0.0, deadline - time.monotonic()))
                     if pause > 0 and self._closing.wait(pause):

@@ -13,8 +13,9 @@ second ever after: 10,000 clients whose load was spread over the interval came a
 per interval (37-39 % of a core for a second, then 0-1 %, where the load had been an even
 9-11 %; `bench.heartbeat_cost --clients 10000 --pause 5`). So an answer that came `LATE` or
 more after its send is counted from the send: the next heartbeat is the first one
-``sent + k * interval`` (k >= 1) after the answer, and each client keeps the phase it had;
-never one at once (the lease was just renewed).
+``sent + k * interval`` (k >= 1) at least a quarter interval after the answer, and each
+client keeps the phase it had; never one at once (the lease was just renewed), and never more
+than 1.25 intervals after the answer (well inside the lease of three intervals).
 """
 
 from __future__ import annotations
@@ -35,6 +36,6 @@ def next_heartbeat(sent: float, answered: float, interval: float) -> float:
         return answered + interval
     steps = max(1, math.floor((answered - sent) / interval) + 1)
     due = sent + steps * interval
-    if due <= answered:  # rounded down onto the answer (large times, small intervals)
+    if due - answered < interval / 4:  # (also: rounded down onto the answer)
         due += interval
     return due

@@ -23,9 +23,11 @@ timed out, or the server answered ``NOT_ACTIVE``), and sends the same request ag
   taking over reads nothing while it adopts a large table in one step (0.6 to 1.6 s at
   100,000 held handles), and its hold starts when it reads the request, so its answer can
   come well after the usual attempt timeout.
-- **NOT_ACTIVE** with **one endpoint** (the VIP): a back-off after each, except after a held
-  one (`HELD` or more after the request was sent: the server behind the VIP is taking over),
-  which is asked again at once, as in a stay, up to `HELD_MAX` of held answers.
+- **NOT_ACTIVE** with **one endpoint** (the VIP): a back-off after each (on a new
+  connection: the VIP may have moved), except after a held one (`HELD` or more after the
+  request was sent: the server behind the VIP is taking over), which is asked again at once
+  on the same connection (`keeps_connection`), as in a stay, up to `HELD_MAX` of held
+  answers.
 - **NOT_ACTIVE** otherwise: the next endpoint at once, and a back-off whenever every endpoint
   said ``NOT_ACTIVE`` in a row (a takeover under way).
 """
@@ -66,6 +68,7 @@ class RetrySchedule:
         "_count",
         "_held",
         "_in_a_row",
+        "_kept",
         "_silent",
         "_stayed",
         "index",
@@ -85,11 +88,20 @@ class RetrySchedule:
         self._backoff = NOT_ACTIVE_BACKOFF_MIN
         self._stayed: float | None = None  # staying with `index`: the pauses so far
         self._held = 0.0  # ... and the time of the held answers re-asked at once
+        self._kept = False  # one endpoint: the last NOT_ACTIVE was held, re-asked at once
 
     @property
     def staying(self) -> bool:
         """Whether the schedule stays with the endpoint that answered NOT_ACTIVE."""
         return self._stayed is not None
+
+    @property
+    def keeps_connection(self) -> bool:
+        """Whether the next attempt goes on the connection the last answer came on: while
+        staying, and with one endpoint after a held NOT_ACTIVE (the server behind the VIP is
+        taking over; a new connection would cost it a CURVE handshake and a ZAP request in
+        the middle of its takeover)."""
+        return self._stayed is not None or self._kept
 
     @property
     def attempt(self) -> float:
@@ -99,6 +111,7 @@ class RetrySchedule:
 
     def timed_out(self) -> None:
         """The attempt on `index` got no reply within `wait`: the next endpoint, at once."""
+        self._kept = False
         self._silent |= 1 << self.index
         self._stayed = None
         self._in_a_row = 0
@@ -108,6 +121,7 @@ class RetrySchedule:
     def not_active(self, took: float = 0.0) -> float:
         """`index` answered NOT_ACTIVE, `took` seconds after the request was sent; the pause
         before the next attempt (on the endpoint `index` says then)."""
+        self._kept = False
         bit = 1 << self.index
         self._silent &= ~bit
         others = ((1 << self._count) - 1) & ~bit
@@ -128,6 +142,7 @@ class RetrySchedule:
             # One endpoint (the VIP): the server behind it is taking over and keeps the
             # request again, serving it the moment it is active.
             self._held += took
+            self._kept = True
             return 0.0
         self.index = (self.index + 1) % self._count
         self._in_a_row += 1

@@ -112,8 +112,12 @@ _FIELDS = (
     "pid",
     "mode",
 )
-if tuple(f.name for f in fields(HandleRecord)) != _FIELDS:  # pragma: no cover
-    raise ImportError("HandleRecord's fields changed: update types._FIELDS and handle_record")
+if tuple(f.name for f in fields(HandleRecord)) != _FIELDS or hasattr(
+    HandleRecord, "__post_init__"
+):  # pragma: no cover
+    raise ImportError(
+        "HandleRecord's fields or construction changed: update types._FIELDS and handle_record"
+    )
 (
     _set_handle,
     _set_firm,

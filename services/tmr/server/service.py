@@ -742,10 +742,15 @@ class ServerService:
                 return
             # A table (a takeover's promise) is decoded and adopted with the collector
             # paused, and kept out of its reach afterwards (`tmr.serving.collector`).
-            with bulk_step(len(frames[-1]) >= BULK_FRAME):
+            with bulk_step(len(frames[-1]) >= BULK_FRAME, self._term_goes_on):
                 self._backend_reply(name, frames[-1], now)
             if not readable(s):
                 return
+
+    def _term_goes_on(self) -> bool:
+        """Whether what a bulk step built is this server's state (`bulk_step` freezes it):
+        while it takes over or is active, not once the takeover or the term has ended."""
+        return self.leader.role in (Role.TAKEOVER, Role.ACTIVE)
 
     def _backend_reply(self, name: str, frame: bytes, now: float) -> None:
         try:

@@ -35,20 +35,21 @@ handles, measured right after each takeover, while the requests that waited for 
 served), and every later collection of the older generations walks it again (150-190 ms for
 a whole heap of that size).
 After the step everything alive is moved into CPython's permanent generation (`gc.freeze`),
-which no collection walks. Reference counting still frees it: a released handle's record,
-or a whole table when a later term replaces it (an adopted table holds no reference cycle:
-dropping one left no cyclic garbage in `tests/unit/serving/test_collector.py`). Only
-cyclic garbage alive at the moment of a freeze would never be collected: the few objects
-of the turn under way. When the server's term ends (demoted, fenced, or a takeover given
-up), `thaw` gives everything frozen back to the collector, which collects it as usual from
-then on.
+which no collection walks, unless the step left the server neither taking over nor active
+(a table that arrives after the takeover ended is not kept). Reference counting still frees
+what is frozen: a released handle's record, or a whole table when a later term replaces it
+(an adopted table holds no reference cycle: `tests/unit/serving/test_collector.py` replaces
+one and finds it freed with no cyclic garbage). Cyclic garbage frozen while alive (the few
+objects of the turn under way) is collected only after the thaw: when the server's term
+ends (demoted, fenced, or a takeover given up), `thaw` gives everything frozen back to the
+collector, which collects it as usual from then on.
 """
 
 from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 # A peer frame this large is a bulk step (a table, a snapshot): its decode and its handling
@@ -125,10 +126,13 @@ def gc_paused(when: bool = True) -> Iterator[None]:
 
 
 @contextmanager
-def bulk_step(when: bool = True) -> Iterator[None]:
+def bulk_step(when: bool = True, keep: Callable[[], bool] = lambda: True) -> Iterator[None]:
     """`gc_paused` for one bulk step if `when`; once the block has run (not by an
-    exception), every object alive is frozen (`gc.freeze`: out of the collector's reach,
-    still freed by reference counting), before the collector runs again."""
+    exception), if the collector was running and `keep()` says the step's result is kept
+    (the server is taking over or active), every object alive is frozen (`gc.freeze`: out
+    of the collector's reach, still freed by reference counting), before the collector runs
+    again. Freezing is process-wide: services run in threads of one process (tests) share
+    it."""
     if not when:
         yield
         return
@@ -138,7 +142,8 @@ def bulk_step(when: bool = True) -> Iterator[None]:
         yield
         # Before the collector runs again: the first allocation after `gc.enable()` would
         # start the young collection that walks everything the step built.
-        gc.freeze()
+        if running and keep():
+            gc.freeze()
     finally:
         if running:
             gc.enable()

@@ -140,6 +140,25 @@ def test_one_endpoint_asks_a_server_taking_over_again_at_once() -> None:
     assert (r.index, r.staying, r.attempt) == (0, False, 0.5)
 
 
+def test_one_endpoint_keeps_the_connection_only_to_ask_a_server_taking_over_again() -> None:
+    """A held answer proves the VIP is on the server taking over: asked again on the same
+    connection (no CURVE handshake and ZAP request in the middle of its takeover). After an
+    answer at once, a back-off and a new connection: the VIP may have moved."""
+    r = RetrySchedule(1, 0, 0.5)
+    r.not_active(took=0.001)
+    assert not r.keeps_connection
+    assert r.not_active(took=0.3) == 0.0 and r.keeps_connection
+    r.not_active(took=0.001)
+    assert not r.keeps_connection
+    r.not_active(took=0.3)
+    r.timed_out()
+    assert not r.keeps_connection
+    two = RetrySchedule(2, 0, 0.5)
+    two.timed_out()
+    two.not_active()
+    assert two.staying and two.keeps_connection
+
+
 def test_a_stay_waits_longer_for_the_server_that_answers() -> None:
     """While staying, an attempt waits at least STAY_WAIT: a server taking over may be in one
     long step (adopting a large table) and hold the request after it, and the client must not

@@ -9,6 +9,7 @@ reach), and an adopted table holds no reference cycle (so freezing it leaks noth
 from __future__ import annotations
 
 import gc
+import weakref
 from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -283,6 +284,7 @@ def test_an_everyday_step_or_one_that_raises_freezes_nothing(unfrozen: None) -> 
 def test_the_server_handles_a_bulk_backend_frame_with_the_collector_paused(
     svc: ServerService, monkeypatch: pytest.MonkeyPatch, unfrozen: None
 ) -> None:
+    svc.leader.promote(1.0)  # taking over: the table it gets is kept (frozen)
     seen: list[tuple[int, bool, int]] = []
     monkeypatch.setattr(
         svc,
@@ -295,6 +297,21 @@ def test_the_server_handles_a_bulk_backend_frame_with_the_collector_paused(
     assert [(n, on) for n, on, _ in seen] == [(100, True), (BULK_FRAME, False), (100, True)]
     # Frozen after the bulk frame's step, not before it: not counted during it, but after.
     assert seen[0][2] == seen[1][2] < seen[2][2]
+
+
+def test_a_table_reaching_a_server_no_longer_taking_over_is_not_frozen(
+    svc: ServerService, monkeypatch: pytest.MonkeyPatch, unfrozen: None
+) -> None:
+    """A backend's table that arrives after the takeover ended (a demote, a fence) is not
+    the server's state: nothing frozen, nothing left for a thaw that may not come."""
+    assert svc.leader.role.value == "standby"
+    monkeypatch.setattr(svc, "_backend_reply", lambda name, frame, now: None)
+    before = gc.get_freeze_count()
+    svc._drain_backend(FakeDealer([b"y" * BULK_FRAME]), "b1", 1.0)  # type: ignore[arg-type]
+    assert gc.get_freeze_count() == before
+    with bulk_step(keep=lambda: False):
+        table = [[i] for i in range(100)]
+    assert gc.get_freeze_count() == before and _tracked(table) == len(table)
 
 
 def test_an_adopted_table_holds_no_reference_cycle() -> None:
@@ -312,14 +329,17 @@ def test_an_adopted_table_holds_no_reference_cycle() -> None:
         assert h.call("checkout", f"r{i}", f"c{i}", KEY[0], KEY[1], 1).ok
     take_over(h)
     sb = h.leaders["sb"]
+    first = [weakref.ref(p) for p in sb._products.values()]  # each product's table
+    assert first and sum(len(p.handles) for p in sb._products.values()) >= 50
     gc.collect()
-    gc.set_debug(gc.DEBUG_SAVEALL)
+    gc.set_debug(gc.DEBUG_SAVEALL)  # cyclic garbage is kept in gc.garbage, not freed
     try:
         h.run(sb.demote(h.now), "sb")
         h.promote("sb", force=True, settle=2.5)
         assert sb.role.value == "active"
         gc.collect()
         assert gc.garbage == []
+        assert all(ref() is None for ref in first)  # freed, by reference counting alone
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
