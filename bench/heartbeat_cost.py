@@ -31,7 +31,6 @@ lost a handle copies the cluster's logs and databases into `--keep DIR`.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
@@ -46,6 +45,7 @@ from pathlib import Path
 from bench import profile
 from bench import run as bench_run
 from bench.common import Json, cpu_seconds, percentile
+from bench.failover_vip import parse_ts
 
 BACKENDS = ("backend-1", "backend-2", "backend-3")
 
@@ -197,7 +197,7 @@ def _log_events(path: Path, names: set[str], since_wall: float) -> list[tuple[fl
             continue
         if rec.get("event") not in names:
             continue
-        ts = dt.datetime.fromisoformat(str(rec["ts"]).replace("Z", "+00:00")).timestamp()
+        ts = parse_ts(str(rec["ts"]))
         if ts >= since_wall:
             out.append((ts, rec))
     return out

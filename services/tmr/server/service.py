@@ -59,7 +59,7 @@ from tmr.replication.messages import Denials, Status
 from tmr.report.denials import DENIAL_CODES, FLUSH_INTERVAL, DenialRecorder, batches
 from tmr.report.worker import CTL_TOKEN
 from tmr.server.ctl_commands import SERVER_COMMANDS
-from tmr.serving.collector import BULK_FRAME, bulk_step, thaw
+from tmr.serving.collector import BULK_FRAME, bulk_step, frozen, thaw
 from tmr.serving.commands import CtlServer
 from tmr.serving.loop import ServiceLoop, configure_service_logs
 from tmr.serving.zap import ZapHandler
@@ -296,7 +296,7 @@ class ServerService:
         self.web.on_effects(fx)
         if fx.events:
             log_events(fx.events)
-            if any(ev.get("event") in TERM_ENDS for ev in fx.events):
+            if frozen() and any(ev.get("event") in TERM_ENDS for ev in fx.events):
                 thaw()  # the adopted table, frozen by `_drain_backend`, is no longer the term's
         for name, msg in fx.send:
             try:

@@ -50,7 +50,7 @@ from __future__ import annotations
 import gc
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 # A peer frame this large is a bulk step (a table, a snapshot): its decode and its handling
 # run with the collector paused. Everyday frames (a few ops) are far below it.
@@ -112,41 +112,38 @@ def service_collector() -> Iterator[None]:
 
 
 @contextmanager
-def gc_paused(when: bool = True) -> Iterator[None]:
+def gc_paused(when: bool = True, keep: Callable[[], bool] | None = None) -> Iterator[None]:
     """Run the block with the cyclic collector paused if `when` (and it was running): it is
-    enabled again when the block ends, also by an exception. Nested pauses are one pause."""
+    enabled again when the block ends, also by an exception. Nested pauses are one pause.
+    With `keep`, once the block has run (not by an exception) and if `keep()` says what it
+    built is kept, every object alive is frozen (`gc.freeze`) before the collector runs
+    again: the first allocation after `gc.enable()` would start the young collection that
+    walks everything the step built."""
     if not when or not gc.isenabled():
         yield
         return
     gc.disable()
     try:
         yield
+        if keep is not None and keep():
+            gc.freeze()
     finally:
         gc.enable()
 
 
-@contextmanager
-def bulk_step(when: bool = True, keep: Callable[[], bool] = lambda: True) -> Iterator[None]:
-    """`gc_paused` for one bulk step if `when`; once the block has run (not by an
-    exception), if the collector was running and `keep()` says the step's result is kept
-    (the server is taking over or active), every object alive is frozen (`gc.freeze`: out
-    of the collector's reach, still freed by reference counting), before the collector runs
-    again. Freezing is process-wide: services run in threads of one process (tests) share
-    it."""
-    if not when:
-        yield
-        return
-    running = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-        # Before the collector runs again: the first allocation after `gc.enable()` would
-        # start the young collection that walks everything the step built.
-        if running and keep():
-            gc.freeze()
-    finally:
-        if running:
-            gc.enable()
+def bulk_step(
+    when: bool = True, keep: Callable[[], bool] = lambda: True
+) -> AbstractContextManager[None]:
+    """`gc_paused` for one bulk step of the server if `when`, its result frozen if `keep()`
+    says it is kept (the server is taking over or active): out of the collector's reach,
+    still freed by reference counting. Freezing is process-wide: services run in threads of
+    one process (tests) share it."""
+    return gc_paused(when, keep)
+
+
+def frozen() -> bool:
+    """Whether anything is frozen (a `bulk_step`'s result not given back yet by `thaw`)."""
+    return gc.get_freeze_count() > 0
 
 
 def thaw() -> None:

@@ -262,6 +262,21 @@ def test_failover_stays_with_the_standby_while_the_other_server_is_silent(
     handle.release()
 
 
+def _checkout_after_failover(
+    make_server: MakeServer,
+    clients: Callable[..., Client],
+    dead: FakeServer,
+    role: str,
+    hook: Callable[[Request, FakeServer], None],
+) -> tuple[FakeServer, Handle]:
+    """A checkout by a client of `dead` (silent) and a second server starting in `role`
+    (`hook` on each of its requests), with the SDK's default attempt timeout (this module's
+    clients use 0.2 s, below a takeover's hold): the second server and the handle."""
+    promoted = make_server(name="promoted", role=role, hook=hook)
+    client = clients([dead.endpoint, promoted.endpoint], attempt_timeout=0.5, timeout=10.0)
+    return promoted, client.checkout(FIRM, PRODUCT)
+
+
 def test_failover_stays_with_a_server_taking_over_however_long_it_holds_each_request(
     make_server: MakeServer, clients: Callable[..., Client]
 ) -> None:
@@ -278,10 +293,7 @@ def test_failover_stays_with_a_server_taking_over_however_long_it_holds_each_req
         else:
             time.sleep(0.3)  # the server's hold before its NOT_ACTIVE
 
-    promoted = make_server(name="promoted", role="takeover", hook=taking_over)
-    # The SDK's default attempt timeout, above the hold (this module's clients use 0.2 s).
-    client = clients([dead.endpoint, promoted.endpoint], attempt_timeout=0.5, timeout=10.0)
-    handle = client.checkout(FIRM, PRODUCT)
+    promoted, handle = _checkout_after_failover(make_server, clients, dead, "takeover", taking_over)
     assert promoted.in_use == 1
     assert len(dead.seen("checkout")) == 1  # not asked again
     assert len(promoted.seen("checkout")) == 8
@@ -302,9 +314,9 @@ def test_failover_waits_for_a_server_taking_over_that_is_busy_in_one_long_step(
             time.sleep(1.2)  # the takeover's step: nothing read meanwhile
             server.role = "active"
 
-    promoted = make_server(name="promoted", role="standby", hook=busy_then_active)
-    client = clients([dead.endpoint, promoted.endpoint], attempt_timeout=0.5, timeout=10.0)
-    handle = client.checkout(FIRM, PRODUCT)
+    promoted, handle = _checkout_after_failover(
+        make_server, clients, dead, "standby", busy_then_active
+    )
     assert promoted.in_use == 1
     assert len(dead.seen("checkout")) == 1  # not asked again
     assert len(promoted.seen("checkout")) == 2
