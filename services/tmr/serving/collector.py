@@ -127,6 +127,7 @@ def gc_paused(when: bool = True, keep: Callable[[], bool] | None = None) -> Iter
         yield
         if keep is not None and keep():
             gc.freeze()
+            _freeze.on = True
     finally:
         gc.enable()
 
@@ -141,12 +142,28 @@ def bulk_step(
     return gc_paused(when, keep)
 
 
+class _Freeze:
+    """Whether a `bulk_step` froze its result and no `thaw` has given it back (the process's,
+    as freezing is). Kept here because CPython counts frozen objects one by one:
+    `gc.get_freeze_count()` walks the whole permanent generation (7 ms at a million objects,
+    everything alive at the freeze), and the server asks `frozen` for every request whose
+    effects carry events (every checkout's): counted there, a server after a takeover at
+    10,000 held handles served 300 checkouts a second instead of 3,000."""
+
+    on = False
+
+
+_freeze = _Freeze()
+
+
 def frozen() -> bool:
-    """Whether anything is frozen (a `bulk_step`'s result not given back yet by `thaw`)."""
-    return gc.get_freeze_count() > 0
+    """Whether anything is frozen (a `bulk_step`'s result not given back yet by `thaw`):
+    O(1), never a count of the frozen objects."""
+    return _freeze.on
 
 
 def thaw() -> None:
     """Give everything `bulk_step` froze back to the collector (`gc.unfreeze`: into the
     oldest generation), e.g. when the state it built is no longer the server's."""
     gc.unfreeze()
+    _freeze.on = False
