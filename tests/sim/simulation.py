@@ -379,6 +379,7 @@ class Simulation:
             "quorum_losses": 0,  # two backends cut from both servers for longer than a lease
             "expiries": 0,  # the license expired on every backend (renewed by an update)
             "kept_alive": 0,  # heartbeats answered QUORUM_LOST (lease kept, not confirmed)
+            "renewed": 0,  # heartbeats answered by `Leader.renew` (the server's usual case)
             "rollbacks": 0,  # a backend restored to an older copy (rollback_backend)
             "quorum_lost_checked": 0,  # QUORUM_LOST answers checked against two good backends
             "admin_releases": 0,  # an administrator freed a held handle (tmr admin release)
@@ -1216,7 +1217,7 @@ class Simulation:
         if op == "heartbeat":
             if leader.role == Role.ACTIVE and req["handle"] in leader._leases:
                 self.hb_seen[(leader.cfg.server_id, req["handle"])] = self.now
-            fx = leader.heartbeat(cid, req["rid"], cid, req["handle"], self.now, owner=key)
+            fx = self.heartbeat(leader, cid, req["rid"], req["handle"], key)
             if fx.replies and fx.replies[0].ok:
                 self.last_hb[req["handle"]] = self.now
                 freed = self.admin_released.get(req["handle"])
@@ -1224,6 +1225,16 @@ class Simulation:
                     self.fail(f"admin: {freed[0]} renewed {req['handle']} after freeing it")
             return fx
         return leader.release(cid, req["rid"], cid, req["handle"], self.now, owner=key)
+
+    def heartbeat(self, leader: Leader, cid: str, rid: str, handle: str, key: str) -> Effects:
+        """A heartbeat as the server serves it (`ServerService.on_client`): the usual case by
+        `Leader.renew`, answered with `Leader.renewed`; any other by `Leader.heartbeat`."""
+        if leader.renew(handle, cid, self.now, owner=key):
+            self.stats["renewed"] += 1
+            fx = Effects()
+            fx.replies.append(ClientReply(cid, rid, leader.renewed))
+            return fx
+        return leader.heartbeat(cid, rid, cid, handle, self.now, owner=key)
 
     # -------------------------------------------------------------- clients
 

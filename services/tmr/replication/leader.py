@@ -665,6 +665,25 @@ class Leader:
         fx.replies.append(ClientReply(token, rid, self._renewed))
         return fx
 
+    def renew(self, handle: str, client_id: str, now: float, *, owner: str) -> bool:
+        """A heartbeat's usual case, decided without effects: True when this server is active
+        and confirmed (`_leadership_confirmed`) and `owner` holds `handle` under `client_id`,
+        not being released; its lease is extended and the answer is `renewed`. False: nothing
+        was changed, and `heartbeat` decides (the same rules, and every other answer)."""
+        self._clock(now)
+        if self.role != Role.ACTIVE or self.epoch is None or not self._leadership_confirmed(now):
+            return False
+        rec = self._find(handle, client_id, owner)
+        if rec is None or handle in self._products[rec.key].releasing:
+            return False
+        self._leases.extend(handle, now)
+        return True
+
+    @property
+    def renewed(self) -> HeartbeatResult:
+        """The result of every renewed heartbeat (the lease is the configured one)."""
+        return self._renewed
+
     def release(
         self, token: Any, rid: str, client_id: str, handle: str, now: float, *, owner: str
     ) -> Effects:

@@ -367,6 +367,14 @@ class ServerService:
         except ProtocolError as exc:
             self._reply(token, ErrorReply.from_exception(exc))
             return
+        if (
+            type(req) is HeartbeatRequest
+            and owner
+            and self.leader.renew(req.handle, req.cid, now, owner=owner)
+        ):
+            # Most requests of a large site: answered without effects (`Leader.renew`).
+            self._send_payload(token, encode_ok(req.rid, self.leader.renewed))
+            return
         self.apply(self.dispatch(token, req, now, owner))
 
     def dispatch(self, token: Any, req: Request, now: float, owner: str = "") -> Effects:
