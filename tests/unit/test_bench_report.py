@@ -492,3 +492,35 @@ def test_a_release_not_recorded_or_sent_once_is_lost(tmp_path: Any) -> None:
     out = bench._outage(result, 100.0, failover=True, cluster=cluster)
     assert out["lost"] == 2
     assert sorted(out["lost_handles"]) == ["h-nowhere", "h-once"]
+
+
+def test_the_idle_cpu_is_the_median_of_its_windows() -> None:
+    """`Bench._idle` reads the CPU over several heartbeat periods: each window's percent of
+    a core, and the median of each figure (one window with a spike does not decide it)."""
+    names = ("tmr-a", "backend-1", "backend-2", "backend-3", "hb0", "hb1")
+    per_window = [  # CPU seconds each process (in `names` order) used in each 10 s window
+        (0.9, 0.03, 0.03, 0.04, 0.5, 0.6),
+        (1.6, 0.05, 0.05, 0.05, 0.7, 0.7),
+        (1.0, 0.04, 0.03, 0.03, 0.5, 0.5),
+    ]
+    cpu = dict.fromkeys(names, 100.0)
+    readings = [(1000.0, dict(cpu))]
+    for i, used in enumerate(per_window):
+        cpu = {n: cpu[n] + u for n, u in zip(names, used, strict=True)}
+        readings.append((1000.0 + 10.0 * (i + 1), dict(cpu)))
+    idle = run.idle_cpu(readings, "tmr-a")
+    assert idle["windows"] == [[9.0, 1.0, 11.0], [16.0, 1.5, 14.0], [10.0, 1.0, 10.0]]
+    assert idle["server_cpu_pct"] == 10.0 and idle["backends_cpu_pct"] == 1.0
+    assert idle["cluster_cpu_pct"] == 11.0  # the median of 10.0, 17.5, 11.0
+    assert idle["heartbeat_clients_cpu_pct"] == 11.0
+    assert idle["window_s"] == 10.0
+    with pytest.raises(ValueError, match="a reading at the start"):
+        run.idle_cpu(readings[:1], "tmr-a")
+
+
+def test_the_heartbeat_target_shows_its_windows() -> None:
+    r = results(good=True)
+    top = r["growth"]["sizes"][str(run.GROWTH_SIZES[-1][0])]
+    top["idle"]["heartbeat_cost_windows"] = [8.0, 9.5, 7.0]
+    (t,) = [t for t in run.targets(r) if "heartbeating clients" in t.name]
+    assert "the median of 3 windows: 8.0, 9.5, 7.0" in t.value
