@@ -21,11 +21,16 @@ one more JSON line.
 With `--takeovers K`, after that, K takeovers as the growth section's (`Bench._takeover`:
 kill -9 of the active server under 10 clients cycling, promote of the standby 0.72 s later,
 the killed one restarted as the standby; the heartbeating clients fail over by themselves),
-one JSON line each: promote -> active and kill -> first checkout, the phases of the promote
-from the new server's log (prepare, adopted, active, relative to the promote), and the CPU
-of every thread of the new server, the backends and the heartbeat workers from the promote
-to active and over the second after it (where a slow takeover's time went). A takeover that
-lost a handle copies the cluster's logs and databases into `--keep DIR`.
+one JSON line each: promote -> active and kill -> first checkout, the heartbeating clients'
+heartbeats, retries, lost handles and errors from just before the kill to a heartbeat period
+after the takeover, the phases of the promote from the new server's log (prepare, adopted,
+active, relative to the promote), and the CPU of every thread of the new server, the
+backends and the heartbeat workers from the promote to active and over the second after it
+(where a slow takeover's time went). A takeover that lost a handle copies the cluster's logs
+and databases into `--keep DIR`. With `--cycle R`, after the takeovers one more stage on the
+new active server (the same idle window and load runs as before them: what a takeover leaves
+behind for the requests that follow it), after `--held-after H2` more handles taken on it
+(the growth section grows after each takeover).
 """
 
 from __future__ import annotations
@@ -94,8 +99,10 @@ def idle(
     return out
 
 
-def counts(procs: list[subprocess.Popen[str]], timeout: float = 10.0) -> dict[str, int]:
-    """The heartbeat workers' counts so far, summed (each asked with a ``count`` line)."""
+def counts(procs: list[subprocess.Popen[str]], timeout: float = 30.0) -> dict[str, int]:
+    """The heartbeat workers' counts so far, summed (each asked with a ``count`` line,
+    answered between two turns of the worker's loop: one worker took over 10 s once, a
+    heartbeat period after a takeover, while its clients failed over)."""
     total: dict[str, int] = {}
     for proc in procs:
         assert proc.stdin is not None
@@ -211,19 +218,23 @@ def takeovers(
     extra: dict[str, int],
     settle: float,
     keep: Path | None = None,
+    workers: list[subprocess.Popen[str]] | None = None,
 ) -> list[Json]:
     """`rounds` takeovers as the growth section's (`Bench._takeover`: kill -9 of the active
     server under 10 clients cycling, promote VRRP_DETECT s later, the killed one restarted
     as the standby), each with the phases of the promote from the new server's log and the
     CPU of every thread of it, the backends and `extra` (the heartbeating clients) from the
     promote to `active`, and over the first second after it; `settle` s between rounds. A
-    round that lost a handle copies the cluster's directory (logs, databases) into `keep`."""
+    round that lost a handle copies the cluster's directory (logs, databases) into `keep`.
+    With the heartbeat `workers`, each round also counts their heartbeats, retries, lost
+    handles and errors from just before the kill to the end of its `settle` s."""
     out: list[Json] = []
     for i in range(rounds):
         standby = cl.standby()
         pids = {"standby": cl.pid(standby), **{b: cl.pid(b) for b in BACKENDS}, **extra}
         sampler = Sampler(pids)
         marks: Json = {}
+        before = counts(workers) if workers else {}
         wall0 = time.time()
         try:
             row = bench._takeover(cl, held, marks=marks)
@@ -264,8 +275,11 @@ def takeovers(
                 dest = keep / f"takeover-{i + 1}"
                 shutil.copytree(cl.root, dest, ignore=shutil.ignore_patterns("*.sock"))
                 out[-1]["kept"] = str(dest)
-        print(json.dumps({"stage": "takeover", **out[-1]}), flush=True)
         time.sleep(settle)
+        if workers:
+            after = counts(workers)
+            out[-1]["clients"] = {k: after.get(k, 0) - v for k, v in before.items()}
+        print(json.dumps({"stage": "takeover", **out[-1]}), flush=True)
     return out
 
 
@@ -338,6 +352,14 @@ def main() -> int:
         "each with its phases and every thread's CPU (0-20)",
     )
     ap.add_argument(
+        "--held-after",
+        type=int,
+        default=0,
+        metavar="H2",
+        help="after the takeovers, H2 more handles taken on the new active server before the "
+        "stage after them (with --cycle)",
+    )
+    ap.add_argument(
         "--keep",
         type=Path,
         help="a takeover that loses a handle copies the cluster's logs and databases here",
@@ -345,6 +367,8 @@ def main() -> int:
     args = ap.parse_args()
     if not 0 <= args.takeovers <= 20:
         ap.error("--takeovers is 0-20")
+    if args.held_after and not (args.takeovers and args.cycle):
+        ap.error("--held-after needs --takeovers and --cycle (the stage after the takeovers)")
     if not 0 <= args.pause <= 120 or not 1 <= args.settle <= 300:
         ap.error("--pause is 0-120 s, --settle 1-300 s")
     bench_run.HEARTBEAT_PERIOD = args.period
@@ -353,7 +377,7 @@ def main() -> int:
         bench = bench_run.Bench(ns, Path(tmp))
         cl = bench_run.Cluster(Path(tmp) / "c", quantity=bench_run.GROWTH_QUANTITY)
         hb: list[subprocess.Popen[str]] = []
-        holder = None
+        holder = more = None
         try:
             cl.wait_all_backends()
             time.sleep(2.0)
@@ -414,12 +438,23 @@ def main() -> int:
                     print(json.dumps({"stage": "pause", **paused}), flush=True)
             if args.takeovers:
                 extra = {f"hb{i}": p.pid for i, p in enumerate(hb)}
-                takeovers(bench, cl, args.held, args.takeovers, extra, args.period + 2.0, args.keep)
+                takeovers(
+                    bench, cl, args.held, args.takeovers, extra, args.period + 2.0, args.keep, hb
+                )
+                if args.cycle:
+                    if args.held_after:
+                        later = cl.endpoints_from(cl.active())
+                        more = bench._hold(cl, args.held_after, *later)
+                        time.sleep(3.0)
+                    m = idle(cl, args.window, extra)
+                    m.update(cycles(bench, cl, args.cycle, args.cycle_clients))
+                    print(json.dumps({"stage": "after takeovers", **m}), flush=True)
         finally:
             bench_run._stop_heartbeaters(hb)
-            if holder is not None and holder.poll() is None:
-                holder.kill()
-                holder.wait(timeout=5)
+            for proc in (holder, more):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    proc.wait(timeout=5)
             cl.down()
     return 0
 

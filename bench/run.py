@@ -841,18 +841,30 @@ class Bench:
         """One point of the growth sections: idle CPU (`_idle`), throughput
         at 100 clients (median of `reps`), memory. With `empty` (a cluster with nothing held,
         kept stopped), each run is paired with a run of `empty` in alternating order, each
-        cluster alone: ``rate_vs_empty`` is the median of the pairs' ratios."""
+        cluster alone: ``rate_vs_empty`` is the median of the pairs' ratios. With heartbeating
+        clients (`hb`), each pair also gets a run of this cluster with them stopped, next to
+        the empty cluster's run (growth, empty, stopped; then stopped, empty, growth):
+        ``rate_hb_paused_vs_empty`` is the median of those ratios."""
         active = cl.active()
         endpoints, first = cl.endpoints_from(active)
         idle = self._idle(cl, active, hb)
         runs: list[tuple[LoadResult, Json]] = []
         empties: list[tuple[float, float]] = []
+        paused: list[float] = []
         for i in range(reps):
+            # The same load with the heartbeating clients stopped (SIGSTOP; the benchmark's
+            # lease outlasts it): what the held handles and connections cost apart from the
+            # heartbeats, which take CPU from the same two cores (the server's, and the load
+            # generator's heartbeat processes').
+            if hb and i % 2 == 1:
+                paused.append(self._paused_rate(cl, hb, active, endpoints, first))
             if empty is not None and i % 2 == 1:
                 empties.append(self._empty_rate(cl, hb, empty))
             runs.append(self._load_active("grow", cl))
             if empty is not None and i % 2 == 0:
                 empties.append(self._empty_rate(cl, hb, empty))
+            if hb and i % 2 == 0:
+                paused.append(self._paused_rate(cl, hb, active, endpoints, first))
         agg = _aggregate(runs, runs)
         agg.pop("tmr_ratio", None)
         if empties:
@@ -861,13 +873,12 @@ class Bench:
             agg["rate_vs_empty"] = round(statistics.median(ratios), 3) if ratios else math.nan
             # the growth cluster (its heartbeating clients stopped) beside the empty runs
             agg["growth_cpu_pct_beside_empty"] = round(statistics.median(c for _, c in empties), 1)
-        if hb:
-            # The same load with the heartbeating clients stopped (SIGSTOP; the benchmark's
-            # lease outlasts it): what the held handles and connections cost apart from the
-            # heartbeats, which take CPU from the same two cores (the server's, and the load
-            # generator's heartbeat processes').
-            paused = self._paused_rate(cl, hb, active, endpoints, first, reps)
-            agg["rate_hb_paused_per_s"] = paused
+        if paused:
+            agg["hb_paused_rates"] = paused
+            agg["rate_hb_paused_per_s"] = round(statistics.median(paused), 1)
+            stopped = [r / e for r, (e, _) in zip(paused, empties, strict=False) if e]
+            if stopped:
+                agg["rate_hb_paused_vs_empty"] = round(statistics.median(stopped), 3)
         st = cl.ctl(active, "status", timeout=10.0)
         backend_rss = max(rss_mib(cl.pid(n)) for n in ("backend-1", "backend-2", "backend-3"))
         return {
@@ -886,32 +897,28 @@ class Bench:
         active: str,
         endpoints: list[str],
         first: int,
-        reps: int,
     ) -> float:
-        """Cycles/s at 100 clients (median of `reps`) while the heartbeating clients'
-        processes are stopped."""
+        """Cycles/s of one run at 100 clients while the heartbeating clients' processes are
+        stopped."""
         for proc in hb:
             proc.send_signal(signal.SIGSTOP)
         try:
-            rates = [
-                self.load(
-                    "grow-paused",
-                    endpoints,
-                    LEVELS[-1],
-                    first=first,
-                    cpu_pids=self._cpu_pids(active, cl),
-                    key=cl.key,
-                    cluster=cl,
-                )[0].rate
-                for _ in range(reps)
-            ]
+            rate = self.load(
+                "grow-paused",
+                endpoints,
+                LEVELS[-1],
+                first=first,
+                cpu_pids=self._cpu_pids(active, cl),
+                key=cl.key,
+                cluster=cl,
+            )[0].rate
         finally:
             for proc in hb:
                 proc.send_signal(signal.SIGCONT)
         # Every client's heartbeat came due while stopped: they go out at once (no lease is
         # near its end: LEASE); the burst is answered before the next measurement.
         time.sleep(PAUSED_SETTLE)
-        return round(statistics.median(rates), 1)
+        return round(rate, 1)
 
     def _empty_rate(
         self, cl: Cluster, hb: list[subprocess.Popen[str]], empty: Cluster
@@ -1031,7 +1038,7 @@ class Bench:
                     # Against this size's runs of the empty cluster (paired in time)
                     empty_rate = statistics.median(row["empty_rates"])
                     row["rate_vs_first_empty"] = round(row["rate_per_s"] / base["rate_per_s"], 3)
-                    if "rate_hb_paused_per_s" in row:
+                    if "rate_hb_paused_per_s" in row and "rate_hb_paused_vs_empty" not in row:
                         row["rate_hb_paused_vs_empty"] = round(
                             row["rate_hb_paused_per_s"] / empty_rate, 3
                         )
@@ -1799,10 +1806,21 @@ def growth_table(r: Json) -> list[str]:
                 )
         for key, row in sorted(g.get("sizes", {}).items(), key=lambda kv: int(kv[0])):
             if "rate_hb_paused_per_s" in row:
+                pairs = ""
+                if "hb_paused_rates" in row and "empty_rates" in row:
+                    pairs = " (the median of the pairs with the empty cluster's runs: " + (
+                        ", ".join(
+                            f"{rate:.0f} / {e:.0f}"
+                            for rate, e in zip(
+                                row["hb_paused_rates"], row["empty_rates"], strict=False
+                            )
+                        )
+                        + ")"
+                    )
                 add(
                     f"{int(key):>7,}: with the heartbeating clients stopped "
                     f"{_f(row.get('rate_hb_paused_per_s'), '.0f', 0)} cycles/s, "
-                    f"{_f(row.get('rate_hb_paused_vs_empty'), '.2f', 0)}x empty"
+                    f"{_f(row.get('rate_hb_paused_vs_empty'), '.2f', 0)}x empty{pairs}"
                 )
         hb = g.get("heartbeats")
         if hb:

@@ -524,3 +524,56 @@ def test_the_heartbeat_target_shows_its_windows() -> None:
     top["idle"]["heartbeat_cost_windows"] = [8.0, 9.5, 7.0]
     (t,) = [t for t in run.targets(r) if "heartbeating clients" in t.name]
     assert "the median of 3 windows: 8.0, 9.5, 7.0" in t.value
+
+
+def test_the_runs_with_heartbeats_stopped_are_paired_with_the_empty_cluster_s(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Bench._size` runs each empty-cluster run between a run of the grown cluster and one
+    with its heartbeating clients stopped (growth, empty, stopped; then stopped, empty,
+    growth), and judges the stopped runs by the median of those pairs' ratios."""
+    import argparse
+    from types import SimpleNamespace
+
+    from bench.common import LoadResult
+
+    order: list[str] = []
+    rates = {"growth": iter([2000.0, 1800.0, 2200.0]), "empty": iter([3000.0, 2000.0, 2900.0])}
+    stopped = iter([2700.0, 1900.0, 2610.0])
+
+    def load_active(what: str, cl: Any) -> tuple[LoadResult, Json]:
+        order.append("growth")
+        return LoadResult(100, 1.0, cycles=int(next(rates["growth"]))), {}
+
+    def empty_rate(cl: Any, hb: Any, empty: Any) -> tuple[float, float]:
+        order.append("empty")
+        return next(rates["empty"]), 2.0
+
+    def paused_rate(cl: Any, hb: Any, active: str, endpoints: Any, first: int) -> float:
+        order.append("stopped")
+        return next(stopped)
+
+    bench = run.Bench(argparse.Namespace(quick=True, duration=1.0, reps=3), tmp_path)
+    monkeypatch.setattr(bench, "_idle", lambda cl, active, hb: {})
+    monkeypatch.setattr(bench, "_load_active", load_active)
+    monkeypatch.setattr(bench, "_empty_rate", empty_rate)
+    monkeypatch.setattr(bench, "_paused_rate", paused_rate)
+    monkeypatch.setattr(run, "rss_mib", lambda pid: 100.0)
+    cl = SimpleNamespace(
+        active=lambda: "tmr-a",
+        endpoints_from=lambda name: (["tcp://127.0.0.1:1"], 0),
+        ctl=lambda name, what, timeout: {"handles": 100},
+        pid=lambda name: 1,
+    )
+    row = bench._size(cl, [object()], 10, 3, empty=cl)  # type: ignore[arg-type, list-item]
+    pair = ["growth", "empty", "stopped"]
+    assert order == pair + pair[::-1] + pair
+    assert row["empty_rates"] == [3000.0, 2000.0, 2900.0]
+    assert row["hb_paused_rates"] == [2700.0, 1900.0, 2610.0]
+    assert row["rate_vs_empty"] == 0.759  # the median of 0.667, 0.9, 0.759
+    assert row["rate_hb_paused_vs_empty"] == 0.9  # the median of 0.9, 0.95, 0.9
+    assert row["rate_hb_paused_per_s"] == 2610.0
+    text = "\n".join(run.growth_table({"growth": {"sizes": {"100000": row}}}))
+    assert (
+        "(the median of the pairs with the empty cluster's runs: 2700 / 3000, 1900 / 2000" in text
+    )
