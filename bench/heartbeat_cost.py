@@ -99,6 +99,16 @@ def idle(
     return out
 
 
+def stage(name: str, fields: Json) -> None:
+    """Print one stage's JSON line."""
+    print(json.dumps({"stage": name, **fields}), flush=True)
+
+
+def since(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The heartbeat workers' counts from `before` to `after` (two `counts`)."""
+    return {k: after.get(k, 0) - v for k, v in before.items()}
+
+
 def counts(procs: list[subprocess.Popen[str]], timeout: float = 30.0) -> dict[str, int]:
     """The heartbeat workers' counts so far, summed (each asked with a ``count`` line,
     answered between two turns of the worker's loop: one worker took over 10 s once, a
@@ -277,9 +287,8 @@ def takeovers(
                 out[-1]["kept"] = str(dest)
         time.sleep(settle)
         if workers:
-            after = counts(workers)
-            out[-1]["clients"] = {k: after.get(k, 0) - v for k, v in before.items()}
-        print(json.dumps({"stage": "takeover", **out[-1]}), flush=True)
+            out[-1]["clients"] = since(before, counts(workers))
+        stage("takeover", out[-1])
     return out
 
 
@@ -382,26 +391,14 @@ def main() -> int:
             cl.wait_all_backends()
             time.sleep(2.0)
             base = idle(cl, args.window)
-            print(
-                json.dumps(
-                    {"stage": "empty", **base, **cycles(bench, cl, args.cycle, args.cycle_clients)}
-                ),
-                flush=True,
-            )
+            stage("empty", {**base, **cycles(bench, cl, args.cycle, args.cycle_clients)})
             endpoints, first = cl.endpoints_from(cl.active())
             if args.held:
                 holder = bench._hold(cl, args.held, endpoints, first)
                 time.sleep(3.0)
                 m = idle(cl, args.window)
-                print(
-                    json.dumps(
-                        {
-                            "stage": f"held {args.held}",
-                            **m,
-                            **cycles(bench, cl, args.cycle, args.cycle_clients),
-                        }
-                    ),
-                    flush=True,
+                stage(
+                    f"held {args.held}", {**m, **cycles(bench, cl, args.cycle, args.cycle_clients)}
                 )
             if args.clients:
                 hb, connected = bench._heartbeaters(cl, args.clients, endpoints, first)
@@ -419,9 +416,7 @@ def main() -> int:
                     else None
                 )
                 m.update(cycles(bench, cl, args.cycle, args.cycle_clients))
-                print(
-                    json.dumps({"stage": f"{connected} clients / {args.period} s", **m}), flush=True
-                )
+                stage(f"{connected} clients / {args.period} s", m)
                 if args.pause:
                     before = counts(hb)
                     paused = pause(cl, args.pause, args.settle)
@@ -431,11 +426,11 @@ def main() -> int:
                     # From just before the pause to the end of --settle; the round trips
                     # over the whole run (the connections' ramp has a few over 1 s).
                     paused["clients"] = {
-                        **{k: after.get(k, 0) - v for k, v in before.items()},
+                        **since(before, after),
                         "round_trips_over_1s": sum(1 for x in lat if x > 1000.0),
                         "round_trip_max_ms": lat[-1] if lat else None,
                     }
-                    print(json.dumps({"stage": "pause", **paused}), flush=True)
+                    stage("pause", paused)
             if args.takeovers:
                 extra = {f"hb{i}": p.pid for i, p in enumerate(hb)}
                 takeovers(
@@ -448,7 +443,7 @@ def main() -> int:
                         time.sleep(3.0)
                     m = idle(cl, args.window, extra)
                     m.update(cycles(bench, cl, args.cycle, args.cycle_clients))
-                    print(json.dumps({"stage": "after takeovers", **m}), flush=True)
+                    stage("after takeovers", m)
         finally:
             bench_run._stop_heartbeaters(hb)
             for proc in (holder, more):

@@ -851,20 +851,26 @@ class Bench:
         runs: list[tuple[LoadResult, Json]] = []
         empties: list[tuple[float, float]] = []
         paused: list[float] = []
-        for i in range(reps):
+
+        def grown() -> None:
+            runs.append(self._load_active("grow", cl))
+
+        def beside_empty() -> None:
+            if empty is not None:
+                empties.append(self._empty_rate(cl, hb, empty))
+
+        def stopped() -> None:
             # The same load with the heartbeating clients stopped (SIGSTOP; the benchmark's
             # lease outlasts it): what the held handles and connections cost apart from the
             # heartbeats, which take CPU from the same two cores (the server's, and the load
             # generator's heartbeat processes').
-            if hb and i % 2 == 1:
+            if hb:
                 paused.append(self._paused_rate(cl, hb, active, endpoints, first))
-            if empty is not None and i % 2 == 1:
-                empties.append(self._empty_rate(cl, hb, empty))
-            runs.append(self._load_active("grow", cl))
-            if empty is not None and i % 2 == 0:
-                empties.append(self._empty_rate(cl, hb, empty))
-            if hb and i % 2 == 0:
-                paused.append(self._paused_rate(cl, hb, active, endpoints, first))
+
+        pair = (grown, beside_empty, stopped)
+        for i in range(reps):
+            for run_one in pair if i % 2 == 0 else pair[::-1]:
+                run_one()
         agg = _aggregate(runs, runs)
         agg.pop("tmr_ratio", None)
         if empties:
@@ -876,9 +882,9 @@ class Bench:
         if paused:
             agg["hb_paused_rates"] = paused
             agg["rate_hb_paused_per_s"] = round(statistics.median(paused), 1)
-            stopped = [r / e for r, (e, _) in zip(paused, empties, strict=False) if e]
-            if stopped:
-                agg["rate_hb_paused_vs_empty"] = round(statistics.median(stopped), 3)
+            ratios = [r / e for r, (e, _) in zip(paused, empties, strict=False) if e]
+            if ratios:
+                agg["rate_hb_paused_vs_empty"] = round(statistics.median(ratios), 3)
         st = cl.ctl(active, "status", timeout=10.0)
         backend_rss = max(rss_mib(cl.pid(n)) for n in ("backend-1", "backend-2", "backend-3"))
         return {
@@ -1035,13 +1041,7 @@ class Bench:
                     for what in ("server", "backend"):
                         grown = row[f"{what}_rss_mib"] - base[f"{what}_rss_mib"]
                         row[f"{what}_bytes_per_handle"] = round(grown * 2**20 / handles)
-                    # Against this size's runs of the empty cluster (paired in time)
-                    empty_rate = statistics.median(row["empty_rates"])
                     row["rate_vs_first_empty"] = round(row["rate_per_s"] / base["rate_per_s"], 3)
-                    if "rate_hb_paused_per_s" in row and "rate_hb_paused_vs_empty" not in row:
-                        row["rate_hb_paused_vs_empty"] = round(
-                            row["rate_hb_paused_per_s"] / empty_rate, 3
-                        )
                     row.update(_memory_steps(steps))
                 log(
                     f"  {target} held, {clients} heartbeating: {row['rate_per_s']:.1f} cycles/s "

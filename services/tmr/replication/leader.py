@@ -648,8 +648,7 @@ class Leader:
         # Heartbeats are not replicated: only extend a lease while a majority of backends has
         # answered in our epoch recently, so a deposed leader cannot extend leases the new
         # leader does not know of (new leaders add the same margin on takeover).
-        rec = self._find(handle, client_id, owner) if self.role == Role.ACTIVE else None
-        held = rec is not None and handle not in self._products[rec.key].releasing
+        held = self.role == Role.ACTIVE and self._holds(handle, client_id, owner)
         if held:
             # Kept also when not confirmed below: a quorum loss of any length does not
             # expire a handle whose heartbeats arrive. That only delays this server's own
@@ -673,8 +672,7 @@ class Leader:
         self._clock(now)
         if self.role != Role.ACTIVE or self.epoch is None or not self._leadership_confirmed(now):
             return False
-        rec = self._find(handle, client_id, owner)
-        if rec is None or handle in self._products[rec.key].releasing:
+        if not self._holds(handle, client_id, owner):
             return False
         self._leases.extend(handle, now)
         return True
@@ -1864,6 +1862,12 @@ class Leader:
                 self._recommit(p, fx)
 
     # ---------------------------------------------------------------- helpers
+
+    def _holds(self, handle: str, client_id: str, owner: str) -> bool:
+        """Whether `owner` holds `handle` under `client_id` and it is not being released: a
+        heartbeat of it renews its lease (`heartbeat`, `renew`)."""
+        rec = self._find(handle, client_id, owner)
+        return rec is not None and handle not in self._products[rec.key].releasing
 
     def _find(self, handle: str, client_id: str, owner: str) -> HandleRecord | None:
         """The handle if `owner` holds it under `client_id` (no owner "" ever does)."""
