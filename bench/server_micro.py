@@ -1,7 +1,7 @@
 """Micro-benchmark of the server's per-request path (docs/performance.md): heartbeats through
 `ServerService.on_client` and the loop's per-turn steps, without sockets.
 
-`python -m bench.server_micro [--heartbeats N] [--per-turn K] [--repeat R]`: a real
+`python -m bench.server_micro [--heartbeats N] [--per-turn K] [--repeat R] [--cold MB]`: a real
 `ServerService` (its leader made active against three in-process `Acceptor`s), one client
 handle, then N heartbeat frames as they come off the client socket (routing id, empty
 delimiter, the encoded request), K to a loop turn; after each turn the steps the service's
@@ -9,6 +9,9 @@ loop runs every turn (the leader's pump, the WebAdmin schedule, the metrics' end
 The replies go to a socket stand-in that keeps them; each is checked. Reports the CPU µs per
 heartbeat of each repetition and their median: the server's Python cost per message, apart
 from ZeroMQ's (the part a loop turn of the running server adds: `bench.heartbeat_cost`).
+With `--cold MB`, every turn starts with the CPU's caches evicted (MB megabytes written
+first, outside the measured time), as after the waits of a server among other processes:
+the CPU of the turns alone (`time.thread_time`), per heartbeat.
 """
 
 from __future__ import annotations
@@ -84,7 +87,12 @@ def deliver(svc: ServerService, acceptors: dict[str, Acceptor], fx: Effects, now
             queue.append(svc.leader.on_reply(name, step.reply, now))
 
 
-def run(heartbeats: int, per_turn: int) -> float:
+def evict(buf: bytearray) -> None:
+    """Write one byte of every 64-byte cache line of `buf` (larger than the caches)."""
+    buf[::64] = bytes(len(buf[::64]))
+
+
+def run(heartbeats: int, per_turn: int, cold_mb: int = 0) -> float:
     with tempfile.TemporaryDirectory(prefix="tmr-server-micro-") as tmp:
         svc, acceptors = service(Path(tmp))
         leader = svc.leader
@@ -109,14 +117,26 @@ def run(heartbeats: int, per_turn: int) -> float:
             svc._publish_web_if_due,
             lambda t: svc.web.end_turn(),
         ]
+        buf = bytearray(cold_mb << 20)
+        spent = 0.0
         t0 = time.process_time()
         for start in range(0, heartbeats, per_turn):
-            t = time.monotonic()
+            if buf:
+                evict(buf)
+                t0 = time.thread_time()
+                # the leader's clock as if the evictions took no time (they take seconds in
+                # all, past its leadership window of 1 s without backend answers)
+                t = now + start * 1e-5
+            else:
+                t = time.monotonic()
             for f in frames[start : start + per_turn]:
                 svc.on_client(f, t, OWNER)
             for step in steps:
                 step(t)
-        spent = time.process_time() - t0
+            if buf:
+                spent += time.thread_time() - t0
+        if not buf:
+            spent = time.process_time() - t0
         payloads = sent.frames[2::3]
         assert len(payloads) == heartbeats, len(payloads)
         for p in (payloads[0], payloads[-1]):
@@ -132,10 +152,23 @@ def main() -> None:
     ap.add_argument("--heartbeats", type=int, default=20_000)
     ap.add_argument("--per-turn", type=int, default=1, help="heartbeats per loop turn (1)")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument(
+        "--cold",
+        type=int,
+        default=0,
+        metavar="MB",
+        help="evict the caches before every turn by writing MB megabytes (64: more than "
+        "the caches of the 2-core machine); 0: warm, as one turn after another (default)",
+    )
     args = ap.parse_args()
-    us = [run(args.heartbeats, args.per_turn) for _ in range(args.repeat)]
+    if args.heartbeats < 1 or args.per_turn < 1 or args.repeat < 1 or args.cold < 0:
+        ap.error("--heartbeats, --per-turn and --repeat must be at least 1, --cold at least 0")
+    us = [run(args.heartbeats, args.per_turn, args.cold) for _ in range(args.repeat)]
     print(" ".join(f"{u:.1f}" for u in us))
-    print(f"median {statistics.median(us):.1f} us of CPU per heartbeat ({args.per_turn} a turn)")
+    how = f"{args.per_turn} a turn"
+    if args.cold:
+        how += f", caches evicted before each turn ({args.cold} MB)"
+    print(f"median {statistics.median(us):.1f} us of CPU per heartbeat ({how})")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from typing import Self, TypeVar
 import zmq
 
 from tmr.client._channel import Channel, ClientClosedError, Outcome
-from tmr.client._heartbeats import next_heartbeat
+from tmr.client._heartbeats import next_heartbeat, on_grid
 from tmr.client.keys import check_key_pair, key_bytes, load_public_key
 from tmr.errors import ApiError, ErrorCode, Timeout, UnknownHandle
 from tmr.keys import NodeKeys, generate_keypair
@@ -327,7 +327,8 @@ class Client:
         if closed:  # closed while the checkout was in flight: give the seats back
             handle._release_quietly(CLOSE_RELEASE_TIMEOUT)
             raise ClientClosedError("the client was closed during checkout")
-        self._schedule(handle, time.monotonic() + handle._interval())
+        interval = handle._interval()
+        self._schedule(handle, on_grid(time.monotonic() + interval, interval))
         return handle
 
     def close(self) -> None:
