@@ -152,6 +152,13 @@ def _common(path: Path, data: dict[str, Any], known: set[str], required: set[str
         raise ConfigError(f"{path}: key 'log_level' must be one of {', '.join(LOG_LEVELS)}")
 
 
+# The shortest lease a server accepts: three of the SDK's shortest heartbeat intervals
+# (`tmr.client.client.HEARTBEAT_MIN_INTERVAL`, 0.05 s). A client heartbeats every third of the
+# lease; below this the SDK's interval stays at its floor, a lease would end before its third
+# heartbeat, and a handle could expire between two heartbeats answered on time.
+MIN_LEASE_SECONDS = 0.15
+
+
 def _positive(path: Path, key: str, value: Any) -> float:
     _check(path, key, value, (int, float), "a number")
     if value <= 0:
@@ -225,6 +232,11 @@ def load_server_config(path: Path) -> ServerConfig:
             out[key] = Path(_check(path, key, value, str, "a path string"))
         elif key in ("lease_seconds", "backend_timeout", "probe_interval", "leader_live_window"):
             out[key] = _positive(path, key, value)
+            if key == "lease_seconds" and value < MIN_LEASE_SECONDS:
+                raise ConfigError(
+                    f"{path}: key 'lease_seconds' must be at least {MIN_LEASE_SECONDS:g} (three "
+                    f"of the SDK's shortest heartbeat intervals), not {value:g}"
+                )
         elif key == "client_allowlist":
             out[key] = _strs(path, key, value)
         elif key == "admin_keys":

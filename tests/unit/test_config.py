@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from zmq.utils import z85
 
-from tmr.config import load_backend_config, load_server_config
+from tmr.client.client import HEARTBEAT_MIN_INTERVAL
+from tmr.config import MIN_LEASE_SECONDS, load_backend_config, load_server_config
 from tmr.errors import ConfigError
 
 BACKEND = """
@@ -78,6 +79,13 @@ def test_server_takeover_hold_ms(tmp_path: Path) -> None:
         assert cfg.takeover_hold_ms == want
 
 
+def test_server_shortest_lease(tmp_path: Path) -> None:
+    # Three of the SDK's shortest heartbeat intervals: the shortest lease accepted is kept.
+    assert pytest.approx(MIN_LEASE_SECONDS) == 3 * HEARTBEAT_MIN_INTERVAL
+    text = SERVER.replace("lease_seconds = 10", f"lease_seconds = {MIN_LEASE_SECONDS}")
+    assert load_server_config(write(tmp_path, text)).lease_seconds == MIN_LEASE_SECONDS
+
+
 def test_server_leader_live_window(tmp_path: Path) -> None:
     text = SERVER.replace("lease_seconds = 10", "probe_interval = 0.5\nleader_live_window = 1.5")
     cfg = load_server_config(write(tmp_path, text))
@@ -106,6 +114,10 @@ def test_backend_errors_name_the_key(tmp_path: Path, text: str, needle: str) -> 
     [
         (SERVER.replace("lease_seconds = 10", "lease_seconds = -1"), "lease_seconds"),
         (SERVER.replace("lease_seconds = 10", 'lease_seconds = "x"'), "lease_seconds"),
+        (
+            SERVER.replace("lease_seconds = 10", "lease_seconds = 0.1"),
+            "'lease_seconds' must be at least 0.15 .*, not 0.1",
+        ),
         (SERVER.split("[[backends]]")[0], "missing required key 'backends'"),
         (SERVER + '\n[[backends]]\nname = "x"\nendpoint = "e"\npublic_key = "k"\n', "exactly 3"),
         (SERVER.replace(KEYS[2], "k"), r"backends\[1\].public_key is not a Z85"),
