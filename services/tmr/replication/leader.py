@@ -1371,7 +1371,9 @@ class Leader:
         refused (above its own LQ, docs/design.md §6), when the backends that did not refuse
         are too few for a quorum (the other one is down), or the first uncommitted entry has
         waited half of backend_timeout (the rest of the clients' wait bound is for the
-        abort's round): `productlog.abort_grants`."""
+        abort's round): `productlog.abort_grants`. The wait counts only time awake, as a
+        backend's timeout does (`tick`): after a pause of this server the acknowledgements
+        may be queued unread."""
         for p in self._unsettled():
             if p.committed < 0 or p.seq <= p.committed or p.abort is not None:
                 continue
@@ -1380,7 +1382,7 @@ class Leader:
             refusers = [b for b in good if p.refused.get(b.name, -1) > p.committed]
             if not refusers:
                 continue
-            waited = now - p.formed.get(p.committed + 1, now)
+            waited = now - max(p.formed.get(p.committed + 1, now), self._resumed_at)
             if len(good) - len(refusers) >= QUORUM and waited < self.cfg.backend_timeout / 2:
                 continue
             names = ", ".join(b.name for b in refusers)

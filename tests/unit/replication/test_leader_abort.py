@@ -126,3 +126,28 @@ def test_a_late_acknowledgement_of_the_aborted_entry_answers_nothing() -> None:
     assert p.committed == p.seq and p.seats() == 2
     # b2 is back and took the abort's table (its third seat is dropped).
     assert seats(h, "b2") == 2 and seats(h, "b1") == 2 and seats(h, "b3") == 2
+
+
+def test_a_pause_of_the_server_does_not_count_as_waiting_for_the_acknowledgement() -> None:
+    """b3 refuses the third seat and b2's acknowledgement is still on its way when this
+    server is paused for 2 s (a VM migration). The wait for b2 counts only time awake, as a
+    backend's timeout does: the first tick after the pause does not abort the grant, and b2's
+    acknowledgement, read after it, commits it with b1's."""
+    h, _ = two_seats_held_mid_update()
+    fx = h.leader.checkout("tok", "r2", "c2", KEY[0], KEY[1], 1, h.now, owner="key-of-c2")
+    (accept,) = [m for name, m in fx.send if name == "b2" and isinstance(m, Accept)]
+    h.down.add("b2")  # its ACCEPT is delivered below, after the pause
+    h.run(fx)
+    h.down.discard("b2")
+    assert seats(h, "b1") == 3 and seats(h, "b3") == 2  # b1 accepted, b3 refused
+    h.now += 2.0  # paused: no tick, nothing read
+    h.run(h.leader.tick(h.now))  # the first turn after the pause
+    assert not any(e["event"] == "grants_aborted" for e in h.events), h.events
+    step = h.acceptors["b2"].handle(accept, h.now)
+    h.acceptors["b2"].committed(step)
+    h.run(h.leader.on_reply("b2", step.reply, h.now))
+    (granted,) = [r for r in h.replies if r.rid == "r2"]
+    assert granted.ok and isinstance(granted.result, CheckoutResult), granted
+    h.advance(BOUND)
+    assert not any(e["event"] == "grants_aborted" for e in h.events), h.events
+    assert seats(h, "b1") == seats(h, "b2") == 3
