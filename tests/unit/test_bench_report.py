@@ -577,3 +577,11 @@ def test_the_runs_with_heartbeats_stopped_are_paired_with_the_empty_cluster_s(
     assert (
         "(the median of the pairs with the empty cluster's runs: 2700 / 3000, 1900 / 2000" in text
     )
+
+
+def test_growth_pairs_is_a_count_of_one_or_more(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run._positive_int("7") == 7
+    for bad in ("0", "-2", "x", "2.5"):
+        with pytest.raises(SystemExit):
+            run.main(["--growth-pairs", bad, "--show"])
+        assert "--growth-pairs" in capsys.readouterr().err
