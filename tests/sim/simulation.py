@@ -6,7 +6,9 @@ and are sometimes wiped; TMR servers crash, restart, and are promoted and demote
 both at once too, and paused (SIGSTOP: messages queue, the clock jumps on resume); license
 updates stop half way (mixed TMR IDs and LQs) when a backend fails, the license expires under
 load, and two backends are cut from both servers for longer than a lease. Simulated clients
-check out, heartbeat and release with the SDK's retry rules (same request id on every retry);
+check out, heartbeat and release with the SDK's retry rules (same request id on every retry)
+and its heartbeat schedule (`tmr.client._heartbeats`: on a grid of their hosts' wall clocks,
+which are a few milliseconds apart, so their heartbeats come in bursts);
 an administrator frees handles now and then (`Leader.admin_release`, `tmr admin release`);
 both servers enforce one policy file (`POLICY`: a max, a reserve and an exclude rule on the
 clients' users and hosts), which must hold across every failover as the seat count does.
@@ -33,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tmr.client._heartbeats import next_heartbeat, on_grid
 from tmr.errors import ErrorCode
 from tmr.policy import EMPTY as EMPTY_POLICY
 from tmr.policy import Policy, parse_policy
@@ -76,6 +79,10 @@ BACKEND_KEYS = tuple(f"{i:02x}" * 32 for i in (1, 2, 3))  # their CURVE public k
 SERVERS = ("sa", "sb")
 WALL_START = 1_700_000_000.0  # the backends' wall clocks at simulated time 0
 LEASE = 5.0
+HEARTBEAT_INTERVAL = LEASE / 3  # the SDK's: a third of the lease
+# The clients' hosts' wall clocks (the heartbeats' grid, `tmr.client._heartbeats.on_grid`):
+# within this of each other, as NTP keeps a site's hosts.
+CLIENT_CLOCK_SKEW = 0.005
 BACKEND_TIMEOUT = 0.5
 CLIENT_TIMEOUT = 0.6
 TICK = 0.02  # the servers' timer tick (the service's is 0.05 s)
@@ -277,7 +284,10 @@ class SimClient:
     hb_target: int = 0
     release_handle: str = ""
     retry_at: float | None = None  # NOT_ACTIVE: retry on the other endpoint at this time
-    hb_next: float = 0.0  # no heartbeat before (a back-off after an unconfirmed one)
+    # the next heartbeat: the SDK's schedule (`next_heartbeat`, on the wall clock's grid),
+    # or a back-off after an unconfirmed one
+    hb_next: float = 0.0
+    wall_offset: float = WALL_START  # this client's host's wall clock minus the simulated time
     kept: bool = False  # the latest heartbeat answer: QUORUM_LOST, lease kept (not confirmed)
     wait: float = 0.0  # > 0: checkouts queue for up to this long (client.checkout(wait=))
     wait_until: float = 0.0  # the current checkout's deadline in the queue
@@ -352,6 +362,14 @@ class Simulation:
             SimClient(f"c{i}", seats=1 + (i % 2), target=i % 2, wait=QUEUE_WAIT * (i in QUEUEING))
             for i in range(clients)
         ]
+        # Each client host's wall clock, a few milliseconds off the others' (drawn apart from
+        # `rng`, which decides the run): where the grid of its heartbeats lies.
+        clocks = random.Random(f"{seed}/clocks")
+        site = clocks.uniform(0.0, 1.0)
+        for c in self.clients:
+            c.wall_offset = (
+                WALL_START + site + clocks.uniform(-CLIENT_CLOCK_SKEW, CLIENT_CLOCK_SKEW)
+            )
         # (server, epoch) -> the queued checkouts (client, request id) in order, from the
         # leader's checkout_queued / checkout_unqueued events: Q1 checks each grant of a
         # queued checkout is to the head of its term's queue.
@@ -1302,7 +1320,7 @@ class Simulation:
                 c.rid = self.new_rid(c)
                 c.sent_at = now
                 self.client_send(c, "release", handle=c.release_handle)
-            elif not c.hb_rid and now - c.held.lease_ref > LEASE / 3 and now >= c.hb_next:
+            elif not c.hb_rid and now >= c.hb_next:
                 c.hb_rid = self.new_rid(c)
                 c.hb_sent = now
                 c.hb_target = c.target
@@ -1342,6 +1360,7 @@ class Simulation:
                 self.stats["kept_alive"] += 1
             if reply.ok and c.held:
                 c.held.lease_ref = c.hb_sent
+                c.hb_next = next_heartbeat(c.hb_sent, now, HEARTBEAT_INTERVAL, c.wall_offset)
             elif reply.error == ErrorCode.UNKNOWN_HANDLE and c.held:
                 self.note(f"{c.cid}: lost {c.held.handle}")
                 c.held = None
@@ -1373,6 +1392,8 @@ class Simulation:
                 self.stats["checkouts"] += 1
                 self.stats[f"mode_{c.mode.value}"] += 1
                 c.held = HeldSeat(h, granted, now, c.first_sent, mode=c.mode)
+                # The SDK's first heartbeat: an interval after the answer, on the grid.
+                c.hb_next = on_grid(now + HEARTBEAT_INTERVAL, HEARTBEAT_INTERVAL, c.wall_offset)
                 # Freed by an administrator before this answer arrived: not certainly held.
                 c.held.revoked = h in self.revoked
                 c.state = "holding"
