@@ -121,3 +121,12 @@ def test_a_product_count_out_of_range_is_refused_before_anything_starts(
     with pytest.raises(ClusterError, match="products must be 1 to"):
         local_up(root, products=products, progress=False)
     assert not root.exists()
+
+
+@pytest.mark.parametrize("lease", [0.1, 0.0, -1.0, float("nan")])
+def test_a_lease_the_servers_refuse_is_refused_before_anything_starts(
+    root: Path, lease: float
+) -> None:
+    with pytest.raises(ClusterError, match=r"the lease must be at least 0\.15 s"):
+        local_up(root, lease=lease, progress=False)
+    assert not root.exists()

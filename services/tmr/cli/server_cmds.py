@@ -216,7 +216,9 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         help="license sets to issue: products 42, 43, ... each with --quantity (default 1)",
     )
     up.add_argument("--tmr-id", type=int, default=7, help="TMR ID of the demo license (default 7)")
-    up.add_argument("--lease", type=float, default=30.0, help="lease seconds (default 30)")
+    up.add_argument(
+        "--lease", type=float, default=30.0, help="lease seconds (default 30; at least 0.15)"
+    )
     up.add_argument("--base-port", type=int, default=0, help="first port (default: free ports)")
     up.add_argument(
         "--backend-timeout",

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tmr.config import MIN_LEASE_SECONDS
 from tmr.ctl import CtlError, ctl_request
 from tmr.errors import TmrError
 from tmr.isv import init_vendor, issue_set, load_vendor
@@ -141,6 +142,11 @@ def local_up(
     section uses 1,000)."""
     if not 1 <= products <= MAX_PRODUCTS:
         raise ClusterError(f"products must be 1 to {MAX_PRODUCTS}, not {products}")
+    if not lease >= MIN_LEASE_SECONDS:  # the servers' config refuses it (also NaN)
+        raise ClusterError(
+            f"the lease must be at least {MIN_LEASE_SECONDS:g} s (three of the SDK's shortest "
+            f"heartbeat intervals), not {lease:g}"
+        )
     root = root.resolve()
     say: Callable[[str], None] = (
         (lambda m: print(f"==> {m}", flush=True)) if progress else (lambda m: None)
