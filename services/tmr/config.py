@@ -7,6 +7,7 @@ value of the wrong type is refused with a `ConfigError` naming the file and the 
 from __future__ import annotations
 
 import ipaddress
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -161,8 +162,8 @@ MIN_LEASE_SECONDS = 0.15
 
 def _positive(path: Path, key: str, value: Any) -> float:
     _check(path, key, value, (int, float), "a number")
-    if value <= 0:
-        raise ConfigError(f"{path}: key {key!r} must be greater than 0")
+    if not 0 < value < math.inf:  # TOML has nan and inf: neither is a duration
+        raise ConfigError(f"{path}: key {key!r} must be greater than 0 (and finite), not {value}")
     return float(value)
 
 

@@ -118,6 +118,16 @@ def test_backend_errors_name_the_key(tmp_path: Path, text: str, needle: str) -> 
             SERVER.replace("lease_seconds = 10", "lease_seconds = 0.1"),
             "'lease_seconds' must be at least 0.15 .*, not 0.1",
         ),
+        (SERVER.replace("lease_seconds = 10", "lease_seconds = nan"), "finite.*not nan"),
+        (SERVER.replace("lease_seconds = 10", "lease_seconds = inf"), "finite.*not inf"),
+        (
+            SERVER.replace("lease_seconds = 10", "backend_timeout = nan"),
+            "'backend_timeout' .*not nan",
+        ),
+        (
+            SERVER.replace("lease_seconds = 10", "probe_interval = inf"),
+            "'probe_interval' .*, not inf",
+        ),
         (SERVER.split("[[backends]]")[0], "missing required key 'backends'"),
         (SERVER + '\n[[backends]]\nname = "x"\nendpoint = "e"\npublic_key = "k"\n', "exactly 3"),
         (SERVER.replace(KEYS[2], "k"), r"backends\[1\].public_key is not a Z85"),
