@@ -123,10 +123,19 @@ def test_a_product_count_out_of_range_is_refused_before_anything_starts(
     assert not root.exists()
 
 
-@pytest.mark.parametrize("lease", [0.1, 0.0, -1.0, float("nan")])
+@pytest.mark.parametrize("lease", [0.1, 0.0, -1.0, float("nan"), float("inf")])
 def test_a_lease_the_servers_refuse_is_refused_before_anything_starts(
     root: Path, lease: float
 ) -> None:
     with pytest.raises(ClusterError, match=r"the lease must be at least 0\.15 s"):
         local_up(root, lease=lease, progress=False)
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("timeout", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_backend_timeout_the_servers_refuse_is_refused_before_anything_starts(
+    root: Path, timeout: float
+) -> None:
+    with pytest.raises(ClusterError, match="the backend timeout must be greater than 0"):
+        local_up(root, backend_timeout=timeout, progress=False)
     assert not root.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import signal
 import socket
@@ -142,10 +143,14 @@ def local_up(
     section uses 1,000)."""
     if not 1 <= products <= MAX_PRODUCTS:
         raise ClusterError(f"products must be 1 to {MAX_PRODUCTS}, not {products}")
-    if not lease >= MIN_LEASE_SECONDS:  # the servers' config refuses it (also NaN)
+    if not MIN_LEASE_SECONDS <= lease < math.inf:  # the servers' config refuses it
         raise ClusterError(
             f"the lease must be at least {MIN_LEASE_SECONDS:g} s (three of the SDK's shortest "
-            f"heartbeat intervals), not {lease:g}"
+            f"heartbeat intervals) and finite, not {lease:g}"
+        )
+    if not 0 < backend_timeout < math.inf:
+        raise ClusterError(
+            f"the backend timeout must be greater than 0 and finite, not {backend_timeout:g}"
         )
     root = root.resolve()
     say: Callable[[str], None] = (
