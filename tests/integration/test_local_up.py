@@ -114,6 +114,10 @@ def test_local_up_licenses_as_many_products_as_asked(root: Path) -> None:
     assert all(lic.available and lic.quantity == 3 for lic in licenses)
 
 
+BAD_TIMES = (0.0, -1.0, float("nan"), float("inf"))
+BAD_LEASES = (0.1, *BAD_TIMES)
+
+
 @pytest.mark.parametrize("products", [0, local.MAX_PRODUCTS + 1])
 def test_a_product_count_out_of_range_is_refused_before_anything_starts(
     root: Path, products: int
@@ -123,19 +127,19 @@ def test_a_product_count_out_of_range_is_refused_before_anything_starts(
     assert not root.exists()
 
 
-@pytest.mark.parametrize("lease", [0.1, 0.0, -1.0, float("nan"), float("inf")])
-def test_a_lease_the_servers_refuse_is_refused_before_anything_starts(
-    root: Path, lease: float
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        *(({"lease": v}, r"the lease must be at least 0\.15 s") for v in BAD_LEASES),
+        *(
+            ({"backend_timeout": v}, "the backend timeout must be greater than 0")
+            for v in BAD_TIMES
+        ),
+    ],
+)
+def test_a_timing_the_servers_refuse_is_refused_before_anything_starts(
+    root: Path, kwargs: dict[str, float], message: str
 ) -> None:
-    with pytest.raises(ClusterError, match=r"the lease must be at least 0\.15 s"):
-        local_up(root, lease=lease, progress=False)
-    assert not root.exists()
-
-
-@pytest.mark.parametrize("timeout", [0.0, -1.0, float("nan"), float("inf")])
-def test_a_backend_timeout_the_servers_refuse_is_refused_before_anything_starts(
-    root: Path, timeout: float
-) -> None:
-    with pytest.raises(ClusterError, match="the backend timeout must be greater than 0"):
-        local_up(root, backend_timeout=timeout, progress=False)
+    with pytest.raises(ClusterError, match=message):
+        local_up(root, progress=False, **kwargs)  # type: ignore[arg-type]
     assert not root.exists()
