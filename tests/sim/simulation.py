@@ -1005,14 +1005,18 @@ class Simulation:
                 return
             w = Waiting(self.now, s.leader, s.leader.epoch, s.pauses, self.step_no)
             rid = m.payload["rid"]
-            if s.leader.role == Role.ACTIVE:
-                self.waiting.setdefault((s.name, m.src, rid), w)
+            active = s.leader.role == Role.ACTIVE
             fx = self.serve(s.leader, m.src, m.payload)
             if fx.parked:
+                # Held to the hold by `check_parked`; its answer bound (`check_answers`) starts
+                # when the parking hands it to the leader, as a takeover's parked request's
+                # does: the leader counts its wait for a commit from then.
                 self.parked.setdefault((s.name, m.src, rid), w)
                 self.stats["parked"] += 1
-                if s.leader.role == Role.ACTIVE:  # resumed from a pause, not confirmed yet
+                if active:  # resumed from a pause, not confirmed yet
                     self.stats["parked_after_pause"] += 1
+            elif active:
+                self.waiting.setdefault((s.name, m.src, rid), w)
             self.apply_effects(s, fx)
             self.maybe_pump(s)
         else:
