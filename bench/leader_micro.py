@@ -122,7 +122,7 @@ def main() -> None:
     args = ap.parse_args()
     # With the collector sized as in a service's loop: at CPython's default thresholds the
     # oldest generation's collections walked the held handles (100,000 held cost 1.16-1.22x
-    # of none, against 1.06-1.09x sized as the server runs).
+    # of none, against 1.06-1.11x sized as the server runs).
     with service_collector():
         times = [run(args.cycles, args.batch, args.products, args.held) for _ in range(args.repeat)]
     print(" ".join(f"{t:.3f}" for t in times))

@@ -155,8 +155,8 @@ def _common(path: Path, data: dict[str, Any], known: set[str], required: set[str
 
 # The shortest lease a server accepts: three of the SDK's shortest heartbeat intervals
 # (`tmr.client.client.HEARTBEAT_MIN_INTERVAL`, 0.05 s). A client heartbeats every third of the
-# lease; below this the SDK's interval stays at its floor, a lease would end before its third
-# heartbeat, and a handle could expire between two heartbeats answered on time.
+# lease, so that a lease outlasts two heartbeats lost or answered late; below this the SDK's
+# interval stays at its floor and a lease holds fewer than three heartbeats.
 MIN_LEASE_SECONDS = 0.15
 
 

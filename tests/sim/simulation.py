@@ -7,8 +7,11 @@ both at once too, and paused (SIGSTOP: messages queue, the clock jumps on resume
 updates stop half way (mixed TMR IDs and LQs) when a backend fails, the license expires under
 load, and two backends are cut from both servers for longer than a lease. Simulated clients
 check out, heartbeat and release with the SDK's retry rules (same request id on every retry)
-and its heartbeat schedule (`tmr.client._heartbeats`: on a grid of their hosts' wall clocks,
-which are a few milliseconds apart, so their heartbeats come in bursts);
+and, after a checkout and after an answered heartbeat, its heartbeat schedule
+(`tmr.client._heartbeats`: on a grid of their hosts' wall clocks, which are a few
+milliseconds apart, so their heartbeats come in bursts; after an error or a heartbeat given
+up they keep a simpler rule of their own, so the schedule's late-answer branch is not
+exercised here);
 an administrator frees handles now and then (`Leader.admin_release`, `tmr admin release`);
 both servers enforce one policy file (`POLICY`: a max, a reserve and an exclude rule on the
 clients' users and hosts), which must hold across every failover as the seat count does.

@@ -581,7 +581,12 @@ def test_the_runs_with_heartbeats_stopped_are_paired_with_the_empty_cluster_s(
 
 def test_growth_pairs_is_a_count_of_one_or_more(capsys: pytest.CaptureFixture[str]) -> None:
     assert run._positive_int("7") == 7
-    for bad in ("0", "-2", "x", "2.5"):
+    for bad, why in (
+        ("0", "must be 1 or more, not 0"),
+        ("-2", "must be 1 or more, not -2"),
+        ("x", "not a whole number: 'x'"),
+        ("2.5", "not a whole number: '2.5'"),
+    ):
         with pytest.raises(SystemExit):
             run.main(["--growth-pairs", bad, "--show"])
-        assert "--growth-pairs" in capsys.readouterr().err
+        assert why in capsys.readouterr().err, bad
