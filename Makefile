@@ -40,7 +40,7 @@ test-unit: venv ## fast unit tests
 test-sim: venv ## deterministic simulation of the replication protocol (SIM_SEEDS seeds)
 	TMR_SIM_SEEDS=$(SIM_SEEDS) $(PY) -m pytest -q tests/sim
 
-test-sim-long: venv ## the simulation over 10,000 seeds (stops at the first violation; ~10-20 min)
+test-sim-long: venv ## the simulation over 10,000 seeds (stops at the first violation; ~40 min)
 	TMR_SIM_SEEDS=10000 $(PY) -m pytest -q -x tests/sim/test_simulation.py -k over_seeds
 
 test-model: venv ## spin checks the Promela model of the replication protocol (model/), and finds seeded bugs
