@@ -345,9 +345,7 @@ class Bench:
         self.growth_cluster: Cluster | None = None
         # The cluster the growth or products section compares with (one product, nothing held)
         self.baseline_cluster: Cluster | None = None
-        quick_pairs = 1 if args.quick else GROWTH_PAIRS
-        pairs = getattr(args, "growth_pairs", None)  # (tests build a Namespace without it)
-        self.growth_reps = quick_pairs if pairs is None else pairs
+        self.growth_reps = args.growth_pairs or (1 if args.quick else GROWTH_PAIRS)
         self.idle_windows = 1 if args.quick else IDLE_WINDOWS
         self.etcd: EtcdCluster | None = None
         self.run_no = 0

@@ -160,6 +160,17 @@ def _common(path: Path, data: dict[str, Any], known: set[str], required: set[str
 MIN_LEASE_SECONDS = 0.15
 
 
+def lease_error(value: float) -> str | None:
+    """Why `value` is not a lease a server accepts, or None (the server's config and
+    `tmr local up` say it in these words)."""
+    if MIN_LEASE_SECONDS <= value < math.inf:
+        return None
+    return (
+        f"must be at least {MIN_LEASE_SECONDS:g} s (three of the SDK's shortest heartbeat "
+        f"intervals) and finite, not {value:g}"
+    )
+
+
 def _positive(path: Path, key: str, value: Any) -> float:
     _check(path, key, value, (int, float), "a number")
     if not 0 < value < math.inf:  # TOML has nan and inf: neither is a duration
@@ -231,13 +242,13 @@ def load_server_config(path: Path) -> ServerConfig:
             out[key] = tuple(refs)
         elif key in ("service_key_file", "node_key_file", "ctl_socket", "state_dir"):
             out[key] = Path(_check(path, key, value, str, "a path string"))
-        elif key in ("lease_seconds", "backend_timeout", "probe_interval", "leader_live_window"):
+        elif key == "lease_seconds":
             out[key] = _positive(path, key, value)
-            if key == "lease_seconds" and value < MIN_LEASE_SECONDS:
-                raise ConfigError(
-                    f"{path}: key 'lease_seconds' must be at least {MIN_LEASE_SECONDS:g} (three "
-                    f"of the SDK's shortest heartbeat intervals), not {value:g}"
-                )
+            why = lease_error(out[key])
+            if why is not None:
+                raise ConfigError(f"{path}: key 'lease_seconds' {why}")
+        elif key in ("backend_timeout", "probe_interval", "leader_live_window"):
+            out[key] = _positive(path, key, value)
         elif key == "client_allowlist":
             out[key] = _strs(path, key, value)
         elif key == "admin_keys":

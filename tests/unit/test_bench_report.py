@@ -468,7 +468,9 @@ def _outage_bench(tmp_path: Any, released: list[str]) -> tuple[run.Bench, Any]:
     conn.executemany("INSERT INTO usage VALUES ('released', ?)", [(h,) for h in released])
     conn.commit()
     conn.close()
-    bench = run.Bench(argparse.Namespace(quick=True, duration=1.0, reps=1), tmp_path)
+    bench = run.Bench(
+        argparse.Namespace(quick=True, duration=1.0, reps=1, growth_pairs=None), tmp_path
+    )
     return bench, SimpleNamespace(root=tmp_path / "c")
 
 
@@ -553,7 +555,9 @@ def test_the_runs_with_heartbeats_stopped_are_paired_with_the_empty_cluster_s(
         order.append("stopped")
         return next(stopped)
 
-    bench = run.Bench(argparse.Namespace(quick=True, duration=1.0, reps=3), tmp_path)
+    bench = run.Bench(
+        argparse.Namespace(quick=True, duration=1.0, reps=3, growth_pairs=None), tmp_path
+    )
     monkeypatch.setattr(bench, "_idle", lambda cl, active, hb: {})
     monkeypatch.setattr(bench, "_load_active", load_active)
     monkeypatch.setattr(bench, "_empty_rate", empty_rate)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tmr.config import MIN_LEASE_SECONDS
+from tmr.config import lease_error
 from tmr.ctl import CtlError, ctl_request
 from tmr.errors import TmrError
 from tmr.isv import init_vendor, issue_set, load_vendor
@@ -143,11 +143,9 @@ def local_up(
     section uses 1,000)."""
     if not 1 <= products <= MAX_PRODUCTS:
         raise ClusterError(f"products must be 1 to {MAX_PRODUCTS}, not {products}")
-    if not MIN_LEASE_SECONDS <= lease < math.inf:  # the servers' config refuses it
-        raise ClusterError(
-            f"the lease must be at least {MIN_LEASE_SECONDS:g} s (three of the SDK's shortest "
-            f"heartbeat intervals) and finite, not {lease:g}"
-        )
+    why = lease_error(lease)  # the servers' config would refuse it
+    if why is not None:
+        raise ClusterError(f"the lease {why}")
     if not 0 < backend_timeout < math.inf:
         raise ClusterError(
             f"the backend timeout must be greater than 0 and finite, not {backend_timeout:g}"
