@@ -7,11 +7,9 @@ both at once too, and paused (SIGSTOP: messages queue, the clock jumps on resume
 updates stop half way (mixed TMR IDs and LQs) when a backend fails, the license expires under
 load, and two backends are cut from both servers for longer than a lease. Simulated clients
 check out, heartbeat and release with the SDK's retry rules (same request id on every retry)
-and, after a checkout and after an answered heartbeat, its heartbeat schedule
-(`tmr.client._heartbeats`: on a grid of their hosts' wall clocks, which are a few
-milliseconds apart, so their heartbeats come in bursts; after an error or a heartbeat given
-up they keep a simpler rule of their own, so the schedule's late-answer branch is not
-exercised here);
+and its heartbeat schedule (`tmr.client._heartbeats`: on a grid of their hosts' wall clocks,
+which are a few milliseconds apart, so their heartbeats come in bursts; a late answer keeps
+the phase of the heartbeat's first send; a second after an error; `heartbeat_retry`);
 an administrator frees handles now and then (`Leader.admin_release`, `tmr admin release`);
 both servers enforce one policy file (`POLICY`: a max, a reserve and an exclude rule on the
 clients' users and hosts), which must hold across every failover as the seat count does.
@@ -38,7 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tmr.client._heartbeats import next_heartbeat, on_grid
+from tmr.client._heartbeats import LATE, next_heartbeat, on_grid
+from tmr.client._retry import grown
+from tmr.client.client import HEARTBEAT_RETRY_MAX
 from tmr.errors import ErrorCode
 from tmr.policy import EMPTY as EMPTY_POLICY
 from tmr.policy import Policy, parse_policy
@@ -88,6 +88,9 @@ HEARTBEAT_INTERVAL = LEASE / 3  # the SDK's: a third of the lease
 CLIENT_CLOCK_SKEW = 0.005
 BACKEND_TIMEOUT = 0.5
 CLIENT_TIMEOUT = 0.6
+# A heartbeat's call gives up after this, retries included: the SDK's `timeout` (10 s by
+# default, a third of the default 30 s lease), scaled as the lease is.
+CLIENT_CALL_TIMEOUT = LEASE / 3
 TICK = 0.02  # the servers' timer tick (the service's is 0.05 s)
 # A request that reaches a server taking over waits this long for the end (the default)
 TAKEOVER_HOLD = 0.3
@@ -282,9 +285,15 @@ class SimClient:
     first_sent: float = 0.0
     next_action: float = 0.0
     held: HeldSeat | None = None
+    # The heartbeat in flight (the SDK's `Handle._heartbeat_once`, one call): its request id,
+    # kept on every retry; when its first attempt was sent (`sent`: what the lease and the
+    # next heartbeat count from); when the latest attempt was sent and how long it waits;
+    # NOT_ACTIVE: ask again (the other endpoint) at this time.
     hb_rid: str = ""
     hb_sent: float = 0.0
-    hb_target: int = 0
+    hb_attempt: float = 0.0
+    hb_wait: float = CLIENT_TIMEOUT
+    hb_retry_at: float | None = None
     release_handle: str = ""
     retry_at: float | None = None  # NOT_ACTIVE: retry on the other endpoint at this time
     # the next heartbeat: the SDK's schedule (`next_heartbeat`, on the wall clock's grid),
@@ -401,6 +410,12 @@ class Simulation:
             "expiries": 0,  # the license expired on every backend (renewed by an update)
             "kept_alive": 0,  # heartbeats answered QUORUM_LOST (lease kept, not confirmed)
             "renewed": 0,  # heartbeats answered by `Leader.renew` (the server's usual case)
+            # Heartbeats (one SDK call each) asked again (an attempt timed out, or NOT_ACTIVE),
+            # answered OK `LATE` or more after their first send (`next_heartbeat` then keeps
+            # their phase), and given up after the call's timeout.
+            "hb_retries": 0,
+            "hb_late": 0,
+            "hb_given_up": 0,
             "rollbacks": 0,  # a backend restored to an older copy (rollback_backend)
             "quorum_lost_checked": 0,  # QUORUM_LOST answers checked against two good backends
             "admin_releases": 0,  # an administrator freed a held handle (tmr admin release)
@@ -1297,6 +1312,7 @@ class Simulation:
             # and heartbeats on; it is not certainly held, I1 does not count it.)
             self.note(f"{c.cid}: lease of {c.held.handle} ran out client-side")
             c.held = None
+            c.hb_rid = ""  # (its heartbeat's answer, if one comes, is ignored)
             if c.state == "holding":
                 c.state = "idle"
         if c.state == "idle" and now >= c.next_action:
@@ -1324,17 +1340,42 @@ class Simulation:
                 c.retry_at = None
                 c.release_handle = c.held.handle
                 c.held = None  # not certainly held from the release call on
+                c.hb_rid = ""  # the SDK stops the handle's heartbeats at its release
                 c.rid = self.new_rid(c)
                 c.sent_at = now
                 self.client_send(c, "release", handle=c.release_handle)
             elif not c.hb_rid and now >= c.hb_next:
                 c.hb_rid = self.new_rid(c)
-                c.hb_sent = now
-                c.hb_target = c.target
+                c.hb_sent = c.hb_attempt = now
+                c.hb_wait = CLIENT_TIMEOUT
+                c.hb_retry_at = None
                 self.client_send(c, "heartbeat", handle=c.held.handle)
-            elif c.hb_rid and now - c.hb_sent > CLIENT_TIMEOUT:
-                c.hb_rid = ""  # give up this heartbeat; a new one follows
-                c.target ^= 1
+            elif c.hb_rid and (
+                now - c.hb_attempt > c.hb_wait
+                or (c.hb_retry_at is not None and now >= c.hb_retry_at)
+                or now - c.hb_sent > CLIENT_CALL_TIMEOUT
+            ):
+                self.heartbeat_retry(c)
+
+    def heartbeat_retry(self, c: SimClient) -> None:
+        """The SDK's rule for a heartbeat not answered yet (one `Channel.call`): the same
+        request again, to the other endpoint after an attempt timed out (whose timeout then
+        grows, `tmr.client._retry.grown`) or after a NOT_ACTIVE's back-off; a new heartbeat at
+        once when the call's own timeout has passed (`Timeout`)."""
+        assert c.held is not None
+        now = self.now
+        if now - c.hb_sent > CLIENT_CALL_TIMEOUT:
+            self.stats["hb_given_up"] += 1
+            c.hb_rid = ""
+            c.hb_next = now
+            return
+        if c.hb_retry_at is None:  # the attempt timed out
+            c.target ^= 1
+            c.hb_wait = grown(c.hb_wait)
+        c.hb_retry_at = None
+        c.hb_attempt = now
+        self.stats["hb_retries"] += 1
+        self.client_send(c, "heartbeat", handle=c.held.handle)
 
     def send_checkout(self, c: SimClient) -> None:
         """The SDK's rule: `wait` is the time left, left out once it ran out (the last ask)."""
@@ -1359,21 +1400,27 @@ class Simulation:
         c = self.client_by_id(cid)
         now = self.now
         if c.hb_rid and reply.rid == c.hb_rid:
+            if reply.error == ErrorCode.NOT_ACTIVE:
+                # Not an answer to the call: the same request is asked again, elsewhere.
+                if c.hb_retry_at is None:
+                    c.target ^= 1
+                    c.hb_retry_at = now + self.rng.uniform(0.02, 0.1)
+                return
             c.hb_rid = ""
             c.kept = reply.error == ErrorCode.QUORUM_LOST
-            if not reply.ok:
-                c.hb_next = now + 0.3
             if c.kept:
                 self.stats["kept_alive"] += 1
             if reply.ok and c.held:
                 c.held.lease_ref = c.hb_sent
                 c.hb_next = next_heartbeat(c.hb_sent, now, HEARTBEAT_INTERVAL, c.wall_offset)
+                self.stats["hb_late"] += now - c.hb_sent >= LATE
             elif reply.error == ErrorCode.UNKNOWN_HANDLE and c.held:
                 self.note(f"{c.cid}: lost {c.held.handle}")
                 c.held = None
                 c.state = "idle"
-            elif reply.error == ErrorCode.NOT_ACTIVE:
-                c.target ^= 1
+            elif not reply.ok:
+                # `ApiError` from the call: the SDK heartbeats again after at most a second.
+                c.hb_next = now + min(HEARTBEAT_INTERVAL, HEARTBEAT_RETRY_MAX)
             return
         if reply.rid != c.rid:
             return  # a late answer to an earlier attempt
