@@ -31,7 +31,7 @@ lint: venv ## ruff over the Python code
 	$(VENV)/bin/ruff check services tests bench molecule
 	$(VENV)/bin/ruff format --check services tests bench molecule
 
-typecheck: venv ## mypy --strict over the tmr package
+typecheck: venv ## mypy --strict over the tmr package, the benchmarks and the tests
 	$(VENV)/bin/mypy
 
 test-unit: venv ## fast unit tests

@@ -19,7 +19,6 @@ to a leader that grants seats.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,15 +127,15 @@ class Trio:
 
     def checkout(self, seats: int) -> ClientReply:
         before = len(self.replies)
-        # The client's CURVE key owns the handle (where the leader takes owners).
-        takes_owner = "owner" in inspect.signature(Leader.checkout).parameters
-        kw = {"owner": z85.encode(b"\x07" * 32).decode()} if takes_owner else {}
-        self.run(self.leader.checkout("tok", "r1", "c1", FIRM, PRODUCT, seats, self.now, **kw))
+        owner = z85.encode(b"\x07" * 32).decode()  # the client's CURVE key owns the handle
+        self.run(
+            self.leader.checkout("tok", "r1", "c1", FIRM, PRODUCT, seats, self.now, owner=owner)
+        )
         self.advance(0.3)
         (reply,) = self.replies[before:]
         return reply
 
-    def license(self) -> dict[str, Any]:
+    def license(self) -> LicenseEntry:
         (lic,) = self.leader.licenses_view()
         return lic
 

@@ -148,7 +148,7 @@ def test_percentile_is_a_measured_value() -> None:
 
 
 def test_summarize_reports_p50_and_max_over_the_kills_that_have_the_metric() -> None:
-    kills = [
+    kills: list[dict[str, float | None]] = [
         {"vrrp_master": 0.1, "promote": 0.2, "active": 0.35, "first_checkout": 0.4,
          "first_heartbeat": 0.41},
         {"vrrp_master": 0.36, "promote": 0.4, "active": 0.42, "first_checkout": 0.5,

@@ -138,6 +138,7 @@ def test_a_worker_counts_the_reply_to_its_heartbeat_and_ignores_another_rid() ->
         # a period after the answer, on the wall clock's grid (as the SDK): at most one step
         # later (or a thousandth of one earlier, `on_grid`'s tolerance)
         step = grid_step(10.0)
+        assert c.resend_at is not None
         assert 115.1 - step * 1e-3 <= c.resend_at <= 115.1 + step * (1 + 1e-6)
         k = (c.resend_at + time.time() - time.monotonic()) / step
         assert abs(k - round(k)) < 0.02  # on the grid (the offset read again: a few us off)
@@ -293,6 +294,7 @@ def test_a_worker_fails_over_as_the_sdk_does() -> None:
         w._on_frames(c, [b"", refusal], 100.6)
         assert (c.endpoint, c.sock) == (1, second)  # stays, on the same socket
         assert c.resend_at == pytest.approx(100.65)  # after 50 ms
+        assert c.resend_at is not None
         w._timer((c.resend_at, c.gen, c.index), 100.65)
         assert c.sends == 3 and c.endpoint == 1
     finally:

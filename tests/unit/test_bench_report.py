@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from bench import run
+from bench.common import LoadResult
 from bench.loadgen import CLIENTS_PER_PROCESS_MAX, clients_per_process
 
 Json = dict[str, Any]
@@ -259,10 +260,10 @@ def test_a_simulated_client_keeps_its_key_pair_when_it_fails_over(
     fail-over opens a new socket with the same key pair."""
     import zmq
 
-    from bench import loadgen
+    from bench import common, loadgen
 
     made: list[tuple[str, str]] = []
-    real = loadgen.curve_keypair
+    real = common.curve_keypair  # what `loadgen` imported and calls by that name
 
     def keypair() -> tuple[str, str]:
         made.append(real())
@@ -479,7 +480,7 @@ def test_a_release_retried_after_the_kill_and_recorded_is_not_lost(tmp_path: Any
     miss the attempt timeout (a stall right after a large takeover): retried, it finds the
     handle gone. The usage record decides, as for a release sent before the kill."""
     bench, cluster = _outage_bench(tmp_path, ["h-after", "h-before"])
-    result = run.LoadResult(10, 8.0, ok_times=[99.0, 101.5])
+    result = LoadResult(10, 8.0, ok_times=[99.0, 101.5])
     result.not_released = [["h-after", 100.4, 2], ["h-before", 99.9, 2]]
     out = bench._outage(result, 100.0, failover=True, cluster=cluster)
     assert out["lost"] == 0
@@ -488,7 +489,7 @@ def test_a_release_retried_after_the_kill_and_recorded_is_not_lost(tmp_path: Any
 
 def test_a_release_not_recorded_or_sent_once_is_lost(tmp_path: Any) -> None:
     bench, cluster = _outage_bench(tmp_path, ["h-once"])
-    result = run.LoadResult(10, 8.0, ok_times=[99.0, 101.5])
+    result = LoadResult(10, 8.0, ok_times=[99.0, 101.5])
     # Sent once: nobody can have released it before; retried but recorded nowhere: lost.
     result.not_released = [["h-once", 100.4, 1], ["h-nowhere", 100.4, 3]]
     out = bench._outage(result, 100.0, failover=True, cluster=cluster)
@@ -536,8 +537,6 @@ def test_the_runs_with_heartbeats_stopped_are_paired_with_the_empty_cluster_s(
     growth), and judges the stopped runs by the median of those pairs' ratios."""
     import argparse
     from types import SimpleNamespace
-
-    from bench.common import LoadResult
 
     order: list[str] = []
     rates = {"growth": iter([2000.0, 1800.0, 2200.0]), "empty": iter([3000.0, 2000.0, 2900.0])}

@@ -45,7 +45,10 @@ def test_days_left_and_annotation() -> None:
     assert days_left(None, NOW) is None
     assert days_left(NOW + 1.5 * DAY, NOW) == 1.5
     assert days_left(NOW - DAY, NOW) == -1.0
-    lics = [{"firm": 1, "product": 2, "expires": NOW + 12.345 * DAY}, {"expires": None}]
+    lics: list[dict[str, float | None]] = [
+        {"firm": 1, "product": 2, "expires": NOW + 12.345 * DAY},
+        {"expires": None},
+    ]
     out = with_expiry(lics, NOW, 30)
     assert out[0]["days_left"] == 12.35 and out[0]["expiry"] == "warning"
     assert out[1]["days_left"] is None and out[1]["expiry"] == "none"

@@ -82,9 +82,12 @@ def test_the_answer_goes_to_the_socket_once(
     svc: ServerService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tokens: list[Any] = []
-    monkeypatch.setattr(
-        svc.leader, "admin_release", lambda token, *a, **k: (tokens.append(token), Effects())[1]
-    )
+
+    def noted(token: Any, rid: str, handle: str, now: float, *, by: str) -> Effects:
+        tokens.append(token)
+        return Effects()
+
+    monkeypatch.setattr(svc.leader, "admin_release", noted)
     svc.ctl_server.handle({"cmd": "release", "handle": "h1-tmr-a-x"}, 10.0)
     done = Effects()
     done.replies.append(ClientReply(tokens[0], "ctl", RELEASED_H1))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.fake_socket import FakeSocket
+from tests.unit.fake_socket import FakeSocket, as_zmq_socket
 from tmr.errors import ErrorCode
 from tmr.protocol import peer_api
 from tmr.protocol.client_api import CheckoutRequest, QueuedResult
@@ -22,7 +22,7 @@ KEY = (6000123, 42)
 @pytest.fixture
 def dealers(svc: ServerService) -> Iterator[dict[str, FakeSocket]]:
     fakes = {b.name: FakeSocket() for b in svc.leader.backends}
-    svc.dealers = fakes  # type: ignore[assignment]
+    svc.dealers = {name: as_zmq_socket(fake) for name, fake in fakes.items()}
     yield fakes
 
 

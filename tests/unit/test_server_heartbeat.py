@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.fake_socket import FakeSocket
+from tests.unit.fake_socket import FakeSocket, as_zmq_socket, frames_sent
 from tests.unit.replication.harness import Harness
 from tmr.protocol.client_api import (
     ErrorReply,
@@ -20,7 +20,7 @@ from tmr.protocol.client_api import (
     encode_ok,
     encode_request,
 )
-from tmr.protocol.results import HeartbeatResult
+from tmr.protocol.results import CheckoutResult, HeartbeatResult
 from tmr.replication.leader import Leader
 from tmr.replication.types import LicenseInfo
 from tmr.server.service import ServerService
@@ -36,15 +36,15 @@ def active(svc: ServerService) -> Iterator[tuple[ServerService, Harness, str]]:
     h = Harness({KEY: LicenseInfo(7, 5, True)})
     h.promote()
     reply = h.call("checkout", "r0", "c1", KEY[0], KEY[1], 1, owner=OWNER)
-    assert reply.result is not None
+    assert isinstance(reply.result, CheckoutResult)
     svc.leader = h.leader
-    svc.client = FakeSocket()  # type: ignore[assignment]
-    svc.dealers = {b.name: FakeSocket() for b in h.leader.backends}  # type: ignore[assignment]
-    yield svc, h, reply.result.handle  # type: ignore[attr-defined]
+    svc.client = as_zmq_socket(FakeSocket())
+    svc.dealers = {b.name: as_zmq_socket(FakeSocket()) for b in h.leader.backends}
+    yield svc, h, reply.result.handle
 
 
 def _heartbeat(svc: ServerService, now: float, handle: str, owner: str, cid: str = "c1") -> Any:
-    sent: list[bytes] = svc.client.frames  # type: ignore[attr-defined]
+    sent = frames_sent(svc.client)
     before = len(sent)
     svc.on_client([b"peer", b"", encode_request(HeartbeatRequest("hb-1", cid, handle))], now, owner)
     assert len(sent) == before + 3
@@ -92,7 +92,7 @@ def test_other_heartbeats_take_the_full_path(
 
 
 def test_a_standby_answers_not_active(svc: ServerService) -> None:
-    svc.client = FakeSocket()  # type: ignore[assignment]
+    svc.client = as_zmq_socket(FakeSocket())
     reply = decode_reply(_heartbeat(svc, 1.0, "h-1", OWNER), op="heartbeat")
     assert isinstance(reply, ErrorReply) and reply.code == "NOT_ACTIVE", reply
 

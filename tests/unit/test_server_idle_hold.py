@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from tests.unit.fake_socket import FakeSocket
+from tests.unit.fake_socket import FakeSocket, as_zmq_socket, frames_sent
 from tests.unit.replication.harness import Harness
 from tmr.config import ServerConfig
 from tmr.protocol.client_api import (
@@ -22,6 +22,7 @@ from tmr.protocol.client_api import (
     Request,
     encode_request,
 )
+from tmr.protocol.results import CheckoutResult
 from tmr.replication.roles import Role
 from tmr.replication.types import LicenseInfo
 from tmr.server.service import HOLD_MIN_RATE, RATE_WINDOW, ServerService
@@ -37,8 +38,8 @@ def active(svc: ServerService) -> Iterator[tuple[ServerService, Harness]]:
     h = Harness({KEY: LicenseInfo(7, 5, True)})
     h.promote()
     svc.leader = h.leader
-    svc.client = FakeSocket()  # type: ignore[assignment]
-    svc.dealers = {b.name: FakeSocket() for b in h.leader.backends}  # type: ignore[assignment]
+    svc.client = as_zmq_socket(FakeSocket())
+    svc.dealers = {b.name: as_zmq_socket(FakeSocket()) for b in h.leader.backends}
     yield svc, h
 
 
@@ -71,9 +72,8 @@ def _window(svc: ServerService, h: Harness, handle: str, rate: float = HOLD_MIN_
 
 def _grant(h: Harness) -> str:
     reply = h.call("checkout", "r0", "c1", KEY[0], KEY[1], 1, owner=OWNER)
-    assert reply.result is not None
-    handle: str = reply.result.handle  # type: ignore[attr-defined]
-    return handle
+    assert isinstance(reply.result, CheckoutResult)
+    return reply.result.handle
 
 
 def test_a_turn_of_heartbeats_holds_the_next_poll(active: tuple[ServerService, Harness]) -> None:
@@ -124,13 +124,13 @@ def test_a_turn_without_client_requests_never_holds(
 
 
 def test_a_standby_never_holds(svc: ServerService) -> None:
-    svc.client = FakeSocket()  # type: ignore[assignment]
+    svc.client = as_zmq_socket(FakeSocket())
     svc._hold_if_idle(1.0)
     _turn(svc, 1.0, *(HeartbeatRequest(f"b{i}", "c1", "h1-sa-1") for i in range(1000)))
     svc._hold_if_idle(1.0 + RATE_WINDOW)
     assert svc._busy
     assert _turn(svc, 2.5, HeartbeatRequest("r1", "c1", "h1-sa-1")) == 0.0
-    assert svc.client.frames  # answered NOT_ACTIVE at once
+    assert frames_sent(svc.client)  # answered NOT_ACTIVE at once
 
 
 def test_zero_turns_the_hold_off(active: tuple[ServerService, Harness]) -> None:

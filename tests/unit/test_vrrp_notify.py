@@ -270,7 +270,7 @@ def test_tmr_server_vrrp_notify_on_a_real_fifo(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     sock_path = tmp_path / "server.sock"
     lock_file = tmp_path / "notify.lock"
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     rep = ctx.socket(zmq.REP)
     rep.setsockopt(zmq.LINGER, 0)
     rep.bind(f"ipc://{sock_path}")

@@ -35,12 +35,12 @@ def test_multipart_messages_arrive_whole_and_in_order(
     sent = [[b"", b"one"], [b"two"], [b"", b"", b"three" * 100]]
     for frames in sent:
         send_frames(dealer, frames)
-    got = []
+    got: list[list[bytes]] = []
     while len(got) < len(sent):
         assert router.poll(2000)
-        frames = recv_frames(router)
-        assert frames is not None
-        got.append(frames)
+        received = recv_frames(router)
+        assert received is not None
+        got.append(received)
     identity = got[0][0]
     assert [f[1:] for f in got] == sent
     assert all(f[0] == identity for f in got)

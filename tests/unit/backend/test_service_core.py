@@ -25,7 +25,7 @@ from tmr.isv import init_vendor, issue_set
 from tmr.keys import generate_keypair, write_keypair
 from tmr.licensing import make_fingerprint_doc
 from tmr.licensing.curve import z85_key_bytes
-from tmr.protocol import peer_api
+from tmr.protocol import codec, peer_api
 from tmr.protocol.codec import pack
 from tmr.protocol.peer_api import (
     MAX_PEER_FRAME,
@@ -287,8 +287,8 @@ def test_split_envelope() -> None:
 
 def test_a_bad_frame_keeps_the_mid_of_its_one_decoding() -> None:
     assert decode_backend_frame(pack({"mid": 5})) == BadFrame(5, "missing message type")
-    assert decode_backend_frame(pack({"t": "x", "mid": -1})).mid == 0  # type: ignore[union-attr]
-    assert decode_backend_frame(pack({"t": "x", "mid": "5"})).mid == 0  # type: ignore[union-attr]
+    assert decode_backend_frame(pack({"t": "x", "mid": -1})).mid == 0
+    assert decode_backend_frame(pack({"t": "x", "mid": "5"})).mid == 0
     assert isinstance(decode_backend_frame(b"junk"), BadFrame)
     assert isinstance(decode_reply(error_reply(3, "x" * 5000)), PeerError)
 
@@ -359,7 +359,7 @@ def test_every_frame_is_decoded_once(svc: BackendService, monkeypatch: pytest.Mo
     """A frame that is not a request used to be decoded up to three times (as a request, as a
     usage query, then for its message id): one classifying decode now, whatever it holds."""
     calls: list[int] = []
-    real_unpack = peer_api.unpack
+    real_unpack = codec.unpack  # the function peer_api imports and decodes with
 
     def counting(frame: bytes, **kwargs: Any) -> dict[str, Any]:
         calls.append(len(frame))
@@ -395,7 +395,6 @@ def test_a_promise_is_encoded_and_a_bulk_frame_decoded_with_the_collector_paused
     (`tmr.serving.collector`). Everyday frames run with the collector as it is."""
     import gc
 
-    from tmr.backend import service as backend_service
     from tmr.serving.collector import BULK_FRAME
 
     seen: list[tuple[str, bool]] = []
@@ -409,8 +408,9 @@ def test_a_promise_is_encoded_and_a_bulk_frame_decoded_with_the_collector_paused
         seen.append((f"decode {len(frame) >= BULK_FRAME}", gc.isenabled()))
         return decode(frame)
 
-    monkeypatch.setattr(backend_service.peer_api, "encode_reply", encoding)
-    monkeypatch.setattr(backend_service.peer_api, "decode_backend_frame", decoding)
+    # `peer_api` is the module tmr.backend.service encodes and decodes with
+    monkeypatch.setattr(peer_api, "encode_reply", encoding)
+    monkeypatch.setattr(peer_api, "decode_backend_frame", decoding)
     assert isinstance(ask(svc, Prepare(1, E1)), Promise)
     assert seen == [("decode False", True), ("encode Promise", False)]
     seen.clear()

@@ -147,6 +147,15 @@ def _dump(db: Path, sql: str) -> list[tuple[object, ...]]:
         conn.close()
 
 
+def _tables(db: Path) -> dict[str, str]:
+    """Table name -> its CREATE statement."""
+    out: dict[str, str] = {}
+    for name, sql in _dump(db, "SELECT name, sql FROM sqlite_master WHERE type = 'table'"):
+        assert isinstance(name, str) and isinstance(sql, str)
+        out[name] = sql
+    return out
+
+
 def test_a_schema_1_database_is_migrated_with_every_row(db: Path) -> None:
     _write_schema_1(db)
     store = SqliteStore(db)
@@ -168,7 +177,7 @@ def test_a_schema_1_database_is_migrated_with_every_row(db: Path) -> None:
         store.close()
     version = _dump(db, "SELECT value FROM meta WHERE key = 'schema_version'")
     assert version == [(str(SCHEMA_VERSION),)]
-    tables = dict(_dump(db, "SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+    tables = _tables(db)
     assert "id INTEGER PRIMARY KEY" in tables["handles"]  # schema 9: a rowid table
     assert "WITHOUT ROWID" not in tables["handles"]
     assert "AUTOINCREMENT" not in tables["usage"]

@@ -271,6 +271,15 @@ def _dump(db: Path, sql: str) -> list[tuple[object, ...]]:
         conn.close()
 
 
+def _tables(db: Path) -> dict[str, str]:
+    """Table name -> its CREATE statement."""
+    out: dict[str, str] = {}
+    for name, sql in _dump(db, "SELECT name, sql FROM sqlite_master WHERE type = 'table'"):
+        assert isinstance(name, str) and isinstance(sql, str)
+        out[name] = sql
+    return out
+
+
 def _old_rows_store(db: Path) -> AcceptorState:
     s = SqliteStore(db)
     writes = [
@@ -311,7 +320,7 @@ def test_a_schema_8_database_is_migrated_with_every_row_in_grant_order(db: Path)
     assert _dump(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [
         (str(SCHEMA_VERSION),)
     ]
-    tables = dict(_dump(db, "SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+    tables = _tables(db)
     assert "WITHOUT ROWID" not in tables["handles"] and "handles_8" not in tables
     assert _dump(db, "SELECT handle FROM handles ORDER BY id") == [("early",), ("mid",), ("new",)]
     assert _dump(db, "SELECT * FROM usage ORDER BY id")[: len(usage_before)] == usage_before
@@ -348,7 +357,9 @@ PRODUCT_WRITE = st.one_of(
     st.tuples(st.just("replace"), KEYS, OPS.map(lambda ops: [o for o in ops if o[0] == "grant"])),
 )
 WRITES = st.lists(st.lists(PRODUCT_WRITE, min_size=1, max_size=3), min_size=1, max_size=4)
-STEP = st.one_of(
+# one product write of a step: ("ops" | "replace", product, [(op, handle, seats)])
+Spec = list[tuple[str, ProductKey, list[tuple[str, str, int]]]]
+STEP: st.SearchStrategy[tuple[str, list[Spec]]] = st.one_of(
     st.tuples(st.just("commit"), WRITES),
     st.tuples(st.just("fail"), WRITES),  # the same writes, then a grant that fails them all
     st.tuples(st.just("reopen"), st.just([])),  # close, open, load (a restart)
@@ -356,7 +367,7 @@ STEP = st.one_of(
 )
 
 
-def _write(spec: list[tuple[str, ProductKey, list[tuple[str, str, int]]]], seq: int) -> Write:
+def _write(spec: Spec, seq: int) -> Write:
     pws = []
     for kind, key, ops in spec:
         if kind == "replace":
@@ -376,7 +387,7 @@ def _write(spec: list[tuple[str, ProductKey, list[tuple[str, str, int]]]], seq: 
 )
 @given(steps=st.lists(STEP, max_size=12))
 def test_random_group_commits_keep_the_map_equal_to_the_table_and_the_model(
-    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, list[object]]]
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, list[Spec]]]
 ) -> None:
     db = tmp_path_factory.mktemp("rows") / "backend.sqlite3"
     store = SqliteStore(db)
@@ -390,7 +401,7 @@ def test_random_group_commits_keep_the_map_equal_to_the_table_and_the_model(
                 writes = []
                 for spec in specs:
                     seq += 1
-                    writes.append(_write(spec, seq))  # type: ignore[arg-type]
+                    writes.append(_write(spec, seq))
                 if kind == "fail":
                     seq += 1
                     writes.append(grants(KEY, seq, BOOM))

@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from fake_tmr_server import FakeServer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.unit.client.fake_tmr_server import FakeServer
 from tmr.client import Client
 from tmr.client._heartbeats import GRID, LATE, grid_step, next_heartbeat, on_grid
 from tmr.keys import NodeKeys

@@ -19,7 +19,8 @@ from tmr.client._retry import (
 
 def _stay(r: RetrySchedule) -> list[float]:
     """The pauses while the schedule stays with its endpoint after NOT_ACTIVE answers."""
-    here, pauses = r.index, []
+    here = r.index
+    pauses: list[float] = []
     while True:
         pause = r.not_active()
         if r.index != here:
@@ -82,7 +83,8 @@ def test_a_takeover_that_holds_requests_for_too_long_is_then_treated_as_a_standb
 
 def _stay_held(r: RetrySchedule) -> list[float]:
     """The remaining pauses of a stay whose answers are all held."""
-    here, pauses = r.index, []
+    here = r.index
+    pauses: list[float] = []
     while True:
         pause = r.not_active(took=0.3)
         if r.index != here:

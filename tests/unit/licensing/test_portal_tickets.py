@@ -372,10 +372,10 @@ def _crash_after_issuing(
 ) -> list[LicenseUpdate]:
     """The next activation issues its set, then the service stops before binding the ticket
     (optionally before the set's update.json was written)."""
-    from tmr.isv import portal
+    from tmr.isv import offline, portal
 
     issued: list[LicenseUpdate] = []
-    real = portal.issue_from_request
+    real = offline.issue_from_request  # what `portal` imported and calls by that name
 
     def issue_then_crash(*args: Any, **kw: Any) -> LicenseUpdate:
         monkeypatch.setattr(portal, "issue_from_request", real)  # once
@@ -435,11 +435,11 @@ def test_a_crash_during_an_update_activation_skips_no_tmr_id(
 def test_a_crash_before_issuing_leaves_the_reserved_id_to_the_retry(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tmr.isv import portal
+    from tmr.isv import offline, portal
 
     store = TicketStore(world.vendor)
     ticket = _new(store, tmr_id=7)
-    real = portal.issue_from_request
+    real = offline.issue_from_request  # what `portal` imported and calls by that name
 
     def crash(*args: Any, **kw: Any) -> LicenseUpdate:
         monkeypatch.setattr(portal, "issue_from_request", real)

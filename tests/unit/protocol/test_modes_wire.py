@@ -22,7 +22,8 @@ K = (6000123, 42)
 def checkout_frame(**extra: object) -> bytes:
     msg = {"v": 1, "op": "checkout", "rid": "r1", "cid": "c1", "firm": K[0], "product": K[1]}
     msg["seats"] = 1
-    return msgpack.packb({**msg, **extra})
+    data: bytes = msgpack.packb({**msg, **extra})
+    return data
 
 
 @pytest.mark.parametrize("mode", list(AccessMode))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import msgpack
@@ -29,6 +30,8 @@ from tmr.replication.messages import (
     EntryResult,
     EntryStatus,
     PeerError,
+    PeerReply,
+    PeerRequest,
     Prepare,
     Probe,
     Promise,
@@ -51,9 +54,9 @@ from tmr.replication.types import (
 E = Epoch(3, "tmr-a")
 K = (6000123, 42)
 R = HandleRecord("h1", 6000123, 42, 2, "client", "rid-1", 1700000000.5)
-LIC = {K: LicenseInfo(7, 20, True, "", None, (("edition", "pro"),))}
+LIC = {K: LicenseInfo(7, 20, True, CopyReason.NONE, None, (("edition", "pro"),))}
 
-REQUESTS = [
+REQUESTS: list[PeerRequest] = [
     Probe(1),
     Prepare(2, E),
     Accept(3, E, (AcceptEntry(K, 1, (Grant(R), Release("h1", ReleaseReason.EXPIRE, 2.0))),)),
@@ -71,7 +74,7 @@ REQUESTS = [
 # A delta: the products changed since gen 7, two of them without a copy now.
 DELTA = Status(15, "backend-1", E, True, {K: Version(E, 4)}, {K: 1}, {}, state=("0f1e", 9))
 DELTA = replace(DELTA, since=7, gone=((7, 1), K))
-REPLIES = [
+REPLIES: list[PeerReply] = [
     Status(1, "backend-1", E, True, {K: Version(E, 3)}, {K: 2}, LIC),
     Status(7, "backend-1", E, True, {K: Version(E, 3)}, {K: 2}, LIC, leader_age=0.25),
     Status(8, "backend-1", E, True, {}, {}, {}, leader_age=0),
@@ -296,15 +299,21 @@ def _replaced(body: object, path: tuple[object, ...], new: object) -> object:
     [(m, decode_request) for m in REQUESTS] + [(m, decode_reply) for m in REPLIES],
     ids=lambda x: type(x).__name__ if not callable(x) else x.__name__,
 )
-def test_a_timestamp_in_any_field_is_refused(msg: object, decode: object) -> None:
-    encode = encode_request if decode is decode_request else encode_reply
-    body = msgpack.unpackb(encode(msg))  # type: ignore[operator]
+def test_a_timestamp_in_any_field_is_refused(
+    msg: PeerRequest | PeerReply, decode: Callable[[bytes], object]
+) -> None:
+    if decode is decode_request:
+        assert isinstance(msg, PeerRequest)
+        body = msgpack.unpackb(encode_request(msg))
+    else:
+        assert isinstance(msg, PeerReply)
+        body = msgpack.unpackb(encode_reply(msg))
     paths = _leaf_paths(body)
     assert paths
     for path in paths:
         frame = msgpack.packb(_replaced(body, path, msgpack.Timestamp(1, 0)), datetime=False)
         with pytest.raises(ProtocolError):
-            decode(frame)  # type: ignore[operator]
+            decode(frame)
 
 
 def test_entries_encode_the_same_for_every_backend_and_past_the_cache_size() -> None:
@@ -442,7 +451,7 @@ def test_a_bad_op_is_named_by_its_index() -> None:
 
 
 BOUND = LicenseInfo(
-    8, 30, True, "", None, (), set_id="88" * 16, set_index=2, fingerprint="f2" * 32,
+    8, 30, True, CopyReason.NONE, None, (), set_id="88" * 16, set_index=2, fingerprint="f2" * 32,
     backend_key="02" * 32,
 )  # fmt: skip
 
@@ -455,7 +464,8 @@ def test_license_report_carries_the_copys_place_in_its_set() -> None:
 def _status_with_license(lic: list[object]) -> bytes:
     body = msgpack.unpackb(encode_reply(Status(1, "b", E, True, {}, {}, LIC)))
     body["licenses"] = [[list(K), lic]]
-    return msgpack.packb(body)
+    data: bytes = msgpack.packb(body)
+    return data
 
 
 def test_license_report_of_an_older_backend_names_no_set() -> None:

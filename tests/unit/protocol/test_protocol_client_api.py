@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -569,7 +570,7 @@ def test_random_results(op: str, result: dict[str, Any], data: st.DataObject) ->
         assert exc.rid == "r"
 
 
-def _outcome(decode: Any, msg: dict[str, Any]) -> Any:
+def _outcome(decode: Callable[[bytes], object], msg: bytes) -> object:
     try:
         return decode(msg)
     except ProtocolError as exc:

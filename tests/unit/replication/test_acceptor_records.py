@@ -13,6 +13,7 @@ from tmr.replication.messages import (
     SnapshotEntry,
 )
 from tmr.replication.types import (
+    CopyReason,
     Epoch,
     Grant,
     HandleRecord,
@@ -59,7 +60,7 @@ def test_a_committed_snapshot_is_recorded_above_lq_a_proposal_is_not() -> None:
 
 def test_an_expired_copy_records_releases_and_refuses_grants() -> None:
     acc = acceptor(LicenseInfo(7, 5, True))
-    acc.set_licenses({KEY: LicenseInfo(7, 5, False, reason="expired")})
+    acc.set_licenses({KEY: LicenseInfo(7, 5, False, reason=CopyReason.EXPIRED)})
     grant = Accept(2, E, (AcceptEntry(KEY, 2, (Grant(rec(9)),)),))
     assert status(acc, grant) == EntryStatus.REFUSED
     release = Accept(3, E, (AcceptEntry(KEY, 2, (Release("h1", ReleaseReason.EXPIRE, 0.0),)),))
@@ -83,7 +84,9 @@ def test_the_committed_flag_crosses_the_wire() -> None:
 def test_a_wiped_backend_is_not_caught_up_by_a_snapshot_it_refused() -> None:
     """I10: a wiped backend whose copy is expired refuses the takeover's table; its promise
     must not count (it holds none of that product's state) until it takes one whole."""
-    acc = Acceptor("b1", AcceptorState(E, False), {KEY: LicenseInfo(7, 5, False, "expired")})
+    acc = Acceptor(
+        "b1", AcceptorState(E, False), {KEY: LicenseInfo(7, 5, False, CopyReason.EXPIRED)}
+    )
     table = (rec(0), rec(1))
     step = acc.handle(Snapshot(1, E, (SnapshotEntry(KEY, 0, table),)), 0.0)
     acc.committed(step)

@@ -71,7 +71,7 @@ def test_a_copy_below_the_floor_or_expired_at_it_does_not_count() -> None:
     assert floor_refusal(LicenseInfo(8, 10, True, expires=WALL + 1), floor) == ""
     assert under_floor(V7, floor) == LicenseInfo(7, 20, False, CopyReason.BELOW_FLOOR)
     assert under_floor(V8, floor) is V8
-    invalid = LicenseInfo(7, 20, False, "clock rollback")
+    invalid = LicenseInfo(7, 20, False, CopyReason.CLOCK_ROLLBACK)
     assert under_floor(invalid, floor) is invalid  # its own reason stays
 
 

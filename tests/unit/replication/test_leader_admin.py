@@ -7,6 +7,7 @@ from typing import Any
 
 from tests.unit.replication.harness import Harness
 from tmr.errors import ErrorCode
+from tmr.protocol.results import AdminReleaseResult, CheckoutResult
 from tmr.replication.leader import ClientReply
 from tmr.replication.types import LicenseInfo
 
@@ -29,7 +30,7 @@ def checkout(h: Harness, client: str, user: str = "", host: str = "", pid: int =
     h.run(fx)
     h.advance(0.2)
     (reply,) = h.replies[before:]
-    assert reply.ok and reply.result is not None, reply
+    assert reply.ok and isinstance(reply.result, CheckoutResult), reply
     return str(reply.result.handle)
 
 
@@ -75,7 +76,9 @@ def test_admin_release_commits_through_the_quorum_and_frees_the_seat() -> None:
     handle = checkout(h, "c1", "alice", "ws-1", 7)
     assert seats(h, "b1") == seats(h, "b2") == seats(h, "b3") == 1
     (reply,) = admin_release(h, handle, by="ctl:root")
-    assert reply.ok and reply.token == "admin" and reply.result is not None, reply
+    assert reply.ok and reply.token == "admin" and isinstance(reply.result, AdminReleaseResult), (
+        reply
+    )
     assert reply.result.released is True
     assert (reply.result.user, reply.result.host, reply.result.seats) == (
         "alice",

@@ -10,10 +10,11 @@ import pytest
 
 from tests.unit.replication.harness import Harness
 from tmr.errors import ErrorCode
-from tmr.protocol.client_api import ReleaseResult
+from tmr.protocol.client_api import CheckoutResult, ReleaseResult
 from tmr.replication import productlog
 from tmr.replication.leader import ClientReply, Effects
-from tmr.replication.types import LicenseInfo
+from tmr.replication.messages import Accept, PeerRequest
+from tmr.replication.types import CopyReason, LicenseInfo
 
 KEY = (6000123, 42)
 BOUND = 1.0 + 0.25
@@ -25,6 +26,17 @@ def ask(h: Harness, method: str, *args: object, client: str) -> list[ClientReply
     h.run(getattr(h.leader, method)("tok", *args, h.now, owner=f"key-of-{client}"))
     h.advance(BOUND)
     return h.replies[before:]
+
+
+def checkout_result(reply: ClientReply) -> CheckoutResult:
+    """The result of a checkout the test expects to have been granted."""
+    assert isinstance(reply.result, CheckoutResult), reply
+    return reply.result
+
+
+def accept(msg: PeerRequest) -> Accept:
+    assert isinstance(msg, Accept), msg
+    return msg
 
 
 def seats(h: Harness, backend: str) -> int:
@@ -44,7 +56,7 @@ def test_releases_commit_while_one_backend_of_a_mixed_update_is_down() -> None:
         reply = h.call("checkout", f"r{i}", f"c{i}", KEY[0], KEY[1], 1)
         assert reply.ok, reply
         assert reply.result is not None
-        handles.append(reply.result.handle)
+        handles.append(checkout_result(reply).handle)
     assert (seats(h, "b1"), seats(h, "b2"), seats(h, "b3")) == (25, 25, 20)
     h.down.add("b1")
     h.advance(1.5)  # b1 is seen down: effective LQ 20 (#7, held by b2 and b3)
@@ -76,9 +88,9 @@ def test_release_of_an_expired_license_commits() -> None:
     reply = h.call("checkout", "r0", "c0", KEY[0], KEY[1], 1)
     assert reply.ok and reply.result is not None
     for name in ("b1", "b2", "b3"):
-        h.set_license(name, LicenseInfo(7, 5, False, reason="expired"), KEY)
+        h.set_license(name, LicenseInfo(7, 5, False, reason=CopyReason.EXPIRED), KEY)
     h.advance(1.0)  # the leader sees the expired copies
-    (released,) = ask(h, "release", "r1", "c0", reply.result.handle, client="c0")
+    (released,) = ask(h, "release", "r1", "c0", checkout_result(reply).handle, client="c0")
     assert released.ok and released.result == ReleaseResult(released=True), released
     assert [seats(h, n) for n in ("b1", "b2", "b3")] == [0, 0, 0]
 
@@ -89,7 +101,7 @@ def test_a_release_that_cannot_commit_is_answered_quorum_lost_in_time() -> None:
     reply = h.call("checkout", "r0", "c0", KEY[0], KEY[1], 1)
     assert reply.ok and reply.result is not None
     h.down |= {"b2", "b3"}  # right after: the leader still counts them as up
-    answers = ask(h, "release", "r1", "c0", reply.result.handle, client="c0")
+    answers = ask(h, "release", "r1", "c0", checkout_result(reply).handle, client="c0")
     assert [r.error for r in answers] == [ErrorCode.QUORUM_LOST]
     assert "b2" in answers[0].message and "b3" in answers[0].message
     h.down.clear()
@@ -106,15 +118,15 @@ def test_a_handle_whose_heartbeats_arrive_survives_a_long_quorum_loss() -> None:
     assert kept.result is not None and dropped.result is not None
     h.down |= {"b2", "b3"}
     for i in range(12):  # 12 s of quorum loss, more than twice the lease
-        answers = ask(h, "heartbeat", f"hb{i}", "c0", kept.result.handle, client="c0")
+        answers = ask(h, "heartbeat", f"hb{i}", "c0", checkout_result(kept).handle, client="c0")
         assert len(answers) == 1  # answered every time
         h.advance(1.0 - BOUND % 1.0)
     assert answers[0].error == ErrorCode.QUORUM_LOST  # not confirmed (kept, though)
     h.down.clear()
     h.advance(2.0)
-    (hb,) = ask(h, "heartbeat", "hb-after", "c0", kept.result.handle, client="c0")
+    (hb,) = ask(h, "heartbeat", "hb-after", "c0", checkout_result(kept).handle, client="c0")
     assert hb.ok, hb
-    (gone,) = ask(h, "heartbeat", "hb-c1", "c1", dropped.result.handle, client="c1")
+    (gone,) = ask(h, "heartbeat", "hb-c1", "c1", checkout_result(dropped).handle, client="c1")
     assert gone.error == ErrorCode.UNKNOWN_HANDLE  # no heartbeats: expired as usual
 
 
@@ -130,18 +142,18 @@ def test_an_op_beyond_one_entry_is_answered_when_its_own_entry_commits(
     for i in range(5):
         h.leader.checkout("tok", f"r{i}", f"c{i}", KEY[0], KEY[1], 1, h.now, owner="k")
     first = h.leader.pump(h.now)  # entry 1 takes 2 ops; 3 wait behind it
-    assert {len(m.entries[0].ops) for _, m in first.send} == {2}
+    assert {len(accept(m).entries[0].ops) for _, m in first.send} == {2}
     fx = deliver(h, first.send)
     assert sorted(r.rid for r in fx.replies) == ["r0", "r1"]
     assert len(h.leader._products[KEY].handles_committed()) == 2
 
 
-def deliver(h: Harness, sent: list[tuple[str, object]]) -> Effects:
+def deliver(h: Harness, sent: list[tuple[str, PeerRequest]]) -> Effects:
     """Let the backends commit `sent` and hand their answers to the leader."""
     fx = Effects()
     for name, msg in sent:
         acc = h.acceptors[name]
-        step = acc.handle(msg, h.now)  # type: ignore[arg-type]
+        step = acc.handle(msg, h.now)
         acc.committed(step)
         fx.extend(h.leader.on_reply(name, step.reply, h.now))
     return fx

@@ -48,7 +48,7 @@ def with_crypto(h: Harness) -> None:
 
 def checkout(h: Harness, rid: str, cid: str, seats: int = 1) -> str:
     grant = h.call("checkout", rid, cid, KEY[0], KEY[1], seats)
-    assert grant.ok and grant.result is not None, grant
+    assert grant.ok and isinstance(grant.result, CheckoutResult), grant
     handle: str = grant.result.handle
     return handle
 

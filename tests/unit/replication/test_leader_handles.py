@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.unit.replication.harness import Harness
 from tmr.errors import ErrorCode
-from tmr.protocol.client_api import ReleaseResult
+from tmr.protocol.client_api import CheckoutResult, ReleaseResult
 from tmr.replication.types import LicenseInfo
 
 KEY = (6000123, 42)
@@ -40,7 +40,7 @@ def test_a_handle_from_a_newer_leader_sends_the_client_elsewhere() -> None:
 def test_nobody_releases_another_clients_handle() -> None:
     h = active()
     grant = h.call("checkout", "r1", "owner", KEY[0], KEY[1], 2)
-    assert grant.result is not None
+    assert isinstance(grant.result, CheckoutResult)
     handle = grant.result.handle
     assert h.call("release", "r2", "thief", handle).error == ErrorCode.UNKNOWN_HANDLE
     assert h.call("heartbeat", "r3", "thief", handle).error == ErrorCode.UNKNOWN_HANDLE
@@ -56,7 +56,7 @@ def test_a_handle_belongs_to_the_key_that_checked_it_out() -> None:
     does not exist (same code, same message), and the owner's handle is untouched."""
     h = active()
     grant = h.call("checkout", "r1", "c", KEY[0], KEY[1], 2, owner="K1")
-    assert grant.result is not None
+    assert isinstance(grant.result, CheckoutResult)
     handle = grant.result.handle
     missing = f"{handle[:-4]}0000" if not handle.endswith("0000") else f"{handle[:-4]}1111"
     for method, args in (("heartbeat", ()), ("release", ()), ("crypt", ("hmac", b"x"))):
@@ -73,7 +73,7 @@ def test_a_handle_belongs_to_the_key_that_checked_it_out() -> None:
 def test_no_key_owns_a_handle_without_an_owner() -> None:
     h = active()
     grant = h.call("checkout", "r1", "c", KEY[0], KEY[1], 1, owner="")
-    assert grant.result is not None
+    assert isinstance(grant.result, CheckoutResult)
     assert h.call("heartbeat", "r2", "c", grant.result.handle, owner="").error == (
         ErrorCode.UNKNOWN_HANDLE
     )
@@ -86,7 +86,9 @@ def test_another_key_cannot_take_a_retried_checkouts_reply() -> None:
     first = h.call("checkout", "r1", "c", KEY[0], KEY[1], 1, owner="K1")
     again = h.call("checkout", "r1", "c", KEY[0], KEY[1], 1, owner="K1")
     other = h.call("checkout", "r1", "c", KEY[0], KEY[1], 1, owner="K2")
-    assert first.result is not None and again.result is not None and other.result is not None
+    assert isinstance(first.result, CheckoutResult)
+    assert isinstance(again.result, CheckoutResult)
+    assert isinstance(other.result, CheckoutResult)
     assert again.result.handle == first.result.handle
     assert other.result.handle != first.result.handle
     assert len(h.leader.handles_view(h.now)) == 2
@@ -99,7 +101,7 @@ def test_handle_ids_are_random_and_carry_the_granting_epoch() -> None:
     ids = []
     for i in range(20):
         reply = h.call("checkout", f"r{i}", f"c{i}", KEY[0], KEY[1], 1)
-        assert reply.result is not None
+        assert isinstance(reply.result, CheckoutResult)
         ids.append(reply.result.handle)
         h.call("release", f"x{i}", f"c{i}", ids[-1])
     prefix = f"h{epoch.counter}-sa-"

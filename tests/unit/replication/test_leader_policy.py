@@ -9,6 +9,7 @@ import tomllib
 from tests.unit.replication.harness import Harness
 from tmr.errors import ErrorCode
 from tmr.policy import Policy, parse_policy
+from tmr.protocol.results import CheckoutResult
 from tmr.replication.leader import ClientReply, Leader
 from tmr.replication.types import LicenseInfo
 
@@ -107,10 +108,10 @@ def test_reserve_keeps_seats_for_its_users() -> None:
 def test_a_retried_checkout_is_answered_from_its_grant_after_a_reload() -> None:
     h = active(rules(""))
     first = checkout(h, "r1", "bob")
-    assert first.ok and first.result is not None
+    assert first.ok and isinstance(first.result, CheckoutResult)
     h.leader.policy = rules(f'[licenses."{LIC}"]\nexclude = ["user:bob"]\n')
     again = checkout(h, "r1", "bob")
-    assert again.ok and again.result is not None
+    assert again.ok and isinstance(again.result, CheckoutResult)
     assert again.result.handle == first.result.handle
     assert checkout(h, "r2", "bob").error == ErrorCode.POLICY_DENIED
 

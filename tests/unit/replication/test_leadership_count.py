@@ -7,7 +7,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tmr.replication.backends import QUORUM, Backend, leadership_confirmed
+from tmr.licensing.effective import QUORUM
+from tmr.replication.backends import Backend, leadership_confirmed
 
 TIMES = st.one_of(st.just(float("-inf")), st.floats(-10.0, 10.0, allow_nan=False))
 

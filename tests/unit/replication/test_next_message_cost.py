@@ -4,7 +4,8 @@ a backend has all costs no floor check; one with new entries still gets it."""
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypedDict
 
 import pytest
 
@@ -14,6 +15,22 @@ from tmr.replication.productlog import Product
 from tmr.replication.types import Epoch, LicenseInfo, ProductKey
 
 EPOCH = Epoch(1, "sa")
+
+
+class _WithNotify(TypedDict):
+    """The `next_message` keywords a test fixes, with `notify`."""
+
+    epoch: Epoch
+    first_snapshot: bool
+    notify: Callable[[list[tuple[ProductKey, int]]], bool]
+
+
+class _WithBelowFloor(TypedDict):
+    """The `next_message` keywords a test fixes, with `below_floor`."""
+
+    epoch: Epoch
+    first_snapshot: bool
+    below_floor: Callable[[Backend, ProductKey], str]
 
 
 def _site(products: int) -> tuple[dict[ProductKey, Product], Backend]:
@@ -36,7 +53,7 @@ def test_products_a_backend_is_up_to_date_with_cost_no_floor_check() -> None:
         return ""
 
     mids = itertools.count(1)
-    kw = {"epoch": EPOCH, "first_snapshot": False, "notify": lambda c: False}
+    kw: _WithNotify = {"epoch": EPOCH, "first_snapshot": False, "notify": lambda c: False}
     out = productlog.next_message(
         ps, b, 0.0, below_floor=below_floor, new_mid=lambda: next(mids), **kw
     )
@@ -65,7 +82,7 @@ def test_many_untold_commits_go_in_one_notice_so_their_products_settle() -> None
         asked.append(len(commits))
         return False
 
-    kw = {"epoch": EPOCH, "first_snapshot": False, "below_floor": lambda b, k: ""}
+    kw: _WithBelowFloor = {"epoch": EPOCH, "first_snapshot": False, "below_floor": lambda b, k: ""}
     out = productlog.next_message(ps, b, 0.0, notify=notify, new_mid=lambda: next(mids), **kw)
     assert out is not None and asked == []
     msg, kind, _ = out

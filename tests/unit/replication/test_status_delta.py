@@ -65,7 +65,8 @@ def test_nothing_changed_sends_no_product() -> None:
     token = status(acc).state
     st = status(acc, token)
     assert st.since == token[1] and st.state == token  # type: ignore[index]
-    assert st.versions == st.seats == st.licenses == st.floors == {} and st.gone == ()
+    assert st.versions == {} and st.seats == {} and st.licenses == {} and st.floors == {}
+    assert st.gone == ()
 
 
 def test_a_delta_holds_the_products_changed_since_the_state_the_server_holds() -> None:

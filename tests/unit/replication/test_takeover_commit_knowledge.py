@@ -15,7 +15,7 @@ import pytest
 
 from tests.unit.replication.harness import Harness
 from tmr.errors import ErrorCode
-from tmr.protocol.client_api import ReleaseResult
+from tmr.protocol.client_api import CheckoutResult, ReleaseResult
 from tmr.replication import acceptor as acceptor_mod
 from tmr.replication.acceptor import Acceptor
 from tmr.replication.leader import ClientReply, Role
@@ -48,7 +48,7 @@ def mixed_update_with_three_seats() -> tuple[Harness, list[str]]:
     handles = []
     for i in range(3):
         reply = h.call("checkout", f"r{i}", f"c{i}", KEY[0], KEY[1], 1)
-        assert reply.ok and reply.result is not None, reply
+        assert reply.ok and isinstance(reply.result, CheckoutResult), reply
         handles.append(reply.result.handle)
     assert (seats(h, "b1"), seats(h, "b2"), seats(h, "b3")) == (3, 3, 2)
     return h, handles
@@ -160,7 +160,7 @@ def test_a_crash_before_the_commit_notice_aborts_the_unanswered_grant() -> None:
     handles = []
     for i in range(2):
         reply = h.call("checkout", f"r{i}", f"c{i}", KEY[0], KEY[1], 1)
-        assert reply.ok and reply.result is not None, reply
+        assert reply.ok and isinstance(reply.result, CheckoutResult), reply
         handles.append(reply.result.handle)
     before = len(h.replies)
     sa = h.leader

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.unit.replication.harness import Harness
+from tmr.protocol.results import CheckoutResult
 from tmr.replication.acceptor import Acceptor, AcceptorState
 from tmr.replication.leader import Role
 from tmr.replication.messages import (
@@ -52,7 +53,7 @@ def cluster_with_handles(n: int = 5) -> tuple[Harness, list[str]]:
     handles = []
     for i in range(n):
         reply = h.call("checkout", f"r{i}", f"c{i}", KEY[0], KEY[1], 1)
-        assert reply.ok and reply.result is not None, reply
+        assert reply.ok and isinstance(reply.result, CheckoutResult), reply
         handles.append(reply.result.handle)
     return h, handles
 

@@ -38,8 +38,10 @@ def test_update_table_row_by_row() -> None:
     ]
     for i, (stage, backend, change, status, lq) in enumerate(rows):
         if change == "down":
+            assert backend is not None
             h.down.add(backend)
         elif change is not None:
+            assert backend is not None and isinstance(change, LicenseInfo)
             h.down.discard(backend)
             h.set_license(backend, change, KEY)
         h.advance(2.0)

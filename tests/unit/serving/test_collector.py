@@ -173,7 +173,12 @@ def test_the_service_loop_serves_with_the_collector_sized_and_puts_it_back() -> 
     loop = ServiceLoop()
     seen: list[tuple[int, int, int]] = []
     loop.every(60.0, lambda now: None, first=0.0)  # the first poll returns at once
-    loop.each_turn(lambda now: (seen.append(gc.get_threshold()), loop.stop("done")))
+
+    def record(now: float) -> None:
+        seen.append(gc.get_threshold())
+        loop.stop("done")
+
+    loop.each_turn(record)
     try:
         assert loop.run() == "done"
     finally:

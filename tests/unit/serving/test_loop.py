@@ -37,7 +37,12 @@ def test_steps_run_in_the_order_given_and_a_first_timer_runs_in_the_first_turn()
     loop.each_turn(lambda now: seen.append("a"))
     loop.every(60.0, lambda now: seen.append("tick"), first=0.0)
     loop.every(60.0, lambda now: seen.append("later"))  # not due for a minute
-    loop.each_turn(lambda now: (seen.append("b"), loop.stop("done")))
+
+    def last(now: float) -> None:
+        seen.append("b")
+        loop.stop("done")
+
+    loop.each_turn(last)
     try:
         assert loop.run() == "done"
     finally:
@@ -239,9 +244,12 @@ def test_a_signal_ends_a_hold_at_once() -> None:
     held = _hold_every_turn(loop, 60.0)
     _bounded(loop)
     loop.wake()
-    sender = threading.Thread(
-        target=lambda: held.wait(10) and os.kill(os.getpid(), signal.SIGTERM), daemon=True
-    )
+
+    def send() -> None:
+        if held.wait(10):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=send, daemon=True)
     start = time.monotonic()
     sender.start()
     try:

@@ -9,6 +9,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tmr.errors import ErrorCode
+from tmr.protocol.results import ReleaseResult
 from tmr.replication.leader import ClientReply, Effects
 from tmr.replication.messages import (
     Accept,
@@ -62,7 +63,7 @@ def test_event_counters_and_errors() -> None:
     fx.replies += [
         ClientReply(None, "r1", error=ErrorCode.NO_LICENSE_AVAILABLE),
         ClientReply(None, "r2", error=ErrorCode.QUORUM_LOST),
-        ClientReply(None, "r3", {"ok": 1}),
+        ClientReply(None, "r3", ReleaseResult(True)),
     ]
     m.on_effects(fx)
     m.on_denial(*KEY)
@@ -101,6 +102,7 @@ def test_event_counts_reach_the_counters_at_the_turns_end_exactly() -> None:
                 fx.events.append({"event": event, "license": lic})
                 if event in names:
                     firm, product = lic.split(":")
+                    k: tuple[str, tuple[tuple[str, str], ...]]
                     k = (names[event], (("firm", firm), ("product", product)))
                     want[k] = want.get(k, 0) + 1
             for _ in range(rng.randrange(3)):
@@ -108,7 +110,7 @@ def test_event_counts_reach_the_counters_at_the_turns_end_exactly() -> None:
                 fx.replies.append(ClientReply(None, "r1", error=code))
                 k = ("tmr_client_errors_total", (("code", code.value),))
                 want[k] = want.get(k, 0) + 1
-            fx.replies.append(ClientReply(None, "r2", {"ok": 1}))
+            fx.replies.append(ClientReply(None, "r2", ReleaseResult(True)))
             m.on_effects(fx)
         if turn == 0 and want:
             text = generate_latest(m.registry).decode()

@@ -64,7 +64,7 @@ def db(tmp_path: Path) -> Iterator[Path]:
 
 
 def _read_chunks(reader: UsageReader, chunk: int, until: float) -> list[tuple[bytes, UsageRecords]]:
-    out = []
+    out: list[tuple[bytes, UsageRecords]] = []
     after = 0
     while True:
         q = UsageQuery(len(out) + 1, T0, until, 1000, after, chunk)
