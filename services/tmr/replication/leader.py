@@ -1560,7 +1560,8 @@ class Leader:
         status: the products whose version changed (a change of copies or floors makes `b`
         unsynced: it is reconciled whole). None: the status is a delta this server cannot
         apply (from a state it does not hold, or older than the one it holds); it is then
-        ignored, and after a gap the next probe asks for everything (`Probe.have`)."""
+        ignored, and after a gap the next probe asks for everything (`Probe.have`). A delta
+        to the state this server holds changes nothing."""
         licenses: dict[ProductKey, LicenseInfo] | None = None
         floors: dict[ProductKey, Floor] | None = None
         changed: set[ProductKey] = set()
@@ -1583,6 +1584,12 @@ class Leader:
                 return None
             if to[1] < held_state[1]:
                 return None  # older than what this server holds (overtaken)
+            if to[1] == held_state[1]:
+                # The state this server holds already: an honest backend's delta is then empty
+                # or a late repeat of one applied (every change is a new generation). Entries
+                # that differ are a lying or broken peer's: they would stay, as no later delta
+                # covers them. The status still answers the probe.
+                return changed
             for key, version in msg.versions.items():
                 if b.versions.get(key) != version:
                     b.versions[key] = version

@@ -195,6 +195,29 @@ class TestServer:
         assert b.state is not None and b.state[0] != "another-base"
         assert b.versions[KEYS[0]] != Version(E1, 99)
 
+    def test_a_delta_to_the_state_held_changes_nothing_and_still_answers(self) -> None:
+        """Every change on a backend is a new generation, so a delta that ends at the state
+        the server holds carries nothing new: entries in it that differ (a lying or broken
+        peer) are not taken, since no later delta would correct them; the status still
+        counts as the backend's answer."""
+        h = self.harness()
+        b = h.leader.backends[0]
+        held = b.state
+        assert held is not None and held[1] >= 1
+        versions = dict(b.versions)
+        h.leader._probe(b, h.now, h.leader.tick(h.now))
+        mid = max(b.outstanding)
+        sent_at = b.outstanding[mid].sent_at
+        lie = Status(
+            mid, b.name, E1, True, {KEYS[0]: Version(E1, 99)}, {KEYS[0]: 9}, {},
+            state=held, since=held[1] - 1,
+        )  # fmt: skip
+        h.leader.on_reply(b.name, lie, h.now)
+        assert b.state == held and b.versions == versions
+        assert b.confirmed_at == sent_at and b.status_sent_at == sent_at
+        h.advance(0.5)
+        assert b.versions == status(h.acceptors[b.name]).versions
+
     def test_a_floor_raised_on_a_backend_reaches_the_server_in_a_delta(self) -> None:
         h = self.harness()
         acc = h.acceptors["b2"]
