@@ -437,6 +437,11 @@ class Simulation:
             "parked": 0,
             "parked_after_pause": 0,  # by an active server not confirmed since its pause
             "parked_served": 0,
+            # Checkouts parked and admitted when the server turned active or was confirmed
+            # (`note_parked_admissions`); grants answered under a TMR ID below the floor
+            # committed by then, admitted before it committed (I11 holds them to that).
+            "parked_admitted": 0,
+            "floor_rose_before_answer": 0,
             "parked_not_active": 0,
             # Takeovers: snapshot entries sent as a reference to the backend's own table, of
             # which backends refused (not the table they promised: sent whole later), and
@@ -561,6 +566,23 @@ class Simulation:
             self.admitted[slot] = (tmr_id, self.committed_floor)
             self.first_admitted.setdefault((cid, rid), self.admitted[slot])
 
+    def note_parked_admissions(self, s: ServerNode, fx: Effects) -> None:
+        """A server serves the requests it parked once it is active (a takeover's end) or
+        confirmed (after a pause): the checkouts among them not answered at once are admitted
+        then, under the effective TMR ID and the floor committed at that moment (at their
+        arrival it was taking over, and `note_admission` had nothing to record)."""
+        assert s.leader is not None
+        eff = self.admission_eff(s.leader)
+        if eff is None:
+            return
+        answered = {(r.token, r.rid) for r in fx.replies}
+        for slot in self.parked:
+            server, cid, rid = slot
+            if server == s.name and (cid, rid) not in answered and slot not in self.admitted:
+                self.admitted[slot] = (eff, self.committed_floor)
+                self.first_admitted.setdefault((cid, rid), self.admitted[slot])
+                self.stats["parked_admitted"] += 1
+
     def check_floor_grant(self, s: ServerNode, reply: ClientReply) -> None:
         # I11: a grant is admitted under an effective TMR ID (whose LQ bounds it) at or above
         # the floor committed then, and no committed grant is answered under one below the
@@ -578,6 +600,8 @@ class Simulation:
         # server (the seats were granted then; the retry grants none).
         first = admitted or self.first_admitted.get((reply.token, reply.rid))
         floor = self.committed_floor if first is None else first[1]
+        if 0 < result.tmr_id < self.committed_floor and result.tmr_id >= floor:
+            self.stats["floor_rose_before_answer"] += 1
         if 0 < result.tmr_id < floor:  # 0: not available when answered
             self.fail(
                 f"I11: {s.name} granted under #{result.tmr_id}, "
@@ -720,6 +744,8 @@ class Simulation:
                 self.check_kept(s, ev["handle"])
             if ev["event"] in ("checkout_queued", "checkout_unqueued"):
                 self.check_queue_order(s, ev)
+            if ev["event"] == "parked_answered":
+                self.note_parked_admissions(s, fx)
         for dst, msg in fx.send:
             self.send(s.name, dst, msg, "peer_req")
         for reply in fx.replies:
