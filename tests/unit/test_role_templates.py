@@ -16,9 +16,10 @@ from typing import Any
 
 import jinja2
 import pytest
+import yaml
 import zmq
 
-from tmr.config import load_backend_config, load_server_config
+from tmr.config import BackendConfig, load_backend_config, load_server_config
 from tmr.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,6 +114,8 @@ def backend_vars(value: str) -> dict[str, Any]:
         "tmr_backend_serial": value,
         "tmr_backend_ctl_socket": f"/run/{value}.sock",
         "tmr_backend_log_level": "info",
+        "tmr_backend_usage_retention": 100000,
+        "tmr_backend_denial_retention": 100000,
     }
 
 
@@ -163,6 +166,36 @@ def test_backend_toml_keeps_hostile_values(value: str, tmp_path: Path) -> None:
     config = load_backend_config(path)
     assert config.name == value
     assert config.allowed_servers == tuple(KEYS[3:])
+    assert (config.usage_retention, config.denial_retention) == (100000, 100000)
+
+
+@pytest.mark.parametrize(("usage", "denials"), [(0, 0), (2500, 1), ("7", "0")])
+def test_the_backend_role_sets_the_usage_and_denial_records_sizes(
+    usage: int | str, denials: int | str, tmp_path: Path
+) -> None:
+    variables = {
+        **backend_vars("b1"),
+        "tmr_backend_usage_retention": usage,
+        "tmr_backend_denial_retention": denials,
+    }
+    path = tmp_path / "backend.toml"
+    path.write_text(render(BACKEND_TEMPLATE, variables), encoding="utf-8")
+    config = load_backend_config(path)
+    assert (config.usage_retention, config.denial_retention) == (int(usage), int(denials))
+
+
+def test_the_backend_role_defaults_keep_the_services_defaults() -> None:
+    """The role's defaults for the records' sizes are the service's own (docs/configuration.md)."""
+    defaults = yaml.safe_load((REPO / "roles/tmr_backend/defaults/main.yml").read_text())
+    specs = yaml.safe_load((REPO / "roles/tmr_backend/meta/argument_specs.yml").read_text())
+    options = specs["argument_specs"]["main"]["options"]
+    for name, field in (
+        ("tmr_backend_usage_retention", "usage_retention"),
+        ("tmr_backend_denial_retention", "denial_retention"),
+    ):
+        default = BackendConfig.__dataclass_fields__[field].default
+        assert defaults[name] == options[name]["default"] == default, name
+        assert options[name]["type"] == "int", name
 
 
 def test_the_role_protects_webadmin_on_every_address(tmp_path: Path) -> None:
