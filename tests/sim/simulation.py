@@ -6,10 +6,11 @@ and are sometimes wiped; TMR servers crash, restart, and are promoted and demote
 both at once too, and paused (SIGSTOP: messages queue, the clock jumps on resume); license
 updates stop half way (mixed TMR IDs and LQs) when a backend fails, the license expires under
 load, and two backends are cut from both servers for longer than a lease. Simulated clients
-check out, heartbeat and release with the SDK's retry rules (same request id on every retry)
-and its heartbeat schedule (`tmr.client._heartbeats`: on a grid of their hosts' wall clocks,
-which are a few milliseconds apart, so their heartbeats come in bursts; a late answer keeps
-the phase of the heartbeat's first send; a second after an error; `heartbeat_retry`);
+check out and release with the same request id on every retry, and heartbeat as the SDK does:
+one call per heartbeat retried by the SDK's own `RetrySchedule` (`heartbeat_call`), on its
+schedule (`tmr.client._heartbeats`: on a grid of their hosts' wall clocks, which are a few
+milliseconds apart, so their heartbeats come in bursts; a late answer keeps the phase of the
+heartbeat's first send; a second after an error);
 an administrator frees handles now and then (`Leader.admin_release`, `tmr admin release`);
 both servers enforce one policy file (`POLICY`: a max, a reserve and an exclude rule on the
 clients' users and hosts), which must hold across every failover as the seat count does.
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tmr.client._heartbeats import LATE, next_heartbeat, on_grid
-from tmr.client._retry import grown
+from tmr.client._retry import RetrySchedule
 from tmr.client.client import HEARTBEAT_RETRY_MAX
 from tmr.errors import ErrorCode
 from tmr.policy import EMPTY as EMPTY_POLICY
@@ -285,15 +286,20 @@ class SimClient:
     first_sent: float = 0.0
     next_action: float = 0.0
     held: HeldSeat | None = None
-    # The heartbeat in flight (the SDK's `Handle._heartbeat_once`, one call): its request id,
-    # kept on every retry; when its first attempt was sent (`sent`: what the lease and the
-    # next heartbeat count from); when the latest attempt was sent and how long it waits;
-    # NOT_ACTIVE: ask again (the other endpoint) at this time.
+    # The heartbeat in flight (the SDK's `Handle._heartbeat_once`: one `Channel.call` on the
+    # heartbeat channel): its request id, kept on every attempt; when its first attempt was
+    # sent (`sent`: what the lease and the next heartbeat count from); when the latest
+    # attempt was sent and how long it waits; the SDK's own `RetrySchedule` from its first
+    # failed attempt; after a NOT_ACTIVE, the end of the pause before the next attempt; a
+    # QUORUM_LOST being checked on the other endpoint.
     hb_rid: str = ""
     hb_sent: float = 0.0
     hb_attempt: float = 0.0
     hb_wait: float = CLIENT_TIMEOUT
-    hb_retry_at: float | None = None
+    hb_retry: RetrySchedule | None = None
+    hb_resend_at: float | None = None
+    hb_quorum_lost: bool = False
+    hb_index: int = 0  # the heartbeat channel's endpoint (it stays between calls)
     release_handle: str = ""
     retry_at: float | None = None  # NOT_ACTIVE: retry on the other endpoint at this time
     # the next heartbeat: the SDK's schedule (`next_heartbeat`, on the wall clock's grid),
@@ -371,7 +377,13 @@ class Simulation:
         for s in self.servers.values():
             self._start_server(s)
         self.clients = [
-            SimClient(f"c{i}", seats=1 + (i % 2), target=i % 2, wait=QUEUE_WAIT * (i in QUEUEING))
+            SimClient(
+                f"c{i}",
+                seats=1 + (i % 2),
+                target=i % 2,
+                wait=QUEUE_WAIT * (i in QUEUEING),
+                hb_index=i % 2,
+            )
             for i in range(clients)
         ]
         # Each client host's wall clock, a few milliseconds off the others' (drawn apart from
@@ -416,6 +428,8 @@ class Simulation:
             "hb_retries": 0,
             "hb_late": 0,
             "hb_given_up": 0,
+            "hb_stays": 0,  # NOT_ACTIVE answers after which the SDK stays with that server
+            "hb_quorum_lost_checked": 0,  # QUORUM_LOST answers asked of the other endpoint
             "rollbacks": 0,  # a backend restored to an older copy (rollback_backend)
             "quorum_lost_checked": 0,  # QUORUM_LOST answers checked against two good backends
             "admin_releases": 0,  # an administrator freed a held handle (tmr admin release)
@@ -1319,7 +1333,7 @@ class Simulation:
         return self.clients[int(cid[1:])]
 
     def client_send(self, c: SimClient, op: str, **kw: Any) -> None:
-        target = SERVERS[c.target]
+        target = SERVERS[c.hb_index if op == "heartbeat" else c.target]
         self.send(
             c.cid,
             target,
@@ -1374,34 +1388,102 @@ class Simulation:
                 c.hb_rid = self.new_rid(c)
                 c.hb_sent = c.hb_attempt = now
                 c.hb_wait = CLIENT_TIMEOUT
-                c.hb_retry_at = None
+                c.hb_retry = None
+                c.hb_resend_at = None
+                c.hb_quorum_lost = False
                 self.client_send(c, "heartbeat", handle=c.held.handle)
-            elif c.hb_rid and (
-                now - c.hb_attempt > c.hb_wait
-                or (c.hb_retry_at is not None and now >= c.hb_retry_at)
-                or now - c.hb_sent > CLIENT_CALL_TIMEOUT
-            ):
-                self.heartbeat_retry(c)
+            elif c.hb_rid:
+                self.heartbeat_call(c)
 
-    def heartbeat_retry(self, c: SimClient) -> None:
-        """The SDK's rule for a heartbeat not answered yet (one `Channel.call`): the same
-        request again, to the other endpoint after an attempt timed out (whose timeout then
-        grows, `tmr.client._retry.grown`) or after a NOT_ACTIVE's back-off; a new heartbeat at
-        once when the call's own timeout has passed (`Timeout`)."""
+    # The heartbeat call, as `tmr.client._channel.Channel.call` runs it (with the SDK's own
+    # `RetrySchedule`), on the simulation's ticks: a new attempt goes out at the first tick at
+    # or after its time.
+
+    def heartbeat_call(self, c: SimClient) -> None:
+        """A tick of the heartbeat call in flight: the call's timeout, an attempt that timed
+        out (the next endpoint, a longer attempt), the end of a pause after NOT_ACTIVE."""
         assert c.held is not None
         now = self.now
-        if now - c.hb_sent > CLIENT_CALL_TIMEOUT:
+        deadline = c.hb_sent + CLIENT_CALL_TIMEOUT
+        if c.hb_resend_at is not None:
+            if now < min(c.hb_resend_at, deadline):
+                return
+            c.hb_resend_at = None
+            if now < deadline:
+                self.heartbeat_attempt(c)
+                return
+        elif now - c.hb_attempt <= min(c.hb_wait, deadline - c.hb_attempt):
+            return
+        if c.hb_quorum_lost:  # the other endpoint did not answer: the QUORUM_LOST stands
+            self.heartbeat_answered(c, ClientReply(c.cid, c.hb_rid, None, ErrorCode.QUORUM_LOST))
+        elif now >= deadline:  # `Timeout`: a new heartbeat at once
             self.stats["hb_given_up"] += 1
             c.hb_rid = ""
             c.hb_next = now
-            return
-        if c.hb_retry_at is None:  # the attempt timed out
-            c.target ^= 1
-            c.hb_wait = grown(c.hb_wait)
-        c.hb_retry_at = None
-        c.hb_attempt = now
+        else:
+            if c.hb_retry is None:
+                c.hb_retry = RetrySchedule(len(SERVERS), c.hb_index, c.hb_wait)
+            c.hb_retry.timed_out()
+            c.hb_index = c.hb_retry.index
+            c.hb_wait = c.hb_retry.attempt
+            self.heartbeat_attempt(c)
+
+    def heartbeat_attempt(self, c: SimClient) -> None:
+        """The same heartbeat request again, to `hb_index`."""
+        assert c.held is not None
+        c.hb_attempt = self.now
         self.stats["hb_retries"] += 1
         self.client_send(c, "heartbeat", handle=c.held.handle)
+
+    def heartbeat_reply(self, c: SimClient, server: str, reply: ClientReply) -> None:
+        """A reply to the heartbeat in flight. Only the endpoint of the current attempt's
+        connection is read (the SDK closes a connection it leaves; a reply arriving during a
+        pause is read with the next attempt's, here at once)."""
+        now = self.now
+        if server != SERVERS[c.hb_index]:
+            return
+        if reply.error == ErrorCode.NOT_ACTIVE:
+            if c.hb_quorum_lost:
+                self.heartbeat_answered(
+                    c, ClientReply(c.cid, c.hb_rid, None, ErrorCode.QUORUM_LOST)
+                )
+                return
+            if c.hb_retry is None:
+                c.hb_retry = RetrySchedule(len(SERVERS), c.hb_index, c.hb_wait)
+            pause = c.hb_retry.not_active(now - c.hb_attempt)
+            self.stats["hb_stays"] += c.hb_retry.staying
+            c.hb_index = c.hb_retry.index
+            c.hb_wait = c.hb_retry.attempt
+            c.hb_resend_at = now + pause
+            return
+        if reply.error == ErrorCode.QUORUM_LOST and not c.hb_quorum_lost:
+            # The SDK asks the next endpoint once before it believes a QUORUM_LOST.
+            self.stats["hb_quorum_lost_checked"] += 1
+            c.hb_quorum_lost = True
+            c.hb_index = (c.hb_index + 1) % len(SERVERS)
+            c.hb_resend_at = now
+            return
+        self.heartbeat_answered(c, reply)
+
+    def heartbeat_answered(self, c: SimClient, reply: ClientReply) -> None:
+        """The call's result (`Handle._heartbeat_once`): the lease renewed and the next
+        heartbeat on the schedule; the handle lost; or an `ApiError`: again within a second."""
+        now = self.now
+        c.hb_rid = ""
+        c.hb_resend_at = None
+        c.kept = reply.error == ErrorCode.QUORUM_LOST
+        if c.kept:
+            self.stats["kept_alive"] += 1
+        if reply.ok and c.held:
+            c.held.lease_ref = c.hb_sent
+            c.hb_next = next_heartbeat(c.hb_sent, now, HEARTBEAT_INTERVAL, c.wall_offset)
+            self.stats["hb_late"] += now - c.hb_sent >= LATE
+        elif reply.error == ErrorCode.UNKNOWN_HANDLE and c.held:
+            self.note(f"{c.cid}: lost {c.held.handle}")
+            c.held = None
+            c.state = "idle"
+        elif not reply.ok:
+            c.hb_next = now + min(HEARTBEAT_INTERVAL, HEARTBEAT_RETRY_MAX)
 
     def send_checkout(self, c: SimClient) -> None:
         """The SDK's rule: `wait` is the time left, left out once it ran out (the last ask)."""
@@ -1426,27 +1508,7 @@ class Simulation:
         c = self.client_by_id(cid)
         now = self.now
         if c.hb_rid and reply.rid == c.hb_rid:
-            if reply.error == ErrorCode.NOT_ACTIVE:
-                # Not an answer to the call: the same request is asked again, elsewhere.
-                if c.hb_retry_at is None:
-                    c.target ^= 1
-                    c.hb_retry_at = now + self.rng.uniform(0.02, 0.1)
-                return
-            c.hb_rid = ""
-            c.kept = reply.error == ErrorCode.QUORUM_LOST
-            if c.kept:
-                self.stats["kept_alive"] += 1
-            if reply.ok and c.held:
-                c.held.lease_ref = c.hb_sent
-                c.hb_next = next_heartbeat(c.hb_sent, now, HEARTBEAT_INTERVAL, c.wall_offset)
-                self.stats["hb_late"] += now - c.hb_sent >= LATE
-            elif reply.error == ErrorCode.UNKNOWN_HANDLE and c.held:
-                self.note(f"{c.cid}: lost {c.held.handle}")
-                c.held = None
-                c.state = "idle"
-            elif not reply.ok:
-                # `ApiError` from the call: the SDK heartbeats again after at most a second.
-                c.hb_next = now + min(HEARTBEAT_INTERVAL, HEARTBEAT_RETRY_MAX)
+            self.heartbeat_reply(c, server, reply)
             return
         if reply.rid != c.rid:
             return  # a late answer to an earlier attempt

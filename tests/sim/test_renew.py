@@ -69,7 +69,9 @@ def test_renew_answers_as_heartbeat_in_every_state_the_simulation_reaches(
     seen = _cross_check(monkeypatch, range(40))
     # Every state: renewed, parked (a takeover, a pause), NOT_ACTIVE, QUORUM_LOST (the lease
     # kept), UNKNOWN_HANDLE; and no heartbeat answered OK that `renew` left to `heartbeat`.
-    assert seen.get("renewed", 0) > 100, seen
+    # (Renewed: 87 when written. A client's heartbeat channel keeps its own endpoint, as the
+    # SDK's does, so some heartbeats go to the standby first and are answered NOT_ACTIVE.)
+    assert seen.get("renewed", 0) > 60, seen
     assert {"parked", "NOT_ACTIVE", "QUORUM_LOST", "UNKNOWN_HANDLE"} <= set(seen), seen
     assert "ok by heartbeat" not in seen, seen
 
