@@ -767,6 +767,15 @@ class Simulation:
             if pw is not None:
                 not_active = reply.error == ErrorCode.NOT_ACTIVE
                 self.stats["parked_not_active" if not_active else "parked_served"] += 1
+                # A retry of the same request parked again while this copy waited (answered
+                # NOT_ACTIVE after the hold): it stays parked, from its own arrival.
+                again = [
+                    p.at
+                    for p in s.leader._parking.waiting
+                    if p.token == reply.token and p.rid == reply.rid
+                ]
+                if again:
+                    self.parked[(s.name, reply.token, reply.rid)] = replace(pw, since=min(again))
             w = self.waiting.pop((s.name, reply.token, reply.rid), None)
             if pw is not None and w is None and reply.error == ErrorCode.QUORUM_LOST:
                 # Served from the parking: as true as any QUORUM_LOST of this term
@@ -1380,7 +1389,9 @@ class Simulation:
                 c.retry_at = None
                 c.release_handle = c.held.handle
                 c.held = None  # not certainly held from the release call on
-                c.hb_rid = ""  # the SDK stops the handle's heartbeats at its release
+                # No more heartbeats for it; one in flight is dropped (the SDK lets it end on
+                # its channel, where its answer changes nothing for the released handle).
+                c.hb_rid = ""
                 c.rid = self.new_rid(c)
                 c.sent_at = now
                 self.client_send(c, "release", handle=c.release_handle)
@@ -1405,6 +1416,7 @@ class Simulation:
         assert c.held is not None
         now = self.now
         deadline = c.hb_sent + CLIENT_CALL_TIMEOUT
+        paused = c.hb_resend_at is not None
         if c.hb_resend_at is not None:
             if now < min(c.hb_resend_at, deadline):
                 return
@@ -1416,16 +1428,21 @@ class Simulation:
             return
         if c.hb_quorum_lost:  # the other endpoint did not answer: the QUORUM_LOST stands
             self.heartbeat_answered(c, ClientReply(c.cid, c.hb_rid, None, ErrorCode.QUORUM_LOST))
-        elif now >= deadline:  # `Timeout`: a new heartbeat at once
-            self.stats["hb_given_up"] += 1
-            c.hb_rid = ""
-            c.hb_next = now
-        else:
+            return
+        if not paused:
+            # An attempt that timed out moves the channel to the next endpoint, also when the
+            # call's time ran out with it (`Channel.call` looks at the deadline after); a
+            # pause that ran into the deadline does not.
             if c.hb_retry is None:
                 c.hb_retry = RetrySchedule(len(SERVERS), c.hb_index, c.hb_wait)
             c.hb_retry.timed_out()
             c.hb_index = c.hb_retry.index
             c.hb_wait = c.hb_retry.attempt
+        if now >= deadline:  # `Timeout`: a new heartbeat at once
+            self.stats["hb_given_up"] += 1
+            c.hb_rid = ""
+            c.hb_next = now
+        else:
             self.heartbeat_attempt(c)
 
     def heartbeat_attempt(self, c: SimClient) -> None:
@@ -1436,9 +1453,11 @@ class Simulation:
         self.client_send(c, "heartbeat", handle=c.held.handle)
 
     def heartbeat_reply(self, c: SimClient, server: str, reply: ClientReply) -> None:
-        """A reply to the heartbeat in flight. Only the endpoint of the current attempt's
-        connection is read (the SDK closes a connection it leaves; a reply arriving during a
-        pause is read with the next attempt's, here at once)."""
+        """A reply to the heartbeat in flight. Only the current attempt's endpoint is read:
+        the SDK closes a connection it leaves. (Simpler than the SDK in two cases not seen in
+        runs: a reply of an earlier attempt on the same endpoint whose connection the SDK had
+        closed is read, and one that arrives during a pause is read at once, where the SDK
+        reads it after sending the next attempt.)"""
         now = self.now
         if server != SERVERS[c.hb_index]:
             return

@@ -65,24 +65,43 @@ class Call:
     retry: RetrySchedule | None = None
     expect: tuple[int, float] | None = None  # after an answer: (endpoint, not before)
     quorum_lost: bool = False
+    reply: ClientReply | None = None  # the current attempt's answer, read
+
+    @property
+    def deadline(self) -> float:
+        return self.sent + CLIENT_CALL_TIMEOUT
+
+    @property
+    def channel_at(self) -> int:
+        """The heartbeat channel's endpoint now (`Channel._go_to` runs before a pause)."""
+        return self.expect[0] if self.expect is not None else self.endpoint
 
 
 class Recorder:
     """Checks every heartbeat a simulated client sends against what came before it."""
 
     def __init__(self) -> None:
+        self.checked = {"answer": 0, "late": 0, "error": 0, "given_up": 0}
+        self.attempts = {"timed_out": 0, "not_active": 0, "stay": 0, "quorum_lost": 0}
+        self.new_run()
+
+    def new_run(self) -> None:
+        """Another simulation: its clients start afresh (request ids repeat across runs)."""
         self.call: dict[str, Call | None] = {}
+        self.index: dict[str, int] = {}  # per client, its heartbeat channel's endpoint
         # Per client, what its next heartbeat follows: ("answer", sent, answered) after an OK
         # heartbeat answer or a granted checkout, ("error", when), ("given_up", when).
         self.after: dict[str, tuple[Any, ...] | None] = {}
-        self.checked = {"answer": 0, "late": 0, "error": 0, "given_up": 0}
-        self.attempts = {"timed_out": 0, "not_active": 0, "stay": 0, "quorum_lost": 0}
 
     def sent(self, sim: Simulation, c: SimClient, kw: dict[str, Any]) -> None:
         now, call = sim.now, self.call.get(c.cid)
         if call is not None and call.rid == c.hb_rid:
             self.attempt(now, c, call, kw)
             return
+        if call is not None:  # dropped (released, or its lease ran out client-side)
+            self.index[c.cid] = call.channel_at
+        # A call starts on the endpoint the channel's last call left it on.
+        assert c.hb_index == self.index.get(c.cid, c.hb_index), (c.cid, self.index, now)
         last = self.after.get(c.cid)
         if last is not None and last[0] == "answer":
             _, sent, answered = last
@@ -122,12 +141,15 @@ class Recorder:
             expected, not_before = call.expect
             assert not_before - EPS <= now <= not_before + TICK + EPS, (c.cid, call, now)
         assert c.hb_index == expected, (c.cid, call, c.hb_index, expected)
-        call.endpoint, call.attempt, call.expect = expected, now, None
+        call.endpoint, call.attempt, call.expect, call.reply = expected, now, None, None
 
     def answered(self, sim: Simulation, c: SimClient, server: str, r: ClientReply) -> None:
         call, now = self.call.get(c.cid), sim.now
         if call is None or r.rid != call.rid or server != SERVERS[call.endpoint]:
             return  # not the call's connection: the SDK does not read it
+        if call.expect is not None:
+            return  # (answered already: a duplicate)
+        call.reply = r
         if r.error == ErrorCode.NOT_ACTIVE and not call.quorum_lost:
             call.retry = call.retry or RetrySchedule(len(SERVERS), call.endpoint, call.wait)
             pause = call.retry.not_active(now - call.attempt)
@@ -143,10 +165,21 @@ class Recorder:
         """The call's result (the simulation's `heartbeat_answered`)."""
         call = self.call.get(c.cid)
         assert call is not None and reply.rid == call.rid, (c.cid, call, reply)
-        if reply.error == ErrorCode.QUORUM_LOST:
-            # believed only once the other endpoint was asked (and timed out, said NOT_ACTIVE
-            # or QUORUM_LOST too)
-            assert call.quorum_lost and call.expect is None, (c.cid, call, reply)
+        if reply is call.reply:  # an answer read on the current attempt's connection
+            assert reply.error != ErrorCode.NOT_ACTIVE, (c.cid, call, reply)
+            if reply.error == ErrorCode.QUORUM_LOST:
+                # believed only once the other endpoint was asked and said so too
+                assert call.quorum_lost and call.expect is None, (c.cid, call, reply)
+        else:
+            # No answer ended it: a QUORUM_LOST stands when the other endpoint, asked, did not
+            # answer or said NOT_ACTIVE (or the call's time ran out before it was asked).
+            assert reply.error == ErrorCode.QUORUM_LOST and call.quorum_lost, (c.cid, call)
+            assert call.reply is None or call.reply.error == ErrorCode.NOT_ACTIVE, (c.cid, call)
+            if call.reply is None and call.expect is None:
+                assert sim.now >= call.attempt + call.wait - EPS, (c.cid, call, sim.now)
+            elif call.expect is not None:
+                assert sim.now >= call.deadline - EPS, (c.cid, call, sim.now)
+        self.index[c.cid] = call.channel_at
         self.call[c.cid] = None
         if reply.ok:
             self.after[c.cid] = ("answer", call.sent, sim.now)
@@ -169,14 +202,29 @@ class Recorder:
 
     def granted(self, sim: Simulation, c: SimClient) -> None:
         """A checkout granted: the first heartbeat is an interval after it."""
+        call = self.call.get(c.cid)
+        if call is not None:  # dropped with its handle
+            self.index[c.cid] = call.channel_at
         self.after[c.cid] = ("answer", sim.now, sim.now)
         self.call[c.cid] = None
 
     def gave_up(self, sim: Simulation, c: SimClient) -> None:
-        call = self.call.get(c.cid)
-        assert call is not None and sim.now >= call.sent + CLIENT_CALL_TIMEOUT - EPS
+        """`Timeout`: at the call's deadline, with no attempt due before it; an attempt that
+        timed out with it moves the channel to the next endpoint."""
+        call, now = self.call.get(c.cid), sim.now
+        assert call is not None and not call.quorum_lost, (c.cid, call)
+        assert call.deadline - EPS <= now <= call.deadline + TICK + EPS, (c.cid, call, now)
+        if call.expect is not None:  # a pause after NOT_ACTIVE ran into the deadline
+            assert call.expect[1] >= call.deadline - TICK - EPS, (c.cid, call, now)
+            self.index[c.cid] = call.expect[0]
+        else:  # an attempt in flight until the deadline
+            assert call.reply is None, (c.cid, call)
+            assert call.attempt + call.wait >= call.deadline - TICK - EPS, (c.cid, call)
+            call.retry = call.retry or RetrySchedule(len(SERVERS), call.endpoint, call.wait)
+            call.retry.timed_out()
+            self.index[c.cid] = call.retry.index
         self.call[c.cid] = None
-        self.after[c.cid] = ("given_up", sim.now)
+        self.after[c.cid] = ("given_up", now)
 
 
 def record(monkeypatch: pytest.MonkeyPatch) -> Recorder:
@@ -219,6 +267,7 @@ def record(monkeypatch: pytest.MonkeyPatch) -> Recorder:
 def test_simulated_heartbeats_follow_the_sdk_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
     rec = record(monkeypatch)
     for seed in range(3):
+        rec.new_run()
         sim = Simulation(seed, duration=30.0)
         sim.run(faults=False)
         # A site's clients share the grid (NTP): their offsets on it are within the skew.
@@ -240,6 +289,7 @@ def test_simulated_heartbeats_follow_the_sdk_through_faults(
     rec = record(monkeypatch)
     seed = 0
     while min(*rec.checked.values(), *rec.attempts.values()) < 2 and seed < 200:
+        rec.new_run()
         sim = Simulation(seed)
         sim.run()
         seed += 1
