@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.unit.backend.test_store import _dump, _tables
 from tmr.backend.store import SCHEMA_VERSION, SqliteStore, StorageError
 from tmr.replication.acceptor import AcceptorState, ProductWrite, Write, apply_write
 from tmr.replication.types import (
@@ -261,23 +262,6 @@ def _make_schema_8(db: Path) -> None:
         conn.execute("DROP TABLE handles_9")
         conn.execute("UPDATE meta SET value = '8' WHERE key = 'schema_version'")
     conn.close()
-
-
-def _dump(db: Path, sql: str) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
-
-
-def _tables(db: Path) -> dict[str, str]:
-    """Table name -> its CREATE statement."""
-    out: dict[str, str] = {}
-    for name, sql in _dump(db, "SELECT name, sql FROM sqlite_master WHERE type = 'table'"):
-        assert isinstance(name, str) and isinstance(sql, str)
-        out[name] = sql
-    return out
 
 
 def _old_rows_store(db: Path) -> AcceptorState:
