@@ -45,4 +45,4 @@ for t in ansible-playbook ansible-lint molecule; do
 done
 "$VENV/bin/ansible-galaxy" collection list containers.podman >/dev/null 2>&1 \
   || die "collection containers.podman missing (it ships with the 'ansible' package)"
-step "done: $(podman --version), $("$VENV/bin/ansible" --version | head -1)"
+step "done: $(podman --version), $("$VENV/bin/ansible" --version | sed -n 1p)"
