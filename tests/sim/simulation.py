@@ -452,10 +452,8 @@ class Simulation:
             "parked_after_pause": 0,  # by an active server not confirmed since its pause
             "parked_served": 0,
             # Checkouts parked and admitted when the server turned active or was confirmed
-            # (`note_parked_admissions`); grants answered under a TMR ID below the floor
-            # committed by then, admitted before it committed (I11 holds them to that).
+            # (`note_parked_admissions`)
             "parked_admitted": 0,
-            "floor_rose_before_answer": 0,
             "parked_not_active": 0,
             # Takeovers: snapshot entries sent as a reference to the backend's own table, of
             # which backends refused (not the table they promised: sent whole later), and
@@ -614,8 +612,6 @@ class Simulation:
         # server (the seats were granted then; the retry grants none).
         first = admitted or self.first_admitted.get((reply.token, reply.rid))
         floor = self.committed_floor if first is None else first[1]
-        if 0 < result.tmr_id < self.committed_floor and result.tmr_id >= floor:
-            self.stats["floor_rose_before_answer"] += 1
         if 0 < result.tmr_id < floor:  # 0: not available when answered
             self.fail(
                 f"I11: {s.name} granted under #{result.tmr_id}, "
@@ -769,11 +765,7 @@ class Simulation:
                 self.stats["parked_not_active" if not_active else "parked_served"] += 1
                 # A retry of the same request parked again while this copy waited (answered
                 # NOT_ACTIVE after the hold): it stays parked, from its own arrival.
-                again = [
-                    p.at
-                    for p in s.leader._parking.waiting
-                    if p.token == reply.token and p.rid == reply.rid
-                ]
+                again = self.parked_at(s, reply.token, reply.rid)
                 if again:
                     self.parked[(s.name, reply.token, reply.rid)] = replace(pw, since=min(again))
             w = self.waiting.pop((s.name, reply.token, reply.rid), None)
@@ -864,6 +856,12 @@ class Simulation:
                     f"{w.step}, t={w.since:.2f}) unanswered for {self.now - w.since:.2f}s"
                 )
 
+    @staticmethod
+    def parked_at(s: ServerNode, cid: str, rid: str) -> list[float]:
+        """When the copies of request `rid` of `cid` that `s`'s leader keeps parked arrived."""
+        assert s.leader is not None
+        return [p.at for p in s.leader._parking.waiting if p.token == cid and p.rid == rid]
+
     def check_parked(self) -> None:
         """Liveness of parking (`tmr.replication.parking`): a request a server took while
         taking over is answered NOT_ACTIVE within TAKEOVER_HOLD (and one tick) while the
@@ -879,7 +877,7 @@ class Simulation:
             if s.paused_until is not None:
                 continue
             role = s.leader.role
-            waits = any(p.token == key[1] and p.rid == key[2] for p in s.leader._parking.waiting)
+            waits = bool(self.parked_at(s, key[1], key[2]))
             if waits:  # taking over, or active and not confirmed since a pause
                 if self.now - w.since > TAKEOVER_HOLD + TICK + 1e-9:
                     self.fail(
@@ -1417,7 +1415,7 @@ class Simulation:
         now = self.now
         deadline = c.hb_sent + CLIENT_CALL_TIMEOUT
         paused = c.hb_resend_at is not None
-        if c.hb_resend_at is not None:
+        if c.hb_resend_at is not None:  # (`paused`, narrowed for the type checker)
             if now < min(c.hb_resend_at, deadline):
                 return
             c.hb_resend_at = None
@@ -1427,23 +1425,33 @@ class Simulation:
         elif now - c.hb_attempt <= min(c.hb_wait, deadline - c.hb_attempt):
             return
         if c.hb_quorum_lost:  # the other endpoint did not answer: the QUORUM_LOST stands
-            self.heartbeat_answered(c, ClientReply(c.cid, c.hb_rid, None, ErrorCode.QUORUM_LOST))
+            self.heartbeat_quorum_lost(c)
             return
         if not paused:
             # An attempt that timed out moves the channel to the next endpoint, also when the
             # call's time ran out with it (`Channel.call` looks at the deadline after); a
             # pause that ran into the deadline does not.
-            if c.hb_retry is None:
-                c.hb_retry = RetrySchedule(len(SERVERS), c.hb_index, c.hb_wait)
-            c.hb_retry.timed_out()
-            c.hb_index = c.hb_retry.index
-            c.hb_wait = c.hb_retry.attempt
+            retry = self.heartbeat_schedule(c)
+            retry.timed_out()
+            c.hb_index, c.hb_wait = retry.index, retry.attempt
         if now >= deadline:  # `Timeout`: a new heartbeat at once
             self.stats["hb_given_up"] += 1
             c.hb_rid = ""
             c.hb_next = now
         else:
             self.heartbeat_attempt(c)
+
+    @staticmethod
+    def heartbeat_schedule(c: SimClient) -> RetrySchedule:
+        """The call's `RetrySchedule`, made at its first failed attempt (as `Channel.call`)."""
+        if c.hb_retry is None:
+            c.hb_retry = RetrySchedule(len(SERVERS), c.hb_index, c.hb_wait)
+        return c.hb_retry
+
+    def heartbeat_quorum_lost(self, c: SimClient) -> None:
+        """The QUORUM_LOST the call checked on the other endpoint stands (no answer there, or
+        NOT_ACTIVE)."""
+        self.heartbeat_answered(c, ClientReply(c.cid, c.hb_rid, None, ErrorCode.QUORUM_LOST))
 
     def heartbeat_attempt(self, c: SimClient) -> None:
         """The same heartbeat request again, to `hb_index`."""
@@ -1463,16 +1471,12 @@ class Simulation:
             return
         if reply.error == ErrorCode.NOT_ACTIVE:
             if c.hb_quorum_lost:
-                self.heartbeat_answered(
-                    c, ClientReply(c.cid, c.hb_rid, None, ErrorCode.QUORUM_LOST)
-                )
+                self.heartbeat_quorum_lost(c)
                 return
-            if c.hb_retry is None:
-                c.hb_retry = RetrySchedule(len(SERVERS), c.hb_index, c.hb_wait)
-            pause = c.hb_retry.not_active(now - c.hb_attempt)
-            self.stats["hb_stays"] += c.hb_retry.staying
-            c.hb_index = c.hb_retry.index
-            c.hb_wait = c.hb_retry.attempt
+            retry = self.heartbeat_schedule(c)
+            pause = retry.not_active(now - c.hb_attempt)
+            self.stats["hb_stays"] += retry.staying
+            c.hb_index, c.hb_wait = retry.index, retry.attempt
             c.hb_resend_at = now + pause
             return
         if reply.error == ErrorCode.QUORUM_LOST and not c.hb_quorum_lost:

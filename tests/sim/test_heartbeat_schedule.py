@@ -71,6 +71,12 @@ class Call:
     def deadline(self) -> float:
         return self.sent + CLIENT_CALL_TIMEOUT
 
+    def schedule(self) -> RetrySchedule:
+        """The call's retry schedule, made at its first failed attempt."""
+        if self.retry is None:
+            self.retry = RetrySchedule(len(SERVERS), self.endpoint, self.wait)
+        return self.retry
+
     @property
     def channel_at(self) -> int:
         """The heartbeat channel's endpoint now (`Channel._go_to` runs before a pause)."""
@@ -133,9 +139,9 @@ class Recorder:
             assert not call.quorum_lost, (c.cid, call, now)
             due = call.attempt + call.wait
             assert due - EPS <= now <= due + TICK + EPS, (c.cid, call, now)
-            call.retry = call.retry or RetrySchedule(len(SERVERS), call.endpoint, call.wait)
-            call.retry.timed_out()
-            expected, call.wait = call.retry.index, call.retry.attempt
+            retry = call.schedule()
+            retry.timed_out()
+            expected, call.wait = retry.index, retry.attempt
             self.attempts["timed_out"] += 1
         else:
             expected, not_before = call.expect
@@ -151,11 +157,11 @@ class Recorder:
             return  # (answered already: a duplicate)
         call.reply = r
         if r.error == ErrorCode.NOT_ACTIVE and not call.quorum_lost:
-            call.retry = call.retry or RetrySchedule(len(SERVERS), call.endpoint, call.wait)
-            pause = call.retry.not_active(now - call.attempt)
-            self.attempts["stay" if call.retry.staying else "not_active"] += 1
-            call.expect = (call.retry.index, now + pause)
-            call.wait = call.retry.attempt
+            retry = call.schedule()
+            pause = retry.not_active(now - call.attempt)
+            self.attempts["stay" if retry.staying else "not_active"] += 1
+            call.expect = (retry.index, now + pause)
+            call.wait = retry.attempt
         elif r.error == ErrorCode.QUORUM_LOST and not call.quorum_lost:
             call.quorum_lost = True
             call.expect = ((call.endpoint + 1) % len(SERVERS), now)
@@ -220,9 +226,9 @@ class Recorder:
         else:  # an attempt in flight until the deadline
             assert call.reply is None, (c.cid, call)
             assert call.attempt + call.wait >= call.deadline - TICK - EPS, (c.cid, call)
-            call.retry = call.retry or RetrySchedule(len(SERVERS), call.endpoint, call.wait)
-            call.retry.timed_out()
-            self.index[c.cid] = call.retry.index
+            retry = call.schedule()
+            retry.timed_out()
+            self.index[c.cid] = retry.index
         self.call[c.cid] = None
         self.after[c.cid] = ("given_up", now)
 

@@ -1589,7 +1589,7 @@ class Leader:
                 # or a late repeat of one applied (every change is a new generation). Entries
                 # that differ are a lying or broken peer's: they would stay, as no later delta
                 # covers them. The status still answers the probe.
-                return changed
+                return set()
             for key, version in msg.versions.items():
                 if b.versions.get(key) != version:
                     b.versions[key] = version
