@@ -91,7 +91,7 @@ def render(tmp_path: Path) -> Path:
 def run(
     tmp_path: Path,
     vrrp: str,
-    status: dict[str, Any],
+    status: dict[str, Any] | None,
     health_rc: int = 0,
     yielding: str = "0",
     *,
@@ -101,7 +101,8 @@ def run(
 ) -> tuple[int, list[str], str]:
     """Exit code, the `tmr` commands it ran, what it logged. `reader`: the notify reader
     holds its lock; `vip_here`: `ip` shows the VIP on this host; `flock_rc`: a `flock` that
-    exits with this code (it cannot open the file, say) in place of the real one."""
+    exits with this code (it cannot open the file, say) in place of the real one. `status`
+    None: `tmr ctl status` fails (the server does not answer)."""
     script = render(tmp_path)
     fake_flock = tmp_path / "bin" / "flock"
     if flock_rc is not None:
@@ -115,7 +116,11 @@ def run(
         (tmp_path / name).write_text("")
     (tmp_path / "state").write_text(vrrp + "\n")
     (tmp_path / "yield").write_text(yielding + "\n")
-    (tmp_path / "status.json").write_text(json.dumps(status, default=str) + "\n")
+    status_file = tmp_path / "status.json"
+    if status is None:
+        status_file.unlink(missing_ok=True)
+    else:
+        status_file.write_text(json.dumps(status, default=str) + "\n")
     (tmp_path / "health_rc").write_text(str(health_rc))
     env = {
         **os.environ,
@@ -207,9 +212,48 @@ def test_without_the_notify_reader_a_stale_master_without_the_vip_does_not_promo
     """The reader died while MASTER and the VIP has left this host since: the state file
     says MASTER, but the host is not; the standby server is not promoted."""
     got, calls, log = run(tmp_path, "MASTER", STATUSES["standby_alone"], reader=False)
+    ctl = "ctl --socket /run/tmr/server.sock"
     assert got == 0, log
-    assert calls == ["ctl --socket /run/tmr/server.sock health"], log
+    assert calls == [f"{ctl} status", f"{ctl} health"], log
     assert "(BACKUP)" in log
+    assert "demote" not in log
+
+
+@pytest.mark.parametrize("role", ["active", "takeover", "fenced"])
+@pytest.mark.parametrize("stale", ["MASTER", "BACKUP"])
+def test_without_the_notify_reader_a_server_left_leading_without_the_vip_is_demoted(
+    tmp_path: Path, role: str, stale: str
+) -> None:
+    """The reader is gone and the VIP left this host (it turned BACKUP or FAULT): nothing
+    read that transition, so the server here is still active (or taking over, or already
+    fenced by the other server's promote). Left so, it fails `health` once fenced and keeps
+    the host in FAULT: the VIP could not come back if the other host failed. It is demoted,
+    as the reader would have done, and `health` decides the exit code."""
+    status = dict(STATUSES["active"], role=role)
+    ctl = "ctl --socket /run/tmr/server.sock"
+    got, calls, log = run(tmp_path, stale, status, reader=False)
+    assert got == 0, log
+    assert calls == [f"{ctl} status", f"{ctl} demote", f"{ctl} health"], log
+    assert f"VRRP BACKUP (no VIP on this host) but tmr-server is {role}: tmr ctl demote" in log
+    # the demote does not decide the check: health does (a server that did not demote fails)
+    got, _, _ = run(tmp_path, stale, status, health_rc=1, reader=False)
+    assert got == 1
+
+
+def test_without_the_notify_reader_a_server_that_does_not_answer_fails_the_check(
+    tmp_path: Path,
+) -> None:
+    got, calls, log = run(tmp_path, "BACKUP", None, reader=False)
+    assert got == 1, log
+    assert calls == ["ctl --socket /run/tmr/server.sock status"], log
+
+
+@pytest.mark.parametrize("doc", ["active", "fenced"])
+def test_with_the_notify_reader_a_backup_host_only_asks_health(tmp_path: Path, doc: str) -> None:
+    """While the reader runs it demotes on BACKUP; the health script leaves that to it."""
+    got, calls, _ = run(tmp_path, "BACKUP", STATUSES[doc], health_rc=1)
+    assert got == 1
+    assert calls == ["ctl --socket /run/tmr/server.sock health"]
 
 
 def test_with_the_notify_reader_the_state_file_decides(tmp_path: Path) -> None:

@@ -5,10 +5,11 @@ for the whole scenario. Each row's state is produced for real; then a checkout p
 client-1 must give the table's "Client Access" (ok: granted, or a typed "all seats taken";
 error: refused with a typed error and no checkout granted to the workload), the VIP must be on
 exactly one host, and the faults are healed before the next row. Then a keepalived split
-brain, and a failover onto a host whose notify FIFO reader was killed (its health script
-promotes on the VIP). At the end the workload checker (I1 seats <= LQ, I7 no lost grant, I8
-one seat set per request) must be clean; the report, the table and the failover times go to
-artifacts/tmr-mol-failover/.
+brain, a failover onto a host whose notify FIFO reader was killed (its health script
+promotes on the VIP), and a host without its reader that lost the VIP (its health script
+demotes the server, and the host can take the VIP back). At the end the workload checker
+(I1 seats <= LQ, I7 no lost grant, I8 one seat set per request) must be clean; the report, the
+table and the failover times go to artifacts/tmr-mol-failover/.
 
 Then failover on the VIP, measured (issue 17): the active TMR host is killed VIP_KILLS times
 under the workload, alternating kill -9 of tmr-server and a kill of the whole host
@@ -40,7 +41,9 @@ import yaml
 from bench.failover_vip import GOAL_MAX, GOAL_P50, goal_met, measure_kill, summarize
 from tests.lab.labctl import (
     BACKENDS,
+    CTL_SOCKET,
     REPO,
+    TMR,
     Lab,
     LabError,
     Workload,
@@ -462,6 +465,53 @@ def test_failover_without_the_notify_reader(lab: Lab, workload: Workload) -> Non
     ROWS.append(
         {
             "row": "failover without the notify reader",
+            "expected": "ok",
+            "probe": "ok",
+            "granted_after_fault": granted,
+        }
+    )
+
+
+@pytest.mark.timeout(600)
+def test_a_host_without_the_notify_reader_that_loses_the_vip_is_demoted(
+    lab: Lab, workload: Workload
+) -> None:
+    """The active host's notify reader was killed; then the other server takes over (an
+    operator's `tmr ctl promote --force` there), which fences the server here. Its host fails
+    its health check and goes FAULT: the VIP moves. Nothing reads that transition here, so
+    the health script, seeing the reader gone and the VIP gone, demotes the fenced server, and
+    the host rejoins VRRP. When the new active server dies, the VIP comes back here and the
+    health script promotes. (A fenced server left as it was fails the health check for ever:
+    the host would stay in FAULT and nothing would take the VIP.)"""
+    active = lab.wait_healthy()
+    other = B if active == A else A
+    lab.sh(active, KILL_READER)
+    lab.mark(f"kill -9 the notify reader on {active}")
+    lab.wait_for(f"the notify reader gone on {active}", lambda: _reader_gone(lab, active), 20)
+    t = lab.mark(f"tmr ctl promote --force on {other}")
+    lab.sh(other, f"{TMR} ctl --socket {CTL_SOCKET} promote --force")
+    wait_active_with_vip(lab, other)
+    lab.wait_for(
+        f"{active} demoted to standby",
+        lambda: (lab.status(active) or {}).get("role") == "standby",
+        60,
+    )
+    assert lab.wait_healthy() == other
+    since = f"--since @{int(t) - 1} --no-pager"
+    journal = lab.sh(active, f"journalctl -t tmr-keepalived {since}").stdout
+    assert "(no VIP on this host) but tmr-server is" in journal, journal
+    say(f"without a notify reader: {active} lost the VIP and was demoted by its health script")
+    t = lab.kill_unit(other, "tmr-server")
+    wait_active_with_vip(lab, active)
+    granted = workload.wait_granted(t, n=3, timeout=60)
+    say(f"... and took the VIP back {time.time() - t:.1f} s after {other}'s server was killed")
+    lab.sh(active, "systemctl reload keepalived")
+    lab.mark(f"reload keepalived on {active}: a notify reader again")
+    lab.wait_for(f"a notify reader on {active}", lambda: not _reader_gone(lab, active), 30)
+    assert lab.wait_healthy() == active
+    ROWS.append(
+        {
+            "row": "VIP lost without the notify reader",
             "expected": "ok",
             "probe": "ok",
             "granted_after_fault": granted,
