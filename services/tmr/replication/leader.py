@@ -27,9 +27,11 @@ majority. An entry is committed once two backends acknowledged it durably; only 
 clients that wait on it answered.
 
 The parts (docs/design.md §2): `roles` (role and phase, every transition in one table),
-`backends` (backend health), `productlog` (per-product log, group commit, pipelining),
-`leases` (the lease clock), `floors` (the replicated floors), `admission` (admission and the
-views), `crypt_router` (crypt calls, one reply each). `Leader` owns them and routes its inputs.
+`takeover` (a takeover's decisions), `backends` (backend health, what a status changes),
+`productlog` (per-product log, group commit, pipelining, aborts), `leases` (the lease clock),
+`floors` (the replicated floors), `admission` (admission and the views' rows), `queue` (queued
+checkouts), `parking` (requests during a takeover), `status_rows` (the status view's kept
+rows), `crypt_router` (crypt calls, one reply each). `Leader` owns them and routes its inputs.
 """
 
 from __future__ import annotations
@@ -496,7 +498,7 @@ class Leader:
                 }
             )
         if code == ErrorCode.NO_LICENSE_AVAILABLE and wait is not None:
-            queued = self._queue.enqueue(
+            place = self._queue.enqueue(
                 key,
                 request,
                 admission.granted_seats(mode, seats, quantity),
@@ -508,8 +510,8 @@ class Leader:
                 pid=pid,
                 events=fx.events,
             )
-            if queued is not None:
-                fx.replies.append(ClientReply(token, rid, queued))
+            if place is not None:
+                fx.replies.append(ClientReply(token, rid, place))
                 return fx
         if code is not None:
             self._queue.unqueue(key, request, code.value, fx.events)
