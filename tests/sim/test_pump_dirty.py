@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.sim.simulation import InvariantViolation, Simulation
+from tmr.replication import productlog
 from tmr.replication.backends import Backend, Outstanding
 from tmr.replication.effects import Effects
 from tmr.replication.leader import Leader
@@ -52,7 +53,7 @@ def test_the_comparison_catches_a_product_left_off(monkeypatch: pytest.MonkeyPat
     entries are not all sent or acknowledged) sends otherwise: the comparison above fails."""
     # Seeds where leaving a product off changes what is sent (9 of the first 60 seeds).
     fulls = {seed: sends(seed, monkeypatch, dirty=False) for seed in range(8, 22)}
-    monkeypatch.setattr(Leader, "_settled", lambda self, p: True)
+    monkeypatch.setattr(productlog, "settled", lambda p, backends: True)
     assert any(differs(seed, monkeypatch, full) for seed, full in fulls.items())
 
 

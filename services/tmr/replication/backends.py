@@ -4,8 +4,9 @@ See docs/design.md §5 (Takeover, Wiped backends) and §6. `Backend` is one back
 leader sees it (up or down, promise, copies, acks, requests in flight); the functions answer
 the questions the leader asks of the trio: is it up (`mark_up`, `mark_down`), is a wiped store
 safe to seed (`may_seed`), did a majority confirm this leader recently
-(`leadership_confirmed`), is another server alive as leader (`live_leader`). Functions that
-change what counts for the effective license return True so the leader drops its cache.
+(`leadership_confirmed`), is another server alive as leader (`live_leader`), and what a
+backend's status changes (`take_status`). Functions that change what counts for the effective
+license return True so the leader drops its cache.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tmr.licensing.effective import QUORUM
-from tmr.replication.messages import Promise, StateToken
+from tmr.replication.messages import Promise, StateToken, Status
 from tmr.replication.types import (
+    NO_FLOOR,
     ZERO_EPOCH,
     Epoch,
     Floor,
@@ -123,6 +125,65 @@ def mark_down(b: Backend, events: list[dict[str, Any]], why: str) -> bool:
     b.up = False
     events.append({"event": "backend_down", "backend": b.name, "reason": why})
     return True
+
+
+# What a status changes of a backend's products: those whose version changed, and its copies
+# and its floors as they now are (None: unchanged).
+StatusTaken = tuple[
+    set[ProductKey], dict[ProductKey, LicenseInfo] | None, dict[ProductKey, Floor] | None
+]
+
+
+def take_status(b: Backend, msg: Status) -> StatusTaken | None:
+    """Bring what the leader holds of `b`'s products to the status: its versions and state
+    token are updated here; the copies and floors that changed are returned for the leader to
+    apply (a change of either makes `b` unsynced: it is reconciled whole). None: the status
+    is a delta the leader cannot apply (from a state it does not hold, or older than the one
+    it holds); it is then ignored, and after a gap the next probe asks for everything
+    (`Probe.have`). A delta to the state the leader holds changes nothing."""
+    licenses: dict[ProductKey, LicenseInfo] | None = None
+    floors: dict[ProductKey, Floor] | None = None
+    changed: set[ProductKey] = set()
+    if msg.since is None:  # everything
+        held = b.versions
+        changed = {k for k, v in msg.versions.items() if held.get(k) != v}
+        changed.update(k for k in held if k not in msg.versions)
+        b.versions = dict(msg.versions)
+        licenses = msg.licenses
+        floors = {k: f for k, f in msg.floors.items() if f != NO_FLOOR}
+    else:
+        held_state, to = b.state, msg.state
+        if held_state is None or to is None or held_state[0] != to[0] or msg.since > held_state[1]:
+            b.state = None  # it may hold changes the leader missed: get everything
+            return None
+        if to[1] < held_state[1]:
+            return None  # older than what the leader holds (overtaken)
+        if to[1] == held_state[1]:
+            # The state the leader holds already: an honest backend's delta is then empty or
+            # a late repeat of one applied (every change is a new generation). Entries that
+            # differ are a lying or broken peer's: they would stay, as no later delta covers
+            # them. The status still answers the probe.
+            return set(), None, None
+        for key, version in msg.versions.items():
+            if b.versions.get(key) != version:
+                b.versions[key] = version
+                changed.add(key)
+            floor = msg.floors.get(key, NO_FLOOR)
+            if b.floors.get(key, NO_FLOOR) != floor:
+                floors = dict(b.floors) if floors is None else floors
+                if floor == NO_FLOOR:
+                    floors.pop(key, None)
+                else:
+                    floors[key] = floor
+        copies = b.licenses
+        if any(copies.get(k) != v for k, v in msg.licenses.items()) or any(
+            k in copies for k in msg.gone
+        ):
+            licenses = {**copies, **msg.licenses}
+            for key in msg.gone:
+                licenses.pop(key, None)
+    b.state = msg.state
+    return changed, licenses, floors
 
 
 def set_caught_up(b: Backend, caught_up: bool, now: float) -> None:

@@ -27,9 +27,11 @@ majority. An entry is committed once two backends acknowledged it durably; only 
 clients that wait on it answered.
 
 The parts (docs/design.md §2): `roles` (role and phase, every transition in one table),
-`backends` (backend health), `productlog` (per-product log, group commit, pipelining),
-`leases` (the lease clock), `floors` (the replicated floors), `admission` (admission and the
-views), `crypt_router` (crypt calls, one reply each). `Leader` owns them and routes its inputs.
+`takeover` (a takeover's decisions), `backends` (backend health, what a status changes),
+`productlog` (per-product log, group commit, pipelining, aborts), `leases` (the lease clock),
+`floors` (the replicated floors), `admission` (admission and the views' rows), `queue` (queued
+checkouts), `parking` (requests during a takeover), `status_rows` (the status view's kept
+rows), `crypt_router` (crypt calls, one reply each). `Leader` owns them and routes its inputs.
 """
 
 from __future__ import annotations
@@ -52,7 +54,6 @@ from tmr.protocol.results import (
     CheckoutResult,
     HeartbeatResult,
     LicenseEntry,
-    QueuedResult,
 )
 from tmr.replication import (
     admission,
@@ -94,9 +95,8 @@ from tmr.replication.productlog import (
     Product,
 )
 from tmr.replication.roles import Event, IllegalTransition, Phase, Role, RoleState
-from tmr.replication.status_rows import RowCache
+from tmr.replication.status_rows import StatusRows
 from tmr.replication.types import (
-    NO_FLOOR,
     AccessMode,
     Epoch,
     Floor,
@@ -187,11 +187,8 @@ class Leader:
         self._random_ids = random_ids or (lambda: secrets.token_hex(HANDLE_RANDOM_BYTES))
         self._mids = itertools.count(1)
         self._eff_cache: dict[ProductKey, Effective] = {}  # cleared when a backend changes
-        # The status view's rows, kept with their inputs (`status_rows`): per license, and
-        # per backend per copy; and each product's name as the view writes it.
-        self._license_cache: RowCache[tuple[LicenseEntry, dict[str, Any]]] = RowCache()
-        self._copy_cache: list[RowCache[dict[str, Any]]] = [RowCache() for _ in config.backends]
-        self._key_names: dict[ProductKey, str] = {}
+        # The status view's rows, kept with their inputs (`status_rows`)
+        self._rows = StatusRows(len(config.backends))
         self._next_floor_scan = 0.0
         self._leases = Leases(config.lease, config.backend_timeout)
         # Every heartbeat held is answered the same result (frozen): built once, not per
@@ -320,7 +317,7 @@ class Leader:
             self._maybe_prepare(now, fx)
         if self.role == Role.ACTIVE and self._leases.scan_due(now):
             self._expire(now, fx)
-            self._drop_queued(now, fx)
+            self._queue.expire(now, fx.events)
         if self.role == Role.ACTIVE:
             self._abort_refused(now, fx)
             self._answer_overdue(now, fx)
@@ -475,7 +472,8 @@ class Leader:
         quantity = admitted[2].quantity if admitted[2] is not None else 0
         need = admission.increase(count, mode, station, seats, quantity)
         if admitted[0] is None and (ahead is None or ahead):
-            admitted = self._queued_ahead(key, need, ahead, admitted)
+            used = held.seats() if held else 0
+            admitted = checkout_queue.head_of_line(key, used, need, ahead, admitted)
         code, message, eff = admitted
         denial = admission.policy_denial(
             self.policy,
@@ -499,30 +497,29 @@ class Leader:
                     "client_id": client_id,
                 }
             )
-        if (
-            code == ErrorCode.NO_LICENSE_AVAILABLE
-            and wait is not None
-            and self._enqueue(
-                fx,
-                token,
+        if code == ErrorCode.NO_LICENSE_AVAILABLE and wait is not None:
+            place = self._queue.enqueue(
                 key,
                 request,
                 admission.granted_seats(mode, seats, quantity),
                 now,
                 wait,
-                user,
-                host,
-                pid,
+                wall=self._wall(),
+                user=user,
+                host=host,
+                pid=pid,
+                events=fx.events,
             )
-        ):
-            return fx
+            if place is not None:
+                fx.replies.append(ClientReply(token, rid, place))
+                return fx
         if code is not None:
-            self._unqueue(key, request, code.value, fx)
+            self._queue.unqueue(key, request, code.value, fx.events)
             self.denials[key] = self.denials.get(key, 0) + (code == ErrorCode.NO_LICENSE_AVAILABLE)
             fx.replies.append(ClientReply(token, rid, error=code, message=message))
             return fx
         assert eff is not None
-        queued = self._unqueue(key, request, "granted", fx)
+        queued = self._queue.unqueue(key, request, "granted", fx.events)
         p = self._product(key)
         handle = handles.handle_id(self.epoch, self._random_ids())
         seats = admission.granted_seats(mode, seats, eff.quantity)
@@ -557,89 +554,6 @@ class Leader:
     def queue_view(self, now: float) -> list[dict[str, Any]]:
         """`tmr admin queue`: the queued checkouts of this term, per product in order."""
         return self._queue.view(now)
-
-    def _queued_ahead(
-        self, key: ProductKey, seats: int, ahead: int | None, admitted: Admission
-    ) -> Admission:
-        """The head-of-line rule (replication/queue.py): NO_LICENSE_AVAILABLE for a queued
-        checkout behind the head, or for another one the seats left after the queue's do
-        not cover. `seats`: what the checkout adds to the seat count (its access mode's
-        increase: 0 for a station_share within its station, the LQ for an exclusive one)."""
-        eff = admitted[2]
-        assert eff is not None
-        p = self._products.get(key)
-        used = p.seats() if p else 0
-        lic = key_str(key)
-        if ahead is None:
-            return ErrorCode.NO_LICENSE_AVAILABLE, f"queued for {lic}, not at the head", eff
-        if used + ahead + seats <= eff.quantity:
-            return admitted
-        message = (
-            f"{used} of {eff.quantity} seats of {lic} in use and {ahead} held for queued "
-            f"checkouts, {seats} requested"
-        )
-        return ErrorCode.NO_LICENSE_AVAILABLE, message, eff
-
-    def _enqueue(
-        self,
-        fx: Effects,
-        token: Any,
-        key: ProductKey,
-        request: handles.Request,
-        seats: int,
-        now: float,
-        wait: float,
-        user: str,
-        host: str,
-        pid: int,
-    ) -> bool:
-        """Take or refresh the place of `request` and answer with its position (False:
-        the queue is full; the checkout is refused as without `wait`)."""
-        new = self._queue.get(key, request) is None
-        place = self._queue.ask(
-            key, request, seats, now, wait, wall=self._wall(), user=user, host=host, pid=pid
-        )
-        if place is None:
-            return False
-        position = self._queue.position(key, request)
-        if new:
-            fx.events.append(
-                {
-                    "event": "checkout_queued",
-                    "license": key_str(key),
-                    "seats": seats,
-                    "client_id": request[1],
-                    "rid": request[2],
-                    "position": position,
-                }
-            )
-        hold = min(self._queue.hold, wait)
-        result = QueuedResult(True, position, hold, min(checkout_queue.QUEUE_RETRY, hold))
-        fx.replies.append(ClientReply(token, request[2], result))
-        return True
-
-    def _unqueue(self, key: ProductKey, request: handles.Request, why: str, fx: Effects) -> bool:
-        """Drop the place of `request` if it has one (granted, refused); whether it had."""
-        place = self._queue.remove(key, request)
-        if place is not None:
-            self._queue_event(place, why, fx)
-        return place is not None
-
-    def _drop_queued(self, now: float, fx: Effects) -> None:
-        for place in self._queue.drop_expired(now):
-            self._queue_event(place, "not asked again in time", fx)
-
-    @staticmethod
-    def _queue_event(place: checkout_queue.Place, why: str, fx: Effects) -> None:
-        fx.events.append(
-            {
-                "event": "checkout_unqueued",
-                "license": key_str(place.key),
-                "client_id": place.request[1],
-                "rid": place.request[2],
-                "why": why,
-            }
-        )
 
     def heartbeat(
         self, token: Any, rid: str, client_id: str, handle: str, now: float, *, owner: str
@@ -875,24 +789,8 @@ class Leader:
     def _license_rows(
         self, inputs: status_rows.Inputs
     ) -> list[tuple[LicenseEntry, dict[str, Any]]]:
-        """Each license's entry and its wire form, rebuilt only when what it shows changed
-        (`status_rows`)."""
-        keys: set[ProductKey] = set()
-        for b in self.backends:
-            keys.update(b.licenses)
-        active = self.role == Role.ACTIVE
-        rows = self._license_cache
-        out = []
-        for key in sorted(keys):
-            eff = inputs.effective(key)
-            p = self._products.get(key)
-            in_use = p.seats() if p and active else 0
-            lic = admission.best_license(self.backends, key, eff)
-            f = inputs.floor(key)
-            sig = (eff, in_use, f, lic)
-            out.append(rows.row(key, sig, status_rows.license_row, key, *sig))
-        rows.retain(keys)
-        return out
+        products = self._products if self.role == Role.ACTIVE else {}
+        return self._rows.licenses(self.backends, products, inputs)
 
     def live_leader(self, now: float) -> str | None:
         """Another server that a majority of reachable backends heard as their promised
@@ -937,7 +835,7 @@ class Leader:
             "fenced_by": str(self.fenced_by) if self.fenced_by else None,
             "live_leader": self.live_leader(now),
             "serial": self.cfg.container_serial,
-            "backends": [self._backend_status(i, b, inputs) for i, b in enumerate(self.backends)],
+            "backends": [self._rows.backend(i, b, inputs) for i, b in enumerate(self.backends)],
             "handles": sum(len(p.handles) for p in self._products.values()),
             "ops_committed": self.ops_committed,
             # client requests waiting for this server's takeover to end (replication/parking)
@@ -950,27 +848,6 @@ class Leader:
             "licenses": [wire for _, wire in self._license_rows(inputs)],
             # (places, seats wanted) per product queued in this term (replication/queue.py)
             "queued": {key_str(k): list(v) for k, v in sorted(self._queue.lengths().items())},
-        }
-
-    def _backend_status(self, i: int, b: Backend, inputs: status_rows.Inputs) -> dict[str, Any]:
-        """Backend `b`'s part of `status`: its copies (a kept row each, `status_rows`), how far
-        it acknowledged each product's log, and the copies it or this leader refuses."""
-        rows = self._copy_cache[i]
-        names = self._key_names
-        copies = {}
-        for k, v in sorted(b.licenses.items()):
-            name = names.get(k) or names.setdefault(k, key_str(k))
-            problem = inputs.problem(i, k)
-            copies[name] = rows.row(k, (v, problem), status_rows.copy_row, v, problem)
-        rows.retain(b.licenses)
-        return {
-            "name": b.name,
-            "up": b.up,
-            "promised": str(b.promised),
-            "caught_up": b.caught_up,
-            "licenses": copies,
-            "synced": {key_str(k): s for k, s in sorted(b.acked.items())},
-            "refused": {key_str(k): r for k, r in sorted(floors.refusals(b, inputs.floor).items())},
         }
 
     def handles_view(self, now: float) -> list[dict[str, Any]]:
@@ -992,7 +869,8 @@ class Leader:
         # `_pump`'s work list: products that may have something to send (ordered as
         # `_products`), and whether the next pump must look at every product.
         self._dirty: set[ProductKey] = set()
-        # Products whose only business is a commit some backend was not told (`_untold_only`):
+        # Products whose only business is a commit some backend was not told
+        # (`productlog.untold_only`):
         # visited only with other products (an ACCEPT of theirs carries it) or once there are
         # NOTICE_BATCH of them (a commit notice), never by a pump with nothing else to do.
         self._untold: set[ProductKey] = set()
@@ -1371,45 +1249,21 @@ class Leader:
         refused (above its own LQ, docs/design.md §6), when the backends that did not refuse
         are too few for a quorum (the other one is down), or the first uncommitted entry has
         waited half of backend_timeout (the rest of the clients' wait bound is for the
-        abort's round): `productlog.abort_grants`. The wait counts only time awake, as a
-        backend's timeout does (`tick`): after a pause of this server the acknowledgements
-        may be queued unread."""
+        abort's round): `productlog.abort_due`, `productlog.abort_grants`. The wait counts only
+        time awake, as a backend's timeout does (`tick`): after a pause of this server the
+        acknowledgements may be queued unread."""
         for p in self._unsettled():
-            if p.committed < 0 or p.seq <= p.committed or p.abort is not None:
-                continue
-            good = [b for b in self.backends if b.up and b.holds(p.key)]
-            good = [b for b in good if not self._below_floor(b, p.key)]
-            refusers = [b for b in good if p.refused.get(b.name, -1) > p.committed]
+            wait = self.cfg.backend_timeout / 2
+            refusers = productlog.abort_due(
+                p, self.backends, self._below_floor, now, self._resumed_at, wait
+            )
             if not refusers:
                 continue
-            waited = now - max(p.formed.get(p.committed + 1, now), self._resumed_at)
-            if len(good) - len(refusers) >= QUORUM and waited < self.cfg.backend_timeout / 2:
-                continue
-            names = ", ".join(b.name for b in refusers)
-            lq = min(b.licenses[p.key].quantity for b in refusers)
-
-            def message(used: int, p: Product = p, names: str = names, lq: int = lq) -> str:
-                return (
-                    f"no seat of {key_str(p.key)} for this request: {names} refused it (LQ "
-                    f"{lq} there, {used} seats in use) and the backends with a higher LQ did "
-                    f"not acknowledge it ({productlog.commit_state(p, self.backends)})"
-                )
-
-            aborted = productlog.abort_grants(p, refusers, self.backends, now, message, fx)
+            aborted = productlog.abort_grants(p, refusers, self.backends, now, fx)
             self._dirty.add(p.key)
             for h, rec in aborted.items():
                 self._handles.abort(h, (rec.owner, rec.client_id, rec.request_id))
                 self._leases.drop(h)
-            if aborted:
-                fx.events.append(
-                    {
-                        "event": "grants_aborted",
-                        "license": key_str(p.key),
-                        "handles": sorted(aborted),
-                        "seq": p.seq,
-                        "refused_by": [b.name for b in refusers],
-                    }
-                )
 
     def _overdue_message(self, p: Product) -> str:
         return (
@@ -1439,7 +1293,8 @@ class Leader:
         else:
             # Only the products that may have something to send: those with new ops
             # (`_propose`), new commits (`_recommit`), a backend's answer about them
-            # (`_on_accepted`), and those not yet settled at the last pump (`_settled`).
+            # (`_on_accepted`), and those not yet settled at the last pump
+            # (`productlog.settled`).
             # Products with only an untold commit (`_untold`) come along when there is
             # anything else to send, or when there are enough of them for a commit notice:
             # else a pump would find nothing to send for them (`productlog.next_message`).
@@ -1469,47 +1324,19 @@ class Leader:
             self._pump_backend(b, visit, now, fx)
         self._dirty, self._untold = set(), set()
         for k, p in visit.items():
-            if not self._settled(p):
-                (self._untold if self._untold_only(p) else self._dirty).add(k)
-
-    def _settled(self, p: Product) -> bool:
-        """Nothing of `p` to send to any backend until it changes: no op waiting, every entry
-        committed, every backend told the commit and, if it holds a copy, holding the whole
-        log and not refusing it, no grant of a flagged entry waiting for two backends to know
-        its commit (`Product.notice`). A product that is not settled stays on `_pump`'s list."""
-        if p.pending or p.abort is not None or p.seq != p.committed or p.notice:
-            return False
-        key, seq = p.key, p.seq
-        for b in self.backends:
-            if b.told.get(key, -1) < seq or key in b.refusal:
-                return False
-            if key in b.licenses and b.acked.get(key) != seq:
-                return False
-        return True
-
-    def _untold_only(self, p: Product) -> bool:
-        """`p` is not settled only because some backend was not told its last commit, and no
-        license update makes that commit worth a notice of its own (`notify_commits`): a pump
-        sends nothing for it until an ACCEPT goes to that backend anyway, or until NOTICE_BATCH
-        untold commits make a notice. It changes only with a new op, a backend's answer or
-        status about it, or a change of a backend's state, each of which puts it back on
-        `_pump`'s list (`_dirty`, `_sweep_next_pump`)."""
-        if p.pending or p.abort is not None or p.seq != p.committed or p.notice:
-            return False
-        key, seq = p.key, p.seq
-        for b in self.backends:
-            if key in b.refusal or (key in b.licenses and b.acked.get(key) != seq):
-                return False
-        return not productlog.update_under_way(p, self.backends)
+            if not productlog.settled(p, self.backends):
+                untold = productlog.untold_only(p, self.backends)
+                (self._untold if untold else self._dirty).add(k)
 
     def _unsettled(self) -> list[Product]:
         """The products a tick's scans look at (`_abort_refused`, `_answer_overdue`): those
         that may have an entry not committed or a client waiting, in `_products`' order. A
         product gets either only by a new op or an abort, which put it on `_pump`'s list
         (`_dirty`), and stays on that list while either lasts (it is not settled then, nor
-        only untold: `_settled`, `_untold_only`), so the list holds them all; an idle leader
-        with 1,000 products walks none of them 20 times a second. With `DIRTY_PUMP` off,
-        every product (the simulation compares the two: tests/sim/test_pump_dirty.py)."""
+        only untold: `productlog.settled`, `productlog.untold_only`), so the list holds them
+        all; an idle leader with 1,000 products walks none of them 20 times a second. With
+        `DIRTY_PUMP` off, every product (the simulation compares the two:
+        tests/sim/test_pump_dirty.py)."""
         if not self.DIRTY_PUMP:
             return list(self._products.values())
         return [self._products[k] for k in sorted(self._dirty, key=self._order.__getitem__)]
@@ -1556,59 +1383,13 @@ class Leader:
     # ---------------------------------------------------------------- backend replies
 
     def _take_status(self, b: Backend, msg: Status, fx: Effects) -> set[ProductKey] | None:
-        """Bring what this server holds of `b`'s products (versions, copies, floors) to the
-        status: the products whose version changed (a change of copies or floors makes `b`
-        unsynced: it is reconciled whole). None: the status is a delta this server cannot
-        apply (from a state it does not hold, or older than the one it holds); it is then
-        ignored, and after a gap the next probe asks for everything (`Probe.have`). A delta
-        to the state this server holds changes nothing."""
-        licenses: dict[ProductKey, LicenseInfo] | None = None
-        floors: dict[ProductKey, Floor] | None = None
-        changed: set[ProductKey] = set()
-        if msg.since is None:  # everything
-            held = b.versions
-            changed = {k for k, v in msg.versions.items() if held.get(k) != v}
-            changed.update(k for k in held if k not in msg.versions)
-            b.versions = dict(msg.versions)
-            licenses = msg.licenses
-            floors = {k: f for k, f in msg.floors.items() if f != NO_FLOOR}
-        else:
-            held_state, to = b.state, msg.state
-            if (
-                held_state is None
-                or to is None
-                or held_state[0] != to[0]
-                or msg.since > held_state[1]
-            ):
-                b.state = None  # it may hold changes this server missed: get everything
-                return None
-            if to[1] < held_state[1]:
-                return None  # older than what this server holds (overtaken)
-            if to[1] == held_state[1]:
-                # The state this server holds already: an honest backend's delta is then empty
-                # or a late repeat of one applied (every change is a new generation). Entries
-                # that differ are a lying or broken peer's: they would stay, as no later delta
-                # covers them. The status still answers the probe.
-                return set()
-            for key, version in msg.versions.items():
-                if b.versions.get(key) != version:
-                    b.versions[key] = version
-                    changed.add(key)
-                floor = msg.floors.get(key, NO_FLOOR)
-                if b.floors.get(key, NO_FLOOR) != floor:
-                    floors = dict(b.floors) if floors is None else floors
-                    if floor == NO_FLOOR:
-                        floors.pop(key, None)
-                    else:
-                        floors[key] = floor
-            copies = b.licenses
-            if any(copies.get(k) != v for k, v in msg.licenses.items()) or any(
-                k in copies for k in msg.gone
-            ):
-                licenses = {**copies, **msg.licenses}
-                for key in msg.gone:
-                    licenses.pop(key, None)
-        b.state = msg.state
+        """`backends.take_status`, and the copies and floors it reports changed applied: a
+        change of either makes `b` unsynced (it is reconciled whole) and the effective
+        licenses are computed again."""
+        taken = backends.take_status(b, msg)
+        if taken is None:
+            return None
+        changed, licenses, floors = taken
         if licenses is not None and self._update_licenses(b, licenses, fx):
             b.synced = False
         if floors is not None and floors != b.floors:
@@ -1771,29 +1552,7 @@ class Leader:
         for b in self.backends:
             keys.update(b.licenses)
         for key in keys:
-            p = self._product(key)
-            p.floor = p.floor_committed = takeover.adopted_floor(p.floor, promises, key)
-            p.adopted_committed = takeover.adopted_committed(promises, best, key)
-            unanswered = set()
-            if not p.adopted_committed:
-                unanswered = takeover.unanswered_grants(promises, best, key)
-            if unanswered:
-                fx.events.append(
-                    {
-                        "event": "grants_aborted",
-                        "license": key_str(key),
-                        "handles": sorted(unanswered),
-                        "seq": 0,
-                        "refused_by": [],
-                        "takeover": True,
-                    }
-                )
-            if key in best and not unanswered:
-                p.adopted_from = best[key][0]
-                p.holders = takeover.holders(promises, key, p.adopted_from)
-            # Without the grants no client was told of: aborted (docs/design.md §6).
-            table = [r for r in best.get(key, (None, ()))[1] if r.handle not in unanswered]
-            p.adopt(table)
+            table = takeover.adopt(self._product(key), promises, best, fx.events)
             self._handles.adopt(key, table)
             # Leases restart at takeover, plus the margin a deposed leader may have used to
             # confirm a heartbeat (see `heartbeat`).
@@ -1827,37 +1586,8 @@ class Leader:
             if kind == "accept" or (res is not None and res.status == EntryStatus.OK):
                 b.known[key] = max(b.known.get(key, -1), seq)
         backends.set_caught_up(b, True, now)
-        for key, res in msg.results.items():
-            p = self._products.get(key)
-            if p is not None:
-                self._dirty.add(key)
-            if res.status == EntryStatus.OK:
-                seq = productlog.acked_seq(p, res.seq) if p is not None else res.seq
-                b.acked[key] = max(b.acked.get(key, -1), seq)
-                b.refusal.pop(key, None)
-                if p is not None and seq >= p.refused.get(b.name, seq + 1):
-                    del p.refused[b.name]  # it took the entry it had refused
-            else:
-                b.synced = False
-                b.acked.pop(key, None)
-                b.sent.pop(key, None)
-                if res.status == EntryStatus.REFUSED:
-                    if p is not None:
-                        p.holders.discard(b.name)  # not the table it promised: send it whole
-                    if kind == "accept" and p is not None:
-                        # Its log is at res.seq in this epoch; it refused the entry after it.
-                        p.refused[b.name] = res.seq + 1
-                    b.refused_until[key] = now + self.cfg.refuse_retry
-                    if b.refusal.get(key) != res.reason:
-                        fx.events.append(
-                            {
-                                "event": "backend_refused",
-                                "backend": b.name,
-                                "license": key_str(key),
-                                "reason": res.reason,
-                            }
-                        )
-                    b.refusal[key] = res.reason
+        retry_at = now + self.cfg.refuse_retry
+        self._dirty.update(productlog.take_results(b, msg, kind, self._products, retry_at, fx))
         if self.role == Role.TAKEOVER and not b.snapshot_acked:
             b.snapshot_acked = True
             if sum(1 for x in self.backends if x.snapshot_acked) >= QUORUM:

@@ -20,7 +20,14 @@ from tmr.errors import ErrorCode
 from tmr.licensing.effective import QUORUM
 from tmr.replication.backends import Backend
 from tmr.replication.effects import ClientReply, Effects
-from tmr.replication.messages import Accept, AcceptEntry, Snapshot, SnapshotEntry
+from tmr.replication.messages import (
+    Accept,
+    Accepted,
+    AcceptEntry,
+    EntryStatus,
+    Snapshot,
+    SnapshotEntry,
+)
 from tmr.replication.types import (
     NO_FLOOR,
     Epoch,
@@ -32,12 +39,13 @@ from tmr.replication.types import (
     Release,
     SeatCount,
     Version,
+    key_str,
 )
 
 MAX_ENTRY_OPS = 4096  # cap of ops in one log entry (keeps messages well under frame limits)
 PIPELINE = 4  # uncommitted log entries per product, and ACCEPTs in flight per backend
 # Untold commits a backend is sent in a commit notice of their own (when nothing else goes to
-# it) although no update needs them: each keeps its product off `_settled`, so every pump
+# it) although no update needs them: each keeps its product off `settled`, so every pump
 # would visit it again until an ACCEPT carries it (after a takeover: every product).
 NOTICE_BATCH = 32
 # While an entry of a product is uncommitted, the next one is formed only once this many ops
@@ -288,6 +296,39 @@ def resume(
         b.sent.pop(key, None)
 
 
+def settled(p: Product, backends: Sequence[Backend]) -> bool:
+    """Nothing of `p` to send to any backend until it changes: no op waiting, every entry
+    committed, every backend told the commit and, if it holds a copy, holding the whole log
+    and not refusing it, no grant of a flagged entry waiting for two backends to know its
+    commit (`Product.notice`). A product that is not settled stays on the leader's pump list
+    (`Leader._pump`)."""
+    if p.pending or p.abort is not None or p.seq != p.committed or p.notice:
+        return False
+    key, seq = p.key, p.seq
+    for b in backends:
+        if b.told.get(key, -1) < seq or key in b.refusal:
+            return False
+        if key in b.licenses and b.acked.get(key) != seq:
+            return False
+    return True
+
+
+def untold_only(p: Product, backends: Sequence[Backend]) -> bool:
+    """`p` is not settled only because some backend was not told its last commit, and no
+    license update makes that commit worth a notice of its own (`notify_commits`): a pump
+    sends nothing for it until an ACCEPT goes to that backend anyway, or until NOTICE_BATCH
+    untold commits make a notice. It changes only with a new op, a backend's answer or status
+    about it, or a change of a backend's state, each of which puts it back on the leader's
+    pump list (`Leader._dirty`, `Leader._sweep_next_pump`)."""
+    if p.pending or p.abort is not None or p.seq != p.committed or p.notice:
+        return False
+    key, seq = p.key, p.seq
+    for b in backends:
+        if key in b.refusal or (key in b.licenses and b.acked.get(key) != seq):
+            return False
+    return not update_under_way(p, backends)
+
+
 def notify_commits(
     products: dict[ProductKey, Product],
     backends: Sequence[Backend],
@@ -395,12 +436,84 @@ def acked_seq(p: Product, seq: int) -> int:
     return p.void.get(seq, seq)
 
 
+def take_results(
+    b: Backend,
+    msg: Accepted,
+    kind: str | None,
+    products: dict[ProductKey, Product],
+    retry_at: float,
+    fx: Effects,
+) -> list[ProductKey]:
+    """What `b` answered per product to an ACCEPT or SNAPSHOT (`kind`): how far it
+    acknowledged each log, and the entries it refused (not asked again before `retry_at`,
+    a `backend_refused` event when the reason is new). The products this leader holds among
+    them (each has something new to send or commit)."""
+    touched = []
+    for key, res in msg.results.items():
+        p = products.get(key)
+        if p is not None:
+            touched.append(key)
+        if res.status == EntryStatus.OK:
+            seq = acked_seq(p, res.seq) if p is not None else res.seq
+            b.acked[key] = max(b.acked.get(key, -1), seq)
+            b.refusal.pop(key, None)
+            if p is not None and seq >= p.refused.get(b.name, seq + 1):
+                del p.refused[b.name]  # it took the entry it had refused
+            continue
+        b.synced = False
+        b.acked.pop(key, None)
+        b.sent.pop(key, None)
+        if res.status != EntryStatus.REFUSED:
+            continue
+        if p is not None:
+            p.holders.discard(b.name)  # not the table it promised: send it whole
+        if kind == "accept" and p is not None:
+            # Its log is at res.seq in this epoch; it refused the entry after it.
+            p.refused[b.name] = res.seq + 1
+        b.refused_until[key] = retry_at
+        if b.refusal.get(key) != res.reason:
+            fx.events.append(
+                {
+                    "event": "backend_refused",
+                    "backend": b.name,
+                    "license": key_str(key),
+                    "reason": res.reason,
+                }
+            )
+        b.refusal[key] = res.reason
+    return touched
+
+
+def abort_due(
+    p: Product,
+    backends: Sequence[Backend],
+    below_floor: Callable[[Backend, ProductKey], str],
+    now: float,
+    awake_since: float,
+    wait: float,
+) -> list[Backend]:
+    """The backends whose refusals abort `p`'s grants in doubt now (empty: none): the up
+    backends with a valid copy (not below the floor) that refused an entry after the
+    committed one, when the others are too few for a quorum, or the first uncommitted entry
+    has waited `wait` (counted from `awake_since` at the earliest)."""
+    if p.committed < 0 or p.seq <= p.committed or p.abort is not None:
+        return []
+    good = [b for b in backends if b.up and b.holds(p.key)]
+    good = [b for b in good if not below_floor(b, p.key)]
+    refusers = [b for b in good if p.refused.get(b.name, -1) > p.committed]
+    if not refusers:
+        return []
+    waited = now - max(p.formed.get(p.committed + 1, now), awake_since)
+    if len(good) - len(refusers) >= QUORUM and waited < wait:
+        return []
+    return refusers
+
+
 def abort_grants(
     p: Product,
     refusers: Sequence[Backend],
     backends: Sequence[Backend],
     now: float,
-    message: Callable[[int], str],
     fx: Effects,
 ) -> dict[str, HandleRecord]:
     """Abort the uncommitted grants above the LQ of the backends that refused them (up, with
@@ -410,7 +523,7 @@ def abort_grants(
     count), and it commits with any two backends.
 
     Safe because no client was told OK for an uncommitted grant: the aborted grants' waiting
-    clients are told NO_LICENSE_AVAILABLE here (`message(seats in use)`), and an
+    clients are told NO_LICENSE_AVAILABLE here (a `grants_aborted` event), and an
     acknowledgement of an aborted seq counts only as the committed seq (`acked_seq`), so
     none is answered later. The snapshot's higher seq supersedes the aborted entries even
     where a quorum accepted them: a new leader adopts the highest version among a quorum of
@@ -473,7 +586,12 @@ def abort_grants(
             b.acked[p.key] = max(b.acked.get(p.key, -1), base)
         b.refused_until.pop(p.key, None)
     p.refused.clear()
-    text = message(used)
+    names = ", ".join(b.name for b in refusers)
+    text = (
+        f"no seat of {key_str(p.key)} for this request: {names} refused it (LQ {lq} there, "
+        f"{used} seats in use) and the backends with a higher LQ did not acknowledge it "
+        f"({commit_state(p, backends)})"
+    )
     keep = []
     for w in p.waiters:
         if w.grant in aborted:
@@ -486,4 +604,13 @@ def abort_grants(
         w.seq = seq if w.seq > base else w.seq
         keep.append(w)
     p.waiters = keep
+    fx.events.append(
+        {
+            "event": "grants_aborted",
+            "license": key_str(p.key),
+            "handles": sorted(aborted),
+            "seq": seq,
+            "refused_by": [b.name for b in refusers],
+        }
+    )
     return aborted

@@ -26,7 +26,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tmr.replication.types import ProductKey
+from tmr.errors import ErrorCode
+from tmr.protocol.results import QueuedResult
+from tmr.replication.admission import Admission
+from tmr.replication.types import ProductKey, key_str
 
 QUEUE_HOLD = 5.0  # seconds a place is kept without an ask (default of LeaderConfig.queue_hold)
 QUEUE_RETRY = 0.5  # seconds the server suggests between two asks (the queued result's `retry`)
@@ -136,6 +139,59 @@ class CheckoutQueue:
                 del self._queues[key]
         return dropped
 
+    # -- the leader's steps: each appends its log events to `events`
+
+    def enqueue(
+        self,
+        key: ProductKey,
+        request: Request,
+        seats: int,
+        now: float,
+        wait: float,
+        *,
+        wall: float,
+        user: str,
+        host: str,
+        pid: int,
+        events: list[dict[str, Any]],
+    ) -> QueuedResult | None:
+        """Take or refresh the place of `request` (`ask`): the queued result to answer with,
+        its position. None: the queue is full; the checkout is refused as without `wait`."""
+        new = self.get(key, request) is None
+        if (
+            self.ask(key, request, seats, now, wait, wall=wall, user=user, host=host, pid=pid)
+            is None
+        ):
+            return None
+        position = self.position(key, request)
+        if new:
+            events.append(
+                {
+                    "event": "checkout_queued",
+                    "license": key_str(key),
+                    "seats": seats,
+                    "client_id": request[1],
+                    "rid": request[2],
+                    "position": position,
+                }
+            )
+        hold = min(self.hold, wait)
+        return QueuedResult(True, position, hold, min(QUEUE_RETRY, hold))
+
+    def unqueue(
+        self, key: ProductKey, request: Request, why: str, events: list[dict[str, Any]]
+    ) -> bool:
+        """Drop the place of `request` if it has one (granted, refused); whether it had."""
+        place = self.remove(key, request)
+        if place is not None:
+            events.append(_unqueued(place, why))
+        return place is not None
+
+    def expire(self, now: float, events: list[dict[str, Any]]) -> None:
+        """Drop the places not asked for in time (`drop_expired`)."""
+        for place in self.drop_expired(now):
+            events.append(_unqueued(place, "not asked again in time"))
+
     def view(self, now: float) -> list[dict[str, Any]]:
         """`tmr admin queue`: every place, per product in queue order."""
         rows = []
@@ -159,3 +215,35 @@ class CheckoutQueue:
                     }
                 )
         return rows
+
+
+def _unqueued(place: Place, why: str) -> dict[str, Any]:
+    return {
+        "event": "checkout_unqueued",
+        "license": key_str(place.key),
+        "client_id": place.request[1],
+        "rid": place.request[2],
+        "why": why,
+    }
+
+
+def head_of_line(
+    key: ProductKey, used: int, seats: int, ahead: int | None, admitted: Admission
+) -> Admission:
+    """The head-of-line rule for a checkout `admitted` otherwise: NO_LICENSE_AVAILABLE for a
+    queued checkout behind the head (`ahead` None), or for another one that the seats left
+    after the queue's (`ahead`, `CheckoutQueue.seats_ahead`) do not cover. `used`: the seats
+    in use; `seats`: what the checkout adds to them (its access mode's increase: 0 for a
+    station_share within its station, the LQ for an exclusive one)."""
+    eff = admitted[2]
+    assert eff is not None
+    lic = key_str(key)
+    if ahead is None:
+        return ErrorCode.NO_LICENSE_AVAILABLE, f"queued for {lic}, not at the head", eff
+    if used + ahead + seats <= eff.quantity:
+        return admitted
+    message = (
+        f"{used} of {eff.quantity} seats of {lic} in use and {ahead} held for queued "
+        f"checkouts, {seats} requested"
+    )
+    return ErrorCode.NO_LICENSE_AVAILABLE, message, eff

@@ -10,6 +10,7 @@ Nothing has to remember to invalidate anything: a row is rebuilt exactly when on
 inputs compares unequal, so the view cannot go stale (a unit test checks it against rows
 built from scratch after each kind of change). What remains per product and snapshot is
 computing the inputs, which the leader keeps at hand (`Leader._effective`, the floors).
+`StatusRows` holds the leader's caches and builds the view's per-product parts with them.
 
 The rows are shared between snapshots: their readers (the web thread, JSON and msgpack
 encoders) only read them.
@@ -17,13 +18,15 @@ encoders) only read them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from tmr.licensing.effective import Effective
 from tmr.protocol.results import LicenseEntry
-from tmr.replication import admission
-from tmr.replication.types import Floor, LicenseInfo, ProductKey
+from tmr.replication import admission, floors
+from tmr.replication.backends import Backend
+from tmr.replication.productlog import Product
+from tmr.replication.types import Floor, LicenseInfo, ProductKey, key_str
 
 T = TypeVar("T")
 
@@ -110,3 +113,59 @@ def copy_row(lic: LicenseInfo, problem: str | None) -> dict[str, Any]:
         "set_index": lic.set_index,
         "problem": problem,
     }
+
+
+class StatusRows:
+    """The kept rows of the leader's status view: per license, and per backend per copy;
+    and each product's name as the view writes it."""
+
+    def __init__(self, backends: int) -> None:
+        self.license_rows: RowCache[tuple[LicenseEntry, dict[str, Any]]] = RowCache()
+        self.copy_rows: list[RowCache[dict[str, Any]]] = [RowCache() for _ in range(backends)]
+        self._names: dict[ProductKey, str] = {}
+
+    def licenses(
+        self,
+        backends: Sequence[Backend],
+        products: Mapping[ProductKey, Product],
+        inputs: Inputs,
+    ) -> list[tuple[LicenseEntry, dict[str, Any]]]:
+        """Each license's entry and its wire form, rebuilt only when what it shows changed.
+        `products`: the held handles that count as in use (none unless the leader is
+        active)."""
+        keys: set[ProductKey] = set()
+        for b in backends:
+            keys.update(b.licenses)
+        rows = self.license_rows
+        out = []
+        for key in sorted(keys):
+            eff = inputs.effective(key)
+            p = products.get(key)
+            in_use = p.seats() if p else 0
+            lic = admission.best_license(backends, key, eff)
+            f = inputs.floor(key)
+            sig = (eff, in_use, f, lic)
+            out.append(rows.row(key, sig, license_row, key, *sig))
+        rows.retain(keys)
+        return out
+
+    def backend(self, i: int, b: Backend, inputs: Inputs) -> dict[str, Any]:
+        """Backend `b`'s part of `Leader.status`: its copies (a kept row each), how far it
+        acknowledged each product's log, and the copies it or the leader refuses."""
+        rows = self.copy_rows[i]
+        names = self._names
+        copies = {}
+        for k, v in sorted(b.licenses.items()):
+            name = names.get(k) or names.setdefault(k, key_str(k))
+            problem = inputs.problem(i, k)
+            copies[name] = rows.row(k, (v, problem), copy_row, v, problem)
+        rows.retain(b.licenses)
+        return {
+            "name": b.name,
+            "up": b.up,
+            "promised": str(b.promised),
+            "caught_up": b.caught_up,
+            "licenses": copies,
+            "synced": {key_str(k): s for k, s in sorted(b.acked.items())},
+            "refused": {key_str(k): r for k, r in sorted(floors.refusals(b, inputs.floor).items())},
+        }

@@ -4,16 +4,19 @@ See docs/design.md §5 (Takeover). The leader moves through the phases in `roles
 functions decide, from what the backends answered, when a phase is done: PREPARE once every
 backend (or, after `backend_timeout`, a majority) answered a probe sent since the promote,
 with the epoch above every counter seen; ADOPT with two promises from caught-up backends (or
-at bootstrap), taking per product the state of the highest version and the highest floors.
+at bootstrap), taking per product the state of the highest version and the highest floors
+(`adopt`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from typing import Any
 
 from tmr.licensing.effective import QUORUM
 from tmr.replication.backends import Backend
 from tmr.replication.messages import Promise
+from tmr.replication.productlog import Product
 from tmr.replication.types import (
     NO_FLOOR,
     ZERO_VERSION,
@@ -21,6 +24,7 @@ from tmr.replication.types import (
     HandleRecord,
     ProductKey,
     Version,
+    key_str,
 )
 
 AdoptedLog = tuple[Version, tuple[HandleRecord, ...]]
@@ -140,3 +144,37 @@ def unanswered_grants(
             marks[handle] = min(version, marks.get(handle, version))
     table = {r.handle for r in best[key][1]}
     return {h for h, v in marks.items() if h in table and v > known}
+
+
+def adopt(
+    p: Product,
+    promises: Sequence[Promise],
+    best: dict[ProductKey, AdoptedLog],
+    events: list[dict[str, Any]],
+) -> list[HandleRecord]:
+    """Adopt the state of `p`'s product from `promises` (`best`: `adopted_logs`): its floor,
+    whether the table is committed state, and the table without the grants no client was
+    told of (aborted, docs/design.md §6; a `grants_aborted` event). The table adopted."""
+    key = p.key
+    p.floor = p.floor_committed = adopted_floor(p.floor, promises, key)
+    p.adopted_committed = adopted_committed(promises, best, key)
+    unanswered = set()
+    if not p.adopted_committed:
+        unanswered = unanswered_grants(promises, best, key)
+    if unanswered:
+        events.append(
+            {
+                "event": "grants_aborted",
+                "license": key_str(key),
+                "handles": sorted(unanswered),
+                "seq": 0,
+                "refused_by": [],
+                "takeover": True,
+            }
+        )
+    if key in best and not unanswered:
+        p.adopted_from = best[key][0]
+        p.holders = holders(promises, key, p.adopted_from)
+    table = [r for r in best.get(key, (None, ()))[1] if r.handle not in unanswered]
+    p.adopt(table)
+    return table

@@ -71,7 +71,7 @@ def test_products_a_backend_is_up_to_date_with_cost_no_floor_check() -> None:
 def test_many_untold_commits_go_in_one_notice_so_their_products_settle() -> None:
     """After a takeover no backend was told the commits of the adopted tables: with no
     update under way they would wait for an ACCEPT of their product, and every pump would
-    check each of them again (`notify_commits`, `Leader._settled`). Many of them are told
+    check each of them again (`notify_commits`, `productlog.settled`). Many of them are told
     in one commit notice; a few still ride on the next ACCEPT."""
     ps, b = _site(1000)
     b.told.clear()

@@ -12,7 +12,7 @@ import pytest
 from tests.unit.replication.harness import Harness
 from tmr.replication import status_rows
 from tmr.replication.leader import Leader
-from tmr.replication.status_rows import RowCache
+from tmr.replication.status_rows import RowCache, StatusRows
 from tmr.replication.types import LicenseInfo, ProductKey, key_str
 
 KEYS = [(6_000_001, i) for i in range(1, 6)]
@@ -29,8 +29,7 @@ def site() -> Harness:
 
 def afresh(leader: Leader) -> tuple[dict[str, Any], list[Any]]:
     """`status` and `licenses_view` with every kept row forgotten (built from scratch)."""
-    leader._license_cache = RowCache()
-    leader._copy_cache = [RowCache() for _ in leader.backends]
+    leader._rows = StatusRows(len(leader.backends))
     return leader.status(), leader.licenses_view()
 
 
@@ -100,7 +99,7 @@ def test_kept_rows_equal_rows_built_from_scratch_after_every_change() -> None:
         seen.append(kept)
     entry = {e.product: e for e in leader.licenses_view()}
     assert (entry[1].in_use, entry[2].tmr_id, entry[2].quantity) == (0, 8, 20)
-    assert 5 not in entry and len(leader._license_cache) == 4
+    assert 5 not in entry and len(leader._rows.license_rows) == 4
 
 
 def test_the_comparison_catches_a_row_kept_too_long(monkeypatch: pytest.MonkeyPatch) -> None:
