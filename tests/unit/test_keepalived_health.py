@@ -80,6 +80,7 @@ def render(tmp_path: Path) -> Path:
     fake_ip.write_text(
         "#!/bin/sh\n"
         f'[ "$*" = "-o addr show to {VIP}" ] || exit 1\n'
+        '[ -e "$FAKE_DIR/ip_fails" ] && exit 2\n'
         '[ -e "$FAKE_DIR/vip_here" ] && echo "2: eth0    inet {VIP}/24 scope global eth0"\n'
         "exit 0\n"
     )
@@ -97,10 +98,12 @@ def run(
     *,
     reader: bool = True,
     vip_here: bool = False,
+    ip_fails: bool = False,
     flock_rc: int | None = None,
 ) -> tuple[int, list[str], str]:
     """Exit code, the `tmr` commands it ran, what it logged. `reader`: the notify reader
-    holds its lock; `vip_here`: `ip` shows the VIP on this host; `flock_rc`: a `flock` that
+    holds its lock; `vip_here`: `ip` shows the VIP on this host; `ip_fails`: `ip` exits with an
+    error (netlink, a hardened unit); `flock_rc`: a `flock` that
     exits with this code (it cannot open the file, say) in place of the real one. `status`
     None: `tmr ctl status` fails (the server does not answer)."""
     script = render(tmp_path)
@@ -110,8 +113,11 @@ def run(
         fake_flock.chmod(0o755)
     elif fake_flock.exists():
         fake_flock.unlink()
-    if vip_here:
-        (tmp_path / "vip_here").write_text("")
+    for name, present in (("vip_here", vip_here), ("ip_fails", ip_fails)):
+        if present:
+            (tmp_path / name).write_text("")
+        else:
+            (tmp_path / name).unlink(missing_ok=True)
     for name in ("calls", "log"):
         (tmp_path / name).write_text("")
     (tmp_path / "state").write_text(vrrp + "\n")
@@ -220,7 +226,7 @@ def test_without_the_notify_reader_a_stale_master_without_the_vip_does_not_promo
 
 
 @pytest.mark.parametrize("role", ["active", "takeover", "fenced"])
-@pytest.mark.parametrize("stale", ["MASTER", "BACKUP"])
+@pytest.mark.parametrize("stale", ["MASTER", "BACKUP", "FAULT", ""])
 def test_without_the_notify_reader_a_server_left_leading_without_the_vip_is_demoted(
     tmp_path: Path, role: str, stale: str
 ) -> None:
@@ -243,9 +249,43 @@ def test_without_the_notify_reader_a_server_left_leading_without_the_vip_is_demo
 def test_without_the_notify_reader_a_server_that_does_not_answer_fails_the_check(
     tmp_path: Path,
 ) -> None:
+    """`tmr ctl status` fails (the server does not answer): nothing is demoted, and the check
+    fails (as `health` would)."""
     got, calls, log = run(tmp_path, "BACKUP", None, reader=False)
     assert got == 1, log
     assert calls == ["ctl --socket /run/tmr/server.sock status"], log
+
+
+@pytest.mark.parametrize("doc", ["active", "standby_alone"])
+def test_without_the_notify_reader_an_ip_that_fails_neither_demotes_nor_promotes(
+    tmp_path: Path, doc: str
+) -> None:
+    """`ip` failing says nothing about the VIP: a leading server is not demoted (it may hold
+    the VIP), a standby not promoted; `health` decides."""
+    for stale in ("MASTER", "BACKUP"):
+        got, calls, log = run(tmp_path, stale, STATUSES[doc], reader=False, ip_fails=True)
+        assert got == 0, log
+        assert calls == ["ctl --socket /run/tmr/server.sock health"], log
+        assert "demote" not in log and "promote" not in log
+
+
+def test_a_lock_it_cannot_ask_counts_as_no_reader_for_the_demote_too(tmp_path: Path) -> None:
+    """flock(1) that cannot tell (66): the VIP decides, as for the promote."""
+    ctl = "ctl --socket /run/tmr/server.sock"
+    got, calls, log = run(tmp_path, "BACKUP", STATUSES["active"], flock_rc=66)
+    assert got == 0, log
+    assert calls == [f"{ctl} status", f"{ctl} demote", f"{ctl} health"], log
+
+
+def test_a_yielding_host_without_the_notify_reader_is_not_demoted_by_the_yield_check(
+    tmp_path: Path,
+) -> None:
+    """The yield check (a keepalived split brain) comes first and only lifts the yield; the
+    next check goes by the VIP."""
+    got, calls, log = run(tmp_path, "FAULT", STATUSES["active"], yielding="1", reader=False)
+    assert got == 0, log
+    assert calls == ["ctl --socket /run/tmr/server.sock status"], log
+    assert "yield lifted" in log and "demote" not in log
 
 
 @pytest.mark.parametrize("doc", ["active", "fenced"])
