@@ -275,6 +275,30 @@ class HeldSeat:
 
 
 @dataclass
+class SimChannel:
+    """One of a simulated client's SDK channels (`tmr.client._channel.Channel`) and the call in
+    flight on it (one `Channel.call`): its request (id, operation and arguments, the same on
+    every attempt); when its first attempt was sent (`sent`: the call's deadline counts from
+    it, and a heartbeat's lease); when the latest attempt was sent and how long it waits; the
+    SDK's own `RetrySchedule` from its first failed attempt; after a NOT_ACTIVE, the end of the
+    pause before the next attempt; a QUORUM_LOST being checked on the other endpoint; the
+    attempts so far (`Outcome.attempts`)."""
+
+    name: str  # "main" or "hb": the prefix of its counters in `Simulation.stats`
+    index: int = 0  # the endpoint it talks to (it stays between calls)
+    rid: str = ""  # the call in flight ("": none)
+    op: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
+    sent: float = 0.0
+    attempt: float = 0.0
+    wait: float = CLIENT_TIMEOUT
+    retry: RetrySchedule | None = None
+    resend_at: float | None = None
+    quorum_lost: bool = False
+    attempts: int = 0
+
+
+@dataclass
 class SimClient:
     cid: str
     seats: int
@@ -286,20 +310,10 @@ class SimClient:
     first_sent: float = 0.0
     next_action: float = 0.0
     held: HeldSeat | None = None
-    # The heartbeat in flight (the SDK's `Handle._heartbeat_once`: one `Channel.call` on the
-    # heartbeat channel): its request id, kept on every attempt; when its first attempt was
-    # sent (`sent`: what the lease and the next heartbeat count from); when the latest
-    # attempt was sent and how long it waits; the SDK's own `RetrySchedule` from its first
-    # failed attempt; after a NOT_ACTIVE, the end of the pause before the next attempt; a
-    # QUORUM_LOST being checked on the other endpoint.
-    hb_rid: str = ""
-    hb_sent: float = 0.0
-    hb_attempt: float = 0.0
-    hb_wait: float = CLIENT_TIMEOUT
-    hb_retry: RetrySchedule | None = None
-    hb_resend_at: float | None = None
-    hb_quorum_lost: bool = False
-    hb_index: int = 0  # the heartbeat channel's endpoint (it stays between calls)
+    # The SDK's two channels: the main one (checkouts and releases) and the heartbeat one
+    # (`Handle._heartbeat_once`), each with its call in flight.
+    main: SimChannel = field(default_factory=lambda: SimChannel("main"))
+    hb: SimChannel = field(default_factory=lambda: SimChannel("hb"))
     release_handle: str = ""
     retry_at: float | None = None  # NOT_ACTIVE: retry on the other endpoint at this time
     # the next heartbeat: the SDK's schedule (`next_heartbeat`, on the wall clock's grid),
@@ -382,7 +396,7 @@ class Simulation:
                 seats=1 + (i % 2),
                 target=i % 2,
                 wait=QUEUE_WAIT * (i in QUEUEING),
-                hb_index=i % 2,
+                hb=SimChannel("hb", index=i % 2),
             )
             for i in range(clients)
         ]
@@ -1339,14 +1353,14 @@ class Simulation:
     def client_by_id(self, cid: str) -> SimClient:
         return self.clients[int(cid[1:])]
 
-    def client_send(self, c: SimClient, op: str, **kw: Any) -> None:
-        target = SERVERS[c.hb_index if op == "heartbeat" else c.target]
-        self.send(
-            c.cid,
-            target,
-            {"op": op, "rid": c.rid if op != "heartbeat" else c.hb_rid, **kw},
-            "client_req",
-        )
+    def client_send(self, c: SimClient, ch: SimChannel) -> None:
+        """An attempt of the call in flight on channel `ch`: its request to the channel's
+        endpoint."""
+        self.send(c.cid, SERVERS[ch.index], {"op": ch.op, "rid": ch.rid, **ch.args}, "client_req")
+
+    def main_send(self, c: SimClient, op: str, **kw: Any) -> None:
+        """A checkout's or release's request (Lazy Pirate: to `target`, the same request id)."""
+        self.send(c.cid, SERVERS[c.target], {"op": op, "rid": c.rid, **kw}, "client_req")
 
     def new_rid(self, c: SimClient) -> str:
         c.rid_n += 1
@@ -1359,7 +1373,7 @@ class Simulation:
             # and heartbeats on; it is not certainly held, I1 does not count it.)
             self.note(f"{c.cid}: lease of {c.held.handle} ran out client-side")
             c.held = None
-            c.hb_rid = ""  # (its heartbeat's answer, if one comes, is ignored)
+            c.hb.rid = ""  # (its heartbeat's answer, if one comes, is ignored)
             if c.state == "holding":
                 c.state = "idle"
         if c.state == "idle" and now >= c.next_action:
@@ -1380,7 +1394,7 @@ class Simulation:
             if c.state == "checkout":
                 self.send_checkout(c)
             else:
-                self.client_send(c, "release", handle=c.release_handle)
+                self.main_send(c, "release", handle=c.release_handle)
         elif c.state == "holding" and c.held:
             if now >= c.next_action:
                 c.state = "release"
@@ -1389,118 +1403,134 @@ class Simulation:
                 c.held = None  # not certainly held from the release call on
                 # No more heartbeats for it; one in flight is dropped (the SDK lets it end on
                 # its channel, where its answer changes nothing for the released handle).
-                c.hb_rid = ""
+                c.hb.rid = ""
                 c.rid = self.new_rid(c)
                 c.sent_at = now
-                self.client_send(c, "release", handle=c.release_handle)
-            elif not c.hb_rid and now >= c.hb_next:
-                c.hb_rid = self.new_rid(c)
-                c.hb_sent = c.hb_attempt = now
-                c.hb_wait = CLIENT_TIMEOUT
-                c.hb_retry = None
-                c.hb_resend_at = None
-                c.hb_quorum_lost = False
-                self.client_send(c, "heartbeat", handle=c.held.handle)
-            elif c.hb_rid:
-                self.heartbeat_call(c)
+                self.main_send(c, "release", handle=c.release_handle)
+            elif not c.hb.rid and now >= c.hb_next:
+                self.call(c, c.hb, self.new_rid(c), "heartbeat", handle=c.held.handle)
+            elif c.hb.rid:
+                self.call_tick(c, c.hb)
 
-    # The heartbeat call, as `tmr.client._channel.Channel.call` runs it (with the SDK's own
-    # `RetrySchedule`), on the simulation's ticks: a new attempt goes out at the first tick at
-    # or after its time.
+    # A call on one of a client's channels, as `tmr.client._channel.Channel.call` runs it (with
+    # the SDK's own `RetrySchedule`), on the simulation's ticks: a new attempt goes out at the
+    # first tick at or after its time. The heartbeat channel's calls end in
+    # `heartbeat_answered` or, given up, a new heartbeat at once.
 
-    def heartbeat_call(self, c: SimClient) -> None:
-        """A tick of the heartbeat call in flight: the call's timeout, an attempt that timed
-        out (the next endpoint, a longer attempt), the end of a pause after NOT_ACTIVE."""
-        assert c.held is not None
+    def call(self, c: SimClient, ch: SimChannel, rid: str, op: str, **args: Any) -> None:
+        """A call starts on `ch`: its first attempt, to the endpoint the channel is on."""
+        ch.rid, ch.op, ch.args = rid, op, args
+        ch.sent = ch.attempt = self.now
+        ch.wait = CLIENT_TIMEOUT
+        ch.retry = None
+        ch.resend_at = None
+        ch.quorum_lost = False
+        ch.attempts = 1
+        self.client_send(c, ch)
+
+    def call_tick(self, c: SimClient, ch: SimChannel) -> None:
+        """A tick of the call in flight on `ch`: the call's timeout, an attempt that timed out
+        (the next endpoint, a longer attempt), the end of a pause after NOT_ACTIVE."""
         now = self.now
-        deadline = c.hb_sent + CLIENT_CALL_TIMEOUT
-        paused = c.hb_resend_at is not None
-        if c.hb_resend_at is not None:  # (`paused`, narrowed for the type checker)
-            if now < min(c.hb_resend_at, deadline):
+        deadline = ch.sent + CLIENT_CALL_TIMEOUT
+        paused = ch.resend_at is not None
+        if ch.resend_at is not None:  # (`paused`, narrowed for the type checker)
+            if now < min(ch.resend_at, deadline):
                 return
-            c.hb_resend_at = None
+            ch.resend_at = None
             if now < deadline:
-                self.heartbeat_attempt(c)
+                self.call_attempt(c, ch)
                 return
-        elif now - c.hb_attempt <= min(c.hb_wait, deadline - c.hb_attempt):
+        elif now - ch.attempt <= min(ch.wait, deadline - ch.attempt):
             return
-        if c.hb_quorum_lost:  # the other endpoint did not answer: the QUORUM_LOST stands
-            self.heartbeat_quorum_lost(c)
+        if ch.quorum_lost:  # the other endpoint did not answer: the QUORUM_LOST stands
+            self.call_quorum_lost(c, ch)
             return
         if not paused:
             # An attempt that timed out moves the channel to the next endpoint, also when the
             # call's time ran out with it (`Channel.call` looks at the deadline after); a
             # pause that ran into the deadline does not.
-            retry = self.heartbeat_schedule(c)
+            retry = self.call_schedule(ch)
             retry.timed_out()
-            c.hb_index, c.hb_wait = retry.index, retry.attempt
-        if now >= deadline:  # `Timeout`: a new heartbeat at once
-            self.stats["hb_given_up"] += 1
-            c.hb_rid = ""
-            c.hb_next = now
+            ch.index, ch.wait = retry.index, retry.attempt
+        if now >= deadline:  # `Timeout`
+            self.stats[f"{ch.name}_given_up"] += 1
+            ch.rid = ""
+            self.call_timed_out(c, ch)
         else:
-            self.heartbeat_attempt(c)
+            self.call_attempt(c, ch)
 
     @staticmethod
-    def heartbeat_schedule(c: SimClient) -> RetrySchedule:
+    def call_schedule(ch: SimChannel) -> RetrySchedule:
         """The call's `RetrySchedule`, made at its first failed attempt (as `Channel.call`)."""
-        if c.hb_retry is None:
-            c.hb_retry = RetrySchedule(len(SERVERS), c.hb_index, c.hb_wait)
-        return c.hb_retry
+        if ch.retry is None:
+            ch.retry = RetrySchedule(len(SERVERS), ch.index, ch.wait)
+        return ch.retry
 
-    def heartbeat_quorum_lost(self, c: SimClient) -> None:
+    def call_quorum_lost(self, c: SimClient, ch: SimChannel) -> None:
         """The QUORUM_LOST the call checked on the other endpoint stands (no answer there, or
         NOT_ACTIVE)."""
-        self.heartbeat_answered(c, ClientReply(c.cid, c.hb_rid, None, ErrorCode.QUORUM_LOST))
+        self.call_answered(c, ch, ClientReply(c.cid, ch.rid, None, ErrorCode.QUORUM_LOST))
 
-    def heartbeat_attempt(self, c: SimClient) -> None:
-        """The same heartbeat request again, to `hb_index`."""
-        assert c.held is not None
-        c.hb_attempt = self.now
-        self.stats["hb_retries"] += 1
-        self.client_send(c, "heartbeat", handle=c.held.handle)
+    def call_attempt(self, c: SimClient, ch: SimChannel) -> None:
+        """The same request again, to the channel's endpoint."""
+        ch.attempt = self.now
+        ch.attempts += 1
+        self.stats[f"{ch.name}_retries"] += 1
+        self.client_send(c, ch)
 
-    def heartbeat_reply(self, c: SimClient, server: str, reply: ClientReply) -> None:
-        """A reply to the heartbeat in flight. Only the current attempt's endpoint is read:
+    def call_reply(self, c: SimClient, ch: SimChannel, server: str, reply: ClientReply) -> None:
+        """A reply to the call in flight on `ch`. Only the current attempt's endpoint is read:
         the SDK closes a connection it leaves. (Simpler than the SDK in two cases not seen in
         runs: a reply of an earlier attempt on the same endpoint whose connection the SDK had
         closed is read, and one that arrives during a pause is read at once, where the SDK
         reads it after sending the next attempt.)"""
         now = self.now
-        if server != SERVERS[c.hb_index]:
+        if server != SERVERS[ch.index]:
             return
         if reply.error == ErrorCode.NOT_ACTIVE:
-            if c.hb_quorum_lost:
-                self.heartbeat_quorum_lost(c)
+            if ch.quorum_lost:
+                self.call_quorum_lost(c, ch)
                 return
-            retry = self.heartbeat_schedule(c)
-            pause = retry.not_active(now - c.hb_attempt)
-            self.stats["hb_stays"] += retry.staying
-            c.hb_index, c.hb_wait = retry.index, retry.attempt
-            c.hb_resend_at = now + pause
+            retry = self.call_schedule(ch)
+            pause = retry.not_active(now - ch.attempt)
+            self.stats[f"{ch.name}_stays"] += retry.staying
+            ch.index, ch.wait = retry.index, retry.attempt
+            ch.resend_at = now + pause
             return
-        if reply.error == ErrorCode.QUORUM_LOST and not c.hb_quorum_lost:
+        if reply.error == ErrorCode.QUORUM_LOST and not ch.quorum_lost:
             # The SDK asks the next endpoint once before it believes a QUORUM_LOST.
-            self.stats["hb_quorum_lost_checked"] += 1
-            c.hb_quorum_lost = True
-            c.hb_index = (c.hb_index + 1) % len(SERVERS)
-            c.hb_resend_at = now
+            self.stats[f"{ch.name}_quorum_lost_checked"] += 1
+            ch.quorum_lost = True
+            ch.index = (ch.index + 1) % len(SERVERS)
+            ch.resend_at = now
             return
+        self.call_answered(c, ch, reply)
+
+    def call_answered(self, c: SimClient, ch: SimChannel, reply: ClientReply) -> None:
+        """The call on `ch` returns `reply` (an answer other than NOT_ACTIVE)."""
+        ch.rid = ""
+        ch.resend_at = None
         self.heartbeat_answered(c, reply)
 
+    def call_timed_out(self, c: SimClient, ch: SimChannel) -> None:
+        """The call on `ch` raised `Timeout` (its deadline passed with no answer): a heartbeat
+        is sent anew at once (`Handle._heartbeat_once`)."""
+        if ch is c.hb:
+            c.hb_next = self.now
+
     def heartbeat_answered(self, c: SimClient, reply: ClientReply) -> None:
-        """The call's result (`Handle._heartbeat_once`): the lease renewed and the next
-        heartbeat on the schedule; the handle lost; or an `ApiError`: again within a second."""
+        """The heartbeat call's result (`Handle._heartbeat_once`): the lease renewed and the
+        next heartbeat on the schedule; the handle lost; or an `ApiError`: again within a
+        second."""
         now = self.now
-        c.hb_rid = ""
-        c.hb_resend_at = None
         c.kept = reply.error == ErrorCode.QUORUM_LOST
         if c.kept:
             self.stats["kept_alive"] += 1
         if reply.ok and c.held:
-            c.held.lease_ref = c.hb_sent
-            c.hb_next = next_heartbeat(c.hb_sent, now, HEARTBEAT_INTERVAL, c.wall_offset)
-            self.stats["hb_late"] += now - c.hb_sent >= LATE
+            c.held.lease_ref = c.hb.sent
+            c.hb_next = next_heartbeat(c.hb.sent, now, HEARTBEAT_INTERVAL, c.wall_offset)
+            self.stats["hb_late"] += now - c.hb.sent >= LATE
         elif reply.error == ErrorCode.UNKNOWN_HANDLE and c.held:
             self.note(f"{c.cid}: lost {c.held.handle}")
             c.held = None
@@ -1512,9 +1542,9 @@ class Simulation:
         """The SDK's rule: `wait` is the time left, left out once it ran out (the last ask)."""
         left = c.wait_until - self.now
         if c.wait and left > 0:
-            self.client_send(c, "checkout", seats=c.seats, wait=left, mode=c.mode)
+            self.main_send(c, "checkout", seats=c.seats, wait=left, mode=c.mode)
         else:
-            self.client_send(c, "checkout", seats=c.seats, mode=c.mode)
+            self.main_send(c, "checkout", seats=c.seats, mode=c.mode)
 
     def not_active(self, c: SimClient) -> None:
         """The SDK's rule: NOT_ACTIVE moves the request to the other endpoint at once (with a
@@ -1530,8 +1560,8 @@ class Simulation:
     def client_reply(self, cid: str, server: str, reply: ClientReply) -> None:
         c = self.client_by_id(cid)
         now = self.now
-        if c.hb_rid and reply.rid == c.hb_rid:
-            self.heartbeat_reply(c, server, reply)
+        if c.hb.rid and reply.rid == c.hb.rid:
+            self.call_reply(c, c.hb, server, reply)
             return
         if reply.rid != c.rid:
             return  # a late answer to an earlier attempt

@@ -27,6 +27,7 @@ from tests.sim.simulation import (
     HEARTBEAT_INTERVAL,
     SERVERS,
     TICK,
+    SimChannel,
     SimClient,
     Simulation,
 )
@@ -101,13 +102,13 @@ class Recorder:
 
     def sent(self, sim: Simulation, c: SimClient, kw: dict[str, Any]) -> None:
         now, call = sim.now, self.call.get(c.cid)
-        if call is not None and call.rid == c.hb_rid:
+        if call is not None and call.rid == c.hb.rid:
             self.attempt(now, c, call, kw)
             return
         if call is not None:  # dropped (released, or its lease ran out client-side)
             self.index[c.cid] = call.channel_at
         # A call starts on the endpoint the channel's last call left it on.
-        assert c.hb_index == self.index.get(c.cid, c.hb_index), (c.cid, self.index, now)
+        assert c.hb.index == self.index.get(c.cid, c.hb.index), (c.cid, self.index, now)
         last = self.after.get(c.cid)
         if last is not None and last[0] == "answer":
             _, sent, answered = last
@@ -127,13 +128,13 @@ class Recorder:
         elif last is not None and last[0] == "given_up":
             assert last[1] <= now <= last[1] + TICK + EPS, (c.cid, last, now)
             self.checked["given_up"] += 1
-        self.call[c.cid] = Call(c.hb_rid, now, kw["handle"], c.hb_index, now, CLIENT_TIMEOUT)
+        self.call[c.cid] = Call(c.hb.rid, now, kw["handle"], c.hb.index, now, CLIENT_TIMEOUT)
         self.after[c.cid] = None
 
     def attempt(self, now: float, c: SimClient, call: Call, kw: dict[str, Any]) -> None:
         """The same call asked again: the same request, within the call's timeout, on the
         endpoint and at the time the SDK's schedule says."""
-        assert kw["handle"] == call.handle and c.hb_sent == call.sent, (c.cid, call, kw)
+        assert kw["handle"] == call.handle and c.hb.sent == call.sent, (c.cid, call, kw)
         assert now < call.sent + CLIENT_CALL_TIMEOUT + EPS, (c.cid, call, now)
         if call.expect is None:  # no answer: the attempt timed out
             assert not call.quorum_lost, (c.cid, call, now)
@@ -146,7 +147,7 @@ class Recorder:
         else:
             expected, not_before = call.expect
             assert not_before - EPS <= now <= not_before + TICK + EPS, (c.cid, call, now)
-        assert c.hb_index == expected, (c.cid, call, c.hb_index, expected)
+        assert c.hb.index == expected, (c.cid, call, c.hb.index, expected)
         call.endpoint, call.attempt, call.expect, call.reply = expected, now, None, None
 
     def answered(self, sim: Simulation, c: SimClient, server: str, r: ClientReply) -> None:
@@ -236,25 +237,25 @@ class Recorder:
 def record(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     rec = Recorder()
     send, reply = Simulation.client_send, Simulation.client_reply
-    call, answered = Simulation.heartbeat_call, Simulation.heartbeat_answered
+    call, answered = Simulation.call_tick, Simulation.heartbeat_answered
 
-    def recording_send(self: Simulation, c: SimClient, op: str, **kw: Any) -> None:
-        if op == "heartbeat":
-            rec.sent(self, c, kw)
-        send(self, c, op, **kw)
+    def recording_send(self: Simulation, c: SimClient, ch: SimChannel) -> None:
+        if ch is c.hb:
+            rec.sent(self, c, ch.args)
+        send(self, c, ch)
 
     def recording_reply(self: Simulation, cid: str, server: str, r: ClientReply) -> None:
         c = self.client_by_id(cid)
         checkout = c.state == "checkout" and r.rid == c.rid
-        if c.hb_rid and r.rid == c.hb_rid:
+        if c.hb.rid and r.rid == c.hb.rid:
             rec.answered(self, c, server, r)
         reply(self, cid, server, r)
         if checkout and c.state == "holding":
             rec.granted(self, c)
 
-    def recording_call(self: Simulation, c: SimClient) -> None:
+    def recording_call(self: Simulation, c: SimClient, ch: SimChannel) -> None:
         given_up = self.stats["hb_given_up"]
-        call(self, c)
+        call(self, c, ch)
         if self.stats["hb_given_up"] > given_up:
             rec.gave_up(self, c)
 
@@ -265,7 +266,7 @@ def record(monkeypatch: pytest.MonkeyPatch) -> Recorder:
 
     monkeypatch.setattr(Simulation, "client_send", recording_send)
     monkeypatch.setattr(Simulation, "client_reply", recording_reply)
-    monkeypatch.setattr(Simulation, "heartbeat_call", recording_call)
+    monkeypatch.setattr(Simulation, "call_tick", recording_call)
     monkeypatch.setattr(Simulation, "heartbeat_answered", recording_answered)
     return rec
 
