@@ -93,10 +93,14 @@ HEARTBEAT_INTERVAL = LEASE / 3  # the SDK's: a third of the lease
 CLIENT_CLOCK_SKEW = 0.005
 BACKEND_TIMEOUT = 0.5
 CLIENT_TIMEOUT = 0.6  # a call's first attempt waits this long (the SDK's `attempt_timeout`)
-# A call (a heartbeat, a checkout's ask, a release) gives up after this, retries included:
-# the SDK's `timeout` (10 s by default, a third of the default 30 s lease), scaled as the
-# lease is.
+# A call gives up after this, retries included: the SDK's `timeout` (10 s by default, a third
+# of the default 30 s lease). A heartbeat's is scaled as the lease is (it must end within the
+# lease). A checkout's ask's or a release's: half the clients keep the default, unscaled, as
+# what such a call spans is not scaled either (takeovers, attempt timeouts, back-offs), so
+# they wait through a failover as with the SDK; the other half are applications with a short
+# timeout (the heartbeat's), whose calls give up during one.
 CLIENT_CALL_TIMEOUT = LEASE / 3
+MAIN_CALL_TIMEOUTS = (10.0, CLIENT_CALL_TIMEOUT)
 TICK = 0.02  # the servers' timer tick (the service's is 0.05 s)
 # A request that reaches a server taking over waits this long for the end (the default)
 TAKEOVER_HOLD = 0.3
@@ -290,6 +294,7 @@ class SimChannel:
     attempts so far (`Outcome.attempts`)."""
 
     name: str  # "main" or "hb": the prefix of its counters in `Simulation.stats`
+    timeout: float  # the call's (the SDK's `timeout`): MAIN_CALL_TIMEOUTS, CLIENT_CALL_TIMEOUT
     index: int = 0  # the endpoint it talks to (it stays between calls)
     rid: str = ""  # the call in flight ("": none)
     op: str = ""
@@ -318,8 +323,8 @@ class SimClient:
     held: HeldSeat | None = None
     # The SDK's two channels: the main one (checkouts and releases) and the heartbeat one
     # (`Handle._heartbeat_once`), each with its call in flight.
-    main: SimChannel = field(default_factory=lambda: SimChannel("main"))
-    hb: SimChannel = field(default_factory=lambda: SimChannel("hb"))
+    main: SimChannel = field(default_factory=lambda: SimChannel("main", MAIN_CALL_TIMEOUTS[0]))
+    hb: SimChannel = field(default_factory=lambda: SimChannel("hb", CLIENT_CALL_TIMEOUT))
     release_handle: str = ""
     # A checkout queued: the place it was last given in the queue (`Client.checkout`'s
     # `position`, 0 before), and when it asks again (none while an ask is in flight)
@@ -404,8 +409,8 @@ class Simulation:
                 f"c{i}",
                 seats=1 + (i % 2),
                 wait=QUEUE_WAIT * (i in QUEUEING),
-                main=SimChannel("main", index=i % 2),
-                hb=SimChannel("hb", index=i % 2),
+                main=SimChannel("main", MAIN_CALL_TIMEOUTS[i // 2 % 2], index=i % 2),
+                hb=SimChannel("hb", CLIENT_CALL_TIMEOUT, index=i % 2),
             )
             for i in range(clients)
         ]
@@ -1442,7 +1447,7 @@ class Simulation:
         """A tick of the call in flight on `ch`: the call's timeout, an attempt that timed out
         (the next endpoint, a longer attempt), the end of a pause after NOT_ACTIVE."""
         now = self.now
-        deadline = ch.sent + CLIENT_CALL_TIMEOUT
+        deadline = ch.sent + ch.timeout
         paused = ch.resend_at is not None
         if ch.resend_at is not None:  # (`paused`, narrowed for the type checker)
             if now < min(ch.resend_at, deadline):

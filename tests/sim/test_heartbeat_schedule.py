@@ -33,6 +33,7 @@ from tests.sim.simulation import (
     CLIENT_CLOCK_SKEW,
     CLIENT_TIMEOUT,
     HEARTBEAT_INTERVAL,
+    MAIN_CALL_TIMEOUTS,
     SERVERS,
     TICK,
     SimChannel,
@@ -67,6 +68,7 @@ def due_after_answer(sent: float, answered: float) -> float:
 class Call:
     """A call in flight on a channel (one `Channel.call`), as the test follows it."""
 
+    timeout: float  # the call's: the client's configuration (`SimChannel.timeout`)
     rid: str
     sent: float  # its first attempt
     op: str
@@ -86,7 +88,7 @@ class Call:
 
     @property
     def deadline(self) -> float:
-        return self.sent + CLIENT_CALL_TIMEOUT
+        return self.sent + self.timeout
 
     def schedule(self) -> RetrySchedule:
         """The call's retry schedule, made at its first failed attempt."""
@@ -139,7 +141,9 @@ class Calls:
         """A call starts on the endpoint the channel's last call left it on."""
         ch, now = channel(c, self.name), sim.now
         assert ch.index == self.index.get(c.cid, ch.index), (c.cid, self.index, now)
-        call = Call(ch.rid, now, ch.op, dict(ch.args), ch.index, now, CLIENT_TIMEOUT)
+        allowed = MAIN_CALL_TIMEOUTS if self.name == "main" else (CLIENT_CALL_TIMEOUT,)
+        assert ch.timeout in allowed, (c.cid, ch)
+        call = Call(ch.timeout, ch.rid, now, ch.op, dict(ch.args), ch.index, now, CLIENT_TIMEOUT)
         self.call[c.cid] = call
         return call
 
@@ -522,8 +526,8 @@ def test_simulated_heartbeats_follow_the_sdk_through_faults(
     # after NOT_ACTIVE (moving on, or staying with a server taking over) and after QUORUM_LOST;
     # answered late (the schedule keeps their phase), refused, and given up. Seeds from 0
     # until each case was checked twice: a late answer is the rarest (in about one run of
-    # ten); 43 seeds when written, 75 since checkouts and releases are SDK calls too; at most
-    # 200.
+    # ten); 43 seeds when written, 102 since checkouts and releases are SDK calls too (with
+    # two call timeouts); at most 200.
     rec = record(monkeypatch)
     seed = 0
     while min(*rec.checked.values(), *rec.attempts.values()) < 2 and seed < 200:
@@ -542,8 +546,8 @@ def test_simulated_checkouts_and_releases_follow_the_sdk_through_faults(
     # timed-out attempt, after NOT_ACTIVE (moving on, or staying with a server taking over)
     # and after QUORUM_LOST, and given up; queued checkouts asked again after the pause the
     # answer gives, and at once after a call given up with time left; releases answered
-    # UNKNOWN_HANDLE after a retry. Seeds from 0 until each case was checked twice (7 when
-    # written, at most 200).
+    # UNKNOWN_HANDLE after a retry. Seeds from 0 until each case was checked twice (41 since
+    # half the clients have the SDK's 10 s call timeout, 7 before; at most 200).
     main = record_main(monkeypatch)
     seed = 0
     while min(*main.checked.values(), *main.attempts.values()) < 2 and seed < 200:
