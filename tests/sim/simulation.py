@@ -6,8 +6,11 @@ and are sometimes wiped; TMR servers crash, restart, and are promoted and demote
 both at once too, and paused (SIGSTOP: messages queue, the clock jumps on resume); license
 updates stop half way (mixed TMR IDs and LQs) when a backend fails, the license expires under
 load, and two backends are cut from both servers for longer than a lease. Simulated clients
-check out and release with the same request id on every retry, and heartbeat as the SDK does:
-one call per heartbeat retried by the SDK's own `RetrySchedule` (`heartbeat_call`), on its
+call as the SDK does, on its two channels (`SimChannel`): each ask of a checkout and each
+release is one call of the main channel, each heartbeat one call of the heartbeat channel,
+retried with the same request id by the SDK's own `RetrySchedule` until the call's timeout
+(`call_tick`); a queued checkout asks again after the pause its answer gives, as
+`Client.checkout` does (`checkout_answered`, `call_timed_out`). Heartbeats come on the SDK's
 schedule (`tmr.client._heartbeats`: on a grid of their hosts' wall clocks, which are a few
 milliseconds apart, so their heartbeats come in bursts; a late answer keeps the phase of the
 heartbeat's first send; a second after an error);
@@ -43,6 +46,7 @@ from tmr.client.client import HEARTBEAT_RETRY_MAX
 from tmr.errors import ErrorCode
 from tmr.policy import EMPTY as EMPTY_POLICY
 from tmr.policy import Policy, parse_policy
+from tmr.protocol.client_api import WAIT_MAX
 from tmr.protocol.results import AdminReleaseResult, CheckoutResult, QueuedResult
 from tmr.replication.acceptor import Acceptor, AcceptorState, Step, Write, apply_write
 from tmr.replication.leader import ClientReply, Effects, Leader, LeaderConfig, Role
@@ -88,10 +92,15 @@ HEARTBEAT_INTERVAL = LEASE / 3  # the SDK's: a third of the lease
 # within this of each other, as NTP keeps a site's hosts.
 CLIENT_CLOCK_SKEW = 0.005
 BACKEND_TIMEOUT = 0.5
-CLIENT_TIMEOUT = 0.6
-# A heartbeat's call gives up after this, retries included: the SDK's `timeout` (10 s by
-# default, a third of the default 30 s lease), scaled as the lease is.
+CLIENT_TIMEOUT = 0.6  # a call's first attempt waits this long (the SDK's `attempt_timeout`)
+# A call gives up after this, retries included: the SDK's `timeout` (10 s by default, a third
+# of the default 30 s lease). A heartbeat's is scaled as the lease is (it must end within the
+# lease). A checkout's ask's or a release's: half the clients keep the default, unscaled, as
+# what such a call spans is not scaled either (takeovers, attempt timeouts, back-offs), so
+# they wait through a failover as with the SDK; the other half are applications with a short
+# timeout (the heartbeat's), whose calls give up during one.
 CLIENT_CALL_TIMEOUT = LEASE / 3
+MAIN_CALL_TIMEOUTS = (10.0, CLIENT_CALL_TIMEOUT)
 TICK = 0.02  # the servers' timer tick (the service's is 0.05 s)
 # A request that reaches a server taking over waits this long for the end (the default)
 TAKEOVER_HOLD = 0.3
@@ -275,33 +284,52 @@ class HeldSeat:
 
 
 @dataclass
+class SimChannel:
+    """One of a simulated client's SDK channels (`tmr.client._channel.Channel`) and the call in
+    flight on it (one `Channel.call`): its request (id, operation and arguments, the same on
+    every attempt); when its first attempt was sent (`sent`: the call's deadline counts from
+    it, and a heartbeat's lease); when the latest attempt was sent and how long it waits; the
+    SDK's own `RetrySchedule` from its first failed attempt; after a NOT_ACTIVE, the end of the
+    pause before the next attempt; a QUORUM_LOST being checked on the other endpoint; the
+    attempts so far (`Outcome.attempts`)."""
+
+    name: str  # "main" or "hb": the prefix of its counters in `Simulation.stats`
+    timeout: float  # the call's (the SDK's `timeout`): MAIN_CALL_TIMEOUTS, CLIENT_CALL_TIMEOUT
+    index: int = 0  # the endpoint it talks to (it stays between calls)
+    rid: str = ""  # the call in flight ("": none)
+    op: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
+    sent: float = 0.0
+    attempt: float = 0.0
+    wait: float = CLIENT_TIMEOUT
+    retry: RetrySchedule | None = None
+    resend_at: float | None = None
+    quorum_lost: bool = False
+    attempts: int = 0
+
+
+@dataclass
 class SimClient:
     cid: str
     seats: int
     state: str = "idle"  # idle | checkout | holding | release
-    rid: str = ""
+    rid: str = ""  # the current checkout's (every ask) or release's request id
     rid_n: int = 0
-    target: int = 0
-    sent_at: float = 0.0
+    # The current checkout's first ask: the granted handle's lease counts from it (the SDK
+    # counts from the start of its last ask, later when it was queued; this is the safer side
+    # for I1, which counts seats the client certainly holds)
     first_sent: float = 0.0
     next_action: float = 0.0
     held: HeldSeat | None = None
-    # The heartbeat in flight (the SDK's `Handle._heartbeat_once`: one `Channel.call` on the
-    # heartbeat channel): its request id, kept on every attempt; when its first attempt was
-    # sent (`sent`: what the lease and the next heartbeat count from); when the latest
-    # attempt was sent and how long it waits; the SDK's own `RetrySchedule` from its first
-    # failed attempt; after a NOT_ACTIVE, the end of the pause before the next attempt; a
-    # QUORUM_LOST being checked on the other endpoint.
-    hb_rid: str = ""
-    hb_sent: float = 0.0
-    hb_attempt: float = 0.0
-    hb_wait: float = CLIENT_TIMEOUT
-    hb_retry: RetrySchedule | None = None
-    hb_resend_at: float | None = None
-    hb_quorum_lost: bool = False
-    hb_index: int = 0  # the heartbeat channel's endpoint (it stays between calls)
+    # The SDK's two channels: the main one (checkouts and releases) and the heartbeat one
+    # (`Handle._heartbeat_once`), each with its call in flight.
+    main: SimChannel = field(default_factory=lambda: SimChannel("main", MAIN_CALL_TIMEOUTS[0]))
+    hb: SimChannel = field(default_factory=lambda: SimChannel("hb", CLIENT_CALL_TIMEOUT))
     release_handle: str = ""
-    retry_at: float | None = None  # NOT_ACTIVE: retry on the other endpoint at this time
+    # A checkout queued: the place it was last given in the queue (`Client.checkout`'s
+    # `position`, 0 before), and when it asks again (none while an ask is in flight)
+    position: int = 0
+    ask_at: float | None = None
     # the next heartbeat: the SDK's schedule (`next_heartbeat`, on the wall clock's grid),
     # or a back-off after an unconfirmed one
     hb_next: float = 0.0
@@ -380,9 +408,9 @@ class Simulation:
             SimClient(
                 f"c{i}",
                 seats=1 + (i % 2),
-                target=i % 2,
                 wait=QUEUE_WAIT * (i in QUEUEING),
-                hb_index=i % 2,
+                main=SimChannel("main", MAIN_CALL_TIMEOUTS[i // 2 % 2], index=i % 2),
+                hb=SimChannel("hb", CLIENT_CALL_TIMEOUT, index=i % 2),
             )
             for i in range(clients)
         ]
@@ -430,6 +458,15 @@ class Simulation:
             "hb_given_up": 0,
             "hb_stays": 0,  # NOT_ACTIVE answers after which the SDK stays with that server
             "hb_quorum_lost_checked": 0,  # QUORUM_LOST answers asked of the other endpoint
+            # The same for checkouts' asks and releases (calls on the main channel); then
+            # checkouts queued already that asked again after a call given up (time left),
+            # and releases answered UNKNOWN_HANDLE after a retry (the SDK: released).
+            "main_retries": 0,
+            "main_given_up": 0,
+            "main_stays": 0,
+            "main_quorum_lost_checked": 0,
+            "queued_timeouts": 0,
+            "released_after_retry": 0,
             "rollbacks": 0,  # a backend restored to an older copy (rollback_backend)
             "quorum_lost_checked": 0,  # QUORUM_LOST answers checked against two good backends
             "admin_releases": 0,  # an administrator freed a held handle (tmr admin release)
@@ -1339,14 +1376,10 @@ class Simulation:
     def client_by_id(self, cid: str) -> SimClient:
         return self.clients[int(cid[1:])]
 
-    def client_send(self, c: SimClient, op: str, **kw: Any) -> None:
-        target = SERVERS[c.hb_index if op == "heartbeat" else c.target]
-        self.send(
-            c.cid,
-            target,
-            {"op": op, "rid": c.rid if op != "heartbeat" else c.hb_rid, **kw},
-            "client_req",
-        )
+    def client_send(self, c: SimClient, ch: SimChannel) -> None:
+        """An attempt of the call in flight on channel `ch`: its request to the channel's
+        endpoint."""
+        self.send(c.cid, SERVERS[ch.index], {"op": ch.op, "rid": ch.rid, **ch.args}, "client_req")
 
     def new_rid(self, c: SimClient) -> str:
         c.rid_n += 1
@@ -1359,148 +1392,177 @@ class Simulation:
             # and heartbeats on; it is not certainly held, I1 does not count it.)
             self.note(f"{c.cid}: lease of {c.held.handle} ran out client-side")
             c.held = None
-            c.hb_rid = ""  # (its heartbeat's answer, if one comes, is ignored)
+            c.hb.rid = ""  # (its heartbeat's answer, if one comes, is ignored)
             if c.state == "holding":
                 c.state = "idle"
         if c.state == "idle" and now >= c.next_action:
+            # `Client.checkout`: one request id for every ask and every attempt of each
             c.state = "checkout"
-            c.retry_at = None
+            c.ask_at = None
+            c.position = 0
             c.rid = self.new_rid(c)
-            c.first_sent = c.sent_at = now
+            c.first_sent = now
             c.wait_until = now + c.wait
             c.mode = self.rng.choices(MODES, MODE_WEIGHTS)[0]
-            self.send_checkout(c)
-        elif c.state in ("checkout", "release") and (
-            now - c.sent_at > CLIENT_TIMEOUT or (c.retry_at is not None and now >= c.retry_at)
-        ):
-            if c.retry_at is None:  # else a NOT_ACTIVE answer moved it to the other one already
-                c.target ^= 1  # Lazy Pirate: same request id, other endpoint
-            c.retry_at = None
-            c.sent_at = now
-            if c.state == "checkout":
-                self.send_checkout(c)
-            else:
-                self.client_send(c, "release", handle=c.release_handle)
+            self.checkout_ask(c)
+        elif c.state == "checkout" and c.ask_at is not None:
+            if now >= c.ask_at:  # queued: the pause before the next ask is over
+                self.checkout_ask(c)
+        elif c.state in ("checkout", "release") and c.main.rid:
+            self.call_tick(c, c.main)
         elif c.state == "holding" and c.held:
             if now >= c.next_action:
+                # `Handle.release`: one call on the main channel
                 c.state = "release"
-                c.retry_at = None
                 c.release_handle = c.held.handle
                 c.held = None  # not certainly held from the release call on
                 # No more heartbeats for it; one in flight is dropped (the SDK lets it end on
                 # its channel, where its answer changes nothing for the released handle).
-                c.hb_rid = ""
+                c.hb.rid = ""
                 c.rid = self.new_rid(c)
-                c.sent_at = now
-                self.client_send(c, "release", handle=c.release_handle)
-            elif not c.hb_rid and now >= c.hb_next:
-                c.hb_rid = self.new_rid(c)
-                c.hb_sent = c.hb_attempt = now
-                c.hb_wait = CLIENT_TIMEOUT
-                c.hb_retry = None
-                c.hb_resend_at = None
-                c.hb_quorum_lost = False
-                self.client_send(c, "heartbeat", handle=c.held.handle)
-            elif c.hb_rid:
-                self.heartbeat_call(c)
+                self.call(c, c.main, c.rid, "release", handle=c.release_handle)
+            elif not c.hb.rid and now >= c.hb_next:
+                self.call(c, c.hb, self.new_rid(c), "heartbeat", handle=c.held.handle)
+            elif c.hb.rid:
+                self.call_tick(c, c.hb)
 
-    # The heartbeat call, as `tmr.client._channel.Channel.call` runs it (with the SDK's own
-    # `RetrySchedule`), on the simulation's ticks: a new attempt goes out at the first tick at
-    # or after its time.
+    # A call on one of a client's channels, as `tmr.client._channel.Channel.call` runs it (with
+    # the SDK's own `RetrySchedule`), on the simulation's ticks: a new attempt goes out at the
+    # first tick at or after its time. The heartbeat channel's calls end in
+    # `heartbeat_answered` or, given up, a new heartbeat at once; the main channel's in
+    # `checkout_answered` and `release_answered`, or `main_timed_out`.
 
-    def heartbeat_call(self, c: SimClient) -> None:
-        """A tick of the heartbeat call in flight: the call's timeout, an attempt that timed
-        out (the next endpoint, a longer attempt), the end of a pause after NOT_ACTIVE."""
-        assert c.held is not None
+    def call(self, c: SimClient, ch: SimChannel, rid: str, op: str, **args: Any) -> None:
+        """A call starts on `ch`: its first attempt, to the endpoint the channel is on."""
+        ch.rid, ch.op, ch.args = rid, op, args
+        ch.sent = ch.attempt = self.now
+        ch.wait = CLIENT_TIMEOUT
+        ch.retry = None
+        ch.resend_at = None
+        ch.quorum_lost = False
+        ch.attempts = 1
+        self.client_send(c, ch)
+
+    def call_tick(self, c: SimClient, ch: SimChannel) -> None:
+        """A tick of the call in flight on `ch`: the call's timeout, an attempt that timed out
+        (the next endpoint, a longer attempt), the end of a pause after NOT_ACTIVE."""
         now = self.now
-        deadline = c.hb_sent + CLIENT_CALL_TIMEOUT
-        paused = c.hb_resend_at is not None
-        if c.hb_resend_at is not None:  # (`paused`, narrowed for the type checker)
-            if now < min(c.hb_resend_at, deadline):
+        deadline = ch.sent + ch.timeout
+        paused = ch.resend_at is not None
+        if ch.resend_at is not None:  # (`paused`, narrowed for the type checker)
+            if now < min(ch.resend_at, deadline):
                 return
-            c.hb_resend_at = None
+            ch.resend_at = None
             if now < deadline:
-                self.heartbeat_attempt(c)
+                self.call_attempt(c, ch)
                 return
-        elif now - c.hb_attempt <= min(c.hb_wait, deadline - c.hb_attempt):
+        elif now - ch.attempt <= min(ch.wait, deadline - ch.attempt):
             return
-        if c.hb_quorum_lost:  # the other endpoint did not answer: the QUORUM_LOST stands
-            self.heartbeat_quorum_lost(c)
+        if ch.quorum_lost:  # the other endpoint did not answer: the QUORUM_LOST stands
+            self.call_quorum_lost(c, ch)
             return
         if not paused:
             # An attempt that timed out moves the channel to the next endpoint, also when the
             # call's time ran out with it (`Channel.call` looks at the deadline after); a
             # pause that ran into the deadline does not.
-            retry = self.heartbeat_schedule(c)
+            retry = self.call_schedule(ch)
             retry.timed_out()
-            c.hb_index, c.hb_wait = retry.index, retry.attempt
-        if now >= deadline:  # `Timeout`: a new heartbeat at once
-            self.stats["hb_given_up"] += 1
-            c.hb_rid = ""
-            c.hb_next = now
+            ch.index, ch.wait = retry.index, retry.attempt
+        if now >= deadline:  # `Timeout`
+            self.stats[f"{ch.name}_given_up"] += 1
+            ch.rid = ""
+            self.call_timed_out(c, ch)
         else:
-            self.heartbeat_attempt(c)
+            self.call_attempt(c, ch)
 
     @staticmethod
-    def heartbeat_schedule(c: SimClient) -> RetrySchedule:
+    def call_schedule(ch: SimChannel) -> RetrySchedule:
         """The call's `RetrySchedule`, made at its first failed attempt (as `Channel.call`)."""
-        if c.hb_retry is None:
-            c.hb_retry = RetrySchedule(len(SERVERS), c.hb_index, c.hb_wait)
-        return c.hb_retry
+        if ch.retry is None:
+            ch.retry = RetrySchedule(len(SERVERS), ch.index, ch.wait)
+        return ch.retry
 
-    def heartbeat_quorum_lost(self, c: SimClient) -> None:
+    def call_quorum_lost(self, c: SimClient, ch: SimChannel) -> None:
         """The QUORUM_LOST the call checked on the other endpoint stands (no answer there, or
         NOT_ACTIVE)."""
-        self.heartbeat_answered(c, ClientReply(c.cid, c.hb_rid, None, ErrorCode.QUORUM_LOST))
+        self.call_answered(c, ch, ClientReply(c.cid, ch.rid, None, ErrorCode.QUORUM_LOST))
 
-    def heartbeat_attempt(self, c: SimClient) -> None:
-        """The same heartbeat request again, to `hb_index`."""
-        assert c.held is not None
-        c.hb_attempt = self.now
-        self.stats["hb_retries"] += 1
-        self.client_send(c, "heartbeat", handle=c.held.handle)
+    def call_attempt(self, c: SimClient, ch: SimChannel) -> None:
+        """The same request again, to the channel's endpoint."""
+        ch.attempt = self.now
+        ch.attempts += 1
+        self.stats[f"{ch.name}_retries"] += 1
+        self.client_send(c, ch)
 
-    def heartbeat_reply(self, c: SimClient, server: str, reply: ClientReply) -> None:
-        """A reply to the heartbeat in flight. Only the current attempt's endpoint is read:
-        the SDK closes a connection it leaves. (Simpler than the SDK in two cases not seen in
-        runs: a reply of an earlier attempt on the same endpoint whose connection the SDK had
-        closed is read, and one that arrives during a pause is read at once, where the SDK
-        reads it after sending the next attempt.)"""
+    def call_reply(self, c: SimClient, ch: SimChannel, server: str, reply: ClientReply) -> None:
+        """A reply to the call in flight on `ch`. Only a reply that comes while an attempt is
+        in flight, from its endpoint, is read: the SDK closes a connection it leaves, and
+        reads nothing during a pause (before the next attempt). (Simpler than the SDK in two
+        cases: a reply of an earlier attempt on the same endpoint whose connection the SDK had
+        closed is read, and one that arrives during a pause on a connection the SDK keeps, a
+        stay, is dropped, where the SDK reads it after sending the next attempt.)"""
         now = self.now
-        if server != SERVERS[c.hb_index]:
+        if server != SERVERS[ch.index] or ch.resend_at is not None:
             return
         if reply.error == ErrorCode.NOT_ACTIVE:
-            if c.hb_quorum_lost:
-                self.heartbeat_quorum_lost(c)
+            if ch.quorum_lost:
+                self.call_quorum_lost(c, ch)
                 return
-            retry = self.heartbeat_schedule(c)
-            pause = retry.not_active(now - c.hb_attempt)
-            self.stats["hb_stays"] += retry.staying
-            c.hb_index, c.hb_wait = retry.index, retry.attempt
-            c.hb_resend_at = now + pause
+            retry = self.call_schedule(ch)
+            pause = retry.not_active(now - ch.attempt)
+            self.stats[f"{ch.name}_stays"] += retry.staying
+            ch.index, ch.wait = retry.index, retry.attempt
+            ch.resend_at = now + pause
             return
-        if reply.error == ErrorCode.QUORUM_LOST and not c.hb_quorum_lost:
+        if reply.error == ErrorCode.QUORUM_LOST and not ch.quorum_lost:
             # The SDK asks the next endpoint once before it believes a QUORUM_LOST.
-            self.stats["hb_quorum_lost_checked"] += 1
-            c.hb_quorum_lost = True
-            c.hb_index = (c.hb_index + 1) % len(SERVERS)
-            c.hb_resend_at = now
+            self.stats[f"{ch.name}_quorum_lost_checked"] += 1
+            ch.quorum_lost = True
+            ch.index = (ch.index + 1) % len(SERVERS)
+            ch.resend_at = now
             return
-        self.heartbeat_answered(c, reply)
+        self.call_answered(c, ch, reply)
+
+    def call_answered(self, c: SimClient, ch: SimChannel, reply: ClientReply) -> None:
+        """The call on `ch` returns `reply` (an answer other than NOT_ACTIVE)."""
+        ch.rid = ""
+        ch.resend_at = None
+        if ch is c.hb:
+            self.heartbeat_answered(c, reply)
+        elif c.state == "checkout":
+            self.checkout_answered(c, reply)
+        else:
+            self.release_answered(c, reply)
+
+    def call_timed_out(self, c: SimClient, ch: SimChannel) -> None:
+        """The call on `ch` raised `Timeout` (its deadline passed with no answer): a heartbeat
+        is sent anew at once (`Handle._heartbeat_once`); a checkout queued already, with time
+        left, asks again at once (`Client.checkout`: a failover under way), or else it ends,
+        as a release does (`Handle._release`: the handle is not heartbeated any more, its
+        lease runs out on the server)."""
+        if ch is c.hb:
+            c.hb_next = self.now
+        elif c.state == "checkout" and c.position and c.wait and self.now < c.wait_until:
+            self.stats["queued_timeouts"] += 1
+            self.checkout_ask(c)
+        elif c.state == "checkout":
+            c.state = "idle"
+            c.next_action = self.now + self.rng.uniform(0.1, 1.0)
+        else:
+            c.state = "idle"
 
     def heartbeat_answered(self, c: SimClient, reply: ClientReply) -> None:
-        """The call's result (`Handle._heartbeat_once`): the lease renewed and the next
-        heartbeat on the schedule; the handle lost; or an `ApiError`: again within a second."""
+        """The heartbeat call's result (`Handle._heartbeat_once`): the lease renewed and the
+        next heartbeat on the schedule; the handle lost; or an `ApiError`: again within a
+        second."""
         now = self.now
-        c.hb_rid = ""
-        c.hb_resend_at = None
         c.kept = reply.error == ErrorCode.QUORUM_LOST
         if c.kept:
             self.stats["kept_alive"] += 1
         if reply.ok and c.held:
-            c.held.lease_ref = c.hb_sent
-            c.hb_next = next_heartbeat(c.hb_sent, now, HEARTBEAT_INTERVAL, c.wall_offset)
-            self.stats["hb_late"] += now - c.hb_sent >= LATE
+            c.held.lease_ref = c.hb.sent
+            c.hb_next = next_heartbeat(c.hb.sent, now, HEARTBEAT_INTERVAL, c.wall_offset)
+            self.stats["hb_late"] += now - c.hb.sent >= LATE
         elif reply.error == ErrorCode.UNKNOWN_HANDLE and c.held:
             self.note(f"{c.cid}: lost {c.held.handle}")
             c.held = None
@@ -1508,79 +1570,78 @@ class Simulation:
         elif not reply.ok:
             c.hb_next = now + min(HEARTBEAT_INTERVAL, HEARTBEAT_RETRY_MAX)
 
-    def send_checkout(self, c: SimClient) -> None:
-        """The SDK's rule: `wait` is the time left, left out once it ran out (the last ask)."""
-        left = c.wait_until - self.now
+    def checkout_ask(self, c: SimClient) -> None:
+        """One ask of the checkout (`Client.checkout`'s loop): a call on the main channel with
+        the checkout's request id, `wait` the time left when the call starts (the same on
+        each of its attempts), left out once it ran out (the last ask)."""
+        c.ask_at = None
+        left = min(c.wait_until - self.now, WAIT_MAX)
         if c.wait and left > 0:
-            self.client_send(c, "checkout", seats=c.seats, wait=left, mode=c.mode)
+            self.call(c, c.main, c.rid, "checkout", seats=c.seats, wait=left, mode=c.mode)
         else:
-            self.client_send(c, "checkout", seats=c.seats, mode=c.mode)
-
-    def not_active(self, c: SimClient) -> None:
-        """The SDK's rule: NOT_ACTIVE moves the request to the other endpoint at once (with a
-        short back-off), not after the attempt's timeout, which would move it back. (The SDK
-        stays with a server answering NOT_ACTIVE while the other endpoint is silent,
-        `tmr.client._retry`; the simulation keeps the simpler rule: where a client sends its
-        retry changes no server's decision, and the same rid asked of the same server again
-        happens here too, after a timeout on the other one and in queued checkouts.)"""
-        if c.retry_at is None:
-            c.target ^= 1
-            c.retry_at = self.now + self.rng.uniform(0.02, 0.1)
+            self.call(c, c.main, c.rid, "checkout", seats=c.seats, mode=c.mode)
 
     def client_reply(self, cid: str, server: str, reply: ClientReply) -> None:
+        """A reply to one of the client's calls in flight (to an earlier one: ignored)."""
         c = self.client_by_id(cid)
+        if c.hb.rid and reply.rid == c.hb.rid:
+            self.call_reply(c, c.hb, server, reply)
+        elif c.main.rid and reply.rid == c.main.rid:
+            self.call_reply(c, c.main, server, reply)
+
+    def checkout_answered(self, c: SimClient, reply: ClientReply) -> None:
+        """An ask's result (`Client.checkout`): queued, asked again with the same request id
+        after the pause the answer gives; granted; or refused (an error, QUORUM_LOST too)."""
         now = self.now
-        if c.hb_rid and reply.rid == c.hb_rid:
-            self.heartbeat_reply(c, server, reply)
-            return
-        if reply.rid != c.rid:
-            return  # a late answer to an earlier attempt
-        if c.state == "checkout":
-            if reply.ok and isinstance(reply.result, QueuedResult):
-                # Queued: ask again (same request id, same endpoint) after `retry`
-                if reply.result.position < 1 or not c.wait:
-                    self.fail(f"{c.cid}: queued result {reply.result} for a checkout")
-                self.stats["queued"] += 1
-                c.retry_at = now + min(reply.result.retry, reply.result.hold / 2)
-                c.sent_at = now
+        if reply.ok and isinstance(reply.result, QueuedResult):
+            wait = c.main.args.get("wait")
+            if reply.result.position < 1 or wait is None:
+                self.fail(f"{c.cid}: queued result {reply.result} for a checkout")
                 return
-            if reply.ok:
-                assert isinstance(reply.result, CheckoutResult)
-                h = reply.result.handle
-                prev = self.rid_handles.setdefault((c.cid, c.rid), h)
-                if prev != h:
-                    self.fail(f"I8: request {c.rid} got two handles {prev} and {h}")
-                granted = reply.result.seats  # an exclusive checkout's: the whole LQ
-                if c.mode is not AccessMode.EXCLUSIVE and granted != c.seats:
-                    self.fail(f"{c.cid}: asked {c.seats} seats ({c.mode}), granted {granted}")
-                self.acked_grants[h] = (c.cid, c.rid, granted)
-                self.stats["checkouts"] += 1
-                self.stats[f"mode_{c.mode.value}"] += 1
-                c.held = HeldSeat(h, granted, now, c.first_sent, mode=c.mode)
-                # The SDK's first heartbeat: an interval after the answer, on the grid.
-                c.hb_next = on_grid(now + HEARTBEAT_INTERVAL, HEARTBEAT_INTERVAL, c.wall_offset)
-                # Freed by an administrator before this answer arrived: not certainly held.
-                c.held.revoked = h in self.revoked
-                c.state = "holding"
-                c.next_action = now + self.rng.uniform(0.1, 1.5 * LEASE) * self.rng.random()
-            elif reply.error == ErrorCode.NOT_ACTIVE:
-                self.not_active(c)
-            else:
-                self.stats["denied"] += 1
-                key = f"err_{reply.error}"
-                self.stats[key] = self.stats.get(key, 0) + 1
-                c.state = "idle"
-                c.next_action = now + self.rng.uniform(0.1, 1.0)
-        elif c.state == "release":
-            if reply.ok:
-                self.gone.add(c.release_handle)
-                self.stats["releases"] += 1
-                c.state = "idle"
-                c.next_action = now + self.rng.uniform(0.0, 1.0)
-            elif reply.error == ErrorCode.NOT_ACTIVE:
-                self.not_active(c)
-            else:
-                c.state = "idle"
+            self.stats["queued"] += 1
+            c.position = reply.result.position
+            pause = min(reply.result.retry, reply.result.hold / 2, max(0.0, wait - 0.01))
+            c.ask_at = now + max(pause, 0.01)
+            return
+        if reply.ok:
+            assert isinstance(reply.result, CheckoutResult)
+            h = reply.result.handle
+            prev = self.rid_handles.setdefault((c.cid, c.rid), h)
+            if prev != h:
+                self.fail(f"I8: request {c.rid} got two handles {prev} and {h}")
+            granted = reply.result.seats  # an exclusive checkout's: the whole LQ
+            if c.mode is not AccessMode.EXCLUSIVE and granted != c.seats:
+                self.fail(f"{c.cid}: asked {c.seats} seats ({c.mode}), granted {granted}")
+            self.acked_grants[h] = (c.cid, c.rid, granted)
+            self.stats["checkouts"] += 1
+            self.stats[f"mode_{c.mode.value}"] += 1
+            c.held = HeldSeat(h, granted, now, c.first_sent, mode=c.mode)
+            # The SDK's first heartbeat: an interval after the answer, on the grid.
+            c.hb_next = on_grid(now + HEARTBEAT_INTERVAL, HEARTBEAT_INTERVAL, c.wall_offset)
+            # Freed by an administrator before this answer arrived: not certainly held.
+            c.held.revoked = h in self.revoked
+            c.state = "holding"
+            c.next_action = now + self.rng.uniform(0.1, 1.5 * LEASE) * self.rng.random()
+        else:
+            self.stats["denied"] += 1
+            key = f"err_{reply.error}"
+            self.stats[key] = self.stats.get(key, 0) + 1
+            c.state = "idle"
+            c.next_action = now + self.rng.uniform(0.1, 1.0)
+
+    def release_answered(self, c: SimClient, reply: ClientReply) -> None:
+        """The release call's result (`Handle._release`): released; UNKNOWN_HANDLE after a
+        retry, which the SDK counts as released (an earlier attempt's answer was lost); or an
+        error the SDK raises (the handle is not heartbeated any more either way)."""
+        c.state = "idle"
+        if reply.ok:
+            self.gone.add(c.release_handle)
+            self.stats["releases"] += 1
+        elif reply.error == ErrorCode.UNKNOWN_HANDLE and c.main.attempts > 1:
+            self.stats["released_after_retry"] += 1
+        else:
+            return
+        c.next_action = self.now + self.rng.uniform(0.0, 1.0)
 
     # -------------------------------------------------------------- faults
 
