@@ -326,11 +326,13 @@ def test_the_simulation_never_grants_below_the_committed_floor() -> None:
 
 
 def test_the_simulation_catches_a_trio_without_floors(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The check can fail: with floors ignored, a restored older copy sets the LQ."""
+    """The check can fail: with floors ignored, a restored older copy sets the LQ (caught in 6
+    of seeds 0-29 since the simulated clients' checkouts are SDK calls: 13, 15, 17, 20, 27,
+    29)."""
     monkeypatch.setattr(floors_mod, "floor_refusal", lambda lic, floor: "")
     monkeypatch.setattr(acceptor_mod, "under_floor", lambda lic, floor: lic)
     caught = 0
-    for seed in range(12):
+    for seed in range(30):
         sim = Simulation(seed, duration=30.0)
         rollback_heavy(sim)
         try:
