@@ -92,7 +92,8 @@ HEARTBEAT_INTERVAL = LEASE / 3  # the SDK's: a third of the lease
 # within this of each other, as NTP keeps a site's hosts.
 CLIENT_CLOCK_SKEW = 0.005
 BACKEND_TIMEOUT = 0.5
-CLIENT_TIMEOUT = 0.6  # a call's first attempt waits this long (the SDK's `attempt_timeout`)
+# A call's first attempt waits this long (the SDK's `attempt_timeout`, 0.5 s by default)
+CLIENT_TIMEOUT = 0.6
 # A call gives up after this, retries included: the SDK's `timeout` (10 s by default, a third
 # of the default 30 s lease). A heartbeat's is scaled as the lease is (it must end within the
 # lease). A checkout's ask's or a release's: half the clients keep the default, unscaled, as
@@ -427,9 +428,14 @@ class Simulation:
         # queued checkout is to the head of its term's queue.
         self.queues: dict[tuple[str, str], list[tuple[str, str]]] = {}
         # Ground truth for the checks.
-        self.acked_grants: dict[str, tuple[str, str, int]] = {}  # handle -> (cid, rid, seats)
+        # Grants read by their clients: handle -> (cid, rid, seats) (the administrator picks
+        # among them)
+        self.acked_grants: dict[str, tuple[str, str, int]] = {}
         self.gone: set[str] = set()  # handles released (acked) or expired by a leader
-        self.rid_handles: dict[tuple[str, str], str] = {}
+        # Every grant a server acknowledged, read by its client or not (I7), and the handle
+        # each request was acknowledged with (I8: one per request, `check_client_reply`)
+        self.sent_grants: dict[str, tuple[str, str]] = {}  # handle -> (cid, rid)
+        self.sent_rid_handles: dict[tuple[str, str], str] = {}
         self.last_hb: dict[str, float] = {}  # handle -> time a leader last extended it
         # (server, handle) -> when that leader last received a heartbeat for it while active
         # and holding it (answered or not): it must not expire the handle within a lease.
@@ -468,7 +474,9 @@ class Simulation:
             "queued_timeouts": 0,
             "released_after_retry": 0,
             "rollbacks": 0,  # a backend restored to an older copy (rollback_backend)
-            "quorum_lost_checked": 0,  # QUORUM_LOST answers checked against two good backends
+            # QUORUM_LOST answers of an undisturbed server in one term, whose backends the
+            # truthfulness check looked at (`check_truthful`)
+            "quorum_lost_examined": 0,
             "admin_releases": 0,  # an administrator freed a held handle (tmr admin release)
             "queued": 0,  # checkout answers that were a place in the queue (each ask)
             "queue_grants": 0,  # queued checkouts granted, each to the head of its queue
@@ -830,6 +838,13 @@ class Simulation:
             h = reply.result.handle
             if self.durable_holders(h) < 2:
                 self.fail(f"I5: {s.name} acknowledged {h} with fewer than 2 durable copies")
+            # I8 and I7 over every grant a server acknowledged, whether its client reads the
+            # answer or not (a call given up, or moved to the other endpoint, does not).
+            request = (str(reply.token), reply.rid)
+            prev = self.sent_rid_handles.setdefault(request, h)
+            if prev != h:
+                self.fail(f"I8: {s.name} acknowledged request {request} with {h}, also {prev}")
+            self.sent_grants[h] = request
 
     def check_active(self, s: ServerNode) -> None:
         # I7: every acknowledged, not released/expired grant is in the table of a leader that
@@ -853,7 +868,7 @@ class Simulation:
         # (`tmr.replication.parking`): a release among them has taken its handle out of the
         # table by now, into `releasing` (adopted, its release not committed yet).
         releasing = p.releasing if p else {}
-        for h in self.acked_grants:
+        for h in self.sent_grants:
             if h not in self.gone and h not in table and h not in releasing:
                 self.fail(f"I7: {s.name} serves a table without acknowledged handle {h}")
 
@@ -946,6 +961,7 @@ class Simulation:
         start = w.since - 2 * (BACKEND_TIMEOUT + PROBE_INTERVAL)
         if any(self.disturbed.get(n, float("-inf")) >= start for n in SERVERS):
             return
+        self.stats["quorum_lost_examined"] += 1
         p = s.leader._products.get(KEY)
         proposed = p.floor.tmr_id if p is not None else 0
         good = [
@@ -963,7 +979,6 @@ class Simulation:
         ]
         if len(good) < 2:
             return
-        self.stats["quorum_lost_checked"] += 1
         self.fail(
             f"liveness: {s.name} answered QUORUM_LOST to {reply.rid} (received at step "
             f"{w.step}, t={w.since:.2f}) while {good} were good and undisturbed since "
@@ -1430,7 +1445,7 @@ class Simulation:
     # the SDK's own `RetrySchedule`), on the simulation's ticks: a new attempt goes out at the
     # first tick at or after its time. The heartbeat channel's calls end in
     # `heartbeat_answered` or, given up, a new heartbeat at once; the main channel's in
-    # `checkout_answered` and `release_answered`, or `main_timed_out`.
+    # `checkout_answered` and `release_answered`, or `call_timed_out`.
 
     def call(self, c: SimClient, ch: SimChannel, rid: str, op: str, **args: Any) -> None:
         """A call starts on `ch`: its first attempt, to the endpoint the channel is on."""
@@ -1606,9 +1621,6 @@ class Simulation:
         if reply.ok:
             assert isinstance(reply.result, CheckoutResult)
             h = reply.result.handle
-            prev = self.rid_handles.setdefault((c.cid, c.rid), h)
-            if prev != h:
-                self.fail(f"I8: request {c.rid} got two handles {prev} and {h}")
             granted = reply.result.seats  # an exclusive checkout's: the whole LQ
             if c.mode is not AccessMode.EXCLUSIVE and granted != c.seats:
                 self.fail(f"{c.cid}: asked {c.seats} seats ({c.mode}), granted {granted}")

@@ -154,6 +154,8 @@ class Calls:
         assert (ch.op, ch.args) == (call.op, call.args), (c.cid, call, ch)
         assert now < call.deadline + EPS, (c.cid, call, now)
         if call.expect is None:  # no answer: the attempt timed out
+            # (an answer read that asked for no other attempt ended the call)
+            assert call.reply is None, (c.cid, call, now)
             assert not call.quorum_lost, (c.cid, call, now)
             due = call.attempt + call.wait
             assert due - EPS <= now <= due + TICK + EPS, (c.cid, call, now)
