@@ -355,6 +355,20 @@ class Waiting:
 # ------------------------------------------------------------------ the simulation
 
 
+def stale_queued(ch: SimChannel, reply: ClientReply) -> bool:
+    """A queued answer to a checkout's ask that carries no `wait` (its last ask, out of time):
+    the server queues only an ask with `wait`, so this answers an earlier ask of the same
+    request id, sent on a connection the SDK has closed since (a parked copy answered late,
+    say). The SDK never reads it; the simulation, which reads late replies from the current
+    endpoint (`Simulation.call_reply`), drops it. (Seen at seed 10926.)"""
+    return (
+        ch.op == "checkout"
+        and "wait" not in ch.args
+        and reply.ok
+        and isinstance(reply.result, QueuedResult)
+    )
+
+
 class Simulation:
     bases = 0  # status state bases drawn (`new_base`)
 
@@ -473,6 +487,7 @@ class Simulation:
             "main_quorum_lost_checked": 0,
             "queued_timeouts": 0,
             "released_after_retry": 0,
+            "stale_queued": 0,  # queued answers to an earlier ask dropped (`stale_queued`)
             "rollbacks": 0,  # a backend restored to an older copy (rollback_backend)
             # QUORUM_LOST answers of an undisturbed server in one term, whose backends the
             # truthfulness check looked at (`check_truthful`)
@@ -1352,6 +1367,10 @@ class Simulation:
                 mode=req.get("mode", AccessMode.USER_LIMIT),
             )
             self.note_admission(leader, cid, req["rid"], before, fx)
+            if req.get("wait") is None and any(
+                r.rid == req["rid"] and isinstance(r.result, QueuedResult) for r in fx.replies
+            ):  # (the clients drop such an answer as an earlier ask's: `stale_queued`)
+                self.fail(f"{leader.cfg.server_id} queued {req['rid']} of {cid}, without wait")
             return fx
         if op == "heartbeat":
             if leader.role == Role.ACTIVE and req["handle"] in leader._leases:
@@ -1514,10 +1533,14 @@ class Simulation:
         in flight, from its endpoint, is read: the SDK closes a connection it leaves, and
         reads nothing during a pause (before the next attempt). (Simpler than the SDK in two
         cases: a reply of an earlier attempt on the same endpoint whose connection the SDK had
-        closed is read, and one that arrives during a pause on a connection the SDK keeps, a
+        closed is read, except a queued answer that cannot be the current ask's
+        (`stale_queued`), and one that arrives during a pause on a connection the SDK keeps, a
         stay, is dropped, where the SDK reads it after sending the next attempt.)"""
         now = self.now
         if server != SERVERS[ch.index] or ch.resend_at is not None:
+            return
+        if stale_queued(ch, reply):
+            self.stats["stale_queued"] += 1
             return
         if reply.error == ErrorCode.NOT_ACTIVE:
             if ch.quorum_lost:

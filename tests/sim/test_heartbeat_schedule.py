@@ -176,6 +176,8 @@ class Calls:
             return  # not the call's connection: the SDK does not read it
         if call.expect is not None:
             return  # (answered already: a duplicate)
+        if call.op == "checkout" and "wait" not in call.args and isinstance(r.result, QueuedResult):
+            return  # an earlier ask's answer, on a connection the SDK closed (`stale_queued`)
         call.reply = r
         if r.error == ErrorCode.NOT_ACTIVE and not call.quorum_lost:
             retry = call.schedule()
