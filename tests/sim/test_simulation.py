@@ -172,6 +172,17 @@ def test_simulation_catches_a_leader_that_commits_on_one_ack(
     assert caught > 0
 
 
+def test_a_late_queued_answer_to_an_earlier_ask_is_not_the_last_asks_answer() -> None:
+    """Seed 10926: a checkout's asks reach a paused server twice; resumed, it answers both
+    copies "queued", and the second answer comes late, after the client's last ask (no
+    `wait`, out of time). The SDK would not read it (that copy's connection was closed when
+    it moved on); the client drops it (`stale_queued`) and takes the last ask's grant."""
+    sim = Simulation(10926)
+    sim.run()
+    sim.heal_and_settle()
+    assert sim.stats["stale_queued"] > 0
+
+
 def test_simulation_catches_a_server_that_grants_a_retried_checkout_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
