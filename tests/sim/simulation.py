@@ -355,15 +355,15 @@ class Waiting:
 # ------------------------------------------------------------------ the simulation
 
 
-def stale_queued(ch: SimChannel, reply: ClientReply) -> bool:
+def stale_queued(op: str, args: dict[str, Any], reply: ClientReply) -> bool:
     """A queued answer to a checkout's ask that carries no `wait` (its last ask, out of time):
     the server queues only an ask with `wait`, so this answers an earlier ask of the same
     request id, sent on a connection the SDK has closed since (a parked copy answered late,
     say). The SDK never reads it; the simulation, which reads late replies from the current
     endpoint (`Simulation.call_reply`), drops it. (Seen at seed 10926.)"""
     return (
-        ch.op == "checkout"
-        and "wait" not in ch.args
+        op == "checkout"
+        and "wait" not in args
         and reply.ok
         and isinstance(reply.result, QueuedResult)
     )
@@ -1539,7 +1539,7 @@ class Simulation:
         now = self.now
         if server != SERVERS[ch.index] or ch.resend_at is not None:
             return
-        if stale_queued(ch, reply):
+        if stale_queued(ch.op, ch.args, reply):
             self.stats["stale_queued"] += 1
             return
         if reply.error == ErrorCode.NOT_ACTIVE:

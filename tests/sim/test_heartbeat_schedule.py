@@ -39,6 +39,7 @@ from tests.sim.simulation import (
     SimChannel,
     SimClient,
     Simulation,
+    stale_queued,
 )
 from tmr.client._heartbeats import LATE, grid_step
 from tmr.client._retry import RetrySchedule
@@ -176,8 +177,8 @@ class Calls:
             return  # not the call's connection: the SDK does not read it
         if call.expect is not None:
             return  # (answered already: a duplicate)
-        if call.op == "checkout" and "wait" not in call.args and isinstance(r.result, QueuedResult):
-            return  # an earlier ask's answer, on a connection the SDK closed (`stale_queued`)
+        if stale_queued(call.op, call.args, r):
+            return  # an earlier ask's answer, on a connection the SDK closed
         call.reply = r
         if r.error == ErrorCode.NOT_ACTIVE and not call.quorum_lost:
             retry = call.schedule()

@@ -436,6 +436,13 @@ def _reader_gone(lab: Lab, host: str) -> bool:
     return lab.sh(host, f"flock -n {NOTIFY_LOCK} true", check=False, timeout=10).returncode == 0
 
 
+def _restore_reader(lab: Lab, host: str) -> None:
+    """`systemctl reload keepalived` starts a notify reader again; wait until it holds its lock."""
+    lab.sh(host, "systemctl reload keepalived")
+    lab.mark(f"reload keepalived on {host}: a notify reader again")
+    lab.wait_for(f"a notify reader on {host}", lambda: not _reader_gone(lab, host), 30)
+
+
 @pytest.mark.timeout(600)
 def test_failover_without_the_notify_reader(lab: Lab, workload: Workload) -> None:
     """The standby host's notify reader was killed (keepalived does not start it again); then
@@ -458,9 +465,7 @@ def test_failover_without_the_notify_reader(lab: Lab, workload: Workload) -> Non
     journal = lab.sh(other, f"journalctl -t tmr-keepalived --since @{int(t) - 1} --no-pager").stdout
     assert "notify reader is not running" in journal, journal
     assert "tmr-server is standby: tmr ctl promote" in journal, journal
-    lab.sh(other, "systemctl reload keepalived")
-    lab.mark(f"reload keepalived on {other}: a notify reader again")
-    lab.wait_for(f"a notify reader on {other}", lambda: not _reader_gone(lab, other), 30)
+    _restore_reader(lab, other)
     assert lab.wait_healthy() == other
     ROWS.append(
         {
@@ -505,9 +510,7 @@ def test_a_host_without_the_notify_reader_that_loses_the_vip_is_demoted(
     wait_active_with_vip(lab, active)
     granted = workload.wait_granted(t, n=3, timeout=60)
     say(f"... and took the VIP back {time.time() - t:.1f} s after {other}'s server was killed")
-    lab.sh(active, "systemctl reload keepalived")
-    lab.mark(f"reload keepalived on {active}: a notify reader again")
-    lab.wait_for(f"a notify reader on {active}", lambda: not _reader_gone(lab, active), 30)
+    _restore_reader(lab, active)
     assert lab.wait_healthy() == active
     ROWS.append(
         {

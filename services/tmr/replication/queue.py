@@ -158,10 +158,8 @@ class CheckoutQueue:
         """Take or refresh the place of `request` (`ask`): the queued result to answer with,
         its position. None: the queue is full; the checkout is refused as without `wait`."""
         new = self.get(key, request) is None
-        if (
-            self.ask(key, request, seats, now, wait, wall=wall, user=user, host=host, pid=pid)
-            is None
-        ):
+        place = self.ask(key, request, seats, now, wait, wall=wall, user=user, host=host, pid=pid)
+        if place is None:
             return None
         position = self.position(key, request)
         if new:
