@@ -890,6 +890,9 @@ def encode_usage_chunk(msg: UsageRecords) -> bytes:
             "client_id": client_id,
             "oldest": msg.oldest,
             "next": msg.next,
+            # Only when set (a first chunk whose window holds more rows than the query's
+            # limit): servers before the flag ignore the key and count the rows they read.
+            **({"truncated": True} if msg.truncated else {}),
         }
     )
 
@@ -950,7 +953,7 @@ def _d_usage_chunk(mid: int, b: dict[str, Any]) -> UsageRecords:
             )
         ),
         None if oldest is None else _float(oldest, "oldest"),
-        False,
+        _bool(b.get("truncated", False), "truncated"),
         None if nxt is None else _int(nxt, "next"),
     )
 

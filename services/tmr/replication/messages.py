@@ -273,7 +273,7 @@ class UsageRecords:
     name: str
     rows: tuple[UsageRow, ...]
     oldest: float | None  # retention trimmed older rows: `at` of the oldest kept (None: none)
-    truncated: bool  # more rows matched than `limit`
+    truncated: bool  # more rows matched than `limit` (a chunked answer: said by the first)
     next: int | None = None  # a chunk: ``after`` for the next one (None: the last chunk)
 
 

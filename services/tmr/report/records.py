@@ -24,28 +24,35 @@ from tmr.replication.messages import (
     UsageRow,
 )
 
-# Rows of the window, plus grants made before it whose handle was not yet released or
-# expired when it opened (they hold seats inside the window).
-_WINDOW_SQL = """
-SELECT at, event, firm, product, handle, seats, client_id FROM usage
-WHERE at <= :until
+# The rows of a window: those in it, plus grants made before it whose handle was not yet
+# released or expired when it opened (they hold seats inside the window).
+_WINDOW = """
+  at <= :until
   AND (at >= :since
        OR (event = 'granted' AND handle NOT IN (
              SELECT handle FROM usage WHERE event != 'granted' AND at < :since)))
+"""
+
+_WINDOW_SQL = f"""
+SELECT at, event, firm, product, handle, seats, client_id FROM usage
+WHERE {_WINDOW}
 ORDER BY id
 LIMIT :limit
 """
 
 # The same rows from record id ``after`` on (a chunked query reads them lazily, as far as
 # its chunk goes: the scan follows the primary key).
-_CHUNK_SQL = """
+_CHUNK_SQL = f"""
 SELECT id, at, event, firm, product, handle, seats, client_id FROM usage
-WHERE id > :after
-  AND at <= :until
-  AND (at >= :since
-       OR (event = 'granted' AND handle NOT IN (
-             SELECT handle FROM usage WHERE event != 'granted' AND at < :since)))
+WHERE id > :after AND {_WINDOW}
 ORDER BY id
+"""
+
+# How many rows the window holds, counted up to ``cap`` (the first chunk of a report says
+# whether the window holds more than the query's limit: the server then refuses the report
+# at once instead of reading that many rows first).
+_COUNT_SQL = f"""
+SELECT COUNT(*) FROM (SELECT 1 FROM usage WHERE {_WINDOW} LIMIT :cap)
 """
 
 
@@ -110,12 +117,29 @@ class UsageReader:
     def _chunk(self, q: UsageQuery, name: str) -> UsageRecords:
         """The rows after record id ``q.after`` that fit in ``q.chunk_bytes`` encoded (at least
         one), with the id to continue from (None: no row is left). The first chunk (``after``
-        0) also says how far back the record goes; later ones leave ``oldest`` None."""
+        0) also says how far back the record goes (later ones leave ``oldest`` None) and
+        whether the window holds more than ``q.limit`` rows (``truncated``)."""
         budget = q.chunk_bytes - peer_api.USAGE_CHUNK_OVERHEAD - len(name.encode())
         rows, last, oldest = self._read_chunk(
             _CHUNK_SQL, _USAGE_FIRST_SQL, q, budget, UsageRow._make, peer_api.usage_row_size
         )
-        return UsageRecords(q.mid, name, tuple(rows), oldest, False, last)
+        # The first chunk says whether the window holds more rows than the query's limit
+        # (`UsageRecords.truncated`): the server then refuses the report at once (a server
+        # before this flag ignores it and counts the rows it reads, as before).
+        over = False
+        if q.after == 0:
+            over = len(rows) > q.limit if last is None else self._count(q, q.limit + 1) > q.limit
+        return UsageRecords(q.mid, name, tuple(rows), oldest, over, last)
+
+    def _count(self, q: UsageQuery, cap: int) -> int:
+        """The rows of ``q``'s window, counted up to ``cap``."""
+        try:
+            params = {"since": q.since, "until": q.until, "cap": cap}
+            (n,) = self._connection().execute(_COUNT_SQL, params).fetchone()
+        except sqlite3.Error:
+            self.close()
+            raise
+        return int(n)
 
     def denials(self, q: DenialQuery, name: str) -> DenialRecords:
         """The denial rows of ``q``'s window after record id ``q.after`` that fit in

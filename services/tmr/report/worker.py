@@ -252,7 +252,9 @@ class UsageWorker:
         """Ask the job's backends, chunk by chunk (one chunk of at most CHUNK_BYTES in flight
         per backend, the next one asked for after a pause, `PACE`: no large frame on a
         backend's peer socket, and a report never keeps a backend busy); (answers by backend,
-        problems by backend). A backend that answers a chunked
+        problems by backend). A backend whose window holds more than the row limit (its first
+        chunk says so, or the rows read pass it) ends the fetch: the report is refused, and
+        the other backends are not read further. A backend that answers a chunked
         query with all its rows at once (a version before chunks) is read as well."""
         problems: dict[str, str] = {name: "down" for name in job.down}
         pulls: dict[str, _Pull] = {}
@@ -292,6 +294,8 @@ class UsageWorker:
                 if self._receive(job, pull, answers, problems):
                     del pulls[pull.name]
                     poller.unregister(s)
+            if any(a.truncated for a in answers.values()):
+                break  # the report is refused (a shorter window): the others need no more reads
         return answers, problems
 
     def _ask(self, job: UsageJob, pull: _Pull) -> bool:

@@ -112,6 +112,30 @@ def test_chunks_keep_the_window_and_the_record_horizon(db: Path) -> None:
     assert chunks[0][1].oldest == T0 + 10  # the first chunk says how far back it goes
 
 
+def test_the_first_chunk_says_whether_the_window_holds_more_than_the_limit(db: Path) -> None:
+    """The backend counts the window's rows (up to the limit + 1) with its first chunk, so a
+    server refuses an over-long window at once instead of reading that many rows first."""
+    _fill(db, _rows(600))
+    reader = UsageReader(db)
+
+    def first(limit: int, until: float = T0 + 10_000) -> UsageRecords:
+        q = UsageQuery(1, T0, until, limit, 0, peer_api.MIN_USAGE_CHUNK)
+        msg = peer_api.decode_usage_reply(peer_api.encode_usage_answer(q, reader.query(q, "b")))
+        assert isinstance(msg, UsageRecords) and msg.rows and msg.next is not None
+        return msg
+
+    assert first(599).truncated
+    assert not first(600).truncated  # exactly the limit is allowed
+    assert not first(599, until=T0 + 598).truncated  # the window, not the table, counts
+    assert first(598, until=T0 + 598).truncated
+    # Later chunks do not count again, and a window read whole in one chunk counts its rows.
+    later = reader.query(UsageQuery(2, T0, T0 + 10_000, 10, 50, peer_api.MIN_USAGE_CHUNK), "b")
+    assert not later.truncated
+    whole = reader.query(UsageQuery(3, T0, T0 + 4, 4, 0, CHUNK_BYTES), "b")
+    assert whole.next is None and len(whole.rows) == 5 and whole.truncated
+    reader.close()
+
+
 def test_a_query_without_chunk_is_answered_whole(db: Path) -> None:
     """What a server from before chunks sends: all rows in one `usage_records`."""
     _fill(db, _rows(20))
@@ -158,6 +182,9 @@ def test_chunk_round_trip() -> None:
     assert peer_api.decode_usage_reply(peer_api.encode_usage_chunk(rec)) == rec
     empty = UsageRecords(4, "backend-3", (), None, False, None)
     assert peer_api.decode_usage_reply(peer_api.encode_usage_chunk(empty)) == empty
+    assert b"truncated" not in peer_api.encode_usage_chunk(rec)  # sent only when set
+    over = UsageRecords(4, "backend-3", tuple(_rows(3)), None, True, 3)
+    assert peer_api.decode_usage_reply(peer_api.encode_usage_chunk(over)) == over
     msg = peer_api.decode_usage_reply(pack(_chunk_body(at=[1, 2])))  # integer times are fine
     assert isinstance(msg, UsageRecords) and msg.rows[0].at == 1.0
     assert [r.event for r in msg.rows] == ["granted", "released"]
@@ -184,6 +211,8 @@ def test_chunk_round_trip() -> None:
         {"oldest": "yesterday"},
         {"name": ""},
         {"handle": None},
+        {"truncated": 1},
+        {"truncated": "yes"},
     ],
 )
 def test_bad_chunks_are_protocol_errors(change: dict[str, Any]) -> None:
@@ -197,7 +226,9 @@ def test_bad_chunks_are_protocol_errors(change: dict[str, Any]) -> None:
 class FakeBackend:
     """A CURVE ROUTER on loopback that answers usage queries with ``answer(query)``."""
 
-    def __init__(self, answer: Callable[[UsageQuery], bytes], delay: float = 0.0) -> None:
+    def __init__(
+        self, answer: Callable[[UsageQuery], bytes], delay: float = 0.0, name: str = "b1"
+    ) -> None:
         self.keys = generate_keypair()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -206,7 +237,7 @@ class FakeBackend:
         self.sock.curve_publickey = self.keys.public.encode()
         self.sock.curve_server = True
         port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.ref = BackendRef("b1", f"tcp://127.0.0.1:{port}", self.keys.public)
+        self.ref = BackendRef(name, f"tcp://127.0.0.1:{port}", self.keys.public)
         self.answer = answer
         self.delay = delay  # seconds each answer takes
         self.queries: list[UsageQuery] = []
@@ -235,12 +266,15 @@ class FakeBackend:
         self.ctx.term()
 
 
-def _fetch(backend: FakeBackend, row_limit: int = 1000) -> tuple[dict[str, Any], dict[str, str]]:
+def _fetch(
+    backend: FakeBackend, row_limit: int = 1000, *others: FakeBackend
+) -> tuple[dict[str, Any], dict[str, str]]:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    backends = (backend, *others)
     worker = UsageWorker(
         ctx,
         "tmr-a",
-        (backend.ref,),
+        tuple(b.ref for b in backends),
         generate_keypair(),
         DenialLog(None, 86400),
         timeout=5.0,
@@ -248,7 +282,7 @@ def _fetch(backend: FakeBackend, row_limit: int = 1000) -> tuple[dict[str, Any],
     )
     links: dict[str, zmq.Socket[bytes]] = {}
     try:
-        job = UsageJob(None, "r-1", T0, T0 + 100, ("b1",))
+        job = UsageJob(None, "r-1", T0, T0 + 100, tuple(b.ref.name for b in backends))
         return worker.fetch(job, links)
     finally:
         for s in links.values():
@@ -289,6 +323,31 @@ def test_the_worker_stops_pulling_beyond_the_row_limit() -> None:
         backend.close()
     assert answers["b1"].truncated and len(answers["b1"].rows) == 3
     assert [q.after for q in backend.queries] == [0, 2]
+
+
+def _over_the_limit(q: UsageQuery) -> bytes:
+    """A backend whose window holds more rows than the limit: its first chunk says so."""
+    part = ROWS[q.after : q.after + 2]
+    nxt = q.after + 2 if q.after + 2 < len(ROWS) else None
+    return peer_api.encode_usage_chunk(
+        UsageRecords(q.mid, "b2", tuple(part), None, q.after == 0, nxt)
+    )
+
+
+def test_a_backend_over_the_limit_ends_the_fetch_at_its_first_chunk() -> None:
+    """One backend's window holds more rows than the limit: the report will be refused, so
+    neither it nor the other backends are read any further."""
+    other = FakeBackend(_in_chunks_of_two, delay=0.3)
+    over = FakeBackend(_over_the_limit, name="b2")
+    try:
+        answers, _ = _fetch(other, 1000, over)
+    finally:
+        other.close()
+        over.close()
+    assert answers["b2"].truncated
+    assert [q.after for q in over.queries] == [0]
+    assert [q.after for q in other.queries] == [0]  # its later chunks are not asked for
+    assert "b1" not in answers
 
 
 def test_the_worker_reads_a_backend_that_answers_whole() -> None:
