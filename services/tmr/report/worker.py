@@ -278,6 +278,12 @@ class UsageWorker:
         while pulls:
             now = time.monotonic()
             for name, pull in list(pulls.items()):
+                # Past the deadline, read what came first: on a busy host this low-priority
+                # process may be the one that was slow, the answer waiting since long before.
+                due = pull.ask_at is None and pull.deadline <= now
+                if due and self._receive(job, pull, answers, problems):
+                    poller.unregister(pulls.pop(name).socket)
+                    continue
                 if pull.ask_at is not None and pull.ask_at <= now:
                     pull.ask_at = None
                     if not self._ask(job, pull):
@@ -375,6 +381,10 @@ class UsageWorker:
         while pulls:
             now = time.monotonic()
             for name, pull in list(pulls.items()):
+                due = pull.ask_at is None and pull.deadline <= now  # read first, as in `fetch`
+                if due and self._receive_denials(pull, got, problems):
+                    poller.unregister(pulls.pop(name).socket)
+                    continue
                 if pull.ask_at is not None and pull.ask_at <= now:
                     if not self._ask_denials(job, pull):
                         problems[name] = "the link went down between two chunks"

@@ -20,7 +20,14 @@ from tmr.keys import generate_keypair
 from tmr.protocol import peer_api
 from tmr.protocol.codec import pack
 from tmr.protocol.errors import ProtocolError
-from tmr.replication.messages import UsageQuery, UsageRecords, UsageRow
+from tmr.replication.messages import (
+    DenialQuery,
+    DenialRecords,
+    DenialRow,
+    UsageQuery,
+    UsageRecords,
+    UsageRow,
+)
 from tmr.report.denials import DenialLog
 from tmr.report.records import UsageReader
 from tmr.report.worker import CHUNK_BYTES, PACE, UsageJob, UsageWorker
@@ -227,7 +234,7 @@ class FakeBackend:
     """A CURVE ROUTER on loopback that answers usage queries with ``answer(query)``."""
 
     def __init__(
-        self, answer: Callable[[UsageQuery], bytes], delay: float = 0.0, name: str = "b1"
+        self, answer: Callable[[Any], bytes], delay: float = 0.0, name: str = "b1"
     ) -> None:
         self.keys = generate_keypair()
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -240,7 +247,7 @@ class FakeBackend:
         self.ref = BackendRef(name, f"tcp://127.0.0.1:{port}", self.keys.public)
         self.answer = answer
         self.delay = delay  # seconds each answer takes
-        self.queries: list[UsageQuery] = []
+        self.queries: list[Any] = []  # the `UsageQuery`s and `DenialQuery`s received
         self.times: list[tuple[float, float]] = []  # (query received, answer sent), monotonic
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -252,7 +259,8 @@ class FakeBackend:
                 continue
             *envelope, payload = self.sock.recv_multipart()
             received = time.monotonic()
-            q = peer_api.decode_usage_query(payload)
+            q = peer_api.decode_backend_frame(payload)
+            assert isinstance(q, UsageQuery | DenialQuery)
             self.queries.append(q)
             answer = self.answer(q)
             self._stop.wait(self.delay)  # a backend at work
@@ -267,23 +275,50 @@ class FakeBackend:
 
 
 def _fetch(
-    backend: FakeBackend, row_limit: int = 1000, *others: FakeBackend
+    backend: FakeBackend,
+    row_limit: int = 1000,
+    *others: FakeBackend,
+    timeout: float = 5.0,
+    slow: bool = False,
+    denials: bool = False,
 ) -> tuple[dict[str, Any], dict[str, str]]:
+    """``worker.fetch`` (``denials``: then ``fetch_denials``) of the backends. ``slow``: the worker
+    process is held up right after each query, until the backend has answered it and the
+    query's deadline has passed (what a busy host does to a process at nice 19)."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     backends = (backend, *others)
+    names = tuple(b.ref.name for b in backends)
     worker = UsageWorker(
         ctx,
         "tmr-a",
         tuple(b.ref for b in backends),
         generate_keypair(),
         DenialLog(None, 86400),
-        timeout=5.0,
+        timeout=timeout,
         row_limit=row_limit,
     )
+    if slow:
+        assert not others
+
+        def held_up(ask: Callable[[UsageJob, Any], bool]) -> Callable[[UsageJob, Any], bool]:
+            def asked(job: UsageJob, pull: Any) -> bool:
+                if not ask(job, pull):
+                    return False
+                # The answer arrives (read later), and only then does the deadline pass.
+                assert pull.socket.poll(10_000, zmq.POLLIN), "the fake backend did not answer"
+                while time.monotonic() <= pull.deadline:
+                    time.sleep(0.01)
+                return True
+
+            return asked
+
+        setattr(worker, "_ask", held_up(worker._ask))  # noqa: B010 (mypy refuses assigning to a method)
+        setattr(worker, "_ask_denials", held_up(worker._ask_denials))  # noqa: B010
     links: dict[str, zmq.Socket[bytes]] = {}
     try:
-        job = UsageJob(None, "r-1", T0, T0 + 100, tuple(b.ref.name for b in backends))
-        return worker.fetch(job, links)
+        job = UsageJob(None, "r-1", T0, T0 + 100, names, denial_backends=names)
+        got = worker.fetch(job, links)  # as `report` does: the links connect here
+        return worker.fetch_denials(job, links) if denials else got
     finally:
         for s in links.values():
             s.close(0)
@@ -348,6 +383,69 @@ def test_a_backend_over_the_limit_ends_the_fetch_at_its_first_chunk() -> None:
     assert [q.after for q in over.queries] == [0]
     assert [q.after for q in other.queries] == [0]  # its later chunks are not asked for
     assert "b1" not in answers
+
+
+def _denials_in_chunks_of_two(q: DenialQuery) -> bytes:
+    rows = [
+        DenialRow(
+            f"d{i}",
+            T0 + i,
+            "tmr-a",
+            "NO_LICENSE_AVAILABLE",
+            1,
+            2,
+            1,
+            "k",
+            "u",
+            "h",
+            1,
+            "",
+            1,
+            T0 + i,
+        )
+        for i in range(5)
+    ]
+    nxt = q.after + 2 if q.after + 2 < len(rows) else None
+    part = tuple(rows[q.after : q.after + 2])
+    return peer_api.encode_denial_records(DenialRecords(q.mid, "b1", part, None, nxt))
+
+
+@pytest.mark.parametrize("denials", [False, True])
+def test_an_answer_that_came_while_the_worker_was_held_up_is_read(denials: bool) -> None:
+    """On a busy host the worker process (nice 19) may be the slow one: every answer arrives
+    in time, but the worker looks only after the query's deadline. It reads what came before
+    it calls the backend silent."""
+    backend = FakeBackend(
+        lambda q: (
+            _denials_in_chunks_of_two(q) if isinstance(q, DenialQuery) else _in_chunks_of_two(q)
+        )
+    )
+    try:
+        answers, problems = _fetch(backend, timeout=0.2, slow=True, denials=denials)
+    finally:
+        backend.close()
+    assert problems == {}
+    if denials:
+        assert [r.id for r in answers["b1"]] == [f"d{i}" for i in range(5)]
+    else:
+        assert list(answers["b1"].rows) == ROWS
+    asked = [q.after for q in backend.queries if isinstance(q, DenialQuery) == denials]
+    assert asked == ([0, 2, 4] if denials else [0, 2, 4, 6])
+
+
+@pytest.mark.parametrize("denials", [False, True])
+def test_a_backend_silent_past_the_deadline_is_reported(denials: bool) -> None:
+    backend = FakeBackend(
+        lambda q: (
+            _denials_in_chunks_of_two(q) if isinstance(q, DenialQuery) else _in_chunks_of_two(q)
+        ),
+        delay=3.0,
+    )
+    try:
+        answers, problems = _fetch(backend, timeout=0.2, denials=denials)
+    finally:
+        backend.close()
+    assert answers == {} and problems == {"b1": "no answer within 0.2 s"}
 
 
 def test_the_worker_reads_a_backend_that_answers_whole() -> None:
