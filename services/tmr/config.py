@@ -74,6 +74,8 @@ class ServerConfig:
     client_allowlist: tuple[str, ...] = ()  # Z85 client public keys; empty: any client
     admin_keys: tuple[str, ...] = ()  # Z85 client public keys that may ask usage reports
     usage_max_rows: int = 200_000  # usage rows per backend in one report (more: BAD_REQUEST)
+    # seconds a backend has for each chunk of a report before it is reported unavailable
+    usage_query_timeout: float = 5.0
     # WebAdmin and /metrics (none: off); an address that is not loopback needs credentials
     web_listen: str | None = "127.0.0.1:22380"
     web_auth_user: str | None = None  # HTTP basic auth on every web path (with the file below)
@@ -273,6 +275,11 @@ def load_server_config(path: Path) -> ServerConfig:
             _check(path, key, value, (int, float), "a number")
             if not 0 <= value <= _MS_BOUNDS[key]:
                 raise ConfigError(f"{path}: key {key!r} must be 0 to {_MS_BOUNDS[key]}")
+            out[key] = float(value)
+        elif key == "usage_query_timeout":
+            _check(path, key, value, (int, float), "a number")
+            if not 0.5 <= value <= 300:
+                raise ConfigError(f"{path}: key 'usage_query_timeout' must be 0.5 to 300 seconds")
             out[key] = float(value)
         elif key == "usage_max_rows":
             out[key] = _check(path, key, value, int, "an integer")

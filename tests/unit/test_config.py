@@ -65,6 +65,17 @@ def test_server_expiry_warning_days(tmp_path: Path) -> None:
     assert load_server_config(write(tmp_path, text)).expiry_warning_days == 0.0
 
 
+def test_server_usage_query_timeout(tmp_path: Path) -> None:
+    assert load_server_config(write(tmp_path, SERVER)).usage_query_timeout == 5.0
+    for text, want in (("usage_query_timeout = 30", 30.0), ("usage_query_timeout = 0.5", 0.5)):
+        cfg = load_server_config(write(tmp_path, SERVER.replace("lease_seconds = 10", text)))
+        assert cfg.usage_query_timeout == want
+    for bad in ("0", "301", "-1", '"5"', "true"):
+        text = SERVER.replace("lease_seconds = 10", f"usage_query_timeout = {bad}")
+        with pytest.raises(ConfigError, match="usage_query_timeout"):
+            load_server_config(write(tmp_path, text))
+
+
 def test_server_idle_hold_ms(tmp_path: Path) -> None:
     assert load_server_config(write(tmp_path, SERVER)).idle_hold_ms == 16.0
     for text, want in (("idle_hold_ms = 0", 0.0), ("idle_hold_ms = 2.5", 2.5)):

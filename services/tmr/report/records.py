@@ -54,6 +54,9 @@ ORDER BY id
 _COUNT_SQL = f"""
 SELECT COUNT(*) FROM (SELECT 1 FROM usage WHERE {_WINDOW} LIMIT :cap)
 """
+# The table's id range, from the primary key: a table of at most ``limit`` rows (retention
+# below the limit, the default) needs no count.
+_USAGE_IDS_SQL = "SELECT MIN(id), MAX(id) FROM usage"
 
 
 # The denial rows of a window from record id ``after`` on (schema 6; `SqliteStore.add_denials`).
@@ -128,18 +131,23 @@ class UsageReader:
         # before this flag ignores it and counts the rows it reads, as before).
         over = False
         if q.after == 0:
-            over = len(rows) > q.limit if last is None else self._count(q, q.limit + 1) > q.limit
+            over = len(rows) > q.limit if last is None else self._over_limit(q)
         return UsageRecords(q.mid, name, tuple(rows), oldest, over, last)
 
-    def _count(self, q: UsageQuery, cap: int) -> int:
-        """The rows of ``q``'s window, counted up to ``cap``."""
+    def _over_limit(self, q: UsageQuery) -> bool:
+        """Whether ``q``'s window holds more than ``q.limit`` rows (counted up to the limit + 1;
+        a table whose id range is within the limit holds no more rows than that: no count)."""
         try:
-            params = {"since": q.since, "until": q.until, "cap": cap}
-            (n,) = self._connection().execute(_COUNT_SQL, params).fetchone()
+            conn = self._connection()
+            first, last = conn.execute(_USAGE_IDS_SQL).fetchone()
+            if first is None or last - first + 1 <= q.limit:
+                return False
+            params = {"since": q.since, "until": q.until, "cap": q.limit + 1}
+            (n,) = conn.execute(_COUNT_SQL, params).fetchone()
         except sqlite3.Error:
             self.close()
             raise
-        return int(n)
+        return int(n) > q.limit
 
     def denials(self, q: DenialQuery, name: str) -> DenialRecords:
         """The denial rows of ``q``'s window after record id ``q.after`` that fit in

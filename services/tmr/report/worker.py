@@ -55,6 +55,7 @@ from tmr.report.summary import (
 )
 
 QUERY_TIMEOUT = 5.0  # for each chunk
+GRACE_MS = 100  # past a chunk's deadline, how long to look for its answer before giving up
 CHUNK_BYTES = 256 * 1024  # the most a backend sends in one usage answer
 # After each chunk, a pause PACE times as long as the chunk took: a report keeps a backend
 # busy at most 1 / (1 + PACE) of the time (measured: docs/performance.md, usage reports).
@@ -275,13 +276,24 @@ class UsageWorker:
                 pulls[name] = pull
                 poller.register(s, zmq.POLLIN)
         answers: dict[str, UsageRecords] = {}
-        while pulls:
+
+        def over() -> bool:
+            """A backend is over the row limit: the report is refused (a shorter window), and
+            no backend needs more reads."""
+            return any(a.truncated for a in answers.values())
+
+        while pulls and not over():
             now = time.monotonic()
             for name, pull in list(pulls.items()):
                 # Past the deadline, read what came first: on a busy host this low-priority
-                # process may be the one that was slow, the answer waiting since long before.
+                # process may be the one that was slow, the answer waiting since long before
+                # (GRACE: its I/O thread, as slow, may not have handed it to the socket yet).
                 due = pull.ask_at is None and pull.deadline <= now
-                if due and self._receive(job, pull, answers, problems):
+                if (
+                    due
+                    and pull.socket.poll(GRACE_MS)
+                    and self._receive(job, pull, answers, problems)
+                ):
                     poller.unregister(pulls.pop(name).socket)
                     continue
                 if pull.ask_at is not None and pull.ask_at <= now:
@@ -292,7 +304,7 @@ class UsageWorker:
                 elif pull.ask_at is None and pull.deadline <= now:
                     problems[name] = f"no answer within {self.timeout:g} s"
                     poller.unregister(pulls.pop(name).socket)
-            if not pulls:
+            if not pulls or over():
                 break
             wait = min(p.deadline if p.ask_at is None else p.ask_at for p in pulls.values()) - now
             for s, _ in poller.poll(int(wait * 1000) + 1):
@@ -300,8 +312,6 @@ class UsageWorker:
                 if self._receive(job, pull, answers, problems):
                     del pulls[pull.name]
                     poller.unregister(s)
-            if any(a.truncated for a in answers.values()):
-                break  # the report is refused (a shorter window): the others need no more reads
         return answers, problems
 
     def _ask(self, job: UsageJob, pull: _Pull) -> bool:
@@ -382,7 +392,11 @@ class UsageWorker:
             now = time.monotonic()
             for name, pull in list(pulls.items()):
                 due = pull.ask_at is None and pull.deadline <= now  # read first, as in `fetch`
-                if due and self._receive_denials(pull, got, problems):
+                if (
+                    due
+                    and pull.socket.poll(GRACE_MS)
+                    and self._receive_denials(pull, got, problems)
+                ):
                     poller.unregister(pulls.pop(name).socket)
                     continue
                 if pull.ask_at is not None and pull.ask_at <= now:

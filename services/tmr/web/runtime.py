@@ -67,7 +67,13 @@ class WebRuntime:
         """Start the usage worker and, when ``web_listen`` is set, the web thread."""
         cfg = self.cfg
         self.worker = UsageWorker(
-            ctx, cfg.name, cfg.backends, node_keys, self.denials, row_limit=cfg.usage_max_rows
+            ctx,
+            cfg.name,
+            cfg.backends,
+            node_keys,
+            self.denials,
+            timeout=cfg.usage_query_timeout,
+            row_limit=cfg.usage_max_rows,
         )
         self.worker.start()
         if cfg.web_listen is None:

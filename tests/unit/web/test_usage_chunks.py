@@ -143,6 +143,41 @@ def test_the_first_chunk_says_whether_the_window_holds_more_than_the_limit(db: P
     reader.close()
 
 
+def test_the_limit_flag_counts_what_the_chunks_hold(db: Path) -> None:
+    """Over windows that take in grants made before them (held across the start, or released
+    before it) and with limits around the rows read: the first chunk's flag says exactly
+    whether the chunks hold more rows than the limit."""
+    _fill(db, _rows(600))  # grant at T0 + 2i, its release at T0 + 2i + 1
+    conn = sqlite3.connect(db)
+    with conn:  # grants never released: held across any later window's start
+        conn.executemany(
+            "INSERT INTO usage (at, recorded_at, event, firm, product, handle, seats, "
+            "client_id) VALUES (?, ?, 'granted', 1, 2, ?, 1, 'c')",
+            [(T0 + i + 0.5, T0, f"held{i}") for i in range(0, 600, 7)],
+        )
+    conn.close()
+    reader = UsageReader(db)
+    for since, until in ((T0, T0 + 1000), (T0 + 300.2, T0 + 450), (T0 + 590, T0 + 700)):
+        rows: list[UsageRow] = []
+        after = 0
+        while True:
+            q = UsageQuery(
+                1, since, until, peer_api.MAX_USAGE_ROWS, after, peer_api.MIN_USAGE_CHUNK
+            )
+            msg = reader.query(q, "b")
+            rows += msg.rows
+            if msg.next is None:
+                break
+            after = msg.next
+        held = [r for r in rows if r.at < since]  # grants made before the window
+        assert held or since == T0
+        n = len(rows)
+        for limit in (1, n - 1, n, n + 1):
+            q = UsageQuery(1, since, until, max(limit, 1), 0, peer_api.MIN_USAGE_CHUNK)
+            assert reader.query(q, "b").truncated == (n > max(limit, 1)), (since, limit, n)
+    reader.close()
+
+
 def test_a_query_without_chunk_is_answered_whole(db: Path) -> None:
     """What a server from before chunks sends: all rows in one `usage_records`."""
     _fill(db, _rows(20))
@@ -315,6 +350,8 @@ def _fetch(
         setattr(worker, "_ask", held_up(worker._ask))  # noqa: B010 (mypy refuses assigning to a method)
         setattr(worker, "_ask_denials", held_up(worker._ask_denials))  # noqa: B010
     links: dict[str, zmq.Socket[bytes]] = {}
+    for name in names:  # connected before the fetch (a short timeout also cuts its grace)
+        assert worker._link(links, name).poll(10_000, zmq.POLLOUT), f"{name} did not connect"
     try:
         job = UsageJob(None, "r-1", T0, T0 + 100, names, denial_backends=names)
         got = worker.fetch(job, links)  # as `report` does: the links connect here
@@ -372,7 +409,7 @@ def _over_the_limit(q: UsageQuery) -> bytes:
 def test_a_backend_over_the_limit_ends_the_fetch_at_its_first_chunk() -> None:
     """One backend's window holds more rows than the limit: the report will be refused, so
     neither it nor the other backends are read any further."""
-    other = FakeBackend(_in_chunks_of_two, delay=0.3)
+    other = FakeBackend(_in_chunks_of_two, delay=5.0)  # cut short by its close()
     over = FakeBackend(_over_the_limit, name="b2")
     try:
         answers, _ = _fetch(other, 1000, over)
@@ -431,6 +468,16 @@ def test_an_answer_that_came_while_the_worker_was_held_up_is_read(denials: bool)
         assert list(answers["b1"].rows) == ROWS
     asked = [q.after for q in backend.queries if isinstance(q, DenialQuery) == denials]
     assert asked == ([0, 2, 4] if denials else [0, 2, 4, 6])
+
+
+def test_an_over_the_limit_answer_read_past_the_deadline_ends_the_fetch() -> None:
+    backend = FakeBackend(_over_the_limit, name="b2")
+    try:
+        answers, problems = _fetch(backend, timeout=0.2, slow=True)
+    finally:
+        backend.close()
+    assert answers["b2"].truncated and problems == {}
+    assert [q.after for q in backend.queries] == [0]
 
 
 @pytest.mark.parametrize("denials", [False, True])
