@@ -21,9 +21,9 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 import zmq
 
@@ -37,6 +37,7 @@ from tmr.protocol.client_api import ErrorReply, OkReply, Reply, UsageResult, enc
 from tmr.protocol.errors import ProtocolError
 from tmr.replication.messages import (
     DenialQuery,
+    DenialRecords,
     DenialRow,
     PeerError,
     UsageQuery,
@@ -81,9 +82,14 @@ class UsageJob:
     denial_backends: tuple[str, ...] = ()
 
 
+MsgT = TypeVar("MsgT", UsageRecords, DenialRecords)
+
+
 @dataclass
-class _Pull:
-    """The chunks read so far from one backend for one report."""
+class _Pull(Generic[MsgT]):
+    """One backend's chunks for one report, of either kind (usage rows, denial rows): what
+    `UsageWorker._pull_all` keeps per backend. A kind says how to ask for a chunk, how to
+    read its answer, and what to do with it; the loop (ask, pace, time out) is shared."""
 
     name: str
     socket: zmq.Socket[bytes]
@@ -92,23 +98,97 @@ class _Pull:
     deadline: float = 0.0  # its answer is due by then (monotonic)
     asked_at: float = 0.0  # when it was sent (monotonic)
     ask_at: float | None = None  # no query in flight: when to ask for the next chunk
-    chunks: int = 0
-    oldest: float | None = None
-    rows: list[UsageRow] = field(default_factory=list)
+    problem: str | None = None  # why this backend was given up (None: not given up)
+
+    BAD_REPLY: ClassVar[tuple[str, str]] = ("usage_bad_reply", "warning")  # (event, level)
+
+    def query(self, mid: int, job: UsageJob, row_limit: int) -> bytes:
+        raise NotImplementedError
+
+    def decode(self, frame: bytes) -> MsgT | PeerError:
+        raise NotImplementedError
+
+    def absorb(self, msg: MsgT, row_limit: int) -> int | None:
+        """Take one chunk: the record id to ask the next chunk after, or None when this
+        backend is done (its result kept, or `problem` set)."""
+        raise NotImplementedError
+
+    @property
+    def finished(self) -> bool:
+        raise NotImplementedError
 
 
 @dataclass
-class _DenialPull:
-    """The denial chunks read so far from one backend for one report."""
+class _UsagePull(_Pull[UsageRecords]):
+    """The usage rows read so far from one backend (`UsageQuery` chunks)."""
 
-    name: str
-    socket: zmq.Socket[bytes]
-    after: int = 0
-    mid: int = 0
-    deadline: float = 0.0
-    asked_at: float = 0.0
-    ask_at: float | None = None
+    chunks: int = 0
+    oldest: float | None = None
+    rows: list[UsageRow] = field(default_factory=list)
+    answer: UsageRecords | None = None  # once complete (or over the row limit)
+
+    def query(self, mid: int, job: UsageJob, row_limit: int) -> bytes:
+        return peer_api.encode_usage_query(
+            UsageQuery(mid, job.since, job.until, row_limit, self.after, CHUNK_BYTES)
+        )
+
+    def decode(self, frame: bytes) -> UsageRecords | PeerError:
+        return peer_api.decode_usage_reply(frame)
+
+    def absorb(self, msg: UsageRecords, row_limit: int) -> int | None:
+        if self.chunks == 0:
+            self.oldest = msg.oldest  # the first chunk says how far back the record goes
+        self.chunks += 1
+        self.rows.extend(msg.rows)
+        truncated = msg.truncated or len(self.rows) > row_limit
+        if msg.next is not None and not truncated:
+            return msg.next
+        self.answer = UsageRecords(
+            msg.mid, self.name, tuple(self.rows[:row_limit]), self.oldest, truncated
+        )
+        return None
+
+    @property
+    def finished(self) -> bool:
+        return self.answer is not None
+
+    @property
+    def over(self) -> bool:
+        """More rows in the window than the row limit: the report is refused."""
+        return self.answer is not None and self.answer.truncated
+
+
+@dataclass
+class _DenialPull(_Pull[DenialRecords]):
+    """The denial rows read so far from one backend (`DenialQuery` chunks)."""
+
     rows: list[DenialRow] = field(default_factory=list)
+    complete: bool = False
+
+    # e.g. a late usage chunk on the same link, after a usage fetch that stopped early
+    BAD_REPLY: ClassVar[tuple[str, str]] = ("denial_bad_reply", "debug")
+
+    def query(self, mid: int, job: UsageJob, row_limit: int) -> bytes:
+        return peer_api.encode_denial_query(
+            DenialQuery(mid, job.since, job.until, self.after, CHUNK_BYTES)
+        )
+
+    def decode(self, frame: bytes) -> DenialRecords | PeerError:
+        return peer_api.decode_denial_reply(frame)
+
+    def absorb(self, msg: DenialRecords, row_limit: int) -> int | None:
+        self.rows.extend(msg.rows)
+        if len(self.rows) > row_limit:
+            self.problem = f"more than {row_limit} denial rows: shorter window"
+            return None
+        if msg.next is None:
+            self.complete = True
+            return None
+        return msg.next
+
+    @property
+    def finished(self) -> bool:
+        return self.complete
 
 
 class UsageWorker:
@@ -250,178 +330,88 @@ class UsageWorker:
     def fetch(
         self, job: UsageJob, links: dict[str, zmq.Socket[bytes]]
     ) -> tuple[dict[str, UsageRecords], dict[str, str]]:
-        """Ask the job's backends, chunk by chunk (one chunk of at most CHUNK_BYTES in flight
-        per backend, the next one asked for after a pause, `PACE`: no large frame on a
-        backend's peer socket, and a report never keeps a backend busy); (answers by backend,
-        problems by backend). A backend whose window holds more than the row limit (its first
-        chunk says so, or the rows read pass it) ends the fetch: the report is refused, and
-        the other backends are not read further. A backend that answers a chunked
-        query with all its rows at once (a version before chunks) is read as well."""
-        problems: dict[str, str] = {name: "down" for name in job.down}
-        pulls: dict[str, _Pull] = {}
-        poller = zmq.Poller()
-        for name in job.backends:
-            if name not in self.refs:
-                continue
-            s = self._link(links, name)
-            pull = _Pull(name, s)
-            # A link that is not connected yet gets a moment (IMMEDIATE queues nothing).
-            deadline = time.monotonic() + min(1.0, self.timeout)
-            while not self._ask(job, pull):
-                if time.monotonic() > deadline:
-                    problems[name] = "not connected"
-                    break
-                time.sleep(0.02)
-            if name not in problems:
-                pulls[name] = pull
-                poller.register(s, zmq.POLLIN)
-        answers: dict[str, UsageRecords] = {}
-
-        def over() -> bool:
-            """A backend is over the row limit: the report is refused (a shorter window), and
-            no backend needs more reads."""
-            return any(a.truncated for a in answers.values())
-
-        while pulls and not over():
-            now = time.monotonic()
-            for name, pull in list(pulls.items()):
-                # Past the deadline, read what came first: on a busy host this low-priority
-                # process may be the one that was slow, the answer waiting since long before
-                # (GRACE: its I/O thread, as slow, may not have handed it to the socket yet).
-                due = pull.ask_at is None and pull.deadline <= now
-                if (
-                    due
-                    and pull.socket.poll(GRACE_MS)
-                    and self._receive(job, pull, answers, problems)
-                ):
-                    poller.unregister(pulls.pop(name).socket)
-                    continue
-                if pull.ask_at is not None and pull.ask_at <= now:
-                    pull.ask_at = None
-                    if not self._ask(job, pull):
-                        problems[name] = "the link went down between two chunks"
-                        poller.unregister(pulls.pop(name).socket)
-                elif pull.ask_at is None and pull.deadline <= now:
-                    problems[name] = f"no answer within {self.timeout:g} s"
-                    poller.unregister(pulls.pop(name).socket)
-            if not pulls or over():
-                break
-            wait = min(p.deadline if p.ask_at is None else p.ask_at for p in pulls.values()) - now
-            for s, _ in poller.poll(int(wait * 1000) + 1):
-                pull = next(p for p in pulls.values() if p.socket is s)
-                if self._receive(job, pull, answers, problems):
-                    del pulls[pull.name]
-                    poller.unregister(s)
-        return answers, problems
-
-    def _ask(self, job: UsageJob, pull: _Pull) -> bool:
-        """Send the query for ``pull``'s next chunk; False if the link cannot take it yet."""
-        mid = next(self._mids)
-        query = UsageQuery(mid, job.since, job.until, self.row_limit, pull.after, CHUNK_BYTES)
-        try:
-            pull.socket.send(peer_api.encode_usage_query(query), zmq.NOBLOCK)
-        except zmq.Again:
-            return False
-        pull.mid = mid
-        pull.asked_at = time.monotonic()
-        pull.deadline = pull.asked_at + self.timeout
-        return True
-
-    def _receive(
-        self,
-        job: UsageJob,
-        pull: _Pull,
-        answers: dict[str, UsageRecords],
-        problems: dict[str, str],
-    ) -> bool:
-        """Read what ``pull``'s link has; True once the backend's answer is complete (in
-        ``answers``) or has failed (in ``problems``)."""
-        name = pull.name
-        while True:
-            try:
-                frames = pull.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return False
-            try:
-                msg = peer_api.decode_usage_reply(frames[-1])
-            except ProtocolError as exc:
-                log("usage_bad_reply", level="warning", backend=name, error=exc.message)
-                continue
-            if msg.mid != pull.mid:
-                continue  # a late answer to an earlier query
-            if isinstance(msg, PeerError):
-                problems[name] = msg.message
-                return True
-            if pull.chunks == 0:
-                pull.oldest = msg.oldest  # the first chunk says how far back the record goes
-            pull.chunks += 1
-            pull.rows.extend(msg.rows)
-            truncated = msg.truncated or len(pull.rows) > self.row_limit
-            if msg.next is not None and not truncated:
-                pull.after = msg.next
-                # Paced: the next chunk is asked for after a pause as long as this one took
-                # (asked, read, sent, decoded), so a report keeps a backend busy at most
-                # about half the time, less on a busy host, where chunks take longer.
-                now = time.monotonic()
-                pull.ask_at = now + PACE * (now - pull.asked_at)
-                return False
-            answers[name] = UsageRecords(
-                msg.mid, name, tuple(pull.rows[: self.row_limit]), pull.oldest, truncated
-            )
-            return True
+        """Ask the job's backends for their usage rows, chunk by chunk (`_pull_all`);
+        (answers by backend, problems by backend). A backend whose window holds more than the
+        row limit (its first chunk says so, or the rows read pass it) ends the fetch: the
+        report is refused, and the other backends are not read further. A backend that
+        answers a chunked query with all its rows at once (a version before chunks) is read
+        as well."""
+        pulls = [
+            _UsagePull(name, self._link(links, name)) for name in job.backends if name in self.refs
+        ]
+        self._pull_all(job, pulls, stop=lambda: any(p.over for p in pulls))
+        problems = {name: "down" for name in job.down}
+        problems.update({p.name: p.problem for p in pulls if p.problem is not None})
+        return {p.name: p.answer for p in pulls if p.answer is not None}, problems
 
     def fetch_denials(
         self, job: UsageJob, links: dict[str, zmq.Socket[bytes]]
     ) -> tuple[dict[str, list[DenialRow]], dict[str, str]]:
         """The denial rows of the job's window from each of ``job.denial_backends``, chunk by
-        chunk, the backends in parallel (one chunk in flight per backend, paced like the
-        usage rows); (rows by backend, problems by backend)."""
-        got: dict[str, list[DenialRow]] = {}
-        problems: dict[str, str] = {}
-        pulls: dict[str, _DenialPull] = {}
-        poller = zmq.Poller()
-        for name in job.denial_backends:
-            if name in self.refs:
-                pull = _DenialPull(name, self._link(links, name))
-                if self._ask_denials(job, pull):
-                    pulls[name] = pull
-                    poller.register(pull.socket, zmq.POLLIN)
-                else:
-                    problems[name] = "not connected"
-        while pulls:
-            now = time.monotonic()
-            for name, pull in list(pulls.items()):
-                due = pull.ask_at is None and pull.deadline <= now  # read first, as in `fetch`
-                if (
-                    due
-                    and pull.socket.poll(GRACE_MS)
-                    and self._receive_denials(pull, got, problems)
-                ):
-                    poller.unregister(pulls.pop(name).socket)
-                    continue
-                if pull.ask_at is not None and pull.ask_at <= now:
-                    if not self._ask_denials(job, pull):
-                        problems[name] = "the link went down between two chunks"
-                        poller.unregister(pulls.pop(name).socket)
-                elif pull.ask_at is None and pull.deadline <= now:
-                    problems[name] = f"no answer within {self.timeout:g} s"
-                    poller.unregister(pulls.pop(name).socket)
-            if not pulls:
-                break
-            wait = min(p.deadline if p.ask_at is None else p.ask_at for p in pulls.values())
-            for s, _ in poller.poll(int(max(0.0, wait - now) * 1000) + 1):
-                pull = next(p for p in pulls.values() if p.socket is s)
-                done = self._receive_denials(pull, got, problems)
-                if done:
-                    del pulls[pull.name]
-                    poller.unregister(s)
-        return got, problems
+        chunk (`_pull_all`); (rows by backend, problems by backend)."""
+        pulls = [
+            _DenialPull(name, self._link(links, name))
+            for name in job.denial_backends
+            if name in self.refs
+        ]
+        self._pull_all(job, pulls, stop=lambda: False)
+        problems = {p.name: p.problem for p in pulls if p.problem is not None}
+        return {p.name: p.rows for p in pulls if p.complete}, problems
 
-    def _ask_denials(self, job: UsageJob, pull: _DenialPull) -> bool:
+    def _pull_all(
+        self, job: UsageJob, pulls: Sequence[_Pull[Any]], stop: Callable[[], bool]
+    ) -> None:
+        """Read every pull's backend to its end, in parallel: one chunk of at most CHUNK_BYTES
+        in flight per backend (no large frame on a backend's peer socket), the next one asked
+        for after a pause (`PACE`: a report never keeps a backend busy). Each pull ends with
+        its result or its `problem`; ``stop()`` true ends them all (the rest left as they are).
+        """
+        live: dict[str, _Pull[Any]] = {}
+        poller = zmq.Poller()
+        for pull in pulls:
+            # A link that is not connected yet gets a moment (IMMEDIATE queues nothing).
+            deadline = time.monotonic() + min(1.0, self.timeout)
+            while not self._ask(job, pull):
+                if time.monotonic() > deadline:
+                    pull.problem = "not connected"
+                    break
+                time.sleep(0.02)
+            if pull.problem is None:
+                live[pull.name] = pull
+                poller.register(pull.socket, zmq.POLLIN)
+
+        def end(pull: _Pull[Any], problem: str | None = None) -> None:
+            if problem is not None:
+                pull.problem = problem
+            poller.unregister(live.pop(pull.name).socket)
+
+        while live and not stop():
+            now = time.monotonic()
+            for pull in list(live.values()):
+                # Past the deadline, read what came first: on a busy host this low-priority
+                # process may be the one that was slow, the answer waiting since long before
+                # (GRACE: its I/O thread, as slow, may not have handed it to the socket yet).
+                due = pull.ask_at is None and pull.deadline <= now
+                if due and pull.socket.poll(GRACE_MS) and self._receive(pull):
+                    end(pull)
+                elif pull.ask_at is not None and pull.ask_at <= now:
+                    if not self._ask(job, pull):
+                        end(pull, "the link went down between two chunks")
+                elif due and pull.ask_at is None:  # nothing came (or only the next ask's time)
+                    end(pull, f"no answer within {self.timeout:g} s")
+            if not live or stop():
+                break
+            wait = min(p.deadline if p.ask_at is None else p.ask_at for p in live.values())
+            for s, _ in poller.poll(int(max(0.0, wait - time.monotonic()) * 1000) + 1):
+                pull = next(p for p in live.values() if p.socket is s)
+                if self._receive(pull):
+                    end(pull)
+
+    def _ask(self, job: UsageJob, pull: _Pull[Any]) -> bool:
+        """Send the query for ``pull``'s next chunk; False if the link cannot take it yet."""
         mid = next(self._mids)
-        query = DenialQuery(mid, job.since, job.until, pull.after, CHUNK_BYTES)
         try:
-            pull.socket.send(peer_api.encode_denial_query(query), zmq.NOBLOCK)
+            pull.socket.send(pull.query(mid, job, self.row_limit), zmq.NOBLOCK)
         except zmq.Again:
             return False
         pull.mid, pull.ask_at = mid, None
@@ -429,33 +419,32 @@ class UsageWorker:
         pull.deadline = pull.asked_at + self.timeout
         return True
 
-    def _receive_denials(
-        self, pull: _DenialPull, got: dict[str, list[DenialRow]], problems: dict[str, str]
-    ) -> bool:
-        """Read what ``pull``'s link has; True once its rows are complete or it failed."""
+    def _receive(self, pull: _Pull[Any]) -> bool:
+        """Read what ``pull``'s link has; True once the backend's answer is complete or it
+        failed (``pull.problem``)."""
         while True:
             try:
                 frames = pull.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return False
             try:
-                msg = peer_api.decode_denial_reply(frames[-1])
-            except ProtocolError as exc:  # e.g. a late usage chunk on the same link
-                log("denial_bad_reply", level="debug", backend=pull.name, error=exc.message)
+                msg = pull.decode(frames[-1])
+            except ProtocolError as exc:
+                event, level = pull.BAD_REPLY
+                log(event, level=level, backend=pull.name, error=exc.message)
                 continue
             if msg.mid != pull.mid:
                 continue  # a late answer to an earlier query
             if isinstance(msg, PeerError):
-                problems[pull.name] = msg.message
+                pull.problem = msg.message
                 return True
-            pull.rows.extend(msg.rows)
-            if len(pull.rows) > self.row_limit:
-                problems[pull.name] = f"more than {self.row_limit} denial rows: shorter window"
+            after = pull.absorb(msg, self.row_limit)
+            if after is None:
                 return True
-            if msg.next is None:
-                got[pull.name] = pull.rows
-                return True
-            pull.after = msg.next
+            pull.after = after
+            # Paced: the next chunk is asked for after a pause as long as this one took
+            # (asked, read, sent, decoded), so a report keeps a backend busy at most about
+            # half the time, less on a busy host, where chunks take longer.
             now = time.monotonic()
             pull.ask_at = now + PACE * (now - pull.asked_at)
             return False

@@ -24,6 +24,7 @@ from tmr.replication.messages import (
     DenialQuery,
     DenialRecords,
     DenialRow,
+    PeerError,
     UsageQuery,
     UsageRecords,
     UsageRow,
@@ -316,10 +317,14 @@ def _fetch(
     timeout: float = 5.0,
     slow: bool = False,
     denials: bool = False,
+    connect: bool = True,
+    then: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """``worker.fetch`` (``denials``: then ``fetch_denials``) of the backends. ``slow``: the worker
     process is held up right after each query, until the backend has answered it and the
-    query's deadline has passed (what a busy host does to a process at nice 19)."""
+    query's deadline has passed (what a busy host does to a process at nice 19). ``connect``:
+    the links are connected before (else the fetch connects them). ``then``: afterwards a second
+    report on the same links, of the backends named, whose fetch is returned."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     backends = (backend, *others)
     names = tuple(b.ref.name for b in backends)
@@ -348,14 +353,18 @@ def _fetch(
             return asked
 
         setattr(worker, "_ask", held_up(worker._ask))  # noqa: B010 (mypy refuses assigning to a method)
-        setattr(worker, "_ask_denials", held_up(worker._ask_denials))  # noqa: B010
     links: dict[str, zmq.Socket[bytes]] = {}
-    for name in names:  # connected before the fetch (a short timeout also cuts its grace)
+    for name in names if connect else ():  # connected before (a short timeout cuts its grace)
         assert worker._link(links, name).poll(10_000, zmq.POLLOUT), f"{name} did not connect"
     try:
         job = UsageJob(None, "r-1", T0, T0 + 100, names, denial_backends=names)
-        got = worker.fetch(job, links)  # as `report` does: the links connect here
-        return worker.fetch_denials(job, links) if denials else got
+        got: tuple[dict[str, Any], dict[str, str]] = worker.fetch(job, links)  # as `report` does
+        if denials:
+            got = worker.fetch_denials(job, links)
+        if then:
+            job = UsageJob(None, "r-2", T0, T0 + 100, then, denial_backends=then)
+            got = worker.fetch_denials(job, links) if denials else worker.fetch(job, links)
+        return got
     finally:
         for s in links.values():
             s.close(0)
@@ -523,3 +532,53 @@ def test_the_worker_paces_its_chunk_queries() -> None:
     assert len(backend.times) == 4
     for (received, sent), (next_received, _) in itertools.pairwise(backend.times):
         assert next_received - sent >= PACE * (sent - received)
+
+
+def test_a_second_report_after_an_early_stop_drops_the_late_answers() -> None:
+    """The fetch stopped at the over-limit backend while the other's first chunk was still on
+    its way; the next report on the same links reads that backend from the start and takes
+    only the answers to its own queries (the late one is dropped by its query id)."""
+    other = FakeBackend(_in_chunks_of_two, delay=0.3)
+    over = FakeBackend(_over_the_limit, name="b2")
+    try:
+        answers, problems = _fetch(other, 1000, over, then=("b1",))
+    finally:
+        other.close()
+        over.close()
+    assert problems == {}
+    assert list(answers["b1"].rows) == ROWS and not answers["b1"].truncated
+    assert [q.after for q in other.queries] == [0, 0, 2, 4, 6]  # the first report's, then these
+
+
+@pytest.mark.parametrize("denials", [False, True])
+def test_a_backend_that_does_not_connect_is_reported(denials: bool) -> None:
+    gone = FakeBackend(_in_chunks_of_two)
+    gone.close()  # nothing listens on its port any more
+    started = time.monotonic()
+    answers, problems = _fetch(gone, timeout=0.3, connect=False, denials=denials)
+    assert answers == {} and problems == {"b1": "not connected"}
+    assert time.monotonic() - started < 5.0  # given up after its grace (0.3 s), twice at most
+
+
+@pytest.mark.parametrize("denials", [False, True])
+def test_a_backend_error_is_reported(denials: bool) -> None:
+    backend = FakeBackend(lambda q: peer_api.encode_reply(PeerError(q.mid, "unknown message type")))
+    try:
+        answers, problems = _fetch(backend, denials=denials)
+    finally:
+        backend.close()
+    assert answers == {} and problems == {"b1": "unknown message type"}
+
+
+def test_more_denial_rows_than_the_limit_is_a_problem_of_that_backend() -> None:
+    backend = FakeBackend(
+        lambda q: (
+            _denials_in_chunks_of_two(q) if isinstance(q, DenialQuery) else _in_chunks_of_two(q)
+        )
+    )
+    try:
+        answers, problems = _fetch(backend, row_limit=3, denials=True)
+    finally:
+        backend.close()
+    assert answers == {} and problems == {"b1": "more than 3 denial rows: shorter window"}
+    assert [q.after for q in backend.queries if isinstance(q, DenialQuery)] == [0, 2]
