@@ -10,6 +10,9 @@ never break the file or smuggle in a key. Rendered with jinja2 as Ansible does (
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ import pytest
 import yaml
 import zmq
 
-from tmr.config import BackendConfig, load_backend_config, load_server_config
+from tmr.config import BackendConfig, ServerConfig, load_backend_config, load_server_config
 from tmr.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,12 +53,17 @@ def _difference(a: list[Any], b: list[Any]) -> list[Any]:
     return [x for x in a if x not in b]
 
 
+def _extract(item: Any, container: Any) -> Any:
+    return container[item]
+
+
 def render(template: Path, variables: dict[str, Any]) -> str:
     env = jinja2.Environment(
         trim_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined
     )
     env.filters["to_json"] = _to_json
     env.filters["difference"] = _difference
+    env.filters["extract"] = _extract
     return env.from_string(template.read_text()).render(ansible_managed="test", **variables)
 
 
@@ -96,6 +104,11 @@ def server_vars(value: str) -> dict[str, Any]:
         "tmr_server_vip": value,
         "tmr_server_web_peer_url": f"http://{value}/",
         "tmr_server_log_level": "info",
+        "tmr_server_client_allowlist": [],
+        "tmr_server_admin_keys": [],
+        "tmr_server_admin_group": "tmr_admins",
+        "tmr_server_usage_max_rows": 200000,
+        "tmr_server_usage_query_timeout": 5.0,
     }
 
 
@@ -235,3 +248,134 @@ def test_plain_values_render_as_before() -> None:
     assert text.startswith("# test\nname = ")
     text = render(BACKEND_TEMPLATE, backend_vars("backend-1"))
     assert 'vendor_keys = ["/etc/backend-1/vendors/6000123.pub", ' in text
+
+
+# ---------------------------------------------------------------- client keys through the role
+
+
+@pytest.mark.parametrize("admin_hosts", [False, True])
+def test_the_server_role_writes_the_client_allowlist_and_admin_keys(
+    admin_hosts: bool, tmp_path: Path
+) -> None:
+    """The report keys are the listed ones and the node keys of the admin group's hosts (each
+    once); a client allowlist admits them too, and an empty one stays empty (any client)."""
+    variables = {
+        **server_vars("tmr-a"),
+        "tmr_server_admin_keys": [KEYS[2], KEYS[3]],
+        "tmr_server_usage_max_rows": "5000",
+        "tmr_server_usage_query_timeout": 30,
+    }
+    admins: tuple[str, ...] = (KEYS[2], KEYS[3])
+    if admin_hosts:
+        variables["groups"] = {**variables["groups"], "tmr_admins": ["admin-1", "admin-2"]}
+        variables["hostvars"] = {
+            **variables["hostvars"],
+            "admin-1": {"tmr_common_pubkey": KEYS[4]},
+            "admin-2": {"tmr_common_pubkey": KEYS[3]},  # also listed: once
+        }
+        admins = (KEYS[2], KEYS[3], KEYS[4])
+    path = tmp_path / "server.toml"
+    for allow, admitted in (([], ()), (KEYS[:3], (*KEYS[:3], *admins[1:]))):
+        path.write_text(
+            render(SERVER_TEMPLATE, {**variables, "tmr_server_client_allowlist": allow}),
+            encoding="utf-8",
+        )
+        config = load_server_config(path)
+        assert config.admin_keys == admins
+        assert config.client_allowlist == admitted
+        assert (config.usage_max_rows, config.usage_query_timeout) == (5000, 30.0)
+
+
+def test_the_server_role_defaults_keep_the_services_defaults(tmp_path: Path) -> None:
+    """The role's defaults for what it writes of reports and client keys are the service's own
+    (docs/configuration.md), and its argument specs type them."""
+    defaults = yaml.safe_load((REPO / "roles/tmr_server/defaults/main.yml").read_text())
+    specs = yaml.safe_load((REPO / "roles/tmr_server/meta/argument_specs.yml").read_text())
+    options = specs["argument_specs"]["main"]["options"]
+    fields = {
+        "tmr_server_client_allowlist": ("client_allowlist", "list"),
+        "tmr_server_admin_keys": ("admin_keys", "list"),
+        "tmr_server_usage_max_rows": ("usage_max_rows", "int"),
+        "tmr_server_usage_query_timeout": ("usage_query_timeout", "float"),
+    }
+    variables = server_vars("tmr-a")
+    for name, (field, kind) in fields.items():
+        default = ServerConfig.__dataclass_fields__[field].default
+        assert defaults[name] == options[name]["default"], name
+        assert (tuple(defaults[name]) if kind == "list" else defaults[name]) == default, name
+        assert options[name]["type"] == kind, name
+        variables[name] = defaults[name]
+    path = tmp_path / "server.toml"
+    path.write_text(render(SERVER_TEMPLATE, variables), encoding="utf-8")
+    config = load_server_config(path)
+    for name, (field, _) in fields.items():
+        assert getattr(config, field) == ServerConfig.__dataclass_fields__[field].default, name
+
+
+def _key_assert() -> dict[str, Any]:
+    tasks = yaml.safe_load((REPO / "roles/tmr_server/tasks/preflight.yml").read_text())
+    (task,) = [t for t in tasks if "admin keys" in t["name"]]
+    return dict(task)
+
+
+@pytest.mark.parametrize(
+    ("allowlist", "admin", "bad"),
+    [
+        ([], [], None),
+        (KEYS[:2], [KEYS[1]], None),
+        # Z85's own punctuation, TOML syntax among it: still a key
+        (["0aZ.-:+=^!/*?&<>()[]{}@%$#" + "x" * 14], [], None),
+        (KEYS[:1], [KEYS[0][:-1]], KEYS[0][:-1]),  # one character short
+        ([KEYS[0] + "x"], [], KEYS[0] + "x"),
+        ([], ["not-a-key"], "not-a-key"),
+        ([], [KEYS[0][:-1] + " "], KEYS[0][:-1] + " "),  # not a Z85 character
+        ([], [KEYS[0][:-1] + "\\"], KEYS[0][:-1] + "\\"),
+    ],
+)
+def test_the_server_role_preflight_refuses_what_is_not_a_key(
+    allowlist: list[str], admin: list[str], bad: str | None, tmp_path: Path
+) -> None:
+    """The preflight's key check, run by ansible-playbook on localhost (no host is touched):
+    it names what is not a Z85 key before anything changes; real keys pass."""
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "hosts": "localhost",
+                    "connection": "local",
+                    "gather_facts": False,
+                    "vars": {
+                        "tmr_server_client_allowlist": allowlist,
+                        "tmr_server_admin_keys": admin,
+                    },
+                    "tasks": [_key_assert()],
+                }
+            ]
+        )
+    )
+    ansible = Path(sys.executable).parent / "ansible-playbook"
+    if not ansible.exists():
+        pytest.skip("ansible-playbook is not installed beside this Python (make venv)")
+    env = {
+        **os.environ,
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_LOCALHOST_WARNING": "0",
+        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
+        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+    }
+    run = subprocess.run(
+        [str(ansible), "-i", "localhost,", str(playbook)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    if bad is None:
+        assert run.returncode == 0, run.stdout + run.stderr
+    else:
+        assert run.returncode != 0
+        assert "Z85 CURVE public keys" in run.stdout
+        assert bad.rstrip("\\ ") in run.stdout, run.stdout  # named (escaped as JSON in YAML)

@@ -8,6 +8,7 @@ import os
 import shlex
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import (
@@ -227,6 +228,59 @@ def test_checkout_through_the_vip(client) -> None:  # type: ignore[no-untyped-de
     )
     assert r.rc == 0, r.stderr
     assert "checked out 1 seat" in r.stdout and "released" in r.stdout, r.stdout
+
+
+def _report_cmd(*args: str) -> str:
+    return " ".join(
+        [
+            TMR,
+            "report",
+            "usage",
+            "--endpoint",
+            f"tcp://{vip()}:{CLIENT_PORT}",
+            "--server-key",
+            "/etc/tmr/service.key.pub",
+            "--from",
+            "1d",
+            "--json",
+            "--timeout",
+            "60",
+            *args,
+        ]
+    )
+
+
+def _demo_license_usage(doc: dict[str, Any]) -> dict[str, Any]:
+    """The demo license's line of a usage report, read from all three backends."""
+    assert len(doc["sources"]) == 3 and doc["unavailable"] == [], doc
+    return next(x for x in doc["licenses"] if x["firm"] == FIRM and x["product"] == PRODUCT)
+
+
+def test_usage_report_through_the_vip_with_the_admin_hosts_node_key(client) -> None:  # type: ignore[no-untyped-def]
+    """client-1 is in tmr_admins: site.yml gave it a node key, and tmr_server admitted that key
+    for reports (tmr_server_admin_group). The report is made in the server's low-priority
+    helper process, under the hardened unit, from the three backends' usage records."""
+    r = client.run(_report_cmd("--client-key", "/etc/tmr/node.key"))
+    assert r.rc == 0, r.stdout + r.stderr
+    usage = _demo_license_usage(json.loads(r.stdout))
+    assert usage["checkouts"] >= 1, usage  # test_checkout_through_the_vip's, at least
+    admin_pub = client.file("/etc/tmr/node.key.pub").content_string.strip()
+    for name in group("tmr_servers"):
+        config = host(name).file("/etc/tmr/server.toml").content_string
+        assert f"admin_keys = {json.dumps([admin_pub])}" in config, config
+
+
+def test_usage_report_for_another_key_is_refused(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.run(_report_cmd())  # a fresh key of its own
+    assert r.rc != 0 and "UNAUTHORIZED" in r.stderr, r.stdout + r.stderr
+
+
+def test_usage_report_on_the_active_servers_control_socket() -> None:
+    active = next(h for h in group("tmr_servers") if server_status(h)["role"] == "active")
+    cmd = f"{TMR} report usage --ctl /run/tmr/server.sock --from 1d --json --timeout 60"
+    r = host(active).run(cmd)
+    assert r.rc == 0, r.stdout + r.stderr
+    assert _demo_license_usage(json.loads(r.stdout))["checkouts"] >= 1
 
 
 _TCP_PROBE = """
