@@ -259,13 +259,15 @@ def test_the_server_role_writes_the_client_allowlist_and_admin_keys(
 ) -> None:
     """The report keys are the listed ones and the node keys of the admin group's hosts (each
     once); a client allowlist admits them too, and an empty one stays empty (any client)."""
+    # Z85 is case-sensitive: a key that differs from another only in case is another key
+    other_case = KEYS[3].swapcase()
     variables = {
         **server_vars("tmr-a"),
-        "tmr_server_admin_keys": [KEYS[2], KEYS[3]],
+        "tmr_server_admin_keys": [KEYS[2], KEYS[3], other_case],
         "tmr_server_usage_max_rows": "5000",
         "tmr_server_usage_query_timeout": 30,
     }
-    admins: tuple[str, ...] = (KEYS[2], KEYS[3])
+    admins: tuple[str, ...] = (KEYS[2], KEYS[3], other_case)
     if admin_hosts:
         variables["groups"] = {**variables["groups"], "tmr_admins": ["admin-1", "admin-2"]}
         variables["hostvars"] = {
@@ -273,7 +275,7 @@ def test_the_server_role_writes_the_client_allowlist_and_admin_keys(
             "admin-1": {"tmr_common_pubkey": KEYS[4]},
             "admin-2": {"tmr_common_pubkey": KEYS[3]},  # also listed: once
         }
-        admins = (KEYS[2], KEYS[3], KEYS[4])
+        admins = (KEYS[2], KEYS[3], other_case, KEYS[4])
     path = tmp_path / "server.toml"
     for allow, admitted in (([], ()), (KEYS[:3], (*KEYS[:3], *admins[1:]))):
         path.write_text(
@@ -312,10 +314,49 @@ def test_the_server_role_defaults_keep_the_services_defaults(tmp_path: Path) -> 
         assert getattr(config, field) == ServerConfig.__dataclass_fields__[field].default, name
 
 
+def _ansible_playbook(
+    tmp_path: Path,
+    play: dict[str, Any],
+    variables: dict[str, Any],
+    inventory: dict[str, Any] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run one play with ansible-playbook beside this Python, on localhost only (connection
+    local: no other host is touched); ``inventory`` adds hosts that only lend their vars."""
+    ansible = Path(sys.executable).parent / "ansible-playbook"
+    if not ansible.exists():
+        pytest.skip("ansible-playbook is not installed beside this Python (make venv)")
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(yaml.safe_dump([{**play, "vars": variables}]))
+    hosts = tmp_path / "hosts.yml"
+    inv = inventory or {"all": {}}
+    inv = {"all": {**inv["all"], "hosts": {"localhost": {"ansible_connection": "local"}}}}
+    hosts.write_text(yaml.safe_dump(inv))
+    config = tmp_path / "ansible.cfg"  # not the repository's (its collections path, callbacks)
+    config.write_text("[defaults]\n")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")},
+        "ANSIBLE_CONFIG": str(config),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_LOCALHOST_WARNING": "0",
+        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
+        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+    }
+    return subprocess.run(
+        [str(ansible), "-i", str(hosts), str(playbook)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+
+
 def _key_assert() -> dict[str, Any]:
     tasks = yaml.safe_load((REPO / "roles/tmr_server/tasks/preflight.yml").read_text())
     (task,) = [t for t in tasks if "admin keys" in t["name"]]
-    return dict(task)
+    return dict(task)  # with its vars
 
 
 @pytest.mark.parametrize(
@@ -330,6 +371,7 @@ def _key_assert() -> dict[str, Any]:
         ([], ["not-a-key"], "not-a-key"),
         ([], [KEYS[0][:-1] + " "], KEYS[0][:-1] + " "),  # not a Z85 character
         ([], [KEYS[0][:-1] + "\\"], KEYS[0][:-1] + "\\"),
+        ([KEYS[0] + "\n"], [], KEYS[0]),  # a trailing newline (`$` alone would let it pass)
     ],
 )
 def test_the_server_role_preflight_refuses_what_is_not_a_key(
@@ -337,41 +379,15 @@ def test_the_server_role_preflight_refuses_what_is_not_a_key(
 ) -> None:
     """The preflight's key check, run by ansible-playbook on localhost (no host is touched):
     it names what is not a Z85 key before anything changes; real keys pass."""
-    playbook = tmp_path / "play.yml"
-    playbook.write_text(
-        yaml.safe_dump(
-            [
-                {
-                    "hosts": "localhost",
-                    "connection": "local",
-                    "gather_facts": False,
-                    "vars": {
-                        "tmr_server_client_allowlist": allowlist,
-                        "tmr_server_admin_keys": admin,
-                    },
-                    "tasks": [_key_assert()],
-                }
-            ]
-        )
-    )
-    ansible = Path(sys.executable).parent / "ansible-playbook"
-    if not ansible.exists():
-        pytest.skip("ansible-playbook is not installed beside this Python (make venv)")
-    env = {
-        **os.environ,
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_LOCALHOST_WARNING": "0",
-        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
-        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
-        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
-    }
-    run = subprocess.run(
-        [str(ansible), "-i", "localhost,", str(playbook)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
+    run = _ansible_playbook(
+        tmp_path,
+        {
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "tasks": [_key_assert()],
+        },
+        {"tmr_server_client_allowlist": allowlist, "tmr_server_admin_keys": admin},
     )
     if bad is None:
         assert run.returncode == 0, run.stdout + run.stderr
@@ -379,3 +395,43 @@ def test_the_server_role_preflight_refuses_what_is_not_a_key(
         assert run.returncode != 0
         assert "Z85 CURVE public keys" in run.stdout
         assert bad.rstrip("\\ ") in run.stdout, run.stdout  # named (escaped as JSON in YAML)
+
+
+@pytest.mark.parametrize(
+    ("pubkeys", "keyless"),
+    [
+        ({"admin-1": KEYS[0], "admin-2": KEYS[1]}, []),
+        ({"admin-1": KEYS[0], "admin-2": ""}, ["admin-2"]),
+        ({"admin-1": KEYS[0]}, ["admin-2"]),  # tmr_common did not run on it (--limit)
+        (None, []),  # no such group in the inventory
+    ],
+)
+def test_the_server_role_preflight_names_admin_hosts_without_a_key(
+    pubkeys: dict[str, str] | None, keyless: list[str], tmp_path: Path
+) -> None:
+    """The preflight's admin-host check, run by ansible-playbook on localhost: an admin host
+    whose node key was not gathered in this run stops the role before anything changes, and
+    only that host is named."""
+    tasks = yaml.safe_load((REPO / "roles/tmr_server/tasks/preflight.yml").read_text())
+    (task,) = [t for t in tasks if "admin hosts" in t["name"]]
+    inventory: dict[str, Any] = {"all": {}}
+    if pubkeys is not None:
+        admins = {
+            h: ({"tmr_common_pubkey": pubkeys[h]} if h in pubkeys else {})
+            for h in ("admin-1", "admin-2")
+        }
+        inventory = {"all": {"children": {"tmr_admins": {"hosts": admins}}}}
+    run = _ansible_playbook(
+        tmp_path,
+        {"hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": [task]},
+        {"tmr_server_admin_group": "tmr_admins"},
+        inventory,
+    )
+    if not keyless:
+        assert run.returncode == 0, run.stdout + run.stderr
+    else:
+        assert run.returncode != 0
+        assert f"none gathered for {', '.join(keyless)} " in run.stdout.replace("\n", " "), (
+            run.stdout
+        )
+        assert "admin-1" not in run.stdout.split("none gathered for")[1].split("(")[0]

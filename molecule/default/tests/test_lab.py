@@ -75,7 +75,7 @@ def test_unit_is_hardened_and_runs_as_tmr(name: str, unit: str) -> None:
     assert root_opts.split(",")[0] == "ro", f"/ is {root_opts} for {unit}"
 
 
-@pytest.mark.parametrize("name", group("tmr_servers") + group("tmr_backends"))
+@pytest.mark.parametrize("name", group("tmr_servers") + group("tmr_backends") + group("tmr_admins"))
 def test_node_key_is_private_to_tmr(name: str) -> None:
     key = host(name).file("/etc/tmr/node.key")
     assert key.user == "tmr" and key.mode == 0o600
@@ -88,11 +88,11 @@ def test_service_key_only_on_servers_and_identical() -> None:
     for h in group("tmr_servers"):
         f = host(h).file("/etc/tmr/service.key")
         assert f.user == "tmr" and f.mode == 0o600
-    for h in group("tmr_backends") + group("tmr_clients"):
+    for h in group("tmr_backends") + group("tmr_clients") + group("tmr_admins"):
         assert not host(h).file("/etc/tmr/service.key").exists, f"service secret key on {h}"
     pubs = {
         h: host(h).file("/etc/tmr/service.key.pub").content_string.strip()
-        for h in group("tmr_servers") + group("tmr_clients")
+        for h in group("tmr_servers") + group("tmr_clients") + group("tmr_admins")
     }
     assert len(set(pubs.values())) == 1, pubs
 
@@ -100,7 +100,7 @@ def test_service_key_only_on_servers_and_identical() -> None:
 def test_node_keys_differ() -> None:
     pubs = [
         host(h).file("/etc/tmr/node.key.pub").content_string.strip()
-        for h in group("tmr_servers") + group("tmr_backends")
+        for h in group("tmr_servers") + group("tmr_backends") + group("tmr_admins")
     ]
     assert len(set(pubs)) == len(pubs)
 
@@ -256,26 +256,41 @@ def _demo_license_usage(doc: dict[str, Any]) -> dict[str, Any]:
     return next(x for x in doc["licenses"] if x["firm"] == FIRM and x["product"] == PRODUCT)
 
 
-def test_usage_report_through_the_vip_with_the_admin_hosts_node_key(client) -> None:  # type: ignore[no-untyped-def]
-    """client-1 is in tmr_admins: site.yml gave it a node key, and tmr_server admitted that key
-    for reports (tmr_server_admin_group). The report is made in the server's low-priority
-    helper process, under the hardened unit, from the three backends' usage records."""
-    r = client.run(_report_cmd("--client-key", "/etc/tmr/node.key"))
+def _admin() -> Any:
+    """The lab's admin host (tmr_admins): site.yml gave it a node key, which tmr_server admits
+    for reports (tmr_server_admin_group)."""
+    return host(group("tmr_admins")[0])
+
+
+def _checkout_as_admin() -> None:
+    """One checkout (released at once) for the report to count."""
+    args = ("checkout", "--firm", str(FIRM), "--product", str(PRODUCT), "--hold", "0")
+    r = _admin().run(_client_cmd("--client-key", "/etc/tmr/node.key", *args))
+    assert r.rc == 0, r.stdout + r.stderr
+
+
+def test_usage_report_through_the_vip_with_the_admin_hosts_node_key() -> None:
+    """The report is made in the active server's low-priority helper process, under the
+    hardened unit, from the three backends' usage records."""
+    _checkout_as_admin()
+    admin = _admin()
+    r = admin.run(_report_cmd("--client-key", "/etc/tmr/node.key"))
     assert r.rc == 0, r.stdout + r.stderr
     usage = _demo_license_usage(json.loads(r.stdout))
-    assert usage["checkouts"] >= 1, usage  # test_checkout_through_the_vip's, at least
-    admin_pub = client.file("/etc/tmr/node.key.pub").content_string.strip()
+    assert usage["checkouts"] >= 1, usage
+    admin_pub = admin.file("/etc/tmr/node.key.pub").content_string.strip()
     for name in group("tmr_servers"):
         config = host(name).file("/etc/tmr/server.toml").content_string
         assert f"admin_keys = {json.dumps([admin_pub])}" in config, config
 
 
-def test_usage_report_for_another_key_is_refused(client) -> None:  # type: ignore[no-untyped-def]
-    r = client.run(_report_cmd())  # a fresh key of its own
+def test_usage_report_for_another_key_is_refused() -> None:
+    r = _admin().run(_report_cmd())  # a fresh key of its own
     assert r.rc != 0 and "UNAUTHORIZED" in r.stderr, r.stdout + r.stderr
 
 
 def test_usage_report_on_the_active_servers_control_socket() -> None:
+    _checkout_as_admin()
     active = next(h for h in group("tmr_servers") if server_status(h)["role"] == "active")
     cmd = f"{TMR} report usage --ctl /run/tmr/server.sock --from 1d --json --timeout 60"
     r = host(active).run(cmd)

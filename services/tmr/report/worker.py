@@ -100,7 +100,7 @@ class _Pull(Generic[MsgT]):
     ask_at: float | None = None  # no query in flight: when to ask for the next chunk
     problem: str | None = None  # why this backend was given up (None: not given up)
 
-    BAD_REPLY: ClassVar[tuple[str, str]] = ("usage_bad_reply", "warning")  # (event, level)
+    BAD_REPLY: ClassVar[tuple[str, str]]  # how an answer it cannot decode is logged: (event, level)
 
     def query(self, mid: int, job: UsageJob, row_limit: int) -> bytes:
         raise NotImplementedError
@@ -113,10 +113,6 @@ class _Pull(Generic[MsgT]):
         backend is done (its result kept, or `problem` set)."""
         raise NotImplementedError
 
-    @property
-    def finished(self) -> bool:
-        raise NotImplementedError
-
 
 @dataclass
 class _UsagePull(_Pull[UsageRecords]):
@@ -126,6 +122,8 @@ class _UsagePull(_Pull[UsageRecords]):
     oldest: float | None = None
     rows: list[UsageRow] = field(default_factory=list)
     answer: UsageRecords | None = None  # once complete (or over the row limit)
+
+    BAD_REPLY: ClassVar[tuple[str, str]] = ("usage_bad_reply", "warning")
 
     def query(self, mid: int, job: UsageJob, row_limit: int) -> bytes:
         return peer_api.encode_usage_query(
@@ -147,10 +145,6 @@ class _UsagePull(_Pull[UsageRecords]):
             msg.mid, self.name, tuple(self.rows[:row_limit]), self.oldest, truncated
         )
         return None
-
-    @property
-    def finished(self) -> bool:
-        return self.answer is not None
 
     @property
     def over(self) -> bool:
@@ -185,10 +179,6 @@ class _DenialPull(_Pull[DenialRecords]):
             self.complete = True
             return None
         return msg.next
-
-    @property
-    def finished(self) -> bool:
-        return self.complete
 
 
 class UsageWorker:

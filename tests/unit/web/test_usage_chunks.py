@@ -538,7 +538,14 @@ def test_a_second_report_after_an_early_stop_drops_the_late_answers() -> None:
     """The fetch stopped at the over-limit backend while the other's first chunk was still on
     its way; the next report on the same links reads that backend from the start and takes
     only the answers to its own queries (the late one is dropped by its query id)."""
-    other = FakeBackend(_in_chunks_of_two, delay=0.3)
+
+    # Its first answer takes 2 s (still on its way when the fetch stops), the others none.
+    def first_slow(q: UsageQuery) -> bytes:
+        if len(other.queries) > 1:
+            other.delay = 0.0
+        return _in_chunks_of_two(q)
+
+    other = FakeBackend(first_slow, delay=2.0)
     over = FakeBackend(_over_the_limit, name="b2")
     try:
         answers, problems = _fetch(other, 1000, over, then=("b1",))
@@ -582,3 +589,26 @@ def test_more_denial_rows_than_the_limit_is_a_problem_of_that_backend() -> None:
         backend.close()
     assert answers == {} and problems == {"b1": "more than 3 denial rows: shorter window"}
     assert [q.after for q in backend.queries if isinstance(q, DenialQuery)] == [0, 2]
+
+
+def test_a_denial_backend_not_connected_yet_gets_a_moment() -> None:
+    """The denial fetch on links not connected yet (as after a restart of the worker process)
+    waits for the connection as the usage fetch does, instead of calling the backend not
+    connected after one try."""
+    backend = FakeBackend(_denials_in_chunks_of_two)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    worker = UsageWorker(
+        ctx, "tmr-a", (backend.ref,), generate_keypair(), DenialLog(None, 86400), timeout=5.0
+    )
+    links: dict[str, zmq.Socket[bytes]] = {}
+    try:
+        job = UsageJob(None, "r-1", T0, T0 + 100, ("b1",), denial_backends=("b1",))
+        got, problems = worker.fetch_denials(job, links)
+    finally:
+        backend.close()
+        for s in links.values():
+            s.close(0)
+        worker.wake_socket.close(0)
+        ctx.term()
+    assert problems == {}
+    assert [r.id for r in got["b1"]] == [f"d{i}" for i in range(5)]
