@@ -173,7 +173,13 @@ def _raw_client(
 
 
 def test_retried_checkout_takes_one_seat_across_failover(cluster: LocalCluster) -> None:
-    from tmr.protocol.client_api import CheckoutRequest, OkReply, decode_reply, encode_request
+    from tmr.protocol.client_api import (
+        CheckoutRequest,
+        CheckoutResult,
+        OkReply,
+        decode_reply,
+        encode_request,
+    )
 
     req = encode_request(CheckoutRequest("retry-1", "raw-client", FIRM, PRODUCT, 2))
     keys = generate_keypair()  # a handle belongs to the client's key: the retry uses the same
@@ -195,7 +201,8 @@ def test_retried_checkout_takes_one_seat_across_failover(cluster: LocalCluster) 
             b.close()
             ctx2.term()
         assert isinstance(again, OkReply)
-        assert again.result.handle == first.result.handle  # type: ignore[union-attr]
+        assert isinstance(again.result, CheckoutResult) and isinstance(first.result, CheckoutResult)
+        assert again.result.handle == first.result.handle
         with cluster.client() as c:
             assert c.list_licenses().licenses[0].in_use == 2
     finally:

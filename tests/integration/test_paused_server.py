@@ -22,6 +22,7 @@ from tmr.errors import ErrorCode
 from tmr.keys import NodeKeys, generate_keypair
 from tmr.protocol.client_api import (
     CheckoutRequest,
+    CheckoutResult,
     ErrorReply,
     OkReply,
     ReleaseRequest,
@@ -88,8 +89,8 @@ def test_a_paused_deposed_server_answers_only_not_active(cluster: LocalCluster) 
     try:
         retried = CheckoutRequest("stale-1", "paused-client", FIRM, PRODUCT, 3)  # all 3 seats
         granted = a.ask(retried)
-        assert isinstance(granted, OkReply), granted
-        handle = granted.result.handle  # type: ignore[union-attr]
+        assert isinstance(granted, OkReply) and isinstance(granted.result, CheckoutResult), granted
+        handle = granted.result.handle
         # Connected before the pause: requests sent while tmr-a is stopped wait in its socket
         # buffers and are read in its first loop turn after SIGCONT.
         assert isinstance(other.ask(StatusRequest("s-1")), OkReply)

@@ -57,13 +57,15 @@ def denials_kept(svc: BackendService) -> int:
 def test_a_malformed_denial_frame_is_a_typed_error_and_records_nothing(
     backend: BackendService, frame: bytes
 ) -> None:
-    before = denials_kept(backend), backend.acceptor.state.promised  # type: ignore[union-attr]
+    acceptor = backend.acceptor
+    assert acceptor is not None
+    before = denials_kept(backend), acceptor.state.promised
     bad = backend.counters["bad_requests"]
     reply = backend.handle_frame(frame)
     assert reply is not None
     assert isinstance(peer_api.decode_reply(reply), PeerError)
     assert backend.counters["bad_requests"] == bad + 1
-    assert (denials_kept(backend), backend.acceptor.state.promised) == before  # type: ignore[union-attr]
+    assert (denials_kept(backend), acceptor.state.promised) == before
     still_serves(backend)
 
 

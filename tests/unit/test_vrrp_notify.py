@@ -50,7 +50,8 @@ def test_parse_line(line: str, expected: Transition) -> None:
 
 
 def test_actions() -> None:
-    assert parse_line('INSTANCE "TMR" MASTER 100').action == "promote"  # type: ignore[union-attr]
+    master = parse_line('INSTANCE "TMR" MASTER 100')
+    assert master is not None and master.action == "promote"
     for state in ("BACKUP", "FAULT", "STOP", "DELETED"):
         t = parse_line(f'INSTANCE "TMR" {state} 100')
         assert t is not None and t.action == "demote"

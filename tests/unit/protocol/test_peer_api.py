@@ -540,7 +540,8 @@ def test_commit_knowledge_fields_are_absent_while_empty_and_optional_on_decode()
     promise = Promise(2, "backend-1", E, True, {K: (Version(E, 1), (R,))}, LIC)
     body = msgpack.unpackb(encode_reply(promise))
     assert "marked" not in body
-    assert decode_reply(msgpack.packb(body)).marked == {}  # type: ignore[union-attr]
+    got = decode_reply(msgpack.packb(body))
+    assert isinstance(got, Promise) and got.marked == {}
     accepted = Accepted(4, E, {K: EntryResult(EntryStatus.OK, 3)})
     body = msgpack.unpackb(encode_reply(accepted))
     assert "durable" not in body
@@ -594,7 +595,8 @@ def test_malformed_status_state_is_refused(extra: dict[str, object]) -> None:
 def test_status_state_is_new_fields_old_peers_ignore() -> None:
     """A probe that says nothing (an older server) and a status without a state (an older
     backend) are the old frames; the new fields are extra keys an older decoder skips."""
-    assert decode_reply(msgpack.packb(OLD_STATUS)).state is None  # type: ignore[union-attr]
+    got = decode_reply(msgpack.packb(OLD_STATUS))
+    assert isinstance(got, Status) and got.state is None
     assert "have" not in msgpack.unpackb(encode_request(Probe(1, E, "tmr-a", "x")))
     whole = msgpack.unpackb(encode_reply(REPLIES[4]))
     assert whole["state"] == ["0f1e", 7] and "since" not in whole and "gone" not in whole

@@ -100,7 +100,8 @@ def test_queued_result_round_trip() -> None:
     data = encode_reply(reply)
     assert decode_reply(data, op="checkout") == reply
     granted = OkReply("r-1", CheckoutResult("h1", FIRM, 42, 1, 30.0, 8))
-    assert isinstance(decode_reply(encode_reply(granted), op="checkout").result, CheckoutResult)  # type: ignore[union-attr]
+    got = decode_reply(encode_reply(granted), op="checkout")
+    assert isinstance(got, OkReply) and isinstance(got.result, CheckoutResult)
     ints = decode_reply(pack({"v": 1, "rid": "r", "ok": True,
                               "result": {"queued": True, "position": 1, "hold": 5, "retry": 1}}),
                         op="checkout")  # fmt: skip

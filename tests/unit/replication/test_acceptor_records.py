@@ -7,6 +7,7 @@ from tmr.protocol.peer_api import decode_request, encode_request
 from tmr.replication.acceptor import Acceptor, AcceptorState
 from tmr.replication.messages import (
     Accept,
+    Accepted,
     AcceptEntry,
     EntryStatus,
     Snapshot,
@@ -40,7 +41,8 @@ def acceptor(lic: LicenseInfo) -> Acceptor:
 def status(acc: Acceptor, req: Accept | Snapshot) -> EntryStatus:
     step = acc.handle(req, 0.0)
     acc.committed(step)
-    return step.reply.results[KEY].status  # type: ignore[union-attr]
+    assert isinstance(step.reply, Accepted)
+    return step.reply.results[KEY].status
 
 
 def test_a_committed_snapshot_is_recorded_above_lq_a_proposal_is_not() -> None:
@@ -90,7 +92,8 @@ def test_a_wiped_backend_is_not_caught_up_by_a_snapshot_it_refused() -> None:
     table = (rec(0), rec(1))
     step = acc.handle(Snapshot(1, E, (SnapshotEntry(KEY, 0, table),)), 0.0)
     acc.committed(step)
-    assert step.reply.results[KEY].status == EntryStatus.REFUSED  # type: ignore[union-attr]
+    assert isinstance(step.reply, Accepted)
+    assert step.reply.results[KEY].status == EntryStatus.REFUSED
     assert not acc.state.caught_up
     step = acc.handle(Snapshot(2, E, (SnapshotEntry(KEY, 1, table),), committed=True), 0.0)
     acc.committed(step)

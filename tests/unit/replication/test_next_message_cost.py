@@ -11,6 +11,7 @@ import pytest
 
 from tmr.replication import productlog
 from tmr.replication.backends import Backend
+from tmr.replication.messages import Accept
 from tmr.replication.productlog import Product
 from tmr.replication.types import Epoch, LicenseInfo, ProductKey
 
@@ -86,7 +87,8 @@ def test_many_untold_commits_go_in_one_notice_so_their_products_settle() -> None
     out = productlog.next_message(ps, b, 0.0, notify=notify, new_mid=lambda: next(mids), **kw)
     assert out is not None and asked == []
     msg, kind, _ = out
-    assert kind == "accept" and msg.entries == () and len(msg.commits) == 1000  # type: ignore[union-attr]
+    assert kind == "accept" and isinstance(msg, Accept)
+    assert msg.entries == () and len(msg.commits) == 1000
     few = dict(itertools.islice(ps.items(), productlog.NOTICE_BATCH - 1))
     out = productlog.next_message(few, b, 0.0, notify=notify, new_mid=lambda: next(mids), **kw)
     assert out is None and asked == [productlog.NOTICE_BATCH - 1]

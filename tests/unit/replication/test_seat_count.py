@@ -15,7 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tmr.replication.acceptor import Acceptor, AcceptorState
-from tmr.replication.messages import Accept, AcceptEntry, EntryStatus, Snapshot, SnapshotEntry
+from tmr.replication.messages import (
+    Accept,
+    Accepted,
+    AcceptEntry,
+    EntryStatus,
+    Snapshot,
+    SnapshotEntry,
+)
 from tmr.replication.productlog import Product
 from tmr.replication.types import (
     AccessMode,
@@ -185,7 +192,8 @@ def test_the_acceptor_counts_and_refuses_as_the_recount_says(
             seq += 1
             step = acc.handle(Snapshot(mid, E, (SnapshotEntry(KEY, seq, tuple(at[i])),), True), 0)
             acc.committed(step)
-            assert step.reply.results[KEY].status == EntryStatus.OK  # type: ignore[union-attr]
+            assert isinstance(step.reply, Accepted)
+            assert step.reply.results[KEY].status == EntryStatus.OK
             mid += 1
         log = acc.state.products.get(KEY, ProductLog())
         before = dict(log.handles)
@@ -195,7 +203,8 @@ def test_the_acceptor_counts_and_refuses_as_the_recount_says(
         # Computing the reply never changes the state (the entry check undoes its count).
         now = acc.state.products.get(KEY, ProductLog())
         assert dict(now.handles) == before and now.seats() == count_before
-        status = step.reply.results[KEY].status  # type: ignore[union-attr]
+        assert isinstance(step.reply, Accepted)
+        status = step.reply.results[KEY].status
         assert (status == EntryStatus.OK) == expect
         acc.committed(step)
         if status == EntryStatus.OK:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.unit.replication.harness import Harness
+from tmr.protocol.client_api import CheckoutResult
 from tmr.replication import status_rows
 from tmr.replication.leader import Leader
 from tmr.replication.status_rows import RowCache, StatusRows
@@ -43,8 +44,8 @@ def changes(h: Harness) -> list[tuple[str, Callable[[], None]]]:
 
     def checkout() -> None:
         reply = h.call("checkout", "r1", "c1", KEYS[0][0], KEYS[0][1], 3)
-        assert reply.ok
-        handles.append(reply.result.handle)  # type: ignore[union-attr]
+        assert reply.ok and isinstance(reply.result, CheckoutResult)
+        handles.append(reply.result.handle)
 
     def release() -> None:
         assert h.call("release", "r2", "c1", handles[0]).ok
