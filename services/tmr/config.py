@@ -251,9 +251,7 @@ def load_server_config(path: Path) -> ServerConfig:
                 raise ConfigError(f"{path}: key 'lease_seconds' {why}")
         elif key in ("backend_timeout", "probe_interval", "leader_live_window"):
             out[key] = _positive(path, key, value)
-        elif key == "client_allowlist":
-            out[key] = _strs(path, key, value)
-        elif key == "admin_keys":
+        elif key in ("client_allowlist", "admin_keys"):
             out[key] = _curve_keys(path, key, value)
         elif key == "web_listen":
             out[key] = _check(path, key, value, str, "a host:port string") or None

@@ -283,7 +283,20 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-def test_admin_keys_must_be_curve_public_keys(tmp_path: Path) -> None:
+@pytest.mark.parametrize("key", ["admin_keys", "client_allowlist"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "admin",
+        generate_keypair().public[:-1],  # one character short
+        generate_keypair().public + "\n",  # a trailing newline: never the key ZAP reports
+        generate_keypair().public[:-1] + " ",  # not a Z85 character
+    ],
+)
+def test_admitted_keys_must_be_curve_public_keys(tmp_path: Path, key: str, bad: str) -> None:
+    """Both lists of client keys in server.toml: anything but a Z85 public key would never
+    match the key ZAP reports (the client silently refused, or a report key that never works);
+    the loader refuses it, naming the entry."""
     from tmr.config import load_server_config
     from tmr.errors import ConfigError
 
@@ -294,8 +307,8 @@ def test_admin_keys_must_be_curve_public_keys(tmp_path: Path) -> None:
     )
     good = generate_keypair().public
     cfg = tmp_path / "server.toml"
-    cfg.write_text(f"admin_keys = [{json.dumps(good)}]\n" + base)
-    assert load_server_config(cfg).admin_keys == (good,)
-    cfg.write_text('admin_keys = ["admin"]\n' + base)
-    with pytest.raises(ConfigError, match=r"admin_keys\[0\] is not a Z85 CURVE public key"):
+    cfg.write_text(f"{key} = [{json.dumps(good)}]\n" + base)
+    assert getattr(load_server_config(cfg), key) == (good,)
+    cfg.write_text(f"{key} = [{json.dumps(good)}, {json.dumps(bad)}]\n" + base)
+    with pytest.raises(ConfigError, match=rf"{key}\[1\] is not a Z85 CURVE public key"):
         load_server_config(cfg)
