@@ -353,9 +353,10 @@ def _ansible_playbook(
     )
 
 
-def _key_assert() -> dict[str, Any]:
+def _preflight_task(named: str) -> dict[str, Any]:
+    """The tmr_server preflight's task whose name contains ``named``."""
     tasks = yaml.safe_load((REPO / "roles/tmr_server/tasks/preflight.yml").read_text())
-    (task,) = [t for t in tasks if "admin keys" in t["name"]]
+    (task,) = [t for t in tasks if named in t["name"]]
     return dict(task)  # with its vars
 
 
@@ -385,7 +386,7 @@ def test_the_server_role_preflight_refuses_what_is_not_a_key(
             "hosts": "localhost",
             "connection": "local",
             "gather_facts": False,
-            "tasks": [_key_assert()],
+            "tasks": [_preflight_task("admin keys")],
         },
         {"tmr_server_client_allowlist": allowlist, "tmr_server_admin_keys": admin},
     )
@@ -412,8 +413,7 @@ def test_the_server_role_preflight_names_admin_hosts_without_a_key(
     """The preflight's admin-host check, run by ansible-playbook on localhost: an admin host
     whose node key was not gathered in this run stops the role before anything changes, and
     only that host is named."""
-    tasks = yaml.safe_load((REPO / "roles/tmr_server/tasks/preflight.yml").read_text())
-    (task,) = [t for t in tasks if "admin hosts" in t["name"]]
+    task = _preflight_task("admin hosts")
     inventory: dict[str, Any] = {"all": {}}
     if pubkeys is not None:
         admins = {

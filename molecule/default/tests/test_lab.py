@@ -191,18 +191,20 @@ def test_installed_dependencies_are_the_pinned_versions(name: str) -> None:
         assert installed.get(dist) == version, (dist, version, installed.get(dist))
 
 
-def _client_cmd(*args: str) -> str:
-    return " ".join(
-        [
-            TMR,
-            "client",
-            "--endpoint",
-            f"tcp://{vip()}:{CLIENT_PORT}",
-            "--server-key",
-            "/etc/tmr/service.key.pub",
-            *args,
-        ]
+def _through_the_vip(command: tuple[str, ...], *args: str) -> str:
+    """A tmr command line (``command``: its words, e.g. ("client",)) that reaches the service
+    through the VIP with the pinned service key."""
+    vip_args = (
+        "--endpoint",
+        f"tcp://{vip()}:{CLIENT_PORT}",
+        "--server-key",
+        "/etc/tmr/service.key.pub",
     )
+    return " ".join([TMR, *command, *vip_args, *args])
+
+
+def _client_cmd(*args: str) -> str:
+    return _through_the_vip(("client",), *args)
 
 
 def test_virtual_container_through_the_vip(client) -> None:  # type: ignore[no-untyped-def]
@@ -231,23 +233,7 @@ def test_checkout_through_the_vip(client) -> None:  # type: ignore[no-untyped-de
 
 
 def _report_cmd(*args: str) -> str:
-    return " ".join(
-        [
-            TMR,
-            "report",
-            "usage",
-            "--endpoint",
-            f"tcp://{vip()}:{CLIENT_PORT}",
-            "--server-key",
-            "/etc/tmr/service.key.pub",
-            "--from",
-            "1d",
-            "--json",
-            "--timeout",
-            "60",
-            *args,
-        ]
-    )
+    return _through_the_vip(("report", "usage"), "--from", "1d", "--json", "--timeout", "60", *args)
 
 
 def _demo_license_usage(doc: dict[str, Any]) -> dict[str, Any]:
