@@ -304,6 +304,28 @@ def load_server_config(path: Path) -> ServerConfig:
     return ServerConfig(**out)
 
 
+# The server.toml keys that `tmr ctl reload` (and SIGHUP) put in force in a running server;
+# any other key takes effect at the next start (`reload_changes`).
+RELOADABLE_SERVER_KEYS = ("client_allowlist", "admin_keys", "policy_file")
+
+
+def reload_changes(running: ServerConfig, new: ServerConfig) -> tuple[list[str], list[str]]:
+    """What a reload of ``new`` over the ``running`` configuration does: the reloadable keys
+    whose value changed (put in force), and the other keys whose value changed (in force only
+    after a restart), each in the dataclass's order. Key lists compare as sets."""
+
+    def value(cfg: ServerConfig, name: str) -> Any:
+        v = getattr(cfg, name)
+        return frozenset(v) if name in ("client_allowlist", "admin_keys") else v
+
+    applied: list[str] = []
+    restart: list[str] = []
+    for f in fields(ServerConfig):
+        if value(running, f.name) != value(new, f.name):
+            (applied if f.name in RELOADABLE_SERVER_KEYS else restart).append(f.name)
+    return applied, restart
+
+
 def _curve_keys(path: Path, key: str, value: Any) -> tuple[str, ...]:
     """A list of Z85 CURVE public keys (40 characters each)."""
     from tmr.licensing.curve import z85_key_bytes  # here: tmr.licensing imports much

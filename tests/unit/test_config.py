@@ -1,12 +1,20 @@
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 from zmq.utils import z85
 
 from tmr.client.client import HEARTBEAT_MIN_INTERVAL
-from tmr.config import MIN_LEASE_SECONDS, load_backend_config, load_server_config
+from tmr.config import (
+    MIN_LEASE_SECONDS,
+    RELOADABLE_SERVER_KEYS,
+    ServerConfig,
+    load_backend_config,
+    load_server_config,
+    reload_changes,
+)
 from tmr.errors import ConfigError
 
 BACKEND = """
@@ -184,3 +192,27 @@ def test_server_errors_name_the_key(tmp_path: Path, text: str, needle: str) -> N
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such configuration file"):
         load_server_config(tmp_path / "nope.toml")
+
+
+def test_reload_changes_sort_the_changed_keys(tmp_path: Path) -> None:
+    """What `tmr ctl reload` puts in force, and what it names as needing a restart."""
+    running = load_server_config(write(tmp_path, SERVER))
+    assert reload_changes(running, running) == ([], [])
+    keys = f'admin_keys = ["{KEYS[1]}", "{KEYS[2]}"]\nclient_allowlist = ["{KEYS[3]}"]\n'
+    new = load_server_config(write(tmp_path, keys + 'policy_file = "/etc/tmr/p.toml"\n' + SERVER))
+    assert reload_changes(running, new) == (["client_allowlist", "admin_keys", "policy_file"], [])
+    # the same keys in another order are the same list
+    swapped = keys.replace(f'"{KEYS[1]}", "{KEYS[2]}"', f'"{KEYS[2]}", "{KEYS[1]}"')
+    again = load_server_config(
+        write(tmp_path, swapped + 'policy_file = "/etc/tmr/p.toml"\n' + SERVER)
+    )
+    assert reload_changes(new, again) == ([], [])
+    other = SERVER.replace("lease_seconds = 10", "lease_seconds = 20").replace(
+        "10.0.0.3", "10.0.0.9"
+    )
+    changed = load_server_config(write(tmp_path, keys + 'log_level = "debug"\n' + other))
+    assert reload_changes(running, changed) == (
+        ["client_allowlist", "admin_keys"],
+        ["backends", "lease_seconds", "log_level"],
+    )
+    assert set(RELOADABLE_SERVER_KEYS) <= {f.name for f in fields(ServerConfig)}

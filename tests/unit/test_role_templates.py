@@ -435,3 +435,70 @@ def test_the_server_role_preflight_names_admin_hosts_without_a_key(
             run.stdout
         )
         assert "admin-1" not in run.stdout.split("none gathered for")[1].split("(")[0]
+
+
+def _server_handlers(tmp_path: Path, answer: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The tmr_server role's handlers, in their order, with `tmr` a script that prints
+    ``answer`` as `tmr ctl reload` would, and the restart a message (no service is touched)."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    tmr = venv / "bin" / "tmr"
+    tmr.write_text(f"#!/bin/sh\ncat <<'JSON'\n{json.dumps(answer)}\nJSON\n")
+    tmr.chmod(0o755)
+    handlers = yaml.safe_load((REPO / "roles/tmr_server/handlers/main.yml").read_text())
+    out = []
+    for handler in handlers:
+        h = dict(handler)
+        if "ansible.builtin.systemd_service" in h:
+            del h["ansible.builtin.systemd_service"]
+            h["ansible.builtin.debug"] = {"msg": "RESTARTED tmr-server"}
+        out.append(h)
+    assert out[0]["name"] == "Reload tmr-server"
+    return out
+
+
+@pytest.mark.parametrize(
+    ("restart_needed", "notify", "restarts"),
+    [
+        ([], ["Reload tmr-server"], 0),  # only the allowlist or the admin keys changed
+        (["lease_seconds"], ["Reload tmr-server"], 1),
+        (None, ["Reload tmr-server"], 1),  # an older server: its answer names nothing
+        ([], ["Reload tmr-server", "Restart tmr-server"], 1),  # the unit changed as well
+        (["backends"], ["Reload tmr-server", "Restart tmr-server"], 1),  # once per run
+    ],
+)
+def test_the_server_role_restarts_only_for_what_a_reload_cannot_change(
+    restart_needed: list[str] | None, notify: list[str], restarts: int, tmp_path: Path
+) -> None:
+    """The handlers run by ansible-playbook on localhost: server.toml's change is reloaded,
+    and the server restarts once only if the reload's answer names a key it cannot take."""
+    answer: dict[str, Any] = {"ok": True, "policy": {"digest": "x"}}
+    if restart_needed is not None:
+        answer["config"] = {"applied": ["admin_keys"], "restart_needed": restart_needed}
+    run = _ansible_playbook(
+        tmp_path,
+        {
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "tasks": [
+                {
+                    "name": "Change the configuration",
+                    "ansible.builtin.command": {"cmd": "true"},
+                    "changed_when": True,
+                    "notify": notify,
+                }
+            ],
+            "handlers": _server_handlers(tmp_path, answer),
+        },
+        {
+            "tmr_server_venv": str(tmp_path / "venv"),
+            "tmr_server_ctl_socket": "/nonexistent/server.sock",
+            "tmr_server_service_state": "started",
+        },
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "RUNNING HANDLER [Reload tmr-server]" in run.stdout
+    assert run.stdout.count('"msg": "RESTARTED tmr-server"') == restarts, run.stdout
+    if restart_needed:
+        assert ", ".join(restart_needed) + ";" in run.stdout

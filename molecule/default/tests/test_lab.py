@@ -265,9 +265,33 @@ def test_usage_report_through_the_vip_with_the_admin_hosts_node_key() -> None:
     usage = _demo_license_usage(json.loads(r.stdout))
     assert usage["checkouts"] >= 1, usage
     admin_pub = admin.file("/etc/tmr/node.key.pub").content_string.strip()
+    # the listed keys first (side_effect.yml lists one), then the admin hosts' node keys
+    keys = [*_side_effect_admin_key(), admin_pub]
     for name in group("tmr_servers"):
         config = host(name).file("/etc/tmr/server.toml").content_string
-        assert f"admin_keys = {json.dumps([admin_pub])}" in config, config
+        assert f"admin_keys = {json.dumps(keys)}" in config, config
+
+
+SIDE_EFFECT_KEY = "/root/tmr-side-effect/admin.key"
+
+
+def _side_effect_admin_key() -> list[str]:
+    """The public key side_effect.yml made on the admin host and listed in
+    tmr_server_admin_keys ([] when that step did not run, e.g. `molecule verify` alone)."""
+    pub = _admin().file(SIDE_EFFECT_KEY + ".pub")
+    return [pub.content_string.strip()] if pub.exists else []
+
+
+def test_an_admin_key_added_in_service_is_in_force_without_a_restart() -> None:
+    """side_effect.yml listed a new key in tmr_server_admin_keys on the running cluster and
+    asserted that no tmr-server restarted: the key answers reports only if the role's reload
+    put it in force in the running servers."""
+    if not _side_effect_admin_key():
+        pytest.skip("side_effect.yml did not run (molecule test -s default runs it)")
+    _checkout_as_admin()
+    r = _admin().run(_report_cmd("--client-key", SIDE_EFFECT_KEY))
+    assert r.rc == 0, r.stdout + r.stderr
+    assert _demo_license_usage(json.loads(r.stdout))["checkouts"] >= 1
 
 
 def test_usage_report_for_another_key_is_refused() -> None:

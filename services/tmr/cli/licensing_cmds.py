@@ -72,8 +72,21 @@ def register(sub: Subparsers, groups: dict[str, Subparsers]) -> None:
     p.set_defaults(handler=cmd_vendor_issue)
     groups["vendor"] = vs  # tmr.cli.exchange_cmds adds `vendor confirm`
 
-    p = sub.add_parser("keygen", help="create a CURVE node key pair (FILE, FILE.pub)")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE")
+    p = sub.add_parser(
+        "keygen",
+        help="create a CURVE node key pair (FILE, FILE.pub)",
+        description="Create a CURVE key pair: FILE (mode 0600: the secret, keep it on this "
+        "host) and FILE.pub (the Z85 public key, 40 characters: what server.toml's "
+        "client_allowlist and admin_keys, or a backend's allowed_servers, list). Prints both "
+        "paths and the public key as JSON.",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the key file (its directory must exist)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing key pair")
     p.set_defaults(handler=cmd_keygen)
 

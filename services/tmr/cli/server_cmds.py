@@ -17,8 +17,10 @@ CTL_COMMANDS = {
     "health": "exit 0 only when the server is up and not fenced (keepalived track_script)",
     "status": "print the server's status as JSON",
     "handles": "print the current handles as JSON",
-    "reload": "servers: re-read the policy file (a bad one is refused, the policy in force "
-    "stays); backends: re-read and re-verify the license container",
+    "reload": "servers: re-read server.toml and the policy file, put in force the client "
+    "allowlist, the admin keys and the policy, and name the other keys that changed (they "
+    "need a restart); a bad file is refused and what is in force stays. Backends: re-read "
+    "and re-verify the license container",
 }
 
 
@@ -28,7 +30,8 @@ def _server_run(args: argparse.Namespace) -> int:
     from tmr.config import load_server_config
     from tmr.server.service import ServerService
 
-    return ServerService(load_server_config(Path(args.config))).run()
+    path = Path(args.config)
+    return ServerService(load_server_config(path), config_path=path).run()
 
 
 def _ctl(args: argparse.Namespace) -> int:

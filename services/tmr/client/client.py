@@ -29,7 +29,7 @@ import zmq
 from tmr.client._channel import Channel, ClientClosedError, Outcome
 from tmr.client._heartbeats import next_heartbeat, on_grid
 from tmr.client.keys import check_key_pair, key_bytes, load_public_key
-from tmr.errors import ApiError, ErrorCode, Timeout, UnknownHandle
+from tmr.errors import ApiError, ErrorCode, Timeout, Unauthorized, UnknownHandle
 from tmr.keys import NodeKeys, generate_keypair
 from tmr.protocol.client_api import (
     CID_MAX,
@@ -692,6 +692,12 @@ class Handle:
             result = client._call(req, HeartbeatResult, channel=client._hb_channel)
         except UnknownHandle:
             # Ignored if a release raced with this heartbeat.
+            self._mark_lost(from_heartbeat=True)
+            return None
+        except Unauthorized as exc:
+            # The server took this client's key off its allowlist: the seats lapse at the
+            # end of their lease, and no heartbeat will renew them.
+            log.warning("heartbeat of handle %s refused: %s", self.id, exc)
             self._mark_lost(from_heartbeat=True)
             return None
         except ClientClosedError:

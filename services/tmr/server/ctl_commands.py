@@ -142,13 +142,15 @@ class Usage(Command["ServerService"]):
 
 
 class Reload(Command["ServerService"]):
-    """`tmr ctl reload`: read the policy file again (as SIGHUP does); a file that does not
-    check in full is refused and the policy in force stays."""
+    """`tmr ctl reload`: read server.toml and the policy file again (as SIGHUP does) and put
+    in force the client allowlist, the admin keys and the policy; the answer names the other
+    keys that changed (they need a restart). A file that does not check in full is refused
+    and what is in force stays."""
 
     name = "reload"
 
     def execute(self, service: ServerService, call: CtlCall) -> Json:
-        return service.reload_policy("ctl")
+        return service.reload("ctl")
 
 
 SERVER_COMMANDS: CommandRegistry[ServerService] = CommandRegistry(

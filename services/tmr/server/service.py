@@ -21,7 +21,7 @@ from typing import Any
 
 import zmq
 
-from tmr.config import ServerConfig
+from tmr.config import RELOADABLE_SERVER_KEYS, ServerConfig, load_server_config, reload_changes
 from tmr.ctl import CtlError, bind_ctl
 from tmr.errors import ConfigError, ErrorCode, TmrError
 from tmr.expiry import expiry_fields, with_expiry
@@ -115,6 +115,8 @@ DEBUG_EVENTS = frozenset(
 # ADMIN_CTL_WAIT and a late reply is dropped.
 ADMIN_CTL = "ctl-admin"
 ADMIN_CTL_WAIT = 5.0
+# The answer to a request on a connection whose key is no longer in client_allowlist
+NOT_ADMITTED = "this client's key is not in the server's client_allowlist (any longer)"
 WEB_RELEASE = "web-release"  # token ("web-release", id): a release asked on WebAdmin
 
 
@@ -168,8 +170,10 @@ class CounterFile:
 
 
 class ServerService:
-    def __init__(self, cfg: ServerConfig) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: ServerConfig, config_path: Path | None = None) -> None:
+        self.cfg = cfg  # the configuration in force (a reload replaces its reloadable keys)
+        # server.toml, read again by `tmr ctl reload` and SIGHUP (None: only the policy file)
+        self.config_path = config_path
         configure_service_logs("server", cfg.name, cfg.log_level)
         self.service_keys = load_keypair(cfg.service_key_file)
         self.node_keys = load_keypair(cfg.node_key_file)
@@ -220,6 +224,9 @@ class ServerService:
         # which owns the handles that connection checks out.
         allowed = frozenset(cfg.client_allowlist) if cfg.client_allowlist else None
         self.zap = ZapHandler(allowed, self.zap_denials, socket="client")
+        # Requests on a connection whose key a reload took off the allowlist: refused, logged
+        # once per key and minute.
+        self.refused_clients = ZapDenials("client_refused")
         self.idle_hold = cfg.idle_hold_ms / 1000.0  # seconds; 0: never hold a turn back
         self._turn_requests = 0  # client requests read this turn
         self._window_requests = 0  # ... since _window_start
@@ -366,6 +373,12 @@ class ServerService:
             req = decode_request(payload)
         except ProtocolError as exc:
             self._reply(token, ErrorReply.from_exception(exc))
+            return
+        allowed = self.zap.allowed
+        if allowed is not None and owner not in allowed:
+            # A connection made before its key was taken off client_allowlist (`reload`).
+            self.refused_clients.denied(owner)
+            self._reply(token, ErrorReply(req.rid, ErrorCode.UNAUTHORIZED, NOT_ADMITTED))
             return
         if (
             type(req) is HeartbeatRequest
@@ -615,22 +628,47 @@ class ServerService:
             self.apply(self.leader.admin_release(token, "web", req.handle, now, by=req.by))
 
     def _on_sighup(self, signum: int) -> None:
-        self.reload_policy("SIGHUP")
+        self.reload("SIGHUP")
 
-    def reload_policy(self, trigger: str) -> dict[str, Any]:
-        """Read `policy_file` again. A file that does not check in full changes nothing: the
-        answer and the log say why, and the policy in force stays."""
-        path = self.cfg.policy_file
+    def reload(self, trigger: str) -> dict[str, Any]:
+        """Read server.toml and the policy file again and put in force what a running server
+        can change (`RELOADABLE_SERVER_KEYS`: the client allowlist, the admin keys, the
+        policy); the answer lists the other keys that changed, which need a restart. A file
+        that does not check in full changes nothing: the answer and the log say why, and the
+        keys and the policy in force stay."""
         try:
+            cfg = load_server_config(self.config_path) if self.config_path else self.cfg
+            path = cfg.policy_file
             policy = load_policy(path) if path is not None else EMPTY_POLICY
         except ConfigError as exc:
-            log("policy_reload_failed", level="error", trigger=trigger, error=str(exc))
+            log("config_reload_failed", level="error", trigger=trigger, error=str(exc))
             return {"ok": False, "code": "BAD_REQUEST", "error": str(exc)}
+        applied, restart = reload_changes(self.cfg, cfg)
+        self.cfg = dataclasses.replace(
+            self.cfg, **{k: getattr(cfg, k) for k in RELOADABLE_SERVER_KEYS}
+        )
+        self.admin_keys = frozenset(cfg.admin_keys)
+        # New handshakes are checked against the new list at once (ZAP); the connections of
+        # a key taken off it are refused request by request (`on_client`).
+        self.zap.allowed = frozenset(cfg.client_allowlist) if cfg.client_allowlist else None
         before = self.leader.policy.digest
         self.leader.policy = policy
         summary = policy.summary()
         log("policy_loaded", trigger=trigger, changed=summary["digest"] != before, **summary)
-        return {"ok": True, "policy": summary}
+        config = {
+            "file": str(self.config_path) if self.config_path else None,
+            "applied": applied,
+            "restart_needed": restart,
+            "client_allowlist": len(cfg.client_allowlist),
+            "admin_keys": len(cfg.admin_keys),
+        }
+        log(
+            "config_reloaded",
+            level="warning" if restart else "info",
+            trigger=trigger,
+            **config,
+        )
+        return {"ok": True, "policy": summary, "config": config}
 
     # ------------------------------------------------------------------ loop
 

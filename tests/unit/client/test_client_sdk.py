@@ -32,6 +32,7 @@ from tmr.protocol import ProtocolError
 from tmr.protocol.client_api import (
     CheckoutRequest,
     ErrorReply,
+    HeartbeatRequest,
     OkReply,
     ReleaseRequest,
     ReleaseResult,
@@ -536,6 +537,33 @@ def test_heartbeat_unknown_handle_marks_the_handle_lost(
     assert server.seen("release") == []
     with pytest.raises(UnknownHandle):
         handle.heartbeat()
+
+
+def test_heartbeat_unauthorized_marks_the_handle_lost(
+    make_server: MakeServer, clients: Callable[..., Client]
+) -> None:
+    """The server's reload took this client's key off client_allowlist: no heartbeat will
+    renew the handle again, so the application is told at once (not at the lease's end)."""
+    refused = threading.Event()
+
+    def hook(req: Request, server: FakeServer) -> object:
+        if isinstance(req, HeartbeatRequest) and refused.is_set():
+            return ErrorReply(req.rid, ErrorCode.UNAUTHORIZED, "not in client_allowlist")
+        return None
+
+    server = make_server(lease=0.3, hook=hook)
+    client = clients(server.endpoint)
+    lost: list[Handle] = []
+    handle = client.checkout(FIRM, PRODUCT, on_lost=lost.append)
+    wait_until(lambda: len(server.seen("heartbeat")) >= 1)
+    assert not handle.lost
+    refused.set()
+    assert handle.wait_lost(5)
+    assert handle.lost and not handle.held
+    wait_until(lambda: lost == [handle])
+    beats = len(server.seen("heartbeat"))
+    time.sleep(0.4)  # more than a heartbeat interval (0.1 s): none is sent after the loss
+    assert len(server.seen("heartbeat")) == beats
 
 
 def test_release_unknown_handle_after_a_retry_counts_as_released(
