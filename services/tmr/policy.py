@@ -258,6 +258,8 @@ def load_policy(path: Path) -> Policy:
         raise PolicyError(f"{path}: no such policy file") from None
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read: {exc.strerror}") from None
     return parse_policy(raw, str(path))

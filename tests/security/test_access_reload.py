@@ -6,8 +6,9 @@ the allowlist (or adding an administrator's key) meant restarting both servers, 
 each, and a connection made before the restart kept its access until then. Now `tmr ctl
 reload` (and SIGHUP) put both lists in force in the running server: new handshakes are
 checked against the new list, the requests of a connection whose key was taken off it are
-refused UNAUTHORIZED, and the answer names every other key that changed (in force only after
-a restart). A file that does not check in full changes nothing."""
+refused UNAUTHORIZED (but a release, which only gives seats back), and the answer names every
+other key that changed (in force only after a restart). A file that does not check in full
+changes nothing, and a reload never stops the server."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import pytest
 from tests.integration.cluster_helpers import LocalCluster, wait_for
 from tmr.cli.main import main
 from tmr.client import Client
-from tmr.errors import ErrorCode, Timeout, Unauthorized
+from tmr.errors import ErrorCode, NotActive, Timeout, Unauthorized
 from tmr.keys import NodeKeys, generate_keypair
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -43,13 +44,36 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         c.stop_all()
 
 
+def _write(path: Path, data: bytes) -> None:
+    """Replace ``path`` at once (a reload never reads half a file)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def _set(cluster: LocalCluster, key: str, value: Any) -> None:
     """Write ``key = value`` into both servers' server.toml (replacing the line if there is
     one)."""
     for name in SERVERS:
         cfg = Path(cluster.nodes[name]["config"])
         text = re.sub(rf"(?m)^{key} = .*\n", "", cfg.read_text())
-        cfg.write_text(f"{key} = {json.dumps(value)}\n" + text)
+        _write(cfg, (f"{key} = {json.dumps(value)}\n" + text).encode())
+
+
+def _count(cluster: LocalCluster, name: str, event: str) -> int:
+    return Path(cluster.nodes[name]["log"]).read_text(errors="replace").count(f'"event":"{event}"')
+
+
+def _sighup(cluster: LocalCluster, name: str) -> str:
+    """SIGHUP (systemctl reload) to ``name``; the event its reload logged."""
+    done = {e: _count(cluster, name, e) for e in ("config_reloaded", "config_reload_failed")}
+    os.kill(cluster.nodes[name]["pid"], signal.SIGHUP)
+    wait_for(
+        f"{name} to reload",
+        lambda: any(_count(cluster, name, e) > n for e, n in done.items()),
+        10,
+    )
+    return next(e for e, n in done.items() if _count(cluster, name, e) > n)
 
 
 def _reload(cluster: LocalCluster, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
@@ -58,15 +82,8 @@ def _reload(cluster: LocalCluster, capsys: pytest.CaptureFixture[str]) -> dict[s
     out, _ = capsys.readouterr()
     answer: dict[str, Any] = json.loads(out)
     assert (code == 0) == answer["ok"], answer
-    log = Path(cluster.nodes["tmr-b"]["log"])
-    before = log.read_text(errors="replace").count('"event":"config_reloaded"')
-    os.kill(cluster.nodes["tmr-b"]["pid"], signal.SIGHUP)
-    if answer["ok"]:
-        wait_for(
-            "tmr-b to reload",
-            lambda: log.read_text(errors="replace").count('"event":"config_reloaded"') > before,
-            10,
-        )
+    ok = _sighup(cluster, "tmr-b") == "config_reloaded"
+    assert ok == answer["ok"]
     return answer
 
 
@@ -74,13 +91,28 @@ def _checkout_release(client: Client) -> None:
     client.checkout(FIRM, PRODUCT).release()
 
 
-def _tmr_a_only(cluster: LocalCluster, keys: NodeKeys, timeout: float = 10.0) -> Client:
+def _tmr_a_only(
+    cluster: LocalCluster, keys: NodeKeys, timeout: float = 10.0, server: str = "tmr-a"
+) -> Client:
     return Client(
-        [cluster.endpoint("tmr-a")],
+        [cluster.endpoint(server)],
         cluster.info["service_public_key"],
         client_keys=keys,
         timeout=timeout,
     )
+
+
+def _admitted(cluster: LocalCluster, server: str, keys: NodeKeys) -> bool:
+    """Whether ``server`` admits a new connection with ``keys``: an answer (the standby's
+    NOT_ACTIVE too) or silence (its handshake refused)."""
+    with _tmr_a_only(cluster, keys, timeout=1.5, server=server) as c:
+        try:
+            c.status()
+        except Timeout:
+            return False
+        except NotActive:
+            pass
+    return True
 
 
 def test_reload_puts_the_allowlist_and_admin_keys_in_force_without_a_restart(
@@ -89,7 +121,7 @@ def test_reload_puts_the_allowlist_and_admin_keys_in_force_without_a_restart(
     pids = {name: cluster.nodes[name]["pid"] for name in SERVERS}
     alice, mallory = generate_keypair(), generate_keypair()
     with _tmr_a_only(cluster, mallory) as early:
-        _checkout_release(early)  # mallory's connection, made while any key is admitted
+        held = early.checkout(FIRM, PRODUCT)  # mallory's connection, made while any key is in
 
         _set(cluster, "client_allowlist", [alice.public])
         answer = _reload(cluster, capsys)
@@ -97,9 +129,15 @@ def test_reload_puts_the_allowlist_and_admin_keys_in_force_without_a_restart(
         assert answer["config"]["restart_needed"] == []
         assert answer["config"]["client_allowlist"] == 1
 
-        # The connection made before is refused request by request, with a reason.
+        # The connection made before is refused request by request, with a reason; it may
+        # still give its seats back.
         with pytest.raises(Unauthorized, match="client_allowlist"):
             early.checkout(FIRM, PRODUCT)
+        with pytest.raises(Unauthorized, match="client_allowlist"):
+            held.heartbeat()
+        assert held.release() is True
+    # tmr-b, the standby, reloaded by SIGHUP: the same list
+    assert _admitted(cluster, "tmr-b", alice) and not _admitted(cluster, "tmr-b", mallory)
     # A new connection with mallory's key is refused at the handshake: no answer at all.
     with _tmr_a_only(cluster, mallory, timeout=1.5) as late, pytest.raises(Timeout):
         late.checkout(FIRM, PRODUCT)
@@ -141,6 +179,14 @@ def test_reload_puts_the_allowlist_and_admin_keys_in_force_without_a_restart(
         _checkout_release(a)
     with _tmr_a_only(cluster, mallory, timeout=1.5) as late, pytest.raises(Timeout):
         late.checkout(FIRM, PRODUCT)
+    # Nor does a file that is not text, reloaded by SIGHUP: the server goes on as it was.
+    cfg = Path(cluster.nodes["tmr-b"]["config"])
+    good = cfg.read_bytes()
+    _write(cfg, b'name = "tmr-\xff"\n' + good)
+    assert _sighup(cluster, "tmr-b") == "config_reload_failed"
+    assert cluster.role("tmr-b") == "standby"
+    assert _admitted(cluster, "tmr-b", alice) and not _admitted(cluster, "tmr-b", mallory)
+    _write(cfg, good)
 
     # No allowlist again: every key is admitted.
     _set(cluster, "client_allowlist", [])

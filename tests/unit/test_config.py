@@ -194,6 +194,17 @@ def test_missing_file(tmp_path: Path) -> None:
         load_server_config(tmp_path / "nope.toml")
 
 
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    """Not a UnicodeDecodeError out of tomllib: a server's SIGHUP reload must not stop it."""
+    path = tmp_path / "c.toml"
+    path.write_bytes(b'name = "tmr-\xff"\n' + SERVER.encode())
+    with pytest.raises(ConfigError, match=r"c.toml: not UTF-8 text \(byte 12\)"):
+        load_server_config(path)
+    path.write_bytes(b'name = "backend-\xfe"\n' + BACKEND.encode())
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_backend_config(path)
+
+
 def test_reload_changes_sort_the_changed_keys(tmp_path: Path) -> None:
     """What `tmr ctl reload` puts in force, and what it names as needing a restart."""
     running = load_server_config(write(tmp_path, SERVER))

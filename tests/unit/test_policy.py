@@ -188,6 +188,9 @@ def test_load_policy_reports_missing_and_malformed_files(tmp_path: Path) -> None
     bad.write_text("[licenses\n")
     with pytest.raises(PolicyError, match="not valid TOML"):
         load_policy(bad)
+    bad.write_bytes(b'[licenses."1000:42"]\nexclude = ["user:\xff"]\n')  # not UTF-8
+    with pytest.raises(PolicyError, match=r"not UTF-8 text \(byte 38\)"):
+        load_policy(bad)
     good = tmp_path / "policy.toml"
     good.write_text('[licenses."1000:42"]\nexclude = ["user:x"]\n')
     p = load_policy(good)

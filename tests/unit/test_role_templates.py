@@ -319,9 +319,12 @@ def _ansible_playbook(
     play: dict[str, Any],
     variables: dict[str, Any],
     inventory: dict[str, Any] | None = None,
+    *,
+    check: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run one play with ansible-playbook beside this Python, on localhost only (connection
-    local: no other host is touched); ``inventory`` adds hosts that only lend their vars."""
+    local: no other host is touched); ``inventory`` adds hosts that only lend their vars;
+    ``check``: in check mode."""
     ansible = Path(sys.executable).parent / "ansible-playbook"
     if not ansible.exists():
         pytest.skip("ansible-playbook is not installed beside this Python (make venv)")
@@ -343,7 +346,7 @@ def _ansible_playbook(
         "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
     }
     return subprocess.run(
-        [str(ansible), "-i", str(hosts), str(playbook)],
+        [str(ansible), "-i", str(hosts), str(playbook), *(["--check"] if check else [])],
         capture_output=True,
         text=True,
         env=env,
@@ -439,11 +442,15 @@ def test_the_server_role_preflight_names_admin_hosts_without_a_key(
 
 def _server_handlers(tmp_path: Path, answer: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The tmr_server role's handlers, in their order, with `tmr` a script that prints
-    ``answer`` as `tmr ctl reload` would, and the restart a message (no service is touched)."""
+    ``answer`` as `tmr ctl reload` would (None: fails as it does without a control socket),
+    and the restart a message (no service is touched)."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     tmr = venv / "bin" / "tmr"
-    tmr.write_text(f"#!/bin/sh\ncat <<'JSON'\n{json.dumps(answer)}\nJSON\n")
+    if answer is None:
+        tmr.write_text("#!/bin/sh\necho 'tmr ctl: cannot connect to the socket' >&2\nexit 1\n")
+    else:
+        tmr.write_text(f"#!/bin/sh\ncat <<'JSON'\n{json.dumps(answer)}\nJSON\n")
     tmr.chmod(0o755)
     handlers = yaml.safe_load((REPO / "roles/tmr_server/handlers/main.yml").read_text())
     out = []
@@ -452,29 +459,49 @@ def _server_handlers(tmp_path: Path, answer: dict[str, Any] | None) -> list[dict
         if "ansible.builtin.systemd_service" in h:
             del h["ansible.builtin.systemd_service"]
             h["ansible.builtin.debug"] = {"msg": "RESTARTED tmr-server"}
+        if h["name"] == "Reload tmr-server":
+            h["delay"] = 0  # the failing script: no need to wait between its tries
         out.append(h)
     assert out[0]["name"] == "Reload tmr-server"
     return out
 
 
+OLD_SERVER = {"ok": True, "policy": {"digest": "x"}}  # before server.toml was reloaded
+
+
+def _reload_answer(restart_needed: list[str]) -> dict[str, Any]:
+    config = {"applied": ["admin_keys"], "restart_needed": restart_needed}
+    return {**OLD_SERVER, "config": config}
+
+
 @pytest.mark.parametrize(
-    ("restart_needed", "notify", "restarts"),
+    ("answer", "notify", "check", "restarts", "why"),
     [
-        ([], ["Reload tmr-server"], 0),  # only the allowlist or the admin keys changed
-        (["lease_seconds"], ["Reload tmr-server"], 1),
-        (None, ["Reload tmr-server"], 1),  # an older server: its answer names nothing
-        ([], ["Reload tmr-server", "Restart tmr-server"], 1),  # the unit changed as well
-        (["backends"], ["Reload tmr-server", "Restart tmr-server"], 1),  # once per run
+        # only the allowlist or the admin keys changed
+        (_reload_answer([]), ["Reload tmr-server"], False, 0, None),
+        (_reload_answer(["lease_seconds"]), ["Reload tmr-server"], False, 1, "lease_seconds"),
+        (OLD_SERVER, ["Reload tmr-server"], False, 1, "(keys not named by this server version)"),
+        # no control socket (the server down, or its socket moved): the restart applies all
+        (None, ["Reload tmr-server"], False, 1, "(the reload failed: tmr ctl: cannot connect"),
+        (None, ["Reload tmr-server", "Restart tmr-server"], False, 1, "(the reload failed"),
+        # the unit changed as well: one restart
+        (_reload_answer([]), ["Reload tmr-server", "Restart tmr-server"], False, 1, None),
+        (_reload_answer(["backends"]), ["Reload tmr-server", "Restart tmr-server"], False, 1, None),
+        # check mode makes no reload: the restart is announced
+        (_reload_answer([]), ["Reload tmr-server"], True, 1, "(check mode"),
     ],
 )
 def test_the_server_role_restarts_only_for_what_a_reload_cannot_change(
-    restart_needed: list[str] | None, notify: list[str], restarts: int, tmp_path: Path
+    answer: dict[str, Any] | None,
+    notify: list[str],
+    check: bool,
+    restarts: int,
+    why: str | None,
+    tmp_path: Path,
 ) -> None:
     """The handlers run by ansible-playbook on localhost: server.toml's change is reloaded,
-    and the server restarts once only if the reload's answer names a key it cannot take."""
-    answer: dict[str, Any] = {"ok": True, "policy": {"digest": "x"}}
-    if restart_needed is not None:
-        answer["config"] = {"applied": ["admin_keys"], "restart_needed": restart_needed}
+    and the server restarts once, only if the reload's answer names a key it cannot take or
+    the reload could not be made."""
     run = _ansible_playbook(
         tmp_path,
         {
@@ -484,7 +511,7 @@ def test_the_server_role_restarts_only_for_what_a_reload_cannot_change(
             "tasks": [
                 {
                     "name": "Change the configuration",
-                    "ansible.builtin.command": {"cmd": "true"},
+                    "ansible.builtin.debug": {"msg": "changed"},
                     "changed_when": True,
                     "notify": notify,
                 }
@@ -496,9 +523,10 @@ def test_the_server_role_restarts_only_for_what_a_reload_cannot_change(
             "tmr_server_ctl_socket": "/nonexistent/server.sock",
             "tmr_server_service_state": "started",
         },
+        check=check,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "RUNNING HANDLER [Reload tmr-server]" in run.stdout
     assert run.stdout.count('"msg": "RESTARTED tmr-server"') == restarts, run.stdout
-    if restart_needed:
-        assert ", ".join(restart_needed) + ";" in run.stdout
+    if why is not None:
+        assert f"tmr-server restarts for: {why}" in run.stdout, run.stdout

@@ -5,7 +5,8 @@ keepalived runs ``promote``, ``demote`` and ``health``; operators ``status``, ``
 ``queue`` (`tmr admin queue`, the queued checkouts), ``denials`` (`tmr admin denials`, this
 server's recent refusals),
 ``release`` (`tmr admin release`, answered once the release commits), ``usage`` (answered
-when the report worker is done) and ``reload`` (the policy file again, as SIGHUP does).
+when the report worker is done) and ``reload`` (server.toml's reloadable keys and the policy
+file again, as SIGHUP does).
 """
 
 from __future__ import annotations

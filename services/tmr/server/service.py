@@ -375,8 +375,9 @@ class ServerService:
             self._reply(token, ErrorReply.from_exception(exc))
             return
         allowed = self.zap.allowed
-        if allowed is not None and owner not in allowed:
-            # A connection made before its key was taken off client_allowlist (`reload`).
+        if allowed is not None and owner not in allowed and type(req) is not ReleaseRequest:
+            # A connection made before its key was taken off client_allowlist (`reload`): it
+            # may still give its seats back, nothing else.
             self.refused_clients.denied(owner)
             self._reply(token, ErrorReply(req.rid, ErrorCode.UNAUTHORIZED, NOT_ADMITTED))
             return
@@ -628,7 +629,10 @@ class ServerService:
             self.apply(self.leader.admin_release(token, "web", req.handle, now, by=req.by))
 
     def _on_sighup(self, signum: int) -> None:
-        self.reload("SIGHUP")
+        try:
+            self.reload("SIGHUP")
+        except Exception as exc:  # never: the loaders raise ConfigError; a reload never stops
+            log("config_reload_failed", level="error", trigger="SIGHUP", error=repr(exc))
 
     def reload(self, trigger: str) -> dict[str, Any]:
         """Read server.toml and the policy file again and put in force what a running server
