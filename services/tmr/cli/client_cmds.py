@@ -439,11 +439,10 @@ def cmd_checkout(args: argparse.Namespace) -> int:
                 pass  # the server no longer held it: reported as lost below
         if handle.lost:
             if args.json:
-                _print_json({"event": "lost", "handle": handle.id}, out)
-            print(
-                f"tmr: error: handle {handle.id} was lost: the server no longer holds its seats",
-                file=sys.stderr,
-            )
+                _print_json(
+                    {"event": "lost", "handle": handle.id, "reason": handle.lost_reason}, out
+                )
+            print(f"tmr: error: handle {handle.id} was lost: {handle.lost_reason}", file=sys.stderr)
             return EXIT_LOST
         if args.json:
             _print_json({"event": "released", "handle": handle.id}, out)

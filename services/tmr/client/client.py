@@ -70,6 +70,12 @@ _R = TypeVar("_R", bound=Result)
 
 HEARTBEAT_MIN_INTERVAL = 0.05
 HEARTBEAT_RETRY_MAX = 1.0
+# `Handle.lost_reason`: the server answered UNKNOWN_HANDLE (or a release "not released") ...
+LOST_UNKNOWN = "the server no longer holds its seats"
+# ... or refused this client's key (a reload took it off client_allowlist)
+LOST_UNAUTHORIZED = (
+    "the server no longer admits this client's key: its seats lapse at the end of the lease"
+)
 CLOSE_RELEASE_TIMEOUT = 2.0
 
 
@@ -484,6 +490,7 @@ class Handle:
         self._released = False
         self._releasing = False
         self._lost = False
+        self._lost_reason: str | None = None
         self._lost_event = threading.Event()
         self._last_renewal = time.monotonic()
         self._last_renewal_sent = self._last_renewal if sent is None else sent
@@ -492,8 +499,14 @@ class Handle:
 
     @property
     def lost(self) -> bool:
-        """True once the server answered UNKNOWN_HANDLE: the seats are no longer held."""
+        """True once the server answered UNKNOWN_HANDLE (the seats are no longer held), or
+        refused this client's key (UNAUTHORIZED: no heartbeat renews them again)."""
         return self._lost
+
+    @property
+    def lost_reason(self) -> str | None:
+        """Why the handle was lost, in words (None while it is not)."""
+        return self._lost_reason
 
     @property
     def released(self) -> bool:
@@ -619,14 +632,15 @@ class Handle:
         self._last_renewal = time.monotonic()
         self._last_renewal_sent = sent
 
-    def _mark_lost(self, *, from_heartbeat: bool = False) -> None:
+    def _mark_lost(self, *, from_heartbeat: bool = False, why: str = LOST_UNKNOWN) -> None:
         with self._state:
             if self._released or self._lost or (from_heartbeat and self._releasing):
                 return
             self._lost = True
+            self._lost_reason = why
         self._client._forget(self)
         self._lost_event.set()
-        log.warning("handle %s is lost (the server does not know it any more)", self.id)
+        log.warning("handle %s is lost (%s)", self.id, why)
         if self._on_lost is not None:
             try:
                 self._on_lost(self)
@@ -698,7 +712,7 @@ class Handle:
             # The server took this client's key off its allowlist: the seats lapse at the
             # end of their lease, and no heartbeat will renew them.
             log.warning("heartbeat of handle %s refused: %s", self.id, exc)
-            self._mark_lost(from_heartbeat=True)
+            self._mark_lost(from_heartbeat=True, why=LOST_UNAUTHORIZED)
             return None
         except ClientClosedError:
             return None

@@ -15,9 +15,11 @@ from fake_tmr_server import FIRM, PRODUCT, FakeServer
 
 from tmr.cli import client_cmds
 from tmr.client import NodeKeys, generate_keypair
-from tmr.errors import ConfigError, TmrError, UsageError
+from tmr.errors import ConfigError, ErrorCode, TmrError, UsageError
 from tmr.protocol.client_api import (
     CheckoutRequest,
+    ErrorReply,
+    HeartbeatRequest,
     OkReply,
     ReleaseRequest,
     ReleaseResult,
@@ -159,7 +161,27 @@ def test_checkout_seat_lost_exits_3(
     code = run([*conn(server, service_keys), "checkout", "--firm", str(FIRM),
                 "--product", str(PRODUCT), "--hold", "20"])  # fmt: skip
     assert code == client_cmds.EXIT_LOST
-    assert "was lost" in capsys.readouterr().err
+    assert "was lost: the server no longer holds its seats" in capsys.readouterr().err
+
+
+def test_checkout_whose_key_is_refused_while_held_exits_3_saying_why(
+    make_server: MakeServer, service_keys: NodeKeys, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reload took the client's key off the server's allowlist: the heartbeat is refused."""
+
+    def hook(req: Request, server: FakeServer) -> object:
+        if isinstance(req, HeartbeatRequest):
+            return ErrorReply(req.rid, ErrorCode.UNAUTHORIZED, "not in client_allowlist")
+        return None
+
+    server = make_server(lease=0.3, hook=hook)
+    code = run([*conn(server, service_keys), "--json", "checkout", "--firm", str(FIRM),
+                "--product", str(PRODUCT), "--hold", "20"])  # fmt: skip
+    assert code == client_cmds.EXIT_LOST
+    captured = capsys.readouterr()
+    lost = [json.loads(line) for line in captured.out.splitlines()][-1]
+    assert lost["event"] == "lost" and "no longer admits this client's key" in lost["reason"]
+    assert "was lost: the server no longer admits this client's key" in captured.err
 
 
 def test_checkout_whose_release_finds_the_seat_gone_exits_3(

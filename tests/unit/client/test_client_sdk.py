@@ -560,6 +560,7 @@ def test_heartbeat_unauthorized_marks_the_handle_lost(
     refused.set()
     assert handle.wait_lost(5)
     assert handle.lost and not handle.held
+    assert handle.lost_reason is not None and "no longer admits" in handle.lost_reason
     wait_until(lambda: lost == [handle])
     beats = len(server.seen("heartbeat"))
     time.sleep(0.4)  # more than a heartbeat interval (0.1 s): none is sent after the loss
