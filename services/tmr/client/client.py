@@ -73,9 +73,7 @@ HEARTBEAT_RETRY_MAX = 1.0
 # `Handle.lost_reason`: the server answered UNKNOWN_HANDLE (or a release "not released") ...
 LOST_UNKNOWN = "the server no longer holds its seats"
 # ... or refused this client's key (a reload took it off client_allowlist)
-LOST_UNAUTHORIZED = (
-    "the server no longer admits this client's key: its seats lapse at the end of the lease"
-)
+LOST_UNAUTHORIZED = "the server no longer admits this client's key"
 CLOSE_RELEASE_TIMEOUT = 2.0
 
 
@@ -632,10 +630,11 @@ class Handle:
         self._last_renewal = time.monotonic()
         self._last_renewal_sent = sent
 
-    def _mark_lost(self, *, from_heartbeat: bool = False, why: str = LOST_UNKNOWN) -> None:
+    def _mark_lost(self, *, from_heartbeat: bool = False, why: str = LOST_UNKNOWN) -> bool:
+        """Mark the handle lost (False: it was released, lost or being released already)."""
         with self._state:
             if self._released or self._lost or (from_heartbeat and self._releasing):
-                return
+                return False
             self._lost = True
             self._lost_reason = why
         self._client._forget(self)
@@ -646,6 +645,7 @@ class Handle:
                 self._on_lost(self)
             except Exception:
                 log.exception("on_lost callback of handle %s failed", self.id)
+        return True
 
     def _release(self, timeout: float | None) -> bool:
         with self._state:
@@ -712,7 +712,14 @@ class Handle:
             # The server took this client's key off its allowlist: the seats lapse at the
             # end of their lease, and no heartbeat will renew them.
             log.warning("heartbeat of handle %s refused: %s", self.id, exc)
-            self._mark_lost(from_heartbeat=True, why=LOST_UNAUTHORIZED)
+            if self._mark_lost(from_heartbeat=True, why=LOST_UNAUTHORIZED):
+                # Its seats would lapse at the end of the lease; the server still takes a
+                # release from this key: give them back now (best effort).
+                release = ReleaseRequest(client._next_rid(), client.client_id, self.id)
+                try:
+                    client._call(release, ReleaseResult, channel=client._hb_channel)
+                except (ApiError, ClientClosedError) as err:
+                    log.warning("release of lost handle %s failed: %s", self.id, err)
             return None
         except ClientClosedError:
             return None

@@ -543,7 +543,8 @@ def test_heartbeat_unauthorized_marks_the_handle_lost(
     make_server: MakeServer, clients: Callable[..., Client]
 ) -> None:
     """The server's reload took this client's key off client_allowlist: no heartbeat will
-    renew the handle again, so the application is told at once (not at the lease's end)."""
+    renew the handle again, so the application is told at once (not at the lease's end), and
+    the seats are given back (the server still takes a release from the key)."""
     refused = threading.Event()
 
     def hook(req: Request, server: FakeServer) -> object:
@@ -562,6 +563,8 @@ def test_heartbeat_unauthorized_marks_the_handle_lost(
     assert handle.lost and not handle.held
     assert handle.lost_reason is not None and "no longer admits" in handle.lost_reason
     wait_until(lambda: lost == [handle])
+    wait_until(lambda: server.in_use == 0)  # released, not left to its lease
+    assert [r.handle for r in server.seen("release")] == [handle.id]
     beats = len(server.seen("heartbeat"))
     time.sleep(0.4)  # more than a heartbeat interval (0.1 s): none is sent after the loss
     assert len(server.seen("heartbeat")) == beats
