@@ -91,9 +91,10 @@ def _checkout_release(client: Client) -> None:
     client.checkout(FIRM, PRODUCT).release()
 
 
-def _tmr_a_only(
+def _one_server(
     cluster: LocalCluster, keys: NodeKeys, timeout: float = 10.0, server: str = "tmr-a"
 ) -> Client:
+    """A client of ``server``'s endpoint alone (no failover to the other)."""
     return Client(
         [cluster.endpoint(server)],
         cluster.info["service_public_key"],
@@ -105,7 +106,7 @@ def _tmr_a_only(
 def _admitted(cluster: LocalCluster, server: str, keys: NodeKeys) -> bool:
     """Whether ``server`` admits a new connection with ``keys``: an answer (the standby's
     NOT_ACTIVE too) or silence (its handshake refused)."""
-    with _tmr_a_only(cluster, keys, timeout=1.5, server=server) as c:
+    with _one_server(cluster, keys, timeout=1.5, server=server) as c:
         try:
             c.status()
         except Timeout:
@@ -120,7 +121,7 @@ def test_reload_puts_the_allowlist_and_admin_keys_in_force_without_a_restart(
 ) -> None:
     pids = {name: cluster.nodes[name]["pid"] for name in SERVERS}
     alice, mallory = generate_keypair(), generate_keypair()
-    with _tmr_a_only(cluster, mallory) as early:
+    with _one_server(cluster, mallory) as early:
         held = early.checkout(FIRM, PRODUCT)  # mallory's connection, made while any key is in
 
         _set(cluster, "client_allowlist", [alice.public])
@@ -139,9 +140,9 @@ def test_reload_puts_the_allowlist_and_admin_keys_in_force_without_a_restart(
     # tmr-b, the standby, reloaded by SIGHUP: the same list
     assert _admitted(cluster, "tmr-b", alice) and not _admitted(cluster, "tmr-b", mallory)
     # A new connection with mallory's key is refused at the handshake: no answer at all.
-    with _tmr_a_only(cluster, mallory, timeout=1.5) as late, pytest.raises(Timeout):
+    with _one_server(cluster, mallory, timeout=1.5) as late, pytest.raises(Timeout):
         late.checkout(FIRM, PRODUCT)
-    with _tmr_a_only(cluster, alice) as a:
+    with _one_server(cluster, alice) as a:
         _checkout_release(a)
 
         # Admin keys: alice's usage report is refused, then answered once her key is listed.
@@ -151,7 +152,7 @@ def test_reload_puts_the_allowlist_and_admin_keys_in_force_without_a_restart(
         answer = _reload(cluster, capsys)
         assert answer["config"]["applied"] == ["admin_keys"]
         assert answer["config"]["restart_needed"] == []
-    with _tmr_a_only(cluster, alice, timeout=30) as a:
+    with _one_server(cluster, alice, timeout=30) as a:
         assert {s["backend"] for s in a.usage(0, 1).sources} == {
             "backend-1",
             "backend-2",
@@ -175,9 +176,9 @@ def test_reload_puts_the_allowlist_and_admin_keys_in_force_without_a_restart(
     answer = _reload(cluster, capsys)
     assert answer["ok"] is False and answer["code"] == ErrorCode.BAD_REQUEST
     assert "client_allowlist" in answer["error"]
-    with _tmr_a_only(cluster, alice) as a:
+    with _one_server(cluster, alice) as a:
         _checkout_release(a)
-    with _tmr_a_only(cluster, mallory, timeout=1.5) as late, pytest.raises(Timeout):
+    with _one_server(cluster, mallory, timeout=1.5) as late, pytest.raises(Timeout):
         late.checkout(FIRM, PRODUCT)
     # Nor does a file that is not text, reloaded by SIGHUP: the server goes on as it was.
     cfg = Path(cluster.nodes["tmr-b"]["config"])
@@ -194,7 +195,7 @@ def test_reload_puts_the_allowlist_and_admin_keys_in_force_without_a_restart(
     answer = _reload(cluster, capsys)
     assert answer["config"]["applied"] == ["client_allowlist"]
     assert answer["config"]["restart_needed"] == []
-    with _tmr_a_only(cluster, mallory) as m:
+    with _one_server(cluster, mallory) as m:
         _checkout_release(m)
 
     # None of it restarted a server, and tmr-a kept its term.

@@ -503,6 +503,42 @@ def _server_handlers(tmp_path: Path, answer: dict[str, Any] | None) -> list[dict
     return out
 
 
+def _run_server_handlers(
+    tmp_path: Path,
+    answer: dict[str, Any] | None,
+    notify: list[str],
+    *,
+    check: bool = False,
+    **variables: Any,
+) -> subprocess.CompletedProcess[str]:
+    """A play on localhost whose one task changes and notifies ``notify``, with the role's
+    handlers (`_server_handlers`, the reload answering ``answer``) and ``variables``."""
+    return _ansible_playbook(
+        tmp_path,
+        {
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "tasks": [
+                {
+                    "name": "Change the configuration",
+                    "ansible.builtin.debug": {"msg": "changed"},
+                    "changed_when": True,
+                    "notify": notify,
+                }
+            ],
+            "handlers": _server_handlers(tmp_path, answer),
+        },
+        {
+            "tmr_server_venv": str(tmp_path / "venv"),
+            "tmr_server_ctl_socket": "/nonexistent/server.sock",
+            "tmr_server_service_state": "started",
+            **variables,
+        },
+        check=check,
+    )
+
+
 OLD_SERVER = {"ok": True, "policy": {"digest": "x"}}  # before server.toml was reloaded
 
 
@@ -547,29 +583,7 @@ def test_the_server_role_restarts_only_for_what_a_reload_cannot_change(
     """The handlers run by ansible-playbook on localhost: server.toml's change is reloaded,
     and the server restarts once, only if the reload's answer names a key it cannot take or
     the reload could not be made."""
-    run = _ansible_playbook(
-        tmp_path,
-        {
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
-            "tasks": [
-                {
-                    "name": "Change the configuration",
-                    "ansible.builtin.debug": {"msg": "changed"},
-                    "changed_when": True,
-                    "notify": notify,
-                }
-            ],
-            "handlers": _server_handlers(tmp_path, answer),
-        },
-        {
-            "tmr_server_venv": str(tmp_path / "venv"),
-            "tmr_server_ctl_socket": "/nonexistent/server.sock",
-            "tmr_server_service_state": "started",
-        },
-        check=check,
-    )
+    run = _run_server_handlers(tmp_path, answer, notify, check=check)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "RUNNING HANDLER [Reload tmr-server]" in run.stdout
     assert run.stdout.count('"msg": "RESTARTED tmr-server"') == restarts, run.stdout
@@ -586,28 +600,8 @@ def test_the_server_role_neither_reloads_nor_restarts_a_server_this_run_started(
 ) -> None:
     """A server started in this run read both files at start: no reload, no restart (the
     `tmr` script would fail: were it run, the restart would follow)."""
-    run = _ansible_playbook(
-        tmp_path,
-        {
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
-            "tasks": [
-                {
-                    "name": "Change the configuration",
-                    "ansible.builtin.debug": {"msg": "changed"},
-                    "changed_when": True,
-                    "notify": ["Reload tmr-server"],
-                }
-            ],
-            "handlers": _server_handlers(tmp_path, None),
-        },
-        {
-            "tmr_server_venv": str(tmp_path / "venv"),
-            "tmr_server_ctl_socket": "/nonexistent/server.sock",
-            "tmr_server_service_state": "started",
-            "tmr_server_started": {"changed": True},
-        },
+    run = _run_server_handlers(
+        tmp_path, None, ["Reload tmr-server"], tmr_server_started={"changed": True}
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "RESTARTED tmr-server" not in run.stdout and "restarts for" not in run.stdout

@@ -709,12 +709,11 @@ class Handle:
             self._mark_lost(from_heartbeat=True)
             return None
         except Unauthorized as exc:
-            # The server took this client's key off its allowlist: the seats lapse at the
-            # end of their lease, and no heartbeat will renew them.
+            # The server took this client's key off its allowlist: no heartbeat will renew
+            # the seats again. It still takes a release from the key: give them back now
+            # (best effort) rather than at the end of the lease.
             log.warning("heartbeat of handle %s refused: %s", self.id, exc)
             if self._mark_lost(from_heartbeat=True, why=LOST_UNAUTHORIZED):
-                # Its seats would lapse at the end of the lease; the server still takes a
-                # release from this key: give them back now (best effort).
                 release = ReleaseRequest(client._next_rid(), client.client_id, self.id)
                 try:
                     client._call(release, ReleaseResult, channel=client._hb_channel)

@@ -202,7 +202,6 @@ class ServerService:
         self.loop = ServiceLoop()
         self.started = time.monotonic()
         self.web = WebRuntime(cfg)  # WebAdmin, /metrics, usage reports (tmr.web)
-        self.admin_keys = frozenset(cfg.admin_keys)  # CURVE keys allowed usage reports
         # Refused checkouts, sent to the backends that keep denial records (design.md §7.6)
         self.denials = DenialRecorder(cfg.name)
         self.denial_backends: set[str] = set()  # those whose latest status said so
@@ -222,11 +221,12 @@ class ServerService:
         # ZAP runs for every client connection, also without an allowlist (then any key is
         # accepted): it sets the User-Id of each message to the client's CURVE public key,
         # which owns the handles that connection checks out.
-        allowed = frozenset(cfg.client_allowlist) if cfg.client_allowlist else None
-        self.zap = ZapHandler(allowed, self.zap_denials, socket="client")
+        self.zap = ZapHandler(None, self.zap_denials, socket="client")
         # Requests on a connection whose key a reload took off the allowlist: refused, logged
         # once per key and minute.
         self.refused_clients = ZapDenials("client_refused")
+        self.admin_keys: frozenset[str] = frozenset()  # CURVE keys allowed usage reports
+        self._admit(cfg)
         self.idle_hold = cfg.idle_hold_ms / 1000.0  # seconds; 0: never hold a turn back
         self._turn_requests = 0  # client requests read this turn
         self._window_requests = 0  # ... since _window_start
@@ -634,6 +634,13 @@ class ServerService:
         except Exception as exc:  # never: the loaders raise ConfigError; a reload never stops
             log("config_reload_failed", level="error", trigger="SIGHUP", error=repr(exc))
 
+    def _admit(self, cfg: ServerConfig) -> None:
+        """Put ``cfg``'s key lists in force (at start and by `reload`): new handshakes meet
+        the allowlist at once (ZAP); the connections of a key taken off it are refused request
+        by request (`on_client`)."""
+        self.admin_keys = frozenset(cfg.admin_keys)
+        self.zap.allowed = frozenset(cfg.client_allowlist) if cfg.client_allowlist else None
+
     def reload(self, trigger: str) -> dict[str, Any]:
         """Read server.toml and the policy file again and put in force what a running server
         can change (`RELOADABLE_SERVER_KEYS`: the client allowlist, the admin keys, the
@@ -651,10 +658,7 @@ class ServerService:
         self.cfg = dataclasses.replace(
             self.cfg, **{k: getattr(cfg, k) for k in RELOADABLE_SERVER_KEYS}
         )
-        self.admin_keys = frozenset(cfg.admin_keys)
-        # New handshakes are checked against the new list at once (ZAP); the connections of
-        # a key taken off it are refused request by request (`on_client`).
-        self.zap.allowed = frozenset(cfg.client_allowlist) if cfg.client_allowlist else None
+        self._admit(cfg)
         before = self.leader.policy.digest
         self.leader.policy = policy
         summary = policy.summary()
